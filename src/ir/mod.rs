@@ -1,0 +1,2 @@
+//! The IR (work in progress).
+pub mod tensor;

@@ -1,0 +1,3 @@
+//! qrange: a quantizing compiler for ONNX models (architecture map to follow).
+pub mod ir;
+pub mod onnx;
