@@ -37,13 +37,15 @@ pub enum DType {
     F8E8M0,
     U2,
     I2,
+    F6E2M3,
+    F6E3M2,
     /// A code this build does not know (kept so that decode → encode stays lossless).
     Other(i32),
 }
 
 impl DType {
     /// All known element types (not [`DType::Other`]).
-    pub const ALL: [DType; 26] = [
+    pub const ALL: [DType; 28] = [
         DType::F32,
         DType::U8,
         DType::I8,
@@ -70,6 +72,8 @@ impl DType {
         DType::F8E8M0,
         DType::U2,
         DType::I2,
+        DType::F6E2M3,
+        DType::F6E3M2,
     ];
 
     /// The ONNX `TensorProto.DataType` code.
@@ -101,6 +105,8 @@ impl DType {
             DType::F8E8M0 => 24,
             DType::U2 => 25,
             DType::I2 => 26,
+            DType::F6E2M3 => 27,
+            DType::F6E3M2 => 28,
             DType::Other(c) => c,
         }
     }
@@ -143,6 +149,8 @@ impl DType {
             DType::F8E8M0 => "f8e8m0".into(),
             DType::U2 => "u2".into(),
             DType::I2 => "i2".into(),
+            DType::F6E2M3 => "f6e2m3".into(),
+            DType::F6E3M2 => "f6e3m2".into(),
             DType::Other(c) => format!("dtype{c}"),
         }
     }
@@ -162,16 +170,14 @@ impl DType {
             DType::Complex128 => 128,
             DType::U4 | DType::I4 | DType::F4E2M1 => 4,
             DType::U2 | DType::I2 => 2,
+            DType::F6E2M3 | DType::F6E3M2 => 6,
             DType::String | DType::Other(_) => return None,
         })
     }
 
     /// True for the floating-point types quantization reads ranges of.
     pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F64
-        )
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
     }
 
     /// True for integer types (including sub-byte ones).

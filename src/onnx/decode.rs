@@ -1,0 +1,428 @@
+//! Protobuf → IR. Every field either becomes IR structure or is kept in a [`Carry`].
+
+use super::proto;
+use super::OnnxError;
+use crate::ir::{
+    Attr, AttrValue, Carry, ConstTensor, DType, Dim, ExternalRef, Graph, Model, Op, OpsetImport,
+    TensorData, Value, ValueId, ValueType,
+};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// Reads and decodes a model file; external data is resolved next to it.
+pub fn read_model(path: &Path) -> Result<Model, OnnxError> {
+    let bytes = std::fs::read(path).map_err(|e| OnnxError::Io {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    decode_model(&bytes, &base, path)
+}
+
+/// Decodes model bytes. `base_dir` resolves external data; `origin` names the file in errors.
+pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Model, OnnxError> {
+    if bytes.is_empty() {
+        return Err(OnnxError::Decode {
+            path: origin.to_path_buf(),
+            what: "file is empty".into(),
+        });
+    }
+    let p = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
+        path: origin.to_path_buf(),
+        what: format!("not a valid ONNX protobuf ({e})"),
+    })?;
+    let Some(graph) = p.graph.clone() else {
+        return Err(OnnxError::Decode {
+            path: origin.to_path_buf(),
+            what: "model has no graph (not an ONNX model?)".into(),
+        });
+    };
+    let cx = Cx {
+        base_dir: base_dir.to_path_buf(),
+        origin: origin.to_path_buf(),
+    };
+    let graph = cx.graph(graph)?;
+    let mut carry = p.clone();
+    carry.graph = None;
+    carry.opset_import.clear();
+    carry.ir_version = None;
+    let model = Model {
+        ir_version: p.ir_version,
+        opsets: p
+            .opset_import
+            .iter()
+            .map(|o| OpsetImport {
+                domain: o.domain.clone().unwrap_or_default(),
+                version: o.version.unwrap_or(0),
+            })
+            .collect(),
+        graph,
+        carry: Carry(carry.encode_to_vec()),
+    };
+    model.verify().map_err(|e| OnnxError::Invalid {
+        path: origin.to_path_buf(),
+        source: e,
+    })?;
+    Ok(model)
+}
+
+struct Cx {
+    base_dir: PathBuf,
+    origin: PathBuf,
+}
+
+impl Cx {
+    fn err(&self, what: String) -> OnnxError {
+        OnnxError::Decode {
+            path: self.origin.clone(),
+            what,
+        }
+    }
+
+    fn graph(&self, p: proto::GraphProto) -> Result<Graph, OnnxError> {
+        let gname = p.name.clone().unwrap_or_default();
+        let mut g = Graph::new(p.name.clone());
+        let mut carry = proto::GraphProto::default();
+        carry.doc_string = p.doc_string;
+        carry.quantization_annotation = p.quantization_annotation;
+        carry.metadata_props = p.metadata_props;
+        g.carry = Carry(carry.encode_to_vec());
+
+        for vi in &p.input {
+            let v = self.value_info(&mut g, vi, &gname)?;
+            g.inputs.push(v);
+        }
+        // Dense and sparse initializers keep their file order within each list;
+        // dense come first in `initializers`, as the encoder writes them.
+        for t in p.initializer {
+            let name = t.name.clone().unwrap_or_default();
+            if name.is_empty() {
+                return Err(self.err(format!("graph '{gname}': an initializer has no name")));
+            }
+            let ct = self.tensor(t)?;
+            let v = self.ensure(&mut g, &name);
+            if g.value(v).init.is_some() {
+                return Err(self.err(format!("initializer '{name}' is defined twice")));
+            }
+            let tid = g.add_tensor(ct);
+            g.value_mut(v).init = Some(tid);
+            g.initializers.push(v);
+        }
+        for s in p.sparse_initializer {
+            let values = s.values.clone().unwrap_or_default();
+            let name = values.name.clone().unwrap_or_default();
+            if name.is_empty() {
+                return Err(self.err(format!("graph '{gname}': a sparse initializer has no name")));
+            }
+            let ct = ConstTensor {
+                name: Some(name.clone()),
+                dtype: DType::from_onnx(values.data_type.unwrap_or(0)),
+                dims: s.dims.clone(),
+                data: TensorData::Sparse(Carry(s.encode_to_vec())),
+                was_external: false,
+                carry: Carry::default(),
+            };
+            let v = self.ensure(&mut g, &name);
+            if g.value(v).init.is_some() {
+                return Err(self.err(format!("initializer '{name}' is defined twice")));
+            }
+            let tid = g.add_tensor(ct);
+            g.value_mut(v).init = Some(tid);
+            g.initializers.push(v);
+        }
+        for vi in &p.value_info {
+            let v = self.value_info(&mut g, vi, &gname)?;
+            g.value_info.push(v);
+        }
+        for (i, n) in p.node.into_iter().enumerate() {
+            self.node(&mut g, n, i as u32)?;
+        }
+        for vi in &p.output {
+            let v = self.value_info(&mut g, vi, &gname)?;
+            g.outputs.push(v);
+        }
+        Ok(g)
+    }
+
+    fn ensure(&self, g: &mut Graph, name: &str) -> ValueId {
+        match g.value_by_name(name) {
+            Some(v) => v,
+            None => g
+                .add_value(Value {
+                    name: name.to_string(),
+                    ty: None,
+                    init: None,
+                    carry: Carry::default(),
+                })
+                .expect("name checked free"),
+        }
+    }
+
+    fn value_info(
+        &self,
+        g: &mut Graph,
+        vi: &proto::ValueInfoProto,
+        gname: &str,
+    ) -> Result<ValueId, OnnxError> {
+        let name = vi.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            return Err(self.err(format!(
+                "graph '{gname}': an input, output or value_info entry has no name"
+            )));
+        }
+        let v = self.ensure(g, &name);
+        let val = g.value_mut(v);
+        if val.ty.is_none() {
+            val.ty = vi.r#type.as_ref().map(type_from_proto);
+            let mut carry = vi.clone();
+            carry.name = None;
+            carry.r#type = None;
+            val.carry = Carry(carry.encode_to_vec());
+        }
+        Ok(v)
+    }
+
+    fn node(&self, g: &mut Graph, n: proto::NodeProto, index: u32) -> Result<(), OnnxError> {
+        let nname = n.name.clone().unwrap_or_default();
+        let op_type = n.op_type.clone().unwrap_or_default();
+        if op_type.is_empty() {
+            return Err(self.err(format!("node #{index} '{nname}' has no op_type")));
+        }
+        let inputs: Vec<Option<ValueId>> = n
+            .input
+            .iter()
+            .map(|s| (!s.is_empty()).then(|| self.ensure(g, s)))
+            .collect();
+        let outputs: Vec<Option<ValueId>> = n
+            .output
+            .iter()
+            .map(|s| (!s.is_empty()).then(|| self.ensure(g, s)))
+            .collect();
+        let mut attrs = Vec::with_capacity(n.attribute.len());
+        for a in n.attribute {
+            attrs.push(self.attr(a, &nname, &op_type)?);
+        }
+        let mut carry = proto::NodeProto::default();
+        carry.overload = n.overload;
+        carry.doc_string = n.doc_string;
+        carry.metadata_props = n.metadata_props;
+        carry.device_configurations = n.device_configurations;
+        let op = Op {
+            name: n.name,
+            op_type,
+            domain: n.domain,
+            attrs,
+            n_inputs: 0,
+            n_outputs: 0,
+            order: (index, 0),
+            carry: Carry(carry.encode_to_vec()),
+        };
+        g.add_op(op, &inputs, &outputs)
+            .map_err(|e| OnnxError::Decode {
+                path: self.origin.clone(),
+                what: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    fn attr(&self, a: proto::AttributeProto, node: &str, op_type: &str) -> Result<Attr, OnnxError> {
+        use proto::attribute_proto::AttributeType as T;
+        let name = a.name.clone().unwrap_or_default();
+        let kind = match a.r#type {
+            Some(t) if t != 0 => t,
+            _ => infer_attr_type(&a),
+        };
+        let mut carry = proto::AttributeProto::default();
+        carry.ref_attr_name = a.ref_attr_name.clone();
+        carry.doc_string = a.doc_string.clone();
+        carry.r#type = a.r#type;
+        let value = match T::try_from(kind) {
+            Ok(T::Float) => AttrValue::Float(a.f.unwrap_or(0.0)),
+            Ok(T::Int) => AttrValue::Int(a.i.unwrap_or(0)),
+            Ok(T::String) => AttrValue::String(a.s.clone().unwrap_or_default()),
+            Ok(T::Tensor) => {
+                AttrValue::Tensor(Box::new(self.tensor(a.t.clone().unwrap_or_default())?))
+            }
+            Ok(T::Graph) => {
+                AttrValue::Graph(Box::new(self.graph(a.g.clone().unwrap_or_default())?))
+            }
+            Ok(T::Floats) => AttrValue::Floats(a.floats.clone()),
+            Ok(T::Ints) => AttrValue::Ints(a.ints.clone()),
+            Ok(T::Strings) => AttrValue::Strings(a.strings.clone()),
+            Ok(T::Tensors) => AttrValue::Tensors(
+                a.tensors
+                    .iter()
+                    .map(|t| self.tensor(t.clone()))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Ok(T::Graphs) => AttrValue::Graphs(
+                a.graphs
+                    .iter()
+                    .map(|x| self.graph(x.clone()))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                // sparse tensors, type protos, undefined: keep the whole attribute
+                let mut whole = a.clone();
+                whole.name = None;
+                carry = whole;
+                AttrValue::Opaque(kind)
+            }
+        };
+        if name.is_empty() {
+            return Err(self.err(format!(
+                "node '{node}' ({op_type}) has an attribute with no name"
+            )));
+        }
+        Ok(Attr {
+            name,
+            value,
+            carry: Carry(carry.encode_to_vec()),
+        })
+    }
+
+    fn tensor(&self, t: proto::TensorProto) -> Result<ConstTensor, OnnxError> {
+        let name = t.name.clone();
+        let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
+        let mut carry = proto::TensorProto::default();
+        carry.doc_string = t.doc_string.clone();
+        carry.segment = t.segment;
+        carry.metadata_props = t.metadata_props.clone();
+        if !external {
+            carry.data_location = t.data_location;
+        }
+        let data = if external {
+            let mut r = ExternalRef {
+                location: String::new(),
+                offset: None,
+                length: None,
+                other: Vec::new(),
+                base_dir: self.base_dir.clone(),
+            };
+            let tname = name.clone().unwrap_or_default();
+            for kv in &t.external_data {
+                let k = kv.key.clone().unwrap_or_default();
+                let v = kv.value.clone().unwrap_or_default();
+                let num = || {
+                    v.parse::<u64>().map_err(|_| {
+                        self.err(format!(
+                            "tensor '{tname}': external data {k} '{v}' is not a number"
+                        ))
+                    })
+                };
+                match k.as_str() {
+                    "location" => r.location = v.clone(),
+                    "offset" => r.offset = Some(num()?),
+                    "length" => r.length = Some(num()?),
+                    _ => r.other.push((k.clone(), v.clone())),
+                }
+            }
+            let ct = ConstTensor {
+                name: name.clone(),
+                dtype: DType::from_onnx(t.data_type.unwrap_or(0)),
+                dims: t.dims.clone(),
+                data: TensorData::External(r),
+                was_external: true,
+                carry: Carry::default(),
+            };
+            let bytes = super::external::read(&ct, &self.origin)?;
+            TensorData::Raw(bytes)
+        } else if let Some(raw) = t.raw_data {
+            TensorData::Raw(raw)
+        } else if !t.float_data.is_empty() {
+            TensorData::Floats(t.float_data)
+        } else if !t.int32_data.is_empty() {
+            TensorData::Int32s(t.int32_data)
+        } else if !t.int64_data.is_empty() {
+            TensorData::Int64s(t.int64_data)
+        } else if !t.double_data.is_empty() {
+            TensorData::Doubles(t.double_data)
+        } else if !t.uint64_data.is_empty() {
+            TensorData::Uint64s(t.uint64_data)
+        } else if !t.string_data.is_empty() {
+            TensorData::Strings(t.string_data)
+        } else {
+            TensorData::Empty
+        };
+        Ok(ConstTensor {
+            name,
+            dtype: DType::from_onnx(t.data_type.unwrap_or(0)),
+            dims: t.dims,
+            data,
+            was_external: external,
+            carry: Carry(carry.encode_to_vec()),
+        })
+    }
+}
+
+fn infer_attr_type(a: &proto::AttributeProto) -> i32 {
+    use proto::attribute_proto::AttributeType as T;
+    let t = if a.f.is_some() {
+        T::Float
+    } else if a.i.is_some() {
+        T::Int
+    } else if a.s.is_some() {
+        T::String
+    } else if a.t.is_some() {
+        T::Tensor
+    } else if a.g.is_some() {
+        T::Graph
+    } else if a.sparse_tensor.is_some() {
+        T::SparseTensor
+    } else if a.tp.is_some() {
+        T::TypeProto
+    } else if !a.floats.is_empty() {
+        T::Floats
+    } else if !a.ints.is_empty() {
+        T::Ints
+    } else if !a.strings.is_empty() {
+        T::Strings
+    } else if !a.tensors.is_empty() {
+        T::Tensors
+    } else if !a.graphs.is_empty() {
+        T::Graphs
+    } else if !a.sparse_tensors.is_empty() {
+        T::SparseTensors
+    } else if !a.type_protos.is_empty() {
+        T::TypeProtos
+    } else {
+        T::Undefined
+    };
+    t as i32
+}
+
+/// Converts a `TypeProto`: plain tensor types become [`ValueType::Tensor`], anything else opaque.
+pub(crate) fn type_from_proto(t: &proto::TypeProto) -> ValueType {
+    use proto::tensor_shape_proto::dimension::Value as D;
+    use proto::type_proto::Value as V;
+    if t.denotation.is_none() {
+        if let Some(V::TensorType(tt)) = &t.value {
+            if let Some(et) = tt.elem_type.filter(|&e| e != 0) {
+                let plain_dims = tt
+                    .shape
+                    .as_ref()
+                    .is_none_or(|s| s.dim.iter().all(|d| d.denotation.is_none()));
+                if plain_dims {
+                    let shape = tt.shape.as_ref().map(|s| {
+                        s.dim
+                            .iter()
+                            .map(|d| match &d.value {
+                                Some(D::DimValue(v)) => Dim::Known(*v),
+                                Some(D::DimParam(p)) => Dim::Param(p.clone()),
+                                None => Dim::Unknown,
+                            })
+                            .collect()
+                    });
+                    return ValueType::Tensor {
+                        dtype: DType::from_onnx(et),
+                        shape,
+                    };
+                }
+            }
+        }
+    }
+    ValueType::Opaque(Carry(t.encode_to_vec()))
+}

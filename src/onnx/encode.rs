@@ -1,0 +1,338 @@
+//! IR → protobuf, and writing model files (atomically, with optional external data).
+
+use super::proto;
+use super::OnnxError;
+use crate::ir::{AttrValue, Carry, ConstTensor, Dim, Graph, Model, TensorData, ValueId, ValueType};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// Where tensor data goes when writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExternalPolicy {
+    /// Tensors read from external data go back to external data; the rest inline.
+    Keep,
+    /// Everything inline.
+    Inline,
+    /// Every initializer of at least this many bytes goes to external data.
+    Threshold(u64),
+}
+
+/// What [`write_model`] wrote.
+#[derive(Clone, Debug)]
+pub struct WriteReport {
+    pub model_bytes: u64,
+    /// Side file and its size, when external data was written.
+    pub external: Option<(PathBuf, u64)>,
+    /// True when external data was switched on because the model would pass 2 GiB.
+    pub forced_external: bool,
+}
+
+/// Largest protobuf message size we write inline (protobuf's hard limit is 2 GiB).
+pub const PROTOBUF_LIMIT: u64 = (1 << 31) - (1 << 20);
+
+struct Enc<'a> {
+    policy: &'a ExternalPolicy,
+    side_name: String,
+    side: Vec<u8>,
+    origin: PathBuf,
+}
+
+/// Encodes a model. Tensors chosen by `policy` are appended to the returned side buffer,
+/// referenced as `side_name`.
+pub fn encode_model(
+    m: &Model,
+    policy: &ExternalPolicy,
+    side_name: &str,
+) -> Result<(proto::ModelProto, Vec<u8>), OnnxError> {
+    let mut e = Enc {
+        policy,
+        side_name: side_name.to_string(),
+        side: Vec::new(),
+        origin: PathBuf::from("<model>"),
+    };
+    let mut p = proto::ModelProto::decode(m.carry.0.as_slice()).map_err(carry_err)?;
+    p.ir_version = m.ir_version;
+    p.opset_import = m
+        .opsets
+        .iter()
+        .map(|o| proto::OperatorSetIdProto {
+            domain: Some(o.domain.clone()),
+            version: Some(o.version),
+        })
+        .collect();
+    p.graph = Some(e.graph(&m.graph, true)?);
+    Ok((p, e.side))
+}
+
+/// Encodes a model to bytes with everything inline.
+pub fn model_to_bytes(m: &Model) -> Result<Vec<u8>, OnnxError> {
+    Ok(encode_model(m, &ExternalPolicy::Inline, "")?
+        .0
+        .encode_to_vec())
+}
+
+/// Writes `m` to `path` atomically (temporary file + rename), with external data per
+/// `policy` in `<file name>.data` beside it. Switches to external data when the model
+/// would pass protobuf's 2 GiB limit.
+pub fn write_model(
+    m: &Model,
+    path: &Path,
+    policy: &ExternalPolicy,
+) -> Result<WriteReport, OnnxError> {
+    let io = |what: String| OnnxError::Io {
+        path: path.to_path_buf(),
+        what,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(io(format!(
+            "output directory '{}' does not exist",
+            dir.display()
+        )));
+    }
+    let fname = path
+        .file_name()
+        .ok_or_else(|| io("output path has no file name".into()))?
+        .to_string_lossy()
+        .into_owned();
+    let side_name = format!("{fname}.data");
+    let (mut p, mut side) = encode_model(m, policy, &side_name)?;
+    let mut forced = false;
+    if p.encoded_len() as u64 > PROTOBUF_LIMIT {
+        (p, side) = encode_model(m, &ExternalPolicy::Threshold(1024), &side_name)?;
+        forced = true;
+        if p.encoded_len() as u64 > PROTOBUF_LIMIT {
+            return Err(io(
+                "model is larger than 2 GiB even with its initializers in external data".into(),
+            ));
+        }
+    }
+    let bytes = p.encode_to_vec();
+    let side_path = dir.join(&side_name);
+    // Side file first, so a model file never points at missing data.
+    let external = if side.is_empty() {
+        None
+    } else {
+        atomic_write(&side_path, &side).map_err(|e| io(e.to_string()))?;
+        Some((side_path, side.len() as u64))
+    };
+    atomic_write(path, &bytes).map_err(|e| io(e.to_string()))?;
+    Ok(WriteReport {
+        model_bytes: bytes.len() as u64,
+        external,
+        forced_external: forced,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".qrange-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn carry_err(e: prost::DecodeError) -> OnnxError {
+    OnnxError::Internal(format!("carried protobuf fields do not decode: {e}"))
+}
+
+impl Enc<'_> {
+    fn graph(&mut self, g: &Graph, top: bool) -> Result<proto::GraphProto, OnnxError> {
+        let mut p = proto::GraphProto::decode(g.carry.0.as_slice()).map_err(carry_err)?;
+        p.name = g.name.clone();
+        let vi = |g: &Graph, v: ValueId| -> Result<proto::ValueInfoProto, OnnxError> {
+            let val = g.value(v);
+            let mut x = proto::ValueInfoProto::decode(val.carry.0.as_slice()).map_err(carry_err)?;
+            x.name = Some(val.name.clone());
+            x.r#type = match &val.ty {
+                Some(t) => Some(type_to_proto(t)?),
+                None => None,
+            };
+            Ok(x)
+        };
+        p.input = g
+            .inputs
+            .iter()
+            .map(|v| vi(g, *v))
+            .collect::<Result<_, _>>()?;
+        p.output = g
+            .outputs
+            .iter()
+            .map(|v| vi(g, *v))
+            .collect::<Result<_, _>>()?;
+        let mut listed: Vec<ValueId> = g.value_info.clone();
+        // Values typed by passes (shape inference) that the file did not list.
+        let order = g
+            .topo_order()
+            .map_err(|e| OnnxError::Internal(e.to_string()))?;
+        for o in &order {
+            for v in g.outputs_of(*o).into_iter().flatten() {
+                if g.value(v).ty.is_some()
+                    && !listed.contains(&v)
+                    && !g.is_output(v)
+                    && !g.is_input(v)
+                {
+                    listed.push(v);
+                }
+            }
+        }
+        p.value_info = listed.iter().map(|v| vi(g, *v)).collect::<Result<_, _>>()?;
+        p.initializer.clear();
+        p.sparse_initializer.clear();
+        for v in &g.initializers {
+            let t = g.const_of(*v).expect("initializer has a constant");
+            if let TensorData::Sparse(c) = &t.data {
+                p.sparse_initializer
+                    .push(proto::SparseTensorProto::decode(c.0.as_slice()).map_err(carry_err)?);
+            } else {
+                let mut tp = self.tensor(t, true)?;
+                tp.name = Some(g.value(*v).name.clone());
+                p.initializer.push(tp);
+            }
+        }
+        let _ = top;
+        p.node = Vec::with_capacity(order.len());
+        for o in order {
+            let op = g.op(o);
+            let mut n = proto::NodeProto::decode(op.carry.0.as_slice()).map_err(carry_err)?;
+            n.name = op.name.clone();
+            n.op_type = Some(op.op_type.clone());
+            n.domain = op.domain.clone();
+            let name_of =
+                |v: Option<ValueId>| v.map(|v| g.value(v).name.clone()).unwrap_or_default();
+            n.input = g.inputs_of(o).into_iter().map(name_of).collect();
+            n.output = g.outputs_of(o).into_iter().map(name_of).collect();
+            n.attribute = Vec::with_capacity(op.attrs.len());
+            for a in &op.attrs {
+                let mut x =
+                    proto::AttributeProto::decode(a.carry.0.as_slice()).map_err(carry_err)?;
+                x.name = Some(a.name.clone());
+                match &a.value {
+                    AttrValue::Float(f) => x.f = Some(*f),
+                    AttrValue::Int(i) => x.i = Some(*i),
+                    AttrValue::String(s) => x.s = Some(s.clone()),
+                    AttrValue::Tensor(t) => x.t = Some(self.tensor(t, false)?),
+                    AttrValue::Graph(sg) => x.g = Some(self.graph(sg, false)?),
+                    AttrValue::Floats(v) => x.floats = v.clone(),
+                    AttrValue::Ints(v) => x.ints = v.clone(),
+                    AttrValue::Strings(v) => x.strings = v.clone(),
+                    AttrValue::Tensors(ts) => {
+                        x.tensors = ts
+                            .iter()
+                            .map(|t| self.tensor(t, false))
+                            .collect::<Result<_, _>>()?
+                    }
+                    AttrValue::Graphs(gs) => {
+                        x.graphs = gs
+                            .iter()
+                            .map(|sg| self.graph(sg, false))
+                            .collect::<Result<_, _>>()?
+                    }
+                    AttrValue::Opaque(_) => {}
+                }
+                n.attribute.push(x);
+            }
+            p.node.push(n);
+        }
+        Ok(p)
+    }
+
+    fn tensor(
+        &mut self,
+        t: &ConstTensor,
+        initializer: bool,
+    ) -> Result<proto::TensorProto, OnnxError> {
+        let mut p = proto::TensorProto::decode(t.carry.0.as_slice()).map_err(carry_err)?;
+        p.name = t.name.clone();
+        p.data_type = Some(t.dtype.onnx_code());
+        p.dims = t.dims.clone();
+        let loaded;
+        let data = match &t.data {
+            TensorData::External(_) => {
+                loaded = TensorData::Raw(super::external::read(t, &self.origin)?);
+                &loaded
+            }
+            d => d,
+        };
+        match data {
+            TensorData::Raw(r) => {
+                let external = match self.policy {
+                    ExternalPolicy::Keep => t.was_external,
+                    ExternalPolicy::Inline => false,
+                    ExternalPolicy::Threshold(n) => initializer && r.len() as u64 >= *n,
+                };
+                if external && !self.side_name.is_empty() {
+                    let offset = self.side.len() as u64;
+                    self.side.extend_from_slice(r);
+                    let kv = |k: &str, v: String| proto::StringStringEntryProto {
+                        key: Some(k.to_string()),
+                        value: Some(v),
+                    };
+                    p.external_data = vec![
+                        kv("location", self.side_name.clone()),
+                        kv("offset", offset.to_string()),
+                        kv("length", r.len().to_string()),
+                    ];
+                    p.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
+                } else {
+                    p.raw_data = Some(r.clone());
+                }
+            }
+            TensorData::Floats(v) => p.float_data = v.clone(),
+            TensorData::Int32s(v) => p.int32_data = v.clone(),
+            TensorData::Int64s(v) => p.int64_data = v.clone(),
+            TensorData::Doubles(v) => p.double_data = v.clone(),
+            TensorData::Uint64s(v) => p.uint64_data = v.clone(),
+            TensorData::Strings(v) => p.string_data = v.clone(),
+            TensorData::Empty => {}
+            TensorData::External(_) | TensorData::Sparse(_) => {
+                return Err(OnnxError::Internal(format!(
+                    "tensor '{}' cannot be written in this position",
+                    t.name.clone().unwrap_or_default()
+                )))
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Converts a value type back to a `TypeProto`.
+pub(crate) fn type_to_proto(t: &ValueType) -> Result<proto::TypeProto, OnnxError> {
+    use proto::tensor_shape_proto::dimension::Value as D;
+    Ok(match t {
+        ValueType::Tensor { dtype, shape } => proto::TypeProto {
+            denotation: None,
+            value: Some(proto::type_proto::Value::TensorType(
+                proto::type_proto::Tensor {
+                    elem_type: Some(dtype.onnx_code()),
+                    shape: shape.as_ref().map(|dims| proto::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| proto::tensor_shape_proto::Dimension {
+                                denotation: None,
+                                value: match d {
+                                    Dim::Known(k) => Some(D::DimValue(*k)),
+                                    Dim::Param(p) => Some(D::DimParam(p.clone())),
+                                    Dim::Unknown => None,
+                                },
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+        },
+        ValueType::Opaque(Carry(b)) => proto::TypeProto::decode(b.as_slice()).map_err(carry_err)?,
+    })
+}
