@@ -1,0 +1,100 @@
+//! Command line: clap definitions and one file per subcommand. The only module that prints.
+
+mod convert;
+mod inspect;
+mod passes;
+
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+/// How a successful command ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The work ran but a requested quality gate was not met (exit code 1).
+    GateFailed,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qrange",
+    version,
+    about = "Quantizing compiler for ONNX models",
+    long_about = "qrange reads an ONNX model, chooses quantization ranges from calibration data, \
+                  inserts QuantizeLinear/DequantizeLinear nodes and writes a model that ONNX Runtime \
+                  runs with integer kernels. It executes the model before and after with tract and \
+                  reports what quantization cost.",
+    after_help = "Examples:\n  qrange inspect fixtures/ppocr_cls/model.onnx\n  \
+                  qrange convert in.onnx out.onnx --external-data 1024\n  \
+                  qrange run fixtures/ppocr_cls/model.onnx --data fixtures/ppocr_cls/eval.npz -o out.npz\n  \
+                  qrange passes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    Inspect(inspect::Args),
+    Convert(convert::Args),
+    Passes(passes::Args),
+}
+
+/// Parses `args` and runs the command.
+pub fn main_with_args<I, T>(args: I) -> anyhow::Result<Outcome>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return Ok(Outcome::Ok);
+            }
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_string();
+            anyhow::bail!("{first} (see 'qrange --help')");
+        }
+    };
+    match cli.cmd {
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Convert(a) => convert::run(a),
+        Cmd::Passes(a) => passes::run(a),
+    }
+}
+
+/// Prints an error: a complete first line, then its causes indented.
+pub fn print_error(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+/// Refuses to write `out` over `input` (same path or same file).
+pub(crate) fn check_not_input(
+    input: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let same = input == out
+        || match (input.canonicalize(), out.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+    if same {
+        anyhow::bail!(
+            "output path '{}' is the input model: refusing to overwrite the input",
+            out.display()
+        );
+    }
+    Ok(())
+}

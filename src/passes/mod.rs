@@ -1,0 +1,35 @@
+//! Passes over the IR: the [`Pass`] trait, the registry and the pipeline manager.
+//! One file per pass.
+
+use crate::ir::Model;
+
+/// Whether a pass changed the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Yes,
+    No,
+}
+
+/// Failure inside a pass, naming the pass and the node or value concerned.
+#[derive(Debug, thiserror::Error)]
+#[error("pass {pass}: {what}")]
+pub struct PassError {
+    pub pass: &'static str,
+    pub what: String,
+}
+
+/// Shared state handed to passes (options and facts such as pinned inputs).
+#[derive(Default, Debug)]
+pub struct PassCx {}
+
+/// A transformation of the IR.
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError>;
+}
+
+/// Every pass, in pipeline order.
+pub fn registry() -> Vec<Box<dyn Pass>> {
+    Vec::new()
+}
