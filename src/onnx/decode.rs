@@ -64,7 +64,7 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
     };
     model.verify().map_err(|e| OnnxError::Invalid {
         path: origin.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     Ok(model)
 }
