@@ -30,11 +30,11 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
             what: "file is empty".into(),
         });
     }
-    let p = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
+    let mut p = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
         path: origin.to_path_buf(),
         what: format!("not a valid ONNX protobuf ({e})"),
     })?;
-    let Some(graph) = p.graph.clone() else {
+    let Some(graph) = p.graph.take() else {
         return Err(OnnxError::Decode {
             path: origin.to_path_buf(),
             what: "model has no graph (not an ONNX model?)".into(),
@@ -45,22 +45,19 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
         origin: origin.to_path_buf(),
     };
     let graph = cx.graph(graph)?;
-    let mut carry = p.clone();
-    carry.graph = None;
-    carry.opset_import.clear();
-    carry.ir_version = None;
+    let opsets = std::mem::take(&mut p.opset_import)
+        .into_iter()
+        .map(|o| OpsetImport {
+            domain: o.domain.unwrap_or_default(),
+            version: o.version.unwrap_or(0),
+        })
+        .collect();
+    let ir_version = p.ir_version.take();
     let model = Model {
-        ir_version: p.ir_version,
-        opsets: p
-            .opset_import
-            .iter()
-            .map(|o| OpsetImport {
-                domain: o.domain.clone().unwrap_or_default(),
-                version: o.version.unwrap_or(0),
-            })
-            .collect(),
+        ir_version,
+        opsets,
         graph,
-        carry: Carry(carry.encode_to_vec()),
+        carry: Carry(p.encode_to_vec()),
     };
     model.verify().map_err(|e| OnnxError::Invalid {
         path: origin.to_path_buf(),
