@@ -571,6 +571,9 @@ def process(task: dict, qrange: str, workdir: str, stage) -> dict:
     out1 = os.path.join(workdir, "out1.onnx")
     out2 = os.path.join(workdir, "out2.onnx")
     stage("convert")
+    for stale in (out1, out2):
+        if os.path.exists(stale):
+            os.remove(stale)
     err = convert(qrange, model_path, out1)
     if err:
         res["convert"] = False
