@@ -224,7 +224,7 @@ def load_npz(graph, npz_path: str):
     with np.load(npz_path, allow_pickle=False) as z:
         if not all(name in z.files for name in wanted):
             return None
-        return {name: z[name][0] for name in wanted}
+        return {name: np.asarray(z[name][0]) for name in wanted}
 
 
 def ort_session(path: str):
@@ -575,6 +575,7 @@ def process(task: dict, qrange: str, workdir: str, stage) -> dict:
         if os.path.exists(stale):
             os.remove(stale)
     err = convert(qrange, model_path, out1)
+    out1_ok = err is None
     if err:
         res["convert"] = False
         fail("convert", scrub(err))
@@ -599,9 +600,9 @@ def process(task: dict, qrange: str, workdir: str, stage) -> dict:
 
     # (c) ORT on out1: identical outputs.
     if res["ort_runnable"]:
-        if res["convert"] is False and not os.path.isfile(out1):
+        if not out1_ok:
             res["ort_identical"] = False
-        elif os.path.isfile(out1):
+        else:
             stage("ort_converted")
             res["ort_identical"] = False
             try:
@@ -634,7 +635,7 @@ def process(task: dict, qrange: str, workdir: str, stage) -> dict:
             del sess
 
     # (d) second half: checker on out1.
-    if res["checker_original"] and os.path.isfile(out1):
+    if res["checker_original"] and out1_ok:
         stage("checker_converted")
         try:
             onnx.checker.check_model(out1, full_check=True)
