@@ -1,3 +1,5 @@
 //! qrange: a quantizing compiler for ONNX models (architecture map to follow).
 pub mod ir;
 pub mod onnx;
+pub mod exec;
+pub mod quant;
