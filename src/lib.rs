@@ -1,5 +1,5 @@
 //! qrange: a quantizing compiler for ONNX models (architecture map to follow).
+pub mod exec;
 pub mod ir;
 pub mod onnx;
-pub mod exec;
 pub mod quant;

@@ -50,7 +50,11 @@ fn read_tensor(path: &Path) -> (String, Tensor) {
         })),
         DType::F16 => Tensor::F16(arr!(match raw {
             Some(r) => chunks(r, 2, |c| half::f16::from_le_bytes(c.try_into().unwrap())),
-            None => t.int32_data.iter().map(|&b| half::f16::from_bits(b as u16)).collect(),
+            None => t
+                .int32_data
+                .iter()
+                .map(|&b| half::f16::from_bits(b as u16))
+                .collect(),
         })),
         DType::I32 => Tensor::I32(arr!(match raw {
             Some(r) => chunks(r, 4, |c| i32::from_le_bytes(c.try_into().unwrap())),
@@ -81,7 +85,9 @@ fn read_tensor(path: &Path) -> (String, Tensor) {
                 Some(r) => r.to_vec(),
                 None => t.int32_data.iter().map(|&v| v as u8).collect(),
             };
-            let nibbles: Vec<u8> = (0..n).map(|i| (packed[i / 2] >> (4 * (i % 2))) & 0xf).collect();
+            let nibbles: Vec<u8> = (0..n)
+                .map(|i| (packed[i / 2] >> (4 * (i % 2))) & 0xf)
+                .collect();
             if dtype == DType::U4 {
                 Tensor::U4(arr!(nibbles))
             } else {
@@ -109,10 +115,16 @@ fn read_set(dir: &Path, prefix: &str) -> Vec<(String, Tensor)> {
 fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
     match (a, b) {
         (Tensor::F32(x), Tensor::F32(y)) => {
-            x.shape() == y.shape() && x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits())
+            x.shape() == y.shape()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
         }
         (Tensor::F16(x), Tensor::F16(y)) => {
-            x.shape() == y.shape() && x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits())
+            x.shape() == y.shape()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
         }
         _ => a == b,
     }
@@ -134,7 +146,13 @@ fn mismatches(a: &Tensor, b: &Tensor) -> String {
                 .collect();
             format!("{} of {} differ: {}", bad.len(), x.len(), first.join(", "))
         }
-        _ => format!("got {} {:?}, want {} {:?}", a.dtype(), a.shape(), b.dtype(), b.shape()),
+        _ => format!(
+            "got {} {:?}, want {} {:?}",
+            a.dtype(),
+            a.shape(),
+            b.dtype(),
+            b.shape()
+        ),
     }
 }
 
@@ -170,7 +188,10 @@ fn every_fixture_matches_onnx_runtime_bit_for_bit() {
         "corpus_quantizelinear_int4",
         "corpus_quantizelinear_blocked_asymmetric",
     ] {
-        assert!(names.iter().any(|n| n == required), "fixture {required} is missing");
+        assert!(
+            names.iter().any(|n| n == required),
+            "fixture {required} is missing"
+        );
     }
 
     let mut failures = Vec::new();
@@ -220,15 +241,29 @@ fn every_fixture_matches_onnx_runtime_bit_for_bit() {
 fn com_microsoft_and_4bit_notes() {
     let case = fixtures().join("ms_qdq_opset13");
     let model = load_model(&case.join("model.onnx"));
-    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input").into_iter().collect();
+    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input")
+        .into_iter()
+        .collect();
     let s = Session::new(&model, None, &inputs, &SessionOptions::default()).unwrap();
     let notes = s.notes();
-    assert!(notes.iter().any(|n| n.starts_with("com.microsoft QuantizeLinear x2")), "{notes:?}");
-    assert!(notes.iter().any(|n| n.starts_with("com.microsoft DequantizeLinear x2")), "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("com.microsoft QuantizeLinear x2")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("com.microsoft DequantizeLinear x2")),
+        "{notes:?}"
+    );
 
     let case = fixtures().join("qdq_int4_uint4_opset21");
     let model = load_model(&case.join("model.onnx"));
-    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input").into_iter().collect();
+    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input")
+        .into_iter()
+        .collect();
     let s = Session::new(
         &model,
         None,
@@ -238,15 +273,26 @@ fn com_microsoft_and_4bit_notes() {
         },
     )
     .unwrap();
-    assert!(s.notes().iter().any(|n| n.contains("int4/uint4")), "{:?}", s.notes());
+    assert!(
+        s.notes().iter().any(|n| n.contains("int4/uint4")),
+        "{:?}",
+        s.notes()
+    );
     let out = s.run(&inputs).unwrap();
     // 4-bit values come back with their ONNX type, inside the 4-bit range
-    let Tensor::I4(q) = &out["x_i4"] else { panic!("x_i4 is {}", out["x_i4"].dtype()) };
+    let Tensor::I4(q) = &out["x_i4"] else {
+        panic!("x_i4 is {}", out["x_i4"].dtype())
+    };
     assert!(q.iter().all(|&v| (-8..=7).contains(&v)));
     // the inputs lie around -9.5..-3.5 quantization steps: the low end saturates
     assert!(q.iter().any(|&v| v == -8), "saturation expected: {q:?}");
-    let Tensor::U4(q) = &out["x_u4"] else { panic!("x_u4 is {}", out["x_u4"].dtype()) };
-    assert!(q.iter().all(|&v| v <= 15) && q.iter().any(|&v| v == 0), "{q:?}");
+    let Tensor::U4(q) = &out["x_u4"] else {
+        panic!("x_u4 is {}", out["x_u4"].dtype())
+    };
+    assert!(
+        q.iter().all(|&v| v <= 15) && q.iter().any(|&v| v == 0),
+        "{q:?}"
+    );
     assert_eq!(out["w_i4"].dtype(), DType::I4);
 }
 
@@ -254,14 +300,19 @@ fn com_microsoft_and_4bit_notes() {
 fn taps_return_intermediate_values_by_onnx_name() {
     let case = fixtures().join("conv_per_axis_int8_weights");
     let model = load_model(&case.join("model.onnx"));
-    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input").into_iter().collect();
+    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input")
+        .into_iter()
+        .collect();
     let opts = SessionOptions {
         taps: vec!["xq".into(), "conv".into(), "bdq".into(), "y".into()],
     };
     let s = Session::new(&model, Some(&case), &inputs, &opts).unwrap();
     assert_eq!(s.output_names(), ["yq", "y", "xq", "conv", "bdq"]);
     let out = s.run(&inputs).unwrap();
-    assert_eq!(out.keys().collect::<Vec<_>>(), ["bdq", "conv", "xq", "y", "yq"]);
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        ["bdq", "conv", "xq", "y", "yq"]
+    );
     // the tapped activation is the exact quantization of the input
     let xq = qrange::quant::quantize_linear(
         &inputs["x"],
@@ -283,7 +334,10 @@ fn taps_return_intermediate_values_by_onnx_name() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, ExecError::UnknownTap(ref t) if t == "no_such_value"), "{err}");
+    assert!(
+        matches!(err, ExecError::UnknownTap(ref t) if t == "no_such_value"),
+        "{err}"
+    );
 }
 
 fn value(name: &str, elem: DType, dims: &[Option<i64>]) -> ValueInfoProto {

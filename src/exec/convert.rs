@@ -85,6 +85,10 @@ pub(crate) fn to_host(t: &TractTensor, logical: Option<DType>) -> TractResult<Te
         DatumType::U64 => Tensor::U64(t.to_plain_array_view::<u64>()?.to_owned()),
         DatumType::Bool => Tensor::Bool(t.to_plain_array_view::<bool>()?.to_owned()),
         DatumType::String => Tensor::Str(t.to_plain_array_view::<String>()?.to_owned()),
+        // shape computations the engine keeps symbolic; concrete by the time they are output
+        DatumType::TDim => {
+            Tensor::I64(t.cast_to::<i64>()?.to_plain_array_view::<i64>()?.to_owned())
+        }
         other => bail!("element type {other:?} has no host representation"),
     };
     Ok(match (logical, host) {
@@ -104,11 +108,24 @@ mod tests {
         let t = Tensor::I4(arr1(&[-8i8, 7, 0]).into_dyn());
         let e = to_engine(&t).unwrap();
         assert_eq!(e.datum_type(), DatumType::I8);
-        assert_eq!(to_host(&e, None).unwrap(), Tensor::I8(arr1(&[-8i8, 7, 0]).into_dyn()));
+        assert_eq!(
+            to_host(&e, None).unwrap(),
+            Tensor::I8(arr1(&[-8i8, 7, 0]).into_dyn())
+        );
         assert_eq!(to_host(&e, Some(DType::I4)).unwrap(), t);
         let f = Tensor::F16(arr1(&[half::f16::from_f32(1.5)]).into_dyn());
         assert_eq!(to_host(&to_engine(&f).unwrap(), None).unwrap(), f);
         let b = Tensor::BF16(arr1(&[half::bf16::ONE]).into_dyn());
         assert_eq!(to_engine(&b).unwrap_err(), DType::BF16);
+    }
+
+    #[test]
+    fn symbolic_dims_come_back_as_i64() {
+        use tract_onnx::prelude::{tensor1, TDim};
+        let t = tensor1(&[TDim::from(3), TDim::from(7)]);
+        assert_eq!(
+            to_host(&t, None).unwrap(),
+            Tensor::I64(arr1(&[3i64, 7]).into_dyn())
+        );
     }
 }

@@ -29,7 +29,6 @@ use tract_onnx::prelude::{
     InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec, TypedRunnableModel,
 };
 
-
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -102,6 +101,8 @@ pub struct Session {
     outputs: Vec<String>,
     logical: BTreeMap<String, DType>,
     notes: Vec<String>,
+    /// Notes added while building plans.
+    extra_notes: Mutex<Vec<String>>,
     plans: Mutex<BTreeMap<Signature, Arc<TypedRunnableModel>>>,
 }
 
@@ -161,6 +162,7 @@ impl Session {
             outputs: prepared.outputs,
             logical: prepared.logical,
             notes: prepared.notes,
+            extra_notes: Mutex::new(Vec::new()),
             plans: Mutex::new(BTreeMap::new()),
         };
         let signature = session.signature(sample)?;
@@ -180,7 +182,8 @@ impl Session {
 
     /// What was replaced or emulated to run this model.
     pub fn notes(&self) -> Vec<String> {
-        self.notes.clone()
+        let extra = self.extra_notes.lock().unwrap_or_else(|e| e.into_inner());
+        self.notes.iter().chain(extra.iter()).cloned().collect()
     }
 
     /// Runs one sample; returns every graph output and every tap by ONNX name.
@@ -199,7 +202,9 @@ impl Session {
             })?;
             inputs.push(t.into_tvalue());
         }
-        let values = plan.run(inputs).map_err(|e| ExecError::Run(engine_error(e)))?;
+        let values = plan
+            .run(inputs)
+            .map_err(|e| ExecError::Run(engine_error(e)))?;
         if values.len() != self.outputs.len() {
             return Err(ExecError::Run(format!(
                 "the engine returned {} values for {} outputs",
@@ -252,7 +257,33 @@ impl Session {
         Ok(plan)
     }
 
+    /// Builds a plan with the sample's concrete input facts. Some models only load with their
+    /// own declared (symbolic) input facts (e.g. an `If` whose branches disagree once shapes are
+    /// concrete); when the concrete facts fail, those are tried before giving up.
     fn build(&self, signature: &Signature) -> Result<Arc<TypedRunnableModel>, ExecError> {
+        match self.build_with(Some(signature)) {
+            Ok(plan) => Ok(plan),
+            Err(concrete) => match self.build_with(None) {
+                Ok(plan) => {
+                    let mut extra = self.extra_notes.lock().unwrap_or_else(|e| e.into_inner());
+                    let note = format!(
+                        "the model's declared input shapes were used: it does not load with \
+                         concrete ones ({concrete})"
+                    );
+                    if !extra.contains(&note) {
+                        extra.push(note);
+                    }
+                    Ok(plan)
+                }
+                Err(_) => Err(concrete),
+            },
+        }
+    }
+
+    fn build_with(
+        &self,
+        signature: Option<&Signature>,
+    ) -> Result<Arc<TypedRunnableModel>, ExecError> {
         let load = |e: tract_onnx::prelude::TractError| ExecError::Load(engine_error(e));
         let parsed = engine()
             .parse(&self.proto, self.base_dir.as_deref())
@@ -265,6 +296,10 @@ impl Session {
         }
         let mut model = parsed.model;
         let outlets = model.input_outlets().map_err(load)?.to_vec();
+        let Some(signature) = signature else {
+            let typed = model.into_optimized().map_err(load)?;
+            return typed.into_runnable().map_err(load);
+        };
         for (ix, outlet) in outlets.iter().enumerate() {
             let name = model.node(outlet.node).name.clone();
             let pos = self

@@ -179,7 +179,10 @@ fn external_bytes(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, E
     }
     let parse = |key: &str| -> Result<Option<usize>, ExecError> {
         entry(key)
-            .map(|v| v.parse::<usize>().map_err(|_| err(format!("bad `{key}` value `{v}`"))))
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| err(format!("bad `{key}` value `{v}`")))
+            })
             .transpose()
     };
     let offset = parse("offset")?.unwrap_or(0);
@@ -353,7 +356,9 @@ fn check_dtypes(graph: &GraphProto) -> Result<(), ExecError> {
         }
     }
     for v in &graph.input {
-        if let Some(type_proto::Value::TensorType(tt)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        if let Some(type_proto::Value::TensorType(tt)) =
+            v.r#type.as_ref().and_then(|t| t.value.as_ref())
+        {
             if !engine_dtype(tt.elem_type()) {
                 return Err(refuse(v.name(), tt.elem_type()));
             }
@@ -425,7 +430,12 @@ pub(crate) fn prepare(
         .iter()
         .map(|v| v.name())
         .chain(initialized.iter().copied())
-        .chain(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
         .collect();
     logical.retain(|name, _| main.contains(name.as_str()));
 
@@ -447,7 +457,9 @@ pub(crate) fn prepare(
         ));
     }
     if tapped > 0 {
-        notes.push(format!("{tapped} intermediate value(s) tapped as extra outputs"));
+        notes.push(format!(
+            "{tapped} intermediate value(s) tapped as extra outputs"
+        ));
     }
     Ok(Prepared {
         model,
@@ -532,7 +544,10 @@ mod tests {
     #[test]
     fn short_4bit_data_is_an_error() {
         let w = int4("w", vec![5], vec![0x11, 0x11], false);
-        let m = model(vec![node("DequantizeLinear", "", &["w", "s"], "y")], vec![w]);
+        let m = model(
+            vec![node("DequantizeLinear", "", &["w", "s"], "y")],
+            vec![w],
+        );
         let err = prepare(&m, None, &[], &|_| true).unwrap_err();
         assert!(err.to_string().contains("`w`"), "{err}");
     }
@@ -548,12 +563,21 @@ mod tests {
         );
         let err = prepare(&m, None, &[], &|_| true).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("QLinearAdd_y") && msg.contains("com.microsoft"), "{msg}");
+        assert!(
+            msg.contains("QLinearAdd_y") && msg.contains("com.microsoft"),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'));
         let m = model(vec![node("Relu", "", &["x"], "y")], vec![]);
         let err = prepare(&m, None, &["nope".to_string()], &|_| true).unwrap_err();
         assert!(matches!(err, ExecError::UnknownTap(ref t) if t == "nope"));
-        let p = prepare(&m, None, &["x".to_string(), "y".into(), "x".into()], &|_| true).unwrap();
+        let p = prepare(
+            &m,
+            None,
+            &["x".to_string(), "y".into(), "x".into()],
+            &|_| true,
+        )
+        .unwrap();
         assert_eq!(p.outputs, vec!["y".to_string(), "x".into()]);
     }
 
@@ -567,6 +591,9 @@ mod tests {
         };
         let m = model(vec![node("Relu", "", &["x"], "y")], vec![t]);
         let err = prepare(&m, None, &[], &|_| true).unwrap_err();
-        assert!(err.to_string().contains("`scale`") && err.to_string().contains("bf16"), "{err}");
+        assert!(
+            err.to_string().contains("`scale`") && err.to_string().contains("bf16"),
+            "{err}"
+        );
     }
 }

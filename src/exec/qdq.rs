@@ -293,7 +293,10 @@ impl Op for ExactDequantize {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?} input {:?}", self.attrs, self.input_logical)])
+        Ok(vec![format!(
+            "{:?} input {:?}",
+            self.attrs, self.input_logical
+        )])
     }
 
     op_as_typed_op!();

@@ -147,7 +147,14 @@ struct ParamIndex {
 impl ParamIndex {
     fn new(granularity: Granularity, shape: &[usize]) -> ParamIndex {
         let (axis, block) = match granularity {
-            Granularity::PerTensor => return ParamIndex { granularity, dim: 1, inner: 1, blocks: 1 },
+            Granularity::PerTensor => {
+                return ParamIndex {
+                    granularity,
+                    dim: 1,
+                    inner: 1,
+                    blocks: 1,
+                }
+            }
             Granularity::PerAxis { axis } => (axis, 1),
             Granularity::Blocked { axis, block_size } => (axis, block_size),
         };
@@ -323,7 +330,12 @@ fn quantize_one(x: f32, scale: f32, zero_point: i64, lo: i64, hi: i64, p: Precis
 
 /// Quantizes one value with float32 division: `saturate(round_half_even(x / scale) + zero_point)`
 /// for the range of `dtype` (u8, i8, u16, i16, u4, i4).
-pub fn quantize_value(x: f32, scale: f32, zero_point: i64, dtype: DType) -> Result<i64, QuantError> {
+pub fn quantize_value(
+    x: f32,
+    scale: f32,
+    zero_point: i64,
+    dtype: DType,
+) -> Result<i64, QuantError> {
     let (lo, hi) = quantized_range(dtype)?;
     Ok(quantize_one(x, scale, zero_point, lo, hi, Precision::F32))
 }
@@ -537,12 +549,22 @@ mod tests {
                 }
             }
         }
-        assert!(found > 0, "the probe should contain reciprocal-sensitive values");
+        assert!(
+            found > 0,
+            "the probe should contain reciprocal-sensitive values"
+        );
     }
 
     #[test]
     fn nan_and_infinities() {
-        let x = f32t(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 2.25]);
+        let x = f32t(&[
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            2.25,
+        ]);
         let z = Tensor::I16(arr0(3i16).into_dyn());
         let y = quantize_linear(&x, &scalar(0.5), Some(&z), &QuantizeAttrs::default()).unwrap();
         assert_eq!(ints(&y), vec![-32768, 32767, -32768, 32767, -32768, 7]);
@@ -591,7 +613,12 @@ mod tests {
         };
         let err = quantize_linear(&f32t(&[1.0]), &scalar(1.0), None, &attrs).unwrap_err();
         assert!(err.to_string().contains("f8e4m3fn"), "{err}");
-        let dq = dequantize_linear(&f32t(&[1.0]), &scalar(1.0), None, &DequantizeAttrs::default());
+        let dq = dequantize_linear(
+            &f32t(&[1.0]),
+            &scalar(1.0),
+            None,
+            &DequantizeAttrs::default(),
+        );
         assert!(matches!(dq, Err(QuantError::UnsupportedType { .. })));
     }
 
@@ -600,7 +627,9 @@ mod tests {
         let x = Tensor::I32(arr1(&[i32::MAX, 16_777_217, -5]).into_dyn());
         let z = Tensor::I32(arr0(-5).into_dyn());
         let y = dequantize_linear(&x, &scalar(0.5), Some(&z), &DequantizeAttrs::default()).unwrap();
-        let Tensor::F32(y) = y else { panic!("f32 output") };
+        let Tensor::F32(y) = y else {
+            panic!("f32 output")
+        };
         assert_eq!(y.as_slice().unwrap(), &[-1073741824.0, 8388611.0, 0.0]);
     }
 
@@ -611,7 +640,9 @@ mod tests {
         let z = Tensor::U16(arr0(3u16).into_dyn());
         let scale = Tensor::F16(arr0(s).into_dyn());
         let y = dequantize_linear(&x, &scale, Some(&z), &DequantizeAttrs::default()).unwrap();
-        let Tensor::F16(y) = y else { panic!("f16 output") };
+        let Tensor::F16(y) = y else {
+            panic!("f16 output")
+        };
         let want: Vec<f16> = [-3i32, 39997, 65532]
             .iter()
             .map(|&d| f16::from_f32(d as f32 * s.to_f32()))
@@ -636,7 +667,10 @@ mod tests {
             let x = f16::from_f32((k as f32 + 0.5) * s).to_f32();
             let q32 = quantize_one(x, s, 0, -128, 127, Precision::F32);
             let q16 = quantize_one(x, s, 0, -128, 127, Precision::F16);
-            let expect16 = f16::from_f32(x / s).to_f32().round_ties_even().clamp(-128.0, 127.0);
+            let expect16 = f16::from_f32(x / s)
+                .to_f32()
+                .round_ties_even()
+                .clamp(-128.0, 127.0);
             assert_eq!(q16, expect16 as i64);
             differ += (q32 != q16) as usize;
         }
