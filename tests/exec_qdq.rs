@@ -445,3 +445,102 @@ fn dynamic_dimensions_take_the_sample_shape_and_new_shapes_get_a_plan() {
         Err(ExecError::MissingInput(ref n)) if n == "x"
     ));
 }
+
+#[test]
+fn session_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+}
+
+fn external(
+    name: &str,
+    dtype: DType,
+    dims: Vec<i64>,
+    location: &str,
+    offset: usize,
+    len: usize,
+) -> TensorProto {
+    let entry = |k: &str, v: String| qrange::onnx::proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(dtype.onnx_code()),
+        dims,
+        data_location: Some(qrange::onnx::proto::tensor_proto::DataLocation::External as i32),
+        external_data: vec![
+            entry("location", location.into()),
+            entry("offset", offset.to_string()),
+            entry("length", len.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn external_data_is_read_from_the_base_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 bytes of padding, then w = [0.5, -1.0, 2.0] (f32), then packed int4 [1, -2, 7]
+    let mut bytes = vec![0u8; 16];
+    for v in [0.5f32, -1.0, 2.0] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&[0xe1, 0x07]);
+    std::fs::write(dir.path().join("weights.bin"), &bytes).unwrap();
+    let make = |location: &str| {
+        let mut m = small_model(vec![
+            node("Add", "add", &["x", "w"], &["y"]),
+            node("DequantizeLinear", "dq", &["w4", "s"], &["w4_dq"]),
+        ]);
+        let g = m.graph.as_mut().unwrap();
+        g.initializer
+            .push(external("w", DType::F32, vec![3], location, 16, 12));
+        g.initializer
+            .push(external("w4", DType::I4, vec![3], location, 28, 2));
+        g.output.push(value("w4_dq", DType::F32, &[Some(3)]));
+        m
+    };
+    let s = Session::new(
+        &make("weights.bin"),
+        Some(dir.path()),
+        &sample(2),
+        &SessionOptions::default(),
+    )
+    .unwrap();
+    let out = s.run(&sample(2)).unwrap();
+    let x = sample(2)["x"].to_f64_vec().unwrap();
+    let y = out["y"].to_f64_vec().unwrap();
+    let w = [0.5, -1.0, 2.0];
+    for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+        assert_eq!((*a as f32 + w[i % 3] as f32) as f64, *b);
+    }
+    assert_eq!(
+        out["w4_dq"].to_f64_vec().unwrap(),
+        vec![
+            (0.1f32 * 1.0) as f64,
+            (0.1f32 * -2.0) as f64,
+            (0.1f32 * 7.0) as f64
+        ]
+    );
+
+    let err = Session::new(
+        &make("../weights.bin"),
+        Some(dir.path()),
+        &sample(2),
+        &SessionOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("w4") && err.to_string().contains("relative"),
+        "{err}"
+    );
+    let err = Session::new(
+        &make("weights.bin"),
+        None,
+        &sample(2),
+        &SessionOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no base directory"), "{err}");
+}
