@@ -16,10 +16,15 @@
 //! - [`ir`]: the graph (bipartite `StableDiGraph` of op and value nodes, typed handles),
 //!   values and constants, host tensors, `verify()`, the text dump.
 //! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass.
+//! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
+//!   semantics (every integer dtype, per-tensor, per-axis, blocked).
+//! - [`exec`]: the only module that names tract: sessions with concrete input facts,
+//!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
-//! Dependency direction: `onnx → ir ← passes ← cli`. `ir` knows nothing of protobuf,
-//! tract or clap; passes never touch generated proto types.
+//! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`. `ir` knows
+//! nothing of protobuf, tract or clap; passes never touch generated proto types; only
+//! `exec` names tract.
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as
@@ -30,11 +35,15 @@
 //! - **Invariant:** output is deterministic: ops are emitted in a topological order whose
 //!   ties are broken by the original node index; everything printed or written iterates
 //!   ordered collections.
+//! - **Invariant:** no engine approximates silently: Q/DQ run through `quant` kernels in
+//!   tract, and `exec::Session::notes` says what was replaced or emulated.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
 //!   file, node or tensor; outputs are written to a temporary file and renamed, and the
 //!   input model is never overwritten.
 
 pub mod cli;
+pub mod exec;
 pub mod ir;
 pub mod onnx;
 pub mod passes;
+pub mod quant;
