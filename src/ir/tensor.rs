@@ -168,10 +168,7 @@ impl DType {
 
     /// True for the floating-point types quantization reads ranges of.
     pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            DType::F32 | DType::F16 | DType::BF16 | DType::F64
-        )
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
     }
 
     /// True for integer types (including sub-byte ones).
