@@ -39,7 +39,8 @@ fn check(rel: &str, inputs: &[InputSpec], n: usize, shape: &[usize], meta: Optio
 #[test]
 fn tiny_fixture_data_loads() {
     let chw = [Some(1), Some(3), Some(8), Some(8)];
-    let cases: Vec<(&str, Vec<Option<usize>>, Vec<usize>)> = vec![
+    type Case = (&'static str, Vec<Option<usize>>, Vec<usize>);
+    let cases: Vec<Case> = vec![
         ("tiny_cnn", chw.to_vec(), vec![1, 3, 8, 8]),
         ("tiny_bn", chw.to_vec(), vec![1, 3, 8, 8]),
         ("tiny_mlp", vec![None, Some(16)], vec![1, 16]),
