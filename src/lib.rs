@@ -20,6 +20,8 @@
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
+//! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders),
+//!   validated against the model's inputs; deterministic .npz output.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`. `ir` knows
@@ -42,6 +44,7 @@
 //!   input model is never overwritten.
 
 pub mod cli;
+pub mod data;
 pub mod exec;
 pub mod ir;
 pub mod onnx;
