@@ -3,6 +3,7 @@
 mod convert;
 mod inspect;
 mod passes;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -39,6 +40,7 @@ enum Cmd {
     Inspect(inspect::Args),
     Convert(convert::Args),
     Passes(passes::Args),
+    Run(run::Args),
 }
 
 /// Parses `args` and runs the command.
@@ -69,6 +71,7 @@ where
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Convert(a) => convert::run(a),
         Cmd::Passes(a) => passes::run(a),
+        Cmd::Run(a) => run::run(a),
     }
 }
 

@@ -359,7 +359,11 @@ impl Tensor {
                 ArrayD::from_shape_vec(sh.clone(), vals.iter().map(|&v| v != 0.0).collect())
                     .map_err(|e| e.to_string())?,
             ),
-            other => return Err(format!("values of type {other} cannot be given on the command line")),
+            other => {
+                return Err(format!(
+                    "values of type {other} cannot be given on the command line"
+                ))
+            }
         })
     }
 

@@ -82,10 +82,12 @@ impl Cx {
     fn graph(&self, p: proto::GraphProto) -> Result<Graph, OnnxError> {
         let gname = p.name.clone().unwrap_or_default();
         let mut g = Graph::new(p.name.clone());
-        let mut carry = proto::GraphProto::default();
-        carry.doc_string = p.doc_string;
-        carry.quantization_annotation = p.quantization_annotation;
-        carry.metadata_props = p.metadata_props;
+        let carry = proto::GraphProto {
+            doc_string: p.doc_string,
+            quantization_annotation: p.quantization_annotation,
+            metadata_props: p.metadata_props,
+            ..Default::default()
+        };
         g.carry = Carry(carry.encode_to_vec());
 
         for vi in &p.input {
@@ -202,11 +204,13 @@ impl Cx {
         for a in n.attribute {
             attrs.push(self.attr(a, &nname, &op_type)?);
         }
-        let mut carry = proto::NodeProto::default();
-        carry.overload = n.overload;
-        carry.doc_string = n.doc_string;
-        carry.metadata_props = n.metadata_props;
-        carry.device_configurations = n.device_configurations;
+        let carry = proto::NodeProto {
+            overload: n.overload,
+            doc_string: n.doc_string,
+            metadata_props: n.metadata_props,
+            device_configurations: n.device_configurations,
+            ..Default::default()
+        };
         let op = Op {
             name: n.name,
             op_type,
@@ -232,10 +236,12 @@ impl Cx {
             Some(t) if t != 0 => t,
             _ => infer_attr_type(&a),
         };
-        let mut carry = proto::AttributeProto::default();
-        carry.ref_attr_name = a.ref_attr_name.clone();
-        carry.doc_string = a.doc_string.clone();
-        carry.r#type = a.r#type;
+        let mut carry = proto::AttributeProto {
+            ref_attr_name: a.ref_attr_name.clone(),
+            doc_string: a.doc_string.clone(),
+            r#type: a.r#type,
+            ..Default::default()
+        };
         let value = match T::try_from(kind) {
             Ok(T::Float) => AttrValue::Float(a.f.unwrap_or(0.0)),
             Ok(T::Int) => AttrValue::Int(a.i.unwrap_or(0)),
@@ -284,13 +290,13 @@ impl Cx {
     fn tensor(&self, t: proto::TensorProto) -> Result<ConstTensor, OnnxError> {
         let name = t.name.clone();
         let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
-        let mut carry = proto::TensorProto::default();
-        carry.doc_string = t.doc_string.clone();
-        carry.segment = t.segment;
-        carry.metadata_props = t.metadata_props.clone();
-        if !external {
-            carry.data_location = t.data_location;
-        }
+        let carry = proto::TensorProto {
+            doc_string: t.doc_string.clone(),
+            segment: t.segment,
+            metadata_props: t.metadata_props.clone(),
+            data_location: if external { None } else { t.data_location },
+            ..Default::default()
+        };
         let data = if external {
             let mut r = ExternalRef {
                 location: String::new(),
