@@ -53,7 +53,82 @@ fn with_ext_data(
     p
 }
 
+/// Writes the add_relu model and an .npz built by `arrays` (name, npy dtype, shape, raw bytes).
+fn run_case(dir: &Path, arrays: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<String> {
+    let m = dir.join("model.onnx");
+    write_proto(&m, &add_relu());
+    let data = dir.join("data.npz");
+    write_npz_raw(&data, arrays);
+    vec![
+        "run".into(),
+        s(&m),
+        "--data".into(),
+        s(&data),
+        "-o".into(),
+        s(&dir.join("out.npz")),
+    ]
+}
+
+fn f32_bytes(n: usize, v: f32) -> Vec<u8> {
+    (0..n).flat_map(|_| v.to_le_bytes()).collect()
+}
+
 const CASES: &[Case] = &[
+    Case {
+        name: "npz with a wrong dtype",
+        setup: |d| run_case(d, &[("x", "<i4", &[2, 1, 4], vec![0; 32])]),
+        expect: &["data.npz", "'x'", "i32", "f32"],
+    },
+    Case {
+        name: "npz with a wrong shape",
+        setup: |d| run_case(d, &[("x", "<f4", &[2, 1, 5], f32_bytes(10, 1.0))]),
+        expect: &["data.npz", "'x'"],
+    },
+    Case {
+        name: "npz missing the model input",
+        setup: |d| run_case(d, &[("label", "<f4", &[2], f32_bytes(2, 1.0))]),
+        expect: &["data.npz", "'x'"],
+    },
+    Case {
+        name: "npz with NaN",
+        setup: |d| run_case(d, &[("x", "<f4", &[1, 1, 4], f32_bytes(4, f32::NAN))]),
+        expect: &["data.npz", "'x'", "NaN"],
+    },
+    Case {
+        name: "unknown op at run time",
+        setup: |d| {
+            let mut m = add_relu();
+            let g = m.graph.as_mut().unwrap();
+            g.node[1].op_type = Some("FancyRelu".into());
+            g.node[1].domain = Some("com.example".into());
+            m.opset_import.push(proto::OperatorSetIdProto {
+                domain: Some("com.example".into()),
+                version: Some(1),
+            });
+            let p = d.join("model.onnx");
+            write_proto(&p, &m);
+            let data = d.join("data.npz");
+            write_npz_raw(&data, &[("x", "<f4", &[1, 1, 4], f32_bytes(4, 1.0))]);
+            vec![
+                "run".into(),
+                s(&p),
+                "--data".into(),
+                s(&data),
+                "-o".into(),
+                s(&d.join("out.npz")),
+            ]
+        },
+        expect: &["'relu'", "FancyRelu"],
+    },
+    Case {
+        name: "pin of an input that does not exist",
+        setup: |d| {
+            let mut a = run_case(d, &[("x", "<f4", &[1, 1, 4], f32_bytes(4, 1.0))]);
+            a.extend(["--pin".into(), "sr=16000".into()]);
+            a
+        },
+        expect: &["--pin", "'sr'"],
+    },
     Case {
         name: "missing model file",
         setup: |d| convert_args(d, &d.join("nope.onnx")),

@@ -142,7 +142,7 @@ fn wrong_specs_fail_on_real_data() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("calib.npz") && e.contains("`bytes`") && e.contains("i32"),
+        e.contains("calib.npz") && e.contains("'bytes'") && e.contains("i32"),
         "{e}"
     );
     // silero needs `sr`, which ppocr's data lacks.
@@ -155,5 +155,5 @@ fn wrong_specs_fail_on_real_data() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("`sr`") && e.contains("found: x, label"), "{e}");
+    assert!(e.contains("'sr'") && e.contains("found: x, label"), "{e}");
 }

@@ -87,7 +87,7 @@ pub enum DataError {
     },
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
-    #[error("{}: array `{array}`: {what}", path.display())]
+    #[error("{}: array '{array}': {what}", path.display())]
     Unsupported {
         path: PathBuf,
         array: String,
@@ -97,20 +97,20 @@ pub enum DataError {
     UnknownFormat { path: PathBuf },
     #[error("{}: a .npy file holds one array but the model has {count} inputs; use .npz with one array per input", path.display())]
     NpyNeedsSingleInput { path: PathBuf, count: usize },
-    #[error("{}: no data for model input `{input}` (found: {found})", path.display())]
+    #[error("{}: no data for model input '{input}' (found: {found})", path.display())]
     MissingInput {
         path: PathBuf,
         input: String,
         found: String,
     },
-    #[error("{}: input `{input}`: data is {found} but the model expects {expected}", path.display())]
+    #[error("{}: input '{input}': data is {found} but the model expects {expected}", path.display())]
     WrongDType {
         path: PathBuf,
         input: String,
         expected: DType,
         found: DType,
     },
-    #[error("{}: input `{input}`: a sample has shape {found:?} (rank {}) but the model expects rank {} {expected}{hint}", path.display(), found.len(), rank_of(expected))]
+    #[error("{}: input '{input}': a sample has shape {found:?} (rank {}) but the model expects rank {} {expected}{hint}", path.display(), found.len(), rank_of(expected))]
     WrongRank {
         path: PathBuf,
         input: String,
@@ -118,7 +118,7 @@ pub enum DataError {
         expected: String,
         hint: &'static str,
     },
-    #[error("{}: input `{input}`: a sample has shape {found:?} but the model expects {expected} (axis {axis} differs){hint}", path.display())]
+    #[error("{}: input '{input}': a sample has shape {found:?} but the model expects {expected} (axis {axis} differs){hint}", path.display())]
     WrongDim {
         path: PathBuf,
         input: String,
@@ -127,7 +127,7 @@ pub enum DataError {
         expected: String,
         hint: &'static str,
     },
-    #[error("{}: input `{input}` has {count} samples but `{reference}` has {reference_count}", path.display())]
+    #[error("{}: input '{input}' has {count} samples but '{reference}' has {reference_count}", path.display())]
     SampleCount {
         path: PathBuf,
         input: String,
@@ -137,14 +137,14 @@ pub enum DataError {
     },
     #[error("{}: {what} holds zero samples", path.display())]
     NoSamples { path: PathBuf, what: String },
-    #[error("{}: input `{input}`: sample {sample} contains {value}", path.display())]
+    #[error("{}: input '{input}': sample {sample} contains {value}", path.display())]
     NonFinite {
         path: PathBuf,
         input: String,
         sample: usize,
         value: String,
     },
-    #[error("{}: `{tensor}` maps to input `{input}`, which another file already provides", path.display())]
+    #[error("{}: '{tensor}' maps to input '{input}', which another file already provides", path.display())]
     DuplicateInput {
         path: PathBuf,
         tensor: String,
@@ -156,7 +156,7 @@ pub enum DataError {
         index: u64,
         count: usize,
     },
-    #[error("cannot stack `{key}`: {msg}")]
+    #[error("cannot stack '{key}': {msg}")]
     Stack { key: String, msg: String },
 }
 
@@ -294,7 +294,7 @@ fn from_arrays(
             return Err(DataError::Format {
                 path: path.to_path_buf(),
                 msg: format!(
-                    "input `{}`: array is a scalar; it needs a leading sample axis",
+                    "input '{}': array is a scalar; it needs a leading sample axis",
                     spec.name
                 ),
             });

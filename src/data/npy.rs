@@ -17,7 +17,7 @@ pub enum NpyError {
     #[error("malformed .npy data: {0}")]
     Malformed(String),
     /// Well-formed, but the element type has no numeric tensor form here.
-    #[error("unsupported numpy dtype `{descr}` ({why})")]
+    #[error("unsupported numpy dtype '{descr}' ({why})")]
     Unsupported { descr: String, why: String },
 }
 
@@ -200,7 +200,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
     let data = &bytes[header.data_offset..];
     if data.len() < need {
         return Err(NpyError::Malformed(format!(
-            "expected {need} data bytes for shape {:?} of `{}`, found {}",
+            "expected {need} data bytes for shape {:?} of '{}', found {}",
             header.shape,
             header.descr,
             data.len()

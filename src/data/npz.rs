@@ -45,7 +45,7 @@ pub(super) fn read(path: &Path) -> Result<Vec<Member>, DataError> {
             .read_to_end(&mut bytes)
             .map_err(|e| DataError::Format {
                 path: path.to_path_buf(),
-                msg: format!("array `{name}`: cannot read zip member: {e}"),
+                msg: format!("array '{name}': cannot read zip member: {e}"),
             })?;
         members.push(Member {
             name: name.to_string(),

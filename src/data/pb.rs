@@ -26,7 +26,7 @@ pub fn read_tensor_pb(path: &Path) -> Result<(String, Tensor), DataError> {
         msg: if name.is_empty() {
             msg
         } else {
-            format!("tensor `{name}`: {msg}")
+            format!("tensor '{name}': {msg}")
         },
     })?;
     Ok((name, tensor))
@@ -268,14 +268,14 @@ fn read_external(p: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, St
             .any(|c| matches!(c, std::path::Component::ParentDir))
     {
         return Err(format!(
-            "external data location `{location}` leaves the tensor's directory"
+            "external data location '{location}' leaves the tensor's directory"
         ));
     }
     let parse = |k: &str| -> Result<Option<usize>, String> {
         get(k)
             .map(|v| {
                 v.parse::<usize>()
-                    .map_err(|_| format!("external data {k} `{v}` is not a number"))
+                    .map_err(|_| format!("external data {k} '{v}' is not a number"))
             })
             .transpose()
     };
@@ -539,7 +539,7 @@ mod tests {
         p.float_data.clear();
         std::fs::write(&path, p.encode_to_vec()).unwrap();
         let e = read_tensor_pb(&path).unwrap_err().to_string();
-        assert!(e.contains("input_0.pb") && e.contains("`x`"), "{e}");
+        assert!(e.contains("input_0.pb") && e.contains("'x'"), "{e}");
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn missing_input_names_file_and_input() {
         ],
     ));
     assert!(
-        e.contains("data.npz") && e.contains("`state`") && e.contains("found: x"),
+        e.contains("data.npz") && e.contains("'state'") && e.contains("found: x"),
         "{e}"
     );
 }
@@ -119,7 +119,7 @@ fn wrong_dtype_is_an_error() {
     );
     let e = err_text(load(&path, &[spec("x", DType::F32, &[Some(3)])]));
     assert!(
-        e.contains("`x`") && e.contains("f64") && e.contains("f32"),
+        e.contains("'x'") && e.contains("f64") && e.contains("f32"),
         "{e}"
     );
 }
@@ -134,7 +134,7 @@ fn wrong_rank_explains_the_sample_axis() {
         e.contains("rank 1") && e.contains("rank 2") && e.contains("sample axis"),
         "{e}"
     );
-    assert!(e.contains("data.npz") && e.contains("`x`"), "{e}");
+    assert!(e.contains("data.npz") && e.contains("'x'"), "{e}");
 }
 
 #[test]
@@ -160,7 +160,7 @@ fn inconsistent_sample_counts_are_an_error() {
         ],
     ));
     assert!(
-        e.contains("`b` has 5 samples") && e.contains("`a` has 4"),
+        e.contains("'b' has 5 samples") && e.contains("'a' has 4"),
         "{e}"
     );
 }
@@ -200,7 +200,7 @@ fn scalar_input_array_is_an_error() {
         vec![("sr", Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 16000)))],
     );
     let e = err_text(load(&path, &[spec("sr", DType::I64, &[])]));
-    assert!(e.contains("`sr`") && e.contains("sample axis"), "{e}");
+    assert!(e.contains("'sr'") && e.contains("sample axis"), "{e}");
 }
 
 #[test]
@@ -272,13 +272,13 @@ fn undecodable_input_array_is_an_error() {
     );
     // `<U` decodes to strings, which are not the model's f32.
     let e = err_text(load(&path, &[spec("x", DType::F32, &[])]));
-    assert!(e.contains("`x`") && e.contains("str"), "{e}");
+    assert!(e.contains("'x'") && e.contains("str"), "{e}");
     raw_npz(
         &path,
         &[("x.npy", npy_with_header("<c8", "(2,)", &[0; 16]))],
     );
     let e = err_text(load(&path, &[spec("x", DType::F32, &[])]));
-    assert!(e.contains("array `x`") && e.contains("complex"), "{e}");
+    assert!(e.contains("array 'x'") && e.contains("complex"), "{e}");
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn write_npz_is_atomic_and_deterministic() {
         Tensor::BF16(arr1(&[half::bf16::ONE]).into_dyn()),
     );
     let e = write_npz(&path, &arrays).unwrap_err().to_string();
-    assert!(e.contains("out.npz") && e.contains("`bf`"), "{e}");
+    assert!(e.contains("out.npz") && e.contains("'bf'"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), first);
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -406,7 +406,7 @@ fn stack_errors() {
     let mut b = Sample::new();
     b.insert("o".to_string(), f32s(&[3]));
     let e = stack(&[a.clone(), b]).unwrap_err().to_string();
-    assert!(e.contains("`o`") && e.contains("[3]"), "{e}");
+    assert!(e.contains("'o'") && e.contains("[3]"), "{e}");
     let mut c = Sample::new();
     c.insert("o".to_string(), Tensor::I32(ArrayD::zeros(IxDyn(&[2]))));
     let e = stack(&[a.clone(), c]).unwrap_err().to_string();
@@ -414,10 +414,10 @@ fn stack_errors() {
     let mut d = a.clone();
     d.insert("p".to_string(), f32s(&[2]));
     let e = stack(&[a.clone(), d.clone()]).unwrap_err().to_string();
-    assert!(e.contains("`p`"), "{e}");
+    assert!(e.contains("'p'"), "{e}");
     let e = stack(&[d, a]).unwrap_err().to_string();
     assert!(
-        e.contains("`p`") && e.contains("missing from sample 1"),
+        e.contains("'p'") && e.contains("missing from sample 1"),
         "{e}"
     );
 }
@@ -528,7 +528,7 @@ fn pb_errors_name_the_file() {
     std::fs::remove_file(dir.path().join("test_data_set_1/input_1.pb")).unwrap();
     let e = err_text(load(dir.path(), &two_inputs()));
     assert!(
-        e.contains("test_data_set_1") && e.contains("`b`") && e.contains("input_0.pb"),
+        e.contains("test_data_set_1") && e.contains("'b'") && e.contains("input_0.pb"),
         "{e}"
     );
 
@@ -554,7 +554,7 @@ fn pb_errors_name_the_file() {
     write_pb(&set.join("input_1.pb"), Some("a"), &f32s(&[1, 2]));
     let e = err_text(load(dir.path(), &two_inputs()));
     assert!(
-        e.contains("input_1.pb") && e.contains("`a`") && e.contains("already"),
+        e.contains("input_1.pb") && e.contains("'a'") && e.contains("already"),
         "{e}"
     );
 

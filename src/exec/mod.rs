@@ -36,29 +36,29 @@ pub enum ExecError {
     #[error("the model has no graph")]
     NoGraph,
     /// A node uses an operator the engine does not implement.
-    #[error("node `{node}`: operator `{op_type}`{} is not implemented by the execution engine", domain_suffix(.domain))]
+    #[error("node '{node}': operator '{op_type}'{} is not implemented by the execution engine", domain_suffix(.domain))]
     UnsupportedOp {
         node: String,
         op_type: String,
         domain: String,
     },
     /// A requested tap is not a value of the main graph.
-    #[error("tap `{0}` is not a value of the model's main graph")]
+    #[error("tap '{0}' is not a value of the model's main graph")]
     UnknownTap(String),
     /// A tensor has an element type the engine cannot hold.
-    #[error("tensor `{tensor}`: element type {dtype} cannot be executed")]
+    #[error("tensor '{tensor}': element type {dtype} cannot be executed")]
     UnsupportedType { tensor: String, dtype: DType },
     /// A tensor's stored data is malformed.
-    #[error("tensor `{tensor}`: {reason}")]
+    #[error("tensor '{tensor}': {reason}")]
     TensorData { tensor: String, reason: String },
     /// A tensor's external data could not be read.
-    #[error("tensor `{tensor}`: external data: {reason}")]
+    #[error("tensor '{tensor}': external data: {reason}")]
     ExternalData { tensor: String, reason: String },
     /// A model input has no tensor in the sample.
-    #[error("model input `{0}` is missing from the sample")]
+    #[error("model input '{0}' is missing from the sample")]
     MissingInput(String),
     /// A sample tensor matches no model input.
-    #[error("sample tensor `{0}` is not an input of the model")]
+    #[error("sample tensor '{0}' is not an input of the model")]
     UnknownInput(String),
     /// The engine could not load or optimize the model.
     #[error("loading the model failed: {0}")]
@@ -67,7 +67,7 @@ pub enum ExecError {
     #[error("running the model failed: {0}")]
     Run(String),
     /// An output could not be converted back.
-    #[error("output `{name}`: {reason}")]
+    #[error("output '{name}': {reason}")]
     Output { name: String, reason: String },
 }
 
@@ -306,7 +306,7 @@ impl Session {
                 .inputs
                 .iter()
                 .position(|n| *n == name)
-                .ok_or_else(|| ExecError::Load(format!("unexpected engine input `{name}`")))?;
+                .ok_or_else(|| ExecError::Load(format!("unexpected engine input '{name}'")))?;
             let (dtype, shape) = &signature[pos];
             let dt = convert::storage_datum(*dtype).ok_or(ExecError::UnsupportedType {
                 tensor: name.clone(),

@@ -47,7 +47,7 @@ pub(crate) struct Prepared {
 pub(crate) fn node_label(node: &NodeProto) -> String {
     match node.name() {
         "" => format!(
-            "<unnamed {} producing `{}`>",
+            "<unnamed {} producing '{}'>",
             node.op_type(),
             node.output.first().map(String::as_str).unwrap_or("")
         ),
@@ -167,21 +167,21 @@ fn external_bytes(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, E
             .map(|e| e.value().to_string())
     };
     let dir = base_dir.ok_or_else(|| err("no base directory was given".into()))?;
-    let location = entry("location").ok_or_else(|| err("no `location` entry".into()))?;
+    let location = entry("location").ok_or_else(|| err("no 'location' entry".into()))?;
     let rel = Path::new(&location);
     if !rel
         .components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     {
         return Err(err(format!(
-            "location `{location}` is not a relative path inside the model directory"
+            "location '{location}' is not a relative path inside the model directory"
         )));
     }
     let parse = |key: &str| -> Result<Option<usize>, ExecError> {
         entry(key)
             .map(|v| {
                 v.parse::<usize>()
-                    .map_err(|_| err(format!("bad `{key}` value `{v}`")))
+                    .map_err(|_| err(format!("bad '{key}' value '{v}'")))
             })
             .transpose()
     };
@@ -549,7 +549,7 @@ mod tests {
             vec![w],
         );
         let err = prepare(&m, None, &[], &|_| true).unwrap_err();
-        assert!(err.to_string().contains("`w`"), "{err}");
+        assert!(err.to_string().contains("'w'"), "{err}");
     }
 
     #[test]
@@ -592,7 +592,7 @@ mod tests {
         let m = model(vec![node("Relu", "", &["x"], "y")], vec![t]);
         let err = prepare(&m, None, &[], &|_| true).unwrap_err();
         assert!(
-            err.to_string().contains("`scale`") && err.to_string().contains("bf16"),
+            err.to_string().contains("'scale'") && err.to_string().contains("bf16"),
             "{err}"
         );
     }

@@ -262,7 +262,7 @@ impl EvalOp for ExactQuantize {
             None => None,
         };
         let y = quantize_linear(&x, &scale, zero_point.as_ref(), &self.attrs)
-            .map_err(|e| format_err!("QuantizeLinear node `{}`: {e}", self.node))?;
+            .map_err(|e| format_err!("QuantizeLinear node '{}': {e}", self.node))?;
         let y = to_engine(&y).map_err(|d| format_err!("{d} output cannot be executed"))?;
         Ok(tvec!(y.into_tvalue()))
     }
@@ -313,7 +313,7 @@ impl EvalOp for ExactDequantize {
             None => None,
         };
         let y = dequantize_linear(&x, &scale, zero_point.as_ref(), &self.attrs)
-            .map_err(|e| format_err!("DequantizeLinear node `{}`: {e}", self.node))?;
+            .map_err(|e| format_err!("DequantizeLinear node '{}': {e}", self.node))?;
         let y = to_engine(&y).map_err(|d| format_err!("{d} output cannot be executed"))?;
         Ok(tvec!(y.into_tvalue()))
     }
