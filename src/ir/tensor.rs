@@ -9,7 +9,10 @@ use ndarray::ArrayD;
 use std::fmt;
 
 /// Element type of a tensor, numbered exactly as ONNX's `TensorProto.DataType`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
     U8,
