@@ -22,6 +22,7 @@
 //!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders),
 //!   validated against the model's inputs; deterministic .npz output.
+//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy).
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`. `ir` knows
@@ -50,3 +51,4 @@ pub mod ir;
 pub mod onnx;
 pub mod passes;
 pub mod quant;
+pub mod report;
