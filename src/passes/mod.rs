@@ -1,6 +1,8 @@
 //! Passes over the IR: the [`Pass`] trait, the registry and the pipeline manager.
 //! One file per pass.
 
+pub mod insert_qdq;
+
 use crate::ir::Model;
 
 /// Whether a pass changed the graph.
