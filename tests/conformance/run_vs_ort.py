@@ -74,14 +74,24 @@ SAMPLE_CAP = {"ppocr_det": 2}
 
 
 def one_line(text: str, limit: int = 300) -> str:
-    """The first line starting with `error:` (else the first non-empty line,
-    or a Python traceback's last line), trimmed."""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    if not lines:
+    """The first line starting with `error:` and the indented lines after it
+    (its causes), joined with " / "; else the first non-empty line, or a Python
+    traceback's last line. Trimmed to `limit` characters."""
+    raw = [ln.rstrip() for ln in str(text).splitlines() if ln.strip()]
+    if not raw:
         return "(no message)"
-    line = next((ln for ln in lines if ln.startswith("error:")), lines[0])
-    if line.startswith("Traceback"):
-        line = lines[-1]  # a Python traceback ends with the exception
+    start = next((i for i, ln in enumerate(raw) if ln.startswith("error:")), None)
+    if start is not None:
+        parts = [raw[start]]
+        for ln in raw[start + 1 :]:
+            if not ln[:1].isspace():
+                break
+            parts.append(ln.strip())
+        line = " / ".join(parts)
+    elif raw[0].startswith("Traceback"):
+        line = raw[-1].strip()  # a Python traceback ends with the exception
+    else:
+        line = raw[0].strip()
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -448,6 +448,11 @@ def helper_checks() -> None:
     check("compare: empty outputs pass", cmp(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32))["ok"])
     check("one_line: error line preferred", rv.one_line("warning: x\nerror: boom\n") == "error: boom")
     check(
+        "one_line: error line with its causes",
+        rv.one_line("error: a.onnx: bad\n  caused by: x\n  caused by: y\nnote: z")
+        == "error: a.onnx: bad / caused by: x / caused by: y",
+    )
+    check(
         "one_line: traceback's last line",
         rv.one_line("Traceback (most recent call last):\n  File x\nValueError: bad") == "ValueError: bad",
     )
