@@ -6,10 +6,10 @@
 //! to a single value, e.g. when every value is equal).
 //!
 //! ## Expected quantization MSE
-//! For a range `[lo, hi]` and a target grid, [`Grid::new`] computes scale and zero point as the
-//! quantizer will (ONNX Runtime's `compute_scale_zp`: include 0, symmetrize if asked, scale
-//! `(hi - lo)/(qmax - qmin)` in f64 then stored as f32, zero point rounded half to even, a
-//! scale below the smallest normal f32 replaced by 1 with zero point 0). The representable
+//! For a range `[lo, hi]` and a target grid, [`Grid::new`] computes scale and zero point
+//! exactly as the quantizer does ([`crate::quant::params::scale_zp`], ONNX Runtime's
+//! `compute_scale_zp`: include 0, symmetrize if asked, scale `(hi - lo)/(qmax - qmin)` in f64
+//! stored as f32, zero point rounded half to even; a test pins the two together). The representable
 //! values are `s·k` for integers `k ∈ [qmin - zp, qmax - zp]`, spanning `[L, U]`.
 //! [`expected_mse`] is then the mean over all finite values of
 //! - `(x - s·round(x/s))²` for `x ∈ [L, U]` (rounding noise), integrated exactly over each
@@ -209,15 +209,17 @@ impl Grid {
             lo = -a;
             hi = a;
         }
-        let scale = (hi - lo) / (qmax - qmin);
-        let (scale, zp) = if !(scale >= f32::MIN_POSITIVE as f64) {
-            (1.0, 0.0)
+        let scale = ((hi - lo) / (qmax - qmin)) as f32;
+        let mid = round_half_even((qmin + qmax) / 2.0);
+        let (scale, zp) = if scale < f32::MIN_POSITIVE || scale.is_nan() {
+            (1.0, if target.symmetric { mid } else { 0.0 })
         } else if target.symmetric {
-            (scale, round_half_even((qmin + qmax) / 2.0))
+            (scale, mid)
         } else {
-            (scale, round_half_even(qmin - lo / scale).clamp(qmin, qmax))
+            let s = scale as f64;
+            (scale, round_half_even(qmin - lo / s).clamp(qmin, qmax))
         };
-        let s = scale as f32 as f64;
+        let s = scale as f64;
         Grid {
             scale: s,
             zero_point: zp as i64,
@@ -319,6 +321,48 @@ mod tests {
         // Degenerate range: scale 1, zp 0.
         let g = Grid::new(0.0, 0.0, &target(-128, 127, false));
         assert_eq!((g.scale, g.zero_point), (1.0, 0));
+        let g = Grid::new(0.0, 0.0, &target(0, 255, true));
+        assert_eq!((g.scale, g.zero_point), (1.0, 128));
+    }
+
+    #[test]
+    fn grid_agrees_with_the_quantizer() {
+        use crate::ir::DType;
+        use crate::quant::params::{scale_zp, QType};
+        let ranges = [
+            (-1.0f32, 3.0f32),
+            (0.5, 2.0),
+            (-6.0, -2.0),
+            (-0.3, 0.7),
+            (0.0, 0.0),
+            (-1e-39, 1e-39),
+            (-123.456, 0.001),
+            (-2.54, 0.5),
+        ];
+        for dtype in [
+            DType::U8,
+            DType::I8,
+            DType::U16,
+            DType::I16,
+            DType::I4,
+            DType::U4,
+        ] {
+            for symmetric in [false, true] {
+                for reduce in [false, true] {
+                    let q = QType::new(dtype, symmetric, reduce).unwrap();
+                    let t = QuantTarget::from(q);
+                    for &(lo, hi) in &ranges {
+                        let p = scale_zp(lo, hi, &q);
+                        let g = Grid::new(lo as f64, hi as f64, &t);
+                        assert_eq!(
+                            (g.scale, g.zero_point),
+                            (p.scale as f64, p.zero_point),
+                            "{dtype} {symmetric} [{lo}, {hi}]"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -104,9 +104,24 @@ impl QuantTarget {
         })
     }
 
+    /// The grid of a quantizer type (same bounds and symmetry).
+    pub fn of(q: &crate::quant::params::QType) -> Self {
+        QuantTarget {
+            qmin: q.qmin,
+            qmax: q.qmax,
+            symmetric: q.symmetric,
+        }
+    }
+
     /// Number of integer levels.
     pub fn levels(&self) -> u64 {
         (self.qmax - self.qmin) as u64 + 1
+    }
+}
+
+impl From<crate::quant::params::QType> for QuantTarget {
+    fn from(q: crate::quant::params::QType) -> Self {
+        QuantTarget::of(&q)
     }
 }
 
