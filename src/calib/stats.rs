@@ -914,6 +914,31 @@ mod tests {
         assert!(err.contains("`w`") && err.contains("i8"), "{err}");
     }
 
+    #[test]
+    fn observes_other_float_tensors() {
+        use ndarray::arr1;
+        let mut a = TensorStats::new();
+        a.observe_tensor("t", &Tensor::F64(arr1(&[0.5f64, -2.0, 1e300]).into_dyn()))
+            .unwrap();
+        // 1e300 does not fit f32: it becomes +Inf and is counted as such.
+        assert_eq!(
+            (a.min(), a.max(), a.infinities()),
+            (Some(-2.0), Some(0.5), (1, 0))
+        );
+        let mut b = TensorStats::new();
+        let h = [half::f16::from_f32(0.5), half::f16::from_f32(-2.0)];
+        b.observe_tensor("t", &Tensor::F16(arr1(&h).into_dyn()))
+            .unwrap();
+        let mut c = TensorStats::new();
+        // A non-contiguous f32 view: the transposed 2×2 [[1, 2], [3, 4]].
+        let m = ndarray::arr2(&[[1.0f32, 2.0], [3.0, 4.0]])
+            .reversed_axes()
+            .into_dyn();
+        c.observe_tensor("t", &Tensor::F32(m)).unwrap();
+        assert_eq!((c.count(), c.sum()), (4, 10.0));
+        assert_eq!((b.min(), b.max()), (Some(-2.0), Some(0.5)));
+    }
+
     fn value() -> impl Strategy<Value = f32> {
         prop_oneof![
             4 => -10.0f32..10.0,

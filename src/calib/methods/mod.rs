@@ -161,6 +161,7 @@ pub fn compute_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn errors_name_the_tensor() {
@@ -201,6 +202,82 @@ mod tests {
             symmetric: false,
         };
         assert!(compute_range("x", &ok, Method::MinMax, &bad_target, &o).is_err());
+    }
+
+    fn targets() -> Vec<QuantTarget> {
+        vec![
+            QuantTarget::new(0, 255, false).unwrap(),
+            QuantTarget::new(-127, 127, true).unwrap(),
+            QuantTarget::new(-8, 7, false).unwrap(),
+            QuantTarget::new(-32767, 32767, true).unwrap(),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -1.0f32..1.0,
+            2 => 0.0f32..5.0,
+            1 => -300.0f32..300.0,
+            1 => Just(0.0f32),
+            1 => Just(f32::NAN),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// On any data: every method's range holds 0, lies within the data's extent (plus 0),
+        /// is symmetric on symmetric targets, and carries its own score; `mse` never loses to
+        /// `minmax`; `auto` picks the smallest score among its candidates.
+        #[test]
+        fn method_invariants(vals in prop::collection::vec(value(), 1..150)) {
+            let mut s = TensorStats::new();
+            s.observe(&vals);
+            prop_assume!(s.min().is_some());
+            let (min, max) = (s.min().unwrap().min(0.0), s.max().unwrap().max(0.0));
+            let a = s.abs_max();
+            let o = MethodOptions::default();
+            for t in targets() {
+                let views = Views::new("x", &s).unwrap();
+                let auto = auto::choose(&views, &t, &o);
+                for r in &auto.candidates {
+                    prop_assert!(r.lo <= 0.0 && 0.0 <= r.hi, "{r:?}");
+                    if t.symmetric {
+                        prop_assert_eq!(r.lo, -r.hi);
+                        prop_assert!(r.hi <= a, "{r:?}");
+                    } else {
+                        prop_assert!(r.lo >= min && r.hi <= max, "{r:?}");
+                    }
+                    prop_assert_eq!(r.expected_mse, score(&views, r.lo as f64, r.hi as f64, &t));
+                    let direct = compute_range("x", &s, r.method, &t, &o).unwrap();
+                    prop_assert_eq!(&direct, r);
+                }
+                let (minmax, mse) = (auto.candidates[0], auto.candidates[3]);
+                prop_assert!(mse.expected_mse <= minmax.expected_mse);
+                for r in &auto.candidates {
+                    prop_assert!(auto.chosen.expected_mse <= r.expected_mse);
+                }
+                let via = compute_range("x", &s, Method::Auto, &t, &o).unwrap();
+                prop_assert_eq!(via, auto.chosen);
+            }
+        }
+    }
+
+    #[test]
+    fn method_names() {
+        use clap::ValueEnum;
+        let names: Vec<String> = Method::value_variants()
+            .iter()
+            .map(|m| m.to_possible_value().unwrap().get_name().to_string())
+            .collect();
+        assert_eq!(names, ["minmax", "percentile", "entropy", "mse", "auto"]);
+        for m in Method::value_variants() {
+            assert_eq!(
+                serde_json::to_string(m).unwrap(),
+                format!("\"{}\"", m.name())
+            );
+            assert_eq!(Method::from_str(m.name(), false).unwrap(), *m);
+        }
     }
 
     #[test]
