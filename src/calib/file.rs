@@ -128,7 +128,11 @@ impl CalibrationFile {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".qrange-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(io)?;
         tmp.write_all(&self.to_json()).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
