@@ -9,7 +9,7 @@
 //!   grid (rounding noise inside, clipping error outside).
 //! - [`methods`]: `minmax`, `percentile`, `entropy` (TensorRT's KL recipe on 2048 bins),
 //!   `mse` (search minimising the measure) and `auto` (the best of all under the measure).
-//! - [`file`]: [`CalibrationFile`], the versioned JSON written by calibration runs, mergeable
+//! - [`file`](mod@file): [`CalibrationFile`], the versioned JSON written by calibration runs, mergeable
 //!   across runs on the same model.
 //!
 //! Everything here is pure numerics on f32 values and host tensors: no graph, no engine.
