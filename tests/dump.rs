@@ -43,12 +43,18 @@ fn dump_is_deterministic_and_ordered() {
     // every op line's inputs are defined by an earlier line (topological order)
     let mut defined: std::collections::HashSet<String> = std::collections::HashSet::new();
     for line in a.lines().filter(|l| !l.starts_with(' ')) {
-        if let Some(rest) = line.strip_prefix("input  %").or(line.strip_prefix("const  %")) {
+        if let Some(rest) = line
+            .strip_prefix("input  %")
+            .or(line.strip_prefix("const  %"))
+        {
             defined.insert(rest.split(':').next().unwrap().to_string());
         } else if let Some((outs, rhs)) = line.split_once(" = ") {
             let args = rhs.split_once('(').unwrap().1.split_once(')').unwrap().0;
             for arg in args.split(", ").filter(|s| s.starts_with('%')) {
-                assert!(defined.contains(&arg[1..]), "{arg} used before definition in: {line}");
+                assert!(
+                    defined.contains(&arg[1..]),
+                    "{arg} used before definition in: {line}"
+                );
             }
             for o in outs.split(", ") {
                 defined.insert(o.trim_start_matches('%').to_string());

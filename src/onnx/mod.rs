@@ -19,6 +19,11 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+/// Marks, in an attribute's carried bytes, that the file gave it no `type`: the encoder writes
+/// it back without one. (Attributes that passes create have no carried type at all and get the
+/// type of their value.)
+pub(crate) const UNTYPED_ATTR: i32 = -1;
+
 /// Errors reading or writing ONNX files.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {

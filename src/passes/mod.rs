@@ -1,6 +1,10 @@
 //! Passes over the IR: the [`Pass`] trait, the registry and the pipeline manager.
 //! One file per pass.
 
+pub mod fold_batchnorm;
+#[cfg(test)]
+pub(crate) mod testkit;
+
 use crate::ir::Model;
 
 /// Whether a pass changed the graph.
@@ -31,5 +35,8 @@ pub trait Pass {
 
 /// Every pass, in pipeline order.
 pub fn registry() -> Vec<Box<dyn Pass>> {
-    Vec::new()
+    vec![
+        // Before quantization: the folded weights are what gets quantized per channel.
+        Box::new(fold_batchnorm::FoldBatchNorm),
+    ]
 }
