@@ -4,6 +4,7 @@
 pub mod fold_batchnorm;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod upgrade_opset;
 
 use crate::ir::Model;
 
@@ -36,6 +37,9 @@ pub trait Pass {
 /// Every pass, in pipeline order.
 pub fn registry() -> Vec<Box<dyn Pass>> {
     vec![
+        // First: later passes see one form of each operator (axes as inputs, single-axis
+        // Softmax), and per-channel QuantizeLinear/DequantizeLinear need opset 13.
+        Box::new(upgrade_opset::UpgradeOpset::new(13)),
         // Before quantization: the folded weights are what gets quantized per channel.
         Box::new(fold_batchnorm::FoldBatchNorm),
     ]
