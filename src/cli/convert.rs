@@ -89,7 +89,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
 
 fn print_upgrade(r: &crate::passes::upgrade_opset::UpgradeReport) {
     let Some(from) = r.from else {
-        println!("opset: already at ai.onnx {} or above, nothing to upgrade", r.to);
+        println!(
+            "opset: already at ai.onnx {} or above, nothing to upgrade",
+            r.to
+        );
         return;
     };
     let ir = |v: Option<i64>| v.map_or("unset".to_string(), |v| v.to_string());
@@ -107,7 +110,11 @@ fn print_upgrade(r: &crate::passes::upgrade_opset::UpgradeReport) {
         println!(
             "  kept as they were: {kept} node-versions whose change keeps their meaning \
              ({} operators)",
-            r.kept.keys().map(|(op, _)| op).collect::<std::collections::BTreeSet<_>>().len()
+            r.kept
+                .keys()
+                .map(|(op, _)| op)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
         );
     }
     for f in &r.functions {

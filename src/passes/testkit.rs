@@ -151,16 +151,6 @@ pub fn f32_tensor(name: &str, dims: &[i64], vals: &[f32]) -> proto::TensorProto 
     }
 }
 
-pub fn i64_tensor(name: &str, dims: &[i64], vals: &[i64]) -> proto::TensorProto {
-    proto::TensorProto {
-        name: Some(name.into()),
-        dims: dims.to_vec(),
-        data_type: Some(7),
-        raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
-}
-
 /// A tensor value info; `dims` `None` = unknown rank, a negative dim = symbolic.
 pub fn vi(name: &str, elem: i32, dims: Option<&[i64]>) -> proto::ValueInfoProto {
     use proto::tensor_shape_proto::{dimension::Value as D, Dimension};
@@ -226,14 +216,6 @@ pub fn attr_ints(name: &str, v: &[i64]) -> proto::AttributeProto {
     proto::AttributeProto {
         ints: v.to_vec(),
         r#type: Some(7),
-        ..attr(name)
-    }
-}
-
-pub fn attr_floats(name: &str, v: &[f32]) -> proto::AttributeProto {
-    proto::AttributeProto {
-        floats: v.to_vec(),
-        r#type: Some(6),
         ..attr(name)
     }
 }

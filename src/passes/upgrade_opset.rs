@@ -39,12 +39,16 @@
 //! # Example
 //! ```text
 //! before (opset 11):
-//! %sq = Squeeze(%x) {axes=[1]} : f32[2,3]
-//! %y = Softmax(%sq) : f32[2,3]
+//! input  %x: f32[2,3,4,5]
+//! %y = Softmax(%x) {axis=1} : f32[2,3,4,5]
+//! %sq = Squeeze(%x2) {axes=[1]} : ?
 //! after (opset 13):
 //! const  %sq.axes: i64[1] = [1]
-//! %sq = Squeeze(%x, %sq.axes) : f32[2,3]
-//! %y = Softmax(%sq) {axis=1} : f32[2,3]
+//! %x.flat = Flatten(%x) {axis=1} : f32[?,?]
+//! %x.shape = Shape(%x) : i64[?]
+//! %y.flat = Softmax(%x.flat) {axis=-1} : f32[?,?]
+//! %y = Reshape(%y.flat, %x.shape) : f32[2,3,4,5]
+//! %sq = Squeeze(%x2, %sq.axes) : ?
 //! ```
 
 use super::{Changed, Pass, PassCx, PassError};
@@ -277,7 +281,13 @@ fn upgrade_graph(g: &mut Graph, cx: &mut Cx) -> Result<(), PassError> {
             };
             let key = (op_type.clone(), v);
             match c.rule {
-                Rule::Types => cx.report.kept.entry(key).or_insert((0, "element types added")).0 += 1,
+                Rule::Types => {
+                    cx.report
+                        .kept
+                        .entry(key)
+                        .or_insert((0, "element types added"))
+                        .0 += 1
+                }
                 Rule::Same(why) => cx.report.kept.entry(key).or_insert((0, why)).0 += 1,
                 Rule::Refuse(why) => return Err(here(why)),
                 Rule::Convert(f) => match f(cx, g, id) {
@@ -324,9 +334,7 @@ pub(crate) struct Change {
 
 /// The handling of `op` at `version`, when its schema changed there.
 pub(crate) fn change(op: &str, version: i64) -> Option<&'static Change> {
-    CHANGES
-        .iter()
-        .find(|c| c.op == op && c.version == version)
+    CHANGES.iter().find(|c| c.op == op && c.version == version)
 }
 
 const fn types(op: &'static str, version: i64) -> Change {
@@ -371,22 +379,51 @@ pub(crate) static CHANGES: &[Change] = &[
     types("Add", 13),
     types("Add", 14),
     same("ArgMax", 11, NEG_AXIS),
-    same("ArgMax", 12, "select_last_index added, default 0 = first index as before"),
+    same(
+        "ArgMax",
+        12,
+        "select_last_index added, default 0 = first index as before",
+    ),
     types("ArgMax", 13),
     same("ArgMin", 11, NEG_AXIS),
-    same("ArgMin", 12, "select_last_index added, default 0 = first index as before"),
+    same(
+        "ArgMin",
+        12,
+        "select_last_index added, default 0 = first index as before",
+    ),
     types("ArgMin", 13),
-    same("AveragePool", 10, "ceil_mode added, default 0 = floor as before"),
-    same("AveragePool", 11, "auto_pad/pads output-shape formula clarified; same results"),
+    same(
+        "AveragePool",
+        10,
+        "ceil_mode added, default 0 = floor as before",
+    ),
+    same(
+        "AveragePool",
+        11,
+        "auto_pad/pads output-shape formula clarified; same results",
+    ),
     same("AveragePool", 19, "dilations added, default 1"),
     convert("BatchNormalization", 9, batchnorm_9),
     convert("BatchNormalization", 14, batchnorm_14),
-    same("BatchNormalization", 15, "scale/B and mean/var may differ in float type"),
+    same(
+        "BatchNormalization",
+        15,
+        "scale/B and mean/var may differ in float type",
+    ),
     types("Cast", 9),
     types("Cast", 13),
-    same("Cast", 19, "saturate added: it only applies to float8 targets, new at 19"),
+    same(
+        "Cast",
+        19,
+        "saturate added: it only applies to float8 targets, new at 19",
+    ),
     types("Cast", 21),
-    same("CastLike", 19, "saturate added: it only applies to float8 targets, new at 19"),
+    types("Ceil", 13),
+    same(
+        "CastLike",
+        19,
+        "saturate added: it only applies to float8 targets, new at 19",
+    ),
     types("CastLike", 21),
     types("Clip", 12),
     convert("Clip", 11, clip_11),
@@ -395,8 +432,16 @@ pub(crate) static CHANGES: &[Change] = &[
     same("Concat", 11, NEG_AXIS),
     types("Concat", 13),
     types("Constant", 9),
-    same("Constant", 11, "sparse_value added as an alternative to value"),
-    same("Constant", 12, "value_float(s)/value_int(s)/value_string(s) added as alternatives"),
+    same(
+        "Constant",
+        11,
+        "sparse_value added as an alternative to value",
+    ),
+    same(
+        "Constant",
+        12,
+        "value_float(s)/value_int(s)/value_string(s) added as alternatives",
+    ),
     types("Constant", 13),
     types("Constant", 19),
     types("Constant", 21),
@@ -406,11 +451,27 @@ pub(crate) static CHANGES: &[Change] = &[
     same("ConvTranspose", 11, DOC_ONLY),
     types("CumSum", 14),
     convert("DFT", 20, dft_20),
-    same("DepthToSpace", 11, "mode added, default DCR = the old layout"),
+    same(
+        "DepthToSpace",
+        11,
+        "mode added, default DCR = the old layout",
+    ),
     types("DepthToSpace", 13),
-    same("DequantizeLinear", 13, "axis added; before 13 scales were scalars, which ignore it"),
-    same("DequantizeLinear", 19, "scale may be float16/bfloat16; float8 inputs added"),
-    same("DequantizeLinear", 21, "block_size added, default 0 = not blocked; types added"),
+    same(
+        "DequantizeLinear",
+        13,
+        "axis added; before 13 scales were scalars, which ignore it",
+    ),
+    same(
+        "DequantizeLinear",
+        19,
+        "scale may be float16/bfloat16; float8 inputs added",
+    ),
+    same(
+        "DequantizeLinear",
+        21,
+        "block_size added, default 0 = not blocked; types added",
+    ),
     types("Div", 13),
     types("Div", 14),
     convert("Dropout", 10, dropout_10),
@@ -428,7 +489,11 @@ pub(crate) static CHANGES: &[Change] = &[
     types("Flatten", 21),
     types("Floor", 13),
     same("GRU", 14, "layout added, default 0 = the old layout"),
-    same("Gather", 11, "negative indices allowed; non-negative ones mean the same"),
+    same(
+        "Gather",
+        11,
+        "negative indices allowed; non-negative ones mean the same",
+    ),
     types("Gather", 13),
     types("GatherElements", 13),
     same("GatherND", 12, "batch_dims added, default 0"),
@@ -444,7 +509,11 @@ pub(crate) static CHANGES: &[Change] = &[
     same("Hardmax", 11, NEG_AXIS),
     convert("Hardmax", 13, softmax_13),
     types("Identity", 13),
-    same("Identity", 14, "sequence types added (type variable renamed)"),
+    same(
+        "Identity",
+        14,
+        "sequence types added (type variable renamed)",
+    ),
     types("Identity", 16),
     types("Identity", 19),
     types("Identity", 21),
@@ -465,27 +534,55 @@ pub(crate) static CHANGES: &[Change] = &[
     types("Log", 13),
     same("LogSoftmax", 11, NEG_AXIS),
     convert("LogSoftmax", 13, softmax_13),
-    same("Loop", 11, "M and cond may be omitted; scan output shapes relaxed"),
+    same(
+        "Loop",
+        11,
+        "M and cond may be omitted; scan output shapes relaxed",
+    ),
     types("Loop", 13),
     types("Loop", 16),
     types("Loop", 19),
     types("Loop", 21),
     same("LpPool", 11, DOC_ONLY),
-    same("LpPool", 18, "ceil_mode (default 0) and dilations (default 1) added"),
+    same(
+        "LpPool",
+        18,
+        "ceil_mode (default 0) and dilations (default 1) added",
+    ),
     types("MatMul", 9),
     types("MatMul", 13),
-    same("Max", 8, "multidirectional broadcasting: same-shape inputs mean the same"),
+    same(
+        "Max",
+        8,
+        "multidirectional broadcasting: same-shape inputs mean the same",
+    ),
     types("Max", 12),
     types("Max", 13),
-    same("MaxPool", 8, "optional Indices output and storage_order (default 0) added"),
-    same("MaxPool", 10, "ceil_mode (default 0) and dilations (default 1) added"),
+    same(
+        "MaxPool",
+        8,
+        "optional Indices output and storage_order (default 0) added",
+    ),
+    same(
+        "MaxPool",
+        10,
+        "ceil_mode (default 0) and dilations (default 1) added",
+    ),
     same("MaxPool", 11, DOC_ONLY),
     types("MaxPool", 12),
     same("MaxUnpool", 11, DOC_ONLY),
-    same("Mean", 8, "multidirectional broadcasting: same-shape inputs mean the same"),
+    same(
+        "Mean",
+        8,
+        "multidirectional broadcasting: same-shape inputs mean the same",
+    ),
     types("Mean", 13),
     types("MeanVarianceNormalization", 13),
-    same("Min", 8, "multidirectional broadcasting: same-shape inputs mean the same"),
+    same(
+        "Min",
+        8,
+        "multidirectional broadcasting: same-shape inputs mean the same",
+    ),
     types("Min", 12),
     types("Min", 13),
     types("Mod", 13),
@@ -508,10 +605,26 @@ pub(crate) static CHANGES: &[Change] = &[
     same("Pow", 12, "exponent may have its own type"),
     types("Pow", 13),
     types("Pow", 15),
-    same("QLinearMatMul", 21, "scales may be float16/bfloat16; float8 types added"),
-    same("QuantizeLinear", 13, "axis added; before 13 scales were scalars, which ignore it"),
-    same("QuantizeLinear", 19, "saturate added: it only applies to float8 outputs, new at 19"),
-    same("QuantizeLinear", 21, "block_size and output_dtype added, defaults keep the old meaning"),
+    same(
+        "QLinearMatMul",
+        21,
+        "scales may be float16/bfloat16; float8 types added",
+    ),
+    same(
+        "QuantizeLinear",
+        13,
+        "axis added; before 13 scales were scalars, which ignore it",
+    ),
+    same(
+        "QuantizeLinear",
+        19,
+        "saturate added: it only applies to float8 outputs, new at 19",
+    ),
+    same(
+        "QuantizeLinear",
+        21,
+        "block_size and output_dtype added, defaults keep the old meaning",
+    ),
     same("RNN", 14, "layout added, default 0 = the old layout"),
     types("Reciprocal", 13),
     same("ReduceL1", 11, NEG_AXIS),
@@ -550,12 +663,20 @@ pub(crate) static CHANGES: &[Change] = &[
     types("Relu", 13),
     types("Relu", 14),
     types("Reshape", 13),
-    same("Reshape", 14, "allowzero added, default 0 = the old meaning of 0"),
+    same(
+        "Reshape",
+        14,
+        "allowzero added, default 0 = the old meaning of 0",
+    ),
     types("Reshape", 19),
     types("Reshape", 21),
     convert("Resize", 11, resize_11),
     convert("Resize", 13, resize_13),
-    same("Resize", 18, "antialias, axes, keep_aspect_ratio_policy added with neutral defaults"),
+    same(
+        "Resize",
+        18,
+        "antialias, axes, keep_aspect_ratio_policy added with neutral defaults",
+    ),
     same("Resize", 19, "half_pixel_symmetric mode added"),
     convert("RoiAlign", 16, roialign_16),
     refuse(
@@ -575,7 +696,11 @@ pub(crate) static CHANGES: &[Change] = &[
     same("ScatterND", 16, "reduction added, default none"),
     same("ScatterND", 18, "max/min reductions added"),
     types("Shape", 13),
-    same("Shape", 15, "start (default 0) and end (default rank) added"),
+    same(
+        "Shape",
+        15,
+        "start (default 0) and end (default rank) added",
+    ),
     types("Shape", 19),
     types("Shape", 21),
     types("Sigmoid", 13),
@@ -599,12 +724,20 @@ pub(crate) static CHANGES: &[Change] = &[
     types("Squeeze", 21),
     types("Sub", 13),
     types("Sub", 14),
-    same("Sum", 8, "multidirectional broadcasting: same-shape inputs mean the same"),
+    same(
+        "Sum",
+        8,
+        "multidirectional broadcasting: same-shape inputs mean the same",
+    ),
     types("Sum", 13),
     types("Tanh", 13),
     types("Tile", 13),
     convert("TopK", 10, topk_10),
-    same("TopK", 11, "largest and sorted added, default 1 = the old behaviour; negative axis"),
+    same(
+        "TopK",
+        11,
+        "largest and sorted added, default 1 = the old behaviour; negative axis",
+    ),
     types("Transpose", 13),
     types("Transpose", 21),
     same("Unsqueeze", 11, NEG_AXIS),
@@ -732,10 +865,7 @@ fn drop_outputs(g: &mut Graph, o: OpId, keep: usize, what: &str) -> Result<OpId,
     }
     for v in outs[keep..].iter().flatten() {
         if in_use(g, *v) {
-            return Err(format!(
-                "output '{}' ({what}) is used",
-                g.value(*v).name
-            ));
+            return Err(format!("output '{}' ({what}) is used", g.value(*v).name));
         }
     }
     let ins = g.inputs_of(o);
@@ -754,8 +884,7 @@ fn add_node(
     op_type: &str,
     name: &str,
     inputs: &[Option<ValueId>],
-    out_base: &str,
-    out_ty: Option<ValueType>,
+    (out_base, out_ty): (&str, Option<ValueType>),
 ) -> Result<(OpId, ValueId), String> {
     let out_name = cx.fresh(out_base);
     let out = g
@@ -800,7 +929,8 @@ fn clip_11(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
     if min.is_none() && max.is_none() {
         return Ok(o);
     }
-    let dtype = dtype_at(g, o).ok_or("the input's element type is unknown (min/max become inputs of that type)")?;
+    let dtype = dtype_at(g, o)
+        .ok_or("the input's element type is unknown (min/max become inputs of that type)")?;
     let base = base_of(g, o);
     for (slot, a, suffix) in [(1, min, "min"), (2, max, "max")] {
         let Some(a) = a else {
@@ -882,9 +1012,7 @@ fn groupnorm_21(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
         .input(o, 0)
         .and_then(|v| g.value(v).ty.as_ref())
         .and_then(|t| match t {
-            ValueType::Tensor {
-                shape: Some(d), ..
-            } => match d.get(1) {
+            ValueType::Tensor { shape: Some(d), .. } => match d.get(1) {
                 Some(crate::ir::Dim::Known(c)) => Some(*c),
                 _ => None,
             },
@@ -892,19 +1020,30 @@ fn groupnorm_21(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
         })
         .ok_or("the input's channel count is unknown (scale/bias become per-channel)")?;
     if groups <= 0 || channels % groups != 0 {
-        return Err(format!("{channels} channels do not split into {groups} groups"));
+        return Err(format!(
+            "{channels} channels do not split into {groups} groups"
+        ));
     }
     let per = (channels / groups) as usize;
     for (slot, what) in [(1, "scale"), (2, "bias")] {
-        let v = g.input(o, slot).ok_or(format!("input '{what}' is missing"))?;
+        let v = g
+            .input(o, slot)
+            .ok_or(format!("input '{what}' is missing"))?;
         let t = g
             .const_of(v)
             .filter(|_| !g.is_input(v))
             .and_then(|c| c.to_tensor().ok())
-            .ok_or(format!("input '{what}' is not a constant (it becomes per-channel)"))?;
-        let vals = t.to_f64_vec().ok_or(format!("input '{what}' is not numeric"))?;
+            .ok_or(format!(
+                "input '{what}' is not a constant (it becomes per-channel)"
+            ))?;
+        let vals = t
+            .to_f64_vec()
+            .ok_or(format!("input '{what}' is not numeric"))?;
         if vals.len() != groups as usize {
-            return Err(format!("input '{what}' has {} values for {groups} groups", vals.len()));
+            return Err(format!(
+                "input '{what}' has {} values for {groups} groups",
+                vals.len()
+            ));
         }
         let wide: Vec<f64> = vals
             .iter()
@@ -932,9 +1071,15 @@ fn pad_11(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
     let p = add_const(cx, g, &format!("{base}.pads"), &i64s(&pads))?;
     g.set_input(o, 1, Some(p));
     if value != 0.0 {
-        let dtype = dtype_at(g, o)
-            .ok_or("the input's element type is unknown (the pad value becomes an input of that type)")?;
-        let c = add_const(cx, g, &format!("{base}.value"), &float_scalar(dtype, value)?)?;
+        let dtype = dtype_at(g, o).ok_or(
+            "the input's element type is unknown (the pad value becomes an input of that type)",
+        )?;
+        let c = add_const(
+            cx,
+            g,
+            &format!("{base}.value"),
+            &float_scalar(dtype, value)?,
+        )?;
         g.set_input(o, 2, Some(c));
     }
     Ok(o)
@@ -963,7 +1108,9 @@ fn resize_11(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
             .and_then(|t| t.to_f64_vec())
             .ok_or("nearest mode needs constant scales (opset 10 rounded differently when downsampling)")?;
         if t.iter().any(|s| *s < 1.0) {
-            return Err("nearest downsampling (a scale below 1) rounded differently before opset 11".into());
+            return Err(
+                "nearest downsampling (a scale below 1) rounded differently before opset 11".into(),
+            );
         }
         g.op_mut(o)
             .set_attr("nearest_mode", AttrValue::String(b"floor".to_vec()));
@@ -993,17 +1140,16 @@ fn resize_13(_: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
                 return Err("tf_half_pixel_for_nn is only defined for nearest mode".into());
             }
             // round(y) with y = z + 0.5, z = half_pixel coordinate
-            let new = match g.op(o).attr("nearest_mode") {
-                None => b"ceil".to_vec(), // round_prefer_floor(y) = ceil(z)
-                Some(AttrValue::String(m)) if m == b"round_prefer_floor" => b"ceil".to_vec(),
-                Some(AttrValue::String(m)) if m == b"floor" => b"round_prefer_ceil".to_vec(),
-                _ => {
-                    return Err(
+            let new =
+                match g.op(o).attr("nearest_mode") {
+                    None => b"ceil".to_vec(), // round_prefer_floor(y) = ceil(z)
+                    Some(AttrValue::String(m)) if m == b"round_prefer_floor" => b"ceil".to_vec(),
+                    Some(AttrValue::String(m)) if m == b"floor" => b"round_prefer_ceil".to_vec(),
+                    _ => return Err(
                         "tf_half_pixel_for_nn with this nearest_mode has no opset-13 equivalent"
                             .into(),
-                    )
-                }
-            };
+                    ),
+                };
             g.op_mut(o).set_attr("nearest_mode", AttrValue::String(new));
             g.op_mut(o).set_attr(
                 "coordinate_transformation_mode",
@@ -1082,8 +1228,7 @@ fn softmax_13(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
         "Flatten",
         &format!("{node}.flatten"),
         &[Some(x)],
-        &format!("{xname}.flat"),
-        ty2.clone(),
+        (&format!("{xname}.flat"), ty2.clone()),
     )?;
     g.op_mut(flat).set_attr("axis", AttrValue::Int(axis));
     let (_, xs) = add_node(
@@ -1093,11 +1238,13 @@ fn softmax_13(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
         "Shape",
         &format!("{node}.shape"),
         &[Some(x)],
-        &format!("{xname}.shape"),
-        Some(ValueType::Tensor {
-            dtype: DType::I64,
-            shape: Some(vec![crate::ir::Dim::Unknown]),
-        }),
+        (
+            &format!("{xname}.shape"),
+            Some(ValueType::Tensor {
+                dtype: DType::I64,
+                shape: Some(vec![crate::ir::Dim::Unknown]),
+            }),
+        ),
     )?;
     // The op now writes a 2-D value; a Reshape writes the original output.
     let yname = g.value(y).name.clone();
@@ -1171,4 +1318,379 @@ fn upsample_9(cx: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
 fn upsample_10(_: &mut Cx, g: &mut Graph, o: OpId) -> Result<OpId, String> {
     g.op_mut(o).op_type = "Resize".into();
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::dump::dump_model;
+    use crate::onnx::proto;
+    use crate::passes::testkit::*;
+    use std::collections::BTreeMap;
+
+    /// Upgrades to `target`; checks verify(), the declared opset and that outputs match on
+    /// `sample`. Returns the before/after dump.
+    fn check(mut m: Model, target: i64, sample: &BTreeMap<String, Tensor>) -> String {
+        let before = dump_model(&m);
+        let out_before = run(&m, sample);
+        let r = upgrade(&mut m, target).unwrap();
+        assert!(r.from.is_some());
+        m.verify().unwrap();
+        assert_eq!(m.opset(""), Some(target));
+        assert!(m.ir_version.unwrap() >= min_ir_version(target));
+        let after = dump_model(&m);
+        assert_close(&out_before, &run(&m, sample), 1e-5);
+        format!("--- before\n{before}--- after\n{after}")
+    }
+
+    fn x4() -> BTreeMap<String, Tensor> {
+        sample(&[("x", tensor(1, &[2, 3, 4, 5]))])
+    }
+
+    #[test]
+    fn table_covers_every_schema_change() {
+        let listed: Vec<(String, i64)> = include_str!("../../tests/conformance/opset_changes.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (op, v) = l.split_once(' ').unwrap();
+                (op.to_string(), v.parse().unwrap())
+            })
+            .collect();
+        assert!(listed.len() > 200, "change list looks truncated");
+        for (op, v) in &listed {
+            assert!(change(op, *v).is_some(), "no rule for {op} at opset {v}");
+        }
+        for c in CHANGES {
+            assert!(
+                listed.contains(&(c.op.to_string(), c.version)),
+                "rule for {} at {} matches no schema change",
+                c.op,
+                c.version
+            );
+            if let Rule::Same(why) | Rule::Refuse(why) = c.rule {
+                assert!(!why.is_empty());
+            }
+        }
+        let mut seen = HashSet::new();
+        for c in CHANGES {
+            assert!(
+                seen.insert((c.op, c.version)),
+                "{} {} listed twice",
+                c.op,
+                c.version
+            );
+        }
+    }
+
+    #[test]
+    fn min_ir_versions() {
+        assert_eq!(min_ir_version(11), 6);
+        assert_eq!(min_ir_version(13), 7);
+        assert_eq!(min_ir_version(18), 8);
+        assert_eq!(min_ir_version(21), 10);
+    }
+
+    #[test]
+    fn squeeze_and_last_axis_softmax() {
+        let mut b = Builder::new(11);
+        b.input("x", 1, Some(&[2, 1, 3]))
+            .output("y", 1, Some(&[2, 3]));
+        b.node(
+            "Squeeze",
+            "sq",
+            &["x"],
+            &["sq"],
+            vec![attr_ints("axes", &[1])],
+        );
+        b.node("Softmax", "sm", &["sq"], &["y"], vec![]);
+        let mut m = b.model();
+        // the Softmax input's rank comes from its output type
+        let s = sample(&[("x", tensor(2, &[2, 1, 3]))]);
+        let before = run(&m, &s);
+        upgrade(&mut m, 13).unwrap();
+        m.verify().unwrap();
+        assert_close(&before, &run(&m, &s), 1e-5);
+        insta::assert_snapshot!(dump_model(&m));
+    }
+
+    #[test]
+    fn softmax_on_an_inner_axis_is_wrapped() {
+        // axis 1 of a rank-4 input: coerced to [2, 60] before 13.
+        let mut b = Builder::new(11);
+        b.input("x", 1, Some(&[2, 3, 4, 5]))
+            .output("y", 1, Some(&[2, 3, 4, 5]))
+            .output("z", 1, None);
+        b.node("Softmax", "sm", &["x"], &["y"], vec![attr_i("axis", 1)]);
+        b.node("Relu", "r", &["x"], &["xr"], vec![]);
+        // unknown rank: wrapped as well (exact for any rank)
+        b.node(
+            "LogSoftmax",
+            "lsm",
+            &["xr"],
+            &["z"],
+            vec![attr_i("axis", 2)],
+        );
+        insta::assert_snapshot!(check(b.model(), 13, &x4()));
+    }
+
+    #[test]
+    fn axes_split_pad_clip_slice_from_opset_9() {
+        // (TopK-1 and the other rewrites are checked against ONNX Runtime by
+        // tests/conformance/upgrade_check.py; the execution engine cannot load TopK-1.)
+        let mut b = Builder::new(9);
+        b.input("x", 1, Some(&[2, 3, 4, 5]));
+        for o in ["rs", "rm", "a", "b", "p", "cl", "sl"] {
+            b.output(o, 1, None);
+        }
+        b.node(
+            "ReduceSum",
+            "rs",
+            &["x"],
+            &["rs"],
+            vec![attr_ints("axes", &[1, 3]), attr_i("keepdims", 0)],
+        );
+        b.node(
+            "ReduceMean",
+            "rm",
+            &["x"],
+            &["rm"],
+            vec![attr_ints("axes", &[2])],
+        );
+        b.node(
+            "Split",
+            "split",
+            &["x"],
+            &["a", "b"],
+            vec![attr_i("axis", 1), attr_ints("split", &[1, 2])],
+        );
+        b.node(
+            "Pad",
+            "pad",
+            &["x"],
+            &["p"],
+            vec![
+                attr_ints("pads", &[0, 1, 0, 2, 0, 0, 1, 0]),
+                attr_f("value", 1.5),
+            ],
+        );
+        b.node(
+            "Clip",
+            "clip",
+            &["x"],
+            &["cl"],
+            vec![attr_f("min", -0.3), attr_f("max", 0.4)],
+        );
+        b.node(
+            "Slice",
+            "slice",
+            &["x"],
+            &["sl"],
+            vec![
+                attr_ints("starts", &[1, 0]),
+                attr_ints("ends", &[3, -1]),
+                attr_ints("axes", &[1, 3]),
+            ],
+        );
+        insta::assert_snapshot!(check(b.model(), 13, &x4()));
+    }
+
+    #[test]
+    fn subgraphs_are_upgraded() {
+        let mut then_b = Builder::new(11);
+        then_b.output("t", 1, None);
+        then_b.node(
+            "ReduceMean",
+            "trm",
+            &["x"],
+            &["t"],
+            vec![attr_ints("axes", &[1])],
+        );
+        let mut else_b = Builder::new(11);
+        else_b.output("e", 1, None);
+        else_b.node(
+            "ReduceMax",
+            "erm",
+            &["x"],
+            &["e"],
+            vec![attr_ints("axes", &[1])],
+        );
+        let mut b = Builder::new(11);
+        b.input("x", 1, Some(&[2, 3]))
+            .input("c", 9, Some(&[]))
+            .output("y", 1, None);
+        b.node(
+            "If",
+            "if",
+            &["c"],
+            &["y"],
+            vec![
+                attr_g("then_branch", then_b.graph("then")),
+                attr_g("else_branch", else_b.graph("else")),
+            ],
+        );
+        let mut m = b.model();
+        let r = upgrade(&mut m, 18).unwrap();
+        m.verify().unwrap();
+        assert_eq!(r.converted[&("ReduceMean".to_string(), 18)], 1);
+        assert_eq!(r.converted[&("ReduceMax".to_string(), 18)], 1);
+        let d = dump_model(&m);
+        assert!(d.contains("ReduceMean(%x, %t.axes)"), "{d}");
+        assert!(d.contains("ReduceMax(%x, %e.axes)"), "{d}");
+        for c in [true, false] {
+            let s = sample(&[
+                ("x", tensor(3, &[2, 3])),
+                ("c", Tensor::Bool(ndarray::arr0(c).into_dyn())),
+            ]);
+            assert_close(&run(&b.model(), &s), &run(&m, &s), 1e-5);
+        }
+    }
+
+    #[test]
+    fn already_at_target_and_bad_targets() {
+        let mut b = Builder::new(17);
+        b.input("x", 1, Some(&[2])).output("y", 1, None);
+        b.node("Relu", "r", &["x"], &["y"], vec![]);
+        let mut m = b.model();
+        let before = m.clone();
+        let mut cx = PassCx::default();
+        assert_eq!(
+            UpgradeOpset::new(13).run(&mut m, &mut cx).unwrap(),
+            Changed::No
+        );
+        assert_eq!(m, before);
+        let e = upgrade(&mut m, 22).unwrap_err().to_string();
+        assert!(e.contains("22") && e.contains("7..=21"), "{e}");
+        let mut old = Builder::new(6);
+        old.input("x", 1, Some(&[2])).output("y", 1, None);
+        old.node("Relu", "r", &["x"], &["y"], vec![]);
+        let e = upgrade(&mut old.model(), 13).unwrap_err().to_string();
+        assert!(e.contains("opset 6"), "{e}");
+        // ir_version is raised only as far as needed
+        let mut b = Builder::new(17);
+        b.ir_version = 9;
+        b.input("x", 1, Some(&[2])).output("y", 1, None);
+        b.node("Relu", "r", &["x"], &["y"], vec![]);
+        let mut m = b.model();
+        upgrade(&mut m, 18).unwrap();
+        assert_eq!(m.ir_version, Some(9));
+        upgrade(&mut m, 21).unwrap();
+        assert_eq!(m.ir_version, Some(10));
+    }
+
+    #[test]
+    fn refusals_name_the_node_and_leave_the_model_alone() {
+        // Clip-6 attributes need the element type, unknown here.
+        let mut b = Builder::new(9);
+        b.input("x", 1, None).output("y", 1, None);
+        b.inputs[0].r#type = None;
+        b.outputs[0].r#type = None;
+        b.node("Clip", "clip1", &["x"], &["y"], vec![attr_f("min", 0.0)]);
+        let mut m = b.model();
+        let before = m.clone();
+        let e = upgrade(&mut m, 13).unwrap_err().to_string();
+        assert!(
+            e.contains("node 'clip1' (Clip)") && e.contains("element type"),
+            "{e}"
+        );
+        assert_eq!(m, before);
+        // Dropout's mask in use.
+        let mut b = Builder::new(7);
+        b.input("x", 1, Some(&[2]))
+            .output("y", 1, None)
+            .output("mask", 1, None);
+        b.node("Dropout", "drop", &["x"], &["y", "mask"], vec![]);
+        let e = upgrade(&mut b.model(), 13).unwrap_err().to_string();
+        assert!(
+            e.contains("node 'drop' (Dropout)") && e.contains("mask"),
+            "{e}"
+        );
+        // Nearest Resize-10 that shrinks an axis.
+        let mut b = Builder::new(10);
+        b.input("x", 1, Some(&[1, 1, 4, 4])).output("y", 1, None);
+        b.tensor(f32_tensor("sc", &[4], &[1.0, 1.0, 0.5, 0.5]));
+        b.node(
+            "Resize",
+            "rs",
+            &["x", "sc"],
+            &["y"],
+            vec![attr_s("mode", "nearest")],
+        );
+        let e = upgrade(&mut b.model(), 13).unwrap_err().to_string();
+        assert!(
+            e.contains("node 'rs' (Resize)") && e.contains("downsampling"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn local_functions_are_raised_or_refused() {
+        let function = |op: &str, attrs: Vec<proto::AttributeProto>| proto::FunctionProto {
+            name: Some("F".into()),
+            domain: Some("local".into()),
+            input: vec!["a".into()],
+            output: vec!["b".into()],
+            node: vec![proto::NodeProto {
+                op_type: Some(op.into()),
+                input: vec!["a".into()],
+                output: vec!["b".into()],
+                attribute: attrs,
+                ..Default::default()
+            }],
+            opset_import: vec![proto::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(11),
+            }],
+            ..Default::default()
+        };
+        let model = |f: proto::FunctionProto| {
+            let mut b = Builder::new(11);
+            b.input("x", 1, Some(&[1, 2])).output("y", 1, None);
+            b.node("F", "call", &["x"], &["y"], vec![]);
+            let mut p = b.proto();
+            p.graph.as_mut().unwrap().node[0].domain = Some("local".into());
+            p.opset_import.push(proto::OperatorSetIdProto {
+                domain: Some("local".into()),
+                version: Some(1),
+            });
+            p.functions.push(f);
+            decode(&p)
+        };
+        let mut m = model(function("Relu", vec![]));
+        let r = upgrade(&mut m, 13).unwrap();
+        assert_eq!(r.functions, vec!["local.F".to_string()]);
+        let f = &crate::onnx::local_functions(&m)[0];
+        assert_eq!(f.opsets[0].version, 13);
+        let mut m = model(function("Squeeze", vec![attr_ints("axes", &[0])]));
+        let e = upgrade(&mut m, 13).unwrap_err().to_string();
+        assert!(
+            e.contains("local function 'local.F'") && e.contains("(Squeeze)"),
+            "{e}"
+        );
+        assert_eq!(m.opset(""), Some(11));
+    }
+
+    #[test]
+    fn ppocr_cls_to_13_keeps_outputs() {
+        use crate::data::{load, InputSpec};
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ppocr_cls");
+        let m = crate::onnx::read_model(&root.join("model.onnx")).unwrap();
+        let ds = load(
+            &root.join("eval.npz"),
+            &[InputSpec::new(
+                "x",
+                DType::F32,
+                Some(vec![Some(1), Some(3), None, None]),
+            )],
+        )
+        .unwrap();
+        let mut up = m.clone();
+        let r = upgrade(&mut up, 13).unwrap();
+        up.verify().unwrap();
+        assert_eq!(r.from, Some(11));
+        assert_eq!(r.converted[&("Softmax".to_string(), 13)], 1);
+        for s in ds.samples.iter().take(2) {
+            assert_close(&run(&m, s), &run(&up, s), 1e-5);
+        }
+    }
 }
