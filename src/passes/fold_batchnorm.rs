@@ -773,6 +773,7 @@ mod tests {
                 }
             }
         }
+        eprintln!("ppocr_cls: largest output difference after folding {worst:e}");
         assert!(worst <= 1e-4, "largest output difference {worst:e}");
     }
 }
