@@ -1,7 +1,11 @@
 //! Passes over the IR: the [`Pass`] trait, the registry and the pipeline manager.
 //! One file per pass.
 
+pub mod fold_batchnorm;
 pub mod insert_qdq;
+#[cfg(test)]
+pub(crate) mod testkit;
+pub mod upgrade_opset;
 
 use crate::ir::Model;
 
@@ -33,5 +37,11 @@ pub trait Pass {
 
 /// Every pass, in pipeline order.
 pub fn registry() -> Vec<Box<dyn Pass>> {
-    Vec::new()
+    vec![
+        // First: later passes see one form of each operator (axes as inputs, single-axis
+        // Softmax), and per-channel QuantizeLinear/DequantizeLinear need opset 13.
+        Box::new(upgrade_opset::UpgradeOpset::new(13)),
+        // Before quantization: the folded weights are what gets quantized per channel.
+        Box::new(fold_batchnorm::FoldBatchNorm),
+    ]
 }
