@@ -1,8 +1,10 @@
 //! Command line: clap definitions and one file per subcommand. The only module that prints.
 
+mod calibrate;
 mod convert;
 mod inspect;
 mod passes;
+mod quantize;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,9 @@ enum Cmd {
     Convert(convert::Args),
     Passes(passes::Args),
     Run(run::Args),
+    Quantize(quantize::Args),
+    Calibrate(calibrate::Args),
+    Merge(calibrate::MergeArgs),
 }
 
 /// Parses `args` and runs the command.
@@ -72,6 +77,9 @@ where
         Cmd::Convert(a) => convert::run(a),
         Cmd::Passes(a) => passes::run(a),
         Cmd::Run(a) => run::run(a),
+        Cmd::Quantize(a) => quantize::run(a),
+        Cmd::Calibrate(a) => calibrate::run(a),
+        Cmd::Merge(a) => calibrate::merge(a),
     }
 }
 
