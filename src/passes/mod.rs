@@ -1,13 +1,46 @@
-//! Passes over the IR: the [`Pass`] trait, the registry and the pipeline manager.
-//! One file per pass.
+//! Passes over the IR: the [`Pass`] trait, the shared [`PassCx`], the registry and the
+//! pipeline order. One file per pass; [`util`] holds the graph-editing helpers several
+//! passes share (scope facts, renaming captured names, dead-code removal).
 
-use crate::ir::Model;
+use crate::ir::{Model, Tensor};
+use std::collections::BTreeMap;
+
+pub mod fold_constants;
+pub mod fold_if;
+pub mod infer_shapes;
+pub mod pin_inputs;
+pub mod util;
+
+pub use fold_constants::FoldConstants;
+pub use fold_if::FoldIf;
+pub use infer_shapes::InferShapes;
+pub use pin_inputs::PinInputs;
 
 /// Whether a pass changed the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Changed {
     Yes,
     No,
+}
+
+impl Changed {
+    /// `Yes` when either is `Yes`.
+    pub fn or(self, other: Changed) -> Changed {
+        if self == Changed::Yes || other == Changed::Yes {
+            Changed::Yes
+        } else {
+            Changed::No
+        }
+    }
+
+    /// `Yes` when `b` is true.
+    pub fn from_bool(b: bool) -> Changed {
+        if b {
+            Changed::Yes
+        } else {
+            Changed::No
+        }
+    }
 }
 
 /// Failure inside a pass, naming the pass and the node or value concerned.
@@ -18,9 +51,42 @@ pub struct PassError {
     pub what: String,
 }
 
-/// Shared state handed to passes (options and facts such as pinned inputs).
+/// Something a pass noticed and did not act on (e.g. a type given by the file that
+/// disagrees with inference, a constant op that could not be evaluated). Reported to
+/// the user; never silently dropped.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    pub pass: &'static str,
+    pub what: String,
+}
+
+/// Shared state handed to passes: facts given by the user and the diagnostics passes
+/// leave behind.
 #[derive(Default, Debug)]
-pub struct PassCx {}
+pub struct PassCx {
+    /// Graph inputs fixed to a value (`--pin sr=16000`). [`PinInputs`] turns each into
+    /// an initializer and removes it from the graph inputs.
+    pub pinned: BTreeMap<String, Tensor>,
+    /// Concrete shapes of graph inputs (from the data or `--shape`). [`PinInputs`]
+    /// replaces the declared dims with them.
+    pub input_shapes: BTreeMap<String, Vec<i64>>,
+    /// Notes left by passes, in the order they were found, without duplicates.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl PassCx {
+    /// Records a diagnostic once (passes that run in a fixed-point loop see the same
+    /// thing several times).
+    pub fn note(&mut self, pass: &'static str, what: impl Into<String>) {
+        let d = Diagnostic {
+            pass,
+            what: what.into(),
+        };
+        if !self.diagnostics.contains(&d) {
+            self.diagnostics.push(d);
+        }
+    }
+}
 
 /// A transformation of the IR.
 pub trait Pass {
@@ -31,5 +97,16 @@ pub trait Pass {
 
 /// Every pass, in pipeline order.
 pub fn registry() -> Vec<Box<dyn Pass>> {
-    Vec::new()
+    vec![
+        // First: every later pass reads the pinned values and the concrete input shapes.
+        Box::new(PinInputs),
+        // Before anything that reads types: gives intermediate values a dtype and shape.
+        Box::new(InferShapes),
+        // After infer_shapes: `Shape`/`Size` fold only where the input shape is known.
+        Box::new(FoldConstants),
+        // After fold_constants (conditions must be constants to fold); runs
+        // infer_shapes → fold_constants → fold_if to a fixed point itself, because each
+        // inlined branch can make more shapes known and more conditions constant.
+        Box::new(FoldIf),
+    ]
 }
