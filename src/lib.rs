@@ -1,5 +1,54 @@
-//! qrange: a quantizing compiler for ONNX models (architecture map to follow).
+//! # qrange — a quantizing compiler for ONNX models
+//!
+//! ## Bird's-eye view
+//! ```text
+//!  .onnx bytes ──decode──▶ IR ──passes──▶ IR ──encode──▶ .onnx bytes
+//!                            │                  │
+//!                            └──── exec (tract) ┘   before/after, same engine, same mode
+//! ```
+//! A model is decoded with prost into a petgraph IR, transformed by an ordered list of
+//! passes, and encoded back. tract executes the graph before and after, with qrange's own
+//! exact QuantizeLinear/DequantizeLinear kernels, so every run can say what a change cost.
+//!
+//! ## Code map
+//! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
+//!   (proto → IR), encode (IR → proto), external data, atomic file writes.
+//! - [`ir`]: the graph (bipartite `StableDiGraph` of op and value nodes, typed handles),
+//!   values and constants, host tensors, `verify()`, the text dump.
+//! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass.
+//! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
+//!   semantics (every integer dtype, per-tensor, per-axis, blocked).
+//! - [`exec`]: the only module that names tract: sessions with concrete input facts,
+//!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
+//! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders),
+//!   validated against the model's inputs; deterministic .npz output.
+//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy).
+//! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
+//!
+//! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`. `ir` knows
+//! nothing of protobuf, tract or clap; passes never touch generated proto types; only
+//! `exec` names tract.
+//!
+//! ## Invariants
+//! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as
+//!   opaque `Carry` bytes that only `onnx` reads; `decode(encode(decode(x))) == decode(x)`,
+//!   and files written by `onnx.save` come back byte-identical.
+//! - **Invariant:** a value has at most one producer; edges go value → op (input slot) and
+//!   op → value (output slot); only `ir::Graph` methods touch edges.
+//! - **Invariant:** output is deterministic: ops are emitted in a topological order whose
+//!   ties are broken by the original node index; everything printed or written iterates
+//!   ordered collections.
+//! - **Invariant:** no engine approximates silently: Q/DQ run through `quant` kernels in
+//!   tract, and `exec::Session::notes` says what was replaced or emulated.
+//! - **Invariant:** user input never panics: errors are typed per layer and name the
+//!   file, node or tensor; outputs are written to a temporary file and renamed, and the
+//!   input model is never overwritten.
+
 pub mod cli;
+pub mod data;
+pub mod exec;
 pub mod ir;
 pub mod onnx;
 pub mod passes;
+pub mod quant;
+pub mod report;

@@ -3,6 +3,7 @@
 use super::Outcome;
 use crate::onnx::ExternalPolicy;
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Decode a model and write it back: a lossless round trip, optionally moving
 /// initializers to (or from) external data.
@@ -21,17 +22,33 @@ pub struct Args {
     /// Write every tensor inline (default: tensors read from external data stay external).
     #[arg(long)]
     inline: bool,
+    /// Print how long reading, decoding and encoding+writing took.
+    #[arg(long)]
+    timings: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     super::check_not_input(&a.input, &a.output)?;
-    let m = crate::onnx::read_model(&a.input)?;
+    let t0 = Instant::now();
+    let bytes =
+        std::fs::read(&a.input).map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
+    let t_read = t0.elapsed();
+    let base = match a.input.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let t1 = Instant::now();
+    let m = crate::onnx::decode_model(&bytes, &base, &a.input)?;
+    drop(bytes);
+    let t_decode = t1.elapsed();
     let policy = match (a.external_data, a.inline) {
         (Some(n), _) => ExternalPolicy::Threshold(n),
         (None, true) => ExternalPolicy::Inline,
         (None, false) => ExternalPolicy::Keep,
     };
+    let t2 = Instant::now();
     let r = crate::onnx::write_model(&m, &a.output, &policy)?;
+    let t_write = t2.elapsed();
     println!(
         "wrote {} ({} bytes{})",
         a.output.display(),
@@ -43,6 +60,15 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     );
     if r.forced_external {
         println!("note: the model passes protobuf's 2 GiB limit inline, so initializers went to external data");
+    }
+    if a.timings {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "timings: read {:.1} ms, decode {:.1} ms, encode+write {:.1} ms",
+            ms(t_read),
+            ms(t_decode),
+            ms(t_write)
+        );
     }
     Ok(Outcome::Ok)
 }

@@ -3,6 +3,7 @@
 mod convert;
 mod inspect;
 mod passes;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -39,6 +40,7 @@ enum Cmd {
     Inspect(inspect::Args),
     Convert(convert::Args),
     Passes(passes::Args),
+    Run(run::Args),
 }
 
 /// Parses `args` and runs the command.
@@ -69,7 +71,20 @@ where
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Convert(a) => convert::run(a),
         Cmd::Passes(a) => passes::run(a),
+        Cmd::Run(a) => run::run(a),
     }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
 }
 
 /// Prints an error: a complete first line, then its causes indented.

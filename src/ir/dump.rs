@@ -123,12 +123,7 @@ fn dump_graph_body(g: &Graph, depth: usize, ann: Annotator, out: &mut String) {
             "" => String::new(),
             d => format!("{d}."),
         };
-        let types: Vec<String> = g
-            .outputs_of(o)
-            .into_iter()
-            .flatten()
-            .map(|v| ty(v))
-            .collect();
+        let types: Vec<String> = g.outputs_of(o).into_iter().flatten().map(&ty).collect();
         let notes: String = g.outputs_of(o).into_iter().flatten().map(note).collect();
         let _ = writeln!(
             out,

@@ -9,7 +9,10 @@ use ndarray::ArrayD;
 use std::fmt;
 
 /// Element type of a tensor, numbered exactly as ONNX's `TensorProto.DataType`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,
     U8,
@@ -312,6 +315,58 @@ impl Tensor {
             Tensor::U64(a) => a.iter().map(|&v| v as f64).collect(),
             Tensor::Bool(a) => a.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect(),
             Tensor::Str(_) => return None,
+        })
+    }
+
+    /// Builds a tensor of `dtype` from f64 values (integers must be whole and in range).
+    pub fn from_f64(dtype: DType, shape: &[usize], vals: &[f64]) -> Result<Tensor, String> {
+        let n: usize = shape.iter().product();
+        if n != vals.len() {
+            return Err(format!("{} values do not fill shape {shape:?}", vals.len()));
+        }
+        let sh = ndarray::IxDyn(shape);
+        fn ints<T: TryFrom<i64>>(vals: &[f64], dtype: DType) -> Result<Vec<T>, String> {
+            vals.iter()
+                .map(|&v| {
+                    if v.fract() != 0.0 || !v.is_finite() {
+                        return Err(format!("{v} is not a whole number for {dtype}"));
+                    }
+                    T::try_from(v as i64).map_err(|_| format!("{v} is out of range for {dtype}"))
+                })
+                .collect()
+        }
+        let arr = |v| ArrayD::from_shape_vec(sh.clone(), v).map_err(|e| e.to_string());
+        Ok(match dtype {
+            DType::F32 => Tensor::F32(
+                ArrayD::from_shape_vec(sh.clone(), vals.iter().map(|&v| v as f32).collect())
+                    .map_err(|e| e.to_string())?,
+            ),
+            DType::F64 => Tensor::F64(arr(vals.to_vec())?),
+            DType::I64 => Tensor::I64(
+                ArrayD::from_shape_vec(sh.clone(), ints::<i64>(vals, dtype)?)
+                    .map_err(|e| e.to_string())?,
+            ),
+            DType::I32 => Tensor::I32(
+                ArrayD::from_shape_vec(sh.clone(), ints::<i32>(vals, dtype)?)
+                    .map_err(|e| e.to_string())?,
+            ),
+            DType::I8 => Tensor::I8(
+                ArrayD::from_shape_vec(sh.clone(), ints::<i8>(vals, dtype)?)
+                    .map_err(|e| e.to_string())?,
+            ),
+            DType::U8 => Tensor::U8(
+                ArrayD::from_shape_vec(sh.clone(), ints::<u8>(vals, dtype)?)
+                    .map_err(|e| e.to_string())?,
+            ),
+            DType::Bool => Tensor::Bool(
+                ArrayD::from_shape_vec(sh.clone(), vals.iter().map(|&v| v != 0.0).collect())
+                    .map_err(|e| e.to_string())?,
+            ),
+            other => {
+                return Err(format!(
+                    "values of type {other} cannot be given on the command line"
+                ))
+            }
         })
     }
 

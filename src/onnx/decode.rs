@@ -30,11 +30,11 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
             what: "file is empty".into(),
         });
     }
-    let p = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
+    let mut p = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
         path: origin.to_path_buf(),
         what: format!("not a valid ONNX protobuf ({e})"),
     })?;
-    let Some(graph) = p.graph.clone() else {
+    let Some(graph) = p.graph.take() else {
         return Err(OnnxError::Decode {
             path: origin.to_path_buf(),
             what: "model has no graph (not an ONNX model?)".into(),
@@ -45,26 +45,23 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
         origin: origin.to_path_buf(),
     };
     let graph = cx.graph(graph)?;
-    let mut carry = p.clone();
-    carry.graph = None;
-    carry.opset_import.clear();
-    carry.ir_version = None;
+    let opsets = std::mem::take(&mut p.opset_import)
+        .into_iter()
+        .map(|o| OpsetImport {
+            domain: o.domain.unwrap_or_default(),
+            version: o.version.unwrap_or(0),
+        })
+        .collect();
+    let ir_version = p.ir_version.take();
     let model = Model {
-        ir_version: p.ir_version,
-        opsets: p
-            .opset_import
-            .iter()
-            .map(|o| OpsetImport {
-                domain: o.domain.clone().unwrap_or_default(),
-                version: o.version.unwrap_or(0),
-            })
-            .collect(),
+        ir_version,
+        opsets,
         graph,
-        carry: Carry(carry.encode_to_vec()),
+        carry: Carry(p.encode_to_vec()),
     };
     model.verify().map_err(|e| OnnxError::Invalid {
         path: origin.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     Ok(model)
 }
@@ -85,10 +82,12 @@ impl Cx {
     fn graph(&self, p: proto::GraphProto) -> Result<Graph, OnnxError> {
         let gname = p.name.clone().unwrap_or_default();
         let mut g = Graph::new(p.name.clone());
-        let mut carry = proto::GraphProto::default();
-        carry.doc_string = p.doc_string;
-        carry.quantization_annotation = p.quantization_annotation;
-        carry.metadata_props = p.metadata_props;
+        let carry = proto::GraphProto {
+            doc_string: p.doc_string,
+            quantization_annotation: p.quantization_annotation,
+            metadata_props: p.metadata_props,
+            ..Default::default()
+        };
         g.carry = Carry(carry.encode_to_vec());
 
         for vi in &p.input {
@@ -205,11 +204,13 @@ impl Cx {
         for a in n.attribute {
             attrs.push(self.attr(a, &nname, &op_type)?);
         }
-        let mut carry = proto::NodeProto::default();
-        carry.overload = n.overload;
-        carry.doc_string = n.doc_string;
-        carry.metadata_props = n.metadata_props;
-        carry.device_configurations = n.device_configurations;
+        let carry = proto::NodeProto {
+            overload: n.overload,
+            doc_string: n.doc_string,
+            metadata_props: n.metadata_props,
+            device_configurations: n.device_configurations,
+            ..Default::default()
+        };
         let op = Op {
             name: n.name,
             op_type,
@@ -235,10 +236,12 @@ impl Cx {
             Some(t) if t != 0 => t,
             _ => infer_attr_type(&a),
         };
-        let mut carry = proto::AttributeProto::default();
-        carry.ref_attr_name = a.ref_attr_name.clone();
-        carry.doc_string = a.doc_string.clone();
-        carry.r#type = a.r#type;
+        let mut carry = proto::AttributeProto {
+            ref_attr_name: a.ref_attr_name.clone(),
+            doc_string: a.doc_string.clone(),
+            r#type: a.r#type,
+            ..Default::default()
+        };
         let value = match T::try_from(kind) {
             Ok(T::Float) => AttrValue::Float(a.f.unwrap_or(0.0)),
             Ok(T::Int) => AttrValue::Int(a.i.unwrap_or(0)),
@@ -287,13 +290,13 @@ impl Cx {
     fn tensor(&self, t: proto::TensorProto) -> Result<ConstTensor, OnnxError> {
         let name = t.name.clone();
         let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
-        let mut carry = proto::TensorProto::default();
-        carry.doc_string = t.doc_string.clone();
-        carry.segment = t.segment;
-        carry.metadata_props = t.metadata_props.clone();
-        if !external {
-            carry.data_location = t.data_location;
-        }
+        let carry = proto::TensorProto {
+            doc_string: t.doc_string.clone(),
+            segment: t.segment,
+            metadata_props: t.metadata_props.clone(),
+            data_location: if external { None } else { t.data_location },
+            ..Default::default()
+        };
         let data = if external {
             let mut r = ExternalRef {
                 location: String::new(),

@@ -26,11 +26,10 @@ pub enum OnnxError {
     Io { path: PathBuf, what: String },
     #[error("{}: {what}", path.display())]
     Decode { path: PathBuf, what: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Invalid {
         path: PathBuf,
-        #[source]
-        source: crate::ir::GraphError,
+        error: crate::ir::GraphError,
     },
     #[error("{}: tensor '{tensor}': {what}", path.display())]
     ExternalData {

@@ -1,0 +1,99 @@
+//! NumPy `.npz` archives: a zip of `.npy` members (stored or deflated), read whole and
+//! written atomically (stored, fixed timestamps, sorted names, so output is reproducible).
+
+use super::npy::{self, NpyError};
+use super::DataError;
+use crate::ir::tensor::Tensor;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// One archive member: its array name (member name without `.npy`) and what decoding gave.
+pub(super) struct Member {
+    pub name: String,
+    pub value: Result<Tensor, NpyError>,
+}
+
+/// Reads every `.npy` member of an archive in archive order. Members that are not `.npy`
+/// files come back as `Err` with the reason, so the caller can report them as skipped.
+pub(super) fn read(path: &Path) -> Result<Vec<Member>, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| DataError::Format {
+            path: path.to_path_buf(),
+            msg: format!("not a readable .npz (zip) archive: {e}"),
+        })?;
+    let mut members = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| DataError::Format {
+            path: path.to_path_buf(),
+            msg: format!("zip member #{i}: {e}"),
+        })?;
+        if entry.is_dir() {
+            continue;
+        }
+        let member = entry.name().to_string();
+        let Some(name) = member.strip_suffix(".npy") else {
+            members.push(Member {
+                name: member,
+                value: Err(NpyError::Malformed("member is not a .npy file".into())),
+            });
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| DataError::Format {
+                path: path.to_path_buf(),
+                msg: format!("array '{name}': cannot read zip member: {e}"),
+            })?;
+        members.push(Member {
+            name: name.to_string(),
+            value: npy::decode(&bytes),
+        });
+    }
+    Ok(members)
+}
+
+/// Writes `arrays` as an uncompressed `.npz` (like `numpy.savez`), atomically: the archive is
+/// built in a temporary file beside `path` and renamed over it.
+pub fn write_npz(path: &Path, arrays: &BTreeMap<String, Tensor>) -> Result<(), DataError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".npz-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| DataError::io(dir, e))?;
+    let zip_err = |e: zip::result::ZipError| DataError::Format {
+        path: path.to_path_buf(),
+        msg: format!("cannot write zip archive: {e}"),
+    };
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(tmp));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default());
+    for (name, tensor) in arrays {
+        let bytes = npy::encode(tensor).map_err(|e| DataError::Unsupported {
+            path: path.to_path_buf(),
+            array: name.clone(),
+            what: e.to_string(),
+        })?;
+        let large = u64::try_from(bytes.len()).unwrap_or(u64::MAX) >= u64::from(u32::MAX);
+        zip.start_file(format!("{name}.npy"), options.large_file(large))
+            .map_err(zip_err)?;
+        zip.write_all(&bytes).map_err(|e| DataError::io(path, e))?;
+    }
+    let writer = zip.finish().map_err(zip_err)?;
+    let tmp = writer
+        .into_inner()
+        .map_err(|e| DataError::io(path, e.into_error()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| DataError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, e.error))?;
+    Ok(())
+}

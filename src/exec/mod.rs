@@ -1,0 +1,322 @@
+//! Model execution: the only module that names the engine (tract).
+//!
+//! [`Session`] runs an ONNX [`ModelProto`] on host [`Tensor`]s and returns every graph output
+//! plus any requested intermediate value ("tap") by its ONNX name. On the way in:
+//! - `prepare` rewrites a copy of the model at the proto level: unknown operators are refused
+//!   up front naming the node, taps become extra graph outputs, 4-bit tensors are widened to
+//!   byte storage (the engine cannot load them), and types the engine cannot hold are refused
+//!   naming the tensor;
+//! - the copy is handed to the engine through its own protobuf types (same schema, re-decoded);
+//! - `qdq` replaces the engine's QuantizeLinear/DequantizeLinear with ops backed by
+//!   [`crate::quant::kernels`]: exact ONNX semantics (bit-exact with ONNX Runtime) for every
+//!   integer type, axis and block size, immune to the engine's lookup-table folding;
+//! - concrete input facts (element type and shape) come from the sample, so models with dynamic
+//!   dimensions load. A plan is built per distinct input signature and cached.
+//!
+//! [`Session::notes`] says what was replaced or emulated, for the user to see.
+
+mod convert;
+mod prepare;
+mod qdq;
+
+use crate::ir::tensor::{DType, Tensor};
+use crate::onnx::proto::ModelProto;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::{
+    InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec, TypedRunnableModel,
+};
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The model has no graph.
+    #[error("the model has no graph")]
+    NoGraph,
+    /// A node uses an operator the engine does not implement.
+    #[error("node '{node}': operator '{op_type}'{} is not implemented by the execution engine", domain_suffix(.domain))]
+    UnsupportedOp {
+        node: String,
+        op_type: String,
+        domain: String,
+    },
+    /// A requested tap is not a value of the main graph.
+    #[error("tap '{0}' is not a value of the model's main graph")]
+    UnknownTap(String),
+    /// A tensor has an element type the engine cannot hold.
+    #[error("tensor '{tensor}': element type {dtype} cannot be executed")]
+    UnsupportedType { tensor: String, dtype: DType },
+    /// A tensor's stored data is malformed.
+    #[error("tensor '{tensor}': {reason}")]
+    TensorData { tensor: String, reason: String },
+    /// A tensor's external data could not be read.
+    #[error("tensor '{tensor}': external data: {reason}")]
+    ExternalData { tensor: String, reason: String },
+    /// A model input has no tensor in the sample.
+    #[error("model input '{0}' is missing from the sample")]
+    MissingInput(String),
+    /// A sample tensor matches no model input.
+    #[error("sample tensor '{0}' is not an input of the model")]
+    UnknownInput(String),
+    /// The engine could not load or optimize the model.
+    #[error("loading the model failed: {0}")]
+    Load(String),
+    /// The engine failed while running the model.
+    #[error("running the model failed: {0}")]
+    Run(String),
+    /// An output could not be converted back.
+    #[error("output '{name}': {reason}")]
+    Output { name: String, reason: String },
+}
+
+fn domain_suffix(domain: &str) -> String {
+    match domain {
+        "" | "ai.onnx" => String::new(),
+        d => format!(" (domain {d})"),
+    }
+}
+
+fn engine_error(e: impl std::fmt::Display) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+/// Options of a [`Session`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Intermediate values (ONNX names) to return besides the graph outputs.
+    pub taps: Vec<String>,
+}
+
+/// Element type and shape of each model input, in input order.
+type Signature = Vec<(DType, Vec<usize>)>;
+
+/// A model ready to run on host tensors.
+pub struct Session {
+    /// The prepared model in the engine's protobuf types.
+    proto: tract_onnx::pb::ModelProto,
+    base_dir: Option<String>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    logical: BTreeMap<String, DType>,
+    notes: Vec<String>,
+    /// Notes added while building plans.
+    extra_notes: Mutex<Vec<String>>,
+    plans: Mutex<BTreeMap<Signature, Arc<TypedRunnableModel>>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("notes", &self.notes)
+            .finish()
+    }
+}
+
+/// The engine's ONNX front end with qrange's exact Q/DQ ops registered.
+fn engine() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register
+        .insert("QuantizeLinear", qdq::quantize_builder);
+    onnx.op_register
+        .insert("DequantizeLinear", qdq::dequantize_builder);
+    onnx
+}
+
+impl Session {
+    /// Prepares `model` and builds a plan for the input types and shapes of `sample`.
+    ///
+    /// `base_dir` is where external-data files live (`None`: the model has none). `sample` holds
+    /// one tensor per model input (by name); its types and shapes become the input facts, so
+    /// models with dynamic dimensions load. Other shapes given to [`Session::run`] later get
+    /// their own plan.
+    pub fn new(
+        model: &ModelProto,
+        base_dir: Option<&Path>,
+        sample: &BTreeMap<String, Tensor>,
+        opts: &SessionOptions,
+    ) -> Result<Session, ExecError> {
+        let onnx = engine();
+        let known = |op: &str| onnx.op_register.0.contains_key(op);
+        let prepared = prepare::prepare(model, base_dir, &opts.taps, &known)?;
+        let bytes = prepared.model.encode_to_vec();
+        let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| ExecError::Load(format!("re-decoding the prepared model: {e}")))?;
+        let base_dir = match base_dir {
+            None => None,
+            Some(d) => Some(
+                d.to_str()
+                    .ok_or_else(|| {
+                        ExecError::Load(format!("base directory {} is not UTF-8", d.display()))
+                    })?
+                    .to_string(),
+            ),
+        };
+        let session = Session {
+            proto,
+            base_dir,
+            inputs: prepared.inputs,
+            outputs: prepared.outputs,
+            logical: prepared.logical,
+            notes: prepared.notes,
+            extra_notes: Mutex::new(Vec::new()),
+            plans: Mutex::new(BTreeMap::new()),
+        };
+        let signature = session.signature(sample)?;
+        session.plan(&signature)?;
+        Ok(session)
+    }
+
+    /// Names of the model inputs a sample must provide, in model order.
+    pub fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// Names of the values [`Session::run`] returns: graph outputs, then taps.
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// What was replaced or emulated to run this model.
+    pub fn notes(&self) -> Vec<String> {
+        let extra = self.extra_notes.lock().unwrap_or_else(|e| e.into_inner());
+        self.notes.iter().chain(extra.iter()).cloned().collect()
+    }
+
+    /// Runs one sample; returns every graph output and every tap by ONNX name.
+    pub fn run(
+        &self,
+        sample: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        let signature = self.signature(sample)?;
+        let plan = self.plan(&signature)?;
+        let mut inputs: TVec<TValue> = TVec::new();
+        for name in &self.inputs {
+            let t = &sample[name];
+            let t = convert::to_engine(t).map_err(|dtype| ExecError::UnsupportedType {
+                tensor: name.clone(),
+                dtype,
+            })?;
+            inputs.push(t.into_tvalue());
+        }
+        let values = plan
+            .run(inputs)
+            .map_err(|e| ExecError::Run(engine_error(e)))?;
+        if values.len() != self.outputs.len() {
+            return Err(ExecError::Run(format!(
+                "the engine returned {} values for {} outputs",
+                values.len(),
+                self.outputs.len()
+            )));
+        }
+        let mut out = BTreeMap::new();
+        for (name, value) in self.outputs.iter().zip(values.iter()) {
+            let logical = self.logical.get(name).copied();
+            let host = convert::to_host(value, logical).map_err(|e| ExecError::Output {
+                name: name.clone(),
+                reason: engine_error(e),
+            })?;
+            out.insert(name.clone(), host);
+        }
+        Ok(out)
+    }
+
+    /// Checks a sample against the model inputs and returns its signature.
+    fn signature(&self, sample: &BTreeMap<String, Tensor>) -> Result<Signature, ExecError> {
+        if let Some(extra) = sample.keys().find(|k| !self.inputs.contains(k)) {
+            return Err(ExecError::UnknownInput(extra.clone()));
+        }
+        self.inputs
+            .iter()
+            .map(|name| {
+                let t = sample
+                    .get(name)
+                    .ok_or_else(|| ExecError::MissingInput(name.clone()))?;
+                if convert::storage_datum(t.dtype()).is_none() {
+                    return Err(ExecError::UnsupportedType {
+                        tensor: name.clone(),
+                        dtype: t.dtype(),
+                    });
+                }
+                Ok((t.dtype(), t.shape()))
+            })
+            .collect()
+    }
+
+    /// The cached plan for `signature`, built on first use.
+    fn plan(&self, signature: &Signature) -> Result<Arc<TypedRunnableModel>, ExecError> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = plans.get(signature) {
+            return Ok(plan.clone());
+        }
+        let plan = self.build(signature)?;
+        plans.insert(signature.clone(), plan.clone());
+        Ok(plan)
+    }
+
+    /// Builds a plan with the sample's concrete input facts. Some models only load with their
+    /// own declared (symbolic) input facts (e.g. an `If` whose branches disagree once shapes are
+    /// concrete); when the concrete facts fail, those are tried before giving up.
+    fn build(&self, signature: &Signature) -> Result<Arc<TypedRunnableModel>, ExecError> {
+        match self.build_with(Some(signature)) {
+            Ok(plan) => Ok(plan),
+            Err(concrete) => match self.build_with(None) {
+                Ok(plan) => {
+                    let mut extra = self.extra_notes.lock().unwrap_or_else(|e| e.into_inner());
+                    let note = format!(
+                        "the model's declared input shapes were used: it does not load with \
+                         concrete ones ({concrete})"
+                    );
+                    if !extra.contains(&note) {
+                        extra.push(note);
+                    }
+                    Ok(plan)
+                }
+                Err(_) => Err(concrete),
+            },
+        }
+    }
+
+    fn build_with(
+        &self,
+        signature: Option<&Signature>,
+    ) -> Result<Arc<TypedRunnableModel>, ExecError> {
+        let load = |e: tract_onnx::prelude::TractError| ExecError::Load(engine_error(e));
+        let parsed = engine()
+            .parse(&self.proto, self.base_dir.as_deref())
+            .map_err(load)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(ExecError::Load(format!(
+                "values used but never defined: {}",
+                parsed.unresolved_inputs.join(", ")
+            )));
+        }
+        let mut model = parsed.model;
+        let outlets = model.input_outlets().map_err(load)?.to_vec();
+        let Some(signature) = signature else {
+            let typed = model.into_optimized().map_err(load)?;
+            return typed.into_runnable().map_err(load);
+        };
+        for (ix, outlet) in outlets.iter().enumerate() {
+            let name = model.node(outlet.node).name.clone();
+            let pos = self
+                .inputs
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| ExecError::Load(format!("unexpected engine input '{name}'")))?;
+            let (dtype, shape) = &signature[pos];
+            let dt = convert::storage_datum(*dtype).ok_or(ExecError::UnsupportedType {
+                tensor: name.clone(),
+                dtype: *dtype,
+            })?;
+            model
+                .set_input_fact(ix, InferenceFact::dt_shape(dt, shape.clone()))
+                .map_err(load)?;
+        }
+        let typed = model.into_optimized().map_err(load)?;
+        typed.into_runnable().map_err(load)
+    }
+}

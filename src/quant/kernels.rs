@@ -1,0 +1,901 @@
+//! Exact ONNX `QuantizeLinear` and `DequantizeLinear` on host tensors.
+//!
+//! # Semantics (ONNX, as ONNX Runtime 1.32 computes them)
+//! - **QuantizeLinear**: `y = saturate(round_half_even(x / scale) + zero_point)`.
+//!   The quotient is a true IEEE division in float32 (never a multiplication by `1 / scale`, which
+//!   is one step off near ties). With a `precision` of float16 or bfloat16 (opset 23+: the
+//!   `precision` attribute, by default the scale's type) both operands and the quotient are rounded
+//!   to that type first. NaN gives the lowest value of the output type and ±inf saturate.
+//!   The output type is the `output_dtype` attribute, else the zero point's type, else uint8.
+//! - **DequantizeLinear**: `y = (x - zero_point) * scale`; the subtraction is done in int32 (wrapping,
+//!   which only matters for int32 inputs) and the product in float32, rounded once to the output
+//!   type (the `output_dtype` attribute, else the scale's type).
+//! - **Granularity** ([`Granularity`]): a scalar (or one-element) scale is per-tensor; a 1-D scale of
+//!   `shape[axis]` values is per-axis; with `block_size > 0` the scale has the input's rank and
+//!   `ceil(shape[axis] / block_size)` entries along `axis` (blocked, opset 21).
+//!
+//! Integer types: uint8, int8, uint16, int16, uint4, int4 (and int32 as a DequantizeLinear input).
+//! Float types: float32, float16, bfloat16. Float8, float4 and 2-bit types give
+//! [`QuantError::UnsupportedType`]; the `saturate` attribute only concerns float8 and is not read.
+
+use crate::ir::tensor::{DType, Tensor};
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+
+/// Why a quantization kernel refused its inputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantError {
+    /// An element type the kernel does not implement.
+    #[error("unsupported {role} type {dtype} (supported: {supported})")]
+    UnsupportedType {
+        role: &'static str,
+        dtype: DType,
+        supported: &'static str,
+    },
+    /// The zero point's type differs from the quantized type.
+    #[error("zero point type {zero_point} does not match the quantized type {expected}")]
+    ZeroPointType { zero_point: DType, expected: DType },
+    /// `axis` outside `[-rank, rank - 1]`.
+    #[error("axis {axis} is out of range for an input of rank {rank}")]
+    Axis { axis: i64, rank: usize },
+    /// Negative `block_size`.
+    #[error("block_size must not be negative, got {0}")]
+    BlockSize(i64),
+    /// The scale's shape fits none of the per-tensor, per-axis or blocked forms.
+    #[error("scale of shape {scale:?} does not fit an input of shape {input:?}: {reason}")]
+    ScaleShape {
+        scale: Vec<usize>,
+        input: Vec<usize>,
+        reason: String,
+    },
+    /// The zero point's shape differs from the scale's.
+    #[error("zero point of shape {zero_point:?} differs from the scale's shape {scale:?}")]
+    ZeroPointShape {
+        zero_point: Vec<usize>,
+        scale: Vec<usize>,
+    },
+    /// A zero point value outside its type's range (possible for unpacked 4-bit storage).
+    #[error("zero point value {value} is outside the range of {dtype}")]
+    ZeroPointRange { value: i64, dtype: DType },
+}
+
+const QUANT_TYPES: &str = "u8, i8, u16, i16, u4, i4";
+const DEQUANT_INPUT_TYPES: &str = "u8, i8, u16, i16, i32, u4, i4";
+const FLOAT_TYPES: &str = "f32, f16, bf16";
+
+/// How a scale (and zero point) maps onto the elements of the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    PerTensor,
+    /// One scale per index along `axis`.
+    PerAxis { axis: usize },
+    /// One scale per `block_size` consecutive indices along `axis`, per position of the other axes.
+    Blocked { axis: usize, block_size: usize },
+}
+
+impl Granularity {
+    /// Deduces the granularity from the shapes and the ONNX `axis` / `block_size` attributes
+    /// (`axis` may be negative; it is only checked when the scale is not per-tensor).
+    pub fn resolve(
+        input: &[usize],
+        scale: &[usize],
+        axis: i64,
+        block_size: i64,
+    ) -> Result<Granularity, QuantError> {
+        let shape_err = |reason: String| QuantError::ScaleShape {
+            scale: scale.to_vec(),
+            input: input.to_vec(),
+            reason,
+        };
+        if block_size < 0 {
+            return Err(QuantError::BlockSize(block_size));
+        }
+        let n: usize = scale.iter().product();
+        if block_size == 0 {
+            if scale.len() <= 1 && n == 1 {
+                return Ok(Granularity::PerTensor);
+            }
+            let axis = normalize_axis(axis, input.len())?;
+            if scale.len() == 1 && scale[0] == input[axis] {
+                return Ok(Granularity::PerAxis { axis });
+            }
+            return Err(shape_err(format!(
+                "expected a scalar or a 1-D tensor of {} values (axis {axis})",
+                input[axis]
+            )));
+        }
+        let axis = normalize_axis(axis, input.len())?;
+        let bs = block_size as usize;
+        if scale.len() != input.len() {
+            return Err(shape_err(format!(
+                "a blocked scale (block_size {bs}) must have the input's rank"
+            )));
+        }
+        for (d, (&s, &i)) in scale.iter().zip(input).enumerate() {
+            let want = if d == axis { i.div_ceil(bs) } else { i };
+            if s != want {
+                return Err(shape_err(format!(
+                    "dimension {d} should be {want} (block_size {bs} along axis {axis})"
+                )));
+            }
+        }
+        Ok(Granularity::Blocked {
+            axis,
+            block_size: bs,
+        })
+    }
+}
+
+fn normalize_axis(axis: i64, rank: usize) -> Result<usize, QuantError> {
+    let r = rank as i64;
+    if (-r..r).contains(&axis) {
+        Ok(if axis < 0 { axis + r } else { axis } as usize)
+    } else {
+        Err(QuantError::Axis { axis, rank })
+    }
+}
+
+/// Maps a flat (row-major) element index of the input to the flat index of its scale.
+struct ParamIndex {
+    granularity: Granularity,
+    dim: usize,
+    inner: usize,
+    blocks: usize,
+}
+
+impl ParamIndex {
+    fn new(granularity: Granularity, shape: &[usize]) -> ParamIndex {
+        let (axis, block) = match granularity {
+            Granularity::PerTensor => {
+                return ParamIndex {
+                    granularity,
+                    dim: 1,
+                    inner: 1,
+                    blocks: 1,
+                }
+            }
+            Granularity::PerAxis { axis } => (axis, 1),
+            Granularity::Blocked { axis, block_size } => (axis, block_size),
+        };
+        let dim = shape[axis];
+        ParamIndex {
+            granularity,
+            dim,
+            inner: shape[axis + 1..].iter().product(),
+            blocks: dim.div_ceil(block),
+        }
+    }
+
+    /// Only called for indices of a non-empty input, so `dim` and `inner` are not zero.
+    fn at(&self, i: usize) -> usize {
+        match self.granularity {
+            Granularity::PerTensor => 0,
+            Granularity::PerAxis { .. } => (i / self.inner) % self.dim,
+            Granularity::Blocked { block_size, .. } => {
+                let outer = i / (self.dim * self.inner);
+                let c = (i / self.inner) % self.dim;
+                let r = i % self.inner;
+                (outer * self.blocks + c / block_size) * self.inner + r
+            }
+        }
+    }
+}
+
+/// The representable range of an integer quantized type (`None` for other types).
+pub fn integer_range(dtype: DType) -> Option<(i64, i64)> {
+    Some(match dtype {
+        DType::U8 => (0, 255),
+        DType::I8 => (-128, 127),
+        DType::U16 => (0, 65_535),
+        DType::I16 => (-32_768, 32_767),
+        DType::U4 => (0, 15),
+        DType::I4 => (-8, 7),
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => return None,
+    })
+}
+
+/// The range of a QuantizeLinear output type, or the error for types it cannot produce.
+fn quantized_range(dtype: DType) -> Result<(i64, i64), QuantError> {
+    match dtype {
+        DType::I32 => None,
+        d => integer_range(d),
+    }
+    .ok_or(QuantError::UnsupportedType {
+        role: "quantized output",
+        dtype,
+        supported: QUANT_TYPES,
+    })
+}
+
+fn float_values(t: &Tensor, role: &'static str) -> Result<Vec<f32>, QuantError> {
+    Ok(match t {
+        Tensor::F32(a) => a.iter().copied().collect(),
+        Tensor::F16(a) => a.iter().map(|v| v.to_f32()).collect(),
+        Tensor::BF16(a) => a.iter().map(|v| v.to_f32()).collect(),
+        other => {
+            return Err(QuantError::UnsupportedType {
+                role,
+                dtype: other.dtype(),
+                supported: FLOAT_TYPES,
+            })
+        }
+    })
+}
+
+fn zero_points(
+    zero_point: Option<&Tensor>,
+    expected: DType,
+    scale_shape: &[usize],
+) -> Result<Vec<i64>, QuantError> {
+    let n: usize = scale_shape.iter().product();
+    let Some(z) = zero_point else {
+        return Ok(vec![0; n]);
+    };
+    if z.dtype() != expected {
+        return Err(QuantError::ZeroPointType {
+            zero_point: z.dtype(),
+            expected,
+        });
+    }
+    let both_scalar_like = z.len() == 1 && n == 1 && z.shape().len() <= 1 && scale_shape.len() <= 1;
+    if z.shape() != scale_shape && !both_scalar_like {
+        return Err(QuantError::ZeroPointShape {
+            zero_point: z.shape(),
+            scale: scale_shape.to_vec(),
+        });
+    }
+    let (lo, hi) = integer_range(expected).ok_or(QuantError::UnsupportedType {
+        role: "zero point",
+        dtype: expected,
+        supported: DEQUANT_INPUT_TYPES,
+    })?;
+    let values = z.to_i64_vec().ok_or(QuantError::UnsupportedType {
+        role: "zero point",
+        dtype: expected,
+        supported: DEQUANT_INPUT_TYPES,
+    })?;
+    if let Some(&value) = values.iter().find(|&&v| v < lo || v > hi) {
+        return Err(QuantError::ZeroPointRange {
+            value,
+            dtype: expected,
+        });
+    }
+    Ok(values)
+}
+
+fn array<T>(shape: &[usize], values: Vec<T>) -> ArrayD<T> {
+    ArrayD::from_shape_vec(IxDyn(shape), values)
+        .expect("kernel output has exactly one value per input element")
+}
+
+/// Builds an integer tensor from values already saturated to `dtype`'s range.
+fn integer_tensor(dtype: DType, shape: &[usize], v: Vec<i64>) -> Tensor {
+    match dtype {
+        DType::U8 => Tensor::U8(array(shape, v.into_iter().map(|x| x as u8).collect())),
+        DType::I8 => Tensor::I8(array(shape, v.into_iter().map(|x| x as i8).collect())),
+        DType::U16 => Tensor::U16(array(shape, v.into_iter().map(|x| x as u16).collect())),
+        DType::I16 => Tensor::I16(array(shape, v.into_iter().map(|x| x as i16).collect())),
+        DType::U4 => Tensor::U4(array(shape, v.into_iter().map(|x| x as u8).collect())),
+        DType::I4 => Tensor::I4(array(shape, v.into_iter().map(|x| x as i8).collect())),
+        _ => Tensor::I32(array(shape, v.into_iter().map(|x| x as i32).collect())),
+    }
+}
+
+/// Division precision of QuantizeLinear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Precision {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Precision {
+    fn from_dtype(dtype: Option<DType>) -> Result<Precision, QuantError> {
+        match dtype {
+            None | Some(DType::F32) => Ok(Precision::F32),
+            Some(DType::F16) => Ok(Precision::F16),
+            Some(DType::BF16) => Ok(Precision::BF16),
+            Some(other) => Err(QuantError::UnsupportedType {
+                role: "division precision",
+                dtype: other,
+                supported: FLOAT_TYPES,
+            }),
+        }
+    }
+
+    fn round(self, v: f32) -> f32 {
+        match self {
+            Precision::F32 => v,
+            Precision::F16 => f16::from_f32(v).to_f32(),
+            Precision::BF16 => bf16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// `x / s` in this precision (f32 holds any f16/bf16 quotient rounding exactly once more).
+    fn divide(self, x: f32, s: f32) -> f32 {
+        self.round(self.round(x) / self.round(s))
+    }
+}
+
+fn quantize_one(x: f32, scale: f32, zero_point: i64, lo: i64, hi: i64, p: Precision) -> i64 {
+    let v = p.divide(x, scale);
+    if v.is_nan() {
+        return lo;
+    }
+    // f64 holds every rounded f32 integer plus a 16-bit zero point exactly; ±inf clamps.
+    (v.round_ties_even() as f64 + zero_point as f64).clamp(lo as f64, hi as f64) as i64
+}
+
+/// Quantizes one value with float32 division: `saturate(round_half_even(x / scale) + zero_point)`
+/// for the range of `dtype` (u8, i8, u16, i16, u4, i4).
+pub fn quantize_value(
+    x: f32,
+    scale: f32,
+    zero_point: i64,
+    dtype: DType,
+) -> Result<i64, QuantError> {
+    let (lo, hi) = quantized_range(dtype)?;
+    Ok(quantize_one(x, scale, zero_point, lo, hi, Precision::F32))
+}
+
+/// Attributes of QuantizeLinear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QuantizeAttrs {
+    /// Quantization axis for per-axis and blocked forms (ONNX default 1; negative counts from the end).
+    pub axis: i64,
+    /// Block size along `axis` (0: not blocked).
+    pub block_size: i64,
+    /// Output type; `None` takes the zero point's type, or uint8 without a zero point.
+    pub output_dtype: Option<DType>,
+    /// Type the division is carried out in; `None` is float32 (opset ≤ 22). From opset 23 on, ONNX
+    /// says: the `precision` attribute, by default the scale's type.
+    pub precision: Option<DType>,
+}
+
+impl Default for QuantizeAttrs {
+    fn default() -> Self {
+        QuantizeAttrs {
+            axis: 1,
+            block_size: 0,
+            output_dtype: None,
+            precision: None,
+        }
+    }
+}
+
+/// The output type QuantizeLinear gives for these attributes and zero point type.
+pub fn quantize_output_dtype(
+    zero_point: Option<DType>,
+    output_dtype: Option<DType>,
+) -> Result<DType, QuantError> {
+    let out = match (output_dtype, zero_point) {
+        (Some(d), Some(z)) if d != z => {
+            return Err(QuantError::ZeroPointType {
+                zero_point: z,
+                expected: d,
+            })
+        }
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) => DType::U8,
+    };
+    quantized_range(out)?;
+    Ok(out)
+}
+
+/// ONNX QuantizeLinear. See the module doc for the exact semantics.
+pub fn quantize_linear(
+    x: &Tensor,
+    scale: &Tensor,
+    zero_point: Option<&Tensor>,
+    attrs: &QuantizeAttrs,
+) -> Result<Tensor, QuantError> {
+    let out = quantize_output_dtype(zero_point.map(Tensor::dtype), attrs.output_dtype)?;
+    let (lo, hi) = quantized_range(out)?;
+    let precision = Precision::from_dtype(attrs.precision)?;
+    let xs = float_values(x, "input")?;
+    let ss = float_values(scale, "scale")?;
+    let shape = x.shape();
+    let granularity = Granularity::resolve(&shape, &scale.shape(), attrs.axis, attrs.block_size)?;
+    let zs = zero_points(zero_point, out, &scale.shape())?;
+    let idx = ParamIndex::new(granularity, &shape);
+    let q = xs
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let k = idx.at(i);
+            quantize_one(v, ss[k], zs[k], lo, hi, precision)
+        })
+        .collect();
+    Ok(integer_tensor(out, &shape, q))
+}
+
+/// Attributes of DequantizeLinear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DequantizeAttrs {
+    /// Quantization axis for per-axis and blocked forms (ONNX default 1; negative counts from the end).
+    pub axis: i64,
+    /// Block size along `axis` (0: not blocked).
+    pub block_size: i64,
+    /// Output type (opset 23+); `None` takes the scale's type.
+    pub output_dtype: Option<DType>,
+}
+
+impl Default for DequantizeAttrs {
+    fn default() -> Self {
+        DequantizeAttrs {
+            axis: 1,
+            block_size: 0,
+            output_dtype: None,
+        }
+    }
+}
+
+/// ONNX DequantizeLinear. See the module doc for the exact semantics.
+pub fn dequantize_linear(
+    x: &Tensor,
+    scale: &Tensor,
+    zero_point: Option<&Tensor>,
+    attrs: &DequantizeAttrs,
+) -> Result<Tensor, QuantError> {
+    let in_dt = x.dtype();
+    let qs = match in_dt {
+        DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::I32 | DType::U4 | DType::I4 => {
+            x.to_i64_vec()
+        }
+        _ => None,
+    }
+    .ok_or(QuantError::UnsupportedType {
+        role: "quantized input",
+        dtype: in_dt,
+        supported: DEQUANT_INPUT_TYPES,
+    })?;
+    let out = attrs.output_dtype.unwrap_or(scale.dtype());
+    if !matches!(out, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(QuantError::UnsupportedType {
+            role: "output",
+            dtype: out,
+            supported: FLOAT_TYPES,
+        });
+    }
+    let ss = float_values(scale, "scale")?;
+    let shape = x.shape();
+    let granularity = Granularity::resolve(&shape, &scale.shape(), attrs.axis, attrs.block_size)?;
+    let zs = zero_points(zero_point, in_dt, &scale.shape())?;
+    let idx = ParamIndex::new(granularity, &shape);
+    let ys: Vec<f32> = qs
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let k = idx.at(i);
+            (q as i32).wrapping_sub(zs[k] as i32) as f32 * ss[k]
+        })
+        .collect();
+    Ok(match out {
+        DType::F16 => Tensor::F16(array(&shape, ys.into_iter().map(f16::from_f32).collect())),
+        DType::BF16 => Tensor::BF16(array(&shape, ys.into_iter().map(bf16::from_f32).collect())),
+        _ => Tensor::F32(array(&shape, ys)),
+    })
+}
+
+/// `DequantizeLinear(QuantizeLinear(x))` with the same scale, zero point, axis and block size:
+/// the value a QDQ pair lets through. The result has the scale's type.
+pub fn fake_quantize(
+    x: &Tensor,
+    scale: &Tensor,
+    zero_point: Option<&Tensor>,
+    attrs: &QuantizeAttrs,
+) -> Result<Tensor, QuantError> {
+    let q = quantize_linear(x, scale, zero_point, attrs)?;
+    let dq = DequantizeAttrs {
+        axis: attrs.axis,
+        block_size: attrs.block_size,
+        output_dtype: None,
+    };
+    dequantize_linear(&q, scale, zero_point, &dq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr0, arr1, arr2, Array, ArrayD};
+    use proptest::prelude::*;
+
+    fn f32t(v: &[f32]) -> Tensor {
+        Tensor::F32(arr1(v).into_dyn())
+    }
+
+    fn scalar(v: f32) -> Tensor {
+        Tensor::F32(arr0(v).into_dyn())
+    }
+
+    fn ints(t: &Tensor) -> Vec<i64> {
+        t.to_i64_vec().unwrap()
+    }
+
+    #[test]
+    fn onnx_doc_example_u8() {
+        // QuantizeLinear docs: x = [0, 2, 3, 1000, -254, -1000], scale 2, zero point 128.
+        let x = f32t(&[0., 2., 3., 1000., -254., -1000.]);
+        let z = Tensor::U8(arr0(128u8).into_dyn());
+        let y = quantize_linear(&x, &scalar(2.0), Some(&z), &QuantizeAttrs::default()).unwrap();
+        assert_eq!(y.dtype(), DType::U8);
+        assert_eq!(ints(&y), vec![128, 129, 130, 255, 1, 0]);
+    }
+
+    #[test]
+    fn ties_round_to_even() {
+        let x = f32t(&[0.5, 1.5, 2.5, -0.5, -1.5, -2.5]);
+        let z = Tensor::I8(arr0(0i8).into_dyn());
+        let y = quantize_linear(&x, &scalar(1.0), Some(&z), &QuantizeAttrs::default()).unwrap();
+        assert_eq!(ints(&y), vec![0, 2, 2, 0, -2, -2]);
+    }
+
+    #[test]
+    fn true_division_differs_from_reciprocal() {
+        // Find a value where x * (1/s) and x / s round differently, and check we follow x / s.
+        let s = 0.1f32;
+        let mut found = 0;
+        for k in -1000..1000 {
+            for d in [-2i32, -1, 0, 1, 2] {
+                let x = f32::from_bits(((k as f32 + 0.5) * s).to_bits().wrapping_add(d as u32));
+                let div = (x / s).round_ties_even();
+                let mul = (x * (1.0 / s)).round_ties_even();
+                let q = quantize_value(x, s, 0, DType::I16).unwrap();
+                assert_eq!(q, div as i64);
+                if div != mul {
+                    found += 1;
+                }
+            }
+        }
+        assert!(
+            found > 0,
+            "the probe should contain reciprocal-sensitive values"
+        );
+    }
+
+    #[test]
+    fn nan_and_infinities() {
+        let x = f32t(&[
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            2.25,
+        ]);
+        let z = Tensor::I16(arr0(3i16).into_dyn());
+        let y = quantize_linear(&x, &scalar(0.5), Some(&z), &QuantizeAttrs::default()).unwrap();
+        assert_eq!(ints(&y), vec![-32768, 32767, -32768, 32767, -32768, 7]);
+    }
+
+    #[test]
+    fn default_output_is_u8_and_output_dtype_selects() {
+        let x = f32t(&[-1.0, 100.0]);
+        let y = quantize_linear(&x, &scalar(1.0), None, &QuantizeAttrs::default()).unwrap();
+        assert_eq!(y, Tensor::U8(arr1(&[0u8, 100]).into_dyn()));
+        let attrs = QuantizeAttrs {
+            output_dtype: Some(DType::I4),
+            ..QuantizeAttrs::default()
+        };
+        let y = quantize_linear(&x, &scalar(1.0), None, &attrs).unwrap();
+        assert_eq!(y, Tensor::I4(arr1(&[-1i8, 7]).into_dyn()));
+        let z = Tensor::U8(arr0(0u8).into_dyn());
+        let err = quantize_linear(&x, &scalar(1.0), Some(&z), &attrs).unwrap_err();
+        assert!(matches!(err, QuantError::ZeroPointType { .. }), "{err}");
+    }
+
+    #[test]
+    fn four_and_sixteen_bit_ranges() {
+        let x = f32t(&[-100.0, -3.0, 3.0, 100.0]);
+        for (dt, want) in [
+            (DType::U4, vec![0, 0, 3, 15]),
+            (DType::I4, vec![-8, -3, 3, 7]),
+            (DType::U16, vec![0, 0, 3, 100]),
+            (DType::I16, vec![-100, -3, 3, 100]),
+        ] {
+            let attrs = QuantizeAttrs {
+                output_dtype: Some(dt),
+                ..QuantizeAttrs::default()
+            };
+            let y = quantize_linear(&x, &scalar(1.0), None, &attrs).unwrap();
+            assert_eq!(y.dtype(), dt);
+            assert_eq!(ints(&y), want, "{dt}");
+        }
+    }
+
+    #[test]
+    fn float8_is_unsupported() {
+        let attrs = QuantizeAttrs {
+            output_dtype: Some(DType::F8E4M3FN),
+            ..QuantizeAttrs::default()
+        };
+        let err = quantize_linear(&f32t(&[1.0]), &scalar(1.0), None, &attrs).unwrap_err();
+        assert!(err.to_string().contains("f8e4m3fn"), "{err}");
+        let dq = dequantize_linear(
+            &f32t(&[1.0]),
+            &scalar(1.0),
+            None,
+            &DequantizeAttrs::default(),
+        );
+        assert!(matches!(dq, Err(QuantError::UnsupportedType { .. })));
+    }
+
+    #[test]
+    fn dequantize_int32_bias_wraps_like_onnx_runtime() {
+        let x = Tensor::I32(arr1(&[i32::MAX, 16_777_217, -5]).into_dyn());
+        let z = Tensor::I32(arr0(-5).into_dyn());
+        let y = dequantize_linear(&x, &scalar(0.5), Some(&z), &DequantizeAttrs::default()).unwrap();
+        let Tensor::F32(y) = y else {
+            panic!("f32 output")
+        };
+        assert_eq!(y.as_slice().unwrap(), &[-1073741824.0, 8388611.0, 0.0]);
+    }
+
+    #[test]
+    fn dequantize_f16_scale_computes_in_f32() {
+        let s = f16::from_f32(0.0123);
+        let x = Tensor::U16(arr1(&[0u16, 40000, 65535]).into_dyn());
+        let z = Tensor::U16(arr0(3u16).into_dyn());
+        let scale = Tensor::F16(arr0(s).into_dyn());
+        let y = dequantize_linear(&x, &scale, Some(&z), &DequantizeAttrs::default()).unwrap();
+        let Tensor::F16(y) = y else {
+            panic!("f16 output")
+        };
+        let want: Vec<f16> = [-3i32, 39997, 65532]
+            .iter()
+            .map(|&d| f16::from_f32(d as f32 * s.to_f32()))
+            .collect();
+        assert_eq!(y.as_slice().unwrap(), &want[..]);
+        // output_dtype overrides the scale's type
+        let attrs = DequantizeAttrs {
+            output_dtype: Some(DType::F32),
+            ..DequantizeAttrs::default()
+        };
+        let y = dequantize_linear(&x, &scale, Some(&z), &attrs).unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+    }
+
+    #[test]
+    fn f16_precision_rounds_the_quotient() {
+        // Near ties x ≈ (k + 0.5) * s in f16: the f32 quotient lands just off k + 0.5, the f16
+        // quotient rounds onto it and then to even. Both paths are checked separately.
+        let s = f16::from_f32(0.0123).to_f32();
+        let mut differ = 0;
+        for k in -100..100 {
+            let x = f16::from_f32((k as f32 + 0.5) * s).to_f32();
+            let q32 = quantize_one(x, s, 0, -128, 127, Precision::F32);
+            let q16 = quantize_one(x, s, 0, -128, 127, Precision::F16);
+            let expect16 = f16::from_f32(x / s)
+                .to_f32()
+                .round_ties_even()
+                .clamp(-128.0, 127.0);
+            assert_eq!(q16, expect16 as i64);
+            differ += (q32 != q16) as usize;
+        }
+        assert!(differ > 0);
+    }
+
+    #[test]
+    fn per_axis_and_negative_axis() {
+        let x = Tensor::F32(arr2(&[[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]).into_dyn());
+        let s = f32t(&[1.0, 2.0, 4.0]);
+        let z = Tensor::I8(arr1(&[0i8, 1, -1]).into_dyn());
+        let attrs = QuantizeAttrs {
+            axis: -1,
+            ..QuantizeAttrs::default()
+        };
+        let y = quantize_linear(&x, &s, Some(&z), &attrs).unwrap();
+        // row 0: 1/1=1, 2/2+1=2, 3/4=0.75->1 -1=0 ; row 1: 4, 2.5->2 +1=3, 1.5->2 -1=1
+        assert_eq!(ints(&y), vec![1, 2, 0, 4, 3, 1]);
+        let bad = QuantizeAttrs {
+            axis: 2,
+            ..QuantizeAttrs::default()
+        };
+        assert!(matches!(
+            quantize_linear(&x, &s, Some(&z), &bad),
+            Err(QuantError::Axis { axis: 2, rank: 2 })
+        ));
+        let wrong = f32t(&[1.0, 2.0]);
+        assert!(matches!(
+            quantize_linear(&x, &wrong, None, &attrs),
+            Err(QuantError::ScaleShape { .. })
+        ));
+    }
+
+    #[test]
+    fn blocked_dequantize() {
+        // x [2, 5], blocks of 2 along axis 1 -> scale [2, 3] (last block is short).
+        let x = Tensor::I8(arr2(&[[1i8, 2, 3, 4, 5], [-1, -2, -3, -4, -5]]).into_dyn());
+        let s = Tensor::F32(arr2(&[[1.0f32, 10.0, 100.0], [2.0, 20.0, 200.0]]).into_dyn());
+        let attrs = DequantizeAttrs {
+            axis: 1,
+            block_size: 2,
+            output_dtype: None,
+        };
+        let y = dequantize_linear(&x, &s, None, &attrs).unwrap();
+        assert_eq!(
+            y.to_f64_vec().unwrap(),
+            vec![1., 2., 30., 40., 500., -2., -4., -60., -80., -1000.]
+        );
+        let bad = Tensor::F32(arr2(&[[1.0f32, 10.0], [2.0, 20.0]]).into_dyn());
+        assert!(matches!(
+            dequantize_linear(&x, &bad, None, &attrs),
+            Err(QuantError::ScaleShape { .. })
+        ));
+        let neg = DequantizeAttrs {
+            block_size: -1,
+            ..attrs
+        };
+        assert!(matches!(
+            dequantize_linear(&x, &s, None, &neg),
+            Err(QuantError::BlockSize(-1))
+        ));
+    }
+
+    #[test]
+    fn zero_point_checks() {
+        let x = f32t(&[1.0, 2.0]);
+        let z = Tensor::I8(arr1(&[0i8, 0]).into_dyn());
+        assert!(matches!(
+            quantize_linear(&x, &scalar(1.0), Some(&z), &QuantizeAttrs::default()),
+            Err(QuantError::ZeroPointShape { .. })
+        ));
+        let z4 = Tensor::I4(arr0(9i8).into_dyn());
+        assert!(matches!(
+            quantize_linear(&x, &scalar(1.0), Some(&z4), &QuantizeAttrs::default()),
+            Err(QuantError::ZeroPointRange { value: 9, .. })
+        ));
+        let q = Tensor::U8(arr1(&[1u8, 2]).into_dyn());
+        let zi = Tensor::I8(arr0(0i8).into_dyn());
+        assert!(matches!(
+            dequantize_linear(&q, &scalar(1.0), Some(&zi), &DequantizeAttrs::default()),
+            Err(QuantError::ZeroPointType { .. })
+        ));
+    }
+
+    #[test]
+    fn scalar_input_with_default_axis() {
+        let x = Tensor::F32(arr0(3.3f32).into_dyn());
+        let y = quantize_linear(&x, &scalar(0.1), None, &QuantizeAttrs::default()).unwrap();
+        assert_eq!(y, Tensor::U8(arr0(33u8).into_dyn()));
+    }
+
+    #[test]
+    fn bf16_scale_and_input() {
+        let x = Tensor::BF16(arr1(&[bf16::from_f32(1.5), bf16::from_f32(-7.0)]).into_dyn());
+        let s = Tensor::BF16(arr0(bf16::from_f32(0.5)).into_dyn());
+        let z = Tensor::I8(arr0(1i8).into_dyn());
+        let q = quantize_linear(&x, &s, Some(&z), &QuantizeAttrs::default()).unwrap();
+        assert_eq!(ints(&q), vec![4, -13]);
+        let d = dequantize_linear(&q, &s, Some(&z), &DequantizeAttrs::default()).unwrap();
+        assert_eq!(d.dtype(), DType::BF16);
+        assert_eq!(d.to_f64_vec().unwrap(), vec![1.5, -7.0]);
+    }
+
+    fn qtype() -> impl Strategy<Value = DType> {
+        prop_oneof![
+            Just(DType::U8),
+            Just(DType::I8),
+            Just(DType::U16),
+            Just(DType::I16),
+            Just(DType::U4),
+            Just(DType::I4)
+        ]
+    }
+
+    fn zp_tensor(dt: DType, v: i64) -> Tensor {
+        integer_tensor(dt, &[], vec![v])
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_within_half_step(
+            dt in qtype(),
+            scale in 1e-4f32..10.0,
+            zf in 0.0f64..1.0,
+            t in 0.0f64..1.0,
+        ) {
+            let (lo, hi) = integer_range(dt).unwrap();
+            let zp = lo + ((hi - lo) as f64 * zf) as i64;
+            // a point inside the representable range [(lo - zp) * s, (hi - zp) * s]
+            let x = (((lo - zp) as f64 + (hi - lo) as f64 * t) * scale as f64) as f32;
+            let attrs = QuantizeAttrs { output_dtype: Some(dt), ..QuantizeAttrs::default() };
+            let z = zp_tensor(dt, zp);
+            let y = fake_quantize(&scalar(x), &scalar(scale), Some(&z), &attrs).unwrap();
+            let y = y.to_f64_vec().unwrap()[0];
+            let tol = scale as f64 / 2.0 + (x.abs() as f64 + scale as f64) * 4.0 * f32::EPSILON as f64;
+            prop_assert!((y - x as f64).abs() <= tol, "x={x} y={y} scale={scale} zp={zp}");
+        }
+
+        #[test]
+        fn saturates_outside_range(
+            dt in qtype(),
+            scale in 1e-4f32..10.0,
+            zf in 0.0f64..1.0,
+            beyond in 1.0f64..1e6,
+            above in any::<bool>(),
+        ) {
+            let (lo, hi) = integer_range(dt).unwrap();
+            let zp = lo + ((hi - lo) as f64 * zf) as i64;
+            let edge = if above { hi - zp } else { lo - zp } as f64;
+            let x = ((edge + if above { beyond } else { -beyond }) * scale as f64) as f32;
+            let q = quantize_value(x, scale, zp, dt).unwrap();
+            prop_assert_eq!(q, if above { hi } else { lo });
+        }
+
+        #[test]
+        fn monotonic(a in -1e3f32..1e3, b in -1e3f32..1e3, scale in 1e-3f32..1.0) {
+            let (a, b) = if a <= b { (a, b) } else { (b, a) };
+            prop_assert!(quantize_value(a, scale, 0, DType::I16).unwrap()
+                <= quantize_value(b, scale, 0, DType::I16).unwrap());
+        }
+
+        #[test]
+        fn per_axis_equals_per_tensor_per_slice(
+            dims in proptest::collection::vec(1usize..4, 1..4),
+            axis_pick in 0usize..4,
+            seed in proptest::collection::vec(-50.0f32..50.0, 64),
+            scales in proptest::collection::vec(0.01f32..2.0, 4),
+            zps in proptest::collection::vec(-20i64..20, 4),
+        ) {
+            let axis = axis_pick % dims.len();
+            let n: usize = dims.iter().product();
+            let x = Array::from_iter(seed.iter().cycle().take(n).copied())
+                .into_shape_with_order(dims.clone()).unwrap();
+            let d = dims[axis];
+            let s = Tensor::F32(arr1(&scales[..d]).into_dyn());
+            let z = integer_tensor(DType::I8, &[d], zps[..d].to_vec());
+            let attrs = QuantizeAttrs { axis: axis as i64 - dims.len() as i64, ..QuantizeAttrs::default() };
+            let q = quantize_linear(&Tensor::F32(x.clone()), &s, Some(&z), &attrs).unwrap();
+            let Tensor::I8(q) = q else { panic!("i8 output") };
+            let dq = dequantize_linear(&Tensor::I8(q.clone()), &s, Some(&z),
+                &DequantizeAttrs { axis: attrs.axis, ..DequantizeAttrs::default() }).unwrap();
+            let Tensor::F32(dq) = dq else { panic!("f32 output") };
+            for c in 0..d {
+                let slice: ArrayD<f32> = x.index_axis(ndarray::Axis(axis), c).to_owned();
+                let zc = zp_tensor(DType::I8, zps[c]);
+                let qc = quantize_linear(&Tensor::F32(slice), &scalar(scales[c]), Some(&zc),
+                    &QuantizeAttrs::default()).unwrap();
+                let Tensor::I8(qc) = qc else { panic!("i8 output") };
+                prop_assert_eq!(q.index_axis(ndarray::Axis(axis), c).to_owned(), qc.clone());
+                let dc = dequantize_linear(&Tensor::I8(qc), &scalar(scales[c]), Some(&zc),
+                    &DequantizeAttrs::default()).unwrap();
+                prop_assert_eq!(Tensor::F32(dq.index_axis(ndarray::Axis(axis), c).to_owned()), dc);
+            }
+        }
+
+        #[test]
+        fn whole_axis_block_equals_per_axis(
+            rows in 1usize..5,
+            cols in 1usize..7,
+            seed in proptest::collection::vec(-50.0f32..50.0, 35),
+            scales in proptest::collection::vec(0.01f32..2.0, 5),
+            zps in proptest::collection::vec(-20i64..20, 5),
+        ) {
+            // Blocks covering all of axis 1 of [rows, cols]: scale [rows, 1], one per row,
+            // which is the per-axis form along axis 0.
+            let x = Array::from_iter(seed.iter().cycle().take(rows * cols).copied())
+                .into_shape_with_order(vec![rows, cols]).unwrap();
+            let x = Tensor::F32(x);
+            let blocked_s = Tensor::F32(array(&[rows, 1], scales[..rows].to_vec()));
+            let blocked_z = integer_tensor(DType::I8, &[rows, 1], zps[..rows].to_vec());
+            let axis_s = Tensor::F32(arr1(&scales[..rows]).into_dyn());
+            let axis_z = integer_tensor(DType::I8, &[rows], zps[..rows].to_vec());
+            let blocked = QuantizeAttrs { axis: 1, block_size: cols as i64, ..QuantizeAttrs::default() };
+            let per_axis = QuantizeAttrs { axis: 0, ..QuantizeAttrs::default() };
+            let qb = quantize_linear(&x, &blocked_s, Some(&blocked_z), &blocked).unwrap();
+            let qa = quantize_linear(&x, &axis_s, Some(&axis_z), &per_axis).unwrap();
+            prop_assert_eq!(&qb, &qa);
+            // a block size larger than the axis is still one block
+            let bigger = QuantizeAttrs { block_size: cols as i64 + 3, ..blocked };
+            prop_assert_eq!(&quantize_linear(&x, &blocked_s, Some(&blocked_z), &bigger).unwrap(), &qa);
+            let db = dequantize_linear(&qb, &blocked_s, Some(&blocked_z),
+                &DequantizeAttrs { axis: 1, block_size: cols as i64, output_dtype: None }).unwrap();
+            let da = dequantize_linear(&qa, &axis_s, Some(&axis_z),
+                &DequantizeAttrs { axis: 0, ..DequantizeAttrs::default() }).unwrap();
+            prop_assert_eq!(db, da);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Quantization numerics: the ground truth for every quantized value qrange computes.
+//!
+//! [`kernels`] implements ONNX `QuantizeLinear` / `DequantizeLinear` exactly (per-tensor, per-axis
+//! and blocked; 16-, 8- and 4-bit integer types; float32, float16 and bfloat16 scales), matching
+//! ONNX Runtime bit for bit. The execution engine runs these kernels in place of its own Q/DQ ops,
+//! and passes use them wherever they need a quantized value. [`params`] turns real ranges
+//! into scales and zero points; [`rules`] is the per-op rule table passes read.
+
+pub mod kernels;
+pub mod params;
+pub mod rules;
+
+pub use kernels::{
+    dequantize_linear, fake_quantize, integer_range, quantize_linear, quantize_output_dtype,
+    quantize_value, DequantizeAttrs, Granularity, QuantError, QuantizeAttrs,
+};

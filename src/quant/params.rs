@@ -1,0 +1,185 @@
+//! Scale and zero point from a real range, following ONNX Runtime's rules
+//! (`compute_scale_zp`, `get_qmin_qmax_for_qType`) so users get the numbers they expect.
+//!
+//! 1. The range always includes zero (zero must be exactly representable).
+//! 2. Symmetric: `a = max(|rmin|, |rmax|)`, range `[-a, a]`; signed symmetric types use
+//!    the narrow range (`int8 [-127, 127]`, `int16 [-32767, 32767]`).
+//! 3. `scale = (rmax - rmin) / (qmax - qmin)` in f64, stored as f32; a scale below the
+//!    smallest normal f32 (an all-zero tensor) becomes 1 with zero point 0 (or mid-range).
+//! 4. Zero point: symmetric → `round_half_even((qmin + qmax) / 2)`; asymmetric →
+//!    `round_half_even(qmin - rmin / scale)`, clamped to `[qmin, qmax]`.
+
+use crate::ir::DType;
+use serde::{Deserialize, Serialize};
+
+/// An integer grid to quantize onto.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QType {
+    pub dtype: DType,
+    pub qmin: i64,
+    pub qmax: i64,
+    pub symmetric: bool,
+}
+
+impl QType {
+    /// The grid of `dtype`, narrowed for signed symmetric types and optionally to 7 bits
+    /// (`reduce_range`, for u8 x s8 kernels on x86 CPUs without VNNI).
+    pub fn new(dtype: DType, symmetric: bool, reduce_range: bool) -> Option<QType> {
+        let (mut qmin, mut qmax) = super::integer_range(dtype)?;
+        if reduce_range {
+            (qmin, qmax) = match dtype {
+                DType::I8 => (-64, 64),
+                DType::U8 => (0, 127),
+                DType::I16 => (-16384, 16384),
+                DType::U16 => (0, 32767),
+                DType::I4 => (-4, 3),
+                DType::U4 => (0, 7),
+                _ => (qmin, qmax),
+            };
+        } else if symmetric && qmin < 0 {
+            qmin = -qmax;
+        }
+        Some(QType {
+            dtype,
+            qmin,
+            qmax,
+            symmetric,
+        })
+    }
+
+    /// Number of steps of the grid.
+    pub fn levels(&self) -> i64 {
+        self.qmax - self.qmin
+    }
+}
+
+/// Scale and zero point of one tensor or one channel.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleZp {
+    pub scale: f32,
+    pub zero_point: i64,
+}
+
+/// Scale and zero point for the real range `[rmin, rmax]` on grid `q`.
+pub fn scale_zp(rmin: f32, rmax: f32, q: &QType) -> ScaleZp {
+    let (mut lo, mut hi) = (rmin.min(0.0) as f64, rmax.max(0.0) as f64);
+    if !lo.is_finite() || !hi.is_finite() {
+        lo = if lo.is_finite() { lo } else { 0.0 };
+        hi = if hi.is_finite() { hi } else { 0.0 };
+    }
+    if q.symmetric {
+        let a = lo.abs().max(hi.abs());
+        lo = -a;
+        hi = a;
+    }
+    let (qmin, qmax) = (q.qmin as f64, q.qmax as f64);
+    let scale = ((hi - lo) / (qmax - qmin)) as f32;
+    let mid = ((qmin + qmax) / 2.0).round_ties_even() as i64;
+    if !(scale >= f32::MIN_POSITIVE) {
+        return ScaleZp {
+            scale: 1.0,
+            zero_point: if q.symmetric {
+                mid
+            } else {
+                q.qmin.max(0).min(q.qmax)
+            },
+        };
+    }
+    let zero_point = if q.symmetric {
+        mid
+    } else {
+        ((qmin - lo / scale as f64).round_ties_even() as i64).clamp(q.qmin, q.qmax)
+    };
+    ScaleZp { scale, zero_point }
+}
+
+/// Quantizes a bias to int32 with `scale = s_input * s_weight` and zero point 0,
+/// saturating to the int32 range. Returns the values and how many saturated.
+pub fn quantize_bias(bias: &[f32], scales: &[f32]) -> (Vec<i32>, usize) {
+    let mut clipped = 0;
+    let q = bias
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let s = scales[if scales.len() == 1 { 0 } else { i }];
+            let v = (b as f64 / s as f64).round_ties_even();
+            if v > i32::MAX as f64 || v < i32::MIN as f64 {
+                clipped += 1;
+            }
+            v.clamp(i32::MIN as f64, i32::MAX as f64) as i32
+        })
+        .collect();
+    (q, clipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uint8_asymmetric_matches_hand_computation() {
+        // range [-1, 3] on [0, 255]: scale = 4/255, zp = round(0 + 1/(4/255)) = round(63.75) = 64
+        let q = QType::new(DType::U8, false, false).unwrap();
+        let p = scale_zp(-1.0, 3.0, &q);
+        assert_eq!(p.scale, (4.0f64 / 255.0) as f32);
+        assert_eq!(p.zero_point, 64);
+    }
+
+    #[test]
+    fn zero_is_always_in_range() {
+        // a post-ReLU-like range [2, 6] becomes [0, 6]: zp = 0
+        let q = QType::new(DType::U8, false, false).unwrap();
+        let p = scale_zp(2.0, 6.0, &q);
+        assert_eq!(p.zero_point, 0);
+        assert_eq!(p.scale, (6.0f64 / 255.0) as f32);
+        // an all-negative range [-6, -2] becomes [-6, 0]: zp = 255
+        assert_eq!(scale_zp(-6.0, -2.0, &q).zero_point, 255);
+    }
+
+    #[test]
+    fn int8_symmetric_uses_narrow_range() {
+        let q = QType::new(DType::I8, true, false).unwrap();
+        assert_eq!((q.qmin, q.qmax), (-127, 127));
+        // [-0.5, 2.54] → a = 2.54, scale = 5.08 / 254 = 0.02, zp = 0
+        let p = scale_zp(-0.5, 2.54, &q);
+        assert_eq!(p.zero_point, 0);
+        assert_eq!(p.scale, (2.54f32 as f64 * 2.0 / 254.0) as f32);
+    }
+
+    #[test]
+    fn reduce_range_and_16_bit() {
+        assert_eq!(
+            QType::new(DType::U8, false, true).map(|q| (q.qmin, q.qmax)),
+            Some((0, 127))
+        );
+        let q = QType::new(DType::I16, true, false).unwrap();
+        assert_eq!((q.qmin, q.qmax), (-32767, 32767));
+        let q = QType::new(DType::U16, false, false).unwrap();
+        let p = scale_zp(-1.0, 1.0, &q);
+        // scale = 2/65535, zp = round(1/(2/65535)) = round(32767.5) = 32768 (half to even)
+        assert_eq!(p.zero_point, 32768);
+    }
+
+    #[test]
+    fn degenerate_range() {
+        let q = QType::new(DType::U8, false, false).unwrap();
+        assert_eq!(
+            scale_zp(0.0, 0.0, &q),
+            ScaleZp {
+                scale: 1.0,
+                zero_point: 0
+            }
+        );
+        let q = QType::new(DType::I8, true, false).unwrap();
+        assert_eq!(scale_zp(0.0, 0.0, &q).zero_point, 0);
+    }
+
+    #[test]
+    fn bias_is_int32_and_saturates() {
+        let (q, clipped) = quantize_bias(&[0.5, -0.25, 1e10], &[0.01, 0.01, 1e-3]);
+        assert_eq!(q[0], 50);
+        assert_eq!(q[1], -25);
+        assert_eq!(q[2], i32::MAX);
+        assert_eq!(clipped, 1);
+    }
+}

@@ -1,0 +1,160 @@
+//! Helpers shared by integration tests: building small ONNX models with the proto types
+//! and running the `qrange` binary.
+#![allow(dead_code)]
+
+use prost::Message;
+use qrange::onnx::proto;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo_root().join("fixtures").join(rel)
+}
+
+/// A tensor value_info `name: f32[dims]`.
+pub fn vi(name: &str, elem: i32, dims: &[i64]) -> proto::ValueInfoProto {
+    use proto::tensor_shape_proto::{dimension::Value as D, Dimension};
+    proto::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(proto::TypeProto {
+            denotation: None,
+            value: Some(proto::type_proto::Value::TensorType(
+                proto::type_proto::Tensor {
+                    elem_type: Some(elem),
+                    shape: Some(proto::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                denotation: None,
+                                value: Some(D::DimValue(d)),
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> proto::NodeProto {
+    proto::NodeProto {
+        name: Some(name.into()),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn f32_init(name: &str, dims: &[i64], vals: &[f32]) -> proto::TensorProto {
+    proto::TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(1),
+        raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+pub fn model(
+    nodes: Vec<proto::NodeProto>,
+    inits: Vec<proto::TensorProto>,
+    inputs: Vec<proto::ValueInfoProto>,
+    outputs: Vec<proto::ValueInfoProto>,
+) -> proto::ModelProto {
+    proto::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        producer_name: Some("qrange-tests".into()),
+        graph: Some(proto::GraphProto {
+            name: Some("g".into()),
+            node: nodes,
+            initializer: inits,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `y = Relu(x + b)` on f32[1,4].
+pub fn add_relu() -> proto::ModelProto {
+    model(
+        vec![
+            node("Add", "add", &["x", "b"], &["s"]),
+            node("Relu", "relu", &["s"], &["y"]),
+        ],
+        vec![f32_init("b", &[1, 4], &[0.5, -1.0, 2.0, 0.0])],
+        vec![vi("x", 1, &[1, 4])],
+        vec![vi("y", 1, &[1, 4])],
+    )
+}
+
+pub fn write_proto(path: &Path, m: &proto::ModelProto) {
+    std::fs::write(path, m.encode_to_vec()).unwrap();
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn qrange(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_qrange"))
+        .args(args)
+        .output()
+        .expect("run qrange");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes a minimal uncompressed .npz from raw little-endian arrays.
+pub fn write_npz_raw(path: &Path, arrays: &[(&str, &str, &[usize], Vec<u8>)]) {
+    use std::io::Write;
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    for (name, descr, shape, data) in arrays {
+        let shape_s = match shape.len() {
+            1 => format!("({},)", shape[0]),
+            _ => format!(
+                "({})",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        z.start_file(
+            format!("{name}.npy"),
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored),
+        )
+        .unwrap();
+        z.write_all(&bytes).unwrap();
+    }
+    z.finish().unwrap();
+}

@@ -1,0 +1,546 @@
+//! Exactness of QuantizeLinear/DequantizeLinear execution against ONNX Runtime.
+//!
+//! Every case in `fixtures/qdq/` (made by `fixtures/gen/qdq_cases.py`) holds a model, its inputs and
+//! ONNX Runtime's outputs; the session must reproduce them bit for bit. The other tests cover
+//! session behaviour: taps, errors naming the node, dynamic input shapes.
+
+use prost::Message;
+use qrange::exec::{ExecError, Session, SessionOptions};
+use qrange::ir::tensor::{DType, Tensor};
+use qrange::onnx::proto::{
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qdq")
+}
+
+fn load_model(path: &Path) -> ModelProto {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ModelProto::decode(bytes.as_slice()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Little-endian values of `raw`, `width` bytes each.
+fn chunks<T>(raw: &[u8], width: usize, f: impl Fn(&[u8]) -> T) -> Vec<T> {
+    raw.chunks_exact(width).map(f).collect()
+}
+
+/// Reads a TensorProto (.pb) into a host tensor. Test-local: only the types the fixtures use.
+fn read_tensor(path: &Path) -> (String, Tensor) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t = TensorProto::decode(bytes.as_slice()).unwrap();
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let n: usize = shape.iter().product();
+    let raw = t.raw_data.as_deref();
+    let ints = |v: &[i32]| v.to_vec();
+    macro_rules! arr {
+        ($v:expr) => {
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), $v).unwrap()
+        };
+    }
+    let dtype = DType::from_onnx(t.data_type());
+    let tensor = match dtype {
+        DType::F32 => Tensor::F32(arr!(match raw {
+            Some(r) => chunks(r, 4, |c| f32::from_le_bytes(c.try_into().unwrap())),
+            None => t.float_data.clone(),
+        })),
+        DType::F16 => Tensor::F16(arr!(match raw {
+            Some(r) => chunks(r, 2, |c| half::f16::from_le_bytes(c.try_into().unwrap())),
+            None => t
+                .int32_data
+                .iter()
+                .map(|&b| half::f16::from_bits(b as u16))
+                .collect(),
+        })),
+        DType::I32 => Tensor::I32(arr!(match raw {
+            Some(r) => chunks(r, 4, |c| i32::from_le_bytes(c.try_into().unwrap())),
+            None => ints(&t.int32_data),
+        })),
+        DType::I64 => Tensor::I64(arr!(match raw {
+            Some(r) => chunks(r, 8, |c| i64::from_le_bytes(c.try_into().unwrap())),
+            None => t.int64_data.clone(),
+        })),
+        DType::U8 => Tensor::U8(arr!(match raw {
+            Some(r) => r.to_vec(),
+            None => t.int32_data.iter().map(|&v| v as u8).collect(),
+        })),
+        DType::I8 => Tensor::I8(arr!(match raw {
+            Some(r) => r.iter().map(|&v| v as i8).collect(),
+            None => t.int32_data.iter().map(|&v| v as i8).collect(),
+        })),
+        DType::U16 => Tensor::U16(arr!(match raw {
+            Some(r) => chunks(r, 2, |c| u16::from_le_bytes(c.try_into().unwrap())),
+            None => t.int32_data.iter().map(|&v| v as u16).collect(),
+        })),
+        DType::I16 => Tensor::I16(arr!(match raw {
+            Some(r) => chunks(r, 2, |c| i16::from_le_bytes(c.try_into().unwrap())),
+            None => t.int32_data.iter().map(|&v| v as i16).collect(),
+        })),
+        DType::U4 | DType::I4 => {
+            let packed: Vec<u8> = match raw {
+                Some(r) => r.to_vec(),
+                None => t.int32_data.iter().map(|&v| v as u8).collect(),
+            };
+            let nibbles: Vec<u8> = (0..n)
+                .map(|i| (packed[i / 2] >> (4 * (i % 2))) & 0xf)
+                .collect();
+            if dtype == DType::U4 {
+                Tensor::U4(arr!(nibbles))
+            } else {
+                Tensor::I4(arr!(nibbles
+                    .iter()
+                    .map(|&v| if v >= 8 { v as i8 - 16 } else { v as i8 })
+                    .collect()))
+            }
+        }
+        other => panic!("{}: fixture reader does not handle {other}", path.display()),
+    };
+    (t.name().to_string(), tensor)
+}
+
+/// Tensors `<prefix>_<i>.pb` of a test data set, in index order.
+fn read_set(dir: &Path, prefix: &str) -> Vec<(String, Tensor)> {
+    (0..)
+        .map(|i| dir.join(format!("{prefix}_{i}.pb")))
+        .take_while(|p| p.exists())
+        .map(|p| read_tensor(&p))
+        .collect()
+}
+
+/// Bit-exact equality (floats compared by their bits, so -0.0 != 0.0 and NaN == same NaN).
+fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
+    match (a, b) {
+        (Tensor::F32(x), Tensor::F32(y)) => {
+            x.shape() == y.shape()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
+        }
+        (Tensor::F16(x), Tensor::F16(y)) => {
+            x.shape() == y.shape()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
+        }
+        _ => a == b,
+    }
+}
+
+fn mismatches(a: &Tensor, b: &Tensor) -> String {
+    match (a.to_f64_vec(), b.to_f64_vec()) {
+        (Some(x), Some(y)) if x.len() == y.len() => {
+            let bad: Vec<_> = x
+                .iter()
+                .zip(&y)
+                .enumerate()
+                .filter(|(_, (p, q))| p.to_bits() != q.to_bits())
+                .collect();
+            let first: Vec<String> = bad
+                .iter()
+                .take(5)
+                .map(|(i, (p, q))| format!("[{i}] got {p} want {q}"))
+                .collect();
+            format!("{} of {} differ: {}", bad.len(), x.len(), first.join(", "))
+        }
+        _ => format!(
+            "got {} {:?}, want {} {:?}",
+            a.dtype(),
+            a.shape(),
+            b.dtype(),
+            b.shape()
+        ),
+    }
+}
+
+#[test]
+fn every_fixture_matches_onnx_runtime_bit_for_bit() {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    cases.sort();
+    let names: Vec<String> = cases
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for required in [
+        "q_ties_s0p02",
+        "q_ties_s0p1",
+        "q_ties_s0p007",
+        "q_saturation",
+        "qdq_per_axis_activation",
+        "conv_per_axis_int8_weights",
+        "dq_int32_bias",
+        "dq_softmax_q",
+        "qdq_int16_uint16_opset21",
+        "qdq_int4_uint4_opset21",
+        "qdq_blocked_opset21",
+        "ms_qdq_opset13",
+        "qdq_float16_opset21",
+        "qdq_float16_opset23",
+        "corpus_quantizelinear",
+        "corpus_dequantizelinear_int4",
+        "corpus_quantizelinear_int4",
+        "corpus_quantizelinear_blocked_asymmetric",
+    ] {
+        assert!(
+            names.iter().any(|n| n == required),
+            "fixture {required} is missing"
+        );
+    }
+
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let model = load_model(&case.join("model.onnx"));
+        let data = case.join("test_data_set_0");
+        let inputs: BTreeMap<String, Tensor> = read_set(&data, "input").into_iter().collect();
+        let expected = read_set(&data, "output");
+        assert!(!expected.is_empty(), "{name}: no expected outputs");
+        let session = match Session::new(&model, Some(case), &inputs, &SessionOptions::default()) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let notes = session.notes().join("\n");
+        assert!(
+            notes.contains("exact kernels"),
+            "{name}: the engine's own Q/DQ must not be used; notes: {notes}"
+        );
+        let got = match session.run(&inputs) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for (out, want) in &expected {
+            compared += 1;
+            match got.get(out) {
+                None => failures.push(format!("{name}: output `{out}` missing")),
+                Some(g) if !bit_equal(g, want) => {
+                    failures.push(format!("{name}: `{out}`: {}", mismatches(g, want)))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(compared >= 50, "only {compared} outputs compared");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn com_microsoft_and_4bit_notes() {
+    let case = fixtures().join("ms_qdq_opset13");
+    let model = load_model(&case.join("model.onnx"));
+    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input")
+        .into_iter()
+        .collect();
+    let s = Session::new(&model, None, &inputs, &SessionOptions::default()).unwrap();
+    let notes = s.notes();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("com.microsoft QuantizeLinear x2")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("com.microsoft DequantizeLinear x2")),
+        "{notes:?}"
+    );
+
+    let case = fixtures().join("qdq_int4_uint4_opset21");
+    let model = load_model(&case.join("model.onnx"));
+    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input")
+        .into_iter()
+        .collect();
+    let s = Session::new(
+        &model,
+        None,
+        &inputs,
+        &SessionOptions {
+            taps: vec!["x_i4".into(), "x_u4".into(), "w_i4".into()],
+        },
+    )
+    .unwrap();
+    assert!(
+        s.notes().iter().any(|n| n.contains("int4/uint4")),
+        "{:?}",
+        s.notes()
+    );
+    let out = s.run(&inputs).unwrap();
+    // 4-bit values come back with their ONNX type, inside the 4-bit range
+    let Tensor::I4(q) = &out["x_i4"] else {
+        panic!("x_i4 is {}", out["x_i4"].dtype())
+    };
+    assert!(q.iter().all(|&v| (-8..=7).contains(&v)));
+    // the inputs lie around -9.5..-3.5 quantization steps: the low end saturates
+    assert!(q.iter().any(|&v| v == -8), "saturation expected: {q:?}");
+    let Tensor::U4(q) = &out["x_u4"] else {
+        panic!("x_u4 is {}", out["x_u4"].dtype())
+    };
+    assert!(
+        q.iter().all(|&v| v <= 15) && q.iter().any(|&v| v == 0),
+        "{q:?}"
+    );
+    assert_eq!(out["w_i4"].dtype(), DType::I4);
+}
+
+#[test]
+fn taps_return_intermediate_values_by_onnx_name() {
+    let case = fixtures().join("conv_per_axis_int8_weights");
+    let model = load_model(&case.join("model.onnx"));
+    let inputs: BTreeMap<_, _> = read_set(&case.join("test_data_set_0"), "input")
+        .into_iter()
+        .collect();
+    let opts = SessionOptions {
+        taps: vec!["xq".into(), "conv".into(), "bdq".into(), "y".into()],
+    };
+    let s = Session::new(&model, Some(&case), &inputs, &opts).unwrap();
+    assert_eq!(s.output_names(), ["yq", "y", "xq", "conv", "bdq"]);
+    let out = s.run(&inputs).unwrap();
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        ["bdq", "conv", "xq", "y", "yq"]
+    );
+    // the tapped activation is the exact quantization of the input
+    let xq = qrange::quant::quantize_linear(
+        &inputs["x"],
+        &Tensor::F32(ndarray::arr0(2f32.powi(-5)).into_dyn()),
+        Some(&Tensor::U8(ndarray::arr0(128u8).into_dyn())),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(out["xq"], xq);
+    assert_eq!(out["conv"].shape(), vec![1, 4, 6, 6]);
+    assert_eq!(out["bdq"].dtype(), DType::F32);
+
+    let err = Session::new(
+        &model,
+        None,
+        &inputs,
+        &SessionOptions {
+            taps: vec!["no_such_value".into()],
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ExecError::UnknownTap(ref t) if t == "no_such_value"),
+        "{err}"
+    );
+}
+
+fn value(name: &str, elem: DType, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => dimension::Value::DimValue(*v),
+                None => dimension::Value::DimParam("N".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem.onnx_code()),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn small_model(nodes: Vec<NodeProto>) -> ModelProto {
+    let scale = TensorProto {
+        name: Some("s".into()),
+        data_type: Some(DType::F32.onnx_code()),
+        float_data: vec![0.1],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: nodes,
+            initializer: vec![scale],
+            input: vec![value("x", DType::F32, &[None, Some(3)])],
+            output: vec![value("y", DType::F32, &[None, Some(3)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn sample(rows: usize) -> BTreeMap<String, Tensor> {
+    let x = ndarray::Array::from_shape_fn(vec![rows, 3], |i| (i[0] * 3 + i[1]) as f32 * 0.05 - 0.2);
+    BTreeMap::from([("x".to_string(), Tensor::F32(x.into_dyn()))])
+}
+
+#[test]
+fn unknown_operator_is_a_one_line_error_naming_the_node() {
+    let model = small_model(vec![
+        node("Relu", "relu_1", &["x"], &["r"]),
+        node("FancyOp", "fancy_7", &["r"], &["y"]),
+    ]);
+    let err = Session::new(&model, None, &sample(2), &SessionOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ExecError::UnsupportedOp { .. }), "{msg}");
+    assert!(msg.contains("fancy_7") && msg.contains("FancyOp"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn dynamic_dimensions_take_the_sample_shape_and_new_shapes_get_a_plan() {
+    let model = small_model(vec![
+        node("QuantizeLinear", "q", &["x", "s"], &["xq"]),
+        node("DequantizeLinear", "dq", &["xq", "s"], &["y"]),
+    ]);
+    let s = Session::new(&model, None, &sample(2), &SessionOptions::default()).unwrap();
+    assert_eq!(s.input_names(), ["x"]);
+    for rows in [2, 5] {
+        let input = sample(rows);
+        let out = s.run(&input).unwrap();
+        let want = qrange::quant::fake_quantize(
+            &input["x"],
+            &Tensor::F32(ndarray::arr0(0.1f32).into_dyn()),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(out["y"], want, "rows {rows}");
+    }
+    let mut wrong = sample(2);
+    wrong.insert("extra".into(), Tensor::F32(ndarray::arr0(1f32).into_dyn()));
+    assert!(matches!(s.run(&wrong), Err(ExecError::UnknownInput(ref n)) if n == "extra"));
+    assert!(matches!(
+        s.run(&BTreeMap::new()),
+        Err(ExecError::MissingInput(ref n)) if n == "x"
+    ));
+}
+
+#[test]
+fn session_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+}
+
+fn external(
+    name: &str,
+    dtype: DType,
+    dims: Vec<i64>,
+    location: &str,
+    offset: usize,
+    len: usize,
+) -> TensorProto {
+    let entry = |k: &str, v: String| qrange::onnx::proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(dtype.onnx_code()),
+        dims,
+        data_location: Some(qrange::onnx::proto::tensor_proto::DataLocation::External as i32),
+        external_data: vec![
+            entry("location", location.into()),
+            entry("offset", offset.to_string()),
+            entry("length", len.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn external_data_is_read_from_the_base_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 bytes of padding, then w = [0.5, -1.0, 2.0] (f32), then packed int4 [1, -2, 7]
+    let mut bytes = vec![0u8; 16];
+    for v in [0.5f32, -1.0, 2.0] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&[0xe1, 0x07]);
+    std::fs::write(dir.path().join("weights.bin"), &bytes).unwrap();
+    let make = |location: &str| {
+        let mut m = small_model(vec![
+            node("Add", "add", &["x", "w"], &["y"]),
+            node("DequantizeLinear", "dq", &["w4", "s"], &["w4_dq"]),
+        ]);
+        let g = m.graph.as_mut().unwrap();
+        g.initializer
+            .push(external("w", DType::F32, vec![3], location, 16, 12));
+        g.initializer
+            .push(external("w4", DType::I4, vec![3], location, 28, 2));
+        g.output.push(value("w4_dq", DType::F32, &[Some(3)]));
+        m
+    };
+    let s = Session::new(
+        &make("weights.bin"),
+        Some(dir.path()),
+        &sample(2),
+        &SessionOptions::default(),
+    )
+    .unwrap();
+    let out = s.run(&sample(2)).unwrap();
+    let x = sample(2)["x"].to_f64_vec().unwrap();
+    let y = out["y"].to_f64_vec().unwrap();
+    let w = [0.5, -1.0, 2.0];
+    for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+        assert_eq!((*a as f32 + w[i % 3] as f32) as f64, *b);
+    }
+    assert_eq!(
+        out["w4_dq"].to_f64_vec().unwrap(),
+        vec![
+            (0.1f32 * 1.0) as f64,
+            (0.1f32 * -2.0) as f64,
+            (0.1f32 * 7.0) as f64
+        ]
+    );
+
+    let err = Session::new(
+        &make("../weights.bin"),
+        Some(dir.path()),
+        &sample(2),
+        &SessionOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("w4") && err.to_string().contains("relative"),
+        "{err}"
+    );
+    let err = Session::new(
+        &make("weights.bin"),
+        None,
+        &sample(2),
+        &SessionOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no base directory"), "{err}");
+}
