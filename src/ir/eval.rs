@@ -537,32 +537,30 @@ struct Cx<'a> {
 }
 
 fn constant_of(op: &Op) -> R<Tensor> {
-    for a in &op.attrs {
-        return Ok(match (&a.name[..], &a.value) {
-            ("value", AttrValue::Tensor(t)) => match t.to_tensor() {
-                Ok(x) => x,
-                Err(e) => return invalid(e.to_string()),
-            },
-            ("value_float", AttrValue::Float(f)) => Tensor::F32(ArrayD::from_elem(IxDyn(&[]), *f)),
-            ("value_floats", AttrValue::Floats(v)) => {
-                Tensor::F32(reshape_vec(v.clone(), &[v.len()])?)
-            }
-            ("value_int", AttrValue::Int(i)) => Tensor::I64(ArrayD::from_elem(IxDyn(&[]), *i)),
-            ("value_ints", AttrValue::Ints(v)) => Tensor::I64(reshape_vec(v.clone(), &[v.len()])?),
-            ("value_string", AttrValue::String(s)) => Tensor::Str(ArrayD::from_elem(
-                IxDyn(&[]),
-                String::from_utf8_lossy(s).into_owned(),
-            )),
-            ("value_strings", AttrValue::Strings(v)) => Tensor::Str(reshape_vec(
-                v.iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect(),
-                &[v.len()],
-            )?),
-            (n, _) => return unsupported(format!("Constant attribute '{n}'")),
-        });
-    }
-    invalid("Constant has no value attribute")
+    let Some(a) = op.attrs.first() else {
+        return invalid("Constant has no value attribute");
+    };
+    Ok(match (&a.name[..], &a.value) {
+        ("value", AttrValue::Tensor(t)) => match t.to_tensor() {
+            Ok(x) => x,
+            Err(e) => return invalid(e.to_string()),
+        },
+        ("value_float", AttrValue::Float(f)) => Tensor::F32(ArrayD::from_elem(IxDyn(&[]), *f)),
+        ("value_floats", AttrValue::Floats(v)) => Tensor::F32(reshape_vec(v.clone(), &[v.len()])?),
+        ("value_int", AttrValue::Int(i)) => Tensor::I64(ArrayD::from_elem(IxDyn(&[]), *i)),
+        ("value_ints", AttrValue::Ints(v)) => Tensor::I64(reshape_vec(v.clone(), &[v.len()])?),
+        ("value_string", AttrValue::String(s)) => Tensor::Str(ArrayD::from_elem(
+            IxDyn(&[]),
+            String::from_utf8_lossy(s).into_owned(),
+        )),
+        ("value_strings", AttrValue::Strings(v)) => Tensor::Str(reshape_vec(
+            v.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            &[v.len()],
+        )?),
+        (n, _) => return unsupported(format!("Constant attribute '{n}'")),
+    })
 }
 
 impl Cx<'_> {
@@ -1198,7 +1196,7 @@ pub fn reshape_dims(
     let total = numel(input);
     if let Some(i) = infer {
         let rest = numel(&out);
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return Err(format!("cannot reshape {input:?} to {target:?}"));
         }
         out[i] = total / rest;

@@ -31,8 +31,8 @@
 
 use super::infer_shapes::shape_or_size;
 use super::util::{
-    consts_for_subgraph, const_value, is_captured, remove_dead, rename_everywhere,
-    replace_uses_everywhere, OuterConsts, FOLD_LIMIT,
+    allow_constant_initializers, const_value, consts_for_subgraph, is_captured, remove_dead,
+    rename_everywhere, replace_uses_everywhere, OuterConsts, FOLD_LIMIT,
 };
 use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::eval::{self, constant_value, EvalError};
@@ -58,6 +58,9 @@ impl Pass for FoldConstants {
         let opset = m.opset("").unwrap_or(1);
         let mut changed = fold_graph(&mut m.graph, &OuterConsts::new(), opset, cx, "")?;
         changed |= remove_dead(&mut m.graph);
+        if changed {
+            allow_constant_initializers(m);
+        }
         Ok(Changed::from_bool(changed))
     }
 }
@@ -177,43 +180,44 @@ fn fold_graph(
             continue;
         }
         let ins = g.inputs_of(o);
-        let results: Result<Vec<Tensor>, EvalError> = if matches!(op.op_type.as_str(), "Shape" | "Size")
-            && ins
-                .first()
-                .copied()
-                .flatten()
-                .and_then(|x| g.value(x).ty.as_ref().and_then(ValueType::known_dims))
-                .is_some()
-        {
-            let dims = ins[0]
-                .and_then(|x| g.value(x).ty.as_ref().and_then(ValueType::known_dims))
-                .unwrap_or_default();
-            match shape_or_size(op, &dims) {
-                Some(t) if t.len() <= FOLD_LIMIT => Ok(vec![t]),
-                _ => continue,
-            }
-        } else {
-            let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(ins.len());
-            let mut all = true;
-            for v in &ins {
-                match v {
-                    None => args.push(None),
-                    Some(v) => {
-                        let c = known
-                            .entry(*v)
-                            .or_insert_with(|| const_value(g, *v, outer))
-                            .clone();
-                        all &= c.is_some();
-                        args.push(c);
+        let results: Result<Vec<Tensor>, EvalError> =
+            if matches!(op.op_type.as_str(), "Shape" | "Size")
+                && ins
+                    .first()
+                    .copied()
+                    .flatten()
+                    .and_then(|x| g.value(x).ty.as_ref().and_then(ValueType::known_dims))
+                    .is_some()
+            {
+                let dims = ins[0]
+                    .and_then(|x| g.value(x).ty.as_ref().and_then(ValueType::known_dims))
+                    .unwrap_or_default();
+                match shape_or_size(op, &dims) {
+                    Some(t) if t.len() <= FOLD_LIMIT => Ok(vec![t]),
+                    _ => continue,
+                }
+            } else {
+                let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(ins.len());
+                let mut all = true;
+                for v in &ins {
+                    match v {
+                        None => args.push(None),
+                        Some(v) => {
+                            let c = known
+                                .entry(*v)
+                                .or_insert_with(|| const_value(g, *v, outer))
+                                .clone();
+                            all &= c.is_some();
+                            args.push(c);
+                        }
                     }
                 }
-            }
-            if !all {
-                continue;
-            }
-            let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
-            eval::eval(op, &refs, opset, FOLD_LIMIT)
-        };
+                if !all {
+                    continue;
+                }
+                let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
+                eval::eval(op, &refs, opset, FOLD_LIMIT)
+            };
         match results {
             Ok(ts) => {
                 g.remove_op(o);

@@ -37,20 +37,32 @@
 //! ```
 
 use super::util::{
-    const_value, consts_for_subgraph, derive_name, is_captured, names_in_use,
-    rename_in_subgraphs, OuterConsts,
+    const_value, consts_for_subgraph, derive_name, is_captured, names_in_use, rename_in_subgraphs,
+    OuterConsts,
 };
 use super::{Changed, FoldConstants, InferShapes, Pass, PassCx, PassError};
 use crate::ir::{AttrValue, Carry, Graph, Model, Op, OpId, Value, ValueId};
 use std::collections::{BTreeSet, HashMap};
 
 /// See the module documentation.
-pub struct FoldIf;
+pub struct FoldIf {
+    /// Rounds allowed before the loop is an error (default [`MAX_ROUNDS`]).
+    pub max_rounds: usize,
+}
+
+impl Default for FoldIf {
+    fn default() -> FoldIf {
+        FoldIf {
+            max_rounds: MAX_ROUNDS,
+        }
+    }
+}
 
 const NAME: &str = "fold_if";
 
-/// Most rounds of infer_shapes → fold_constants → fold_if before giving up with an
-/// error. Each round inlines at least one level of nesting; real models need a few.
+/// Default number of rounds of infer_shapes → fold_constants → fold_if before giving up
+/// with an error. Each round inlines at least one level of nesting; real models need a
+/// few (silero_vad: 6).
 pub const MAX_ROUNDS: usize = 64;
 
 fn err(what: String) -> PassError {
@@ -68,7 +80,7 @@ impl Pass for FoldIf {
 
     fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
         let mut any = Changed::No;
-        for _ in 0..MAX_ROUNDS {
+        for _ in 0..self.max_rounds {
             let a = InferShapes.run(m, cx)?;
             let b = FoldConstants.run(m, cx)?;
             let c = fold_ifs(m, cx)?;
@@ -79,7 +91,8 @@ impl Pass for FoldIf {
             any = Changed::Yes;
         }
         Err(err(format!(
-            "no fixed point after {MAX_ROUNDS} rounds of infer_shapes, fold_constants and fold_if"
+            "no fixed point after {} rounds of infer_shapes, fold_constants and fold_if",
+            self.max_rounds
         )))
     }
 }
@@ -199,7 +212,7 @@ fn inline(
             let tname = g.value(target).name.clone();
             let bname = b.value(bv).name.clone();
             rename_in_subgraphs(&mut b, &bname, &tname);
-            if g.value(target).ty.is_none() {
+            if super::infer_shapes::informative(g.value(target).ty.as_ref()).is_none() {
                 g.value_mut(target).ty = b.value(bv).ty.clone();
             }
         }
@@ -226,7 +239,9 @@ fn inline(
             map.insert(bv, gv);
             continue;
         }
-        let new_name = derive_name(&name, |n| taken.contains(n) || (n != name && b_names.contains(n)));
+        let new_name = derive_name(&name, |n| {
+            taken.contains(n) || (n != name && b_names.contains(n))
+        });
         taken.insert(new_name.clone());
         if new_name != name {
             rename_in_subgraphs(&mut b, &name, &new_name);
@@ -252,12 +267,21 @@ fn inline(
         map.insert(bv, gv);
     }
     // Move the ops, in the branch's order, placing them where the If was.
-    let b_order = b.topo_order().map_err(|e| err(format!("{node}: {branch}: {e}")))?;
+    let b_order = b
+        .topo_order()
+        .map_err(|e| err(format!("{node}: {branch}: {e}")))?;
     let mut moved: Vec<OpId> = Vec::with_capacity(b_order.len());
     for bo in b_order {
-        let ins: Vec<Option<ValueId>> = b.inputs_of(bo).into_iter().map(|v| v.map(|v| map[&v])).collect();
-        let outs_b: Vec<Option<ValueId>> =
-            b.outputs_of(bo).into_iter().map(|v| v.map(|v| map[&v])).collect();
+        let ins: Vec<Option<ValueId>> = b
+            .inputs_of(bo)
+            .into_iter()
+            .map(|v| v.map(|v| map[&v]))
+            .collect();
+        let outs_b: Vec<Option<ValueId>> = b
+            .outputs_of(bo)
+            .into_iter()
+            .map(|v| v.map(|v| map[&v]))
+            .collect();
         let mut bop = b.remove_op(bo);
         bop.order = (0, 0);
         let id = g

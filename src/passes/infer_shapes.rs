@@ -122,9 +122,8 @@ impl Walker<'_> {
         } else {
             None
         };
-        let ty = val_node
-            .ty
-            .clone()
+        let ty = informative(val_node.ty.as_ref())
+            .map(normalized)
             .or_else(|| from_outer.and_then(|f| f.ty.clone()));
         let val = match local.vals.get(&v) {
             Some(x) => x.clone(),
@@ -154,6 +153,16 @@ impl Walker<'_> {
             pass: NAME,
             what: format!("{path}{e}"),
         })?;
+        // Initializers are typed by their tensor.
+        for v in g.initializers.clone() {
+            if informative(g.value(v).ty.as_ref()).is_none() {
+                if let Some(t) = g.const_of(v) {
+                    let ty = ValueType::tensor(t.dtype, &t.dims);
+                    g.value_mut(v).ty = Some(ty);
+                    self.changed = true;
+                }
+            }
+        }
         let mut local = Local::default();
         for o in order {
             let ins = g.inputs_of(o);
@@ -213,15 +222,13 @@ impl Walker<'_> {
             // Types: from computed values when there are some, else from the op's rule.
             let mut types: Vec<Option<ValueType>> = match branch_types {
                 Some(t) => t,
-                None if op.domain_key().is_empty() => {
-                    match rules::infer(op, &facts, self.opset) {
-                        Ok(t) => t,
-                        Err(what) => {
-                            self.cx.note(NAME, format!("{node}: {what}"));
-                            vec![None; n_out]
-                        }
+                None if op.domain_key().is_empty() => match rules::infer(op, &facts, self.opset) {
+                    Ok(t) => t,
+                    Err(what) => {
+                        self.cx.note(NAME, format!("{node}: {what}"));
+                        vec![None; n_out]
                     }
-                }
+                },
                 None => vec![None; n_out],
             };
             types.resize(n_out, None);
@@ -338,10 +345,12 @@ impl Walker<'_> {
                 let th = branch_out.remove("then_branch").unwrap_or_default();
                 let el = branch_out.remove("else_branch").unwrap_or_default();
                 (0..n_out)
-                    .map(|k| match (th.get(k).cloned().flatten(), el.get(k).cloned().flatten()) {
-                        (Some(a), Some(b)) => rules::agree(&a, &b),
-                        _ => None,
-                    })
+                    .map(
+                        |k| match (th.get(k).cloned().flatten(), el.get(k).cloned().flatten()) {
+                            (Some(a), Some(b)) => rules::agree(&a, &b),
+                            _ => None,
+                        },
+                    )
                     .collect()
             }
         }))
@@ -372,13 +381,43 @@ fn too_big_constant(op: &crate::ir::Op) -> bool {
         && matches!(op.attr("value"), Some(AttrValue::Tensor(t)) if t.numel() > FOLD_LIMIT)
 }
 
+/// `ty` unless it says nothing: an empty `TypeProto` (kept opaque by the decoder so the
+/// file round-trips) is as good as no type.
+pub(crate) fn informative(ty: Option<&ValueType>) -> Option<&ValueType> {
+    match ty {
+        Some(ValueType::Opaque(c)) if c.0.is_empty() => None,
+        t => t,
+    }
+}
+
+/// `ty` with negative dims (some exporters write `-1` for "dynamic") as unknown.
+fn normalized(ty: &ValueType) -> ValueType {
+    match ty {
+        ValueType::Tensor {
+            dtype,
+            shape: Some(dims),
+        } if dims.iter().any(|d| matches!(d, Dim::Known(k) if *k < 0)) => ValueType::Tensor {
+            dtype: *dtype,
+            shape: Some(
+                dims.iter()
+                    .map(|d| match d {
+                        Dim::Known(k) if *k < 0 => Dim::Unknown,
+                        d => d.clone(),
+                    })
+                    .collect(),
+            ),
+        },
+        t => t.clone(),
+    }
+}
+
 /// Merges an inferred type into an existing one. Returns the result and, when they
 /// disagree, a description of the disagreement.
 pub(crate) fn merge_types(
     cur: Option<&ValueType>,
     inferred: ValueType,
 ) -> (Option<ValueType>, Option<String>) {
-    let Some(cur) = cur else {
+    let Some(cur) = informative(cur) else {
         return (Some(inferred), None);
     };
     let (
@@ -422,10 +461,11 @@ pub(crate) fn merge_types(
             let mut clash = false;
             for (x, y) in a.iter().zip(b) {
                 out.push(match (x, y) {
-                    (Dim::Known(p), Dim::Known(q)) => {
+                    (Dim::Known(p), Dim::Known(q)) if *p >= 0 => {
                         clash |= p != q;
                         Dim::Known(*p)
                     }
+                    (Dim::Known(p), y) if *p < 0 => y.clone(),
                     (Dim::Known(p), _) => Dim::Known(*p),
                     (_, Dim::Known(q)) => Dim::Known(*q),
                     (Dim::Param(p), _) => Dim::Param(p.clone()),
@@ -445,11 +485,5 @@ pub(crate) fn merge_types(
             Some(out)
         }
     };
-    (
-        Some(ValueType::Tensor {
-            dtype: *d1,
-            shape,
-        }),
-        None,
-    )
+    (Some(ValueType::Tensor { dtype: *d1, shape }), None)
 }

@@ -107,6 +107,15 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         // After fold_constants (conditions must be constants to fold); runs
         // infer_shapes → fold_constants → fold_if to a fixed point itself, because each
         // inlined branch can make more shapes known and more conditions constant.
-        Box::new(FoldIf),
+        Box::new(FoldIf::default()),
     ]
+}
+
+/// Specialises `m` for the pinned inputs and concrete input shapes in `cx`: runs
+/// `pin_inputs`, then `fold_if` (which alternates `infer_shapes`, `fold_constants` and
+/// If inlining until nothing changes). What `qrange run --pin` needs before execution.
+pub fn specialize(m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
+    let a = PinInputs.run(m, cx)?;
+    let b = FoldIf::default().run(m, cx)?;
+    Ok(a.or(b))
 }

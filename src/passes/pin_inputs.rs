@@ -127,6 +127,9 @@ impl Pass for PinInputs {
                 changed = true;
             }
         }
+        if changed {
+            super::util::allow_constant_initializers(m);
+        }
         Ok(Changed::from_bool(changed))
     }
 }
@@ -148,7 +151,7 @@ fn check_dims(name: &str, declared: Option<&[Dim]>, given: &[i64]) -> Result<(),
         || decl
             .iter()
             .zip(given)
-            .any(|(d, g)| matches!(d, Dim::Known(k) if k != g));
+            .any(|(d, g)| matches!(d, Dim::Known(k) if *k >= 0 && k != g));
     if clash {
         return Err(err(format!(
             "'{name}': shape {given:?} does not fit the declared [{}]",

@@ -7,7 +7,7 @@
 //! Every rename or use replacement in a graph therefore has to follow into its
 //! subgraphs, which is what [`replace_uses_everywhere`] and [`rename_everywhere`] do.
 
-use crate::ir::{Graph, Tensor, ValueId};
+use crate::ir::{Graph, Model, Tensor, ValueId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
@@ -201,4 +201,13 @@ pub fn remove_dead(g: &mut Graph) -> bool {
         changed = true;
     }
     changed
+}
+
+/// Before IR version 4 every initializer had to be a graph input too; passes that add
+/// initializers which are not inputs move such a model to IR version 4, where they are
+/// plain constants.
+pub fn allow_constant_initializers(m: &mut Model) {
+    if m.ir_version.is_some_and(|v| v < 4) {
+        m.ir_version = Some(4);
+    }
 }

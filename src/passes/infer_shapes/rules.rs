@@ -251,15 +251,61 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
     let t = op.op_type.as_str();
     match t {
         // same type as the first input
-        "Abs" | "Acos" | "Acosh" | "Asin" | "Asinh" | "Atan" | "Atanh" | "Ceil" | "Celu"
-        | "Cos" | "Cosh" | "Elu" | "Erf" | "Exp" | "Floor" | "Gelu" | "HardSigmoid"
-        | "HardSwish" | "Hardmax" | "Identity" | "LeakyRelu" | "Log" | "LogSoftmax"
-        | "LpNormalization" | "LRN" | "MeanVarianceNormalization" | "Mish" | "Neg"
-        | "Reciprocal" | "Relu" | "Round" | "Selu" | "Shrink" | "Sigmoid" | "Sign" | "Sin"
-        | "Sinh" | "Softmax" | "Softplus" | "Softsign" | "Sqrt" | "Tan" | "Tanh"
-        | "ThresholdedRelu" | "Clip" | "CumSum" | "InstanceNormalization" | "Trilu"
-        | "ScatterElements" | "ScatterND" | "Scatter" | "ReverseSequence" | "BitwiseNot"
-        | "GroupNormalization" | "FakeQuant" => c.same(0),
+        "Abs"
+        | "Acos"
+        | "Acosh"
+        | "Asin"
+        | "Asinh"
+        | "Atan"
+        | "Atanh"
+        | "Ceil"
+        | "Celu"
+        | "Cos"
+        | "Cosh"
+        | "Elu"
+        | "Erf"
+        | "Exp"
+        | "Floor"
+        | "Gelu"
+        | "HardSigmoid"
+        | "HardSwish"
+        | "Hardmax"
+        | "Identity"
+        | "LeakyRelu"
+        | "Log"
+        | "LogSoftmax"
+        | "LpNormalization"
+        | "LRN"
+        | "MeanVarianceNormalization"
+        | "Mish"
+        | "Neg"
+        | "Reciprocal"
+        | "Relu"
+        | "Round"
+        | "Selu"
+        | "Shrink"
+        | "Sigmoid"
+        | "Sign"
+        | "Sin"
+        | "Sinh"
+        | "Softmax"
+        | "Softplus"
+        | "Softsign"
+        | "Sqrt"
+        | "Tan"
+        | "Tanh"
+        | "ThresholdedRelu"
+        | "Clip"
+        | "CumSum"
+        | "InstanceNormalization"
+        | "Trilu"
+        | "ScatterElements"
+        | "ScatterND"
+        | "Scatter"
+        | "ReverseSequence"
+        | "BitwiseNot"
+        | "GroupNormalization"
+        | "FakeQuant" => c.same(0),
         "IsNaN" | "IsInf" | "Not" => c.with_dtype(0, Some(DType::Bool)),
         "PRelu" => match (c.shape(0), c.shape(1)) {
             (Some(a), Some(b)) => Ok(vec![tt(c.dtype(0), Some(broadcast(a, b)?))]),
@@ -269,12 +315,11 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
             c.ty(0).cloned(),
             tt(Some(DType::Bool), c.shape(0).cloned()),
         ]),
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "BitShift" | "BitwiseAnd"
-        | "BitwiseOr" | "BitwiseXor" | "Max" | "Min" | "Sum" | "Mean" => {
-            elementwise(&c, c.dtype(0))
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "BitShift" | "BitwiseAnd" | "BitwiseOr"
+        | "BitwiseXor" | "Max" | "Min" | "Sum" | "Mean" => elementwise(&c, c.dtype(0)),
+        "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or" | "Xor" => {
+            elementwise(&c, Some(DType::Bool))
         }
-        "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or"
-        | "Xor" => elementwise(&c, Some(DType::Bool)),
         "Where" => {
             let dt = c.dtype(1).or(c.dtype(2));
             elementwise(&c, dt)
@@ -400,10 +445,7 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                 Some(s) => {
                     let r = s.len();
                     let perm: Vec<usize> = match c.ais("perm") {
-                        Some(p) => p
-                            .iter()
-                            .map(|&a| c.axis(a, r))
-                            .collect::<Result<_, _>>()?,
+                        Some(p) => p.iter().map(|&a| c.axis(a, r)).collect::<Result<_, _>>()?,
                         None => (0..r).rev().collect(),
                     };
                     if perm.len() != r {
@@ -504,12 +546,17 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                 }
                 None => None,
             };
-            Ok(vec![tt(c.dtype(0), shape.clone()), tt(Some(DType::I64), shape)])
+            Ok(vec![
+                tt(c.dtype(0), shape.clone()),
+                tt(Some(DType::I64), shape),
+            ])
         }
         "NonZero" => Ok(vec![tt(
             Some(DType::I64),
             Some(vec![
-                c.rank(0).map(|r| Dim::Known(r as i64)).unwrap_or(Dim::Unknown),
+                c.rank(0)
+                    .map(|r| Dim::Known(r as i64))
+                    .unwrap_or(Dim::Unknown),
                 Dim::Unknown,
             ]),
         )]),
@@ -559,11 +606,10 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
             Ok(vec![tt(c.dtype(2), shape)])
         }
         "EyeLike" => {
-            let dt = c
-                .op
-                .attr_int("dtype")
-                .map(|d| DType::from_onnx(d as i32))
-                .or(c.dtype(0));
+            let dt =
+                c.op.attr_int("dtype")
+                    .map(|d| DType::from_onnx(d as i32))
+                    .or(c.dtype(0));
             c.with_dtype(0, dt)
         }
         "GridSample" => {
@@ -636,11 +682,7 @@ fn matmul(c: &Cx, dtype: Option<DType>) -> Out {
     let (ka, kb) = (&a2[a2.len() - 1], &b2[b2.len() - 2]);
     if let (Dim::Known(x), Dim::Known(y)) = (ka, kb) {
         if x != y {
-            return Err(format!(
-                "inner dims differ: [{}] x [{}]",
-                show(a),
-                show(b)
-            ));
+            return Err(format!("inner dims differ: [{}] x [{}]", show(a), show(b)));
         }
     }
     let batch = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
@@ -660,7 +702,11 @@ fn gemm(c: &Cx) -> Out {
         return Ok(vec![tt(dt, Some(vec![Dim::Unknown, Dim::Unknown]))]);
     };
     if a.len() != 2 || b.len() != 2 {
-        return Err(format!("Gemm needs 2-D inputs, got [{}] and [{}]", show(a), show(b)));
+        return Err(format!(
+            "Gemm needs 2-D inputs, got [{}] and [{}]",
+            show(a),
+            show(b)
+        ));
     }
     let m = if c.ai("transA", 0) != 0 { &a[1] } else { &a[0] };
     let n = if c.ai("transB", 0) != 0 { &b[0] } else { &b[1] };
@@ -699,13 +745,7 @@ fn window_out(
             }
             dim_map(input, |x| (x + stride - 1) / stride)
         }
-        "VALID" => dim_map(input, |x| {
-            if x >= eff {
-                (x - eff) / stride + 1
-            } else {
-                0
-            }
-        }),
+        "VALID" => dim_map(input, |x| if x >= eff { (x - eff) / stride + 1 } else { 0 }),
         _ => {
             if stride == 1 && pb + pe == eff - 1 {
                 return input.clone();
@@ -812,8 +852,10 @@ fn conv_transpose(c: &Cx) -> Out {
     let pads = pads_of(c, k);
     let ap = auto_pad(c);
     for i in 0..k {
-        let (Some(ks), true) = (&kernel, strides.len() == k && dil.len() == k && opad.len() == k)
-        else {
+        let (Some(ks), true) = (
+            &kernel,
+            strides.len() == k && dil.len() == k && opad.len() == k,
+        ) else {
             out.push(Dim::Unknown);
             continue;
         };
@@ -865,7 +907,10 @@ fn pool(c: &Cx) -> Out {
             ceil,
         ));
     }
-    Ok(vec![tt(dt, Some(out.clone())), tt(Some(DType::I64), Some(out))])
+    Ok(vec![
+        tt(dt, Some(out.clone())),
+        tt(Some(DType::I64), Some(out)),
+    ])
 }
 
 /// Output dims of Reshape with symbolic input and target.
@@ -1079,10 +1124,7 @@ fn unsqueeze(c: &Cx) -> Out {
         return Ok(vec![tt(dt, None)]);
     };
     let r = s.len() + ax.len();
-    let mut axes: Vec<usize> = ax
-        .iter()
-        .map(|&a| c.axis(a, r))
-        .collect::<Result<_, _>>()?;
+    let mut axes: Vec<usize> = ax.iter().map(|&a| c.axis(a, r)).collect::<Result<_, _>>()?;
     axes.sort_unstable();
     if axes.windows(2).any(|w| w[0] == w[1]) {
         return Err(format!("repeated axes {ax:?}"));
@@ -1250,10 +1292,7 @@ fn pad(c: &Cx) -> Out {
     };
     let axes: Vec<usize> = if c.opset >= 18 && c.present(3) {
         match c.ints(3) {
-            Some(a) => a
-                .iter()
-                .map(|&x| c.axis(x, r))
-                .collect::<Result<_, _>>()?,
+            Some(a) => a.iter().map(|&x| c.axis(x, r)).collect::<Result<_, _>>()?,
             None => return Ok(vec![tt(dt, Some(vec![Dim::Unknown; r]))]),
         }
     } else {
@@ -1308,10 +1347,7 @@ fn reduce(c: &Cx) -> Out {
         }
     };
     let axes: Vec<usize> = match axes {
-        Some(a) if !a.is_empty() => a
-            .iter()
-            .map(|&x| c.axis(x, r))
-            .collect::<Result<_, _>>()?,
+        Some(a) if !a.is_empty() => a.iter().map(|&x| c.axis(x, r)).collect::<Result<_, _>>()?,
         _ if c.ai("noop_with_empty_axes", 0) != 0 => return c.same(0),
         _ => (0..r).collect(),
     };
@@ -1346,13 +1382,12 @@ fn resize(c: &Cx) -> Out {
         (scales, sizes.filter(|v| !v.is_empty()))
     };
     let axes: Vec<usize> = match c.ais("axes") {
-        Some(a) if c.opset >= 18 => a
-            .iter()
-            .map(|&x| c.axis(x, r))
-            .collect::<Result<_, _>>()?,
+        Some(a) if c.opset >= 18 => a.iter().map(|&x| c.axis(x, r)).collect::<Result<_, _>>()?,
         _ => (0..r).collect(),
     };
-    let policy = c.astr("keep_aspect_ratio_policy").unwrap_or_else(|| "stretch".into());
+    let policy = c
+        .astr("keep_aspect_ratio_policy")
+        .unwrap_or_else(|| "stretch".into());
     let mut out = s.clone();
     if let Some(sz) = sizes {
         if sz.len() != axes.len() {
@@ -1389,12 +1424,11 @@ fn rnn(c: &Cx) -> Out {
         Some("bidirectional") => 2,
         _ => 1,
     };
-    let hidden = c
-        .op
-        .attr_int("hidden_size")
-        .map(Dim::Known)
-        .or_else(|| c.shape(2).and_then(|r| r.get(2).cloned()))
-        .unwrap_or(Dim::Unknown);
+    let hidden =
+        c.op.attr_int("hidden_size")
+            .map(Dim::Known)
+            .or_else(|| c.shape(2).and_then(|r| r.get(2).cloned()))
+            .unwrap_or(Dim::Unknown);
     let layout = c.ai("layout", 0);
     let nd = Dim::Known(dirs);
     let (y, yh) = match c.shape(0) {
@@ -1499,12 +1533,10 @@ pub(crate) fn sym_values(op: &Op, ins: &[Option<Fact>], opset: i64) -> Vec<Optio
             }))
         }
         "Unsqueeze" => match (sym(0), c.axes_arg(13, 1)) {
-            (Some(s), Ok(Some(ax))) if s.scalar && (ax == [0] || ax == [-1]) => {
-                one(Some(SymVal {
-                    scalar: false,
-                    dims: s.dims,
-                }))
-            }
+            (Some(s), Ok(Some(ax))) if s.scalar && (ax == [0] || ax == [-1]) => one(Some(SymVal {
+                scalar: false,
+                dims: s.dims,
+            })),
             _ => vec![None],
         },
         "Squeeze" => match (sym(0), c.axes_arg(13, 1)) {
