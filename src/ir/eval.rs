@@ -169,6 +169,41 @@ pub fn constant_value(op: &Op) -> Result<Tensor, EvalError> {
     })
 }
 
+/// `Shape` (with its `start`/`end` attributes) or `Size` of a value whose dims are
+/// known: neither needs the value itself.
+pub fn shape_from_dims(op: &Op, dims: &[i64]) -> Result<Tensor, EvalError> {
+    let name = || format!("node '{}' ({})", op.display_name(), op.op_type);
+    match op.op_type.as_str() {
+        "Shape" => {
+            let (s, e) = shape_range(op, dims.len());
+            let v: Vec<i64> = dims[s..e].to_vec();
+            reshape_vec(v.clone(), &[v.len()])
+                .map(Tensor::I64)
+                .map_err(|_| EvalError::Invalid {
+                    op: name(),
+                    what: "bad dims".into(),
+                })
+        }
+        "Size" => Ok(Tensor::I64(ArrayD::from_elem(
+            IxDyn(&[]),
+            dims.iter().product(),
+        ))),
+        _ => Err(EvalError::Unsupported {
+            op: name(),
+            what: "not Shape or Size".into(),
+        }),
+    }
+}
+
+/// The `[start, end)` range of dims `Shape` returns for a rank (attributes clamped).
+pub fn shape_range(op: &Op, rank: usize) -> (usize, usize) {
+    let r = rank as i64;
+    let c = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let s = c(op.attr_int("start").unwrap_or(0));
+    let e = c(op.attr_int("end").unwrap_or(r));
+    (s, e.max(s))
+}
+
 /// Converts `t` to element type `to` with ONNX `Cast` semantics (float → int truncates
 /// and saturates, anything → bool is `!= 0`).
 pub fn cast(t: &Tensor, to: DType) -> Result<Tensor, EvalError> {
@@ -596,19 +631,13 @@ impl Cx<'_> {
         match self.op.op_type.as_str() {
             "Constant" => one(constant_of(self.op)?),
             "Identity" => one(self.input(0)?.clone()),
-            "Shape" => {
-                let dims = self.input(0)?.shape();
-                let r = dims.len() as i64;
-                let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-                let s = clampi(self.attr_i("start", 0));
-                let e = clampi(self.attr_i("end", r));
-                let v: Vec<i64> = dims[s..e.max(s)].iter().map(|&d| d as i64).collect();
-                one(Tensor::I64(reshape_vec(v.clone(), &[v.len()])?))
+            "Shape" | "Size" => {
+                let dims: Vec<i64> = self.input(0)?.shape().iter().map(|&d| d as i64).collect();
+                match shape_from_dims(self.op, &dims) {
+                    Ok(t) => one(t),
+                    Err(e) => invalid(e.to_string()),
+                }
             }
-            "Size" => one(Tensor::I64(ArrayD::from_elem(
-                IxDyn(&[]),
-                self.input(0)?.len() as i64,
-            ))),
             "Cast" => {
                 let Some(to) = self.op.attr_int("to") else {
                     return invalid("Cast has no 'to' attribute");

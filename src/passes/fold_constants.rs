@@ -29,7 +29,6 @@
 //! %y = Reshape(%x, %g) : f32[576]
 //! ```
 
-use super::infer_shapes::shape_or_size;
 use super::util::{
     allow_constant_initializers, const_value, consts_for_subgraph, is_captured, remove_dead,
     rename_everywhere, replace_uses_everywhere, OuterConsts, FOLD_LIMIT,
@@ -192,8 +191,8 @@ fn fold_graph(
                 let dims = ins[0]
                     .and_then(|x| g.value(x).ty.as_ref().and_then(ValueType::known_dims))
                     .unwrap_or_default();
-                match shape_or_size(op, &dims) {
-                    Some(t) if t.len() <= FOLD_LIMIT => Ok(vec![t]),
+                match eval::shape_from_dims(op, &dims) {
+                    Ok(t) if t.len() <= FOLD_LIMIT => Ok(vec![t]),
                     _ => continue,
                 }
             } else {

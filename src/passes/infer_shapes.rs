@@ -31,8 +31,6 @@
 
 mod rules;
 
-pub(crate) use rules::shape_or_size;
-
 use super::util::{is_captured, small_const, FOLD_LIMIT};
 use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::eval;
@@ -199,7 +197,7 @@ impl Walker<'_> {
                     .and_then(|f| f.ty.as_ref())
                     .and_then(|t| t.known_dims())
                     .unwrap_or_default();
-                if let Some(t) = rules::shape_or_size(op, &dims) {
+                if let Ok(t) = eval::shape_from_dims(op, &dims) {
                     out_vals[0] = Some(Rc::new(t));
                 }
             } else if all_const && eval::supports(op) && !too_big_constant(op) {

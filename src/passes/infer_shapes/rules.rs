@@ -5,9 +5,8 @@
 //! inputs contradict the op (shapes that do not broadcast, a bad axis…).
 
 use super::{Fact, SymVal};
-use crate::ir::eval::{norm_axis, slice_len};
-use crate::ir::{AttrValue, DType, Dim, Op, Tensor, ValueType};
-use ndarray::{ArrayD, IxDyn};
+use crate::ir::eval::{norm_axis, shape_range, slice_len};
+use crate::ir::{AttrValue, DType, Dim, Op, ValueType};
 
 type Shape = Vec<Dim>;
 type Out = Result<Vec<Option<ValueType>>, String>;
@@ -125,32 +124,6 @@ pub(crate) fn agree(a: &ValueType, b: &ValueType) -> Option<ValueType> {
         }
         _ => None,
     }
-}
-
-/// `Shape` (with start/end) or `Size` of a fully known shape.
-pub(crate) fn shape_or_size(op: &Op, dims: &[i64]) -> Option<Tensor> {
-    match op.op_type.as_str() {
-        "Shape" => {
-            let (s, e) = shape_range(op, dims.len());
-            let v: Vec<i64> = dims[s..e].to_vec();
-            Some(Tensor::I64(
-                ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).ok()?,
-            ))
-        }
-        "Size" => Some(Tensor::I64(ArrayD::from_elem(
-            IxDyn(&[]),
-            dims.iter().product(),
-        ))),
-        _ => None,
-    }
-}
-
-fn shape_range(op: &Op, rank: usize) -> (usize, usize) {
-    let r = rank as i64;
-    let c = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-    let s = c(op.attr_int("start").unwrap_or(0));
-    let e = c(op.attr_int("end").unwrap_or(r));
-    (s, e.max(s))
 }
 
 struct Cx<'a> {
@@ -622,9 +595,6 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                 _ => None,
             };
             Ok(vec![tt(c.dtype(0), shape)])
-        }
-        "Einsum" | "Loop" | "Scan" | "If" | "SequenceConstruct" | "SplitToSequence" => {
-            Ok(vec![None; c.n_out()])
         }
         _ => Ok(vec![None; c.n_out()]),
     }
