@@ -648,3 +648,69 @@ fn snapshot_shape_arithmetic() {
     let text = run_and_diff(&InferShapes, &mut m, &mut PassCx::default());
     insta::assert_snapshot!("shape_arithmetic", text);
 }
+
+mod adversarial {
+    //! Attributes and constant inputs are user input: odd values must give diagnostics
+    //! or unknown dims, never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn weird() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            -3i64..6,
+            Just(i64::MAX),
+            Just(i64::MIN),
+            Just(i64::MAX / 2),
+            Just(1i64 << 40),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn odd_attributes_and_constants_never_panic(
+            op_idx in 0usize..14,
+            a in proptest::collection::vec(weird(), 1..5),
+            b in proptest::collection::vec(weird(), 1..5),
+            d0 in 1i64..6,
+        ) {
+            let ops = [
+                "Conv", "MaxPool", "AveragePool", "ConvTranspose", "Split", "Pad", "Slice",
+                "Reshape", "Expand", "ConstantOfShape", "Tile", "DepthToSpace", "Squeeze",
+                "Unsqueeze",
+            ];
+            let op_type = ops[op_idx];
+            let mut bld = B::new("t");
+            bld.input("x", DType::F32, &format!("1,{d0},5,6"))
+                .init("w", &zeros(&[2, 1, 3, 3]))
+                .init("ka", &i64s(&a))
+                .init("kb", &i64s(&b));
+            let attrs = vec![
+                ("kernel_shape", ints(&a)),
+                ("strides", ints(&b)),
+                ("pads", ints(&[a[0], b[0], a[0], b[0]])),
+                ("dilations", ints(&b)),
+                ("axis", int(a[0])),
+                ("blocksize", int(b[0])),
+                ("group", int(a[0])),
+                ("num_outputs", int(b[0])),
+            ];
+            let ins: &[&str] = match op_type {
+                "Conv" | "ConvTranspose" => &["x", "w"],
+                "Slice" => &["x", "ka", "kb", "ka", "kb"],
+                "Reshape" | "Expand" | "Pad" | "Tile" | "Split" | "Squeeze" | "Unsqueeze" => {
+                    &["x", "ka"]
+                }
+                "ConstantOfShape" => &["ka"],
+                _ => &["x"],
+            };
+            bld.op(op_type, ins, &["y"], attrs);
+            bld.output("y");
+            let mut m = bld.model(17);
+            let mut cx = PassCx::default();
+            prop_assert!(InferShapes.run(&mut m, &mut cx).is_ok());
+            prop_assert!(qrange::passes::FoldConstants.run(&mut m, &mut cx).is_ok());
+            prop_assert!(m.verify().is_ok());
+        }
+    }
+}

@@ -184,10 +184,13 @@ pub fn shape_from_dims(op: &Op, dims: &[i64]) -> Result<Tensor, EvalError> {
                     what: "bad dims".into(),
                 })
         }
-        "Size" => Ok(Tensor::I64(ArrayD::from_elem(
-            IxDyn(&[]),
-            dims.iter().product(),
-        ))),
+        "Size" => match dims.iter().try_fold(1i64, |a, &d| a.checked_mul(d)) {
+            Some(n) => Ok(Tensor::I64(ArrayD::from_elem(IxDyn(&[]), n))),
+            None => Err(EvalError::Invalid {
+                op: name(),
+                what: format!("element count of {dims:?} overflows"),
+            }),
+        },
         _ => Err(EvalError::Unsupported {
             op: name(),
             what: "not Shape or Size".into(),
@@ -331,8 +334,26 @@ fn to_shape<T: Clone>(a: &ArrayD<T>, shape: &[usize]) -> R<ArrayD<T>> {
     reshape_vec(a.iter().cloned().collect(), shape)
 }
 
+/// The size check for a shape built from user values: `Err` when its element count is
+/// over `limit`, or when any dim is (a `[huge, 0]` shape holds nothing but still cannot
+/// be allocated).
+fn check_size(shape: &[usize], limit: usize) -> R<()> {
+    let n = numel(shape);
+    if n > limit {
+        return Err(E::TooLarge(n));
+    }
+    if let Some(&d) = shape.iter().find(|&&d| d > limit) {
+        return Err(E::TooLarge(d));
+    }
+    Ok(())
+}
+
+/// Element count, saturating (shapes built from user values can overflow).
 fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .unwrap_or(usize::MAX)
 }
 
 /// Numeric view of a tensor: floats as f64, integers as i64, booleans as bool.
@@ -443,9 +464,7 @@ fn bcast2<A, B, C: Default>(
             b.shape()
         ));
     };
-    if numel(&shape) > limit {
-        return Err(E::TooLarge(numel(&shape)));
-    }
+    check_size(&shape, limit)?;
     let (Some(va), Some(vb)) = (a.broadcast(IxDyn(&shape)), b.broadcast(IxDyn(&shape))) else {
         return invalid("broadcast failed");
     };
@@ -531,9 +550,7 @@ fn where_t<T: Elem>(c: &ArrayD<bool>, x: &Tensor, y: &Tensor, limit: usize) -> R
     let Some(shape) = broadcast_shapes(&s1, b.shape()) else {
         return invalid("Where inputs do not broadcast");
     };
-    if numel(&shape) > limit {
-        return Err(E::TooLarge(numel(&shape)));
-    }
+    check_size(&shape, limit)?;
     let d = IxDyn(&shape);
     let (Some(vc), Some(va), Some(vb)) = (
         c.broadcast(d.clone()),
@@ -685,9 +702,7 @@ impl Cx<'_> {
                 let Some(shape) = broadcast_shapes(&x.shape(), &tdims) else {
                     return invalid(format!("cannot expand {:?} to {target:?}", x.shape()));
                 };
-                if numel(&shape) > self.limit {
-                    return Err(E::TooLarge(numel(&shape)));
-                }
+                check_size(&shape, self.limit)?;
                 one(by_dtype!(x.dtype(), expand_t(x, &shape))?)
             }
             "Where" => {
@@ -707,11 +722,7 @@ impl Cx<'_> {
                     return invalid(format!("negative dimension in {dims:?}"));
                 }
                 let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-                let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-                match n {
-                    Some(n) if n <= self.limit => {}
-                    _ => return Err(E::TooLarge(n.unwrap_or(usize::MAX))),
-                }
+                check_size(&shape, self.limit)?;
                 let value = match self.op.attr("value") {
                     Some(AttrValue::Tensor(t)) => match t.to_tensor() {
                         Ok(v) => v,
@@ -818,6 +829,7 @@ impl Cx<'_> {
             Ok(s) => s,
             Err(w) => return invalid(w),
         };
+        check_size(&shape, self.limit)?;
         Ok(vec![by_dtype!(x.dtype(), reshape_t(x, &shape))?])
     }
 
@@ -899,21 +911,18 @@ impl Cx<'_> {
         let sizes: Vec<usize> = match self.split_sizes()? {
             Some(v) => v.iter().map(|&d| d.max(0) as usize).collect(),
             None => {
-                let parts = self
-                    .op
-                    .attr_int("num_outputs")
-                    .map(|k| k as usize)
-                    .unwrap_or(n);
-                if parts == 0 {
-                    return invalid("no outputs");
+                let parts = self.attr_i("num_outputs", n as i64);
+                if parts != n as i64 || n == 0 {
+                    return invalid(format!("num_outputs {parts} for {n} outputs"));
                 }
+                let parts = n;
                 let chunk = s[axis].div_ceil(parts);
                 (0..parts)
                     .map(|i| chunk.min(s[axis].saturating_sub(i * chunk)))
                     .collect()
             }
         };
-        if sizes.iter().sum::<usize>() != s[axis] {
+        if sizes.iter().fold(0usize, |a, &x| a.saturating_add(x)) != s[axis] {
             return invalid(format!(
                 "split sizes {sizes:?} do not add up to {}",
                 s[axis]
@@ -1290,9 +1299,17 @@ pub fn slice_len(dim: i64, start: i64, end: i64, step: i64) -> Option<i64> {
     if step == 0 {
         return None;
     }
-    let adj = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
+    let (dim, step) = (dim as i128, step as i128);
+    let adj = |v: i64| {
+        let v = v as i128;
+        if v < 0 {
+            v + dim
+        } else {
+            v
+        }
+    };
     let (s, e) = (adj(start), adj(end));
-    Some(if step > 0 {
+    let n = if step > 0 {
         let (s, e) = (s.clamp(0, dim), e.clamp(0, dim));
         if e > s {
             (e - s - 1) / step + 1
@@ -1306,7 +1323,8 @@ pub fn slice_len(dim: i64, start: i64, end: i64, step: i64) -> Option<i64> {
         } else {
             0
         }
-    })
+    };
+    i64::try_from(n).ok()
 }
 
 #[cfg(test)]
@@ -1554,5 +1572,54 @@ mod tests {
         let e = run(&op("Conv"), &[], 13).unwrap_err();
         assert!(matches!(e, EvalError::Unsupported { .. }));
         assert!(!supports(&op("Conv")) && supports(&op("Gather")));
+    }
+
+    mod never_panics {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn weird() -> impl Strategy<Value = i64> {
+            prop_oneof![-4i64..6, Just(i64::MAX), Just(i64::MIN), Just(1i64 << 40)]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn odd_inputs_and_attributes_give_errors_not_panics(
+                op_idx in 0usize..SUPPORTED.len(),
+                data in proptest::collection::vec(weird(), 0..7),
+                b in proptest::collection::vec(weird(), 0..4),
+                c in proptest::collection::vec(weird(), 0..4),
+                attr in weird(),
+                rank2 in proptest::bool::ANY,
+                n_out in 1usize..3,
+            ) {
+                let mut o = op(SUPPORTED[op_idx]);
+                o.n_outputs = n_out;
+                for name in ["axis", "to", "start", "end", "keepdims", "num_outputs"] {
+                    o.set_attr(name, AttrValue::Int(attr));
+                }
+                o.set_attr("perm", AttrValue::Ints(b.clone()));
+                o.set_attr("axes", AttrValue::Ints(c.clone()));
+                let x = if rank2 && data.len() % 2 == 0 && !data.is_empty() {
+                    i64s(&data, &[2, data.len() / 2])
+                } else {
+                    i64s(&data, &[data.len()])
+                };
+                let (y, z) = (i64s(&b, &[b.len()]), i64s(&c, &[c.len()]));
+                let f = f32s(&data.iter().map(|&v| v as f32).collect::<Vec<_>>(), &[data.len()]);
+                for ins in [
+                    vec![Some(&x), Some(&y), Some(&z)],
+                    vec![Some(&x), Some(&y)],
+                    vec![Some(&f), Some(&f)],
+                    vec![Some(&y), Some(&z), Some(&x), Some(&y), Some(&z)],
+                    vec![Some(&x)],
+                ] {
+                    for opset in [9, 13, 18] {
+                        let _ = eval(&o, &ins, opset, 1 << 12);
+                    }
+                }
+            }
+        }
     }
 }

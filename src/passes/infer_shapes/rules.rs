@@ -11,6 +11,10 @@ use crate::ir::{AttrValue, DType, Dim, Op, ValueType};
 type Shape = Vec<Dim>;
 type Out = Result<Vec<Option<ValueType>>, String>;
 
+/// Largest rank a shape input's length is taken for (a declared `i64[10^12]` shape
+/// input must not make inference allocate).
+const MAX_RANK: i64 = 1024;
+
 /// Large enough to mean "to the end" in Slice ends.
 const BIG: i64 = 1 << 62;
 
@@ -22,9 +26,33 @@ fn known(v: &[i64]) -> Shape {
     v.iter().map(|&d| Dim::Known(d)).collect()
 }
 
-fn dim_map(d: &Dim, f: impl Fn(i64) -> i64) -> Dim {
+/// A dim from a user-given number: negative ones are not dims.
+fn kd(d: i64) -> Dim {
+    if d >= 0 {
+        Dim::Known(d)
+    } else {
+        Dim::Unknown
+    }
+}
+
+/// `dims` with negative known dims made unknown.
+fn sane(dims: Shape) -> Shape {
+    dims.into_iter()
+        .map(|d| match d {
+            Dim::Known(k) => kd(k),
+            d => d,
+        })
+        .collect()
+}
+
+/// Applies checked arithmetic to a known dim; overflow, division by zero or a negative
+/// result give an unknown dim (the op's attributes are user input).
+fn dim_map(d: &Dim, f: impl Fn(i64) -> Option<i64>) -> Dim {
     match d {
-        Dim::Known(k) => Dim::Known(f(*k)),
+        Dim::Known(k) => match f(*k) {
+            Some(v) if v >= 0 => Dim::Known(v),
+            _ => Dim::Unknown,
+        },
         _ => Dim::Unknown,
     }
 }
@@ -172,10 +200,10 @@ impl Cx<'_> {
         }
         f.val.as_ref()?.to_i64_vec().map(|v| known(&v))
     }
-    /// Number of elements of a 1-D input, from its shape.
+    /// Number of elements of a 1-D input, from its shape, when it can be a rank.
     fn len1(&self, i: usize) -> Option<usize> {
         match self.shape(i)?.as_slice() {
-            [Dim::Known(k)] => Some(*k as usize),
+            [Dim::Known(k)] if (0..=MAX_RANK).contains(k) => Some(*k as usize),
             _ => None,
         }
     }
@@ -310,6 +338,7 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
             };
             let shape = c
                 .dims_val(0)
+                .map(sane)
                 .or_else(|| c.len1(0).map(|n| vec![Dim::Unknown; n]));
             Ok(vec![tt(Some(dt), shape)])
         }
@@ -470,7 +499,7 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                             if k == 1 {
                                 d.clone()
                             } else {
-                                dim_map(d, |x| x * k)
+                                dim_map(d, |x| x.checked_mul(k))
                             }
                         })
                         .collect(),
@@ -514,7 +543,7 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                 Some(s) => {
                     let ax = c.axis(c.ai("axis", -1), s.len())?;
                     let mut o = s.clone();
-                    o[ax] = k.map(Dim::Known).unwrap_or(Dim::Unknown);
+                    o[ax] = k.map(kd).unwrap_or(Dim::Unknown);
                     Some(o)
                 }
                 None => None,
@@ -543,16 +572,16 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                 Some(if t == "DepthToSpace" {
                     vec![
                         s[0].clone(),
-                        dim_map(&s[1], |x| x / (b * b)),
-                        dim_map(&s[2], |x| x * b),
-                        dim_map(&s[3], |x| x * b),
+                        dim_map(&s[1], |x| x.checked_div(b.checked_mul(b)?)),
+                        dim_map(&s[2], |x| x.checked_mul(b)),
+                        dim_map(&s[3], |x| x.checked_mul(b)),
                     ]
                 } else {
                     vec![
                         s[0].clone(),
-                        dim_map(&s[1], |x| x * b * b),
-                        dim_map(&s[2], |x| x / b),
-                        dim_map(&s[3], |x| x / b),
+                        dim_map(&s[1], |x| x.checked_mul(b)?.checked_mul(b)),
+                        dim_map(&s[2], |x| x.checked_div(b)),
+                        dim_map(&s[3], |x| x.checked_div(b)),
                     ]
                 })
             });
@@ -569,7 +598,7 @@ pub(crate) fn infer(op: &Op, ins: &[Option<Fact>], opset: i64) -> Out {
                         ax,
                         depth
                             .and_then(|d| d.first().copied())
-                            .map(Dim::Known)
+                            .map(kd)
                             .unwrap_or(Dim::Unknown),
                     );
                     Some(o)
@@ -695,7 +724,7 @@ fn auto_pad(c: &Cx) -> String {
     c.astr("auto_pad").unwrap_or_else(|| "NOTSET".into())
 }
 
-/// Output length of a sliding window over `input`.
+/// Output length of a sliding window over `input` (all arithmetic checked).
 #[allow(clippy::too_many_arguments)]
 fn window_out(
     input: &Dim,
@@ -707,34 +736,41 @@ fn window_out(
     ap: &str,
     ceil: bool,
 ) -> Dim {
-    let eff = dil * (kernel - 1) + 1;
+    if kernel < 1 || stride < 1 || dil < 1 {
+        return Dim::Unknown;
+    }
+    let Some(eff) = dil.checked_mul(kernel - 1).and_then(|v| v.checked_add(1)) else {
+        return Dim::Unknown;
+    };
     match ap {
         "SAME_UPPER" | "SAME_LOWER" => {
             if stride == 1 {
                 return input.clone();
             }
-            dim_map(input, |x| (x + stride - 1) / stride)
+            dim_map(input, |x| Some(x.checked_add(stride - 1)? / stride))
         }
-        "VALID" => dim_map(input, |x| if x >= eff { (x - eff) / stride + 1 } else { 0 }),
+        "VALID" => dim_map(input, |x| {
+            Some(if x >= eff { (x - eff) / stride + 1 } else { 0 })
+        }),
         _ => {
-            if stride == 1 && pb + pe == eff - 1 {
+            if stride == 1 && pb.checked_add(pe) == Some(eff - 1) {
                 return input.clone();
             }
             dim_map(input, |x| {
-                let span = x + pb + pe - eff;
+                let span = x.checked_add(pb)?.checked_add(pe)?.checked_sub(eff)?;
                 if span < 0 {
-                    return 0;
+                    return Some(0);
                 }
                 let mut o = if ceil {
-                    (span + stride - 1) / stride + 1
+                    span.checked_add(stride - 1)? / stride + 1
                 } else {
                     span / stride + 1
                 };
                 // A window that would start in the end padding is dropped.
-                if ceil && (o - 1) * stride >= x + pb {
+                if ceil && (o - 1).checked_mul(stride)? >= x.checked_add(pb)? {
                     o -= 1;
                 }
-                o
+                Some(o)
             })
         }
     }
@@ -797,7 +833,7 @@ fn conv_transpose(c: &Cx) -> Out {
     let group = c.ai("group", 1);
     let m = w
         .and_then(|w| w.get(1).cloned())
-        .map(|d| dim_map(&d, |v| v * group))
+        .map(|d| dim_map(&d, |v| v.checked_mul(group)))
         .unwrap_or(Dim::Unknown);
     let kernel: Option<Vec<i64>> = c.ais("kernel_shape").or_else(|| {
         w.and_then(|w| {
@@ -813,7 +849,7 @@ fn conv_transpose(c: &Cx) -> Out {
     let mut out = vec![x[0].clone(), m];
     if let Some(os) = c.ais("output_shape") {
         let os = &os[os.len().saturating_sub(k)..];
-        out.extend(os.iter().map(|&d| Dim::Known(d)));
+        out.extend(os.iter().map(|&d| kd(d)));
         return Ok(vec![tt(dt, Some(out))]);
     }
     let strides = c.ais("strides").unwrap_or_else(|| vec![1; k]);
@@ -835,9 +871,14 @@ fn conv_transpose(c: &Cx) -> Out {
         };
         let s = strides[i];
         out.push(match ap.as_str() {
-            "SAME_UPPER" | "SAME_LOWER" => dim_map(&x[2 + i], |v| v * s),
+            "SAME_UPPER" | "SAME_LOWER" => dim_map(&x[2 + i], |v| v.checked_mul(s)),
             _ => dim_map(&x[2 + i], |v| {
-                s * (v - 1) + opad[i] + (kk - 1) * dil[i] + 1 - pads[i] - pads[i + k]
+                s.checked_mul(v - 1)?
+                    .checked_add(opad[i])?
+                    .checked_add(kk.checked_sub(1)?.checked_mul(dil[i])?)?
+                    .checked_add(1)?
+                    .checked_sub(pads[i])?
+                    .checked_sub(pads[i + k])
             }),
         });
     }
@@ -1024,7 +1065,7 @@ fn concat(c: &Cx) -> Out {
     let mut all = true;
     for d in &axis_dims {
         match d {
-            Dim::Known(v) => sum += v,
+            Dim::Known(v) => sum = sum.saturating_add(*v),
             _ => all = false,
         }
     }
@@ -1217,19 +1258,21 @@ fn split(c: &Cx) -> Out {
                 return Err(format!("{} split sizes for {n} outputs", v.len()));
             }
             if let Dim::Known(d) = s[ax] {
-                if v.iter().sum::<i64>() != d {
+                if v.iter().fold(0i64, |a, &x| a.saturating_add(x)) != d {
                     return Err(format!("split sizes {v:?} do not add up to {d}"));
                 }
             }
-            known(&v)
+            sane(known(&v))
         }
         None => {
             let parts = c.op.attr_int("num_outputs").unwrap_or(n as i64).max(1);
             match s[ax] {
                 Dim::Known(d) => {
-                    let chunk = (d + parts - 1) / parts;
+                    let chunk = d.saturating_add(parts - 1) / parts;
                     (0..n as i64)
-                        .map(|i| Dim::Known(chunk.min((d - i * chunk).max(0))))
+                        .map(|i| {
+                            Dim::Known(chunk.min(d.saturating_sub(i.saturating_mul(chunk)).max(0)))
+                        })
                         .collect()
                 }
                 _ => vec![Dim::Unknown; n],
@@ -1274,9 +1317,9 @@ fn pad(c: &Cx) -> Out {
     }
     let mut out = s.clone();
     for (i, &a) in axes.iter().enumerate() {
-        let add = pads[i] + pads[i + k];
+        let add = pads[i].saturating_add(pads[i + k]);
         if add != 0 {
-            out[a] = dim_map(&s[a], |v| v + add);
+            out[a] = dim_map(&s[a], |v| v.checked_add(add));
         }
     }
     Ok(vec![tt(dt, Some(out))])
@@ -1365,7 +1408,7 @@ fn resize(c: &Cx) -> Out {
         }
         for (i, &a) in axes.iter().enumerate() {
             out[a] = if policy == "stretch" {
-                Dim::Known(sz[i])
+                kd(sz[i])
             } else {
                 Dim::Unknown
             };
@@ -1396,7 +1439,7 @@ fn rnn(c: &Cx) -> Out {
     };
     let hidden =
         c.op.attr_int("hidden_size")
-            .map(Dim::Known)
+            .map(kd)
             .or_else(|| c.shape(2).and_then(|r| r.get(2).cloned()))
             .unwrap_or(Dim::Unknown);
     let layout = c.ai("layout", 0);
