@@ -305,3 +305,46 @@ fn snapshot_sample_rate() {
     let text = run_and_diff(&FoldIf::default(), &mut m, &mut cx);
     insta::assert_snapshot!("sample_rate", text);
 }
+
+#[test]
+fn an_if_inside_a_loop_body_folds_in_place() {
+    let mut t = B::new("t");
+    t.op("Relu", &["v_in"], &["t_out"], vec![]);
+    t.output("t_out");
+    let mut e = B::new("e");
+    e.op("Neg", &["v_in"], &["e_out"], vec![]);
+    e.output("e_out");
+    let mut body = B::new("body");
+    body.input("iter", DType::I64, "")
+        .input("cond_in", DType::Bool, "")
+        .input("v_in", DType::F32, "4");
+    if_op(&mut body, "use_relu", &["v_out"], t.graph(), e.graph());
+    body.op("Identity", &["cond_in"], &["cond_out"], vec![]);
+    body.output("cond_out").output("v_out");
+    let mut b = B::new("loop");
+    b.input("x", DType::F32, "4")
+        .init("trips", &i64_scalar(3))
+        .init("go", &bool_scalar(true))
+        .init("use_relu", &bool_scalar(false));
+    b.op(
+        "Loop",
+        &["trips", "go", "x"],
+        &["y"],
+        vec![("body", AttrValue::Graph(Box::new(body.graph())))],
+    );
+    b.output("y");
+    let mut m = b.model(17);
+    let mut cx = PassCx::default();
+    FoldIf::default().run(&mut m, &mut cx).unwrap();
+    m.verify().unwrap();
+    assert_eq!(count_ops(&m.graph, "If"), 0);
+    assert_eq!(count_ops(&m.graph, "Loop"), 1);
+    let lp = m.graph.ops().next().unwrap();
+    let body = m.graph.op(lp).subgraphs()[0].1;
+    let v_out = body.outputs[1];
+    let (p, _) = body.producer(v_out).unwrap();
+    assert_eq!(body.op(p).op_type, "Neg");
+    assert_eq!(body.value(v_out).name, "v_out");
+    // The condition was the only use of the outer constant: it is gone.
+    assert!(m.graph.value_by_name("use_relu").is_none());
+}
