@@ -44,6 +44,7 @@
 //!   file, node or tensor; outputs are written to a temporary file and renamed, and the
 //!   input model is never overwritten.
 
+pub mod calib;
 pub mod cli;
 pub mod data;
 pub mod exec;

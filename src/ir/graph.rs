@@ -73,7 +73,11 @@ pub struct Op {
 }
 
 impl Op {
-    /// A new op with no attributes; `order` is set when added to a graph.
+    /// Order key meaning "assign the next free index when added".
+    pub const UNORDERED: (u32, u32) = (u32::MAX, 0);
+
+    /// A new op with no attributes; `order` is set when added to a graph unless the
+    /// caller sets it (e.g. with [`Graph::order_after`]).
     pub fn new(op_type: &str, name: &str) -> Op {
         Op {
             name: Some(name.to_string()),
@@ -82,7 +86,7 @@ impl Op {
             attrs: Vec::new(),
             n_inputs: 0,
             n_outputs: 0,
-            order: (0, 0),
+            order: Op::UNORDERED,
             carry: Carry::default(),
         }
     }
@@ -490,7 +494,7 @@ impl Graph {
         }
         op.n_inputs = inputs.len();
         op.n_outputs = outputs.len();
-        if op.order == (0, 0) {
+        if op.order == Op::UNORDERED {
             op.order = (self.next_order, 0);
             self.next_order += 1;
         } else {
@@ -520,6 +524,12 @@ impl Graph {
             .max()
             .unwrap_or(0);
         (base, sub + 1)
+    }
+
+    /// Order key for a new op that feeds `before` (it sorts with it; data dependencies
+    /// put it first).
+    pub fn order_before(&self, before: OpId) -> (u32, u32) {
+        self.op(before).order
     }
 
     /// An op node.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 pub mod fold_constants;
 pub mod fold_if;
 pub mod infer_shapes;
+pub mod insert_qdq;
 pub mod pin_inputs;
 pub mod util;
 

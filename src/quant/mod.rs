@@ -8,6 +8,7 @@
 
 pub mod kernels;
 pub mod params;
+pub mod plan;
 pub mod rules;
 
 pub use kernels::{

@@ -1,0 +1,415 @@
+//! insert_qdq — materialises a quantization plan.
+//!
+//! **What it does.** For each planned value: activations get `QuantizeLinear →
+//! DequantizeLinear` right after their producer (every reader, float or not, then reads
+//! the dequantized value, so the producer's node unit sees exactly one Q); weights become
+//! integer initializers followed by `DequantizeLinear` (per channel with `axis`), with no
+//! float copy left; biases become int32 with scale `s_input · s_weight`; folded Relu/Clip
+//! ops are removed (the quantized range clips at zero).
+//!
+//! **Requires.** A plan from `quant::plan::build` with ranges for every calibrated value;
+//! value types (shape inference); a default-domain opset ≥ 13 when any weight is per
+//! channel (≥ 21 for 16-bit types).
+//!
+//! **Effects.** New values are named from the original ones: `x.q`, `x.dq`, `x.scale`,
+//! `x.zp`; a quantized graph output keeps its name on the dequantized value and the
+//! producer's value becomes `y.float`.
+//!
+//! **Example.**
+//! ```text
+//! %y = Conv(%x, %w, %b) : f32[1,4,8,8]
+//! ```
+//! becomes
+//! ```text
+//! const  %w.q: i8[4,3,3,3] = tensor(…)
+//! %x.q = QuantizeLinear(%x, %x.scale, %x.zp) : u8[1,3,8,8]
+//! %x.dq = DequantizeLinear(%x.q, %x.scale, %x.zp) : f32[1,3,8,8]
+//! %w.dq = DequantizeLinear(%w.q, %w.scale, %w.zp) {axis=0} : f32[4,3,3,3]
+//! %b.dq = DequantizeLinear(%b.q, %b.scale, %b.zp) {axis=0} : f32[4]
+//! %y.pre = Conv(%x.dq, %w.dq, %b.dq) : f32[1,4,8,8]
+//! ```
+
+use super::PassError;
+use crate::ir::{AttrValue, ConstTensor, DType, Graph, Model, Op, Tensor, ValueId, ValueType};
+use crate::quant::params::{quantize_bias, scale_zp, QType, ScaleZp};
+use crate::quant::plan::{Decision, OpState, Plan};
+use crate::quant::{quantize_linear, QuantizeAttrs};
+use ndarray::{ArrayD, Axis, IxDyn};
+use std::collections::BTreeMap;
+
+const NAME: &str = "insert_qdq";
+
+fn err(what: String) -> PassError {
+    PassError { pass: NAME, what }
+}
+
+/// Parameters chosen for one value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chosen {
+    pub qtype: QType,
+    pub params: Vec<ScaleZp>,
+    pub axis: Option<i64>,
+}
+
+/// What [`materialize`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Scale and zero point per quantized value.
+    pub params: BTreeMap<String, Chosen>,
+    pub quantize_nodes: usize,
+    pub dequantize_nodes: usize,
+    /// Bias values that saturated int32 (value name, count).
+    pub bias_saturated: Vec<(String, usize)>,
+}
+
+/// Applies `plan` to the main graph of `m`.
+pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
+    let mut rep = Report::default();
+    let g = &mut m.graph;
+    fold_activations(g, plan)?;
+    // Activations first: biases need their input's scale.
+    let mut order: Vec<(&String, &Decision)> = plan.values.iter().collect();
+    order.sort_by_key(|(n, d)| {
+        let rank = match d {
+            Decision::Activation {
+                share_with: None, ..
+            } => 0,
+            Decision::Activation { .. } => 1,
+            Decision::Weight { .. } => 2,
+            Decision::Bias { .. } => 3,
+        };
+        (rank, n.to_string())
+    });
+    for (name, d) in order {
+        let Some(v) = g.value_by_name(name) else {
+            continue; // removed by a fold
+        };
+        match d {
+            Decision::Activation {
+                qtype,
+                share_with,
+                range_from,
+            } => {
+                let chosen = match share_with {
+                    Some(root) => rep.params.get(root).cloned().ok_or_else(|| {
+                        err(format!(
+                            "value '{name}' shares parameters of '{root}', which has none"
+                        ))
+                    })?,
+                    None => {
+                        let src = range_from.as_deref().unwrap_or(name);
+                        let (lo, hi) = *plan
+                            .ranges
+                            .get(src)
+                            .ok_or_else(|| err(format!("no calibrated range for value '{src}'")))?;
+                        Chosen {
+                            qtype: *qtype,
+                            params: vec![scale_zp(lo, hi, qtype)],
+                            axis: None,
+                        }
+                    }
+                };
+                insert_activation_qdq(g, v, &chosen)?;
+                rep.quantize_nodes += 1;
+                rep.dequantize_nodes += 1;
+                rep.params.insert(name.clone(), chosen);
+            }
+            Decision::Weight { qtype, axis } => {
+                let chosen = quantize_weight(g, v, *qtype, *axis)?;
+                rep.dequantize_nodes += 1;
+                rep.params.insert(name.clone(), chosen);
+            }
+            Decision::Bias { input, weight } => {
+                let (Some(xp), Some(wp)) = (rep.params.get(input), rep.params.get(weight)) else {
+                    continue; // input or weight stayed float: the bias stays float
+                };
+                if xp.params.len() != 1 {
+                    continue;
+                }
+                let sx = xp.params[0].scale;
+                let scales: Vec<f32> = wp.params.iter().map(|p| sx * p.scale).collect();
+                let sat = quantize_bias_value(g, v, &scales)?;
+                if sat > 0 {
+                    rep.bias_saturated.push((name.clone(), sat));
+                }
+                rep.dequantize_nodes += 1;
+                rep.params.insert(
+                    name.clone(),
+                    Chosen {
+                        qtype: QType {
+                            dtype: DType::I32,
+                            qmin: i32::MIN as i64,
+                            qmax: i32::MAX as i64,
+                            symmetric: true,
+                        },
+                        params: scales
+                            .iter()
+                            .map(|&s| ScaleZp {
+                                scale: s,
+                                zero_point: 0,
+                            })
+                            .collect(),
+                        axis: (scales.len() > 1).then_some(0),
+                    },
+                );
+            }
+        }
+    }
+    Ok(rep)
+}
+
+/// Removes folded Relu/Clip ops: readers of their output read their input instead.
+fn fold_activations(g: &mut Graph, plan: &Plan) -> Result<(), PassError> {
+    let folded: Vec<_> = g
+        .ops()
+        .filter(|o| {
+            matches!(
+                plan.ops.get(&crate::quant::plan::op_key(g, *o)),
+                Some(OpState::Folded { .. })
+            )
+        })
+        .collect();
+    for o in folded {
+        let (Some(x), Some(y)) = (g.input(o, 0), g.output(o, 0)) else {
+            return Err(err(format!(
+                "folded op '{}' lacks an input or output",
+                g.op(o).display_name()
+            )));
+        };
+        if g.is_output(y) {
+            return Err(err(format!(
+                "folded op '{}' produces a graph output",
+                g.op(o).display_name()
+            )));
+        }
+        g.replace_all_uses(y, x);
+        g.remove_op(o);
+        g.remove_value(y);
+    }
+    Ok(())
+}
+
+fn scalar_const(g: &mut Graph, base: &str, t: Tensor) -> Result<ValueId, PassError> {
+    let name = g.fresh_name(base);
+    g.add_const(&name, ConstTensor::from_tensor(None, &t))
+        .map_err(|e| err(e.to_string()))
+}
+
+fn zp_tensor(dtype: DType, zps: &[i64], shape: &[usize]) -> Result<Tensor, PassError> {
+    let vals: Vec<f64> = zps.iter().map(|&z| z as f64).collect();
+    match dtype {
+        DType::I32 => Ok(Tensor::I32(
+            ArrayD::from_shape_vec(IxDyn(shape), zps.iter().map(|&z| z as i32).collect())
+                .map_err(|e| err(e.to_string()))?,
+        )),
+        DType::U16 => Ok(Tensor::U16(
+            ArrayD::from_shape_vec(IxDyn(shape), zps.iter().map(|&z| z as u16).collect())
+                .map_err(|e| err(e.to_string()))?,
+        )),
+        DType::I16 => Ok(Tensor::I16(
+            ArrayD::from_shape_vec(IxDyn(shape), zps.iter().map(|&z| z as i16).collect())
+                .map_err(|e| err(e.to_string()))?,
+        )),
+        d => Tensor::from_f64(d, shape, &vals).map_err(err),
+    }
+}
+
+fn scale_tensor(scales: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), scales.to_vec()).expect("shape fits"))
+}
+
+/// `x → Q → DQ`; every reader of `x` reads the DQ output.
+fn insert_activation_qdq(g: &mut Graph, x: ValueId, c: &Chosen) -> Result<(), PassError> {
+    let name = g.value(x).name.clone();
+    let ty = g.value(x).ty.clone();
+    let p = c.params[0];
+    let scale = scalar_const(g, &format!("{name}.scale"), scale_tensor(&[p.scale], &[]))?;
+    let zp = scalar_const(
+        g,
+        &format!("{name}.zp"),
+        zp_tensor(c.qtype.dtype, &[p.zero_point], &[])?,
+    )?;
+    let readers = g.consumers(x);
+    let was_output = g.is_output(x);
+    let q_ty = ty.as_ref().map(|t| match t {
+        ValueType::Tensor { shape, .. } => ValueType::Tensor {
+            dtype: c.qtype.dtype,
+            shape: shape.clone(),
+        },
+        other => other.clone(),
+    });
+    let qv = g.add_fresh_value(&format!("{name}.q"), q_ty);
+    let after = g.producer(x).map(|(o, _)| o);
+    let mut qop = Op::new("QuantizeLinear", &format!("{name}.quantize"));
+    let mut dqop = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
+    if let Some(a) = after {
+        qop.order = g.order_after(a);
+    }
+    let q = g
+        .add_op(qop, &[Some(x), Some(scale), Some(zp)], &[Some(qv)])
+        .map_err(|e| err(e.to_string()))?;
+    dqop.order = g.order_after(q);
+    // A graph output keeps its name on the dequantized value.
+    let dq_name = if was_output {
+        let moved = g.fresh_name(&format!("{name}.float"));
+        g.rename_value(x, &moved).map_err(|e| err(e.to_string()))?;
+        name.clone()
+    } else {
+        format!("{name}.dq")
+    };
+    let dqv = g.add_fresh_value(&dq_name, ty);
+    g.add_op(dqop, &[Some(qv), Some(scale), Some(zp)], &[Some(dqv)])
+        .map_err(|e| err(e.to_string()))?;
+    for (o, slot) in readers {
+        g.set_input(o, slot, Some(dqv));
+    }
+    for out in &mut g.outputs {
+        if *out == x {
+            *out = dqv;
+        }
+    }
+    Ok(())
+}
+
+/// Per-channel (or per-tensor) symmetric/asymmetric parameters from the values.
+fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>) -> Vec<ScaleZp> {
+    let range = |it: &mut dyn Iterator<Item = &f32>| {
+        it.fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    };
+    match axis {
+        None => {
+            let (lo, hi) = range(&mut t.iter());
+            vec![scale_zp(lo, hi, q)]
+        }
+        Some(a) => t
+            .axis_iter(Axis(a as usize))
+            .map(|s| {
+                let (lo, hi) = range(&mut s.iter());
+                scale_zp(lo, hi, q)
+            })
+            .collect(),
+    }
+}
+
+/// Replaces a float constant by integer values + DequantizeLinear.
+fn quantize_weight(
+    g: &mut Graph,
+    w: ValueId,
+    q: QType,
+    axis: Option<i64>,
+) -> Result<Chosen, PassError> {
+    let name = g.value(w).name.clone();
+    let t = g
+        .const_of(w)
+        .ok_or_else(|| err(format!("weight '{name}' is not a constant")))?
+        .to_tensor()
+        .map_err(|e| err(e.to_string()))?;
+    let Tensor::F32(a) = &t else {
+        return Err(err(format!("weight '{name}' is not f32")));
+    };
+    let params = weight_params(a, &q, axis);
+    let n = params.len();
+    let pshape: Vec<usize> = if axis.is_some() { vec![n] } else { vec![] };
+    let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
+    let zps: Vec<i64> = params.iter().map(|p| p.zero_point).collect();
+    let scale_t = scale_tensor(&scales, &pshape);
+    let zp_t = zp_tensor(q.dtype, &zps, &pshape)?;
+    let attrs = QuantizeAttrs {
+        axis: axis.unwrap_or(1),
+        ..QuantizeAttrs::default()
+    };
+    let qt = quantize_linear(&t, &scale_t, Some(&zp_t), &attrs)
+        .map_err(|e| err(format!("weight '{name}': {e}")))?;
+    let readers = g.consumers(w);
+    let qv = g
+        .add_const(
+            &g.fresh_name(&format!("{name}.q")),
+            ConstTensor::from_tensor(None, &qt),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    let sv = scalar_const(g, &format!("{name}.scale"), scale_t)?;
+    let zv = scalar_const(g, &format!("{name}.zp"), zp_t)?;
+    let dqv = g.add_fresh_value(&format!("{name}.dq"), g.value(w).ty.clone());
+    let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
+    if let Some(a) = axis {
+        dq.set_attr("axis", AttrValue::Int(a));
+    }
+    if let Some((first, _)) = readers.first() {
+        dq.order = g.order_before(*first);
+    }
+    g.add_op(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(dqv)])
+        .map_err(|e| err(e.to_string()))?;
+    for (o, slot) in readers {
+        g.set_input(o, slot, Some(dqv));
+    }
+    drop_if_unused(g, w);
+    Ok(Chosen {
+        qtype: q,
+        params,
+        axis,
+    })
+}
+
+/// Replaces a float bias by int32 values + DequantizeLinear; returns how many saturated.
+fn quantize_bias_value(g: &mut Graph, b: ValueId, scales: &[f32]) -> Result<usize, PassError> {
+    let name = g.value(b).name.clone();
+    let t = g
+        .const_of(b)
+        .ok_or_else(|| err(format!("bias '{name}' is not a constant")))?
+        .to_tensor()
+        .map_err(|e| err(e.to_string()))?;
+    let Tensor::F32(a) = &t else {
+        return Err(err(format!("bias '{name}' is not f32")));
+    };
+    let vals: Vec<f32> = a.iter().copied().collect();
+    if scales.len() != 1 && scales.len() != vals.len() {
+        return Err(err(format!(
+            "bias '{name}' has {} values but the weight has {} channels",
+            vals.len(),
+            scales.len()
+        )));
+    }
+    let (qv, sat) = quantize_bias(&vals, scales);
+    let shape = a.shape().to_vec();
+    let qt =
+        Tensor::I32(ArrayD::from_shape_vec(IxDyn(&shape), qv).map_err(|e| err(e.to_string()))?);
+    let readers = g.consumers(b);
+    let qid = g
+        .add_const(
+            &g.fresh_name(&format!("{name}.q")),
+            ConstTensor::from_tensor(None, &qt),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    let pshape: Vec<usize> = if scales.len() > 1 {
+        vec![scales.len()]
+    } else {
+        vec![]
+    };
+    let sv = scalar_const(g, &format!("{name}.scale"), scale_tensor(scales, &pshape))?;
+    let zv = scalar_const(
+        g,
+        &format!("{name}.zp"),
+        zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?,
+    )?;
+    let dqv = g.add_fresh_value(&format!("{name}.dq"), g.value(b).ty.clone());
+    let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
+    if scales.len() > 1 {
+        dq.set_attr("axis", AttrValue::Int(0));
+    }
+    if let Some((first, _)) = readers.first() {
+        dq.order = g.order_before(*first);
+    }
+    g.add_op(dq, &[Some(qid), Some(sv), Some(zv)], &[Some(dqv)])
+        .map_err(|e| err(e.to_string()))?;
+    for (o, slot) in readers {
+        g.set_input(o, slot, Some(dqv));
+    }
+    drop_if_unused(g, b);
+    Ok(sat)
+}
+
+fn drop_if_unused(g: &mut Graph, v: ValueId) {
+    if g.consumers(v).is_empty() && !g.is_output(v) && g.producer(v).is_none() && !g.is_input(v) {
+        g.remove_value(v);
+    }
+}

@@ -1,0 +1,59 @@
+//! Runs two models on the same samples in the same engine and mode and compares every
+//! output they share.
+
+use super::metrics::{is_classifier_shape, Comparison, Metrics};
+use crate::data::Sample;
+use crate::exec::{ExecError, Session};
+use crate::ir::Tensor;
+use std::collections::BTreeMap;
+
+/// Per-output comparison of a reference and a test model.
+#[derive(Clone, Debug, Default)]
+pub struct ModelComparison {
+    pub outputs: BTreeMap<String, Metrics>,
+}
+
+fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
+    match t {
+        Tensor::F32(a) => Some(a.iter().copied().collect()),
+        other => other
+            .to_f64_vec()
+            .map(|v| v.into_iter().map(|x| x as f32).collect()),
+    }
+}
+
+/// Runs `reference` and `test` on every sample and compares the outputs named in both.
+/// `labels[i]` is sample i's true class, when known; `progress` is called after each sample.
+pub fn compare(
+    reference: &Session,
+    test: &Session,
+    samples: &[Sample],
+    labels: Option<&[i64]>,
+    mut progress: impl FnMut(),
+) -> Result<ModelComparison, ExecError> {
+    let mut acc: BTreeMap<String, Comparison> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let a = reference.run(s)?;
+        let b = test.run(s)?;
+        for (name, ta) in &a {
+            let Some(tb) = b.get(name) else { continue };
+            let (Some(va), Some(vb)) = (as_f32(ta), as_f32(tb)) else {
+                continue;
+            };
+            if va.len() != vb.len() {
+                continue;
+            }
+            let classifier = is_classifier_shape(&ta.shape());
+            acc.entry(name.clone()).or_default().add(
+                &va,
+                &vb,
+                classifier,
+                labels.and_then(|l| l.get(i).copied()),
+            );
+        }
+        progress();
+    }
+    Ok(ModelComparison {
+        outputs: acc.into_iter().map(|(k, c)| (k, c.metrics())).collect(),
+    })
+}
