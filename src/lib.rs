@@ -22,6 +22,9 @@
 //!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders),
 //!   validated against the model's inputs; deterministic .npz output.
+//! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
+//!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
+//!   entropy, mse, auto); the calibration file format.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy).
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!

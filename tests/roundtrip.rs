@@ -193,3 +193,37 @@ fn cli_convert_round_trips_and_inspect_reports() {
     assert_eq!(j["parameter_count"], 4);
     assert_eq!(j["inputs"][0]["type"], "f32[1,4]");
 }
+
+#[test]
+fn attributes_set_by_passes_are_written_with_their_type() {
+    use qrange::ir::AttrValue;
+    let bytes = add_relu().encode_to_vec();
+    let mut m = onnx::decode_model(&bytes, Path::new("."), Path::new("mem.onnx")).unwrap();
+    let relu = m
+        .graph
+        .ops()
+        .find(|o| m.graph.op(*o).op_type == "Relu")
+        .unwrap();
+    m.graph.op_mut(relu).set_attr("made", AttrValue::Float(0.5));
+    m.graph
+        .op_mut(relu)
+        .set_attr("list", AttrValue::Ints(vec![1, 2]));
+    let p = proto::ModelProto::decode(onnx::model_to_bytes(&m).unwrap().as_slice()).unwrap();
+    let n = p
+        .graph
+        .unwrap()
+        .node
+        .into_iter()
+        .find(|n| n.op_type.as_deref() == Some("Relu"))
+        .unwrap();
+    use proto::attribute_proto::AttributeType as T;
+    let ty = |name: &str| {
+        n.attribute
+            .iter()
+            .find(|a| a.name.as_deref() == Some(name))
+            .unwrap()
+            .r#type
+    };
+    assert_eq!(ty("made"), Some(T::Float as i32));
+    assert_eq!(ty("list"), Some(T::Ints as i32));
+}

@@ -208,30 +208,30 @@ impl<const N: usize, const LSB: i32> ExactSum<N, LSB> {
         };
         let rest = rest
             .strip_prefix("0x")
-            .ok_or_else(|| format!("exact sum `{s}` does not start with 0x"))?;
+            .ok_or_else(|| format!("exact sum '{s}' does not start with 0x"))?;
         let (hex, exp) = rest
             .split_once('p')
-            .ok_or_else(|| format!("exact sum `{s}` has no binary exponent"))?;
+            .ok_or_else(|| format!("exact sum '{s}' has no binary exponent"))?;
         if exp != LSB.to_string() {
-            return Err(format!("exact sum `{s}` must have exponent p{LSB}"));
+            return Err(format!("exact sum '{s}' must have exponent p{LSB}"));
         }
         if hex.is_empty() || hex.len() > 8 * N + 8 {
-            return Err(format!("exact sum `{s}` has a bad digit count"));
+            return Err(format!("exact sum '{s}' has a bad digit count"));
         }
         let mut out = Self::default();
         let bytes = hex.as_bytes();
         for (i, chunk) in bytes.rchunks(8).enumerate() {
             let text = std::str::from_utf8(chunk).map_err(|e| e.to_string())?;
             let d = u32::from_str_radix(text, 16)
-                .map_err(|_| format!("exact sum `{s}` has a non-hex digit"))?;
+                .map_err(|_| format!("exact sum '{s}' has a non-hex digit"))?;
             if i < N {
                 out.limbs[i] = d as i64;
             } else if d != 0 {
-                return Err(format!("exact sum `{s}` is out of range"));
+                return Err(format!("exact sum '{s}' is out of range"));
             }
         }
         if out.limbs[N - 1] >= 1 << 31 {
-            return Err(format!("exact sum `{s}` is out of range"));
+            return Err(format!("exact sum '{s}' is out of range"));
         }
         if negative {
             for l in out.limbs.iter_mut() {

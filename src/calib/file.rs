@@ -99,7 +99,7 @@ impl CalibrationFile {
             serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         let version = value
             .get("format_version")
-            .ok_or("no `format_version` field (not a qrange calibration file?)")?;
+            .ok_or("no 'format_version' field (not a qrange calibration file?)")?;
         match version.as_u64() {
             Some(v) if v == FORMAT_VERSION as u64 => {}
             _ => {

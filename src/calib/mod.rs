@@ -19,6 +19,7 @@
 //! **Invariant:** a [`TensorStats`] depends only on the multiset of observed values.
 //! **Invariant:** every [`Range`] returned contains 0 and has finite bounds.
 
+pub mod collect;
 pub mod density;
 pub mod exact;
 pub mod file;
@@ -138,10 +139,10 @@ pub struct Range {
 /// Errors of calibration, each naming the tensor or file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibError {
-    #[error("tensor `{tensor}`: no values were observed")]
+    #[error("tensor '{tensor}': no values were observed")]
     Empty { tensor: String },
     #[error(
-        "tensor `{tensor}`: no finite values among {count} observed ({nan} NaN, {inf} infinite)"
+        "tensor '{tensor}': no finite values among {count} observed ({nan} NaN, {inf} infinite)"
     )]
     NoFiniteValues {
         tensor: String,
@@ -149,27 +150,27 @@ pub enum CalibError {
         nan: u64,
         inf: u64,
     },
-    #[error("tensor `{tensor}`: calibration needs float values, got {dtype}")]
+    #[error("tensor '{tensor}': calibration needs float values, got {dtype}")]
     NotFloat { tensor: String, dtype: String },
-    #[error("tensor `{tensor}`: channel axis {axis} is out of range for rank {rank}")]
+    #[error("tensor '{tensor}': channel axis {axis} is out of range for rank {rank}")]
     BadAxis {
         tensor: String,
         axis: usize,
         rank: usize,
     },
-    #[error("tensor `{tensor}`: shape {shape:?} does not match {len} values")]
+    #[error("tensor '{tensor}': shape {shape:?} does not match {len} values")]
     ShapeMismatch {
         tensor: String,
         shape: Vec<usize>,
         len: usize,
     },
-    #[error("tensor `{tensor}`: {found} channels where earlier samples had {expected}")]
+    #[error("tensor '{tensor}': {found} channels where earlier samples had {expected}")]
     ChannelMismatch {
         tensor: String,
         expected: usize,
         found: usize,
     },
-    #[error("tensor `{tensor}`: per-channel statistics on axis {a} and axis {b} cannot be merged")]
+    #[error("tensor '{tensor}': per-channel statistics on axis {a} and axis {b} cannot be merged")]
     AxisMismatch { tensor: String, a: usize, b: usize },
     #[error("invalid quantization grid [{qmin}, {qmax}]: needs qmin < qmax and qmin <= 0 <= qmax")]
     InvalidTarget { qmin: i64, qmax: i64 },

@@ -914,7 +914,7 @@ mod tests {
         assert!(c.merge("w", &ChannelStats::new(0)).is_err());
         let t = Tensor::I8(ndarray::arr1(&[1i8]).into_dyn());
         let err = c.observe_tensor("w", &t).unwrap_err().to_string();
-        assert!(err.contains("`w`") && err.contains("i8"), "{err}");
+        assert!(err.contains("'w'") && err.contains("i8"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `qrange convert`: decode and re-encode a model (external data, lossless round trip).
+//! `qrange convert`: decode and re-encode a model (external data, lossless round trip),
+//! optionally raising its opset first.
 
 use super::Outcome;
 use crate::onnx::ExternalPolicy;
@@ -10,7 +11,8 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  qrange convert in.onnx out.onnx\n  \
     qrange convert in.onnx out.onnx --external-data 1024   # tensors >= 1 KiB to out.onnx.data\n  \
-    qrange convert in.onnx out.onnx --inline               # pull external data back in")]
+    qrange convert in.onnx out.onnx --inline               # pull external data back in\n  \
+    qrange convert in.onnx out.onnx --opset 13             # upgrade ai.onnx to opset 13")]
 pub struct Args {
     /// Input model.
     input: PathBuf,
@@ -22,6 +24,11 @@ pub struct Args {
     /// Write every tensor inline (default: tensors read from external data stay external).
     #[arg(long)]
     inline: bool,
+    /// Raise the model's ai.onnx opset to N (7..=21) before writing, converting every operator
+    /// whose definition changed; fails naming the node when one cannot be converted. A model
+    /// already at N or above is written unchanged.
+    #[arg(long, value_name = "N")]
+    opset: Option<i64>,
     /// Print how long reading, decoding and encoding+writing took.
     #[arg(long)]
     timings: bool,
@@ -38,9 +45,16 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         _ => PathBuf::from("."),
     };
     let t1 = Instant::now();
-    let m = crate::onnx::decode_model(&bytes, &base, &a.input)?;
+    let mut m = crate::onnx::decode_model(&bytes, &base, &a.input)?;
     drop(bytes);
     let t_decode = t1.elapsed();
+    if let Some(n) = a.opset {
+        let r = crate::passes::upgrade_opset::upgrade(&mut m, n)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
+        m.verify()
+            .map_err(|e| anyhow::anyhow!("{}: after the opset upgrade: {e}", a.input.display()))?;
+        print_upgrade(&r);
+    }
     let policy = match (a.external_data, a.inline) {
         (Some(n), _) => ExternalPolicy::Threshold(n),
         (None, true) => ExternalPolicy::Inline,
@@ -71,4 +85,39 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         );
     }
     Ok(Outcome::Ok)
+}
+
+fn print_upgrade(r: &crate::passes::upgrade_opset::UpgradeReport) {
+    let Some(from) = r.from else {
+        println!(
+            "opset: already at ai.onnx {} or above, nothing to upgrade",
+            r.to
+        );
+        return;
+    };
+    let ir = |v: Option<i64>| v.map_or("unset".to_string(), |v| v.to_string());
+    println!(
+        "opset: ai.onnx {from} -> {}, ir_version {} -> {}",
+        r.to,
+        ir(r.ir_version.0),
+        ir(r.ir_version.1)
+    );
+    for ((op, v), n) in &r.converted {
+        println!("  converted {n:>4} x {op} (changed at {v})");
+    }
+    let kept: usize = r.kept.values().map(|(n, _)| n).sum();
+    if kept > 0 {
+        println!(
+            "  kept as they were: {kept} node-versions whose change keeps their meaning \
+             ({} operators)",
+            r.kept
+                .keys()
+                .map(|(op, _)| op)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
+    }
+    for f in &r.functions {
+        println!("  local function {f}: ai.onnx import raised");
+    }
 }

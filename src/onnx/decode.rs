@@ -239,7 +239,7 @@ impl Cx {
         let mut carry = proto::AttributeProto {
             ref_attr_name: a.ref_attr_name.clone(),
             doc_string: a.doc_string.clone(),
-            r#type: a.r#type,
+            r#type: Some(a.r#type.unwrap_or(super::UNTYPED_ATTR)),
             ..Default::default()
         };
         let value = match T::try_from(kind) {

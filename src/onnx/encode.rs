@@ -242,6 +242,15 @@ impl Enc<'_> {
                     }
                     AttrValue::Opaque(_) => {}
                 }
+                // An attribute read without a type is written without one; an attribute
+                // made by a pass has no type yet and one whose value kind a pass changed has
+                // a stale one: those get the type of their value.
+                match (x.r#type, attr_kind(&a.value)) {
+                    (Some(super::UNTYPED_ATTR), _) => x.r#type = None,
+                    (None, Some(kind)) => x.r#type = Some(kind),
+                    (Some(t), Some(kind)) if t != 0 && t != kind => x.r#type = Some(kind),
+                    _ => {}
+                }
                 n.attribute.push(x);
             }
             p.node.push(n);
@@ -335,4 +344,22 @@ pub(crate) fn type_to_proto(t: &ValueType) -> Result<proto::TypeProto, OnnxError
         },
         ValueType::Opaque(Carry(b)) => proto::TypeProto::decode(b.as_slice()).map_err(carry_err)?,
     })
+}
+
+/// The `AttributeProto.AttributeType` code of a modelled attribute value.
+fn attr_kind(v: &AttrValue) -> Option<i32> {
+    use proto::attribute_proto::AttributeType as T;
+    Some(match v {
+        AttrValue::Float(_) => T::Float,
+        AttrValue::Int(_) => T::Int,
+        AttrValue::String(_) => T::String,
+        AttrValue::Tensor(_) => T::Tensor,
+        AttrValue::Graph(_) => T::Graph,
+        AttrValue::Floats(_) => T::Floats,
+        AttrValue::Ints(_) => T::Ints,
+        AttrValue::Strings(_) => T::Strings,
+        AttrValue::Tensors(_) => T::Tensors,
+        AttrValue::Graphs(_) => T::Graphs,
+        AttrValue::Opaque(_) => return None,
+    } as i32)
 }

@@ -19,6 +19,11 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+/// Marks, in an attribute's carried bytes, that the file gave it no `type`: the encoder writes
+/// it back without one. (Attributes that passes create have no carried type at all and get the
+/// type of their value.)
+pub(crate) const UNTYPED_ATTR: i32 = -1;
+
 /// Errors reading or writing ONNX files.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
@@ -84,4 +89,75 @@ pub fn model_info(m: &crate::ir::Model) -> ModelInfo {
             .collect(),
         training_infos: p.training_info.len(),
     }
+}
+
+/// A model-local function as the opset upgrade needs to see it: what it imports and which
+/// operators its body (and the subgraphs inside it) calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionSummary {
+    pub domain: String,
+    pub name: String,
+    pub opsets: Vec<crate::ir::OpsetImport>,
+    /// `(domain, op_type, node name)` of every body node, in body order, nested ones included.
+    pub nodes: Vec<(String, String, String)>,
+}
+
+/// The model-local functions carried by `m`, in file order.
+pub fn local_functions(m: &crate::ir::Model) -> Vec<FunctionSummary> {
+    use prost::Message;
+    fn walk(nodes: &[proto::NodeProto], out: &mut Vec<(String, String, String)>) {
+        for n in nodes {
+            out.push((
+                n.domain.clone().unwrap_or_default(),
+                n.op_type.clone().unwrap_or_default(),
+                n.name.clone().unwrap_or_default(),
+            ));
+            for a in &n.attribute {
+                for g in a.g.iter().chain(a.graphs.iter()) {
+                    walk(&g.node, out);
+                }
+            }
+        }
+    }
+    let p = proto::ModelProto::decode(m.carry.0.as_slice()).unwrap_or_default();
+    p.functions
+        .iter()
+        .map(|f| {
+            let mut nodes = Vec::new();
+            walk(&f.node, &mut nodes);
+            FunctionSummary {
+                domain: f.domain.clone().unwrap_or_default(),
+                name: f.name.clone().unwrap_or_default(),
+                opsets: f
+                    .opset_import
+                    .iter()
+                    .map(|o| crate::ir::OpsetImport {
+                        domain: o.domain.clone().unwrap_or_default(),
+                        version: o.version.unwrap_or(0),
+                    })
+                    .collect(),
+                nodes,
+            }
+        })
+        .collect()
+}
+
+/// Sets the version that model-local function number `index` imports for `domain` (`""` and
+/// `ai.onnx` both name the default domain). Does nothing when there is no such function or
+/// import.
+pub fn set_function_opset(m: &mut crate::ir::Model, index: usize, domain: &str, version: i64) {
+    use prost::Message;
+    let Ok(mut p) = proto::ModelProto::decode(m.carry.0.as_slice()) else {
+        return;
+    };
+    let default = |d: &str| d.is_empty() || d == "ai.onnx";
+    if let Some(f) = p.functions.get_mut(index) {
+        for o in &mut f.opset_import {
+            let d = o.domain.as_deref().unwrap_or("");
+            if d == domain || default(d) && default(domain) {
+                o.version = Some(version);
+            }
+        }
+    }
+    m.carry = crate::ir::Carry(p.encode_to_vec());
 }

@@ -5,11 +5,15 @@
 use crate::ir::{Model, Tensor};
 use std::collections::BTreeMap;
 
+pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod fold_if;
 pub mod infer_shapes;
 pub mod insert_qdq;
 pub mod pin_inputs;
+#[cfg(test)]
+pub(crate) mod testkit;
+pub mod upgrade_opset;
 pub mod util;
 
 pub use fold_constants::FoldConstants;
@@ -101,14 +105,23 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
     vec![
         // First: every later pass reads the pinned values and the concrete input shapes.
         Box::new(PinInputs),
-        // Before anything that reads types: gives intermediate values a dtype and shape.
+        // Before upgrade_opset, which needs element types and ranks for some rewrites
+        // (Clip/Pad attributes that become typed inputs, Softmax's rank).
         Box::new(InferShapes),
-        // After infer_shapes: `Shape`/`Size` fold only where the input shape is known.
+        // Early: later passes see one form of each operator (axes as inputs, single-axis
+        // Softmax), and per-channel QuantizeLinear/DequantizeLinear need opset 13.
+        Box::new(upgrade_opset::UpgradeOpset::new(13)),
+        // After infer_shapes: `Shape`/`Size` fold only where the input shape is known; also
+        // turns the constants upgrade_opset wrote and every Constant node into initializers.
         Box::new(FoldConstants),
         // After fold_constants (conditions must be constants to fold); runs
         // infer_shapes → fold_constants → fold_if to a fixed point itself, because each
         // inlined branch can make more shapes known and more conditions constant.
         Box::new(FoldIf::default()),
+        // After fold_if and fold_constants: weights and BatchNormalization parameters are
+        // initializers and inlined branches are in the main graph. Before quantization:
+        // the folded weights are what gets quantized per channel.
+        Box::new(fold_batchnorm::FoldBatchNorm),
     ]
 }
 

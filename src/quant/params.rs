@@ -75,7 +75,7 @@ pub fn scale_zp(rmin: f32, rmax: f32, q: &QType) -> ScaleZp {
     let (qmin, qmax) = (q.qmin as f64, q.qmax as f64);
     let scale = ((hi - lo) / (qmax - qmin)) as f32;
     let mid = ((qmin + qmax) / 2.0).round_ties_even() as i64;
-    if !(scale >= f32::MIN_POSITIVE) {
+    if scale.is_nan() || scale < f32::MIN_POSITIVE {
         return ScaleZp {
             scale: 1.0,
             zero_point: if q.symmetric {

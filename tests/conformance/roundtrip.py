@@ -15,8 +15,9 @@ the fixtures directory if given):
     gets wrong, or does not reproduce bit for bit across two runs is "not
     runnable by ORT as given": it is left out of the comparison and listed with
     its reason.
-(b) ``qrange convert model.onnx out1.onnx`` and ``qrange convert out1.onnx
-    out2.onnx`` both succeed, and out1 and out2 are byte-identical.
+(b) ``qrange convert model.onnx pass1/model.onnx`` and ``qrange convert
+    pass1/model.onnx pass2/model.onnx`` both succeed, and the two outputs (and their
+    external data files, if any) are byte-identical.
 (c) ORT runs out1 on the same inputs and its outputs are bitwise identical
     (NaN-aware) to ORT's outputs on the original. A model without test data
     only has to load in ORT.
@@ -568,12 +569,16 @@ def process(task: dict, qrange: str, workdir: str, stage) -> dict:
         res["failures"].append(f"{check}: {reason}")
 
     # (b) convert twice, byte-stable.
-    out1 = os.path.join(workdir, "out1.onnx")
-    out2 = os.path.join(workdir, "out2.onnx")
+    # Same file name in two folders: a model with external data names its side file
+    # after itself, so out1 and out2 can be compared byte for byte (side files too).
+    out1 = os.path.join(workdir, "pass1", "model.onnx")
+    out2 = os.path.join(workdir, "pass2", "model.onnx")
     stage("convert")
     for stale in (out1, out2):
-        if os.path.exists(stale):
-            os.remove(stale)
+        os.makedirs(os.path.dirname(stale), exist_ok=True)
+        for leftover in (stale, stale + ".data"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     err = convert(qrange, model_path, out1)
     out1_ok = err is None
     if err:
@@ -588,6 +593,12 @@ def process(task: dict, qrange: str, workdir: str, stage) -> dict:
             res["convert"] = True
             with open(out1, "rb") as f1, open(out2, "rb") as f2:
                 b1, b2 = f1.read(), f2.read()
+            side1, side2 = out1 + ".data", out2 + ".data"
+            if os.path.exists(side1) or os.path.exists(side2):
+                s1 = open(side1, "rb").read() if os.path.exists(side1) else None
+                s2 = open(side2, "rb").read() if os.path.exists(side2) else None
+                if s1 != s2:
+                    fail("byte-stable", "external data files of out1 and out2 differ")
             res["byte_stable"] = b1 == b2
             if b1 != b2:
                 diff_at = next(

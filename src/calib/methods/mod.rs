@@ -170,7 +170,7 @@ mod tests {
         let empty = TensorStats::new();
         let e = compute_range("conv1.out", &empty, Method::MinMax, &t, &o).unwrap_err();
         assert!(matches!(e, CalibError::Empty { .. }));
-        assert!(e.to_string().contains("`conv1.out`"), "{e}");
+        assert!(e.to_string().contains("'conv1.out'"), "{e}");
         let mut nan = TensorStats::new();
         nan.observe(&[f32::NAN, f32::NAN, f32::INFINITY]);
         for m in [
