@@ -5,6 +5,7 @@
 //! model are held as opaque [`Carry`] bytes that only `crate::onnx` reads.
 
 pub mod dump;
+pub mod eval;
 pub mod graph;
 pub mod tensor;
 pub mod value;

@@ -1,0 +1,487 @@
+//! Pass `infer_shapes`: gives every value it can a [`ValueType::Tensor`] (element type and
+//! shape), so that later passes and the quantizer know intermediate values even when
+//! the file lists no `value_info`.
+//!
+//! **What it does.** Walks each graph in topological order and applies one rule per op
+//! type ([`rules`]), reading the opset of the default domain where semantics changed
+//! (Squeeze/Unsqueeze/Reduce axes as attribute or input, Slice, Split, Pad, Resize…).
+//! Alongside types it tracks two kinds of values, without changing the graph:
+//! small constants (initializers, `Constant` nodes and anything the evaluator
+//! ([`crate::ir::eval`]) computes from them, including `Shape`/`Size` of a fully known
+//! shape), and *shape values*: 1-D integer tensors whose elements are dims, possibly
+//! symbolic (`Shape(x)` → `[N,3,H,W]`, through `Gather`, `Slice`, `Concat`,
+//! `Unsqueeze`, `Squeeze`, `Cast`), so that `Reshape(x, Concat(Shape(x)[0], -1))`
+//! keeps `N`. Subgraphs are inferred with the facts of the names they capture; an `If`
+//! with a constant condition takes the types of its taken branch, otherwise the types
+//! both branches agree on. Ops it has no rule for stay untyped.
+//!
+//! **Requires:** nothing (more is known after `pin_inputs`).
+//!
+//! **Effects:** value types only. A type the file gave is never replaced, only made
+//! more specific (unknown dims and symbolic dims filled with known ones); a
+//! disagreement is a [`super::Diagnostic`], as is an op whose inputs break its rule.
+//!
+//! **Example:**
+//! ```text
+//! input  %x: f32[N,3,8,8]
+//! %y = Conv(%x, %w) {pads=[1,1,1,1]} : ?        %y = Conv(%x, %w) {pads=[1,1,1,1]} : f32[N,4,8,8]
+//! %s = Shape(%y) : ?                             %s = Shape(%y) : i64[4]
+//! %z = Reshape(%y, %t) : ?                       %z = Reshape(%y, %t) : f32[N,256]
+//! ```
+
+mod rules;
+
+use super::util::{is_captured, small_const, FOLD_LIMIT};
+use super::{Changed, Pass, PassCx, PassError};
+use crate::ir::eval;
+use crate::ir::{AttrValue, Dim, Graph, Model, Tensor, ValueId, ValueType};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// See the module documentation.
+pub struct InferShapes;
+
+const NAME: &str = "infer_shapes";
+
+/// A 1-D (or scalar) integer tensor whose elements are known as dims.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SymVal {
+    pub scalar: bool,
+    pub dims: Vec<Dim>,
+}
+
+/// What is known about a value.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fact {
+    pub ty: Option<ValueType>,
+    pub val: Option<Rc<Tensor>>,
+    pub sym: Option<SymVal>,
+}
+
+/// Facts about names visible from enclosing graphs.
+type Scope = BTreeMap<String, Fact>;
+
+impl Pass for InferShapes {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "infer element types and shapes of intermediate values"
+    }
+
+    fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
+        let mut w = Walker {
+            opset: m.opset("").unwrap_or(1),
+            cx,
+            changed: false,
+        };
+        w.graph(&mut m.graph, &Scope::new(), "")?;
+        Ok(Changed::from_bool(w.changed))
+    }
+}
+
+struct Walker<'a> {
+    opset: i64,
+    cx: &'a mut PassCx,
+    changed: bool,
+}
+
+/// Per-graph caches of computed facts.
+#[derive(Default)]
+struct Local {
+    vals: HashMap<ValueId, Option<Rc<Tensor>>>,
+    syms: HashMap<ValueId, SymVal>,
+}
+
+fn sym_of_tensor(t: &Tensor) -> Option<SymVal> {
+    let s = t.shape();
+    if s.len() > 1 || !(t.dtype().is_integer()) {
+        return None;
+    }
+    let v = t.to_i64_vec()?;
+    Some(SymVal {
+        scalar: s.is_empty(),
+        dims: v.into_iter().map(Dim::Known).collect(),
+    })
+}
+
+fn tensor_type(t: &Tensor) -> ValueType {
+    let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    ValueType::tensor(t.dtype(), &dims)
+}
+
+impl Walker<'_> {
+    fn fact(&self, g: &Graph, v: ValueId, outer: &Scope, local: &mut Local) -> Fact {
+        let val_node = g.value(v);
+        let captured = is_captured(g, v);
+        let from_outer = if captured {
+            outer.get(&val_node.name)
+        } else {
+            None
+        };
+        let ty = informative(val_node.ty.as_ref())
+            .map(normalized)
+            .or_else(|| from_outer.and_then(|f| f.ty.clone()));
+        let val = match local.vals.get(&v) {
+            Some(x) => x.clone(),
+            None => {
+                let x = if g.is_input(v) {
+                    None
+                } else if val_node.init.is_some() {
+                    small_const(g, v, FOLD_LIMIT).map(Rc::new)
+                } else {
+                    from_outer.and_then(|f| f.val.clone())
+                };
+                local.vals.insert(v, x.clone());
+                x
+            }
+        };
+        let sym = local
+            .syms
+            .get(&v)
+            .cloned()
+            .or_else(|| from_outer.and_then(|f| f.sym.clone()))
+            .or_else(|| val.as_deref().and_then(sym_of_tensor));
+        Fact { ty, val, sym }
+    }
+
+    fn graph(&mut self, g: &mut Graph, outer: &Scope, path: &str) -> Result<(), PassError> {
+        let order = g.topo_order().map_err(|e| PassError {
+            pass: NAME,
+            what: format!("{path}{e}"),
+        })?;
+        // Initializers are typed by their tensor.
+        for v in g.initializers.clone() {
+            if informative(g.value(v).ty.as_ref()).is_none() {
+                if let Some(t) = g.const_of(v) {
+                    let ty = ValueType::tensor(t.dtype, &t.dims);
+                    g.value_mut(v).ty = Some(ty);
+                    self.changed = true;
+                }
+            }
+        }
+        let mut local = Local::default();
+        for o in order {
+            let ins = g.inputs_of(o);
+            let facts: Vec<Option<Fact>> = ins
+                .iter()
+                .map(|v| v.map(|v| self.fact(g, v, outer, &mut local)))
+                .collect();
+            let node = format!(
+                "{path}node '{}' ({})",
+                g.op(o).display_name(),
+                g.op(o).op_type
+            );
+            // Subgraphs first: an If's output types come from its branches.
+            let mut branch_types: Option<Vec<Option<ValueType>>> = None;
+            if !g.op(o).subgraphs().is_empty() {
+                branch_types = self.subgraphs(g, o, &facts, outer, &mut local, &node)?;
+            }
+            let op = g.op(o);
+            let n_out = op.n_outputs;
+            // Constant values: evaluate when every present input is a known constant.
+            let mut out_vals: Vec<Option<Rc<Tensor>>> = vec![None; n_out];
+            let all_const = facts.iter().flatten().all(|f| f.val.is_some());
+            let shape_only = matches!(op.op_type.as_str(), "Shape" | "Size")
+                && op.domain_key().is_empty()
+                && facts
+                    .first()
+                    .and_then(|f| f.as_ref())
+                    .and_then(|f| f.ty.as_ref())
+                    .and_then(|t| t.known_dims())
+                    .is_some();
+            if shape_only {
+                let dims = facts[0]
+                    .as_ref()
+                    .and_then(|f| f.ty.as_ref())
+                    .and_then(|t| t.known_dims())
+                    .unwrap_or_default();
+                if let Ok(t) = eval::shape_from_dims(op, &dims) {
+                    out_vals[0] = Some(Rc::new(t));
+                }
+            } else if all_const && eval::supports(op) && !too_big_constant(op) {
+                let args: Vec<Option<&Tensor>> = facts
+                    .iter()
+                    .map(|f| f.as_ref().and_then(|f| f.val.as_deref()))
+                    .collect();
+                match eval::eval(op, &args, self.opset, FOLD_LIMIT) {
+                    Ok(ts) => {
+                        for (i, t) in ts.into_iter().enumerate().take(n_out) {
+                            out_vals[i] = Some(Rc::new(t));
+                        }
+                    }
+                    Err(eval::EvalError::Invalid { op, what }) => {
+                        self.cx.note(NAME, format!("{path}{op}: {what}"));
+                    }
+                    Err(_) => {}
+                }
+            }
+            // Types: from computed values when there are some, else from the op's rule.
+            let mut types: Vec<Option<ValueType>> = match branch_types {
+                Some(t) => t,
+                None if op.domain_key().is_empty() => match rules::infer(op, &facts, self.opset) {
+                    Ok(t) => t,
+                    Err(what) => {
+                        self.cx.note(NAME, format!("{node}: {what}"));
+                        vec![None; n_out]
+                    }
+                },
+                None => vec![None; n_out],
+            };
+            types.resize(n_out, None);
+            for (i, v) in out_vals.iter().enumerate() {
+                if let Some(t) = v {
+                    types[i] = Some(tensor_type(t));
+                }
+            }
+            let syms = if op.domain_key().is_empty() {
+                rules::sym_values(op, &facts, self.opset)
+            } else {
+                Vec::new()
+            };
+            let outs = g.outputs_of(o);
+            for (slot, v) in outs.into_iter().enumerate() {
+                let Some(v) = v else { continue };
+                if let Some(t) = types[slot].take() {
+                    self.merge(g, v, t, &node);
+                }
+                local.vals.insert(v, out_vals[slot].clone());
+                if let Some(s) = out_vals[slot].as_deref().and_then(sym_of_tensor) {
+                    local.syms.insert(v, s);
+                } else if let Some(Some(s)) = syms.get(slot) {
+                    local.syms.insert(v, s.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Infers the subgraphs of op `o`; for an `If`, returns its output types.
+    fn subgraphs(
+        &mut self,
+        g: &mut Graph,
+        o: crate::ir::OpId,
+        facts: &[Option<Fact>],
+        outer: &Scope,
+        local: &mut Local,
+        node: &str,
+    ) -> Result<Option<Vec<Option<ValueType>>>, PassError> {
+        let op = g.op(o);
+        let is_if = op.op_type == "If" && op.domain_key().is_empty();
+        // A constant condition: only the taken branch is inferred and gives the types.
+        let taken: Option<&str> = if is_if {
+            facts
+                .first()
+                .and_then(|f| f.as_ref())
+                .and_then(|f| f.val.as_deref())
+                .and_then(|t| t.to_f64_vec())
+                .filter(|v| v.len() == 1)
+                .map(|v| {
+                    if v[0] != 0.0 {
+                        "then_branch"
+                    } else {
+                        "else_branch"
+                    }
+                })
+        } else {
+            None
+        };
+        // Facts of every name the subgraphs capture.
+        let mut scopes: Vec<Scope> = Vec::new();
+        for a in &op.attrs {
+            let subs: Vec<&Graph> = match &a.value {
+                AttrValue::Graph(sg) => vec![&**sg],
+                AttrValue::Graphs(gs) => gs.iter().collect(),
+                _ => continue,
+            };
+            for sg in subs {
+                let mut sc = Scope::new();
+                for name in sg.captures() {
+                    let f = match g.value_by_name(&name) {
+                        Some(v) => Some(self.fact(g, v, outer, local)),
+                        None => outer.get(&name).cloned(),
+                    };
+                    if let Some(f) = f {
+                        sc.insert(name, f);
+                    }
+                }
+                scopes.push(sc);
+            }
+        }
+        let mut i = 0;
+        let mut branch_out: BTreeMap<String, Vec<Option<ValueType>>> = BTreeMap::new();
+        let opm = g.op_mut(o);
+        for a in &mut opm.attrs {
+            let attr_name = a.name.clone();
+            let subs: Vec<&mut Graph> = match &mut a.value {
+                AttrValue::Graph(sg) => vec![&mut **sg],
+                AttrValue::Graphs(gs) => gs.iter_mut().collect(),
+                _ => continue,
+            };
+            for sg in subs {
+                let sc = &scopes[i];
+                i += 1;
+                if taken.is_some_and(|t| t != attr_name) {
+                    continue;
+                }
+                let sub_path = format!("{node} {attr_name}: ");
+                self.graph(sg, sc, &sub_path)?;
+                branch_out.insert(
+                    attr_name.clone(),
+                    sg.outputs.iter().map(|v| sg.value(*v).ty.clone()).collect(),
+                );
+            }
+        }
+        if !is_if {
+            return Ok(None);
+        }
+        let n_out = g.op(o).n_outputs;
+        Ok(Some(match taken {
+            Some(t) => branch_out.remove(t).unwrap_or_default(),
+            None => {
+                let th = branch_out.remove("then_branch").unwrap_or_default();
+                let el = branch_out.remove("else_branch").unwrap_or_default();
+                (0..n_out)
+                    .map(
+                        |k| match (th.get(k).cloned().flatten(), el.get(k).cloned().flatten()) {
+                            (Some(a), Some(b)) => rules::agree(&a, &b),
+                            _ => None,
+                        },
+                    )
+                    .collect()
+            }
+        }))
+    }
+
+    /// Merges an inferred type into `v`'s type (never less specific than before).
+    fn merge(&mut self, g: &mut Graph, v: ValueId, inferred: ValueType, node: &str) {
+        let name = g.value(v).name.clone();
+        let cur = g.value(v).ty.clone();
+        let (new, conflict) = merge_types(cur.as_ref(), inferred);
+        if let Some(c) = conflict {
+            self.cx.note(
+                NAME,
+                format!("{node}: output '{name}': the model says {c}; keeping the model's type"),
+            );
+        }
+        if new.is_some() && new != cur {
+            g.value_mut(v).ty = new;
+            self.changed = true;
+        }
+    }
+}
+
+/// A `Constant` holding more than the fold limit: typed from its attribute without
+/// decoding.
+fn too_big_constant(op: &crate::ir::Op) -> bool {
+    op.op_type == "Constant"
+        && matches!(op.attr("value"), Some(AttrValue::Tensor(t)) if t.numel() > FOLD_LIMIT)
+}
+
+/// `ty` unless it says nothing: an empty `TypeProto` (kept opaque by the decoder so the
+/// file round-trips) is as good as no type.
+pub(crate) fn informative(ty: Option<&ValueType>) -> Option<&ValueType> {
+    match ty {
+        Some(ValueType::Opaque(c)) if c.0.is_empty() => None,
+        t => t,
+    }
+}
+
+/// `ty` with negative dims (some exporters write `-1` for "dynamic") as unknown.
+fn normalized(ty: &ValueType) -> ValueType {
+    match ty {
+        ValueType::Tensor {
+            dtype,
+            shape: Some(dims),
+        } if dims.iter().any(|d| matches!(d, Dim::Known(k) if *k < 0)) => ValueType::Tensor {
+            dtype: *dtype,
+            shape: Some(
+                dims.iter()
+                    .map(|d| match d {
+                        Dim::Known(k) if *k < 0 => Dim::Unknown,
+                        d => d.clone(),
+                    })
+                    .collect(),
+            ),
+        },
+        t => t.clone(),
+    }
+}
+
+/// Merges an inferred type into an existing one. Returns the result and, when they
+/// disagree, a description of the disagreement.
+pub(crate) fn merge_types(
+    cur: Option<&ValueType>,
+    inferred: ValueType,
+) -> (Option<ValueType>, Option<String>) {
+    let Some(cur) = informative(cur) else {
+        return (Some(inferred), None);
+    };
+    let (
+        ValueType::Tensor {
+            dtype: d1,
+            shape: s1,
+        },
+        ValueType::Tensor {
+            dtype: d2,
+            shape: s2,
+        },
+    ) = (cur, &inferred)
+    else {
+        return (Some(cur.clone()), None);
+    };
+    if d1 != d2 {
+        return (
+            Some(cur.clone()),
+            Some(format!(
+                "{}, inference gives {}",
+                cur.display(),
+                inferred.display()
+            )),
+        );
+    }
+    let shape = match (s1, s2) {
+        (None, s) => s.clone(),
+        (s, None) => s.clone(),
+        (Some(a), Some(b)) => {
+            if a.len() != b.len() {
+                return (
+                    Some(cur.clone()),
+                    Some(format!(
+                        "{}, inference gives {}",
+                        cur.display(),
+                        inferred.display()
+                    )),
+                );
+            }
+            let mut out = Vec::with_capacity(a.len());
+            let mut clash = false;
+            for (x, y) in a.iter().zip(b) {
+                out.push(match (x, y) {
+                    (Dim::Known(p), Dim::Known(q)) if *p >= 0 => {
+                        clash |= p != q;
+                        Dim::Known(*p)
+                    }
+                    (Dim::Known(p), y) if *p < 0 => y.clone(),
+                    (Dim::Known(p), _) => Dim::Known(*p),
+                    (_, Dim::Known(q)) => Dim::Known(*q),
+                    (Dim::Param(p), _) => Dim::Param(p.clone()),
+                    (Dim::Unknown, y) => y.clone(),
+                });
+            }
+            if clash {
+                return (
+                    Some(cur.clone()),
+                    Some(format!(
+                        "{}, inference gives {}",
+                        cur.display(),
+                        inferred.display()
+                    )),
+                );
+            }
+            Some(out)
+        }
+    };
+    (Some(ValueType::Tensor { dtype: *d1, shape }), None)
+}
