@@ -4,7 +4,9 @@
 use super::run::{input_specs, parse_pins, parse_shapes, sample_shapes};
 use super::Outcome;
 use crate::calib::collect::{collect, plan_groups};
-use crate::calib::{compute_range, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats};
+use crate::calib::{
+    compute_range, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
+};
 use crate::data::{self, Dataset, Sample};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::{DType, Model, Tensor, ValueType};
@@ -146,10 +148,15 @@ fn act_qtype(a: &CommonArgs) -> QType {
 
 pub(crate) fn config(a: &CommonArgs) -> anyhow::Result<QuantConfig> {
     let reduce = a.target == Target::OrtCpu && !a.no_reduce_range;
-    if a.target == Target::Tensorrt && matches!(a.activation_type, Some(ActType::U8 | ActType::U16)) {
+    if a.target == Target::Tensorrt && matches!(a.activation_type, Some(ActType::U8 | ActType::U16))
+    {
         bail!("--target tensorrt needs symmetric activations: use --activation-type i8 (or i16)");
     }
-    let set = |v: &[String]| v.iter().map(|s| s.trim().to_string()).collect::<BTreeSet<_>>();
+    let set = |v: &[String]| {
+        v.iter()
+            .map(|s| s.trim().to_string())
+            .collect::<BTreeSet<_>>()
+    };
     Ok(QuantConfig {
         target: a.target,
         activation: act_qtype(a),
@@ -169,7 +176,11 @@ fn base_dir(p: &Path) -> PathBuf {
 }
 
 /// Loads calibration data, or makes random samples for `random:N`.
-pub(crate) fn load_calib(a: &CommonArgs, m: &Model, pins: &BTreeMap<String, Tensor>) -> anyhow::Result<Dataset> {
+pub(crate) fn load_calib(
+    a: &CommonArgs,
+    m: &Model,
+    pins: &BTreeMap<String, Tensor>,
+) -> anyhow::Result<Dataset> {
     let Some(spec) = &a.calib else {
         bail!("no calibration data: give --calib DATA (or --ranges FILE)");
     };
@@ -180,9 +191,11 @@ pub(crate) fn load_calib(a: &CommonArgs, m: &Model, pins: &BTreeMap<String, Tens
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| anyhow!("--calib {spec}: N must be a positive number"))?;
-        warn("--calib random: ranges from random data are meaningless; use it for smoke tests only");
+        warn(
+            "--calib random: ranges from random data are meaningless; use it for smoke tests only",
+        );
         let shapes = parse_shapes(&a.shape)?;
-        return Ok(random_dataset(&specs, &shapes, n)?);
+        return random_dataset(&specs, &shapes, n);
     }
     Ok(data::load(Path::new(spec), &specs)?)
 }
@@ -208,7 +221,12 @@ fn random_dataset(
                 None => sp
                     .shape
                     .clone()
-                    .ok_or_else(|| anyhow!("--calib random: input '{}' has no known rank; give --shape", sp.name))?
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "--calib random: input '{}' has no known rank; give --shape",
+                            sp.name
+                        )
+                    })?
                     .into_iter()
                     .map(|d| d.unwrap_or(1))
                     .collect(),
@@ -277,7 +295,8 @@ pub(crate) fn prepare(
     let float = m.clone();
     let mut model = m;
     let run = |p: &dyn Pass, model: &mut Model, cx: &mut PassCx| -> anyhow::Result<()> {
-        p.run(model, cx).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+        p.run(model, cx)
+            .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
         Ok(())
     };
     run(&passes::infer_shapes::InferShapes, &mut model, &mut cx)?;
@@ -286,23 +305,40 @@ pub(crate) fn prepare(
         let n = passes::fold_batchnorm::fold_batchnorms(&mut model)
             .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
         if n > 0 {
-            notes.push(format!("{n} BatchNormalization folded into their producers"));
+            notes.push(format!(
+                "{n} BatchNormalization folded into their producers"
+            ));
         }
     }
     run(&passes::infer_shapes::InferShapes, &mut model, &mut cx)?;
     // Q/DQ with `axis` need opset 13; 16-bit types need 21.
     let mut plan = plan::build(&model, &cfg);
     let sixteen = matches!(cfg.activation.dtype, DType::U16 | DType::I16);
-    let need = if sixteen { 21 } else if uses_per_channel(&plan) { 13 } else { 10 };
+    let need = if sixteen {
+        21
+    } else if uses_per_channel(&plan) {
+        13
+    } else {
+        10
+    };
     let have = model.opset("").unwrap_or(1);
     if have < need {
-        let rep = passes::upgrade_opset::upgrade(&mut model, need)
-            .map_err(|e| anyhow!("{}: raising the opset from {have} to {need} for Q/DQ: {e}", a.model.display()))?;
-        notes.push(format!("opset raised from {have} to {need} ({} nodes rewritten)", rep.converted.values().sum::<usize>()));
+        let rep = passes::upgrade_opset::upgrade(&mut model, need).map_err(|e| {
+            anyhow!(
+                "{}: raising the opset from {have} to {need} for Q/DQ: {e}",
+                a.model.display()
+            )
+        })?;
+        notes.push(format!(
+            "opset raised from {have} to {need} ({} nodes rewritten)",
+            rep.converted.values().sum::<usize>()
+        ));
         run(&passes::infer_shapes::InferShapes, &mut model, &mut cx)?;
         plan = plan::build(&model, &cfg);
     }
-    model.verify().map_err(|e| anyhow!("{}: prepared model is invalid: {e}", a.model.display()))?;
+    model
+        .verify()
+        .map_err(|e| anyhow!("{}: prepared model is invalid: {e}", a.model.display()))?;
     for d in &cx.diagnostics {
         notes.push(format!("{}: {}", d.pass, d.what));
     }
@@ -352,8 +388,10 @@ pub(crate) fn calibrate(
     if !show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stats = collect(&proto, Some(&p.base_dir), samples, &groups, |d, _| bar.set_position(d))
-        .context("calibration")?;
+    let stats = collect(&proto, Some(&p.base_dir), samples, &groups, |d, _| {
+        bar.set_position(d)
+    })
+    .context("calibration")?;
     bar.finish_and_clear();
     let mut file = CalibrationFile::new(p.sha256.clone());
     file.samples = samples.len() as u64;
@@ -381,9 +419,9 @@ pub(crate) fn choose_ranges(
                 _ => None,
             })
             .expect("calibration value comes from a decision");
-        let s = stats
-            .get(&v)
-            .ok_or_else(|| anyhow!("no statistics for value '{v}' (ranges file for another model or options?)"))?;
+        let s = stats.get(&v).ok_or_else(|| {
+            anyhow!("no statistics for value '{v}' (ranges file for another model or options?)")
+        })?;
         let r = compute_range(&v, s, method, &QuantTarget::of(&qtype), opts)?;
         plan.ranges.insert(v.clone(), (r.lo, r.hi));
         chosen.insert(v, r.method);
@@ -416,7 +454,11 @@ fn qtype_text(q: &QType, per_channel: Option<bool>) -> String {
     format!(
         "{} {} [{}, {}]{}",
         q.dtype,
-        if q.symmetric { "symmetric" } else { "asymmetric" },
+        if q.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        },
         q.qmin,
         q.qmax,
         match per_channel {
@@ -591,7 +633,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let mut float_reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, s) in &p.plan.ops {
         if let OpState::Float { reason } = s {
-            float_reasons.entry(reason.clone()).or_default().push(k.clone());
+            float_reasons
+                .entry(reason.clone())
+                .or_default()
+                .push(k.clone());
         }
     }
     let mut methods: BTreeMap<String, usize> = BTreeMap::new();
@@ -664,7 +709,10 @@ fn print_summary(s: &Summary) {
         s.size_after as f64 / 1024.0
     );
     if !s.validation.is_empty() {
-        println!("validation {} eval samples, tract, float vs quantized:", s.eval_samples);
+        println!(
+            "validation {} eval samples, tract, float vs quantized:",
+            s.eval_samples
+        );
         for (name, m) in &s.validation {
             let mut line = format!(
                 "  {name}: SQNR {:.2} dB, cosine {:.5}, max-abs {:.4e}",

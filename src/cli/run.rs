@@ -159,11 +159,17 @@ pub(crate) fn specialize(
     pins: &BTreeMap<String, Tensor>,
     shapes: &BTreeMap<String, Vec<i64>>,
 ) -> anyhow::Result<Vec<String>> {
-    let _ = (m, shapes);
-    if !pins.is_empty() {
-        bail!("--pin is not available yet");
-    }
-    Ok(Vec::new())
+    let mut cx = crate::passes::PassCx {
+        pinned: pins.clone(),
+        input_shapes: shapes.clone(),
+        ..Default::default()
+    };
+    crate::passes::specialize(m, &mut cx)?;
+    Ok(cx
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}: {}", d.pass, d.what))
+        .collect())
 }
 
 /// Shapes of the first sample, overridden by `--shape`.

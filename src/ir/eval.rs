@@ -970,7 +970,13 @@ impl Cx<'_> {
                 if n > self.limit {
                     return Err(E::TooLarge(n));
                 }
-                let v: Vec<i64> = (0..n as i64).map(|i| a + i * c).collect();
+                let v: Vec<i64> = match (0..n as i128)
+                    .map(|i| i64::try_from(a as i128 + i * c as i128))
+                    .collect::<Result<_, _>>()
+                {
+                    Ok(v) => v,
+                    Err(_) => return invalid("range leaves the int64 range"),
+                };
                 Ok(vec![from_i64(&reshape_vec(v, &[n])?, dt)?])
             }
             (Num::F(a), Num::F(b), Num::F(c)) => {
