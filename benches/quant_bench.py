@@ -522,11 +522,17 @@ def ref_run(name: str, model: str, calib: str, method: str, wd: str, args, opset
     ]
     if opset13:
         cmd.append("--opset13")
-    if not (args.reuse and os.path.isfile(out) and os.path.isfile(status_path)):
+    reuse = False
+    if args.reuse and os.path.isfile(status_path):
+        with open(status_path) as f:
+            old = json.load(f)
+        # a finished run: its model is there, or it crashed (nothing to find)
+        reuse = os.path.isfile(out) if old.get("ok") else old.get("stage") != "done"
+    if not reuse:
         for p in (out, status_path):
             if os.path.exists(p):
                 os.remove(p)
-    rec = timed_run(cmd, tag, wd, args.reuse and os.path.isfile(status_path), args.timeout)
+    rec = timed_run(cmd, tag, wd, reuse, args.timeout)
     status = {}
     if os.path.isfile(status_path):
         with open(status_path) as f:
@@ -599,6 +605,10 @@ def qrange_rows(name: str, model: str, calib: str, evalp: str, has_labels: bool,
         pins += ["--pin", f"{k}={v}"]
     out = os.path.join(wd, "qrange.onnx")
     out_v = os.path.join(wd, "qrange_validate.onnx")
+    if not args.reuse:
+        for p in (out, out_v):
+            if os.path.exists(p):
+                os.remove(p)
     log("  qrange quantize --no-validate")
     cmd = [args.qrange, "quantize", model, "--calib", calib, "-o", out, "--no-validate"] + pins
     rec = timed_run(cmd, "qrange", wd, args.reuse and os.path.isfile(out), args.timeout)
@@ -609,7 +619,7 @@ def qrange_rows(name: str, model: str, calib: str, evalp: str, has_labels: bool,
         sc = ev.score(out)
         rows[0].update(sc)
         if "rejected" in sc:
-            rows[0]["notes"].append(f"ORT rejects its model: {sc['rejected']}")
+            rows[0]["notes"].append(f"ORT rejects its model ({sc['rejected']})")
         if "run_error" in sc:
             rows[0]["notes"].append(f"ORT run fails: {sc['run_error']}")
     log("  qrange quantize with validation")
@@ -702,6 +712,11 @@ def perturbed_calib(name: str, calib: str, size: int, path: str) -> None:
     os.replace(tmp, path)
 
 
+def calib_mb(path: str) -> float:
+    """Size in memory of the model-input arrays of a calibration npz (label excluded)."""
+    return sum(a.nbytes for k, a in load_npz(path).items() if k != "label") / 1e6
+
+
 def bench_scaling(name: str, args, avail) -> list[dict]:
     cfg = MODELS[name]
     model = os.path.join(args.models, name, "model.onnx")
@@ -714,7 +729,7 @@ def bench_scaling(name: str, args, avail) -> list[dict]:
         cp = os.path.join(wd, f"calib_{size}.npz")
         if not (args.reuse and os.path.isfile(cp)):
             perturbed_calib(name, calib, size, cp)
-        row = {"model": name, "n": size, "notes": []}
+        row = {"model": name, "n": size, "notes": [], "calib_mb": calib_mb(cp)}
         ok, why = avail
         if args.no_qrange:
             pass
@@ -751,9 +766,8 @@ def bench_scaling(name: str, args, avail) -> list[dict]:
             row["ort_minmax_status"] = status
             if rec["rc"] != 0 or not status.get("ok"):
                 stage = status.get("stage")
-                row["notes"].append(
-                    f"ORT MinMax crash{' in ' + stage if stage else ''}: {status.get('error') or crash_text(rec)}"
-                )
+                err = short_exc(status["error"]) if status.get("error") else crash_text(rec)
+                row["notes"].append(f"ORT MinMax crash{' in ' + stage if stage else ''}: {err}")
         rows.append(row)
     return rows
 
@@ -839,6 +853,7 @@ def scaling_table(rows: list[dict], markdown: bool) -> str:
         "ORT MinMax peak MB",
         "tract run wall s",
         "tract run peak MB",
+        "calib data MB",
         "notes",
     ]
     cells = []
@@ -856,6 +871,7 @@ def scaling_table(rows: list[dict], markdown: bool) -> str:
                 fmt(o.get("peak_mb"), ".0f"),
                 fmt(t.get("wall_s"), ".1f"),
                 fmt(t.get("peak_mb"), ".0f"),
+                fmt(r.get("calib_mb"), ".1f"),
                 "; ".join(r.get("notes", [])),
             ]
         )
@@ -906,7 +922,9 @@ def default_qrange() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=os.path.join(REPO, "..", "shared", "models"))
+    ap.add_argument(
+        "--models", default=os.path.join(REPO, "..", "shared", "models"), help="models (default ../shared/models)"
+    )
     ap.add_argument("--qrange", default=None, help="qrange binary (default: target/release, else target/debug)")
     ap.add_argument("--out", default=os.path.join(REPO, "target", "quant-bench"), help="work files")
     ap.add_argument("--only", default=None, help="comma-separated model names")
@@ -954,6 +972,9 @@ def main() -> int:
             log(f"error: unknown model(s) {unknown}; known: {list(MODELS)}")
             return 2
         names = [n for n in pool if n in want]
+        if not names:
+            log(f"error: none of {want} is benchmarked in this mode (models: {list(pool)})")
+            return 2
     missing = [n for n in names if not os.path.isfile(os.path.join(args.models, n, "model.onnx"))]
     if missing:
         log(f"error: no model.onnx for {missing} under {args.models}")

@@ -22,7 +22,8 @@ Steps:
 
 STATUS.json gets ``{"ok": bool, "stage": ..., "error": first line or null,
 "preprocess": "full" | "skip_symbolic_shape" | "none", "preprocess_error":
-..., "opset13": bool, "seconds": {stage: s}, "calib_samples": n}``. Exit
+..., "opset13": bool, "seconds": {stage: s}, "calib_samples": n, "calib_mb":
+size of the calibration arrays this process holds in memory}``. Exit
 status 0 on success, 1 when a stage raised (the error is in STATUS.json).
 """
 
@@ -146,6 +147,7 @@ def main() -> int:
         arrays = {k: data[k] for k in keys}
         n = min(a.shape[0] for a in arrays.values()) if arrays else 0
         status["calib_samples"] = n
+        status["calib_mb"] = round(sum(a.nbytes for a in arrays.values()) / 1e6, 3)
         status["calib_inputs"] = keys
 
         class Reader(CalibrationDataReader):
