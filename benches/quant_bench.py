@@ -180,7 +180,9 @@ def parse_time_v(text: str) -> dict:
 
 
 def timed_run(cmd: list[str], key: str, workdir: str, reuse: bool, timeout: float) -> dict:
-    """Run `cmd` under `/usr/bin/time -v` in a fresh process; stdout/stderr go to
+    """Run `cmd` under `/usr/bin/time -v` in a fresh process whose working directory is
+    `workdir/tmp` (ONNX Runtime's quantizer leaves files in its working directory:
+    `sym_shape_infer_temp.onnx`, `<uuid>.data` after a crash); stdout/stderr go to
     `workdir/key.{out,err}`. Returns the record (also saved as `key.run.json`): rc,
     wall_s, peak_mb, signal, err_line, stdout_tail. With `reuse`, a saved record of the
     same command is returned without running it again."""
@@ -195,6 +197,8 @@ def timed_run(cmd: list[str], key: str, workdir: str, reuse: bool, timeout: floa
     ofile = os.path.join(workdir, key + ".out")
     efile = os.path.join(workdir, key + ".err")
     log(f"    $ {' '.join(shlex.quote(c) for c in cmd)}")
+    cwd = os.path.join(workdir, "tmp")
+    os.makedirs(cwd, exist_ok=True)
     t0 = time.perf_counter()
     timed_out = False
     with open(ofile, "w") as fo, open(efile, "w") as fe:
@@ -205,6 +209,7 @@ def timed_run(cmd: list[str], key: str, workdir: str, reuse: bool, timeout: floa
                 stderr=fe,
                 stdin=subprocess.DEVNULL,
                 timeout=timeout,
+                cwd=cwd,
             )
             rc = p.returncode
         except subprocess.TimeoutExpired:
