@@ -3,7 +3,9 @@
 //! it. Mixed precision edits the plan, never the graph.
 
 use super::params::QType;
-use super::rules::{no_rule_reason, rule_for, OutputPolicy, Role, Target, WeightAxis};
+use super::rules::{
+    is_range_sensitive, no_rule_reason, rule_for, OutputPolicy, Role, Target, WeightAxis,
+};
 use crate::ir::{DType, Graph, Model, OpId, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +128,7 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
     let g = &m.graph;
     let mut plan = Plan::default();
     let order = g.topo_order().expect("verified graph is acyclic");
+    let sensitive = sensitive_ops(g);
     for o in order {
         let op = g.op(o);
         let key = op_key(g, o);
@@ -175,6 +178,17 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             float(
                 &mut plan,
                 format!("input '{}' is not a known f32 tensor", g.value(*v).name),
+            );
+            continue;
+        }
+        if let Some(c) = sensitive.get(&o) {
+            float(
+                &mut plan,
+                format!(
+                    "its output reaches {} ({}), which amplifies quantization error near zero",
+                    g.op(*c).op_type,
+                    op_key(g, *c)
+                ),
             );
             continue;
         }
@@ -362,6 +376,39 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
         );
     }
     plan
+}
+
+/// Ops whose output flows, without fan-out and before any Conv/MatMul/Gemm, into an input
+/// that amplifies error near zero (the variance of a normalisation feeding Sqrt, a
+/// divisor…), mapped to that sensitive consumer. Their outputs stay float.
+fn sensitive_ops(g: &Graph) -> BTreeMap<OpId, OpId> {
+    const ABSORBING: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul"];
+    let mut out = BTreeMap::new();
+    let mut stack: Vec<(ValueId, OpId)> = Vec::new();
+    for o in g.ops() {
+        for (slot, v) in g.inputs_of(o).into_iter().enumerate() {
+            if let Some(v) = v {
+                if is_range_sensitive(&g.op(o).op_type, slot) {
+                    stack.push((v, o));
+                }
+            }
+        }
+    }
+    while let Some((v, origin)) = stack.pop() {
+        let Some((p, _)) = g.producer(v) else {
+            continue;
+        };
+        if ABSORBING.contains(&g.op(p).op_type.as_str()) || out.contains_key(&p) {
+            continue;
+        }
+        out.insert(p, origin);
+        for x in g.inputs_of(p).into_iter().flatten() {
+            if g.consumers(x).len() == 1 && g.const_of(x).is_none() {
+                stack.push((x, origin));
+            }
+        }
+    }
+    out
 }
 
 /// The value whose parameters `name` uses: itself if it is a plain activation, the root

@@ -269,6 +269,24 @@ pub const RULES: &[OpRule] = &[
     r("Where", WHERE, Float, Quantize, Some("QLinearWhere"), false),
 ];
 
+/// Inputs (op type, slot) whose values must stay float: small errors there are amplified
+/// without bound (1/x, sqrt and log near zero: the variance feeding a normalisation).
+/// A value read at one of these slots is not quantized, so its producer stays float.
+pub const RANGE_SENSITIVE: &[(&str, usize)] = &[
+    ("Div", 1),
+    ("Log", 0),
+    ("Pow", 0),
+    ("Reciprocal", 0),
+    ("Sqrt", 0),
+];
+
+/// True when input `slot` of `op_type` must stay float (see [`RANGE_SENSITIVE`]).
+pub fn is_range_sensitive(op_type: &str, slot: usize) -> bool {
+    RANGE_SENSITIVE
+        .iter()
+        .any(|(o, s)| *o == op_type && *s == slot)
+}
+
 /// Why an op has no rule for a target (shown in the summary).
 pub fn no_rule_reason(op_type: &str, domain: &str, target: Target) -> String {
     if !domain.is_empty() {
