@@ -309,7 +309,13 @@ pub(crate) fn prepare(
                 "{n} BatchNormalization folded into their producers"
             ));
         }
+        let n = passes::fold_bias_add::fold_bias_adds(&mut model)
+            .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+        if n > 0 {
+            notes.push(format!("{n} per-channel Add folded into Conv biases"));
+        }
     }
+    passes::util::remove_dead(&mut model.graph);
     run(&passes::infer_shapes::InferShapes, &mut model, &mut cx)?;
     // Q/DQ with `axis` need opset 13; 16-bit types need 21.
     let mut plan = plan::build(&model, &cfg);

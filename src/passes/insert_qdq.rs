@@ -155,6 +155,7 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
             }
         }
     }
+    super::util::remove_dead(g);
     Ok(rep)
 }
 

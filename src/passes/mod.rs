@@ -6,6 +6,7 @@ use crate::ir::{Model, Tensor};
 use std::collections::BTreeMap;
 
 pub mod fold_batchnorm;
+pub mod fold_bias_add;
 pub mod fold_constants;
 pub mod fold_if;
 pub mod infer_shapes;

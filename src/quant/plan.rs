@@ -181,6 +181,18 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             );
             continue;
         }
+        if matches!(op.op_type.as_str(), "Add" | "Mul")
+            && inputs
+                .iter()
+                .flatten()
+                .any(|v| g.const_of(*v).is_some_and(|t| t.numel() <= 1))
+        {
+            float(
+                &mut plan,
+                "scalar-constant Add/Mul: quantizing it only adds a rounding step".into(),
+            );
+            continue;
+        }
         if let Some(c) = sensitive.get(&o) {
             float(
                 &mut plan,

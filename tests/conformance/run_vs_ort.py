@@ -71,6 +71,14 @@ DATA_FALLBACK = {"silero_vad_ifless": "silero_vad"}
 # At most this many samples (the first ones) per fixture: a ppocr_det sample is
 # a 1x3x640x640 page, and a debug build of qrange takes long on each.
 SAMPLE_CAP = {"ppocr_det": 2}
+# Known gaps of the execution engine, by fixture label, with the text its error must
+# contain. Such a model must still fail exactly this way: when the gap closes, the
+# check fails and the entry has to go. FIXME: inline model-local functions before
+# execution; tract has no Loop.
+KNOWN_GAPS = {
+    "fixtures/tiny/tiny_all_attrs.onnx": "operator 'LeakyPlus' (domain qrange.test) is not implemented",
+    "fixtures/tiny/tiny_loop.onnx": "operator 'Loop' is not implemented",
+}
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -589,6 +597,24 @@ def main(argv: list[str]) -> int:
         out.append(f"not run (no data): {len(not_run)}")
         out.extend(f"  {f.label}: {f.no_data_reason}" for f in not_run)
         out.append("")
+    gaps = []
+    for r in results:
+        expect = KNOWN_GAPS.get(r["label"])
+        if expect is None:
+            continue
+        if not r["passed"] and any(expect in f for f in r["failures"]):
+            r["passed"] = True
+            r["known_gap"] = expect
+            gaps.append(r)
+        else:
+            r["passed"] = False
+            r["failures"].append(
+                f"listed as a known engine gap ({expect!r}) but did not fail that way: update KNOWN_GAPS"
+            )
+    if gaps:
+        out.append(f"known engine gaps (failing as expected): {len(gaps)}")
+        out.extend(f"  {r['label']}: {r['known_gap']}" for r in gaps)
+        out.append("")
     failed = [r for r in results if not r["passed"]]
     n_fail = sum(len(r["failures"]) for r in failed)
     out.append(f"FAILURES: {n_fail}" if failed else "failures: 0")
@@ -619,7 +645,9 @@ def main(argv: list[str]) -> int:
             f.write("\n")
         os.replace(tmp, args.report)
 
-    print(f"run-vs-ort: {len(results) - len(failed)} passed, {len(failed)} failed")
+    if gaps:
+        print(f"known engine gaps, failing as expected: {len(gaps)}")
+    print(f"run-vs-ort: {len(results) - len(failed) - len(gaps)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
 
