@@ -561,6 +561,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         .or_else(|| eval.as_ref().and_then(|d| d.samples.first().cloned()));
     times.insert("load".into(), t.elapsed().as_secs_f64());
 
+    // Everything the validation needs is checked before anything is written.
+    let labels = match (&a.labels, &eval) {
+        (Some(k), Some(ev)) if !a.no_validate => Some(labels_of(ev, k, ev.samples.len())?),
+        _ => None,
+    };
     let t = Instant::now();
     let mut p = prepare(c, model, first.as_ref())?;
     times.insert("prepare".into(), t.elapsed().as_secs_f64());
@@ -612,10 +617,6 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if !a.no_validate {
         let t = Instant::now();
         let ev = eval.as_ref().expect("eval data prepared above");
-        let labels = match &a.labels {
-            Some(k) => Some(labels_of(ev, k, ev.samples.len())?),
-            None => None,
-        };
         let first = &ev.samples[0];
         let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
         let (qp, _) = onnx::encode_model(&q, &ExternalPolicy::Inline, "")?;

@@ -5,6 +5,7 @@
 use super::params::QType;
 use super::rules::{
     is_range_sensitive, no_rule_reason, rule_for, OutputPolicy, Role, Target, WeightAxis,
+    OUTPUT_Q_OPTIONAL,
 };
 use crate::ir::{DType, Graph, Model, OpId, ValueId};
 use serde::{Deserialize, Serialize};
@@ -268,6 +269,15 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                         {
                             *range_from = Some(yname);
                         }
+                        // Readers of the removed output use the producer's parameters.
+                        plan.values.insert(
+                            g.value(y).name.clone(),
+                            Decision::Activation {
+                                qtype: cfg.activation,
+                                share_with: Some(xname.clone()),
+                                range_from: None,
+                            },
+                        );
                         let prod = g.producer(x).map(|(p, _)| op_key(g, p)).unwrap_or_default();
                         plan.ops.insert(key, OpState::Folded { into: prod });
                     }
@@ -367,7 +377,11 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             }
         }
         if rule.output == OutputPolicy::Quantize {
+            let optional = OUTPUT_Q_OPTIONAL.contains(&op.op_type.as_str());
             for y in &outputs {
+                if optional && g.is_output(*y) {
+                    continue;
+                }
                 if is_float(g, *y) {
                     plan.values.insert(
                         g.value(*y).name.clone(),

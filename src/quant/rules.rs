@@ -269,6 +269,11 @@ pub const RULES: &[OpRule] = &[
     r("Where", WHERE, Float, Quantize, Some("QLinearWhere"), false),
 ];
 
+/// Ops that ONNX Runtime fuses to integer kernels without a QuantizeLinear on their output
+/// (QGemm, MatMulIntegerToFloat): when their output is a graph output it stays float,
+/// which saves a rounding step at no speed cost.
+pub const OUTPUT_Q_OPTIONAL: &[&str] = &["Gemm", "MatMul"];
+
 /// Inputs (op type, slot) whose values must stay float: small errors there are amplified
 /// without bound (1/x, sqrt and log near zero: the variance feeding a normalisation).
 /// A value read at one of these slots is not quantized, so its producer stays float.

@@ -1,0 +1,303 @@
+//! `qrange quantize`, `calibrate` and `merge` end to end on fixtures.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use qrange::onnx::proto;
+use std::path::Path;
+
+fn quantize_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["quantize"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let r = qrange(&all);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn load(p: &Path) -> proto::ModelProto {
+    proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn tiny_cnn_is_quantized_and_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--eval",
+        &s(&fixture("tiny/tiny_cnn.eval.npz")),
+        "--labels",
+        "label",
+        "-o",
+        &s(&out),
+    ]);
+    assert!(j["quantized_ops"].as_u64().unwrap() >= 4, "{j}");
+    let v = &j["validation"]["y"];
+    assert!(v["sqnr_db"].as_f64().unwrap() > 12.0, "{j}");
+    assert!(v["top1_agreement"].as_f64().unwrap() >= 0.8, "{j}");
+    assert_eq!(j["eval_samples"], 16);
+    let m = load(&out);
+    let g = m.graph.as_ref().unwrap();
+    // weights are int8 initializers read through DequantizeLinear with an axis; no float copy
+    let w = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == "conv1.w.q")
+        .expect("int8 weight");
+    assert_eq!(w.data_type, Some(3));
+    assert!(
+        g.initializer.iter().all(|t| t.name() != "conv1.w"),
+        "float weight left behind"
+    );
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.input.first().map(String::as_str) == Some("conv1.w.q"))
+        .unwrap();
+    assert_eq!(dq.op_type(), "DequantizeLinear");
+    assert!(dq
+        .attribute
+        .iter()
+        .any(|a| a.name() == "axis" && a.i == Some(0)));
+    // the bias is int32 with zero point 0
+    let b = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == "conv1.b.q")
+        .expect("int32 bias");
+    assert_eq!(b.data_type, Some(6));
+    // the graph output keeps its name
+    assert_eq!(g.output[0].name(), "y");
+    // the quantized model runs in the engine through qrange run
+    let r = qrange(&[
+        "run",
+        &s(&out),
+        "--data",
+        &s(&fixture("tiny/tiny_cnn.eval.npz")),
+        "-o",
+        &s(&tmp.path().join("o.npz")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("exact kernels"), "{}", r.stdout);
+}
+
+#[test]
+fn output_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for i in 0..2 {
+        let out = tmp.path().join(format!("q{i}.onnx"));
+        quantize_json(&[
+            &s(&fixture("tiny/tiny_mlp.onnx")),
+            "--calib",
+            &s(&fixture("tiny/tiny_mlp.npz")),
+            "--no-validate",
+            "-o",
+            &s(&out),
+        ]);
+        outs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+}
+
+#[test]
+fn sharded_calibration_merges_to_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny/tiny_cnn.onnx");
+    // split the 8 calibration samples into two shards
+    let specs = vec![qrange::data::InputSpec::new(
+        "x",
+        qrange::ir::DType::F32,
+        Some(vec![Some(1), Some(3), Some(8), Some(8)]),
+    )];
+    let ds = qrange::data::load(&fixture("tiny/tiny_cnn.npz"), &specs).unwrap();
+    let (a, b) = ds.samples.split_at(3);
+    let sa = tmp.path().join("a.npz");
+    let sb = tmp.path().join("b.npz");
+    qrange::data::write_npz(&sa, &qrange::data::stack(a).unwrap()).unwrap();
+    qrange::data::write_npz(&sb, &qrange::data::stack(b).unwrap()).unwrap();
+    for (d, o) in [(&sa, "a.json"), (&sb, "b.json")] {
+        let r = qrange(&[
+            "calibrate",
+            &s(&model),
+            "--calib",
+            &s(d),
+            "-o",
+            &s(&tmp.path().join(o)),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let merged = tmp.path().join("ab.json");
+    let r = qrange(&[
+        "merge",
+        &s(&tmp.path().join("a.json")),
+        &s(&tmp.path().join("b.json")),
+        "-o",
+        &s(&merged),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let whole = tmp.path().join("whole.json");
+    let r = qrange(&[
+        "calibrate",
+        &s(&model),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "-o",
+        &s(&whole),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    // quantizing from the merged ranges gives the same model as calibrating in one go
+    let q1 = tmp.path().join("q1.onnx");
+    let q2 = tmp.path().join("q2.onnx");
+    quantize_json(&[
+        &s(&model),
+        "--ranges",
+        &s(&merged),
+        "--no-validate",
+        "-o",
+        &s(&q1),
+    ]);
+    quantize_json(&[
+        &s(&model),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--no-validate",
+        "-o",
+        &s(&q2),
+    ]);
+    assert_eq!(std::fs::read(&q1).unwrap(), std::fs::read(&q2).unwrap());
+}
+
+#[test]
+fn silero_vad_comes_out_quantized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("vad.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("silero_vad/model.onnx")),
+        "--calib",
+        &s(&fixture("silero_vad/calib.npz")),
+        "--eval",
+        &s(&fixture("silero_vad/eval.npz")),
+        "--pin",
+        "sr=16000",
+        "-o",
+        &s(&out),
+    ]);
+    assert!(j["quantized_ops"].as_u64().unwrap() >= 10, "{j}");
+    let m = load(&out);
+    let g = m.graph.as_ref().unwrap();
+    assert!(g.node.iter().all(|n| n.op_type() != "If"));
+    let q = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "QuantizeLinear")
+        .count();
+    assert!(q >= 10, "{q} QuantizeLinear");
+    assert!(
+        j["validation"]["output"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        "{j}"
+    );
+}
+
+#[test]
+fn bad_quantize_inputs_are_clean_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cnn = s(&fixture("tiny/tiny_cnn.onnx"));
+    let mlp = s(&fixture("tiny/tiny_mlp.onnx"));
+    let stats = tmp.path().join("mlp.json");
+    let r = qrange(&[
+        "calibrate",
+        &mlp,
+        "--calib",
+        &s(&fixture("tiny/tiny_mlp.npz")),
+        "-o",
+        &s(&stats),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = tmp.path().join("q.onnx");
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
+        (
+            vec![
+                cnn.clone(),
+                "--ranges".into(),
+                s(&stats),
+                "--no-validate".into(),
+            ],
+            &["ranges file", "another model"],
+        ),
+        (
+            vec![
+                cnn.clone(),
+                "--calib".into(),
+                s(&fixture("tiny/tiny_mlp.npz")),
+            ],
+            &["tiny_mlp.npz", "'x'"],
+        ),
+        (
+            vec![cnn.clone(), "--calib".into(), "random:0".into()],
+            &["random:0", "positive"],
+        ),
+        (
+            vec![
+                cnn.clone(),
+                "--calib".into(),
+                s(&fixture("tiny/tiny_cnn.npz")),
+                "--percentile".into(),
+                "0".into(),
+            ],
+            &["--percentile"],
+        ),
+        (
+            vec![
+                cnn.clone(),
+                "--calib".into(),
+                s(&fixture("tiny/tiny_cnn.npz")),
+                "--target".into(),
+                "tensorrt".into(),
+                "--activation-type".into(),
+                "u8".into(),
+            ],
+            &["tensorrt", "symmetric"],
+        ),
+        (
+            vec![
+                cnn.clone(),
+                "--calib".into(),
+                s(&fixture("tiny/tiny_cnn.npz")),
+                "--labels".into(),
+                "nope".into(),
+            ],
+            &["'nope'", "label"],
+        ),
+        (vec![cnn.clone()], &["--calib"]),
+    ];
+    for (mut args, expect) in cases {
+        args.insert(0, "quantize".into());
+        args.extend(["-o".into(), s(&out)]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = qrange(&argv);
+        let first = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or("");
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        for e in expect {
+            assert!(first.contains(e), "{args:?}: {first:?} lacks {e:?}");
+        }
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        assert!(!out.exists(), "{args:?} wrote an output");
+    }
+}
