@@ -249,7 +249,9 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                     continue;
                 };
                 let xname = g.value(x).name.clone();
-                let only_reader = g.consumers(x).len() == 1 && !g.is_output(x);
+                let only_reader = g.consumers(x).len() == 1
+                    && !g.is_output(x)
+                    && outputs.iter().all(|y| !g.is_output(*y));
                 let asym = !cfg.activation.symmetric;
                 let clip_ok = clip_from_zero(g, o);
                 let producer_quantized = matches!(

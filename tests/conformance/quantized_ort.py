@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Quantized models in ONNX Runtime.
+
+For every fixture with data: ``qrange quantize`` it (calibration on the fixture's
+calib.npz), then check that the output
+
+1. passes ``onnx.checker.check_model(full_check=True)``;
+2. loads and runs in ONNX Runtime (CPU EP, 1 thread) with all graph optimizations
+   (QDQ node units fused into QLinear*/QGemm/MatMulIntegerToFloat kernels);
+3. agrees with tract's execution of the same quantized model (``qrange run``), measured
+   in quantization steps of the output: one step is the output's DequantizeLinear scale,
+   or (range of the output) / 255 where the output is float.
+
+Tolerances, and why:
+- ORT without graph optimizations runs every QuantizeLinear/DequantizeLinear as ONNX
+  defines them, like qrange's kernels in tract; only the float ops between them differ
+  (summation order), and a value that lands on the other side of a rounding tie moves by
+  one step, which later layers can amplify at a few elements (a segmentation map's
+  borders). Gate: mean |difference| <= 0.5 step and 99th percentile <= 4 steps; the worst
+  element is reported.
+- ORT with fused integer kernels requantizes inside each kernel (its own rounding of
+  the intermediate scale, lookup tables for Sigmoid/Softmax, u8 x s8 products that
+  saturate 16-bit sums on x86 CPUs without VNNI unless weights use 7 bits), so per-layer
+  1-step differences compound through deep networks. Gate: mean |difference| <= 1.5
+  steps; the worst element is reported.
+- 16-bit outputs are measured in their own (256x finer) steps; their gates are 256x wider.
+
+Prints a table and ``quantized-ort: N passed, N failed``; exits 1 on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+FIXTURES = [
+    # (label, model, calib, eval, extra qrange args, eval sample cap)
+    ("ppocr_cls", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz", "ppocr_cls/eval.npz", [], None),
+    ("ppocr_det", "ppocr_det/model.onnx", "ppocr_det/calib.npz", "ppocr_det/eval.npz", [], 2),
+    ("magika", "magika/model.onnx", "magika/calib.npz", "magika/eval.npz", [], None),
+    ("silero_vad", "silero_vad/model.onnx", "silero_vad/calib.npz", "silero_vad/eval.npz",
+     ["--pin", "sr=16000"], None),
+    ("silero_vad_ifless", "silero_vad_ifless/model.onnx", "silero_vad/calib.npz",
+     "silero_vad/eval.npz", ["--pin", "sr=16000"], None),
+    ("tiny_cnn", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz", [], None),
+    ("tiny_mlp", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz", [], None),
+    ("tiny_bn", "tiny/tiny_bn.onnx", "tiny/tiny_bn.npz", "tiny/tiny_bn.eval.npz", [], None),
+    ("tiny_outlier", "tiny/tiny_outlier.onnx", "tiny/tiny_outlier.npz",
+     "tiny/tiny_outlier.eval.npz", [], None),
+    ("tiny_cnn i8 tensorrt", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
+     ["--target", "tensorrt"], None),
+    ("ppocr_cls u16 activations", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
+     "ppocr_cls/eval.npz", ["--activation-type", "u16"], 4),
+]
+
+
+def output_steps(model: onnx.ModelProto) -> dict[str, float | None]:
+    """Scale of the DequantizeLinear producing each graph output (None when float)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    steps = {}
+    for out in model.graph.output:
+        n = producer.get(out.name)
+        step = None
+        if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in inits:
+            s = numpy_helper.to_array(inits[n.input[1]])
+            if s.size == 1:
+                step = float(s.reshape(()))
+        steps[out.name] = step
+    return steps
+
+
+def ort_outputs(path: str, samples: list[dict], level) -> dict[str, np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = level
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    outs = [o.name for o in sess.get_outputs()]
+    runs = [sess.run(None, {k: s[k] for k in names}) for s in samples]
+    return {o: np.stack([r[i] for r in runs]) for i, o in enumerate(outs)}
+
+
+def load_samples(path: str, cap: int | None) -> tuple[list[dict], dict]:
+    d = np.load(path)
+    keys = [k for k in d.files if d[k].dtype.kind not in "US"]
+    n = len(d[keys[0]])
+    if cap:
+        n = min(n, cap)
+    return [{k: d[k][i] for k in keys} for i in range(n)], {k: d[k][:n] for k in keys}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--qrange", required=True)
+    ap.add_argument("--fixtures", required=True)
+    ap.add_argument("--ref-mean", type=float, default=0.5)
+    ap.add_argument("--ref-p99", type=float, default=4.0)
+    ap.add_argument("--fused-mean", type=float, default=1.5)
+    args = ap.parse_args()
+    rows, failures = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model, calib, evalf, extra, cap in FIXTURES:
+            m = os.path.join(args.fixtures, model)
+            q = os.path.join(tmp, label.replace(" ", "_") + ".onnx")
+            r = subprocess.run(
+                [args.qrange, "quantize", m, "--calib", os.path.join(args.fixtures, calib),
+                 "--no-validate", "-o", q, *extra],
+                capture_output=True, text=True)
+            if r.returncode != 0:
+                failures.append(f"{label}: quantize failed: {r.stderr.strip().splitlines()[0]}")
+                continue
+            qm = onnx.load(q)
+            nq = sum(n.op_type == "QuantizeLinear" for n in qm.graph.node)
+            try:
+                onnx.checker.check_model(q, full_check=True)
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"{label}: onnx.checker: {str(e).splitlines()[0]}")
+                continue
+            samples, stacked = load_samples(os.path.join(args.fixtures, evalf), cap)
+            npz = os.path.join(tmp, label.replace(" ", "_") + ".eval.npz")
+            np.savez(npz, **stacked)
+            t_out = os.path.join(tmp, label.replace(" ", "_") + ".tract.npz")
+            r = subprocess.run([args.qrange, "run", q, "--data", npz, "-o", t_out],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                failures.append(f"{label}: qrange run failed: {r.stderr.strip().splitlines()[0]}")
+                continue
+            tract = dict(np.load(t_out))
+            try:
+                ref = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+                fused = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"{label}: ONNX Runtime: {str(e).splitlines()[0]}")
+                continue
+            steps = output_steps(qm)
+            for name, t in tract.items():
+                if name not in ref:
+                    continue
+                a, b, c = t.astype(np.float64), ref[name].astype(np.float64), fused[name].astype(np.float64)
+                step = steps.get(name) or max(float(b.max() - b.min()) / 255.0, 1e-12)
+                d_ref = np.abs(a - b) / step
+                d_fused = np.abs(a - c) / step
+                wide = 256.0 if any(t in ("u16", "i16") for t in extra) else 1.0
+                ok_ref = d_ref.mean() <= args.ref_mean * wide and np.percentile(d_ref, 99) <= args.ref_p99 * wide
+                ok_fused = d_fused.mean() <= args.fused_mean * wide
+                rows.append((label, name, nq, "dq" if steps.get(name) else "range/255",
+                             d_ref.mean(), np.percentile(d_ref, 99), d_ref.max(),
+                             d_fused.mean(), d_fused.max(), ok_ref and ok_fused))
+                if not ok_ref:
+                    failures.append(
+                        f"{label}/{name}: ORT (no fusion) vs tract mean {d_ref.mean():.2f}, "
+                        f"p99 {np.percentile(d_ref, 99):.2f} steps")
+                if not ok_fused:
+                    failures.append(f"{label}/{name}: ORT (fused) vs tract mean {d_fused.mean():.2f} steps")
+    print("differences between ORT and tract on the same quantized model, in output steps")
+    print(f"{'model':28} {'output':32} {'Q':>4} {'step':>9} {'ref mean':>8} {'ref p99':>7} {'ref max':>7} "
+          f"{'fused mean':>10} {'fused max':>9}  result")
+    for label, name, nq, kind, rmean, rp99, rmax, fmean, fmax, ok in rows:
+        print(f"{label:28} {name[:32]:32} {nq:>4} {kind:>9} {rmean:>8.3f} {rp99:>7.2f} {rmax:>7.1f} "
+              f"{fmean:>10.3f} {fmax:>9.1f}  {'ok' if ok else 'FAIL'}")
+    for f in failures:
+        print("FAIL", f)
+    n_models = len(FIXTURES)
+    failed_models = {f.split(":")[0].split("/")[0] for f in failures}
+    print(f"quantized-ort: {n_models - len(failed_models)} passed, {len(failed_models)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
