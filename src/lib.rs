@@ -10,27 +10,41 @@
 //! passes, and encoded back. tract executes the graph before and after, with qrange's own
 //! exact QuantizeLinear/DequantizeLinear kernels, so every run can say what a change cost.
 //!
+//! `qrange quantize` runs: decode → specialise (`pin_inputs`, `fold_if` with
+//! `infer_shapes`/`fold_constants` to a fixed point) → prepare (`infer_shapes`,
+//! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `upgrade_opset` when per-channel
+//! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
+//! per value) → calibrate (`calib::collect` taps the planned values in tract, streaming
+//! into `calib::TensorStats`; a method turns each into a range) → materialise
+//! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`).
+//!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
 //!   (proto → IR), encode (IR → proto), external data, atomic file writes.
 //! - [`ir`]: the graph (bipartite `StableDiGraph` of op and value nodes, typed handles),
 //!   values and constants, host tensors, `verify()`, the text dump.
-//! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass.
+//! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass
+//!   (pin_inputs, infer_shapes, fold_constants, fold_if, upgrade_opset, fold_batchnorm,
+//!   fold_bias_add, insert_qdq).
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
-//!   semantics (every integer dtype, per-tensor, per-axis, blocked).
+//!   semantics (every integer dtype, per-tensor, per-axis, blocked); scale/zero-point
+//!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders),
 //!   validated against the model's inputs; deterministic .npz output.
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
-//!   entropy, mse, auto); the calibration file format.
-//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy).
+//!   entropy, mse, auto); the calibration file format; the collector that streams tapped
+//!   tensors from tract into statistics in groups under a memory budget.
+//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy) and
+//!   the output-by-output comparison of two models.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
-//! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`. `ir` knows
-//! nothing of protobuf, tract or clap; passes never touch generated proto types; only
-//! `exec` names tract.
+//! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
+//! `calib → exec`, `report → exec`. `ir` knows nothing of protobuf, tract or clap; only
+//! `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset` asks
+//! `onnx` for model-local function bodies, which live in the carried protobuf bytes.
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as
@@ -43,6 +57,10 @@
 //!   ordered collections.
 //! - **Invariant:** no engine approximates silently: Q/DQ run through `quant` kernels in
 //!   tract, and `exec::Session::notes` says what was replaced or emulated.
+//! - **Invariant:** quantization decisions are a plan (value → decision) before any edit;
+//!   one pass materialises it, and only the rule table names op types for quantization.
+//! - **Invariant:** calibration statistics depend only on the multiset of observed values:
+//!   shards merge bit-identically to one run.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
 //!   file, node or tensor; outputs are written to a temporary file and renamed, and the
 //!   input model is never overwritten.
