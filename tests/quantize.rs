@@ -301,3 +301,21 @@ fn bad_quantize_inputs_are_clean_errors() {
         assert!(!out.exists(), "{args:?} wrote an output");
     }
 }
+
+#[test]
+fn tiny_cnn_quantized_dump_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    quantize_json(&[
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--method",
+        "minmax",
+        "--no-validate",
+        "-o",
+        &s(&out),
+    ]);
+    let m = qrange::onnx::read_model(&out).unwrap();
+    insta::assert_snapshot!("tiny_cnn_qdq", qrange::ir::dump::dump_model(&m));
+}
