@@ -53,12 +53,12 @@ fn with_ext_data(
     p
 }
 
-/// Writes the add_relu model and an .npz built by `arrays` (name, npy dtype, shape, raw bytes).
-fn run_case(dir: &Path, arrays: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<String> {
+/// Writes the add_relu model and an .npz of `arrays`.
+fn run_case(dir: &Path, arrays: Vec<(&str, qrange::ir::Tensor)>) -> Vec<String> {
     let m = dir.join("model.onnx");
     write_proto(&m, &add_relu());
     let data = dir.join("data.npz");
-    write_npz_raw(&data, arrays);
+    write_npz_arrays(&data, arrays);
     vec![
         "run".into(),
         s(&m),
@@ -69,29 +69,28 @@ fn run_case(dir: &Path, arrays: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<Strin
     ]
 }
 
-fn f32_bytes(n: usize, v: f32) -> Vec<u8> {
-    (0..n).flat_map(|_| v.to_le_bytes()).collect()
-}
-
 const CASES: &[Case] = &[
     Case {
         name: "npz with a wrong dtype",
-        setup: |d| run_case(d, &[("x", "<i4", &[2, 1, 4], vec![0; 32])]),
+        setup: |d| {
+            let t = qrange::ir::Tensor::I32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 1, 4])));
+            run_case(d, vec![("x", t)])
+        },
         expect: &["data.npz", "'x'", "i32", "f32"],
     },
     Case {
         name: "npz with a wrong shape",
-        setup: |d| run_case(d, &[("x", "<f4", &[2, 1, 5], f32_bytes(10, 1.0))]),
+        setup: |d| run_case(d, vec![("x", f32_filled(&[2, 1, 5], 1.0))]),
         expect: &["data.npz", "'x'"],
     },
     Case {
         name: "npz missing the model input",
-        setup: |d| run_case(d, &[("label", "<f4", &[2], f32_bytes(2, 1.0))]),
+        setup: |d| run_case(d, vec![("label", f32_filled(&[2], 1.0))]),
         expect: &["data.npz", "'x'"],
     },
     Case {
         name: "npz with NaN",
-        setup: |d| run_case(d, &[("x", "<f4", &[1, 1, 4], f32_bytes(4, f32::NAN))]),
+        setup: |d| run_case(d, vec![("x", f32_filled(&[1, 1, 4], f32::NAN))]),
         expect: &["data.npz", "'x'", "NaN"],
     },
     Case {
@@ -108,7 +107,7 @@ const CASES: &[Case] = &[
             let p = d.join("model.onnx");
             write_proto(&p, &m);
             let data = d.join("data.npz");
-            write_npz_raw(&data, &[("x", "<f4", &[1, 1, 4], f32_bytes(4, 1.0))]);
+            write_npz_arrays(&data, vec![("x", f32_filled(&[1, 1, 4], 1.0))]);
             vec![
                 "run".into(),
                 s(&p),
@@ -123,7 +122,7 @@ const CASES: &[Case] = &[
     Case {
         name: "pin of an input that does not exist",
         setup: |d| {
-            let mut a = run_case(d, &[("x", "<f4", &[1, 1, 4], f32_bytes(4, 1.0))]);
+            let mut a = run_case(d, vec![("x", f32_filled(&[1, 1, 4], 1.0))]);
             a.extend(["--pin".into(), "sr=16000".into()]);
             a
         },

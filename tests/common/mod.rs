@@ -121,40 +121,16 @@ pub fn qrange(args: &[&str]) -> Run {
     }
 }
 
-/// Writes a minimal uncompressed .npz from raw little-endian arrays.
-pub fn write_npz_raw(path: &Path, arrays: &[(&str, &str, &[usize], Vec<u8>)]) {
-    use std::io::Write;
-    let f = std::fs::File::create(path).unwrap();
-    let mut z = zip::ZipWriter::new(f);
-    for (name, descr, shape, data) in arrays {
-        let shape_s = match shape.len() {
-            1 => format!("({},)", shape[0]),
-            _ => format!(
-                "({})",
-                shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend((header.len() as u16).to_le_bytes());
-        bytes.extend(header.as_bytes());
-        bytes.extend(data);
-        z.start_file(
-            format!("{name}.npy"),
-            zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored),
-        )
-        .unwrap();
-        z.write_all(&bytes).unwrap();
-    }
-    z.finish().unwrap();
+/// Writes an .npz of the given arrays through qrange's own writer.
+pub fn write_npz_arrays(path: &Path, arrays: Vec<(&str, qrange::ir::Tensor)>) {
+    let m: std::collections::BTreeMap<String, qrange::ir::Tensor> = arrays
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    qrange::data::write_npz(path, &m).unwrap();
+}
+
+/// An f32 tensor of `shape` filled with `v`.
+pub fn f32_filled(shape: &[usize], v: f32) -> qrange::ir::Tensor {
+    qrange::ir::Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(shape), v))
 }
