@@ -244,6 +244,11 @@ impl TensorStats {
             self.hist.widen_to(k);
         }
         let inv_width = pow2(-self.hist.log2_width);
+        // Exact sums, bucketed by f32 exponent field: |x| = m · 2^e with m < 2^24, so a
+        // bucket of signed mantissas (i128) and one of squared mantissas (u128) hold any
+        // sample exactly; they are added to the fixed-point sums once per bucket.
+        let mut sum_b = [0i128; 256];
+        let mut sq_b = [0u128; 256];
         for &x in values {
             if !x.is_finite() {
                 continue;
@@ -253,11 +258,46 @@ impl TensorStats {
                 continue;
             }
             self.hist.add_value(x, inv_width);
-            self.sum.add_f32(x);
-            self.sum_sq.add_square(x);
+            let bits = x.to_bits();
+            let field = ((bits >> 23) & 0xff) as usize;
+            let frac = (bits & 0x7f_ffff) as u64;
+            let m = if field == 0 { frac } else { frac | (1 << 23) };
+            let idx = field.max(1);
+            if bits >> 31 == 1 {
+                sum_b[idx] -= m as i128;
+            } else {
+                sum_b[idx] += m as i128;
+            }
+            sq_b[idx] += (m * m) as u128;
+        }
+        for idx in 1..256 {
+            let e = idx as i32 - 150;
+            let (b, q) = (sum_b[idx], sq_b[idx]);
+            if b != 0 {
+                Self::add_wide(&mut self.sum, b < 0, b.unsigned_abs(), e);
+            }
+            if q != 0 {
+                Self::add_wide(&mut self.sum_sq, false, q, 2 * e);
+            }
         }
         self.sum.normalize();
         self.sum_sq.normalize();
+    }
+
+    /// Adds `±v · 2^e` for a wide `v`, 32 bits at a time (each piece within `add_scaled`'s range).
+    fn add_wide<const N: usize, const LSB: i32>(
+        acc: &mut super::exact::ExactSum<N, LSB>,
+        negative: bool,
+        v: u128,
+        e: i32,
+    ) {
+        let mut k = 0;
+        let mut rest = v;
+        while rest != 0 {
+            acc.add_scaled(negative, (rest & 0xffff_ffff) as u64, e + 32 * k);
+            rest >>= 32;
+            k += 1;
+        }
     }
 
     /// Adds one sample given as a host tensor (float types only; f64 is rounded to f32).
@@ -752,6 +792,40 @@ mod repr {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn bucketed_sums_equal_element_by_element_sums() {
+        // Values across the whole exponent range, subnormals and both signs included.
+        let mut vals = vec![
+            f32::from_bits(1),
+            -f32::from_bits(7),
+            1e-40,
+            3.0e38,
+            -2.5e38,
+        ];
+        let mut x: u32 = 12345;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let v = f32::from_bits(x);
+            if v.is_finite() {
+                vals.push(v);
+            }
+        }
+        let mut st = TensorStats::new();
+        st.observe(&vals);
+        let mut s = ValueSum::default();
+        let mut q = SquareSum::default();
+        for &v in &vals {
+            if v != 0.0 {
+                s.add_f32(v);
+                q.add_square(v);
+            }
+        }
+        assert!(st.sum == s, "exact sums differ");
+        assert!(st.sum_sq == q, "exact sums of squares differ");
+    }
     use super::*;
     use proptest::prelude::*;
 
