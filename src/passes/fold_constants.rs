@@ -30,7 +30,7 @@
 //! ```
 
 use super::util::{
-    allow_constant_initializers, const_value, consts_for_subgraph, is_captured, remove_dead,
+    allow_constant_initializers, const_value, for_each_subgraph, is_captured, remove_dead,
     rename_everywhere, replace_uses_everywhere, OuterConsts, FOLD_LIMIT,
 };
 use super::{Changed, Pass, PassCx, PassError};
@@ -242,20 +242,9 @@ fn fold_graph(
         .filter(|o| !g.op(*o).subgraphs().is_empty())
         .collect();
     for o in with_subs {
-        let scopes: Vec<OuterConsts> = g
-            .op(o)
-            .subgraphs()
-            .iter()
-            .map(|(_, sg)| consts_for_subgraph(g, outer, sg))
-            .collect();
-        let node = format!(
-            "{path}node '{}' ({}): ",
-            g.op(o).display_name(),
-            g.op(o).op_type
-        );
-        for (sg, sc) in g.op_mut(o).subgraphs_mut().into_iter().zip(&scopes) {
-            changed |= fold_graph(sg, sc, opset, cx, &node)?;
-        }
+        changed |= for_each_subgraph(g, o, outer, path, |sg, sc, node| {
+            fold_graph(sg, sc, opset, cx, node)
+        })?;
     }
     Ok(changed)
 }

@@ -37,7 +37,7 @@
 //! ```
 
 use super::util::{
-    const_value, consts_for_subgraph, derive_name, is_captured, names_in_use, rename_in_subgraphs,
+    const_value, derive_name, for_each_subgraph, is_captured, names_in_use, rename_in_subgraphs,
     OuterConsts,
 };
 use super::{Changed, FoldConstants, InferShapes, Pass, PassCx, PassError};
@@ -119,20 +119,9 @@ fn sweep(
         if g.op(o).subgraphs().is_empty() {
             continue;
         }
-        let scopes: Vec<OuterConsts> = g
-            .op(o)
-            .subgraphs()
-            .iter()
-            .map(|(_, sg)| consts_for_subgraph(g, outer, sg))
-            .collect();
-        let node = format!(
-            "{path}node '{}' ({}): ",
-            g.op(o).display_name(),
-            g.op(o).op_type
-        );
-        for (sg, sc) in g.op_mut(o).subgraphs_mut().into_iter().zip(&scopes) {
-            changed |= sweep(sg, sc, &inner_names, cx, &node)?;
-        }
+        changed |= for_each_subgraph(g, o, outer, path, |sg, sc, node| {
+            sweep(sg, sc, &inner_names, cx, node)
+        })?;
     }
     // Then the Ifs of this graph.
     for o in order {

@@ -7,7 +7,7 @@
 //! Every rename or use replacement in a graph therefore has to follow into its
 //! subgraphs, which is what [`replace_uses_everywhere`] and [`rename_everywhere`] do.
 
-use crate::ir::{Graph, Model, Tensor, ValueId};
+use crate::ir::{Graph, Model, OpId, Tensor, ValueId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
@@ -52,6 +52,34 @@ pub fn const_value(g: &Graph, v: ValueId, outer: &OuterConsts) -> Option<Rc<Tens
 
 /// The outer constants a subgraph `sub` of `g` can see: for each name it captures, the
 /// constant behind it in `g` or further out.
+/// Runs `f` on every subgraph of op `o`, each with the constants visible to it from
+/// `outer` and `g`, and a `path` prefix naming the op for messages; true when any call
+/// changed something.
+pub fn for_each_subgraph<E>(
+    g: &mut Graph,
+    o: OpId,
+    outer: &OuterConsts,
+    path: &str,
+    mut f: impl FnMut(&mut Graph, &OuterConsts, &str) -> Result<bool, E>,
+) -> Result<bool, E> {
+    let scopes: Vec<OuterConsts> = g
+        .op(o)
+        .subgraphs()
+        .iter()
+        .map(|(_, sg)| consts_for_subgraph(g, outer, sg))
+        .collect();
+    let node = format!(
+        "{path}node '{}' ({}): ",
+        g.op(o).display_name(),
+        g.op(o).op_type
+    );
+    let mut changed = false;
+    for (sg, sc) in g.op_mut(o).subgraphs_mut().into_iter().zip(&scopes) {
+        changed |= f(sg, sc, &node)?;
+    }
+    Ok(changed)
+}
+
 pub fn consts_for_subgraph(g: &Graph, outer: &OuterConsts, sub: &Graph) -> OuterConsts {
     let mut out = OuterConsts::new();
     for name in sub.captures() {
