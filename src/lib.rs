@@ -74,3 +74,4 @@ pub mod onnx;
 pub mod passes;
 pub mod quant;
 pub mod report;
+pub mod tune;

@@ -30,7 +30,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let model = crate::onnx::read_model(&c.model)?;
     let pins = parse_pins(&model, &c.pin)?;
     let ds = load_calib(c, &model, &pins)?;
-    let p = prepare(c, model, ds.samples.first())?;
+    let p = prepare(c, model, ds.samples.first(), false)?;
     let file = calibrate(&p, &ds.samples, c.memory_budget, !c.json)?;
     file.write(&a.output)?;
     if c.json {

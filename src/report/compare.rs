@@ -13,7 +13,8 @@ pub struct ModelComparison {
     pub outputs: BTreeMap<String, Metrics>,
 }
 
-fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
+/// The values of a numeric tensor as f32 (`None` for strings).
+pub fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
     match t {
         Tensor::F32(a) => Some(a.iter().copied().collect()),
         other => other
