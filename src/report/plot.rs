@@ -82,7 +82,7 @@ pub fn sig(v: f64, digits: usize) -> String {
 }
 
 fn fmt_count(v: f64) -> String {
-    if v >= 1e5 {
+    if v >= 1e4 {
         format!("1e{}", v.log10().round() as i32)
     } else if v >= 1.0 {
         format!("{}", v.round() as u64)
@@ -117,6 +117,8 @@ fn finish_svg(svg: &str, class: &str, label: &str, extra: &str) -> String {
 pub const HIST_SIZE: (u32, u32) = (900, 300);
 const LANE_H: i32 = 14;
 const LANES_TOP: i32 = 8;
+/// Room left of the plot: the count labels, and the lane labels above them.
+const LEFT_AREA: u32 = 124;
 
 /// The x extent of a tensor plot: the observed values, every candidate and the chosen
 /// range, and 0, with a margin.
@@ -163,7 +165,7 @@ pub fn tensor_histogram(t: &TensorRow) -> Result<String, String> {
             .margin_left(8)
             .margin_bottom(6)
             .x_label_area_size(44)
-            .y_label_area_size(88)
+            .y_label_area_size(LEFT_AREA)
             .build_cartesian_2d(x0..x1, (base..ytop).log_scale())
             .map_err(err)?;
         chart
@@ -340,7 +342,7 @@ pub fn sqnr_bars(rows: &[LayerRow]) -> Result<String, String> {
             .margin_right(30)
             .x_label_area_size(40)
             .y_label_area_size(label_w)
-            .build_cartesian_2d(xmin..xmax, (0..n as i32).into_segmented())
+            .build_cartesian_2d(xmin..xmax, (0..n as i32 - 1).into_segmented())
             .map_err(err)?;
         let name_of = |v: &SegmentValue<i32>| match v {
             SegmentValue::CenterOf(i) => {
@@ -354,6 +356,7 @@ pub fn sqnr_bars(rows: &[LayerRow]) -> Result<String, String> {
             .light_line_style(TRANSPARENT)
             .bold_line_style(GRID)
             .disable_y_mesh()
+            .set_tick_mark_size(LabelAreaPosition::Left, 5)
             .y_labels(n)
             .y_label_formatter(&name_of)
             .x_label_formatter(&|v| fmt_num(*v))
@@ -372,19 +375,19 @@ pub fn sqnr_bars(rows: &[LayerRow]) -> Result<String, String> {
                 xmin
             };
             let color = sqnr_color(r.sqnr_db);
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [
-                        (0.0, SegmentValue::Exact(i)),
-                        (v, SegmentValue::Exact(i + 1)),
-                    ],
-                    color.filled(),
-                )))
-                .map_err(err)?;
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (v, SegmentValue::Exact(i + 1)),
+                ],
+                color.filled(),
+            );
+            bar.set_margin(3, 3, 0, 0);
+            chart.draw_series(std::iter::once(bar)).map_err(err)?;
             let style = TextStyle::from((FONT, font_px(12.0)).into_font())
                 .color(&BLACK)
                 .pos(Pos::new(HPos::Left, VPos::Center));
-            let at = if v >= 0.0 { v } else { 0.0 };
+            let at = v.max(0.0) + (xmax - xmin) * 0.006;
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("{} dB", sig(r.sqnr_db, 3)),
