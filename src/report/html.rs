@@ -183,6 +183,19 @@ fn kb(bytes: u64) -> String {
     }
 }
 
+/// An integer with thousands separators (`307200` → `307,200`).
+fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn db(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_infinite() && v > 0.0 => "exact".into(),
@@ -490,7 +503,7 @@ fn tensor_details(out: &mut String, t: &TensorRow, id: usize, open: bool) {
     let o = &t.observed;
     let mut seen = format!(
         "{} values observed: min {}, max {}, mean {}, std {}; exact zeros {}",
-        o.count,
+        count(o.count),
         fmt_num(o.min as f64),
         fmt_num(o.max as f64),
         fmt_num(o.mean),
@@ -505,7 +518,8 @@ fn tensor_details(out: &mut String, t: &TensorRow, id: usize, open: bool) {
         let _ = write!(
             seen,
             "; {} NaN, {} infinite (not plotted)",
-            o.nan, o.infinite
+            count(o.nan),
+            count(o.infinite)
         );
     }
     let _ = write!(out, "<p class=\"hint\">{seen}. Grid {}.</p>", esc(&t.qtype));
@@ -782,6 +796,32 @@ mod tests {
         let table = &html[html.find("All 3 values").unwrap()..];
         assert!(table.find("&lt;script&gt;b").unwrap() < table.find(">a<").unwrap());
         assert!(table.contains("exact"));
+
+        // One layer, and a layer whose SQNR is not a number, still draw.
+        for v in [3.0, f64::NAN, f64::NEG_INFINITY] {
+            let one = render(&ReportInput {
+                layers: vec![LayerRow {
+                    value: "v".into(),
+                    op: "o".into(),
+                    op_type: "Conv".into(),
+                    sqnr_db: v,
+                }],
+                ..ReportInput::default()
+            });
+            assert_eq!(one.matches("<svg class=\"sqnr\"").count(), 1, "{v}");
+            assert!(!one.contains("chart failed"), "{v}");
+        }
+
+        assert_eq!(
+            [
+                count(0),
+                count(999),
+                count(1000),
+                count(307200),
+                count(1234567)
+            ],
+            ["0", "999", "1,000", "307,200", "1,234,567"]
+        );
 
         let empty = render(&ReportInput::default());
         for id in ["layers", "precision", "fusion", "notes"] {

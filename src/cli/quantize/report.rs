@@ -101,18 +101,42 @@ pub(super) fn build(
     opts: &MethodOptions,
     s: &Summary,
 ) -> anyhow::Result<ReportInput> {
-    let mut tensors = Vec::new();
+    let mut jobs = Vec::new();
     for v in p.plan.calibration_values() {
-        let (Some(st), Some(&range), Some(&method), Some(q)) = (
+        if let (Some(st), Some(&range), Some(&method), Some(q)) = (
             stats.get(&v),
             p.plan.ranges.get(&v),
             chosen.get(&v),
             calibrated_qtype(&p.plan, &v),
-        ) else {
-            continue;
-        };
-        tensors.push(TensorRow::from_stats(&v, st, range, method, &q, opts)?);
+        ) {
+            jobs.push((v, st, range, method, q));
+        }
     }
+    // Every method runs again per tensor: spread the tensors over the cores, keep the order.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, jobs.len().max(1));
+    let per = jobs.len().div_ceil(workers).max(1);
+    let tensors = std::thread::scope(|sc| {
+        let handles: Vec<_> = jobs
+            .chunks(per)
+            .map(|chunk| {
+                sc.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(v, st, range, method, q)| {
+                            TensorRow::from_stats(v, st, *range, *method, q, opts)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("report worker panicked"))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     let target = clap::ValueEnum::to_possible_value(&s.target)
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
