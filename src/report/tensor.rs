@@ -160,7 +160,7 @@ pub struct TensorRow {
 
 /// `10·log10(signal / noise)`; `+inf` without noise, `None` without signal.
 pub fn sqnr_db(signal: f64, noise: f64) -> Option<f64> {
-    if !(signal > 0.0) {
+    if signal.is_nan() || signal <= 0.0 {
         return None;
     }
     if noise <= 0.0 {
