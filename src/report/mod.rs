@@ -6,7 +6,7 @@
 //! - [`tensor`]: one calibrated tensor as the report shows it (display histogram, each
 //!   method's range, clipped mass, expected error), built from calibration statistics.
 //! - [`html`]: [`ReportInput`] (plain data, sections filled by whoever knows them) and
-//!   [`render`](html::render), one self-contained page; [`plot`] draws its SVG charts.
+//!   [`render`], one self-contained page; [`plot`] draws its SVG charts.
 
 pub mod compare;
 pub mod html;
