@@ -16,7 +16,8 @@
 //! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
 //! per value) → calibrate (`calib::collect` taps the planned values in tract, streaming
 //! into `calib::TensorStats`; a method turns each into a range) → materialise
-//! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`).
+//! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`)
+//! → with `--report`, one HTML page (`report::html`).
 //!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
@@ -37,14 +38,17 @@
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
 //!   entropy, mse, auto); the calibration file format; the collector that streams tapped
 //!   tensors from tract into statistics in groups under a memory budget.
-//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy) and
-//!   the output-by-output comparison of two models.
+//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
+//!   output-by-output comparison of two models, and the visual report (`quantize --report`):
+//!   `ReportInput` (plain data, one section per part of qrange) rendered to one
+//!   self-contained HTML page with SVG charts (plotters, SVG backend only): per calibrated
+//!   tensor, its histogram with every method's range and the chosen one.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
-//! `calib → exec`, `report → exec`. `ir` knows nothing of protobuf, tract or clap; only
-//! `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset` asks
-//! `onnx` for model-local function bodies, which live in the carried protobuf bytes.
+//! `calib → exec`, `report → exec, calib, quant`. `ir` knows nothing of protobuf, tract or
+//! clap; only `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset`
+//! asks `onnx` for model-local function bodies, which live in the carried protobuf bytes.
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as

@@ -25,6 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod report;
+
 /// Activation element types accepted on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ActType {
@@ -142,6 +144,10 @@ pub struct Args {
     /// model, ranges and samples reuses it.
     #[arg(long, value_name = "FILE")]
     pub sensitivity_cache: Option<PathBuf>,
+    /// Also write a self-contained HTML report: each calibrated tensor's histogram with
+    /// the range every method proposes and the one chosen, sizes, accuracy, precision.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 /// The model after specialisation and preparation, with everything derived from it.
@@ -543,6 +549,12 @@ pub(crate) fn labels_of(ds: &Dataset, key: &str, n: usize) -> anyhow::Result<Vec
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let c = &a.common;
     super::check_not_input(&c.model, &a.output)?;
+    if let Some(r) = &a.report {
+        super::check_not_input(&c.model, r)?;
+        if r == &a.output {
+            bail!("--report and --output name the same file '{}'", r.display());
+        }
+    }
     if !(a.percentile > 0.0 && a.percentile <= 100.0) {
         bail!("--percentile {} is outside (0, 100]", a.percentile);
     }
@@ -880,6 +892,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         seconds: times,
         notes,
     };
+    if let Some(path) = &a.report {
+        let input = report::build(&a, &p, &stats.tensors, &chosen, &opts, &s)?;
+        report::write(path, &input)?;
+    }
     for w in &warnings {
         warn(w);
     }
@@ -1351,10 +1367,6 @@ mod tests {
             }
         }
         worst
-    }
-
-    pub fn sim_vs_real_pub(model: &str, data: &str, p: Precision) -> f64 {
-        sim_vs_real(model, data, |_| p)
     }
 
     #[test]

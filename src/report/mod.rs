@@ -1,7 +1,19 @@
-//! Reports: accuracy metrics between float and quantized runs, and (later) the
-//! JSON/HTML reports built from them.
+//! Reports: accuracy metrics between float and quantized runs, the output-by-output
+//! comparison of two models, and the visual HTML report.
+//!
+//! - [`metrics`]: SQNR, cosine, max-abs, top-1 agreement, accuracy.
+//! - [`compare`]: runs two models on the same samples and compares every output.
+//! - [`tensor`]: one calibrated tensor as the report shows it (display histogram, each
+//!   method's range, clipped mass, expected error), built from calibration statistics.
+//! - [`html`]: [`ReportInput`] (plain data, sections filled by whoever knows them) and
+//!   [`render`], one self-contained page; [`plot`] draws its SVG charts.
 
 pub mod compare;
+pub mod html;
 pub mod metrics;
+pub mod plot;
+pub mod tensor;
 
+pub use html::{render, FusionRow, FusionSection, LayerRow, OutputRow, PrecisionRow, ReportInput};
 pub use metrics::{Comparison, Metrics};
+pub use tensor::{Candidate, DisplayHistogram, Observed, TensorRow};
