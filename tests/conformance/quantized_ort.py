@@ -58,6 +58,9 @@ FIXTURES = [
      ["--target", "tensorrt"], None),
     ("ppocr_cls u16 activations", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--activation-type", "u16"], 4),
+    # Mixed u8/u16/float activations chosen by the search (it validates, so it gets --eval).
+    ("ppocr_cls mixed precision", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
+     "ppocr_cls/eval.npz", ["--target-sqnr", "30", "--sensitivity-samples", "4"], 4),
 ]
 
 
@@ -111,9 +114,11 @@ def main() -> int:
         for label, model, calib, evalf, extra, cap in FIXTURES:
             m = os.path.join(args.fixtures, model)
             q = os.path.join(tmp, label.replace(" ", "_") + ".onnx")
+            validate = (["--eval", os.path.join(args.fixtures, evalf)]
+                        if "--target-sqnr" in extra else ["--no-validate"])
             r = subprocess.run(
                 [args.qrange, "quantize", m, "--calib", os.path.join(args.fixtures, calib),
-                 "--no-validate", "-o", q, *extra],
+                 *validate, "-o", q, *extra],
                 capture_output=True, text=True)
             if r.returncode != 0:
                 failures.append(f"{label}: quantize failed: {r.stderr.strip().splitlines()[0]}")

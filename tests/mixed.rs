@@ -1,0 +1,262 @@
+//! Mixed precision end to end: `quantize --target-sqnr/--max-drop`, overrides files,
+//! the sensitivity cache, and their errors.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use qrange::onnx::proto;
+use std::path::Path;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn quantize_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["quantize"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let r = qrange(&all);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn worst_sqnr(j: &serde_json::Value) -> f64 {
+    j["validation"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|m| m["sqnr_db"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Element types of the QuantizeLinear outputs, from their zero-point initializers.
+fn quantize_types(p: &Path) -> Vec<i32> {
+    let m = proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap();
+    let g = m.graph.unwrap();
+    g.node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("QuantizeLinear"))
+        .filter_map(|n| {
+            let zp = n.input.get(2)?;
+            g.initializer
+                .iter()
+                .find(|t| t.name.as_deref() == Some(zp.as_str()))
+                .and_then(|t| t.data_type)
+        })
+        .collect()
+}
+
+const UINT8: i32 = 2;
+const UINT16: i32 = 4;
+
+fn tiny(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib".into(),
+        s(&fixture("tiny/tiny_cnn.npz")),
+        "--eval".into(),
+        s(&fixture("tiny/tiny_cnn.eval.npz")),
+        "-o".into(),
+        s(out),
+    ];
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    quantize_json(&refs)
+}
+
+#[test]
+fn ppocr_cls_reaches_30_db_with_most_weights_in_8_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cls.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("ppocr_cls/model.onnx")),
+        "--calib",
+        &s(&fixture("ppocr_cls/calib.npz")),
+        "--eval",
+        &s(&fixture("ppocr_cls/eval.npz")),
+        "--labels",
+        "label",
+        "--target-sqnr",
+        "30",
+        "--sensitivity-samples",
+        "4",
+        "-o",
+        &s(&out),
+    ]);
+    let db = worst_sqnr(&j);
+    assert!(db >= 30.0, "written model: {db} dB");
+    let share = j["weight_8bit_share"].as_f64().unwrap();
+    assert!(share >= 0.8, "only {share} of weights in 8 bits");
+    let pr = &j["precision"];
+    assert_eq!(pr["validated"].as_f64().unwrap(), db);
+    let promoted = pr["promoted"].as_array().unwrap();
+    assert!(!promoted.is_empty());
+    for p in promoted {
+        assert!(["a16", "float"].contains(&p["precision"].as_str().unwrap()));
+        assert!(p["reason"].as_str().unwrap().contains("dB"));
+    }
+    // Mixed types in the written model; the baseline alone misses the goal.
+    let types = quantize_types(&out);
+    assert!(
+        types.contains(&UINT8) && types.contains(&UINT16),
+        "{types:?}"
+    );
+    assert!(pr["baseline"].as_f64().unwrap() < 30.0);
+
+    // The overrides file replays the same model, byte for byte.
+    let ov = tmp.path().join("cls.overrides.json");
+    let o: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ov).unwrap()).unwrap();
+    assert_eq!(o["format"], "qrange-overrides/1");
+    assert_eq!(
+        o["tensors"].as_object().unwrap().len(),
+        promoted.len(),
+        "one entry per promoted tensor"
+    );
+    let again = tmp.path().join("again.onnx");
+    let j2 = quantize_json(&[
+        &s(&fixture("ppocr_cls/model.onnx")),
+        "--calib",
+        &s(&fixture("ppocr_cls/calib.npz")),
+        "--eval",
+        &s(&fixture("ppocr_cls/eval.npz")),
+        "--overrides",
+        &s(&ov),
+        "-o",
+        &s(&again),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(worst_sqnr(&j2), db);
+}
+
+#[test]
+fn search_meets_a_goal_and_reuses_its_sensitivity_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("t.onnx");
+    let base = tiny(&tmp.path().join("base.onnx"), &[]);
+    let baseline = worst_sqnr(&base);
+    let goal = format!("{:.1}", baseline + 5.0);
+    let j = tiny(&out, &["--target-sqnr", &goal]);
+    assert!(worst_sqnr(&j) >= baseline + 5.0);
+    assert_eq!(j["precision"]["sensitivity_cached"], false);
+    assert!(tmp.path().join("t.sensitivity.json").is_file());
+    let first = std::fs::read(&out).unwrap();
+    let j = tiny(&out, &["--target-sqnr", &goal]);
+    assert_eq!(j["precision"]["sensitivity_cached"], true);
+    assert_eq!(
+        first,
+        std::fs::read(&out).unwrap(),
+        "same inputs, same bytes"
+    );
+    // Without a goal nothing changes: plain 8-bit.
+    assert!(base.get("precision").is_none());
+    assert!(!quantize_types(&tmp.path().join("base.onnx")).contains(&UINT16));
+}
+
+#[test]
+fn max_drop_on_top1_agreement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = tiny(&tmp.path().join("t.onnx"), &["--max-drop", "0"]);
+    for m in j["validation"].as_object().unwrap().values() {
+        if let Some(a) = m["top1_agreement"].as_f64() {
+            assert_eq!(a, 1.0);
+        }
+    }
+}
+
+#[test]
+fn hand_written_node_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ov = tmp.path().join("o.json");
+    std::fs::write(
+        &ov,
+        r#"{"format": "qrange-overrides/1", "nodes": {"conv1": "a16", "fc": "float"}}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("t.onnx");
+    let j = tiny(&out, &["--overrides", &s(&ov)]);
+    let types = quantize_types(&out);
+    assert!(types.contains(&UINT16), "{types:?}");
+    let reasons = j["float_reasons"].as_object().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, ops)| ops.as_array().unwrap().iter().any(|o| o == "fc")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn unreachable_goal_says_the_best_reachable_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("t.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--eval",
+        &s(&fixture("tiny/tiny_cnn.eval.npz")),
+        "--target-sqnr",
+        "200",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.contains("best reachable is"), "{line}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn bad_overrides_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("t.onnx");
+    for (text, needle) in [
+        (
+            r#"{"format": "qrange-overrides/1", "nodes": {"nope": "a16"}}"#,
+            "'nope'",
+        ),
+        (
+            r#"{"format": "qrange-overrides/1", "tensors": {"ghost": "float"}}"#,
+            "'ghost'",
+        ),
+        (
+            r#"{"format": "qrange-overrides/1", "nodes": {"conv1": "a12"}}"#,
+            "not an overrides file",
+        ),
+        (r#"{"format": "other/1"}"#, "format 'other/1'"),
+    ] {
+        let ov = tmp.path().join("o.json");
+        std::fs::write(&ov, text).unwrap();
+        let r = qrange(&[
+            "quantize",
+            &s(&fixture("tiny/tiny_cnn.onnx")),
+            "--calib",
+            &s(&fixture("tiny/tiny_cnn.npz")),
+            "--overrides",
+            &s(&ov),
+            "-o",
+            &s(&out),
+        ]);
+        assert_eq!(r.code, 2, "{text}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains(needle), "{text}: {}", r.stderr);
+        assert!(r.stderr.contains("o.json"), "{}", r.stderr);
+        assert!(!out.exists());
+    }
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--target-sqnr",
+        "30",
+        "--no-validate",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--no-validate"));
+}
