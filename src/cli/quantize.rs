@@ -497,6 +497,8 @@ struct Summary {
     precision: Option<PrecisionSummary>,
     /// Share of weight parameters stored in 8 bits.
     weight_8bit_share: f64,
+    /// Share of weight parameters stored in 4 bits.
+    weight_4bit_share: f64,
     seconds: BTreeMap<String, f64>,
     notes: Vec<String>,
 }
@@ -652,6 +654,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         common.exclude_nodes.extend(o.float_nodes());
     }
     let wide = goal.is_some()
+        || a.size_budget.is_some()
+        || overrides.as_ref().is_some_and(|o| !o.w4().is_empty())
         || overrides.as_ref().is_some_and(|o| {
             o.nodes
                 .values()
@@ -702,21 +706,53 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             &prec,
             "activations left float by --overrides",
         );
+        let missing = tune::apply_w4(&mut p.plan, &o.w4());
+        if !missing.is_empty() {
+            bail!(
+                "{}: overrides name weights that are not quantized weights: {}",
+                f.display(),
+                missing
+                    .iter()
+                    .map(|w| format!("'{w}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     let mut chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
     times.insert("calibrate".into(), t.elapsed().as_secs_f64());
 
     let mut tuned: Option<Tuned> = None;
-    if let Some(goal) = goal {
+    let budget = a.size_budget.map(|mb| (mb * 1e6) as u64);
+    let base_size = match budget {
+        Some(_) => {
+            let mut q = p.model.clone();
+            passes::insert_qdq::materialize(&mut q, &p.plan)
+                .map_err(|e| anyhow!("{}: {e}", c.model.display()))?;
+            file_size(&q)
+        }
+        None => 0,
+    };
+    let narrow = budget.is_some_and(|b| base_size > b);
+    if goal.is_some() || narrow {
         let t = Instant::now();
         let search_data = eval
             .as_ref()
             .map(|e| (e, labels.clone()))
             .or_else(|| calib.as_ref().map(|d| (d, None)))
             .ok_or_else(|| anyhow!("mixed precision needs data to search on"))?;
-        let tu = tune_precision(&a, &p, &stats, &opts, goal, search_data.0, search_data.1)?;
+        let tu = tune_precision(
+            &a,
+            &p,
+            &stats,
+            &opts,
+            goal,
+            budget.map(|b| (b, base_size)),
+            search_data.0,
+            search_data.1,
+        )?;
         times.insert("sensitivity".into(), t.elapsed().as_secs_f64());
-        if !tu.choice.met {
+        if let (false, Some(goal)) = (tu.choice.met, goal) {
             for w in &warnings {
                 warn(w);
             }
@@ -760,6 +796,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 &prec,
                 "activations kept float by mixed precision",
             );
+            tune::apply_w4(&mut p.plan, &tu.w4);
             chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
         }
         let t = Instant::now();
@@ -773,6 +810,30 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         q.verify()
             .map_err(|e| anyhow!("internal error: quantized model is invalid: {e}"))?;
         *times.entry("quantize".into()).or_default() += t.elapsed().as_secs_f64();
+        if let Some(b) = budget {
+            let size = file_size(&q);
+            if size > b {
+                if let Some(tu) = tuned.as_mut().filter(|tu| !tu.w_order.is_empty()) {
+                    if tu.narrow_more(4) {
+                        continue;
+                    }
+                }
+                for w in &warnings {
+                    warn(w);
+                }
+                eprintln!(
+                    "error: --size-budget {} MB: unreachable; the smallest model qrange writes here is {:.3} MB ({})",
+                    a.size_budget.unwrap_or(0.0),
+                    size as f64 / 1e6,
+                    if narrow {
+                        "every weight of 16 or more elements on 4 bits"
+                    } else {
+                        "8-bit weights"
+                    }
+                );
+                return Ok(Outcome::GateFailed);
+            }
+        }
 
         let Some(fs) = &float_session else {
             break (q, rep, BTreeMap::new(), Vec::new());
@@ -795,7 +856,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .map_err(|e| anyhow!("validation: {e}"))?;
         bar.finish_and_clear();
         *times.entry("validate".into()).or_default() += t.elapsed().as_secs_f64();
-        let (Some(goal), Some(tu)) = (goal, &mut tuned) else {
+        let (Some(goal), Some(tu)) = (goal, tuned.as_mut()) else {
             break (q, rep, cmp.outputs, qs.notes());
         };
         let figure = goal.figure(&cmp.outputs);
@@ -823,19 +884,6 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         warnings.push(format!("bias '{name}': {n} values saturated int32"));
     }
     let size_after = file_size(&q);
-    if let Some(mb) = a.size_budget {
-        if size_after as f64 > mb * 1e6 {
-            for w in &warnings {
-                warn(w);
-            }
-            eprintln!(
-                "error: --size-budget {mb} MB: unreachable; the smallest model qrange writes here is {:.3} MB (8-bit weights)",
-                size_after as f64 / 1e6
-            );
-            return Ok(Outcome::GateFailed);
-        }
-    }
-
     let t = Instant::now();
     onnx::write_model(&q, &a.output, &ExternalPolicy::Keep)?;
     let mut precision = None;
@@ -846,7 +894,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .unwrap_or_else(|| sidecar(&a.output, "overrides.json"));
         let o = tu.overrides();
         o.write(&path)?;
-        precision = Some(tu.summary(&p, goal.expect("goal"), &path));
+        precision = Some(tu.summary(&p, goal, a.size_budget, &path));
     } else if let Some(path) = &a.save_overrides {
         bail!(
             "--save-overrides {}: needs --target-sqnr or --max-drop",
@@ -885,7 +933,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         size_before: file_size(&p.float),
         size_after,
         precision,
-        weight_8bit_share: weight_8bit_share(&p.plan, &p.model),
+        weight_8bit_share: weight_shares(&p.plan, &p.model).0,
+        weight_4bit_share: weight_shares(&p.plan, &p.model).1,
         calibration_samples: stats.samples as usize,
         eval_samples: eval.as_ref().map(|e| e.samples.len()).unwrap_or(0),
         validation,
@@ -923,11 +972,12 @@ fn goal_text(g: &Goal) -> String {
     }
 }
 
-/// Share of weight parameters stored in 8 bits: 8-bit weight decisions over every float
-/// constant of 16 or more elements in the prepared model (biases, stored as int32, aside).
-fn weight_8bit_share(plan: &Plan, m: &Model) -> f64 {
+/// Shares of weight parameters stored in 8 and in 4 bits: weight decisions over every
+/// float constant of 16 or more elements in the prepared model (biases, stored as int32,
+/// aside).
+fn weight_shares(plan: &Plan, m: &Model) -> (f64, f64) {
     let g = &m.graph;
-    let (mut eight, mut all) = (0u64, 0u64);
+    let (mut eight, mut four, mut all) = (0u64, 0u64, 0u64);
     for v in g.values() {
         let Some(t) = g.const_of(v) else { continue };
         let n = t.numel() as u64;
@@ -941,14 +991,19 @@ fn weight_8bit_share(plan: &Plan, m: &Model) -> f64 {
             {
                 eight += n;
             }
+            Some(Decision::Weight { qtype, .. })
+                if matches!(qtype.dtype, DType::I4 | DType::U4) =>
+            {
+                four += n;
+            }
             _ => {}
         }
         all += n;
     }
     if all == 0 {
-        1.0
+        (1.0, 0.0)
     } else {
-        eight as f64 / all as f64
+        (eight as f64 / all as f64, four as f64 / all as f64)
     }
 }
 
@@ -963,6 +1018,11 @@ struct Tuned {
     validated: Option<f64>,
     /// Extra promotion rounds validation needed.
     rounds: usize,
+    /// Weights stored on 4 bits.
+    w4: BTreeSet<String>,
+    /// 4-bit candidates, least harmful first: (weight, SQNR with only it on 4 bits,
+    /// elements).
+    w_order: Vec<(String, f64, u64)>,
 }
 
 impl Tuned {
@@ -973,6 +1033,18 @@ impl Tuned {
             .filter(|(_, p)| **p != Precision::A8)
             .map(|(u, p)| (u.root.clone(), *p))
             .collect()
+    }
+
+    /// Puts the next `n` weights of the order on 4 bits; false when none is left.
+    fn narrow_more(&mut self, n: usize) -> bool {
+        let before = self.w4.len();
+        for (w, _, _) in &self.w_order {
+            if self.w4.len() >= before + n {
+                break;
+            }
+            self.w4.insert(w.clone());
+        }
+        self.w4.len() > before
     }
 
     /// Promotes the next `n` units of the order; false when nothing is left.
@@ -1006,6 +1078,15 @@ impl Tuned {
 
     fn overrides(&self) -> Overrides {
         let mut o = Overrides::new();
+        for (w, db, _) in &self.w_order {
+            if self.w4.contains(w) {
+                o.weights.insert(w.clone(), tune::WeightBits::W4);
+                o.reasons.insert(
+                    w.clone(),
+                    format!("4-bit weight: with only it on 4 bits the output SQNR is {db:.1} dB"),
+                );
+            }
+        }
         for (i, (u, p)) in self.units.iter().zip(&self.choice.config).enumerate() {
             if *p != Precision::A8 {
                 o.tensors.insert(u.root.clone(), *p);
@@ -1015,7 +1096,13 @@ impl Tuned {
         o
     }
 
-    fn summary(&self, p: &Prepared, goal: Goal, path: &Path) -> PrecisionSummary {
+    fn summary(
+        &self,
+        p: &Prepared,
+        goal: Option<Goal>,
+        size_budget_mb: Option<f64>,
+        path: &Path,
+    ) -> PrecisionSummary {
         let promoted = self
             .units
             .iter()
@@ -1034,6 +1121,13 @@ impl Tuned {
             .collect();
         PrecisionSummary {
             goal,
+            size_budget_mb,
+            weights_4bit: self
+                .w_order
+                .iter()
+                .filter(|(w, _, _)| self.w4.contains(w))
+                .map(|(w, db, n)| (w.clone(), *db, *n))
+                .collect(),
             search_samples: self.samples,
             units: self.units.len(),
             baseline: self.choice.baseline,
@@ -1062,7 +1156,10 @@ struct Promoted {
 
 #[derive(Serialize)]
 struct PrecisionSummary {
-    goal: Goal,
+    goal: Option<Goal>,
+    size_budget_mb: Option<f64>,
+    /// Weights stored on 4 bits: (name, SQNR with only it on 4 bits, elements).
+    weights_4bit: Vec<(String, f64, u64)>,
     search_samples: usize,
     units: usize,
     /// Goal figure with every activation 8-bit, on the search samples.
@@ -1086,6 +1183,7 @@ fn build_sim(
     p: &Prepared,
     stats: &CalibrationFile,
     opts: &MethodOptions,
+    narrow: bool,
 ) -> anyhow::Result<(Vec<Unit>, SimModel)> {
     // 8-bit and 16-bit ranges of every unit.
     let mut plan8 = p.plan.clone();
@@ -1137,21 +1235,56 @@ fn build_sim(
         (q8.clone(), Vec::new())
     };
     let biases = tune::bias_units(&plan8, &units);
-    let sim = SimModel::build(&p.model, &q8, &units, params, &full, &weights, &biases)?;
+    // 4-bit candidates: 8-bit weights of 16 elements or more.
+    let (q4, narrow_weights) = if narrow {
+        let mut plan4 = plan8.clone();
+        let g = &p.model.graph;
+        let names: Vec<String> = plan8
+            .values
+            .iter()
+            .filter(|(n, d)| {
+                matches!(d, Decision::Weight { qtype, .. } if qtype.dtype == DType::I8)
+                    && g
+                        .value_by_name(n)
+                        .and_then(|v| g.const_of(v))
+                        .is_some_and(|t| t.numel() >= 16)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        tune::apply_w4(&mut plan4, &names.iter().cloned().collect());
+        (Some(materialize(&plan4)?), names)
+    } else {
+        (None, Vec::new())
+    };
+    let sim = SimModel::build(
+        &p.model,
+        &q8,
+        &units,
+        params,
+        &full,
+        &weights,
+        &biases,
+        q4.as_ref(),
+        &narrow_weights,
+    )?;
     Ok((units, sim))
 }
 
-/// Sensitivity analysis and promotion search for `goal`.
+/// Sensitivity analysis and search: 4-bit weights until the model fits `budget` (bytes;
+/// `base_size` is the all-8-bit size), then activation promotions until `goal` is met.
+#[allow(clippy::too_many_arguments)]
 fn tune_precision(
     a: &Args,
     p: &Prepared,
     stats: &CalibrationFile,
     opts: &MethodOptions,
-    goal: Goal,
+    goal: Option<Goal>,
+    budget: Option<(u64, u64)>,
     data: &Dataset,
     labels: Option<Vec<i64>>,
 ) -> anyhow::Result<Tuned> {
-    let (units, sim) = build_sim(a, p, stats, opts)?;
+    let narrow = budget.is_some_and(|(b, base)| base > b);
+    let (units, sim) = build_sim(a, p, stats, opts, narrow)?;
     // Evenly spaced subsample.
     let n = data.samples.len();
     let k = a.sensitivity_samples.min(n);
@@ -1166,23 +1299,77 @@ fn tune_precision(
         &SessionOptions::default(),
     )
     .map_err(|e| anyhow!("{}: float model: {e}", a.common.model.display()))?;
-    let ev = Evaluator::new(&sim, Some(&p.base_dir), &reference, samples, labels)?;
+    let mut ev = Evaluator::new(&sim, Some(&p.base_dir), &reference, samples, labels)?;
+    let hide = |bar: &indicatif::ProgressBar| {
+        if a.common.json {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+    };
+    // Weights to 4 bits, least harmful first, until the estimate fits.
+    let mut w_order: Vec<(String, f64, u64)> = Vec::new();
+    let mut w4 = BTreeSet::new();
+    if let (true, Some((b, base))) = (narrow, budget) {
+        let names = sim.narrow_weights();
+        let bar = super::progress(names.len() as u64, "weight sensitivity");
+        hide(&bar);
+        let db = search::weight_sensitivity(&ev, &names, &|| bar.inc(1))?;
+        bar.finish_and_clear();
+        let g = &p.model.graph;
+        w_order = names
+            .into_iter()
+            .zip(db)
+            .map(|(w, d)| {
+                let numel = g
+                    .value_by_name(&w)
+                    .and_then(|v| g.const_of(v))
+                    .map(|t| t.numel() as u64)
+                    .unwrap_or(0);
+                (w, d, numel)
+            })
+            .collect();
+        w_order.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        let mut size = base;
+        for (w, _, numel) in &w_order {
+            if size <= b {
+                break;
+            }
+            w4.insert(w.clone());
+            size = size.saturating_sub(numel / 2);
+        }
+        ev.w4 = w4.clone();
+    }
     let cache = a
         .sensitivity_cache
         .clone()
         .unwrap_or_else(|| sidecar(&a.output, "sensitivity.json"));
-    let bar = super::progress((2 * units.len() + 1) as u64, "sensitivity");
-    if a.common.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let (sens, cached) = search::sensitivity(&ev, &units, Some(&cache), &|| bar.inc(1))?;
-    bar.finish_and_clear();
-    let bar = super::progress(0, "searching");
-    if a.common.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let choice = search::search(&ev, &sens, goal, &|| bar.inc(1))?;
-    bar.finish_and_clear();
+    let (sens, cached, choice) = match goal {
+        Some(goal) => {
+            let bar = super::progress((2 * units.len() + 1) as u64, "sensitivity");
+            hide(&bar);
+            let (sens, cached) =
+                search::sensitivity(&ev, &units, Some(&cache), &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            let bar = super::progress(0, "searching");
+            hide(&bar);
+            let choice = search::search(&ev, &sens, goal, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            (sens, cached, choice)
+        }
+        None => {
+            let all8 = vec![Precision::A8; units.len()];
+            let f = Goal::Sqnr { db: 0.0 }.figure(&ev.eval(&all8)?);
+            let choice = search::Choice {
+                config: all8,
+                figure: f,
+                baseline: f,
+                best: f,
+                met: true,
+                order: (0..units.len()).collect(),
+                evaluations: 1,
+            };
+            (SensitivityFile::default(), false, choice)
+        }
+    };
     Ok(Tuned {
         samples: ev.samples(),
         units,
@@ -1191,38 +1378,55 @@ fn tune_precision(
         choice,
         validated: None,
         rounds: 0,
+        w4,
+        w_order,
     })
 }
 
 fn print_precision(s: &PrecisionSummary) {
-    let a16 = s.promoted.iter().filter(|p| p.precision == "a16").count();
-    let fl = s.promoted.len() - a16;
-    println!(
-        "precision  {}: {} -> {} on {} search samples ({} configurations{}); {a16} of {} activation units promoted to 16 bits, {fl} left float",
-        goal_text(&s.goal),
-        s.goal.describe(s.baseline),
-        s.goal.describe(s.searched),
-        s.search_samples,
-        s.evaluations,
-        if s.sensitivity_cached { ", sensitivity from cache" } else { "" },
-        s.units,
-    );
-    if let Some(v) = s.validated {
+    if let Some(mb) = s.size_budget_mb {
+        let n: u64 = s.weights_4bit.iter().map(|w| w.2).sum();
         println!(
-            "           written model on the evaluation data: {}{}",
-            s.goal.describe(v),
-            if s.extra_rounds > 0 {
-                format!(" (after {} extra promotion rounds)", s.extra_rounds)
-            } else {
-                String::new()
-            }
+            "weights    --size-budget {mb} MB: {} weights ({n} parameters) on 4 bits, least harmful first",
+            s.weights_4bit.len()
         );
+        for (w, db, _) in s.weights_4bit.iter().take(8) {
+            println!("  w4 {w}: alone on 4 bits {db:.1} dB");
+        }
+        if s.weights_4bit.len() > 8 {
+            println!("  (+{} more in the overrides file)", s.weights_4bit.len() - 8);
+        }
     }
-    for p in &s.promoted {
+    if let Some(goal) = &s.goal {
+        let a16 = s.promoted.iter().filter(|p| p.precision == "a16").count();
+        let fl = s.promoted.len() - a16;
         println!(
-            "  {} {} ({} {}): alone {:.1} dB, promoted alone {:.1} dB",
-            p.precision, p.tensor, p.op_type, p.producer, p.alone_db, p.promoted_db
+            "precision  {}: {} -> {} on {} search samples ({} configurations{}); {a16} of {} activation units promoted to 16 bits, {fl} left float",
+            goal_text(goal),
+            goal.describe(s.baseline),
+            goal.describe(s.searched),
+            s.search_samples,
+            s.evaluations,
+            if s.sensitivity_cached { ", sensitivity from cache" } else { "" },
+            s.units,
         );
+        if let Some(v) = s.validated {
+            println!(
+                "           written model on the evaluation data: {}{}",
+                goal.describe(v),
+                if s.extra_rounds > 0 {
+                    format!(" (after {} extra promotion rounds)", s.extra_rounds)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        for p in &s.promoted {
+            println!(
+                "  {} {} ({} {}): alone {:.1} dB, promoted alone {:.1} dB",
+                p.precision, p.tensor, p.op_type, p.producer, p.alone_db, p.promoted_db
+            );
+        }
     }
     println!("overrides  {} (reuse with --overrides)", s.overrides_file);
 }
@@ -1256,10 +1460,15 @@ fn print_summary(s: &Summary) {
             .join(", ")
     );
     println!(
-        "size       {:.1} KB -> {:.1} KB; {:.1}% of weight parameters in 8 bits",
+        "size       {:.1} KB -> {:.1} KB; weight parameters: {:.1}% in 8 bits{}",
         s.size_before as f64 / 1024.0,
         s.size_after as f64 / 1024.0,
-        s.weight_8bit_share * 100.0
+        s.weight_8bit_share * 100.0,
+        if s.weight_4bit_share > 0.0 {
+            format!(", {:.1}% in 4 bits", s.weight_4bit_share * 100.0)
+        } else {
+            String::new()
+        }
     );
     if let Some(pr) = &s.precision {
         print_precision(pr);
@@ -1330,7 +1539,7 @@ mod tests {
         let mut p = prepare(c, m, ds.samples.first(), true).unwrap();
         let stats = calibrate(&p, &ds.samples, 256, false).unwrap();
         let opts = MethodOptions::default();
-        let (units, sim) = build_sim(&a, &p, &stats, &opts).unwrap();
+        let (units, sim) = build_sim(&a, &p, &stats, &opts, false).unwrap();
         let config: Vec<Precision> = units.iter().map(&config_of).collect();
         let prec: BTreeMap<String, Precision> = units
             .iter()
@@ -1348,14 +1557,14 @@ mod tests {
         let simu = Session::new(
             &sp,
             None,
-            &sim.feed(s0, &config),
+            &sim.feed(s0, &config, &Default::default()),
             &SessionOptions::default(),
         )
         .unwrap();
         let mut worst = f64::INFINITY;
         for s in &ds.samples {
             let r = real.run(s).unwrap();
-            let t = simu.run(&sim.feed(s, &config)).unwrap();
+            let t = simu.run(&sim.feed(s, &config, &Default::default())).unwrap();
             for (name, rv) in &r {
                 let (a, b) = (
                     crate::report::compare::as_f32(rv).unwrap(),

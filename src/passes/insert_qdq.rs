@@ -211,6 +211,14 @@ fn zp_tensor(dtype: DType, zps: &[i64], shape: &[usize]) -> Result<Tensor, PassE
             ArrayD::from_shape_vec(IxDyn(shape), zps.iter().map(|&z| z as i16).collect())
                 .map_err(|e| err(e.to_string()))?,
         )),
+        DType::I4 => Ok(Tensor::I4(
+            ArrayD::from_shape_vec(IxDyn(shape), zps.iter().map(|&z| z as i8).collect())
+                .map_err(|e| err(e.to_string()))?,
+        )),
+        DType::U4 => Ok(Tensor::U4(
+            ArrayD::from_shape_vec(IxDyn(shape), zps.iter().map(|&z| z as u8).collect())
+                .map_err(|e| err(e.to_string()))?,
+        )),
         d => Tensor::from_f64(d, shape, &vals).map_err(err),
     }
 }

@@ -48,6 +48,33 @@ impl Precision {
     }
 }
 
+/// Storage of a weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum WeightBits {
+    #[serde(rename = "w8")]
+    W8,
+    #[serde(rename = "w4")]
+    W4,
+}
+
+/// The 4-bit weight grid: int4 symmetric [-7, 7].
+pub fn narrow_weight() -> QType {
+    QType::new(DType::I4, true, false).expect("int4")
+}
+
+/// Stores the weights in `w4` on 4 bits (they must be weight decisions); returns the
+/// names that are not quantized weights.
+pub fn apply_w4(plan: &mut Plan, w4: &BTreeSet<String>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for w in w4 {
+        match plan.values.get_mut(w) {
+            Some(Decision::Weight { qtype, .. }) => *qtype = narrow_weight(),
+            _ => missing.push(w.clone()),
+        }
+    }
+    missing
+}
+
 /// Errors of the overrides file and of precision assignment.
 #[derive(Debug, thiserror::Error)]
 pub enum TuneError {
@@ -76,6 +103,9 @@ pub struct Overrides {
     /// Per tensor: the precision of the tensor's activation unit.
     #[serde(default)]
     pub tensors: BTreeMap<String, Precision>,
+    /// Per weight (initializer name): `w4` stores it on 4 bits, `w8` (the default) on 8.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, WeightBits>,
     /// Why each entry was chosen (written by the search; ignored when read).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reasons: BTreeMap<String, String>,
@@ -119,6 +149,15 @@ impl Overrides {
                 what: e.to_string(),
             }
         })
+    }
+
+    /// Weights to store on 4 bits.
+    pub fn w4(&self) -> BTreeSet<String> {
+        self.weights
+            .iter()
+            .filter(|(_, b)| **b == WeightBits::W4)
+            .map(|(w, _)| w.clone())
+            .collect()
     }
 
     /// Nodes to leave float entirely (they join `--exclude-nodes`).

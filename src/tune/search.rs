@@ -20,7 +20,7 @@ use crate::ir::Tensor;
 use crate::report::compare::as_f32;
 use crate::report::metrics::{is_classifier_shape, Comparison, Metrics};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,6 +76,15 @@ pub struct Evaluator<'a> {
     reference: Vec<BTreeMap<String, Tensor>>,
     labels: Option<Vec<i64>>,
     threads: usize,
+    /// Weights on 4 bits in every configuration this evaluator runs.
+    pub w4: BTreeSet<String>,
+}
+
+/// One configuration: a precision per unit and the weights on 4 bits.
+#[derive(Clone, Debug)]
+pub struct Trial {
+    pub acts: Vec<Precision>,
+    pub w4: BTreeSet<String>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -97,7 +106,7 @@ impl<'a> Evaluator<'a> {
         let session = Session::new(
             &proto,
             base_dir,
-            &sim.feed(first, &all8),
+            &sim.feed(first, &all8, &BTreeSet::new()),
             &Default::default(),
         )?;
         let mut refs = Vec::with_capacity(samples.len());
@@ -115,6 +124,7 @@ impl<'a> Evaluator<'a> {
             reference: refs,
             labels,
             threads,
+            w4: BTreeSet::new(),
         })
     }
 
@@ -122,11 +132,20 @@ impl<'a> Evaluator<'a> {
         self.samples.len()
     }
 
-    /// Per-output metrics of one configuration.
+    /// Per-output metrics of one configuration (with the evaluator's 4-bit weights).
     pub fn eval(&self, config: &[Precision]) -> Result<BTreeMap<String, Metrics>, TuneError> {
+        self.eval_with(config, &self.w4)
+    }
+
+    /// Per-output metrics of one configuration with the weights in `w4` on 4 bits.
+    pub fn eval_with(
+        &self,
+        config: &[Precision],
+        w4: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, Metrics>, TuneError> {
         let mut acc: BTreeMap<String, Comparison> = BTreeMap::new();
         for (i, s) in self.samples.iter().enumerate() {
-            let out = self.session.run(&self.sim.feed(s, config))?;
+            let out = self.session.run(&self.sim.feed(s, config, w4))?;
             for (name, r) in &self.reference[i] {
                 let Some(t) = out.get(name) else { continue };
                 let (Some(vr), Some(vt)) = (as_f32(r), as_f32(t)) else {
@@ -149,7 +168,7 @@ impl<'a> Evaluator<'a> {
     /// Evaluates many configurations, spread over threads; results in input order.
     pub fn eval_many(
         &self,
-        configs: &[Vec<Precision>],
+        configs: &[Trial],
         progress: &(dyn Fn() + Sync),
     ) -> Result<Vec<BTreeMap<String, Metrics>>, TuneError> {
         let next = AtomicU64::new(0);
@@ -166,7 +185,7 @@ impl<'a> Evaluator<'a> {
                                 if i >= configs.len() {
                                     break;
                                 }
-                                mine.push((i, self.eval(&configs[i])));
+                                mine.push((i, self.eval_with(&configs[i].acts, &configs[i].w4)));
                                 progress();
                             }
                             mine
@@ -226,6 +245,10 @@ pub fn cache_key(ev: &Evaluator) -> Result<String, TuneError> {
             }
         }
     }
+    for w in &ev.w4 {
+        h.update(b"w4:");
+        h.update(w.as_bytes());
+    }
     for s in &ev.samples {
         for (k, t) in s {
             h.update(k.as_bytes());
@@ -263,15 +286,19 @@ pub fn sensitivity(
         }
     }
     let n = units.len();
+    let trial = |acts: Vec<Precision>| Trial {
+        acts,
+        w4: ev.w4.clone(),
+    };
     let mut configs = Vec::with_capacity(2 * n + 1);
-    configs.push(vec![Precision::A8; n]);
+    configs.push(trial(vec![Precision::A8; n]));
     for i in 0..n {
         let mut alone = vec![Precision::Float; n];
         alone[i] = Precision::A8;
-        configs.push(alone);
+        configs.push(trial(alone));
         let mut promoted = vec![Precision::A8; n];
         promoted[i] = Precision::A16;
-        configs.push(promoted);
+        configs.push(trial(promoted));
     }
     let res = ev.eval_many(&configs, progress)?;
     let file = SensitivityFile {
@@ -302,6 +329,32 @@ pub fn sensitivity(
         })?;
     }
     Ok((file, false))
+}
+
+/// Worst-output SQNR with every activation 8-bit and only `w` (besides the evaluator's
+/// own) on 4 bits, per switchable weight.
+pub fn weight_sensitivity(
+    ev: &Evaluator,
+    weights: &[String],
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<f64>, TuneError> {
+    let n = ev.sim.params.len();
+    let trials: Vec<Trial> = weights
+        .iter()
+        .map(|w| {
+            let mut w4 = ev.w4.clone();
+            w4.insert(w.clone());
+            Trial {
+                acts: vec![Precision::A8; n],
+                w4,
+            }
+        })
+        .collect();
+    Ok(ev
+        .eval_many(&trials, progress)?
+        .iter()
+        .map(worst_sqnr)
+        .collect())
 }
 
 /// The outcome of a search.

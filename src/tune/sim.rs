@@ -55,6 +55,53 @@ pub struct SimModel {
     /// Bias switches: input name and the unit whose precision sets it (int32 when that
     /// unit is 8-bit, float otherwise).
     bias_switches: Vec<(String, usize)>,
+    /// 4-bit weight switches: input name and the weight it switches.
+    w4_switches: Vec<(String, String)>,
+}
+
+/// Replaces the readers of `base` by `Where(on, alt, base)` with `alt` the output of a
+/// DequantizeLinear whose constant inputs are copied from `src_op` of `src`; returns the
+/// switch input's name.
+fn add_dq_switch(
+    g: &mut Graph,
+    base: ValueId,
+    src: &Graph,
+    src_op: crate::ir::OpId,
+    tag: &str,
+    w: &str,
+) -> Result<String, TuneError> {
+    let other = |w: String| TuneError::Other(format!("simulation model: {w}"));
+    let mut ins = Vec::new();
+    for slot in 0..3 {
+        let c = src
+            .input(src_op, slot)
+            .and_then(|v| src.const_of(v).cloned())
+            .ok_or_else(|| other(format!("'{w}' dequantize input {slot} is not a constant")))?;
+        let name = g.fresh_name(&format!("{w}.{tag}.{slot}"));
+        ins.push(Some(g.add_const(&name, c).map_err(|e| other(e.to_string()))?));
+    }
+    let readers = g.consumers(base);
+    let ty = g.value(base).ty.clone();
+    let mut op = Op::new("DequantizeLinear", &g.fresh_name(&format!("{w}.{tag}.dq")));
+    if let Some(a) = src.op(src_op).attr("axis") {
+        op.set_attr("axis", a.clone());
+    }
+    let alt = g.add_fresh_value(&format!("{w}.{tag}.dq"), ty.clone());
+    g.add_op(op, &ins, &[Some(alt)])
+        .map_err(|e| other(e.to_string()))?;
+    let on_name = g.fresh_name(&format!("qrange.sim.w.{w}.{tag}"));
+    let on = scalar_input(g, &on_name, DType::Bool)?;
+    let sw = g.add_fresh_value(&format!("{w}.{tag}.sim"), ty);
+    g.add_op(
+        Op::new("Where", &g.fresh_name(&format!("{w}.{tag}.where"))),
+        &[Some(on), Some(alt), Some(base)],
+        &[Some(sw)],
+    )
+    .map_err(|e| other(e.to_string()))?;
+    for (o, slot) in readers {
+        g.set_input(o, slot, Some(sw));
+    }
+    Ok(on_name)
 }
 
 fn scalar_input(g: &mut Graph, name: &str, dtype: DType) -> Result<ValueId, TuneError> {
@@ -91,6 +138,8 @@ impl SimModel {
         full: &Model,
         weights: &[(String, usize)],
         biases: &[(String, usize)],
+        narrow: Option<&Model>,
+        narrow_weights: &[String],
     ) -> Result<SimModel, TuneError> {
         let mut m = q.clone();
         let g = &mut m.graph;
@@ -201,6 +250,25 @@ impl SimModel {
                 step(g, "Where", &[on, prev, off], Some(dqv))?;
             }
         }
+        // 4-bit weights first: the full-grid switch below then feeds their `else` input.
+        let mut w4_switches = Vec::new();
+        if let Some(q4) = narrow {
+            for w in narrow_weights {
+                let dq_name = format!("{w}.dequantize");
+                let find = |g: &Graph| {
+                    g.ops()
+                        .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
+                };
+                let (Some(reduced), Some(four)) = (find(g), find(&q4.graph)) else {
+                    continue;
+                };
+                let Some(dq) = g.output(reduced, 0) else {
+                    continue;
+                };
+                let on = add_dq_switch(g, dq, &q4.graph, four, "w4", w)?;
+                w4_switches.push((on, w.clone()));
+            }
+        }
         let mut weight_switches = Vec::new();
         for (w, unit) in weights {
             let dq_name = format!("{w}.dequantize");
@@ -211,43 +279,11 @@ impl SimModel {
             let (Some(reduced), Some(wide)) = (find(g), find(&full.graph)) else {
                 continue;
             };
-            let fg = &full.graph;
-            let mut ins = Vec::new();
-            for slot in 0..3 {
-                let c = fg
-                    .input(wide, slot)
-                    .and_then(|v| fg.const_of(v).cloned())
-                    .ok_or_else(|| other(format!("'{dq_name}' input {slot} is not a constant")))?;
-                let name = g.fresh_name(&format!("{w}.full.{slot}"));
-                ins.push(Some(
-                    g.add_const(&name, c).map_err(|e| other(e.to_string()))?,
-                ));
-            }
             let Some(dq7) = g.output(reduced, 0) else {
                 continue;
             };
-            let readers = g.consumers(dq7);
-            let ty = g.value(dq7).ty.clone();
-            let mut op = Op::new("DequantizeLinear", &g.fresh_name(&format!("{w}.full.dq")));
-            if let Some(a) = fg.op(wide).attr("axis") {
-                op.set_attr("axis", a.clone());
-            }
-            let dq8 = g.add_fresh_value(&format!("{w}.full.dq"), ty.clone());
-            g.add_op(op, &ins, &[Some(dq8)])
-                .map_err(|e| other(e.to_string()))?;
-            let on_name = g.fresh_name(&format!("qrange.sim.w.{w}.full"));
-            let on = scalar_input(g, &on_name, DType::Bool)?;
-            let sw = g.add_fresh_value(&format!("{w}.sim"), ty);
-            g.add_op(
-                Op::new("Where", &g.fresh_name(&format!("{w}.sim.where"))),
-                &[Some(on), Some(dq8), Some(dq7)],
-                &[Some(sw)],
-            )
-            .map_err(|e| other(e.to_string()))?;
-            for (o, slot) in readers {
-                g.set_input(o, slot, Some(sw));
-            }
-            weight_switches.push((on_name, *unit));
+            let on = add_dq_switch(g, dq7, &full.graph, wide, "full", w)?;
+            weight_switches.push((on, *unit));
         }
         let mut bias_switches = Vec::new();
         for (b, unit) in biases {
@@ -284,6 +320,7 @@ impl SimModel {
         }
         crate::passes::util::remove_dead(g);
         Ok(SimModel {
+            w4_switches,
             bias_switches,
             model: m,
             prefixes,
@@ -292,8 +329,19 @@ impl SimModel {
         })
     }
 
-    /// `sample` plus the parameter inputs for one precision per unit.
-    pub fn feed(&self, sample: &Sample, config: &[Precision]) -> Sample {
+    /// Weights that can be switched to 4 bits.
+    pub fn narrow_weights(&self) -> Vec<String> {
+        self.w4_switches.iter().map(|(_, w)| w.clone()).collect()
+    }
+
+    /// `sample` plus the parameter inputs for one precision per unit, with the weights in
+    /// `w4` on 4 bits.
+    pub fn feed(
+        &self,
+        sample: &Sample,
+        config: &[Precision],
+        w4: &std::collections::BTreeSet<String>,
+    ) -> Sample {
         let mut s = sample.clone();
         let scalar = |v: f32| Tensor::F32(ndarray::arr0(v).into_dyn());
         for ((prefix, (p8, p16)), prec) in self.prefixes.iter().zip(&self.params).zip(config) {
@@ -305,6 +353,12 @@ impl SimModel {
             s.insert(
                 format!("{prefix}.on"),
                 Tensor::Bool(ndarray::arr0(*prec != Precision::Float).into_dyn()),
+            );
+        }
+        for (name, w) in &self.w4_switches {
+            s.insert(
+                name.clone(),
+                Tensor::Bool(ndarray::arr0(w4.contains(w)).into_dyn()),
             );
         }
         for (name, unit) in &self.bias_switches {
