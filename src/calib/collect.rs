@@ -6,15 +6,21 @@
 //! are split into groups whose per-sample size fits it, one engine run per group and sample.
 //!
 //! **Subgraphs.** The engine returns values of the main graph only. Values planned
-//! inside `If` branches are collected by running each branch as a model of its own
-//! ([`crate::ir::scope::subgraph_model`]: the names it captures become inputs, outer
-//! constants become its initializers): for each sample, one run of the main graph taps
-//! every `If` condition and every value a branch captures, the condition picks the
-//! branch, and the branch runs on the captured values of that sample, tapping its own
-//! values (and, recursively, the conditions and captures of the `If` nodes inside it).
-//! A branch value's statistics are therefore exactly those of the samples that take the
-//! branch. These runs tap everything a branch needs at once (the budget splits only
-//! main-graph values); a branch no sample takes has no statistics.
+//! inside `If` branches and `Scan` bodies are collected by running each subgraph as a
+//! model of its own ([`crate::ir::scope::subgraph_model`]: the names it captures become
+//! inputs, outer constants become its initializers). For each sample, one run of the
+//! main graph taps every `If` condition, every `Scan` input and every value such a
+//! subgraph captures; then
+//! - the condition picks the branch, which runs on the captured values of that sample:
+//!   a branch value's statistics are exactly those of the samples that take the branch
+//!   (a branch no sample takes has none);
+//! - a `Scan` body runs once per step, on the states carried from the previous step
+//!   (the initial states first) and the step's slices of the scanned inputs, as ONNX
+//!   defines them (opset 9 and later: axes and directions as attributes).
+//!
+//! Inside a subgraph the same happens recursively. These runs tap everything a subgraph
+//! needs at once (the budget splits main-graph values only). `Loop` bodies cannot be
+//! calibrated: the engine cannot execute `Loop`, so the plan leaves them float.
 
 use super::{CalibError, TensorStats};
 use crate::data::Sample;
@@ -149,8 +155,8 @@ fn encode(m: &Model) -> Result<ModelProto, CollectError> {
 /// Statistics of `values` (plan keys, see [`ValueKeys`]) of `model` over `samples`.
 ///
 /// Main-graph values are tapped in groups of at most `budget` bytes per run
-/// ([`plan_groups`]); values inside `If` branches are collected as the module
-/// documentation describes. `progress(done, total)` is called after each pass over a
+/// ([`plan_groups`]); values inside `If` branches and `Scan` bodies are collected as
+/// the module documentation describes. `progress(done, total)` is called after each pass over a
 /// sample.
 pub fn collect_model(
     model: &Model,
@@ -236,6 +242,20 @@ enum Child {
         then_branch: Option<Box<Branch>>,
         else_branch: Option<Box<Branch>>,
     },
+    /// Scan (opset 9 and later): the body runs once per step on the states and the
+    /// slices of the scanned inputs.
+    Scan {
+        node: String,
+        /// The Scan node's inputs: initial states, then scanned inputs.
+        inputs: Vec<String>,
+        n_state: usize,
+        axes: Vec<i64>,
+        reverse: Vec<bool>,
+        /// The body's own inputs (states, then slices) and its state outputs.
+        body_inputs: Vec<String>,
+        body_states: Vec<String>,
+        body: Box<Branch>,
+    },
 }
 
 /// One scope (the main graph, or a subgraph made a model) run once per sample that
@@ -246,10 +266,38 @@ struct ScopeRun {
     /// Values to calibrate: (plan key, name here).
     values: Vec<(String, String)>,
     taps: Vec<String>,
-    /// Constants of this scope that a child reads (conditions).
+    /// Constants of this scope that a child reads (conditions, scanned inputs).
     consts: BTreeMap<String, Tensor>,
     session: Option<Session>,
     children: Vec<Child>,
+}
+
+/// Makes the run of `g` provide `name` to a child: nothing for an input (the sample has
+/// it), the value of a constant, a tap for anything computed.
+fn provide(
+    g: &crate::ir::Graph,
+    name: &str,
+    taps: &mut BTreeSet<String>,
+    consts: &mut BTreeMap<String, Tensor>,
+) -> Result<(), CollectError> {
+    let Some(v) = g.value_by_name(name) else {
+        return Ok(());
+    };
+    if g.is_input(v) {
+        return Ok(());
+    }
+    match g.const_of(v) {
+        Some(t) => {
+            let t = t
+                .to_tensor()
+                .map_err(|e| CollectError::Encode(format!("tensor '{name}': {e}")))?;
+            consts.insert(name.to_string(), t);
+        }
+        None => {
+            taps.insert(name.to_string());
+        }
+    }
+    Ok(())
 }
 
 impl ScopeRun {
@@ -274,7 +322,7 @@ impl ScopeRun {
         for o in order {
             let op = g.op(o);
             let subs = op.subgraphs();
-            let mut branches: BTreeMap<String, Box<Branch>> = BTreeMap::new();
+            let mut bodies: BTreeMap<String, Box<Branch>> = BTreeMap::new();
             for (j, (attr, _)) in subs.iter().enumerate() {
                 let Some(c) = keys.scopes.child(s, o, j) else {
                     continue;
@@ -282,7 +330,7 @@ impl ScopeRun {
                 if !wanted(c) {
                     continue;
                 }
-                let inside = || CollectError::Unreachable {
+                let refuse = |why: &str| CollectError::Unreachable {
                     value: inner
                         .iter()
                         .find(|(v, _)| keys.scopes.is_within(**v, c))
@@ -290,49 +338,94 @@ impl ScopeRun {
                         .map(|(k, _)| k.clone())
                         .unwrap_or_default(),
                     reason: format!(
-                        "it lives in subgraph '{}' of {} node '{}', which calibration cannot run",
+                        "it lives in subgraph '{}' of {} node '{}': {why}",
                         keys.scopes.get(c).label,
                         op.op_type,
                         op.display_name()
                     ),
                 };
-                if !(op.op_type == "If" && op.domain_key().is_empty()) {
-                    return Err(inside());
+                let known = op.domain_key().is_empty()
+                    && (op.op_type == "If"
+                        || (op.op_type == "Scan" && m.opset("").unwrap_or(1) >= 9));
+                if !known {
+                    return Err(refuse(
+                        "calibration runs only If branches and Scan bodies (opset 9 and later)",
+                    ));
                 }
                 let branch = Self::branch(m, keys, o, j, c, inner)?;
                 for name in &branch.inputs {
-                    if !g.value_by_name(name).is_some_and(|v| g.is_input(v)) {
-                        taps.insert(name.clone());
-                    }
+                    provide(g, name, &mut taps, &mut consts)?;
                 }
-                branches.insert(attr.to_string(), Box::new(branch));
+                bodies.insert(attr.to_string(), Box::new(branch));
             }
-            if branches.is_empty() {
+            if bodies.is_empty() {
                 continue;
             }
-            let cond = g
-                .input(o, 0)
-                .map(|v| g.value(v).name.clone())
-                .unwrap_or_default();
-            if let Some(v) = g.value_by_name(&cond) {
-                match g.const_of(v) {
-                    Some(t) if !g.is_input(v) => {
-                        let t = t
-                            .to_tensor()
-                            .map_err(|e| CollectError::Encode(e.to_string()))?;
-                        consts.insert(cond.clone(), t);
-                    }
-                    _ if g.is_input(v) => {}
-                    _ => {
-                        taps.insert(cond.clone());
-                    }
-                }
+            let node = op.display_name().to_string();
+            let input_names: Vec<String> = g
+                .inputs_of(o)
+                .into_iter()
+                .map(|v| v.map(|v| g.value(v).name.clone()).unwrap_or_default())
+                .collect();
+            for name in &input_names {
+                provide(g, name, &mut taps, &mut consts)?;
             }
-            children.push(Child::If {
-                node: op.display_name().to_string(),
-                cond,
-                then_branch: branches.remove("then_branch"),
-                else_branch: branches.remove("else_branch"),
+            if op.op_type == "If" {
+                children.push(Child::If {
+                    node,
+                    cond: input_names.first().cloned().unwrap_or_default(),
+                    then_branch: bodies.remove("then_branch"),
+                    else_branch: bodies.remove("else_branch"),
+                });
+                continue;
+            }
+            let Some(body) = bodies.remove("body") else {
+                continue;
+            };
+            let n_scan = op.attr_int("num_scan_inputs").unwrap_or(0).max(0) as usize;
+            let n_state = input_names.len().saturating_sub(n_scan);
+            let axes = op
+                .attr_ints("scan_input_axes")
+                .map(<[i64]>::to_vec)
+                .unwrap_or_else(|| vec![0; n_scan]);
+            let reverse = op
+                .attr_ints("scan_input_directions")
+                .map(|d| d.iter().map(|&x| x == 1).collect())
+                .unwrap_or_else(|| vec![false; n_scan]);
+            let Some(&(_, bg)) = subs.iter().find(|(a, _)| *a == "body") else {
+                continue;
+            };
+            let body_inputs: Vec<String> = bg
+                .inputs
+                .iter()
+                .map(|v| bg.value(*v).name.clone())
+                .collect();
+            let body_states: Vec<String> = bg
+                .outputs
+                .iter()
+                .take(n_state)
+                .map(|v| bg.value(*v).name.clone())
+                .collect();
+            if n_scan == 0
+                || axes.len() != n_scan
+                || reverse.len() != n_scan
+                || body_inputs.len() != n_state + n_scan
+                || body_states.len() != n_state
+            {
+                return Err(CollectError::Unreachable {
+                    value: node.clone(),
+                    reason: "Scan node whose inputs, attributes and body disagree".into(),
+                });
+            }
+            children.push(Child::Scan {
+                node,
+                inputs: input_names,
+                n_state,
+                axes,
+                reverse,
+                body_inputs,
+                body_states,
+                body,
             });
         }
         Ok(ScopeRun {
@@ -375,14 +468,14 @@ impl ScopeRun {
         }
     }
 
-    /// Runs this scope on one sample (its inputs), folds its values into `stats` and
-    /// passes on to the branches the sample takes.
+    /// Runs this scope on one sample (its inputs), folds its values into `stats`, passes
+    /// on to the subgraphs the sample reaches, and returns the run's outputs and taps.
     fn observe(
         &mut self,
         inputs: &Sample,
         base_dir: Option<&Path>,
         stats: &mut BTreeMap<String, TensorStats>,
-    ) -> Result<(), CollectError> {
+    ) -> Result<BTreeMap<String, Tensor>, CollectError> {
         if self.session.is_none() {
             let opts = SessionOptions {
                 taps: self.taps.clone(),
@@ -401,6 +494,13 @@ impl ScopeRun {
                     .observe_tensor(key, t)?;
             }
         }
+        let consts = &self.consts;
+        let get = |name: &str, node: &str| {
+            fetch(name, &out, inputs, consts).ok_or_else(|| CollectError::Unreachable {
+                value: name.to_string(),
+                reason: format!("node '{node}' reads it, but the run did not provide it"),
+            })
+        };
         for child in &mut self.children {
             match child {
                 Child::If {
@@ -409,14 +509,12 @@ impl ScopeRun {
                     then_branch,
                     else_branch,
                 } => {
-                    let c = fetch(cond, &out, inputs, &self.consts)
-                        .and_then(Tensor::to_f64_vec)
+                    let c = get(cond, node)?
+                        .to_f64_vec()
                         .filter(|v| v.len() == 1)
                         .ok_or_else(|| CollectError::Unreachable {
                             value: cond.clone(),
-                            reason: format!(
-                                "the condition of If node '{node}' is not one known value"
-                            ),
+                            reason: format!("the condition of If node '{node}' is not one value"),
                         })?;
                     let taken = if c[0] != 0.0 {
                         then_branch
@@ -428,19 +526,76 @@ impl ScopeRun {
                     };
                     let mut sub = Sample::new();
                     for name in &b.inputs {
-                        let t = fetch(name, &out, inputs, &self.consts).ok_or_else(|| {
-                            CollectError::Unreachable {
-                                value: name.clone(),
-                                reason: format!("If node '{node}' reads it, but it was not tapped"),
-                            }
-                        })?;
-                        sub.insert(name.clone(), t.clone());
+                        sub.insert(name.clone(), get(name, node)?.clone());
                     }
                     b.run.observe(&sub, base_dir, stats)?;
                 }
+                Child::Scan {
+                    node,
+                    inputs: scan_inputs,
+                    n_state,
+                    axes,
+                    reverse,
+                    body_inputs,
+                    body_states,
+                    body,
+                } => {
+                    let mut states: Vec<Tensor> = Vec::with_capacity(*n_state);
+                    for name in &scan_inputs[..*n_state] {
+                        states.push(get(name, node)?.clone());
+                    }
+                    let mut scanned: Vec<(&Tensor, usize)> = Vec::new();
+                    for (i, name) in scan_inputs[*n_state..].iter().enumerate() {
+                        let t = get(name, node)?;
+                        let rank = t.shape().len() as i64;
+                        let ax = if axes[i] < 0 { axes[i] + rank } else { axes[i] };
+                        if !(0..rank).contains(&ax) {
+                            return Err(CollectError::Unreachable {
+                                value: name.clone(),
+                                reason: format!(
+                                    "scan axis {} of Scan node '{node}' is out of range",
+                                    axes[i]
+                                ),
+                            });
+                        }
+                        scanned.push((t, ax as usize));
+                    }
+                    let steps = scanned[0].0.shape()[scanned[0].1];
+                    if scanned.iter().any(|(t, ax)| t.shape()[*ax] != steps) {
+                        return Err(CollectError::Unreachable {
+                            value: node.clone(),
+                            reason: "the scanned inputs of this Scan node differ in length".into(),
+                        });
+                    }
+                    for step in 0..steps {
+                        let mut sub = Sample::new();
+                        for (name, st) in body_inputs.iter().zip(&states) {
+                            sub.insert(name.clone(), st.clone());
+                        }
+                        for (i, (t, ax)) in scanned.iter().enumerate() {
+                            let at = if reverse[i] { steps - 1 - step } else { step };
+                            let slice = t.index_axis(*ax, at).expect("index checked");
+                            sub.insert(body_inputs[*n_state + i].clone(), slice);
+                        }
+                        for name in &body.inputs {
+                            sub.insert(name.clone(), get(name, node)?.clone());
+                        }
+                        let res = body.run.observe(&sub, base_dir, stats)?;
+                        for (k, name) in body_states.iter().enumerate() {
+                            states[k] = fetch(name, &res, &sub, &body.run.consts)
+                                .ok_or_else(|| CollectError::Unreachable {
+                                    value: name.clone(),
+                                    reason: format!(
+                                        "state output of the body of Scan node '{node}' is missing"
+                                    ),
+                                })?
+                                .clone();
+                        }
+                    }
+                }
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
