@@ -47,6 +47,7 @@ fn tiny_fixture_data_loads() {
         ("tiny_if", vec![Some(1), Some(4)], vec![1, 4]),
         ("tiny_shape_if", vec![None, Some(8)], vec![1, 8]),
         ("tiny_loop", vec![Some(1), Some(4)], vec![1, 4]),
+        ("tiny_scan", vec![Some(1), Some(5), Some(4)], vec![1, 5, 4]),
         ("tiny_external", vec![Some(1), Some(8)], vec![1, 8]),
         ("tiny_outlier", vec![Some(1), Some(16)], vec![1, 16]),
         ("tiny_all_attrs", vec![Some(1), Some(4)], vec![1, 4]),

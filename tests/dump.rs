@@ -17,6 +17,7 @@ fn tiny_models() {
         "tiny_if",
         "tiny_shape_if",
         "tiny_loop",
+        "tiny_scan",
         "tiny_bn",
         "tiny_outlier",
         "tiny_all_attrs",
