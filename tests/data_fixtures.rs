@@ -45,6 +45,7 @@ fn tiny_fixture_data_loads() {
         ("tiny_bn", chw.to_vec(), vec![1, 3, 8, 8]),
         ("tiny_mlp", vec![None, Some(16)], vec![1, 16]),
         ("tiny_if", vec![Some(1), Some(4)], vec![1, 4]),
+        ("tiny_nested_if", vec![Some(1), Some(4)], vec![1, 4]),
         ("tiny_shape_if", vec![None, Some(8)], vec![1, 8]),
         ("tiny_loop", vec![Some(1), Some(4)], vec![1, 4]),
         ("tiny_scan", vec![Some(1), Some(5), Some(4)], vec![1, 5, 4]),

@@ -15,6 +15,7 @@ fn tiny_models() {
         "tiny_cnn",
         "tiny_mlp",
         "tiny_if",
+        "tiny_nested_if",
         "tiny_shape_if",
         "tiny_loop",
         "tiny_scan",

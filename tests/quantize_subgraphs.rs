@@ -307,6 +307,72 @@ fn branch_ranges_come_from_the_samples_that_take_the_branch() {
 }
 
 #[test]
+fn nested_branches_see_only_their_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stats = tmp.path().join("s.json");
+    let r = qrange(&[
+        "calibrate",
+        &s(&fixture("tiny/tiny_nested_if.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_nested_if.npz")),
+        "-o",
+        &s(&stats),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let file = CalibrationFile::read(&stats).unwrap();
+    let m = qrange::onnx::read_model(&fixture("tiny/tiny_nested_if.onnx")).unwrap();
+    let w = matrix(&m.graph, "w").0;
+    let then_g = subgraph(&m, "If", "then_branch");
+    let a_w = matrix(then_g, "a.w");
+    let inner = |attr: &str| {
+        let o = then_g
+            .ops()
+            .find(|o| then_g.op(*o).op_type == "If")
+            .unwrap();
+        then_g
+            .op(o)
+            .subgraphs()
+            .into_iter()
+            .find(|(a, _)| *a == attr)
+            .unwrap()
+            .1
+    };
+    let it_w = matrix(inner("then_branch"), "it.w");
+    let ie_w = matrix(inner("else_branch"), "ie.w");
+    let e_w = matrix(subgraph(&m, "If", "else_branch"), "e.w");
+    let (mut it_out, mut ie_out, mut else_out, mut a_all) = (vec![], vec![], vec![], vec![]);
+    for smp in samples("tiny/tiny_nested_if.npz") {
+        let x = f32s(&smp["x"]);
+        let h: Vec<f64> = x.iter().zip(&w).map(|(p, q)| p * q).collect();
+        if x.iter().sum::<f64>() > 0.0 {
+            let a = vecmat(&h, &a_w);
+            if a.iter().sum::<f64>() > 0.0 {
+                // reads `a` from one scope out and `h` from two scopes out
+                let mm = vecmat(&a, &it_w);
+                it_out.extend(mm.iter().zip(&h).map(|(p, q)| p + q));
+            } else {
+                let mm = vecmat(&a, &ie_w);
+                ie_out.extend(mm.iter().zip(&a).map(|(p, q)| p + q));
+            }
+            a_all.extend(a);
+        } else {
+            let mm = vecmat(&h, &e_w);
+            else_out.extend(mm.iter().zip(&h).map(|(p, q)| p + q));
+        }
+    }
+    // the fixture's samples take all three paths
+    assert_eq!(
+        (it_out.len(), ie_out.len(), else_out.len()),
+        (8, 8, 16),
+        "paths taken"
+    );
+    assert_stats(&file, "it_out", stats_of(&it_out));
+    assert_stats(&file, "ie_out", stats_of(&ie_out));
+    assert_stats(&file, "else_out", stats_of(&else_out));
+    assert_stats(&file, "a", stats_of(&a_all));
+}
+
+#[test]
 fn scan_bodies_are_calibrated_step_by_step_and_quantized() {
     let tmp = tempfile::tempdir().unwrap();
     let stats = tmp.path().join("s.json");

@@ -57,6 +57,8 @@ FIXTURES = [
      "tiny/tiny_outlier.eval.npz", [], None),
     # Q/DQ inside subgraphs: If branches on a data-dependent condition, a Scan body.
     ("tiny_if", "tiny/tiny_if.onnx", "tiny/tiny_if.npz", "tiny/tiny_if.eval.npz", [], None),
+    ("tiny_nested_if", "tiny/tiny_nested_if.onnx", "tiny/tiny_nested_if.npz",
+     "tiny/tiny_nested_if.eval.npz", [], None),
     ("tiny_scan", "tiny/tiny_scan.onnx", "tiny/tiny_scan.npz", "tiny/tiny_scan.eval.npz", [],
      None),
     ("tiny_cnn i8 tensorrt", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
