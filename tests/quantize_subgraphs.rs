@@ -307,6 +307,54 @@ fn branch_ranges_come_from_the_samples_that_take_the_branch() {
 }
 
 #[test]
+fn a_branch_no_sample_takes_stays_float() {
+    let tmp = tempfile::tempdir().unwrap();
+    // only the samples whose sum is positive: the else branch never runs
+    let xs: Vec<Tensor> = samples("tiny/tiny_if.npz")
+        .into_iter()
+        .map(|smp| smp["x"].clone())
+        .filter(|x| f32s(x).iter().sum::<f64>() > 0.0)
+        .collect();
+    assert_eq!(xs.len(), 4);
+    let vals: Vec<f32> = xs.iter().flat_map(|x| f32s(x)).map(|v| v as f32).collect();
+    let x = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 1, 4]), vals).unwrap());
+    let calib = tmp.path().join("then_only.npz");
+    write_npz_arrays(&calib, vec![("x", x)]);
+    let out = tmp.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_if.onnx")),
+        "--calib",
+        &s(&calib),
+        "--eval",
+        &s(&calib),
+        "-o",
+        &s(&out),
+    ]);
+    let listed: Vec<&str> = j["float_reasons"][plan::UNREACHED]
+        .as_array()
+        .unwrap_or_else(|| panic!("{j}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "if/else_branch/else_matmul",
+            "if/else_branch/else_mul",
+            "if/else_branch/else_sigmoid"
+        ]
+    );
+    let q = load(&out);
+    let g = q.graph.as_ref().unwrap();
+    assert!(op_types(body(g, "If", "then_branch")).contains(&"QuantizeLinear"));
+    assert!(!op_types(body(g, "If", "else_branch")).contains(&"QuantizeLinear"));
+    assert!(
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        "{j}"
+    );
+}
+
+#[test]
 fn nested_branches_see_only_their_samples() {
     let tmp = tempfile::tempdir().unwrap();
     let stats = tmp.path().join("s.json");

@@ -13,7 +13,8 @@
 //! subgraph captures; then
 //! - the condition picks the branch, which runs on the captured values of that sample:
 //!   a branch value's statistics are exactly those of the samples that take the branch
-//!   (a branch no sample takes has none);
+//!   (a branch no sample takes has none, and `quant::plan::unreached_scopes` then
+//!   leaves its ops float);
 //! - a `Scan` body runs once per step, on the states carried from the previous step
 //!   (the initial states first) and the step's slices of the scanned inputs, as ONNX
 //!   defines them (opset 9 and later: axes and directions as attributes).

@@ -586,6 +586,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         percentile: a.percentile,
         ..MethodOptions::default()
     };
+    // Subgraphs no sample reached have no statistics: their ops stay float.
+    let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
+    if !unreached.is_empty() {
+        p.plan = plan::build_with(&p.model, &p.cfg, &unreached);
+    }
     let chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
     times.insert("calibrate".into(), t.elapsed().as_secs_f64());
 

@@ -8,7 +8,8 @@
 //! they live (`if/then_branch/then_matmul`, see [`crate::ir::scope`]); their values by
 //! name ([`ValueKeys`]). A value a body captures from an enclosing graph is the outer
 //! value: same key, same decision, same range. Ops of other bodies (Loop) are listed
-//! float with the reason.
+//! float with the reason, and so are the ops of a subgraph no calibration sample
+//! reached ([`unreached_scopes`], [`build_with`]).
 
 use super::params::QType;
 use super::rules::{
@@ -281,10 +282,37 @@ fn is_float(g: &Graph, v: ValueId) -> bool {
 /// Builds the plan for `m` from the rule table: the main graph, and recursively the
 /// subgraphs whose policy is to plan them.
 pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
+    build_with(m, cfg, &BTreeSet::new())
+}
+
+/// Reason given for the ops of a subgraph no calibration sample reaches.
+pub const UNREACHED: &str = "no calibration sample reaches this subgraph";
+
+/// [`build`], leaving float every op of the subgraphs labelled in `unreached` (and of
+/// the subgraphs inside them), with the reason [`UNREACHED`].
+pub fn build_with(m: &Model, cfg: &QuantConfig, unreached: &BTreeSet<String>) -> Plan {
     let keys = ValueKeys::of(&m.graph);
     let mut plan = Plan::default();
-    plan_scope(&m.graph, &keys, 0, cfg, &mut plan);
+    plan_scope(&m.graph, &keys, 0, cfg, unreached, &mut plan);
     plan
+}
+
+/// Labels of the subgraphs holding a calibration value of `plan` that `calibrated`
+/// says has no statistics: no calibration sample reached them (a branch never taken, a
+/// Scan over empty sequences). Values of the main graph are not listed.
+pub fn unreached_scopes(
+    m: &Model,
+    plan: &Plan,
+    calibrated: impl Fn(&str) -> bool,
+) -> BTreeSet<String> {
+    let keys = ValueKeys::of(&m.graph);
+    plan.calibration_values()
+        .into_iter()
+        .filter(|v| !calibrated(v))
+        .filter_map(|v| keys.locate(&v).map(|(s, _)| s))
+        .filter(|&s| s != 0)
+        .map(|s| keys.scopes.get(s).label.clone())
+        .collect()
 }
 
 /// Marks every op of scope `s` and of the scopes inside it float.
@@ -303,7 +331,14 @@ fn all_float(main: &Graph, keys: &ValueKeys, s: usize, reason: &str, plan: &mut 
     }
 }
 
-fn plan_scope(main: &Graph, keys: &ValueKeys, s: usize, cfg: &QuantConfig, plan: &mut Plan) {
+fn plan_scope(
+    main: &Graph,
+    keys: &ValueKeys,
+    s: usize,
+    cfg: &QuantConfig,
+    unreached: &BTreeSet<String>,
+    plan: &mut Plan,
+) {
     let g = keys.scopes.graph(main, s);
     let cx = Cx {
         main,
@@ -332,7 +367,10 @@ fn plan_scope(main: &Graph, keys: &ValueKeys, s: usize, cfg: &QuantConfig, plan:
                 continue;
             };
             match body_policy(&op.op_type, op.domain_key()) {
-                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, plan),
+                _ if unreached.contains(&keys.scopes.get(c).label) => {
+                    all_float(main, keys, c, UNREACHED, plan)
+                }
+                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, unreached, plan),
                 BodyPolicy::Float(reason) => all_float(main, keys, c, reason, plan),
             }
         }
