@@ -316,7 +316,7 @@ fn a_branch_no_sample_takes_stays_float() {
         .filter(|x| f32s(x).iter().sum::<f64>() > 0.0)
         .collect();
     assert_eq!(xs.len(), 4);
-    let vals: Vec<f32> = xs.iter().flat_map(|x| f32s(x)).map(|v| v as f32).collect();
+    let vals: Vec<f32> = xs.iter().flat_map(f32s).map(|v| v as f32).collect();
     let x = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 1, 4]), vals).unwrap());
     let calib = tmp.path().join("then_only.npz");
     write_npz_arrays(&calib, vec![("x", x)]);
