@@ -348,4 +348,77 @@ mod tests {
         gm.name = Some("renamed".into());
         assert_eq!(sc.graph(&g, 3).name.as_deref(), Some("renamed"));
     }
+
+    /// main: h = Relu(x); r = If(c) { then: t = Add(h, k) }, with `k` an initializer;
+    /// the If is added before the Relu.
+    fn if_reading_outer_values() -> Graph {
+        let mut then_g = Graph::new(Some("then".into()));
+        let (h, k, t) = (
+            val(&mut then_g, "h"),
+            val(&mut then_g, "k"),
+            val(&mut then_g, "t"),
+        );
+        then_g
+            .add_op(Op::new("Add", "add"), &[Some(h), Some(k)], &[Some(t)])
+            .unwrap();
+        then_g.outputs.push(t);
+        let mut g = Graph::new(Some("main".into()));
+        let x = val(&mut g, "x");
+        let c = val(&mut g, "c");
+        g.inputs.extend([x, c]);
+        let kt = crate::ir::Tensor::F32(ndarray::arr1(&[1.0f32, 2.0]).into_dyn());
+        g.add_const("k", crate::ir::ConstTensor::from_tensor(None, &kt))
+            .unwrap();
+        let r = val(&mut g, "r");
+        let mut iff = Op::new("If", "if");
+        iff.set_attr("then_branch", AttrValue::Graph(Box::new(then_g.clone())));
+        iff.set_attr("else_branch", AttrValue::Graph(Box::new(then_g)));
+        g.add_op(iff, &[Some(c)], &[Some(r)]).unwrap();
+        g.outputs.push(r);
+        relu(&mut g, "first", "x", "h");
+        g
+    }
+
+    #[test]
+    fn ops_come_after_what_their_subgraphs_capture() {
+        let g = if_reading_outer_values();
+        let order: Vec<&str> = g
+            .topo_order()
+            .unwrap()
+            .into_iter()
+            .map(|o| g.op(o).display_name())
+            .collect();
+        assert_eq!(order, ["first", "if"]);
+    }
+
+    #[test]
+    fn a_subgraph_becomes_a_model_with_its_captures() {
+        let g = if_reading_outer_values();
+        let o = g.ops().find(|o| g.op(*o).op_type == "If").unwrap();
+        let parent = Model {
+            ir_version: Some(3),
+            opsets: Vec::new(),
+            graph: g,
+            carry: Carry::default(),
+        };
+        let (m, inputs) = subgraph_model(&parent, o, 0).unwrap();
+        // the computed value is an input, the outer constant an initializer
+        assert_eq!(inputs, ["h"]);
+        let b = &m.graph;
+        let names = |ids: &[ValueId]| -> Vec<String> {
+            ids.iter().map(|v| b.value(*v).name.clone()).collect()
+        };
+        assert_eq!(names(&b.inputs), ["h"]);
+        assert_eq!(names(&b.initializers), ["k"]);
+        assert_eq!(
+            b.const_of(b.value_by_name("k").unwrap()).unwrap().numel(),
+            2
+        );
+        assert_eq!(m.ir_version, Some(4), "initializers that are not inputs");
+        m.verify().unwrap();
+        assert!(matches!(
+            subgraph_model(&parent, o, 2),
+            Err(ExtractError::NoSubgraph { .. })
+        ));
+    }
 }
