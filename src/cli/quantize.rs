@@ -3,13 +3,13 @@
 
 use super::run::{input_specs, parse_pins, parse_shapes, sample_shapes};
 use super::Outcome;
-use crate::calib::collect::{collect, plan_groups};
+use crate::calib::collect::collect_model;
 use crate::calib::{
     compute_range, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
 };
 use crate::data::{self, Dataset, Sample};
 use crate::exec::{Session, SessionOptions};
-use crate::ir::{DType, Model, Tensor, ValueType};
+use crate::ir::{DType, Model, Tensor};
 use crate::onnx::{self, ExternalPolicy};
 use crate::passes::{self, Pass, PassCx};
 use crate::quant::params::QType;
@@ -330,7 +330,10 @@ pub(crate) fn prepare(
     };
     passes::specialize(&mut m, &mut cx).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
     if has_if(&m) {
-        notes.push("If nodes remain after specialisation; their bodies stay float".to_string());
+        notes.push(
+            "If nodes remain after specialisation: each branch is calibrated on the samples that take it"
+                .to_string(),
+        );
     }
     let float = m.clone();
     let mut model = m;
@@ -407,15 +410,6 @@ pub(crate) fn prepare(
     })
 }
 
-/// Bytes per sample of a value, from its inferred type (0 when unknown).
-fn value_bytes(m: &Model, name: &str) -> u64 {
-    let g = &m.graph;
-    g.value_by_name(name)
-        .and_then(|v| g.value(v).ty.as_ref().and_then(ValueType::known_dims))
-        .map(|d| d.iter().map(|&x| x.max(1) as u64).product::<u64>() * 4)
-        .unwrap_or(0)
-}
-
 /// Runs calibration over `samples` and returns the statistics file.
 pub(crate) fn calibrate(
     p: &Prepared,
@@ -424,19 +418,21 @@ pub(crate) fn calibrate(
     show_progress: bool,
 ) -> anyhow::Result<CalibrationFile> {
     let values = p.plan.calibration_values();
-    let sized: Vec<(String, u64)> = values
-        .iter()
-        .map(|v| (v.clone(), value_bytes(&p.model, v)))
-        .collect();
-    let groups = plan_groups(&sized, budget_mib.saturating_mul(1 << 20));
-    let (proto, _) = onnx::encode_model(&p.model, &ExternalPolicy::Inline, "")?;
-    let bar = super::progress((groups.len() * samples.len()) as u64, "calibrating");
+    let bar = super::progress(0, "calibrating");
     if !show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stats = collect(&proto, Some(&p.base_dir), samples, &groups, |d, _| {
-        bar.set_position(d)
-    })
+    let stats = collect_model(
+        &p.model,
+        Some(&p.base_dir),
+        samples,
+        &values,
+        budget_mib.saturating_mul(1 << 20),
+        |d, n| {
+            bar.set_length(n);
+            bar.set_position(d)
+        },
+    )
     .context("calibration")?;
     bar.finish_and_clear();
     let mut file = CalibrationFile::new(p.sha256.clone());
@@ -689,6 +685,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         percentile: a.percentile,
         ..MethodOptions::default()
     };
+<<<<<<< HEAD
     let base_plan = p.plan.clone();
     if let (Some(o), Some(f)) = (&overrides, &a.overrides) {
         let units = tune::units(&p.plan, &p.model);
@@ -704,6 +701,14 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         );
     }
     let mut chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
+=======
+    // Subgraphs no sample reached have no statistics: their ops stay float.
+    let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
+    if !unreached.is_empty() {
+        p.plan = plan::build_with(&p.model, &p.cfg, &unreached);
+    }
+    let chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
+>>>>>>> subgraph
     times.insert("calibrate".into(), t.elapsed().as_secs_f64());
 
     let mut tuned: Option<Tuned> = None;
