@@ -70,6 +70,7 @@ pub mod cli;
 pub mod data;
 pub mod exec;
 pub mod ir;
+pub mod lint;
 pub mod onnx;
 pub mod passes;
 pub mod quant;
