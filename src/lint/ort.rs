@@ -25,10 +25,11 @@
 //! Runtime itself writes.
 
 use super::{
-    const_tensor, dims_of, dtype_of, is_dq, is_q, is_scalar_shape, never_a_unit, since_version,
-    LintError, Platform, Reason, Unit, UnitKind, Verdict, Warning,
+    const_tensor, is_dq, is_q, is_scalar_shape, never_a_unit, since_version, LintError, Platform,
+    Reason, Unit, UnitKind, Verdict, Warning,
 };
-use crate::ir::{AttrValue, DType, Graph, Model, Op, OpId, Tensor, ValueId};
+use crate::ir::{eval, AttrValue, DType, Graph, Model, Op, OpId, Tensor, ValueId};
+use crate::passes::{InferShapes, Pass, PassCx};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Op types whose Q/DQ pair ONNX Runtime can drop (or that only move data).
@@ -171,6 +172,9 @@ struct Sim<'m> {
     synthetic: HashMap<OpId, DType>,
     /// Ops ONNX Runtime removes, with why.
     removed: BTreeMap<OpId, String>,
+    /// Values ONNX Runtime turns into initializers by constant folding (with the value
+    /// when qrange can compute it).
+    folded: HashMap<ValueId, Option<Tensor>>,
     notes: BTreeMap<OpId, Vec<String>>,
 }
 
@@ -178,20 +182,34 @@ struct Sim<'m> {
 pub fn units(model: &Model, platform: Platform) -> Result<Vec<Unit>, LintError> {
     let original = &model.graph;
     let order = original.topo_order()?;
+    // Value shapes as ONNX Runtime infers them (Shape folding and scalar checks read them);
+    // best effort: a model shape inference cannot follow is linted with the shapes it has.
+    let mut typed = model.clone();
+    let _ = InferShapes.run(&mut typed, &mut PassCx::default());
     let mut sim = Sim {
         model,
-        g: original.clone(),
+        g: if typed.graph.topo_order().is_ok() {
+            typed.graph
+        } else {
+            original.clone()
+        },
         opset: model.opset("").unwrap_or(1),
         int8_allowed: platform == Platform::Arm64,
         to_u8: HashSet::new(),
         synthetic: HashMap::new(),
         removed: BTreeMap::new(),
+        folded: HashMap::new(),
         notes: BTreeMap::new(),
     };
     sim.eliminate_noops();
     sim.ensure_unique_dq()?;
-    sim.propagate()?;
-    sim.quantize_weights_and_biases()?;
+    // Level 1 runs until nothing changes; two rounds reach that for these steps.
+    for _ in 0..2 {
+        sim.constant_fold()?;
+        sim.propagate()?;
+        sim.quantize_weights_and_biases()?;
+        sim.ensure_unique_dq()?;
+    }
     sim.remove_clipping_activations()?;
     if !sim.int8_allowed {
         sim.convert_s8_pairs()?;
@@ -285,12 +303,52 @@ impl<'m> Sim<'m> {
         self.g.value(v).name.clone()
     }
 
+    /// The value of a constant (initializer, Constant output or folded value) when known.
     fn konst(&self, v: ValueId) -> Option<Tensor> {
+        if let Some(t) = self.folded.get(&v) {
+            return t.clone();
+        }
         const_tensor(self.model, &self.g, v)
     }
 
+    /// A constant initializer as ONNX Runtime sees it after constant folding (an
+    /// initializer that is also a graph input can be overridden, so it is not constant).
+    fn is_const(&self, v: ValueId) -> bool {
+        if self.folded.contains_key(&v) {
+            return true;
+        }
+        match self.g.value(v).init {
+            Some(_) => !(self.g.is_input(v) && self.model.ir_version.unwrap_or(0) >= 4),
+            None => self
+                .g
+                .producer(v)
+                .is_some_and(|(p, _)| self.g.op(p).op_type == "Constant"),
+        }
+    }
+
+    /// An initializer (overridable or not) after constant folding.
+    fn is_initializer(&self, v: ValueId) -> bool {
+        self.g.value(v).init.is_some() || self.is_const(v)
+    }
+
     fn dims(&self, v: ValueId) -> Option<Vec<i64>> {
-        dims_of(self.model, &self.g, v)
+        if let Some(t) = self.g.value(v).init {
+            return Some(self.g.tensor(t).dims.clone());
+        }
+        if let Some(t) = self.konst(v) {
+            return Some(t.shape().iter().map(|&d| d as i64).collect());
+        }
+        self.g.value(v).ty.as_ref().and_then(|t| t.known_dims())
+    }
+
+    fn dtype(&self, v: ValueId) -> Option<DType> {
+        if let Some(t) = self.g.value(v).init {
+            return Some(self.g.tensor(t).dtype);
+        }
+        if let Some(Some(t)) = self.folded.get(&v) {
+            return Some(t.dtype());
+        }
+        self.g.value(v).dtype()
     }
 
     fn is_scalar(&self, v: ValueId) -> bool {
@@ -349,7 +407,7 @@ impl<'m> Sim<'m> {
             return Some(DType::U8);
         }
         if let Some(z) = self.g.input(q, 2) {
-            return dtype_of(&self.g, z);
+            return self.dtype(z);
         }
         if let Some(AttrValue::Int(code)) = self.g.op(q).attr("output_dtype") {
             if *code != 0 {
@@ -373,39 +431,198 @@ impl<'m> Sim<'m> {
                 return self.q_out_dtype(p);
             }
         }
-        dtype_of(&self.g, x).or_else(|| self.g.input(dq, 2).and_then(|z| dtype_of(&self.g, z)))
+        self.dtype(x)
+            .or_else(|| self.g.input(dq, 2).and_then(|z| self.dtype(z)))
     }
 
     // ----- level 1 -----
 
-    /// Identity and inference-mode Dropout nodes are removed (ONNX Runtime's
-    /// EliminateIdentity/EliminateDropout).
+    /// Why ONNX Runtime's level-1 rewrite rules delete `o`, if they do: Identity,
+    /// inference Dropout, a Cast to the type it already has, a Slice of everything.
+    fn noop(&self, o: OpId) -> Option<String> {
+        let op = self.g.op(o);
+        if !op.domain_key().is_empty() {
+            return None;
+        }
+        let ints = |slot: usize| -> Option<Vec<i64>> {
+            let v = self.g.input(o, slot)?;
+            if !self.is_const(v) {
+                return None;
+            }
+            self.konst(v)?.to_i64_vec()
+        };
+        match op.op_type.as_str() {
+            "Identity" => Some("ONNX Runtime removes Identity nodes".into()),
+            "Dropout" => self
+                .g
+                .output(o, 1)
+                .is_none_or(|m| self.g.consumers(m).is_empty() && !self.g.is_output(m))
+                .then(|| "ONNX Runtime removes Dropout nodes at inference".into()),
+            "Cast" => {
+                let to = op.attr_int("to")?;
+                let x = self.g.input(o, 0)?;
+                (self.dtype(x)? == DType::from_onnx(to as i32)).then(|| {
+                    "ONNX Runtime removes this Cast: its input has that type already".into()
+                })
+            }
+            "Slice" => {
+                let since = since_version("Slice", self.opset)?;
+                let (starts, ends) = if since == 1 {
+                    (
+                        op.attr_ints("starts")?.to_vec(),
+                        op.attr_ints("ends")?.to_vec(),
+                    )
+                } else {
+                    let (s, e) = (ints(1)?, ints(2)?);
+                    if let Some(a) = self.g.input(o, 3) {
+                        let axes = ints(3)?;
+                        if self.dims(a).map(|d| d.len()) != Some(1) || axes.len() != s.len() {
+                            return None;
+                        }
+                        if self.g.input(o, 4).is_some() {
+                            let steps = ints(4)?;
+                            if steps.len() != s.len() || steps.iter().any(|x| *x != 1) {
+                                return None;
+                            }
+                        }
+                    }
+                    (s, e)
+                };
+                (!starts.is_empty()
+                    && starts.len() == ends.len()
+                    && starts
+                        .iter()
+                        .zip(&ends)
+                        .all(|(s, e)| *s == 0 && *e == i64::MAX))
+                .then(|| "ONNX Runtime removes this Slice: it keeps the whole tensor".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// ONNX Runtime's level-1 rewrite rules that delete no-op nodes.
     fn eliminate_noops(&mut self) {
-        let cands: Vec<OpId> = self
+        let cands: Vec<(OpId, String)> = self
             .g
             .ops()
-            .filter(|o| {
-                let op = self.g.op(*o);
-                op.domain_key().is_empty()
-                    && (op.op_type == "Identity"
-                        || (op.op_type == "Dropout"
-                            && self.g.output(*o, 1).is_none_or(|m| {
-                                self.g.consumers(m).is_empty() && !self.g.is_output(m)
-                            })))
-            })
+            .filter_map(|o| self.noop(o).map(|why| (o, why)))
             .collect();
-        for o in cands {
+        for (o, why) in cands {
             let (Some(x), Some(y)) = (self.g.input(o, 0), self.g.output(o, 0)) else {
                 continue;
             };
             if self.g.is_output(y) {
                 continue;
             }
-            let what = self.g.op(o).op_type.clone();
             self.g.replace_all_uses(y, x);
             self.g.remove_op_and_dead_outputs(o);
-            self.removed
-                .insert(o, format!("ONNX Runtime removes {what} nodes"));
+            self.removed.insert(o, why);
+        }
+    }
+
+    /// ConstantFolding: a deterministic node whose inputs are all constant (DequantizeLinear
+    /// excepted) becomes initializers, and so does `Shape` of a value whose dims are known;
+    /// nodes left without readers are removed with it.
+    fn constant_fold(&mut self) -> Result<(), LintError> {
+        const RANDOM: &[&str] = &[
+            "Bernoulli",
+            "Multinomial",
+            "RandomNormal",
+            "RandomNormalLike",
+            "RandomUniform",
+            "RandomUniformLike",
+        ];
+        let mut gone: HashSet<OpId> = HashSet::new();
+        for o in self.g.topo_order()? {
+            if gone.contains(&o) {
+                continue;
+            }
+            let op = self.g.op(o);
+            if op.op_type == "DequantizeLinear"
+                || !matches!(op.domain_key(), "" | "com.microsoft")
+                || RANDOM.contains(&op.op_type.as_str())
+                || !op.subgraphs().is_empty()
+            {
+                continue;
+            }
+            let inputs = self.g.inputs_of(o);
+            let outs = self.g.outputs_of(o);
+            let values: Option<Vec<Tensor>> = if op.op_type == "Shape" {
+                let Some(dims) = inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .and_then(|x| self.g.value(x).ty.as_ref().and_then(|t| t.known_dims()))
+                else {
+                    continue;
+                };
+                eval::shape_from_dims(op, &dims).ok().map(|t| vec![t])
+            } else {
+                if !inputs.iter().flatten().all(|v| self.is_const(*v)) {
+                    continue;
+                }
+                if op.op_type == "Constant" {
+                    eval::constant_value(op).ok().map(|t| vec![t])
+                } else if eval::supports(op) {
+                    let vals: Vec<Option<Tensor>> = inputs
+                        .iter()
+                        .map(|v| v.and_then(|v| self.konst(v)))
+                        .collect();
+                    if vals
+                        .iter()
+                        .zip(&inputs)
+                        .all(|(t, v)| t.is_some() || v.is_none())
+                    {
+                        let refs: Vec<Option<&Tensor>> = vals.iter().map(|t| t.as_ref()).collect();
+                        eval::eval(op, &refs, self.opset, 1 << 16).ok()
+                    } else {
+                        None
+                    }
+                } else {
+                    None
+                }
+            };
+            let what = op.op_type.clone();
+            self.g.remove_op(o);
+            gone.insert(o);
+            self.removed.insert(
+                o,
+                format!("ONNX Runtime folds this {what} into a constant (its inputs are constant)"),
+            );
+            for (i, v) in outs.iter().enumerate() {
+                if let Some(v) = v {
+                    let t = values.as_ref().and_then(|vals| vals.get(i).cloned());
+                    self.folded.insert(*v, t);
+                }
+            }
+            for x in inputs.into_iter().flatten() {
+                self.remove_dead_from(x, &mut gone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the producer of `v` (and upwards) when nothing reads its outputs any more.
+    fn remove_dead_from(&mut self, v: ValueId, gone: &mut HashSet<OpId>) {
+        let Some((p, _)) = self.g.producer(v) else {
+            return;
+        };
+        let outs: Vec<ValueId> = self.g.outputs_of(p).into_iter().flatten().collect();
+        if outs
+            .iter()
+            .any(|o| self.g.is_output(*o) || !self.g.consumers(*o).is_empty())
+        {
+            return;
+        }
+        let inputs: Vec<ValueId> = self.g.inputs_of(p).into_iter().flatten().collect();
+        let what = self.g.op(p).op_type.clone();
+        self.g.remove_op(p);
+        gone.insert(p);
+        self.removed.entry(p).or_insert_with(|| {
+            format!("ONNX Runtime removes this {what}: only a constant-folded node read it")
+        });
+        for x in inputs {
+            self.remove_dead_from(x, gone);
         }
     }
 
@@ -690,16 +907,13 @@ impl<'m> Sim<'m> {
                 .producer(w)
                 .map(|(p, _)| p)
                 .filter(|p| self.g.op(*p).op_type == "DequantizeLinear");
-            if dq1.is_none()
-                && !(self.g.value(w).init.is_some() && dtype_of(&self.g, w) == Some(DType::F32))
-            {
+            if dq1.is_none() && !(self.is_initializer(w) && self.dtype(w) == Some(DType::F32)) {
                 continue;
             }
             let bias_size = match bias {
                 Some(b) => {
                     let dims = self.dims(b);
-                    if self.g.value(b).init.is_none() || dims.as_ref().is_none_or(|d| d.len() != 1)
-                    {
+                    if !self.is_initializer(b) || dims.as_ref().is_none_or(|d| d.len() != 1) {
                         continue;
                     }
                     Some(dims.expect("checked")[0])
@@ -846,7 +1060,7 @@ impl<'m> Sim<'m> {
             }
             let remove = if op.op_type == "Relu" {
                 let z = self.g.input(q, 2).expect("checked");
-                match (self.konst(z), dtype_of(&self.g, z)) {
+                match (self.konst(z), self.dtype(z)) {
                     (Some(t), Some(d)) if t.len() == 1 => {
                         let zp = t.to_f64_vec().and_then(|v| v.first().copied());
                         type_min_max(d).is_some_and(|(lo, _)| zp == Some(lo as f64))
@@ -1007,7 +1221,7 @@ impl<'m> Sim<'m> {
                 let op_type = &self.g.op(o).op_type;
                 let note = if matches!(op_type.as_str(), "Conv" | "Gemm") && s >= 1 {
                     let what = if s == 1 { "weight" } else { "bias" };
-                    if self.g.value(*v).init.is_some() {
+                    if self.is_initializer(*v) {
                         Some(format!(
                             "ONNX Runtime quantizes a float {what} itself only when input 0 is \
                              dequantized per tensor and the output leads to a QuantizeLinear"
@@ -1358,30 +1572,21 @@ impl<'m> Sim<'m> {
                 self.type_checks(d_w, false)?;
                 Ok((fused("QLinearConv"), self.warnings(o, &sel, 0), sel.clip))
             }
-            Rule::MatMul => {
-                if sel.dqs.len() != 2 {
-                    if sel.dqs.len() == 1 && sel.dqs[0].0 == 1 && sel.qs.is_empty() {
-                        if sel.clip.is_none() && self.nbits_ok(sel.dqs[0].1) {
-                            return Ok((fused("MatMulNBits"), Vec::new(), None));
+            Rule::MatMul => match self.matmul(o, &sel) {
+                Ok(v) => Ok(v),
+                // Not a QDQ unit: the weight alone may still fuse to a weight-only kernel.
+                Err(reason) => {
+                    let weight_dq = sel.dqs.iter().find(|(s, _)| *s == 1).map(|(_, d)| *d);
+                    let clean =
+                        sel.qs.is_empty() || self.check_qdq_nodes(o, &sel, None, false).is_ok();
+                    match weight_dq {
+                        Some(dq) if sel.clip.is_none() && clean && self.nbits_ok(dq) => {
+                            Ok((fused("MatMulNBits"), Vec::new(), None))
                         }
+                        _ => Err(reason),
                     }
-                    return Err(self.missing_dq(o, &sel, &[0, 1]));
                 }
-                let (d_in, d_w) = (dq_dt(0), dq_dt(1));
-                self.int8_checks(&sel, d_in, d_w)?;
-                self.type_checks(d_in, false)?;
-                self.type_checks(d_w, false)?;
-                if sel.qs.is_empty() {
-                    return Ok((
-                        fused("MatMulIntegerToFloat"),
-                        self.warnings(o, &sel, 1),
-                        None,
-                    ));
-                }
-                self.check_qdq_nodes(o, &sel, None, false)?;
-                self.mismatch(&[("input", d_in), ("output", q_dt(0))])?;
-                Ok((fused("QLinearMatMul"), self.warnings(o, &sel, 1), sel.clip))
-            }
+            },
             Rule::Gemm => {
                 self.check_qdq_nodes(o, &sel, None, true)?;
                 let (d_a, d_b) = (dq_dt(0), dq_dt(1));
@@ -1396,14 +1601,15 @@ impl<'m> Sim<'m> {
                 }
                 self.type_checks(d_a, false)?;
                 self.type_checks(d_b, false)?;
-                let alpha = op.attr_float("alpha").unwrap_or(1.0);
-                if alpha != 1.0 {
-                    return Err(Reason::GemmAlpha { alpha });
-                }
                 if sel.dqs.len() == 3 {
                     let beta = op.attr_float("beta").unwrap_or(1.0);
                     if beta != 1.0 {
                         return Err(Reason::GemmBeta { beta });
+                    }
+                    // QGemm scales the int32 bias by alpha: only 1 keeps it exact.
+                    let alpha = op.attr_float("alpha").unwrap_or(1.0);
+                    if alpha != 1.0 {
+                        return Err(Reason::GemmAlpha { alpha });
                     }
                     let d_c = dq_dt(2);
                     if d_c != Some(DType::I32) {
@@ -1416,6 +1622,35 @@ impl<'m> Sim<'m> {
                 Ok((fused("QGemm"), self.warnings(o, &sel, 2), sel.clip))
             }
         }
+    }
+
+    /// The QDQ MatMul rule: QLinearMatMul with a Q after, MatMulIntegerToFloat without.
+    fn matmul(
+        &self,
+        o: OpId,
+        sel: &Selection,
+    ) -> Result<(Verdict, Vec<Warning>, Option<OpId>), Reason> {
+        if sel.dqs.len() != 2 {
+            return Err(self.missing_dq(o, sel, &[0, 1]));
+        }
+        let dt = |i: usize| self.dq_in_dtype(sel.dqs[i].1);
+        let (d_in, d_w) = (dt(0), dt(1));
+        self.int8_checks(sel, d_in, d_w)?;
+        self.type_checks(d_in, false)?;
+        self.type_checks(d_w, false)?;
+        let kernel = |k: &str| Verdict::Fused {
+            kernel: k.to_string(),
+        };
+        if sel.qs.is_empty() {
+            return Ok((
+                kernel("MatMulIntegerToFloat"),
+                self.warnings(o, sel, 1),
+                None,
+            ));
+        }
+        self.check_qdq_nodes(o, sel, None, false)?;
+        self.mismatch(&[("input", d_in), ("output", self.q_out_dtype(sel.qs[0]))])?;
+        Ok((kernel("QLinearMatMul"), self.warnings(o, sel, 1), sel.clip))
     }
 
     /// Conv/MatMul: int8 activations need the platform's s8s8 kernels and int8 weights.
@@ -1451,7 +1686,7 @@ impl<'m> Sim<'m> {
             return false;
         };
         let z = self.g.input(dq, 2);
-        if !matches!(dtype_of(&self.g, s), Some(DType::F32 | DType::F16)) {
+        if !matches!(self.dtype(s), Some(DType::F32 | DType::F16)) {
             return false;
         }
         if !matches!(
