@@ -234,7 +234,7 @@ pub fn units(model: &Model, platform: Platform) -> Result<Vec<Unit>, LintError> 
                     .any(|v| g.consumers(v).iter().any(|(c, _)| is_q(g, *c)))
         };
         let present = !sim.removed.contains_key(&o);
-        if !touches(original) && !(present && touches(&sim.g)) {
+        if !(touches(original) || (present && touches(&sim.g))) {
             continue;
         }
         let (verdict, warnings) = match sim.removed.get(&o) {
@@ -642,6 +642,14 @@ impl<'m> Sim<'m> {
             }
             let skip = usize::from(!is_output);
             let dq_name = self.name(dq);
+            for (c, _) in &edges {
+                self.note(
+                    *c,
+                    format!(
+                        "DequantizeLinear '{dq_name}' is shared; ONNX Runtime gives each reader its own copy"
+                    ),
+                );
+            }
             for (c, slot) in edges.into_iter().skip(skip) {
                 let inputs = self.g.inputs_of(dq);
                 let mut op = self.g.op(dq).clone();
@@ -655,12 +663,6 @@ impl<'m> Sim<'m> {
                 if self.to_u8.contains(&dq) {
                     self.to_u8.insert(new);
                 }
-                self.note(
-                    c,
-                    format!(
-                        "DequantizeLinear '{dq_name}' is shared; ONNX Runtime gives this node its own copy"
-                    ),
-                );
             }
         }
         Ok(())
@@ -1190,9 +1192,8 @@ impl<'m> Sim<'m> {
         let qs = q_children(clip.unwrap_or(o));
         if let Some(c) = clip {
             if qs.len() != 1 {
-                let v = self.g.output(o, 0).expect("has an output");
                 return Err(Reason::MissingOutputQ {
-                    value: self.vname(v),
+                    value: self.first_output(o),
                     note: Some(format!(
                         "{} '{}' follows it, with no QuantizeLinear after",
                         self.g.op(c).op_type,
@@ -1267,7 +1268,9 @@ impl<'m> Sim<'m> {
             });
         }
         for (_, dq) in &sel.dqs {
-            let out = self.g.output(*dq, 0).expect("DQ output");
+            let Some(out) = self.g.output(*dq, 0) else {
+                return Err(Reason::SharedDq { dq: self.name(*dq) });
+            };
             let edges = self.g.consumers(out);
             if self.g.is_output(out) || edges.len() != 1 || edges[0].0 != o {
                 return Err(Reason::SharedDq { dq: self.name(*dq) });
@@ -1405,9 +1408,11 @@ impl<'m> Sim<'m> {
             .map(|(p, _)| p)
         {
             Some(q) if is_q(&self.g, q) => {
-                let out = self.g.output(q, 0).expect("Q output");
-                let n = self.edges(out);
-                if n != 1 || self.g.is_output(out) {
+                let (n, is_output) = match self.g.output(q, 0) {
+                    Some(out) => (self.edges(out), self.g.is_output(out)),
+                    None => (0, false),
+                };
+                if n != 1 || is_output {
                     format!(
                         "on x86-64 it converts an int8 Q/DQ pair to uint8 only when the \
                          QuantizeLinear feeds a single DequantizeLinear, and '{}' feeds {n}",
@@ -1425,6 +1430,17 @@ impl<'m> Sim<'m> {
             }
         };
         format!("{base}; {why}")
+    }
+
+    /// Name of `o`'s first output value.
+    fn first_output(&self, o: OpId) -> String {
+        self.g
+            .outputs_of(o)
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|v| self.vname(v))
+            .unwrap_or_default()
     }
 
     fn dq_input_name(&self, dq: OpId) -> String {
@@ -1482,8 +1498,11 @@ impl<'m> Sim<'m> {
                     return Err(self.missing_dq(o, &sel, &[0]));
                 }
                 let dq = sel.dqs[0].1;
-                let out = self.g.output(dq, 0).expect("DQ output");
-                if self.g.is_output(out) || self.edges(out) != 1 {
+                let shared = self
+                    .g
+                    .output(dq, 0)
+                    .is_none_or(|out| self.g.is_output(out) || self.edges(out) != 1);
+                if shared {
                     return Err(Reason::SharedDq { dq: self.name(dq) });
                 }
                 self.type_checks(dq_dt(0), false)?;
@@ -1552,6 +1571,11 @@ impl<'m> Sim<'m> {
             Rule::Conv => {
                 self.check_qdq_nodes(o, &sel, None, false)?;
                 let (d_in, d_w, d_out) = (dq_dt(0), dq_dt(1), q_dt(0));
+                // ONNX Runtime compares the types first; an unconverted int8 input is the
+                // cause worth naming when both rules fail.
+                if d_in == Some(DType::I8) && !self.int8_allowed {
+                    self.int8_checks(&sel, d_in, d_w)?;
+                }
                 self.mismatch(&[("input", d_in), ("output", d_out)])?;
                 if is_4bit(d_w) || is_4bit(d_in) {
                     return Err(Reason::FourBit {
@@ -1592,7 +1616,11 @@ impl<'m> Sim<'m> {
                 let (d_a, d_b) = (dq_dt(0), dq_dt(1));
                 if d_a == Some(DType::I8) && d_b != Some(DType::I8) {
                     return Err(Reason::WeightNotInt8 {
-                        weight: self.dq_input_name(sel.dqs[1].1),
+                        weight: sel
+                            .dqs
+                            .get(1)
+                            .map(|d| self.dq_input_name(d.1))
+                            .unwrap_or_default(),
                         dtype: d_b.unwrap_or(DType::Other(0)),
                     });
                 }
@@ -1672,7 +1700,11 @@ impl<'m> Sim<'m> {
         }
         if d_w != Some(DType::I8) {
             return Err(Reason::WeightNotInt8 {
-                weight: self.dq_input_name(sel.dqs[1].1),
+                weight: sel
+                    .dqs
+                    .get(1)
+                    .map(|d| self.dq_input_name(d.1))
+                    .unwrap_or_default(),
                 dtype: d_w.unwrap_or(DType::Other(0)),
             });
         }
@@ -1796,9 +1828,9 @@ impl<'m> Sim<'m> {
                             sw.get(c).copied().unwrap_or(f64::NAN)
                         };
                         let expected = (sx[0] as f32 * w as f32) as f64;
-                        if !((found - expected).abs()
-                            <= 1e-5 * expected.abs().max(f64::MIN_POSITIVE))
-                        {
+                        let close = (found - expected).abs()
+                            <= 1e-5 * expected.abs().max(f64::MIN_POSITIVE);
+                        if !close {
                             out.push(Warning::BiasScale {
                                 bias: bias.clone(),
                                 channel: c,

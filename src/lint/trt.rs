@@ -3,10 +3,11 @@
 //! Rules from TensorRT's documentation on explicit quantization (and the placement
 //! ModelOpt uses for it): Q/DQ must be int8 (or fp8; int4 for weights) with zero point
 //! 0; activations take one scale, weights one scale per output channel at most.
-//! TensorRT moves DequantizeLinear forward through data-movement layers and fuses it
-//! into the next convolution, matrix multiply, pooling or element-wise layer; a trailing
-//! QuantizeLinear is optional (it is fused into the producer). Everything else that reads
-//! a DequantizeLinear runs in higher precision. No TensorRT engine checks these rules.
+//! TensorRT moves DequantizeLinear forward, and QuantizeLinear backward, through
+//! data-movement layers (and max pooling), and fuses DequantizeLinear into the next
+//! convolution, matrix multiply, pooling or element-wise layer; a trailing QuantizeLinear
+//! is optional (it is fused into the producer). Everything else that reads a
+//! DequantizeLinear runs in higher precision. No TensorRT engine checks these rules.
 
 use super::{
     const_tensor, dims_of, dtype_of, is_dq, is_q, is_scalar_shape, never_a_unit, LintError, Reason,
@@ -161,6 +162,16 @@ fn judge(model: &Model, g: &Graph, o: OpId, dq_in: &[Option<OpId>]) -> Result<Ve
             kernel: kernel.to_string(),
         });
     }
+    let q_after = g
+        .outputs_of(o)
+        .into_iter()
+        .flatten()
+        .any(|v| g.consumers(v).iter().any(|(c, _)| is_q(g, *c)));
+    // A QuantizeLinear moves backwards through layers that commute with it.
+    if (COMMUTING.contains(&op_type) || op_type == "MaxPool") && dq_at(0).is_none() && q_after {
+        check_q_outputs(model, g, o)?;
+        return Ok(Verdict::Dropped);
+    }
     if let Some(kernel) = pointwise(op_type) {
         let slots: Vec<usize> = (0..g.op(o).n_inputs)
             .filter(|s| g.input(o, *s).is_some())
@@ -168,7 +179,7 @@ fn judge(model: &Model, g: &Graph, o: OpId, dq_in: &[Option<OpId>]) -> Result<Ve
         let data = if op_type == "Add" {
             &slots[..]
         } else {
-            &slots[..1]
+            &slots[..slots.len().min(1)]
         };
         for &s in data {
             let dq = dq_at(s).ok_or_else(|| missing(s))?;
