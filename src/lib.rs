@@ -16,7 +16,8 @@
 //! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
 //! per value) → calibrate (`calib::collect` taps the planned values in tract, streaming
 //! into `calib::TensorStats`; a method turns each into a range) → materialise
-//! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`).
+//! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`) →
+//! fusion coverage (`lint`: which node units the target runtime turns into integer kernels).
 //!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
@@ -39,11 +40,16 @@
 //!   tensors from tract into statistics in groups under a memory budget.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy) and
 //!   the output-by-output comparison of two models.
+//! - [`lint`]: fusion coverage of any QDQ model: per node unit, whether the target runtime
+//!   fuses it into an integer kernel (and which), drops a data-movement op's Q/DQ pair, or
+//!   runs it in float and why. `lint::ort` replays ONNX Runtime's CPU QDQ transformations
+//!   on a copy of the graph (checked against ONNX Runtime by
+//!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
-//! `calib → exec`, `report → exec`. `ir` knows nothing of protobuf, tract or clap; only
-//! `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset` asks
+//! `calib → exec`, `report → exec`, `lint → passes, quant::rules`. `ir` knows nothing
+//! of protobuf, tract or clap; only `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset` asks
 //! `onnx` for model-local function bodies, which live in the carried protobuf bytes.
 //!
 //! ## Invariants
