@@ -49,8 +49,9 @@
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
 //! `calib → exec`, `report → exec`, `lint → passes, quant::rules`. `ir` knows nothing
-//! of protobuf, tract or clap; only `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset` asks
-//! `onnx` for model-local function bodies, which live in the carried protobuf bytes.
+//! of protobuf, tract or clap; only `exec` names tract. One exception, kept deliberate:
+//! `passes::upgrade_opset` asks `onnx` for model-local function bodies, which live in the
+//! carried protobuf bytes.
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as
