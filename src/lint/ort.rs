@@ -28,7 +28,7 @@ use super::{
     const_tensor, is_dq, is_q, is_scalar_shape, never_a_unit, since_version, LintError, Platform,
     Reason, Unit, UnitKind, Verdict, Warning,
 };
-use crate::ir::{eval, AttrValue, DType, Graph, Model, Op, OpId, Tensor, ValueId};
+use crate::ir::{eval, AttrValue, DType, Dim, Graph, Model, Op, OpId, Tensor, ValueId, ValueType};
 use crate::passes::{InferShapes, Pass, PassCx};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -185,6 +185,21 @@ pub fn units(model: &Model, platform: Platform) -> Result<Vec<Unit>, LintError> 
     // Value shapes as ONNX Runtime infers them (Shape folding and scalar checks read them);
     // best effort: a model shape inference cannot follow is linted with the shapes it has.
     let mut typed = model.clone();
+    // ONNX Runtime reads a declared input dimension of -1 as a value (so `Shape` of such a
+    // tensor folds); shape inference here would forget it, so 1 stands in for it.
+    let inputs = typed.graph.inputs.clone();
+    for v in inputs {
+        if let Some(ValueType::Tensor {
+            shape: Some(dims), ..
+        }) = &mut typed.graph.value_mut(v).ty
+        {
+            for d in dims.iter_mut() {
+                if matches!(d, Dim::Known(k) if *k < 0) {
+                    *d = Dim::Known(1);
+                }
+            }
+        }
+    }
     let _ = InferShapes.run(&mut typed, &mut PassCx::default());
     let mut sim = Sim {
         model,

@@ -89,6 +89,9 @@ ORT_QUANTIZED = [
      {"activation_type": "QUInt8", "per_channel": True}),
     ("ppocr_cls ort-quantizer u8", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      {"activation_type": "QUInt8", "per_channel": True}),
+    ("ppocr_cls ort-quantizer s8", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
+     {"per_channel": True}),
+    ("magika ort-quantizer s8", "magika/model.onnx", "magika/calib.npz", {}),
 ]
 
 
@@ -400,6 +403,9 @@ def agree(unit: dict, side: tuple[str, str]) -> bool:
     return kind in ("float", "gone")
 
 
+SEEN: set[str] = set()
+
+
 def check_model(label: str, path: str, qrange: str, work: str, plat: str):
     """Returns (n units, list of disagreements, counts)."""
     named = os.path.join(work, "named.onnx")
@@ -414,6 +420,7 @@ def check_model(label: str, path: str, qrange: str, work: str, plat: str):
     for u in lint["units"]:
         side = ort_side(u, opt)
         counts[u["verdict"]] = counts.get(u["verdict"], 0) + 1
+        SEEN.add(u.get("kernel") or u.get("reason_code") or u["verdict"])
         if not agree(u, side):
             said = u["verdict"] + (" " + u.get("kernel", "") if u["verdict"] == "fused" else "")
             why = u.get("reason") or u.get("why") or ""
@@ -509,6 +516,13 @@ def main() -> int:
     for label, n, c, bad in rows:
         print(f"{label[:44]:44} {n:>5} {c.get('fused', 0):>5} {c.get('dropped', 0):>5} "
               f"{c.get('removed', 0):>4} {c.get('float', 0):>5}  {'ok' if not bad else 'DIFF'}")
+    print("kernels and reasons met: " + ", ".join(sorted(SEEN)))
+    # A run that compares nothing proves nothing: every kind of verdict must have occurred.
+    if not args.only:
+        for want in ["QLinearConv", "QGemm", "MatMulIntegerToFloat", "dropped", "removed",
+                     "graph_output", "int8_activation", "qparams_differ", "sixteen_bit"]:
+            if want not in SEEN:
+                failures.append(f"no unit of the run was '{want}': the comparison lost coverage")
     for f in failures:
         print("FAIL", f)
     print(f"lint-vs-ort: {len(rows)} models, {total} units, "
