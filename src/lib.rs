@@ -53,12 +53,18 @@
 //!   `ReportInput` (plain data, one section per part of qrange) rendered to one
 //!   self-contained HTML page with SVG charts (plotters, SVG backend only): per calibrated
 //!   tensor, its histogram with every method's range and the chosen one.
+//! - [`lint`]: fusion coverage of any QDQ model: per node unit, whether the target runtime
+//!   fuses it into an integer kernel (and which), drops a data-movement op's Q/DQ pair, or
+//!   runs it in float and why. `lint::ort` replays ONNX Runtime's CPU QDQ transformations
+//!   on a copy of the graph (checked against ONNX Runtime by
+//!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
-//! `calib → exec`, `report → exec, calib, quant`. `ir` knows nothing of protobuf, tract or
-//! clap; only `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset`
-//! asks `onnx` for model-local function bodies, which live in the carried protobuf bytes.
+//! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`. `ir`
+//! knows nothing of protobuf, tract or clap; only `exec` names tract. One exception, kept
+//! deliberate: `passes::upgrade_opset` asks `onnx` for model-local function bodies, which
+//! live in the carried protobuf bytes.
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as
@@ -88,6 +94,7 @@ pub mod cli;
 pub mod data;
 pub mod exec;
 pub mod ir;
+pub mod lint;
 pub mod onnx;
 pub mod passes;
 pub mod quant;

@@ -482,6 +482,8 @@ struct Summary {
     folded_ops: usize,
     float_ops: usize,
     float_reasons: BTreeMap<String, Vec<String>>,
+    /// What the target runtime fuses in the written model (`qrange lint`).
+    fusion: Option<crate::lint::Coverage>,
     methods: BTreeMap<String, usize>,
     size_before: u64,
     size_after: u64,
@@ -870,6 +872,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 .push(k.clone());
         }
     }
+    let fusion = crate::lint::lint(&q, &crate::lint::LintOptions::new(p.cfg.target))
+        .ok()
+        .filter(|r| r.fusion_model)
+        .map(|r| r.coverage());
     let mut methods: BTreeMap<String, usize> = BTreeMap::new();
     for m in chosen.values() {
         *methods.entry(m.name().to_string()).or_default() += 1;
@@ -886,6 +892,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         folded_ops: nf,
         float_ops: nfl,
         float_reasons,
+        fusion,
         methods,
         size_before: file_size(&p.float),
         size_after,
@@ -1250,6 +1257,9 @@ fn print_summary(s: &Summary) {
             String::new()
         };
         println!("  float: {reason}: {}{more}", shown.join(", "));
+    }
+    if let Some(f) = &s.fusion {
+        println!("{}", f.line);
     }
     println!(
         "ranges     {} calibration samples; methods chosen: {}",
