@@ -687,7 +687,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         percentile: a.percentile,
         ..MethodOptions::default()
     };
-<<<<<<< HEAD
+    // Subgraphs no sample reached have no statistics: their ops stay float.
+    let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
+    if !unreached.is_empty() {
+        p.plan = plan::build_with(&p.model, &p.cfg, &unreached);
+    }
     let base_plan = p.plan.clone();
     if let (Some(o), Some(f)) = (&overrides, &a.overrides) {
         let units = tune::units(&p.plan, &p.model);
@@ -703,14 +707,6 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         );
     }
     let mut chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
-=======
-    // Subgraphs no sample reached have no statistics: their ops stay float.
-    let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
-    if !unreached.is_empty() {
-        p.plan = plan::build_with(&p.model, &p.cfg, &unreached);
-    }
-    let chosen = choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts)?;
->>>>>>> subgraph
     times.insert("calibrate".into(), t.elapsed().as_secs_f64());
 
     let mut tuned: Option<Tuned> = None;
