@@ -1,6 +1,7 @@
 //! Command line: clap definitions and one file per subcommand. The only module that prints.
 
 mod calibrate;
+mod compare;
 mod convert;
 mod inspect;
 mod passes;
@@ -30,6 +31,7 @@ pub enum Outcome {
     after_help = "Examples:\n  qrange inspect fixtures/ppocr_cls/model.onnx\n  \
                   qrange convert in.onnx out.onnx --external-data 1024\n  \
                   qrange run fixtures/ppocr_cls/model.onnx --data fixtures/ppocr_cls/eval.npz -o out.npz\n  \
+                  qrange compare model.onnx model.int8.onnx --data eval.npz --per-tensor\n  \
                   qrange passes"
 )]
 struct Cli {
@@ -46,6 +48,7 @@ enum Cmd {
     Quantize(quantize::Args),
     Calibrate(calibrate::Args),
     Merge(calibrate::MergeArgs),
+    Compare(compare::Args),
 }
 
 /// Parses `args` and runs the command.
@@ -80,6 +83,7 @@ where
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::Calibrate(a) => calibrate::run(a),
         Cmd::Merge(a) => calibrate::merge(a),
+        Cmd::Compare(a) => compare::run(a),
     }
 }
 

@@ -1,0 +1,690 @@
+//! Per-tensor error between a reference model and a test model — typically a float model
+//! and its quantized version — so a user sees which layer broke accuracy: where error
+//! enters and where it accumulates.
+//!
+//! **Matching.** Every value of the reference's main graph that an op produces is looked
+//! up by name in the test model. Quantization is followed by the graph's structure, never
+//! by name patterns, so qrange's models (`x → Q → x.q → DQ → x.dq`) and other tools'
+//! (`X → Q → X_QuantizeLinear_Output → DQ → X_DequantizeLinear_Output`) read alike:
+//! - the test model's value of the same name is compared with the reference's;
+//! - when a `QuantizeLinear` reads it and a `DequantizeLinear` reads that Q's output, the
+//!   DQ's output — what the next op sees — is compared too, against the value the next op
+//!   reads in the reference. That is the same value unless the test model folded an op
+//!   into the quantization (a Relu whose clipping the quantized range does): then the
+//!   next op reads the Relu's output in the reference, and that is what the dequantized
+//!   value must match;
+//! - when the name sits on a dequantized graph output (the tool moved the producer's
+//!   value to another name, `y.float` for qrange), the producer's value is the test value
+//!   and the named one is its dequantized form.
+//!
+//! Values without a counterpart (removed by a fold, renamed, of another shape, not
+//! floating point) are listed in [`PerTensor::unmatched`] with the reason; nothing is
+//! skipped silently.
+//!
+//! **Streaming.** The values are tapped in the engine ([`crate::exec::SessionOptions`])
+//! in groups whose tapped bytes per sample fit a budget (split like calibration does,
+//! [`crate::calib::collect::plan_groups`]), one engine run of each model per group and
+//! sample; each tensor is folded into a streaming [`Comparison`] at once, so memory does
+//! not grow with the number of samples. Group sizes come from the value types: run shape
+//! inference on the models first (values of unknown size count as the largest known).
+
+use super::metrics::{as_f32, Comparison, Metrics};
+use crate::calib::collect::plan_groups;
+use crate::data::Sample;
+use crate::exec::{ExecError, Session, SessionOptions};
+use crate::ir::{DType, Graph, GraphError, Model, OpId, Tensor, ValueId};
+use crate::onnx::{self, ExternalPolicy, OnnxError};
+use crate::quant::plan::op_key;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which of the two compared models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Reference,
+    Test,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Reference => "reference",
+            Side::Test => "test",
+        })
+    }
+}
+
+/// Why [`per_tensor`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PerTensorError {
+    /// There was no sample to run.
+    #[error("no samples to compare")]
+    NoSamples,
+    /// A model could not be encoded for the engine.
+    #[error("{model} model: {source}")]
+    Encode { model: Side, source: OnnxError },
+    /// A model's graph has no topological order.
+    #[error("{model} model: {source}")]
+    Graph { model: Side, source: GraphError },
+    /// The engine could not load a model with the taps of one group.
+    #[error("{model} model: {source}")]
+    Load { model: Side, source: ExecError },
+    /// The engine failed on a sample.
+    #[error("{model} model: sample {sample}: {source}")]
+    Run {
+        model: Side,
+        sample: usize,
+        source: ExecError,
+    },
+}
+
+/// The error of one reference value in the test model.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerComparison {
+    /// The value's name in the reference model.
+    pub value: String,
+    /// Key of the op producing it in the reference model: the node name, or
+    /// `OpType#order` when unnamed ([`crate::quant::plan::op_key`]). `None` for a graph
+    /// input.
+    pub producer: Option<String>,
+    /// That op's type (`None` for a graph input).
+    pub op_type: Option<String>,
+    /// 0 for a graph input; `i + 1` for the output of the i-th op of the reference
+    /// model's deterministic topological order.
+    pub index: usize,
+    /// Shape of the value (in the first sample).
+    pub shape: Vec<usize>,
+    /// The test model's value compared with it: the same name, unless the test model
+    /// moved the name onto a dequantized graph output (then its producer's value).
+    pub test_value: String,
+    /// Reference value against test value.
+    pub metrics: Metrics,
+    /// The lowest SQNR among the computed values the producing op reads in the test
+    /// model (as compared here; weights and other constants are not counted): set
+    /// against [`LayerComparison::metrics`], it shows how much error this op adds.
+    pub input_sqnr_db: Option<f64>,
+    /// Present when the test model quantizes the value: its dequantized form, what the
+    /// next op reads.
+    pub dequantized: Option<Dequantized>,
+}
+
+impl LayerComparison {
+    /// The lower of the value's SQNR and its dequantized form's: the key the list is
+    /// sorted by.
+    pub fn worst_sqnr_db(&self) -> f64 {
+        match &self.dequantized {
+            Some(d) => self.metrics.sqnr_db.min(d.metrics.sqnr_db),
+            None => self.metrics.sqnr_db,
+        }
+    }
+}
+
+/// The dequantized form of a quantized value in the test model.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Dequantized {
+    /// The `DequantizeLinear` output in the test model.
+    pub value: String,
+    /// The reference value it is compared with: [`LayerComparison::value`], or the value
+    /// the next op reads in the reference when the test model folded an op (e.g. a Relu)
+    /// into the quantization.
+    pub reference: String,
+    /// Reference value against the dequantized test value.
+    pub metrics: Metrics,
+}
+
+/// Why a reference value was not compared.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Unmatched {
+    /// The test model has no value of that name (folded away or renamed).
+    NotInTest { value: String },
+    /// The test model holds it as a constant.
+    ConstantInTest { value: String },
+    /// The test model takes it as an input.
+    InputOfTest { value: String },
+    /// The two values' shapes differ.
+    ShapeDiffers {
+        value: String,
+        /// Compared value in the test model (a dequantized one for dequantized forms).
+        test_value: String,
+        reference_shape: Vec<usize>,
+        test_shape: Vec<usize>,
+    },
+    /// The value does not hold floating-point numbers in one of the models.
+    NotFloat {
+        value: String,
+        model: Side,
+        dtype: DType,
+    },
+}
+
+impl Unmatched {
+    /// The reference value concerned.
+    pub fn value(&self) -> &str {
+        match self {
+            Unmatched::NotInTest { value }
+            | Unmatched::ConstantInTest { value }
+            | Unmatched::InputOfTest { value }
+            | Unmatched::ShapeDiffers { value, .. }
+            | Unmatched::NotFloat { value, .. } => value,
+        }
+    }
+}
+
+impl std::fmt::Display for Unmatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unmatched::NotInTest { .. } => write!(f, "not in the test model"),
+            Unmatched::ConstantInTest { .. } => write!(f, "a constant in the test model"),
+            Unmatched::InputOfTest { .. } => write!(f, "an input of the test model"),
+            Unmatched::ShapeDiffers {
+                test_value,
+                reference_shape,
+                test_shape,
+                ..
+            } => write!(
+                f,
+                "shape {reference_shape:?} in the reference, {test_shape:?} for '{test_value}' in the test model"
+            ),
+            Unmatched::NotFloat { model, dtype, .. } => {
+                write!(f, "holds {dtype} in the {model} model, not floating point")
+            }
+        }
+    }
+}
+
+/// Result of [`per_tensor`].
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PerTensor {
+    /// Compared values, worst first: ascending [`LayerComparison::worst_sqnr_db`], ties
+    /// by topological index, then name.
+    pub layers: Vec<LayerComparison>,
+    /// Reference values that were not compared, in topological order.
+    pub unmatched: Vec<Unmatched>,
+    /// Samples run.
+    pub samples: u64,
+    /// Tap groups (engine runs of each model per sample).
+    pub groups: usize,
+}
+
+/// Where one reference value is found in the test model.
+#[derive(Clone, Debug)]
+struct Pairing {
+    value: String,
+    producer: Option<String>,
+    op_type: Option<String>,
+    index: usize,
+    test_value: String,
+    /// Values the test model's producing op reads (computed ones only).
+    reads: Vec<String>,
+    /// (dequantized value in the test model, reference value it is compared with)
+    dq: Option<(String, String)>,
+    /// Tapped bytes per sample in both models, when the types say.
+    bytes: Option<u64>,
+}
+
+fn is_op(g: &Graph, o: OpId, op_type: &str) -> bool {
+    let op = g.op(o);
+    op.op_type == op_type && matches!(op.domain_key(), "" | "com.microsoft")
+}
+
+/// The output of the first `QuantizeLinear → DequantizeLinear` pair reading `v`.
+fn dequantized_of(g: &Graph, v: ValueId) -> Option<ValueId> {
+    let mut qs: Vec<OpId> = g
+        .consumers(v)
+        .into_iter()
+        .filter(|(o, slot)| *slot == 0 && is_op(g, *o, "QuantizeLinear"))
+        .map(|(o, _)| o)
+        .collect();
+    qs.sort_by_key(|o| g.op(*o).order);
+    for q in qs {
+        let Some(qv) = g.output(q, 0) else { continue };
+        let mut dqs: Vec<OpId> = g
+            .consumers(qv)
+            .into_iter()
+            .filter(|(o, slot)| *slot == 0 && is_op(g, *o, "DequantizeLinear"))
+            .map(|(o, _)| o)
+            .collect();
+        dqs.sort_by_key(|o| g.op(*o).order);
+        if let Some(dq) = dqs.first().and_then(|o| g.output(*o, 0)) {
+            return Some(dq);
+        }
+    }
+    None
+}
+
+/// When `v` is the output of `DequantizeLinear(QuantizeLinear(u))` with `u` computed (not
+/// a constant), `u`.
+fn quantized_source(g: &Graph, v: ValueId) -> Option<ValueId> {
+    let (dq, _) = g.producer(v)?;
+    if !is_op(g, dq, "DequantizeLinear") {
+        return None;
+    }
+    let (q, _) = g.producer(g.input(dq, 0)?)?;
+    if !is_op(g, q, "QuantizeLinear") {
+        return None;
+    }
+    let u = g.input(q, 0)?;
+    (g.producer(u).is_some()).then_some(u)
+}
+
+/// True when `from` is `to` or derives from it through at most `depth` single-input ops
+/// (first input, the other inputs constant): the ops a quantizer may fold.
+fn derives_from(g: &Graph, from: ValueId, to: ValueId, depth: usize) -> bool {
+    if from == to {
+        return true;
+    }
+    if depth == 0 {
+        return false;
+    }
+    let Some((p, _)) = g.producer(from) else {
+        return false;
+    };
+    let inputs = g.inputs_of(p);
+    let computed = inputs
+        .iter()
+        .flatten()
+        .filter(|v| g.const_of(**v).is_none())
+        .count();
+    match inputs.first() {
+        Some(Some(first)) if computed == 1 => derives_from(g, *first, to, depth - 1),
+        _ => false,
+    }
+}
+
+/// The reference value the test model's consumers of `dq` read in the reference (see
+/// the module doc), or `x` itself.
+fn dq_reference(
+    a: &Graph,
+    a_ops: &BTreeMap<String, OpId>,
+    x: ValueId,
+    b: &Graph,
+    dq: ValueId,
+) -> ValueId {
+    let mut readers = b.consumers(dq);
+    readers.sort_by_key(|(o, slot)| (b.op(*o).order, *slot));
+    for (o, slot) in readers {
+        let Some(&ao) = a_ops.get(&op_key(b, o)) else {
+            continue;
+        };
+        if let Some(r) = a.input(ao, slot) {
+            if derives_from(a, r, x, 4) {
+                return r;
+            }
+        }
+    }
+    x
+}
+
+/// Tapped bytes per sample for value `x`: in both models, and its dequantized form in
+/// the test model with the reference `r` it is compared with (when that is another value).
+fn tap_bytes(g: &Graph, x: ValueId, r: Option<ValueId>) -> Option<u64> {
+    bytes_of(g, x).map(|s| match r {
+        None => 2 * s,
+        Some(r) if r == x => 3 * s,
+        Some(r) => 3 * s + bytes_of(g, r).unwrap_or(s),
+    })
+}
+
+fn bytes_of(g: &Graph, v: ValueId) -> Option<u64> {
+    let val = g.value(v);
+    let dims = val.ty.as_ref()?.known_dims()?;
+    let bits = val.dtype().and_then(DType::bits).unwrap_or(32) as u64;
+    Some(dims.iter().map(|&d| d.max(0) as u64).product::<u64>() * bits.div_ceil(8))
+}
+
+/// Reference values that were not compared, with their producer's topological index.
+type Unpaired = Vec<(usize, Unmatched)>;
+
+/// Pairs the reference's computed values with the test model's.
+fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError> {
+    let (ga, gb) = (&a.graph, &b.graph);
+    let order = ga.topo_order().map_err(|source| PerTensorError::Graph {
+        model: Side::Reference,
+        source,
+    })?;
+    let a_ops: BTreeMap<String, OpId> = order.iter().map(|o| (op_key(ga, *o), *o)).collect();
+    let b_ops: BTreeMap<String, OpId> = gb.ops().map(|o| (op_key(gb, o), o)).collect();
+    let mut pairs = Vec::new();
+    let mut unmatched = Vec::new();
+    // Graph inputs the test model quantizes: the data is the same, its quantization not.
+    for &x in &ga.inputs {
+        let name = &ga.value(x).name;
+        if ga.value(x).init.is_some() {
+            continue;
+        }
+        let Some(bx) = gb.value_by_name(name).filter(|v| gb.is_input(*v)) else {
+            continue;
+        };
+        let Some(dq) = dequantized_of(gb, bx) else {
+            continue;
+        };
+        let r = dq_reference(ga, &a_ops, x, gb, dq);
+        pairs.push(Pairing {
+            value: name.clone(),
+            producer: None,
+            op_type: None,
+            index: 0,
+            test_value: name.clone(),
+            reads: Vec::new(),
+            dq: Some((gb.value(dq).name.clone(), ga.value(r).name.clone())),
+            bytes: tap_bytes(ga, x, Some(r)),
+        });
+    }
+    for (position, &o) in order.iter().enumerate() {
+        let index = position + 1;
+        for x in ga.outputs_of(o).into_iter().flatten() {
+            let name = ga.value(x).name.clone();
+            if let Some(d) = ga.value(x).dtype().filter(|d| !d.is_float()) {
+                unmatched.push((
+                    index,
+                    Unmatched::NotFloat {
+                        value: name,
+                        model: Side::Reference,
+                        dtype: d,
+                    },
+                ));
+                continue;
+            }
+            let Some(bx) = gb.value_by_name(&name) else {
+                unmatched.push((index, Unmatched::NotInTest { value: name }));
+                continue;
+            };
+            if gb.const_of(bx).is_some() {
+                unmatched.push((index, Unmatched::ConstantInTest { value: name }));
+                continue;
+            }
+            if gb.producer(bx).is_none() {
+                unmatched.push((index, Unmatched::InputOfTest { value: name }));
+                continue;
+            }
+            let renamed = if is_op(ga, o, "DequantizeLinear") {
+                None
+            } else {
+                quantized_source(gb, bx)
+            };
+            let (test, dq) = match renamed {
+                Some(u) => (u, Some(bx)),
+                None => (bx, dequantized_of(gb, bx)),
+            };
+            if let Some(d) = gb.value(test).dtype().filter(|d| !d.is_float()) {
+                unmatched.push((
+                    index,
+                    Unmatched::NotFloat {
+                        value: name,
+                        model: Side::Test,
+                        dtype: d,
+                    },
+                ));
+                continue;
+            }
+            let known = |g: &Graph, v: ValueId| g.value(v).ty.as_ref().and_then(|t| t.known_dims());
+            if let (Some(ra), Some(rb)) = (known(ga, x), known(gb, test)) {
+                if ra != rb {
+                    let dims = |d: Vec<i64>| d.into_iter().map(|x| x.max(0) as usize).collect();
+                    unmatched.push((
+                        index,
+                        Unmatched::ShapeDiffers {
+                            value: name,
+                            test_value: gb.value(test).name.clone(),
+                            reference_shape: dims(ra),
+                            test_shape: dims(rb),
+                        },
+                    ));
+                    continue;
+                }
+            }
+            let dq = dq.map(|d| (d, dq_reference(ga, &a_ops, x, gb, d)));
+            let bytes = tap_bytes(ga, x, dq.map(|(_, r)| r));
+            let key = op_key(ga, o);
+            let reads = match b_ops.get(&key) {
+                Some(&bo) => gb
+                    .inputs_of(bo)
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| gb.const_of(*v).is_none())
+                    .map(|v| gb.value(v).name.clone())
+                    .collect(),
+                None => Vec::new(),
+            };
+            pairs.push(Pairing {
+                value: name,
+                producer: Some(key),
+                op_type: Some(ga.op(o).op_type.clone()),
+                index,
+                test_value: gb.value(test).name.clone(),
+                reads,
+                dq: dq.map(|(d, r)| (gb.value(d).name.clone(), ga.value(r).name.clone())),
+                bytes,
+            });
+        }
+    }
+    Ok((pairs, unmatched))
+}
+
+/// Accumulators of one pairing.
+#[derive(Default)]
+struct Acc {
+    shape: Vec<usize>,
+    value: Comparison,
+    dq: Comparison,
+    /// Set when the values turned out not comparable on the data.
+    dropped: bool,
+    /// Set when the dequantized values turned out not comparable on the data.
+    dq_dropped: bool,
+}
+
+/// Checks two tensors are comparable floats of one shape; returns their values.
+fn comparable(
+    value: &str,
+    test_value: &str,
+    ta: &Tensor,
+    tb: &Tensor,
+) -> Result<(Vec<f32>, Vec<f32>), Unmatched> {
+    for (t, model) in [(ta, Side::Reference), (tb, Side::Test)] {
+        if !t.dtype().is_float() {
+            return Err(Unmatched::NotFloat {
+                value: value.to_string(),
+                model,
+                dtype: t.dtype(),
+            });
+        }
+    }
+    if ta.shape() != tb.shape() {
+        return Err(Unmatched::ShapeDiffers {
+            value: value.to_string(),
+            test_value: test_value.to_string(),
+            reference_shape: ta.shape(),
+            test_shape: tb.shape(),
+        });
+    }
+    match (as_f32(ta), as_f32(tb)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(Unmatched::NotFloat {
+            value: value.to_string(),
+            model: Side::Reference,
+            dtype: ta.dtype(),
+        }),
+    }
+}
+
+/// Compares every computed value of `reference` with its counterpart in `test` (see the
+/// module doc) over `samples`, with at most about `budget_bytes` of tapped tensors per
+/// engine run. `progress(done, total)` is called after each sample of each group.
+///
+/// Both models should have inferred value types (shape inference) so that the groups
+/// can be sized; the list comes back worst first.
+pub fn per_tensor(
+    reference: &Model,
+    test: &Model,
+    samples: &[Sample],
+    budget_bytes: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<PerTensor, PerTensorError> {
+    let first = samples.first().ok_or(PerTensorError::NoSamples)?;
+    let (pairs, mut unmatched) = pair(reference, test)?;
+    let encode = |m: &Model, model: Side| {
+        onnx::encode_model(m, &ExternalPolicy::Inline, "")
+            .map(|(p, _)| p)
+            .map_err(|source| PerTensorError::Encode { model, source })
+    };
+    let (pa, pb) = (
+        encode(reference, Side::Reference)?,
+        encode(test, Side::Test)?,
+    );
+    let largest = pairs.iter().filter_map(|p| p.bytes).max().unwrap_or(0);
+    let sized: Vec<(String, u64)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), p.bytes.unwrap_or(largest)))
+        .collect();
+    let groups: Vec<Vec<usize>> = plan_groups(&sized, budget_bytes)
+        .into_iter()
+        .map(|g| g.iter().map(|i| i.parse().expect("index")).collect())
+        .collect();
+    let total = (groups.len() * samples.len()) as u64;
+    let mut done = 0;
+    let mut accs: Vec<Acc> = (0..pairs.len()).map(|_| Acc::default()).collect();
+
+    for group in &groups {
+        let mut taps_a = BTreeSet::new();
+        let mut taps_b = BTreeSet::new();
+        for &i in group {
+            let p = &pairs[i];
+            taps_a.insert(p.value.clone());
+            taps_b.insert(p.test_value.clone());
+            if let Some((d, r)) = &p.dq {
+                taps_b.insert(d.clone());
+                taps_a.insert(r.clone());
+            }
+        }
+        let session = |proto, taps: BTreeSet<String>, model| {
+            let opts = SessionOptions {
+                taps: taps.into_iter().collect(),
+            };
+            Session::new(proto, None, first, &opts)
+                .map_err(|source| PerTensorError::Load { model, source })
+        };
+        let sa = session(&pa, taps_a, Side::Reference)?;
+        let sb = session(&pb, taps_b, Side::Test)?;
+        for (n, s) in samples.iter().enumerate() {
+            let run = |sess: &Session, model| {
+                sess.run(s).map_err(|source| PerTensorError::Run {
+                    model,
+                    sample: n,
+                    source,
+                })
+            };
+            let ra = run(&sa, Side::Reference)?;
+            let rb = run(&sb, Side::Test)?;
+            for &i in group {
+                let (p, acc) = (&pairs[i], &mut accs[i]);
+                if acc.dropped {
+                    continue;
+                }
+                let ta = tapped(&ra, &p.value, Side::Reference, n)?;
+                let tb = tapped(&rb, &p.test_value, Side::Test, n)?;
+                match comparable(&p.value, &p.test_value, ta, tb) {
+                    Ok((va, vb)) => {
+                        acc.shape = ta.shape();
+                        acc.value.add(&va, &vb, false, None);
+                    }
+                    Err(u) => {
+                        acc.dropped = true;
+                        unmatched.push((p.index, u));
+                        continue;
+                    }
+                }
+                if let (Some((d, r)), false) = (&p.dq, acc.dq_dropped) {
+                    let tr = tapped(&ra, r, Side::Reference, n)?;
+                    let td = tapped(&rb, d, Side::Test, n)?;
+                    match comparable(&p.value, d, tr, td) {
+                        Ok((vr, vd)) => acc.dq.add(&vr, &vd, false, None),
+                        Err(u) => {
+                            acc.dq_dropped = true;
+                            unmatched.push((p.index, u));
+                        }
+                    }
+                }
+            }
+            done += 1;
+            progress(done, total);
+        }
+    }
+    let mut layers = Vec::new();
+    let mut reads = Vec::new();
+    for (p, acc) in pairs.iter().zip(accs) {
+        if acc.dropped {
+            continue;
+        }
+        reads.push(&p.reads);
+        layers.push(LayerComparison {
+            value: p.value.clone(),
+            producer: p.producer.clone(),
+            op_type: p.op_type.clone(),
+            index: p.index,
+            shape: acc.shape,
+            test_value: p.test_value.clone(),
+            metrics: acc.value.metrics(),
+            input_sqnr_db: None,
+            dequantized: match &p.dq {
+                Some((d, r)) if !acc.dq_dropped => Some(Dequantized {
+                    value: d.clone(),
+                    reference: r.clone(),
+                    metrics: acc.dq.metrics(),
+                }),
+                _ => None,
+            },
+        });
+    }
+    // What each producing op reads, as measured above.
+    let mut measured: BTreeMap<&str, f64> = BTreeMap::new();
+    for l in &layers {
+        measured.insert(&l.test_value, l.metrics.sqnr_db);
+        if let Some(d) = &l.dequantized {
+            measured.insert(&d.value, d.metrics.sqnr_db);
+        }
+    }
+    let read_sqnr: Vec<Option<f64>> = reads
+        .iter()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|r| measured.get(r.as_str()).copied())
+                .min_by(f64::total_cmp)
+        })
+        .collect();
+    for (l, r) in layers.iter_mut().zip(read_sqnr) {
+        l.input_sqnr_db = r;
+    }
+    layers.sort_by(|x, y| {
+        x.worst_sqnr_db()
+            .total_cmp(&y.worst_sqnr_db())
+            .then(x.index.cmp(&y.index))
+            .then_with(|| x.value.cmp(&y.value))
+    });
+    // Stable: within one op, reasons found from the types come before those found on
+    // the data.
+    unmatched.sort_by_key(|(index, _)| *index);
+    Ok(PerTensor {
+        layers,
+        unmatched: unmatched.into_iter().map(|(_, u)| u).collect(),
+        samples: samples.len() as u64,
+        groups: groups.len(),
+    })
+}
+
+/// A tapped value of a run's results.
+fn tapped<'r>(
+    out: &'r BTreeMap<String, Tensor>,
+    name: &str,
+    model: Side,
+    sample: usize,
+) -> Result<&'r Tensor, PerTensorError> {
+    out.get(name).ok_or_else(|| PerTensorError::Run {
+        model,
+        sample,
+        source: ExecError::UnknownTap(name.to_string()),
+    })
+}
