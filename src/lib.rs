@@ -37,12 +37,15 @@
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
 //!   entropy, mse, auto); the calibration file format; the collector that streams tapped
 //!   tensors from tract into statistics in groups under a memory budget.
-//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy) and
-//!   the output-by-output comparison of two models.
+//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
+//!   output-by-output comparison of two models (`compare`) and the value-by-value one
+//!   (`layers`: pairs a float model's values with its quantized version's through the
+//!   Q/DQ pairs, taps them in groups under a memory budget, worst SQNR first).
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
-//! `calib → exec`, `report → exec`. `ir` knows nothing of protobuf, tract or clap; only
+//! `calib → exec`, `report → exec` (`report::layers` also reuses `calib::collect`'s
+//! group splitting). `ir` knows nothing of protobuf, tract or clap; only
 //! `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset` asks
 //! `onnx` for model-local function bodies, which live in the carried protobuf bytes.
 //!

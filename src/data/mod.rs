@@ -77,6 +77,13 @@ impl Dataset {
 
     /// Ground-truth labels under `key` in [`Dataset::extra`], one integer per sample.
     pub fn labels(&self, key: &str) -> Result<Vec<i64>, DataError> {
+        if let Some((_, why)) = self.skipped.iter().find(|(name, _)| name == key) {
+            return Err(DataError::LabelsSkipped {
+                path: self.source.clone(),
+                key: key.to_string(),
+                why: why.clone(),
+            });
+        }
         let t = self.extra.get(key).ok_or_else(|| DataError::NoLabels {
             path: self.source.clone(),
             key: key.to_string(),
@@ -107,10 +114,11 @@ impl Dataset {
 /// and the array or input concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
+    /// (The I/O error is part of the message, not a separate cause: one line.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -189,6 +197,12 @@ pub enum DataError {
         key: String,
         keys: String,
     },
+    #[error("{}: labels '{key}' are unusable: {why}", path.display())]
+    LabelsSkipped {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
     #[error("{}: labels '{key}' are {dtype}, not integers", path.display())]
     LabelsNotIntegers {
         path: PathBuf,
@@ -207,10 +221,10 @@ pub enum DataError {
 }
 
 impl DataError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, error: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

@@ -2,20 +2,30 @@
 //! and its quantized version — so a user sees which layer broke accuracy: where error
 //! enters and where it accumulates.
 //!
-//! **Matching.** Every value of the reference's main graph that an op produces is looked
-//! up by name in the test model. Quantization is followed by the graph's structure, never
-//! by name patterns, so qrange's models (`x → Q → x.q → DQ → x.dq`) and other tools'
-//! (`X → Q → X_QuantizeLinear_Output → DQ → X_DequantizeLinear_Output`) read alike:
-//! - the test model's value of the same name is compared with the reference's;
+//! **Matching.** Every value of the reference's main graph that an op produces is
+//! paired with the test model's value computed by the same op: the same output of the op
+//! of the same node name and type, else the value of the same name. Quantization is
+//! followed by the graph's structure, never by name patterns, so qrange's models
+//! (`x → Q → x.q → DQ → x.dq`) and other tools' (`X → Q → X_QuantizeLinear_Output → DQ →
+//! X_DequantizeLinear_Output`) read alike:
+//! - the test model's value is compared with the reference's;
 //! - when a `QuantizeLinear` reads it and a `DequantizeLinear` reads that Q's output, the
 //!   DQ's output — what the next op sees — is compared too, against the value the next op
-//!   reads in the reference. That is the same value unless the test model folded an op
+//!   reads in the reference. That is the same value unless the test model fused an op
 //!   into the quantization (a Relu whose clipping the quantized range does): then the
 //!   next op reads the Relu's output in the reference, and that is what the dequantized
 //!   value must match;
-//! - when the name sits on a dequantized graph output (the tool moved the producer's
-//!   value to another name, `y.float` for qrange), the producer's value is the test value
-//!   and the named one is its dequantized form.
+//! - tools rename values they rewire: a quantized graph output keeps its name on the
+//!   dequantized value (the producer's value becomes `y.float` for qrange,
+//!   `y_QuantizeLinear_Input` for ONNX Runtime's quantizer), and a fused Relu's output
+//!   name may move onto the op it was fused into. Pairing by producing op sees through
+//!   both; a name found on another op's output is reported, not compared.
+//!
+//! Graph inputs the test model quantizes are listed too (index 0): their dequantized
+//! form is the first error the model sees. Each entry also carries the lowest SQNR among
+//! the values its op reads in the test model, so a drop from that to the entry's own SQNR
+//! shows where error enters, and a drop from the entry's SQNR to its dequantized form's
+//! what quantizing it costs.
 //!
 //! Values without a counterpart (removed by a fold, renamed, of another shape, not
 //! floating point) are listed in [`PerTensor::unmatched`] with the reason; nothing is
@@ -143,6 +153,9 @@ pub enum Unmatched {
     ConstantInTest { value: String },
     /// The test model takes it as an input.
     InputOfTest { value: String },
+    /// In the test model the name is the output of another op of the reference (one an
+    /// op was fused into); that op's output is compared instead.
+    ProducedElsewhere { value: String, producer: String },
     /// The two values' shapes differ.
     ShapeDiffers {
         value: String,
@@ -166,6 +179,7 @@ impl Unmatched {
             Unmatched::NotInTest { value }
             | Unmatched::ConstantInTest { value }
             | Unmatched::InputOfTest { value }
+            | Unmatched::ProducedElsewhere { value, .. }
             | Unmatched::ShapeDiffers { value, .. }
             | Unmatched::NotFloat { value, .. } => value,
         }
@@ -175,9 +189,15 @@ impl Unmatched {
 impl std::fmt::Display for Unmatched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unmatched::NotInTest { .. } => write!(f, "not in the test model"),
+            Unmatched::NotInTest { .. } => {
+                write!(f, "not in the test model (folded away or renamed)")
+            }
             Unmatched::ConstantInTest { .. } => write!(f, "a constant in the test model"),
             Unmatched::InputOfTest { .. } => write!(f, "an input of the test model"),
+            Unmatched::ProducedElsewhere { producer, .. } => write!(
+                f,
+                "produced by '{producer}' in the test model (an op fused into it)"
+            ),
             Unmatched::ShapeDiffers {
                 test_value,
                 reference_shape,
@@ -293,8 +313,10 @@ fn derives_from(g: &Graph, from: ValueId, to: ValueId, depth: usize) -> bool {
     }
 }
 
-/// The reference value the test model's consumers of `dq` read in the reference (see
-/// the module doc), or `x` itself.
+/// The reference value to compare the test model's dequantized `dq` (of `x`) with: the
+/// reference value of the same name when it derives from `x` (a dequantized graph
+/// output), else what the test model's readers of `dq` read in the reference (see the
+/// module doc), else `x` itself.
 fn dq_reference(
     a: &Graph,
     a_ops: &BTreeMap<String, OpId>,
@@ -302,10 +324,16 @@ fn dq_reference(
     b: &Graph,
     dq: ValueId,
 ) -> ValueId {
+    // A dequantized graph output keeps the reference's output name.
+    if let Some(r) = a.value_by_name(&b.value(dq).name) {
+        if derives_from(a, r, x, 4) {
+            return r;
+        }
+    }
     let mut readers = b.consumers(dq);
     readers.sort_by_key(|(o, slot)| (b.op(*o).order, *slot));
     for (o, slot) in readers {
-        let Some(&ao) = a_ops.get(&op_key(b, o)) else {
+        let Some(&ao) = b.op(o).name.as_ref().and_then(|n| a_ops.get(n)) else {
             continue;
         };
         if let Some(r) = a.input(ao, slot) {
@@ -334,6 +362,73 @@ fn bytes_of(g: &Graph, v: ValueId) -> Option<u64> {
     Some(dims.iter().map(|&d| d.max(0) as u64).product::<u64>() * bits.div_ceil(8))
 }
 
+/// Ops with a node name, by name (unnamed ops cannot be told apart across models).
+fn named_ops(g: &Graph) -> BTreeMap<String, OpId> {
+    g.ops()
+        .filter_map(|o| match g.op(o).name.as_deref() {
+            Some(n) if !n.is_empty() => Some((n.to_string(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The test model's counterpart of value `x`, output `slot` of op `o` of the reference,
+/// and its dequantized form: first the same output of the op of the same name and type
+/// (tools rename the outputs of ops they fuse an activation into, or of quantized graph
+/// outputs), else the value of the same name.
+fn find_in_test(
+    ga: &Graph,
+    o: OpId,
+    slot: usize,
+    x: ValueId,
+    gb: &Graph,
+    a_ops: &BTreeMap<String, OpId>,
+    b_ops: &BTreeMap<String, OpId>,
+) -> Result<(ValueId, Option<ValueId>), Unmatched> {
+    let name = &ga.value(x).name;
+    let same_op = ga
+        .op(o)
+        .name
+        .as_ref()
+        .and_then(|n| b_ops.get(n))
+        .filter(|bo| gb.op(**bo).op_type == ga.op(o).op_type)
+        .and_then(|bo| gb.output(*bo, slot));
+    if let Some(bv) = same_op {
+        return Ok((bv, dequantized_of(gb, bv)));
+    }
+    let value = || name.clone();
+    let bx = gb
+        .value_by_name(name)
+        .ok_or_else(|| Unmatched::NotInTest { value: value() })?;
+    if gb.const_of(bx).is_some() {
+        return Err(Unmatched::ConstantInTest { value: value() });
+    }
+    if gb.producer(bx).is_none() {
+        return Err(Unmatched::InputOfTest { value: value() });
+    }
+    let source = if is_op(ga, o, "DequantizeLinear") {
+        None
+    } else {
+        quantized_source(gb, bx)
+    };
+    let (raw, dq) = match source {
+        Some(u) => (u, Some(bx)),
+        None => (bx, dequantized_of(gb, bx)),
+    };
+    // The name moved onto another op's output (e.g. a Relu's output name on the op the
+    // Relu was fused into): that op's own output is compared there.
+    let moved = gb.producer(raw).and_then(|(bo, _)| gb.op(bo).name.as_ref());
+    if let Some(n) = moved.filter(|n| a_ops.contains_key(*n)) {
+        if ga.op(o).name.as_ref() != Some(n) {
+            return Err(Unmatched::ProducedElsewhere {
+                value: value(),
+                producer: n.clone(),
+            });
+        }
+    }
+    Ok((raw, dq))
+}
+
 /// Reference values that were not compared, with their producer's topological index.
 type Unpaired = Vec<(usize, Unmatched)>;
 
@@ -344,8 +439,8 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
         model: Side::Reference,
         source,
     })?;
-    let a_ops: BTreeMap<String, OpId> = order.iter().map(|o| (op_key(ga, *o), *o)).collect();
-    let b_ops: BTreeMap<String, OpId> = gb.ops().map(|o| (op_key(gb, o), o)).collect();
+    let a_ops = named_ops(ga);
+    let b_ops = named_ops(gb);
     let mut pairs = Vec::new();
     let mut unmatched = Vec::new();
     // Graph inputs the test model quantizes: the data is the same, its quantization not.
@@ -374,7 +469,8 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
     }
     for (position, &o) in order.iter().enumerate() {
         let index = position + 1;
-        for x in ga.outputs_of(o).into_iter().flatten() {
+        for (slot, x) in ga.outputs_of(o).into_iter().enumerate() {
+            let Some(x) = x else { continue };
             let name = ga.value(x).name.clone();
             if let Some(d) = ga.value(x).dtype().filter(|d| !d.is_float()) {
                 unmatched.push((
@@ -387,26 +483,12 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
                 ));
                 continue;
             }
-            let Some(bx) = gb.value_by_name(&name) else {
-                unmatched.push((index, Unmatched::NotInTest { value: name }));
-                continue;
-            };
-            if gb.const_of(bx).is_some() {
-                unmatched.push((index, Unmatched::ConstantInTest { value: name }));
-                continue;
-            }
-            if gb.producer(bx).is_none() {
-                unmatched.push((index, Unmatched::InputOfTest { value: name }));
-                continue;
-            }
-            let renamed = if is_op(ga, o, "DequantizeLinear") {
-                None
-            } else {
-                quantized_source(gb, bx)
-            };
-            let (test, dq) = match renamed {
-                Some(u) => (u, Some(bx)),
-                None => (bx, dequantized_of(gb, bx)),
+            let (test, dq) = match find_in_test(ga, o, slot, x, gb, &a_ops, &b_ops) {
+                Ok(found) => found,
+                Err(u) => {
+                    unmatched.push((index, u));
+                    continue;
+                }
             };
             if let Some(d) = gb.value(test).dtype().filter(|d| !d.is_float()) {
                 unmatched.push((
@@ -438,8 +520,8 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
             let dq = dq.map(|d| (d, dq_reference(ga, &a_ops, x, gb, d)));
             let bytes = tap_bytes(ga, x, dq.map(|(_, r)| r));
             let key = op_key(ga, o);
-            let reads = match b_ops.get(&key) {
-                Some(&bo) => gb
+            let reads = match gb.producer(test) {
+                Some((bo, _)) => gb
                     .inputs_of(bo)
                     .into_iter()
                     .flatten()
