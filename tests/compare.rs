@@ -318,3 +318,79 @@ fn per_tensor_library_call() {
         Err(PerTensorError::NoSamples)
     ));
 }
+
+/// Conv without bias, a per-channel Add and a Relu, then a pooling head: qrange folds the
+/// Add into the Conv's bias (the Conv keeps its output name) and the Relu into the
+/// quantized range.
+fn conv_bias_relu() -> proto::ModelProto {
+    let w: Vec<f32> = (0..54)
+        .map(|i| ((i * 5 % 17) as f32 - 8.0) / 20.0)
+        .collect();
+    model(
+        vec![
+            node("Conv", "conv", &["x", "w"], &["c"]),
+            node("Add", "bias", &["c", "b"], &["cb"]),
+            node("Relu", "relu", &["cb"], &["r"]),
+            node("GlobalAveragePool", "pool", &["r"], &["y"]),
+        ],
+        vec![
+            f32_init("w", &[3, 2, 3, 3], &w),
+            f32_init("b", &[1, 3, 1, 1], &[0.5, -0.25, 0.1]),
+        ],
+        vec![vi("x", 1, &[1, 2, 4, 4])],
+        vec![vi("y", 1, &[1, 3, 1, 1])],
+    )
+}
+
+#[test]
+fn an_op_that_absorbed_the_next_is_compared_with_its_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.onnx");
+    let q = tmp.path().join("q.onnx");
+    write_proto(&a, &conv_bias_relu());
+    let data = tmp.path().join("data.npz");
+    let x: Vec<f32> = (0..256)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    write_npz_arrays(
+        &data,
+        vec![(
+            "x",
+            qrange::ir::Tensor::F32(
+                ndarray::ArrayD::from_shape_vec(vec![8, 1, 2, 4, 4], x).unwrap(),
+            ),
+        )],
+    );
+    let r = qrange(&[
+        "quantize",
+        &s(&a),
+        "--calib",
+        &s(&data),
+        "--no-validate",
+        "-o",
+        &s(&q),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = json(&[
+        "compare",
+        &s(&a),
+        &s(&q),
+        "--data",
+        &s(&data),
+        "--per-tensor",
+    ]);
+    // The quantized Conv computes `cb`: compared with it, not with `c`.
+    let cb = layer(&j, "cb");
+    assert_eq!(cb["test_value"], "c", "{j:#}");
+    assert_eq!(cb["producer"], "bias");
+    assert_eq!(cb["dequantized"]["reference"], "r");
+    assert!(cb["metrics"]["sqnr_db"].as_f64().unwrap() > 25.0, "{cb}");
+    assert!(cb["dequantized"]["metrics"]["sqnr_db"].as_f64().unwrap() > 25.0);
+    assert_eq!(
+        j["per_tensor"]["unmatched"],
+        serde_json::json!([
+            {"reason": "absorbed", "value": "c", "into": "cb"},
+            {"reason": "not_in_test", "value": "r"},
+        ])
+    );
+}

@@ -376,29 +376,58 @@ fn render_layers(p: &PerTensor) -> String {
     out += "  #: topological index (0: graph input); in: lowest SQNR among the values the op reads;\n  \
             dq: the quantized value as the next op reads it, compared with 'dq vs' when an op was folded\n";
     if !p.unmatched.is_empty() {
-        let mut by_reason: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        let mut by_reason: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for u in &p.unmatched {
-            by_reason.entry(reason(u)).or_default().push(u.value());
+            let (why, item) = reason(u);
+            by_reason.entry(why).or_default().push(item);
         }
         out += &format!("not compared: {}\n", plural(p.unmatched.len(), "value"));
-        for (why, values) in by_reason {
-            let shown: Vec<String> = values.iter().take(8).map(|v| format!("'{v}'")).collect();
-            let more = if values.len() > 8 {
-                format!(" (+{} more)", values.len() - 8)
+        for (why, items) in by_reason {
+            let more = if items.len() > 8 {
+                format!(" (+{} more)", items.len() - 8)
             } else {
                 String::new()
             };
-            out += &format!("  {why}: {}{more}\n", shown.join(", "));
+            out += &format!(
+                "  {why}: {}{more}\n",
+                items[..items.len().min(8)].join(", ")
+            );
         }
     }
     out
 }
 
-/// A reason without the value-specific details, to group values by.
-fn reason(u: &Unmatched) -> String {
+/// The kind of reason, to group values by, and the value with its details.
+fn reason(u: &Unmatched) -> (&'static str, String) {
+    let v = u.value();
     match u {
-        Unmatched::ShapeDiffers { .. } => "shape differs".to_string(),
-        other => other.to_string(),
+        Unmatched::NotInTest { .. } => (
+            "not in the test model (folded away or renamed)",
+            format!("'{v}'"),
+        ),
+        Unmatched::ConstantInTest { .. } => ("a constant in the test model", format!("'{v}'")),
+        Unmatched::InputOfTest { .. } => ("an input of the test model", format!("'{v}'")),
+        Unmatched::ProducedElsewhere { producer, .. } => (
+            "name on the output of the op an activation was fused into",
+            format!("'{v}' (on '{producer}')"),
+        ),
+        Unmatched::Absorbed { into, .. } => (
+            "computed with the ops after it by one op of the test model, compared as",
+            format!("'{v}' -> '{into}'"),
+        ),
+        Unmatched::ShapeDiffers {
+            test_value,
+            reference_shape,
+            test_shape,
+            ..
+        } => (
+            "shapes differ",
+            format!("'{v}' {reference_shape:?} vs '{test_value}' {test_shape:?}"),
+        ),
+        Unmatched::NotFloat { model, dtype, .. } => (
+            "not floating point",
+            format!("'{v}' ({dtype} in the {model} model)"),
+        ),
     }
 }
 

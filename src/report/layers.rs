@@ -156,6 +156,9 @@ pub enum Unmatched {
     /// In the test model the name is the output of another op of the reference (one an
     /// op was fused into); that op's output is compared instead.
     ProducedElsewhere { value: String, producer: String },
+    /// The test model's op computes more than the reference op: it absorbed the ops that
+    /// make `into` from this value (e.g. a folded bias Add), and is compared with `into`.
+    Absorbed { value: String, into: String },
     /// The two values' shapes differ.
     ShapeDiffers {
         value: String,
@@ -180,6 +183,7 @@ impl Unmatched {
             | Unmatched::ConstantInTest { value }
             | Unmatched::InputOfTest { value }
             | Unmatched::ProducedElsewhere { value, .. }
+            | Unmatched::Absorbed { value, .. }
             | Unmatched::ShapeDiffers { value, .. }
             | Unmatched::NotFloat { value, .. } => value,
         }
@@ -197,6 +201,10 @@ impl std::fmt::Display for Unmatched {
             Unmatched::ProducedElsewhere { producer, .. } => write!(
                 f,
                 "produced by '{producer}' in the test model (an op fused into it)"
+            ),
+            Unmatched::Absorbed { into, .. } => write!(
+                f,
+                "the test model's op computes '{into}' from it (ops folded into it)"
             ),
             Unmatched::ShapeDiffers {
                 test_value,
@@ -372,10 +380,57 @@ fn named_ops(g: &Graph) -> BTreeMap<String, OpId> {
         .collect()
 }
 
+/// True when `from` is `to` or computed from it by Relu/Clip ops only: the activations a
+/// quantizer absorbs into the quantized range of their input.
+fn through_activations(g: &Graph, from: ValueId, to: ValueId, depth: usize) -> bool {
+    if from == to {
+        return true;
+    }
+    let Some((p, _)) = g.producer(from) else {
+        return false;
+    };
+    if depth == 0 || !is_activation(g, p) {
+        return false;
+    }
+    match g.input(p, 0) {
+        Some(i) => through_activations(g, i, to, depth - 1),
+        None => false,
+    }
+}
+
+/// `r` without the Relu/Clip ops that compute it from `x` (`r` derives from `x`).
+fn before_activations(g: &Graph, r: ValueId, x: ValueId) -> ValueId {
+    let mut v = r;
+    while v != x {
+        match g.producer(v) {
+            Some((p, _)) if is_activation(g, p) => match g.input(p, 0) {
+                Some(i) => v = i,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    v
+}
+
+/// Relu and Clip: the activations a quantizer absorbs into its input's quantized range.
+fn is_activation(g: &Graph, o: OpId) -> bool {
+    let op = g.op(o);
+    op.domain_key().is_empty() && matches!(op.op_type.as_str(), "Relu" | "Clip")
+}
+
 /// The test model's counterpart of value `x`, output `slot` of op `o` of the reference,
-/// and its dequantized form: first the same output of the op of the same name and type
-/// (tools rename the outputs of ops they fuse an activation into, or of quantized graph
-/// outputs), else the value of the same name.
+/// and its dequantized form.
+///
+/// By name first. The test model may have renamed what it rewired, though: a quantized
+/// graph output keeps its name on the dequantized value (then the quantized value's
+/// source is the counterpart), and a quantizer that absorbs a Relu into its input's
+/// quantized range may give the Relu's output name to that input (then the named value is
+/// the producer's, and the Relu's output is what its dequantized form is compared with).
+/// A value whose name is gone is looked for on the same output of the op of the same name
+/// and type, unless that output carries the name of a reference value the op's result
+/// does not reach through such activations (an op that absorbed a computation, e.g. a
+/// folded BatchNormalization, computes that value instead).
 fn find_in_test(
     ga: &Graph,
     o: OpId,
@@ -385,21 +440,23 @@ fn find_in_test(
     a_ops: &BTreeMap<String, OpId>,
     b_ops: &BTreeMap<String, OpId>,
 ) -> Result<(ValueId, Option<ValueId>), Unmatched> {
-    let name = &ga.value(x).name;
-    let same_op = ga
-        .op(o)
-        .name
-        .as_ref()
-        .and_then(|n| b_ops.get(n))
-        .filter(|bo| gb.op(**bo).op_type == ga.op(o).op_type)
-        .and_then(|bo| gb.output(*bo, slot));
-    if let Some(bv) = same_op {
+    let value = || ga.value(x).name.clone();
+    let Some(bx) = gb.value_by_name(&ga.value(x).name) else {
+        let bv = ga
+            .op(o)
+            .name
+            .as_ref()
+            .and_then(|n| b_ops.get(n))
+            .filter(|bo| gb.op(**bo).op_type == ga.op(o).op_type)
+            .and_then(|bo| gb.output(*bo, slot))
+            .ok_or_else(|| Unmatched::NotInTest { value: value() })?;
+        if let Some(av) = ga.value_by_name(&gb.value(bv).name) {
+            if !through_activations(ga, av, x, 4) {
+                return Err(Unmatched::NotInTest { value: value() });
+            }
+        }
         return Ok((bv, dequantized_of(gb, bv)));
-    }
-    let value = || name.clone();
-    let bx = gb
-        .value_by_name(name)
-        .ok_or_else(|| Unmatched::NotInTest { value: value() })?;
+    };
     if gb.const_of(bx).is_some() {
         return Err(Unmatched::ConstantInTest { value: value() });
     }
@@ -415,11 +472,19 @@ fn find_in_test(
         Some(u) => (u, Some(bx)),
         None => (bx, dequantized_of(gb, bx)),
     };
-    // The name moved onto another op's output (e.g. a Relu's output name on the op the
-    // Relu was fused into): that op's own output is compared there.
-    let moved = gb.producer(raw).and_then(|(bo, _)| gb.op(bo).name.as_ref());
-    if let Some(n) = moved.filter(|n| a_ops.contains_key(*n)) {
-        if ga.op(o).name.as_ref() != Some(n) {
+    // Computed by another reference op whose result reaches `x` through absorbed
+    // activations: that op's output is paired with it instead.
+    let producer = gb
+        .producer(raw)
+        .and_then(|(bo, _)| gb.op(bo).name.as_ref())
+        .filter(|n| ga.op(o).name.as_ref() != Some(*n));
+    if let Some((n, &ao)) = producer.and_then(|n| a_ops.get_key_value(n)) {
+        let absorbed = ga
+            .outputs_of(ao)
+            .into_iter()
+            .flatten()
+            .any(|u| through_activations(ga, x, u, 4));
+        if absorbed {
             return Err(Unmatched::ProducedElsewhere {
                 value: value(),
                 producer: n.clone(),
@@ -467,10 +532,20 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
             bytes: tap_bytes(ga, x, Some(r)),
         });
     }
-    for (position, &o) in order.iter().enumerate() {
-        let index = position + 1;
+    let index_of: BTreeMap<OpId, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(position, o)| (*o, position + 1))
+        .collect();
+    // Reference values already compared (as the result of an op that absorbed them).
+    let mut paired: BTreeSet<ValueId> = BTreeSet::new();
+    for &o in &order {
+        let index = index_of[&o];
         for (slot, x) in ga.outputs_of(o).into_iter().enumerate() {
             let Some(x) = x else { continue };
+            if paired.contains(&x) {
+                continue;
+            }
             let name = ga.value(x).name.clone();
             if let Some(d) = ga.value(x).dtype().filter(|d| !d.is_float()) {
                 unmatched.push((
@@ -490,6 +565,31 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
                     continue;
                 }
             };
+            let dq = dq.map(|d| (d, dq_reference(ga, &a_ops, x, gb, d)));
+            // The next op reads the dequantized value where the reference reads `r`: when
+            // `r` is more than `x` through absorbed activations, the test model's op
+            // absorbed the ops in between (a folded bias Add that left the op its own
+            // output name), and computes the value before those activations.
+            let (x, o, index) = match dq {
+                Some((_, r)) => {
+                    let t = before_activations(ga, r, x);
+                    match ga.producer(t) {
+                        Some((to, _)) if t != x => {
+                            unmatched.push((
+                                index,
+                                Unmatched::Absorbed {
+                                    value: name,
+                                    into: ga.value(t).name.clone(),
+                                },
+                            ));
+                            (t, to, index_of[&to])
+                        }
+                        _ => (x, o, index),
+                    }
+                }
+                None => (x, o, index),
+            };
+            let name = ga.value(x).name.clone();
             if let Some(d) = gb.value(test).dtype().filter(|d| !d.is_float()) {
                 unmatched.push((
                     index,
@@ -517,9 +617,8 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
                     continue;
                 }
             }
-            let dq = dq.map(|d| (d, dq_reference(ga, &a_ops, x, gb, d)));
+            paired.insert(x);
             let bytes = tap_bytes(ga, x, dq.map(|(_, r)| r));
-            let key = op_key(ga, o);
             let reads = match gb.producer(test) {
                 Some((bo, _)) => gb
                     .inputs_of(bo)
@@ -532,7 +631,7 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
             };
             pairs.push(Pairing {
                 value: name,
-                producer: Some(key),
+                producer: Some(op_key(ga, o)),
                 op_type: Some(ga.op(o).op_type.clone()),
                 index,
                 test_value: gb.value(test).name.clone(),
