@@ -394,3 +394,54 @@ fn an_op_that_absorbed_the_next_is_compared_with_its_result() {
         ])
     );
 }
+
+#[test]
+fn a_pin_applies_to_the_model_that_still_has_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let float = s(&fixture("silero_vad/model.onnx"));
+    let q = tmp.path().join("vad.onnx");
+    let r = qrange(&[
+        "quantize",
+        &float,
+        "--calib",
+        &s(&fixture("silero_vad/calib.npz")),
+        "--pin",
+        "sr=16000",
+        "--no-validate",
+        "-o",
+        &s(&q),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let data = s(&fixture("silero_vad/eval.npz"));
+    // The quantized model no longer takes `sr`; the float one does.
+    let j = json(&[
+        "compare",
+        &float,
+        &s(&q),
+        "--data",
+        &data,
+        "--pin",
+        "sr=16000",
+        "--labels",
+        "label",
+        "--samples",
+        "4",
+        "--per-tensor",
+    ]);
+    let outs = j["outputs"].as_object().unwrap();
+    assert_eq!(outs.keys().collect::<Vec<_>>(), ["output", "stateN"]);
+    assert!(outs["output"]["sqnr_db"].as_f64().unwrap() > 10.0, "{j:#}");
+    assert!(j["notes"].as_array().unwrap().iter().any(|n| n
+        .as_str()
+        .unwrap()
+        .starts_with("--labels: no shared output")));
+    assert!(j["per_tensor"]["layers"].as_array().unwrap().len() > 10);
+    // Without the pin the inputs differ.
+    let r = qrange(&["compare", &float, &s(&q), "--data", &data]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("different inputs") && r.stderr.contains("'sr'"),
+        "{}",
+        r.stderr
+    );
+}

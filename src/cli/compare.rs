@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// SQNR, cosine similarity, max-abs error, top-1 agreement and (with `--labels`) task
 /// accuracy for every output they share. With `--per-tensor`, also compare every
 /// intermediate value the two share, through the quantized model's
-/// QuantizeLinear/DequantizeLinear pairs, worst first: where the error enters.
+/// QuantizeLinear/DequantizeLinear pairs, worst first, to find where the error enters.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     qrange compare model.onnx model.int8.onnx --data eval.npz --labels label\n  \
@@ -124,14 +124,38 @@ fn infer(m: &mut Model, path: &Path) -> anyhow::Result<()> {
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let mut ma = onnx::read_model(&a.reference)?;
     let mut mb = onnx::read_model(&a.test)?;
+    // A pin applies to each model that has the input (a quantized model may have been
+    // specialised for it already); a pin neither has is an error.
+    let takes = |m: &Model, pin: &String| {
+        let name = pin.split_once('=').map_or(pin.as_str(), |(n, _)| n);
+        input_specs(m, &BTreeMap::new())
+            .iter()
+            .any(|i| i.name == name)
+    };
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    for p in &a.pin {
+        match (takes(&ma, p), takes(&mb, p)) {
+            (false, false) => {
+                parse_pins(&ma, std::slice::from_ref(p))?;
+            }
+            (ia, ib) => {
+                if ia {
+                    pa.push(p.clone());
+                }
+                if ib {
+                    pb.push(p.clone());
+                }
+            }
+        }
+    }
+    let pins_a = parse_pins(&ma, &pa)?;
+    let pins_b = parse_pins(&mb, &pb)?;
     check_inputs(
-        &input_specs(&ma, &BTreeMap::new()),
+        &input_specs(&ma, &pins_a),
         &a.reference,
-        &input_specs(&mb, &BTreeMap::new()),
+        &input_specs(&mb, &pins_b),
         &a.test,
     )?;
-    let pins_a = parse_pins(&ma, &a.pin)?;
-    let pins_b = parse_pins(&mb, &a.pin)?;
     let shapes = parse_shapes(&a.shape)?;
     let mut ds = data::load(&a.data, &input_specs(&ma, &pins_a))?;
     let mut labels = match &a.labels {
@@ -184,6 +208,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let cmp = compare(&sa, &sb, &ds.samples, labels.as_deref(), || bar.inc(1))
         .map_err(|e| anyhow!("{} vs {}: {e}", a.reference.display(), a.test.display()))?;
     bar.finish_and_clear();
+    if labels.is_some() && cmp.outputs.values().all(|m| m.accuracy_ref.is_none()) {
+        notes.push(
+            "--labels: no shared output looks like class scores (last axis of 2 or more, \
+             the others 1), so no accuracy was computed"
+                .to_string(),
+        );
+    }
     for n in sa.notes().into_iter().chain(sb.notes()) {
         if !notes.contains(&n) {
             notes.push(n);

@@ -105,8 +105,11 @@ pub struct LayerComparison {
     pub index: usize,
     /// Shape of the value (in the first sample).
     pub shape: Vec<usize>,
-    /// The test model's value compared with it: the same name, unless the test model
-    /// moved the name onto a dequantized graph output (then its producer's value).
+    /// The test model's value compared with it: the one of the same name, or the output
+    /// of the same op when the test model renamed it (a quantized graph output keeps its
+    /// name on the dequantized value; an op can take over the name of an activation fused
+    /// into its quantization, or keep its own name while computing the ops folded into it,
+    /// see [`Unmatched::Absorbed`]).
     pub test_value: String,
     /// Reference value against test value.
     pub metrics: Metrics,
@@ -720,9 +723,14 @@ pub fn per_tensor(
         .enumerate()
         .map(|(i, p)| (i.to_string(), p.bytes.unwrap_or(largest)))
         .collect();
-    let groups: Vec<Vec<usize>> = plan_groups(&sized, budget_bytes)
-        .into_iter()
-        .map(|g| g.iter().map(|i| i.parse().expect("index")).collect())
+    // Groups keep the given order: consecutive runs of pairings.
+    let mut start = 0;
+    let groups: Vec<std::ops::Range<usize>> = plan_groups(&sized, budget_bytes)
+        .iter()
+        .map(|g| {
+            start += g.len();
+            start - g.len()..start
+        })
         .collect();
     let total = (groups.len() * samples.len()) as u64;
     let mut done = 0;
@@ -731,8 +739,7 @@ pub fn per_tensor(
     for group in &groups {
         let mut taps_a = BTreeSet::new();
         let mut taps_b = BTreeSet::new();
-        for &i in group {
-            let p = &pairs[i];
+        for p in &pairs[group.clone()] {
             taps_a.insert(p.value.clone());
             taps_b.insert(p.test_value.clone());
             if let Some((d, r)) = &p.dq {
@@ -759,7 +766,7 @@ pub fn per_tensor(
             };
             let ra = run(&sa, Side::Reference)?;
             let rb = run(&sb, Side::Test)?;
-            for &i in group {
+            for i in group.clone() {
                 let (p, acc) = (&pairs[i], &mut accs[i]);
                 if acc.dropped {
                     continue;
