@@ -10,7 +10,7 @@ use crate::onnx::{self, ExternalPolicy};
 use crate::report::compare::compare;
 use crate::report::layers::{per_tensor, LayerComparison, PerTensor, Unmatched};
 use crate::report::Metrics;
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,10 +191,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let first = ds.samples[0].clone();
     let given = sample_shapes(&first, &shapes);
     let mut notes = specialize(&mut ma, &pins_a, &given)
-        .with_context(|| format!("{}: specialising the model", a.reference.display()))?;
+        .map_err(|e| anyhow!("{}: specialising the model: {e}", a.reference.display()))?;
     notes.extend(
         specialize(&mut mb, &pins_b, &given)
-            .with_context(|| format!("{}: specialising the model", a.test.display()))?,
+            .map_err(|e| anyhow!("{}: specialising the model: {e}", a.test.display()))?,
     );
 
     let (pa, _) = onnx::encode_model(&ma, &ExternalPolicy::Inline, "")?;
@@ -258,12 +258,19 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         per_tensor: layers,
         notes,
     };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if a.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{}", render(&report));
+        render(&report)
+    };
+    // A reader that stops early (`| head`) is not an error.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow!("writing the report: {e}"))
+        }
+        _ => Ok(Outcome::Ok),
     }
-    Ok(Outcome::Ok)
 }
 
 /// Column alignment.
