@@ -49,7 +49,10 @@
 //!   tensors from tract into statistics in groups under a memory budget, and runs If
 //!   branches and Scan bodies as models of their own to reach the values inside.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
-//!   output-by-output comparison of two models, and the visual report (`quantize --report`):
+//!   output-by-output comparison of two models (`compare`), the value-by-value one
+//!   (`layers`: pairs a float model's values with its quantized version's through the
+//!   Q/DQ pairs, taps them in groups under a memory budget, worst SQNR first), and the
+//!   visual report (`quantize --report`):
 //!   `ReportInput` (plain data, one section per part of qrange) rendered to one
 //!   self-contained HTML page with SVG charts (plotters, SVG backend only): per calibrated
 //!   tensor, its histogram with every method's range and the chosen one.

@@ -1,6 +1,7 @@
 //! Command line: clap definitions and one file per subcommand. The only module that prints.
 
 mod calibrate;
+mod compare;
 mod convert;
 mod inspect;
 mod lint;
@@ -32,6 +33,7 @@ pub enum Outcome {
                   qrange convert in.onnx out.onnx --external-data 1024\n  \
                   qrange run fixtures/ppocr_cls/model.onnx --data fixtures/ppocr_cls/eval.npz -o out.npz\n  \
                   qrange lint model.int8.onnx\n  \
+                  qrange compare model.onnx model.int8.onnx --data eval.npz --per-tensor\n  \
                   qrange passes"
 )]
 struct Cli {
@@ -49,6 +51,7 @@ enum Cmd {
     Calibrate(calibrate::Args),
     Merge(calibrate::MergeArgs),
     Lint(lint::Args),
+    Compare(compare::Args),
 }
 
 /// Parses `args` and runs the command.
@@ -84,6 +87,7 @@ where
         Cmd::Calibrate(a) => calibrate::run(a),
         Cmd::Merge(a) => calibrate::merge(a),
         Cmd::Lint(a) => lint::run(a),
+        Cmd::Compare(a) => compare::run(a),
     }
 }
 

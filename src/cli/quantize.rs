@@ -522,28 +522,6 @@ fn file_size(m: &Model) -> u64 {
     onnx::model_to_bytes(m).map(|b| b.len() as u64).unwrap_or(0)
 }
 
-/// Labels of the evaluation samples under `key`.
-pub(crate) fn labels_of(ds: &Dataset, key: &str, n: usize) -> anyhow::Result<Vec<i64>> {
-    let t = ds.extra.get(key).ok_or_else(|| {
-        anyhow!(
-            "{}: no labels under key '{key}' (keys: {})",
-            ds.source.display(),
-            ds.extra.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    let v = t
-        .to_i64_vec()
-        .ok_or_else(|| anyhow!("{}: labels '{key}' are not integers", ds.source.display()))?;
-    if v.len() != n {
-        bail!(
-            "{}: labels '{key}' have {} entries for {n} samples",
-            ds.source.display(),
-            v.len()
-        );
-    }
-    Ok(v)
-}
-
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let c = &a.common;
     super::check_not_input(&c.model, &a.output)?;
@@ -612,7 +590,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
 
     // Everything the validation needs is checked before anything is written.
     let labels = match (&a.labels, &eval) {
-        (Some(k), Some(ev)) if !a.no_validate => Some(labels_of(ev, k, ev.samples.len())?),
+        (Some(k), Some(ev)) if !a.no_validate => Some(ev.labels(k)?),
         _ => None,
     };
     let overrides = match &a.overrides {
@@ -1369,8 +1347,8 @@ mod tests {
             let t = simu.run(&sim.feed(s, &config)).unwrap();
             for (name, rv) in &r {
                 let (a, b) = (
-                    crate::report::compare::as_f32(rv).unwrap(),
-                    crate::report::compare::as_f32(&t[name]).unwrap(),
+                    crate::report::metrics::as_f32(rv).unwrap(),
+                    crate::report::metrics::as_f32(&t[name]).unwrap(),
                 );
                 let mut cmp = Comparison::default();
                 cmp.add(&a, &b, false, None);
