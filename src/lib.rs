@@ -14,16 +14,25 @@
 //! `infer_shapes`/`fold_constants` to a fixed point) → prepare (`infer_shapes`,
 //! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `upgrade_opset` when per-channel
 //! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
-//! per value) → calibrate (`calib::collect` taps the planned values in tract, streaming
-//! into `calib::TensorStats`; a method turns each into a range) → materialise
+//! per value, in the main graph and inside If branches and Scan bodies) → calibrate
+//! (`calib::collect` taps the planned values in tract, streaming into
+//! `calib::TensorStats`; a method turns each into a range) → materialise
 //! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`)
 //! → with `--report`, one HTML page (`report::html`).
+//!
+//! Subgraphs: tract returns main-graph values only, so calibration runs each If branch
+//! as a model of its own (`ir::scope::subgraph_model`: captured names become inputs) on
+//! the captured values of the samples that take it, and each Scan body step by step on
+//! its states and slices. A body reading a quantized outer value gets its own
+//! DequantizeLinear of the outer QuantizeLinear output. Loop bodies stay float: tract
+//! cannot execute Loop.
 //!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
 //!   (proto → IR), encode (IR → proto), external data, atomic file writes.
 //! - [`ir`]: the graph (bipartite `StableDiGraph` of op and value nodes, typed handles),
-//!   values and constants, host tensors, `verify()`, the text dump.
+//!   values and constants, host tensors, `verify()`, scopes (where each subgraph sits,
+//!   which graph defines a captured name, a subgraph as a model of its own), the text dump.
 //! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass
 //!   (pin_inputs, infer_shapes, fold_constants, fold_if, upgrade_opset, fold_batchnorm,
 //!   fold_bias_add, insert_qdq).
@@ -37,18 +46,28 @@
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
 //!   entropy, mse, auto); the calibration file format; the collector that streams tapped
-//!   tensors from tract into statistics in groups under a memory budget.
+//!   tensors from tract into statistics in groups under a memory budget, and runs If
+//!   branches and Scan bodies as models of their own to reach the values inside.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
-//!   output-by-output comparison of two models, and the visual report (`quantize --report`):
+//!   output-by-output comparison of two models (`compare`), the value-by-value one
+//!   (`layers`: pairs a float model's values with its quantized version's through the
+//!   Q/DQ pairs, taps them in groups under a memory budget, worst SQNR first), and the
+//!   visual report (`quantize --report`):
 //!   `ReportInput` (plain data, one section per part of qrange) rendered to one
 //!   self-contained HTML page with SVG charts (plotters, SVG backend only): per calibrated
 //!   tensor, its histogram with every method's range and the chosen one.
+//! - [`lint`]: fusion coverage of any QDQ model: per node unit, whether the target runtime
+//!   fuses it into an integer kernel (and which), drops a data-movement op's Q/DQ pair, or
+//!   runs it in float and why. `lint::ort` replays ONNX Runtime's CPU QDQ transformations
+//!   on a copy of the graph (checked against ONNX Runtime by
+//!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
-//! `calib → exec`, `report → exec, calib, quant`. `ir` knows nothing of protobuf, tract or
-//! clap; only `exec` names tract. One exception, kept deliberate: `passes::upgrade_opset`
-//! asks `onnx` for model-local function bodies, which live in the carried protobuf bytes.
+//! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`. `ir`
+//! knows nothing of protobuf, tract or clap; only `exec` names tract. One exception, kept
+//! deliberate: `passes::upgrade_opset` asks `onnx` for model-local function bodies, which
+//! live in the carried protobuf bytes.
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as
@@ -62,7 +81,11 @@
 //! - **Invariant:** no engine approximates silently: Q/DQ run through `quant` kernels in
 //!   tract, and `exec::Session::notes` says what was replaced or emulated.
 //! - **Invariant:** quantization decisions are a plan (value → decision) before any edit;
-//!   one pass materialises it, and only the rule table names op types for quantization.
+//!   one pass materialises it, and only the rule table names op types for quantization
+//!   (including which control-flow ops have their subgraphs planned).
+//! - **Invariant:** a value captured by a subgraph is one value: the body sees the outer
+//!   decision, range and quantization parameters; new names are unique across the whole
+//!   model, so no subgraph shadows an outer name.
 //! - **Invariant:** calibration statistics depend only on the multiset of observed values:
 //!   shards merge bit-identically to one run.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
@@ -74,6 +97,7 @@ pub mod cli;
 pub mod data;
 pub mod exec;
 pub mod ir;
+pub mod lint;
 pub mod onnx;
 pub mod passes;
 pub mod quant;

@@ -69,6 +69,29 @@ fn run_case(dir: &Path, arrays: Vec<(&str, qrange::ir::Tensor)>) -> Vec<String> 
     ]
 }
 
+/// `qrange compare` of add_relu (reference) with `test` on an .npz of `arrays`, with
+/// `extra` arguments.
+fn compare_case(
+    dir: &Path,
+    test: &proto::ModelProto,
+    arrays: Vec<(&str, qrange::ir::Tensor)>,
+    extra: &[&str],
+) -> Vec<String> {
+    let a = dir.join("a.onnx");
+    let b = dir.join("b.onnx");
+    write_proto(&a, &add_relu());
+    write_proto(&b, test);
+    let data = dir.join("data.npz");
+    write_npz_arrays(&data, arrays);
+    let mut args = vec!["compare".into(), s(&a), s(&b), "--data".into(), s(&data)];
+    args.extend(extra.iter().map(|x| x.to_string()));
+    args
+}
+
+fn labels(v: &[i64]) -> qrange::ir::Tensor {
+    qrange::ir::Tensor::I64(ndarray::Array1::from(v.to_vec()).into_dyn())
+}
+
 const CASES: &[Case] = &[
     Case {
         name: "npz with a wrong dtype",
@@ -324,6 +347,95 @@ const CASES: &[Case] = &[
             ]
         },
         expect: &["--inline", "--external-data"],
+    },
+    Case {
+        name: "compare: labels key missing",
+        setup: |d| {
+            compare_case(
+                d,
+                &add_relu(),
+                vec![("x", f32_filled(&[2, 1, 4], 1.0)), ("cls", labels(&[0, 1]))],
+                &["--labels", "label"],
+            )
+        },
+        expect: &["data.npz", "'label'", "cls"],
+    },
+    Case {
+        name: "compare: labels of another length",
+        setup: |d| {
+            compare_case(
+                d,
+                &add_relu(),
+                vec![
+                    ("x", f32_filled(&[2, 1, 4], 1.0)),
+                    ("label", labels(&[0, 1, 1])),
+                ],
+                &["--labels", "label", "--per-tensor"],
+            )
+        },
+        expect: &["data.npz", "'label'", "3 entries", "2 samples"],
+    },
+    Case {
+        name: "compare: test model with another input name",
+        setup: |d| {
+            let mut m = add_relu();
+            let g = m.graph.as_mut().unwrap();
+            g.input[0].name = Some("z".into());
+            g.node[0].input[0] = "z".into();
+            compare_case(d, &m, vec![("x", f32_filled(&[2, 1, 4], 1.0))], &[])
+        },
+        expect: &["different inputs", "'x'", "b.onnx"],
+    },
+    Case {
+        name: "compare: test model with another input type",
+        setup: |d| {
+            let mut m = add_relu();
+            m.graph.as_mut().unwrap().input[0] = vi("x", 11, &[1, 4]);
+            compare_case(d, &m, vec![("x", f32_filled(&[2, 1, 4], 1.0))], &[])
+        },
+        expect: &["different inputs", "'x'", "f32", "f64"],
+    },
+    Case {
+        name: "compare: missing test model",
+        setup: |d| {
+            let mut a = compare_case(
+                d,
+                &add_relu(),
+                vec![("x", f32_filled(&[2, 1, 4], 1.0))],
+                &[],
+            );
+            a[2] = s(&d.join("nope.onnx"));
+            a
+        },
+        expect: &["nope.onnx", "No such file"],
+    },
+    Case {
+        name: "compare: missing reference model",
+        setup: |d| {
+            let mut a = compare_case(
+                d,
+                &add_relu(),
+                vec![("x", f32_filled(&[2, 1, 4], 1.0))],
+                &[],
+            );
+            a[1] = s(&d.join("nope.onnx"));
+            a
+        },
+        expect: &["nope.onnx", "No such file"],
+    },
+    Case {
+        name: "compare: missing data file",
+        setup: |d| {
+            let mut a = compare_case(
+                d,
+                &add_relu(),
+                vec![("x", f32_filled(&[2, 1, 4], 1.0))],
+                &[],
+            );
+            a[4] = s(&d.join("nope.npz"));
+            a
+        },
+        expect: &["nope.npz", "No such file"],
     },
 ];
 

@@ -4,12 +4,34 @@
 //! Memory does not grow with the number of samples (nothing of a sample is kept after it
 //! is folded in), and the tapped tensors of one run are bounded by a budget: the values
 //! are split into groups whose per-sample size fits it, one engine run per group and sample.
+//!
+//! **Subgraphs.** The engine returns values of the main graph only. Values planned
+//! inside `If` branches and `Scan` bodies are collected by running each subgraph as a
+//! model of its own ([`crate::ir::scope::subgraph_model`]: the names it captures become
+//! inputs, outer constants become its initializers). For each sample, one run of the
+//! main graph taps every `If` condition, every `Scan` input and every value such a
+//! subgraph captures; then
+//! - the condition picks the branch, which runs on the captured values of that sample:
+//!   a branch value's statistics are exactly those of the samples that take the branch
+//!   (a branch no sample takes has none, and `quant::plan::unreached_scopes` then
+//!   leaves its ops float);
+//! - a `Scan` body runs once per step, on the states carried from the previous step
+//!   (the initial states first) and the step's slices of the scanned inputs, as ONNX
+//!   defines them (opset 9 and later: axes and directions as attributes).
+//!
+//! Inside a subgraph the same happens recursively. These runs tap everything a subgraph
+//! needs at once (the budget splits main-graph values only). `Loop` bodies cannot be
+//! calibrated: the engine cannot execute `Loop`, so the plan leaves them float.
 
 use super::{CalibError, TensorStats};
 use crate::data::Sample;
 use crate::exec::{ExecError, Session, SessionOptions};
+use crate::ir::scope::subgraph_model;
+use crate::ir::{Model, OpId, Tensor, ValueType};
 use crate::onnx::proto::ModelProto;
-use std::collections::BTreeMap;
+use crate::onnx::{encode_model, ExternalPolicy};
+use crate::quant::plan::ValueKeys;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Errors of collection: the engine's or the statistics'.
@@ -19,6 +41,19 @@ pub enum CollectError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Calib(#[from] CalibError),
+    /// Running a subgraph as a model of its own failed.
+    #[error("subgraph '{scope}': {source}")]
+    Subgraph {
+        scope: String,
+        #[source]
+        source: ExecError,
+    },
+    /// A value cannot be calibrated where it lives.
+    #[error("value '{value}': {reason}")]
+    Unreachable { value: String, reason: String },
+    /// The model (or a subgraph made a model) could not be encoded for the engine.
+    #[error("encoding the model for calibration: {0}")]
+    Encode(String),
 }
 
 /// Splits `values` (name, bytes per sample) into groups of at most `budget` bytes each,
@@ -41,8 +76,9 @@ pub fn plan_groups(values: &[(String, u64)], budget: u64) -> Vec<Vec<String>> {
     groups
 }
 
-/// Statistics of `values` over `samples`, in `groups` (see [`plan_groups`]).
-/// `progress(done, total)` is called after each engine run.
+/// Statistics of `values` over `samples`, in `groups` (see [`plan_groups`]); every value
+/// is a value of the model's main graph. `progress(done, total)` is called after each
+/// engine run.
 pub fn collect(
     model: &ModelProto,
     base_dir: Option<&Path>,
@@ -52,7 +88,30 @@ pub fn collect(
 ) -> Result<BTreeMap<String, TensorStats>, CollectError> {
     let mut stats: BTreeMap<String, TensorStats> = BTreeMap::new();
     let total = (groups.len() * samples.len()) as u64;
-    let mut done = 0;
+    collect_groups(
+        model,
+        base_dir,
+        samples,
+        groups,
+        &mut stats,
+        0,
+        total,
+        &mut progress,
+    )?;
+    Ok(stats)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect_groups(
+    model: &ModelProto,
+    base_dir: Option<&Path>,
+    samples: &[Sample],
+    groups: &[Vec<String>],
+    stats: &mut BTreeMap<String, TensorStats>,
+    mut done: u64,
+    total: u64,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<u64, CollectError> {
     for group in groups {
         let opts = SessionOptions {
             taps: group.clone(),
@@ -76,7 +135,469 @@ pub fn collect(
             progress(done, total);
         }
     }
+    Ok(done)
+}
+
+/// Bytes per sample of a main-graph value, from its inferred type (0 when unknown).
+fn value_bytes(m: &Model, name: &str) -> u64 {
+    let g = &m.graph;
+    g.value_by_name(name)
+        .and_then(|v| g.value(v).ty.as_ref().and_then(ValueType::known_dims))
+        .map(|d| d.iter().map(|&x| x.max(1) as u64).product::<u64>() * 4)
+        .unwrap_or(0)
+}
+
+fn encode(m: &Model) -> Result<ModelProto, CollectError> {
+    encode_model(m, &ExternalPolicy::Inline, "")
+        .map(|(p, _)| p)
+        .map_err(|e| CollectError::Encode(e.to_string()))
+}
+
+/// Statistics of `values` (plan keys, see [`ValueKeys`]) of `model` over `samples`.
+///
+/// Main-graph values are tapped in groups of at most `budget` bytes per run
+/// ([`plan_groups`]); values inside `If` branches and `Scan` bodies are collected as
+/// the module documentation describes. `progress(done, total)` is called after each pass over a
+/// sample.
+pub fn collect_model(
+    model: &Model,
+    base_dir: Option<&Path>,
+    samples: &[Sample],
+    values: &[String],
+    budget: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<BTreeMap<String, TensorStats>, CollectError> {
+    let keys = ValueKeys::of(&model.graph);
+    let mut main = Vec::new();
+    let mut inner: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    for v in values {
+        match keys.locate(v) {
+            Some((0, local)) => main.push((local.to_string(), value_bytes(model, local))),
+            Some((s, local)) => inner
+                .entry(s)
+                .or_default()
+                .push((v.clone(), local.to_string())),
+            None => {
+                return Err(CollectError::Unreachable {
+                    value: v.clone(),
+                    reason: "not a value of the model".into(),
+                })
+            }
+        }
+    }
+    let groups = plan_groups(&main, budget);
+    let mut root = (!inner.is_empty())
+        .then(|| ScopeRun::new(model, &keys, 0, &inner, Vec::new()))
+        .transpose()?;
+    let total = (groups.len() * samples.len()) as u64
+        + if root.is_some() {
+            samples.len() as u64
+        } else {
+            0
+        };
+    let mut stats = BTreeMap::new();
+    let proto = encode(model)?;
+    let mut done = collect_groups(
+        &proto,
+        base_dir,
+        samples,
+        &groups,
+        &mut stats,
+        0,
+        total,
+        &mut progress,
+    )?;
+    if let Some(root) = root.as_mut() {
+        for s in samples {
+            root.observe(s, base_dir, &mut stats)?;
+            done += 1;
+            progress(done, total);
+        }
+    }
     Ok(stats)
+}
+
+/// Where a value a scope needs comes from, in the run of that scope.
+fn fetch<'a>(
+    name: &str,
+    out: &'a BTreeMap<String, Tensor>,
+    inputs: &'a Sample,
+    consts: &'a BTreeMap<String, Tensor>,
+) -> Option<&'a Tensor> {
+    out.get(name)
+        .or_else(|| inputs.get(name))
+        .or_else(|| consts.get(name))
+}
+
+/// A subgraph run on its own, with the name of every input it takes from its parent.
+struct Branch {
+    run: ScopeRun,
+    inputs: Vec<String>,
+}
+
+/// A control-flow op whose subgraphs hold values to calibrate.
+enum Child {
+    If {
+        node: String,
+        cond: String,
+        then_branch: Option<Box<Branch>>,
+        else_branch: Option<Box<Branch>>,
+    },
+    /// Scan (opset 9 and later): the body runs once per step on the states and the
+    /// slices of the scanned inputs.
+    Scan {
+        node: String,
+        /// The Scan node's inputs: initial states, then scanned inputs.
+        inputs: Vec<String>,
+        n_state: usize,
+        axes: Vec<i64>,
+        reverse: Vec<bool>,
+        /// The body's own inputs (states, then slices) and its state outputs.
+        body_inputs: Vec<String>,
+        body_states: Vec<String>,
+        body: Box<Branch>,
+    },
+}
+
+/// One scope (the main graph, or a subgraph made a model) run once per sample that
+/// reaches it.
+struct ScopeRun {
+    label: String,
+    proto: ModelProto,
+    /// Values to calibrate: (plan key, name here).
+    values: Vec<(String, String)>,
+    taps: Vec<String>,
+    /// Constants of this scope that a child reads (conditions, scanned inputs).
+    consts: BTreeMap<String, Tensor>,
+    session: Option<Session>,
+    children: Vec<Child>,
+}
+
+/// Makes the run of `g` provide `name` to a child: nothing for an input (the sample has
+/// it), the value of a constant, a tap for anything computed.
+fn provide(
+    g: &crate::ir::Graph,
+    name: &str,
+    taps: &mut BTreeSet<String>,
+    consts: &mut BTreeMap<String, Tensor>,
+) -> Result<(), CollectError> {
+    let Some(v) = g.value_by_name(name) else {
+        return Ok(());
+    };
+    if g.is_input(v) {
+        return Ok(());
+    }
+    match g.const_of(v) {
+        Some(t) => {
+            let t = t
+                .to_tensor()
+                .map_err(|e| CollectError::Encode(format!("tensor '{name}': {e}")))?;
+            consts.insert(name.to_string(), t);
+        }
+        None => {
+            taps.insert(name.to_string());
+        }
+    }
+    Ok(())
+}
+
+impl ScopeRun {
+    /// The run of scope `s` of the model (`m` is that scope as a model), with its
+    /// children that lead to values in `inner`.
+    fn new(
+        m: &Model,
+        keys: &ValueKeys,
+        s: usize,
+        inner: &BTreeMap<usize, Vec<(String, String)>>,
+        own: Vec<(String, String)>,
+    ) -> Result<ScopeRun, CollectError> {
+        let g = &m.graph;
+        let label = keys.scopes.get(s).label.clone();
+        let wanted = |c: usize| inner.keys().any(|&v| keys.scopes.is_within(v, c));
+        let mut taps: BTreeSet<String> = own.iter().map(|(_, l)| l.clone()).collect();
+        let mut consts = BTreeMap::new();
+        let mut children = Vec::new();
+        let order = g
+            .topo_order()
+            .map_err(|e| CollectError::Encode(e.to_string()))?;
+        for o in order {
+            let op = g.op(o);
+            let subs = op.subgraphs();
+            let mut bodies: BTreeMap<String, Box<Branch>> = BTreeMap::new();
+            for (j, (attr, _)) in subs.iter().enumerate() {
+                let Some(c) = keys.scopes.child(s, o, j) else {
+                    continue;
+                };
+                if !wanted(c) {
+                    continue;
+                }
+                let refuse = |why: &str| CollectError::Unreachable {
+                    value: inner
+                        .iter()
+                        .find(|(v, _)| keys.scopes.is_within(**v, c))
+                        .and_then(|(_, vs)| vs.first())
+                        .map(|(k, _)| k.clone())
+                        .unwrap_or_default(),
+                    reason: format!(
+                        "it lives in subgraph '{}' of {} node '{}': {why}",
+                        keys.scopes.get(c).label,
+                        op.op_type,
+                        op.display_name()
+                    ),
+                };
+                let known = op.domain_key().is_empty()
+                    && (op.op_type == "If"
+                        || (op.op_type == "Scan" && m.opset("").unwrap_or(1) >= 9));
+                if !known {
+                    return Err(refuse(
+                        "calibration runs only If branches and Scan bodies (opset 9 and later)",
+                    ));
+                }
+                let branch = Self::branch(m, keys, o, j, c, inner)?;
+                for name in &branch.inputs {
+                    provide(g, name, &mut taps, &mut consts)?;
+                }
+                bodies.insert(attr.to_string(), Box::new(branch));
+            }
+            if bodies.is_empty() {
+                continue;
+            }
+            let node = op.display_name().to_string();
+            let input_names: Vec<String> = g
+                .inputs_of(o)
+                .into_iter()
+                .map(|v| v.map(|v| g.value(v).name.clone()).unwrap_or_default())
+                .collect();
+            for name in &input_names {
+                provide(g, name, &mut taps, &mut consts)?;
+            }
+            if op.op_type == "If" {
+                children.push(Child::If {
+                    node,
+                    cond: input_names.first().cloned().unwrap_or_default(),
+                    then_branch: bodies.remove("then_branch"),
+                    else_branch: bodies.remove("else_branch"),
+                });
+                continue;
+            }
+            let Some(body) = bodies.remove("body") else {
+                continue;
+            };
+            let n_scan = op.attr_int("num_scan_inputs").unwrap_or(0).max(0) as usize;
+            let n_state = input_names.len().saturating_sub(n_scan);
+            let axes = op
+                .attr_ints("scan_input_axes")
+                .map(<[i64]>::to_vec)
+                .unwrap_or_else(|| vec![0; n_scan]);
+            let reverse = op
+                .attr_ints("scan_input_directions")
+                .map(|d| d.iter().map(|&x| x == 1).collect())
+                .unwrap_or_else(|| vec![false; n_scan]);
+            let Some(&(_, bg)) = subs.iter().find(|(a, _)| *a == "body") else {
+                continue;
+            };
+            let body_inputs: Vec<String> = bg
+                .inputs
+                .iter()
+                .map(|v| bg.value(*v).name.clone())
+                .collect();
+            let body_states: Vec<String> = bg
+                .outputs
+                .iter()
+                .take(n_state)
+                .map(|v| bg.value(*v).name.clone())
+                .collect();
+            if n_scan == 0
+                || axes.len() != n_scan
+                || reverse.len() != n_scan
+                || body_inputs.len() != n_state + n_scan
+                || body_states.len() != n_state
+            {
+                return Err(CollectError::Unreachable {
+                    value: node.clone(),
+                    reason: "Scan node whose inputs, attributes and body disagree".into(),
+                });
+            }
+            children.push(Child::Scan {
+                node,
+                inputs: input_names,
+                n_state,
+                axes,
+                reverse,
+                body_inputs,
+                body_states,
+                body,
+            });
+        }
+        Ok(ScopeRun {
+            label,
+            proto: encode(m)?,
+            values: own,
+            taps: taps.into_iter().collect(),
+            consts,
+            session: None,
+            children,
+        })
+    }
+
+    /// Subgraph `j` of op `o` (scope `c`) as a run of its own.
+    fn branch(
+        m: &Model,
+        keys: &ValueKeys,
+        o: OpId,
+        j: usize,
+        c: usize,
+        inner: &BTreeMap<usize, Vec<(String, String)>>,
+    ) -> Result<Branch, CollectError> {
+        let (sub, inputs) = subgraph_model(m, o, j).map_err(|e| CollectError::Unreachable {
+            value: keys.scopes.get(c).label.clone(),
+            reason: e.to_string(),
+        })?;
+        let own = inner.get(&c).cloned().unwrap_or_default();
+        let run = ScopeRun::new(&sub, keys, c, inner, own)?;
+        Ok(Branch { run, inputs })
+    }
+
+    fn exec_err(&self, e: ExecError) -> CollectError {
+        if self.label.is_empty() {
+            CollectError::Exec(e)
+        } else {
+            CollectError::Subgraph {
+                scope: self.label.clone(),
+                source: e,
+            }
+        }
+    }
+
+    /// Runs this scope on one sample (its inputs), folds its values into `stats`, passes
+    /// on to the subgraphs the sample reaches, and returns the run's outputs and taps.
+    fn observe(
+        &mut self,
+        inputs: &Sample,
+        base_dir: Option<&Path>,
+        stats: &mut BTreeMap<String, TensorStats>,
+    ) -> Result<BTreeMap<String, Tensor>, CollectError> {
+        if self.session.is_none() {
+            let opts = SessionOptions {
+                taps: self.taps.clone(),
+            };
+            let s =
+                Session::new(&self.proto, base_dir, inputs, &opts).map_err(|e| self.exec_err(e))?;
+            self.session = Some(s);
+        }
+        let session = self.session.as_ref().expect("session built above");
+        let out = session.run(inputs).map_err(|e| self.exec_err(e))?;
+        for (key, local) in &self.values {
+            if let Some(t) = fetch(local, &out, inputs, &self.consts) {
+                stats
+                    .entry(key.clone())
+                    .or_default()
+                    .observe_tensor(key, t)?;
+            }
+        }
+        let consts = &self.consts;
+        let get = |name: &str, node: &str| {
+            fetch(name, &out, inputs, consts).ok_or_else(|| CollectError::Unreachable {
+                value: name.to_string(),
+                reason: format!("node '{node}' reads it, but the run did not provide it"),
+            })
+        };
+        for child in &mut self.children {
+            match child {
+                Child::If {
+                    node,
+                    cond,
+                    then_branch,
+                    else_branch,
+                } => {
+                    let c = get(cond, node)?
+                        .to_f64_vec()
+                        .filter(|v| v.len() == 1)
+                        .ok_or_else(|| CollectError::Unreachable {
+                            value: cond.clone(),
+                            reason: format!("the condition of If node '{node}' is not one value"),
+                        })?;
+                    let taken = if c[0] != 0.0 {
+                        then_branch
+                    } else {
+                        else_branch
+                    };
+                    let Some(b) = taken else {
+                        continue;
+                    };
+                    let mut sub = Sample::new();
+                    for name in &b.inputs {
+                        sub.insert(name.clone(), get(name, node)?.clone());
+                    }
+                    b.run.observe(&sub, base_dir, stats)?;
+                }
+                Child::Scan {
+                    node,
+                    inputs: scan_inputs,
+                    n_state,
+                    axes,
+                    reverse,
+                    body_inputs,
+                    body_states,
+                    body,
+                } => {
+                    let mut states: Vec<Tensor> = Vec::with_capacity(*n_state);
+                    for name in &scan_inputs[..*n_state] {
+                        states.push(get(name, node)?.clone());
+                    }
+                    let mut scanned: Vec<(&Tensor, usize)> = Vec::new();
+                    for (i, name) in scan_inputs[*n_state..].iter().enumerate() {
+                        let t = get(name, node)?;
+                        let rank = t.shape().len() as i64;
+                        let ax = if axes[i] < 0 { axes[i] + rank } else { axes[i] };
+                        if !(0..rank).contains(&ax) {
+                            return Err(CollectError::Unreachable {
+                                value: name.clone(),
+                                reason: format!(
+                                    "scan axis {} of Scan node '{node}' is out of range",
+                                    axes[i]
+                                ),
+                            });
+                        }
+                        scanned.push((t, ax as usize));
+                    }
+                    let steps = scanned[0].0.shape()[scanned[0].1];
+                    if scanned.iter().any(|(t, ax)| t.shape()[*ax] != steps) {
+                        return Err(CollectError::Unreachable {
+                            value: node.clone(),
+                            reason: "the scanned inputs of this Scan node differ in length".into(),
+                        });
+                    }
+                    for step in 0..steps {
+                        let mut sub = Sample::new();
+                        for (name, st) in body_inputs.iter().zip(&states) {
+                            sub.insert(name.clone(), st.clone());
+                        }
+                        for (i, (t, ax)) in scanned.iter().enumerate() {
+                            let at = if reverse[i] { steps - 1 - step } else { step };
+                            let slice = t.index_axis(*ax, at).expect("index checked");
+                            sub.insert(body_inputs[*n_state + i].clone(), slice);
+                        }
+                        for name in &body.inputs {
+                            sub.insert(name.clone(), get(name, node)?.clone());
+                        }
+                        let res = body.run.observe(&sub, base_dir, stats)?;
+                        for (k, name) in body_states.iter().enumerate() {
+                            states[k] = fetch(name, &res, &sub, &body.run.consts)
+                                .ok_or_else(|| CollectError::Unreachable {
+                                    value: name.clone(),
+                                    reason: format!(
+                                        "state output of the body of Scan node '{node}' is missing"
+                                    ),
+                                })?
+                                .clone();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

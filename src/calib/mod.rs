@@ -12,7 +12,10 @@
 //! - [`file`](mod@file): [`CalibrationFile`], the versioned JSON written by calibration runs, mergeable
 //!   across runs on the same model.
 //!
-//! Everything here is pure numerics on f32 values and host tensors: no graph, no engine.
+//! - [`collect`]: the one part that runs the engine: taps the values to calibrate and
+//!   streams them into statistics, reaching inside If branches and Scan bodies.
+//!
+//! Everything else here is pure numerics on f32 values and host tensors: no graph, no engine.
 //! Scale/zero-point computation proper belongs to the quantizer; [`density::Grid`] mirrors
 //! its formula only to evaluate candidate ranges.
 //!

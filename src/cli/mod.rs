@@ -1,8 +1,10 @@
 //! Command line: clap definitions and one file per subcommand. The only module that prints.
 
 mod calibrate;
+mod compare;
 mod convert;
 mod inspect;
+mod lint;
 mod passes;
 mod quantize;
 mod run;
@@ -30,6 +32,8 @@ pub enum Outcome {
     after_help = "Examples:\n  qrange inspect fixtures/ppocr_cls/model.onnx\n  \
                   qrange convert in.onnx out.onnx --external-data 1024\n  \
                   qrange run fixtures/ppocr_cls/model.onnx --data fixtures/ppocr_cls/eval.npz -o out.npz\n  \
+                  qrange lint model.int8.onnx\n  \
+                  qrange compare model.onnx model.int8.onnx --data eval.npz --per-tensor\n  \
                   qrange passes"
 )]
 struct Cli {
@@ -46,6 +50,8 @@ enum Cmd {
     Quantize(quantize::Args),
     Calibrate(calibrate::Args),
     Merge(calibrate::MergeArgs),
+    Lint(lint::Args),
+    Compare(compare::Args),
 }
 
 /// Parses `args` and runs the command.
@@ -80,6 +86,8 @@ where
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::Calibrate(a) => calibrate::run(a),
         Cmd::Merge(a) => calibrate::merge(a),
+        Cmd::Lint(a) => lint::run(a),
+        Cmd::Compare(a) => compare::run(a),
     }
 }
 

@@ -3,13 +3,13 @@
 
 use super::run::{input_specs, parse_pins, parse_shapes, sample_shapes};
 use super::Outcome;
-use crate::calib::collect::{collect, plan_groups};
+use crate::calib::collect::collect_model;
 use crate::calib::{
     compute_range, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
 };
 use crate::data::{self, Dataset, Sample};
 use crate::exec::{Session, SessionOptions};
-use crate::ir::{DType, Model, Tensor, ValueType};
+use crate::ir::{DType, Model, Tensor};
 use crate::onnx::{self, ExternalPolicy};
 use crate::passes::{self, Pass, PassCx};
 use crate::quant::params::QType;
@@ -330,7 +330,10 @@ pub(crate) fn prepare(
     };
     passes::specialize(&mut m, &mut cx).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
     if has_if(&m) {
-        notes.push("If nodes remain after specialisation; their bodies stay float".to_string());
+        notes.push(
+            "If nodes remain after specialisation: each branch is calibrated on the samples that take it"
+                .to_string(),
+        );
     }
     let float = m.clone();
     let mut model = m;
@@ -407,15 +410,6 @@ pub(crate) fn prepare(
     })
 }
 
-/// Bytes per sample of a value, from its inferred type (0 when unknown).
-fn value_bytes(m: &Model, name: &str) -> u64 {
-    let g = &m.graph;
-    g.value_by_name(name)
-        .and_then(|v| g.value(v).ty.as_ref().and_then(ValueType::known_dims))
-        .map(|d| d.iter().map(|&x| x.max(1) as u64).product::<u64>() * 4)
-        .unwrap_or(0)
-}
-
 /// Runs calibration over `samples` and returns the statistics file.
 pub(crate) fn calibrate(
     p: &Prepared,
@@ -424,19 +418,21 @@ pub(crate) fn calibrate(
     show_progress: bool,
 ) -> anyhow::Result<CalibrationFile> {
     let values = p.plan.calibration_values();
-    let sized: Vec<(String, u64)> = values
-        .iter()
-        .map(|v| (v.clone(), value_bytes(&p.model, v)))
-        .collect();
-    let groups = plan_groups(&sized, budget_mib.saturating_mul(1 << 20));
-    let (proto, _) = onnx::encode_model(&p.model, &ExternalPolicy::Inline, "")?;
-    let bar = super::progress((groups.len() * samples.len()) as u64, "calibrating");
+    let bar = super::progress(0, "calibrating");
     if !show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stats = collect(&proto, Some(&p.base_dir), samples, &groups, |d, _| {
-        bar.set_position(d)
-    })
+    let stats = collect_model(
+        &p.model,
+        Some(&p.base_dir),
+        samples,
+        &values,
+        budget_mib.saturating_mul(1 << 20),
+        |d, n| {
+            bar.set_length(n);
+            bar.set_position(d)
+        },
+    )
     .context("calibration")?;
     bar.finish_and_clear();
     let mut file = CalibrationFile::new(p.sha256.clone());
@@ -486,6 +482,8 @@ struct Summary {
     folded_ops: usize,
     float_ops: usize,
     float_reasons: BTreeMap<String, Vec<String>>,
+    /// What the target runtime fuses in the written model (`qrange lint`).
+    fusion: Option<crate::lint::Coverage>,
     methods: BTreeMap<String, usize>,
     size_before: u64,
     size_after: u64,
@@ -524,28 +522,6 @@ fn qtype_text(q: &QType, per_channel: Option<bool>) -> String {
 
 fn file_size(m: &Model) -> u64 {
     onnx::model_to_bytes(m).map(|b| b.len() as u64).unwrap_or(0)
-}
-
-/// Labels of the evaluation samples under `key`.
-pub(crate) fn labels_of(ds: &Dataset, key: &str, n: usize) -> anyhow::Result<Vec<i64>> {
-    let t = ds.extra.get(key).ok_or_else(|| {
-        anyhow!(
-            "{}: no labels under key '{key}' (keys: {})",
-            ds.source.display(),
-            ds.extra.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    let v = t
-        .to_i64_vec()
-        .ok_or_else(|| anyhow!("{}: labels '{key}' are not integers", ds.source.display()))?;
-    if v.len() != n {
-        bail!(
-            "{}: labels '{key}' have {} entries for {n} samples",
-            ds.source.display(),
-            v.len()
-        );
-    }
-    Ok(v)
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
@@ -616,7 +592,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
 
     // Everything the validation needs is checked before anything is written.
     let labels = match (&a.labels, &eval) {
-        (Some(k), Some(ev)) if !a.no_validate => Some(labels_of(ev, k, ev.samples.len())?),
+        (Some(k), Some(ev)) if !a.no_validate => Some(ev.labels(k)?),
         _ => None,
     };
     let overrides = match &a.overrides {
@@ -693,6 +669,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         percentile: a.percentile,
         ..MethodOptions::default()
     };
+    // Subgraphs no sample reached have no statistics: their ops stay float.
+    let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
+    if !unreached.is_empty() {
+        p.plan = plan::build_with(&p.model, &p.cfg, &unreached);
+    }
     let base_plan = p.plan.clone();
     if let (Some(o), Some(f)) = (&overrides, &a.overrides) {
         let units = tune::units(&p.plan, &p.model);
@@ -913,6 +894,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 .push(k.clone());
         }
     }
+    let fusion = crate::lint::lint(&q, &crate::lint::LintOptions::new(p.cfg.target))
+        .ok()
+        .filter(|r| r.fusion_model)
+        .map(|r| r.coverage());
     let mut methods: BTreeMap<String, usize> = BTreeMap::new();
     for m in chosen.values() {
         *methods.entry(m.name().to_string()).or_default() += 1;
@@ -929,6 +914,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         folded_ops: nf,
         float_ops: nfl,
         float_reasons,
+        fusion,
         methods,
         size_before: file_size(&p.float),
         size_after,
@@ -1450,6 +1436,9 @@ fn print_summary(s: &Summary) {
         };
         println!("  float: {reason}: {}{more}", shown.join(", "));
     }
+    if let Some(f) = &s.fusion {
+        println!("{}", f.line);
+    }
     println!(
         "ranges     {} calibration samples; methods chosen: {}",
         s.calibration_samples,
@@ -1567,8 +1556,8 @@ mod tests {
             let t = simu.run(&sim.feed(s, &config, &Default::default())).unwrap();
             for (name, rv) in &r {
                 let (a, b) = (
-                    crate::report::compare::as_f32(rv).unwrap(),
-                    crate::report::compare::as_f32(&t[name]).unwrap(),
+                    crate::report::metrics::as_f32(rv).unwrap(),
+                    crate::report::metrics::as_f32(&t[name]).unwrap(),
                 );
                 let mut cmp = Comparison::default();
                 cmp.add(&a, &b, false, None);

@@ -74,16 +74,51 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
+
+    /// Ground-truth labels under `key` in [`Dataset::extra`], one integer per sample.
+    pub fn labels(&self, key: &str) -> Result<Vec<i64>, DataError> {
+        if let Some((_, why)) = self.skipped.iter().find(|(name, _)| name == key) {
+            return Err(DataError::LabelsSkipped {
+                path: self.source.clone(),
+                key: key.to_string(),
+                why: why.clone(),
+            });
+        }
+        let t = self.extra.get(key).ok_or_else(|| DataError::NoLabels {
+            path: self.source.clone(),
+            key: key.to_string(),
+            keys: if self.extra.is_empty() {
+                "none".to_string()
+            } else {
+                self.extra.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })?;
+        let v = t.to_i64_vec().ok_or_else(|| DataError::LabelsNotIntegers {
+            path: self.source.clone(),
+            key: key.to_string(),
+            dtype: t.dtype(),
+        })?;
+        if v.len() != self.samples.len() {
+            return Err(DataError::LabelCount {
+                path: self.source.clone(),
+                key: key.to_string(),
+                count: v.len(),
+                samples: self.samples.len(),
+            });
+        }
+        Ok(v)
+    }
 }
 
 /// Errors reading, validating or writing data. Each renders as one line naming the file
 /// and the array or input concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
+    /// (The I/O error is part of the message, not a separate cause: one line.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -156,15 +191,40 @@ pub enum DataError {
         index: u64,
         count: usize,
     },
+    #[error("{}: no labels under key '{key}' (keys in the file: {keys})", path.display())]
+    NoLabels {
+        path: PathBuf,
+        key: String,
+        keys: String,
+    },
+    #[error("{}: labels '{key}' are unusable: {why}", path.display())]
+    LabelsSkipped {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+    #[error("{}: labels '{key}' are {dtype}, not integers", path.display())]
+    LabelsNotIntegers {
+        path: PathBuf,
+        key: String,
+        dtype: DType,
+    },
+    #[error("{}: labels '{key}' have {count} entries for {samples} samples", path.display())]
+    LabelCount {
+        path: PathBuf,
+        key: String,
+        count: usize,
+        samples: usize,
+    },
     #[error("cannot stack '{key}': {msg}")]
     Stack { key: String, msg: String },
 }
 
 impl DataError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, error: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

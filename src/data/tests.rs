@@ -595,3 +595,23 @@ fn pb_outputs_that_do_not_stack_are_skipped() {
     assert!(reasons["y"].contains("shape"), "{reasons:?}");
     assert!(reasons["output_1"].contains("1 of 2"), "{reasons:?}");
 }
+
+#[test]
+fn labels_are_checked_against_the_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let label = Tensor::I64(arr1(&[2i64, 0, 1]).into_dyn());
+    let score = Tensor::F32(arr1(&[0.5f32, 0.25, 0.0]).into_dyn());
+    let p = npz(
+        dir.path(),
+        vec![("x", f32s(&[3, 2])), ("label", label), ("score", score)],
+    );
+    let mut ds = load(&p, &[spec("x", DType::F32, &[Some(2)])]).unwrap();
+    assert_eq!(ds.labels("label").unwrap(), vec![2, 0, 1]);
+    let e = ds.labels("nope").unwrap_err().to_string();
+    assert!(e.contains("'nope'") && e.contains("label, score"), "{e}");
+    let e = ds.labels("score").unwrap_err().to_string();
+    assert!(e.contains("'score'") && e.contains("f32"), "{e}");
+    ds.samples.truncate(2);
+    let e = ds.labels("label").unwrap_err().to_string();
+    assert!(e.contains("3 entries for 2 samples"), "{e}");
+}

@@ -667,16 +667,34 @@ impl Graph {
         op
     }
 
-    /// Ops in a deterministic topological order (ties broken by the order key).
+    /// Ops in a deterministic topological order (ties broken by the order key). An op
+    /// whose subgraphs capture a value of this graph comes after that value's producer.
     pub fn topo_order(&self) -> Result<Vec<OpId>, GraphError> {
         let mut indeg: BTreeMap<OpId, usize> = BTreeMap::new();
+        // Ops reading a value only through their subgraphs, by value.
+        let mut implicit: HashMap<ValueId, Vec<OpId>> = HashMap::new();
         for o in self.ops() {
-            let n = self
-                .inputs_of(o)
-                .into_iter()
-                .flatten()
-                .filter(|v| self.producer(*v).is_some())
+            let explicit: Vec<ValueId> = self.inputs_of(o).into_iter().flatten().collect();
+            let mut n = explicit
+                .iter()
+                .filter(|v| self.producer(**v).is_some())
                 .count();
+            let subs = self.op(o).subgraphs();
+            if !subs.is_empty() {
+                let mut names: Vec<String> =
+                    subs.iter().flat_map(|(_, sg)| sg.captures()).collect();
+                names.sort();
+                names.dedup();
+                for name in names {
+                    let Some(v) = self.value_by_name(&name) else {
+                        continue;
+                    };
+                    if self.producer(v).is_some() && !explicit.contains(&v) {
+                        implicit.entry(v).or_default().push(o);
+                        n += 1;
+                    }
+                }
+            }
             indeg.insert(o, n);
         }
         let key = |o: OpId| (self.op(o).order, o.0.index());
@@ -692,7 +710,9 @@ impl Graph {
             let o = by_key[&k];
             out.push(o);
             for v in self.outputs_of(o).into_iter().flatten() {
-                for (c, _) in self.consumers(v) {
+                let readers = self.consumers(v).into_iter().map(|(c, _)| c);
+                let through_subgraphs = implicit.get(&v).into_iter().flatten().copied();
+                for c in readers.chain(through_subgraphs) {
                     let d = indeg.get_mut(&c).expect("op in map");
                     *d -= 1;
                     if *d == 0 {

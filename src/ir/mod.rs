@@ -1,5 +1,6 @@
-//! The intermediate representation: graphs, values, constants, shapes, verification
-//! and the text dump.
+//! The intermediate representation: graphs, values, constants, shapes, verification,
+//! scopes (where each subgraph sits and which graph defines a captured name) and the
+//! text dump.
 //!
 //! The IR knows nothing of protobuf, tract or the command line. Fields it does not
 //! model are held as opaque [`Carry`] bytes that only `crate::onnx` reads.
@@ -7,6 +8,7 @@
 pub mod dump;
 pub mod eval;
 pub mod graph;
+pub mod scope;
 pub mod tensor;
 pub mod value;
 

@@ -385,6 +385,25 @@ impl Tensor {
             _ => return None,
         })
     }
+
+    /// The slice at index `i` along `axis`, with that axis removed (`None` when the axis
+    /// or the index is out of range).
+    pub fn index_axis(&self, axis: usize, i: usize) -> Option<Tensor> {
+        let shape = self.shape();
+        if axis >= shape.len() || i >= shape[axis] {
+            return None;
+        }
+        macro_rules! slice {
+            ($($v:ident),*) => {
+                match self {
+                    $(Tensor::$v(a) => Tensor::$v(a.index_axis(ndarray::Axis(axis), i).to_owned()),)*
+                }
+            };
+        }
+        Some(slice!(
+            F32, F64, F16, BF16, I8, U8, I16, U16, I32, U32, I64, U64, Bool, Str, I4, U4
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -407,5 +426,21 @@ mod tests {
         assert_eq!(t.to_f64_vec().unwrap(), vec![-3.0, 4.0]);
         assert_eq!(t.shape(), vec![2]);
         assert_eq!(t.dtype(), DType::I8);
+    }
+
+    #[test]
+    fn slices_along_an_axis() {
+        let t = Tensor::F32(
+            ndarray::ArrayD::from_shape_vec(
+                ndarray::IxDyn(&[2, 3]),
+                (0..6).map(|v| v as f32).collect(),
+            )
+            .unwrap(),
+        );
+        let s = t.index_axis(1, 2).unwrap();
+        assert_eq!(s.shape(), vec![2]);
+        assert_eq!(s.to_f64_vec().unwrap(), vec![2.0, 5.0]);
+        assert!(t.index_axis(1, 3).is_none());
+        assert!(t.index_axis(2, 0).is_none());
     }
 }

@@ -13,7 +13,8 @@
 //! `Unsqueeze`, `Squeeze`, `Cast`), so that `Reshape(x, Concat(Shape(x)[0], -1))`
 //! keeps `N`. Subgraphs are inferred with the facts of the names they capture; an `If`
 //! with a constant condition takes the types of its taken branch, otherwise the types
-//! both branches agree on. Ops it has no rule for stay untyped.
+//! both branches agree on; a `Scan` takes its body's state types and its body's scan
+//! output types with the scan length inserted. Ops it has no rule for stay untyped.
 //!
 //! **Requires:** nothing (more is known after `pin_inputs`).
 //!
@@ -333,10 +334,15 @@ impl Walker<'_> {
                 );
             }
         }
+        let n_out = g.op(o).n_outputs;
+        let op = g.op(o);
+        if op.op_type == "Scan" && op.domain_key().is_empty() && self.opset >= 9 {
+            let body = branch_out.remove("body").unwrap_or_default();
+            return Ok(Some(scan_types(op, facts, &body, n_out)));
+        }
         if !is_if {
             return Ok(None);
         }
-        let n_out = g.op(o).n_outputs;
         Ok(Some(match taken {
             Some(t) => branch_out.remove(t).unwrap_or_default(),
             None => {
@@ -370,6 +376,68 @@ impl Walker<'_> {
             self.changed = true;
         }
     }
+}
+
+/// Output types of a `Scan` (opset 9 and later) from its body's output types: the
+/// states as the body gives them, each scan output with the scan length inserted at its
+/// axis (the length of the first scanned input along its axis, when known).
+fn scan_types(
+    op: &crate::ir::Op,
+    facts: &[Option<Fact>],
+    body: &[Option<ValueType>],
+    n_out: usize,
+) -> Vec<Option<ValueType>> {
+    let n_scan = op.attr_int("num_scan_inputs").unwrap_or(0).max(0) as usize;
+    let n_state = facts.len().saturating_sub(n_scan);
+    let len = facts
+        .get(n_state)
+        .and_then(|f| f.as_ref())
+        .and_then(|f| match &f.ty {
+            Some(ValueType::Tensor {
+                shape: Some(dims), ..
+            }) => {
+                let ax = op
+                    .attr_ints("scan_input_axes")
+                    .and_then(|a| a.first().copied())
+                    .unwrap_or(0);
+                let ax = if ax < 0 { ax + dims.len() as i64 } else { ax };
+                usize::try_from(ax).ok().and_then(|a| dims.get(a).cloned())
+            }
+            _ => None,
+        })
+        .unwrap_or(Dim::Unknown);
+    let out_axes = op.attr_ints("scan_output_axes").unwrap_or(&[]);
+    (0..n_out)
+        .map(|k| {
+            let t = body.get(k).cloned().flatten()?;
+            if k < n_state {
+                return Some(t);
+            }
+            match t {
+                ValueType::Tensor {
+                    dtype,
+                    shape: Some(mut dims),
+                } => {
+                    let ax = out_axes.get(k - n_state).copied().unwrap_or(0);
+                    let ax = if ax < 0 {
+                        ax + dims.len() as i64 + 1
+                    } else {
+                        ax
+                    };
+                    let ax = usize::try_from(ax).ok().filter(|&a| a <= dims.len())?;
+                    dims.insert(ax, len.clone());
+                    Some(ValueType::Tensor {
+                        dtype,
+                        shape: Some(dims),
+                    })
+                }
+                ValueType::Tensor { dtype, shape: None } => {
+                    Some(ValueType::Tensor { dtype, shape: None })
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// A `Constant` holding more than the fold limit: typed from its attribute without

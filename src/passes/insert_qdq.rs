@@ -7,13 +7,23 @@
 //! float copy left; biases become int32 with scale `s_input · s_weight`; folded Relu/Clip
 //! ops are removed (the quantized range clips at zero).
 //!
+//! **Subgraphs.** Each decision is applied in the graph that defines the value (an If
+//! branch, a Scan body: [`ValueKeys`] says where). A subgraph that reads a quantized
+//! value of an enclosing graph by name reads it through a `DequantizeLinear` of its own,
+//! placed in the subgraph, whose input is the outer `QuantizeLinear` output (or the
+//! outer integer weight), captured by name, and whose scale and zero point are copied
+//! as the subgraph's own initializers: ONNX Runtime then sees a complete node unit
+//! inside the body, and the body computes with exactly the values the outer readers
+//! see. Weights defined in a body stay initializers of that body.
+//!
 //! **Requires.** A plan from `quant::plan::build` with ranges for every calibrated value;
 //! value types (shape inference); a default-domain opset ≥ 13 when any weight is per
 //! channel (≥ 21 for 16-bit types).
 //!
 //! **Effects.** New values are named from the original ones: `x.q`, `x.dq`, `x.scale`,
-//! `x.zp`; a quantized graph output keeps its name on the dequantized value and the
-//! producer's value becomes `y.float`.
+//! `x.zp` (with `.1`, `.2`… when the name is taken anywhere in the model, so that no
+//! subgraph shadows an outer name); a quantized graph output keeps its name on the
+//! dequantized value and the producer's value becomes `y.float`.
 //!
 //! **Example.**
 //! ```text
@@ -29,13 +39,16 @@
 //! %y.pre = Conv(%x.dq, %w.dq, %b.dq) : f32[1,4,8,8]
 //! ```
 
+use super::util::{captured_by_subgraphs, is_captured, names_in_use};
 use super::PassError;
-use crate::ir::{AttrValue, ConstTensor, DType, Graph, Model, Op, Tensor, ValueId, ValueType};
+use crate::ir::{
+    AttrValue, Carry, ConstTensor, DType, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
+};
 use crate::quant::params::{quantize_bias, scale_zp, QType, ScaleZp};
-use crate::quant::plan::{Decision, OpState, Plan};
+use crate::quant::plan::{op_key_in, Decision, OpState, Plan, ValueKeys};
 use crate::quant::{quantize_linear, QuantizeAttrs};
 use ndarray::{ArrayD, Axis, IxDyn};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const NAME: &str = "insert_qdq";
 
@@ -54,7 +67,7 @@ pub struct Chosen {
 /// What [`materialize`] did.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    /// Scale and zero point per quantized value.
+    /// Scale and zero point per quantized value (by plan key).
     pub params: BTreeMap<String, Chosen>,
     pub quantize_nodes: usize,
     pub dequantize_nodes: usize,
@@ -62,11 +75,54 @@ pub struct Report {
     pub bias_saturated: Vec<(String, usize)>,
 }
 
-/// Applies `plan` to the main graph of `m`.
+/// Names taken anywhere in the model: new names avoid them all, so that a name added to
+/// a subgraph never shadows an outer one and the reverse.
+struct Names(BTreeSet<String>);
+
+impl Names {
+    fn of(g: &Graph) -> Names {
+        let mut s = BTreeSet::new();
+        names_in_use(g, &mut s);
+        Names(s)
+    }
+
+    /// `base`, or `base.1`, `base.2`… : free in `g` and in the whole model.
+    fn fresh(&mut self, g: &Graph, base: &str) -> String {
+        let taken = |n: &str| g.value_by_name(n).is_some() || self.0.contains(n);
+        let name = if !taken(base) {
+            base.to_string()
+        } else {
+            (1..)
+                .map(|i| format!("{base}.{i}"))
+                .find(|n| !taken(n))
+                .expect("unbounded")
+        };
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// The quantized form of a value, as a subgraph reading it needs it.
+struct Made {
+    /// Name of the integer values (the Q output, or the integer initializer).
+    q: String,
+    q_ty: Option<ValueType>,
+    /// Type of the dequantized value.
+    ty: Option<ValueType>,
+    scale: Tensor,
+    zp: Tensor,
+    axis: Option<i64>,
+}
+
+/// Applies `plan` to `m`: the main graph and the subgraphs holding planned values.
 pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
     let mut rep = Report::default();
-    let g = &mut m.graph;
-    fold_activations(g, plan)?;
+    let keys = ValueKeys::of(&m.graph);
+    let mut names = Names::of(&m.graph);
+    for s in 0..keys.scopes.len() {
+        let label = keys.scopes.get(s).label.clone();
+        fold_activations(keys.scopes.graph_mut(&mut m.graph, s), plan, &label)?;
+    }
     // Activations first: biases need their input's scale.
     let mut order: Vec<(&String, &Decision)> = plan.values.iter().collect();
     order.sort_by_key(|(n, d)| {
@@ -80,8 +136,12 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
         };
         (rank, n.to_string())
     });
-    for (name, d) in order {
-        let Some(v) = g.value_by_name(name) else {
+    for (key, d) in order {
+        let Some((s, local)) = keys.locate(key) else {
+            continue; // not a value of this model
+        };
+        let g = keys.scopes.graph_mut(&mut m.graph, s);
+        let Some(v) = g.value_by_name(local) else {
             continue; // removed by a fold
         };
         match d {
@@ -93,11 +153,11 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 let chosen = match share_with {
                     Some(root) => rep.params.get(root).cloned().ok_or_else(|| {
                         err(format!(
-                            "value '{name}' shares parameters of '{root}', which has none"
+                            "value '{key}' shares parameters of '{root}', which has none"
                         ))
                     })?,
                     None => {
-                        let src = range_from.as_deref().unwrap_or(name);
+                        let src = range_from.as_deref().unwrap_or(key);
                         let (lo, hi) = *plan
                             .ranges
                             .get(src)
@@ -109,15 +169,18 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                         }
                     }
                 };
-                insert_activation_qdq(g, v, &chosen)?;
+                let made = insert_activation_qdq(g, v, &chosen, &mut names)?;
+                rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
                 rep.quantize_nodes += 1;
                 rep.dequantize_nodes += 1;
-                rep.params.insert(name.clone(), chosen);
+                rep.params.insert(key.clone(), chosen);
             }
             Decision::Weight { qtype, axis } => {
-                let chosen = quantize_weight(g, v, *qtype, *axis)?;
+                let (chosen, made) = quantize_weight(g, v, *qtype, *axis, &mut names)?;
+                rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
+                drop_if_unused(g, local);
                 rep.dequantize_nodes += 1;
-                rep.params.insert(name.clone(), chosen);
+                rep.params.insert(key.clone(), chosen);
             }
             Decision::Bias { input, weight } => {
                 let (Some(xp), Some(wp)) = (rep.params.get(input), rep.params.get(weight)) else {
@@ -128,13 +191,15 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 }
                 let sx = xp.params[0].scale;
                 let scales: Vec<f32> = wp.params.iter().map(|p| sx * p.scale).collect();
-                let sat = quantize_bias_value(g, v, &scales)?;
+                let (sat, made) = quantize_bias_value(g, v, &scales, &mut names)?;
+                rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
+                drop_if_unused(g, local);
                 if sat > 0 {
-                    rep.bias_saturated.push((name.clone(), sat));
+                    rep.bias_saturated.push((key.clone(), sat));
                 }
                 rep.dequantize_nodes += 1;
                 rep.params.insert(
-                    name.clone(),
+                    key.clone(),
                     Chosen {
                         qtype: QType {
                             dtype: DType::I32,
@@ -155,17 +220,18 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
             }
         }
     }
-    super::util::remove_dead(g);
+    super::util::remove_dead(&mut m.graph);
     Ok(rep)
 }
 
-/// Removes folded Relu/Clip ops: readers of their output read their input instead.
-fn fold_activations(g: &mut Graph, plan: &Plan) -> Result<(), PassError> {
+/// Removes folded Relu/Clip ops of `g` (a scope labelled `label`): readers of their
+/// output read their input instead.
+fn fold_activations(g: &mut Graph, plan: &Plan, label: &str) -> Result<(), PassError> {
     let folded: Vec<_> = g
         .ops()
         .filter(|o| {
             matches!(
-                plan.ops.get(&crate::quant::plan::op_key(g, *o)),
+                plan.ops.get(&op_key_in(label, g, *o)),
                 Some(OpState::Folded { .. })
             )
         })
@@ -190,8 +256,13 @@ fn fold_activations(g: &mut Graph, plan: &Plan) -> Result<(), PassError> {
     Ok(())
 }
 
-fn scalar_const(g: &mut Graph, base: &str, t: Tensor) -> Result<ValueId, PassError> {
-    let name = g.fresh_name(base);
+fn scalar_const(
+    g: &mut Graph,
+    names: &mut Names,
+    base: &str,
+    t: Tensor,
+) -> Result<ValueId, PassError> {
+    let name = names.fresh(g, base);
     g.add_const(&name, ConstTensor::from_tensor(None, &t))
         .map_err(|e| err(e.to_string()))
 }
@@ -227,27 +298,35 @@ fn scale_tensor(scales: &[f32], shape: &[usize]) -> Tensor {
     Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), scales.to_vec()).expect("shape fits"))
 }
 
-/// `x → Q → DQ`; every reader of `x` reads the DQ output.
-fn insert_activation_qdq(g: &mut Graph, x: ValueId, c: &Chosen) -> Result<(), PassError> {
-    let name = g.value(x).name.clone();
-    let ty = g.value(x).ty.clone();
-    let p = c.params[0];
-    let scale = scalar_const(g, &format!("{name}.scale"), scale_tensor(&[p.scale], &[]))?;
-    let zp = scalar_const(
-        g,
-        &format!("{name}.zp"),
-        zp_tensor(c.qtype.dtype, &[p.zero_point], &[])?,
-    )?;
-    let readers = g.consumers(x);
-    let was_output = g.is_output(x);
-    let q_ty = ty.as_ref().map(|t| match t {
+fn with_dtype(ty: &Option<ValueType>, dtype: DType) -> Option<ValueType> {
+    ty.as_ref().map(|t| match t {
         ValueType::Tensor { shape, .. } => ValueType::Tensor {
-            dtype: c.qtype.dtype,
+            dtype,
             shape: shape.clone(),
         },
         other => other.clone(),
-    });
-    let qv = g.add_fresh_value(&format!("{name}.q"), q_ty);
+    })
+}
+
+/// `x → Q → DQ`; every reader of `x` reads the DQ output.
+fn insert_activation_qdq(
+    g: &mut Graph,
+    x: ValueId,
+    c: &Chosen,
+    names: &mut Names,
+) -> Result<Made, PassError> {
+    let name = g.value(x).name.clone();
+    let ty = g.value(x).ty.clone();
+    let p = c.params[0];
+    let scale_t = scale_tensor(&[p.scale], &[]);
+    let zp_t = zp_tensor(c.qtype.dtype, &[p.zero_point], &[])?;
+    let scale = scalar_const(g, names, &format!("{name}.scale"), scale_t.clone())?;
+    let zp = scalar_const(g, names, &format!("{name}.zp"), zp_t.clone())?;
+    let readers = g.consumers(x);
+    let was_output = g.is_output(x);
+    let q_ty = with_dtype(&ty, c.qtype.dtype);
+    let q_name = names.fresh(g, &format!("{name}.q"));
+    let qv = g.add_fresh_value(&q_name, q_ty.clone());
     let after = g.producer(x).map(|(o, _)| o);
     let mut qop = Op::new("QuantizeLinear", &format!("{name}.quantize"));
     let mut dqop = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
@@ -260,13 +339,13 @@ fn insert_activation_qdq(g: &mut Graph, x: ValueId, c: &Chosen) -> Result<(), Pa
     dqop.order = g.order_after(q);
     // A graph output keeps its name on the dequantized value.
     let dq_name = if was_output {
-        let moved = g.fresh_name(&format!("{name}.float"));
+        let moved = names.fresh(g, &format!("{name}.float"));
         g.rename_value(x, &moved).map_err(|e| err(e.to_string()))?;
         name.clone()
     } else {
-        format!("{name}.dq")
+        names.fresh(g, &format!("{name}.dq"))
     };
-    let dqv = g.add_fresh_value(&dq_name, ty);
+    let dqv = g.add_fresh_value(&dq_name, ty.clone());
     g.add_op(dqop, &[Some(qv), Some(scale), Some(zp)], &[Some(dqv)])
         .map_err(|e| err(e.to_string()))?;
     for (o, slot) in readers {
@@ -277,7 +356,81 @@ fn insert_activation_qdq(g: &mut Graph, x: ValueId, c: &Chosen) -> Result<(), Pa
             *out = dqv;
         }
     }
-    Ok(())
+    Ok(Made {
+        q: q_name,
+        q_ty,
+        ty,
+        scale: scale_t,
+        zp: zp_t,
+        axis: None,
+    })
+}
+
+/// In every subgraph of `g` (recursively) that reads `name` from an enclosing graph,
+/// makes the readers read `DequantizeLinear(made.q, scale, zp)` computed in that
+/// subgraph, with the scale and zero point as its own initializers. Returns the number
+/// of DequantizeLinear nodes added.
+fn dequantize_in_subgraphs(
+    g: &mut Graph,
+    name: &str,
+    made: &Made,
+    names: &mut Names,
+) -> Result<usize, PassError> {
+    let mut n = 0;
+    let ops: Vec<_> = g.ops().collect();
+    for o in ops {
+        for sg in g.op_mut(o).subgraphs_mut() {
+            n += dequantize_capture(sg, name, made, names)?;
+        }
+    }
+    Ok(n)
+}
+
+fn dequantize_capture(
+    sg: &mut Graph,
+    name: &str,
+    made: &Made,
+    names: &mut Names,
+) -> Result<usize, PassError> {
+    let mut n = 0;
+    if let Some(v) = sg.value_by_name(name) {
+        if !is_captured(sg, v) {
+            return Ok(0); // the subgraph defines its own `name`
+        }
+        let ty = sg.value(v).ty.clone().or_else(|| made.ty.clone());
+        let q = match sg.value_by_name(&made.q) {
+            Some(q) => q,
+            None => sg
+                .add_value(Value {
+                    name: made.q.clone(),
+                    ty: made.q_ty.clone(),
+                    init: None,
+                    carry: Carry::default(),
+                })
+                .map_err(|e| err(e.to_string()))?,
+        };
+        let scale = scalar_const(sg, names, &format!("{name}.scale"), made.scale.clone())?;
+        let zp = scalar_const(sg, names, &format!("{name}.zp"), made.zp.clone())?;
+        let dq_name = names.fresh(sg, &format!("{name}.dq"));
+        let dqv = sg.add_fresh_value(&dq_name, ty);
+        let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
+        if let Some(a) = made.axis {
+            dq.set_attr("axis", AttrValue::Int(a));
+        }
+        if let Some((first, _)) = sg.consumers(v).first() {
+            dq.order = sg.order_before(*first);
+        }
+        sg.add_op(dq, &[Some(q), Some(scale), Some(zp)], &[Some(dqv)])
+            .map_err(|e| err(e.to_string()))?;
+        sg.replace_all_uses(v, dqv);
+        if sg.consumers(v).is_empty() && !sg.is_output(v) {
+            sg.remove_value(v);
+        }
+        n += 1;
+    }
+    // Deeper subgraphs reading `name` get their own.
+    n += dequantize_in_subgraphs(sg, name, made, names)?;
+    Ok(n)
 }
 
 /// Per-channel (or per-tensor) symmetric/asymmetric parameters from the values.
@@ -300,13 +453,15 @@ fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>) -> Vec<ScaleZp> 
     }
 }
 
-/// Replaces a float constant by integer values + DequantizeLinear.
+/// Replaces a float constant by integer values + DequantizeLinear (the float constant
+/// is dropped by the caller once no subgraph reads it either).
 fn quantize_weight(
     g: &mut Graph,
     w: ValueId,
     q: QType,
     axis: Option<i64>,
-) -> Result<Chosen, PassError> {
+    names: &mut Names,
+) -> Result<(Chosen, Made), PassError> {
     let name = g.value(w).name.clone();
     let t = g
         .const_of(w)
@@ -329,16 +484,26 @@ fn quantize_weight(
     };
     let qt = quantize_linear(&t, &scale_t, Some(&zp_t), &attrs)
         .map_err(|e| err(format!("weight '{name}': {e}")))?;
+    let made = Made {
+        q: names.fresh(g, &format!("{name}.q")),
+        q_ty: None,
+        ty: g.value(w).ty.clone(),
+        scale: scale_t.clone(),
+        zp: zp_t.clone(),
+        axis,
+    };
     let readers = g.consumers(w);
     let qv = g
-        .add_const(
-            &g.fresh_name(&format!("{name}.q")),
-            ConstTensor::from_tensor(None, &qt),
-        )
+        .add_const(&made.q, ConstTensor::from_tensor(None, &qt))
         .map_err(|e| err(e.to_string()))?;
-    let sv = scalar_const(g, &format!("{name}.scale"), scale_t)?;
-    let zv = scalar_const(g, &format!("{name}.zp"), zp_t)?;
-    let dqv = g.add_fresh_value(&format!("{name}.dq"), g.value(w).ty.clone());
+    let made = Made {
+        q_ty: g.value(qv).ty.clone(),
+        ..made
+    };
+    let sv = scalar_const(g, names, &format!("{name}.scale"), scale_t)?;
+    let zv = scalar_const(g, names, &format!("{name}.zp"), zp_t)?;
+    let dq_name = names.fresh(g, &format!("{name}.dq"));
+    let dqv = g.add_fresh_value(&dq_name, g.value(w).ty.clone());
     let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
     if let Some(a) = axis {
         dq.set_attr("axis", AttrValue::Int(a));
@@ -351,16 +516,23 @@ fn quantize_weight(
     for (o, slot) in readers {
         g.set_input(o, slot, Some(dqv));
     }
-    drop_if_unused(g, w);
-    Ok(Chosen {
-        qtype: q,
-        params,
-        axis,
-    })
+    Ok((
+        Chosen {
+            qtype: q,
+            params,
+            axis,
+        },
+        made,
+    ))
 }
 
 /// Replaces a float bias by int32 values + DequantizeLinear; returns how many saturated.
-fn quantize_bias_value(g: &mut Graph, b: ValueId, scales: &[f32]) -> Result<usize, PassError> {
+fn quantize_bias_value(
+    g: &mut Graph,
+    b: ValueId,
+    scales: &[f32],
+    names: &mut Names,
+) -> Result<(usize, Made), PassError> {
     let name = g.value(b).name.clone();
     let t = g
         .const_of(b)
@@ -383,27 +555,25 @@ fn quantize_bias_value(g: &mut Graph, b: ValueId, scales: &[f32]) -> Result<usiz
     let qt =
         Tensor::I32(ArrayD::from_shape_vec(IxDyn(&shape), qv).map_err(|e| err(e.to_string()))?);
     let readers = g.consumers(b);
+    let q_name = names.fresh(g, &format!("{name}.q"));
     let qid = g
-        .add_const(
-            &g.fresh_name(&format!("{name}.q")),
-            ConstTensor::from_tensor(None, &qt),
-        )
+        .add_const(&q_name, ConstTensor::from_tensor(None, &qt))
         .map_err(|e| err(e.to_string()))?;
     let pshape: Vec<usize> = if scales.len() > 1 {
         vec![scales.len()]
     } else {
         vec![]
     };
-    let sv = scalar_const(g, &format!("{name}.scale"), scale_tensor(scales, &pshape))?;
-    let zv = scalar_const(
-        g,
-        &format!("{name}.zp"),
-        zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?,
-    )?;
-    let dqv = g.add_fresh_value(&format!("{name}.dq"), g.value(b).ty.clone());
+    let scale_t = scale_tensor(scales, &pshape);
+    let zp_t = zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?;
+    let sv = scalar_const(g, names, &format!("{name}.scale"), scale_t.clone())?;
+    let zv = scalar_const(g, names, &format!("{name}.zp"), zp_t.clone())?;
+    let dq_name = names.fresh(g, &format!("{name}.dq"));
+    let dqv = g.add_fresh_value(&dq_name, g.value(b).ty.clone());
+    let axis = (scales.len() > 1).then_some(0);
     let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
-    if scales.len() > 1 {
-        dq.set_attr("axis", AttrValue::Int(0));
+    if let Some(a) = axis {
+        dq.set_attr("axis", AttrValue::Int(a));
     }
     if let Some((first, _)) = readers.first() {
         dq.order = g.order_before(*first);
@@ -413,12 +583,29 @@ fn quantize_bias_value(g: &mut Graph, b: ValueId, scales: &[f32]) -> Result<usiz
     for (o, slot) in readers {
         g.set_input(o, slot, Some(dqv));
     }
-    drop_if_unused(g, b);
-    Ok(sat)
+    let made = Made {
+        q: q_name,
+        q_ty: g.value(qid).ty.clone(),
+        ty: g.value(b).ty.clone(),
+        scale: scale_t,
+        zp: zp_t,
+        axis,
+    };
+    Ok((sat, made))
 }
 
-fn drop_if_unused(g: &mut Graph, v: ValueId) {
-    if g.consumers(v).is_empty() && !g.is_output(v) && g.producer(v).is_none() && !g.is_input(v) {
+/// Removes the float constant `name` once nothing reads it: no op or output of `g`, no
+/// subgraph capturing it.
+fn drop_if_unused(g: &mut Graph, name: &str) {
+    let Some(v) = g.value_by_name(name) else {
+        return;
+    };
+    if g.consumers(v).is_empty()
+        && !g.is_output(v)
+        && g.producer(v).is_none()
+        && !g.is_input(v)
+        && !captured_by_subgraphs(g).contains(name)
+    {
         g.remove_value(v);
     }
 }

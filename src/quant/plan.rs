@@ -1,13 +1,23 @@
 //! The quantization plan: a decision per value, made from the rule table before any
 //! graph edit. Calibration fills in ranges; one pass (`passes::insert_qdq`) materialises
 //! it. Mixed precision edits the plan, never the graph.
+//!
+//! The plan covers subgraphs too: the bodies of control-flow ops whose policy in the
+//! rule table ([`super::rules::body_policy`]) is to plan them (If branches, Scan
+//! bodies) are planned like the main graph, recursively. Their ops are keyed by where
+//! they live (`if/then_branch/then_matmul`, see [`crate::ir::scope`]); their values by
+//! name ([`ValueKeys`]). A value a body captures from an enclosing graph is the outer
+//! value: same key, same decision, same range. Ops of other bodies (Loop) are listed
+//! float with the reason, and so are the ops of a subgraph no calibration sample
+//! reached ([`unreached_scopes`], [`build_with`]).
 
 use super::params::QType;
 use super::rules::{
-    is_range_sensitive, no_rule_reason, rule_for, OutputPolicy, Role, Target, WeightAxis,
-    OUTPUT_Q_OPTIONAL,
+    body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
+    Target, WeightAxis, OUTPUT_Q_OPTIONAL,
 };
-use crate::ir::{DType, Graph, Model, OpId, ValueId};
+use crate::ir::scope::{defines, op_label, Scopes};
+use crate::ir::{ConstTensor, DType, Graph, Model, OpId, ValueId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -66,31 +76,115 @@ pub enum OpState {
     },
 }
 
-/// The plan for one graph.
+/// The plan for a model: its main graph and the subgraphs it plans.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Decision per value name.
+    /// Decision per value key ([`ValueKeys`]: the value name unless it is ambiguous).
     pub values: BTreeMap<String, Decision>,
-    /// State per op, keyed by its display key (node name, or `op_type#index`).
+    /// State per op, keyed by [`op_key`] (scoped with its subgraph's label inside bodies).
     pub ops: BTreeMap<String, OpState>,
-    /// Ranges per value name, filled by calibration.
+    /// Ranges per value key, filled by calibration.
     pub ranges: BTreeMap<String, (f32, f32)>,
 }
 
-/// Stable key of an op for plans and summaries: its name, or `op_type#order` if unnamed.
+/// Stable key of a main-graph op for plans and summaries: its name, or `op_type#order`
+/// if unnamed.
 pub fn op_key(g: &Graph, o: OpId) -> String {
-    let op = g.op(o);
-    match op.name.as_deref() {
-        Some(n) if !n.is_empty() => n.to_string(),
-        _ => format!("{}#{}", op.op_type, op.order.0),
+    op_label(g, o)
+}
+
+/// Key of op `o` of the graph of a scope labelled `label`: [`op_key`] in the main graph
+/// (`label` empty), `label/op_key` inside a subgraph.
+pub fn op_key_in(label: &str, g: &Graph, o: OpId) -> String {
+    if label.is_empty() {
+        op_key(g, o)
+    } else {
+        format!("{label}/{}", op_key(g, o))
     }
 }
 
-fn is_float(g: &Graph, v: ValueId) -> bool {
-    if let Some(t) = g.const_of(v) {
-        return t.dtype == DType::F32;
+/// Plan keys of the values of a model, for every graph ([`Scopes`]).
+///
+/// A value's key is its name. ONNX names are unique across a graph and the subgraphs
+/// it encloses, but sibling subgraphs (the two branches of an `If`) may each define the
+/// same name; such a name keeps its plain key in the main graph and is keyed
+/// `label/name` in each subgraph defining it (`if/then_branch/out`), with `.1`, `.2`…
+/// appended in the unlikely case that this is itself a name of the model.
+#[derive(Clone, Debug)]
+pub struct ValueKeys {
+    pub scopes: Scopes,
+    /// Per scope: name of a value it defines → key.
+    local: Vec<BTreeMap<String, String>>,
+    /// Key → (scope, name in that scope).
+    locs: BTreeMap<String, (usize, String)>,
+}
+
+impl ValueKeys {
+    /// Keys of every value defined in `main` or its subgraphs.
+    pub fn of(main: &Graph) -> ValueKeys {
+        let scopes = Scopes::of(main);
+        let defined: Vec<BTreeSet<String>> = (0..scopes.len())
+            .map(|s| {
+                let g = scopes.graph(main, s);
+                g.values()
+                    .filter(|&v| defines(g, v))
+                    .map(|v| g.value(v).name.clone())
+                    .collect()
+            })
+            .collect();
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &defined {
+            for n in d {
+                *count.entry(n.as_str()).or_default() += 1;
+            }
+        }
+        let mut taken: BTreeSet<String> = count.keys().map(|n| n.to_string()).collect();
+        let mut local = Vec::with_capacity(scopes.len());
+        let mut locs = BTreeMap::new();
+        for (s, d) in defined.iter().enumerate() {
+            let mut m = BTreeMap::new();
+            for n in d {
+                let key = if s == 0 || count[n.as_str()] == 1 {
+                    n.clone()
+                } else {
+                    let base = format!("{}/{n}", scopes.get(s).label);
+                    let mut k = base.clone();
+                    let mut i = 0;
+                    while taken.contains(&k) {
+                        i += 1;
+                        k = format!("{base}.{i}");
+                    }
+                    taken.insert(k.clone());
+                    k
+                };
+                locs.insert(key.clone(), (s, n.clone()));
+                m.insert(n.clone(), key);
+            }
+            local.push(m);
+        }
+        ValueKeys {
+            scopes,
+            local,
+            locs,
+        }
     }
-    g.value(v).dtype() == Some(DType::F32)
+
+    /// Key of the value `name` defined in scope `s`.
+    pub fn key(&self, s: usize, name: &str) -> Option<&str> {
+        self.local.get(s)?.get(name).map(String::as_str)
+    }
+
+    /// Key of the value `name` as read from scope `s`: defined there or captured from
+    /// an enclosing scope.
+    pub fn key_from(&self, main: &Graph, s: usize, name: &str) -> Option<&str> {
+        let d = self.scopes.resolve(main, s, name)?;
+        self.key(d, name)
+    }
+
+    /// Where the value keyed `key` is defined: its scope and its name there.
+    pub fn locate(&self, key: &str) -> Option<(usize, &str)> {
+        self.locs.get(key).map(|(s, n)| (*s, n.as_str()))
+    }
 }
 
 impl Plan {
@@ -124,15 +218,163 @@ impl Plan {
     }
 }
 
-/// Builds the plan for the main graph of `m` from the rule table.
+/// One graph being planned, with what it sees of the model.
+struct Cx<'a> {
+    main: &'a Graph,
+    keys: &'a ValueKeys,
+    s: usize,
+    g: &'a Graph,
+    /// Names the subgraphs of `g` capture (their readers are not ops of `g`).
+    captured_below: BTreeSet<String>,
+}
+
+impl<'a> Cx<'a> {
+    /// Plan key of a value read or defined in `g`.
+    fn key(&self, v: ValueId) -> String {
+        let name = &self.g.value(v).name;
+        self.keys
+            .key_from(self.main, self.s, name)
+            .map(str::to_string)
+            .unwrap_or_else(|| name.clone())
+    }
+
+    /// The graph defining `v` (an enclosing one when `g` captures it) and its id there.
+    fn def(&self, v: ValueId) -> (&'a Graph, ValueId) {
+        let g = self.g;
+        if defines(g, v) {
+            return (g, v);
+        }
+        let name = &g.value(v).name;
+        self.keys
+            .scopes
+            .resolve(self.main, self.s, name)
+            .and_then(|d| {
+                let dg = self.keys.scopes.graph(self.main, d);
+                dg.value_by_name(name).map(|dv| (dg, dv))
+            })
+            .unwrap_or((g, v))
+    }
+
+    fn const_of(&self, v: ValueId) -> Option<&'a ConstTensor> {
+        let (dg, dv) = self.def(v);
+        dg.const_of(dv)
+    }
+
+    fn is_float(&self, v: ValueId) -> bool {
+        let (dg, dv) = self.def(v);
+        is_float(dg, dv)
+    }
+
+    /// True when every reader of `v` is an op or output of `g`: `g` defines it and no
+    /// subgraph captures it.
+    fn local_only(&self, v: ValueId) -> bool {
+        defines(self.g, v) && !self.captured_below.contains(&self.g.value(v).name)
+    }
+}
+
+fn is_float(g: &Graph, v: ValueId) -> bool {
+    if let Some(t) = g.const_of(v) {
+        return t.dtype == DType::F32;
+    }
+    g.value(v).dtype() == Some(DType::F32)
+}
+
+/// Builds the plan for `m` from the rule table: the main graph, and recursively the
+/// subgraphs whose policy is to plan them.
 pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
-    let g = &m.graph;
+    build_with(m, cfg, &BTreeSet::new())
+}
+
+/// Reason given for the ops of a subgraph no calibration sample reaches.
+pub const UNREACHED: &str = "no calibration sample reaches this subgraph";
+
+/// [`build`], leaving float every op of the subgraphs labelled in `unreached` (and of
+/// the subgraphs inside them), with the reason [`UNREACHED`].
+pub fn build_with(m: &Model, cfg: &QuantConfig, unreached: &BTreeSet<String>) -> Plan {
+    let keys = ValueKeys::of(&m.graph);
     let mut plan = Plan::default();
+    plan_scope(&m.graph, &keys, 0, cfg, unreached, &mut plan);
+    plan
+}
+
+/// Labels of the subgraphs holding a calibration value of `plan` that `calibrated`
+/// says has no statistics: no calibration sample reached them (a branch never taken, a
+/// Scan over empty sequences). Values of the main graph are not listed.
+pub fn unreached_scopes(
+    m: &Model,
+    plan: &Plan,
+    calibrated: impl Fn(&str) -> bool,
+) -> BTreeSet<String> {
+    let keys = ValueKeys::of(&m.graph);
+    plan.calibration_values()
+        .into_iter()
+        .filter(|v| !calibrated(v))
+        .filter_map(|v| keys.locate(&v).map(|(s, _)| s))
+        .filter(|&s| s != 0)
+        .map(|s| keys.scopes.get(s).label.clone())
+        .collect()
+}
+
+/// Marks every op of scope `s` and of the scopes inside it float.
+fn all_float(main: &Graph, keys: &ValueKeys, s: usize, reason: &str, plan: &mut Plan) {
+    for c in std::iter::once(s).chain(keys.scopes.descendants(s)) {
+        let g = keys.scopes.graph(main, c);
+        let label = &keys.scopes.get(c).label;
+        for o in g.ops() {
+            plan.ops.insert(
+                op_key_in(label, g, o),
+                OpState::Float {
+                    reason: reason.to_string(),
+                },
+            );
+        }
+    }
+}
+
+fn plan_scope(
+    main: &Graph,
+    keys: &ValueKeys,
+    s: usize,
+    cfg: &QuantConfig,
+    unreached: &BTreeSet<String>,
+    plan: &mut Plan,
+) {
+    let g = keys.scopes.graph(main, s);
+    let cx = Cx {
+        main,
+        keys,
+        s,
+        g,
+        captured_below: g
+            .ops()
+            .flat_map(|o| {
+                g.op(o)
+                    .subgraphs()
+                    .into_iter()
+                    .flat_map(|(_, sg)| sg.captures())
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    };
+    let label = keys.scopes.get(s).label.clone();
     let order = g.topo_order().expect("verified graph is acyclic");
     let sensitive = sensitive_ops(g);
     for o in order {
         let op = g.op(o);
-        let key = op_key(g, o);
+        // Subgraphs first: what they read from here is planned with the values of `g`.
+        for j in 0..op.subgraphs().len() {
+            let Some(c) = keys.scopes.child(s, o, j) else {
+                continue;
+            };
+            match body_policy(&op.op_type, op.domain_key()) {
+                _ if unreached.contains(&keys.scopes.get(c).label) => {
+                    all_float(main, keys, c, UNREACHED, plan)
+                }
+                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, unreached, plan),
+                BodyPolicy::Float(reason) => all_float(main, keys, c, reason, plan),
+            }
+        }
+        let key = op_key_in(&label, g, o);
         let float = |plan: &mut Plan, reason: String| {
             plan.ops.insert(key.clone(), OpState::Float { reason });
         };
@@ -142,22 +384,22 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                 .as_ref()
                 .is_some_and(|n| cfg.exclude_nodes.contains(n))
         {
-            float(&mut plan, "excluded by --exclude-nodes".into());
+            float(plan, "excluded by --exclude-nodes".into());
             continue;
         }
         if cfg.exclude_op_types.contains(&op.op_type) {
-            float(&mut plan, "excluded by --exclude-op-types".into());
+            float(plan, "excluded by --exclude-op-types".into());
             continue;
         }
         if let Some(only) = &cfg.op_types {
             if !only.contains(&op.op_type) {
-                float(&mut plan, "not in --op-types".into());
+                float(plan, "not in --op-types".into());
                 continue;
             }
         }
         let Some(rule) = rule_for(&op.op_type, op.domain_key(), cfg.target) else {
             float(
-                &mut plan,
+                plan,
                 no_rule_reason(&op.op_type, op.domain_key(), cfg.target),
             );
             continue;
@@ -174,10 +416,10 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             .collect();
         if let Some((_, v, _)) = role_inputs
             .iter()
-            .find(|(_, v, r)| *r != Role::Bias && !is_float(g, *v))
+            .find(|(_, v, r)| *r != Role::Bias && !cx.is_float(*v))
         {
             float(
-                &mut plan,
+                plan,
                 format!("input '{}' is not a known f32 tensor", g.value(*v).name),
             );
             continue;
@@ -186,21 +428,21 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             && inputs
                 .iter()
                 .flatten()
-                .any(|v| g.const_of(*v).is_some_and(|t| t.numel() <= 1))
+                .any(|v| cx.const_of(*v).is_some_and(|t| t.numel() <= 1))
         {
             float(
-                &mut plan,
+                plan,
                 "scalar-constant Add/Mul: quantizing it only adds a rounding step".into(),
             );
             continue;
         }
         if let Some(c) = sensitive.get(&o) {
             float(
-                &mut plan,
+                plan,
                 format!(
                     "its output reaches {} ({}), which amplifies quantization error near zero",
                     g.op(*c).op_type,
-                    op_key(g, *c)
+                    op_key_in(&label, g, *c)
                 ),
             );
             continue;
@@ -208,12 +450,12 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
         match rule.output {
             OutputPolicy::ShareInput => {
                 let Some(x) = in0 else {
-                    float(&mut plan, "no input".into());
+                    float(plan, "no input".into());
                     continue;
                 };
-                let xname = g.value(x).name.clone();
-                let Some(root) = share_root(&plan, &xname) else {
-                    float(&mut plan, "its input is not quantized".into());
+                let xname = cx.key(x);
+                let Some(root) = share_root(plan, &xname) else {
+                    float(plan, "its input is not quantized".into());
                     continue;
                 };
                 let qtype = match &plan.values[&root] {
@@ -225,7 +467,7 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                         continue;
                     }
                     plan.values.insert(
-                        g.value(*y).name.clone(),
+                        cx.key(*y),
                         Decision::Activation {
                             qtype,
                             share_with: Some(root.clone()),
@@ -243,15 +485,20 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             }
             OutputPolicy::FoldIntoProducer => {
                 // Only with a grid that starts at zero and a producer whose output is quantized
-                // and read by this op alone: the clip then happens in the quantization.
+                // and read by this op alone: the clip then happens in the quantization. A value
+                // a subgraph captures has readers there too, and a removed output must not be
+                // one a subgraph reads.
                 let Some(x) = in0 else {
-                    float(&mut plan, "no input".into());
+                    float(plan, "no input".into());
                     continue;
                 };
-                let xname = g.value(x).name.clone();
+                let xname = cx.key(x);
                 let only_reader = g.consumers(x).len() == 1
                     && !g.is_output(x)
-                    && outputs.iter().all(|y| !g.is_output(*y));
+                    && cx.local_only(x)
+                    && outputs
+                        .iter()
+                        .all(|y| !g.is_output(*y) && cx.local_only(*y));
                 let asym = !cfg.activation.symmetric;
                 let clip_ok = clip_from_zero(g, o);
                 let producer_quantized = matches!(
@@ -265,26 +512,29 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                 let y = outputs.first().copied();
                 match (y, only_reader && asym && clip_ok && producer_quantized) {
                     (Some(y), true) => {
-                        let yname = g.value(y).name.clone();
+                        let yname = cx.key(y);
                         if let Some(Decision::Activation { range_from, .. }) =
                             plan.values.get_mut(&xname)
                         {
-                            *range_from = Some(yname);
+                            *range_from = Some(yname.clone());
                         }
                         // Readers of the removed output use the producer's parameters.
                         plan.values.insert(
-                            g.value(y).name.clone(),
+                            yname,
                             Decision::Activation {
                                 qtype: cfg.activation,
                                 share_with: Some(xname.clone()),
                                 range_from: None,
                             },
                         );
-                        let prod = g.producer(x).map(|(p, _)| op_key(g, p)).unwrap_or_default();
+                        let prod = g
+                            .producer(x)
+                            .map(|(p, _)| op_key_in(&label, g, p))
+                            .unwrap_or_default();
                         plan.ops.insert(key, OpState::Folded { into: prod });
                     }
                     _ => float(
-                        &mut plan,
+                        plan,
                         if !asym {
                             "kept: a symmetric grid does not clip at zero".into()
                         } else if !clip_ok {
@@ -301,8 +551,9 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             OutputPolicy::Quantize | OutputPolicy::KeepFloat => {}
         }
         for (slot, v, role) in &role_inputs {
-            let name = g.value(*v).name.clone();
-            let is_const = g.const_of(*v).is_some();
+            let name = cx.key(*v);
+            let konst = cx.const_of(*v);
+            let is_const = konst.is_some();
             match role {
                 Role::Activation | Role::Weight(_) if plan.values.contains_key(&name) => {}
                 Role::Activation if is_const => {
@@ -325,7 +576,7 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                     );
                 }
                 Role::Weight(ax) if is_const => {
-                    let rank = g.const_of(*v).map(|t| t.dims.len()).unwrap_or(0) as i64;
+                    let rank = konst.map(|t| t.dims.len()).unwrap_or(0) as i64;
                     let axis = match ax {
                         WeightAxis::Fixed(a) => *a,
                         WeightAxis::GemmB => {
@@ -361,16 +612,17 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                         continue;
                     };
                     let bias_ok = is_const
-                        && is_float(g, *v)
+                        && cx.is_float(*v)
                         && g.consumers(*v).len() == 1
+                        && cx.local_only(*v)
                         && op.attr_float("beta").unwrap_or(1.0) == 1.0
                         && *slot == 2;
                     if bias_ok {
                         plan.values.insert(
                             name,
                             Decision::Bias {
-                                input: g.value(x).name.clone(),
-                                weight: g.value(w).name.clone(),
+                                input: cx.key(x),
+                                weight: cx.key(w),
                             },
                         );
                     }
@@ -386,7 +638,7 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
                 }
                 if is_float(g, *y) {
                     plan.values.insert(
-                        g.value(*y).name.clone(),
+                        cx.key(*y),
                         Decision::Activation {
                             qtype: cfg.activation,
                             share_with: None,
@@ -403,7 +655,6 @@ pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
             },
         );
     }
-    plan
 }
 
 /// Ops whose output flows, without fan-out and before any Conv/MatMul/Gemm, into an input

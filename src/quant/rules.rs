@@ -292,6 +292,44 @@ pub fn is_range_sensitive(op_type: &str, slot: usize) -> bool {
         .any(|(o, s)| *o == op_type && *s == slot)
 }
 
+/// What the plan does with the subgraphs an op holds in its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyPolicy {
+    /// Planned like the main graph; calibration runs each subgraph on the values it
+    /// sees in the samples that reach it.
+    Plan,
+    /// Every op inside stays float, for this reason.
+    Float(&'static str),
+}
+
+/// Control-flow ops and what happens to their subgraphs. An `If` branch runs as a
+/// model of its own on the captured values of the samples that take it; `Loop` cannot
+/// be executed by the engine at all, so nothing inside can be calibrated; a `Scan`
+/// body runs one step at a time on the states and slices of each sample.
+pub const BODIES: &[(&str, BodyPolicy)] = &[
+    ("If", BodyPolicy::Plan),
+    (
+        "Loop",
+        BodyPolicy::Float("Loop body left float: the engine cannot execute Loop"),
+    ),
+    ("Scan", BodyPolicy::Plan),
+];
+
+/// The policy for the subgraphs of `op_type` (other domains and unknown ops holding
+/// graphs: left float).
+pub fn body_policy(op_type: &str, domain: &str) -> BodyPolicy {
+    if !domain.is_empty() && domain != "ai.onnx" {
+        return BodyPolicy::Float("subgraph of an op outside the ONNX domain: left float");
+    }
+    BODIES
+        .iter()
+        .find(|(o, _)| *o == op_type)
+        .map(|(_, p)| *p)
+        .unwrap_or(BodyPolicy::Float(
+            "subgraph of an op that is not If/Scan: left float",
+        ))
+}
+
 /// Why an op has no rule for a target (shown in the summary).
 pub fn no_rule_reason(op_type: &str, domain: &str, target: Target) -> String {
     if !domain.is_empty() {

@@ -1,26 +1,15 @@
 //! Runs two models on the same samples in the same engine and mode and compares every
 //! output they share.
 
-use super::metrics::{is_classifier_shape, Comparison, Metrics};
+use super::metrics::{as_f32, is_classifier_shape, Comparison, Metrics};
 use crate::data::Sample;
 use crate::exec::{ExecError, Session};
-use crate::ir::Tensor;
 use std::collections::BTreeMap;
 
 /// Per-output comparison of a reference and a test model.
 #[derive(Clone, Debug, Default)]
 pub struct ModelComparison {
     pub outputs: BTreeMap<String, Metrics>,
-}
-
-/// The values of a numeric tensor as f32 (`None` for strings).
-pub fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
-    match t {
-        Tensor::F32(a) => Some(a.iter().copied().collect()),
-        other => other
-            .to_f64_vec()
-            .map(|v| v.into_iter().map(|x| x as f32).collect()),
-    }
 }
 
 /// Runs `reference` and `test` on every sample and compares the outputs named in both.

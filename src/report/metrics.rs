@@ -2,6 +2,7 @@
 //! samples in f64: SQNR, cosine similarity, max-abs error, top-1 agreement and task
 //! accuracy against labels.
 
+use crate::ir::Tensor;
 use serde::Serialize;
 
 /// Streaming comparison of one output across samples.
@@ -93,6 +94,16 @@ impl Comparison {
             accuracy_ref: frac(self.correct_ref, self.labelled),
             accuracy_test: frac(self.correct_test, self.labelled),
         }
+    }
+}
+
+/// A tensor's values as f32, the precision metrics read (strings give `None`).
+pub fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
+    match t {
+        Tensor::F32(a) => Some(a.iter().copied().collect()),
+        other => other
+            .to_f64_vec()
+            .map(|v| v.into_iter().map(|x| x as f32).collect()),
     }
 }
 

@@ -1,8 +1,10 @@
-//! Reports: accuracy metrics between float and quantized runs, the output-by-output
-//! comparison of two models, and the visual HTML report.
+//! Reports: accuracy metrics between float and quantized runs, output by output
+//! (`compare`) and value by value (`layers`), and the visual HTML report.
 //!
 //! - [`metrics`]: SQNR, cosine, max-abs, top-1 agreement, accuracy.
 //! - [`compare`]: runs two models on the same samples and compares every output.
+//! - [`layers`]: per-tensor comparison of a float model and its quantized version,
+//!   matched through Q/DQ pairs, worst first.
 //! - [`tensor`]: one calibrated tensor as the report shows it (display histogram, each
 //!   method's range, clipped mass, expected error), built from calibration statistics.
 //! - [`html`]: [`ReportInput`] (plain data, sections filled by whoever knows them) and
@@ -10,6 +12,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod layers;
 pub mod metrics;
 pub mod plot;
 pub mod tensor;

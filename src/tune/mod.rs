@@ -317,7 +317,8 @@ pub fn units(plan: &Plan, m: &Model) -> Vec<Unit> {
         .collect();
     let mut out: Vec<Unit> = members
         .into_iter()
-        .filter(|(root, _)| range_key.contains_key(root))
+        // Main-graph values only: the simulation switches main-graph Q/DQ pairs.
+        .filter(|(root, _)| range_key.contains_key(root) && g.value_by_name(root).is_some())
         .map(|(root, mut shared)| {
             shared.sort();
             let v = g.value_by_name(&root);

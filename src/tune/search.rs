@@ -17,7 +17,7 @@ use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
 use crate::exec::Session;
 use crate::ir::Tensor;
-use crate::report::compare::as_f32;
+use crate::report::metrics::as_f32;
 use crate::report::metrics::{is_classifier_shape, Comparison, Metrics};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
