@@ -260,3 +260,44 @@ fn bad_overrides_are_refused() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--no-validate"));
 }
+
+#[test]
+fn size_budget_puts_the_least_harmful_weights_on_4_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny(&tmp.path().join("base.onnx"), &[]);
+    let size8 = base["size_after"].as_u64().unwrap();
+    let budget = (size8 - 100) as f64 / 1e6;
+    let out = tmp.path().join("t.onnx");
+    let j = tiny(&out, &["--size-budget", &format!("{budget}")]);
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(size as f64 <= budget * 1e6, "{size} bytes over {budget} MB");
+    assert!(j["weight_4bit_share"].as_f64().unwrap() > 0.0);
+    let w4 = j["precision"]["weights_4bit"].as_array().unwrap();
+    assert!(!w4.is_empty());
+    const INT4: i32 = 22;
+    let m = proto::ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    let g = m.graph.unwrap();
+    assert!(g.initializer.iter().any(|t| t.data_type == Some(INT4)));
+    // The overrides file replays it.
+    let ov = tmp.path().join("t.overrides.json");
+    let again = tmp.path().join("again.onnx");
+    tiny(&again, &["--overrides", &s(&ov)]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+
+    // Below what 4-bit weights reach: exit 1, nothing written.
+    let none = tmp.path().join("none.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--size-budget",
+        "0.0001",
+        "--no-validate",
+        "-o",
+        &s(&none),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("smallest model"), "{}", r.stderr);
+    assert!(!none.exists());
+}

@@ -1230,8 +1230,7 @@ fn build_sim(
             .iter()
             .filter(|(n, d)| {
                 matches!(d, Decision::Weight { qtype, .. } if qtype.dtype == DType::I8)
-                    && g
-                        .value_by_name(n)
+                    && g.value_by_name(n)
                         .and_then(|v| g.const_of(v))
                         .is_some_and(|t| t.numel() >= 16)
             })
@@ -1332,8 +1331,7 @@ fn tune_precision(
         Some(goal) => {
             let bar = super::progress((2 * units.len() + 1) as u64, "sensitivity");
             hide(&bar);
-            let (sens, cached) =
-                search::sensitivity(&ev, &units, Some(&cache), &|| bar.inc(1))?;
+            let (sens, cached) = search::sensitivity(&ev, &units, Some(&cache), &|| bar.inc(1))?;
             bar.finish_and_clear();
             let bar = super::progress(0, "searching");
             hide(&bar);
@@ -1380,7 +1378,10 @@ fn print_precision(s: &PrecisionSummary) {
             println!("  w4 {w}: alone on 4 bits {db:.1} dB");
         }
         if s.weights_4bit.len() > 8 {
-            println!("  (+{} more in the overrides file)", s.weights_4bit.len() - 8);
+            println!(
+                "  (+{} more in the overrides file)",
+                s.weights_4bit.len() - 8
+            );
         }
     }
     if let Some(goal) = &s.goal {
@@ -1512,6 +1513,16 @@ mod tests {
 
     /// Worst SQNR between the simulation under `config` and the materialised plan.
     fn sim_vs_real(model: &str, data: &str, config_of: impl Fn(&Unit) -> Precision) -> f64 {
+        sim_vs_real_w(model, data, config_of, false)
+    }
+
+    /// As `sim_vs_real`, with every 4-bit candidate weight on 4 bits when `w4_all`.
+    fn sim_vs_real_w(
+        model: &str,
+        data: &str,
+        config_of: impl Fn(&Unit) -> Precision,
+        w4_all: bool,
+    ) -> f64 {
         let a = T::parse_from([
             "t",
             &fixture(model),
@@ -1528,7 +1539,9 @@ mod tests {
         let mut p = prepare(c, m, ds.samples.first(), true).unwrap();
         let stats = calibrate(&p, &ds.samples, 256, false).unwrap();
         let opts = MethodOptions::default();
-        let (units, sim) = build_sim(&a, &p, &stats, &opts, false).unwrap();
+        let (units, sim) = build_sim(&a, &p, &stats, &opts, w4_all).unwrap();
+        let w4: BTreeSet<String> = sim.narrow_weights().into_iter().collect();
+        assert_eq!(w4.is_empty(), !w4_all);
         let config: Vec<Precision> = units.iter().map(&config_of).collect();
         let prec: BTreeMap<String, Precision> = units
             .iter()
@@ -1536,6 +1549,7 @@ mod tests {
             .map(|(u, p)| (u.root.clone(), *p))
             .collect();
         tune::apply(&mut p.plan, &p.model, &units, &prec, "test");
+        tune::apply_w4(&mut p.plan, &w4);
         choose_ranges(&mut p.plan, &stats.tensors, a.method, &opts).unwrap();
         let mut q = p.model.clone();
         passes::insert_qdq::materialize(&mut q, &p.plan).unwrap();
@@ -1546,14 +1560,14 @@ mod tests {
         let simu = Session::new(
             &sp,
             None,
-            &sim.feed(s0, &config, &Default::default()),
+            &sim.feed(s0, &config, &w4),
             &SessionOptions::default(),
         )
         .unwrap();
         let mut worst = f64::INFINITY;
         for s in &ds.samples {
             let r = real.run(s).unwrap();
-            let t = simu.run(&sim.feed(s, &config, &Default::default())).unwrap();
+            let t = simu.run(&sim.feed(s, &config, &w4)).unwrap();
             for (name, rv) in &r {
                 let (a, b) = (
                     crate::report::metrics::as_f32(rv).unwrap(),
@@ -1573,6 +1587,20 @@ mod tests {
         assert!(
             db.is_infinite(),
             "simulation differs from the 8-bit model: {db} dB"
+        );
+    }
+
+    #[test]
+    fn simulation_with_four_bit_weights() {
+        let db = sim_vs_real_w(
+            "tiny/tiny_cnn.onnx",
+            "tiny/tiny_cnn.npz",
+            |_| Precision::A8,
+            true,
+        );
+        assert!(
+            db.is_infinite(),
+            "simulation differs from the 4-bit model: {db} dB"
         );
     }
 

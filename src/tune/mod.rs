@@ -391,8 +391,9 @@ pub fn weight_units(plan: &Plan, m: &Model, units: &[Unit]) -> Vec<(String, usiz
     out
 }
 
-/// Each quantized bias with the index of the unit of its op's activation input.
-pub fn bias_units(plan: &Plan, units: &[Unit]) -> Vec<(String, usize)> {
+/// Each quantized bias with the index of the unit of its op's activation input, and its
+/// weight.
+pub fn bias_units(plan: &Plan, units: &[Unit]) -> Vec<(String, usize, String)> {
     let mut unit_of: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, u) in units.iter().enumerate() {
         for v in &u.members {
@@ -402,7 +403,9 @@ pub fn bias_units(plan: &Plan, units: &[Unit]) -> Vec<(String, usize)> {
     plan.values
         .iter()
         .filter_map(|(name, d)| match d {
-            Decision::Bias { input, .. } => unit_of.get(input.as_str()).map(|&i| (name.clone(), i)),
+            Decision::Bias { input, weight } => unit_of
+                .get(input.as_str())
+                .map(|&i| (name.clone(), i, weight.clone())),
             _ => None,
         })
         .collect()
@@ -424,7 +427,7 @@ pub fn apply(
     reason: &str,
 ) {
     let full = QType::new(DType::I8, true, false).expect("int8");
-    for (b, i) in bias_units(plan, units) {
+    for (b, i, _) in bias_units(plan, units) {
         if precisions
             .get(&units[i].root)
             .is_some_and(|p| *p != Precision::A8)

@@ -69,6 +69,7 @@ fn add_dq_switch(
     src_op: crate::ir::OpId,
     tag: &str,
     w: &str,
+    reuse: Option<&str>,
 ) -> Result<String, TuneError> {
     let other = |w: String| TuneError::Other(format!("simulation model: {w}"));
     let mut ins = Vec::new();
@@ -78,7 +79,9 @@ fn add_dq_switch(
             .and_then(|v| src.const_of(v).cloned())
             .ok_or_else(|| other(format!("'{w}' dequantize input {slot} is not a constant")))?;
         let name = g.fresh_name(&format!("{w}.{tag}.{slot}"));
-        ins.push(Some(g.add_const(&name, c).map_err(|e| other(e.to_string()))?));
+        ins.push(Some(
+            g.add_const(&name, c).map_err(|e| other(e.to_string()))?,
+        ));
     }
     let readers = g.consumers(base);
     let ty = g.value(base).ty.clone();
@@ -89,8 +92,14 @@ fn add_dq_switch(
     let alt = g.add_fresh_value(&format!("{w}.{tag}.dq"), ty.clone());
     g.add_op(op, &ins, &[Some(alt)])
         .map_err(|e| other(e.to_string()))?;
-    let on_name = g.fresh_name(&format!("qrange.sim.w.{w}.{tag}"));
-    let on = scalar_input(g, &on_name, DType::Bool)?;
+    let (on_name, on) = match reuse.and_then(|n| g.value_by_name(n).map(|v| (n, v))) {
+        Some((n, v)) => (n.to_string(), v),
+        None => {
+            let n = g.fresh_name(&format!("qrange.sim.w.{w}.{tag}"));
+            let v = scalar_input(g, &n, DType::Bool)?;
+            (n, v)
+        }
+    };
     let sw = g.add_fresh_value(&format!("{w}.{tag}.sim"), ty);
     g.add_op(
         Op::new("Where", &g.fresh_name(&format!("{w}.{tag}.where"))),
@@ -137,7 +146,7 @@ impl SimModel {
         params: Vec<(UnitParams, UnitParams)>,
         full: &Model,
         weights: &[(String, usize)],
-        biases: &[(String, usize)],
+        biases: &[(String, usize, String)],
         narrow: Option<&Model>,
         narrow_weights: &[String],
     ) -> Result<SimModel, TuneError> {
@@ -265,7 +274,7 @@ impl SimModel {
                 let Some(dq) = g.output(reduced, 0) else {
                     continue;
                 };
-                let on = add_dq_switch(g, dq, &q4.graph, four, "w4", w)?;
+                let on = add_dq_switch(g, dq, &q4.graph, four, "w4", w, None)?;
                 w4_switches.push((on, w.clone()));
             }
         }
@@ -282,11 +291,11 @@ impl SimModel {
             let Some(dq7) = g.output(reduced, 0) else {
                 continue;
             };
-            let on = add_dq_switch(g, dq7, &full.graph, wide, "full", w)?;
+            let on = add_dq_switch(g, dq7, &full.graph, wide, "full", w, None)?;
             weight_switches.push((on, *unit));
         }
         let mut bias_switches = Vec::new();
-        for (b, unit) in biases {
+        for (b, unit, weight) in biases {
             let dq_name = format!("{b}.dequantize");
             let Some(dq) = g
                 .ops()
@@ -317,6 +326,20 @@ impl SimModel {
                 g.set_input(o, slot, Some(sw));
             }
             bias_switches.push((on_name, *unit));
+            // With its weight on 4 bits, the int32 bias has the 4-bit scale.
+            let w4_on = w4_switches
+                .iter()
+                .find(|(_, w)| w == weight)
+                .map(|(on, _)| on.clone());
+            if let (Some(on), Some(q4)) = (w4_on, narrow) {
+                let q4g = &q4.graph;
+                if let Some(b4) = q4g
+                    .ops()
+                    .find(|o| q4g.op(*o).name.as_deref() == Some(dq_name.as_str()))
+                {
+                    add_dq_switch(g, dqv, q4g, b4, "w4", b, Some(&on))?;
+                }
+            }
         }
         crate::passes::util::remove_dead(g);
         Ok(SimModel {

@@ -68,6 +68,9 @@ FIXTURES = [
     # Mixed u8/u16/float activations chosen by the search (it validates, so it gets --eval).
     ("ppocr_cls mixed precision", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--target-sqnr", "30", "--sensitivity-samples", "4"], 4),
+    # 4-bit weights chosen to fit a size budget.
+    ("ppocr_cls 4-bit weights", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
+     "ppocr_cls/eval.npz", ["--size-budget", "0.25", "--sensitivity-samples", "4"], 4),
 ]
 
 
