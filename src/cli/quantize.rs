@@ -17,7 +17,7 @@ use crate::quant::plan::{self, Decision, OpState, Plan, QuantConfig};
 use crate::quant::rules::Target;
 use crate::report::compare::compare;
 use crate::tune::search::{self, Evaluator, Goal, SensitivityFile};
-use crate::tune::sim::{SimModel, UnitParams};
+use crate::tune::sim::{SimModel, SimSources, UnitParams};
 use crate::tune::{self, Overrides, Precision, Unit};
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
@@ -613,7 +613,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         bail!("--target-sqnr/--max-drop need validation data: drop --no-validate");
     }
     if let Some(mb) = a.size_budget {
-        if !(mb > 0.0) {
+        if mb.is_nan() || mb <= 0.0 {
             bail!("--size-budget {mb} must be a positive number of megabytes");
         }
     }
@@ -738,11 +738,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 warn(w);
             }
             eprintln!(
-                "error: {}: unreachable on {} search samples; the best reachable is {} ({})",
+                "error: {}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
                 goal_text(&goal),
                 tu.samples,
                 goal.describe(tu.choice.best),
-                "every activation 16-bit, or float, with 8-bit weights"
             );
             return Ok(Outcome::GateFailed);
         }
@@ -1242,15 +1241,17 @@ fn build_sim(
         (None, Vec::new())
     };
     let sim = SimModel::build(
-        &p.model,
-        &q8,
+        &SimSources {
+            prepared: &p.model,
+            q: &q8,
+            full: &full,
+            weights: &weights,
+            biases: &biases,
+            narrow: q4.as_ref(),
+            narrow_weights: &narrow_weights,
+        },
         &units,
         params,
-        &full,
-        &weights,
-        &biases,
-        q4.as_ref(),
-        &narrow_weights,
     )?;
     Ok((units, sim))
 }

@@ -80,6 +80,9 @@ pub struct Evaluator<'a> {
     pub w4: BTreeSet<String>,
 }
 
+/// What one configuration gave.
+type Outcome = Result<BTreeMap<String, Metrics>, TuneError>;
+
 /// One configuration: a precision per unit and the weights on 4 bits.
 #[derive(Clone, Debug)]
 pub struct Trial {
@@ -172,31 +175,29 @@ impl<'a> Evaluator<'a> {
         progress: &(dyn Fn() + Sync),
     ) -> Result<Vec<BTreeMap<String, Metrics>>, TuneError> {
         let next = AtomicU64::new(0);
-        let mut results: Vec<Option<Result<BTreeMap<String, Metrics>, TuneError>>> =
-            (0..configs.len()).map(|_| None).collect();
-        let chunks: Vec<Vec<(usize, Result<BTreeMap<String, Metrics>, TuneError>)>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..self.threads.min(configs.len().max(1)))
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut mine = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                                if i >= configs.len() {
-                                    break;
-                                }
-                                mine.push((i, self.eval_with(&configs[i].acts, &configs[i].w4)));
-                                progress();
+        let mut results: Vec<Option<Outcome>> = (0..configs.len()).map(|_| None).collect();
+        let chunks: Vec<Vec<(usize, Outcome)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.threads.min(configs.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            if i >= configs.len() {
+                                break;
                             }
-                            mine
-                        })
+                            mine.push((i, self.eval_with(&configs[i].acts, &configs[i].w4)));
+                            progress();
+                        }
+                        mine
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
         for (i, r) in chunks.into_iter().flatten() {
             results[i] = Some(r);
         }

@@ -129,27 +129,42 @@ fn scalar_input(g: &mut Graph, name: &str, dtype: DType) -> Result<ValueId, Tune
     Ok(v)
 }
 
+/// The models and switch lists a [`SimModel`] is built from.
+pub struct SimSources<'a> {
+    /// The model before materialisation: a unit with a folded Relu/Clip applies that op
+    /// when switched off.
+    pub prepared: &'a Model,
+    /// The plan materialised with 8-bit activations.
+    pub q: &'a Model,
+    /// The same plan with full-grid int8 weights.
+    pub full: &'a Model,
+    /// Weights (with their unit) to switch between the reduced and the full grid; empty
+    /// when the grids are the same.
+    pub weights: &'a [(String, usize)],
+    /// Biases with their unit and weight (int32 when the unit is 8-bit, else float).
+    pub biases: &'a [(String, usize, String)],
+    /// The same plan with the `narrow_weights` on 4 bits.
+    pub narrow: Option<&'a Model>,
+    pub narrow_weights: &'a [String],
+}
+
 impl SimModel {
-    /// Builds the simulation from `q` (the plan materialised with 8-bit activations) and
-    /// the units with their (8-bit, 16-bit) parameters.
-    ///
-    /// `full` is the same plan materialised with full-grid int8 weights and `weights` the
-    /// weights (with their unit) to switch between the two grids; pass no weights when the
-    /// grids are the same.
-    ///
-    /// `prepared` is the model before materialisation: a unit with a folded Relu/Clip
-    /// applies that op when switched off.
+    /// Builds the simulation from the sources and the units with their (8-bit, 16-bit)
+    /// parameters.
     pub fn build(
-        prepared: &Model,
-        q: &Model,
+        src: &SimSources,
         units: &[Unit],
         params: Vec<(UnitParams, UnitParams)>,
-        full: &Model,
-        weights: &[(String, usize)],
-        biases: &[(String, usize, String)],
-        narrow: Option<&Model>,
-        narrow_weights: &[String],
     ) -> Result<SimModel, TuneError> {
+        let SimSources {
+            prepared,
+            q,
+            full,
+            weights,
+            biases,
+            narrow,
+            narrow_weights,
+        } = *src;
         let mut m = q.clone();
         let g = &mut m.graph;
         let quantize_ops: BTreeMap<String, crate::ir::OpId> = g
