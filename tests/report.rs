@@ -192,3 +192,53 @@ fn bad_report_paths_are_clean_errors() {
     }
     assert!(!missing.exists());
 }
+
+#[test]
+fn report_has_per_layer_fusion_and_precision_sections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (html, _) = cnn_report(tmp.path(), "r.html");
+    for id in ["layers", "fusion", "precision", "accuracy"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "section {id}");
+    }
+    // The per-layer chart names a layer of the model; the fusion table names a kernel.
+    let layers = &html[html.find("id=\"layers\"").unwrap()..];
+    assert!(layers.contains("conv1"), "per-layer section lists conv1");
+    let fusion = &html[html.find("id=\"fusion\"").unwrap()..];
+    assert!(
+        fusion.contains("QLinearConv"),
+        "fusion section shows QLinearConv"
+    );
+}
+
+#[test]
+fn compare_writes_a_report_with_the_per_layer_chart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("q.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--no-validate",
+        "-o",
+        &s(&q),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let page = tmp.path().join("c.html");
+    let r = qrange(&[
+        "compare",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        &s(&q),
+        "--data",
+        &s(&fixture("tiny/tiny_cnn.eval.npz")),
+        "--per-tensor",
+        "--report",
+        &s(&page),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let html = std::fs::read_to_string(&page).unwrap();
+    for id in ["layers", "fusion", "accuracy"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "section {id}");
+    }
+    assert!(!html.contains("<script"));
+}

@@ -54,6 +54,10 @@ pub struct Args {
     /// With --per-tensor: memory budget for tapped tensors per engine run, in MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     memory_budget: u64,
+    /// Also write a self-contained HTML report: per-output metrics, sizes, and with
+    /// --per-tensor the per-layer SQNR chart; with a QDQ test model, its fusion coverage.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -122,6 +126,10 @@ fn infer(m: &mut Model, path: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    if let Some(r) = &a.report {
+        super::check_not_input(&a.reference, r)?;
+        super::check_not_input(&a.test, r)?;
+    }
     let mut ma = onnx::read_model(&a.reference)?;
     let mut mb = onnx::read_model(&a.test)?;
     // A pin applies to each model that has the input (a quantized model may have been
@@ -249,6 +257,17 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         None
     };
 
+    if let Some(path) = &a.report {
+        write_html(
+            path,
+            &a,
+            &ma,
+            &mb,
+            &cmp.outputs,
+            layers.as_ref(),
+            ds.samples.len(),
+        )?;
+    }
     let report = Report {
         reference: a.reference.display().to_string(),
         test: a.test.display().to_string(),
@@ -271,6 +290,73 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         }
         _ => Ok(Outcome::Ok),
     }
+}
+
+/// Writes the HTML report of a comparison (temporary file + rename).
+fn write_html(
+    path: &std::path::Path,
+    a: &Args,
+    ma: &Model,
+    mb: &Model,
+    outputs: &BTreeMap<String, crate::report::Metrics>,
+    layers: Option<&crate::report::layers::PerTensor>,
+    samples: usize,
+) -> anyhow::Result<()> {
+    use crate::report::{FusionRow, FusionSection, LayerRow, OutputRow, ReportInput};
+    let size = |m: &Model| onnx::model_to_bytes(m).map(|b| b.len() as u64).unwrap_or(0);
+    let fusion = crate::lint::lint(
+        mb,
+        &crate::lint::LintOptions::new(crate::quant::rules::Target::OrtCpu),
+    )
+    .ok()
+    .filter(|r| r.fusion_model && r.has_qdq())
+    .map(|r| FusionSection {
+        coverage: r.coverage().line,
+        rows: r
+            .units
+            .iter()
+            .map(|u| FusionRow {
+                node: u.node.clone(),
+                op_type: u.op_type.clone(),
+                fused: u.verdict.is_integer(),
+                detail: u.verdict.detail(),
+            })
+            .collect(),
+    });
+    let input = ReportInput {
+        title: format!(
+            "qrange compare: {} vs {}",
+            a.reference.display(),
+            a.test.display()
+        ),
+        model: a.reference.display().to_string(),
+        output: a.test.display().to_string(),
+        settings: vec![format!("{samples} samples, both models in tract")],
+        size_before: size(ma),
+        size_after: size(mb),
+        accuracy: outputs
+            .iter()
+            .map(|(n, m)| OutputRow::from_metrics(n, m))
+            .collect(),
+        layers: layers
+            .map(|p| {
+                p.layers
+                    .iter()
+                    .map(|l| LayerRow {
+                        value: l.value.clone(),
+                        op: l.producer.clone().unwrap_or_else(|| "input".into()),
+                        op_type: l.op_type.clone().unwrap_or_else(|| "input".into()),
+                        sqnr_db: l.worst_sqnr_db(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        fusion,
+        ..ReportInput::default()
+    };
+    let html = crate::report::render(&input);
+    crate::onnx::encode::atomic_write(path, html.as_bytes())
+        .map_err(|e| anyhow!("report '{}': {e}", path.display()))
 }
 
 /// Column alignment.

@@ -893,10 +893,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 .push(k.clone());
         }
     }
-    let fusion = crate::lint::lint(&q, &crate::lint::LintOptions::new(p.cfg.target))
+    let fusion_report = crate::lint::lint(&q, &crate::lint::LintOptions::new(p.cfg.target))
         .ok()
-        .filter(|r| r.fusion_model)
-        .map(|r| r.coverage());
+        .filter(|r| r.fusion_model);
+    let fusion = fusion_report.as_ref().map(|r| r.coverage());
     let mut methods: BTreeMap<String, usize> = BTreeMap::new();
     for m in chosen.values() {
         *methods.entry(m.name().to_string()).or_default() += 1;
@@ -927,7 +927,18 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         notes,
     };
     if let Some(path) = &a.report {
-        let input = report::build(&a, &p, &stats.tensors, &chosen, &opts, &s)?;
+        let mut input = report::build(&a, &p, &stats.tensors, &chosen, &opts, &s)?;
+        report::add_fusion(&mut input, fusion_report.as_ref());
+        if let Some(ev) = &eval {
+            report::add_layers(
+                &mut input,
+                &p.float,
+                &q,
+                &ev.samples,
+                c.memory_budget,
+                c.json,
+            )?;
+        }
         report::write(path, &input)?;
     }
     for w in &warnings {

@@ -196,3 +196,70 @@ pub(super) fn write(path: &Path, input: &ReportInput) -> anyhow::Result<()> {
     crate::onnx::encode::atomic_write(path, html.as_bytes())
         .map_err(|e| anyhow!("report '{}': {e}", path.display()))
 }
+
+/// Fills the fusion section from the lint of the written model.
+pub(super) fn add_fusion(input: &mut ReportInput, lint: Option<&crate::lint::FusionReport>) {
+    let Some(r) = lint else { return };
+    input.fusion = Some(crate::report::FusionSection {
+        coverage: r.coverage().line,
+        rows: r
+            .units
+            .iter()
+            .map(|u| crate::report::FusionRow {
+                node: u.node.clone(),
+                op_type: u.op_type.clone(),
+                fused: u.verdict.is_integer(),
+                detail: u.verdict.detail(),
+            })
+            .collect(),
+    });
+}
+
+/// Most evaluation samples the per-layer comparison of the report runs on.
+const LAYER_SAMPLES: usize = 8;
+
+/// Fills the per-layer SQNR section: every value the float and the quantized model share,
+/// compared on (at most [`LAYER_SAMPLES`]) evaluation samples.
+pub(super) fn add_layers(
+    input: &mut ReportInput,
+    float: &crate::ir::Model,
+    quantized: &crate::ir::Model,
+    samples: &[crate::data::Sample],
+    budget_mib: u64,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let n = samples.len().min(LAYER_SAMPLES);
+    if n == 0 {
+        return Ok(());
+    }
+    let bar = super::super::progress(0, "per-layer SQNR");
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let pt = crate::report::layers::per_tensor(
+        float,
+        quantized,
+        &samples[..n],
+        budget_mib.saturating_mul(1 << 20),
+        |d, t| {
+            bar.set_length(t);
+            bar.set_position(d);
+        },
+    )
+    .map_err(|e| anyhow!("report: per-layer comparison: {e}"))?;
+    bar.finish_and_clear();
+    input.layers = pt
+        .layers
+        .iter()
+        .map(|l| crate::report::LayerRow {
+            value: l.value.clone(),
+            op: l.producer.clone().unwrap_or_else(|| "input".into()),
+            op_type: l.op_type.clone().unwrap_or_else(|| "input".into()),
+            sqnr_db: l.worst_sqnr_db(),
+        })
+        .collect();
+    input
+        .settings
+        .push(format!("per-layer SQNR on {n} evaluation samples"));
+    Ok(())
+}
