@@ -5,7 +5,8 @@
 //! model input) and the loading of an image folder: PNG (through the `png` crate) and JPEG
 //! (through `zune-jpeg`) files, taken in sorted name order, one sample per image. Files of
 //! other kinds are skipped and listed in [`Dataset::skipped`]; an image that does not decode
-//! is an error naming the file.
+//! is an error naming the file (JPEG is decoded in strict mode, so a truncated or damaged file
+//! is an error, not an image half filled with grey).
 //!
 //! Steps, in this order, for each image:
 //! 1. decode to 8-bit pixels (16-bit PNGs keep their high byte; alpha is dropped; palette and
@@ -32,6 +33,9 @@ use std::str::FromStr;
 
 /// File extensions (lower case) taken as images.
 const IMAGE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Largest `resize` side (keeps a resized image's buffer within a few GiB).
+const MAX_SIDE: usize = 16384;
 
 /// Keys of the preprocessing spec, in the order [`Preprocess`] prints them.
 const KEYS: &str = "input, resize, keep-aspect, align, pad, color, layout, scale, mean, std, dtype";
@@ -289,13 +293,13 @@ impl Preprocess {
                     let parsed: Vec<usize> = dims
                         .iter()
                         .filter_map(|d| d.trim().parse::<usize>().ok())
-                        .filter(|d| (1..=65536).contains(d))
+                        .filter(|d| (1..=MAX_SIDE).contains(d))
                         .collect();
                     match parsed.as_slice() {
                         [w, h] if dims.len() == 2 => p.resize = Some((*w, *h)),
                         _ => {
                             return Err(invalid(format!(
-                                "resize wants WIDTHxHEIGHT (1 to 65536 each), e.g. resize=192x48; got '{}'",
+                                "resize wants WIDTHxHEIGHT (1 to {MAX_SIDE} each), e.g. resize=192x48; got '{}'",
                                 vals.join(",")
                             )))
                         }
@@ -726,13 +730,20 @@ pub struct Pixels {
 
 /// Decodes a PNG or JPEG (recognised by its first bytes). The error is a one-line reason.
 pub fn decode(bytes: &[u8]) -> Result<Pixels, String> {
-    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        decode_png(bytes).map_err(|e| format!("cannot decode PNG: {e}"))
+    let px = if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png(bytes).map_err(|e| format!("cannot decode PNG: {e}"))?
     } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
-        decode_jpeg(bytes).map_err(|e| format!("cannot decode JPEG: {e}"))
+        decode_jpeg(bytes).map_err(|e| format!("cannot decode JPEG: {e}"))?
     } else {
-        Err("not a PNG or JPEG image (unrecognised header)".into())
+        return Err("not a PNG or JPEG image (unrecognised header)".into());
+    };
+    if px.width == 0 || px.height == 0 {
+        return Err(format!(
+            "the image is {}x{}: no pixels",
+            px.width, px.height
+        ));
     }
+    Ok(px)
 }
 
 fn decode_png(bytes: &[u8]) -> Result<Pixels, String> {
@@ -778,7 +789,9 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Pixels, String> {
     use zune_jpeg::zune_core::{
         bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
     };
-    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+    let opts = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_strict_mode(true);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
     let data = dec.decode().map_err(|e| e.to_string())?;
     let (width, height) = dec.dimensions().ok_or("no image size in the headers")?;
@@ -1149,6 +1162,24 @@ mod tests {
         assert!(e.contains("'c'"), "{e}");
         let e = err("layout=nchw", &x(&[Some(1), Some(48), Some(192), Some(3)]));
         assert!(e.contains("layout=nhwc"), "{e}");
+    }
+
+    #[test]
+    fn damaged_files_are_errors_not_panics() {
+        let png = include_bytes!("../../fixtures/ppocr_cls/images/sample_01.png").as_slice();
+        let jpg = include_bytes!("../../fixtures/ppocr_cls/images_jpeg/sample_01.jpg").as_slice();
+        for good in [png, jpg] {
+            assert!(decode(good).is_ok());
+            for cut in (0..good.len()).step_by(97) {
+                assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+            }
+            // Flipped bytes may still decode (to other pixels) but must never panic.
+            for at in (8..good.len()).step_by(61) {
+                let mut bad = good.to_vec();
+                bad[at] ^= 0x5a;
+                let _ = decode(&bad);
+            }
+        }
     }
 
     #[test]
