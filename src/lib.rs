@@ -41,8 +41,11 @@
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
-//! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders),
-//!   validated against the model's inputs; deterministic .npz output.
+//! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders, and
+//!   image folders: PNG via `png`, JPEG via `zune-jpeg`, turned into the model's image input
+//!   by a declared `Preprocess`: resize with qrange's own bilinear filter, colour order,
+//!   layout, scale/mean/std, dtype), validated against the model's inputs; deterministic .npz
+//!   output.
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
 //!   entropy, mse, auto); the calibration file format; the collector that streams tapped

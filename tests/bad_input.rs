@@ -92,6 +92,27 @@ fn labels(v: &[i64]) -> qrange::ir::Tensor {
     qrange::ir::Tensor::I64(ndarray::Array1::from(v.to_vec()).into_dyn())
 }
 
+/// A model `y = Relu(x)` on `dims`, an `imgs/` folder with a 2x2 RGB `good.png` and
+/// whatever `extra` writes, and `qrange run` arguments with `--preprocess SPEC`.
+fn image_case(dir: &Path, dims: &[i64], spec: &str, extra: fn(&Path)) -> Vec<String> {
+    let m = dir.join("model.onnx");
+    write_proto(&m, &relu_model(dims));
+    let imgs = dir.join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    write_png(&imgs.join("good.png"), 2, 2, 3, &[10; 12]);
+    extra(&imgs);
+    vec![
+        "run".into(),
+        s(&m),
+        "--data".into(),
+        s(&imgs),
+        "--preprocess".into(),
+        spec.into(),
+        "-o".into(),
+        s(&dir.join("out.npz")),
+    ]
+}
+
 const CASES: &[Case] = &[
     Case {
         name: "npz with a wrong dtype",
@@ -436,6 +457,111 @@ const CASES: &[Case] = &[
             a
         },
         expect: &["nope.npz", "No such file"],
+    },
+    Case {
+        name: "image folder without --preprocess",
+        setup: |d| {
+            vec![
+                "quantize".into(),
+                s(&fixture("ppocr_cls/model.onnx")),
+                "--calib".into(),
+                s(&fixture("ppocr_cls/images")),
+                "-o".into(),
+                s(&d.join("out.onnx")),
+            ]
+        },
+        expect: &[
+            "--calib",
+            "ppocr_cls/images",
+            "holds images",
+            "give --preprocess",
+        ],
+    },
+    Case {
+        name: "corrupt PNG in an image folder",
+        setup: |d| {
+            image_case(d, &[1, 3, 2, 2], "scale=255", |imgs| {
+                let good = std::fs::read(imgs.join("good.png")).unwrap();
+                std::fs::write(imgs.join("bad.png"), &good[..good.len() / 2]).unwrap();
+            })
+        },
+        expect: &["bad.png", "cannot decode PNG"],
+    },
+    Case {
+        name: "file named .png that is no image",
+        setup: |d| {
+            image_case(d, &[1, 3, 2, 2], "scale=255", |imgs| {
+                std::fs::write(imgs.join("fake.png"), b"hello").unwrap();
+            })
+        },
+        expect: &["fake.png", "not a PNG or JPEG"],
+    },
+    Case {
+        name: "RGB preprocessing for a one-channel model input",
+        setup: |d| image_case(d, &[1, 1, 2, 2], "scale=255", |_| {}),
+        expect: &[
+            "imgs",
+            "'x'",
+            "1 channel",
+            "color=rgb gives 3",
+            "color=gray",
+        ],
+    },
+    Case {
+        name: "image size differs from the model's without resize",
+        setup: |d| {
+            image_case(d, &[1, 3, 2, 2], "scale=255", |imgs| {
+                write_png(&imgs.join("wide.png"), 3, 2, 3, &[0; 18]);
+            })
+        },
+        expect: &["wide.png", "'x'", "3x2", "add resize"],
+    },
+    Case {
+        name: "resize against a fixed model size",
+        setup: |d| image_case(d, &[1, 3, 2, 2], "resize=4x2", |_| {}),
+        expect: &["'x'", "resize=4x2", "width 4", "expects 2"],
+    },
+    Case {
+        name: "bad --preprocess syntax",
+        setup: |d| image_case(d, &[1, 3, 2, 2], "resize=2,scale=255", |_| {}),
+        expect: &[
+            "--preprocess 'resize=2,scale=255'",
+            "resize wants WIDTHxHEIGHT",
+        ],
+    },
+    Case {
+        name: "unknown --preprocess key",
+        setup: |d| image_case(d, &[1, 3, 2, 2], "scale=255,norm=1", |_| {}),
+        expect: &["--preprocess", "unknown key 'norm'"],
+    },
+    Case {
+        name: "--preprocess for data that is not an image folder",
+        setup: |d| {
+            let mut a = run_case(d, vec![("x", f32_filled(&[2, 1, 4], 1.0))]);
+            a.extend(["--preprocess".into(), "scale=255".into()]);
+            a
+        },
+        expect: &[
+            "--preprocess 'scale=255'",
+            "--data",
+            "data.npz",
+            "not an image folder",
+        ],
+    },
+    Case {
+        name: "image folder for a model with two inputs, none named",
+        setup: |d| {
+            let args = image_case(d, &[1, 3, 2, 2], "scale=255", |_| {});
+            let m = model(
+                vec![node("Add", "add", &["x", "z"], &["y"])],
+                vec![],
+                vec![vi("x", 1, &[1, 3, 2, 2]), vi("z", 1, &[1, 3, 2, 2])],
+                vec![vi("y", 1, &[1, 3, 2, 2])],
+            );
+            write_proto(&d.join("model.onnx"), &m);
+            args
+        },
+        expect: &["imgs", "2 inputs", "'x', 'z'", "input=NAME"],
     },
 ];
 

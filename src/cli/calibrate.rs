@@ -2,7 +2,7 @@
 //! can run in shards on several machines and be merged exactly.
 
 use super::quantize::{calibrate, load_calib, prepare, CommonArgs};
-use super::run::parse_pins;
+use super::run::{check_preprocess_used, parse_pins};
 use super::Outcome;
 use crate::calib::CalibrationFile;
 use std::path::PathBuf;
@@ -29,6 +29,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     super::check_not_input(&c.model, &a.output)?;
     let model = crate::onnx::read_model(&c.model)?;
     let pins = parse_pins(&model, &c.pin)?;
+    check_preprocess_used(
+        c.preprocess.as_deref(),
+        &[("--calib", c.calib.as_deref().map(std::path::Path::new))],
+    )?;
     let ds = load_calib(c, &model, &pins)?;
     let p = prepare(c, model, ds.samples.first(), false)?;
     let file = calibrate(&p, &ds.samples, c.memory_budget, !c.json)?;

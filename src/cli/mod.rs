@@ -12,6 +12,29 @@ mod run;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 
+/// `--help` text of `--preprocess` (shared by `quantize`, `calibrate` and `run`).
+pub(crate) const PREPROCESS_HELP: &str = "\
+How the images of an image folder (a --calib/--eval/--data folder of .png/.jpg/.jpeg files)
+become the model input. Comma-separated KEY=VALUE items, or @FILE naming a JSON object with
+the same keys (e.g. {\"resize\": \"192x48\", \"scale\": 255, \"mean\": [0.5, 0.5, 0.5]}):
+  input=NAME           model input fed (required when the model has several inputs)
+  resize=WxH           resize to W wide, H high: qrange's own bilinear filter, half-pixel
+                       centres, no antialiasing (like OpenCV INTER_LINEAR); without it every
+                       image keeps its size, which must match the model's
+  keep-aspect          with resize: fit inside WxH keeping the aspect ratio and fill the
+                       rest with pad=V (a pixel value 0-255, default 0), the image placed at
+                       align=top-left (default) or align=center
+  color=rgb|bgr|gray   channel order (default rgb); gray = 0.299 R + 0.587 G + 0.114 B
+  layout=nchw|nhwc     channel axis (default nchw); a leading batch of 1 for rank-4 inputs
+  scale=S              divide pixel values by S (255 maps them to [0, 1]; default 1)
+  mean=M[,M,M]         subtracted after scale: one value, or one per output channel (default 0)
+  std=S[,S,S]          divides after mean: one value, or one per output channel (default 1)
+  dtype=f32|u8         default: the model input's; u8 feeds the rounded pixels
+Each image: decode (alpha dropped, 16-bit reduced to 8) -> colour -> resize ->
+(v / scale - mean) / std -> layout. Files are taken in name order, one sample each; other
+files are skipped. Checked against the input's declared type (channels, H/W, batch, dtype).
+Example: --preprocess resize=192x48,scale=255,mean=0.5,0.5,0.5,std=0.5,0.5,0.5";
+
 /// How a successful command ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -34,6 +57,8 @@ pub enum Outcome {
                   qrange run fixtures/ppocr_cls/model.onnx --data fixtures/ppocr_cls/eval.npz -o out.npz\n  \
                   qrange lint model.int8.onnx\n  \
                   qrange compare model.onnx model.int8.onnx --data eval.npz --per-tensor\n  \
+                  qrange quantize fixtures/ppocr_cls/model.onnx --calib fixtures/ppocr_cls/images \\\n      \
+                      --preprocess resize=192x48,scale=255,mean=0.5,std=0.5 -o cls.int8.onnx\n  \
                   qrange passes"
 )]
 struct Cli {

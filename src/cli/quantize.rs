@@ -1,7 +1,10 @@
 //! `qrange quantize` (and the preparation it shares with `calibrate`): calibrate,
 //! plan, insert Q/DQ, write, validate, summarise.
 
-use super::run::{input_specs, parse_pins, parse_shapes, sample_shapes};
+use super::run::{
+    check_preprocess_used, input_specs, load_data, parse_pins, parse_preprocess, parse_shapes,
+    sample_shapes,
+};
 use super::Outcome;
 use crate::calib::collect::collect_model;
 use crate::calib::{
@@ -41,10 +44,14 @@ pub enum ActType {
 pub struct CommonArgs {
     /// The float model.
     pub model: PathBuf,
-    /// Calibration data: .npz/.npy (axis 0 = sample), an ONNX test_data_set folder, or
-    /// `random:N` for a smoke test (ranges are then meaningless).
+    /// Calibration data: .npz/.npy (axis 0 = sample), an ONNX test_data_set folder, a folder
+    /// of images (with --preprocess), or `random:N` for a smoke test (ranges are then
+    /// meaningless).
     #[arg(long, value_name = "DATA")]
     pub calib: Option<String>,
+    /// How image files become the model input, e.g. `resize=192x48,scale=255,mean=0.5,std=0.5`.
+    #[arg(long, value_name = "SPEC", long_help = super::PREPROCESS_HELP)]
+    pub preprocess: Option<String>,
     /// Runtime the model is for: sets placement style and defaults.
     #[arg(long, value_enum, default_value = "ort-cpu")]
     pub target: Target,
@@ -89,6 +96,8 @@ pub struct CommonArgs {
     qrange quantize fixtures/ppocr_cls/model.onnx --calib fixtures/ppocr_cls/calib.npz \\\n      \
         --eval fixtures/ppocr_cls/eval.npz --labels label -o cls.int8.onnx\n  \
     qrange quantize model.onnx --calib calib.npz --method entropy -o out.onnx\n  \
+    qrange quantize fixtures/ppocr_cls/model.onnx --calib fixtures/ppocr_cls/images \\\n      \
+        --preprocess resize=192x48,scale=255,mean=0.5,std=0.5 -o cls.int8.onnx\n  \
     qrange calibrate model.onnx --calib shard1.npz -o s1.json   # on several machines\n  \
     qrange merge s1.json s2.json -o all.json\n  \
     qrange quantize model.onnx --ranges all.json -o out.onnx --no-validate")]
@@ -234,7 +243,8 @@ pub(crate) fn load_calib(
         let shapes = parse_shapes(&a.shape)?;
         return random_dataset(&specs, &shapes, n);
     }
-    Ok(data::load(Path::new(spec), &specs)?)
+    let pre = parse_preprocess(a.preprocess.as_deref())?;
+    load_data("--calib", Path::new(spec), &specs, pre.as_ref())
 }
 
 fn random_dataset(
@@ -541,12 +551,24 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     let model = onnx::read_model(&c.model)?;
     let pins = parse_pins(&model, &c.pin)?;
+    check_preprocess_used(
+        c.preprocess.as_deref(),
+        &[
+            ("--calib", c.calib.as_deref().map(Path::new)),
+            ("--eval", a.eval.as_deref()),
+        ],
+    )?;
     let (mut calib, ranges_file) = match &a.ranges {
         Some(f) => (None, Some(CalibrationFile::read(f)?)),
         None => (Some(load_calib(c, &model, &pins)?), None),
     };
     let mut eval: Option<Dataset> = match &a.eval {
-        Some(p) => Some(data::load(p, &input_specs(&model, &pins))?),
+        Some(p) => Some(load_data(
+            "--eval",
+            p,
+            &input_specs(&model, &pins),
+            parse_preprocess(c.preprocess.as_deref())?.as_ref(),
+        )?),
         None => None,
     };
     if eval.is_none() && !a.no_validate {

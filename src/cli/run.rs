@@ -1,7 +1,7 @@
 //! `qrange run`: execute a model with tract on a data set and write the outputs.
 
 use super::Outcome;
-use crate::data::{self, InputSpec, Sample};
+use crate::data::{self, Dataset, InputSpec, Preprocess, Sample};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::{Dim, Model, Tensor, ValueType};
 use anyhow::{bail, Context};
@@ -19,9 +19,13 @@ use std::time::Instant;
 pub struct Args {
     /// The model file.
     model: PathBuf,
-    /// Input data: .npz / .npy (axis 0 = sample) or an ONNX test_data_set folder.
+    /// Input data: .npz / .npy (axis 0 = sample), an ONNX test_data_set folder, or a folder
+    /// of images (with --preprocess).
     #[arg(long)]
     data: PathBuf,
+    /// How image files become the model input, e.g. `resize=192x48,scale=255,mean=0.5,std=0.5`.
+    #[arg(long, value_name = "SPEC", long_help = super::PREPROCESS_HELP)]
+    preprocess: Option<String>,
     /// Where to write the outputs (.npz).
     #[arg(short, long)]
     output: PathBuf,
@@ -38,6 +42,84 @@ pub struct Args {
     /// Run only the first N samples.
     #[arg(long, value_name = "N")]
     samples: Option<usize>,
+}
+
+/// Parses `--preprocess SPEC` (text form or `@FILE.json`).
+pub(crate) fn parse_preprocess(spec: Option<&str>) -> anyhow::Result<Option<Preprocess>> {
+    spec.map(|s| Preprocess::parse_arg(s).map_err(|e| anyhow::anyhow!("--preprocess '{s}': {e}")))
+        .transpose()
+}
+
+/// Refuses a `--preprocess` that no data given with `flags` would use (none is an image folder).
+pub(crate) fn check_preprocess_used(
+    pre: Option<&str>,
+    data: &[(&str, Option<&Path>)],
+) -> anyhow::Result<()> {
+    let Some(spec) = pre else { return Ok(()) };
+    for (_, p) in data {
+        if let Some(p) = p {
+            if data::is_image_dir(p)? {
+                return Ok(());
+            }
+        }
+    }
+    let given: Vec<String> = data
+        .iter()
+        .filter_map(|(f, p)| p.map(|p| format!("{f} {}", p.display())))
+        .collect();
+    bail!(
+        "--preprocess '{spec}' applies to image folders, but {} {}",
+        if given.is_empty() {
+            "no data is given".to_string()
+        } else {
+            given.join(" and ")
+        },
+        if given.len() > 1 {
+            "are not image folders"
+        } else if given.is_empty() {
+            ""
+        } else {
+            "is not an image folder"
+        }
+    )
+}
+
+/// Loads the data given with `flag`; an image folder needs a preprocessing.
+pub(crate) fn load_data(
+    flag: &str,
+    path: &Path,
+    specs: &[InputSpec],
+    pre: Option<&Preprocess>,
+) -> anyhow::Result<Dataset> {
+    let images = data::is_image_dir(path)?;
+    if images && pre.is_none() {
+        bail!(
+            "{flag} {} holds images: give --preprocess SPEC to say how they become the model input, e.g. --preprocess resize=224x224,scale=255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225 (see --help)",
+            path.display()
+        );
+    }
+    let ds = data::load_with(path, specs, if images { pre } else { None })?;
+    if let (true, Some(pre)) = (images, pre) {
+        let input = ds.samples[0].iter().next();
+        let (name, t) = input.expect("an image sample holds the fed input");
+        let mut note = format!(
+            "note: {flag} {}: {} images as input '{name}' {}[{}] ({pre})",
+            path.display(),
+            ds.samples.len(),
+            t.dtype(),
+            t.shape()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        if !ds.skipped.is_empty() {
+            let names: Vec<&str> = ds.skipped.iter().map(|(n, _)| n.as_str()).collect();
+            note.push_str(&format!("; skipped {}: {}", names.len(), names.join(", ")));
+        }
+        eprintln!("{note}");
+    }
+    Ok(ds)
 }
 
 /// Parses `NAME=VALUE` pairs.
@@ -202,7 +284,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let pins = parse_pins(&m, &a.pin)?;
     let shapes = parse_shapes(&a.shape)?;
     let specs = input_specs(&m, &pins);
-    let mut ds = data::load(&a.data, &specs)?;
+    check_preprocess_used(a.preprocess.as_deref(), &[("--data", Some(&a.data))])?;
+    let pre = parse_preprocess(a.preprocess.as_deref())?;
+    let mut ds = load_data("--data", &a.data, &specs, pre.as_ref())?;
     if let Some(n) = a.samples {
         if n == 0 {
             bail!("--samples 0: nothing to run");

@@ -10,14 +10,20 @@
 //!   holding `input_K.pb` (and optionally `output_K.pb`) serialized `TensorProto`s. A tensor
 //!   whose name is a model input feeds that input; otherwise `input_K` feeds the K-th input.
 //!   Expected outputs land in `extra`, keyed by tensor name (or `output_K`), stacked on axis 0.
+//! - An image folder (PNG/JPEG files, no test data): one sample per image in sorted name
+//!   order, turned into the model's image input by a declared [`Preprocess`] (`images`).
 //!
 //! Every problem with user data is a one-line [`DataError`] naming the file and the array or
 //! input. Nothing here knows about graphs or execution; callers pass [`InputSpec`]s.
 
+mod images;
 mod npy;
 mod npz;
 mod pb;
 
+pub use images::{
+    decode as decode_image, is_image_dir, Align, Color, Layout, Pixels, Preprocess, SpecError,
+};
 pub use npz::write_npz;
 pub use pb::{read_tensor_pb, tensor_from_proto};
 
@@ -128,7 +134,7 @@ pub enum DataError {
         array: String,
         what: String,
     },
-    #[error("{}: not a data file qrange reads (expected .npz, .npy, or a directory of test_data_set_N/input_K.pb)", path.display())]
+    #[error("{}: not a data file qrange reads (expected .npz, .npy, a directory of test_data_set_N/input_K.pb, or a folder of images)", path.display())]
     UnknownFormat { path: PathBuf },
     #[error("{}: a .npy file holds one array but the model has {count} inputs; use .npz with one array per input", path.display())]
     NpyNeedsSingleInput { path: PathBuf, count: usize },
@@ -216,6 +222,18 @@ pub enum DataError {
         count: usize,
         samples: usize,
     },
+    #[error("{}: holds images: a preprocessing must be declared to turn them into model inputs", path.display())]
+    NeedsPreprocess { path: PathBuf },
+    #[error("{}: a preprocessing applies to image folders only, and this is not one", path.display())]
+    NotImages { path: PathBuf },
+    #[error("{}: {msg}", path.display())]
+    ImageDecode { path: PathBuf, msg: String },
+    #[error("{}: input '{input}': {msg}", path.display())]
+    ImageInput {
+        path: PathBuf,
+        input: String,
+        msg: String,
+    },
     #[error("cannot stack '{key}': {msg}")]
     Stack { key: String, msg: String },
 }
@@ -252,9 +270,35 @@ const NPZ_HINT: &str = " (arrays carry a leading sample axis before the model's 
 /// Loads and validates samples for a model with the given `inputs` (graph order).
 ///
 /// `path` is a `.npz`, a `.npy` (single-input models) or a directory in ONNX's
-/// `test_data_set_N/input_K.pb` layout (or a single `test_data_set_N` folder).
+/// `test_data_set_N/input_K.pb` layout (or a single `test_data_set_N` folder). An image
+/// folder needs a preprocessing: see [`load_with`].
 pub fn load(path: &Path, inputs: &[InputSpec]) -> Result<Dataset, DataError> {
+    load_with(path, inputs, None)
+}
+
+/// [`load`], and image folders (see [`is_image_dir`]) turned into inputs by `preprocess`,
+/// which is required for them and refused for every other kind of data.
+pub fn load_with(
+    path: &Path,
+    inputs: &[InputSpec],
+    preprocess: Option<&Preprocess>,
+) -> Result<Dataset, DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    let images = meta.is_dir() && is_image_dir(path)?;
+    match (images, preprocess) {
+        (true, Some(p)) => return images::load(path, p, inputs),
+        (true, None) => {
+            return Err(DataError::NeedsPreprocess {
+                path: path.to_path_buf(),
+            })
+        }
+        (false, Some(_)) => {
+            return Err(DataError::NotImages {
+                path: path.to_path_buf(),
+            })
+        }
+        (false, None) => {}
+    }
     if meta.is_dir() {
         return load_pb_dir(path, inputs);
     }
@@ -430,7 +474,7 @@ fn load_pb_dir(dir: &Path, inputs: &[InputSpec]) -> Result<Dataset, DataError> {
     if sets.is_empty() {
         return Err(DataError::NoSamples {
             path: dir.to_path_buf(),
-            what: "the directory (no test_data_set_N folders and no input_K.pb files)".into(),
+            what: "the directory (no test_data_set_N folders, no input_K.pb files, no .png/.jpg images)".into(),
         });
     }
     let mut samples = Vec::with_capacity(sets.len());

@@ -134,3 +134,28 @@ pub fn write_npz_arrays(path: &Path, arrays: Vec<(&str, qrange::ir::Tensor)>) {
 pub fn f32_filled(shape: &[usize], v: f32) -> qrange::ir::Tensor {
     qrange::ir::Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(shape), v))
 }
+
+/// Writes an 8-bit PNG: `channels` 1 (grey) or 3 (RGB), `data` interleaved row by row.
+pub fn write_png(path: &Path, width: u32, height: u32, channels: usize, data: &[u8]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    enc.set_color(if channels == 1 {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    });
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().unwrap();
+    w.write_image_data(data).unwrap();
+    w.finish().unwrap();
+}
+
+/// `y = Relu(x)` on an f32 input of `dims`: a stand-in image model.
+pub fn relu_model(dims: &[i64]) -> proto::ModelProto {
+    model(
+        vec![node("Relu", "relu", &["x"], &["y"])],
+        vec![],
+        vec![vi("x", 1, dims)],
+        vec![vi("y", 1, dims)],
+    )
+}
