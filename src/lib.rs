@@ -27,6 +27,12 @@
 //! DequantizeLinear of the outer QuantizeLinear output. Loop bodies stay float: tract
 //! cannot execute Loop.
 //!
+//! Mixed precision (`--target-sqnr`, `--max-drop`, `--size-budget`, `--overrides`) runs
+//! between calibration and materialisation: `tune` builds one simulation model whose Q/DQ
+//! pairs are switches, measures each activation's sensitivity on it, searches the cheapest
+//! promotions (16-bit activations, float, 4-bit weights to fit a size), and edits the plan;
+//! the written model is then validated as usual.
+//!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
 //!   (proto → IR), encode (IR → proto), external data, atomic file writes.
@@ -64,10 +70,15 @@
 //!   runs it in float and why. `lint::ort` replays ONNX Runtime's CPU QDQ transformations
 //!   on a copy of the graph (checked against ONNX Runtime by
 //!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
+//! - [`tune`]: mixed precision as plan edits: activation units (a quantized value and the
+//!   values sharing its parameters), the overrides file, the switchable simulation model
+//!   (`tune::sim`, exact against the written model), sensitivity analysis and the promotion
+//!   search (`tune::search`).
 //! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
-//! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`. `ir`
+//! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`,
+//! `tune → exec, quant, report::metrics`. `ir`
 //! knows nothing of protobuf, tract or clap; only `exec` names tract. One exception, kept
 //! deliberate: `passes::upgrade_opset` asks `onnx` for model-local function bodies, which
 //! live in the carried protobuf bytes.
