@@ -24,6 +24,11 @@ Tolerances, and why:
   1-step differences compound through deep networks. Gate: mean |difference| <= 1.5
   steps; the worst element is reported.
 - 16-bit outputs are measured in their own (256x finer) steps; their gates are 256x wider.
+- 4-bit weights put ppocr_cls at about 11 dB output SQNR: quantization noise dominates the
+  output, and the fused kernels' one-step differences per layer compound to several output
+  steps. Step agreement means little there, so for that case the fused path is gated on
+  accuracy instead: its SQNR against the float model (ORT, no optimizations) must be no
+  more than 1 dB below tract's. The no-fusion gate is unchanged.
 
 The count of QuantizeLinear nodes (column Q) includes those inside subgraphs.
 Prints a table and ``quantized-ort: N passed, N failed``; exits 1 on any failure.
@@ -173,6 +178,9 @@ def main() -> int:
                 failures.append(f"{label}: ONNX Runtime: {str(e).splitlines()[0]}")
                 continue
             steps = output_steps(qm)
+            float_out = None
+            if "--size-budget" in extra:
+                float_out = ort_outputs(m, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
             for name, t in tract.items():
                 if name not in ref:
                     continue
@@ -183,6 +191,16 @@ def main() -> int:
                 wide = 256.0 if any(t in ("u16", "i16") for t in extra) else 1.0
                 ok_ref = d_ref.mean() <= args.ref_mean * wide and np.percentile(d_ref, 99) <= args.ref_p99 * wide
                 ok_fused = d_fused.mean() <= args.fused_mean * wide
+                if float_out is not None and name in float_out:
+                    f = float_out[name].astype(np.float64)
+
+                    def sqnr(x):
+                        return 10 * np.log10((f ** 2).sum() / max(((f - x) ** 2).sum(), 1e-30))
+
+                    s_tract, s_fused = sqnr(a), sqnr(c)
+                    print(f"{label}/{name}: SQNR vs float: tract {s_tract:.2f} dB, "
+                          f"ORT fused {s_fused:.2f} dB (gated on accuracy, see above)")
+                    ok_fused = s_fused >= s_tract - 1.0
                 rows.append((label, name, nq, "dq" if steps.get(name) else "range/255",
                              d_ref.mean(), np.percentile(d_ref, 99), d_ref.max(),
                              d_fused.mean(), d_fused.max(), ok_ref and ok_fused))
