@@ -925,6 +925,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     }
     let mut notes = p.notes.clone();
     notes.extend(exec_notes);
+    let (weight_8bit_share, weight_4bit_share) = weight_shares(&p.plan, &p.model);
     let s = Summary {
         input: c.model.display().to_string(),
         output: a.output.display().to_string(),
@@ -940,8 +941,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         size_before: file_size(&p.float),
         size_after,
         precision,
-        weight_8bit_share: weight_shares(&p.plan, &p.model).0,
-        weight_4bit_share: weight_shares(&p.plan, &p.model).1,
+        weight_8bit_share,
+        weight_4bit_share,
         calibration_samples: stats.samples as usize,
         eval_samples: eval.as_ref().map(|e| e.samples.len()).unwrap_or(0),
         validation,

@@ -209,12 +209,10 @@ impl Overrides {
         units: &[Unit],
     ) -> Result<BTreeMap<String, Precision>, TuneError> {
         let g = &m.graph;
-        let mut root_of: BTreeMap<&str, &str> = BTreeMap::new();
-        for u in units {
-            for v in &u.members {
-                root_of.insert(v, &u.root);
-            }
-        }
+        let root_of: BTreeMap<&str, &str> = unit_index(units)
+            .into_iter()
+            .map(|(v, i)| (v, units[i].root.as_str()))
+            .collect();
         let mut out = BTreeMap::new();
         for o in g.ops() {
             let key = op_key(g, o);
@@ -361,16 +359,22 @@ pub fn wide(q: &QType) -> QType {
     QType::new(dtype, q.symmetric, false).expect("16-bit integer type")
 }
 
+/// Index of the unit each member value belongs to.
+fn unit_index(units: &[Unit]) -> BTreeMap<&str, usize> {
+    let mut out = BTreeMap::new();
+    for (i, u) in units.iter().enumerate() {
+        for v in &u.members {
+            out.insert(v.as_str(), i);
+        }
+    }
+    out
+}
+
 /// For each weight whose quantization may change with precision: the weight's name and
 /// the index of the unit its only reader takes as activation input (input 0).
 pub fn weight_units(plan: &Plan, m: &Model, units: &[Unit]) -> Vec<(String, usize)> {
     let g = &m.graph;
-    let mut unit_of: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, u) in units.iter().enumerate() {
-        for v in &u.members {
-            unit_of.insert(v, i);
-        }
-    }
+    let unit_of = unit_index(units);
     let mut out = Vec::new();
     for (name, d) in &plan.values {
         if !matches!(d, Decision::Weight { .. }) {
@@ -394,12 +398,7 @@ pub fn weight_units(plan: &Plan, m: &Model, units: &[Unit]) -> Vec<(String, usiz
 /// Each quantized bias with the index of the unit of its op's activation input, and its
 /// weight.
 pub fn bias_units(plan: &Plan, units: &[Unit]) -> Vec<(String, usize, String)> {
-    let mut unit_of: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, u) in units.iter().enumerate() {
-        for v in &u.members {
-            unit_of.insert(v, i);
-        }
-    }
+    let unit_of = unit_index(units);
     plan.values
         .iter()
         .filter_map(|(name, d)| match d {
