@@ -270,6 +270,7 @@ fn com_microsoft_and_4bit_notes() {
         &inputs,
         &SessionOptions {
             taps: vec!["x_i4".into(), "x_u4".into(), "w_i4".into()],
+            ..Default::default()
         },
     )
     .unwrap();
@@ -305,6 +306,7 @@ fn taps_return_intermediate_values_by_onnx_name() {
         .collect();
     let opts = SessionOptions {
         taps: vec!["xq".into(), "conv".into(), "bdq".into(), "y".into()],
+        ..Default::default()
     };
     let s = Session::new(&model, Some(&case), &inputs, &opts).unwrap();
     assert_eq!(s.output_names(), ["yq", "y", "xq", "conv", "bdq"]);
@@ -331,6 +333,7 @@ fn taps_return_intermediate_values_by_onnx_name() {
         &inputs,
         &SessionOptions {
             taps: vec!["no_such_value".into()],
+            ..Default::default()
         },
     )
     .unwrap_err();

@@ -2,8 +2,11 @@
 //! values to calibrate, and folds every tapped tensor into its statistics at once.
 //!
 //! Memory does not grow with the number of samples (nothing of a sample is kept after it
-//! is folded in), and the tapped tensors of one run are bounded by a budget: the values
-//! are split into groups whose per-sample size fits it, one engine run per group and sample.
+//! is folded in), nor with the number of tapped values: taps are streamed
+//! ([`crate::exec::Session::run_observed`]), each folded in as soon as the engine computes
+//! it and freed once its readers ran, so a run holds about what a plain inference holds.
+//! Samples are spread over worker threads, each with its own statistics, merged exactly.
+//! [`plan_groups`] serves callers that tap values as outputs under a byte budget.
 //!
 //! **Subgraphs.** The engine returns values of the main graph only. Values planned
 //! inside `If` branches and `Scan` bodies are collected by running each subgraph as a
@@ -25,14 +28,16 @@
 
 use super::{CalibError, TensorStats};
 use crate::data::Sample;
-use crate::exec::{ExecError, Session, SessionOptions};
+use crate::exec::{ExecError, ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::scope::subgraph_model;
-use crate::ir::{Model, OpId, Tensor, ValueType};
+use crate::ir::{Model, OpId, Tensor};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::{encode_model, ExternalPolicy};
 use crate::quant::plan::ValueKeys;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 /// Errors of collection: the engine's or the statistics'.
 #[derive(Debug, thiserror::Error)]
@@ -76,76 +81,112 @@ pub fn plan_groups(values: &[(String, u64)], budget: u64) -> Vec<Vec<String>> {
     groups
 }
 
-/// Statistics of `values` over `samples`, in `groups` (see [`plan_groups`]); every value
-/// is a value of the model's main graph. `progress(done, total)` is called after each
-/// engine run.
-pub fn collect(
-    model: &ModelProto,
-    base_dir: Option<&Path>,
-    samples: &[Sample],
-    groups: &[Vec<String>],
-    mut progress: impl FnMut(u64, u64),
-) -> Result<BTreeMap<String, TensorStats>, CollectError> {
-    let mut stats: BTreeMap<String, TensorStats> = BTreeMap::new();
-    let total = (groups.len() * samples.len()) as u64;
-    collect_groups(
-        model,
-        base_dir,
-        samples,
-        groups,
-        &mut stats,
-        0,
-        total,
-        &mut progress,
-    )?;
-    Ok(stats)
-}
-
+/// Statistics of main-graph `values` over `samples`, with streamed taps: each value is
+/// folded into its statistics the moment the engine computes it, and freed once its readers
+/// ran, so a run never holds all tapped values at once. `workers` threads take samples in
+/// turn, each with its own statistics, merged at the end in worker order; merging is exact
+/// ([`TensorStats::merge`]), so the result does not depend on which thread saw which sample.
+/// On failure the error of the first failing sample (in sample order) is returned.
+/// `progress(done, total)` is called after each sample.
 #[allow(clippy::too_many_arguments)]
-fn collect_groups(
+fn collect_streamed(
     model: &ModelProto,
     base_dir: Option<&Path>,
     samples: &[Sample],
-    groups: &[Vec<String>],
+    values: &[String],
+    workers: usize,
     stats: &mut BTreeMap<String, TensorStats>,
     mut done: u64,
     total: u64,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<u64, CollectError> {
-    for group in groups {
-        let opts = SessionOptions {
-            taps: group.clone(),
-        };
-        let Some(first) = samples.first() else {
-            break;
-        };
-        let session = Session::new(model, base_dir, first, &opts)?;
-        for s in samples {
-            let out = session.run(s)?;
-            for name in group {
-                if let Some(t) = out.get(name) {
-                    stats
-                        .entry(name.clone())
-                        .or_default()
-                        .observe_tensor(name, t)?;
-                }
-            }
-            drop(out);
+    let Some(first) = samples.first() else {
+        return Ok(done);
+    };
+    if values.is_empty() {
+        return Ok(done);
+    }
+    let opts = SessionOptions {
+        taps: values.to_vec(),
+        stream_taps: true,
+    };
+    let session = Session::new(model, base_dir, first, &opts)?;
+    let workers = workers.clamp(1, samples.len());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<()>();
+    let results: Vec<WorkerResult> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let tx = tx.clone();
+                let (session, next, stop) = (&session, &next, &stop);
+                scope.spawn(move || {
+                    let mut local: BTreeMap<String, TensorStats> = BTreeMap::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(sample) = samples.get(i) else {
+                            break;
+                        };
+                        let ran = session.run_observed(sample, |name, value| match value {
+                            TapValue::F32(v) => {
+                                local.entry(name.to_string()).or_default().observe(v);
+                                Ok(())
+                            }
+                            TapValue::Host(t) => local
+                                .entry(name.to_string())
+                                .or_default()
+                                .observe_tensor(name, &t),
+                        });
+                        if let Err(e) = ran {
+                            stop.store(true, Ordering::Relaxed);
+                            let e = match e {
+                                ObservedError::Exec(e) => CollectError::Exec(e),
+                                ObservedError::Observer(e) => CollectError::Calib(e),
+                            };
+                            return (local, Some((i, e)));
+                        }
+                        // The receiver only stops listening once every worker is done.
+                        let _ = tx.send(());
+                    }
+                    (local, None)
+                })
+            })
+            .collect();
+        drop(tx);
+        for () in rx.iter() {
             done += 1;
             progress(done, total);
         }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut first_error: Option<(usize, CollectError)> = None;
+    for (local, err) in results {
+        if let Some((i, e)) = err {
+            if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                first_error = Some((i, e));
+            }
+        }
+        for (name, st) in local {
+            match stats.get_mut(&name) {
+                Some(acc) => acc.merge(&st),
+                None => {
+                    stats.insert(name, st);
+                }
+            }
+        }
     }
-    Ok(done)
+    match first_error {
+        Some((_, e)) => Err(e),
+        None => Ok(done),
+    }
 }
 
-/// Bytes per sample of a main-graph value, from its inferred type (0 when unknown).
-fn value_bytes(m: &Model, name: &str) -> u64 {
-    let g = &m.graph;
-    g.value_by_name(name)
-        .and_then(|v| g.value(v).ty.as_ref().and_then(ValueType::known_dims))
-        .map(|d| d.iter().map(|&x| x.max(1) as u64).product::<u64>() * 4)
-        .unwrap_or(0)
-}
+/// What a collection worker returns: its statistics and, if it stopped on one, the failing
+/// sample's index and error.
+type WorkerResult = (BTreeMap<String, TensorStats>, Option<(usize, CollectError)>);
 
 fn encode(m: &Model) -> Result<ModelProto, CollectError> {
     encode_model(m, &ExternalPolicy::Inline, "")
@@ -155,16 +196,16 @@ fn encode(m: &Model) -> Result<ModelProto, CollectError> {
 
 /// Statistics of `values` (plan keys, see [`ValueKeys`]) of `model` over `samples`.
 ///
-/// Main-graph values are tapped in groups of at most `budget` bytes per run
-/// ([`plan_groups`]); values inside `If` branches and `Scan` bodies are collected as
+/// Main-graph values are streamed from one run per sample, on `workers` threads
+/// ([`collect_streamed`]); values inside `If` branches and `Scan` bodies are collected as
 /// the module documentation describes. `progress(done, total)` is called after each pass over a
-/// sample.
+/// sample. The result does not depend on `workers`.
 pub fn collect_model(
     model: &Model,
     base_dir: Option<&Path>,
     samples: &[Sample],
     values: &[String],
-    budget: u64,
+    workers: usize,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<BTreeMap<String, TensorStats>, CollectError> {
     let keys = ValueKeys::of(&model.graph);
@@ -172,7 +213,7 @@ pub fn collect_model(
     let mut inner: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
     for v in values {
         match keys.locate(v) {
-            Some((0, local)) => main.push((local.to_string(), value_bytes(model, local))),
+            Some((0, local)) => main.push(local.to_string()),
             Some((s, local)) => inner
                 .entry(s)
                 .or_default()
@@ -185,11 +226,10 @@ pub fn collect_model(
             }
         }
     }
-    let groups = plan_groups(&main, budget);
     let mut root = (!inner.is_empty())
         .then(|| ScopeRun::new(model, &keys, 0, &inner, Vec::new()))
         .transpose()?;
-    let total = (groups.len() * samples.len()) as u64
+    let total = samples.len() as u64
         + if root.is_some() {
             samples.len() as u64
         } else {
@@ -197,11 +237,12 @@ pub fn collect_model(
         };
     let mut stats = BTreeMap::new();
     let proto = encode(model)?;
-    let mut done = collect_groups(
+    let mut done = collect_streamed(
         &proto,
         base_dir,
         samples,
-        &groups,
+        &main,
+        workers,
         &mut stats,
         0,
         total,
@@ -480,6 +521,7 @@ impl ScopeRun {
         if self.session.is_none() {
             let opts = SessionOptions {
                 taps: self.taps.clone(),
+                ..Default::default()
             };
             let s =
                 Session::new(&self.proto, base_dir, inputs, &opts).map_err(|e| self.exec_err(e))?;
@@ -603,6 +645,51 @@ impl ScopeRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Streamed statistics (any thread count) equal those of the same values returned as
+    /// extra outputs and observed afterwards, serialized byte for byte.
+    #[test]
+    fn streamed_taps_give_the_statistics_of_returned_outputs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny");
+        let model = crate::onnx::read_model(&root.join("tiny_cnn.onnx")).unwrap();
+        let specs = crate::cli::run::input_specs(&model, &BTreeMap::new());
+        let ds = crate::data::load(&root.join("tiny_cnn.npz"), &specs).unwrap();
+        let g = &model.graph;
+        let mut values: Vec<String> = g
+            .values()
+            .filter(|&v| g.const_of(v).is_none())
+            .map(|v| g.value(v).name.clone())
+            .collect();
+        values.sort();
+        assert!(values.len() > 5, "{values:?}");
+        let proto = encode(&model).unwrap();
+        let opts = SessionOptions {
+            taps: values.clone(),
+            ..Default::default()
+        };
+        let session = Session::new(&proto, None, &ds.samples[0], &opts).unwrap();
+        let mut expected: BTreeMap<String, TensorStats> = BTreeMap::new();
+        for sample in &ds.samples {
+            let out = session.run(sample).unwrap();
+            for v in &values {
+                expected
+                    .entry(v.clone())
+                    .or_default()
+                    .observe_tensor(v, &out[v])
+                    .unwrap();
+            }
+        }
+        let json = |m: &BTreeMap<String, TensorStats>| serde_json::to_string(m).unwrap();
+        for workers in [1, 3] {
+            let mut calls = 0;
+            let got = collect_model(&model, None, &ds.samples, &values, workers, |_, _| {
+                calls += 1
+            })
+            .unwrap();
+            assert_eq!(json(&got), json(&expected), "workers {workers}");
+            assert_eq!(calls, ds.samples.len());
+        }
+    }
 
     #[test]
     fn groups_respect_the_budget_and_order() {

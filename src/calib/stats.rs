@@ -78,9 +78,62 @@ impl Default for Histogram {
 }
 
 /// Bin index of `abs` given `2^-k`: |x| · 2^-k is exact in f64 (power-of-two scaling of a
-/// 24-bit mantissa, no overflow), so the floor is the exact bin.
+/// 24-bit mantissa, no overflow), so the floor (truncation: it is non-negative) is the exact bin.
 fn index_with(abs: f32, inv_width: f64) -> usize {
-    ((abs as f64 * inv_width).floor() as usize).min(MAX_BINS - 1)
+    ((abs as f64 * inv_width) as usize).min(MAX_BINS - 1)
+}
+
+/// Values per chunk of the fast observation loop: squared mantissas (< 2^48) summed in a
+/// `u64` cannot overflow within 2^16 values.
+const SQUARE_CHUNK: usize = 1 << 16;
+/// Interleaved histogram copies in the fast observation loop.
+const LANES: usize = 2;
+/// 2^23: adding it to a float in [0, 2^23) rounds it to an integer held in the low mantissa bits.
+const MAGIC: f32 = 8_388_608.0;
+/// Values per block of the fast observation loop.
+const BLOCK: usize = 256;
+/// Per-lane exponent buckets, padded so that lanes are not 4 KiB apart (the same bucket in
+/// two lanes would then falsely alias in the store buffer).
+const PADDED: usize = 256 + 8;
+
+/// Min and max of the finite values and the number of non-finite ones. With no non-finite
+/// value the extremes are exact; otherwise only the count is meaningful. Eight lanes so the
+/// compiler can vectorise.
+fn extremes(values: &[f32]) -> (f32, f32, usize) {
+    let mut lo = [f32::INFINITY; 8];
+    let mut hi = [f32::NEG_INFINITY; 8];
+    let mut bad = [0i32; 8];
+    let mut chunks = values.chunks_exact(8);
+    let mut non_finite = 0usize;
+    let mut since_flush = 0u32;
+    for c in &mut chunks {
+        for j in 0..8 {
+            let x = c[j];
+            lo[j] = if x < lo[j] { x } else { lo[j] };
+            hi[j] = if x > hi[j] { x } else { hi[j] };
+            bad[j] += ((x.to_bits() & 0x7fff_ffff) as i32 >= 0x7f80_0000) as i32;
+        }
+        since_flush += 1;
+        if since_flush == i32::MAX as u32 {
+            non_finite += bad.iter().map(|&b| b as usize).sum::<usize>();
+            bad = [0; 8];
+            since_flush = 0;
+        }
+    }
+    non_finite += bad.iter().map(|&b| b as usize).sum::<usize>();
+    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+    for j in 0..8 {
+        l = l.min(lo[j]);
+        h = h.max(hi[j]);
+    }
+    for &x in chunks.remainder() {
+        if !x.is_finite() {
+            non_finite += 1;
+        }
+        l = l.min(x);
+        h = h.max(x);
+    }
+    (l, h, non_finite)
 }
 
 fn trim(v: &mut Vec<u64>) {
@@ -216,7 +269,154 @@ impl TensorStats {
 
     /// Adds one sample's values.
     pub fn observe(&mut self, values: &[f32]) {
-        // Pass 1: extremes and non-finite counts, so the grid is widened once per sample.
+        // Pass 1: extremes and non-finite count, so the grid is widened once per sample.
+        let (lo, hi, non_finite) = extremes(values);
+        if non_finite > 0 {
+            return self.observe_with_non_finite(values);
+        }
+        self.count = self.count.saturating_add(values.len() as u64);
+        if lo > hi {
+            return; // empty
+        }
+        self.add_extremes(lo, hi);
+        let k = self.hist.log2_width;
+        // Pass 2, per block of values: first the per-value quantities (branch-free, so the
+        // compiler can vectorise), then the counts and buckets they go to.
+        // |x| = m · 2^(e - 150) with e = max(exponent field, 1) and m < 2^24. The bin is
+        // floor(|x| · 2^-k): the product is exact (a power-of-two scaling that stays below
+        // 4096 and, where it would underflow, below 1), truncation is the floor.
+        let n_neg = self.hist.index(-lo.min(0.0)) + 1;
+        let n_pos = self.hist.index(hi.max(0.0)) + 1;
+        let len = n_neg + n_pos;
+        if !(-126..=126).contains(&k) {
+            // 2^-k is not a normal f32: the value-by-value path.
+            self.count -= values.len() as u64;
+            return self.observe_with_non_finite(values);
+        }
+        let inv_width = pow2(-k) as f32;
+        // Two interleaved copies of counts and buckets: runs of equal bins (zeros, narrow
+        // distributions) would otherwise chain every increment through one memory slot.
+        let mut counts = vec![0u64; LANES * len];
+        let mut sum_l = [[0i64; PADDED]; LANES];
+        let mut sq_b = [0u128; 256];
+        let (mut pos_zeros, mut neg_zeros) = (0u64, 0u64);
+        let mut slot = [0u32; BLOCK];
+        let mut exp = [0u32; BLOCK];
+        let mut signed = [0i32; BLOCK];
+        let pos_offset = n_neg as i32;
+        for chunk in values.chunks(SQUARE_CHUNK) {
+            // m² < 2^48: a u64 bucket holds 2^16 of them.
+            let mut sq = [[0u64; PADDED]; LANES];
+            for block in chunk.chunks(BLOCK) {
+                let n = block.len();
+                let (mut pz, mut nz) = (0u32, 0u32);
+                for (i, &x) in block.iter().enumerate() {
+                    let bits = x.to_bits();
+                    let abs = bits & 0x7fff_ffff;
+                    let field = abs >> 23;
+                    let m = (abs & 0x7f_ffff) | (((field != 0) as u32) << 23);
+                    let sign = (bits as i32) >> 31; // 0 or -1
+                                                    // floor(y) for 0 <= y < 2^23: round to nearest through 2^23, minus one
+                                                    // where that rounded up (no float-to-int conversion: vectorises).
+                    let y = f32::from_bits(abs) * inv_width;
+                    let t = y + MAGIC;
+                    let bin = (t.to_bits() - MAGIC.to_bits()) as i32 - ((t - MAGIC) > y) as i32;
+                    slot[i] = (bin + (pos_offset & !sign)) as u32;
+                    exp[i] = field + (field == 0) as u32;
+                    signed[i] = ((m as i32) ^ sign) - sign;
+                    pz += (bits == 0) as u32;
+                    nz += (bits == 0x8000_0000) as u32;
+                }
+                pos_zeros += pz as u64;
+                neg_zeros += nz as u64;
+                let (c0, c1) = counts.split_at_mut(len);
+                let [s0, s1] = &mut sum_l;
+                let [q0, q1] = &mut sq;
+                let mut pairs = slot[..n]
+                    .chunks_exact(2)
+                    .zip(exp[..n].chunks_exact(2))
+                    .zip(signed[..n].chunks_exact(2));
+                for ((sl, e), v) in &mut pairs {
+                    c0[sl[0] as usize] += 1;
+                    c1[sl[1] as usize] += 1;
+                    let (v0, v1) = (v[0] as i64, v[1] as i64);
+                    s0[e[0] as usize] += v0;
+                    s1[e[1] as usize] += v1;
+                    q0[e[0] as usize] += (v0 * v0) as u64;
+                    q1[e[1] as usize] += (v1 * v1) as u64;
+                }
+                if n % 2 == 1 {
+                    let (sl, e, v) = (
+                        slot[n - 1] as usize,
+                        exp[n - 1] as usize,
+                        signed[n - 1] as i64,
+                    );
+                    c0[sl] += 1;
+                    s0[e] += v;
+                    q0[e] += (v * v) as u64;
+                }
+            }
+            for lane in &sq {
+                for (a, &b) in sq_b.iter_mut().zip(lane) {
+                    *a += b as u128;
+                }
+            }
+        }
+        let mut sum_b = [0i128; 256];
+        for lane in &sum_l {
+            for (a, &b) in sum_b.iter_mut().zip(lane) {
+                *a += b as i128;
+            }
+        }
+        let (first, rest) = counts.split_at_mut(len);
+        for lane in rest.chunks_exact(len) {
+            for (a, b) in first.iter_mut().zip(lane) {
+                *a += b;
+            }
+        }
+        counts.truncate(len);
+        // Exact zeros were counted in bin 0 of their side; they are counted apart.
+        counts[n_neg] -= pos_zeros;
+        counts[0] -= neg_zeros;
+        self.zeros += pos_zeros + neg_zeros;
+        let (neg_counts, pos_counts) = counts.split_at(n_neg);
+        add_bins(&mut self.hist.neg, neg_counts);
+        add_bins(&mut self.hist.pos, pos_counts);
+        trim(&mut self.hist.neg);
+        trim(&mut self.hist.pos);
+        self.add_buckets(&sum_b, &sq_b);
+    }
+
+    /// Min/max update and grid widening for a sample whose finite extremes are `lo <= hi`.
+    fn add_extremes(&mut self, lo: f32, hi: f32) {
+        // Normalise -0.0 so min/max do not depend on which zero came first.
+        let (lo, hi) = (lo + 0.0, hi + 0.0);
+        self.min = Some(self.min.map_or(lo, |m| m.min(lo)));
+        self.max = Some(self.max.map_or(hi, |m| m.max(hi)));
+        let k = log2_width_for(self.abs_max());
+        if k > self.hist.log2_width {
+            self.hist.widen_to(k);
+        }
+    }
+
+    /// Adds per-exponent buckets of signed mantissas and squared mantissas to the exact sums.
+    fn add_buckets(&mut self, sum_b: &[i128; 256], sq_b: &[u128; 256]) {
+        for idx in 1..256 {
+            let e = idx as i32 - 150;
+            let (b, q) = (sum_b[idx], sq_b[idx]);
+            if b != 0 {
+                Self::add_wide(&mut self.sum, b < 0, b.unsigned_abs(), e);
+            }
+            if q != 0 {
+                Self::add_wide(&mut self.sum_sq, false, q, 2 * e);
+            }
+        }
+        self.sum.normalize();
+        self.sum_sq.normalize();
+    }
+
+    /// [`TensorStats::observe`] for a sample holding NaN or infinities (value by value).
+    fn observe_with_non_finite(&mut self, values: &[f32]) {
         let mut lo = f32::INFINITY;
         let mut hi = f32::NEG_INFINITY;
         for &x in values {
@@ -235,14 +435,7 @@ impl TensorStats {
         if lo > hi {
             return; // no finite value in this sample
         }
-        // Normalise -0.0 so min/max do not depend on which zero came first.
-        let (lo, hi) = (lo + 0.0, hi + 0.0);
-        self.min = Some(self.min.map_or(lo, |m| m.min(lo)));
-        self.max = Some(self.max.map_or(hi, |m| m.max(hi)));
-        let k = log2_width_for(self.abs_max());
-        if k > self.hist.log2_width {
-            self.hist.widen_to(k);
-        }
+        self.add_extremes(lo, hi);
         let inv_width = pow2(-self.hist.log2_width);
         // Exact sums, bucketed by f32 exponent field: |x| = m · 2^e with m < 2^24, so a
         // bucket of signed mantissas (i128) and one of squared mantissas (u128) hold any
@@ -270,18 +463,7 @@ impl TensorStats {
             }
             sq_b[idx] += (m * m) as u128;
         }
-        for idx in 1..256 {
-            let e = idx as i32 - 150;
-            let (b, q) = (sum_b[idx], sq_b[idx]);
-            if b != 0 {
-                Self::add_wide(&mut self.sum, b < 0, b.unsigned_abs(), e);
-            }
-            if q != 0 {
-                Self::add_wide(&mut self.sum_sq, false, q, 2 * e);
-            }
-        }
-        self.sum.normalize();
-        self.sum_sq.normalize();
+        self.add_buckets(&sum_b, &sq_b);
     }
 
     /// Adds `±v · 2^e` for a wide `v`, 32 bits at a time (each piece within `add_scaled`'s range).
@@ -1034,6 +1216,20 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The branch-free fast path (finite samples) and the value-by-value path (taken when a
+        /// sample holds NaN or infinities) reach the same state.
+        #[test]
+        fn fast_and_value_by_value_paths_agree(samples in samples()) {
+            let mut fast = TensorStats::new();
+            let mut slow = TensorStats::new();
+            for s in &samples {
+                let finite: Vec<f32> = s.iter().copied().filter(|x| x.is_finite()).collect();
+                fast.observe(&finite);
+                slow.observe_with_non_finite(&finite);
+            }
+            prop_assert_eq!(json(&fast), json(&slow));
+        }
 
         /// Shards split at random points and merged in different orders (and through JSON)
         /// serialize to exactly the bytes of one run over all samples.

@@ -35,7 +35,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     )?;
     let ds = load_calib(c, &model, &pins)?;
     let p = prepare(c, model, ds.samples.first(), false)?;
-    let file = calibrate(&p, &ds.samples, c.memory_budget, !c.json)?;
+    let file = calibrate(&p, &ds.samples, c.threads, !c.json)?;
     file.write(&a.output)?;
     if c.json {
         println!(

@@ -7,7 +7,7 @@ mod inspect;
 mod lint;
 mod passes;
 mod quantize;
-mod run;
+pub(crate) mod run;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;

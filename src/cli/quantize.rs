@@ -80,9 +80,15 @@ pub struct CommonArgs {
     /// Quantize only these op types.
     #[arg(long, value_delimiter = ',', value_name = "OPS")]
     pub op_types: Vec<String>,
-    /// Per-run memory budget for tapped tensors during calibration, in MiB.
+    /// Memory budget, in MiB, for the intermediate values the per-layer comparison of
+    /// `--report` taps per engine run (calibration streams its values and needs none).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub memory_budget: u64,
+    /// Calibration threads, each running one sample at a time (memory grows by about one
+    /// inference per thread). 0: one per CPU core, at most 4. The statistics, and so the
+    /// written model, do not depend on it.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -420,11 +426,19 @@ pub(crate) fn prepare(
     })
 }
 
+/// Calibration threads for `--threads N` (0: one per core, at most 4).
+pub(crate) fn worker_threads(requested: usize) -> usize {
+    match requested {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        n => n,
+    }
+}
+
 /// Runs calibration over `samples` and returns the statistics file.
 pub(crate) fn calibrate(
     p: &Prepared,
     samples: &[Sample],
-    budget_mib: u64,
+    threads: usize,
     show_progress: bool,
 ) -> anyhow::Result<CalibrationFile> {
     let values = p.plan.calibration_values();
@@ -437,7 +451,7 @@ pub(crate) fn calibrate(
         Some(&p.base_dir),
         samples,
         &values,
-        budget_mib.saturating_mul(1 << 20),
+        worker_threads(threads),
         |d, n| {
             bar.set_length(n);
             bar.set_position(d)
@@ -684,7 +698,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             }
             f
         }
-        (None, Some(ds)) => calibrate(&p, &ds.samples, c.memory_budget, !c.json)?,
+        (None, Some(ds)) => calibrate(&p, &ds.samples, c.threads, !c.json)?,
         (None, None) => unreachable!("calibration data or ranges"),
     };
     let opts = MethodOptions {
@@ -1572,7 +1586,7 @@ mod tests {
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
         let mut p = prepare(c, m, ds.samples.first(), true).unwrap();
-        let stats = calibrate(&p, &ds.samples, 256, false).unwrap();
+        let stats = calibrate(&p, &ds.samples, 2, false).unwrap();
         let opts = MethodOptions::default();
         let (units, sim) = build_sim(&a, &p, &stats, &opts, w4_all).unwrap();
         let w4: BTreeSet<String> = sim.narrow_weights().into_iter().collect();

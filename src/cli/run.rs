@@ -299,6 +299,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let (proto, _) = crate::onnx::encode_model(&m, &crate::onnx::ExternalPolicy::Inline, "")?;
     let opts = SessionOptions {
         taps: a.tap.clone(),
+        ..Default::default()
     };
     let session = Session::new(&proto, Some(&base_dir(&a.model)), &first, &opts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;

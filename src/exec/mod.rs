@@ -13,11 +13,16 @@
 //! - concrete input facts (element type and shape) come from the sample, so models with dynamic
 //!   dimensions load. A plan is built per distinct input signature and cached.
 //!
+//! [`Session::run`] returns taps as extra outputs (all alive until the run ends);
+//! [`Session::run_observed`] streams them instead (`tap`: each is handed to an observer as soon
+//! as it is computed and freed once its readers ran), for calibration over large activations.
+//!
 //! [`Session::notes`] says what was replaced or emulated, for the user to see.
 
 mod convert;
 mod prepare;
 mod qdq;
+mod tap;
 
 use crate::ir::tensor::{DType, Tensor};
 use crate::onnx::proto::ModelProto;
@@ -26,8 +31,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::{
-    InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec, TypedRunnableModel,
+    tensor0, tvec, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec,
+    TractError, TractResult, TypedNode, TypedRunnableModel,
 };
+use tract_onnx::tract_core::ops::OpState;
+use tract_onnx::tract_core::plan::EvalContext;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +95,24 @@ fn engine_error(e: impl std::fmt::Display) -> String {
 pub struct SessionOptions {
     /// Intermediate values (ONNX names) to return besides the graph outputs.
     pub taps: Vec<String>,
+    /// Stream the taps to [`Session::run_observed`] instead of returning them as outputs.
+    pub stream_taps: bool,
+}
+
+/// A streamed tap's value: f32 data as the engine holds it (no copy), other types converted.
+#[derive(Debug)]
+pub enum TapValue<'a> {
+    F32(&'a [f32]),
+    Host(Tensor),
+}
+
+/// Why [`Session::run_observed`] stopped.
+#[derive(Debug)]
+pub enum ObservedError<E> {
+    /// The engine failed.
+    Exec(ExecError),
+    /// The observer returned this error.
+    Observer(E),
 }
 
 /// Element type and shape of each model input, in input order.
@@ -123,6 +149,7 @@ fn engine() -> tract_onnx::Onnx {
         .insert("QuantizeLinear", qdq::quantize_builder);
     onnx.op_register
         .insert("DequantizeLinear", qdq::dequantize_builder);
+    onnx.op_register.insert(tap::TAP_OP, tap::tap_builder);
     onnx
 }
 
@@ -141,7 +168,7 @@ impl Session {
     ) -> Result<Session, ExecError> {
         let onnx = engine();
         let known = |op: &str| onnx.op_register.0.contains_key(op);
-        let prepared = prepare::prepare(model, base_dir, &opts.taps, &known)?;
+        let prepared = prepare::prepare(model, base_dir, &opts.taps, opts.stream_taps, &known)?;
         let bytes = prepared.model.encode_to_vec();
         let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
             .map_err(|e| ExecError::Load(format!("re-decoding the prepared model: {e}")))?;
@@ -193,15 +220,7 @@ impl Session {
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
         let signature = self.signature(sample)?;
         let plan = self.plan(&signature)?;
-        let mut inputs: TVec<TValue> = TVec::new();
-        for name in &self.inputs {
-            let t = &sample[name];
-            let t = convert::to_engine(t).map_err(|dtype| ExecError::UnsupportedType {
-                tensor: name.clone(),
-                dtype,
-            })?;
-            inputs.push(t.into_tvalue());
-        }
+        let inputs = self.engine_inputs(sample)?;
         let values = plan
             .run(inputs)
             .map_err(|e| ExecError::Run(engine_error(e)))?;
@@ -222,6 +241,86 @@ impl Session {
             out.insert(name.clone(), host);
         }
         Ok(out)
+    }
+
+    /// Runs one sample, handing every streamed tap (see [`SessionOptions::stream_taps`]) to
+    /// `observe` with its ONNX name as soon as the engine has computed it. Each tap is observed
+    /// exactly once per run; graph outputs are not returned. A run may be made from several
+    /// threads at once (each gets its own engine state).
+    pub fn run_observed<E>(
+        &self,
+        sample: &BTreeMap<String, Tensor>,
+        mut observe: impl FnMut(&str, TapValue<'_>) -> Result<(), E>,
+    ) -> Result<(), ObservedError<E>> {
+        let exec = ObservedError::Exec;
+        let signature = self.signature(sample).map_err(exec)?;
+        let plan = self.plan(&signature).map_err(exec)?;
+        let inputs = self.engine_inputs(sample).map_err(exec)?;
+        let mut state = plan
+            .spawn()
+            .map_err(|e| ExecError::Run(engine_error(e)))
+            .map_err(exec)?;
+        let mut failure: Option<ObservedError<E>> = None;
+        let logical = &self.logical;
+        let ran = state.run_plan_with_eval(
+            inputs,
+            |ctx: &EvalContext<'_>,
+             op_state: Option<&mut (dyn OpState + 'static)>,
+             node: &TypedNode,
+             inputs: TVec<TValue>|
+             -> TractResult<TVec<TValue>> {
+                let Some(sink) = node.op_as::<tap::TapSink>() else {
+                    return tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                };
+                let value = &inputs[0];
+                let plain = value.to_plain_array_view::<f32>();
+                let view = match plain.as_ref().ok().and_then(|v| v.as_slice()) {
+                    Some(s) => TapValue::F32(s),
+                    None => match convert::to_host(value, logical.get(&sink.name).copied()) {
+                        Ok(t) => TapValue::Host(t),
+                        Err(e) => {
+                            failure = Some(ObservedError::Exec(ExecError::Output {
+                                name: sink.name.clone(),
+                                reason: engine_error(e),
+                            }));
+                            return Err(TractError::msg(format!(
+                                "tap '{}' could not be converted",
+                                sink.name
+                            )));
+                        }
+                    },
+                };
+                if let Err(e) = observe(&sink.name, view) {
+                    failure = Some(ObservedError::Observer(e));
+                    return Err(TractError::msg(format!(
+                        "observation of '{}' failed",
+                        sink.name
+                    )));
+                }
+                Ok(tvec!(tensor0(0f32).into_tvalue()))
+            },
+        );
+        match (ran, failure) {
+            (_, Some(f)) => Err(f),
+            (Err(e), None) => Err(ObservedError::Exec(ExecError::Run(engine_error(e)))),
+            (Ok(_), None) => Ok(()),
+        }
+    }
+
+    /// The sample's tensors in the engine's form, in model input order.
+    fn engine_inputs(&self, sample: &BTreeMap<String, Tensor>) -> Result<TVec<TValue>, ExecError> {
+        let mut inputs: TVec<TValue> = TVec::new();
+        for name in &self.inputs {
+            let t = sample
+                .get(name)
+                .ok_or_else(|| ExecError::MissingInput(name.clone()))?;
+            let t = convert::to_engine(t).map_err(|dtype| ExecError::UnsupportedType {
+                tensor: name.clone(),
+                dtype,
+            })?;
+            inputs.push(t.into_tvalue());
+        }
+        Ok(inputs)
     }
 
     /// Checks a sample against the model inputs and returns its signature.

@@ -154,6 +154,52 @@ fn add_taps(graph: &mut GraphProto, taps: &[String]) -> Result<usize, ExecError>
     Ok(n)
 }
 
+/// Step 2, streamed: adds a sink node per tap ([`super::tap`]) whose empty output is a graph
+/// output (once per tap, inputs and constants included).
+fn add_tap_sinks(graph: &mut GraphProto, taps: &[String]) -> Result<usize, ExecError> {
+    let mut names: BTreeSet<String> = graph.input.iter().map(|v| v.name().to_string()).collect();
+    names.extend(graph.initializer.iter().map(|t| t.name().to_string()));
+    names.extend(graph.node.iter().flat_map(|n| n.output.iter().cloned()));
+    names.remove("");
+    let mut seen = BTreeSet::new();
+    let mut sinks = Vec::new();
+    let mut outputs = Vec::new();
+    for tap in taps {
+        if !names.contains(tap.as_str()) {
+            return Err(ExecError::UnknownTap(tap.clone()));
+        }
+        if !seen.insert(tap.clone()) {
+            continue;
+        }
+        let mut out = format!("{}.{}", super::tap::TAP_DOMAIN, sinks.len());
+        while names.contains(&out) {
+            out.push('_');
+        }
+        sinks.push(NodeProto {
+            name: Some(out.clone()),
+            op_type: Some(super::tap::TAP_OP.to_string()),
+            domain: Some(super::tap::TAP_DOMAIN.to_string()),
+            input: vec![tap.clone()],
+            output: vec![out.clone()],
+            attribute: vec![AttributeProto {
+                name: Some(super::tap::TAP_ATTR.to_string()),
+                r#type: Some(AttributeType::String as i32),
+                s: Some(tap.as_bytes().to_vec()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        outputs.push(ValueInfoProto {
+            name: Some(out),
+            ..Default::default()
+        });
+    }
+    let n = sinks.len();
+    graph.node.extend(sinks);
+    graph.output.extend(outputs);
+    Ok(n)
+}
+
 /// Reads the bytes of an externally stored tensor (relative path inside `base_dir`).
 fn external_bytes(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, ExecError> {
     let err = |reason: String| ExecError::ExternalData {
@@ -405,12 +451,17 @@ pub(crate) fn prepare(
     model: &ModelProto,
     base_dir: Option<&Path>,
     taps: &[String],
+    stream_taps: bool,
     known_op: &dyn Fn(&str) -> bool,
 ) -> Result<Prepared, ExecError> {
     let mut model = model.clone();
     let graph = model.graph.as_mut().ok_or(ExecError::NoGraph)?;
     check_ops(graph, known_op)?;
-    let tapped = add_taps(graph, taps)?;
+    let tapped = if stream_taps {
+        add_tap_sinks(graph, taps)?
+    } else {
+        add_taps(graph, taps)?
+    };
     let mut logical = BTreeMap::new();
     let mut widened = 0;
     widen_graph(graph, base_dir, &mut logical, &mut widened)?;
@@ -526,7 +577,7 @@ mod tests {
             ],
             vec![w, z],
         );
-        let p = prepare(&m, None, &[], &|_| true).unwrap();
+        let p = prepare(&m, None, &[], false, &|_| true).unwrap();
         let g = p.model.graph.unwrap();
         assert_eq!(g.initializer[0].data_type(), 3);
         assert_eq!(g.initializer[0].raw_data(), &[0xffu8, 0xf8, 0x07]);
@@ -548,7 +599,7 @@ mod tests {
             vec![node("DequantizeLinear", "", &["w", "s"], "y")],
             vec![w],
         );
-        let err = prepare(&m, None, &[], &|_| true).unwrap_err();
+        let err = prepare(&m, None, &[], false, &|_| true).unwrap_err();
         assert!(err.to_string().contains("'w'"), "{err}");
     }
 
@@ -561,7 +612,7 @@ mod tests {
             ],
             vec![],
         );
-        let err = prepare(&m, None, &[], &|_| true).unwrap_err();
+        let err = prepare(&m, None, &[], false, &|_| true).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("QLinearAdd_y") && msg.contains("com.microsoft"),
@@ -569,12 +620,13 @@ mod tests {
         );
         assert!(!msg.contains('\n'));
         let m = model(vec![node("Relu", "", &["x"], "y")], vec![]);
-        let err = prepare(&m, None, &["nope".to_string()], &|_| true).unwrap_err();
+        let err = prepare(&m, None, &["nope".to_string()], false, &|_| true).unwrap_err();
         assert!(matches!(err, ExecError::UnknownTap(ref t) if t == "nope"));
         let p = prepare(
             &m,
             None,
             &["x".to_string(), "y".into(), "x".into()],
+            false,
             &|_| true,
         )
         .unwrap();
@@ -590,7 +642,7 @@ mod tests {
             ..Default::default()
         };
         let m = model(vec![node("Relu", "", &["x"], "y")], vec![t]);
-        let err = prepare(&m, None, &[], &|_| true).unwrap_err();
+        let err = prepare(&m, None, &[], false, &|_| true).unwrap_err();
         assert!(
             err.to_string().contains("'scale'") && err.to_string().contains("bf16"),
             "{err}"

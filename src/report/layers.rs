@@ -750,6 +750,7 @@ pub fn per_tensor(
         let session = |proto, taps: BTreeSet<String>, model| {
             let opts = SessionOptions {
                 taps: taps.into_iter().collect(),
+                ..Default::default()
             };
             Session::new(proto, None, first, &opts)
                 .map_err(|source| PerTensorError::Load { model, source })

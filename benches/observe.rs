@@ -1,0 +1,58 @@
+//! Calibration statistics speed: nanoseconds per value of `TensorStats::observe` on 16 Mi
+//! values (or the number given as argument) of a few activation-like distributions. Run with
+//! `cargo bench --bench observe`.
+
+use qrange::calib::TensorStats;
+use std::time::Instant;
+
+/// A small deterministic generator (xorshift), so runs compare like with like.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn main() {
+    // Optional first argument: the number of values per case.
+    let n = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1 << 24);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let cases: Vec<(&str, Vec<f32>)> = vec![
+        (
+            "relu (half zeros)",
+            (0..n).map(|_| (rng.next() - 0.5).max(0.0) * 6.0).collect(),
+        ),
+        (
+            "two-sided, heavy tail",
+            (0..n)
+                .map(|_| {
+                    let u = rng.next() - 0.5;
+                    u.signum() * (-(1.0 - 2.0 * u.abs()).max(1e-9).ln())
+                })
+                .collect(),
+        ),
+        ("constant", vec![0.25; n]),
+    ];
+    for (name, values) in &cases {
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let mut s = TensorStats::new();
+            let t = Instant::now();
+            s.observe(values);
+            best = best.min(t.elapsed().as_secs_f64());
+            std::hint::black_box(&s);
+        }
+        println!(
+            "{name:24} {:6.2} ns/value ({} values, best of 5)",
+            best * 1e9 / values.len() as f64,
+            values.len()
+        );
+    }
+}
