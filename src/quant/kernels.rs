@@ -328,6 +328,71 @@ fn quantize_one(x: f32, scale: f32, zero_point: i64, lo: i64, hi: i64, p: Precis
     (v.round_ties_even() as f64 + zero_point as f64).clamp(lo as f64, hi as f64) as i64
 }
 
+/// Round half to even of an f32 without a library call: adding and subtracting 1.5 · 2^23
+/// rounds to an integer in the default rounding mode, exactly for |v| < 2^22. Larger values
+/// (and infinities) are returned as they are; callers saturate them to at most 16 bits.
+fn round_even_small(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0;
+    if v.abs() < 4_194_304.0 {
+        (v + M) - M
+    } else {
+        v
+    }
+}
+
+/// The common QuantizeLinear case, per-tensor with float32 division to 8 or 16 bits, as one
+/// loop over the values (same results as [`quantize_one`]); `None` for other output types.
+fn quantize_per_tensor_f32(
+    x: &ArrayD<f32>,
+    scale: f32,
+    zero_point: i64,
+    out: DType,
+    shape: &[usize],
+) -> Option<Tensor> {
+    let (lo, hi) = quantized_range(out).ok()?;
+    if !matches!(out, DType::U8 | DType::I8 | DType::U16 | DType::I16) {
+        return None;
+    }
+    let (lo_f, hi_f, zp) = (lo as f32, hi as f32, zero_point as f32);
+    // |r| < 2^22 and |zp| ≤ 2^16: r + zp is exact in f32; NaN goes to the low end.
+    // `max` then `min` (not `clamp`, which keeps NaN): NaN quotients come out as `lo`.
+    let one = |v: f32| (round_even_small(v / scale) + zp).max(lo_f).min(hi_f);
+    fn each<T>(x: &ArrayD<f32>, shape: &[usize], f: impl Fn(f32) -> T) -> ArrayD<T> {
+        let v = match x.as_slice() {
+            Some(s) => s.iter().map(|&v| f(v)).collect(),
+            None => x.iter().map(|&v| f(v)).collect(),
+        };
+        array(shape, v)
+    }
+    Some(match out {
+        DType::U8 => Tensor::U8(each(x, shape, |v| one(v) as u8)),
+        DType::I8 => Tensor::I8(each(x, shape, |v| one(v) as i8)),
+        DType::U16 => Tensor::U16(each(x, shape, |v| one(v) as u16)),
+        _ => Tensor::I16(each(x, shape, |v| one(v) as i16)),
+    })
+}
+
+/// The common DequantizeLinear case, per-tensor from 8 or 16 bits to float32, as one loop
+/// (same formula as the general path); `None` for other input types.
+fn dequantize_per_tensor(x: &Tensor, scale: f32, zero_point: i64) -> Option<Vec<f32>> {
+    let zp = zero_point as i32;
+    let f = |q: i32| q.wrapping_sub(zp) as f32 * scale;
+    // Contiguous data as a slice: iterating a dynamic-rank array element by element is slow.
+    fn each<T: Copy>(a: &ArrayD<T>, f: impl Fn(T) -> f32) -> Vec<f32> {
+        match a.as_slice() {
+            Some(s) => s.iter().map(|&q| f(q)).collect(),
+            None => a.iter().map(|&q| f(q)).collect(),
+        }
+    }
+    Some(match x {
+        Tensor::U8(a) => each(a, |q| f(q as i32)),
+        Tensor::I8(a) => each(a, |q| f(q as i32)),
+        Tensor::U16(a) => each(a, |q| f(q as i32)),
+        Tensor::I16(a) => each(a, |q| f(q as i32)),
+        _ => return None,
+    })
+}
+
 /// Quantizes one value with float32 division: `saturate(round_half_even(x / scale) + zero_point)`
 /// for the range of `dtype` (u8, i8, u16, i16, u4, i4).
 pub fn quantize_value(
@@ -394,11 +459,16 @@ pub fn quantize_linear(
     let out = quantize_output_dtype(zero_point.map(Tensor::dtype), attrs.output_dtype)?;
     let (lo, hi) = quantized_range(out)?;
     let precision = Precision::from_dtype(attrs.precision)?;
-    let xs = float_values(x, "input")?;
     let ss = float_values(scale, "scale")?;
     let shape = x.shape();
     let granularity = Granularity::resolve(&shape, &scale.shape(), attrs.axis, attrs.block_size)?;
     let zs = zero_points(zero_point, out, &scale.shape())?;
+    if let (Granularity::PerTensor, Precision::F32, Tensor::F32(a)) = (granularity, precision, x) {
+        if let Some(t) = quantize_per_tensor_f32(a, ss[0], zs[0], out, &shape) {
+            return Ok(t);
+        }
+    }
+    let xs = float_values(x, "input")?;
     let idx = ParamIndex::new(granularity, &shape);
     let q = xs
         .iter()
@@ -440,17 +510,16 @@ pub fn dequantize_linear(
     attrs: &DequantizeAttrs,
 ) -> Result<Tensor, QuantError> {
     let in_dt = x.dtype();
-    let qs = match in_dt {
-        DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::I32 | DType::U4 | DType::I4 => {
-            x.to_i64_vec()
-        }
-        _ => None,
+    if !matches!(
+        in_dt,
+        DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::I32 | DType::U4 | DType::I4
+    ) {
+        return Err(QuantError::UnsupportedType {
+            role: "quantized input",
+            dtype: in_dt,
+            supported: DEQUANT_INPUT_TYPES,
+        });
     }
-    .ok_or(QuantError::UnsupportedType {
-        role: "quantized input",
-        dtype: in_dt,
-        supported: DEQUANT_INPUT_TYPES,
-    })?;
     let out = attrs.output_dtype.unwrap_or(scale.dtype());
     if !matches!(out, DType::F32 | DType::F16 | DType::BF16) {
         return Err(QuantError::UnsupportedType {
@@ -463,6 +532,16 @@ pub fn dequantize_linear(
     let shape = x.shape();
     let granularity = Granularity::resolve(&shape, &scale.shape(), attrs.axis, attrs.block_size)?;
     let zs = zero_points(zero_point, in_dt, &scale.shape())?;
+    if let (Granularity::PerTensor, DType::F32) = (granularity, out) {
+        if let Some(ys) = dequantize_per_tensor(x, ss[0], zs[0]) {
+            return Ok(Tensor::F32(array(&shape, ys)));
+        }
+    }
+    let qs = x.to_i64_vec().ok_or(QuantError::UnsupportedType {
+        role: "quantized input",
+        dtype: in_dt,
+        supported: DEQUANT_INPUT_TYPES,
+    })?;
     let idx = ParamIndex::new(granularity, &shape);
     let ys: Vec<f32> = qs
         .iter()
@@ -787,6 +866,50 @@ mod tests {
 
     fn zp_tensor(dt: DType, v: i64) -> Tensor {
         integer_tensor(dt, &[], vec![v])
+    }
+
+    fn edge_value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -300.0f32..300.0,
+            2 => (-600i32..600).prop_map(|k| k as f32 * 0.5),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(-0.0f32),
+            1 => any::<f32>(),
+            1 => -1e8f32..1e8,
+        ]
+    }
+
+    proptest! {
+        /// The per-tensor loops give what the value-by-value definition gives, ties, NaN,
+        /// infinities and huge quotients included.
+        #[test]
+        fn per_tensor_loops_match_the_definition(
+            xs in prop::collection::vec(edge_value(), 1..40),
+            dt in prop_oneof![Just(DType::U8), Just(DType::I8), Just(DType::U16), Just(DType::I16)],
+            scale in prop_oneof![Just(1.0f32), Just(0.5f32), 1e-3f32..4.0],
+            zf in 0.0f64..1.0,
+        ) {
+            let (lo, hi) = integer_range(dt).unwrap();
+            let zp = lo + ((hi - lo) as f64 * zf) as i64;
+            let x = ArrayD::from_shape_vec(IxDyn(&[xs.len()]), xs.clone()).unwrap();
+            let fast = quantize_per_tensor_f32(&x, scale, zp, dt, &[xs.len()]).unwrap();
+            let slow: Vec<i64> = xs
+                .iter()
+                .map(|&v| quantize_one(v, scale, zp, lo, hi, Precision::F32))
+                .collect();
+            prop_assert_eq!(fast.to_i64_vec().unwrap(), slow.clone());
+            let deq = dequantize_per_tensor(&fast, scale, zp).unwrap();
+            let expect: Vec<f32> = slow
+                .iter()
+                .map(|&q| (q as i32).wrapping_sub(zp as i32) as f32 * scale)
+                .collect();
+            prop_assert_eq!(
+                deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                expect.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 
     proptest! {
