@@ -15,8 +15,9 @@
 //! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `upgrade_opset` when per-channel
 //! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
 //! per value, in the main graph and inside If branches and Scan bodies) → calibrate
-//! (`calib::collect` taps the planned values in tract, streaming into
-//! `calib::TensorStats`; a method turns each into a range) → materialise
+//! (`calib::collect` streams the planned values out of tract as it computes them, straight
+//! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
+//! method turns each into a range) → materialise
 //! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`)
 //! → with `--report`, one HTML page (`report::html`).
 //!
@@ -46,7 +47,9 @@
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
-//!   tapped intermediates, and qrange's exact Q/DQ ops registered in place of tract's.
+//!   tapped intermediates (returned as outputs, or streamed to an observer through sink
+//!   nodes as the engine computes them), and qrange's exact Q/DQ ops registered in place
+//!   of tract's.
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders, and
 //!   image folders: PNG via `png`, JPEG via `zune-jpeg`, turned into the model's image input
 //!   by a declared `Preprocess`: resize with qrange's own bilinear filter, colour order,
@@ -55,8 +58,9 @@
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
 //!   entropy, mse, auto); the calibration file format; the collector that streams tapped
-//!   tensors from tract into statistics in groups under a memory budget, and runs If
-//!   branches and Scan bodies as models of their own to reach the values inside.
+//!   tensors from tract into statistics (a run holds about what a plain inference holds,
+//!   whatever the number of values), and runs If branches and Scan bodies as models of
+//!   their own to reach the values inside.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
 //!   output-by-output comparison of two models (`compare`), the value-by-value one
 //!   (`layers`: pairs a float model's values with its quantized version's through the

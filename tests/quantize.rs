@@ -319,3 +319,29 @@ fn tiny_cnn_quantized_dump_snapshot() {
     let m = qrange::onnx::read_model(&out).unwrap();
     insta::assert_snapshot!("tiny_cnn_qdq", qrange::ir::dump::dump_model(&m));
 }
+
+/// Calibration statistics of a real model are the same bytes whatever the thread count.
+#[test]
+fn calibration_does_not_depend_on_the_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("ppocr_cls/model.onnx");
+    let calib = fixture("ppocr_cls/calib.npz");
+    let mut files = Vec::new();
+    for threads in ["1", "3"] {
+        let out = tmp.path().join(format!("t{threads}.json"));
+        let r = qrange(&[
+            "calibrate",
+            &s(&model),
+            "--calib",
+            &s(&calib),
+            "--threads",
+            threads,
+            "-o",
+            &s(&out),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        files.push(std::fs::read(&out).unwrap());
+    }
+    assert!(files[0].len() > 10_000);
+    assert_eq!(files[0], files[1]);
+}
