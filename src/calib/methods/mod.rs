@@ -11,7 +11,7 @@ pub mod percentile;
 
 pub use auto::AutoChoice;
 
-use super::density::{expected_mse, Density, Grid};
+use super::density::{Density, Grid, Scorer};
 use super::stats::TensorStats;
 use super::{CalibError, Method, QuantTarget, Range};
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,8 @@ pub struct Views {
     pub signed: Density,
     /// |x| values.
     pub abs: Density,
+    /// `signed`, prepared for scoring ([`score`], [`finish`]).
+    pub scorer: Scorer,
 }
 
 impl Views {
@@ -79,7 +81,17 @@ impl Views {
         };
         let signed = Density::signed(stats).ok_or_else(none)?;
         let abs = Density::abs(stats).ok_or_else(none)?;
-        Ok(Views { signed, abs })
+        Ok(Views::from_densities(signed, abs))
+    }
+
+    /// Views of given signed and |x| densities.
+    pub fn from_densities(signed: Density, abs: Density) -> Views {
+        let scorer = Scorer::new(&signed);
+        Views {
+            signed,
+            abs,
+            scorer,
+        }
     }
 
     /// Smallest observed value.
@@ -122,7 +134,9 @@ pub fn final_bounds(lo: f64, hi: f64, target: &QuantTarget) -> (f32, f32) {
 /// Expected MSE of the final form of `[lo, hi]`.
 pub fn score(views: &Views, lo: f64, hi: f64, target: &QuantTarget) -> f64 {
     let (lo, hi) = final_bounds(lo, hi, target);
-    expected_mse(&views.signed, &Grid::new(lo as f64, hi as f64, target))
+    views
+        .scorer
+        .expected_mse(&Grid::new(lo as f64, hi as f64, target))
 }
 
 /// Builds the [`Range`] of a candidate (final form and its score).
@@ -132,7 +146,7 @@ pub fn finish(views: &Views, lo: f64, hi: f64, method: Method, target: &QuantTar
         lo,
         hi,
         method,
-        expected_mse: expected_mse(&views.signed, &Grid::new(lo as f64, hi as f64, target)),
+        expected_mse: score(views, lo as f64, hi as f64, target),
     }
 }
 
