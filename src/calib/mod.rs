@@ -30,7 +30,7 @@ pub mod methods;
 pub mod stats;
 
 pub use file::{CalibrationFile, FORMAT_VERSION};
-pub use methods::{compute_range, AutoChoice, MethodOptions};
+pub use methods::{compute_range, compute_ranges, AutoChoice, MethodOptions};
 pub use stats::{ChannelStats, Histogram, TensorStats};
 
 use serde::{Deserialize, Serialize};

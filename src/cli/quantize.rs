@@ -8,7 +8,7 @@ use super::run::{
 use super::Outcome;
 use crate::calib::collect::collect_model;
 use crate::calib::{
-    compute_range, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
+    compute_ranges, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
 };
 use crate::data::{self, Dataset, Sample};
 use crate::exec::{Session, SessionOptions};
@@ -474,23 +474,36 @@ pub(crate) fn choose_ranges(
 ) -> anyhow::Result<BTreeMap<String, Method>> {
     let mut chosen = BTreeMap::new();
     let wanted = plan.calibration_values();
-    for v in wanted {
+    // Jobs in name order; a value without statistics is an error at its place in that order.
+    let mut jobs = Vec::with_capacity(wanted.len());
+    let mut missing = None;
+    for v in &wanted {
         let qtype = plan
             .values
             .iter()
             .find_map(|(n, d)| match d {
                 Decision::Activation {
                     qtype, range_from, ..
-                } if n == &v || range_from.as_deref() == Some(v.as_str()) => Some(*qtype),
+                } if n == v || range_from.as_deref() == Some(v.as_str()) => Some(*qtype),
                 _ => None,
             })
             .expect("calibration value comes from a decision");
-        let s = stats.get(&v).ok_or_else(|| {
-            anyhow!("no statistics for value '{v}' (ranges file for another model or options?)")
-        })?;
-        let r = compute_range(&v, s, method, &QuantTarget::of(&qtype), opts)?;
-        plan.ranges.insert(v.clone(), (r.lo, r.hi));
-        chosen.insert(v, r.method);
+        match stats.get(v) {
+            Some(s) => jobs.push((v.as_str(), s, QuantTarget::of(&qtype))),
+            None => {
+                missing = Some(v.clone());
+                break;
+            }
+        }
+    }
+    let results = compute_ranges(&jobs, method, opts);
+    for ((v, _, _), r) in jobs.iter().zip(results) {
+        let r = r?;
+        plan.ranges.insert(v.to_string(), (r.lo, r.hi));
+        chosen.insert(v.to_string(), r.method);
+    }
+    if let Some(v) = missing {
+        bail!("no statistics for value '{v}' (ranges file for another model or options?)");
     }
     Ok(chosen)
 }

@@ -26,7 +26,8 @@
 //!    threshold `t = i*·absmax/2048`; range `[-t, t]` clamped to the observed `[min, max]`.
 //!
 //! Cost: with prefix sums of `c`, `c·ln c` and of the non-zero bin count, one candidate costs
-//! O(n_q), the search O(n_q·2048).
+//! O(n_q), the search O(n_q·2048); the logarithm of a group (the costly part) is computed once
+//! per distinct group, and candidates share most of their groups.
 //!
 //! When `n_q ≥ 2048` (16-bit grids) the histogram cannot resolve the quantization at all and
 //! the search is empty: the range is the full `[min, max]`.
@@ -87,13 +88,98 @@ impl Prefix {
     }
 }
 
+/// `Σ c ln c - m·ln(m/nz)` over bins `[start, end)`: the contribution of a whole group of
+/// mass `m` over `nz` non-zero bins (0 when the group is empty).
+fn group_term(pre: &Prefix, start: usize, end: usize) -> f64 {
+    let m = pre.mass[end] - pre.mass[start];
+    let nz = (pre.nonzero[end] - pre.nonzero[start]) as f64;
+    let q_each = if nz > 0.0 { m / nz } else { 0.0 };
+    if m > 0.0 {
+        (pre.c_ln_c[end] - pre.c_ln_c[start]) - m * q_each.ln()
+    } else {
+        0.0
+    }
+}
+
+/// The contributions of whole groups for the candidates of one search. A group `[start, end)`
+/// contributes the same whatever the candidate, and the groups of candidate `i = k·n_q + r`
+/// have `k` or `k + 1` bins, so with `i` ascending two tables by start (for sizes `k` and
+/// `k + 1`, the second becoming the first when `k` grows) serve every candidate: one logarithm
+/// per start and size (starts below `(size + 1)·n_q`, the only ones used) instead of one per
+/// group and candidate. When there are fewer candidate
+/// groups than table entries (small `n_q`), each group is computed where it is needed.
+struct GroupTerms {
+    /// Sizes `k` and `k + 1`, `n + 1` entries each; empty when computing directly.
+    rows: Vec<f64>,
+    k: usize,
+    nq: usize,
+}
+
+impl GroupTerms {
+    fn new(n: usize, nq: usize) -> GroupTerms {
+        let tables = (n / nq + 2) * (n + 1);
+        let groups = (n - nq + 1) * nq;
+        GroupTerms {
+            rows: if tables < groups {
+                vec![0.0; 2 * (n + 1)]
+            } else {
+                Vec::new()
+            },
+            k: 0,
+            nq,
+        }
+    }
+
+    /// Makes the tables hold sizes `k` and `k + 1` (`k` never decreases).
+    fn prepare(&mut self, pre: &Prefix, k: usize) {
+        if self.rows.is_empty() || self.k == k {
+            return;
+        }
+        let w = pre.mass.len();
+        let n = w - 1;
+        // (k = 0: nothing computed yet; candidates have k ≥ 1.)
+        let from = if self.k != 0 && self.k + 1 == k {
+            self.rows.copy_within(w..2 * w, 0);
+            1
+        } else {
+            0
+        };
+        for row in from..2 {
+            // A group of `size` bins starts before the last group of a candidate
+            // i < (size + 1)·n_q; later entries are never read.
+            let size = k + row;
+            let used = ((size + 1) * self.nq).min(w);
+            for start in 0..used {
+                self.rows[row * w + start] = if start + size <= n {
+                    group_term(pre, start, start + size)
+                } else {
+                    0.0
+                };
+            }
+        }
+        self.k = k;
+    }
+
+    /// The contribution of group `[start, end)` of a candidate with `⌊i/n_q⌋ = k`.
+    #[inline]
+    fn term(&self, pre: &Prefix, start: usize, end: usize) -> f64 {
+        if self.rows.is_empty() {
+            group_term(pre, start, end)
+        } else {
+            self.rows[(end - start - self.k) * pre.mass.len() + start]
+        }
+    }
+}
+
 /// KL divergence of slice length `i` (step 3).
 ///
 /// With unnormalised `P'` (total `P`) and `Q'` (total `Q`),
 /// `KL = (1/P)·Σ p'_j ln(p'_j/q'_j) + ln(Q/P)`. Inside a group of mass `m` over `nz` non-zero
 /// bins every non-zero `q'_j` is `m/nz`, so the group contributes `Σ c ln c - m·ln(m/nz)`
-/// (prefix sums); only the last bin, which also receives the clipped mass, is done apart.
-fn divergence(hist: &[f64], pre: &Prefix, i: usize, nq: usize) -> f64 {
+/// (prefix sums, and [`GroupTerms`] across candidates); only the last bin, which also receives
+/// the clipped mass, is done apart. Group `g` is bins `⌈g·i/n_q⌉ .. ⌈(g+1)·i/n_q⌉`; with
+/// `i = k·n_q + r` that end is `(g+1)·k + ⌈(g+1)·r/n_q⌉`, stepped without division.
+fn divergence(hist: &[f64], pre: &Prefix, i: usize, nq: usize, groups: &mut GroupTerms) -> f64 {
     let n = hist.len();
     let p_total = pre.mass[n];
     let in_range = pre.mass[i];
@@ -106,26 +192,35 @@ fn divergence(hist: &[f64], pre: &Prefix, i: usize, nq: usize) -> f64 {
     let c_last = hist[last];
     let last_empty = c_last <= 0.0 && outliers > 0.0;
     let q_total = in_range + if last_empty { EPSILON } else { 0.0 };
-    let mut acc = 0.0;
-    for g in 0..nq {
-        // Bins j with ⌊j·nq/i⌋ == g.
-        let start = (g * i).div_ceil(nq);
-        let end = ((g + 1) * i).div_ceil(nq).min(i);
-        let m = pre.mass[end] - pre.mass[start];
-        let nz = (pre.nonzero[end] - pre.nonzero[start]) as f64;
-        let q_each = if nz > 0.0 { m / nz } else { 0.0 };
-        let body_end = if end == i { last } else { end };
-        let body_mass = pre.mass[body_end] - pre.mass[start];
-        if body_mass > 0.0 {
-            acc += (pre.c_ln_c[body_end] - pre.c_ln_c[start]) - body_mass * q_each.ln();
-        }
-        if end == i {
-            let p_last = c_last + outliers;
-            if p_last > 0.0 {
-                let q_last = if c_last > 0.0 { q_each } else { EPSILON };
-                acc += p_last * (p_last / q_last).ln();
-            }
-        }
+    let (k, r) = (i / nq, i % nq);
+    groups.prepare(pre, k);
+    // Group g < n_q - 1 ends at ⌈(g+1)·i/n_q⌉ = (g+1)·k + ⌈(g+1)·r/n_q⌉; that ceiling grows by
+    // at most 1 per group (r < n_q), stepped without division. Four partial sums.
+    let mut part = [0.0f64; 4];
+    let mut start = 0;
+    let (mut num, mut up, mut up_nq) = (0, 0, 0);
+    for g in 0..nq - 1 {
+        num += r;
+        let step = usize::from(up_nq < num);
+        up += step;
+        up_nq += step * nq;
+        let end = (g + 1) * k + up;
+        part[g % 4] += groups.term(pre, start, end);
+        start = end;
+    }
+    let mut acc = (part[0] + part[1]) + (part[2] + part[3]);
+    // The last group, bins start..i: its body, then bin i-1 with the clipped mass.
+    let m = pre.mass[i] - pre.mass[start];
+    let nz = (pre.nonzero[i] - pre.nonzero[start]) as f64;
+    let q_each = if nz > 0.0 { m / nz } else { 0.0 };
+    let body_mass = pre.mass[last] - pre.mass[start];
+    if body_mass > 0.0 {
+        acc += (pre.c_ln_c[last] - pre.c_ln_c[start]) - body_mass * q_each.ln();
+    }
+    let p_last = c_last + outliers;
+    if p_last > 0.0 {
+        let q_last = if c_last > 0.0 { q_each } else { EPSILON };
+        acc += p_last * (p_last / q_last).ln();
     }
     acc / p_total + (q_total / p_total).ln()
 }
@@ -140,8 +235,9 @@ pub fn best_slice(hist: &[f64], nq: usize) -> (usize, Vec<(usize, f64)>) {
         return (n, Vec::new());
     }
     let pre = Prefix::new(hist);
+    let mut groups = GroupTerms::new(n, nq);
     let scores: Vec<(usize, f64)> = (nq..=n)
-        .map(|i| (i, divergence(hist, &pre, i, nq)))
+        .map(|i| (i, divergence(hist, &pre, i, nq, &mut groups)))
         .collect();
     let min = scores.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
     let best = scores
@@ -223,6 +319,75 @@ mod tests {
         assert!((scores[2].1 - (0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln())).abs() < 1e-12);
         // n_q ≥ bins: nothing to search.
         assert_eq!(best_slice(&[1.0, 2.0], 2).0, 2);
+    }
+
+    /// The divergence of slice length `i` straight from the module doc: `P` and `Q` built
+    /// bin by bin, normalised, summed.
+    fn naive_divergence(hist: &[f64], i: usize, nq: usize) -> f64 {
+        let outliers: f64 = hist[i..].iter().sum();
+        let mut p: Vec<f64> = hist[..i].to_vec();
+        p[i - 1] += outliers;
+        let mut q = vec![0.0; i];
+        for g in 0..nq {
+            let bins: Vec<usize> = (0..i).filter(|&j| j * nq / i == g).collect();
+            let m: f64 = bins.iter().map(|&j| hist[j]).sum();
+            let nz = bins.iter().filter(|&&j| hist[j] > 0.0).count();
+            for &j in &bins {
+                if hist[j] > 0.0 {
+                    q[j] = m / nz as f64;
+                }
+            }
+        }
+        if hist[i - 1] <= 0.0 && p[i - 1] > 0.0 {
+            q[i - 1] = EPSILON;
+        }
+        let (pt, qt): (f64, f64) = (p.iter().sum(), q.iter().sum());
+        if hist[..i].iter().sum::<f64>() <= 0.0 {
+            return f64::INFINITY;
+        }
+        p.iter()
+            .zip(&q)
+            .filter(|(&pj, _)| pj > 0.0)
+            .map(|(&pj, &qj)| (pj / pt) * ((pj / pt) / (qj / qt)).ln())
+            .sum()
+    }
+
+    #[test]
+    fn fast_search_matches_the_recipe() {
+        // Pseudo-random histograms with gaps and spikes, for n_q where the group tables are
+        // used (large n_q) and where groups are computed one by one (small n_q).
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        for (n, nq) in [(64, 3), (64, 16), (96, 40), (200, 128), (300, 64)] {
+            let hist: Vec<f64> = (0..n)
+                .map(|_| {
+                    let u = next();
+                    if u < 0.3 {
+                        0.0
+                    } else if u > 0.97 {
+                        1000.0 * next()
+                    } else {
+                        (100.0 * next()).floor()
+                    }
+                })
+                .collect();
+            let (best, scores) = best_slice(&hist, nq);
+            assert_eq!(scores.len(), n - nq + 1);
+            for &(i, kl) in &scores {
+                let want = naive_divergence(&hist, i, nq);
+                assert!(
+                    (kl - want).abs() <= 1e-9 * want.abs().max(1e-3),
+                    "n {n} nq {nq} i {i}: {kl} vs {want}"
+                );
+            }
+            let min = scores.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+            assert!(scores.iter().any(|&(i, kl)| i == best && kl <= min + TIE));
+        }
     }
 
     fn stats(vals: &[f32]) -> Views {

@@ -11,7 +11,7 @@ pub mod percentile;
 
 pub use auto::AutoChoice;
 
-use super::density::{expected_mse, Density, Grid};
+use super::density::{Density, Grid, Scorer};
 use super::stats::TensorStats;
 use super::{CalibError, Method, QuantTarget, Range};
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,8 @@ pub struct Views {
     pub signed: Density,
     /// |x| values.
     pub abs: Density,
+    /// `signed`, prepared for scoring ([`score`], [`finish`]).
+    pub scorer: Scorer,
 }
 
 impl Views {
@@ -79,7 +81,17 @@ impl Views {
         };
         let signed = Density::signed(stats).ok_or_else(none)?;
         let abs = Density::abs(stats).ok_or_else(none)?;
-        Ok(Views { signed, abs })
+        Ok(Views::from_densities(signed, abs))
+    }
+
+    /// Views of given signed and |x| densities.
+    pub fn from_densities(signed: Density, abs: Density) -> Views {
+        let scorer = Scorer::new(&signed);
+        Views {
+            signed,
+            abs,
+            scorer,
+        }
     }
 
     /// Smallest observed value.
@@ -122,7 +134,9 @@ pub fn final_bounds(lo: f64, hi: f64, target: &QuantTarget) -> (f32, f32) {
 /// Expected MSE of the final form of `[lo, hi]`.
 pub fn score(views: &Views, lo: f64, hi: f64, target: &QuantTarget) -> f64 {
     let (lo, hi) = final_bounds(lo, hi, target);
-    expected_mse(&views.signed, &Grid::new(lo as f64, hi as f64, target))
+    views
+        .scorer
+        .expected_mse(&Grid::new(lo as f64, hi as f64, target))
 }
 
 /// Builds the [`Range`] of a candidate (final form and its score).
@@ -132,7 +146,7 @@ pub fn finish(views: &Views, lo: f64, hi: f64, method: Method, target: &QuantTar
         lo,
         hi,
         method,
-        expected_mse: expected_mse(&views.signed, &Grid::new(lo as f64, hi as f64, target)),
+        expected_mse: score(views, lo as f64, hi as f64, target),
     }
 }
 
@@ -156,6 +170,58 @@ pub fn compute_range(
         Method::Mse => mse::range(&views, target),
         Method::Auto => auto::choose(&views, target, opts).chosen,
     })
+}
+
+/// Threads [`compute_ranges`] uses at most.
+pub const RANGE_THREADS: usize = 2;
+
+/// [`compute_range`] of many tensors (`(name, statistics, target)`), on up to
+/// [`RANGE_THREADS`] threads (ranges are independent). The results are in the order of
+/// `jobs` and do not depend on the number of threads.
+pub fn compute_ranges(
+    jobs: &[(&str, &TensorStats, QuantTarget)],
+    method: Method,
+    opts: &MethodOptions,
+) -> Vec<Result<Range, CalibError>> {
+    let run = |j: usize| {
+        let (name, stats, target) = &jobs[j];
+        compute_range(name, stats, method, target, opts)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(RANGE_THREADS)
+        .min(jobs.len());
+    if threads <= 1 {
+        return (0..jobs.len()).map(run).collect();
+    }
+    // Jobs are taken in turn from a shared counter (their costs differ a lot), each result
+    // stored at its job's index.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, Result<Range, CalibError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if j >= jobs.len() {
+                            return out;
+                        }
+                        out.push((j, run(j)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    done.sort_by_key(|d| d.0);
+    done.into_iter().map(|d| d.1).collect()
 }
 
 #[cfg(test)]
@@ -261,6 +327,42 @@ mod tests {
                 prop_assert_eq!(via, auto.chosen);
             }
         }
+    }
+
+    #[test]
+    fn many_ranges_keep_the_order_of_the_jobs() {
+        // Tensors of different sizes (different costs), one without finite values: the
+        // results of compute_ranges are compute_range's, in job order, errors in place.
+        let mut all = Vec::new();
+        for k in 0..9 {
+            let mut s = TensorStats::new();
+            if k == 4 {
+                s.observe(&[f32::NAN]);
+            } else {
+                let vals: Vec<f32> = (0..200 * (k + 1))
+                    .map(|i| ((i * 7919 % 1000) as f32 / 100.0 - 3.0) * (k as f32 + 1.0))
+                    .collect();
+                s.observe(&vals);
+            }
+            all.push((format!("t{k}"), s));
+        }
+        let targets = targets();
+        let jobs: Vec<(&str, &TensorStats, QuantTarget)> = all
+            .iter()
+            .enumerate()
+            .map(|(k, (n, s))| (n.as_str(), s, targets[k % targets.len()]))
+            .collect();
+        let o = MethodOptions::default();
+        let got = compute_ranges(&jobs, Method::Auto, &o);
+        assert_eq!(got.len(), jobs.len());
+        for ((name, s, t), r) in jobs.iter().zip(&got) {
+            match (compute_range(name, s, Method::Auto, t, &o), r) {
+                (Ok(a), Ok(b)) => assert_eq!(&a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{name}: {a:?} vs {b:?}"),
+            }
+        }
+        assert!(got[4].as_ref().unwrap_err().to_string().contains("'t4'"));
     }
 
     #[test]
