@@ -6,8 +6,16 @@
 //!    from the canonical histogram (which has 2049–4096 finer bins over the same span; mass
 //!    is uniform within a bin, so a canonical bin straddling two new bins is split
 //!    proportionally). Exact zeros are left out: every grid represents 0 exactly, so they
-//!    carry no quantization loss (TensorRT's calibrators instead overwrite bin 0 with bin 1
-//!    to tame the zero spike).
+//!    carry no quantization loss. And bin 0 counts at most as much as bin 1 (TensorRT's
+//!    calibrators copy bin 1 into bin 0): a spike of near-zero values (GELU or SiLU outputs
+//!    of negative inputs pile up just below 0) would otherwise decide the search by itself.
+//!    Every candidate step is at least one bin wide, so bin 0 holds values every candidate
+//!    rounds to its zero level or the next one, and says nothing about `t`; but `Q` spreads
+//!    a group's mass evenly, so as soon as bin 0 shares its group with bin 1 (every
+//!    `i > n_q`) the spike is spread and the divergence jumps: `i = n_q`, the smallest
+//!    threshold, always won. (On magika, a GELU output with 36 % of its values in
+//!    `(-0.0625, 0]` and a maximum of 190 was clipped at 11.9, and the model's accuracy fell
+//!    from 92 % to 15 %.)
 //! 2. `n_q` = number of grid levels covering `[0, t]`: `qmax - zp + 1` on a symmetric target
 //!    (128 for int8 [-127, 127] and uint8 with zp 128), all `qmax - qmin + 1` levels on an
 //!    asymmetric target when the data has one sign, `(qmax - qmin)/2 + 1` otherwise.
@@ -21,7 +29,12 @@
 //!      instead of 0, so clipping into a gap costs `p·ln(p/ε)` rather than an infinite
 //!      divergence (TensorRT's recipe without smoothing could then never clip an isolated
 //!      outlier). It is the only bin where `p > 0 = q` can happen;
-//!    - `KL(P‖Q) = Σ_{p_j > 0} p_j ln(p_j/q_j)` after normalising each to sum 1.
+//!    - `KL(P‖Q) = Σ_{p_j > 0} p_j ln(p_j/q_j)` after normalising each to sum 1;
+//!    - a slice that clips mass while `H[0..i]` has a single non-zero bin, its last, is not a
+//!      candidate: `P` and `Q` are then the same single bin, so `KL = 0` however much was
+//!      clipped onto it. Data whose |x| stays away from 0 (a positive activation in
+//!      `[0.2, 0.85]`, say) would otherwise always "win" at the threshold `min |x|`, clipping
+//!      every value to one level.
 //! 4. `i*` = the minimiser (ties, within [`TIE`]: the largest `i`, i.e. the least clipping);
 //!    threshold `t = i*·absmax/2048`; range `[-t, t]` clamped to the observed `[min, max]`.
 //!
@@ -190,6 +203,10 @@ fn divergence(hist: &[f64], pre: &Prefix, i: usize, nq: usize, groups: &mut Grou
     }
     let last = i - 1;
     let c_last = hist[last];
+    if outliers > 0.0 && c_last > 0.0 && pre.nonzero[i] == 1 {
+        // Everything clipped onto the one non-zero bin: not a candidate (module doc).
+        return f64::INFINITY;
+    }
     let last_empty = c_last <= 0.0 && outliers > 0.0;
     let q_total = in_range + if last_empty { EPSILON } else { 0.0 };
     let (k, r) = (i / nq, i % nq);
@@ -252,7 +269,11 @@ pub fn best_slice(hist: &[f64], nq: usize) -> (usize, Vec<(usize, f64)>) {
 pub fn range(views: &Views, target: &QuantTarget) -> Range {
     let abs_max = views.abs_max();
     let nq = quantized_bins(views, target);
-    let hist = views.abs.rebin(NUM_BINS, 0.0, abs_max, true);
+    let mut hist = views.abs.rebin(NUM_BINS, 0.0, abs_max, true);
+    if hist.len() > 1 {
+        // Near-zero spike (step 1 of the module doc).
+        hist[0] = hist[0].min(hist[1]);
+    }
     let t = if abs_max > 0.0 && hist.iter().any(|&c| c > 0.0) {
         let (i, _) = best_slice(&hist, nq);
         i as f64 * (abs_max / NUM_BINS as f64)
@@ -310,12 +331,13 @@ mod tests {
         let (best, _) = best_slice(&[2.0, 0.0, 0.0, 0.0], 2);
         assert_eq!(best, 4);
         // H = [0, 0, 1, 3]: i = 2 has nothing in range (everything clipped) → infinite, never
-        // chosen. i = 3: P = [0, 0, 4]/4, Q = group {2} = [0, 0, 1] → KL 0. i = 4: groups
-        // {0,1}, {2,3} → Q = [0, 0, 2, 2]/4, P = [0, 0, 1, 3]/4 → .25 ln .5 + .75 ln 1.5 > 0.
+        // chosen. i = 3 keeps only bin 2 and clips 3 onto it (P = Q = [0, 0, 1], KL 0
+        // whatever was clipped): not a candidate either. i = 4: groups {0,1}, {2,3} →
+        // Q = [0, 0, 2, 2]/4, P = [0, 0, 1, 3]/4 → .25 ln .5 + .75 ln 1.5 > 0, the best.
         let (best, scores) = best_slice(&[0.0, 0.0, 1.0, 3.0], 2);
-        assert_eq!(best, 3);
+        assert_eq!(best, 4);
         assert!(scores[0].1.is_infinite());
-        assert!(scores[1].1.abs() < 1e-15);
+        assert!(scores[1].1.is_infinite());
         assert!((scores[2].1 - (0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln())).abs() < 1e-12);
         // n_q ≥ bins: nothing to search.
         assert_eq!(best_slice(&[1.0, 2.0], 2).0, 2);
@@ -340,6 +362,10 @@ mod tests {
         }
         if hist[i - 1] <= 0.0 && p[i - 1] > 0.0 {
             q[i - 1] = EPSILON;
+        }
+        let kept = hist[..i].iter().filter(|&&c| c > 0.0).count();
+        if outliers > 0.0 && hist[i - 1] > 0.0 && kept == 1 {
+            return f64::INFINITY;
         }
         let (pt, qt): (f64, f64) = (p.iter().sum(), q.iter().sum());
         if hist[..i].iter().sum::<f64>() <= 0.0 {
@@ -381,13 +407,79 @@ mod tests {
             for &(i, kl) in &scores {
                 let want = naive_divergence(&hist, i, nq);
                 assert!(
-                    (kl - want).abs() <= 1e-9 * want.abs().max(1e-3),
+                    kl == want || (kl - want).abs() <= 1e-9 * want.abs().max(1e-3),
                     "n {n} nq {nq} i {i}: {kl} vs {want}"
                 );
             }
             let min = scores.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
             assert!(scores.iter().any(|&(i, kl)| i == best && kl <= min + TIE));
         }
+    }
+
+    #[test]
+    fn clipping_onto_the_only_bin_is_not_a_candidate() {
+        // H = [0, 0, 0, 5, 1, 0, 3, 2], n_q = 2. i = 4 keeps only bin 3 and clips 6 onto it:
+        // P = Q = one bin, KL 0 whatever was clipped: not a candidate. The best real one is
+        // i = 5: P = [5, 1 + 5]/11, groups {0, 1}, {2, 3, 4} → Q = [3, 3]/6,
+        // KL = (5/11) ln(10/11) + (6/11) ln(12/11) ≈ 0.00414 (i = 7: ≈ 0.153, i = 8: ≈ 0.0476,
+        // i = 6 clips into an empty bin).
+        let (best, scores) = best_slice(&[0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 3.0, 2.0], 2);
+        assert!(scores[2].1.is_infinite(), "{scores:?}");
+        assert_eq!(best, 5);
+        let kl5 = (5.0 / 11.0) * (10.0f64 / 11.0).ln() + (6.0 / 11.0) * (12.0f64 / 11.0).ln();
+        assert!((scores[3].1 - kl5).abs() < 1e-12, "{scores:?}");
+        // A single bin with nothing clipped is still a candidate (Q = P, nothing lost).
+        assert_eq!(best_slice(&[0.0, 4.0, 0.0, 0.0], 2).0, 4);
+        // Only degenerate slices: the full histogram.
+        assert_eq!(best_slice(&[0.0, 0.0, 7.0, 1.0], 2).0, 4);
+    }
+
+    #[test]
+    fn a_near_zero_spike_does_not_decide_the_threshold() {
+        // Shaped like magika's GELU output: 39.5 % of the values just below 0, 10 % in the next
+        // bin, a decaying bulk and a thin tail up to 2048 (bins of about 1), on uint8 (two
+        // signs: n_q = 128).
+        let n = 100_000.0;
+        let spread = |vals: &mut Vec<f32>, lo: f32, count: f64| {
+            let c = count.round() as usize;
+            vals.extend((0..c).map(|k| lo + (k as f32 + 0.5) / c as f32));
+        };
+        let mut vals = Vec::new();
+        spread(&mut vals, -1.0, 0.395 * n);
+        spread(&mut vals, 1.0, 0.10 * n);
+        for j in 2..2048 {
+            let share = 0.011 * (-((j - 2) as f64) / 45.0).exp() + 0.00002;
+            spread(&mut vals, j as f32, share * n);
+        }
+        let v = stats(&vals);
+        let t = QuantTarget::new(0, 255, false).unwrap();
+        let nq = quantized_bins(&v, &t);
+        assert_eq!(nq, 128);
+        // As it is, the spike decides: the smallest slice wins (threshold 128/2048 of the
+        // abs-max), since any larger one spreads the spike over two bins in Q.
+        let raw = v.abs.rebin(NUM_BINS, 0.0, v.abs_max(), true);
+        assert!(raw[0] > 3.0 * raw[1]);
+        assert_eq!(best_slice(&raw, nq).0, nq);
+        // Tamed (bin 0 no larger than bin 1), the divergence looks at the bulk.
+        let r = range(&v, &t);
+        let smallest = v.abs_max() * nq as f64 / NUM_BINS as f64;
+        assert!(r.hi as f64 > 1.4 * smallest, "{r:?} vs {smallest}");
+    }
+
+    #[test]
+    fn data_away_from_zero_keeps_its_range() {
+        // Positive values in [0.2, 0.85] (a sigmoid-like activation) on uint8: the |x|
+        // histogram is empty below 0.2. The threshold at the first non-empty bin clipped every
+        // value onto one level with KL 0; now the range keeps (nearly) all of the data.
+        let vals: Vec<f32> = (0..20_000)
+            .map(|i| {
+                let u = i as f32 / 19_999.0;
+                0.2 + 0.65 * u * u
+            })
+            .collect();
+        let r = range(&stats(&vals), &QuantTarget::new(0, 255, false).unwrap());
+        assert_eq!(r.lo, 0.0);
+        assert!(r.hi > 0.8, "{r:?}");
     }
 
     fn stats(vals: &[f32]) -> Views {
