@@ -271,15 +271,17 @@ impl TensorStats {
     pub fn observe(&mut self, values: &[f32]) {
         // Pass 1: extremes and non-finite count, so the grid is widened once per sample.
         let (lo, hi, non_finite) = extremes(values);
-        if non_finite > 0 {
-            return self.observe_with_non_finite(values);
-        }
-        self.count = self.count.saturating_add(values.len() as u64);
-        if lo > hi {
-            return; // empty
+        if non_finite > 0 || lo > hi {
+            // NaN or infinities, or nothing to observe: the value-by-value path.
+            return self.observe_value_by_value(values);
         }
         self.add_extremes(lo, hi);
         let k = self.hist.log2_width;
+        if !(-126..=126).contains(&k) {
+            // 2^-k is not a normal f32: the value-by-value path (widening is idempotent).
+            return self.observe_value_by_value(values);
+        }
+        self.count = self.count.saturating_add(values.len() as u64);
         // Pass 2, per block of values: first the per-value quantities (branch-free, so the
         // compiler can vectorise), then the counts and buckets they go to.
         // |x| = m · 2^(e - 150) with e = max(exponent field, 1) and m < 2^24. The bin is
@@ -288,11 +290,6 @@ impl TensorStats {
         let n_neg = self.hist.index(-lo.min(0.0)) + 1;
         let n_pos = self.hist.index(hi.max(0.0)) + 1;
         let len = n_neg + n_pos;
-        if !(-126..=126).contains(&k) {
-            // 2^-k is not a normal f32: the value-by-value path.
-            self.count -= values.len() as u64;
-            return self.observe_with_non_finite(values);
-        }
         let inv_width = pow2(-k) as f32;
         // Two interleaved copies of counts and buckets: runs of equal bins (zeros, narrow
         // distributions) would otherwise chain every increment through one memory slot.
@@ -415,8 +412,9 @@ impl TensorStats {
         self.sum_sq.normalize();
     }
 
-    /// [`TensorStats::observe`] for a sample holding NaN or infinities (value by value).
-    fn observe_with_non_finite(&mut self, values: &[f32]) {
+    /// [`TensorStats::observe`] value by value: for samples holding NaN or infinities, empty
+    /// ones, and grids whose width the fast path cannot scale by in f32.
+    fn observe_value_by_value(&mut self, values: &[f32]) {
         let mut lo = f32::INFINITY;
         let mut hi = f32::NEG_INFINITY;
         for &x in values {
@@ -1226,7 +1224,7 @@ mod tests {
             for s in &samples {
                 let finite: Vec<f32> = s.iter().copied().filter(|x| x.is_finite()).collect();
                 fast.observe(&finite);
-                slow.observe_with_non_finite(&finite);
+                slow.observe_value_by_value(&finite);
             }
             prop_assert_eq!(json(&fast), json(&slow));
         }
