@@ -17,7 +17,9 @@
 //! per value, in the main graph and inside If branches and Scan bodies) → calibrate
 //! (`calib::collect` streams the planned values out of tract as it computes them, straight
 //! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
-//! method turns each into a range) → materialise
+//! method turns each into a range; `--method adaptive`, the default, runs every method's
+//! set of ranges in `tune::sim`'s simulation model on a few calibration samples and keeps
+//! the set closest to the float outputs, `cli::quantize::adaptive`) → materialise
 //! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`)
 //! → with `--report`, one HTML page (`report::html`).
 //!

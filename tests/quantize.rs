@@ -345,3 +345,155 @@ fn calibration_does_not_depend_on_the_thread_count() {
     assert!(files[0].len() > 10_000);
     assert_eq!(files[0], files[1]);
 }
+
+#[test]
+fn adaptive_writes_the_set_it_reports_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = s(&fixture("ppocr_cls/model.onnx"));
+    let calib = s(&fixture("ppocr_cls/calib.npz"));
+    let out = tmp.path().join("adaptive.onnx");
+    let j = quantize_json(&[&model, "--calib", &calib, "--no-validate", "-o", &s(&out)]);
+    let sel = &j["selection"];
+    assert!(sel["skipped"].is_null(), "{sel}");
+    assert!(sel["samples"].as_u64().unwrap() >= 1, "{sel}");
+    let rows = sel["sqnr_db"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["auto", "minmax", "percentile", "entropy", "mse"]);
+    let chosen = sel["chosen"].as_str().unwrap();
+    let figure = |m: &str| {
+        rows.iter().find(|r| r[0] == m).unwrap()[1]
+            .as_f64()
+            .unwrap_or(f64::INFINITY)
+    };
+    let best = names
+        .iter()
+        .map(|m| figure(m))
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(figure(chosen), best, "{sel}");
+    // The sets really differ here (else there is nothing to choose).
+    assert!(names.iter().any(|m| figure(m) < best), "{sel}");
+    // What is written is that method's model, byte for byte.
+    let fixed = tmp.path().join("fixed.onnx");
+    let k = quantize_json(&[
+        &model,
+        "--calib",
+        &calib,
+        "--no-validate",
+        "--method",
+        chosen,
+        "-o",
+        &s(&fixed),
+    ]);
+    assert!(k.get("selection").is_none(), "{k}");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&fixed).unwrap());
+}
+
+#[test]
+fn adaptive_without_samples_says_it_keeps_auto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = s(&fixture("tiny/tiny_cnn.onnx"));
+    let stats = tmp.path().join("s.json");
+    let r = qrange(&[
+        "calibrate",
+        &model,
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "-o",
+        &s(&stats),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = quantize_json(&[
+        &model,
+        "--ranges",
+        &s(&stats),
+        "--no-validate",
+        "-o",
+        &s(&tmp.path().join("q.onnx")),
+    ]);
+    assert_eq!(j["selection"]["chosen"], "auto", "{j}");
+    assert!(
+        j["selection"]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("ranges come from a file"),
+        "{j}"
+    );
+    let r = qrange(&[
+        "quantize",
+        &model,
+        "--calib",
+        &s(&fixture("tiny/tiny_cnn.npz")),
+        "--select-samples",
+        "0",
+        "-o",
+        &s(&tmp.path().join("z.onnx")),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--select-samples"), "{}", r.stderr);
+    assert!(!tmp.path().join("z.onnx").exists());
+}
+
+/// Per-channel scales of weight `w` in a written model.
+fn weight_scales(m: &proto::ModelProto, w: &str) -> Vec<f32> {
+    let g = m.graph.as_ref().unwrap();
+    let t = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == format!("{w}.scale"))
+        .unwrap_or_else(|| panic!("no scale for '{w}'"));
+    if !t.float_data.is_empty() {
+        return t.float_data.clone();
+    }
+    t.raw_data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn mse_weight_ranges_clip_some_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = s(&fixture("ppocr_cls/model.onnx"));
+    let calib = s(&fixture("ppocr_cls/calib.npz"));
+    let run = |extra: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            model.as_str(),
+            "--calib",
+            calib.as_str(),
+            "--no-validate",
+            "--method",
+            "minmax",
+        ];
+        args.extend_from_slice(extra);
+        let o = s(&out);
+        args.extend_from_slice(&["-o", &o]);
+        let j = quantize_json(&args);
+        (j, load(&out))
+    };
+    let (jm, minmax) = run(&[], "minmax.onnx");
+    let (je, mse) = run(&["--weight-method", "mse"], "mse.onnx");
+    assert!(!jm["weight"].as_str().unwrap().contains("mse"), "{jm}");
+    assert!(je["weight"].as_str().unwrap().contains("mse"), "{je}");
+    // Every channel's range is at most min/max's, at least half of it, and some are clipped.
+    let g = minmax.graph.as_ref().unwrap();
+    let mut clipped = 0;
+    // Weights: int8 initializers of rank 2 or more, stored as `<name>.q`.
+    let mut weights = 0;
+    for t in g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == Some(3) && t.dims.len() >= 2)
+    {
+        weights += 1;
+        let w = t.name().trim_end_matches(".q");
+        let (a, b) = (weight_scales(&minmax, w), weight_scales(&mse, w));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!(*y <= *x && *y >= 0.5 * x * (1.0 - 1e-6), "{w}: {y} vs {x}");
+            clipped += usize::from(y < x);
+        }
+    }
+    assert!(weights > 10, "{weights} weights found");
+    assert!(clipped > 0, "no channel clipped");
+}

@@ -44,6 +44,7 @@ fn default_plan(rel: &str) -> plan::Plan {
         target: Target::OrtCpu,
         activation: QType::new(DType::U8, false, false).unwrap(),
         weight: QType::new(DType::I8, true, true).unwrap(),
+        weight_mse: false,
         per_channel: true,
         exclude_nodes: BTreeSet::new(),
         exclude_op_types: BTreeSet::new(),
@@ -82,7 +83,7 @@ fn render(p: &plan::Plan) -> String {
                 }
                 l
             }
-            plan::Decision::Weight { qtype, axis } => match axis {
+            plan::Decision::Weight { qtype, axis, .. } => match axis {
                 Some(a) => format!("weight {} axis={a}", q(qtype)),
                 None => format!("weight {}", q(qtype)),
             },

@@ -30,7 +30,7 @@ pub mod methods;
 pub mod stats;
 
 pub use file::{CalibrationFile, FORMAT_VERSION};
-pub use methods::{compute_range, compute_ranges, AutoChoice, MethodOptions};
+pub use methods::{compute_candidates, compute_range, compute_ranges, AutoChoice, MethodOptions};
 pub use stats::{ChannelStats, Histogram, TensorStats};
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,10 @@ pub enum Method {
     Mse,
     /// Every method, scored by expected MSE; the lowest wins.
     Auto,
+    /// `quantize`: the range set (`auto`'s, or one method for every tensor) whose
+    /// simulated outputs on calibration samples are closest to the float model's. Alone on
+    /// one tensor it is `auto`.
+    Adaptive,
 }
 
 impl Method {
@@ -74,6 +78,7 @@ impl Method {
             Method::Entropy => "entropy",
             Method::Mse => "mse",
             Method::Auto => "auto",
+            Method::Adaptive => "adaptive",
         }
     }
 }

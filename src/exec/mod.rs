@@ -10,6 +10,8 @@
 //! - `qdq` replaces the engine's QuantizeLinear/DequantizeLinear with ops backed by
 //!   [`crate::quant::kernels`]: exact ONNX semantics (bit-exact with ONNX Runtime) for every
 //!   integer type, axis and block size, immune to the engine's lookup-table folding;
+//! - `fake_quant` registers the switchable fake quantization of the simulation model
+//!   (`tune::sim`), one op per switch (domain `qrange`, never written to a file);
 //! - concrete input facts (element type and shape) come from the sample, so models with dynamic
 //!   dimensions load. A plan is built per distinct input signature and cached.
 //!
@@ -20,6 +22,7 @@
 //! [`Session::notes`] says what was replaced or emulated, for the user to see.
 
 mod convert;
+pub(crate) mod fake_quant;
 mod prepare;
 mod qdq;
 mod tap;
@@ -150,6 +153,8 @@ fn engine() -> tract_onnx::Onnx {
     onnx.op_register
         .insert("DequantizeLinear", qdq::dequantize_builder);
     onnx.op_register.insert(tap::TAP_OP, tap::tap_builder);
+    onnx.op_register
+        .insert(fake_quant::FAKE_QUANT_OP, fake_quant::fake_quant_builder);
     onnx
 }
 

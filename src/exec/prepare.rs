@@ -109,6 +109,7 @@ fn check_ops(graph: &GraphProto, known: &dyn Fn(&str) -> bool) -> Result<(), Exe
         let ok = match node.domain() {
             "" | "ai.onnx" | "ai.onnx.ml" => known(op),
             "com.microsoft" => op == "QuantizeLinear" || op == "DequantizeLinear",
+            super::fake_quant::FAKE_QUANT_DOMAIN => op == super::fake_quant::FAKE_QUANT_OP,
             _ => false,
         };
         if !ok {

@@ -44,7 +44,7 @@ use super::PassError;
 use crate::ir::{
     AttrValue, Carry, ConstTensor, DType, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
 };
-use crate::quant::params::{quantize_bias, scale_zp, QType, ScaleZp};
+use crate::quant::params::{mse_scale_zp, quantize_bias, scale_zp, QType, ScaleZp};
 use crate::quant::plan::{op_key_in, Decision, OpState, Plan, ValueKeys};
 use crate::quant::{quantize_linear, QuantizeAttrs};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -175,8 +175,8 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 rep.dequantize_nodes += 1;
                 rep.params.insert(key.clone(), chosen);
             }
-            Decision::Weight { qtype, axis } => {
-                let (chosen, made) = quantize_weight(g, v, *qtype, *axis, &mut names)?;
+            Decision::Weight { qtype, axis, mse } => {
+                let (chosen, made) = quantize_weight(g, v, *qtype, *axis, *mse, &mut names)?;
                 rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
                 drop_if_unused(g, local);
                 rep.dequantize_nodes += 1;
@@ -433,22 +433,23 @@ fn dequantize_capture(
     Ok(n)
 }
 
-/// Per-channel (or per-tensor) symmetric/asymmetric parameters from the values.
-fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>) -> Vec<ScaleZp> {
-    let range = |it: &mut dyn Iterator<Item = &f32>| {
-        it.fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+/// Per-channel (or per-tensor) symmetric/asymmetric parameters from the values: the
+/// min/max range, or the range of least squared error when `mse`.
+fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>, mse: bool) -> Vec<ScaleZp> {
+    let one = |vals: Vec<f32>| {
+        if mse {
+            return mse_scale_zp(&vals, q);
+        }
+        let (lo, hi) = vals
+            .iter()
+            .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        scale_zp(lo, hi, q)
     };
     match axis {
-        None => {
-            let (lo, hi) = range(&mut t.iter());
-            vec![scale_zp(lo, hi, q)]
-        }
+        None => vec![one(t.iter().copied().collect())],
         Some(a) => t
             .axis_iter(Axis(a as usize))
-            .map(|s| {
-                let (lo, hi) = range(&mut s.iter());
-                scale_zp(lo, hi, q)
-            })
+            .map(|s| one(s.iter().copied().collect()))
             .collect(),
     }
 }
@@ -460,6 +461,7 @@ fn quantize_weight(
     w: ValueId,
     q: QType,
     axis: Option<i64>,
+    mse: bool,
     names: &mut Names,
 ) -> Result<(Chosen, Made), PassError> {
     let name = g.value(w).name.clone();
@@ -471,7 +473,7 @@ fn quantize_weight(
     let Tensor::F32(a) = &t else {
         return Err(err(format!("weight '{name}' is not f32")));
     };
-    let params = weight_params(a, &q, axis);
+    let params = weight_params(a, &q, axis, mse);
     let n = params.len();
     let pshape: Vec<usize> = if axis.is_some() { vec![n] } else { vec![] };
     let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();

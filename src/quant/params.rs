@@ -93,6 +93,46 @@ pub fn scale_zp(rmin: f32, rmax: f32, q: &QType) -> ScaleZp {
     ScaleZp { scale, zero_point }
 }
 
+/// Shrink factors [`mse_scale_zp`] tries on the min/max range: 1, 0.995, …, 0.5.
+const MSE_STEPS: usize = 101;
+
+/// Scale and zero point for `values` on grid `q` whose range minimises the squared error
+/// `Σ (w − dequantize(quantize(w)))²` (weights: `--weight-method mse`). The candidates are
+/// the min/max range shrunk by `f = 1, 0.995, …, 0.5` (clipping the largest values in
+/// exchange for a finer step); the error of each is computed exactly, value by value, as
+/// QuantizeLinear and DequantizeLinear compute them in f32. Ties keep the wider range.
+pub fn mse_scale_zp(values: &[f32], q: &QType) -> ScaleZp {
+    let (lo, hi) = values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let error = |p: &ScaleZp| -> f64 {
+        let (s, z) = (p.scale, p.zero_point as f32);
+        let (qmin, qmax) = (q.qmin as f32, q.qmax as f32);
+        values
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|&w| {
+                let r = ((w / s).round_ties_even() + z).clamp(qmin, qmax);
+                let d = (w - (r - z) * s) as f64;
+                d * d
+            })
+            .sum()
+    };
+    let mut best = scale_zp(lo, hi, q);
+    let mut best_err = error(&best);
+    for i in 1..MSE_STEPS {
+        let f = 1.0 - i as f32 * 0.005;
+        let p = scale_zp(lo * f, hi * f, q);
+        let e = error(&p);
+        if e < best_err {
+            best = p;
+            best_err = e;
+        }
+    }
+    best
+}
+
 /// Quantizes a bias to int32 with `scale = s_input * s_weight` and zero point 0,
 /// saturating to the int32 range. Returns the values and how many saturated.
 pub fn quantize_bias(bias: &[f32], scales: &[f32]) -> (Vec<i32>, usize) {
@@ -115,6 +155,39 @@ pub fn quantize_bias(bias: &[f32], scales: &[f32]) -> (Vec<i32>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mse_weight_range_clips_a_lone_outlier() {
+        // 100 values in [-1, 1] and one at 20, on int8 [-127, 127]: min/max gives a step of
+        // 20/127 that rounds every small value to 0 or ±1 step; clipping the outlier to a
+        // tenth of its value costs (20 - 2)² once but divides the step by ten.
+        let mut w: Vec<f32> = (0..100).map(|i| (i as f32 / 50.0) - 1.0).collect();
+        w.push(20.0);
+        let q = QType::new(DType::I8, true, false).unwrap();
+        let minmax = scale_zp(-1.0, 20.0, &q);
+        let mse = mse_scale_zp(&w, &q);
+        assert!(mse.scale < minmax.scale, "{mse:?} vs {minmax:?}");
+        assert_eq!(mse.zero_point, 0);
+        let err = |p: &ScaleZp| -> f64 {
+            w.iter()
+                .map(|&v| {
+                    let r = (v / p.scale).round_ties_even().clamp(-127.0, 127.0);
+                    ((v - r * p.scale) as f64).powi(2)
+                })
+                .sum()
+        };
+        assert!(err(&mse) < err(&minmax));
+        // Never worse than 0.5 x the range: the search stops there.
+        assert!(mse.scale >= minmax.scale * 0.5 * (1.0 - 1e-6));
+    }
+
+    #[test]
+    fn mse_weight_range_keeps_a_uniform_tensor_whole() {
+        // Evenly spread values: clipping only adds error, so min/max wins (ties keep it).
+        let w: Vec<f32> = (0..=254).map(|i| (i as f32 - 127.0) / 127.0).collect();
+        let q = QType::new(DType::I8, true, false).unwrap();
+        assert_eq!(mse_scale_zp(&w, &q), scale_zp(-1.0, 1.0, &q));
+    }
 
     #[test]
     fn uint8_asymmetric_matches_hand_computation() {

@@ -29,6 +29,8 @@ pub struct QuantConfig {
     pub activation: QType,
     /// Weight grid (i8 symmetric).
     pub weight: QType,
+    /// Weight ranges of least squared error instead of min/max (`--weight-method mse`).
+    pub weight_mse: bool,
     pub per_channel: bool,
     /// Node names never quantized.
     pub exclude_nodes: BTreeSet<String>,
@@ -55,6 +57,9 @@ pub enum Decision {
         qtype: QType,
         /// Channel axis for per-channel scales, `None` for one scale.
         axis: Option<i64>,
+        /// Range of least squared error per channel instead of min/max.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mse: bool,
     },
     /// A float bias: int32, scale = s_input · s_weight, zero point 0.
     Bias { input: String, weight: String },
@@ -562,6 +567,7 @@ fn plan_scope(
                         Decision::Weight {
                             qtype: cfg.activation,
                             axis: None,
+                            mse: cfg.weight_mse,
                         },
                     );
                 }
@@ -594,6 +600,7 @@ fn plan_scope(
                         Decision::Weight {
                             qtype: cfg.weight,
                             axis,
+                            mse: cfg.weight_mse,
                         },
                     );
                 }

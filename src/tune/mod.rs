@@ -9,7 +9,7 @@
 //!   the search, per node or per tensor.
 //! - [`sim`]: one tract model in which every unit's Q/DQ pair is a switchable fake
 //!   quantization whose parameters are model inputs, so thousands of configurations run
-//!   without rebuilding a model.
+//!   without rebuilding a model (also what `--method adaptive` compares its range sets on).
 //! - [`search`]: sensitivity analysis over that model and the promotion search behind
 //!   `--target-sqnr`, `--max-drop` and `--size-budget`.
 

@@ -146,9 +146,25 @@ impl<'a> Evaluator<'a> {
         config: &[Precision],
         w4: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, Metrics>, TuneError> {
+        self.eval_feeds(|s| self.sim.feed(s, config, w4))
+    }
+
+    /// Per-output metrics with every unit at 8 bits on `params`: the written model for
+    /// another choice of ranges.
+    pub fn eval_params(
+        &self,
+        params: &super::sim::RangeParams,
+    ) -> Result<BTreeMap<String, Metrics>, TuneError> {
+        self.eval_feeds(|s| self.sim.feed_params(s, params))
+    }
+
+    fn eval_feeds(
+        &self,
+        feed: impl Fn(&Sample) -> Sample,
+    ) -> Result<BTreeMap<String, Metrics>, TuneError> {
         let mut acc: BTreeMap<String, Comparison> = BTreeMap::new();
         for (i, s) in self.samples.iter().enumerate() {
-            let out = self.session.run(&self.sim.feed(s, config, w4))?;
+            let out = self.session.run(&feed(s))?;
             for (name, r) in &self.reference[i] {
                 let Some(t) = out.get(name) else { continue };
                 let (Some(vr), Some(vt)) = (as_f32(r), as_f32(t)) else {
@@ -174,19 +190,38 @@ impl<'a> Evaluator<'a> {
         configs: &[Trial],
         progress: &(dyn Fn() + Sync),
     ) -> Result<Vec<BTreeMap<String, Metrics>>, TuneError> {
+        self.spread(configs, |t| self.eval_with(&t.acts, &t.w4), progress)
+    }
+
+    /// [`Evaluator::eval_params`] of many parameter sets, spread over threads; results in
+    /// input order.
+    pub fn eval_params_many(
+        &self,
+        sets: &[super::sim::RangeParams],
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Vec<BTreeMap<String, Metrics>>, TuneError> {
+        self.spread(sets, |p| self.eval_params(p), progress)
+    }
+
+    fn spread<T: Sync>(
+        &self,
+        items: &[T],
+        run: impl Fn(&T) -> Outcome + Sync,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Vec<BTreeMap<String, Metrics>>, TuneError> {
         let next = AtomicU64::new(0);
-        let mut results: Vec<Option<Outcome>> = (0..configs.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
         let chunks: Vec<Vec<(usize, Outcome)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..self.threads.min(configs.len().max(1)))
+            let handles: Vec<_> = (0..self.threads.min(items.len().max(1)))
                 .map(|_| {
                     scope.spawn(|| {
                         let mut mine = Vec::new();
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                            if i >= configs.len() {
+                            if i >= items.len() {
                                 break;
                             }
-                            mine.push((i, self.eval_with(&configs[i].acts, &configs[i].w4)));
+                            mine.push((i, run(&items[i])));
                             progress();
                         }
                         mine

@@ -1,16 +1,18 @@
 //! The switchable simulation model used by sensitivity analysis and the precision search.
 //!
 //! Starting from a materialised 8-bit model, every activation `QuantizeLinear →
-//! DequantizeLinear` pair becomes the same computation in float ops whose parameters are
-//! model inputs, one set per unit:
+//! DequantizeLinear` pair becomes one fake quantization whose parameters are model inputs,
+//! one set per unit (`exec::fake_quant`, domain `qrange`):
 //! ```text
-//! y  = Mul(Sub(Min(Max(Add(Round(Div(x, S)), Z), L), H), Z), S)
-//! dq = Where(ON, y, x)
+//! dq = QrangeFakeQuant(x, off, S, Z, L, H, ON)
+//!    = ON ? (min(max(round_half_even(x / S) + Z, L), H) − Z) · S : off
 //! ```
-//! `Div`, `Round` (half to even), the clamp and `(q − Z)·S` are the ONNX definitions of
+//! The division, rounding, clamp and `(q − Z)·S` are the ONNX definitions of
 //! QuantizeLinear and DequantizeLinear evaluated in f32, so a unit switched on with 8-bit
 //! (or 16-bit) parameters computes what the materialised Q/DQ pair computes, and a unit
-//! switched off passes its value through (through its folded Relu/Clip, if any). Weights
+//! switched off passes its value through (`off`: through its folded Relu/Clip, if any).
+//! Biases may also be inputs ([`SimSources::bias_inputs`]), so the parameters of another
+//! choice of ranges ([`RangeParams`]) run that choice's written model exactly. Weights
 //! read by a node whose activation input is not 8-bit switch to the full int8 grid, and
 //! that node's bias to float, as `tune::apply` does for the written model.
 
@@ -57,6 +59,9 @@ pub struct SimModel {
     bias_switches: Vec<(String, usize)>,
     /// 4-bit weight switches: input name and the weight it switches.
     w4_switches: Vec<(String, String)>,
+    /// Bias inputs: input name, the bias it stands for, and its value in the model the
+    /// simulation was built from.
+    bias_values: Vec<(String, String, Tensor)>,
 }
 
 /// Replaces the readers of `base` by `Where(on, alt, base)` with `alt` the output of a
@@ -129,6 +134,38 @@ fn scalar_input(g: &mut Graph, name: &str, dtype: DType) -> Result<ValueId, Tune
     Ok(v)
 }
 
+/// The value of bias `bias`'s DequantizeLinear (`<bias>.dequantize`) in a materialised
+/// model, computed by the same kernel the engine runs.
+pub fn dequantized_bias(m: &Model, bias: &str) -> Result<Tensor, TuneError> {
+    let g = &m.graph;
+    let other = |w: &str| TuneError::Other(format!("simulation model: bias '{bias}': {w}"));
+    let dq_name = format!("{bias}.dequantize");
+    let dq = g
+        .ops()
+        .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
+        .ok_or_else(|| other("not dequantized"))?;
+    let input = |i: usize| -> Result<Option<Tensor>, TuneError> {
+        match g.input(dq, i) {
+            None => Ok(None),
+            Some(v) => {
+                let c = g
+                    .const_of(v)
+                    .ok_or_else(|| other("input is not constant"))?;
+                c.to_tensor().map(Some).map_err(|e| other(&e.to_string()))
+            }
+        }
+    };
+    let x = input(0)?.ok_or_else(|| other("no input"))?;
+    let scale = input(1)?.ok_or_else(|| other("no scale"))?;
+    let zp = input(2)?;
+    let attrs = crate::quant::kernels::DequantizeAttrs {
+        axis: g.op(dq).attr_int("axis").unwrap_or(1),
+        ..Default::default()
+    };
+    crate::quant::kernels::dequantize_linear(&x, &scale, zp.as_ref(), &attrs)
+        .map_err(|e| other(&e.to_string()))
+}
+
 /// The models and switch lists a [`SimModel`] is built from.
 pub struct SimSources<'a> {
     /// The model before materialisation: a unit with a folded Relu/Clip applies that op
@@ -146,6 +183,20 @@ pub struct SimSources<'a> {
     /// The same plan with the `narrow_weights` on 4 bits.
     pub narrow: Option<&'a Model>,
     pub narrow_weights: &'a [String],
+    /// Quantized biases whose dequantized values become model inputs
+    /// ([`RangeParams::biases`]): their int32 rounding follows the input scale, so another
+    /// choice of ranges changes them.
+    pub bias_inputs: &'a [String],
+}
+
+/// 8-bit parameters of every unit and the dequantized biases they imply: the written
+/// model for one choice of ranges ([`SimModel::feed_params`]).
+#[derive(Clone, Debug, Default)]
+pub struct RangeParams {
+    /// One per unit, in unit order.
+    pub units: Vec<UnitParams>,
+    /// Dequantized value of each of the model's bias inputs, by bias name.
+    pub biases: BTreeMap<String, Tensor>,
 }
 
 impl SimModel {
@@ -164,6 +215,7 @@ impl SimModel {
             biases,
             narrow,
             narrow_weights,
+            bias_inputs,
         } = *src;
         let mut m = q.clone();
         let g = &mut m.graph;
@@ -235,29 +287,6 @@ impl SimModel {
                 g.remove_op(dqop);
                 g.remove_op(qop);
                 g.remove_value(qv);
-                let mut prev = x;
-                let step = |g: &mut Graph,
-                            op: &str,
-                            ins: &[ValueId],
-                            out: Option<ValueId>|
-                 -> Result<ValueId, TuneError> {
-                    let y = match out {
-                        Some(y) => y,
-                        None => g.add_fresh_value(&format!("{member}.sim"), ty.clone()),
-                    };
-                    let name = g.fresh_name(&format!("{member}.sim.{}", op.to_lowercase()));
-                    let ins: Vec<Option<ValueId>> = ins.iter().map(|v| Some(*v)).collect();
-                    g.add_op(Op::new(op, &name), &ins, &[Some(y)])
-                        .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
-                    Ok(y)
-                };
-                prev = step(g, "Div", &[prev, s], None)?;
-                prev = step(g, "Round", &[prev], None)?;
-                prev = step(g, "Add", &[prev, z], None)?;
-                prev = step(g, "Max", &[prev, lo], None)?;
-                prev = step(g, "Min", &[prev, hi], None)?;
-                prev = step(g, "Sub", &[prev, z], None)?;
-                prev = step(g, "Mul", &[prev, s], None)?;
                 let off = match &fold {
                     Some((op, consts)) if member == &u.root => {
                         let y = g.add_fresh_value(&format!("{member}.sim.off"), ty.clone());
@@ -271,7 +300,25 @@ impl SimModel {
                     }
                     _ => x,
                 };
-                step(g, "Where", &[on, prev, off], Some(dqv))?;
+                let mut fq = Op::new(
+                    crate::exec::fake_quant::FAKE_QUANT_OP,
+                    &g.fresh_name(&format!("{member}.sim.fake_quant")),
+                );
+                fq.domain = Some(crate::exec::fake_quant::FAKE_QUANT_DOMAIN.to_string());
+                g.add_op(
+                    fq,
+                    &[
+                        Some(x),
+                        Some(off),
+                        Some(s),
+                        Some(z),
+                        Some(lo),
+                        Some(hi),
+                        Some(on),
+                    ],
+                    &[Some(dqv)],
+                )
+                .map_err(|e| other(e.to_string()))?;
             }
         }
         // 4-bit weights first: the full-grid switch below then feeds their `else` input.
@@ -356,8 +403,33 @@ impl SimModel {
                 }
             }
         }
+        let mut bias_values = Vec::new();
+        for b in bias_inputs {
+            let dq_name = format!("{b}.dequantize");
+            let Some(dq) = g
+                .ops()
+                .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
+            else {
+                continue;
+            };
+            let Some(dqv) = g.output(dq, 0) else { continue };
+            let value = dequantized_bias(q, b)?;
+            let name = g.fresh_name(&format!("qrange.sim.bias.{b}"));
+            let v = g
+                .add_value(Value {
+                    name: name.clone(),
+                    ty: g.value(dqv).ty.clone(),
+                    init: None,
+                    carry: Default::default(),
+                })
+                .map_err(|e| other(e.to_string()))?;
+            g.inputs.push(v);
+            g.replace_all_uses(dqv, v);
+            bias_values.push((name, b.clone(), value));
+        }
         crate::passes::util::remove_dead(g);
         Ok(SimModel {
+            bias_values,
             w4_switches,
             bias_switches,
             model: m,
@@ -380,9 +452,46 @@ impl SimModel {
         config: &[Precision],
         w4: &std::collections::BTreeSet<String>,
     ) -> Sample {
+        self.feed_with(sample, config, w4, None)
+    }
+
+    /// `sample` plus the inputs of every unit at 8 bits with the parameters and biases of
+    /// `params` instead of the model's own: the written model for another choice of ranges.
+    /// A bias missing from `params` keeps the value of the model the simulation was built
+    /// from.
+    pub fn feed_params(&self, sample: &Sample, params: &RangeParams) -> Sample {
+        let all8 = vec![Precision::A8; self.params.len()];
+        let mut s = self.feed_with(sample, &all8, &Default::default(), Some(&params.units));
+        for (input, b, _) in &self.bias_values {
+            if let Some(t) = params.biases.get(b) {
+                s.insert(input.clone(), t.clone());
+            }
+        }
+        s
+    }
+
+    /// Biases that are model inputs.
+    pub fn bias_inputs(&self) -> impl Iterator<Item = &str> {
+        self.bias_values.iter().map(|(_, b, _)| b.as_str())
+    }
+
+    fn feed_with(
+        &self,
+        sample: &Sample,
+        config: &[Precision],
+        w4: &std::collections::BTreeSet<String>,
+        params8: Option<&[UnitParams]>,
+    ) -> Sample {
         let mut s = sample.clone();
         let scalar = |v: f32| Tensor::F32(ndarray::arr0(v).into_dyn());
-        for ((prefix, (p8, p16)), prec) in self.prefixes.iter().zip(&self.params).zip(config) {
+        for (i, ((prefix, (p8, p16)), prec)) in self
+            .prefixes
+            .iter()
+            .zip(&self.params)
+            .zip(config)
+            .enumerate()
+        {
+            let p8 = params8.and_then(|p| p.get(i)).unwrap_or(p8);
             let p = if *prec == Precision::A16 { p16 } else { p8 };
             s.insert(format!("{prefix}.scale"), scalar(p.scale));
             s.insert(format!("{prefix}.zp"), scalar(p.zero_point));
@@ -406,6 +515,9 @@ impl SimModel {
         for (name, unit) in &self.weight_switches {
             let full = config.get(*unit).is_some_and(|p| *p != Precision::A8);
             s.insert(name.clone(), Tensor::Bool(ndarray::arr0(full).into_dyn()));
+        }
+        for (name, _, value) in &self.bias_values {
+            s.insert(name.clone(), value.clone());
         }
         s
     }

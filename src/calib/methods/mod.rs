@@ -168,7 +168,7 @@ pub fn compute_range(
         }
         Method::Entropy => entropy::range(&views, target),
         Method::Mse => mse::range(&views, target),
-        Method::Auto => auto::choose(&views, target, opts).chosen,
+        Method::Auto | Method::Adaptive => auto::choose(&views, target, opts).chosen,
     })
 }
 
@@ -183,31 +183,51 @@ pub fn compute_ranges(
     method: Method,
     opts: &MethodOptions,
 ) -> Vec<Result<Range, CalibError>> {
-    let run = |j: usize| {
+    par_map(jobs.len(), |j| {
         let (name, stats, target) = &jobs[j];
         compute_range(name, stats, method, target, opts)
-    };
+    })
+}
+
+/// Every method's range of each tensor at once ([`auto::choose`]: the per-tensor choice of
+/// `auto` and the candidates of `minmax`, `percentile`, `entropy`, `mse`), threaded and
+/// ordered as [`compute_ranges`].
+pub fn compute_candidates(
+    jobs: &[(&str, &TensorStats, QuantTarget)],
+    opts: &MethodOptions,
+) -> Vec<Result<AutoChoice, CalibError>> {
+    par_map(jobs.len(), |j| {
+        let (name, stats, target) = &jobs[j];
+        opts.validate()?;
+        QuantTarget::new(target.qmin, target.qmax, target.symmetric)?;
+        let views = Views::new(name, stats)?;
+        Ok(auto::choose(&views, target, opts))
+    })
+}
+
+/// `f(0..n)` on up to [`RANGE_THREADS`] threads, results in index order.
+fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(RANGE_THREADS)
-        .min(jobs.len());
+        .min(n);
     if threads <= 1 {
-        return (0..jobs.len()).map(run).collect();
+        return (0..n).map(f).collect();
     }
     // Jobs are taken in turn from a shared counter (their costs differ a lot), each result
     // stored at its job's index.
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<(usize, Result<Range, CalibError>)> = std::thread::scope(|scope| {
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     let mut out = Vec::new();
                     loop {
                         let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if j >= jobs.len() {
+                        if j >= n {
                             return out;
                         }
-                        out.push((j, run(j)));
+                        out.push((j, f(j)));
                     }
                 })
             })
@@ -372,7 +392,10 @@ mod tests {
             .iter()
             .map(|m| m.to_possible_value().unwrap().get_name().to_string())
             .collect();
-        assert_eq!(names, ["minmax", "percentile", "entropy", "mse", "auto"]);
+        assert_eq!(
+            names,
+            ["minmax", "percentile", "entropy", "mse", "auto", "adaptive"]
+        );
         for m in Method::value_variants() {
             assert_eq!(
                 serde_json::to_string(m).unwrap(),

@@ -62,7 +62,7 @@ fn precision_rows(p: &Prepared) -> Vec<PrecisionRow> {
                     })
                     .unwrap_or_else(|| "f32".into());
                 let weight = ins.clone().find_map(|v| match decision(v) {
-                    Some(Decision::Weight { qtype, axis }) => Some(match axis {
+                    Some(Decision::Weight { qtype, axis, .. }) => Some(match axis {
                         Some(a) => format!("{} per-channel (axis {a})", qtype_text(qtype, None)),
                         None => format!("{} per-tensor", qtype_text(qtype, None)),
                     }),

@@ -1,0 +1,339 @@
+//! `--method adaptive`: the range set whose simulated outputs are closest to the float
+//! model's.
+//!
+//! Every range method gives a complete set of activation ranges: `auto` (per tensor, the
+//! method with the lowest expected quantization error) and `minmax`, `percentile`,
+//! `entropy`, `mse` for every tensor. Which set serves a model best depends on how
+//! errors travel to its outputs, which no per-tensor measure sees (clipping a rare large
+//! activation can lower a tensor's error and still cost the output more than it saves).
+//! So each distinct set runs in the switchable simulation model (`tune::sim`: the written
+//! model's Q/DQ pairs with their parameters as inputs) on a few calibration samples, and
+//! the set with the best worst-output SQNR against the float model wins; ties go to the
+//! earlier set in the order above.
+
+use super::Prepared;
+use crate::calib::{compute_candidates, Method, MethodOptions, QuantTarget, Range, TensorStats};
+use crate::cli::progress;
+use crate::data::Sample;
+use crate::exec::{Session, SessionOptions};
+use crate::onnx::{self, ExternalPolicy};
+use crate::quant::plan::{Decision, Plan};
+use crate::tune::search::{Evaluator, Goal};
+use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
+use crate::tune::{self, Unit};
+use anyhow::anyhow;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The sets, in tie-break order.
+pub(crate) const SETS: [Method; 5] = [
+    Method::Auto,
+    Method::MinMax,
+    Method::Percentile,
+    Method::Entropy,
+    Method::Mse,
+];
+
+/// What the selection did, for the summary.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Selection {
+    /// The set written.
+    pub chosen: Method,
+    /// Calibration samples the sets ran on (0 when the selection did not run).
+    pub samples: usize,
+    /// Worst-output SQNR (dB) of each set, in [`SETS`] order; sets equal to an earlier
+    /// one share its figure.
+    pub sqnr_db: Vec<(Method, f64)>,
+    /// Why the selection did not run, if it did not (`auto`'s ranges are then written).
+    pub skipped: Option<String>,
+}
+
+impl Selection {
+    /// One line for the text summary.
+    pub fn line(&self) -> String {
+        match &self.skipped {
+            Some(why) => format!("adaptive: auto's ranges ({why})"),
+            None => format!(
+                "adaptive: {} (worst output SQNR on {} calibration samples: {})",
+                self.chosen,
+                self.samples,
+                self.sqnr_db
+                    .iter()
+                    .map(|(m, db)| format!("{m} {db:.1} dB"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// Per value to calibrate, its statistics and grid, in the plan's order.
+fn jobs<'a>(
+    plan: &'a Plan,
+    stats: &'a BTreeMap<String, TensorStats>,
+) -> anyhow::Result<Vec<(String, &'a TensorStats, QuantTarget)>> {
+    let mut out = Vec::new();
+    for v in plan.calibration_values() {
+        let qtype = plan
+            .values
+            .iter()
+            .find_map(|(n, d)| match d {
+                Decision::Activation {
+                    qtype, range_from, ..
+                } if *n == v || range_from.as_deref() == Some(v.as_str()) => Some(*qtype),
+                _ => None,
+            })
+            .expect("calibration value comes from a decision");
+        let s = stats.get(&v).ok_or_else(|| {
+            anyhow!("no statistics for value '{v}' (ranges file for another model or options?)")
+        })?;
+        out.push((v, s, QuantTarget::of(&qtype)));
+    }
+    Ok(out)
+}
+
+/// Every set's range per calibrated value, in [`SETS`] order.
+pub(crate) type RangeSets = Vec<BTreeMap<String, Range>>;
+
+/// The range sets of `plan`'s calibrated values ([`SETS`] order).
+pub(crate) fn range_sets(
+    plan: &Plan,
+    stats: &BTreeMap<String, TensorStats>,
+    opts: &MethodOptions,
+) -> anyhow::Result<RangeSets> {
+    let jobs = jobs(plan, stats)?;
+    let refs: Vec<(&str, &TensorStats, QuantTarget)> =
+        jobs.iter().map(|(v, s, t)| (v.as_str(), *s, *t)).collect();
+    let mut choices = Vec::with_capacity(jobs.len());
+    for c in compute_candidates(&refs, opts) {
+        choices.push(c?);
+    }
+    // Set 0 is auto's choice, then the candidates in SETS order.
+    Ok((0..SETS.len())
+        .map(|k| {
+            jobs.iter()
+                .zip(&choices)
+                .map(|((v, _, _), c)| {
+                    let r = if k == 0 {
+                        c.chosen
+                    } else {
+                        *c.candidates
+                            .iter()
+                            .find(|r| r.method == SETS[k])
+                            .expect("every method is a candidate")
+                    };
+                    (v.clone(), r)
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Writes `set`'s ranges into `plan`; returns each value's method.
+pub(crate) fn apply_set(
+    plan: &mut Plan,
+    set: &BTreeMap<String, Range>,
+) -> BTreeMap<String, Method> {
+    let mut chosen = BTreeMap::new();
+    for (v, r) in set {
+        plan.ranges.insert(v.clone(), (r.lo, r.hi));
+        chosen.insert(v.clone(), r.method);
+    }
+    chosen
+}
+
+/// The simulation of `plan` (ranges set) materialised: its units and model.
+pub(crate) fn simulation(p: &Prepared, plan: &Plan) -> anyhow::Result<(Vec<Unit>, SimModel)> {
+    let units = tune::units(plan, &p.model);
+    let mut q8 = p.model.clone();
+    crate::passes::insert_qdq::materialize(&mut q8, plan).map_err(|e| anyhow!("{e}"))?;
+    let base = unit_params(p, plan, &units, None);
+    let biases: Vec<String> = tune::bias_units(plan, &units)
+        .into_iter()
+        .map(|(b, _, _)| b)
+        .collect();
+    let sim = SimModel::build(
+        &SimSources {
+            prepared: &p.model,
+            q: &q8,
+            full: &q8,
+            weights: &[],
+            biases: &[],
+            narrow: None,
+            narrow_weights: &[],
+            bias_inputs: &biases,
+        },
+        &units,
+        base.iter().map(|b| (*b, *b)).collect(),
+    )
+    .map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+    Ok((units, sim))
+}
+
+/// 8-bit parameters of each unit from `set` (or from `plan`'s own ranges).
+pub(crate) fn unit_params(
+    p: &Prepared,
+    plan: &Plan,
+    units: &[Unit],
+    set: Option<&BTreeMap<String, Range>>,
+) -> Vec<UnitParams> {
+    units
+        .iter()
+        .map(|u| {
+            let (lo, hi) = match set {
+                Some(set) => {
+                    let r = set[&u.range_key];
+                    (r.lo, r.hi)
+                }
+                None => plan.ranges[&u.range_key],
+            };
+            let q = match plan.values.get(&u.root) {
+                Some(Decision::Activation { qtype, .. }) => *qtype,
+                _ => p.cfg.activation,
+            };
+            UnitParams::new(lo, hi, &q)
+        })
+        .collect()
+}
+
+/// What the simulation is fed to run `plan` with `set`'s ranges: unit parameters, and the
+/// int32 biases as `set`'s input scales round them (from `set` materialised).
+pub(crate) fn range_params(
+    p: &Prepared,
+    plan: &Plan,
+    units: &[Unit],
+    sim: &SimModel,
+    set: &BTreeMap<String, Range>,
+) -> anyhow::Result<RangeParams> {
+    let mut with = plan.clone();
+    apply_set(&mut with, set);
+    let mut q = p.model.clone();
+    crate::passes::insert_qdq::materialize(&mut q, &with).map_err(|e| anyhow!("{e}"))?;
+    let mut biases = BTreeMap::new();
+    for b in sim.bias_inputs() {
+        let t = dequantized_bias(&q, b).map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+        biases.insert(b.to_string(), t);
+    }
+    Ok(RangeParams {
+        units: unit_params(p, plan, units, Some(set)),
+        biases,
+    })
+}
+
+/// Chooses the range set for `plan` (ranges written into it) on `samples` (calibration
+/// samples; none, or a model the simulation cannot cover, writes `auto`'s). Returns the
+/// method of each calibrated value and what the selection did.
+pub(crate) fn select(
+    p: &Prepared,
+    plan: &mut Plan,
+    stats: &BTreeMap<String, TensorStats>,
+    opts: &MethodOptions,
+    samples: &[Sample],
+    quiet: bool,
+) -> anyhow::Result<(BTreeMap<String, Method>, Selection)> {
+    let sets = range_sets(plan, stats, opts)?;
+    let skip = |plan: &mut Plan, why: &str| (apply_set(plan, &sets[0]), skip_selection(why));
+    if samples.is_empty() {
+        return Ok(skip(
+            plan,
+            "no calibration samples: the ranges come from a file",
+        ));
+    }
+    if sets[0].is_empty() {
+        return Ok(skip(plan, "no activation is quantized"));
+    }
+    if p.model
+        .graph
+        .ops()
+        .any(|o| matches!(p.model.graph.op(o).op_type.as_str(), "If" | "Loop" | "Scan"))
+    {
+        return Ok(skip(
+            plan,
+            "the model has subgraphs, which the simulation does not switch",
+        ));
+    }
+    // Distinct sets only; a repeated one shares its figure.
+    let mut first_of: Vec<usize> = Vec::with_capacity(sets.len());
+    for k in 0..sets.len() {
+        let same = (0..k).find(|&j| {
+            first_of[j] == j
+                && sets[j]
+                    .values()
+                    .zip(sets[k].values())
+                    .all(|(a, b)| (a.lo, a.hi) == (b.lo, b.hi))
+        });
+        first_of.push(same.unwrap_or(k));
+    }
+    let distinct: Vec<usize> = (0..sets.len()).filter(|&k| first_of[k] == k).collect();
+    if distinct.len() == 1 {
+        return Ok(skip(plan, "every method gives the same ranges"));
+    }
+
+    // The simulation of the written model with auto's ranges; other sets change only the
+    // parameters fed to it.
+    let chosen0 = apply_set(plan, &sets[0]);
+    let (units, sim) = simulation(p, plan)?;
+    if units.is_empty() {
+        return Ok((chosen0, skip_selection("no activation unit to switch")));
+    }
+    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
+    let reference = Session::new(
+        &fp,
+        Some(&p.base_dir),
+        &samples[0],
+        &SessionOptions::default(),
+    )
+    .map_err(|e| anyhow!("float model: {e}"))?;
+    let ev = Evaluator::new(&sim, Some(&p.base_dir), &reference, samples.to_vec(), None)
+        .map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+    let mut params = Vec::with_capacity(distinct.len());
+    for &k in &distinct {
+        params.push(range_params(p, plan, &units, &sim, &sets[k])?);
+    }
+    let bar = progress(params.len() as u64, "choosing ranges");
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let metrics = ev
+        .eval_params_many(&params, &|| bar.inc(1))
+        .map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+    bar.finish_and_clear();
+    let goal = Goal::Sqnr { db: 0.0 };
+    let mut figure = vec![f64::NAN; sets.len()];
+    for (&k, m) in distinct.iter().zip(&metrics) {
+        figure[k] = goal.figure(m);
+    }
+    for k in 0..sets.len() {
+        figure[k] = figure[first_of[k]];
+    }
+    // Highest figure; NaN never wins; ties keep the earlier set.
+    let mut best = 0usize;
+    for k in 1..sets.len() {
+        if figure[k] > figure[best] || (figure[best].is_nan() && !figure[k].is_nan()) {
+            best = k;
+        }
+    }
+    let chosen = if best == 0 {
+        chosen0
+    } else {
+        apply_set(plan, &sets[best])
+    };
+    Ok((
+        chosen,
+        Selection {
+            chosen: SETS[best],
+            samples: ev.samples(),
+            sqnr_db: SETS.iter().copied().zip(figure).collect(),
+            skipped: None,
+        },
+    ))
+}
+
+fn skip_selection(why: &str) -> Selection {
+    Selection {
+        chosen: Method::Auto,
+        samples: 0,
+        sqnr_db: Vec::new(),
+        skipped: Some(why.to_string()),
+    }
+}

@@ -1,0 +1,161 @@
+//! The switchable fake quantization of the simulation model (`tune::sim`), as one engine op.
+//!
+//! `QrangeFakeQuant(x, off, scale, zp, lo, hi, on)` (domain [`FAKE_QUANT_DOMAIN`]) computes,
+//! when the scalar `on` is true, what `DequantizeLinear(QuantizeLinear(x))` computes on an
+//! f32 tensor, step by step in f32 as ONNX defines them (and as the element-wise ops
+//! `Div, Round, Add, Max, Min, Sub, Mul` would):
+//! `y = (min(max(round_half_even(x / scale) + zp, lo), hi) - zp) * scale`; when `on` is
+//! false it returns `off` (the value passed through). One node per switch instead of eight
+//! keeps the simulation graph the size of the quantized model, which the engine's optimizer
+//! needs: its cost grows faster than linearly with the node count.
+//!
+//! Only the simulation model uses it; it is never written to a model file.
+
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+/// Op type of the fake quantization.
+pub(crate) const FAKE_QUANT_OP: &str = "QrangeFakeQuant";
+/// Its domain.
+pub(crate) const FAKE_QUANT_DOMAIN: &str = "qrange";
+
+/// Op builder.
+pub(crate) fn fake_quant_builder(
+    _ctx: &ParsingContext,
+    _node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(FakeQuantExpansion), vec![]))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FakeQuantExpansion;
+
+impl Expansion for FakeQuantExpansion {
+    fn name(&self) -> StaticName {
+        FAKE_QUANT_OP.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 7)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, DatumType::F32)?;
+        s.equals(&inputs[1].datum_type, DatumType::F32)?;
+        s.equals(&outputs[0].datum_type, DatumType::F32)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        s.equals(&inputs[1].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        target: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        target.wire_node(prefix, FakeQuant, inputs)
+    }
+}
+
+/// The typed op.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FakeQuant;
+
+impl Op for FakeQuant {
+    fn name(&self) -> StaticName {
+        FAKE_QUANT_OP.into()
+    }
+
+    op_as_typed_op!();
+}
+
+fn scalar<T: Datum + Copy>(t: &TValue, what: &str) -> TractResult<T> {
+    t.to_plain_array_view::<T>()?
+        .iter()
+        .next()
+        .copied()
+        .with_context(|| format!("{FAKE_QUANT_OP}: empty {what}"))
+}
+
+/// `(min(max(round_half_even(x / s) + z, lo), hi) - z) * s`, each step rounded to f32.
+///
+/// Written without branches so that the loop over a tensor vectorises: rounding adds and
+/// subtracts 1.5 · 2^23 (exact half-to-even for |v| < 2^22; larger values are integers or
+/// beyond any 16-bit grid, where the clamp decides), and NaN passes through as ONNX's
+/// Max/Min propagate it.
+#[inline]
+pub(crate) fn fake_quant(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
+    const M: f32 = 12_582_912.0;
+    let r = x / s;
+    let rounded = (r + M) - M;
+    let r = if r.abs() < 4_194_304.0 { rounded } else { r };
+    let q = r + z;
+    // Comparisons are false for NaN, which so passes through.
+    let c = if q < lo { lo } else { q };
+    let c = if c > hi { hi } else { c };
+    (c - z) * s
+}
+
+impl EvalOp for FakeQuant {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let on: bool = scalar(&inputs[6], "on")?;
+        if !on {
+            return Ok(tvec!(inputs[1].clone()));
+        }
+        let s: f32 = scalar(&inputs[2], "scale")?;
+        let z: f32 = scalar(&inputs[3], "zero point")?;
+        let lo: f32 = scalar(&inputs[4], "lower bound")?;
+        let hi: f32 = scalar(&inputs[5], "upper bound")?;
+        let mut y = inputs[0].clone().into_tensor();
+        let mut view = y.to_plain_array_view_mut::<f32>()?;
+        match view.as_slice_mut() {
+            Some(values) => values
+                .iter_mut()
+                .for_each(|v| *v = fake_quant(*v, s, z, lo, hi)),
+            None => view.mapv_inplace(|v| fake_quant(v, s, z, lo, hi)),
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for FakeQuant {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake_quant;
+
+    #[test]
+    fn matches_quantize_then_dequantize() {
+        // u8, scale 0.1, zero point 10: 0.25 -> 2.5 rounds to 2 (half to even) -> 12 -> 0.2.
+        assert_eq!(fake_quant(0.25, 0.1, 10.0, 0.0, 255.0), (12.0 - 10.0) * 0.1);
+        // Clamped at both ends.
+        assert_eq!(
+            fake_quant(100.0, 0.1, 10.0, 0.0, 255.0),
+            (255.0 - 10.0) * 0.1
+        );
+        assert_eq!(
+            fake_quant(-100.0, 0.1, 10.0, 0.0, 255.0),
+            (0.0 - 10.0) * 0.1
+        );
+        assert!(fake_quant(f32::NAN, 0.1, 10.0, 0.0, 255.0).is_nan());
+        // Beyond the exact-rounding range the clamp decides.
+        assert_eq!(fake_quant(1e30, 1e-3, 0.0, -127.0, 127.0), 127.0 * 1e-3);
+        // Ties to even on both sides of zero.
+        assert_eq!(fake_quant(1.5, 1.0, 0.0, -127.0, 127.0), 2.0);
+        assert_eq!(fake_quant(2.5, 1.0, 0.0, -127.0, 127.0), 2.0);
+        assert_eq!(fake_quant(-2.5, 1.0, 0.0, -127.0, 127.0), -2.0);
+    }
+}
