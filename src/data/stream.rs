@@ -50,7 +50,7 @@ pub(super) struct Span {
 #[derive(Debug)]
 pub(super) enum Array {
     Loaded(Tensor),
-    Streamed(Streamed),
+    Streamed(Box<Streamed>),
 }
 
 impl Array {
@@ -117,7 +117,7 @@ enum Cursor {
 
 /// What opening an array found.
 pub(super) enum Opened {
-    Streamed(Streamed),
+    Streamed(Box<Streamed>),
     /// A layout read whole instead (see the module doc).
     Whole,
 }
@@ -155,7 +155,7 @@ impl Streamed {
                 ahead: BTreeMap::new(),
             },
         };
-        Ok(Ok(Opened::Streamed(Streamed {
+        Ok(Ok(Opened::Streamed(Box::new(Streamed {
             header_len: header.data_offset as u64,
             name: name.to_string(),
             elem,
@@ -163,7 +163,7 @@ impl Streamed {
             sample_bytes,
             span,
             cursor: Mutex::new(cursor),
-        })))
+        }))))
     }
 
     /// Sample `i`, decoded.
