@@ -13,6 +13,19 @@
 //! - An image folder (PNG/JPEG files, no test data): one sample per image in sorted name
 //!   order, turned into the model's image input by a declared [`Preprocess`] (`images`).
 //!
+//! **Reading on demand.** Loading validates everything that is cheap to validate: member
+//! names against the model inputs, dtypes and shapes (from the `.npy` headers), equal sample
+//! counts, sizes; labels and other extra arrays are small and decoded at once. The input
+//! arrays of `.npz`/`.npy` data are not decoded whole: [`Dataset::get`] reads sample `i`
+//! when asked (`stream`: a seek for stored bytes, a forward inflate stream for deflated
+//! members), from any thread, and checks it for NaN/Inf then ([`DataError::NonFinite`],
+//! naming the file, input, sample and element). A [`Dataset`] is a view of a range of its
+//! source's samples ([`Dataset::split_off`] holds back a tail without reading anything).
+//! Test-data folders, image folders and samples made in memory ([`Dataset::from_samples`])
+//! are held decoded. Code that runs over samples takes a [`SampleSource`] (a `Dataset` or
+//! samples in memory) and reads one sample at a time, so memory does not grow with the
+//! number of samples.
+//!
 //! Every problem with user data is a one-line [`DataError`] naming the file and the array or
 //! input. Nothing here knows about graphs or execution; callers pass [`InputSpec`]s.
 

@@ -7,12 +7,12 @@
 //!   `data start + header + i * sample bytes` and one read;
 //! - a deflated member: one inflate stream read forward sample by sample. Samples passed over
 //!   on the way to the one asked for are kept (a few, [`AHEAD`]) for the threads that asked
-//!   for them in turn; asking for an earlier sample that is no longer kept restarts the
-//!   stream from the member's start.
+//!   for them in turn, and so is the sample returned last; asking for an earlier sample that
+//!   is no longer kept restarts the stream from the member's start.
 //!
 //! Layouts that make this awkward (column-major arrays, zero-rank arrays, unicode arrays,
 //! compression methods other than stored and deflate) are not streamed: the caller decodes
-//! them whole, as before. The zip CRC of a streamed member is not checked; a truncated or
+//! them whole through the same decoder. The zip CRC of a streamed member is not checked; a truncated or
 //! corrupt deflate stream is reported when a sample cannot be read.
 
 use super::npy::{self, Elem, Header, NpyError};
@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Take};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Samples read past and kept for later requests, per deflated member. Workers take sample
@@ -88,6 +89,8 @@ pub(super) struct Streamed {
     header_len: u64,
     sample_bytes: usize,
     cursor: Mutex<Cursor>,
+    /// How many times a deflate stream was started.
+    starts: AtomicUsize,
 }
 
 impl std::fmt::Debug for Streamed {
@@ -112,6 +115,9 @@ enum Cursor {
         stream: Option<(Inflate, usize)>,
         /// Samples read past, by index.
         ahead: BTreeMap<usize, Vec<u8>>,
+        /// The sample returned last: a view's first sample is read for shapes, then again
+        /// when the view is run over, and this saves a restart for it.
+        last: Option<(usize, Vec<u8>)>,
     },
 }
 
@@ -153,6 +159,7 @@ impl Streamed {
             Coding::Deflate => Cursor::Deflate {
                 stream: None,
                 ahead: BTreeMap::new(),
+                last: None,
             },
         };
         Ok(Ok(Opened::Streamed(Box::new(Streamed {
@@ -163,6 +170,7 @@ impl Streamed {
             sample_bytes,
             span,
             cursor: Mutex::new(cursor),
+            starts: AtomicUsize::new(0),
         }))))
     }
 
@@ -175,6 +183,13 @@ impl Streamed {
                 path: self.span.path.clone(),
                 msg: format!("array '{}': sample {i}: {e}", self.name),
             })
+    }
+
+    /// How many times the inflate stream was started (tests check that reading patterns
+    /// do not restart it needlessly).
+    #[cfg(test)]
+    pub fn stream_starts(&self) -> usize {
+        self.starts.load(Ordering::Relaxed)
     }
 
     /// The raw bytes of sample `i`.
@@ -193,8 +208,16 @@ impl Streamed {
                 file.read_exact(&mut buf).map_err(err)?;
                 Ok(buf)
             }
-            Cursor::Deflate { stream, ahead } => {
+            Cursor::Deflate {
+                stream,
+                ahead,
+                last,
+            } => {
+                if let Some((_, b)) = last.as_ref().filter(|(j, _)| *j == i) {
+                    return Ok(b.clone());
+                }
                 if let Some(b) = ahead.remove(&i) {
+                    *last = Some((i, b.clone()));
                     return Ok(b);
                 }
                 // A stream that failed is dropped here and not resumed: the next request
@@ -202,6 +225,7 @@ impl Streamed {
                 let (mut s, mut next) = match stream.take() {
                     Some((s, next)) if next <= i => (s, next),
                     _ => {
+                        self.starts.fetch_add(1, Ordering::Relaxed);
                         let mut s = Inflate::new(open_raw(&self.span, &self.name)?);
                         let skipped = std::io::copy(
                             &mut (&mut s).take(self.header_len),
@@ -220,6 +244,7 @@ impl Streamed {
                     next += 1;
                     if next - 1 == i {
                         *stream = Some((s, next));
+                        *last = Some((i, buf.clone()));
                         return Ok(buf);
                     }
                     ahead.insert(next - 1, buf);
