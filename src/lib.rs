@@ -55,7 +55,10 @@
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders, and
 //!   image folders: PNG via `png`, JPEG via `zune-jpeg`, turned into the model's image input
 //!   by a declared `Preprocess`: resize with qrange's own bilinear filter, colour order,
-//!   layout, scale/mean/std, dtype), validated against the model's inputs; deterministic .npz
+//!   layout, scale/mean/std, dtype), validated against the model's inputs; .npz/.npy inputs
+//!   read one sample at a time when used (seek for stored members, a forward inflate stream
+//!   via `flate2` for deflated ones), so memory does not grow with the sample count;
+//!   `Dataset` views and the `SampleSource` trait consumers run over; deterministic .npz
 //!   output.
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,

@@ -69,6 +69,25 @@ fn run_case(dir: &Path, arrays: Vec<(&str, qrange::ir::Tensor)>) -> Vec<String> 
     ]
 }
 
+/// `qrange quantize` of add_relu on 10 calibration samples with a NaN in sample `bad`
+/// (the last two samples are held back for validation).
+fn quantize_nan_case(dir: &Path, bad: usize) -> Vec<String> {
+    let m = dir.join("model.onnx");
+    write_proto(&m, &add_relu());
+    let mut t = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&[10, 1, 4]), 0.25);
+    t[[bad, 0, 1]] = f32::NAN;
+    let data = dir.join("calib.npz");
+    write_npz_arrays(&data, vec![("x", qrange::ir::Tensor::F32(t))]);
+    vec![
+        "quantize".into(),
+        s(&m),
+        "--calib".into(),
+        s(&data),
+        "-o".into(),
+        s(&dir.join("out.onnx")),
+    ]
+}
+
 /// `qrange compare` of add_relu (reference) with `test` on an .npz of `arrays`, with
 /// `extra` arguments.
 fn compare_case(
@@ -136,6 +155,26 @@ const CASES: &[Case] = &[
         name: "npz with NaN",
         setup: |d| run_case(d, vec![("x", f32_filled(&[1, 1, 4], f32::NAN))]),
         expect: &["data.npz", "'x'", "NaN"],
+    },
+    Case {
+        name: "quantize: NaN in a calibration sample",
+        setup: |d| quantize_nan_case(d, 3),
+        expect: &["calib.npz", "'x'", "sample 3", "NaN"],
+    },
+    Case {
+        name: "quantize: NaN in a held-back validation sample",
+        setup: |d| quantize_nan_case(d, 9),
+        expect: &["calib.npz", "'x'", "sample 9", "NaN"],
+    },
+    Case {
+        name: "calibrate: NaN in a calibration sample",
+        setup: |d| {
+            let mut args = quantize_nan_case(d, 6);
+            args[0] = "calibrate".into();
+            args[5] = s(&d.join("ranges.json"));
+            args
+        },
+        expect: &["calib.npz", "'x'", "sample 6", "NaN"],
     },
     Case {
         name: "unknown op at run time",

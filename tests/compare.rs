@@ -304,9 +304,13 @@ fn per_tensor_library_call() {
     )];
     let ds = qrange::data::load(&fixture("tiny/tiny_broken_layer.eval.npz"), &specs).unwrap();
     let mut calls = Vec::new();
-    let r = per_tensor(&a, &b, &ds.samples[..4], 1 << 30, |done, total| {
-        calls.push((done, total))
-    })
+    let r = per_tensor(
+        &a,
+        &b,
+        &ds.read_all().unwrap()[..4],
+        1 << 30,
+        |done, total| calls.push((done, total)),
+    )
     .unwrap();
     assert_eq!(r.layers[0].value, "br");
     assert_eq!(r.layers[0].producer.as_deref(), Some("branch"));
@@ -314,7 +318,13 @@ fn per_tensor_library_call() {
     assert_eq!(r.samples, 4);
     assert_eq!(calls, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
     assert!(matches!(
-        per_tensor(&a, &b, &[], 1 << 30, |_, _| {}),
+        per_tensor(
+            &a,
+            &b,
+            &Vec::<qrange::data::Sample>::new(),
+            1 << 30,
+            |_, _| {}
+        ),
         Err(PerTensorError::NoSamples)
     ));
 }

@@ -19,7 +19,7 @@ fn f32_input(name: &str, shape: &[Option<usize>]) -> InputSpec {
 fn check(rel: &str, inputs: &[InputSpec], n: usize, shape: &[usize], meta: Option<&str>) {
     let ds = load(&fixture(rel), inputs).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ds.len(), n, "{rel}");
-    for s in &ds.samples {
+    for s in &ds.read_all().unwrap() {
         assert_eq!(s.len(), inputs.len(), "{rel}");
         assert_eq!(s[&inputs[0].name].shape(), shape, "{rel}");
     }
@@ -76,7 +76,7 @@ fn onnx_test_data_layout_matches_the_npz() {
     let npz = load(&fixture("tiny/tiny_mlp.npz"), &inputs).unwrap();
     assert_eq!(pb.len(), 2);
     // Set 0 is stored as raw_data, set 1 in float_data: both equal the npz samples.
-    assert_eq!(pb.samples[..], npz.samples[..2]);
+    assert_eq!(pb.read_all().unwrap()[..], npz.read_all().unwrap()[..2]);
     let y = &pb.extra["output_0"];
     assert_eq!(y.shape(), vec![2, 1, 10]);
     let sums: Vec<f64> = y
@@ -130,8 +130,8 @@ fn real_model_data_loads() {
         check("silero_vad/eval.npz", inputs, 32, &[1, 576], None);
     }
     let ds = load(&fixture("silero_vad/calib.npz"), &silero).unwrap();
-    assert_eq!(ds.samples[0]["sr"].to_i64_vec().unwrap(), vec![16000]);
-    assert_eq!(ds.samples[0]["state"].shape(), vec![2, 1, 128]);
+    assert_eq!(ds.get(0).unwrap()["sr"].to_i64_vec().unwrap(), vec![16000]);
+    assert_eq!(ds.get(0).unwrap()["state"].shape(), vec![2, 1, 128]);
 }
 
 #[test]

@@ -112,8 +112,8 @@ fn silero_vad_folds_to_an_if_free_model_that_matches_onnx_runtime() {
     ];
     let reference = data::load(&repo("tests/data/silero_vad_reference.npz"), &specs).unwrap();
     assert!(reference.len() >= 4);
-    let s = session(&m, &reference.samples[0]);
-    for (i, sample) in reference.samples.iter().enumerate() {
+    let s = session(&m, &reference.get(0).unwrap());
+    for (i, sample) in reference.read_all().unwrap().iter().enumerate() {
         let out = s.run(sample).unwrap();
         let d_out = max_abs_diff(&out["output"], &row(&reference.extra["output"], i));
         let d_state = max_abs_diff(&out["stateN"], &row(&reference.extra["stateN"], i));
@@ -145,7 +145,7 @@ fn same_outputs_before_and_after(model: &str, data_file: &str, expect_ifs_after:
     let ds = data::load(&repo(data_file), &specs).unwrap();
     let mut m = original.clone();
     let mut cx = PassCx::default();
-    for (k, t) in &ds.samples[0] {
+    for (k, t) in &ds.get(0).unwrap() {
         cx.input_shapes
             .insert(k.clone(), t.shape().iter().map(|&d| d as i64).collect());
     }
@@ -153,10 +153,10 @@ fn same_outputs_before_and_after(model: &str, data_file: &str, expect_ifs_after:
     assert!(cx.diagnostics.is_empty(), "{model}: {:?}", cx.diagnostics);
     assert_eq!(count_ops(&m.graph, "If"), expect_ifs_after, "{model}");
     let (a, b) = (
-        session(&original, &ds.samples[0]),
-        session(&m, &ds.samples[0]),
+        session(&original, &ds.get(0).unwrap()),
+        session(&m, &ds.get(0).unwrap()),
     );
-    for (i, sample) in ds.samples.iter().enumerate() {
+    for (i, sample) in ds.read_all().unwrap().iter().enumerate() {
         let (x, y) = (a.run(sample).unwrap(), b.run(sample).unwrap());
         assert_eq!(
             x.keys().collect::<Vec<_>>(),

@@ -26,7 +26,12 @@ fn ppocr_input() -> Vec<InputSpec> {
 fn max_diff(images: &data::Dataset, npz: &data::Dataset) -> f64 {
     assert_eq!(images.len(), npz.len());
     let mut worst = 0.0f64;
-    for (a, b) in images.samples.iter().zip(&npz.samples) {
+    for (a, b) in images
+        .read_all()
+        .unwrap()
+        .iter()
+        .zip(&npz.read_all().unwrap())
+    {
         assert_eq!(a["x"].shape(), b["x"].shape());
         let (a, b) = (a["x"].to_f64_vec().unwrap(), b["x"].to_f64_vec().unwrap());
         for (x, y) in a.iter().zip(&b) {
@@ -45,8 +50,8 @@ fn png_folder_reproduces_the_npz_samples() {
     assert!(data::is_image_dir(&dir).unwrap());
     let images = data::load_with(&dir, &specs, Some(&pre)).unwrap();
     assert_eq!(images.len(), 8);
-    assert_eq!(images.samples[0]["x"].shape(), vec![1, 3, 48, 192]);
-    assert_eq!(images.samples[0]["x"].dtype(), DType::F32);
+    assert_eq!(images.get(0).unwrap()["x"].shape(), vec![1, 3, 48, 192]);
+    assert_eq!(images.get(0).unwrap()["x"].dtype(), DType::F32);
     // Sorted name order: sample_00.png is npz sample 0, and so on; the notes file is skipped.
     let d = max_diff(&images, &npz);
     assert!(
@@ -104,14 +109,14 @@ fn resize_and_layouts_on_a_real_image() {
     )];
     let pre: Preprocess = "resize=96x24,layout=nhwc,scale=255".parse().unwrap();
     let ds = data::load_with(&dir, &nhwc, Some(&pre)).unwrap();
-    let t = &ds.samples[3]["x"];
+    let t = &ds.get(3).unwrap()["x"];
     assert_eq!(t.shape(), vec![1, 24, 96, 3]);
     let v = t.to_f64_vec().unwrap();
     assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
     // Halving both sides: each output pixel is the mean of a 2x2 block of the original.
     let full: Preprocess = "layout=nhwc,scale=255".parse().unwrap();
     let big = data::load_with(&dir, &nhwc, Some(&full)).unwrap();
-    let b = big.samples[3]["x"].to_f64_vec().unwrap();
+    let b = big.get(3).unwrap()["x"].to_f64_vec().unwrap();
     let at = |y: usize, x: usize, c: usize| b[(y * 192 + x) * 3 + c];
     for (y, x, c) in [(0, 0, 0), (5, 17, 1), (11, 40, 2), (23, 95, 0)] {
         let want = (at(2 * y, 2 * x, c)
@@ -130,8 +135,8 @@ fn resize_and_layouts_on_a_real_image() {
     )];
     let pre: Preprocess = "color=gray".parse().unwrap();
     let ds = data::load_with(&dir, &gray, Some(&pre)).unwrap();
-    assert_eq!(ds.samples[0]["x"].shape(), vec![1, 48, 192]);
-    assert_eq!(ds.samples[0]["x"].dtype(), DType::U8);
+    assert_eq!(ds.get(0).unwrap()["x"].shape(), vec![1, 48, 192]);
+    assert_eq!(ds.get(0).unwrap()["x"].dtype(), DType::U8);
 }
 
 #[test]
@@ -263,8 +268,8 @@ fn mixed_folder_and_sorted_order() {
     assert_eq!(skipped, vec!["more", "labels.csv"]);
     let npz = data::load(&fixture("ppocr_cls/calib.npz"), &ppocr_input()).unwrap();
     let close = |i: usize, j: usize, tol: f64| {
-        let a = ds.samples[i]["x"].to_f64_vec().unwrap();
-        let b = npz.samples[j]["x"].to_f64_vec().unwrap();
+        let a = ds.get(i).unwrap()["x"].to_f64_vec().unwrap();
+        let b = npz.get(j).unwrap()["x"].to_f64_vec().unwrap();
         let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64;
         mean < tol
     };

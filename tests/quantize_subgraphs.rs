@@ -119,7 +119,10 @@ fn producer<'a>(g: &'a proto::GraphProto, value: &str) -> Option<&'a proto::Node
 /// Samples of a fixture's single input `x`.
 fn samples(rel: &str) -> Vec<Sample> {
     let specs = vec![InputSpec::new("x", DType::F32, None)];
-    data::load(&fixture(rel), &specs).unwrap().samples
+    data::load(&fixture(rel), &specs)
+        .unwrap()
+        .read_all()
+        .unwrap()
 }
 
 fn f32s(t: &Tensor) -> Vec<f64> {

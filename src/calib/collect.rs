@@ -27,7 +27,7 @@
 //! calibrated: the engine cannot execute `Loop`, so the plan leaves them float.
 
 use super::{CalibError, TensorStats};
-use crate::data::Sample;
+use crate::data::{DataError, Sample, SampleSource};
 use crate::exec::{ExecError, ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::scope::subgraph_model;
 use crate::ir::{Model, OpId, Tensor};
@@ -46,6 +46,9 @@ pub enum CollectError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Calib(#[from] CalibError),
+    /// A sample could not be read (data streamed from disk is read, and checked, here).
+    #[error(transparent)]
+    Data(#[from] DataError),
     /// Running a subgraph as a model of its own failed.
     #[error("subgraph '{scope}': {source}")]
     Subgraph {
@@ -89,10 +92,10 @@ pub fn plan_groups(values: &[(String, u64)], budget: u64) -> Vec<Vec<String>> {
 /// On failure the error of the first failing sample (in sample order) is returned.
 /// `progress(done, total)` is called after each sample.
 #[allow(clippy::too_many_arguments)]
-fn collect_streamed(
+fn collect_streamed<S: SampleSource + ?Sized>(
     model: &ModelProto,
     base_dir: Option<&Path>,
-    samples: &[Sample],
+    samples: &S,
     values: &[String],
     workers: usize,
     stats: &mut BTreeMap<String, TensorStats>,
@@ -100,18 +103,17 @@ fn collect_streamed(
     total: u64,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<u64, CollectError> {
-    let Some(first) = samples.first() else {
-        return Ok(done);
-    };
-    if values.is_empty() {
+    if samples.count() == 0 || values.is_empty() {
         return Ok(done);
     }
+    let first = samples.sample(0)?;
     let opts = SessionOptions {
         taps: values.to_vec(),
         stream_taps: true,
     };
-    let session = Session::new(model, base_dir, first, &opts)?;
-    let workers = workers.clamp(1, samples.len());
+    let session = Session::new(model, base_dir, &first, &opts)?;
+    drop(first);
+    let workers = workers.clamp(1, samples.count());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<()>();
@@ -124,10 +126,17 @@ fn collect_streamed(
                     let mut local: BTreeMap<String, TensorStats> = BTreeMap::new();
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(sample) = samples.get(i) else {
+                        if i >= samples.count() {
                             break;
+                        }
+                        let sample = match samples.sample(i) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                return (local, Some((i, CollectError::Data(e))));
+                            }
                         };
-                        let ran = session.run_observed(sample, |name, value| match value {
+                        let ran = session.run_observed(&sample, |name, value| match value {
                             TapValue::F32(v) => {
                                 local.entry(name.to_string()).or_default().observe(v);
                                 Ok(())
@@ -200,10 +209,10 @@ fn encode(m: &Model) -> Result<ModelProto, CollectError> {
 /// ([`collect_streamed`]); values inside `If` branches and `Scan` bodies are collected as
 /// the module documentation describes. `progress(done, total)` is called after each pass over a
 /// sample. The result does not depend on `workers`.
-pub fn collect_model(
+pub fn collect_model<S: SampleSource + ?Sized>(
     model: &Model,
     base_dir: Option<&Path>,
-    samples: &[Sample],
+    samples: &S,
     values: &[String],
     workers: usize,
     mut progress: impl FnMut(u64, u64),
@@ -229,9 +238,9 @@ pub fn collect_model(
     let mut root = (!inner.is_empty())
         .then(|| ScopeRun::new(model, &keys, 0, &inner, Vec::new()))
         .transpose()?;
-    let total = samples.len() as u64
+    let total = samples.count() as u64
         + if root.is_some() {
-            samples.len() as u64
+            samples.count() as u64
         } else {
             0
         };
@@ -249,8 +258,9 @@ pub fn collect_model(
         &mut progress,
     )?;
     if let Some(root) = root.as_mut() {
-        for s in samples {
-            root.observe(s, base_dir, &mut stats)?;
+        for i in 0..samples.count() {
+            let s = samples.sample(i)?;
+            root.observe(&s, base_dir, &mut stats)?;
             done += 1;
             progress(done, total);
         }
@@ -667,10 +677,10 @@ mod tests {
             taps: values.clone(),
             ..Default::default()
         };
-        let session = Session::new(&proto, None, &ds.samples[0], &opts).unwrap();
+        let session = Session::new(&proto, None, &ds.first().unwrap(), &opts).unwrap();
         let mut expected: BTreeMap<String, TensorStats> = BTreeMap::new();
-        for sample in &ds.samples {
-            let out = session.run(sample).unwrap();
+        for sample in ds.iter() {
+            let out = session.run(&sample.unwrap()).unwrap();
             for v in &values {
                 expected
                     .entry(v.clone())
@@ -682,12 +692,10 @@ mod tests {
         let json = |m: &BTreeMap<String, TensorStats>| serde_json::to_string(m).unwrap();
         for workers in [1, 3] {
             let mut calls = 0;
-            let got = collect_model(&model, None, &ds.samples, &values, workers, |_, _| {
-                calls += 1
-            })
-            .unwrap();
+            let got =
+                collect_model(&model, None, &ds, &values, workers, |_, _| calls += 1).unwrap();
             assert_eq!(json(&got), json(&expected), "workers {workers}");
-            assert_eq!(calls, ds.samples.len());
+            assert_eq!(calls, ds.len());
         }
     }
 

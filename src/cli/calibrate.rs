@@ -34,8 +34,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         &[("--calib", c.calib.as_deref().map(std::path::Path::new))],
     )?;
     let ds = load_calib(c, &model, &pins)?;
-    let p = prepare(c, model, ds.samples.first(), false)?;
-    let file = calibrate(&p, &ds.samples, c.threads, !c.json)?;
+    let p = prepare(c, model, Some(&ds.first()?), false)?;
+    let file = calibrate(&p, &ds, c.threads, !c.json)?;
     file.write(&a.output)?;
     if c.json {
         println!(

@@ -7,7 +7,7 @@ use crate::data::{self, InputSpec};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::Model;
 use crate::onnx::{self, ExternalPolicy};
-use crate::report::compare::compare;
+use crate::report::compare::{compare, CompareError};
 use crate::report::layers::{per_tensor, LayerComparison, PerTensor, Unmatched};
 use crate::report::Metrics;
 use anyhow::{anyhow, bail};
@@ -174,7 +174,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         if n == 0 {
             bail!("--samples 0: nothing to compare");
         }
-        ds.samples.truncate(n);
+        ds.truncate(n);
         if let Some(l) = labels.as_mut() {
             l.truncate(n);
         }
@@ -196,7 +196,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             outs_b.join(", ")
         );
     }
-    let first = ds.samples[0].clone();
+    let first = ds.first()?;
     let given = sample_shapes(&first, &shapes);
     let mut notes = specialize(&mut ma, &pins_a, &given)
         .map_err(|e| anyhow!("{}: specialising the model: {e}", a.reference.display()))?;
@@ -212,9 +212,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         .map_err(|e| anyhow!("{}: {e}", a.reference.display()))?;
     let sb = Session::new(&pb, Some(&base_dir(&a.test)), &first, &opts)
         .map_err(|e| anyhow!("{}: {e}", a.test.display()))?;
-    let bar = super::progress(ds.samples.len() as u64, "comparing outputs");
-    let cmp = compare(&sa, &sb, &ds.samples, labels.as_deref(), || bar.inc(1))
-        .map_err(|e| anyhow!("{} vs {}: {e}", a.reference.display(), a.test.display()))?;
+    let bar = super::progress(ds.len() as u64, "comparing outputs");
+    let cmp = compare(&sa, &sb, &ds, labels.as_deref(), || bar.inc(1)).map_err(|e| match e {
+        CompareError::Data(e) => anyhow::Error::new(e),
+        CompareError::Exec(e) => {
+            anyhow!("{} vs {}: {e}", a.reference.display(), a.test.display())
+        }
+    })?;
     bar.finish_and_clear();
     if labels.is_some() && cmp.outputs.values().all(|m| m.accuracy_ref.is_none()) {
         notes.push(
@@ -237,7 +241,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         let r = per_tensor(
             &ma,
             &mb,
-            &ds.samples,
+            &ds,
             a.memory_budget.saturating_mul(1 << 20),
             |done, total| {
                 bar.set_length(total);
@@ -258,20 +262,12 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     };
 
     if let Some(path) = &a.report {
-        write_html(
-            path,
-            &a,
-            &ma,
-            &mb,
-            &cmp.outputs,
-            layers.as_ref(),
-            ds.samples.len(),
-        )?;
+        write_html(path, &a, &ma, &mb, &cmp.outputs, layers.as_ref(), ds.len())?;
     }
     let report = Report {
         reference: a.reference.display().to_string(),
         test: a.test.display().to_string(),
-        samples: ds.samples.len(),
+        samples: ds.len(),
         outputs: cmp.outputs,
         unshared_outputs: unshared,
         per_tensor: layers,

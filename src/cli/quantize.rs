@@ -6,11 +6,11 @@ use super::run::{
     sample_shapes,
 };
 use super::Outcome;
-use crate::calib::collect::collect_model;
+use crate::calib::collect::{collect_model, CollectError};
 use crate::calib::{
     compute_ranges, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
 };
-use crate::data::{self, Dataset, Sample};
+use crate::data::{self, Dataset, Sample, SampleSource};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::{DType, Model, Tensor};
 use crate::onnx::{self, ExternalPolicy};
@@ -18,11 +18,11 @@ use crate::passes::{self, Pass, PassCx};
 use crate::quant::params::QType;
 use crate::quant::plan::{self, Decision, OpState, Plan, QuantConfig};
 use crate::quant::rules::Target;
-use crate::report::compare::compare;
+use crate::report::compare::{compare, CompareError};
 use crate::tune::search::{self, Evaluator, Goal, SensitivityFile};
 use crate::tune::sim::{SimModel, SimSources, UnitParams};
 use crate::tune::{self, Overrides, Precision, Unit};
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -324,12 +324,7 @@ fn random_dataset(
         }
         samples.push(s);
     }
-    Ok(Dataset {
-        samples,
-        extra: BTreeMap::new(),
-        source: PathBuf::from("random"),
-        skipped: Vec::new(),
-    })
+    Ok(Dataset::from_samples("random", samples))
 }
 
 fn has_if(m: &Model) -> bool {
@@ -460,10 +455,10 @@ pub(crate) fn worker_threads(requested: usize) -> usize {
     }
 }
 
-/// Runs calibration over `samples` and returns the statistics file.
-pub(crate) fn calibrate(
+/// Runs calibration over `samples` (read one at a time) and returns the statistics file.
+pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     p: &Prepared,
-    samples: &[Sample],
+    samples: &S,
     threads: usize,
     show_progress: bool,
 ) -> anyhow::Result<CalibrationFile> {
@@ -483,10 +478,14 @@ pub(crate) fn calibrate(
             bar.set_position(d)
         },
     )
-    .context("calibration")?;
+    .map_err(|e| match e {
+        // A sample that cannot be read (NaN in streamed data…) is the data's error, one line.
+        CollectError::Data(e) => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context("calibration"),
+    })?;
     bar.finish_and_clear();
     let mut file = CalibrationFile::new(p.sha256.clone());
-    file.samples = samples.len() as u64;
+    file.samples = samples.count() as u64;
     file.tensors = stats;
     Ok(file)
 }
@@ -629,43 +628,29 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     };
     if eval.is_none() && !a.no_validate {
         match calib.as_mut() {
-            Some(ds) if ds.samples.len() >= 2 => {
-                let k = (ds.samples.len() / 5).max(1);
-                let held: Vec<Sample> = ds.samples.split_off(ds.samples.len() - k);
-                let mut extra = BTreeMap::new();
-                for (key, t) in &ds.extra {
-                    if let Some(v) = t.to_i64_vec() {
-                        let n = v.len();
-                        extra.insert(
-                            key.clone(),
-                            Tensor::I64(
-                                ndarray::Array1::from(v[n - k..].to_vec()).into_dyn(),
-                            ),
-                        );
-                    }
-                }
-                if ds.samples.len() < 8 {
+            Some(ds) if ds.len() >= 2 => {
+                // The last fifth is held back: both parts stay views of the same file.
+                let k = (ds.len() / 5).max(1);
+                let mut held = ds.split_off(ds.len() - k);
+                held.skipped.clear();
+                if ds.len() < 8 {
                     warnings.push(format!(
                         "holding back {k} of {} calibration samples for validation leaves only {} to calibrate on; give --eval DATA",
-                        ds.samples.len() + k,
-                        ds.samples.len()
+                        ds.len() + k,
+                        ds.len()
                     ));
                 }
-                eval = Some(Dataset {
-                    samples: held,
-                    extra,
-                    source: ds.source.clone(),
-                    skipped: Vec::new(),
-                });
+                eval = Some(held);
             }
             Some(_) => bail!("validation needs evaluation data: one calibration sample cannot be split; give --eval DATA or --no-validate"),
             None => bail!("validation needs evaluation data with --ranges: give --eval DATA or --no-validate"),
         }
     }
-    let first = calib
-        .as_ref()
-        .and_then(|d| d.samples.first().cloned())
-        .or_else(|| eval.as_ref().and_then(|d| d.samples.first().cloned()));
+    // Only the first sample is read here (shapes); the others are read as they are used.
+    let first = match calib.as_ref().or(eval.as_ref()) {
+        Some(d) => Some(d.first()?),
+        None => None,
+    };
     times.insert("load".into(), t.elapsed().as_secs_f64());
 
     // Everything the validation needs is checked before anything is written.
@@ -743,7 +728,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             }
             f
         }
-        (None, Some(ds)) => calibrate(&p, &ds.samples, c.threads, !c.json)?,
+        (None, Some(ds)) => calibrate(&p, ds, c.threads, !c.json)?,
         (None, None) => unreachable!("calibration data or ranges"),
     };
     let opts = MethodOptions {
@@ -864,7 +849,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             Session::new(
                 &fp,
                 Some(&p.base_dir),
-                &ev.samples[0],
+                &ev.first()?,
                 &SessionOptions::default(),
             )
             .map_err(|e| anyhow!("{}: float model: {e}", c.model.display()))?,
@@ -931,16 +916,18 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         let qs = Session::new(
             &qp,
             Some(&p.base_dir),
-            &ev.samples[0],
+            &ev.first()?,
             &SessionOptions::default(),
         )
         .map_err(|e| anyhow!("{}: quantized model: {e}", a.output.display()))?;
-        let bar = super::progress(ev.samples.len() as u64, "validating");
+        let bar = super::progress(ev.len() as u64, "validating");
         if c.json {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        let cmp = compare(fs, &qs, &ev.samples, labels.as_deref(), || bar.inc(1))
-            .map_err(|e| anyhow!("validation: {e}"))?;
+        let cmp = compare(fs, &qs, ev, labels.as_deref(), || bar.inc(1)).map_err(|e| match e {
+            CompareError::Data(e) => anyhow::Error::new(e),
+            CompareError::Exec(e) => anyhow!("validation: {e}"),
+        })?;
         bar.finish_and_clear();
         *times.entry("validate".into()).or_default() += t.elapsed().as_secs_f64();
         let (Some(goal), Some(tu)) = (goal, tuned.as_mut()) else {
@@ -1034,7 +1021,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         weight_8bit_share,
         weight_4bit_share,
         calibration_samples: stats.samples as usize,
-        eval_samples: eval.as_ref().map(|e| e.samples.len()).unwrap_or(0),
+        eval_samples: eval.as_ref().map(|e| e.len()).unwrap_or(0),
         validation,
         seconds: times,
         notes,
@@ -1043,14 +1030,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         let mut input = report::build(&a, &p, &stats.tensors, &chosen, &opts, &s)?;
         report::add_fusion(&mut input, fusion_report.as_ref());
         if let Some(ev) = &eval {
-            report::add_layers(
-                &mut input,
-                &p.float,
-                &q,
-                &ev.samples,
-                c.memory_budget,
-                c.json,
-            )?;
+            report::add_layers(&mut input, &p.float, &q, ev, c.memory_budget, c.json)?;
         }
         report::write(path, &input)?;
     }
@@ -1399,10 +1379,13 @@ fn tune_precision(
     let narrow = budget.is_some_and(|(b, base)| base > b);
     let (units, sim) = build_sim(a, method, p, stats, opts, narrow)?;
     // Evenly spaced subsample.
-    let n = data.samples.len();
+    let n = data.len();
     let k = a.sensitivity_samples.min(n);
     let picks: Vec<usize> = (0..k).map(|i| i * n / k).collect();
-    let samples: Vec<Sample> = picks.iter().map(|&i| data.samples[i].clone()).collect();
+    let samples = picks
+        .iter()
+        .map(|&i| data.get(i))
+        .collect::<Result<Vec<Sample>, _>>()?;
     let labels = labels.map(|l| picks.iter().map(|&i| l[i]).collect::<Vec<i64>>());
     let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
     let reference = Session::new(
@@ -1667,8 +1650,8 @@ mod tests {
         let m = onnx::read_model(&c.model).unwrap();
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
-        let mut p = prepare(c, m, ds.samples.first(), true).unwrap();
-        let stats = calibrate(&p, &ds.samples, 2, false).unwrap();
+        let mut p = prepare(c, m, Some(&ds.first().unwrap()), true).unwrap();
+        let stats = calibrate(&p, &ds, 2, false).unwrap();
         let opts = MethodOptions::default();
         let (units, sim) = build_sim(&a, Method::Auto, &p, &stats, &opts, w4_all).unwrap();
         let w4: BTreeSet<String> = sim.narrow_weights().into_iter().collect();
@@ -1686,7 +1669,7 @@ mod tests {
         passes::insert_qdq::materialize(&mut q, &p.plan).unwrap();
         let (qp, _) = onnx::encode_model(&q, &ExternalPolicy::Inline, "").unwrap();
         let (sp, _) = onnx::encode_model(&sim.model, &ExternalPolicy::Inline, "").unwrap();
-        let s0 = &ds.samples[0];
+        let s0 = &ds.get(0).unwrap();
         let real = Session::new(&qp, None, s0, &SessionOptions::default()).unwrap();
         let simu = Session::new(
             &sp,
@@ -1696,7 +1679,7 @@ mod tests {
         )
         .unwrap();
         let mut worst = f64::INFINITY;
-        for s in &ds.samples {
+        for s in &ds.read_all().unwrap() {
             let r = real.run(s).unwrap();
             let t = simu.run(&sim.feed(s, &config, &w4)).unwrap();
             for (name, rv) in &r {

@@ -100,12 +100,13 @@ pub(crate) fn load_data(
     }
     let ds = data::load_with(path, specs, if images { pre } else { None })?;
     if let (true, Some(pre)) = (images, pre) {
-        let input = ds.samples[0].iter().next();
+        let first = ds.first()?;
+        let input = first.iter().next();
         let (name, t) = input.expect("an image sample holds the fed input");
         let mut note = format!(
             "note: {flag} {}: {} images as input '{name}' {}[{}] ({pre})",
             path.display(),
-            ds.samples.len(),
+            ds.len(),
             t.dtype(),
             t.shape()
                 .iter()
@@ -291,9 +292,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         if n == 0 {
             bail!("--samples 0: nothing to run");
         }
-        ds.samples.truncate(n);
+        ds.truncate(n);
     }
-    let first = ds.samples[0].clone();
+    let first = ds.first()?;
     let notes = specialize(&mut m, &pins, &sample_shapes(&first, &shapes))
         .with_context(|| format!("{}: specialising the model", a.model.display()))?;
     let (proto, _) = crate::onnx::encode_model(&m, &crate::onnx::ExternalPolicy::Inline, "")?;
@@ -304,12 +305,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let session = Session::new(&proto, Some(&base_dir(&a.model)), &first, &opts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
     let load_time = t0.elapsed();
-    let bar = super::progress(ds.samples.len() as u64, "running");
+    let bar = super::progress(ds.len() as u64, "running");
     let t1 = Instant::now();
-    let mut outs: Vec<Sample> = Vec::with_capacity(ds.samples.len());
-    for (i, s) in ds.samples.iter().enumerate() {
+    let mut outs: Vec<Sample> = Vec::with_capacity(ds.len());
+    for (i, s) in ds.iter().enumerate() {
+        let s = s?;
         let o = session
-            .run(s)
+            .run(&s)
             .map_err(|e| anyhow::anyhow!("{}: sample {i}: {e}", a.model.display()))?;
         outs.push(o);
         bar.inc(1);

@@ -711,12 +711,12 @@ pub fn load(dir: &Path, pre: &Preprocess, inputs: &[InputSpec]) -> Result<Datase
             what: "the folder (no .png, .jpg or .jpeg file)".into(),
         });
     }
-    Ok(Dataset {
+    Ok(Dataset::in_memory(
         samples,
-        extra: BTreeMap::new(),
-        source: dir.to_path_buf(),
+        BTreeMap::new(),
+        dir.to_path_buf(),
         skipped,
-    })
+    ))
 }
 
 /// Decoded 8-bit pixels, interleaved, 1 (grey) or 3 (RGB) channels.

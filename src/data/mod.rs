@@ -13,6 +13,19 @@
 //! - An image folder (PNG/JPEG files, no test data): one sample per image in sorted name
 //!   order, turned into the model's image input by a declared [`Preprocess`] (`images`).
 //!
+//! **Reading on demand.** Loading validates everything that is cheap to validate: member
+//! names against the model inputs, dtypes and shapes (from the `.npy` headers), equal sample
+//! counts, sizes; labels and other extra arrays are small and decoded at once. The input
+//! arrays of `.npz`/`.npy` data are not decoded whole: [`Dataset::get`] reads sample `i`
+//! when asked (`stream`: a seek for stored bytes, a forward inflate stream for deflated
+//! members), from any thread, and checks it for NaN/Inf then ([`DataError::NonFinite`],
+//! naming the file, input, sample and element). A [`Dataset`] is a view of a range of its
+//! source's samples ([`Dataset::split_off`] holds back a tail without reading anything).
+//! Test-data folders, image folders and samples made in memory ([`Dataset::from_samples`])
+//! are held decoded. Code that runs over samples takes a [`SampleSource`] (a `Dataset` or
+//! samples in memory) and reads one sample at a time, so memory does not grow with the
+//! number of samples.
+//!
 //! Every problem with user data is a one-line [`DataError`] naming the file and the array or
 //! input. Nothing here knows about graphs or execution; callers pass [`InputSpec`]s.
 
@@ -20,6 +33,7 @@ mod images;
 mod npy;
 mod npz;
 mod pb;
+mod stream;
 
 pub use images::{
     decode as decode_image, is_image_dir, Align, Color, Layout, Pixels, Preprocess, SpecError,
@@ -28,12 +42,56 @@ pub use npz::write_npz;
 pub use pb::{read_tensor_pb, tensor_from_proto};
 
 use crate::ir::tensor::{DType, Tensor};
-use ndarray::Axis;
+use ndarray::{Axis, Slice};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use stream::{Array, Coding, Opened, Span, Streamed};
 
 /// One sample: a value for each model input, keyed by input name.
 pub type Sample = BTreeMap<String, Tensor>;
+
+/// Samples read one at a time by index, from any thread: a [`Dataset`] (which may read
+/// them from disk on demand) or samples already in memory (`[Sample]`, `Vec<Sample>`).
+/// Code that runs over samples takes this, so that it never needs them all at once.
+pub trait SampleSource: Sync {
+    /// Number of samples.
+    fn count(&self) -> usize;
+    /// Sample `i` (`i < count()`), borrowed when it is in memory.
+    fn sample(&self, i: usize) -> Result<Cow<'_, Sample>, DataError>;
+}
+
+impl SampleSource for [Sample] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn sample(&self, i: usize) -> Result<Cow<'_, Sample>, DataError> {
+        self.get(i).map(Cow::Borrowed).ok_or(DataError::NoSample {
+            index: i,
+            len: self.len(),
+        })
+    }
+}
+
+impl SampleSource for Vec<Sample> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn sample(&self, i: usize) -> Result<Cow<'_, Sample>, DataError> {
+        self.as_slice().sample(i)
+    }
+}
+
+impl SampleSource for Dataset {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn sample(&self, i: usize) -> Result<Cow<'_, Sample>, DataError> {
+        self.get_ref(i)
+    }
+}
 
 /// A model input as the loader needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,12 +115,18 @@ impl InputSpec {
     }
 }
 
-/// Loaded, validated data.
-#[derive(Clone, Debug, PartialEq)]
+/// Validated data: the samples (read on demand, see the module doc), plus arrays that are
+/// not model inputs.
+///
+/// A dataset is a view of a range of its source's samples: [`Dataset::split_off`] and
+/// [`Dataset::truncate`] narrow the view without reading anything, and clones share the
+/// source. Sample indices are relative to the view; error messages name the sample's index
+/// in the file.
+#[derive(Clone, Debug)]
 pub struct Dataset {
-    /// One entry per sample, each holding every model input.
-    pub samples: Vec<Sample>,
-    /// Non-input numeric arrays (e.g. `label`), stacked, axis 0 = sample.
+    store: Arc<Store>,
+    range: Range<usize>,
+    /// Non-input numeric arrays (e.g. `label`), stacked, axis 0 = sample of this view.
     pub extra: BTreeMap<String, Tensor>,
     /// Where the data came from.
     pub source: PathBuf,
@@ -70,15 +134,136 @@ pub struct Dataset {
     pub skipped: Vec<(String, String)>,
 }
 
+/// Where a dataset's samples come from.
+#[derive(Debug)]
+enum Store {
+    /// Samples decoded at load time.
+    Memory(Vec<Sample>),
+    /// One array per model input (graph order), axis 0 = sample, read a sample at a time;
+    /// non-finite values are reported when a sample is read.
+    Arrays {
+        path: PathBuf,
+        arrays: Vec<(String, Array)>,
+    },
+}
+
+impl Store {
+    fn get(&self, i: usize) -> Result<Cow<'_, Sample>, DataError> {
+        match self {
+            Store::Memory(v) => v.get(i).map(Cow::Borrowed).ok_or(DataError::NoSample {
+                index: i,
+                len: v.len(),
+            }),
+            Store::Arrays { path, arrays } => {
+                let mut sample = Sample::new();
+                for (input, array) in arrays {
+                    let t = array.sample(i)?;
+                    if let Some((at, kind)) = first_non_finite(&t) {
+                        return Err(DataError::NonFinite {
+                            path: path.clone(),
+                            input: input.clone(),
+                            sample: i,
+                            value: format!("{kind} at element {at}"),
+                        });
+                    }
+                    sample.insert(input.clone(), t);
+                }
+                Ok(Cow::Owned(sample))
+            }
+        }
+    }
+}
+
 impl Dataset {
+    /// A dataset of samples already in memory, with no other arrays.
+    pub fn from_samples(source: impl Into<PathBuf>, samples: Vec<Sample>) -> Dataset {
+        Dataset::in_memory(samples, BTreeMap::new(), source.into(), Vec::new())
+    }
+
+    fn in_memory(
+        samples: Vec<Sample>,
+        extra: BTreeMap<String, Tensor>,
+        source: PathBuf,
+        skipped: Vec<(String, String)>,
+    ) -> Dataset {
+        let range = 0..samples.len();
+        Dataset {
+            store: Arc::new(Store::Memory(samples)),
+            range,
+            extra,
+            source,
+            skipped,
+        }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.range.len()
     }
 
     /// True when there is no sample (never the case for a dataset returned by [`load`]).
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.range.is_empty()
+    }
+
+    /// Sample `i` of this view, read (and checked for NaN/Inf) now when the data is streamed.
+    /// Safe to call from several threads; reading in increasing order is cheapest.
+    pub fn get(&self, i: usize) -> Result<Sample, DataError> {
+        self.get_ref(i).map(Cow::into_owned)
+    }
+
+    /// [`Dataset::get`], borrowing samples held in memory.
+    fn get_ref(&self, i: usize) -> Result<Cow<'_, Sample>, DataError> {
+        if i >= self.len() {
+            return Err(DataError::NoSample {
+                index: i,
+                len: self.len(),
+            });
+        }
+        self.store.get(self.range.start + i)
+    }
+
+    /// The first sample (what shapes are taken from); only that one is read.
+    pub fn first(&self) -> Result<Sample, DataError> {
+        self.get(0)
+    }
+
+    /// Every sample in order, each read when the iterator reaches it.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Sample, DataError>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Every sample, read now (for small data and tests: this holds them all).
+    pub fn read_all(&self) -> Result<Vec<Sample>, DataError> {
+        self.iter().collect()
+    }
+
+    /// Keeps the first `n` samples (and the first `n` entries of every extra array).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.narrow(0..n);
+        }
+    }
+
+    /// Splits the view at `at`: this dataset keeps samples `[0, at)`, the returned one holds
+    /// `[at, len)` of the same source; extra arrays are split the same way.
+    pub fn split_off(&mut self, at: usize) -> Dataset {
+        let at = at.min(self.len());
+        let mut tail = self.clone();
+        tail.narrow(at..self.len());
+        self.narrow(0..at);
+        tail
+    }
+
+    /// Narrows the view to `r` (relative to the current view).
+    fn narrow(&mut self, r: Range<usize>) {
+        let n = self.len();
+        for t in self.extra.values_mut() {
+            if t.shape().first() == Some(&n) {
+                *t = slice0(t, r.clone());
+            }
+        }
+        self.range = self.range.start + r.start..self.range.start + r.end;
     }
 
     /// Ground-truth labels under `key` in [`Dataset::extra`], one integer per sample.
@@ -104,12 +289,12 @@ impl Dataset {
             key: key.to_string(),
             dtype: t.dtype(),
         })?;
-        if v.len() != self.samples.len() {
+        if v.len() != self.len() {
             return Err(DataError::LabelCount {
                 path: self.source.clone(),
                 key: key.to_string(),
                 count: v.len(),
-                samples: self.samples.len(),
+                samples: self.len(),
             });
         }
         Ok(v)
@@ -234,6 +419,8 @@ pub enum DataError {
         input: String,
         msg: String,
     },
+    #[error("no sample {index}: the data holds {len}")]
+    NoSample { index: usize, len: usize },
     #[error("cannot stack '{key}': {msg}")]
     Stack { key: String, msg: String },
 }
@@ -327,7 +514,7 @@ pub fn load_with(
 }
 
 fn load_npz(path: &Path, inputs: &[InputSpec]) -> Result<Dataset, DataError> {
-    let members = npz::read(path)?;
+    let members = npz::read(path, &|name| inputs.iter().any(|i| i.name == name))?;
     let arrays = members.into_iter().map(|m| (m.name, m.value)).collect();
     from_arrays(path, arrays, inputs)
 }
@@ -339,21 +526,36 @@ fn load_npy(path: &Path, inputs: &[InputSpec]) -> Result<Dataset, DataError> {
             count: inputs.len(),
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    from_arrays(
-        path,
-        vec![(inputs[0].name.clone(), npy::decode(&bytes))],
-        inputs,
-    )
+    let name = &inputs[0].name;
+    let size = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    let span = Span {
+        path: path.to_path_buf(),
+        start: 0,
+        len: size,
+        coding: Coding::Stored,
+        size,
+    };
+    let value = match Streamed::open(span, name)? {
+        Ok(Opened::Streamed(s)) => Ok(Array::Streamed(s)),
+        Ok(Opened::Whole) => {
+            let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+            npy::decode(&bytes).map(Array::Loaded)
+        }
+        Err(e) => Err(e),
+    };
+    from_arrays(path, vec![(name.clone(), value)], inputs)
 }
 
-/// Splits sample-major arrays into samples after validating them against `inputs`.
+/// Validates sample-major arrays against `inputs` (dtypes, shapes, sample counts: nothing
+/// of the input data is read here) and keeps the other numeric arrays as extras.
 fn from_arrays(
     path: &Path,
-    arrays: Vec<(String, Result<Tensor, npy::NpyError>)>,
+    arrays: Vec<(String, Result<Array, npy::NpyError>)>,
     inputs: &[InputSpec],
 ) -> Result<Dataset, DataError> {
-    let mut found: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut found: BTreeMap<String, Array> = BTreeMap::new();
     let mut others: Vec<(String, Tensor)> = Vec::new();
     let mut skipped = Vec::new();
     let mut names = Vec::new();
@@ -372,10 +574,13 @@ fn from_arrays(
                 })
             }
             (Err(e), false) => skipped.push((name, e.to_string())),
-            (Ok(Tensor::Str(_)), false) => {
+            (Ok(Array::Loaded(Tensor::Str(_))), false) => {
                 skipped.push((name, "string array, not numeric data".to_string()))
             }
-            (Ok(t), false) => others.push((name, t)),
+            (Ok(Array::Loaded(t)), false) => others.push((name, t)),
+            (Ok(Array::Streamed(_)), false) => {
+                skipped.push((name, "not a model input, not read".to_string()))
+            }
         }
     }
 
@@ -417,15 +622,6 @@ fn from_arrays(
             }
             Some(_) => {}
         }
-        let per_sample = sample_shape.iter().product::<usize>().max(1);
-        if let Some((index, kind)) = first_non_finite(t) {
-            return Err(DataError::NonFinite {
-                path: path.to_path_buf(),
-                input: spec.name.clone(),
-                sample: index / per_sample,
-                value: format!("{kind} at element {}", index % per_sample),
-            });
-        }
     }
     let n = match count {
         Some((_, 0)) | None => {
@@ -455,14 +651,16 @@ fn from_arrays(
         }
     }
 
-    let mut samples = vec![Sample::new(); n];
-    for (name, t) in &found {
-        for (i, sample) in samples.iter_mut().enumerate() {
-            sample.insert(name.clone(), index0(t, i));
-        }
-    }
+    let arrays = inputs
+        .iter()
+        .filter_map(|spec| found.remove(&spec.name).map(|a| (spec.name.clone(), a)))
+        .collect();
     Ok(Dataset {
-        samples,
+        store: Arc::new(Store::Arrays {
+            path: path.to_path_buf(),
+            arrays,
+        }),
+        range: 0..n,
         extra,
         source: path.to_path_buf(),
         skipped,
@@ -572,12 +770,12 @@ fn load_pb_dir(dir: &Path, inputs: &[InputSpec]) -> Result<Dataset, DataError> {
             Err(msg) => skipped.push((key, msg)),
         }
     }
-    Ok(Dataset {
+    Ok(Dataset::in_memory(
         samples,
         extra,
-        source: dir.to_path_buf(),
+        dir.to_path_buf(),
         skipped,
-    })
+    ))
 }
 
 /// Checks one sample's dtype and shape against the model input.
@@ -674,6 +872,11 @@ macro_rules! map_same {
 /// Entry `i` along axis 0 (the caller guarantees `i` is in range).
 fn index0(t: &Tensor, i: usize) -> Tensor {
     map_same!(t, a => a.index_axis(Axis(0), i).to_owned())
+}
+
+/// Entries `r` along axis 0 (the caller guarantees `r` is in range).
+fn slice0(t: &Tensor, r: Range<usize>) -> Tensor {
+    map_same!(t, a => a.slice_axis(Axis(0), Slice::from(r.clone())).to_owned())
 }
 
 /// Stacks same-typed, same-shaped tensors along a new axis 0.

@@ -5,8 +5,9 @@
 //! arrays are reported as [`NpyError::Unsupported`] after reading only the header, so callers
 //! can skip them with a reason. File names and array names are added by the caller.
 
-use crate::ir::tensor::Tensor;
+use crate::ir::tensor::{DType, Tensor};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
+use std::io::Read;
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -185,30 +186,150 @@ fn parse_descr(descr: &str) -> Result<(Endian, Kind), NpyError> {
     Ok((endian, kind))
 }
 
+/// Element type of an array: byte order and kind, parsed from a `descr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elem {
+    endian: Endian,
+    kind: Kind,
+}
+
+impl Elem {
+    /// Parses a descriptor such as `<f4`; unsupported kinds are [`NpyError::Unsupported`].
+    pub fn parse(descr: &str) -> Result<Elem, NpyError> {
+        let (endian, kind) = parse_descr(descr)?;
+        Ok(Elem { endian, kind })
+    }
+
+    /// Bytes per element.
+    pub fn item_size(self) -> usize {
+        self.kind.item_size()
+    }
+
+    /// The tensor element type this decodes to.
+    pub fn dtype(self) -> DType {
+        match self.kind {
+            Kind::F16 => DType::F16,
+            Kind::F32 => DType::F32,
+            Kind::F64 => DType::F64,
+            Kind::I8 => DType::I8,
+            Kind::I16 => DType::I16,
+            Kind::I32 => DType::I32,
+            Kind::I64 => DType::I64,
+            Kind::U8 => DType::U8,
+            Kind::U16 => DType::U16,
+            Kind::U32 => DType::U32,
+            Kind::U64 => DType::U64,
+            Kind::Bool => DType::Bool,
+            Kind::Unicode(_) => DType::String,
+        }
+    }
+
+    /// True for fixed-width unicode strings.
+    pub fn is_text(self) -> bool {
+        matches!(self.kind, Kind::Unicode(_))
+    }
+
+    /// Decodes `data` (exactly the bytes of `shape`'s elements, stored in C order, or column
+    /// major when `fortran`) into a tensor in logical (C) order.
+    pub fn decode(self, shape: &[usize], fortran: bool, data: &[u8]) -> Result<Tensor, NpyError> {
+        decode_data(self.endian, self.kind, shape, fortran, data)
+    }
+}
+
+/// Number of elements of `shape`, or an error when it overflows.
+pub fn element_count(shape: &[usize]) -> Result<usize, NpyError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| NpyError::Malformed("shape overflows".into()))
+}
+
+/// The error for a payload holding fewer data bytes than its header announces.
+pub fn short_data(header: &Header, need: u64, found: u64) -> NpyError {
+    NpyError::Malformed(format!(
+        "expected {need} data bytes for shape {:?} of '{}', found {found}",
+        header.shape, header.descr
+    ))
+}
+
+/// Reads a `.npy` header from the start of a stream (nothing past it is read): `Err` when
+/// the stream fails, `Ok(Err(_))` when the bytes are not a `.npy` header.
+pub fn read_header(r: &mut impl Read) -> Result<Result<Header, NpyError>, std::io::Error> {
+    // A payload that ends inside its header is malformed, not a failed read.
+    fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<bool, std::io::Error> {
+        match r.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    let short = || {
+        Ok(Err(NpyError::Malformed(
+            "header runs past the end of the data".into(),
+        )))
+    };
+    let mut prefix = vec![0u8; 10];
+    if !fill(r, &mut prefix)? {
+        return Ok(Err(NpyError::Malformed("missing \\x93NUMPY magic".into())));
+    }
+    if &prefix[..6] != MAGIC {
+        return Ok(parse_header(&prefix));
+    }
+    let wide = matches!(prefix[6], 2 | 3);
+    if wide {
+        prefix.resize(12, 0);
+        if !fill(r, &mut prefix[10..])? {
+            return short();
+        }
+    }
+    let len = if wide {
+        u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize
+    } else {
+        usize::from(u16::from_le_bytes([prefix[8], prefix[9]]))
+    };
+    if len > (1 << 24) {
+        return Ok(Err(NpyError::Malformed(format!(
+            "header of {len} bytes is implausibly long"
+        ))));
+    }
+    let at = prefix.len();
+    prefix.resize(at + len, 0);
+    if !fill(r, &mut prefix[at..])? {
+        return short();
+    }
+    Ok(parse_header(&prefix))
+}
+
 /// Decodes a whole `.npy` payload into a tensor (unicode arrays become [`Tensor::Str`]).
 pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
     let header = parse_header(bytes)?;
-    let (endian, kind) = parse_descr(&header.descr)?;
-    let count = header
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| NpyError::Malformed("shape overflows".into()))?;
+    let elem = Elem::parse(&header.descr)?;
+    let count = element_count(&header.shape)?;
     let need = count
-        .checked_mul(kind.item_size())
+        .checked_mul(elem.item_size())
         .ok_or_else(|| NpyError::Malformed("data size overflows".into()))?;
     let data = &bytes[header.data_offset..];
     if data.len() < need {
+        return Err(short_data(&header, need as u64, data.len() as u64));
+    }
+    elem.decode(&header.shape, header.fortran_order, &data[..need])
+}
+
+/// Decodes exactly `count(shape)` elements from `data`.
+fn decode_data(
+    endian: Endian,
+    kind: Kind,
+    shape: &[usize],
+    fortran: bool,
+    data: &[u8],
+) -> Result<Tensor, NpyError> {
+    let count = element_count(shape)?;
+    if count.checked_mul(kind.item_size()) != Some(data.len()) {
         return Err(NpyError::Malformed(format!(
-            "expected {need} data bytes for shape {:?} of '{}', found {}",
-            header.shape,
-            header.descr,
+            "{} data bytes do not hold shape {shape:?}",
             data.len()
         )));
     }
-    let data = &data[..need];
-    let shape = header.shape.clone();
-    let fortran = header.fortran_order;
 
     macro_rules! num {
         ($var:ident, $t:ty, $n:expr) => {{
@@ -223,7 +344,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
                     }
                 })
                 .collect();
-            Tensor::$var(build(&shape, fortran, v)?)
+            Tensor::$var(build(shape, fortran, v)?)
         }};
     }
 
@@ -239,7 +360,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
                     })
                 })
                 .collect();
-            Tensor::F16(build(&shape, fortran, v)?)
+            Tensor::F16(build(shape, fortran, v)?)
         }
         Kind::F32 => num!(F32, f32, 4),
         Kind::F64 => num!(F64, f64, 8),
@@ -253,7 +374,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
         Kind::U64 => num!(U64, u64, 8),
         Kind::Bool => {
             let v: Vec<bool> = data.iter().map(|&b| b != 0).collect();
-            Tensor::Bool(build(&shape, fortran, v)?)
+            Tensor::Bool(build(shape, fortran, v)?)
         }
         Kind::Unicode(n) => {
             let mut v = Vec::with_capacity(count);
@@ -278,7 +399,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
             }
             // `<U0` arrays have no bytes per item; every element is the empty string.
             v.resize(count, String::new());
-            Tensor::Str(build(&shape, fortran, v)?)
+            Tensor::Str(build(shape, fortran, v)?)
         }
     })
 }

@@ -1,38 +1,59 @@
-//! NumPy `.npz` archives: a zip of `.npy` members (stored or deflated), read whole and
-//! written atomically (stored, fixed timestamps, sorted names, so output is reproducible).
+//! NumPy `.npz` archives: a zip of `.npy` members (stored or deflated), read member by
+//! member, and written atomically (stored, fixed timestamps, sorted names, so output is
+//! reproducible). Members the caller names (model inputs) are opened for sample-at-a-time
+//! reading ([`super::stream`]); the others are decoded whole.
 
 use super::npy::{self, NpyError};
+use super::stream::{Array, Coding, Opened, Span, Streamed};
 use super::DataError;
 use crate::ir::tensor::Tensor;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// One archive member: its array name (member name without `.npy`) and what decoding gave.
+/// One archive member: its array name (member name without `.npy`) and what opening gave.
 pub(super) struct Member {
     pub name: String,
-    pub value: Result<Tensor, NpyError>,
+    pub value: Result<Array, NpyError>,
 }
 
-/// Reads every `.npy` member of an archive in archive order. Members that are not `.npy`
-/// files come back as `Err` with the reason, so the caller can report them as skipped.
-pub(super) fn read(path: &Path) -> Result<Vec<Member>, DataError> {
+/// Opens every `.npy` member of an archive in archive order: those `stream` accepts (by
+/// array name) for reading sample by sample when their layout allows it, the others decoded
+/// whole. Members that are not `.npy` files come back as `Err` with the reason, so the caller
+/// can report them as skipped.
+pub(super) fn read(path: &Path, stream: &dyn Fn(&str) -> bool) -> Result<Vec<Member>, DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut zip =
         zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| DataError::Format {
             path: path.to_path_buf(),
             msg: format!("not a readable .npz (zip) archive: {e}"),
         })?;
+    let zip_error = |i: usize, e: zip::result::ZipError| DataError::Format {
+        path: path.to_path_buf(),
+        msg: format!("zip member #{i}: {e}"),
+    };
     let mut members = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| DataError::Format {
-            path: path.to_path_buf(),
-            msg: format!("zip member #{i}: {e}"),
-        })?;
-        if entry.is_dir() {
-            continue;
-        }
-        let member = entry.name().to_string();
+        let (member, span) = {
+            let entry = zip.by_index_raw(i).map_err(|e| zip_error(i, e))?;
+            if entry.is_dir() {
+                continue;
+            }
+            let coding = match entry.compression() {
+                _ if entry.encrypted() => None,
+                zip::CompressionMethod::Stored => Some(Coding::Stored),
+                zip::CompressionMethod::Deflated => Some(Coding::Deflate),
+                _ => None,
+            };
+            let span = coding.map(|coding| Span {
+                path: path.to_path_buf(),
+                start: entry.data_start(),
+                len: entry.compressed_size(),
+                coding,
+                size: entry.size(),
+            });
+            (entry.name().to_string(), span)
+        };
         let Some(name) = member.strip_suffix(".npy") else {
             members.push(Member {
                 name: member,
@@ -40,6 +61,26 @@ pub(super) fn read(path: &Path) -> Result<Vec<Member>, DataError> {
             });
             continue;
         };
+        if let (true, Some(span)) = (stream(name), span) {
+            match Streamed::open(span, name)? {
+                Ok(Opened::Streamed(s)) => {
+                    members.push(Member {
+                        name: name.to_string(),
+                        value: Ok(Array::Streamed(s)),
+                    });
+                    continue;
+                }
+                Ok(Opened::Whole) => {}
+                Err(e) => {
+                    members.push(Member {
+                        name: name.to_string(),
+                        value: Err(e),
+                    });
+                    continue;
+                }
+            }
+        }
+        let mut entry = zip.by_index(i).map_err(|e| zip_error(i, e))?;
         let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
         entry
             .read_to_end(&mut bytes)
@@ -49,7 +90,7 @@ pub(super) fn read(path: &Path) -> Result<Vec<Member>, DataError> {
             })?;
         members.push(Member {
             name: name.to_string(),
-            value: npy::decode(&bytes),
+            value: npy::decode(&bytes).map(Array::Loaded),
         });
     }
     Ok(members)

@@ -50,7 +50,7 @@ fn npz_splits_samples_and_keeps_extras() {
     let ds = load(&path, &[spec("x", DType::F32, &[Some(1), Some(3)])]).unwrap();
     assert_eq!(ds.len(), 4);
     assert_eq!(ds.source, path);
-    let s2 = &ds.samples[2]["x"];
+    let s2 = &ds.get(2).unwrap()["x"];
     assert_eq!(s2.shape(), vec![1, 3]);
     assert_eq!(s2.to_f64_vec().unwrap(), vec![3.0, 3.5, 4.0]);
     assert_eq!(ds.extra.get("label"), Some(&label));
@@ -64,7 +64,7 @@ fn dynamic_dims_and_unknown_rank_accept_any_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = npz(dir.path(), vec![("x", f32s(&[2, 5, 3]))]);
     let ds = load(&path, &[spec("x", DType::F32, &[None, Some(3)])]).unwrap();
-    assert_eq!(ds.samples[1]["x"].shape(), vec![5, 3]);
+    assert_eq!(ds.get(1).unwrap()["x"].shape(), vec![5, 3]);
     let ds = load(&path, &[InputSpec::new("x", DType::F32, None)]).unwrap();
     assert_eq!(ds.len(), 2);
 }
@@ -88,8 +88,12 @@ fn every_common_dtype_loads() {
         let path = npz(dir.path(), vec![("in", t.clone())]);
         let ds = load(&path, &[spec("in", dtype, &sample_shape)]).unwrap();
         assert_eq!(ds.len(), 2, "{dtype}");
-        assert_eq!(ds.samples[1]["in"].dtype(), dtype);
-        assert_eq!(stack(&ds.samples).unwrap()["in"], t, "{dtype} round trip");
+        assert_eq!(ds.get(1).unwrap()["in"].dtype(), dtype);
+        assert_eq!(
+            stack(&ds.read_all().unwrap()).unwrap()["in"],
+            t,
+            "{dtype} round trip"
+        );
     }
 }
 
@@ -184,11 +188,20 @@ fn non_finite_values_name_the_sample() {
         let mut t = ArrayD::<f32>::zeros(IxDyn(&[3, 1, 2]));
         t[[2, 0, 1]] = bad;
         let path = npz(dir.path(), vec![("x", Tensor::F32(t))]);
-        let e = err_text(load(&path, &[spec("x", DType::F32, &[Some(1), Some(2)])]));
+        // Found when the sample is read, not at load.
+        let ds = load(&path, &[spec("x", DType::F32, &[Some(1), Some(2)])]).unwrap();
+        assert!(ds.get(1).is_ok());
+        let e = ds.get(2).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "one line: {e}");
         assert!(
-            e.contains("sample 2") && e.contains(kind) && e.contains("element 1"),
+            e.contains("data.npz")
+                && e.contains("'x'")
+                && e.contains("sample 2")
+                && e.contains(kind)
+                && e.contains("element 1"),
             "{e}"
         );
+        assert!(ds.read_all().is_err());
     }
 }
 
@@ -329,7 +342,7 @@ fn npy_is_for_single_input_models() {
     std::fs::write(&path, super::npy::encode(&f32s(&[3, 1, 2])).unwrap()).unwrap();
     let ds = load(&path, &[spec("input", DType::F32, &[Some(1), Some(2)])]).unwrap();
     assert_eq!(ds.len(), 3);
-    assert_eq!(ds.samples[0]["input"].shape(), vec![1, 2]);
+    assert_eq!(ds.get(0).unwrap()["input"].shape(), vec![1, 2]);
     let e = err_text(load(
         &path,
         &[
@@ -395,7 +408,7 @@ fn stack_builds_sample_major_arrays() {
     let path = dir.path().join("outputs.npz");
     write_npz(&path, &stacked).unwrap();
     let ds = load(&path, &[spec("out", DType::F32, &[Some(1), Some(2)])]).unwrap();
-    assert_eq!(ds.samples, samples);
+    assert_eq!(ds.read_all().unwrap(), samples);
 }
 
 #[test]
@@ -472,15 +485,18 @@ fn pb_directory_of_sets() {
     std::fs::write(dir.path().join("model.onnx"), b"ignored").unwrap();
     let ds = load(dir.path(), &two_inputs()).unwrap();
     assert_eq!(ds.len(), 2);
-    assert_eq!(ds.samples[1]["a"].to_f64_vec().unwrap(), vec![1.0, 1.0]);
-    assert_eq!(ds.samples[1]["b"].to_i64_vec().unwrap(), vec![16001]);
+    assert_eq!(
+        ds.get(1).unwrap()["a"].to_f64_vec().unwrap(),
+        vec![1.0, 1.0]
+    );
+    assert_eq!(ds.get(1).unwrap()["b"].to_i64_vec().unwrap(), vec![16001]);
     assert_eq!(ds.extra["y"].shape(), vec![2, 1]);
     assert_eq!(ds.extra["y"].to_f64_vec().unwrap(), vec![10.0, 11.0]);
     assert!(ds.skipped.is_empty());
 
     // One set folder on its own is one sample.
     let one = load(&dir.path().join("test_data_set_1"), &two_inputs()).unwrap();
-    assert_eq!(one.samples, vec![ds.samples[1].clone()]);
+    assert_eq!(one.read_all().unwrap(), vec![ds.get(1).unwrap()]);
 }
 
 #[test]
@@ -495,8 +511,8 @@ fn pb_names_win_over_positions() {
     );
     write_pb(&set.join("input_1.pb"), Some("a"), &f32s(&[1, 2]));
     let ds = load(dir.path(), &two_inputs()).unwrap();
-    assert_eq!(ds.samples[0]["b"].to_i64_vec().unwrap(), vec![8000]);
-    assert_eq!(ds.samples[0]["a"].shape(), vec![1, 2]);
+    assert_eq!(ds.get(0).unwrap()["b"].to_i64_vec().unwrap(), vec![8000]);
+    assert_eq!(ds.get(0).unwrap()["a"].shape(), vec![1, 2]);
 }
 
 #[test]
@@ -513,7 +529,8 @@ fn pb_sets_are_ordered_numerically() {
     }
     let ds = load(dir.path(), &[spec("x", DType::F32, &[Some(1)])]).unwrap();
     let firsts: Vec<f64> = ds
-        .samples
+        .read_all()
+        .unwrap()
         .iter()
         .map(|s| s["x"].to_f64_vec().unwrap()[0])
         .collect();
@@ -611,7 +628,309 @@ fn labels_are_checked_against_the_samples() {
     assert!(e.contains("'nope'") && e.contains("label, score"), "{e}");
     let e = ds.labels("score").unwrap_err().to_string();
     assert!(e.contains("'score'") && e.contains("f32"), "{e}");
-    ds.samples.truncate(2);
+    // A narrower view narrows the extras with it.
+    let mut head = ds.clone();
+    head.truncate(2);
+    assert_eq!(head.labels("label").unwrap(), vec![2, 0]);
+    assert_eq!(ds.split_off(1).labels("label").unwrap(), vec![0, 1]);
+    assert_eq!(ds.labels("label").unwrap(), vec![2]);
+    ds.extra.insert(
+        "label".into(),
+        Tensor::I64(ndarray::arr1(&[1i64, 2]).into_dyn()),
+    );
     let e = ds.labels("label").unwrap_err().to_string();
-    assert!(e.contains("3 entries for 2 samples"), "{e}");
+    assert!(e.contains("2 entries for 1 samples"), "{e}");
+}
+
+// ---- Sample-at-a-time reading ----
+
+/// A zip holding `members` (name, bytes), each stored or deflated.
+fn zip_npz(path: &Path, members: &[(&str, &[u8])], method: zip::CompressionMethod) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    for (name, bytes) in members {
+        z.start_file(
+            *name,
+            zip::write::SimpleFileOptions::default().compression_method(method),
+        )
+        .unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// A one-member zip written field by field, so that the member's recorded size can claim
+/// more than its data holds. `method` 8 is deflate; the CRC is left zero.
+fn zip_by_hand(path: &Path, name: &str, method: u16, data: &[u8], size: u32) {
+    let mut out = Vec::new();
+    let le16 = |o: &mut Vec<u8>, v: u16| o.extend_from_slice(&v.to_le_bytes());
+    let le32 = |o: &mut Vec<u8>, v: u32| o.extend_from_slice(&v.to_le_bytes());
+    le32(&mut out, 0x0403_4b50);
+    for v in [20u16, 0, method, 0, 0] {
+        le16(&mut out, v);
+    }
+    for v in [0u32, data.len() as u32, size] {
+        le32(&mut out, v);
+    }
+    le16(&mut out, name.len() as u16);
+    le16(&mut out, 0);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(data);
+    let central = out.len() as u32;
+    le32(&mut out, 0x0201_4b50);
+    for v in [20u16, 20, 0, method, 0, 0] {
+        le16(&mut out, v);
+    }
+    for v in [0u32, data.len() as u32, size] {
+        le32(&mut out, v);
+    }
+    for v in [name.len() as u16, 0, 0, 0, 0] {
+        le16(&mut out, v);
+    }
+    le32(&mut out, 0);
+    le32(&mut out, 0);
+    out.extend_from_slice(name.as_bytes());
+    let central_len = out.len() as u32 - central;
+    le32(&mut out, 0x0605_4b50);
+    for v in [0u16, 0, 1, 1] {
+        le16(&mut out, v);
+    }
+    le32(&mut out, central_len);
+    le32(&mut out, central);
+    le16(&mut out, 0);
+    std::fs::write(path, out).unwrap();
+}
+
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// Which way the arrays of `ds` are read, by input name.
+fn codings(ds: &Dataset) -> BTreeMap<String, String> {
+    match &*ds.store {
+        Store::Memory(_) => BTreeMap::new(),
+        Store::Arrays { arrays, .. } => arrays
+            .iter()
+            .map(|(n, a)| {
+                let how = match a {
+                    Array::Loaded(_) => "loaded".to_string(),
+                    Array::Streamed(s) => format!("{s:?}"),
+                };
+                (n.clone(), how)
+            })
+            .collect(),
+    }
+}
+
+fn two_arrays() -> (Tensor, Tensor) {
+    let x = f32s(&[9, 1, 5]);
+    let y = Tensor::I64(
+        ArrayD::from_shape_vec(IxDyn(&[9, 2]), (0..18).map(|v| v * 7 - 40).collect()).unwrap(),
+    );
+    (x, y)
+}
+
+#[test]
+fn stored_and_deflated_members_stream_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = two_arrays();
+    let label = Tensor::I64(arr1(&[3i64, 1, 4, 1, 5, 9, 2, 6, 5]).into_dyn());
+    let specs = [
+        spec("x", DType::F32, &[Some(1), Some(5)]),
+        spec("y", DType::I64, &[Some(2)]),
+    ];
+    for (method, coding) in [
+        (zip::CompressionMethod::Stored, "Stored"),
+        (zip::CompressionMethod::Deflated, "Deflate"),
+    ] {
+        let path = dir.path().join(format!("{coding}.npz"));
+        let members: Vec<(&str, Vec<u8>)> = vec![
+            ("x.npy", npy::encode(&x).unwrap()),
+            ("label.npy", npy::encode(&label).unwrap()),
+            ("y.npy", npy::encode(&y).unwrap()),
+        ];
+        let refs: Vec<(&str, &[u8])> = members.iter().map(|(n, b)| (*n, &b[..])).collect();
+        zip_npz(&path, &refs, method);
+        let ds = load(&path, &specs).unwrap();
+        let how = codings(&ds);
+        assert!(
+            how["x"].contains(coding) && how["y"].contains(coding),
+            "{how:?}"
+        );
+        assert_eq!(ds.len(), 9);
+        assert_eq!(ds.labels("label").unwrap(), vec![3, 1, 4, 1, 5, 9, 2, 6, 5]);
+        // Forward, backward, repeated and skipping reads all equal the whole decode.
+        for i in [5usize, 2, 8, 0, 3, 3, 1, 4, 7, 6, 0, 8] {
+            let s = ds.get(i).unwrap();
+            assert_eq!(s["x"], index0(&x, i), "{coding} sample {i}");
+            assert_eq!(s["y"], index0(&y, i), "{coding} sample {i}");
+        }
+        // Threads taking indices in turn, as the calibration workers do.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= ds.len() {
+                        break;
+                    }
+                    assert_eq!(ds.get(i).unwrap()["x"], index0(&x, i));
+                });
+            }
+        });
+        // Reading a view's first sample (for shapes), then the whole view in order, starts
+        // the inflate stream once.
+        if let Store::Arrays { arrays, .. } = &*ds.store {
+            if let (Array::Streamed(s), true) = (&arrays[0].1, coding == "Deflate") {
+                let before = s.stream_starts();
+                let tail = ds.clone().split_off(4);
+                tail.first().unwrap();
+                tail.read_all().unwrap();
+                assert_eq!(s.stream_starts(), before + 1, "one start for the tail");
+            }
+        }
+        // A held-back tail is a view of the same file, with its labels.
+        let mut head = ds.clone();
+        let tail = head.split_off(7);
+        assert_eq!((head.len(), tail.len()), (7, 2));
+        assert_eq!(tail.get(1).unwrap()["y"], index0(&y, 8));
+        assert_eq!(tail.labels("label").unwrap(), vec![6, 5]);
+        assert!(tail.get(2).is_err());
+    }
+}
+
+#[test]
+fn npy_files_stream_and_other_layouts_load_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = f32s(&[6, 1, 4]);
+    let path = dir.path().join("x.npy");
+    std::fs::write(&path, npy::encode(&x).unwrap()).unwrap();
+    let specs = [spec("x", DType::F32, &[Some(1), Some(4)])];
+    let ds = load(&path, &specs).unwrap();
+    assert!(codings(&ds)["x"].contains("Stored"));
+    for i in [4usize, 1, 5, 0] {
+        assert_eq!(ds.get(i).unwrap()["x"], index0(&x, i));
+    }
+
+    // Big-endian C order streams through the same decoder; Fortran order is loaded whole.
+    let mut body = Vec::new();
+    for v in 0..12i32 {
+        body.extend_from_slice(&v.to_be_bytes());
+    }
+    let big = npy_with_header(">i4", "(3, 4)", &body);
+    let expected = npy::decode(&big).unwrap();
+    let header = "{'descr': '<i4', 'fortran_order': True, 'shape': (3, 4), }\n";
+    let mut fortran = b"\x93NUMPY\x01\x00".to_vec();
+    fortran.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    fortran.extend_from_slice(header.as_bytes());
+    for v in 0..12i32 {
+        fortran.extend_from_slice(&v.to_le_bytes());
+    }
+    let transposed = npy::decode(&fortran).unwrap();
+    let npz_path = dir.path().join("layouts.npz");
+    zip_npz(
+        &npz_path,
+        &[("b.npy", &big), ("f.npy", &fortran)],
+        zip::CompressionMethod::Deflated,
+    );
+    let specs = [
+        spec("b", DType::I32, &[Some(4)]),
+        spec("f", DType::I32, &[Some(4)]),
+    ];
+    let ds = load(&npz_path, &specs).unwrap();
+    let how = codings(&ds);
+    assert!(
+        how["b"].contains("Deflate") && how["f"] == "loaded",
+        "{how:?}"
+    );
+    for i in [2usize, 0, 1] {
+        let s = ds.get(i).unwrap();
+        assert_eq!(s["b"], index0(&expected, i));
+        assert_eq!(s["f"], index0(&transposed, i));
+    }
+}
+
+#[test]
+fn nan_in_a_deflated_member_is_found_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = ArrayD::<f32>::zeros(IxDyn(&[8, 1, 3]));
+    t[[5, 0, 2]] = f32::NAN;
+    let path = dir.path().join("calib.npz");
+    let bytes = npy::encode(&Tensor::F32(t)).unwrap();
+    zip_npz(
+        &path,
+        &[("x.npy", &bytes)],
+        zip::CompressionMethod::Deflated,
+    );
+    let ds = load(&path, &[spec("x", DType::F32, &[Some(1), Some(3)])]).unwrap();
+    assert!(codings(&ds)["x"].contains("Deflate"));
+    for i in 0..5 {
+        ds.get(i).unwrap();
+    }
+    let e = ds.get(5).unwrap_err();
+    assert!(matches!(e, DataError::NonFinite { sample: 5, .. }), "{e:?}");
+    let e = e.to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: input 'x': sample 5 contains NaN at element 2",
+            path.display()
+        )
+    );
+    assert!(ds.get(6).is_ok() && ds.get(4).is_ok());
+}
+
+#[test]
+fn truncated_and_corrupt_members_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = f32s(&[8, 3]);
+    let full = npy::encode(&x).unwrap();
+    let header_len = npy::parse_header(&full).unwrap().data_offset;
+    let specs = [spec("x", DType::F32, &[Some(3)])];
+    let one_line = |e: DataError| {
+        let e = e.to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    };
+
+    // The deflate stream ends after 3 samples although the member claims 8.
+    let path = dir.path().join("short.npz");
+    let cut = deflate(&full[..header_len + 3 * 12]);
+    zip_by_hand(&path, "x.npy", 8, &cut, full.len() as u32);
+    let ds = load(&path, &specs).unwrap();
+    assert_eq!(ds.get(2).unwrap()["x"], index0(&x, 2));
+    let e = one_line(ds.get(3).unwrap_err());
+    assert!(
+        e.contains("short.npz") && e.contains("'x'") && e.contains("sample 3"),
+        "{e}"
+    );
+    assert!(e.contains("ends early"), "{e}");
+    // After a failure the stream starts over.
+    assert_eq!(ds.get(1).unwrap()["x"], index0(&x, 1));
+    assert!(ds.get(7).is_err());
+
+    // Not a deflate stream at all (0xFF starts a block of the reserved type).
+    let path = dir.path().join("garbage.npz");
+    zip_by_hand(&path, "x.npy", 8, &[0xFF; 64], full.len() as u32);
+    let e = one_line(load(&path, &specs).unwrap_err());
+    assert!(e.contains("garbage.npz") && e.contains("'x'"), "{e}");
+
+    // Sizes that do not hold the announced samples are refused at load.
+    let path = dir.path().join("small.npz");
+    let short = deflate(&full[..header_len + 12]);
+    zip_by_hand(&path, "x.npy", 8, &short, (header_len + 12) as u32);
+    let e = one_line(load(&path, &specs).unwrap_err());
+    assert!(
+        e.contains("'x'") && e.contains("expected 96 data bytes"),
+        "{e}"
+    );
+    let npy_path = dir.path().join("short.npy");
+    std::fs::write(&npy_path, &full[..header_len + 20]).unwrap();
+    let e = one_line(load(&npy_path, &specs).unwrap_err());
+    assert!(e.contains("short.npy") && e.contains("found 20"), "{e}");
+    std::fs::write(&npy_path, &full[..8]).unwrap();
+    let e = one_line(load(&npy_path, &specs).unwrap_err());
+    assert!(e.contains("short.npy"), "{e}");
 }

@@ -761,10 +761,11 @@ mod tests {
                 .0
         };
         let opts = crate::exec::SessionOptions::default();
-        let s0 = crate::exec::Session::new(&enc(&original), None, &ds.samples[0], &opts).unwrap();
-        let s1 = crate::exec::Session::new(&enc(&m), None, &ds.samples[0], &opts).unwrap();
+        let s0 =
+            crate::exec::Session::new(&enc(&original), None, &ds.get(0).unwrap(), &opts).unwrap();
+        let s1 = crate::exec::Session::new(&enc(&m), None, &ds.get(0).unwrap(), &opts).unwrap();
         let mut worst = 0f64;
-        for sample in &ds.samples {
+        for sample in &ds.read_all().unwrap() {
             let (a, b) = (s0.run(sample).unwrap(), s1.run(sample).unwrap());
             for (k, x) in &a {
                 let (xv, yv) = (x.to_f64_vec().unwrap(), b[k].to_f64_vec().unwrap());

@@ -1689,7 +1689,7 @@ mod tests {
         up.verify().unwrap();
         assert_eq!(r.from, Some(11));
         assert_eq!(r.converted[&("Softmax".to_string(), 13)], 1);
-        for s in ds.samples.iter().take(2) {
+        for s in ds.read_all().unwrap().iter().take(2) {
             assert_close(&run(&m, s), &run(&up, s), 1e-5);
         }
     }

@@ -2,7 +2,7 @@
 //! output they share.
 
 use super::metrics::{as_f32, is_classifier_shape, Comparison, Metrics};
-use crate::data::Sample;
+use crate::data::{DataError, SampleSource};
 use crate::exec::{ExecError, Session};
 use std::collections::BTreeMap;
 
@@ -12,19 +12,30 @@ pub struct ModelComparison {
     pub outputs: BTreeMap<String, Metrics>,
 }
 
-/// Runs `reference` and `test` on every sample and compares the outputs named in both.
-/// `labels[i]` is sample i's true class, when known; `progress` is called after each sample.
-pub fn compare(
+/// Why a comparison stopped: a sample could not be read, or the engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+/// Runs `reference` and `test` on every sample (read one at a time) and compares the outputs
+/// named in both. `labels[i]` is sample i's true class, when known; `progress` is called
+/// after each sample.
+pub fn compare<S: SampleSource + ?Sized>(
     reference: &Session,
     test: &Session,
-    samples: &[Sample],
+    samples: &S,
     labels: Option<&[i64]>,
     mut progress: impl FnMut(),
-) -> Result<ModelComparison, ExecError> {
+) -> Result<ModelComparison, CompareError> {
     let mut acc: BTreeMap<String, Comparison> = BTreeMap::new();
-    for (i, s) in samples.iter().enumerate() {
-        let a = reference.run(s)?;
-        let b = test.run(s)?;
+    for i in 0..samples.count() {
+        let s = samples.sample(i)?;
+        let a = reference.run(&s)?;
+        let b = test.run(&s)?;
         for (name, ta) in &a {
             let Some(tb) = b.get(name) else { continue };
             let (Some(va), Some(vb)) = (as_f32(ta), as_f32(tb)) else {

@@ -40,7 +40,7 @@
 
 use super::metrics::{as_f32, Comparison, Metrics};
 use crate::calib::collect::plan_groups;
-use crate::data::Sample;
+use crate::data::SampleSource;
 use crate::exec::{ExecError, Session, SessionOptions};
 use crate::ir::{DType, Graph, GraphError, Model, OpId, Tensor, ValueId};
 use crate::onnx::{self, ExternalPolicy, OnnxError};
@@ -71,6 +71,9 @@ pub enum PerTensorError {
     /// There was no sample to run.
     #[error("no samples to compare")]
     NoSamples,
+    /// A sample could not be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// A model could not be encoded for the engine.
     #[error("{model} model: {source}")]
     Encode { model: Side, source: OnnxError },
@@ -699,14 +702,17 @@ fn comparable(
 ///
 /// Both models should have inferred value types (shape inference) so that the groups
 /// can be sized; the list comes back worst first.
-pub fn per_tensor(
+pub fn per_tensor<S: SampleSource + ?Sized>(
     reference: &Model,
     test: &Model,
-    samples: &[Sample],
+    samples: &S,
     budget_bytes: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<PerTensor, PerTensorError> {
-    let first = samples.first().ok_or(PerTensorError::NoSamples)?;
+    if samples.count() == 0 {
+        return Err(PerTensorError::NoSamples);
+    }
+    let first = samples.sample(0)?;
     let (pairs, mut unmatched) = pair(reference, test)?;
     let encode = |m: &Model, model: Side| {
         onnx::encode_model(m, &ExternalPolicy::Inline, "")
@@ -732,7 +738,7 @@ pub fn per_tensor(
             start - g.len()..start
         })
         .collect();
-    let total = (groups.len() * samples.len()) as u64;
+    let total = (groups.len() * samples.count()) as u64;
     let mut done = 0;
     let mut accs: Vec<Acc> = (0..pairs.len()).map(|_| Acc::default()).collect();
 
@@ -752,14 +758,15 @@ pub fn per_tensor(
                 taps: taps.into_iter().collect(),
                 ..Default::default()
             };
-            Session::new(proto, None, first, &opts)
+            Session::new(proto, None, &first, &opts)
                 .map_err(|source| PerTensorError::Load { model, source })
         };
         let sa = session(&pa, taps_a, Side::Reference)?;
         let sb = session(&pb, taps_b, Side::Test)?;
-        for (n, s) in samples.iter().enumerate() {
+        for n in 0..samples.count() {
+            let s = samples.sample(n)?;
             let run = |sess: &Session, model| {
-                sess.run(s).map_err(|source| PerTensorError::Run {
+                sess.run(&s).map_err(|source| PerTensorError::Run {
                     model,
                     sample: n,
                     source,
@@ -859,7 +866,7 @@ pub fn per_tensor(
     Ok(PerTensor {
         layers,
         unmatched: unmatched.into_iter().map(|(_, u)| u).collect(),
-        samples: samples.len() as u64,
+        samples: samples.count() as u64,
         groups: groups.len(),
     })
 }

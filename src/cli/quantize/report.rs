@@ -224,7 +224,7 @@ pub(super) fn add_layers(
     input: &mut ReportInput,
     float: &crate::ir::Model,
     quantized: &crate::ir::Model,
-    samples: &[crate::data::Sample],
+    samples: &crate::data::Dataset,
     budget_mib: u64,
     quiet: bool,
 ) -> anyhow::Result<()> {
@@ -232,6 +232,8 @@ pub(super) fn add_layers(
     if n == 0 {
         return Ok(());
     }
+    let mut first = samples.clone();
+    first.truncate(n);
     let bar = super::super::progress(0, "per-layer SQNR");
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -239,7 +241,7 @@ pub(super) fn add_layers(
     let pt = crate::report::layers::per_tensor(
         float,
         quantized,
-        &samples[..n],
+        &first,
         budget_mib.saturating_mul(1 << 20),
         |d, t| {
             bar.set_length(t);
