@@ -18,7 +18,9 @@ uses silero_vad's data):
   activations QUInt8, weights QInt8, every calibration sample). A model ONNX Runtime
   refuses to load is quantized again from the model upgraded to opset 13.
 - ``qrange``: ``qrange quantize MODEL --calib calib.npz -o OUT --no-validate`` (``--pin
-  sr=16000`` for the silero models), and ``qrange (validate)``: the same with ``--eval
+  sr=16000`` for the silero models); ``qrange --no-reduce-range``: the same on the reference's
+  weight grid (all 8 bits of int8, which u8 x s8 kernels of x86 CPUs without VNNI can
+  saturate); and ``qrange (validate)``: the same as the first with ``--eval
   eval.npz [--labels label]``, for its time and memory.
 
 Every produced model is run in ONNX Runtime (CPU EP) on the evaluation samples; reported:
@@ -627,6 +629,24 @@ def qrange_rows(name: str, model: str, calib: str, evalp: str, has_labels: bool,
             rows[0]["notes"].append(f"ORT rejects its model ({sc['rejected']})")
         if "run_error" in sc:
             rows[0]["notes"].append(f"ORT run fails: {sc['run_error']}")
+    # The reference's weight grid (all 8 bits): the same command with --no-reduce-range.
+    out_8 = os.path.join(wd, "qrange_w8.onnx")
+    if not args.reuse and os.path.exists(out_8):
+        os.remove(out_8)
+    log("  qrange quantize --no-validate --no-reduce-range")
+    cmd = [args.qrange, "quantize", model, "--calib", calib, "-o", out_8, "--no-validate", "--no-reduce-range"] + pins
+    rec = timed_run(cmd, "qrange_w8", wd, args.reuse and os.path.isfile(out_8), args.timeout)
+    row8 = {"method": "qrange --no-reduce-range", "notes": [], "wall_s": rec["wall_s"], "peak_mb": rec["peak_mb"], "run": rec}
+    if rec["rc"] != 0 or not os.path.isfile(out_8):
+        row8["notes"].append(f"failed: {crash_text(rec)}")
+    elif ev is not None:
+        sc = ev.score(out_8)
+        row8.update(sc)
+        if "rejected" in sc:
+            row8["notes"].append(f"ORT rejects its model ({sc['rejected']})")
+        if "run_error" in sc:
+            row8["notes"].append(f"ORT run fails: {sc['run_error']}")
+    rows.append(row8)
     log("  qrange quantize with validation")
     cmd = [args.qrange, "quantize", model, "--calib", calib, "-o", out_v, "--eval", evalp] + pins
     if has_labels:

@@ -746,15 +746,19 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     // replaying its overrides file chooses the same.
     let t = Instant::now();
     let (mut chosen, selection, method) = if a.method == Method::Adaptive {
-        let pool: &[Sample] = calib.as_ref().map_or(&[], |d| &d.samples);
-        let n = pool.len();
+        let n = calib.as_ref().map_or(0, |d| d.len());
         // Each compared set costs about one calibration pass per sample: large models
         // compare on fewer samples (at least one).
         let per_sample =
             stats.tensors.values().map(|s| s.count()).sum::<u64>() / stats.samples.max(1);
         let cap = (SELECT_VALUES / per_sample.max(1)).max(1) as usize;
         let k = a.select_samples.min(n).min(cap);
-        let picks: Vec<Sample> = (0..k).map(|i| pool[i * n / k].clone()).collect();
+        let mut picks: Vec<Sample> = Vec::with_capacity(k);
+        if let Some(d) = &calib {
+            for i in 0..k {
+                picks.push(d.get(i * n / k)?);
+            }
+        }
         let mut plan = p.plan.clone();
         let (chosen, sel) = adaptive::select(&p, &mut plan, &stats.tensors, &opts, &picks, c.json)?;
         p.plan = plan;
@@ -1711,15 +1715,16 @@ mod tests {
         let m = onnx::read_model(&c.model).unwrap();
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
-        let p = prepare(c, m, ds.samples.first(), false).unwrap();
-        let stats = calibrate(&p, &ds.samples, 2, false).unwrap();
+        let p = prepare(c, m, Some(&ds.first().unwrap()), false).unwrap();
+        let stats = calibrate(&p, &ds, 2, false).unwrap();
         let sets =
             adaptive::range_sets(&p.plan, &stats.tensors, &MethodOptions::default()).unwrap();
         let mut base = p.plan.clone();
         adaptive::apply_set(&mut base, &sets[0]);
         let (units, sim) = adaptive::simulation(&p, &base).unwrap();
         let (sp, _) = onnx::encode_model(&sim.model, &ExternalPolicy::Inline, "").unwrap();
-        let samples = &ds.samples[..ds.samples.len().min(3)];
+        let all = ds.read_all().unwrap();
+        let samples = &all[..all.len().min(3)];
         let params0 = adaptive::range_params(&p, &base, &units, &sim, &sets[0]).unwrap();
         let simu = Session::new(
             &sp,

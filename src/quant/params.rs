@@ -158,20 +158,20 @@ mod tests {
 
     #[test]
     fn mse_weight_range_clips_a_lone_outlier() {
-        // 100 values in [-1, 1] and one at 20, on int8 [-127, 127]: min/max gives a step of
-        // 20/127 that rounds every small value to 0 or ±1 step; clipping the outlier to a
-        // tenth of its value costs (20 - 2)² once but divides the step by ten.
-        let mut w: Vec<f32> = (0..100).map(|i| (i as f32 / 50.0) - 1.0).collect();
-        w.push(20.0);
-        let q = QType::new(DType::I8, true, false).unwrap();
-        let minmax = scale_zp(-1.0, 20.0, &q);
+        // 1000 values in [-1, 1] and one at 1.6, on int4 [-7, 7]: min/max's step 1.6/7
+        // costs about step²/12 = 4.4e-3 per value (4.4 in all); clipping at 1 costs
+        // 0.6² = 0.36 once and 1.7e-3 per value (2.1 in all).
+        let mut w: Vec<f32> = (0..1000).map(|i| (i as f32 / 500.0) - 1.0).collect();
+        w.push(1.6);
+        let q = QType::new(DType::I4, true, false).unwrap();
+        let minmax = scale_zp(-1.0, 1.6, &q);
         let mse = mse_scale_zp(&w, &q);
         assert!(mse.scale < minmax.scale, "{mse:?} vs {minmax:?}");
         assert_eq!(mse.zero_point, 0);
         let err = |p: &ScaleZp| -> f64 {
             w.iter()
                 .map(|&v| {
-                    let r = (v / p.scale).round_ties_even().clamp(-127.0, 127.0);
+                    let r = (v / p.scale).round_ties_even().clamp(-7.0, 7.0);
                     ((v - r * p.scale) as f64).powi(2)
                 })
                 .sum()
