@@ -503,3 +503,39 @@ fn mse_weight_ranges_clip_some_channels() {
     assert!(weights > 10, "{weights} weights found");
     assert!(clipped > 0, "no channel clipped");
 }
+
+#[test]
+fn every_quantized_conv_gets_an_int32_bias_even_after_a_folded_relu() {
+    // ppocr_cls: 14 Convs read the output of a Relu folded into its producer; their
+    // biases must be quantized with that producer's scale like every other Conv's (ONNX
+    // Runtime quantizes a float bias there itself, so a float one would make the model it
+    // runs differ from the one validated).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    quantize_json(&[
+        &s(&fixture("ppocr_cls/model.onnx")),
+        "--calib",
+        &s(&fixture("ppocr_cls/calib.npz")),
+        "--no-validate",
+        "--method",
+        "auto",
+        "-o",
+        &s(&out),
+    ]);
+    let m = load(&out);
+    let g = m.graph.as_ref().unwrap();
+    let producer = |v: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == v));
+    let is_dq = |v: &str| producer(v).is_some_and(|n| n.op_type() == "DequantizeLinear");
+    let mut convs = 0;
+    for n in g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Conv" && n.input.len() == 3)
+    {
+        if is_dq(&n.input[0]) && is_dq(&n.input[1]) {
+            convs += 1;
+            assert!(is_dq(&n.input[2]), "Conv '{}' keeps a float bias", n.name());
+        }
+    }
+    assert!(convs >= 50, "{convs} quantized Convs");
+}

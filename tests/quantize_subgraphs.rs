@@ -660,3 +660,23 @@ fn names_defined_by_both_branches_are_keyed_by_branch() {
     }
     assert_eq!(scales.len(), 2, "{scales:?}");
 }
+
+#[test]
+fn adaptive_keeps_auto_on_models_with_subgraphs_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_if.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_if.npz")),
+        "--no-validate",
+        "-o",
+        &s(&tmp.path().join("q.onnx")),
+    ]);
+    let sel = &j["selection"];
+    assert_eq!(sel["chosen"], "auto", "{j}");
+    assert!(
+        sel["skipped"].as_str().unwrap().contains("subgraphs"),
+        "{j}"
+    );
+    assert_eq!(j["quantized_ops"], 7, "{j}");
+}

@@ -142,7 +142,18 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
         };
         let g = keys.scopes.graph_mut(&mut m.graph, s);
         let Some(v) = g.value_by_name(local) else {
-            continue; // removed by a fold
+            // Removed by a fold (a folded Relu's output): whoever read it now reads the
+            // producer's Q/DQ, whose parameters it shares, so a bias reading it gets them.
+            if let Decision::Activation {
+                share_with: Some(root),
+                ..
+            } = d
+            {
+                if let Some(c) = rep.params.get(root).cloned() {
+                    rep.params.insert(key.clone(), c);
+                }
+            }
+            continue;
         };
         match d {
             Decision::Activation {

@@ -166,7 +166,7 @@ pub(crate) fn simulation(p: &Prepared, plan: &Plan) -> anyhow::Result<(Vec<Unit>
         &units,
         base.iter().map(|b| (*b, *b)).collect(),
     )
-    .map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+    .map_err(|e| anyhow!("the simulation model cannot be built: {e}"))?;
     Ok((units, sim))
 }
 
@@ -272,7 +272,11 @@ pub(crate) fn select(
     // The simulation of the written model with auto's ranges; other sets change only the
     // parameters fed to it.
     let chosen0 = apply_set(plan, &sets[0]);
-    let (units, sim) = simulation(p, plan)?;
+    // A model the simulation cannot be built or run for keeps auto's ranges, and says why.
+    let (units, sim) = match simulation(p, plan) {
+        Ok(s) => s,
+        Err(e) => return Ok((chosen0, skip_selection(&e.to_string()))),
+    };
     if units.is_empty() {
         return Ok((chosen0, skip_selection("no activation unit to switch")));
     }
@@ -284,8 +288,15 @@ pub(crate) fn select(
         &SessionOptions::default(),
     )
     .map_err(|e| anyhow!("float model: {e}"))?;
-    let ev = Evaluator::new(&sim, Some(&p.base_dir), &reference, samples.to_vec(), None)
-        .map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+    let ev = match Evaluator::new(&sim, Some(&p.base_dir), &reference, samples.to_vec(), None) {
+        Ok(ev) => ev,
+        Err(e) => {
+            return Ok((
+                chosen0,
+                skip_selection(&format!("the simulation model does not run: {e}")),
+            ))
+        }
+    };
     let mut params = Vec::with_capacity(distinct.len());
     for &k in &distinct {
         params.push(range_params(p, plan, &units, &sim, &sets[k])?);
@@ -294,9 +305,16 @@ pub(crate) fn select(
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let metrics = ev
-        .eval_params_many(&params, &|| bar.inc(1))
-        .map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+    let metrics = match ev.eval_params_many(&params, &|| bar.inc(1)) {
+        Ok(m) => m,
+        Err(e) => {
+            bar.finish_and_clear();
+            return Ok((
+                chosen0,
+                skip_selection(&format!("the simulation model does not run: {e}")),
+            ));
+        }
+    };
     bar.finish_and_clear();
     let goal = Goal::Sqnr { db: 0.0 };
     let mut figure = vec![f64::NAN; sets.len()];
