@@ -16,10 +16,6 @@ struct Case {
     expect: &'static [&'static str],
 }
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 fn convert_args(dir: &Path, model: &Path) -> Vec<String> {
     vec!["convert".into(), s(model), s(&dir.join("out.onnx"))]
 }

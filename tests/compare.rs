@@ -7,10 +7,6 @@ use common::*;
 use qrange::onnx::proto;
 use std::path::Path;
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// Quantizes `fixtures/tiny/<name>.onnx` with qrange (calibration on `<name>.npz`) into
 /// `dir/q.onnx`.
 fn quantize_fixture(dir: &Path, name: &str) -> std::path::PathBuf {

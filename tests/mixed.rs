@@ -8,19 +8,6 @@ use prost::Message;
 use qrange::onnx::proto;
 use std::path::Path;
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn quantize_json(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["quantize"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let r = qrange(&all);
-    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
-}
-
 fn worst_sqnr(j: &serde_json::Value) -> f64 {
     j["validation"]
         .as_object()

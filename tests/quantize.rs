@@ -3,26 +3,7 @@
 mod common;
 
 use common::*;
-use prost::Message;
 use qrange::onnx::proto;
-use std::path::Path;
-
-fn quantize_json(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["quantize"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let r = qrange(&all);
-    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
-}
-
-fn load(p: &Path) -> proto::ModelProto {
-    proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 #[test]
 fn tiny_cnn_is_quantized_and_validated() {

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use prost::Message;
 use qrange::calib::CalibrationFile;
 use qrange::data::{self, InputSpec, Sample};
 use qrange::ir::{DType, Graph, Model, Tensor};
@@ -14,24 +13,6 @@ use qrange::quant::params::QType;
 use qrange::quant::plan::{self, QuantConfig};
 use qrange::quant::rules::Target;
 use std::collections::BTreeSet;
-use std::path::Path;
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn quantize_json(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["quantize"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let r = qrange(&all);
-    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
-}
-
-fn load(p: &Path) -> proto::ModelProto {
-    proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap()
-}
 
 /// The plan `qrange quantize` makes with its defaults for ort-cpu, on the model as read
 /// (after shape inference).

@@ -6,10 +6,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// Quantizes tiny_cnn with `--report` (and `--json`); returns the page and the number of
 /// calibrated tensors the summary counts.
 fn cnn_report(dir: &Path, name: &str) -> (String, u64) {

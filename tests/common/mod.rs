@@ -159,3 +159,23 @@ pub fn relu_model(dims: &[i64]) -> proto::ModelProto {
         vec![vi("y", 1, dims)],
     )
 }
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `qrange quantize ARGS --json`, which must succeed: its JSON summary.
+pub fn quantize_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["quantize"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let r = qrange(&all);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+/// A model file, decoded.
+pub fn load(p: &Path) -> proto::ModelProto {
+    proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap()
+}
