@@ -134,16 +134,19 @@ fn scalar_input(g: &mut Graph, name: &str, dtype: DType) -> Result<ValueId, Tune
     Ok(v)
 }
 
+/// The DequantizeLinear that materialisation named after `value` (`<value>.dequantize`).
+fn dequantize_op(g: &Graph, value: &str) -> Option<crate::ir::OpId> {
+    let name = format!("{value}.dequantize");
+    g.ops()
+        .find(|o| g.op(*o).name.as_deref() == Some(name.as_str()))
+}
+
 /// The value of bias `bias`'s DequantizeLinear (`<bias>.dequantize`) in a materialised
 /// model, computed by the same kernel the engine runs.
 pub fn dequantized_bias(m: &Model, bias: &str) -> Result<Tensor, TuneError> {
     let g = &m.graph;
     let other = |w: &str| TuneError::Other(format!("simulation model: bias '{bias}': {w}"));
-    let dq_name = format!("{bias}.dequantize");
-    let dq = g
-        .ops()
-        .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
-        .ok_or_else(|| other("not dequantized"))?;
+    let dq = dequantize_op(g, bias).ok_or_else(|| other("not dequantized"))?;
     let input = |i: usize| -> Result<Option<Tensor>, TuneError> {
         match g.input(dq, i) {
             None => Ok(None),
@@ -325,12 +328,9 @@ impl SimModel {
         let mut w4_switches = Vec::new();
         if let Some(q4) = narrow {
             for w in narrow_weights {
-                let dq_name = format!("{w}.dequantize");
-                let find = |g: &Graph| {
-                    g.ops()
-                        .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
-                };
-                let (Some(reduced), Some(four)) = (find(g), find(&q4.graph)) else {
+                let (Some(reduced), Some(four)) =
+                    (dequantize_op(g, w), dequantize_op(&q4.graph, w))
+                else {
                     continue;
                 };
                 let Some(dq) = g.output(reduced, 0) else {
@@ -342,12 +342,8 @@ impl SimModel {
         }
         let mut weight_switches = Vec::new();
         for (w, unit) in weights {
-            let dq_name = format!("{w}.dequantize");
-            let find = |g: &Graph| {
-                g.ops()
-                    .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
-            };
-            let (Some(reduced), Some(wide)) = (find(g), find(&full.graph)) else {
+            let (Some(reduced), Some(wide)) = (dequantize_op(g, w), dequantize_op(&full.graph, w))
+            else {
                 continue;
             };
             let Some(dq7) = g.output(reduced, 0) else {
@@ -358,11 +354,7 @@ impl SimModel {
         }
         let mut bias_switches = Vec::new();
         for (b, unit, weight) in biases {
-            let dq_name = format!("{b}.dequantize");
-            let Some(dq) = g
-                .ops()
-                .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
-            else {
+            let Some(dq) = dequantize_op(g, b) else {
                 continue;
             };
             let pg = &prepared.graph;
@@ -395,21 +387,14 @@ impl SimModel {
                 .map(|(on, _)| on.clone());
             if let (Some(on), Some(q4)) = (w4_on, narrow) {
                 let q4g = &q4.graph;
-                if let Some(b4) = q4g
-                    .ops()
-                    .find(|o| q4g.op(*o).name.as_deref() == Some(dq_name.as_str()))
-                {
+                if let Some(b4) = dequantize_op(q4g, b) {
                     add_dq_switch(g, dqv, q4g, b4, "w4", b, Some(&on))?;
                 }
             }
         }
         let mut bias_values = Vec::new();
         for b in bias_inputs {
-            let dq_name = format!("{b}.dequantize");
-            let Some(dq) = g
-                .ops()
-                .find(|o| g.op(*o).name.as_deref() == Some(dq_name.as_str()))
-            else {
+            let Some(dq) = dequantize_op(g, b) else {
                 continue;
             };
             let Some(dqv) = g.output(dq, 0) else { continue };
