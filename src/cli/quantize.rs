@@ -498,39 +498,54 @@ pub(crate) fn choose_ranges(
     opts: &MethodOptions,
 ) -> anyhow::Result<BTreeMap<String, Method>> {
     let mut chosen = BTreeMap::new();
-    let wanted = plan.calibration_values();
-    // Jobs in name order; a value without statistics is an error at its place in that order.
-    let mut jobs = Vec::with_capacity(wanted.len());
-    let mut missing = None;
-    for v in &wanted {
+    let (jobs, missing) = calibration_jobs(plan, stats);
+    let refs: Vec<(&str, &TensorStats, QuantTarget)> =
+        jobs.iter().map(|(v, s, t)| (v.as_str(), *s, *t)).collect();
+    let results = compute_ranges(&refs, method, opts);
+    for ((v, _, _), r) in jobs.iter().zip(results) {
+        let r = r?;
+        plan.ranges.insert(v.clone(), (r.lo, r.hi));
+        chosen.insert(v.clone(), r.method);
+    }
+    if let Some(e) = missing {
+        return Err(e);
+    }
+    Ok(chosen)
+}
+
+/// The values `plan` calibrates, in name order, each with its statistics and grid; stops at
+/// the first value without statistics and returns that error beside the jobs before it (a
+/// range error of an earlier value is then reported first).
+pub(crate) fn calibration_jobs<'a>(
+    plan: &Plan,
+    stats: &'a BTreeMap<String, TensorStats>,
+) -> (
+    Vec<(String, &'a TensorStats, QuantTarget)>,
+    Option<anyhow::Error>,
+) {
+    let mut jobs = Vec::new();
+    for v in plan.calibration_values() {
         let qtype = plan
             .values
             .iter()
             .find_map(|(n, d)| match d {
                 Decision::Activation {
                     qtype, range_from, ..
-                } if n == v || range_from.as_deref() == Some(v.as_str()) => Some(*qtype),
+                } if *n == v || range_from.as_deref() == Some(v.as_str()) => Some(*qtype),
                 _ => None,
             })
             .expect("calibration value comes from a decision");
-        match stats.get(v) {
-            Some(s) => jobs.push((v.as_str(), s, QuantTarget::of(&qtype))),
+        match stats.get(&v) {
+            Some(s) => jobs.push((v, s, QuantTarget::of(&qtype))),
             None => {
-                missing = Some(v.clone());
-                break;
+                let e = anyhow!(
+                    "no statistics for value '{v}' (ranges file for another model or options?)"
+                );
+                return (jobs, Some(e));
             }
         }
     }
-    let results = compute_ranges(&jobs, method, opts);
-    for ((v, _, _), r) in jobs.iter().zip(results) {
-        let r = r?;
-        plan.ranges.insert(v.to_string(), (r.lo, r.hi));
-        chosen.insert(v.to_string(), r.method);
-    }
-    if let Some(v) = missing {
-        bail!("no statistics for value '{v}' (ranges file for another model or options?)");
-    }
-    Ok(chosen)
+    (jobs, None)
 }
 
 #[derive(Serialize)]

@@ -67,31 +67,6 @@ impl Selection {
     }
 }
 
-/// Per value to calibrate, its statistics and grid, in the plan's order.
-fn jobs<'a>(
-    plan: &'a Plan,
-    stats: &'a BTreeMap<String, TensorStats>,
-) -> anyhow::Result<Vec<(String, &'a TensorStats, QuantTarget)>> {
-    let mut out = Vec::new();
-    for v in plan.calibration_values() {
-        let qtype = plan
-            .values
-            .iter()
-            .find_map(|(n, d)| match d {
-                Decision::Activation {
-                    qtype, range_from, ..
-                } if *n == v || range_from.as_deref() == Some(v.as_str()) => Some(*qtype),
-                _ => None,
-            })
-            .expect("calibration value comes from a decision");
-        let s = stats.get(&v).ok_or_else(|| {
-            anyhow!("no statistics for value '{v}' (ranges file for another model or options?)")
-        })?;
-        out.push((v, s, QuantTarget::of(&qtype)));
-    }
-    Ok(out)
-}
-
 /// Every set's range per calibrated value, in [`SETS`] order.
 pub(crate) type RangeSets = Vec<BTreeMap<String, Range>>;
 
@@ -101,7 +76,10 @@ pub(crate) fn range_sets(
     stats: &BTreeMap<String, TensorStats>,
     opts: &MethodOptions,
 ) -> anyhow::Result<RangeSets> {
-    let jobs = jobs(plan, stats)?;
+    let (jobs, missing) = super::calibration_jobs(plan, stats);
+    if let Some(e) = missing {
+        return Err(e);
+    }
     let refs: Vec<(&str, &TensorStats, QuantTarget)> =
         jobs.iter().map(|(v, s, t)| (v.as_str(), *s, *t)).collect();
     let mut choices = Vec::with_capacity(jobs.len());
