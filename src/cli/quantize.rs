@@ -1644,18 +1644,12 @@ mod tests {
         format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))
     }
 
-    /// Worst SQNR between the simulation under `config` and the materialised plan.
-    fn sim_vs_real(model: &str, data: &str, config_of: impl Fn(&Unit) -> Precision) -> f64 {
-        sim_vs_real_w(model, data, config_of, false)
-    }
-
-    /// As `sim_vs_real`, with every 4-bit candidate weight on 4 bits when `w4_all`.
-    fn sim_vs_real_w(
+    /// A fixture model prepared (with `wide` grids) and calibrated on its data.
+    fn calibrated(
         model: &str,
         data: &str,
-        config_of: impl Fn(&Unit) -> Precision,
-        w4_all: bool,
-    ) -> f64 {
+        wide: bool,
+    ) -> (Args, Prepared, Dataset, CalibrationFile) {
         let a = T::parse_from([
             "t",
             &fixture(model),
@@ -1669,8 +1663,41 @@ mod tests {
         let m = onnx::read_model(&c.model).unwrap();
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
-        let mut p = prepare(c, m, Some(&ds.first().unwrap()), true).unwrap();
+        let p = prepare(c, m, Some(&ds.first().unwrap()), wide).unwrap();
         let stats = calibrate(&p, &ds, 2, false).unwrap();
+        (a, p, ds, stats)
+    }
+
+    /// `worst` lowered to the SQNR of any output of `test` against the same in `reference`.
+    fn lower_to_worst(
+        worst: &mut f64,
+        reference: &BTreeMap<String, Tensor>,
+        test: &BTreeMap<String, Tensor>,
+    ) {
+        for (name, rv) in reference {
+            let (a, b) = (
+                crate::report::metrics::as_f32(rv).unwrap(),
+                crate::report::metrics::as_f32(&test[name]).unwrap(),
+            );
+            let mut cmp = Comparison::default();
+            cmp.add(&a, &b, false, None);
+            *worst = worst.min(cmp.metrics().sqnr_db);
+        }
+    }
+
+    /// Worst SQNR between the simulation under `config` and the materialised plan.
+    fn sim_vs_real(model: &str, data: &str, config_of: impl Fn(&Unit) -> Precision) -> f64 {
+        sim_vs_real_w(model, data, config_of, false)
+    }
+
+    /// As `sim_vs_real`, with every 4-bit candidate weight on 4 bits when `w4_all`.
+    fn sim_vs_real_w(
+        model: &str,
+        data: &str,
+        config_of: impl Fn(&Unit) -> Precision,
+        w4_all: bool,
+    ) -> f64 {
+        let (a, mut p, ds, stats) = calibrated(model, data, true);
         let opts = MethodOptions::default();
         let (units, sim) = build_sim(&a, Method::Auto, &p, &stats, &opts, w4_all).unwrap();
         let w4: BTreeSet<String> = sim.narrow_weights().into_iter().collect();
@@ -1701,15 +1728,7 @@ mod tests {
         for s in &ds.read_all().unwrap() {
             let r = real.run(s).unwrap();
             let t = simu.run(&sim.feed(s, &config, &w4)).unwrap();
-            for (name, rv) in &r {
-                let (a, b) = (
-                    crate::report::metrics::as_f32(rv).unwrap(),
-                    crate::report::metrics::as_f32(&t[name]).unwrap(),
-                );
-                let mut cmp = Comparison::default();
-                cmp.add(&a, &b, false, None);
-                worst = worst.min(cmp.metrics().sqnr_db);
-            }
+            lower_to_worst(&mut worst, &r, &t);
         }
         worst
     }
@@ -1717,21 +1736,7 @@ mod tests {
     /// Worst SQNR, over `model`'s samples, between each adaptive range set written as a
     /// model and the same set fed to the selection's simulation; and how many sets differ.
     fn adaptive_sets_vs_real(model: &str, data: &str) -> (f64, usize) {
-        let a = T::parse_from([
-            "t",
-            &fixture(model),
-            "--calib",
-            &fixture(data),
-            "-o",
-            "u.onnx",
-        ])
-        .a;
-        let c = &a.common;
-        let m = onnx::read_model(&c.model).unwrap();
-        let pins = parse_pins(&m, &c.pin).unwrap();
-        let ds = load_calib(c, &m, &pins).unwrap();
-        let p = prepare(c, m, Some(&ds.first().unwrap()), false).unwrap();
-        let stats = calibrate(&p, &ds, 2, false).unwrap();
+        let (_, p, ds, stats) = calibrated(model, data, false);
         let sets =
             adaptive::range_sets(&p.plan, &stats.tensors, &MethodOptions::default()).unwrap();
         let mut base = p.plan.clone();
@@ -1765,15 +1770,7 @@ mod tests {
             for s in samples {
                 let r = real.run(s).unwrap();
                 let t = simu.run(&sim.feed_params(s, &params)).unwrap();
-                for (name, rv) in &r {
-                    let (a, b) = (
-                        crate::report::metrics::as_f32(rv).unwrap(),
-                        crate::report::metrics::as_f32(&t[name]).unwrap(),
-                    );
-                    let mut cmp = Comparison::default();
-                    cmp.add(&a, &b, false, None);
-                    worst = worst.min(cmp.metrics().sqnr_db);
-                }
+                lower_to_worst(&mut worst, &r, &t);
             }
         }
         (worst, distinct.len())
