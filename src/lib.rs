@@ -50,8 +50,8 @@
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
-//!   nodes as the engine computes them), and qrange's exact Q/DQ ops registered in place
-//!   of tract's.
+//!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place
+//!   of tract's, and the simulation model's switchable fake-quantization op.
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders, and
 //!   image folders: PNG via `png`, JPEG via `zune-jpeg`, turned into the model's image input
 //!   by a declared `Preprocess`: resize with qrange's own bilinear filter, colour order,
@@ -62,7 +62,8 @@
 //!   output.
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
-//!   entropy, mse, auto); the calibration file format; the collector that streams tapped
+//!   entropy, mse, auto; `adaptive`, which compares whole sets by simulated output, lives
+//!   in `cli::quantize::adaptive`); the calibration file format; the collector that streams tapped
 //!   tensors from tract into statistics (a run holds about what a plain inference holds,
 //!   whatever the number of values), and runs If branches and Scan bodies as models of
 //!   their own to reach the values inside.
@@ -81,9 +82,10 @@
 //!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
 //! - [`tune`]: mixed precision as plan edits: activation units (a quantized value and the
 //!   values sharing its parameters), the overrides file, the switchable simulation model
-//!   (`tune::sim`, exact against the written model), sensitivity analysis and the promotion
-//!   search (`tune::search`).
-//! - [`cli`]: clap arguments and one file per subcommand; the only module that prints.
+//!   (`tune::sim`, exact against the written model, also for another choice of ranges),
+//!   sensitivity analysis and the promotion search (`tune::search`).
+//! - [`cli`]: clap arguments and one file per subcommand (`quantize` with its `adaptive`
+//!   range selection and its summary/report glue); the only module that prints.
 //!
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
 //! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`,
