@@ -90,7 +90,8 @@ pub fn plan_groups(values: &[(String, u64)], budget: u64) -> Vec<Vec<String>> {
 /// turn, each with its own statistics, merged at the end in worker order; merging is exact
 /// ([`TensorStats::merge`]), so the result does not depend on which thread saw which sample.
 /// On failure the error of the first failing sample (in sample order) is returned.
-/// `progress(done, total)` is called after each sample.
+/// `progress(done, total)` is called after each sample. The model's outputs for the samples
+/// whose indices are in `keep` go to `outputs`.
 #[allow(clippy::too_many_arguments)]
 fn collect_streamed<S: SampleSource + ?Sized>(
     model: &ModelProto,
@@ -98,11 +99,14 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     samples: &S,
     values: &[String],
     workers: usize,
+    keep: &BTreeSet<usize>,
     stats: &mut BTreeMap<String, TensorStats>,
+    outputs: &mut BTreeMap<usize, Sample>,
     mut done: u64,
     total: u64,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<u64, CollectError> {
+    // Outputs alone are not worth a run (nor a model the engine cannot run whole).
     if samples.count() == 0 || values.is_empty() {
         return Ok(done);
     }
@@ -124,6 +128,7 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                 let (session, next, stop) = (&session, &next, &stop);
                 scope.spawn(move || {
                     let mut local: BTreeMap<String, TensorStats> = BTreeMap::new();
+                    let mut kept: Vec<(usize, Sample)> = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= samples.count() {
@@ -133,31 +138,37 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                             Ok(s) => s,
                             Err(e) => {
                                 stop.store(true, Ordering::Relaxed);
-                                return (local, Some((i, CollectError::Data(e))));
+                                return (local, kept, Some((i, CollectError::Data(e))));
                             }
                         };
-                        let ran = session.run_observed(&sample, |name, value| match value {
-                            TapValue::F32(v) => {
-                                local.entry(name.to_string()).or_default().observe(v);
-                                Ok(())
+                        let keep_this = keep.contains(&i);
+                        let ran =
+                            session.run_observed(&sample, keep_this, |name, value| match value {
+                                TapValue::F32(v) => {
+                                    local.entry(name.to_string()).or_default().observe(v);
+                                    Ok(())
+                                }
+                                TapValue::Host(t) => local
+                                    .entry(name.to_string())
+                                    .or_default()
+                                    .observe_tensor(name, &t),
+                            });
+                        match ran {
+                            Ok(Some(out)) => kept.push((i, out)),
+                            Ok(None) => {}
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                let e = match e {
+                                    ObservedError::Exec(e) => CollectError::Exec(e),
+                                    ObservedError::Observer(e) => CollectError::Calib(e),
+                                };
+                                return (local, kept, Some((i, e)));
                             }
-                            TapValue::Host(t) => local
-                                .entry(name.to_string())
-                                .or_default()
-                                .observe_tensor(name, &t),
-                        });
-                        if let Err(e) = ran {
-                            stop.store(true, Ordering::Relaxed);
-                            let e = match e {
-                                ObservedError::Exec(e) => CollectError::Exec(e),
-                                ObservedError::Observer(e) => CollectError::Calib(e),
-                            };
-                            return (local, Some((i, e)));
                         }
                         // The receiver only stops listening once every worker is done.
                         let _ = tx.send(());
                     }
-                    (local, None)
+                    (local, kept, None)
                 })
             })
             .collect();
@@ -172,7 +183,8 @@ fn collect_streamed<S: SampleSource + ?Sized>(
             .collect()
     });
     let mut first_error: Option<(usize, CollectError)> = None;
-    for (local, err) in results {
+    for (local, kept, err) in results {
+        outputs.extend(kept);
         if let Some((i, e)) = err {
             if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
                 first_error = Some((i, e));
@@ -193,9 +205,22 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     }
 }
 
-/// What a collection worker returns: its statistics and, if it stopped on one, the failing
-/// sample's index and error.
-type WorkerResult = (BTreeMap<String, TensorStats>, Option<(usize, CollectError)>);
+/// What a collection worker returns: its statistics, the outputs it kept and, if it stopped
+/// on one, the failing sample's index and error.
+type WorkerResult = (
+    BTreeMap<String, TensorStats>,
+    Vec<(usize, Sample)>,
+    Option<(usize, CollectError)>,
+);
+
+/// What [`collect_model`] returns.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Statistics per value.
+    pub stats: BTreeMap<String, TensorStats>,
+    /// The model's outputs for the samples asked for, by sample index.
+    pub outputs: BTreeMap<usize, Sample>,
+}
 
 fn encode(m: &Model) -> Result<ModelProto, CollectError> {
     encode_model(m, &ExternalPolicy::Inline, "")
@@ -208,15 +233,18 @@ fn encode(m: &Model) -> Result<ModelProto, CollectError> {
 /// Main-graph values are streamed from one run per sample, on `workers` threads
 /// ([`collect_streamed`]); values inside `If` branches and `Scan` bodies are collected as
 /// the module documentation describes. `progress(done, total)` is called after each pass over a
-/// sample. The result does not depend on `workers`.
+/// sample. The result does not depend on `workers`. The model's outputs (main graph) are
+/// kept for the samples whose indices are in `keep` when main-graph values are calibrated:
+/// they cost no extra run.
 pub fn collect_model<S: SampleSource + ?Sized>(
     model: &Model,
     base_dir: Option<&Path>,
     samples: &S,
     values: &[String],
     workers: usize,
+    keep: &BTreeSet<usize>,
     mut progress: impl FnMut(u64, u64),
-) -> Result<BTreeMap<String, TensorStats>, CollectError> {
+) -> Result<Collected, CollectError> {
     let keys = ValueKeys::of(&model.graph);
     let mut main = Vec::new();
     let mut inner: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
@@ -245,6 +273,7 @@ pub fn collect_model<S: SampleSource + ?Sized>(
             0
         };
     let mut stats = BTreeMap::new();
+    let mut outputs = BTreeMap::new();
     let proto = encode(model)?;
     let mut done = collect_streamed(
         &proto,
@@ -252,7 +281,9 @@ pub fn collect_model<S: SampleSource + ?Sized>(
         samples,
         &main,
         workers,
+        keep,
         &mut stats,
+        &mut outputs,
         0,
         total,
         &mut progress,
@@ -265,7 +296,7 @@ pub fn collect_model<S: SampleSource + ?Sized>(
             progress(done, total);
         }
     }
-    Ok(stats)
+    Ok(Collected { stats, outputs })
 }
 
 /// Where a value a scope needs comes from, in the run of that scope.
@@ -679,8 +710,18 @@ mod tests {
         };
         let session = Session::new(&proto, None, &ds.first().unwrap(), &opts).unwrap();
         let mut expected: BTreeMap<String, TensorStats> = BTreeMap::new();
+        let mut outputs = Vec::new();
         for sample in ds.iter() {
             let out = session.run(&sample.unwrap()).unwrap();
+            outputs.push(
+                g.outputs
+                    .iter()
+                    .map(|&o| {
+                        let n = &g.value(o).name;
+                        (n.clone(), out[n].clone())
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+            );
             for v in &values {
                 expected
                     .entry(v.clone())
@@ -690,12 +731,20 @@ mod tests {
             }
         }
         let json = |m: &BTreeMap<String, TensorStats>| serde_json::to_string(m).unwrap();
+        let keep: BTreeSet<usize> = [0, ds.len() - 1].into();
         for workers in [1, 3] {
             let mut calls = 0;
-            let got =
-                collect_model(&model, None, &ds, &values, workers, |_, _| calls += 1).unwrap();
-            assert_eq!(json(&got), json(&expected), "workers {workers}");
+            let got = collect_model(&model, None, &ds, &values, workers, &keep, |_, _| {
+                calls += 1
+            })
+            .unwrap();
+            assert_eq!(json(&got.stats), json(&expected), "workers {workers}");
             assert_eq!(calls, ds.len());
+            // The outputs kept are those of a plain run of the same samples.
+            assert_eq!(got.outputs.keys().copied().collect::<BTreeSet<_>>(), keep);
+            for (i, out) in &got.outputs {
+                assert_eq!(out, &outputs[*i], "sample {i}");
+            }
         }
     }
 

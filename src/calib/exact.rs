@@ -105,6 +105,34 @@ impl<const N: usize, const LSB: i32> ExactSum<N, LSB> {
         }
     }
 
+    /// Adds a finite `f64` that is an integer multiple of `2^LSB` (the sum or sum of squares
+    /// of f32 values computed in f64 always is: every partial sum is such a multiple, and
+    /// rounding to a coarser f64 grid keeps it one).
+    pub fn add_f64(&mut self, x: f64) {
+        if x == 0.0 || !x.is_finite() {
+            return;
+        }
+        let bits = x.to_bits();
+        let field = ((bits >> 52) & 0x7ff) as i32;
+        let frac = bits & ((1 << 52) - 1);
+        let (mut m, mut e) = if field == 0 {
+            (frac, -1074)
+        } else {
+            (frac | (1 << 52), field - 1075)
+        };
+        // Bring the exponent up to the unit: the bits dropped are zero for a multiple of it.
+        if e < LSB {
+            let shift = (LSB - e).min(63) as u32;
+            debug_assert!(
+                m.trailing_zeros() >= shift,
+                "{x} is not a multiple of 2^{LSB}"
+            );
+            m >>= shift;
+            e = LSB;
+        }
+        self.add_scaled(bits >> 63 == 1, m, e);
+    }
+
     /// Adds another exact sum.
     pub fn merge(&mut self, other: &Self) {
         self.normalize();

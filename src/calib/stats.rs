@@ -5,7 +5,9 @@
 //! integer count, an order-free extreme (min/max), or an exact fixed-point sum
 //! ([`super::exact`]), so the state after observing a multiset of samples does not depend on
 //! their order nor on how they were split into shards and merged: merged shards serialize
-//! to the same bytes as one run over all samples.
+//! to the same bytes as one run over all samples. The sums (for mean and deviation) are
+//! exact sums of per-chunk f64 sums: each chunk of `CHUNK` values of a sample is summed in
+//! f64 in one fixed order, which depends on that chunk alone, and added exactly.
 //!
 //! ## The canonical histogram grid
 //! Bins have width `w = 2^k` and are aligned at 0: positive bin `i` holds values in
@@ -83,44 +85,36 @@ fn index_with(abs: f32, inv_width: f64) -> usize {
     ((abs as f64 * inv_width) as usize).min(MAX_BINS - 1)
 }
 
-/// Values per chunk of the fast observation loop: squared mantissas (< 2^48) summed in a
-/// `u64` cannot overflow within 2^16 values.
-const SQUARE_CHUNK: usize = 1 << 16;
+/// Values per chunk of an observation. Each chunk is read from memory once, then summed
+/// and binned while it is still in cache; the chunk boundaries are fixed by position, so
+/// they depend on the observation alone.
+const CHUNK: usize = 1 << 13;
 /// Interleaved histogram copies in the fast observation loop.
 const LANES: usize = 2;
 /// 2^23: adding it to a float in [0, 2^23) rounds it to an integer held in the low mantissa bits.
 const MAGIC: f32 = 8_388_608.0;
 /// Values per block of the fast observation loop.
 const BLOCK: usize = 256;
-/// Per-lane exponent buckets, padded so that lanes are not 4 KiB apart (the same bucket in
-/// two lanes would then falsely alias in the store buffer).
-const PADDED: usize = 256 + 8;
 
 /// Min and max of the finite values and the number of non-finite ones. With no non-finite
 /// value the extremes are exact; otherwise only the count is meaningful. Eight lanes so the
 /// compiler can vectorise.
+#[inline(always)]
 fn extremes(values: &[f32]) -> (f32, f32, usize) {
+    debug_assert!(values.len() <= CHUNK);
     let mut lo = [f32::INFINITY; 8];
     let mut hi = [f32::NEG_INFINITY; 8];
     let mut bad = [0i32; 8];
     let mut chunks = values.chunks_exact(8);
-    let mut non_finite = 0usize;
-    let mut since_flush = 0u32;
     for c in &mut chunks {
         for j in 0..8 {
             let x = c[j];
-            lo[j] = if x < lo[j] { x } else { lo[j] };
-            hi[j] = if x > hi[j] { x } else { hi[j] };
-            bad[j] += ((x.to_bits() & 0x7fff_ffff) as i32 >= 0x7f80_0000) as i32;
-        }
-        since_flush += 1;
-        if since_flush == i32::MAX as u32 {
-            non_finite += bad.iter().map(|&b| b as usize).sum::<usize>();
-            bad = [0; 8];
-            since_flush = 0;
+            lo[j] = lo[j].min(x);
+            hi[j] = hi[j].max(x);
+            bad[j] += ((x.to_bits() & 0x7fff_ffff) >= 0x7f80_0000) as i32;
         }
     }
-    non_finite += bad.iter().map(|&b| b as usize).sum::<usize>();
+    let mut non_finite = bad.iter().map(|&b| b as usize).sum::<usize>();
     let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
     for j in 0..8 {
         l = l.min(lo[j]);
@@ -134,6 +128,45 @@ fn extremes(values: &[f32]) -> (f32, f32, usize) {
         h = h.max(x);
     }
     (l, h, non_finite)
+}
+
+/// Sum and sum of squares of a chunk's finite values, in f64, in one fixed order (eight
+/// lanes, then the lanes in order), so they depend on the chunk alone. `all_finite` says
+/// the chunk has no NaN or infinity (the fast path's case: the mask is then skipped, which
+/// changes nothing in the result).
+#[inline(always)]
+fn sums(values: &[f32], all_finite: bool) -> (f64, f64) {
+    let mut s = [0f64; 8];
+    let mut q = [0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    if all_finite {
+        for c in &mut chunks {
+            for j in 0..8 {
+                let v = c[j] as f64;
+                s[j] += v;
+                q[j] += v * v;
+            }
+        }
+    } else {
+        for c in &mut chunks {
+            for j in 0..8 {
+                let v = if c[j].is_finite() { c[j] as f64 } else { 0.0 };
+                s[j] += v;
+                q[j] += v * v;
+            }
+        }
+    }
+    for (j, &x) in chunks.remainder().iter().enumerate() {
+        let v = if x.is_finite() { x as f64 } else { 0.0 };
+        s[j] += v;
+        q[j] += v * v;
+    }
+    let (mut sum, mut sum_sq) = (0f64, 0f64);
+    for j in 0..8 {
+        sum += s[j];
+        sum_sq += q[j];
+    }
+    (sum, sum_sq)
 }
 
 fn trim(v: &mut Vec<u64>) {
@@ -158,6 +191,15 @@ fn rebin(v: &mut Vec<u64>, shift: u32) {
     }
     *v = out;
     trim(v);
+}
+
+fn add_counts(dst: &mut Vec<u64>, src: &[u32]) {
+    if dst.len() < src.len() {
+        dst.resize(src.len(), 0);
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = d.saturating_add(s as u64);
+    }
 }
 
 fn add_bins(dst: &mut Vec<u64>, src: &[u64]) {
@@ -226,6 +268,24 @@ impl Histogram {
     }
 }
 
+/// [`TensorStats::observe`] as an operation compiled once per instruction set.
+struct Observe<'a> {
+    stats: &'a mut TensorStats,
+    values: &'a [f32],
+}
+
+impl pulp::WithSimd for Observe<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let mut lanes = Vec::new();
+        for chunk in self.values.chunks(CHUNK) {
+            self.stats.observe_chunk(chunk, &mut lanes);
+        }
+    }
+}
+
 /// Streaming statistics of one tensor (see the module doc). Fed with [`TensorStats::observe`],
 /// combined with [`TensorStats::merge`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -268,11 +328,24 @@ impl TensorStats {
     }
 
     /// Adds one sample's values.
+    ///
+    /// The loops are compiled for the widest vector instructions the CPU has (chosen at run
+    /// time); every instruction set gives the same bits: the arithmetic is the same IEEE
+    /// operations in the same order, only more of them at once.
     pub fn observe(&mut self, values: &[f32]) {
-        // Pass 1: extremes and non-finite count, so the grid is widened once per sample.
+        pulp::Arch::new().dispatch(Observe {
+            stats: self,
+            values,
+        });
+    }
+
+    /// Adds one chunk of a sample (at most `CHUNK` values); `lanes` is scratch space.
+    #[inline(always)]
+    fn observe_chunk(&mut self, values: &[f32], lanes: &mut Vec<u32>) {
+        // Pass 1: extremes and non-finite count, so the grid is widened once per chunk.
         let (lo, hi, non_finite) = extremes(values);
         if non_finite > 0 || lo > hi {
-            // NaN or infinities, or nothing to observe: the value-by-value path.
+            // NaN or infinities: the value-by-value path.
             return self.observe_value_by_value(values);
         }
         self.add_extremes(lo, hi);
@@ -282,106 +355,61 @@ impl TensorStats {
             return self.observe_value_by_value(values);
         }
         self.count = self.count.saturating_add(values.len() as u64);
-        // Pass 2, per block of values: first the per-value quantities (branch-free, so the
-        // compiler can vectorise), then the counts and buckets they go to.
-        // |x| = m · 2^(e - 150) with e = max(exponent field, 1) and m < 2^24. The bin is
-        // floor(|x| · 2^-k): the product is exact (a power-of-two scaling that stays below
-        // 4096 and, where it would underflow, below 1), truncation is the floor.
+        let (sum, sum_sq) = sums(values, true);
+        self.sum.add_f64(sum);
+        self.sum_sq.add_f64(sum_sq);
+        // Pass 2, per block of values: first each value's bin (branch-free, so the compiler
+        // can vectorise), then the counts. The bin is floor(|x| · 2^-k): the product is exact
+        // (a power-of-two scaling that stays below 4096 and, where it would underflow, below 1).
         let n_neg = self.hist.index(-lo.min(0.0)) + 1;
         let n_pos = self.hist.index(hi.max(0.0)) + 1;
         let len = n_neg + n_pos;
         let inv_width = pow2(-k) as f32;
-        // Two interleaved copies of counts and buckets: runs of equal bins (zeros, narrow
+        // Two interleaved copies of the counts: runs of equal bins (zeros, narrow
         // distributions) would otherwise chain every increment through one memory slot.
-        let mut counts = vec![0u64; LANES * len];
-        let mut sum_l = [[0i64; PADDED]; LANES];
-        let mut sq_b = [0u128; 256];
-        let (mut pos_zeros, mut neg_zeros) = (0u64, 0u64);
+        lanes.clear();
+        lanes.resize(LANES * len, 0);
+        let (mut pos_zeros, mut neg_zeros) = (0u32, 0u32);
         let mut slot = [0u32; BLOCK];
-        let mut exp = [0u32; BLOCK];
-        let mut signed = [0i32; BLOCK];
         let pos_offset = n_neg as i32;
-        for chunk in values.chunks(SQUARE_CHUNK) {
-            // m² < 2^48: a u64 bucket holds 2^16 of them.
-            let mut sq = [[0u64; PADDED]; LANES];
-            for block in chunk.chunks(BLOCK) {
-                let n = block.len();
-                let (mut pz, mut nz) = (0u32, 0u32);
-                for (i, &x) in block.iter().enumerate() {
-                    let bits = x.to_bits();
-                    let abs = bits & 0x7fff_ffff;
-                    let field = abs >> 23;
-                    let m = (abs & 0x7f_ffff) | (((field != 0) as u32) << 23);
-                    let sign = (bits as i32) >> 31; // 0 or -1
-                                                    // floor(y) for 0 <= y < 2^23: round to nearest through 2^23, minus one
-                                                    // where that rounded up (no float-to-int conversion: vectorises).
-                    let y = f32::from_bits(abs) * inv_width;
-                    let t = y + MAGIC;
-                    let bin = (t.to_bits() - MAGIC.to_bits()) as i32 - ((t - MAGIC) > y) as i32;
-                    slot[i] = (bin + (pos_offset & !sign)) as u32;
-                    exp[i] = field + (field == 0) as u32;
-                    signed[i] = ((m as i32) ^ sign) - sign;
-                    pz += (bits == 0) as u32;
-                    nz += (bits == 0x8000_0000) as u32;
-                }
-                pos_zeros += pz as u64;
-                neg_zeros += nz as u64;
-                let (c0, c1) = counts.split_at_mut(len);
-                let [s0, s1] = &mut sum_l;
-                let [q0, q1] = &mut sq;
-                let mut pairs = slot[..n]
-                    .chunks_exact(2)
-                    .zip(exp[..n].chunks_exact(2))
-                    .zip(signed[..n].chunks_exact(2));
-                for ((sl, e), v) in &mut pairs {
-                    c0[sl[0] as usize] += 1;
-                    c1[sl[1] as usize] += 1;
-                    let (v0, v1) = (v[0] as i64, v[1] as i64);
-                    s0[e[0] as usize] += v0;
-                    s1[e[1] as usize] += v1;
-                    q0[e[0] as usize] += (v0 * v0) as u64;
-                    q1[e[1] as usize] += (v1 * v1) as u64;
-                }
-                if n % 2 == 1 {
-                    let (sl, e, v) = (
-                        slot[n - 1] as usize,
-                        exp[n - 1] as usize,
-                        signed[n - 1] as i64,
-                    );
-                    c0[sl] += 1;
-                    s0[e] += v;
-                    q0[e] += (v * v) as u64;
-                }
+        for block in values.chunks(BLOCK) {
+            let n = block.len();
+            for (i, &x) in block.iter().enumerate() {
+                let bits = x.to_bits();
+                let abs = bits & 0x7fff_ffff;
+                let sign = (bits as i32) >> 31; // 0 or -1
+                                                // floor(y) for 0 <= y < 2^23: round to nearest through 2^23, minus one
+                                                // where that rounded up (no float-to-int conversion: vectorises).
+                let y = f32::from_bits(abs) * inv_width;
+                let t = y + MAGIC;
+                let bin = (t.to_bits() - MAGIC.to_bits()) as i32 - ((t - MAGIC) > y) as i32;
+                slot[i] = (bin + (pos_offset & !sign)) as u32;
+                pos_zeros += (bits == 0) as u32;
+                neg_zeros += (bits == 0x8000_0000) as u32;
             }
-            for lane in &sq {
-                for (a, &b) in sq_b.iter_mut().zip(lane) {
-                    *a += b as u128;
-                }
+            let (c0, c1) = lanes.split_at_mut(len);
+            let mut pairs = slot[..n].chunks_exact(2);
+            for sl in &mut pairs {
+                c0[sl[0] as usize] += 1;
+                c1[sl[1] as usize] += 1;
+            }
+            if let [last] = pairs.remainder() {
+                c0[*last as usize] += 1;
             }
         }
-        let mut sum_b = [0i128; 256];
-        for lane in &sum_l {
-            for (a, &b) in sum_b.iter_mut().zip(lane) {
-                *a += b as i128;
-            }
+        let (c0, c1) = lanes.split_at_mut(len);
+        for (a, b) in c0.iter_mut().zip(c1.iter()) {
+            *a += b;
         }
-        let (first, rest) = counts.split_at_mut(len);
-        for lane in rest.chunks_exact(len) {
-            for (a, b) in first.iter_mut().zip(lane) {
-                *a += b;
-            }
-        }
-        counts.truncate(len);
         // Exact zeros were counted in bin 0 of their side; they are counted apart.
-        counts[n_neg] -= pos_zeros;
-        counts[0] -= neg_zeros;
-        self.zeros += pos_zeros + neg_zeros;
-        let (neg_counts, pos_counts) = counts.split_at(n_neg);
-        add_bins(&mut self.hist.neg, neg_counts);
-        add_bins(&mut self.hist.pos, pos_counts);
+        c0[n_neg] -= pos_zeros;
+        c0[0] -= neg_zeros;
+        self.zeros += (pos_zeros + neg_zeros) as u64;
+        let (neg_counts, pos_counts) = c0.split_at(n_neg);
+        add_counts(&mut self.hist.neg, neg_counts);
+        add_counts(&mut self.hist.pos, pos_counts);
         trim(&mut self.hist.neg);
         trim(&mut self.hist.pos);
-        self.add_buckets(&sum_b, &sq_b);
     }
 
     /// Min/max update and grid widening for a sample whose finite extremes are `lo <= hi`.
@@ -396,25 +424,13 @@ impl TensorStats {
         }
     }
 
-    /// Adds per-exponent buckets of signed mantissas and squared mantissas to the exact sums.
-    fn add_buckets(&mut self, sum_b: &[i128; 256], sq_b: &[u128; 256]) {
-        for idx in 1..256 {
-            let e = idx as i32 - 150;
-            let (b, q) = (sum_b[idx], sq_b[idx]);
-            if b != 0 {
-                Self::add_wide(&mut self.sum, b < 0, b.unsigned_abs(), e);
-            }
-            if q != 0 {
-                Self::add_wide(&mut self.sum_sq, false, q, 2 * e);
-            }
-        }
-        self.sum.normalize();
-        self.sum_sq.normalize();
-    }
-
-    /// [`TensorStats::observe`] value by value: for samples holding NaN or infinities, empty
-    /// ones, and grids whose width the fast path cannot scale by in f32.
+    /// [`TensorStats::observe_chunk`] value by value: for chunks holding NaN or infinities,
+    /// and grids whose width the fast path cannot scale by in f32.
     fn observe_value_by_value(&mut self, values: &[f32]) {
+        self.count = self.count.saturating_add(values.len() as u64);
+        let (sum, sum_sq) = sums(values, false);
+        self.sum.add_f64(sum);
+        self.sum_sq.add_f64(sum_sq);
         let mut lo = f32::INFINITY;
         let mut hi = f32::NEG_INFINITY;
         for &x in values {
@@ -429,17 +445,11 @@ impl TensorStats {
                 hi = hi.max(x);
             }
         }
-        self.count = self.count.saturating_add(values.len() as u64);
         if lo > hi {
-            return; // no finite value in this sample
+            return; // no finite value in this chunk
         }
         self.add_extremes(lo, hi);
         let inv_width = pow2(-self.hist.log2_width);
-        // Exact sums, bucketed by f32 exponent field: |x| = m · 2^e with m < 2^24, so a
-        // bucket of signed mantissas (i128) and one of squared mantissas (u128) hold any
-        // sample exactly; they are added to the fixed-point sums once per bucket.
-        let mut sum_b = [0i128; 256];
-        let mut sq_b = [0u128; 256];
         for &x in values {
             if !x.is_finite() {
                 continue;
@@ -449,34 +459,6 @@ impl TensorStats {
                 continue;
             }
             self.hist.add_value(x, inv_width);
-            let bits = x.to_bits();
-            let field = ((bits >> 23) & 0xff) as usize;
-            let frac = (bits & 0x7f_ffff) as u64;
-            let m = if field == 0 { frac } else { frac | (1 << 23) };
-            let idx = field.max(1);
-            if bits >> 31 == 1 {
-                sum_b[idx] -= m as i128;
-            } else {
-                sum_b[idx] += m as i128;
-            }
-            sq_b[idx] += (m * m) as u128;
-        }
-        self.add_buckets(&sum_b, &sq_b);
-    }
-
-    /// Adds `±v · 2^e` for a wide `v`, 32 bits at a time (each piece within `add_scaled`'s range).
-    fn add_wide<const N: usize, const LSB: i32>(
-        acc: &mut super::exact::ExactSum<N, LSB>,
-        negative: bool,
-        v: u128,
-        e: i32,
-    ) {
-        let mut k = 0;
-        let mut rest = v;
-        while rest != 0 {
-            acc.add_scaled(negative, (rest & 0xffff_ffff) as u64, e + 32 * k);
-            rest >>= 32;
-            k += 1;
         }
     }
 
@@ -974,8 +956,9 @@ mod repr {
 mod tests {
 
     #[test]
-    fn bucketed_sums_equal_element_by_element_sums() {
-        // Values across the whole exponent range, subnormals and both signs included.
+    fn sums_are_per_chunk_f64_sums_added_exactly() {
+        // Values across the whole exponent range, subnormals and both signs included, over
+        // more than one chunk.
         let mut vals = vec![
             f32::from_bits(1),
             -f32::from_bits(7),
@@ -984,7 +967,7 @@ mod tests {
             -2.5e38,
         ];
         let mut x: u32 = 12345;
-        for _ in 0..5000 {
+        while vals.len() < 2 * CHUNK + 13 {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
@@ -995,16 +978,46 @@ mod tests {
         }
         let mut st = TensorStats::new();
         st.observe(&vals);
+        // Reference: per chunk, value i goes to lane i mod 8; lanes summed in order.
         let mut s = ValueSum::default();
         let mut q = SquareSum::default();
-        for &v in &vals {
-            if v != 0.0 {
-                s.add_f32(v);
-                q.add_square(v);
+        for chunk in vals.chunks(CHUNK) {
+            let (mut ls, mut lq) = ([0f64; 8], [0f64; 8]);
+            for (i, &v) in chunk.iter().enumerate() {
+                ls[i % 8] += v as f64;
+                lq[i % 8] += v as f64 * v as f64;
             }
+            s.add_f64(ls.iter().fold(0.0, |a, b| a + b));
+            q.add_f64(lq.iter().fold(0.0, |a, b| a + b));
         }
-        assert!(st.sum == s, "exact sums differ");
-        assert!(st.sum_sq == q, "exact sums of squares differ");
+        assert!(st.sum == s, "sums differ");
+        assert!(st.sum_sq == q, "sums of squares differ");
+        // A chunk with a NaN takes the value-by-value path; its sums are those of the fast
+        // path with a zero in the NaN's place.
+        let (mut with_nan, mut with_zero) = (vals.clone(), vals.clone());
+        with_nan[CHUNK + 5] = f32::NAN;
+        with_zero[CHUNK + 5] = 0.0;
+        let (mut a, mut b) = (TensorStats::new(), TensorStats::new());
+        a.observe(&with_nan);
+        b.observe(&with_zero);
+        assert!(a.sum == b.sum && a.sum_sq == b.sum_sq);
+        assert_eq!(a.nan(), 1);
+    }
+
+    #[test]
+    fn sums_are_close_to_the_exact_sums() {
+        let vals: Vec<f32> = (0..3 * CHUNK)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect();
+        let mut st = TensorStats::new();
+        st.observe(&vals);
+        let (mut s, mut q) = (ValueSum::default(), SquareSum::default());
+        for &v in &vals {
+            s.add_f32(v);
+            q.add_square(v);
+        }
+        assert!((st.sum() - s.to_f64()).abs() <= 1e-9 * q.to_f64().sqrt());
+        assert!((st.sum_sq() - q.to_f64()).abs() <= 1e-12 * q.to_f64());
     }
     use super::*;
     use proptest::prelude::*;

@@ -455,24 +455,27 @@ pub(crate) fn worker_threads(requested: usize) -> usize {
     }
 }
 
-/// Runs calibration over `samples` (read one at a time) and returns the statistics file.
+/// Runs calibration over `samples` (read one at a time) and returns the statistics file,
+/// with the prepared model's outputs for the samples whose indices are in `keep`.
 pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     p: &Prepared,
     samples: &S,
     threads: usize,
     show_progress: bool,
-) -> anyhow::Result<CalibrationFile> {
+    keep: &BTreeSet<usize>,
+) -> anyhow::Result<(CalibrationFile, BTreeMap<usize, Sample>)> {
     let values = p.plan.calibration_values();
     let bar = super::progress(0, "calibrating");
     if !show_progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stats = collect_model(
+    let collected = collect_model(
         &p.model,
         Some(&p.base_dir),
         samples,
         &values,
         worker_threads(threads),
+        keep,
         |d, n| {
             bar.set_length(n);
             bar.set_position(d)
@@ -486,8 +489,8 @@ pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     bar.finish_and_clear();
     let mut file = CalibrationFile::new(p.sha256.clone());
     file.samples = samples.count() as u64;
-    file.tensors = stats;
-    Ok(file)
+    file.tensors = collected.stats;
+    Ok((file, collected.outputs))
 }
 
 /// Fills the plan's ranges from statistics; returns the method chosen per value.
@@ -731,6 +734,17 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     times.insert("prepare".into(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
+    // The samples `--method adaptive` may compare its sets on (evenly spread); their float
+    // outputs are kept while calibrating, so the comparison needs no float run of its own.
+    let n_calib = calib.as_ref().map_or(0, |d| d.len());
+    let k_max = a.select_samples.min(n_calib);
+    let candidates: Vec<usize> = (0..k_max).map(|i| i * n_calib / k_max).collect();
+    let keep: BTreeSet<usize> = if a.method == Method::Adaptive {
+        candidates.iter().copied().collect()
+    } else {
+        BTreeSet::new()
+    };
+    let mut kept = BTreeMap::new();
     let stats = match (ranges_file, &calib) {
         (Some(f), _) => {
             if f.model_sha256 != p.sha256 {
@@ -743,7 +757,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             }
             f
         }
-        (None, Some(ds)) => calibrate(&p, ds, c.threads, !c.json)?,
+        (None, Some(ds)) => {
+            let (file, outputs) = calibrate(&p, ds, c.threads, !c.json, &keep)?;
+            kept = outputs;
+            file
+        }
         (None, None) => unreachable!("calibration data or ranges"),
     };
     let opts = MethodOptions {
@@ -761,21 +779,35 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     // replaying its overrides file chooses the same.
     let t = Instant::now();
     let (mut chosen, selection, method) = if a.method == Method::Adaptive {
-        let n = calib.as_ref().map_or(0, |d| d.len());
         // Each compared set costs about one calibration pass per sample: large models
-        // compare on fewer samples (at least one).
+        // compare on fewer samples (at least one), evenly spread over the candidates.
         let per_sample =
             stats.tensors.values().map(|s| s.count()).sum::<u64>() / stats.samples.max(1);
         let cap = (SELECT_VALUES / per_sample.max(1)).max(1) as usize;
-        let k = a.select_samples.min(n).min(cap);
+        let k = k_max.min(cap);
         let mut picks: Vec<Sample> = Vec::with_capacity(k);
+        let mut references: Vec<Sample> = Vec::with_capacity(k);
         if let Some(d) = &calib {
-            for i in 0..k {
-                picks.push(d.get(i * n / k)?);
+            for j in 0..k {
+                let i = candidates[j * k_max / k];
+                picks.push(d.get(i)?);
+                if let Some(out) = kept.remove(&i) {
+                    references.push(out);
+                }
             }
         }
+        // Outputs are kept from the main graph's run only; without them the float model runs.
+        let references = (references.len() == picks.len()).then_some(references);
         let mut plan = p.plan.clone();
-        let (chosen, sel) = adaptive::select(&p, &mut plan, &stats.tensors, &opts, &picks, c.json)?;
+        let (chosen, sel) = adaptive::select(
+            &p,
+            &mut plan,
+            &stats.tensors,
+            &opts,
+            &picks,
+            references,
+            c.json,
+        )?;
         p.plan = plan;
         let m = sel.chosen;
         (chosen, Some(sel), m)
@@ -1664,7 +1696,7 @@ mod tests {
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
         let p = prepare(c, m, Some(&ds.first().unwrap()), wide).unwrap();
-        let stats = calibrate(&p, &ds, 2, false).unwrap();
+        let (stats, _) = calibrate(&p, &ds, 2, false, &BTreeSet::new()).unwrap();
         (a, p, ds, stats)
     }
 

@@ -88,7 +88,7 @@ fn scalar<T: Datum + Copy>(t: &TValue, what: &str) -> TractResult<T> {
 /// subtracts 1.5 · 2^23 (exact half-to-even for |v| < 2^22; larger values are integers or
 /// beyond any 16-bit grid, where the clamp decides), and NaN passes through as ONNX's
 /// Max/Min propagate it.
-#[inline]
+#[inline(always)]
 pub(crate) fn fake_quant(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
     const M: f32 = 12_582_912.0;
     let r = x / s;
@@ -99,6 +99,26 @@ pub(crate) fn fake_quant(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
     let c = if q < lo { lo } else { q };
     let c = if c > hi { hi } else { c };
     (c - z) * s
+}
+
+/// [`fake_quant`] over a slice, compiled once per instruction set (chosen at run time);
+/// every one gives the same bits: the same IEEE operations, more of them at once.
+struct FakeQuantSlice<'a> {
+    values: &'a mut [f32],
+    /// Scale, zero point, lower and upper bound.
+    params: [f32; 4],
+}
+
+impl pulp::WithSimd for FakeQuantSlice<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let [s, z, lo, hi] = self.params;
+        for v in self.values.iter_mut() {
+            *v = fake_quant(*v, s, z, lo, hi);
+        }
+    }
 }
 
 impl EvalOp for FakeQuant {
@@ -113,12 +133,18 @@ impl EvalOp for FakeQuant {
         let z: f32 = scalar(&inputs[3], "zero point")?;
         let lo: f32 = scalar(&inputs[4], "lower bound")?;
         let hi: f32 = scalar(&inputs[5], "upper bound")?;
-        let mut y = inputs[0].clone().into_tensor();
+        // The input by value: a value no other op reads is then updated in place, not copied.
+        let x = inputs
+            .into_iter()
+            .next()
+            .context("fake quantization: no input")?;
+        let mut y = x.into_tensor();
         let mut view = y.to_plain_array_view_mut::<f32>()?;
         match view.as_slice_mut() {
-            Some(values) => values
-                .iter_mut()
-                .for_each(|v| *v = fake_quant(*v, s, z, lo, hi)),
+            Some(values) => pulp::Arch::new().dispatch(FakeQuantSlice {
+                values,
+                params: [s, z, lo, hi],
+            }),
             None => view.mapv_inplace(|v| fake_quant(v, s, z, lo, hi)),
         }
         Ok(tvec!(y.into_tvalue()))

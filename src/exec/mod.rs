@@ -128,6 +128,8 @@ pub struct Session {
     base_dir: Option<String>,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    /// How many of `outputs` are the model's own (the rest are taps or tap sinks).
+    graph_outputs: usize,
     logical: BTreeMap<String, DType>,
     notes: Vec<String>,
     /// Notes added while building plans.
@@ -192,6 +194,7 @@ impl Session {
             base_dir,
             inputs: prepared.inputs,
             outputs: prepared.outputs,
+            graph_outputs: prepared.graph_outputs,
             logical: prepared.logical,
             notes: prepared.notes,
             extra_notes: Mutex::new(Vec::new()),
@@ -236,27 +239,19 @@ impl Session {
                 self.outputs.len()
             )));
         }
-        let mut out = BTreeMap::new();
-        for (name, value) in self.outputs.iter().zip(values.iter()) {
-            let logical = self.logical.get(name).copied();
-            let host = convert::to_host(value, logical).map_err(|e| ExecError::Output {
-                name: name.clone(),
-                reason: engine_error(e),
-            })?;
-            out.insert(name.clone(), host);
-        }
-        Ok(out)
+        self.host_outputs(&values)
     }
 
     /// Runs one sample, handing every streamed tap (see [`SessionOptions::stream_taps`]) to
     /// `observe` with its ONNX name as soon as the engine has computed it. Each tap is observed
-    /// exactly once per run; graph outputs are not returned. A run may be made from several
-    /// threads at once (each gets its own engine state).
+    /// exactly once per run. The model's own outputs are returned when `keep_outputs` is set.
+    /// A run may be made from several threads at once (each gets its own engine state).
     pub fn run_observed<E>(
         &self,
         sample: &BTreeMap<String, Tensor>,
+        keep_outputs: bool,
         mut observe: impl FnMut(&str, TapValue<'_>) -> Result<(), E>,
-    ) -> Result<(), ObservedError<E>> {
+    ) -> Result<Option<BTreeMap<String, Tensor>>, ObservedError<E>> {
         let exec = ObservedError::Exec;
         let signature = self.signature(sample).map_err(exec)?;
         let plan = self.plan(&signature).map_err(exec)?;
@@ -305,11 +300,31 @@ impl Session {
                 Ok(tvec!(tensor0(0f32).into_tvalue()))
             },
         );
-        match (ran, failure) {
-            (_, Some(f)) => Err(f),
-            (Err(e), None) => Err(ObservedError::Exec(ExecError::Run(engine_error(e)))),
-            (Ok(_), None) => Ok(()),
+        let values = match (ran, failure) {
+            (_, Some(f)) => return Err(f),
+            (Err(e), None) => return Err(ObservedError::Exec(ExecError::Run(engine_error(e)))),
+            (Ok(values), None) => values,
+        };
+        if !keep_outputs {
+            return Ok(None);
         }
+        self.host_outputs(&values[..self.graph_outputs.min(values.len())])
+            .map(Some)
+            .map_err(exec)
+    }
+
+    /// The first engine values converted to host tensors, named by the session's outputs.
+    fn host_outputs(&self, values: &[TValue]) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        let mut out = BTreeMap::new();
+        for (name, value) in self.outputs.iter().zip(values.iter()) {
+            let logical = self.logical.get(name).copied();
+            let host = convert::to_host(value, logical).map_err(|e| ExecError::Output {
+                name: name.clone(),
+                reason: engine_error(e),
+            })?;
+            out.insert(name.clone(), host);
+        }
+        Ok(out)
     }
 
     /// The sample's tensors in the engine's form, in model input order.

@@ -38,6 +38,8 @@ pub(crate) struct Prepared {
     pub inputs: Vec<String>,
     /// Graph outputs then taps, in the engine's output order.
     pub outputs: Vec<String>,
+    /// How many of `outputs` are the model's own (the rest are taps or tap sinks).
+    pub graph_outputs: usize,
     /// Values of the main graph stored widened, with their logical 4-bit type.
     pub logical: BTreeMap<String, DType>,
     pub notes: Vec<String>,
@@ -458,6 +460,7 @@ pub(crate) fn prepare(
     let mut model = model.clone();
     let graph = model.graph.as_mut().ok_or(ExecError::NoGraph)?;
     check_ops(graph, known_op)?;
+    let graph_outputs = graph.output.len();
     let tapped = if stream_taps {
         add_tap_sinks(graph, taps)?
     } else {
@@ -517,6 +520,7 @@ pub(crate) fn prepare(
         model,
         inputs,
         outputs,
+        graph_outputs,
         logical,
         notes,
     })

@@ -99,9 +99,31 @@ impl<'a> Evaluator<'a> {
         samples: Vec<Sample>,
         labels: Option<Vec<i64>>,
     ) -> Result<Evaluator<'a>, TuneError> {
+        let mut refs = Vec::with_capacity(samples.len());
+        for s in &samples {
+            refs.push(reference.run(s)?);
+        }
+        Self::with_references(sim, base_dir, samples, refs, labels)
+    }
+
+    /// [`Evaluator::new`] with the reference outputs of `samples` already computed.
+    pub fn with_references(
+        sim: &'a SimModel,
+        base_dir: Option<&Path>,
+        samples: Vec<Sample>,
+        references: Vec<Sample>,
+        labels: Option<Vec<i64>>,
+    ) -> Result<Evaluator<'a>, TuneError> {
         let first = samples
             .first()
             .ok_or_else(|| TuneError::Other("no samples for sensitivity analysis".into()))?;
+        if references.len() != samples.len() {
+            return Err(TuneError::Other(format!(
+                "{} reference outputs for {} samples",
+                references.len(),
+                samples.len()
+            )));
+        }
         let (proto, _) =
             crate::onnx::encode_model(&sim.model, &crate::onnx::ExternalPolicy::Inline, "")
                 .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
@@ -112,10 +134,6 @@ impl<'a> Evaluator<'a> {
             &sim.feed(first, &all8, &BTreeSet::new()),
             &Default::default(),
         )?;
-        let mut refs = Vec::with_capacity(samples.len());
-        for s in &samples {
-            refs.push(reference.run(s)?);
-        }
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -124,7 +142,7 @@ impl<'a> Evaluator<'a> {
             sim,
             session,
             samples,
-            reference: refs,
+            reference: references,
             labels,
             threads,
             w4: BTreeSet::new(),

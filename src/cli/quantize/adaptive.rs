@@ -199,14 +199,17 @@ pub(crate) fn range_params(
 }
 
 /// Chooses the range set for `plan` (ranges written into it) on `samples` (calibration
-/// samples; none, or a model the simulation cannot cover, writes `auto`'s). Returns the
-/// method of each calibrated value and what the selection did.
+/// samples; none, or a model the simulation cannot cover, writes `auto`'s). The sets are
+/// scored against `references`, the prepared float model's outputs for `samples` (kept
+/// while calibrating); without them the float model is run. Returns the method of each
+/// calibrated value and what the selection did.
 pub(crate) fn select(
     p: &Prepared,
     plan: &mut Plan,
     stats: &BTreeMap<String, TensorStats>,
     opts: &MethodOptions,
     samples: &[Sample],
+    references: Option<Vec<Sample>>,
     quiet: bool,
 ) -> anyhow::Result<(BTreeMap<String, Method>, Selection)> {
     let sets = range_sets(plan, stats, opts)?;
@@ -258,15 +261,31 @@ pub(crate) fn select(
     if units.is_empty() {
         return Ok((chosen0, skip_selection("no activation unit to switch")));
     }
-    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
-    let reference = Session::new(
-        &fp,
+    let references = match references {
+        Some(r) => r,
+        None => {
+            let (fp, _) = onnx::encode_model(&p.model, &ExternalPolicy::Inline, "")?;
+            let reference = Session::new(
+                &fp,
+                Some(&p.base_dir),
+                &samples[0],
+                &SessionOptions::default(),
+            )
+            .map_err(|e| anyhow!("float model: {e}"))?;
+            let mut refs = Vec::with_capacity(samples.len());
+            for s in samples {
+                refs.push(reference.run(s).map_err(|e| anyhow!("float model: {e}"))?);
+            }
+            refs
+        }
+    };
+    let ev = match Evaluator::with_references(
+        &sim,
         Some(&p.base_dir),
-        &samples[0],
-        &SessionOptions::default(),
-    )
-    .map_err(|e| anyhow!("float model: {e}"))?;
-    let ev = match Evaluator::new(&sim, Some(&p.base_dir), &reference, samples.to_vec(), None) {
+        samples.to_vec(),
+        references,
+        None,
+    ) {
         Ok(ev) => ev,
         Err(e) => {
             return Ok((
