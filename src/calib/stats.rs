@@ -88,7 +88,7 @@ fn index_with(abs: f32, inv_width: f64) -> usize {
 /// Values per chunk of an observation. Each chunk is read from memory once, then summed
 /// and binned while it is still in cache; the chunk boundaries are fixed by position, so
 /// they depend on the observation alone.
-const CHUNK: usize = 1 << 13;
+const CHUNK: usize = 1 << 15;
 /// Interleaved histogram copies in the fast observation loop.
 const LANES: usize = 2;
 /// 2^23: adding it to a float in [0, 2^23) rounds it to an integer held in the low mantissa bits.
@@ -96,38 +96,80 @@ const MAGIC: f32 = 8_388_608.0;
 /// Values per block of the fast observation loop.
 const BLOCK: usize = 256;
 
-/// Min and max of the finite values and the number of non-finite ones. With no non-finite
-/// value the extremes are exact; otherwise only the count is meaningful. Eight lanes so the
-/// compiler can vectorise.
+/// What one pass over a chunk finds.
+struct Extremes {
+    /// Min and max of the values (exact when all are finite).
+    lo: f32,
+    hi: f32,
+    /// Whether a NaN or an infinity is among them.
+    non_finite: bool,
+    /// Number of `+0.0` and of `-0.0` values.
+    pos_zeros: u32,
+    neg_zeros: u32,
+}
+
+/// Extremes, non-finite presence and zero counts of a chunk (at most `CHUNK` values).
+/// Sixteen independent lanes, each a compare-and-select, so the compiler vectorises it.
 #[inline(always)]
-fn extremes(values: &[f32]) -> (f32, f32, usize) {
+fn extremes(values: &[f32]) -> Extremes {
     debug_assert!(values.len() <= CHUNK);
-    let mut lo = [f32::INFINITY; 8];
-    let mut hi = [f32::NEG_INFINITY; 8];
-    let mut bad = [0i32; 8];
-    let mut chunks = values.chunks_exact(8);
+    let mut lo = [f32::INFINITY; 16];
+    let mut hi = [f32::NEG_INFINITY; 16];
+    let mut big = [0u32; 16];
+    let mut pz = [0u32; 16];
+    let mut nz = [0u32; 16];
+    let mut chunks = values.chunks_exact(16);
     for c in &mut chunks {
-        for j in 0..8 {
+        let c: &[f32; 16] = c.try_into().expect("chunk of 16");
+        for j in 0..16 {
             let x = c[j];
-            lo[j] = lo[j].min(x);
-            hi[j] = hi[j].max(x);
-            bad[j] += ((x.to_bits() & 0x7fff_ffff) >= 0x7f80_0000) as i32;
+            lo[j] = if x < lo[j] { x } else { lo[j] };
+            hi[j] = if x > hi[j] { x } else { hi[j] };
+            let bits = x.to_bits();
+            let abs = bits & 0x7fff_ffff;
+            big[j] = if abs > big[j] { abs } else { big[j] };
+            pz[j] += (bits == 0) as u32;
+            nz[j] += (bits == 0x8000_0000) as u32;
         }
     }
-    let mut non_finite = bad.iter().map(|&b| b as usize).sum::<usize>();
-    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
-    for j in 0..8 {
-        l = l.min(lo[j]);
-        h = h.max(hi[j]);
+    let mut e = Extremes {
+        lo: f32::INFINITY,
+        hi: f32::NEG_INFINITY,
+        non_finite: false,
+        pos_zeros: 0,
+        neg_zeros: 0,
+    };
+    for j in 0..16 {
+        e.lo = e.lo.min(lo[j]);
+        e.hi = e.hi.max(hi[j]);
+        e.non_finite |= big[j] >= 0x7f80_0000;
+        e.pos_zeros += pz[j];
+        e.neg_zeros += nz[j];
     }
     for &x in chunks.remainder() {
-        if !x.is_finite() {
-            non_finite += 1;
-        }
-        l = l.min(x);
-        h = h.max(x);
+        e.non_finite |= !x.is_finite();
+        e.lo = e.lo.min(x);
+        e.hi = e.hi.max(x);
+        e.pos_zeros += (x.to_bits() == 0) as u32;
+        e.neg_zeros += (x.to_bits() == 0x8000_0000) as u32;
     }
-    (l, h, non_finite)
+    e
+}
+
+/// Slot of each value of a block in the fast path's counts: bin `floor(|x| · 2^-k)` (the
+/// product is exact: a power-of-two scaling that stays below 4096 and, where it would
+/// underflow, below 1), offset by `pos_offset` for non-negative values. Branch-free, so
+/// the compiler vectorises it; floor(y) for 0 <= y < 2^23 rounds to nearest through 2^23
+/// and subtracts one where that rounded up (no float-to-int conversion).
+#[inline(always)]
+fn slot_of(x: f32, inv_width: f32, pos_offset: i32) -> u32 {
+    let bits = x.to_bits();
+    let abs = bits & 0x7fff_ffff;
+    let sign = (bits as i32) >> 31; // 0 or -1
+    let y = f32::from_bits(abs) * inv_width;
+    let t = y + MAGIC;
+    let bin = (t.to_bits() - MAGIC.to_bits()) as i32 - ((t - MAGIC) > y) as i32;
+    (bin + (pos_offset & !sign)) as u32
 }
 
 /// Sum and sum of squares of a chunk's finite values, in f64, in one fixed order (eight
@@ -342,9 +384,10 @@ impl TensorStats {
     /// Adds one chunk of a sample (at most `CHUNK` values); `lanes` is scratch space.
     #[inline(always)]
     fn observe_chunk(&mut self, values: &[f32], lanes: &mut Vec<u32>) {
-        // Pass 1: extremes and non-finite count, so the grid is widened once per chunk.
-        let (lo, hi, non_finite) = extremes(values);
-        if non_finite > 0 || lo > hi {
+        // Pass 1: extremes, non-finite presence and zeros, so the grid is widened once per chunk.
+        let ext = extremes(values);
+        let (lo, hi) = (ext.lo, ext.hi);
+        if ext.non_finite || lo > hi {
             // NaN or infinities: the value-by-value path.
             return self.observe_value_by_value(values);
         }
@@ -358,9 +401,7 @@ impl TensorStats {
         let (sum, sum_sq) = sums(values, true);
         self.sum.add_f64(sum);
         self.sum_sq.add_f64(sum_sq);
-        // Pass 2, per block of values: first each value's bin (branch-free, so the compiler
-        // can vectorise), then the counts. The bin is floor(|x| · 2^-k): the product is exact
-        // (a power-of-two scaling that stays below 4096 and, where it would underflow, below 1).
+        // Pass 2, per block of values: first each value's slot (vectorised), then the counts.
         let n_neg = self.hist.index(-lo.min(0.0)) + 1;
         let n_pos = self.hist.index(hi.max(0.0)) + 1;
         let len = n_neg + n_pos;
@@ -369,26 +410,11 @@ impl TensorStats {
         // distributions) would otherwise chain every increment through one memory slot.
         lanes.clear();
         lanes.resize(LANES * len, 0);
-        let (mut pos_zeros, mut neg_zeros) = (0u32, 0u32);
-        let mut slot = [0u32; BLOCK];
+        let (c0, c1) = lanes.split_at_mut(len);
         let pos_offset = n_neg as i32;
-        for block in values.chunks(BLOCK) {
-            let n = block.len();
-            for (i, &x) in block.iter().enumerate() {
-                let bits = x.to_bits();
-                let abs = bits & 0x7fff_ffff;
-                let sign = (bits as i32) >> 31; // 0 or -1
-                                                // floor(y) for 0 <= y < 2^23: round to nearest through 2^23, minus one
-                                                // where that rounded up (no float-to-int conversion: vectorises).
-                let y = f32::from_bits(abs) * inv_width;
-                let t = y + MAGIC;
-                let bin = (t.to_bits() - MAGIC.to_bits()) as i32 - ((t - MAGIC) > y) as i32;
-                slot[i] = (bin + (pos_offset & !sign)) as u32;
-                pos_zeros += (bits == 0) as u32;
-                neg_zeros += (bits == 0x8000_0000) as u32;
-            }
-            let (c0, c1) = lanes.split_at_mut(len);
-            let mut pairs = slot[..n].chunks_exact(2);
+        let mut slot = [0u32; BLOCK];
+        let mut count = |slots: &[u32]| {
+            let mut pairs = slots.chunks_exact(2);
             for sl in &mut pairs {
                 c0[sl[0] as usize] += 1;
                 c1[sl[1] as usize] += 1;
@@ -396,11 +422,24 @@ impl TensorStats {
             if let [last] = pairs.remainder() {
                 c0[*last as usize] += 1;
             }
+        };
+        let mut blocks = values.chunks_exact(BLOCK);
+        for block in &mut blocks {
+            let block: &[f32; BLOCK] = block.try_into().expect("block");
+            for i in 0..BLOCK {
+                slot[i] = slot_of(block[i], inv_width, pos_offset);
+            }
+            count(&slot);
         }
-        let (c0, c1) = lanes.split_at_mut(len);
+        let rest = blocks.remainder();
+        for (s, &x) in slot.iter_mut().zip(rest) {
+            *s = slot_of(x, inv_width, pos_offset);
+        }
+        count(&slot[..rest.len()]);
         for (a, b) in c0.iter_mut().zip(c1.iter()) {
             *a += b;
         }
+        let (pos_zeros, neg_zeros) = (ext.pos_zeros, ext.neg_zeros);
         // Exact zeros were counted in bin 0 of their side; they are counted apart.
         c0[n_neg] -= pos_zeros;
         c0[0] -= neg_zeros;
