@@ -520,3 +520,58 @@ fn every_quantized_conv_gets_an_int32_bias_even_after_a_folded_relu() {
     }
     assert!(convs >= 50, "{convs} quantized Convs");
 }
+
+#[test]
+fn seven_bit_weights_spare_depthwise_convolutions() {
+    // By default (`--target ort-cpu`) weights use 7 bits, against the u8 x s8 byte-pair
+    // saturation of ONNX Runtime's x86 kernels without VNNI; its depthwise kernels widen
+    // both operands first, so depthwise Conv weights keep all 8 bits.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    quantize_json(&[
+        &s(&fixture("ppocr_cls/model.onnx")),
+        "--calib",
+        &s(&fixture("ppocr_cls/calib.npz")),
+        "--no-validate",
+        "--method",
+        "auto",
+        "-o",
+        &s(&out),
+    ]);
+    let m = load(&out);
+    let g = m.graph.as_ref().unwrap();
+    let init = |name: &str| g.initializer.iter().find(|t| t.name() == name);
+    let (mut depthwise, mut other) = (0, 0);
+    for n in g.node.iter().filter(|n| n.op_type() == "Conv") {
+        let Some(dq) = g.node.iter().find(|d| d.output.first() == n.input.get(1)) else {
+            continue;
+        };
+        let Some(w) = dq.input.first().and_then(|q| init(q)) else {
+            continue;
+        };
+        assert_eq!(w.data_type, Some(3), "{}: int8 weights", n.name());
+        let peak = w
+            .raw_data()
+            .iter()
+            .map(|&b| (b as i8).unsigned_abs())
+            .max()
+            .unwrap();
+        let group = n
+            .attribute
+            .iter()
+            .find(|a| a.name() == "group")
+            .and_then(|a| a.i)
+            .unwrap_or(1);
+        if group > 1 && w.dims[1] == 1 && group == w.dims[0] {
+            depthwise += 1;
+            assert_eq!(peak, 127, "depthwise Conv '{}' on the full grid", n.name());
+        } else {
+            other += 1;
+            assert!(peak <= 64, "Conv '{}' reaches {peak}", n.name());
+        }
+    }
+    assert!(
+        depthwise >= 5 && other >= 5,
+        "{depthwise} depthwise, {other} other"
+    );
+}

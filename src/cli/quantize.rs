@@ -77,7 +77,8 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value = "minmax")]
     pub weight_method: WeightMethod,
     /// Use all 8 bits of int8 weights. By default ort-cpu weights use 7 bits, so that
-    /// u8 x s8 kernels on x86 CPUs without VNNI cannot saturate.
+    /// u8 x s8 kernels on x86 CPUs without VNNI cannot saturate (depthwise Conv weights
+    /// keep 8: those kernels widen both operands first).
     #[arg(long)]
     pub no_reduce_range: bool,
     /// Fix a model input to a constant, e.g. `sr=16000`; `If` nodes it decides are folded.
@@ -603,6 +604,21 @@ fn qtype_text(q: &QType, per_channel: Option<bool>) -> String {
     )
 }
 
+/// `", N depthwise Conv weights on [-127, 127]"` when the weights are 7-bit and some are
+/// not (depthwise kernels cannot saturate, see `quant::plan`), else nothing.
+fn full_grid_weights(plan: &Plan, weight: &QType) -> String {
+    let n = plan
+        .values
+        .values()
+        .filter(|d| matches!(d, Decision::Weight { qtype, .. } if qtype.dtype == weight.dtype && qtype.qmax > weight.qmax))
+        .count();
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} depthwise Conv weights on [-127, 127]")
+    }
+}
+
 fn file_size(m: &Model) -> u64 {
     onnx::model_to_bytes(m).map(|b| b.len() as u64).unwrap_or(0)
 }
@@ -1055,8 +1071,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         target: p.cfg.target,
         activation: qtype_text(&p.cfg.activation, None),
         weight: format!(
-            "{}{}",
+            "{}{}{}",
             qtype_text(&p.cfg.weight, Some(p.cfg.per_channel)),
+            full_grid_weights(&p.plan, &p.cfg.weight),
             if p.cfg.weight_mse { ", mse ranges" } else { "" }
         ),
         quantized_ops: nq,

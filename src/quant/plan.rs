@@ -277,6 +277,33 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// True when every reader of the constant `v` is a depthwise `Conv` (one input and one
+/// output channel per group) reading it as its weight. ONNX Runtime's x86 depthwise kernels
+/// widen both operands to 16 or 32 bits before multiplying, so 8-bit weights cannot
+/// saturate there, unlike the u8 x s8 byte-pair products (`vpmaddubsw`) of its other
+/// integer kernels on CPUs without VNNI, which 7-bit weights (`reduce_range`) guard.
+fn read_only_by_depthwise(cx: &Cx, v: ValueId) -> bool {
+    let g = cx.g;
+    let Some(w) = cx.const_of(v) else {
+        return false;
+    };
+    let readers = g.consumers(v);
+    cx.local_only(v)
+        && !readers.is_empty()
+        && !g.outputs.contains(&v)
+        && w.dims.len() >= 3
+        && w.dims[1] == 1
+        && readers.iter().all(|&(o, slot)| {
+            let op = g.op(o);
+            slot == 1
+                && op.op_type == "Conv"
+                && matches!(op.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+                && op
+                    .attr_int("group")
+                    .is_some_and(|grp| grp > 1 && grp as u64 == w.dims[0] as u64)
+        })
+}
+
 fn is_float(g: &Graph, v: ValueId) -> bool {
     if let Some(t) = g.const_of(v) {
         return t.dtype == DType::F32;
@@ -595,10 +622,17 @@ fn plan_scope(
                         WeightAxis::Last => rank - 1,
                     };
                     let axis = (cfg.per_channel && rank >= 1 && axis < rank).then_some(axis);
+                    // 7-bit weights guard kernels that can saturate; depthwise kernels cannot.
+                    let reduced = cfg.weight.dtype == DType::I8 && cfg.weight.qmax < 127;
+                    let qtype = if reduced && read_only_by_depthwise(&cx, *v) {
+                        QType::new(DType::I8, true, false).expect("int8")
+                    } else {
+                        cfg.weight
+                    };
                     plan.values.insert(
                         name,
                         Decision::Weight {
-                            qtype: cfg.weight,
+                            qtype,
                             axis,
                             mse: cfg.weight_mse,
                         },
