@@ -172,6 +172,10 @@ def parse_time_v(text: str) -> dict:
             for part in v.split(":"):
                 secs = secs * 60 + float(part)
             out["wall_s"] = secs
+        elif ln.startswith("User time (seconds):"):
+            out["user_s"] = float(ln.rsplit(":", 1)[-1])
+        elif ln.startswith("System time (seconds):"):
+            out["sys_s"] = float(ln.rsplit(":", 1)[-1])
         elif ln.startswith("Maximum resident set size (kbytes):"):
             out["peak_mb"] = int(ln.rsplit(":", 1)[-1]) / 1024.0
         elif ln.startswith("Exit status:"):
@@ -226,6 +230,7 @@ def timed_run(cmd: list[str], key: str, workdir: str, reuse: bool, timeout: floa
         "wall_s": tv.get("wall_s") if tv.get("wall_s") is not None else elapsed,
         "wall_s_perf": elapsed,
         "peak_mb": tv.get("peak_mb"),
+        "cpu_s": (tv["user_s"] + tv["sys_s"]) if "user_s" in tv and "sys_s" in tv else None,
         "signal": tv.get("signal"),
         "timed_out": timed_out,
         "err_line": one_line(err) if rc != 0 else None,
@@ -761,7 +766,7 @@ def bench_scaling(name: str, args, avail) -> list[dict]:
         elif ok:
             out = os.path.join(wd, f"qrange_{size}.onnx")
             rec = timed_run(
-                [args.qrange, "quantize", model, "--calib", cp, "-o", out, "--no-validate"],
+                [args.qrange, "quantize", model, "--calib", cp, "-o", out, "--no-validate", "--json"],
                 f"qrange_{size}",
                 wd,
                 args.reuse,
@@ -770,6 +775,13 @@ def bench_scaling(name: str, args, avail) -> list[dict]:
             row["qrange"] = rec
             if rec["rc"] != 0:
                 row["notes"].append(f"qrange failed: {crash_text(rec)}")
+            else:
+                # The calibration phase alone, as the summary times it.
+                try:
+                    with open(os.path.join(wd, f"qrange_{size}.out")) as f:
+                        row["calibrate_s"] = json.load(f)["seconds"]["calibrate"]
+                except (OSError, ValueError, KeyError) as e:
+                    row["notes"].append(f"no calibration time in qrange's summary: {e}")
         else:
             row["notes"].append(why)
         if not args.no_qrange and os.path.isfile(args.qrange):
@@ -783,6 +795,11 @@ def bench_scaling(name: str, args, avail) -> list[dict]:
             row["tract_run"] = rec
             if rec["rc"] != 0:
                 row["notes"].append(f"qrange run failed: {crash_text(rec)}")
+            else:
+                # "ran N samples of MODEL in X ms/sample (load Y ms)": the inferences alone.
+                m = re.search(r"ran (\d+) samples .* in ([0-9.]+) ms/sample", open(os.path.join(wd, f"run_{size}.out")).read())
+                if m:
+                    row["inference_s"] = int(m.group(1)) * float(m.group(2)) / 1000.0
         if not args.no_ref:
             sub = os.path.join(wd, f"n{size}")
             os.makedirs(os.path.join(sub, "tmp"), exist_ok=True)
@@ -878,6 +895,10 @@ def scaling_table(rows: list[dict], markdown: bool) -> str:
         "ORT MinMax peak MB",
         "tract run wall s",
         "tract run peak MB",
+        "qrange CPU s",
+        "calibration s",
+        "inferences s",
+        "calibration / inferences",
         "calib data MB",
         "notes",
     ]
@@ -896,6 +917,10 @@ def scaling_table(rows: list[dict], markdown: bool) -> str:
                 fmt(o.get("peak_mb"), ".0f"),
                 fmt(t.get("wall_s"), ".1f"),
                 fmt(t.get("peak_mb"), ".0f"),
+                fmt(q.get("cpu_s"), ".1f"),
+                fmt(r.get("calibrate_s"), ".2f"),
+                fmt(r.get("inference_s"), ".2f"),
+                fmt(r["calibrate_s"] / r["inference_s"], ".2f") + "x" if r.get("calibrate_s") and r.get("inference_s") else "-",
                 fmt(r.get("calib_mb"), ".1f"),
                 "; ".join(r.get("notes", [])),
             ]

@@ -231,7 +231,7 @@ fn encode(m: &Model) -> Result<ModelProto, CollectError> {
 /// Statistics of `values` (plan keys, see [`ValueKeys`]) of `model` over `samples`.
 ///
 /// Main-graph values are streamed from one run per sample, on `workers` threads
-/// ([`collect_streamed`]); values inside `If` branches and `Scan` bodies are collected as
+/// (`collect_streamed`); values inside `If` branches and `Scan` bodies are collected as
 /// the module documentation describes. `progress(done, total)` is called after each pass over a
 /// sample. The result does not depend on `workers`. The model's outputs (main graph) are
 /// kept for the samples whose indices are in `keep` when main-graph values are calibrated:

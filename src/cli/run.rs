@@ -321,7 +321,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let stacked = data::stack(&outs)?;
     data::write_npz(&a.output, &stacked)?;
     println!(
-        "ran {} samples of {} in {:.1} ms/sample (load {:.0} ms)",
+        "ran {} samples of {} in {:.2} ms/sample (load {:.0} ms)",
         outs.len(),
         a.model.display(),
         run_time.as_secs_f64() * 1e3 / outs.len() as f64,

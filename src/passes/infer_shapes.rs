@@ -3,7 +3,7 @@
 //! the file lists no `value_info`.
 //!
 //! **What it does.** Walks each graph in topological order and applies one rule per op
-//! type ([`rules`]), reading the opset of the default domain where semantics changed
+//! type (the `rules` module), reading the opset of the default domain where semantics changed
 //! (Squeeze/Unsqueeze/Reduce axes as attribute or input, Slice, Split, Pad, Resize…).
 //! Alongside types it tracks two kinds of values, without changing the graph:
 //! small constants (initializers, `Constant` nodes and anything the evaluator

@@ -4,7 +4,7 @@
 //! # What it does
 //! For a model importing `ai.onnx` at version `s` (7 ≤ s) and a target `t` (s < t ≤ 21), every
 //! default-domain node of the main graph and of every subgraph (If/Loop/Scan bodies) is taken
-//! through each version `v` in `s+1..=t` at which its operator's schema changed. [`CHANGES`] is
+//! through each version `v` in `s+1..=t` at which its operator's schema changed. `CHANGES` is
 //! the whole list of such (operator, version) pairs between opsets 8 and 21, as ONNX 1.23's
 //! schema history gives it (the list is checked against `tests/conformance/opset_changes.txt`,
 //! which `tests/conformance/upgrade_check.py` regenerates from the `onnx` package). Each entry

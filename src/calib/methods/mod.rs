@@ -1,7 +1,7 @@
 //! Range-selection methods, one file each. Every method reads the same prepared
 //! distributions of a tensor ([`Views`]), takes the integer grid it targets, and returns a
 //! [`Range`] that contains 0 (and is `[-a, a]` on a symmetric target), scored with
-//! [`expected_mse`] on the signed distribution.
+//! [`crate::calib::density::expected_mse`] on the signed distribution.
 
 pub mod auto;
 pub mod entropy;
