@@ -19,7 +19,8 @@
 //! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
 //! method turns each into a range; `--method adaptive`, the default, runs every method's
 //! set of ranges in `tune::sim`'s simulation model on a few calibration samples and keeps
-//! the set closest to the float outputs, `cli::quantize::adaptive`) → materialise
+//! the set closest to their float outputs, which the collector kept while calibrating,
+//! `cli::quantize::adaptive`) → materialise
 //! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`)
 //! → with `--report`, one HTML page (`report::html`).
 //!
@@ -111,8 +112,10 @@
 //! - **Invariant:** a value captured by a subgraph is one value: the body sees the outer
 //!   decision, range and quantization parameters; new names are unique across the whole
 //!   model, so no subgraph shadows an outer name.
-//! - **Invariant:** calibration statistics depend only on the multiset of observed values:
-//!   shards merge bit-identically to one run.
+//! - **Invariant:** calibration statistics depend only on the multiset of observed
+//!   tensors (one per value per sample): shards merge bit-identically to one run. The hot
+//!   loops (statistics, the simulation's fake quantization) are compiled per instruction
+//!   set and chosen at run time; every choice computes the same bits.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
 //!   file, node or tensor; outputs are written to a temporary file and renamed, and the
 //!   input model is never overwritten.
