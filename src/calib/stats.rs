@@ -375,7 +375,12 @@ impl TensorStats {
     /// time); every instruction set gives the same bits: the arithmetic is the same IEEE
     /// operations in the same order, only more of them at once.
     pub fn observe(&mut self, values: &[f32]) {
-        pulp::Arch::new().dispatch(Observe {
+        self.observe_on(pulp::Arch::new(), values);
+    }
+
+    /// [`TensorStats::observe`] compiled for the instruction set `arch`.
+    fn observe_on(&mut self, arch: pulp::Arch, values: &[f32]) {
+        arch.dispatch(Observe {
             stats: self,
             values,
         });
@@ -1041,6 +1046,29 @@ mod tests {
         b.observe(&with_zero);
         assert!(a.sum == b.sum && a.sum_sq == b.sum_sq);
         assert_eq!(a.nan(), 1);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_statistics() {
+        // The vectorised build chosen for this CPU against the scalar one, on values that
+        // take every path: signs, zeros of both signs, subnormals, a NaN chunk, a widening.
+        let mut vals: Vec<f32> = (0..CHUNK + 4099)
+            .map(|i| {
+                ((i as f32 * 0.731).sin() * 40.0).powi(3) * if i % 7 == 0 { 0.0 } else { 1e-3 }
+            })
+            .collect();
+        vals[11] = -0.0;
+        vals[12] = f32::from_bits(3);
+        let mut second = vals.clone();
+        second[CHUNK + 1] = f32::NAN;
+        second[5] = 9.0e5;
+        let (mut fast, mut scalar) = (TensorStats::new(), TensorStats::new());
+        for v in [&vals, &second] {
+            fast.observe_on(pulp::Arch::new(), v);
+            scalar.observe_on(pulp::Arch::Scalar, v);
+        }
+        assert_eq!(json(&fast), json(&scalar));
+        assert_eq!(fast.nan(), 1);
     }
 
     #[test]

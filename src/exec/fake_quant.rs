@@ -121,6 +121,11 @@ impl pulp::WithSimd for FakeQuantSlice<'_> {
     }
 }
 
+/// [`fake_quant`] over `values` with `[scale, zero point, lower, upper]`, compiled for `arch`.
+fn fake_quant_slice(arch: pulp::Arch, values: &mut [f32], params: [f32; 4]) {
+    arch.dispatch(FakeQuantSlice { values, params });
+}
+
 impl EvalOp for FakeQuant {
     op_out_of_plan!();
 
@@ -141,10 +146,7 @@ impl EvalOp for FakeQuant {
         let mut y = x.into_tensor();
         let mut view = y.to_plain_array_view_mut::<f32>()?;
         match view.as_slice_mut() {
-            Some(values) => pulp::Arch::new().dispatch(FakeQuantSlice {
-                values,
-                params: [s, z, lo, hi],
-            }),
+            Some(values) => fake_quant_slice(pulp::Arch::new(), values, [s, z, lo, hi]),
             None => view.mapv_inplace(|v| fake_quant(v, s, z, lo, hi)),
         }
         Ok(tvec!(y.into_tvalue()))
@@ -161,7 +163,27 @@ impl TypedOp for FakeQuant {
 
 #[cfg(test)]
 mod tests {
-    use super::fake_quant;
+    use super::{fake_quant, fake_quant_slice};
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let base: Vec<f32> = (0..4099)
+            .map(|i| ((i as f32 * 0.377).sin() * 30.0) + (i % 5) as f32 * 0.05)
+            .chain([f32::NAN, -0.0, 1e30, -1e30, 2.5, -2.5])
+            .collect();
+        let params = [0.1, 10.0, 0.0, 255.0];
+        let (mut fast, mut scalar) = (base.clone(), base.clone());
+        fake_quant_slice(pulp::Arch::new(), &mut fast, params);
+        fake_quant_slice(pulp::Arch::Scalar, &mut scalar, params);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&scalar));
+        // And both are the element-wise definition.
+        let one_by_one: Vec<f32> = base
+            .iter()
+            .map(|&x| fake_quant(x, 0.1, 10.0, 0.0, 255.0))
+            .collect();
+        assert_eq!(bits(&fast), bits(&one_by_one));
+    }
 
     #[test]
     fn matches_quantize_then_dequantize() {
