@@ -265,6 +265,23 @@ fn zero_points(
     Ok(values)
 }
 
+/// `f` over a slice, compiled for the widest vector instructions the CPU has (chosen at run
+/// time). Every instruction set computes the same bits: the same IEEE operations per value.
+fn map_slice<A: Copy, B>(x: &[A], f: impl Fn(A) -> B) -> Vec<B> {
+    struct MapSlice<'a, A, F> {
+        x: &'a [A],
+        f: F,
+    }
+    impl<A: Copy, B, F: Fn(A) -> B> pulp::WithSimd for MapSlice<'_, A, F> {
+        type Output = Vec<B>;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> Vec<B> {
+            self.x.iter().map(|&v| (self.f)(v)).collect()
+        }
+    }
+    pulp::Arch::new().dispatch(MapSlice { x, f })
+}
+
 fn array<T>(shape: &[usize], values: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(shape), values)
         .expect("kernel output has exactly one value per input element")
@@ -359,7 +376,7 @@ fn quantize_per_tensor_f32(
     let one = |v: f32| (round_even_small(v / scale) + zp).max(lo_f).min(hi_f);
     fn each<T>(x: &ArrayD<f32>, shape: &[usize], f: impl Fn(f32) -> T) -> ArrayD<T> {
         let v = match x.as_slice() {
-            Some(s) => s.iter().map(|&v| f(v)).collect(),
+            Some(s) => map_slice(s, f),
             None => x.iter().map(|&v| f(v)).collect(),
         };
         array(shape, v)
@@ -380,7 +397,7 @@ fn dequantize_per_tensor(x: &Tensor, scale: f32, zero_point: i64) -> Option<Vec<
     // Contiguous data as a slice: iterating a dynamic-rank array element by element is slow.
     fn each<T: Copy>(a: &ArrayD<T>, f: impl Fn(T) -> f32) -> Vec<f32> {
         match a.as_slice() {
-            Some(s) => s.iter().map(|&q| f(q)).collect(),
+            Some(s) => map_slice(s, f),
             None => a.iter().map(|&q| f(q)).collect(),
         }
     }
