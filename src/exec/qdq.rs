@@ -15,7 +15,8 @@
 use super::convert::{host_dtype, storage_datum, to_engine, to_host};
 use crate::ir::tensor::DType;
 use crate::quant::kernels::{
-    dequantize_linear, quantize_linear, quantize_output_dtype, DequantizeAttrs, QuantizeAttrs,
+    dequantize_linear, dequantize_slice, quantize_linear, quantize_output_dtype, quantize_slice_i8,
+    quantize_slice_u8, DequantizeAttrs, QuantizeAttrs,
 };
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -255,6 +256,9 @@ impl EvalOp for ExactQuantize {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let Some(y) = self.per_tensor_8bit(&inputs)? {
+            return Ok(tvec!(y.into_tvalue()));
+        }
         let x = to_host(&inputs[0], None)?;
         let scale = to_host(&inputs[1], None)?;
         let zero_point = match inputs.get(2) {
@@ -266,6 +270,59 @@ impl EvalOp for ExactQuantize {
         let y = to_engine(&y).map_err(|d| format_err!("{d} output cannot be executed"))?;
         Ok(tvec!(y.into_tvalue()))
     }
+}
+
+impl ExactQuantize {
+    /// The common case without host copies: contiguous f32 input, scalar scale and zero
+    /// point, float32 division, 8-bit output (the same kernel as [`quantize_linear`]'s).
+    /// `None` when the case does not apply.
+    fn per_tensor_8bit(&self, inputs: &[TValue]) -> TractResult<Option<Tensor>> {
+        let a = &self.attrs;
+        if a.block_size != 0 || !matches!(a.precision, None | Some(DType::F32)) {
+            return Ok(None);
+        }
+        let (Some(scale), Some(x)) = (scalar::<f32>(&inputs[1]), plain::<f32>(&inputs[0])) else {
+            return Ok(None);
+        };
+        let shape = inputs[0].shape();
+        let zp = inputs.get(2);
+        Ok(match a.output_dtype {
+            Some(DType::U8) => {
+                let Some(z) = zp.map_or(Some(0), scalar::<u8>) else {
+                    return Ok(None);
+                };
+                Some(shaped(shape, quantize_slice_u8(x, scale, z))?)
+            }
+            Some(DType::I8) => {
+                let Some(z) = zp.map_or(Some(0), scalar::<i8>) else {
+                    return Ok(None);
+                };
+                Some(shaped(shape, quantize_slice_i8(x, scale, z))?)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// The value of a rank-0 tensor of type `T`.
+fn scalar<T: Datum + Copy>(t: &TValue) -> Option<T> {
+    if t.rank() != 0 || t.datum_type() != T::datum_type() {
+        return None;
+    }
+    t.as_plain_ram()?.to_scalar::<T>().ok().copied()
+}
+
+/// The contiguous data of a tensor of type `T`.
+fn plain<T: Datum>(t: &TValue) -> Option<&[T]> {
+    if t.datum_type() != T::datum_type() {
+        return None;
+    }
+    t.as_plain_ram()?.as_slice::<T>().ok()
+}
+
+/// A tensor of `shape` holding `values` (no copy).
+fn shaped<T: Datum>(shape: &[usize], values: Vec<T>) -> TractResult<Tensor> {
+    Ok(tract_ndarray::ArrayD::from_shape_vec(shape, values)?.into_tensor())
 }
 
 impl TypedOp for ExactQuantize {
@@ -306,6 +363,9 @@ impl EvalOp for ExactDequantize {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let Some(y) = self.per_tensor_8bit(&inputs)? {
+            return Ok(tvec!(y.into_tvalue()));
+        }
         let x = to_host(&inputs[0], self.input_logical)?;
         let scale = to_host(&inputs[1], None)?;
         let zero_point = match inputs.get(2) {
@@ -316,6 +376,33 @@ impl EvalOp for ExactDequantize {
             .map_err(|e| format_err!("DequantizeLinear node '{}': {e}", self.node))?;
         let y = to_engine(&y).map_err(|d| format_err!("{d} output cannot be executed"))?;
         Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl ExactDequantize {
+    /// The common case without host copies: contiguous 8-bit input, scalar scale and zero
+    /// point, f32 output (the same kernel as [`dequantize_linear`]'s). `None` when the case
+    /// does not apply.
+    fn per_tensor_8bit(&self, inputs: &[TValue]) -> TractResult<Option<Tensor>> {
+        let a = &self.attrs;
+        if a.block_size != 0 || a.output_dtype != Some(DType::F32) || self.input_logical.is_some() {
+            return Ok(None);
+        }
+        let Some(scale) = scalar::<f32>(&inputs[1]) else {
+            return Ok(None);
+        };
+        let shape = inputs[0].shape();
+        let zp = inputs.get(2);
+        if let Some(x) = plain::<u8>(&inputs[0]) {
+            if let Some(z) = zp.map_or(Some(0), scalar::<u8>) {
+                return Ok(Some(shaped(shape, dequantize_slice(x, scale, z))?));
+            }
+        } else if let Some(x) = plain::<i8>(&inputs[0]) {
+            if let Some(z) = zp.map_or(Some(0), scalar::<i8>) {
+                return Ok(Some(shaped(shape, dequantize_slice(x, scale, z))?));
+            }
+        }
+        Ok(None)
     }
 }
 

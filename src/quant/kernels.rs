@@ -357,6 +357,36 @@ fn round_even_small(v: f32) -> f32 {
     }
 }
 
+/// One value of per-tensor QuantizeLinear with float32 division, as the integer it becomes
+/// (held in an f32; within `[lo, hi]`).
+#[inline(always)]
+fn quantizer(scale: f32, zero_point: i64, lo: i64, hi: i64) -> impl Fn(f32) -> f32 + Copy {
+    let (lo_f, hi_f, zp) = (lo as f32, hi as f32, zero_point as f32);
+    // |r| < 2^22 and |zp| ≤ 2^16: r + zp is exact in f32; NaN goes to the low end.
+    // `max` then `min` (not `clamp`, which keeps NaN): NaN quotients come out as `lo`.
+    move |v: f32| (round_even_small(v / scale) + zp).max(lo_f).min(hi_f)
+}
+
+/// Per-tensor QuantizeLinear of contiguous f32 values to uint8 with float32 division: what
+/// [`quantize_linear`] computes for a scalar scale and zero point, for callers holding slices.
+pub fn quantize_slice_u8(x: &[f32], scale: f32, zero_point: u8) -> Vec<u8> {
+    let one = quantizer(scale, zero_point as i64, 0, 255);
+    map_slice(x, |v| one(v) as u8)
+}
+
+/// [`quantize_slice_u8`] to int8.
+pub fn quantize_slice_i8(x: &[f32], scale: f32, zero_point: i8) -> Vec<i8> {
+    let one = quantizer(scale, zero_point as i64, -128, 127);
+    map_slice(x, |v| one(v) as i8)
+}
+
+/// Per-tensor DequantizeLinear of contiguous 8-bit values to float32: what
+/// [`dequantize_linear`] computes for a scalar scale and zero point.
+pub fn dequantize_slice<T: Copy + Into<i32>>(x: &[T], scale: f32, zero_point: T) -> Vec<f32> {
+    let zp: i32 = zero_point.into();
+    map_slice(x, |q: T| q.into().wrapping_sub(zp) as f32 * scale)
+}
+
 /// The common QuantizeLinear case, per-tensor with float32 division to 8 or 16 bits, as one
 /// loop over the values (same results as [`quantize_one`]); `None` for other output types.
 fn quantize_per_tensor_f32(
@@ -370,10 +400,7 @@ fn quantize_per_tensor_f32(
     if !matches!(out, DType::U8 | DType::I8 | DType::U16 | DType::I16) {
         return None;
     }
-    let (lo_f, hi_f, zp) = (lo as f32, hi as f32, zero_point as f32);
-    // |r| < 2^22 and |zp| ≤ 2^16: r + zp is exact in f32; NaN goes to the low end.
-    // `max` then `min` (not `clamp`, which keeps NaN): NaN quotients come out as `lo`.
-    let one = |v: f32| (round_even_small(v / scale) + zp).max(lo_f).min(hi_f);
+    let one = quantizer(scale, zero_point, lo, hi);
     fn each<T>(x: &ArrayD<f32>, shape: &[usize], f: impl Fn(f32) -> T) -> ArrayD<T> {
         let v = match x.as_slice() {
             Some(s) => map_slice(s, f),
