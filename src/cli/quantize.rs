@@ -137,6 +137,7 @@ pub struct Args {
     /// Calibration samples `--method adaptive` compares the range sets on (evenly spaced;
     /// fewer, down to one, when the tensors to calibrate hold more than 2^25 values per
     /// sample, so the comparison costs at most about four calibration passes of 2^25 values).
+    /// Calibration keeps the float model's outputs for these samples (held in memory).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub select_samples: usize,
     /// Percentile kept by `--method percentile`.
