@@ -235,21 +235,13 @@ fn rebin(v: &mut Vec<u64>, shift: u32) {
     trim(v);
 }
 
-fn add_counts(dst: &mut Vec<u64>, src: &[u32]) {
+/// Adds bin counts (u64, or the fast path's u32) into `dst`, growing it as needed.
+fn add_bins<C: Copy + Into<u64>>(dst: &mut Vec<u64>, src: &[C]) {
     if dst.len() < src.len() {
         dst.resize(src.len(), 0);
     }
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = d.saturating_add(s as u64);
-    }
-}
-
-fn add_bins(dst: &mut Vec<u64>, src: &[u64]) {
-    if dst.len() < src.len() {
-        dst.resize(src.len(), 0);
-    }
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = d.saturating_add(s);
+        *d = d.saturating_add(s.into());
     }
 }
 
@@ -450,8 +442,8 @@ impl TensorStats {
         c0[0] -= neg_zeros;
         self.zeros += (pos_zeros + neg_zeros) as u64;
         let (neg_counts, pos_counts) = c0.split_at(n_neg);
-        add_counts(&mut self.hist.neg, neg_counts);
-        add_counts(&mut self.hist.pos, pos_counts);
+        add_bins(&mut self.hist.neg, neg_counts);
+        add_bins(&mut self.hist.pos, pos_counts);
         trim(&mut self.hist.neg);
         trim(&mut self.hist.pos);
     }
