@@ -63,6 +63,9 @@ impl<const N: usize, const LSB: i32> Default for ExactSum<N, LSB> {
 }
 
 /// Decomposes a finite f32 into (negative, mantissa, exponent) with `|x| = m · 2^e`, `e ≥ -149`.
+/// Value by value adds (this and the two below) are the tests' exact reference; calibration
+/// adds whole f64 partial sums ([`ExactSum::add_f64`]).
+#[cfg(test)]
 pub fn decompose_f32(x: f32) -> (bool, u64, i32) {
     let bits = x.to_bits();
     let neg = bits >> 31 == 1;
@@ -295,6 +298,7 @@ pub fn pow2(e: i32) -> f64 {
     f64::from_bits(((e + 1023) as u64) << 52)
 }
 
+#[cfg(test)]
 impl ValueSum {
     /// Adds a finite f32.
     pub fn add_f32(&mut self, x: f32) {
@@ -303,6 +307,7 @@ impl ValueSum {
     }
 }
 
+#[cfg(test)]
 impl SquareSum {
     /// Adds the square of a finite f32.
     pub fn add_square(&mut self, x: f32) {
