@@ -813,8 +813,6 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 }
             }
         }
-        // Outputs are kept from the main graph's run only; without them the float model runs.
-        let references = (references.len() == picks.len()).then_some(references);
         let mut plan = p.plan.clone();
         let (chosen, sel) = adaptive::select(
             &p,

@@ -15,8 +15,6 @@ use super::Prepared;
 use crate::calib::{compute_candidates, Method, MethodOptions, QuantTarget, Range, TensorStats};
 use crate::cli::progress;
 use crate::data::Sample;
-use crate::exec::{Session, SessionOptions};
-use crate::onnx::{self, ExternalPolicy};
 use crate::quant::plan::{Decision, Plan};
 use crate::tune::search::{Evaluator, Goal};
 use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
@@ -200,16 +198,17 @@ pub(crate) fn range_params(
 
 /// Chooses the range set for `plan` (ranges written into it) on `samples` (calibration
 /// samples; none, or a model the simulation cannot cover, writes `auto`'s). The sets are
-/// scored against `references`, the prepared float model's outputs for `samples` (kept
-/// while calibrating); without them the float model is run. Returns the method of each
-/// calibrated value and what the selection did.
+/// scored against `references`, the prepared float model's outputs for `samples`, kept
+/// while calibrating (the collector keeps them from its run of the main graph, which every
+/// model the simulation covers has). Returns the method of each calibrated value and what
+/// the selection did.
 pub(crate) fn select(
     p: &Prepared,
     plan: &mut Plan,
     stats: &BTreeMap<String, TensorStats>,
     opts: &MethodOptions,
     samples: &[Sample],
-    references: Option<Vec<Sample>>,
+    references: Vec<Sample>,
     quiet: bool,
 ) -> anyhow::Result<(BTreeMap<String, Method>, Selection)> {
     let sets = range_sets(plan, stats, opts)?;
@@ -231,6 +230,12 @@ pub(crate) fn select(
         return Ok(skip(
             plan,
             "the model has subgraphs, which the simulation does not switch",
+        ));
+    }
+    if references.len() != samples.len() {
+        return Ok(skip(
+            plan,
+            "the float outputs of the compared samples were not kept while calibrating",
         ));
     }
     // Distinct sets only; a repeated one shares its figure.
@@ -261,24 +266,6 @@ pub(crate) fn select(
     if units.is_empty() {
         return Ok((chosen0, skip_selection("no activation unit to switch")));
     }
-    let references = match references {
-        Some(r) => r,
-        None => {
-            let (fp, _) = onnx::encode_model(&p.model, &ExternalPolicy::Inline, "")?;
-            let reference = Session::new(
-                &fp,
-                Some(&p.base_dir),
-                &samples[0],
-                &SessionOptions::default(),
-            )
-            .map_err(|e| anyhow!("float model: {e}"))?;
-            let mut refs = Vec::with_capacity(samples.len());
-            for s in samples {
-                refs.push(reference.run(s).map_err(|e| anyhow!("float model: {e}"))?);
-            }
-            refs
-        }
-    };
     let ev = match Evaluator::with_references(
         &sim,
         Some(&p.base_dir),
