@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use qrange::onnx::proto;
+use std::path::Path;
 
 #[test]
 fn tiny_cnn_is_quantized_and_validated() {
@@ -420,6 +421,21 @@ fn adaptive_without_samples_says_it_keeps_auto() {
     assert!(!tmp.path().join("z.onnx").exists());
 }
 
+/// `qrange quantize` of the ppocr_cls fixture on its calibration data, without validation,
+/// with `extra` options, written to `dir/name`: the JSON summary and the written model.
+fn quantize_cls(dir: &Path, name: &str, extra: &[&str]) -> (serde_json::Value, proto::ModelProto) {
+    let (model, calib) = (
+        s(&fixture("ppocr_cls/model.onnx")),
+        s(&fixture("ppocr_cls/calib.npz")),
+    );
+    let out = dir.join(name);
+    let o = s(&out);
+    let mut args = vec![model.as_str(), "--calib", calib.as_str(), "--no-validate"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", &o]);
+    (quantize_json(&args), load(&out))
+}
+
 /// Per-channel scales of weight `w` in a written model.
 fn weight_scales(m: &proto::ModelProto, w: &str) -> Vec<f32> {
     let g = m.graph.as_ref().unwrap();
@@ -440,26 +456,12 @@ fn weight_scales(m: &proto::ModelProto, w: &str) -> Vec<f32> {
 #[test]
 fn mse_weight_ranges_clip_some_channels() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = s(&fixture("ppocr_cls/model.onnx"));
-    let calib = s(&fixture("ppocr_cls/calib.npz"));
-    let run = |extra: &[&str], name: &str| {
-        let out = tmp.path().join(name);
-        let mut args = vec![
-            model.as_str(),
-            "--calib",
-            calib.as_str(),
-            "--no-validate",
-            "--method",
-            "minmax",
-        ];
-        args.extend_from_slice(extra);
-        let o = s(&out);
-        args.extend_from_slice(&["-o", &o]);
-        let j = quantize_json(&args);
-        (j, load(&out))
-    };
-    let (jm, minmax) = run(&[], "minmax.onnx");
-    let (je, mse) = run(&["--weight-method", "mse"], "mse.onnx");
+    let (jm, minmax) = quantize_cls(tmp.path(), "minmax.onnx", &["--method", "minmax"]);
+    let (je, mse) = quantize_cls(
+        tmp.path(),
+        "mse.onnx",
+        &["--method", "minmax", "--weight-method", "mse"],
+    );
     assert!(!jm["weight"].as_str().unwrap().contains("mse"), "{jm}");
     assert!(je["weight"].as_str().unwrap().contains("mse"), "{je}");
     // Every channel's range is at most min/max's, at least half of it, and some are clipped.
@@ -492,18 +494,7 @@ fn every_quantized_conv_gets_an_int32_bias_even_after_a_folded_relu() {
     // Runtime quantizes a float bias there itself, so a float one would make the model it
     // runs differ from the one validated).
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("q.onnx");
-    quantize_json(&[
-        &s(&fixture("ppocr_cls/model.onnx")),
-        "--calib",
-        &s(&fixture("ppocr_cls/calib.npz")),
-        "--no-validate",
-        "--method",
-        "auto",
-        "-o",
-        &s(&out),
-    ]);
-    let m = load(&out);
+    let (_, m) = quantize_cls(tmp.path(), "q.onnx", &["--method", "auto"]);
     let g = m.graph.as_ref().unwrap();
     let producer = |v: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == v));
     let is_dq = |v: &str| producer(v).is_some_and(|n| n.op_type() == "DequantizeLinear");
@@ -527,18 +518,7 @@ fn seven_bit_weights_spare_depthwise_convolutions() {
     // saturation of ONNX Runtime's x86 kernels without VNNI; its depthwise kernels widen
     // both operands first, so depthwise Conv weights keep all 8 bits.
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("q.onnx");
-    quantize_json(&[
-        &s(&fixture("ppocr_cls/model.onnx")),
-        "--calib",
-        &s(&fixture("ppocr_cls/calib.npz")),
-        "--no-validate",
-        "--method",
-        "auto",
-        "-o",
-        &s(&out),
-    ]);
-    let m = load(&out);
+    let (_, m) = quantize_cls(tmp.path(), "q.onnx", &["--method", "auto"]);
     let g = m.graph.as_ref().unwrap();
     let init = |name: &str| g.initializer.iter().find(|t| t.name() == name);
     let (mut depthwise, mut other) = (0, 0);
