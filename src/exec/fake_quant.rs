@@ -1,11 +1,13 @@
 //! The switchable fake quantization of the simulation model (`tune::sim`), as one engine op.
 //!
-//! `QrangeFakeQuant(x, off, scale, zp, lo, hi, on)` (domain [`FAKE_QUANT_DOMAIN`]) computes,
-//! when the scalar `on` is true, what `DequantizeLinear(QuantizeLinear(x))` computes on an
-//! f32 tensor, step by step in f32 as ONNX defines them (and as the element-wise ops
-//! `Div, Round, Add, Max, Min, Sub, Mul` would):
-//! `y = (min(max(round_half_even(x / scale) + zp, lo), hi) - zp) * scale`; when `on` is
-//! false it returns `off` (the value passed through). One node per switch instead of eight
+//! `QrangeFakeQuant(x, off, scale, zp, lo, hi, on[, qscale])` (domain [`FAKE_QUANT_DOMAIN`])
+//! computes, when the scalar `on` is true, what `DequantizeLinear(QuantizeLinear(x))`
+//! computes on an f32 tensor, step by step in f32 as ONNX defines them (and as the
+//! element-wise ops `Div, Round, Add, Max, Min, Sub, Mul` would):
+//! `y = (min(max(round_half_even(x / qscale) + zp, lo), hi) - zp) * scale`, where `qscale`
+//! (the QuantizeLinear's scale) defaults to `scale` and differs from it where a Div/Mul by
+//! a constant is folded into the pair (`quant::params::ScaleFold`); when `on` is false it
+//! returns `off` (the value passed through). One node per switch instead of eight
 //! keeps the simulation graph the size of the quantized model, which the engine's optimizer
 //! needs: its cost grows faster than linearly with the node count.
 //!
@@ -42,7 +44,9 @@ impl Expansion for FakeQuantExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 7)?;
+        if inputs.len() != 7 && inputs.len() != 8 {
+            bail!("{FAKE_QUANT_OP} takes 7 or 8 inputs, got {}", inputs.len());
+        }
         check_output_arity(outputs, 1)?;
         s.equals(&inputs[0].datum_type, DatumType::F32)?;
         s.equals(&inputs[1].datum_type, DatumType::F32)?;
@@ -82,16 +86,16 @@ fn scalar<T: Datum + Copy>(t: &TValue, what: &str) -> TractResult<T> {
         .with_context(|| format!("{FAKE_QUANT_OP}: empty {what}"))
 }
 
-/// `(min(max(round_half_even(x / s) + z, lo), hi) - z) * s`, each step rounded to f32.
+/// `(min(max(round_half_even(x / qs) + z, lo), hi) - z) * s`, each step rounded to f32.
 ///
 /// Written without branches so that the loop over a tensor vectorises: rounding adds and
 /// subtracts 1.5 · 2^23 (exact half-to-even for |v| < 2^22; larger values are integers or
 /// beyond any 16-bit grid, where the clamp decides), and NaN passes through as ONNX's
 /// Max/Min propagate it.
 #[inline(always)]
-pub(crate) fn fake_quant(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
+pub(crate) fn fake_quant(x: f32, qs: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
     const M: f32 = 12_582_912.0;
-    let r = x / s;
+    let r = x / qs;
     let rounded = (r + M) - M;
     let r = if r.abs() < 4_194_304.0 { rounded } else { r };
     let q = r + z;
@@ -105,8 +109,8 @@ pub(crate) fn fake_quant(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
 /// every one gives the same bits: the same IEEE operations, more of them at once.
 struct FakeQuantSlice<'a> {
     values: &'a mut [f32],
-    /// Scale, zero point, lower and upper bound.
-    params: [f32; 4],
+    /// Quantize scale, dequantize scale, zero point, lower and upper bound.
+    params: [f32; 5],
 }
 
 impl pulp::WithSimd for FakeQuantSlice<'_> {
@@ -114,15 +118,16 @@ impl pulp::WithSimd for FakeQuantSlice<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let [s, z, lo, hi] = self.params;
+        let [qs, s, z, lo, hi] = self.params;
         for v in self.values.iter_mut() {
-            *v = fake_quant(*v, s, z, lo, hi);
+            *v = fake_quant(*v, qs, s, z, lo, hi);
         }
     }
 }
 
-/// [`fake_quant`] over `values` with `[scale, zero point, lower, upper]`, compiled for `arch`.
-fn fake_quant_slice(arch: pulp::Arch, values: &mut [f32], params: [f32; 4]) {
+/// [`fake_quant`] over `values` with `[quantize scale, scale, zero point, lower, upper]`,
+/// compiled for `arch`.
+fn fake_quant_slice(arch: pulp::Arch, values: &mut [f32], params: [f32; 5]) {
     arch.dispatch(FakeQuantSlice { values, params });
 }
 
@@ -138,6 +143,10 @@ impl EvalOp for FakeQuant {
         let z: f32 = scalar(&inputs[3], "zero point")?;
         let lo: f32 = scalar(&inputs[4], "lower bound")?;
         let hi: f32 = scalar(&inputs[5], "upper bound")?;
+        let qs: f32 = match inputs.get(7) {
+            Some(t) => scalar(t, "quantize scale")?,
+            None => s,
+        };
         // The input by value: a value no other op reads is then updated in place, not copied.
         let x = inputs
             .into_iter()
@@ -146,8 +155,8 @@ impl EvalOp for FakeQuant {
         let mut y = x.into_tensor();
         let mut view = y.to_plain_array_view_mut::<f32>()?;
         match view.as_slice_mut() {
-            Some(values) => fake_quant_slice(pulp::Arch::new(), values, [s, z, lo, hi]),
-            None => view.mapv_inplace(|v| fake_quant(v, s, z, lo, hi)),
+            Some(values) => fake_quant_slice(pulp::Arch::new(), values, [qs, s, z, lo, hi]),
+            None => view.mapv_inplace(|v| fake_quant(v, qs, s, z, lo, hi)),
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -171,7 +180,7 @@ mod tests {
             .map(|i| ((i as f32 * 0.377).sin() * 30.0) + (i % 5) as f32 * 0.05)
             .chain([f32::NAN, -0.0, 1e30, -1e30, 2.5, -2.5])
             .collect();
-        let params = [0.1, 10.0, 0.0, 255.0];
+        let params = [0.1, 0.1, 10.0, 0.0, 255.0];
         let (mut fast, mut scalar) = (base.clone(), base.clone());
         fake_quant_slice(pulp::Arch::new(), &mut fast, params);
         fake_quant_slice(pulp::Arch::Scalar, &mut scalar, params);
@@ -180,7 +189,7 @@ mod tests {
         // And both are the element-wise definition.
         let one_by_one: Vec<f32> = base
             .iter()
-            .map(|&x| fake_quant(x, 0.1, 10.0, 0.0, 255.0))
+            .map(|&x| fake_quant(x, 0.1, 0.1, 10.0, 0.0, 255.0))
             .collect();
         assert_eq!(bits(&fast), bits(&one_by_one));
     }
@@ -188,22 +197,59 @@ mod tests {
     #[test]
     fn matches_quantize_then_dequantize() {
         // u8, scale 0.1, zero point 10: 0.25 -> 2.5 rounds to 2 (half to even) -> 12 -> 0.2.
-        assert_eq!(fake_quant(0.25, 0.1, 10.0, 0.0, 255.0), (12.0 - 10.0) * 0.1);
+        assert_eq!(
+            fake_quant(0.25, 0.1, 0.1, 10.0, 0.0, 255.0),
+            (12.0 - 10.0) * 0.1
+        );
         // Clamped at both ends.
         assert_eq!(
-            fake_quant(100.0, 0.1, 10.0, 0.0, 255.0),
+            fake_quant(100.0, 0.1, 0.1, 10.0, 0.0, 255.0),
             (255.0 - 10.0) * 0.1
         );
         assert_eq!(
-            fake_quant(-100.0, 0.1, 10.0, 0.0, 255.0),
+            fake_quant(-100.0, 0.1, 0.1, 10.0, 0.0, 255.0),
             (0.0 - 10.0) * 0.1
         );
-        assert!(fake_quant(f32::NAN, 0.1, 10.0, 0.0, 255.0).is_nan());
+        assert!(fake_quant(f32::NAN, 0.1, 0.1, 10.0, 0.0, 255.0).is_nan());
         // Beyond the exact-rounding range the clamp decides.
-        assert_eq!(fake_quant(1e30, 1e-3, 0.0, -127.0, 127.0), 127.0 * 1e-3);
+        assert_eq!(
+            fake_quant(1e30, 1e-3, 1e-3, 0.0, -127.0, 127.0),
+            127.0 * 1e-3
+        );
         // Ties to even on both sides of zero.
-        assert_eq!(fake_quant(1.5, 1.0, 0.0, -127.0, 127.0), 2.0);
-        assert_eq!(fake_quant(2.5, 1.0, 0.0, -127.0, 127.0), 2.0);
-        assert_eq!(fake_quant(-2.5, 1.0, 0.0, -127.0, 127.0), -2.0);
+        assert_eq!(fake_quant(1.5, 1.0, 1.0, 0.0, -127.0, 127.0), 2.0);
+        assert_eq!(fake_quant(2.5, 1.0, 1.0, 0.0, -127.0, 127.0), 2.0);
+        assert_eq!(fake_quant(-2.5, 1.0, 1.0, 0.0, -127.0, 127.0), -2.0);
+    }
+
+    #[test]
+    fn a_folded_division_quantizes_with_its_own_scale() {
+        // x / 6 on u8 with scale 0.1, zero point 10, the Div folded: quantize with 0.6.
+        // 1.5 / 0.6 = 2.5 -> 2 (half to even) -> 12 -> (12 - 10) * 0.1.
+        assert_eq!(
+            fake_quant(1.5, 0.6, 0.1, 10.0, 0.0, 255.0),
+            (12.0 - 10.0) * 0.1
+        );
+        // Same bits on every instruction set with distinct scales too.
+        let base: Vec<f32> = (0..1031).map(|i| (i as f32 * 0.61).cos() * 40.0).collect();
+        let params = [0.6, 0.1, 10.0, 0.0, 255.0];
+        let (mut fast, mut scalar) = (base.clone(), base.clone());
+        fake_quant_slice(pulp::Arch::new(), &mut fast, params);
+        fake_quant_slice(pulp::Arch::Scalar, &mut scalar, params);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&scalar));
+        for (x, y) in base.iter().zip(&fast) {
+            assert_eq!(
+                y.to_bits(),
+                fake_quant(*x, 0.6, 0.1, 10.0, 0.0, 255.0).to_bits()
+            );
+            // The quantization of x / 6: within half a step of it, clamped to the grid's
+            // [(0 - 10) * 0.1, (255 - 10) * 0.1].
+            let expected = (x / 6.0).clamp(-1.0, 24.5);
+            assert!(
+                (y - expected).abs() <= 0.05 + 1e-6,
+                "{x}: {y} vs {expected}"
+            );
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! the dequantized value, so the producer's node unit sees exactly one Q); weights become
 //! integer initializers followed by `DequantizeLinear` (per channel with `axis`), with no
 //! float copy left; biases become int32 with scale `s_input · s_weight`; folded Relu/Clip
-//! ops are removed (the quantized range clips at zero).
+//! ops are removed (the quantized range clips at zero), and so are folded Div/Mul ops by a
+//! constant (their input's QuantizeLinear gets the scale `s_y · c` or `s_y / c`, its
+//! DequantizeLinear the output's `s_y`: [`ScaleFold`]).
 //!
 //! **Subgraphs.** Each decision is applied in the graph that defines the value (an If
 //! branch, a Scan body: [`ValueKeys`] says where). A subgraph that reads a quantized
@@ -44,7 +46,7 @@ use super::PassError;
 use crate::ir::{
     AttrValue, Carry, ConstTensor, DType, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
 };
-use crate::quant::params::{mse_scale_zp, quantize_bias, scale_zp, QType, ScaleZp};
+use crate::quant::params::{mse_scale_zp, quantize_bias, scale_zp, QType, ScaleFold, ScaleZp};
 use crate::quant::plan::{op_key_in, Decision, OpState, Plan, ValueKeys};
 use crate::quant::{quantize_linear, QuantizeAttrs};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -180,7 +182,8 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                         }
                     }
                 };
-                let made = insert_activation_qdq(g, v, &chosen, &mut names)?;
+                let fold = plan.scale_folds.get(key).copied();
+                let made = insert_activation_qdq(g, v, &chosen, fold, &mut names)?;
                 rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
                 rep.quantize_nodes += 1;
                 rep.dequantize_nodes += 1;
@@ -235,8 +238,9 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
     Ok(rep)
 }
 
-/// Removes folded Relu/Clip ops of `g` (a scope labelled `label`): readers of their
-/// output read their input instead.
+/// Removes folded ops of `g` (a scope labelled `label`: Relu/Clip, Div/Mul by a
+/// constant): readers of their output read their data input (the one input that is not a
+/// constant) instead.
 fn fold_activations(g: &mut Graph, plan: &Plan, label: &str) -> Result<(), PassError> {
     let folded: Vec<_> = g
         .ops()
@@ -248,7 +252,12 @@ fn fold_activations(g: &mut Graph, plan: &Plan, label: &str) -> Result<(), PassE
         })
         .collect();
     for o in folded {
-        let (Some(x), Some(y)) = (g.input(o, 0), g.output(o, 0)) else {
+        let x = g
+            .inputs_of(o)
+            .into_iter()
+            .flatten()
+            .find(|v| g.const_of(*v).is_none());
+        let (Some(x), Some(y)) = (x, g.output(o, 0)) else {
             return Err(err(format!(
                 "folded op '{}' lacks an input or output",
                 g.op(o).display_name()
@@ -319,11 +328,14 @@ fn with_dtype(ty: &Option<ValueType>, dtype: DType) -> Option<ValueType> {
     })
 }
 
-/// `x → Q → DQ`; every reader of `x` reads the DQ output.
+/// `x → Q → DQ`; every reader of `x` reads the DQ output. With a scale fold the Q has
+/// its own scale ([`ScaleFold::quantize_scale`]): the DQ output is then the folded op's
+/// output.
 fn insert_activation_qdq(
     g: &mut Graph,
     x: ValueId,
     c: &Chosen,
+    fold: Option<ScaleFold>,
     names: &mut Names,
 ) -> Result<Made, PassError> {
     let name = g.value(x).name.clone();
@@ -332,6 +344,15 @@ fn insert_activation_qdq(
     let scale_t = scale_tensor(&[p.scale], &[]);
     let zp_t = zp_tensor(c.qtype.dtype, &[p.zero_point], &[])?;
     let scale = scalar_const(g, names, &format!("{name}.scale"), scale_t.clone())?;
+    let q_scale = match fold {
+        Some(f) => scalar_const(
+            g,
+            names,
+            &format!("{name}.qscale"),
+            scale_tensor(&[f.quantize_scale(p.scale)], &[]),
+        )?,
+        None => scale,
+    };
     let zp = scalar_const(g, names, &format!("{name}.zp"), zp_t.clone())?;
     let readers = g.consumers(x);
     let was_output = g.is_output(x);
@@ -345,7 +366,7 @@ fn insert_activation_qdq(
         qop.order = g.order_after(a);
     }
     let q = g
-        .add_op(qop, &[Some(x), Some(scale), Some(zp)], &[Some(qv)])
+        .add_op(qop, &[Some(x), Some(q_scale), Some(zp)], &[Some(qv)])
         .map_err(|e| err(e.to_string()))?;
     dqop.order = g.order_after(q);
     // A graph output keeps its name on the dequantized value.

@@ -12,6 +12,30 @@
 use crate::ir::DType;
 use serde::{Deserialize, Serialize};
 
+/// A division or multiplication by a positive constant folded into the quantization of
+/// its input (`x / c` or `x · c` read through the `QuantizeLinear → DequantizeLinear` of
+/// `x`): the range is the op's output's, the QuantizeLinear's scale is that range's scale
+/// times `c` (`Div`) or divided by it (`Mul`), so it computes the integers of the op's
+/// output, and the DequantizeLinear, with the output's own scale, gives the op's output.
+/// One rounding instead of two, and no float op between two quantized units.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleFold {
+    Div(f32),
+    Mul(f32),
+}
+
+impl ScaleFold {
+    /// The QuantizeLinear scale for the dequantization scale `s` (one f32 operation, so
+    /// the written model and the simulation compute the same bits).
+    pub fn quantize_scale(self, s: f32) -> f32 {
+        match self {
+            ScaleFold::Div(c) => s * c,
+            ScaleFold::Mul(c) => s / c,
+        }
+    }
+}
+
 /// An integer grid to quantize onto.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QType {

@@ -2,6 +2,12 @@
 //! graph edit. Calibration fills in ranges; one pass (`passes::insert_qdq`) materialises
 //! it. Mixed precision edits the plan, never the graph.
 //!
+//! Two kinds of op disappear into their producer's quantization (`OpState::Folded`): a
+//! Relu/Clip from zero (the producer's range is the clipped one) and, outside the TensorRT
+//! target, a Div/Mul by a positive scalar constant ([`Plan::scale_folds`]: the producer's
+//! QuantizeLinear scale absorbs the constant). Either needs the producer's output to be a
+//! quantized activation of its own, read by that op alone.
+//!
 //! The plan covers subgraphs too: the bodies of control-flow ops whose policy in the
 //! rule table ([`super::rules::body_policy`]) is to plan them (If branches, Scan
 //! bodies) are planned like the main graph, recursively. Their ops are keyed by where
@@ -11,7 +17,7 @@
 //! float with the reason, and so are the ops of a subgraph no calibration sample
 //! reached ([`unreached_scopes`], [`build_with`]).
 
-use super::params::QType;
+use super::params::{QType, ScaleFold};
 use super::rules::{
     body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
     Target, WeightAxis, OUTPUT_Q_OPTIONAL,
@@ -90,6 +96,11 @@ pub struct Plan {
     pub ops: BTreeMap<String, OpState>,
     /// Ranges per value key, filled by calibration.
     pub ranges: BTreeMap<String, (f32, f32)>,
+    /// A Div/Mul by a positive constant folded into the quantization of its input, by
+    /// the key of that input (an activation read by that op alone, whose `range_from` is
+    /// the op's output).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scale_folds: BTreeMap<String, ScaleFold>,
 }
 
 /// Stable key of a main-graph op for plans and summaries: its name, or `op_type#order`
@@ -429,6 +440,36 @@ fn plan_scope(
                 continue;
             }
         }
+        if cfg.target != Target::Tensorrt {
+            if let Some((x, y, fold)) = foldable_scale(&cx, plan, o) {
+                let (xname, yname) = (cx.key(x), cx.key(y));
+                let Some(Decision::Activation {
+                    qtype, range_from, ..
+                }) = plan.values.get_mut(&xname)
+                else {
+                    unreachable!("checked by foldable_scale");
+                };
+                // The range is the output's, as for a folded Relu/Clip.
+                *range_from = Some(yname.clone());
+                let qtype = *qtype;
+                // Readers of the removed output read the input's dequantized value.
+                plan.values.insert(
+                    yname,
+                    Decision::Activation {
+                        qtype,
+                        share_with: Some(xname.clone()),
+                        range_from: None,
+                    },
+                );
+                plan.scale_folds.insert(xname, fold);
+                let prod = g
+                    .producer(x)
+                    .map(|(p, _)| op_key_in(&label, g, p))
+                    .unwrap_or_default();
+                plan.ops.insert(key, OpState::Folded { into: prod });
+                continue;
+            }
+        }
         let Some(rule) = rule_for(&op.op_type, op.domain_key(), cfg.target) else {
             float(
                 plan,
@@ -742,6 +783,67 @@ fn share_root(plan: &Plan, name: &str) -> Option<String> {
         Decision::Activation { .. } => Some(name.to_string()),
         _ => None,
     }
+}
+
+/// For a `Div` by, or `Mul` with, a positive f32 scalar constant whose other input `x` is
+/// a quantized activation of its own (no shared or borrowed range, no fold yet) read by
+/// this op alone: `x`, the op's output `y` and the fold. Neither value may be a graph
+/// output or read by a subgraph: `y` disappears and `x`'s dequantized value becomes `y`.
+fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, ScaleFold)> {
+    let g = cx.g;
+    let op = g.op(o);
+    if !op.domain_key().is_empty() || !matches!(op.op_type.as_str(), "Div" | "Mul") {
+        return None;
+    }
+    let ins = g.inputs_of(o);
+    let [Some(a), Some(b)] = ins.as_slice() else {
+        return None;
+    };
+    let positive = |v: ValueId| -> Option<f32> {
+        let t = cx.const_of(v)?;
+        if t.numel() != 1 {
+            return None;
+        }
+        match t.to_tensor().ok()? {
+            crate::ir::Tensor::F32(a) => a
+                .iter()
+                .next()
+                .copied()
+                .filter(|c| c.is_normal() && *c > 0.0),
+            _ => None,
+        }
+    };
+    let (x, fold) = match op.op_type.as_str() {
+        "Div" => (*a, ScaleFold::Div(positive(*b)?)),
+        _ => match (positive(*a), positive(*b)) {
+            (None, Some(c)) => (*a, ScaleFold::Mul(c)),
+            (Some(c), None) => (*b, ScaleFold::Mul(c)),
+            _ => return None,
+        },
+    };
+    if cx.const_of(x).is_some() || !cx.is_float(x) {
+        return None;
+    }
+    let outs = g.outputs_of(o);
+    let [Some(y)] = outs.as_slice() else {
+        return None;
+    };
+    let xname = cx.key(x);
+    let own = matches!(
+        plan.values.get(&xname),
+        Some(Decision::Activation {
+            share_with: None,
+            range_from: None,
+            ..
+        })
+    ) && !plan.scale_folds.contains_key(&xname);
+    let alone = g.consumers(x).len() == 1
+        && !g.is_output(x)
+        && cx.local_only(x)
+        && !g.is_output(*y)
+        && cx.local_only(*y)
+        && is_float(g, *y);
+    (own && alone).then_some((x, *y, fold))
 }
 
 /// True for Relu, and for a Clip whose lower bound is a constant 0.

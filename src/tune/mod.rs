@@ -17,7 +17,7 @@ pub mod search;
 pub mod sim;
 
 use crate::ir::{DType, Model};
-use crate::quant::params::QType;
+use crate::quant::params::{QType, ScaleFold};
 use crate::quant::plan::{op_key, Decision, OpState, Plan};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -274,8 +274,10 @@ pub struct Unit {
     pub producer_type: String,
     /// Elements per sample of the root (0 when unknown).
     pub elements: u64,
-    /// The Relu/Clip folded into the root's quantization (its op key), if any.
+    /// The Relu/Clip or Div/Mul folded into the root's quantization (its op key), if any.
     pub folded_op: Option<String>,
+    /// The root's QuantizeLinear scale when a Div/Mul by a constant is folded into it.
+    pub scale_fold: Option<ScaleFold>,
 }
 
 /// The activation units of a plan, in topological order of their root's producer.
@@ -330,6 +332,7 @@ pub fn units(plan: &Plan, m: &Model) -> Vec<Unit> {
                 .unwrap_or(0);
             let mut all = vec![root.clone()];
             all.extend(shared);
+            let scale_fold = plan.scale_folds.get(&root).copied();
             let folded_op = (range_key[&root] != root)
                 .then(|| g.value_by_name(&range_key[&root]))
                 .flatten()
@@ -337,6 +340,7 @@ pub fn units(plan: &Plan, m: &Model) -> Vec<Unit> {
                 .map(|(o, _)| op_key(g, o));
             Unit {
                 folded_op,
+                scale_fold,
                 range_key: range_key[&root].clone(),
                 root,
                 members: all,
@@ -411,7 +415,7 @@ pub fn bias_units(plan: &Plan, units: &[Unit]) -> Vec<(String, usize, String)> {
 }
 
 /// Sets each unit's precision in the plan: `A16` widens every member's type, `Float`
-/// removes the unit's decisions (un-folding a Relu/Clip folded into it). Ops left with no
+/// removes the unit's decisions (un-folding a Relu/Clip or Div/Mul folded into it). Ops left with no
 /// quantized activation are marked float with `reason`.
 ///
 /// Weights quantized on a reduced grid (so that u8 × s8 integer kernels cannot saturate)
@@ -466,6 +470,7 @@ pub fn apply(
                     plan.values.remove(v);
                 }
                 plan.ranges.remove(&u.range_key);
+                plan.scale_folds.remove(&u.root);
                 if u.range_key != u.root {
                     for s in plan.ops.values_mut() {
                         if matches!(s, OpState::Folded { into } if *into == u.producer) {

@@ -10,7 +10,9 @@
 //! The division, rounding, clamp and `(q − Z)·S` are the ONNX definitions of
 //! QuantizeLinear and DequantizeLinear evaluated in f32, so a unit switched on with 8-bit
 //! (or 16-bit) parameters computes what the materialised Q/DQ pair computes, and a unit
-//! switched off passes its value through (`off`: through its folded Relu/Clip, if any).
+//! switched off passes its value through (`off`: through its folded Relu/Clip or Div/Mul,
+//! if any). A root with a Div/Mul folded into it quantizes with its own scale
+//! (`<prefix>.qscale`, [`ScaleFold::quantize_scale`] of the unit's scale), as written.
 //! Biases may also be inputs ([`SimSources::bias_inputs`]), so the parameters of another
 //! choice of ranges ([`RangeParams`]) run that choice's written model exactly. Weights
 //! read by a node whose activation input is not 8-bit switch to the full int8 grid, and
@@ -19,7 +21,7 @@
 use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
 use crate::ir::{DType, Dim, Graph, Model, Op, Tensor, Value, ValueId, ValueType};
-use crate::quant::params::{scale_zp, QType};
+use crate::quant::params::{scale_zp, QType, ScaleFold};
 use std::collections::BTreeMap;
 
 /// Scale, zero point and clamp bounds of one unit at one precision.
@@ -51,6 +53,8 @@ pub struct SimModel {
     prefixes: Vec<String>,
     /// (8-bit, 16-bit) parameters per unit.
     pub params: Vec<(UnitParams, UnitParams)>,
+    /// Per unit: the Div/Mul folded into its root's quantization (`<prefix>.qscale` input).
+    scale_folds: Vec<Option<ScaleFold>>,
     /// Weight switches: input name of the switch and the unit whose precision sets it
     /// (full int8 grid unless that unit is 8-bit).
     weight_switches: Vec<(String, usize)>,
@@ -236,8 +240,14 @@ impl SimModel {
             let lo = scalar_input(g, &format!("{prefix}.lo"), DType::F32)?;
             let hi = scalar_input(g, &format!("{prefix}.hi"), DType::F32)?;
             let on = scalar_input(g, &format!("{prefix}.on"), DType::Bool)?;
+            // The QuantizeLinear scale of a root with a Div/Mul folded into it.
+            let qscale = match u.scale_fold {
+                Some(_) => Some(scalar_input(g, &format!("{prefix}.qscale"), DType::F32)?),
+                None => None,
+            };
             prefixes.push(prefix);
-            // The folded Relu/Clip, re-applied when the unit is off.
+            // The folded op (Relu/Clip, Div/Mul by a constant), re-applied when the unit is
+            // off: its data input (the one that is not a constant) is the unit's value.
             let fold = match &u.folded_op {
                 None => None,
                 Some(key) => {
@@ -246,24 +256,35 @@ impl SimModel {
                         .ops()
                         .find(|o| crate::quant::plan::op_key(pg, *o) == *key)
                         .ok_or_else(|| other(format!("folded op '{key}' not found")))?;
-                    let mut consts = Vec::new();
-                    for v in pg.inputs_of(o).into_iter().skip(1) {
+                    let mut ins = Vec::new();
+                    let mut data = None;
+                    for (slot, v) in pg.inputs_of(o).into_iter().enumerate() {
                         match v {
-                            None => consts.push(None),
-                            Some(v) => {
-                                let c = pg.const_of(v).cloned().ok_or_else(|| {
-                                    other(format!("folded op '{key}' has a non-constant bound"))
-                                })?;
-                                let name = g.fresh_name(&format!("{}.sim", pg.value(v).name));
-                                consts.push(Some(
-                                    g.add_const(&name, c).map_err(|e| other(e.to_string()))?,
-                                ));
-                            }
+                            None => ins.push(None),
+                            Some(v) => match pg.const_of(v).cloned() {
+                                Some(c) => {
+                                    let name = g.fresh_name(&format!("{}.sim", pg.value(v).name));
+                                    ins.push(Some(
+                                        g.add_const(&name, c).map_err(|e| other(e.to_string()))?,
+                                    ));
+                                }
+                                None if data.is_none() => {
+                                    data = Some(slot);
+                                    ins.push(None);
+                                }
+                                None => {
+                                    return Err(other(format!(
+                                        "folded op '{key}' has a second non-constant input"
+                                    )))
+                                }
+                            },
                         }
                     }
+                    let data =
+                        data.ok_or_else(|| other(format!("folded op '{key}' has no data input")))?;
                     let mut op = pg.op(o).clone();
                     op.order = Op::UNORDERED;
-                    Some((op, consts))
+                    Some((op, ins, data))
                 }
             };
             for member in &u.members {
@@ -291,12 +312,12 @@ impl SimModel {
                 g.remove_op(qop);
                 g.remove_value(qv);
                 let off = match &fold {
-                    Some((op, consts)) if member == &u.root => {
+                    Some((op, ins, data)) if member == &u.root => {
                         let y = g.add_fresh_value(&format!("{member}.sim.off"), ty.clone());
                         let mut op = op.clone();
                         op.name = Some(g.fresh_name(&format!("{member}.sim.fold")));
-                        let mut ins = vec![Some(x)];
-                        ins.extend(consts.iter().copied());
+                        let mut ins = ins.clone();
+                        ins[*data] = Some(x);
                         g.add_op(op, &ins, &[Some(y)])
                             .map_err(|e| other(e.to_string()))?;
                         y
@@ -308,20 +329,22 @@ impl SimModel {
                     &g.fresh_name(&format!("{member}.sim.fake_quant")),
                 );
                 fq.domain = Some(crate::exec::fake_quant::FAKE_QUANT_DOMAIN.to_string());
-                g.add_op(
-                    fq,
-                    &[
-                        Some(x),
-                        Some(off),
-                        Some(s),
-                        Some(z),
-                        Some(lo),
-                        Some(hi),
-                        Some(on),
-                    ],
-                    &[Some(dqv)],
-                )
-                .map_err(|e| other(e.to_string()))?;
+                let mut ins = vec![
+                    Some(x),
+                    Some(off),
+                    Some(s),
+                    Some(z),
+                    Some(lo),
+                    Some(hi),
+                    Some(on),
+                ];
+                if member == &u.root {
+                    if let Some(qs) = qscale {
+                        ins.push(Some(qs));
+                    }
+                }
+                g.add_op(fq, &ins, &[Some(dqv)])
+                    .map_err(|e| other(e.to_string()))?;
             }
         }
         // 4-bit weights first: the full-grid switch below then feeds their `else` input.
@@ -414,6 +437,7 @@ impl SimModel {
         }
         crate::passes::util::remove_dead(g);
         Ok(SimModel {
+            scale_folds: units.iter().map(|u| u.scale_fold).collect(),
             bias_values,
             w4_switches,
             bias_switches,
@@ -479,6 +503,13 @@ impl SimModel {
             let p8 = params8.and_then(|p| p.get(i)).unwrap_or(p8);
             let p = if *prec == Precision::A16 { p16 } else { p8 };
             s.insert(format!("{prefix}.scale"), scalar(p.scale));
+            if let Some(f) = self.scale_folds.get(i).copied().flatten() {
+                // The root's QuantizeLinear absorbs the folded constant.
+                s.insert(
+                    format!("{prefix}.qscale"),
+                    scalar(f.quantize_scale(p.scale)),
+                );
+            }
             s.insert(format!("{prefix}.zp"), scalar(p.zero_point));
             s.insert(format!("{prefix}.lo"), scalar(p.qmin));
             s.insert(format!("{prefix}.hi"), scalar(p.qmax));

@@ -1,0 +1,130 @@
+//! A Div or Mul by a positive constant after a quantized op is folded into that op's
+//! quantization: the range is the Div/Mul output's (scale `s`), the QuantizeLinear scale
+//! becomes `s · c` (Div) or `s / c` (Mul), the DequantizeLinear keeps `s`, and the Div/Mul
+//! disappears.
+
+mod common;
+
+use common::*;
+use qrange::ir::Tensor;
+use qrange::onnx::proto;
+use std::path::Path;
+
+/// `y = MatMul(x·x / 6 + 0.5 · MatMul(x, w1), w2)` on f32[1,8], and a Div whose input has
+/// a second reader (not foldable).
+fn model_with_scalings() -> proto::ModelProto {
+    let w = |name: &str, seed: f32| {
+        let vals: Vec<f32> = (0..64)
+            .map(|i| (i as f32 * 0.37 + seed).sin() * 0.8)
+            .collect();
+        f32_init(name, &[8, 8], &vals)
+    };
+    model(
+        vec![
+            node("Mul", "square", &["x", "x"], &["m"]),
+            node("Div", "sixth", &["m", "six"], &["d"]),
+            node("MatMul", "mm1", &["x", "w1"], &["t"]),
+            node("Mul", "half", &["half_c", "t"], &["u"]),
+            node("Add", "sum", &["d", "u"], &["v"]),
+            node("MatMul", "mm2", &["v", "w2"], &["z"]),
+            node("Div", "third", &["z", "three"], &["y"]),
+            node("Relu", "relu", &["z"], &["r"]),
+        ],
+        vec![
+            f32_init("six", &[], &[6.0]),
+            f32_init("half_c", &[], &[0.5]),
+            f32_init("three", &[], &[3.0]),
+            w("w1", 0.1),
+            w("w2", 1.7),
+        ],
+        vec![vi("x", 1, &[1, 8])],
+        vec![vi("y", 1, &[1, 8]), vi("r", 1, &[1, 8])],
+    )
+}
+
+fn samples(path: &Path, n: usize, seed: f32) {
+    let vals: Vec<f32> = (0..n * 8)
+        .map(|i| (i as f32 * 1.31 + seed).sin() * 2.0)
+        .collect();
+    let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, 1, 8]), vals).unwrap());
+    write_npz_arrays(path, vec![("x", t)]);
+}
+
+fn init_scalar(g: &proto::GraphProto, name: &str) -> f32 {
+    let t = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("no initializer {name}"));
+    let raw = t.raw_data.as_deref().unwrap_or(&[]);
+    if raw.len() == 4 {
+        f32::from_le_bytes(raw.try_into().unwrap())
+    } else {
+        t.float_data[0]
+    }
+}
+
+/// The (QuantizeLinear scale, DequantizeLinear scale) of the Q/DQ pair quantizing `value`.
+fn pair_scales(g: &proto::GraphProto, value: &str) -> (f32, f32) {
+    let q = g
+        .node
+        .iter()
+        .find(|n| n.op_type() == "QuantizeLinear" && n.input[0] == value)
+        .unwrap_or_else(|| panic!("{value} is not quantized"));
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.op_type() == "DequantizeLinear" && n.input[0] == q.output[0])
+        .unwrap_or_else(|| panic!("{value}'s QuantizeLinear has no DequantizeLinear"));
+    (init_scalar(g, &q.input[1]), init_scalar(g, &dq.input[1]))
+}
+
+#[test]
+fn div_and_mul_by_constants_fold_into_the_quantization() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, calib, eval, out) = (
+        tmp.path().join("m.onnx"),
+        tmp.path().join("calib.npz"),
+        tmp.path().join("eval.npz"),
+        tmp.path().join("q.onnx"),
+    );
+    write_proto(&mp, &model_with_scalings());
+    samples(&calib, 24, 0.0);
+    samples(&eval, 8, 0.4);
+    let j = quantize_json(&[
+        &s(&mp),
+        "--calib",
+        &s(&calib),
+        "--eval",
+        &s(&eval),
+        "--method",
+        "minmax",
+        "-o",
+        &s(&out),
+    ]);
+    let m = load(&out);
+    let g = m.graph.as_ref().unwrap();
+    // The two foldable ops are gone; the Div whose input is also read by the Relu stays.
+    let ops = |t: &str| g.node.iter().filter(|n| n.op_type() == t).count();
+    assert_eq!(ops("Div"), 1, "{j}");
+    assert!(g.node.iter().any(|n| n.name() == "third"), "{j}");
+    assert!(!g
+        .node
+        .iter()
+        .any(|n| n.name() == "sixth" || n.name() == "half"));
+    assert_eq!(j["folded_ops"], 2, "{j}");
+    // Quantize with s·6 (s/0.5), dequantize with s: the integers of the op's output.
+    let (qs, s_d) = pair_scales(g, "m");
+    assert_eq!(qs.to_bits(), (s_d * 6.0).to_bits(), "{qs} vs {s_d}");
+    let (qs, s_u) = pair_scales(g, "t");
+    assert_eq!(qs.to_bits(), (s_u / 0.5).to_bits(), "{qs} vs {s_u}");
+    // s is the scale of the folded op's output range: x·x / 6 of values in [-2, 2] stays
+    // within [0, 4/6], so its u8 scale is at most (4/6) / 255.
+    assert!(s_d > 0.0 && s_d <= (4.0f32 / 6.0) / 255.0 * 1.0001, "{s_d}");
+    // The quantized model computes the float model's outputs (a missing or doubled scaling
+    // would put them off by a factor: SQNR near or below 0 dB).
+    for out in ["y", "r"] {
+        let db = j["validation"][out]["sqnr_db"].as_f64().unwrap();
+        assert!(db > 15.0, "{out}: {db} dB\n{j}");
+    }
+}
