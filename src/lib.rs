@@ -19,9 +19,11 @@
 //! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
 //! method turns each into a range; `--method adaptive`, the default, runs every method's
 //! set of ranges in `tune::sim`'s simulation model on a few calibration samples and keeps
-//! the set closest to their float outputs, which the collector kept while calibrating,
-//! `cli::quantize::adaptive`) → materialise
-//! (`passes::insert_qdq`) → encode → validate (both models in tract, `report::compare`)
+//! the method whose set comes closest to their float outputs, which the collector kept
+//! while calibrating; the compared ranges come from the other samples' statistics, which
+//! the collector keeps apart, `cli::quantize::adaptive`) → materialise
+//! (`passes::insert_qdq`: Relu/Clip folded into their producer's range, Div/Mul by a
+//! constant into its QuantizeLinear scale) → encode → validate (both models in tract, `report::compare`)
 //! → with `--report`, one HTML page (`report::html`).
 //!
 //! Subgraphs: tract returns main-graph values only, so calibration runs each If branch

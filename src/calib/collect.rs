@@ -101,6 +101,7 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     workers: usize,
     keep: &BTreeSet<usize>,
     stats: &mut BTreeMap<String, TensorStats>,
+    others: &mut BTreeMap<String, TensorStats>,
     outputs: &mut BTreeMap<usize, Sample>,
     mut done: u64,
     total: u64,
@@ -127,7 +128,9 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                 let tx = tx.clone();
                 let (session, next, stop) = (&session, &next, &stop);
                 scope.spawn(move || {
+                    // Statistics of the samples not kept, and of those kept.
                     let mut local: BTreeMap<String, TensorStats> = BTreeMap::new();
+                    let mut local_kept: BTreeMap<String, TensorStats> = BTreeMap::new();
                     let mut kept: Vec<(usize, Sample)> = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -138,17 +141,23 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                             Ok(s) => s,
                             Err(e) => {
                                 stop.store(true, Ordering::Relaxed);
-                                return (local, kept, Some((i, CollectError::Data(e))));
+                                let err = Some((i, CollectError::Data(e)));
+                                return (local, local_kept, kept, err);
                             }
                         };
                         let keep_this = keep.contains(&i);
+                        let into = if keep_this {
+                            &mut local_kept
+                        } else {
+                            &mut local
+                        };
                         let ran =
                             session.run_observed(&sample, keep_this, |name, value| match value {
                                 TapValue::F32(v) => {
-                                    local.entry(name.to_string()).or_default().observe(v);
+                                    into.entry(name.to_string()).or_default().observe(v);
                                     Ok(())
                                 }
-                                TapValue::Host(t) => local
+                                TapValue::Host(t) => into
                                     .entry(name.to_string())
                                     .or_default()
                                     .observe_tensor(name, &t),
@@ -162,13 +171,13 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                                     ObservedError::Exec(e) => CollectError::Exec(e),
                                     ObservedError::Observer(e) => CollectError::Calib(e),
                                 };
-                                return (local, kept, Some((i, e)));
+                                return (local, local_kept, kept, Some((i, e)));
                             }
                         }
                         // The receiver only stops listening once every worker is done.
                         let _ = tx.send(());
                     }
-                    (local, kept, None)
+                    (local, local_kept, kept, None)
                 })
             })
             .collect();
@@ -183,21 +192,34 @@ fn collect_streamed<S: SampleSource + ?Sized>(
             .collect()
     });
     let mut first_error: Option<(usize, CollectError)> = None;
-    for (local, kept, err) in results {
+    let merge_into = |acc: &mut BTreeMap<String, TensorStats>,
+                      part: BTreeMap<String, TensorStats>| {
+        for (name, st) in part {
+            match acc.get_mut(&name) {
+                Some(a) => a.merge(&st),
+                None => {
+                    acc.insert(name, st);
+                }
+            }
+        }
+    };
+    let mut of_kept = BTreeMap::new();
+    for (local, local_kept, kept, err) in results {
         outputs.extend(kept);
         if let Some((i, e)) = err {
             if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
                 first_error = Some((i, e));
             }
         }
-        for (name, st) in local {
-            match stats.get_mut(&name) {
-                Some(acc) => acc.merge(&st),
-                None => {
-                    stats.insert(name, st);
-                }
-            }
-        }
+        merge_into(others, local);
+        merge_into(&mut of_kept, local_kept);
+    }
+    // Merging is exact: every value's statistics are those of one pass over all samples.
+    if keep.is_empty() {
+        merge_into(stats, std::mem::take(others));
+    } else {
+        merge_into(stats, others.clone());
+        merge_into(stats, of_kept);
     }
     match first_error {
         Some((_, e)) => Err(e),
@@ -205,9 +227,10 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     }
 }
 
-/// What a collection worker returns: its statistics, the outputs it kept and, if it stopped
-/// on one, the failing sample's index and error.
+/// What a collection worker returns: its statistics of the samples not kept and of those
+/// kept, the outputs it kept and, if it stopped on one, the failing sample's index and error.
 type WorkerResult = (
+    BTreeMap<String, TensorStats>,
     BTreeMap<String, TensorStats>,
     Vec<(usize, Sample)>,
     Option<(usize, CollectError)>,
@@ -218,6 +241,9 @@ type WorkerResult = (
 pub struct Collected {
     /// Statistics per value.
     pub stats: BTreeMap<String, TensorStats>,
+    /// Statistics per main-graph value over the samples not in `keep` (empty when `keep`
+    /// is): ranges from these are held out from the kept samples.
+    pub others: BTreeMap<String, TensorStats>,
     /// The model's outputs for the samples asked for, by sample index.
     pub outputs: BTreeMap<usize, Sample>,
 }
@@ -273,6 +299,7 @@ pub fn collect_model<S: SampleSource + ?Sized>(
             0
         };
     let mut stats = BTreeMap::new();
+    let mut others = BTreeMap::new();
     let mut outputs = BTreeMap::new();
     let proto = encode(model)?;
     let mut done = collect_streamed(
@@ -283,6 +310,7 @@ pub fn collect_model<S: SampleSource + ?Sized>(
         workers,
         keep,
         &mut stats,
+        &mut others,
         &mut outputs,
         0,
         total,
@@ -296,7 +324,11 @@ pub fn collect_model<S: SampleSource + ?Sized>(
             progress(done, total);
         }
     }
-    Ok(Collected { stats, outputs })
+    Ok(Collected {
+        stats,
+        others,
+        outputs,
+    })
 }
 
 /// Where a value a scope needs comes from, in the run of that scope.

@@ -35,7 +35,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     )?;
     let ds = load_calib(c, &model, &pins)?;
     let p = prepare(c, model, Some(&ds.first()?), false)?;
-    let (file, _) = calibrate(&p, &ds, c.threads, !c.json, &Default::default())?;
+    let file = calibrate(&p, &ds, c.threads, !c.json, &Default::default())?.file;
     file.write(&a.output)?;
     if c.json {
         println!(

@@ -134,10 +134,12 @@ pub struct Args {
     /// float model's; `auto` picks per tensor by the lowest expected quantization error.
     #[arg(long, value_enum, default_value = "adaptive")]
     pub method: Method,
-    /// Calibration samples `--method adaptive` compares the range sets on (evenly spaced;
-    /// fewer, down to one, when the tensors to calibrate hold more than 2^25 values per
-    /// sample, so the comparison costs at most about four calibration passes of 2^25 values).
-    /// Calibration keeps the float model's outputs for these samples (held in memory).
+    /// Calibration samples `--method adaptive` compares the range sets on (evenly spaced, at
+    /// most half of the calibration set; fewer, down to one, when the tensors to calibrate
+    /// hold more than 2^25 values per sample, so the comparison costs at most about four
+    /// calibration passes of 2^25 values). The compared ranges come from the other samples,
+    /// so the comparison sees clipping as new data meets it; the written ranges come from
+    /// all. Calibration keeps the float model's outputs for these samples (held in memory).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub select_samples: usize,
     /// Percentile kept by `--method percentile`.
@@ -458,14 +460,15 @@ pub(crate) fn worker_threads(requested: usize) -> usize {
 }
 
 /// Runs calibration over `samples` (read one at a time) and returns the statistics file,
-/// with the prepared model's outputs for the samples whose indices are in `keep`.
+/// with the prepared model's outputs for the samples whose indices are in `keep` and the
+/// statistics of the other samples.
 pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     p: &Prepared,
     samples: &S,
     threads: usize,
     show_progress: bool,
     keep: &BTreeSet<usize>,
-) -> anyhow::Result<(CalibrationFile, BTreeMap<usize, Sample>)> {
+) -> anyhow::Result<Calibrated> {
     let values = p.plan.calibration_values();
     let bar = super::progress(0, "calibrating");
     if !show_progress {
@@ -492,7 +495,21 @@ pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     let mut file = CalibrationFile::new(p.sha256.clone());
     file.samples = samples.count() as u64;
     file.tensors = collected.stats;
-    Ok((file, collected.outputs))
+    Ok(Calibrated {
+        file,
+        outputs: collected.outputs,
+        others: collected.others,
+    })
+}
+
+/// What [`calibrate`] returns.
+pub(crate) struct Calibrated {
+    /// The statistics of every sample.
+    pub file: CalibrationFile,
+    /// The prepared model's outputs for the kept samples, by index.
+    pub outputs: BTreeMap<usize, Sample>,
+    /// The statistics of the samples not kept (empty when none is kept).
+    pub others: BTreeMap<String, TensorStats>,
 }
 
 /// Fills the plan's ranges from statistics; returns the method chosen per value.
@@ -754,7 +771,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     // The samples `--method adaptive` may compare its sets on (evenly spread); their float
     // outputs are kept while calibrating, so the comparison needs no float run of its own.
     let n_calib = calib.as_ref().map_or(0, |d| d.len());
-    let k_max = a.select_samples.min(n_calib);
+    // At most half of them, so that the compared ranges come from as many other samples.
+    let k_max = a
+        .select_samples
+        .min(if n_calib >= 2 { n_calib / 2 } else { n_calib });
     let candidates: Vec<usize> = (0..k_max).map(|i| i * n_calib / k_max).collect();
     let keep: BTreeSet<usize> = if a.method == Method::Adaptive {
         candidates.iter().copied().collect()
@@ -762,6 +782,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         BTreeSet::new()
     };
     let mut kept = BTreeMap::new();
+    let mut others = BTreeMap::new();
     let stats = match (ranges_file, &calib) {
         (Some(f), _) => {
             if f.model_sha256 != p.sha256 {
@@ -775,9 +796,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             f
         }
         (None, Some(ds)) => {
-            let (file, outputs) = calibrate(&p, ds, c.threads, !c.json, &keep)?;
-            kept = outputs;
-            file
+            let cal = calibrate(&p, ds, c.threads, !c.json, &keep)?;
+            kept = cal.outputs;
+            others = cal.others;
+            cal.file
         }
         (None, None) => unreachable!("calibration data or ranges"),
     };
@@ -817,12 +839,16 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         let (chosen, sel) = adaptive::select(
             &p,
             &mut plan,
-            &stats.tensors,
+            adaptive::Statistics {
+                all: &stats.tensors,
+                others: &others,
+            },
             &opts,
             &picks,
             references,
             c.json,
         )?;
+        drop(others);
         p.plan = plan;
         let m = sel.chosen;
         (chosen, Some(sel), m)
@@ -1712,7 +1738,7 @@ mod tests {
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
         let p = prepare(c, m, Some(&ds.first().unwrap()), wide).unwrap();
-        let (stats, _) = calibrate(&p, &ds, 2, false, &BTreeSet::new()).unwrap();
+        let stats = calibrate(&p, &ds, 2, false, &BTreeSet::new()).unwrap().file;
         (a, p, ds, stats)
     }
 

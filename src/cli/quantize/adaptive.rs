@@ -39,6 +39,9 @@ pub(crate) struct Selection {
     pub chosen: Method,
     /// Calibration samples the sets ran on (0 when the selection did not run).
     pub samples: usize,
+    /// Whether the compared ranges came from the other calibration samples (false: from
+    /// all of them, the compared ones included).
+    pub held_out: bool,
     /// Worst-output SQNR (dB) of each set, in [`SETS`] order; sets equal to an earlier
     /// one share its figure.
     pub sqnr_db: Vec<(Method, f64)>,
@@ -52,9 +55,14 @@ impl Selection {
         match &self.skipped {
             Some(why) => format!("adaptive: auto's ranges ({why})"),
             None => format!(
-                "adaptive: {} (worst output SQNR on {} calibration samples: {})",
+                "adaptive: {} (worst output SQNR on {} calibration samples{}: {})",
                 self.chosen,
                 self.samples,
+                if self.held_out {
+                    ", ranges from the others"
+                } else {
+                    ", ranges from all"
+                },
                 self.sqnr_db
                     .iter()
                     .map(|(m, db)| format!("{m} {db:.1} dB"))
@@ -63,6 +71,14 @@ impl Selection {
             ),
         }
     }
+}
+
+/// The statistics the selection reads: of every calibration sample (the written ranges),
+/// and of those not compared (the compared ranges; empty when every sample is compared).
+#[derive(Clone, Copy)]
+pub(crate) struct Statistics<'a> {
+    pub all: &'a BTreeMap<String, TensorStats>,
+    pub others: &'a BTreeMap<String, TensorStats>,
 }
 
 /// Every set's range per calibrated value, in [`SETS`] order.
@@ -197,7 +213,9 @@ pub(crate) fn range_params(
 }
 
 /// Chooses the range set for `plan` (ranges written into it) on `samples` (calibration
-/// samples; none, or a model the simulation cannot cover, writes `auto`'s). The sets are
+/// samples; none, or a model the simulation cannot cover, writes `auto`'s), the compared
+/// ranges computed from `others`, the statistics of the calibration samples not compared
+/// (from `stats` when it is empty or lacks a value). The sets are
 /// scored against `references`, the prepared float model's outputs for `samples`, kept
 /// while calibrating (the collector keeps them from its run of the main graph, which every
 /// model the simulation covers has). Returns the method of each calibrated value and what
@@ -205,12 +223,13 @@ pub(crate) fn range_params(
 pub(crate) fn select(
     p: &Prepared,
     plan: &mut Plan,
-    stats: &BTreeMap<String, TensorStats>,
+    stats: Statistics,
     opts: &MethodOptions,
     samples: &[Sample],
     references: Vec<Sample>,
     quiet: bool,
 ) -> anyhow::Result<(BTreeMap<String, Method>, Selection)> {
+    let Statistics { all: stats, others } = stats;
     let sets = range_sets(plan, stats, opts)?;
     let skip = |plan: &mut Plan, why: &str| (apply_set(plan, &sets[0]), skip_selection(why));
     if samples.is_empty() {
@@ -238,14 +257,22 @@ pub(crate) fn select(
             "the float outputs of the compared samples were not kept while calibrating",
         ));
     }
+    // The compared sets: held out from the compared samples where their statistics allow.
+    let held = if others.is_empty() {
+        None
+    } else {
+        range_sets(plan, others, opts).ok()
+    };
+    let held_out = held.is_some();
+    let compared = held.unwrap_or_else(|| sets.clone());
     // Distinct sets only; a repeated one shares its figure.
-    let mut first_of: Vec<usize> = Vec::with_capacity(sets.len());
-    for k in 0..sets.len() {
+    let mut first_of: Vec<usize> = Vec::with_capacity(compared.len());
+    for k in 0..compared.len() {
         let same = (0..k).find(|&j| {
             first_of[j] == j
-                && sets[j]
+                && compared[j]
                     .values()
-                    .zip(sets[k].values())
+                    .zip(compared[k].values())
                     .all(|(a, b)| (a.lo, a.hi) == (b.lo, b.hi))
         });
         first_of.push(same.unwrap_or(k));
@@ -257,14 +284,14 @@ pub(crate) fn select(
 
     // The simulation of the written model with auto's ranges; other sets change only the
     // parameters fed to it.
-    let chosen0 = apply_set(plan, &sets[0]);
+    apply_set(plan, &compared[0]);
     // A model the simulation cannot be built or run for keeps auto's ranges, and says why.
     let (units, sim) = match simulation(p, plan) {
         Ok(s) => s,
-        Err(e) => return Ok((chosen0, skip_selection(&e.to_string()))),
+        Err(e) => return Ok(skip(plan, &e.to_string())),
     };
     if units.is_empty() {
-        return Ok((chosen0, skip_selection("no activation unit to switch")));
+        return Ok(skip(plan, "no activation unit to switch"));
     }
     let ev = match Evaluator::with_references(
         &sim,
@@ -275,15 +302,15 @@ pub(crate) fn select(
     ) {
         Ok(ev) => ev,
         Err(e) => {
-            return Ok((
-                chosen0,
-                skip_selection(&format!("the simulation model does not run: {e}")),
+            return Ok(skip(
+                plan,
+                &format!("the simulation model does not run: {e}"),
             ))
         }
     };
     let mut params = Vec::with_capacity(distinct.len());
     for &k in &distinct {
-        params.push(range_params(p, plan, &units, &sim, &sets[k])?);
+        params.push(range_params(p, plan, &units, &sim, &compared[k])?);
     }
     let bar = progress(params.len() as u64, "choosing ranges");
     if quiet {
@@ -293,9 +320,9 @@ pub(crate) fn select(
         Ok(m) => m,
         Err(e) => {
             bar.finish_and_clear();
-            return Ok((
-                chosen0,
-                skip_selection(&format!("the simulation model does not run: {e}")),
+            return Ok(skip(
+                plan,
+                &format!("the simulation model does not run: {e}"),
             ));
         }
     };
@@ -315,16 +342,14 @@ pub(crate) fn select(
             best = k;
         }
     }
-    let chosen = if best == 0 {
-        chosen0
-    } else {
-        apply_set(plan, &sets[best])
-    };
+    // The winner's method over all the samples.
+    let chosen = apply_set(plan, &sets[best]);
     Ok((
         chosen,
         Selection {
             chosen: SETS[best],
             samples: ev.samples(),
+            held_out,
             sqnr_db: SETS.iter().copied().zip(figure).collect(),
             skipped: None,
         },
@@ -335,6 +360,7 @@ fn skip_selection(why: &str) -> Selection {
     Selection {
         chosen: Method::Auto,
         samples: 0,
+        held_out: false,
         sqnr_db: Vec::new(),
         skipped: Some(why.to_string()),
     }
