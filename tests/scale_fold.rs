@@ -127,4 +127,28 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
         let db = j["validation"][out]["sqnr_db"].as_f64().unwrap();
         assert!(db > 15.0, "{out}: {db} dB\n{j}");
     }
+    // The per-tensor comparison sets each dequantized value against the folded op's output,
+    // what the next op reads in the float model.
+    let r = qrange(&[
+        "compare",
+        &s(&mp),
+        &s(&out),
+        "--data",
+        &s(&eval),
+        "--per-tensor",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let layers = c["per_tensor"]["layers"].as_array().unwrap();
+    for (value, folded_output) in [("m", "d"), ("t", "u")] {
+        let l = layers
+            .iter()
+            .find(|l| l["value"] == value)
+            .unwrap_or_else(|| panic!("{value} not compared: {c}"));
+        let dq = &l["dequantized"];
+        assert_eq!(dq["reference"], folded_output, "{l}");
+        let db = dq["metrics"]["sqnr_db"].as_f64().unwrap();
+        assert!(db > 20.0, "{value}: {db} dB against {folded_output}: {l}");
+    }
 }

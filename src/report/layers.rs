@@ -12,9 +12,9 @@
 //! - when a `QuantizeLinear` reads it and a `DequantizeLinear` reads that Q's output, the
 //!   DQ's output — what the next op sees — is compared too, against the value the next op
 //!   reads in the reference. That is the same value unless the test model fused an op
-//!   into the quantization (a Relu whose clipping the quantized range does): then the
-//!   next op reads the Relu's output in the reference, and that is what the dequantized
-//!   value must match;
+//!   into the quantization (a Relu whose clipping the quantized range does, a Div or Mul
+//!   by a constant whose scaling the DequantizeLinear does): then the next op reads that
+//!   op's output in the reference, and that is what the dequantized value must match;
 //! - tools rename values they rewire: a quantized graph output keeps its name on the
 //!   dequantized value (the producer's value becomes `y.float` for qrange,
 //!   `y_QuantizeLinear_Input` for ONNX Runtime's quantizer), and a fused Relu's output
@@ -263,6 +263,35 @@ fn is_op(g: &Graph, o: OpId, op_type: &str) -> bool {
     op.op_type == op_type && matches!(op.domain_key(), "" | "com.microsoft")
 }
 
+/// True when the `DequantizeLinear` giving `dq` has another scale than the
+/// `QuantizeLinear` it reads: the pair also scales (a Div/Mul by a constant folded into
+/// it), so the quantized value itself is still the unscaled one.
+fn rescales(g: &Graph, dq: ValueId) -> bool {
+    let scale = |o: OpId| {
+        g.input(o, 1)
+            .and_then(|v| g.const_of(v))
+            .and_then(|t| t.to_tensor().ok())
+            .and_then(|t| t.to_f64_vec())
+    };
+    let Some((d, _)) = g
+        .producer(dq)
+        .filter(|(d, _)| is_op(g, *d, "DequantizeLinear"))
+    else {
+        return false;
+    };
+    let Some((q, _)) = g
+        .input(d, 0)
+        .and_then(|v| g.producer(v))
+        .filter(|(q, _)| is_op(g, *q, "QuantizeLinear"))
+    else {
+        return false;
+    };
+    match (scale(q), scale(d)) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
+    }
+}
+
 /// The output of the first `QuantizeLinear → DequantizeLinear` pair reading `v`.
 fn dequantized_of(g: &Graph, v: ValueId) -> Option<ValueId> {
     let mut qs: Vec<OpId> = g
@@ -303,8 +332,9 @@ fn quantized_source(g: &Graph, v: ValueId) -> Option<ValueId> {
     (g.producer(u).is_some()).then_some(u)
 }
 
-/// True when `from` is `to` or derives from it through at most `depth` single-input ops
-/// (first input, the other inputs constant): the ops a quantizer may fold.
+/// True when `from` is `to` or derives from it through at most `depth` ops with one
+/// computed input (the others constant, e.g. a Relu, a Clip, a Div or Mul by a constant):
+/// the ops a quantizer may fold.
 fn derives_from(g: &Graph, from: ValueId, to: ValueId, depth: usize) -> bool {
     if from == to {
         return true;
@@ -315,14 +345,14 @@ fn derives_from(g: &Graph, from: ValueId, to: ValueId, depth: usize) -> bool {
     let Some((p, _)) = g.producer(from) else {
         return false;
     };
-    let inputs = g.inputs_of(p);
-    let computed = inputs
-        .iter()
+    let computed: Vec<ValueId> = g
+        .inputs_of(p)
+        .into_iter()
         .flatten()
-        .filter(|v| g.const_of(**v).is_none())
-        .count();
-    match inputs.first() {
-        Some(Some(first)) if computed == 1 => derives_from(g, *first, to, depth - 1),
+        .filter(|v| g.const_of(*v).is_none())
+        .collect();
+    match computed.as_slice() {
+        [one] => derives_from(g, *one, to, depth - 1),
         _ => false,
     }
 }
@@ -576,8 +606,10 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
             // `r` is more than `x` through absorbed activations, the test model's op
             // absorbed the ops in between (a folded bias Add that left the op its own
             // output name), and computes the value before those activations.
+            // Not for a rescaling pair: its value is the op's own, its dequantized form the
+            // output of the Div/Mul folded into it.
             let (x, o, index) = match dq {
-                Some((_, r)) => {
+                Some((d, r)) if !rescales(gb, d) => {
                     let t = before_activations(ga, r, x);
                     match ga.producer(t) {
                         Some((to, _)) if t != x => {
@@ -593,7 +625,7 @@ fn pair(a: &Model, b: &Model) -> Result<(Vec<Pairing>, Unpaired), PerTensorError
                         _ => (x, o, index),
                     }
                 }
-                None => (x, o, index),
+                _ => (x, o, index),
             };
             let name = ga.value(x).name.clone();
             if let Some(d) = gb.value(test).dtype().filter(|d| !d.is_float()) {
