@@ -101,7 +101,7 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     workers: usize,
     keep: &BTreeSet<usize>,
     stats: &mut BTreeMap<String, TensorStats>,
-    others: &mut BTreeMap<String, TensorStats>,
+    on_others: &mut dyn FnMut(&BTreeMap<String, TensorStats>),
     outputs: &mut BTreeMap<usize, Sample>,
     mut done: u64,
     total: u64,
@@ -203,6 +203,7 @@ fn collect_streamed<S: SampleSource + ?Sized>(
             }
         }
     };
+    let mut others = BTreeMap::new();
     let mut of_kept = BTreeMap::new();
     for (local, local_kept, kept, err) in results {
         outputs.extend(kept);
@@ -211,16 +212,15 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                 first_error = Some((i, e));
             }
         }
-        merge_into(others, local);
+        merge_into(&mut others, local);
         merge_into(&mut of_kept, local_kept);
     }
-    // Merging is exact: every value's statistics are those of one pass over all samples.
-    if keep.is_empty() {
-        merge_into(stats, std::mem::take(others));
-    } else {
-        merge_into(stats, others.clone());
-        merge_into(stats, of_kept);
+    if !keep.is_empty() && first_error.is_none() {
+        on_others(&others);
     }
+    // Merging is exact: every value's statistics are those of one pass over all samples.
+    merge_into(stats, others);
+    merge_into(stats, of_kept);
     match first_error {
         Some((_, e)) => Err(e),
         None => Ok(done),
@@ -236,14 +236,22 @@ type WorkerResult = (
     Option<(usize, CollectError)>,
 );
 
+/// The samples whose model outputs [`collect_model`] keeps, and what it does with the
+/// statistics of the other samples.
+pub struct Keep<'a> {
+    /// Sample indices.
+    pub samples: &'a BTreeSet<usize>,
+    /// Called once when `samples` is not empty and every sample ran, with the statistics
+    /// of the main-graph values over the other samples, before they are merged into the
+    /// result (ranges from them are held out from the kept samples, at no copy).
+    pub others: &'a mut dyn FnMut(&BTreeMap<String, TensorStats>),
+}
+
 /// What [`collect_model`] returns.
 #[derive(Debug, Default)]
 pub struct Collected {
     /// Statistics per value.
     pub stats: BTreeMap<String, TensorStats>,
-    /// Statistics per main-graph value over the samples not in `keep` (empty when `keep`
-    /// is): ranges from these are held out from the kept samples.
-    pub others: BTreeMap<String, TensorStats>,
     /// The model's outputs for the samples asked for, by sample index.
     pub outputs: BTreeMap<usize, Sample>,
 }
@@ -260,15 +268,15 @@ fn encode(m: &Model) -> Result<ModelProto, CollectError> {
 /// (`collect_streamed`); values inside `If` branches and `Scan` bodies are collected as
 /// the module documentation describes. `progress(done, total)` is called after each pass over a
 /// sample. The result does not depend on `workers`. The model's outputs (main graph) are
-/// kept for the samples whose indices are in `keep` when main-graph values are calibrated:
-/// they cost no extra run.
+/// kept for the samples of `keep` when main-graph values are calibrated: they cost no extra
+/// run; so are, apart, the statistics of the other samples (see [`Keep::others`]).
 pub fn collect_model<S: SampleSource + ?Sized>(
     model: &Model,
     base_dir: Option<&Path>,
     samples: &S,
     values: &[String],
     workers: usize,
-    keep: &BTreeSet<usize>,
+    keep: Keep,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Collected, CollectError> {
     let keys = ValueKeys::of(&model.graph);
@@ -299,7 +307,6 @@ pub fn collect_model<S: SampleSource + ?Sized>(
             0
         };
     let mut stats = BTreeMap::new();
-    let mut others = BTreeMap::new();
     let mut outputs = BTreeMap::new();
     let proto = encode(model)?;
     let mut done = collect_streamed(
@@ -308,9 +315,9 @@ pub fn collect_model<S: SampleSource + ?Sized>(
         samples,
         &main,
         workers,
-        keep,
+        keep.samples,
         &mut stats,
-        &mut others,
+        keep.others,
         &mut outputs,
         0,
         total,
@@ -324,11 +331,7 @@ pub fn collect_model<S: SampleSource + ?Sized>(
             progress(done, total);
         }
     }
-    Ok(Collected {
-        stats,
-        others,
-        outputs,
-    })
+    Ok(Collected { stats, outputs })
 }
 
 /// Where a value a scope needs comes from, in the run of that scope.
@@ -742,8 +745,10 @@ mod tests {
         };
         let session = Session::new(&proto, None, &ds.first().unwrap(), &opts).unwrap();
         let mut expected: BTreeMap<String, TensorStats> = BTreeMap::new();
+        let mut expected_others: BTreeMap<String, TensorStats> = BTreeMap::new();
+        let keep: BTreeSet<usize> = [0, ds.len() - 1].into();
         let mut outputs = Vec::new();
-        for sample in ds.iter() {
+        for (i, sample) in ds.iter().enumerate() {
             let out = session.run(&sample.unwrap()).unwrap();
             outputs.push(
                 g.outputs
@@ -760,18 +765,36 @@ mod tests {
                     .or_default()
                     .observe_tensor(v, &out[v])
                     .unwrap();
+                if !keep.contains(&i) {
+                    expected_others
+                        .entry(v.clone())
+                        .or_default()
+                        .observe_tensor(v, &out[v])
+                        .unwrap();
+                }
             }
         }
         let json = |m: &BTreeMap<String, TensorStats>| serde_json::to_string(m).unwrap();
-        let keep: BTreeSet<usize> = [0, ds.len() - 1].into();
         for workers in [1, 3] {
             let mut calls = 0;
-            let got = collect_model(&model, None, &ds, &values, workers, &keep, |_, _| {
-                calls += 1
-            })
+            let mut others = None;
+            let got = collect_model(
+                &model,
+                None,
+                &ds,
+                &values,
+                workers,
+                Keep {
+                    samples: &keep,
+                    others: &mut |o| others = Some(json(o)),
+                },
+                |_, _| calls += 1,
+            )
             .unwrap();
             assert_eq!(json(&got.stats), json(&expected), "workers {workers}");
             assert_eq!(calls, ds.len());
+            // The statistics handed over apart are those of the samples not kept.
+            assert_eq!(others, Some(json(&expected_others)), "workers {workers}");
             // The outputs kept are those of a plain run of the same samples.
             assert_eq!(got.outputs.keys().copied().collect::<BTreeSet<_>>(), keep);
             for (i, out) in &got.outputs {

@@ -4,6 +4,7 @@
 use super::quantize::{calibrate, load_calib, prepare, CommonArgs};
 use super::run::{check_preprocess_used, parse_pins};
 use super::Outcome;
+use crate::calib::collect::Keep;
 use crate::calib::CalibrationFile;
 use std::path::PathBuf;
 
@@ -35,7 +36,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     )?;
     let ds = load_calib(c, &model, &pins)?;
     let p = prepare(c, model, Some(&ds.first()?), false)?;
-    let file = calibrate(&p, &ds, c.threads, !c.json, &Default::default())?.file;
+    let keep = Keep {
+        samples: &Default::default(),
+        others: &mut |_| {},
+    };
+    let (file, _) = calibrate(&p, &ds, c.threads, !c.json, keep)?;
     file.write(&a.output)?;
     if c.json {
         println!(

@@ -6,7 +6,7 @@ use super::run::{
     sample_shapes,
 };
 use super::Outcome;
-use crate::calib::collect::{collect_model, CollectError};
+use crate::calib::collect::{collect_model, CollectError, Keep};
 use crate::calib::{
     compute_ranges, CalibrationFile, Method, MethodOptions, QuantTarget, TensorStats,
 };
@@ -460,15 +460,15 @@ pub(crate) fn worker_threads(requested: usize) -> usize {
 }
 
 /// Runs calibration over `samples` (read one at a time) and returns the statistics file,
-/// with the prepared model's outputs for the samples whose indices are in `keep` and the
-/// statistics of the other samples.
+/// with the prepared model's outputs for the samples of `keep` (whose callback gets the
+/// statistics of the other samples).
 pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     p: &Prepared,
     samples: &S,
     threads: usize,
     show_progress: bool,
-    keep: &BTreeSet<usize>,
-) -> anyhow::Result<Calibrated> {
+    keep: Keep,
+) -> anyhow::Result<(CalibrationFile, BTreeMap<usize, Sample>)> {
     let values = p.plan.calibration_values();
     let bar = super::progress(0, "calibrating");
     if !show_progress {
@@ -495,21 +495,7 @@ pub(crate) fn calibrate<S: SampleSource + ?Sized>(
     let mut file = CalibrationFile::new(p.sha256.clone());
     file.samples = samples.count() as u64;
     file.tensors = collected.stats;
-    Ok(Calibrated {
-        file,
-        outputs: collected.outputs,
-        others: collected.others,
-    })
-}
-
-/// What [`calibrate`] returns.
-pub(crate) struct Calibrated {
-    /// The statistics of every sample.
-    pub file: CalibrationFile,
-    /// The prepared model's outputs for the kept samples, by index.
-    pub outputs: BTreeMap<usize, Sample>,
-    /// The statistics of the samples not kept (empty when none is kept).
-    pub others: BTreeMap<String, TensorStats>,
+    Ok((file, collected.outputs))
 }
 
 /// Fills the plan's ranges from statistics; returns the method chosen per value.
@@ -781,8 +767,14 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     } else {
         BTreeSet::new()
     };
+    let opts = MethodOptions {
+        percentile: a.percentile,
+        ..MethodOptions::default()
+    };
     let mut kept = BTreeMap::new();
-    let mut others = BTreeMap::new();
+    // `--method adaptive`'s range sets from the samples it does not compare, computed while
+    // calibrating, before their statistics are merged with the compared samples'.
+    let mut held_out: Option<adaptive::RangeSets> = None;
     let stats = match (ranges_file, &calib) {
         (Some(f), _) => {
             if f.model_sha256 != p.sha256 {
@@ -796,16 +788,19 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             f
         }
         (None, Some(ds)) => {
-            let cal = calibrate(&p, ds, c.threads, !c.json, &keep)?;
-            kept = cal.outputs;
-            others = cal.others;
-            cal.file
+            let plan = &p.plan;
+            let mut held = |others: &BTreeMap<String, TensorStats>| {
+                held_out = adaptive::range_sets(plan, others, &opts).ok();
+            };
+            let keep = Keep {
+                samples: &keep,
+                others: &mut held,
+            };
+            let (file, outputs) = calibrate(&p, ds, c.threads, !c.json, keep)?;
+            kept = outputs;
+            file
         }
         (None, None) => unreachable!("calibration data or ranges"),
-    };
-    let opts = MethodOptions {
-        percentile: a.percentile,
-        ..MethodOptions::default()
     };
     // Subgraphs no sample reached have no statistics: their ops stay float.
     let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
@@ -841,14 +836,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             &mut plan,
             adaptive::Statistics {
                 all: &stats.tensors,
-                others: &others,
+                held_out: held_out.take(),
             },
             &opts,
             &picks,
             references,
             c.json,
         )?;
-        drop(others);
         p.plan = plan;
         let m = sel.chosen;
         (chosen, Some(sel), m)
@@ -1738,7 +1732,11 @@ mod tests {
         let pins = parse_pins(&m, &c.pin).unwrap();
         let ds = load_calib(c, &m, &pins).unwrap();
         let p = prepare(c, m, Some(&ds.first().unwrap()), wide).unwrap();
-        let stats = calibrate(&p, &ds, 2, false, &BTreeSet::new()).unwrap().file;
+        let keep = Keep {
+            samples: &BTreeSet::new(),
+            others: &mut |_| {},
+        };
+        let (stats, _) = calibrate(&p, &ds, 2, false, keep).unwrap();
         (a, p, ds, stats)
     }
 

@@ -73,12 +73,12 @@ impl Selection {
     }
 }
 
-/// The statistics the selection reads: of every calibration sample (the written ranges),
-/// and of those not compared (the compared ranges; empty when every sample is compared).
-#[derive(Clone, Copy)]
+/// What the selection reads: the statistics of every calibration sample (the written
+/// ranges), and the range sets of the samples not compared ([`range_sets`] of their
+/// statistics, computed while calibrating; `None` when every sample is compared).
 pub(crate) struct Statistics<'a> {
     pub all: &'a BTreeMap<String, TensorStats>,
-    pub others: &'a BTreeMap<String, TensorStats>,
+    pub held_out: Option<RangeSets>,
 }
 
 /// Every set's range per calibrated value, in [`SETS`] order.
@@ -214,8 +214,8 @@ pub(crate) fn range_params(
 
 /// Chooses the range set for `plan` (ranges written into it) on `samples` (calibration
 /// samples; none, or a model the simulation cannot cover, writes `auto`'s), the compared
-/// ranges computed from `others`, the statistics of the calibration samples not compared
-/// (from `stats` when it is empty or lacks a value). The sets are
+/// sets being `stats.held_out`, those of the calibration samples not compared (the sets of
+/// `stats.all` when there are none or they cover other values). The sets are
 /// scored against `references`, the prepared float model's outputs for `samples`, kept
 /// while calibrating (the collector keeps them from its run of the main graph, which every
 /// model the simulation covers has). Returns the method of each calibrated value and what
@@ -229,7 +229,10 @@ pub(crate) fn select(
     references: Vec<Sample>,
     quiet: bool,
 ) -> anyhow::Result<(BTreeMap<String, Method>, Selection)> {
-    let Statistics { all: stats, others } = stats;
+    let Statistics {
+        all: stats,
+        held_out,
+    } = stats;
     let sets = range_sets(plan, stats, opts)?;
     let skip = |plan: &mut Plan, why: &str| (apply_set(plan, &sets[0]), skip_selection(why));
     if samples.is_empty() {
@@ -257,12 +260,10 @@ pub(crate) fn select(
             "the float outputs of the compared samples were not kept while calibrating",
         ));
     }
-    // The compared sets: held out from the compared samples where their statistics allow.
-    let held = if others.is_empty() {
-        None
-    } else {
-        range_sets(plan, others, opts).ok()
-    };
+    // The compared sets: held out from the compared samples when they cover the same values.
+    let held = held_out.filter(|h| {
+        h.len() == sets.len() && h.iter().zip(&sets).all(|(a, b)| a.keys().eq(b.keys()))
+    });
     let held_out = held.is_some();
     let compared = held.unwrap_or_else(|| sets.clone());
     // Distinct sets only; a repeated one shares its figure.
