@@ -152,3 +152,165 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
         assert!(db > 20.0, "{value}: {db} dB against {folded_output}: {l}");
     }
 }
+
+fn graph_attr(name: &str, g: proto::GraphProto) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(5),
+        g: Some(g),
+        ..Default::default()
+    }
+}
+
+/// Quantizes `m` with minmax ranges and validation on samples of its `x: f32[1,8]`; the
+/// written model and the JSON summary.
+fn quantize_model(m: &proto::ModelProto) -> (proto::ModelProto, serde_json::Value) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, calib, eval, out) = (
+        tmp.path().join("m.onnx"),
+        tmp.path().join("calib.npz"),
+        tmp.path().join("eval.npz"),
+        tmp.path().join("q.onnx"),
+    );
+    write_proto(&mp, m);
+    samples(&calib, 24, 0.0);
+    samples(&eval, 8, 0.4);
+    let j = quantize_json(&[
+        &s(&mp),
+        "--calib",
+        &s(&calib),
+        "--eval",
+        &s(&eval),
+        "--method",
+        "minmax",
+        "-o",
+        &s(&out),
+    ]);
+    (load(&out), j)
+}
+
+#[test]
+fn a_constant_that_broadcasts_to_a_higher_rank_is_not_folded() {
+    // Div by a [1,1,1] constant turns t: [1,8] into u: [1,1,8]; removing it would change
+    // the shape every later value has.
+    let m = model(
+        vec![
+            node("MatMul", "mm1", &["x", "w1"], &["t"]),
+            node("Div", "scale", &["t", "c3"], &["u"]),
+            node("MatMul", "mm2", &["u", "w2"], &["y"]),
+        ],
+        vec![
+            f32_init("c3", &[1, 1, 1], &[4.0]),
+            f32_init(
+                "w1",
+                &[8, 8],
+                &(0..64).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>(),
+            ),
+            f32_init(
+                "w2",
+                &[8, 8],
+                &(0..64).map(|i| (i as f32 * 0.7).cos()).collect::<Vec<_>>(),
+            ),
+        ],
+        vec![vi("x", 1, &[1, 8])],
+        vec![vi("y", 1, &[1, 1, 8])],
+    );
+    let (q, j) = quantize_model(&m);
+    let g = q.graph.as_ref().unwrap();
+    assert!(g.node.iter().any(|n| n.name() == "scale"), "{j}");
+    assert_eq!(j["folded_ops"], 0, "{j}");
+    assert!(
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        "{j}"
+    );
+}
+
+#[test]
+fn a_constant_of_an_enclosing_graph_is_not_folded() {
+    // Inside an If branch, Mul(c, t) with `c` a main-graph initializer: the branch keeps
+    // its Mul and computes what the float model computes.
+    let branch = |name: &str, scaled: bool| {
+        let mut nodes = vec![node(
+            "MatMul",
+            &format!("{name}_mm1"),
+            &["x", "w1"],
+            &[&format!("{name}_t")],
+        )];
+        let mid = if scaled {
+            nodes.push(node(
+                "Mul",
+                &format!("{name}_scale"),
+                &["c", &format!("{name}_t")],
+                &[&format!("{name}_u")],
+            ));
+            format!("{name}_u")
+        } else {
+            format!("{name}_t")
+        };
+        nodes.push(node(
+            "MatMul",
+            &format!("{name}_mm2"),
+            &[&mid, "w2"],
+            &[&format!("{name}_y")],
+        ));
+        proto::GraphProto {
+            name: Some(name.into()),
+            node: nodes,
+            output: vec![vi(&format!("{name}_y"), 1, &[1, 8])],
+            ..Default::default()
+        }
+    };
+    let mut iff = node("If", "if", &["cond"], &["y"]);
+    iff.attribute = vec![
+        graph_attr("else_branch", branch("else", false)),
+        graph_attr("then_branch", branch("then", true)),
+    ];
+    let mut sum = node("ReduceSum", "sum", &["x"], &["s"]);
+    sum.attribute = vec![proto::AttributeProto {
+        name: Some("keepdims".into()),
+        r#type: Some(2),
+        i: Some(0),
+        ..Default::default()
+    }];
+    let m = model(
+        vec![
+            sum,
+            node("Greater", "positive", &["s", "zero"], &["cond"]),
+            iff,
+        ],
+        vec![
+            f32_init("zero", &[], &[0.0]),
+            f32_init("c", &[], &[0.25]),
+            f32_init(
+                "w1",
+                &[8, 8],
+                &(0..64).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>(),
+            ),
+            f32_init(
+                "w2",
+                &[8, 8],
+                &(0..64).map(|i| (i as f32 * 0.7).cos()).collect::<Vec<_>>(),
+            ),
+        ],
+        vec![vi("x", 1, &[1, 8])],
+        vec![vi("y", 1, &[1, 8])],
+    );
+    let (q, j) = quantize_model(&m);
+    let g = q.graph.as_ref().unwrap();
+    let iff = g
+        .node
+        .iter()
+        .find(|n| n.op_type() == "If")
+        .expect("the If stays");
+    let then = iff
+        .attribute
+        .iter()
+        .find(|a| a.name() == "then_branch")
+        .and_then(|a| a.g.as_ref())
+        .unwrap();
+    assert!(then.node.iter().any(|n| n.name() == "then_scale"), "{j}");
+    assert!(
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        "{j}"
+    );
+}

@@ -87,11 +87,13 @@ pub fn plan_groups(values: &[(String, u64)], budget: u64) -> Vec<Vec<String>> {
 /// Statistics of main-graph `values` over `samples`, with streamed taps: each value is
 /// folded into its statistics the moment the engine computes it, and freed once its readers
 /// ran, so a run never holds all tapped values at once. `workers` threads take samples in
-/// turn, each with its own statistics, merged at the end in worker order; merging is exact
+/// turn, each with its own statistics (two maps: the samples in `keep` and the others),
+/// merged at the end in worker order, the others' first; merging is exact
 /// ([`TensorStats::merge`]), so the result does not depend on which thread saw which sample.
 /// On failure the error of the first failing sample (in sample order) is returned.
 /// `progress(done, total)` is called after each sample. The model's outputs for the samples
-/// whose indices are in `keep` go to `outputs`.
+/// whose indices are in `keep` go to `outputs`; when `keep` is not empty and every sample
+/// ran, `on_others` gets the others' statistics before they are merged in.
 #[allow(clippy::too_many_arguments)]
 fn collect_streamed<S: SampleSource + ?Sized>(
     model: &ModelProto,

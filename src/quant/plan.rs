@@ -789,6 +789,8 @@ fn share_root(plan: &Plan, name: &str) -> Option<String> {
 /// a quantized activation of its own (no shared or borrowed range, no fold yet) read by
 /// this op alone: `x`, the op's output `y` and the fold. Neither value may be a graph
 /// output or read by a subgraph: `y` disappears and `x`'s dequantized value becomes `y`.
+/// The constant is an initializer of the op's own graph, of one element and of a rank at
+/// most `x`'s (known), so that `y` has `x`'s shape.
 fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, ScaleFold)> {
     let g = cx.g;
     let op = g.op(o);
@@ -799,9 +801,18 @@ fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, Sc
     let [Some(a), Some(b)] = ins.as_slice() else {
         return None;
     };
-    let positive = |v: ValueId| -> Option<f32> {
-        let t = cx.const_of(v)?;
-        if t.numel() != 1 {
+    // The constant must be an initializer of this graph (the pass that removes the op
+    // tells its data input from it there), and must not broadcast `x` to a higher rank.
+    let x_rank = |x: ValueId| {
+        g.value(x)
+            .ty
+            .as_ref()
+            .and_then(|t| t.known_dims())
+            .map(|d| d.len())
+    };
+    let positive = |v: ValueId, x: ValueId| -> Option<f32> {
+        let t = g.const_of(v)?;
+        if t.numel() != 1 || x_rank(x).is_none_or(|r| t.dims.len() > r) {
             return None;
         }
         match t.to_tensor().ok()? {
@@ -814,8 +825,8 @@ fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, Sc
         }
     };
     let (x, fold) = match op.op_type.as_str() {
-        "Div" => (*a, ScaleFold::Div(positive(*b)?)),
-        _ => match (positive(*a), positive(*b)) {
+        "Div" => (*a, ScaleFold::Div(positive(*b, *a)?)),
+        _ => match (positive(*a, *b), positive(*b, *a)) {
             (None, Some(c)) => (*a, ScaleFold::Mul(c)),
             (Some(c), None) => (*b, ScaleFold::Mul(c)),
             _ => return None,

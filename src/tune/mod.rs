@@ -276,7 +276,8 @@ pub struct Unit {
     pub elements: u64,
     /// The Relu/Clip or Div/Mul folded into the root's quantization (its op key), if any.
     pub folded_op: Option<String>,
-    /// The root's QuantizeLinear scale when a Div/Mul by a constant is folded into it.
+    /// The Div/Mul by a constant folded into the root's quantization, if any (its
+    /// QuantizeLinear scale is then [`ScaleFold::quantize_scale`] of the unit's scale).
     pub scale_fold: Option<ScaleFold>,
 }
 

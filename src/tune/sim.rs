@@ -175,8 +175,8 @@ pub fn dequantized_bias(m: &Model, bias: &str) -> Result<Tensor, TuneError> {
 
 /// The models and switch lists a [`SimModel`] is built from.
 pub struct SimSources<'a> {
-    /// The model before materialisation: a unit with a folded Relu/Clip applies that op
-    /// when switched off.
+    /// The model before materialisation: a unit with a folded Relu/Clip or Div/Mul applies
+    /// that op when switched off.
     pub prepared: &'a Model,
     /// The plan materialised with 8-bit activations.
     pub q: &'a Model,
