@@ -104,6 +104,10 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
     ]);
     let m = load(&out);
     let g = m.graph.as_ref().unwrap();
+    insta::assert_snapshot!(
+        "scale_fold_qdq",
+        qrange::ir::dump::dump_model(&qrange::onnx::read_model(&out).unwrap())
+    );
     // The two foldable ops are gone; the Div whose input is also read by the Relu stays.
     let ops = |t: &str| g.node.iter().filter(|n| n.op_type() == t).count();
     assert_eq!(ops("Div"), 1, "{j}");
