@@ -174,24 +174,30 @@ impl TypedOp for FakeQuant {
 mod tests {
     use super::{fake_quant, fake_quant_slice};
 
+    /// `base` fake-quantized with `params` on the CPU's vector build, after checking that
+    /// the scalar build and the element-wise definition give the same bits.
+    fn same_bits_everywhere(base: &[f32], params: [f32; 5]) -> Vec<f32> {
+        let (mut fast, mut scalar) = (base.to_vec(), base.to_vec());
+        fake_quant_slice(pulp::Arch::new(), &mut fast, params);
+        fake_quant_slice(pulp::Arch::Scalar, &mut scalar, params);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&scalar));
+        let [qs, s, z, lo, hi] = params;
+        let one_by_one: Vec<f32> = base
+            .iter()
+            .map(|&x| fake_quant(x, qs, s, z, lo, hi))
+            .collect();
+        assert_eq!(bits(&fast), bits(&one_by_one));
+        fast
+    }
+
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
         let base: Vec<f32> = (0..4099)
             .map(|i| ((i as f32 * 0.377).sin() * 30.0) + (i % 5) as f32 * 0.05)
             .chain([f32::NAN, -0.0, 1e30, -1e30, 2.5, -2.5])
             .collect();
-        let params = [0.1, 0.1, 10.0, 0.0, 255.0];
-        let (mut fast, mut scalar) = (base.clone(), base.clone());
-        fake_quant_slice(pulp::Arch::new(), &mut fast, params);
-        fake_quant_slice(pulp::Arch::Scalar, &mut scalar, params);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&fast), bits(&scalar));
-        // And both are the element-wise definition.
-        let one_by_one: Vec<f32> = base
-            .iter()
-            .map(|&x| fake_quant(x, 0.1, 0.1, 10.0, 0.0, 255.0))
-            .collect();
-        assert_eq!(bits(&fast), bits(&one_by_one));
+        same_bits_everywhere(&base, [0.1, 0.1, 10.0, 0.0, 255.0]);
     }
 
     #[test]
@@ -232,17 +238,8 @@ mod tests {
         );
         // Same bits on every instruction set with distinct scales too.
         let base: Vec<f32> = (0..1031).map(|i| (i as f32 * 0.61).cos() * 40.0).collect();
-        let params = [0.6, 0.1, 10.0, 0.0, 255.0];
-        let (mut fast, mut scalar) = (base.clone(), base.clone());
-        fake_quant_slice(pulp::Arch::new(), &mut fast, params);
-        fake_quant_slice(pulp::Arch::Scalar, &mut scalar, params);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&fast), bits(&scalar));
+        let fast = same_bits_everywhere(&base, [0.6, 0.1, 10.0, 0.0, 255.0]);
         for (x, y) in base.iter().zip(&fast) {
-            assert_eq!(
-                y.to_bits(),
-                fake_quant(*x, 0.6, 0.1, 10.0, 0.0, 255.0).to_bits()
-            );
             // The quantization of x / 6: within half a step of it, clamped to the grid's
             // [(0 - 10) * 0.1, (255 - 10) * 0.1].
             let expected = (x / 6.0).clamp(-1.0, 24.5);
