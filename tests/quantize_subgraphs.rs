@@ -534,24 +534,13 @@ fn clash_model() -> proto::ModelProto {
         output: vec![vi("out", 1, &[1, 4])],
         ..Default::default()
     };
-    let graph_attr = |name: &str, g: proto::GraphProto| proto::AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(5),
-        g: Some(g),
-        ..Default::default()
-    };
     let mut iff = node("If", "if", &["cond"], &["branch"]);
     iff.attribute = vec![
         graph_attr("else_branch", branch("else", -0.3)),
         graph_attr("then_branch", branch("then", 0.2)),
     ];
     let mut sum = node("ReduceSum", "sum", &["x"], &["s"]);
-    sum.attribute = vec![proto::AttributeProto {
-        name: Some("keepdims".into()),
-        r#type: Some(2),
-        i: Some(0),
-        ..Default::default()
-    }];
+    sum.attribute = vec![int_attr("keepdims", 0)];
     model(
         vec![
             sum,

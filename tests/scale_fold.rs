@@ -8,17 +8,19 @@ mod common;
 use common::*;
 use qrange::ir::Tensor;
 use qrange::onnx::proto;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An f32[8,8] weight initializer, varied by `seed`.
+fn weight(name: &str, seed: f32) -> proto::TensorProto {
+    let vals: Vec<f32> = (0..64)
+        .map(|i| (i as f32 * 0.37 + seed).sin() * 0.8)
+        .collect();
+    f32_init(name, &[8, 8], &vals)
+}
 
 /// `y = MatMul(x·x / 6 + 0.5 · MatMul(x, w1), w2)` on f32[1,8], and a Div whose input has
 /// a second reader (not foldable).
 fn model_with_scalings() -> proto::ModelProto {
-    let w = |name: &str, seed: f32| {
-        let vals: Vec<f32> = (0..64)
-            .map(|i| (i as f32 * 0.37 + seed).sin() * 0.8)
-            .collect();
-        f32_init(name, &[8, 8], &vals)
-    };
     model(
         vec![
             node("Mul", "square", &["x", "x"], &["m"]),
@@ -34,8 +36,8 @@ fn model_with_scalings() -> proto::ModelProto {
             f32_init("six", &[], &[6.0]),
             f32_init("half_c", &[], &[0.5]),
             f32_init("three", &[], &[3.0]),
-            w("w1", 0.1),
-            w("w2", 1.7),
+            weight("w1", 0.1),
+            weight("w2", 1.7),
         ],
         vec![vi("x", 1, &[1, 8])],
         vec![vi("y", 1, &[1, 8]), vi("r", 1, &[1, 8])],
@@ -79,20 +81,30 @@ fn pair_scales(g: &proto::GraphProto, value: &str) -> (f32, f32) {
     (init_scalar(g, &q.input[1]), init_scalar(g, &dq.input[1]))
 }
 
-#[test]
-fn div_and_mul_by_constants_fold_into_the_quantization() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (mp, calib, eval, out) = (
-        tmp.path().join("m.onnx"),
-        tmp.path().join("calib.npz"),
-        tmp.path().join("eval.npz"),
-        tmp.path().join("q.onnx"),
+/// A model quantized by [`quantize_model`], with its files.
+struct Quantized {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    eval: PathBuf,
+    out: PathBuf,
+    /// The JSON summary.
+    json: serde_json::Value,
+}
+
+/// Quantizes `m` with minmax ranges and validation on samples of its `x: f32[1,8]`.
+fn quantize_model(m: &proto::ModelProto) -> Quantized {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, calib, eval, out) = (
+        dir.path().join("m.onnx"),
+        dir.path().join("calib.npz"),
+        dir.path().join("eval.npz"),
+        dir.path().join("q.onnx"),
     );
-    write_proto(&mp, &model_with_scalings());
+    write_proto(&model, m);
     samples(&calib, 24, 0.0);
     samples(&eval, 8, 0.4);
-    let j = quantize_json(&[
-        &s(&mp),
+    let json = quantize_json(&[
+        &s(&model),
         "--calib",
         &s(&calib),
         "--eval",
@@ -102,11 +114,24 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
         "-o",
         &s(&out),
     ]);
-    let m = load(&out);
+    Quantized {
+        _dir: dir,
+        model,
+        eval,
+        out,
+        json,
+    }
+}
+
+#[test]
+fn div_and_mul_by_constants_fold_into_the_quantization() {
+    let q = quantize_model(&model_with_scalings());
+    let (mp, eval, out, j) = (&q.model, &q.eval, &q.out, &q.json);
+    let m = load(out);
     let g = m.graph.as_ref().unwrap();
     insta::assert_snapshot!(
         "scale_fold_qdq",
-        qrange::ir::dump::dump_model(&qrange::onnx::read_model(&out).unwrap())
+        qrange::ir::dump::dump_model(&qrange::onnx::read_model(out).unwrap())
     );
     // The two foldable ops are gone; the Div whose input is also read by the Relu stays.
     let ops = |t: &str| g.node.iter().filter(|n| n.op_type() == t).count();
@@ -135,10 +160,10 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
     // what the next op reads in the float model.
     let r = qrange(&[
         "compare",
-        &s(&mp),
-        &s(&out),
+        &s(mp),
+        &s(out),
         "--data",
-        &s(&eval),
+        &s(eval),
         "--per-tensor",
         "--json",
     ]);
@@ -157,42 +182,6 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
     }
 }
 
-fn graph_attr(name: &str, g: proto::GraphProto) -> proto::AttributeProto {
-    proto::AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(5),
-        g: Some(g),
-        ..Default::default()
-    }
-}
-
-/// Quantizes `m` with minmax ranges and validation on samples of its `x: f32[1,8]`; the
-/// written model and the JSON summary.
-fn quantize_model(m: &proto::ModelProto) -> (proto::ModelProto, serde_json::Value) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (mp, calib, eval, out) = (
-        tmp.path().join("m.onnx"),
-        tmp.path().join("calib.npz"),
-        tmp.path().join("eval.npz"),
-        tmp.path().join("q.onnx"),
-    );
-    write_proto(&mp, m);
-    samples(&calib, 24, 0.0);
-    samples(&eval, 8, 0.4);
-    let j = quantize_json(&[
-        &s(&mp),
-        "--calib",
-        &s(&calib),
-        "--eval",
-        &s(&eval),
-        "--method",
-        "minmax",
-        "-o",
-        &s(&out),
-    ]);
-    (load(&out), j)
-}
-
 #[test]
 fn a_constant_that_broadcasts_to_a_higher_rank_is_not_folded() {
     // Div by a [1,1,1] constant turns t: [1,8] into u: [1,1,8]; removing it would change
@@ -205,22 +194,15 @@ fn a_constant_that_broadcasts_to_a_higher_rank_is_not_folded() {
         ],
         vec![
             f32_init("c3", &[1, 1, 1], &[4.0]),
-            f32_init(
-                "w1",
-                &[8, 8],
-                &(0..64).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>(),
-            ),
-            f32_init(
-                "w2",
-                &[8, 8],
-                &(0..64).map(|i| (i as f32 * 0.7).cos()).collect::<Vec<_>>(),
-            ),
+            weight("w1", 0.1),
+            weight("w2", 1.7),
         ],
         vec![vi("x", 1, &[1, 8])],
         vec![vi("y", 1, &[1, 1, 8])],
     );
-    let (q, j) = quantize_model(&m);
-    let g = q.graph.as_ref().unwrap();
+    let q = quantize_model(&m);
+    let (j, written) = (&q.json, load(&q.out));
+    let g = written.graph.as_ref().unwrap();
     assert!(g.node.iter().any(|n| n.name() == "scale"), "{j}");
     assert_eq!(j["folded_ops"], 0, "{j}");
     assert!(
@@ -270,12 +252,7 @@ fn a_constant_of_an_enclosing_graph_is_not_folded() {
         graph_attr("then_branch", branch("then", true)),
     ];
     let mut sum = node("ReduceSum", "sum", &["x"], &["s"]);
-    sum.attribute = vec![proto::AttributeProto {
-        name: Some("keepdims".into()),
-        r#type: Some(2),
-        i: Some(0),
-        ..Default::default()
-    }];
+    sum.attribute = vec![int_attr("keepdims", 0)];
     let m = model(
         vec![
             sum,
@@ -285,22 +262,15 @@ fn a_constant_of_an_enclosing_graph_is_not_folded() {
         vec![
             f32_init("zero", &[], &[0.0]),
             f32_init("c", &[], &[0.25]),
-            f32_init(
-                "w1",
-                &[8, 8],
-                &(0..64).map(|i| (i as f32 * 0.3).sin()).collect::<Vec<_>>(),
-            ),
-            f32_init(
-                "w2",
-                &[8, 8],
-                &(0..64).map(|i| (i as f32 * 0.7).cos()).collect::<Vec<_>>(),
-            ),
+            weight("w1", 0.1),
+            weight("w2", 1.7),
         ],
         vec![vi("x", 1, &[1, 8])],
         vec![vi("y", 1, &[1, 8])],
     );
-    let (q, j) = quantize_model(&m);
-    let g = q.graph.as_ref().unwrap();
+    let q = quantize_model(&m);
+    let (j, written) = (&q.json, load(&q.out));
+    let g = written.graph.as_ref().unwrap();
     let iff = g
         .node
         .iter()

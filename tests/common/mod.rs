@@ -51,6 +51,26 @@ pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> proto::N
     }
 }
 
+/// A graph attribute (an If branch, a Loop or Scan body).
+pub fn graph_attr(name: &str, g: proto::GraphProto) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(5),
+        g: Some(g),
+        ..Default::default()
+    }
+}
+
+/// An integer attribute.
+pub fn int_attr(name: &str, i: i64) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(2),
+        i: Some(i),
+        ..Default::default()
+    }
+}
+
 pub fn f32_init(name: &str, dims: &[i64], vals: &[f32]) -> proto::TensorProto {
     proto::TensorProto {
         name: Some(name.into()),
