@@ -836,7 +836,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             &mut plan,
             adaptive::Statistics {
                 all: &stats.tensors,
-                held_out: held_out.take(),
+                held_out,
             },
             &opts,
             &picks,

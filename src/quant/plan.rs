@@ -442,31 +442,8 @@ fn plan_scope(
         }
         if cfg.target != Target::Tensorrt {
             if let Some((x, y, fold)) = foldable_scale(&cx, plan, o) {
-                let (xname, yname) = (cx.key(x), cx.key(y));
-                let Some(Decision::Activation {
-                    qtype, range_from, ..
-                }) = plan.values.get_mut(&xname)
-                else {
-                    unreachable!("checked by foldable_scale");
-                };
-                // The range is the output's, as for a folded Relu/Clip.
-                *range_from = Some(yname.clone());
-                let qtype = *qtype;
-                // Readers of the removed output read the input's dequantized value.
-                plan.values.insert(
-                    yname,
-                    Decision::Activation {
-                        qtype,
-                        share_with: Some(xname.clone()),
-                        range_from: None,
-                    },
-                );
-                plan.scale_folds.insert(xname, fold);
-                let prod = g
-                    .producer(x)
-                    .map(|(p, _)| op_key_in(&label, g, p))
-                    .unwrap_or_default();
-                plan.ops.insert(key, OpState::Folded { into: prod });
+                plan.scale_folds.insert(cx.key(x), fold);
+                fold_into_input(plan, &cx, &label, key, x, y);
                 continue;
             }
         }
@@ -574,38 +551,10 @@ fn plan_scope(
                         .all(|y| !g.is_output(*y) && cx.local_only(*y));
                 let asym = !cfg.activation.symmetric;
                 let clip_ok = clip_from_zero(g, o);
-                let producer_quantized = matches!(
-                    plan.values.get(&xname),
-                    Some(Decision::Activation {
-                        share_with: None,
-                        range_from: None,
-                        ..
-                    })
-                );
+                let producer_quantized = own_activation(plan, &xname);
                 let y = outputs.first().copied();
                 match (y, only_reader && asym && clip_ok && producer_quantized) {
-                    (Some(y), true) => {
-                        let yname = cx.key(y);
-                        if let Some(Decision::Activation { range_from, .. }) =
-                            plan.values.get_mut(&xname)
-                        {
-                            *range_from = Some(yname.clone());
-                        }
-                        // Readers of the removed output use the producer's parameters.
-                        plan.values.insert(
-                            yname,
-                            Decision::Activation {
-                                qtype: cfg.activation,
-                                share_with: Some(xname.clone()),
-                                range_from: None,
-                            },
-                        );
-                        let prod = g
-                            .producer(x)
-                            .map(|(p, _)| op_key_in(&label, g, p))
-                            .unwrap_or_default();
-                        plan.ops.insert(key, OpState::Folded { into: prod });
-                    }
+                    (Some(y), true) => fold_into_input(plan, &cx, &label, key, x, y),
                     _ => float(
                         plan,
                         if !asym {
@@ -785,6 +734,48 @@ fn share_root(plan: &Plan, name: &str) -> Option<String> {
     }
 }
 
+/// True when value `name` is a quantized activation with parameters and a range of its own
+/// (none shared, borrowed or folded into it yet).
+fn own_activation(plan: &Plan, name: &str) -> bool {
+    matches!(
+        plan.values.get(name),
+        Some(Decision::Activation {
+            share_with: None,
+            range_from: None,
+            ..
+        })
+    )
+}
+
+/// Folds op `key` of the graph `cx` plans (scope `label`), output `y`, into the
+/// quantization of its input `x` (an [`own_activation`]): `x`'s range is `y`'s, readers of
+/// the removed `y` use `x`'s parameters, and the op is marked folded into `x`'s producer.
+fn fold_into_input(plan: &mut Plan, cx: &Cx, label: &str, key: String, x: ValueId, y: ValueId) {
+    let g = cx.g;
+    let (xname, yname) = (cx.key(x), cx.key(y));
+    let Some(Decision::Activation {
+        qtype, range_from, ..
+    }) = plan.values.get_mut(&xname)
+    else {
+        unreachable!("the folded op's input is an own activation");
+    };
+    *range_from = Some(yname.clone());
+    let qtype = *qtype;
+    plan.values.insert(
+        yname,
+        Decision::Activation {
+            qtype,
+            share_with: Some(xname),
+            range_from: None,
+        },
+    );
+    let prod = g
+        .producer(x)
+        .map(|(p, _)| op_key_in(label, g, p))
+        .unwrap_or_default();
+    plan.ops.insert(key, OpState::Folded { into: prod });
+}
+
 /// For a `Div` by, or `Mul` with, a positive f32 scalar constant whose other input `x` is
 /// a quantized activation of its own (no shared or borrowed range, no fold yet) read by
 /// this op alone: `x`, the op's output `y` and the fold. Neither value may be a graph
@@ -839,15 +830,7 @@ fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, Sc
     let [Some(y)] = outs.as_slice() else {
         return None;
     };
-    let xname = cx.key(x);
-    let own = matches!(
-        plan.values.get(&xname),
-        Some(Decision::Activation {
-            share_with: None,
-            range_from: None,
-            ..
-        })
-    ) && !plan.scale_folds.contains_key(&xname);
+    let own = own_activation(plan, &cx.key(x));
     let alone = g.consumers(x).len() == 1
         && !g.is_output(x)
         && cx.local_only(x)

@@ -265,7 +265,7 @@ pub(crate) fn select(
         h.len() == sets.len() && h.iter().zip(&sets).all(|(a, b)| a.keys().eq(b.keys()))
     });
     let held_out = held.is_some();
-    let compared = held.unwrap_or_else(|| sets.clone());
+    let compared = held.as_ref().unwrap_or(&sets);
     // Distinct sets only; a repeated one shares its figure.
     let mut first_of: Vec<usize> = Vec::with_capacity(compared.len());
     for k in 0..compared.len() {
