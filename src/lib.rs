@@ -81,7 +81,12 @@
 //! - [`lint`]: fusion coverage of any QDQ model: per node unit, whether the target runtime
 //!   fuses it into an integer kernel (and which), drops a data-movement op's Q/DQ pair, or
 //!   runs it in float and why. `lint::ort` replays ONNX Runtime's CPU QDQ transformations
-//!   on a copy of the graph (checked against ONNX Runtime by
+//!   on a copy of the graph (`ort/sim.rs`), one file per step in ONNX Runtime's order
+//!   (no-op elimination, unique DQ per node unit, constant folding, Q/DQ propagation,
+//!   weight/bias quantization, Relu/Clip before Q, int8→uint8 on x86-64), then the QDQ
+//!   selectors (`ort/selectors/`, one file per selector: drop Q/DQ around data movement,
+//!   Split, unary, binary, variadic, Where, Conv, MatMul, Gemm), and `ort/coverage.rs`
+//!   maps the verdicts back to the model's units (checked against ONNX Runtime by
 //!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
 //! - [`tune`]: mixed precision as plan edits: activation units (a quantized value and the
 //!   values sharing its parameters), the overrides file, the switchable simulation model

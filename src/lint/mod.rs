@@ -16,10 +16,10 @@
 //! differently from the QDQ graph (a bias scale that is not `s_x · s_w`, per-channel
 //! scales on the wrong axis).
 //!
-//! [`ort`] replays ONNX Runtime's CPU graph transformations that decide fusion (unique DQ
-//! per consumer, Q/DQ propagation through data movement, float bias quantization, Relu
-//! removal before Q, int8→uint8 conversion on x86-64, then the QDQ selectors) on a copy of
-//! the graph. `tests/conformance/lint_vs_ort.py` checks it unit by unit against the graph
+//! [`ort`] replays ONNX Runtime's CPU graph transformations that decide fusion (no-op
+//! removal, unique DQ per consumer, constant folding, Q/DQ propagation through data
+//! movement, float weight and bias quantization, Relu/Clip removal before Q, int8→uint8
+//! conversion on x86-64, then the QDQ selectors) on a copy of the graph, one file per step. `tests/conformance/lint_vs_ort.py` checks it unit by unit against the graph
 //! ONNX Runtime writes after optimization. [`trt`] encodes TensorRT's documented
 //! explicit-quantization rules; no TensorRT engine checks it. The generic target has no
 //! fusion model.
