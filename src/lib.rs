@@ -41,10 +41,13 @@
 //!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
-//!   (proto → IR), encode (IR → proto), external data, atomic file writes.
+//!   (proto → IR; every `TensorProto`, model initializer, tensor attribute or `.pb` data
+//!   file, through `onnx::tensor`), encode (IR → proto), external data, atomic file writes.
 //! - [`ir`]: the graph (bipartite `StableDiGraph` of op and value nodes, typed handles),
-//!   values and constants, host tensors, `verify()`, scopes (where each subgraph sits,
-//!   which graph defines a captured name, a subgraph as a model of its own), the text dump.
+//!   values and constants, the one decoder of constant payloads into host tensors
+//!   (`ir::payload`, every element type, checked sizes), `verify()`, scopes (where each
+//!   subgraph sits, which graph defines a captured name, a subgraph as a model of its
+//!   own), the text dump.
 //! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass
 //!   (pin_inputs, infer_shapes, fold_constants, fold_if, upgrade_opset, fold_batchnorm,
 //!   fold_bias_add, insert_qdq).

@@ -24,82 +24,9 @@ fn load_model(path: &Path) -> ModelProto {
     ModelProto::decode(bytes.as_slice()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Little-endian values of `raw`, `width` bytes each.
-fn chunks<T>(raw: &[u8], width: usize, f: impl Fn(&[u8]) -> T) -> Vec<T> {
-    raw.chunks_exact(width).map(f).collect()
-}
-
-/// Reads a TensorProto (.pb) into a host tensor. Test-local: only the types the fixtures use.
+/// Reads a TensorProto (.pb) into a host tensor, through the decoder models use.
 fn read_tensor(path: &Path) -> (String, Tensor) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let t = TensorProto::decode(bytes.as_slice()).unwrap();
-    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let n: usize = shape.iter().product();
-    let raw = t.raw_data.as_deref();
-    let ints = |v: &[i32]| v.to_vec();
-    macro_rules! arr {
-        ($v:expr) => {
-            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), $v).unwrap()
-        };
-    }
-    let dtype = DType::from_onnx(t.data_type());
-    let tensor = match dtype {
-        DType::F32 => Tensor::F32(arr!(match raw {
-            Some(r) => chunks(r, 4, |c| f32::from_le_bytes(c.try_into().unwrap())),
-            None => t.float_data.clone(),
-        })),
-        DType::F16 => Tensor::F16(arr!(match raw {
-            Some(r) => chunks(r, 2, |c| half::f16::from_le_bytes(c.try_into().unwrap())),
-            None => t
-                .int32_data
-                .iter()
-                .map(|&b| half::f16::from_bits(b as u16))
-                .collect(),
-        })),
-        DType::I32 => Tensor::I32(arr!(match raw {
-            Some(r) => chunks(r, 4, |c| i32::from_le_bytes(c.try_into().unwrap())),
-            None => ints(&t.int32_data),
-        })),
-        DType::I64 => Tensor::I64(arr!(match raw {
-            Some(r) => chunks(r, 8, |c| i64::from_le_bytes(c.try_into().unwrap())),
-            None => t.int64_data.clone(),
-        })),
-        DType::U8 => Tensor::U8(arr!(match raw {
-            Some(r) => r.to_vec(),
-            None => t.int32_data.iter().map(|&v| v as u8).collect(),
-        })),
-        DType::I8 => Tensor::I8(arr!(match raw {
-            Some(r) => r.iter().map(|&v| v as i8).collect(),
-            None => t.int32_data.iter().map(|&v| v as i8).collect(),
-        })),
-        DType::U16 => Tensor::U16(arr!(match raw {
-            Some(r) => chunks(r, 2, |c| u16::from_le_bytes(c.try_into().unwrap())),
-            None => t.int32_data.iter().map(|&v| v as u16).collect(),
-        })),
-        DType::I16 => Tensor::I16(arr!(match raw {
-            Some(r) => chunks(r, 2, |c| i16::from_le_bytes(c.try_into().unwrap())),
-            None => t.int32_data.iter().map(|&v| v as i16).collect(),
-        })),
-        DType::U4 | DType::I4 => {
-            let packed: Vec<u8> = match raw {
-                Some(r) => r.to_vec(),
-                None => t.int32_data.iter().map(|&v| v as u8).collect(),
-            };
-            let nibbles: Vec<u8> = (0..n)
-                .map(|i| (packed[i / 2] >> (4 * (i % 2))) & 0xf)
-                .collect();
-            if dtype == DType::U4 {
-                Tensor::U4(arr!(nibbles))
-            } else {
-                Tensor::I4(arr!(nibbles
-                    .iter()
-                    .map(|&v| if v >= 8 { v as i8 - 16 } else { v as i8 })
-                    .collect()))
-            }
-        }
-        other => panic!("{}: fixture reader does not handle {other}", path.display()),
-    };
-    (t.name().to_string(), tensor)
+    qrange::data::read_tensor_pb(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Tensors `<prefix>_<i>.pb` of a test data set, in index order.

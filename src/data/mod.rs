@@ -39,7 +39,7 @@ pub use images::{
     decode as decode_image, is_image_dir, Align, Color, Layout, Pixels, Preprocess, SpecError,
 };
 pub use npz::write_npz;
-pub use pb::{read_tensor_pb, tensor_from_proto};
+pub use pb::read_tensor_pb;
 
 use crate::ir::tensor::{DType, Tensor};
 use ndarray::{Axis, Slice};
@@ -313,6 +313,9 @@ pub enum DataError {
     },
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
+    /// A tensor file the ONNX decoder rejects (the message names the file and the tensor).
+    #[error(transparent)]
+    Tensor(#[from] crate::onnx::OnnxError),
     #[error("{}: array '{array}': {what}", path.display())]
     Unsupported {
         path: PathBuf,

@@ -2,12 +2,12 @@
 //!
 //! A [`ConstTensor`] keeps the storage form it was read in (raw bytes, typed lists,
 //! external file reference or an encoded sparse tensor) so that writing it back is
-//! lossless; [`ConstTensor::to_tensor`] decodes it into a host [`Tensor`] and
-//! [`ConstTensor::from_tensor`] builds one from values.
+//! lossless; [`ConstTensor::from_tensor`] builds one from values, and
+//! [`ConstTensor::to_tensor`] (in [`super::payload`], the one decoder of stored values)
+//! turns one into a host [`Tensor`].
 
 use super::graph::Carry;
 use super::tensor::{DType, Tensor};
-use ndarray::{ArrayD, IxDyn};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -134,15 +134,9 @@ pub struct ConstTensor {
 /// Failure to decode a constant's values.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorDataError {
-    #[error("tensor '{name}': {what}")]
+    /// `name` is empty for an unnamed tensor.
+    #[error("{}{what}", if name.is_empty() { String::new() } else { format!("tensor '{name}': ") })]
     Bad { name: String, what: String },
-}
-
-fn bad(t: &ConstTensor, what: impl Into<String>) -> TensorDataError {
-    TensorDataError::Bad {
-        name: t.name.clone().unwrap_or_default(),
-        what: what.into(),
-    }
 }
 
 impl ConstTensor {
@@ -221,183 +215,6 @@ impl ConstTensor {
             was_external: false,
             carry: Carry::default(),
         }
-    }
-
-    /// Decodes the values into a host tensor. External data must have been loaded first.
-    pub fn to_tensor(&self) -> Result<Tensor, TensorDataError> {
-        let shape: Vec<usize> = self.dims.iter().map(|&d| d.max(0) as usize).collect();
-        let n = self.numel();
-        fn mk_in<T>(
-            t: &ConstTensor,
-            shape: &[usize],
-            v: Vec<T>,
-        ) -> Result<ArrayD<T>, TensorDataError> {
-            ArrayD::from_shape_vec(IxDyn(shape), v)
-                .map_err(|_| bad(t, "element count does not match dims"))
-        }
-        macro_rules! mk {
-            ($v:expr) => {
-                mk_in(self, &shape, $v)
-            };
-        }
-        macro_rules! raw_le {
-            ($ty:ty, $bytes:expr) => {{
-                let w = std::mem::size_of::<$ty>();
-                let b: &[u8] = $bytes;
-                if b.len() != n * w {
-                    return Err(bad(
-                        self,
-                        format!("raw_data has {} bytes, dims need {}", b.len(), n * w),
-                    ));
-                }
-                b.chunks_exact(w)
-                    .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk width")))
-                    .collect::<Vec<$ty>>()
-            }};
-        }
-        let d = &self.data;
-        let empty: &[u8] = &[];
-        let raw: Option<&[u8]> = match d {
-            TensorData::Raw(r) => Some(r),
-            TensorData::Empty => Some(empty),
-            _ => None,
-        };
-        let wrong = || {
-            bad(
-                self,
-                format!("storage {} does not fit dtype {}", kind(d), self.dtype),
-            )
-        };
-        Ok(match self.dtype {
-            DType::F32 => Tensor::F32(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(f32, r),
-                (_, TensorData::Floats(v)) => v.clone(),
-                _ => return Err(wrong()),
-            })?),
-            DType::F64 => Tensor::F64(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(f64, r),
-                (_, TensorData::Doubles(v)) => v.clone(),
-                _ => return Err(wrong()),
-            })?),
-            DType::F16 => Tensor::F16(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u16, r)
-                    .into_iter()
-                    .map(half::f16::from_bits)
-                    .collect(),
-                (_, TensorData::Int32s(v)) =>
-                    v.iter().map(|&x| half::f16::from_bits(x as u16)).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::BF16 => Tensor::BF16(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u16, r)
-                    .into_iter()
-                    .map(half::bf16::from_bits)
-                    .collect(),
-                (_, TensorData::Int32s(v)) =>
-                    v.iter().map(|&x| half::bf16::from_bits(x as u16)).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::I8 => Tensor::I8(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(i8, r),
-                (_, TensorData::Int32s(v)) => v.iter().map(|&x| x as i8).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::U8 => Tensor::U8(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u8, r),
-                (_, TensorData::Int32s(v)) => v.iter().map(|&x| x as u8).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::Bool => Tensor::Bool(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u8, r).into_iter().map(|x| x != 0).collect(),
-                (_, TensorData::Int32s(v)) => v.iter().map(|&x| x != 0).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::I16 => Tensor::I16(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(i16, r),
-                (_, TensorData::Int32s(v)) => v.iter().map(|&x| x as i16).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::U16 => Tensor::U16(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u16, r),
-                (_, TensorData::Int32s(v)) => v.iter().map(|&x| x as u16).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::I32 => Tensor::I32(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(i32, r),
-                (_, TensorData::Int32s(v)) => v.clone(),
-                _ => return Err(wrong()),
-            })?),
-            DType::U32 => Tensor::U32(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u32, r),
-                (_, TensorData::Uint64s(v)) => v.iter().map(|&x| x as u32).collect(),
-                _ => return Err(wrong()),
-            })?),
-            DType::I64 => Tensor::I64(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(i64, r),
-                (_, TensorData::Int64s(v)) => v.clone(),
-                _ => return Err(wrong()),
-            })?),
-            DType::U64 => Tensor::U64(mk!(match (raw, d) {
-                (Some(r), _) => raw_le!(u64, r),
-                (_, TensorData::Uint64s(v)) => v.clone(),
-                _ => return Err(wrong()),
-            })?),
-            DType::String => Tensor::Str(mk!(match d {
-                TensorData::Strings(v) => v
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect(),
-                TensorData::Empty => Vec::new(),
-                _ => return Err(wrong()),
-            })?),
-            DType::I4 | DType::U4 => {
-                let vals: Vec<u8> = match (raw, d) {
-                    (Some(r), _) => {
-                        if r.len() != n.div_ceil(2) {
-                            return Err(bad(
-                                self,
-                                "raw_data size does not fit a packed 4-bit tensor",
-                            ));
-                        }
-                        unpack4(r, n)
-                    }
-                    (_, TensorData::Int32s(v)) => {
-                        let packed: Vec<u8> = v.iter().map(|&x| x as u8).collect();
-                        unpack4(&packed, n)
-                    }
-                    _ => return Err(wrong()),
-                };
-                if self.dtype == DType::I4 {
-                    Tensor::I4(mk!(vals
-                        .into_iter()
-                        .map(|x| ((x << 4) as i8) >> 4)
-                        .collect())?)
-                } else {
-                    Tensor::U4(mk!(vals)?)
-                }
-            }
-            other => {
-                return Err(bad(
-                    self,
-                    format!("element type {other} has no host representation"),
-                ))
-            }
-        })
-    }
-}
-
-fn kind(d: &TensorData) -> &'static str {
-    match d {
-        TensorData::Raw(_) => "raw_data",
-        TensorData::Floats(_) => "float_data",
-        TensorData::Int32s(_) => "int32_data",
-        TensorData::Int64s(_) => "int64_data",
-        TensorData::Doubles(_) => "double_data",
-        TensorData::Uint64s(_) => "uint64_data",
-        TensorData::Strings(_) => "string_data",
-        TensorData::External(_) => "external data (not loaded)",
-        TensorData::Sparse(_) => "sparse",
-        TensorData::Empty => "empty",
     }
 }
 

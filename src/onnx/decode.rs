@@ -3,8 +3,8 @@
 use super::proto;
 use super::OnnxError;
 use crate::ir::{
-    Attr, AttrValue, Carry, ConstTensor, DType, Dim, ExternalRef, Graph, Model, Op, OpsetImport,
-    TensorData, Value, ValueId, ValueType,
+    Attr, AttrValue, Carry, ConstTensor, DType, Dim, Graph, Model, Op, OpsetImport, TensorData,
+    Value, ValueId, ValueType,
 };
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -288,76 +288,7 @@ impl Cx {
     }
 
     fn tensor(&self, t: proto::TensorProto) -> Result<ConstTensor, OnnxError> {
-        let name = t.name.clone();
-        let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
-        let carry = proto::TensorProto {
-            doc_string: t.doc_string.clone(),
-            segment: t.segment,
-            metadata_props: t.metadata_props.clone(),
-            data_location: if external { None } else { t.data_location },
-            ..Default::default()
-        };
-        let data = if external {
-            let mut r = ExternalRef {
-                location: String::new(),
-                offset: None,
-                length: None,
-                other: Vec::new(),
-                base_dir: self.base_dir.clone(),
-            };
-            let tname = name.clone().unwrap_or_default();
-            for kv in &t.external_data {
-                let k = kv.key.clone().unwrap_or_default();
-                let v = kv.value.clone().unwrap_or_default();
-                let num = || {
-                    v.parse::<u64>().map_err(|_| {
-                        self.err(format!(
-                            "tensor '{tname}': external data {k} '{v}' is not a number"
-                        ))
-                    })
-                };
-                match k.as_str() {
-                    "location" => r.location = v.clone(),
-                    "offset" => r.offset = Some(num()?),
-                    "length" => r.length = Some(num()?),
-                    _ => r.other.push((k.clone(), v.clone())),
-                }
-            }
-            let ct = ConstTensor {
-                name: name.clone(),
-                dtype: DType::from_onnx(t.data_type.unwrap_or(0)),
-                dims: t.dims.clone(),
-                data: TensorData::External(r),
-                was_external: true,
-                carry: Carry::default(),
-            };
-            let bytes = super::external::read(&ct, &self.origin)?;
-            TensorData::Raw(bytes)
-        } else if let Some(raw) = t.raw_data {
-            TensorData::Raw(raw)
-        } else if !t.float_data.is_empty() {
-            TensorData::Floats(t.float_data)
-        } else if !t.int32_data.is_empty() {
-            TensorData::Int32s(t.int32_data)
-        } else if !t.int64_data.is_empty() {
-            TensorData::Int64s(t.int64_data)
-        } else if !t.double_data.is_empty() {
-            TensorData::Doubles(t.double_data)
-        } else if !t.uint64_data.is_empty() {
-            TensorData::Uint64s(t.uint64_data)
-        } else if !t.string_data.is_empty() {
-            TensorData::Strings(t.string_data)
-        } else {
-            TensorData::Empty
-        };
-        Ok(ConstTensor {
-            name,
-            dtype: DType::from_onnx(t.data_type.unwrap_or(0)),
-            dims: t.dims,
-            data,
-            was_external: external,
-            carry: Carry(carry.encode_to_vec()),
-        })
+        super::tensor::const_tensor(t, &self.base_dir, &self.origin)
     }
 }
 

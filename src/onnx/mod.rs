@@ -1,5 +1,6 @@
-//! ONNX protobuf: the generated types, decoding into the IR, encoding back, external
-//! data and model-level facts (producer, functions) that the IR carries opaquely.
+//! ONNX protobuf: the generated types, decoding into the IR (models, and every
+//! `TensorProto` through `tensor`, standalone tensor files included), encoding back,
+//! external data and model-level facts (producer, functions) that the IR carries opaquely.
 //!
 //! **Invariant:** decode → encode is lossless: every field of the file is either IR
 //! structure or carried bytes, and `decode(encode(decode(x))) == decode(x)`.
@@ -7,6 +8,7 @@
 pub mod decode;
 pub mod encode;
 pub mod external;
+pub mod tensor;
 
 pub use decode::{decode_model, read_model};
 pub use encode::{encode_model, model_to_bytes, write_model, ExternalPolicy, WriteReport};
