@@ -489,29 +489,78 @@ fn unknown_ops_stay_untyped_without_error() {
 }
 
 #[test]
-fn file_types_are_only_made_more_specific() {
+fn file_types_are_made_more_specific_and_contradicting_shapes_relaxed() {
     let (m, cx) = infer(17, |b| {
         b.input("x", DType::F32, "1,8");
         b.op("Relu", &["x"], &["a"], vec![]);
         b.op("Relu", &["x"], &["b2"], vec![]);
         b.op("Relu", &["x"], &["c"], vec![]);
         b.op("Relu", &["x"], &["d"], vec![]);
+        b.op("Relu", &["x"], &["e"], vec![]);
+        b.op("Relu", &["x"], &["f"], vec![]);
         b.typed("a", DType::F32, "?,8"); // unknown dim: filled
         b.typed("b2", DType::F32, "N,8"); // symbolic dim: a known one is more specific
-        b.typed("c", DType::F32, "2,8"); // contradiction: kept, reported
+        b.typed("c", DType::F32, "2,8"); // a contradicting dim: relaxed, reported
         b.typed("d", DType::F16, "1,8"); // other dtype: kept, reported
+        b.typed("e", DType::F32, "seqlen,1,8"); // the rank contradicts: relaxed, reported
+        b.typed("f", DType::F32, "N,9"); // one dim contradicts, the other is kept
+        b.output("e");
     });
     assert_eq!(type_of(&m, "a"), "f32[1,8]");
     assert_eq!(type_of(&m, "b2"), "f32[1,8]");
-    assert_eq!(type_of(&m, "c"), "f32[2,8]");
+    assert_eq!(type_of(&m, "c"), "f32[1,8]");
     assert_eq!(type_of(&m, "d"), "f16[1,8]");
+    assert_eq!(type_of(&m, "e"), "f32[1,8]");
+    assert_eq!(type_of(&m, "f"), "f32[1,8]");
     let notes: Vec<&str> = cx.diagnostics.iter().map(|d| d.what.as_str()).collect();
-    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert_eq!(notes.len(), 4, "{notes:?}");
+    let of = |v: &str| {
+        notes
+            .iter()
+            .find(|n| n.contains(&format!("'{v}'")))
+            .unwrap_or_else(|| panic!("no note on '{v}': {notes:?}"))
+    };
     assert!(
-        notes[0].contains("'c'") && notes[0].contains("f32[2,8]"),
+        of("c").contains("declared shape f32[2,8] contradicts") && of("c").contains("relaxed"),
         "{notes:?}"
     );
-    assert!(notes[1].contains("'d'"), "{notes:?}");
+    assert!(of("d").contains("keeping the model's type"), "{notes:?}");
+    assert!(
+        of("f").contains("f32[N,9]") && of("f").contains("relaxed to f32[1,8]"),
+        "{notes:?}"
+    );
+    assert!(of("e").contains("graph output 'e'"), "{notes:?}");
+    // The relaxed model is consistent: a second run finds nothing more to say.
+    let mut m = m;
+    let mut cx2 = PassCx::default();
+    InferShapes.run(&mut m, &mut cx2).unwrap();
+    assert!(
+        cx2.diagnostics
+            .iter()
+            .all(|d| !d.what.contains("contradicts")),
+        "{:?}",
+        cx2.diagnostics
+    );
+}
+
+#[test]
+fn a_graph_output_of_another_rank_is_relaxed() {
+    let (m, cx) = infer(17, |b| {
+        b.input("x", DType::F32, "4,1,8")
+            .init("s", &i64s(&[4, 1, -1]));
+        b.op("Reshape", &["x", "s"], &["y"], vec![]);
+        b.typed("y", DType::F32, "1,seqlen");
+        b.output("y");
+    });
+    assert_eq!(type_of(&m, "y"), "f32[4,1,8]");
+    assert_eq!(cx.diagnostics.len(), 1, "{:?}", cx.diagnostics);
+    assert!(
+        cx.diagnostics[0]
+            .what
+            .contains("graph output 'y': declared shape f32[1,seqlen] contradicts the graph, which computes f32[4,1,8]"),
+        "{:?}",
+        cx.diagnostics
+    );
 }
 
 #[test]

@@ -18,9 +18,14 @@
 //!
 //! **Requires:** nothing (more is known after `pin_inputs`).
 //!
-//! **Effects:** value types only. A type the file gave is never replaced, only made
-//! more specific (unknown dims and symbolic dims filled with known ones); a
-//! disagreement is a [`super::Diagnostic`], as is an op whose inputs break its rule.
+//! **Effects:** value types only. A type the file gave is made more specific (unknown
+//! dims and symbolic dims filled with known ones), never less. A declared shape (graph
+//! output, `value_info`) that contradicts what the graph computes, in rank or in a known
+//! dim, is relaxed: the contradicting part gives way to the inferred one, so that
+//! neither the engine nor the written model sees shapes that contradict each other
+//! (exporters write such shapes; ONNX Runtime only warns, tract refuses to load). Each
+//! relaxation, a declared element type that contradicts inference (kept as declared),
+//! and an op whose inputs break its rule are [`super::Diagnostic`]s.
 //!
 //! **Example:**
 //! ```text
@@ -360,16 +365,41 @@ impl Walker<'_> {
         }))
     }
 
-    /// Merges an inferred type into `v`'s type (never less specific than before).
+    /// Merges an inferred type into `v`'s type (never less specific than before). A
+    /// declared shape that contradicts the inferred one (rank or a known dim) is relaxed:
+    /// the contradicting rank or dims give way to the inferred ones, so that the model
+    /// the engine loads, and the model written, never contradict themselves. A declared
+    /// element type that contradicts inference is kept (and noted).
     fn merge(&mut self, g: &mut Graph, v: ValueId, inferred: ValueType, node: &str) {
         let name = g.value(v).name.clone();
         let cur = g.value(v).ty.clone();
-        let (new, conflict) = merge_types(cur.as_ref(), inferred);
+        let (mut new, conflict) = merge_types(cur.as_ref(), inferred.clone());
         if let Some(c) = conflict {
-            self.cx.note(
-                NAME,
-                format!("{node}: output '{name}': the model says {c}; keeping the model's type"),
-            );
+            match relax(cur.as_ref(), &inferred) {
+                Some(relaxed) => {
+                    let declared = cur.as_ref().map(ValueType::display).unwrap_or_default();
+                    let kind = if g.is_output(v) {
+                        "graph output"
+                    } else {
+                        "value"
+                    };
+                    self.cx.note(
+                        NAME,
+                        format!(
+                            "{node}: {kind} '{name}': declared shape {declared} contradicts the graph, which computes {}; relaxed to {}",
+                            inferred.display(),
+                            relaxed.display()
+                        ),
+                    );
+                    new = Some(relaxed);
+                }
+                None => self.cx.note(
+                    NAME,
+                    format!(
+                        "{node}: output '{name}': the model says {c}; keeping the model's type"
+                    ),
+                ),
+            }
         }
         if new.is_some() && new != cur {
             g.value_mut(v).ty = new;
@@ -475,6 +505,46 @@ fn normalized(ty: &ValueType) -> ValueType {
         },
         t => t.clone(),
     }
+}
+
+/// `cur` with the parts of its shape that contradict `inferred` given up: a different
+/// rank gives the inferred shape, a known dim that differs gives the inferred dim (other
+/// dims merge as in [`merge_types`]). `None` when the element types differ (a shape
+/// cannot fix that) or either is not a tensor type.
+pub(crate) fn relax(cur: Option<&ValueType>, inferred: &ValueType) -> Option<ValueType> {
+    let (
+        ValueType::Tensor {
+            dtype: d1,
+            shape: Some(a),
+        },
+        ValueType::Tensor {
+            dtype: d2,
+            shape: Some(b),
+        },
+    ) = (informative(cur)?, inferred)
+    else {
+        return None;
+    };
+    if d1 != d2 {
+        return None;
+    }
+    if a.len() != b.len() {
+        return Some(inferred.clone());
+    }
+    let dims = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| match (x, y) {
+            (Dim::Known(p), Dim::Known(q)) if *p >= 0 && p != q => y.clone(),
+            (Dim::Known(p), _) if *p >= 0 => x.clone(),
+            (Dim::Param(_), Dim::Known(_)) | (Dim::Unknown, _) | (Dim::Known(_), _) => y.clone(),
+            (Dim::Param(_), _) => x.clone(),
+        })
+        .collect();
+    Some(ValueType::Tensor {
+        dtype: *d1,
+        shape: Some(dims),
+    })
 }
 
 /// Merges an inferred type into an existing one. Returns the result and, when they
