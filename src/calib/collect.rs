@@ -16,7 +16,7 @@
 //! subgraph captures; then
 //! - the condition picks the branch, which runs on the captured values of that sample:
 //!   a branch value's statistics are exactly those of the samples that take the branch
-//!   (a branch no sample takes has none, and `quant::plan::unreached_scopes` then
+//!   (a branch no sample takes has none, and `quant::plan::fit_to_statistics` then
 //!   leaves its ops float);
 //! - a `Scan` body runs once per step, on the states carried from the previous step
 //!   (the initial states first) and the step's slices of the scanned inputs, as ONNX

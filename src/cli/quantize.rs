@@ -802,11 +802,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         }
         (None, None) => unreachable!("calibration data or ranges"),
     };
-    // Subgraphs no sample reached have no statistics: their ops stay float.
-    let unreached = plan::unreached_scopes(&p.model, &p.plan, |v| stats.tensors.contains_key(v));
-    if !unreached.is_empty() {
-        p.plan = plan::build_with(&p.model, &p.cfg, &unreached);
-    }
+    // Subgraphs no sample reached, and values calibration did not observe, have no
+    // statistics: the ops needing them stay float.
+    p.plan = plan::fit_to_statistics(&p.model, &p.cfg, p.plan, |v| stats.tensors.contains_key(v))
+        .map_err(|e| anyhow!("internal error: {e}"))?;
     let base_plan = p.plan.clone();
     times.insert("calibrate".into(), t.elapsed().as_secs_f64());
     // The range set is chosen on the all-8-bit plan, before any override, so that a run

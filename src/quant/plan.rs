@@ -15,12 +15,20 @@
 //! name ([`ValueKeys`]). A value a body captures from an enclosing graph is the outer
 //! value: same key, same decision, same range. Ops of other bodies (Loop) are listed
 //! float with the reason, and so are the ops of a subgraph no calibration sample
-//! reached ([`unreached_scopes`], [`build_with`]).
+//! reached ([`build_with`], [`fit_to_statistics`]).
+//!
+//! Values computed from constants only (a transformer's position ids and their embedding
+//! rows, masks built from `Shape`/`ConstantOfShape`/`Where`/`Expand`/`Cast` while input
+//! shapes are symbolic) are not activations: no sample changes them, and the engine may
+//! compute them once, out of sight of calibration. `fold_constants` folds those it can;
+//! the ops that would quantize the rest are left float with the reason. So is every op
+//! that would quantize a value calibration gave no statistics for
+//! ([`fit_to_statistics`]): the plan never asks for a range it cannot have.
 
 use super::params::{QType, ScaleFold};
 use super::rules::{
     body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
-    Target, WeightAxis, OUTPUT_Q_OPTIONAL,
+    Target, WeightAxis, OUTPUT_Q_OPTIONAL, SHAPE_READERS,
 };
 use crate::ir::scope::{defines, op_label, Scopes};
 use crate::ir::{ConstTensor, DType, Graph, Model, OpId, ValueId};
@@ -325,37 +333,70 @@ fn is_float(g: &Graph, v: ValueId) -> bool {
 /// Builds the plan for `m` from the rule table: the main graph, and recursively the
 /// subgraphs whose policy is to plan them.
 pub fn build(m: &Model, cfg: &QuantConfig) -> Plan {
-    build_with(m, cfg, &BTreeSet::new())
+    build_with(m, cfg, &Uncalibrated::default())
 }
 
 /// Reason given for the ops of a subgraph no calibration sample reaches.
 pub const UNREACHED: &str = "no calibration sample reaches this subgraph";
 
-/// [`build`], leaving float every op of the subgraphs labelled in `unreached` (and of
-/// the subgraphs inside them), with the reason [`UNREACHED`].
-pub fn build_with(m: &Model, cfg: &QuantConfig, unreached: &BTreeSet<String>) -> Plan {
+/// What calibration did not reach: the plan leaves the ops concerned float.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uncalibrated {
+    /// Labels of subgraphs no calibration sample reached (a branch never taken, a Scan
+    /// over empty sequences): all their ops stay float, with the reason [`UNREACHED`].
+    pub scopes: BTreeSet<String>,
+    /// Keys of values without statistics: an op that would quantize one (as an input or
+    /// an output) stays float, naming it.
+    pub values: BTreeSet<String>,
+}
+
+/// [`build`], leaving float what `un` lists: every op of the subgraphs labelled in
+/// `un.scopes` (and of the subgraphs inside them), and every op that would quantize a
+/// value of `un.values`.
+pub fn build_with(m: &Model, cfg: &QuantConfig, un: &Uncalibrated) -> Plan {
     let keys = ValueKeys::of(&m.graph);
     let mut plan = Plan::default();
-    plan_scope(&m.graph, &keys, 0, cfg, unreached, &mut plan);
+    plan_scope(&m.graph, &keys, 0, cfg, un, &mut plan);
     plan
 }
 
-/// Labels of the subgraphs holding a calibration value of `plan` that `calibrated`
-/// says has no statistics: no calibration sample reached them (a branch never taken, a
-/// Scan over empty sequences). Values of the main graph are not listed.
-pub fn unreached_scopes(
+/// `plan` (built by [`build`] for `m` and `cfg`) fitted to the statistics calibration
+/// gave: while a calibration value has none (`calibrated` says so), the plan is rebuilt
+/// with it listed in [`Uncalibrated`] (its subgraph when it lives in one, else the value
+/// itself), so that the ops needing it stay float with the reason. Each round lists at
+/// least one more value or subgraph, so this ends; a round that lists nothing new is a
+/// bug, reported as an error naming the value.
+pub fn fit_to_statistics(
     m: &Model,
-    plan: &Plan,
+    cfg: &QuantConfig,
+    mut plan: Plan,
     calibrated: impl Fn(&str) -> bool,
-) -> BTreeSet<String> {
+) -> Result<Plan, String> {
     let keys = ValueKeys::of(&m.graph);
-    plan.calibration_values()
-        .into_iter()
-        .filter(|v| !calibrated(v))
-        .filter_map(|v| keys.locate(&v).map(|(s, _)| s))
-        .filter(|&s| s != 0)
-        .map(|s| keys.scopes.get(s).label.clone())
-        .collect()
+    let mut un = Uncalibrated::default();
+    loop {
+        let missing: Vec<String> = plan
+            .calibration_values()
+            .into_iter()
+            .filter(|v| !calibrated(v))
+            .collect();
+        let Some(first) = missing.first().cloned() else {
+            return Ok(plan);
+        };
+        let mut grew = false;
+        for v in missing {
+            grew |= match keys.locate(&v) {
+                Some((s, _)) if s != 0 => un.scopes.insert(keys.scopes.get(s).label.clone()),
+                _ => un.values.insert(v),
+            };
+        }
+        if !grew {
+            return Err(format!(
+                "the plan still calibrates '{first}', which has no statistics, after leaving it float"
+            ));
+        }
+        plan = build_with(m, cfg, &un);
+    }
 }
 
 /// Marks every op of scope `s` and of the scopes inside it float.
@@ -379,7 +420,7 @@ fn plan_scope(
     keys: &ValueKeys,
     s: usize,
     cfg: &QuantConfig,
-    unreached: &BTreeSet<String>,
+    un: &Uncalibrated,
     plan: &mut Plan,
 ) {
     let g = keys.scopes.graph(main, s);
@@ -402,6 +443,7 @@ fn plan_scope(
     let label = keys.scopes.get(s).label.clone();
     let order = g.topo_order().expect("verified graph is acyclic");
     let sensitive = sensitive_ops(g);
+    let fixed = constant_only(&cx);
     for o in order {
         let op = g.op(o);
         // Subgraphs first: what they read from here is planned with the values of `g`.
@@ -410,10 +452,10 @@ fn plan_scope(
                 continue;
             };
             match body_policy(&op.op_type, op.domain_key()) {
-                _ if unreached.contains(&keys.scopes.get(c).label) => {
+                _ if un.scopes.contains(&keys.scopes.get(c).label) => {
                     all_float(main, keys, c, UNREACHED, plan)
                 }
-                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, unreached, plan),
+                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, un, plan),
                 BodyPolicy::Float(reason) => all_float(main, keys, c, reason, plan),
             }
         }
@@ -439,6 +481,10 @@ fn plan_scope(
                 float(plan, "not in --op-types".into());
                 continue;
             }
+        }
+        if let Some(reason) = unquantizable(&cx, o, &fixed, un) {
+            float(plan, reason);
+            continue;
         }
         if cfg.target != Target::Tensorrt {
             if let Some((x, y, fold)) = foldable_scale(&cx, plan, o) {
@@ -686,6 +732,72 @@ fn plan_scope(
             },
         );
     }
+}
+
+/// Values of the graph `cx` plans that are computed from constants only: every input of
+/// their producer is a constant (of this graph or captured), such a value, or absent, or
+/// the producer is `Shape`/`Size` (which read only a shape, fixed per inference). No
+/// sample changes them. Outputs of ops with subgraphs are not listed (their bodies may
+/// read anything), nor are values of ops without inputs other than `Constant`.
+fn constant_only(cx: &Cx) -> BTreeSet<ValueId> {
+    let g = cx.g;
+    let mut out = BTreeSet::new();
+    for o in g.topo_order().expect("verified graph is acyclic") {
+        let op = g.op(o);
+        let ins = g.inputs_of(o);
+        let fixed = if !op.domain_key().is_empty() || !op.subgraphs().is_empty() {
+            false
+        } else if SHAPE_READERS.contains(&op.op_type.as_str()) {
+            true
+        } else if ins.iter().all(Option::is_none) {
+            op.op_type == "Constant"
+        } else {
+            ins.iter()
+                .flatten()
+                .all(|&v| out.contains(&v) || cx.const_of(v).is_some())
+        };
+        if fixed {
+            out.extend(g.outputs_of(o).into_iter().flatten());
+        }
+    }
+    out
+}
+
+/// Why op `o` cannot be quantized whatever its rule: a value it would quantize (an
+/// output, or a computed input in a quantized role of its rule) is computed from
+/// constants only (`fixed`), or has no calibration statistics (`un.values`).
+fn unquantizable(cx: &Cx, o: OpId, fixed: &BTreeSet<ValueId>, un: &Uncalibrated) -> Option<String> {
+    let g = cx.g;
+    let op = g.op(o);
+    let rule = rule_for(&op.op_type, op.domain_key(), Target::Generic);
+    let inputs = g
+        .inputs_of(o)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, v?)))
+        .filter(|&(i, v)| {
+            rule.is_some_and(|r| r.role(i) != Role::Float) && cx.const_of(v).is_none()
+        })
+        .map(|(_, v)| v);
+    let values: Vec<ValueId> = g
+        .outputs_of(o)
+        .into_iter()
+        .flatten()
+        .chain(inputs)
+        .filter(|&v| cx.is_float(v))
+        .collect();
+    if let Some(v) = values.iter().find(|v| fixed.contains(v)) {
+        return Some(format!(
+            "'{}' is computed from constants only: no sample changes it, so it is not calibrated",
+            g.value(*v).name
+        ));
+    }
+    values.iter().find(|&&v| un.values.contains(&cx.key(v))).map(|v| {
+        format!(
+            "no calibration statistics for '{}' (calibration did not observe it, or the ranges file lacks it)",
+            g.value(*v).name
+        )
+    })
 }
 
 /// Ops whose output flows, without fan-out and before any Conv/MatMul/Gemm, into an input

@@ -269,6 +269,10 @@ pub const RULES: &[OpRule] = &[
     r("Where", WHERE, Float, Quantize, Some("QLinearWhere"), false),
 ];
 
+/// Ops that read only the shape of their input, never its values: their outputs are fixed
+/// once the input shapes are (the plan treats them like constants).
+pub const SHAPE_READERS: &[&str] = &["Shape", "Size"];
+
 /// Ops that ONNX Runtime fuses to integer kernels without a QuantizeLinear on their output
 /// (QGemm, MatMulIntegerToFloat): when their output is a graph output it stays float,
 /// which saves a rounding step at no speed cost.
