@@ -67,6 +67,9 @@ FIXTURES = [
      ["--pin", "sr=16000"], None),
     ("silero_vad_ifless", "silero_vad_ifless/model.onnx", "silero_vad/calib.npz",
      "silero_vad/eval.npz", ["--pin", "sr=16000"], None),
+    # A transformer export: position embeddings computed from constants only, masks,
+    # LayerNormalization, Erf, Softmax, two-activation MatMuls.
+    ("minilm_l3", "minilm_l3/model.onnx", "minilm_l3/calib.npz", "minilm_l3/eval.npz", [], None),
     ("tiny_cnn", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz", [], None),
     ("tiny_mlp", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz", [], None),
     ("tiny_bn", "tiny/tiny_bn.onnx", "tiny/tiny_bn.npz", "tiny/tiny_bn.eval.npz", [], None),
