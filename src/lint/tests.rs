@@ -603,3 +603,25 @@ fn other_targets() {
         Reason::HigherPrecision { .. }
     ));
 }
+
+#[test]
+fn identity_into_a_graph_output_is_removed() {
+    // ONNX Runtime removes an Identity writing a graph output when its input has no other
+    // reader; a DequantizeLinear read twice is first made unique per reader, so the
+    // Identity goes in both cases.
+    for other_reader in [false, true] {
+        let mut m = Qdq::new(17);
+        let x = m.qdq("x", "a", 0.1, U8, 128);
+        m.node("Identity", "id", &[&x], "y", vec![]);
+        m.b.output("y", F32, None);
+        if other_reader {
+            m.sink(&x);
+        }
+        let r = m.lint(Platform::X86_64);
+        let v = &unit(&r, "id").verdict;
+        assert!(
+            matches!(v, Verdict::Removed { why } if why.contains("Identity")),
+            "{other_reader}: {v:?}"
+        );
+    }
+}

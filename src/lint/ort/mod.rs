@@ -60,12 +60,15 @@ pub fn units(model: &Model, platform: Platform) -> Result<Vec<Unit>, LintError> 
     // Level 1.
     sim.eliminate_noops();
     sim.ensure_unique_dq()?;
-    // Level 1 runs until nothing changes; two rounds reach that for these steps.
+    // Level 1 runs until nothing changes; two rounds reach that for these steps. The
+    // rewrite rules run again in each round: a DequantizeLinear made unique can leave an
+    // Identity its only reader.
     for _ in 0..2 {
         sim.constant_fold()?;
         sim.propagate()?;
         sim.quantize_weights_and_biases()?;
         sim.ensure_unique_dq()?;
+        sim.eliminate_noops();
     }
     // Level 2.
     sim.remove_clipping_activations()?;

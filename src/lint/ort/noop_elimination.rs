@@ -2,6 +2,7 @@
 //! `EliminateDropout`, `CastElimination`, `EliminateSlice`): an Identity, a Dropout whose
 //! mask nobody reads, a Cast to the type its input already has, a Slice of the whole
 //! tensor. Readers of the output read the input instead; the op is recorded as removed.
+//! An Identity writing a graph output goes too when its input has no other reader.
 
 use super::sim::Sim;
 use crate::ir::{DType, OpId};
@@ -71,7 +72,10 @@ impl Sim<'_> {
         }
     }
 
-    /// ONNX Runtime's level-1 rewrite rules that delete no-op nodes.
+    /// ONNX Runtime's level-1 rewrite rules that delete no-op nodes. A no-op writing a
+    /// graph output stays, except an Identity whose input is computed by a node for it
+    /// alone (no other reader, no graph output): that node then writes the graph output
+    /// itself (EliminateIdentity's relaxed condition).
     pub(super) fn eliminate_noops(&mut self) {
         let cands: Vec<(OpId, String)> = self
             .g
@@ -82,7 +86,12 @@ impl Sim<'_> {
             let (Some(x), Some(y)) = (self.g.input(o, 0), self.g.output(o, 0)) else {
                 continue;
             };
-            if self.g.is_output(y) {
+            let into_output = self.g.op(o).op_type == "Identity"
+                && self.g.outputs_of(o).len() == 1
+                && self.g.producer(x).is_some()
+                && !self.g.is_output(x)
+                && self.g.consumers(x).len() == 1;
+            if self.g.is_output(y) && !into_output {
                 continue;
             }
             self.g.replace_all_uses(y, x);
