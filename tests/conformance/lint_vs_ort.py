@@ -11,7 +11,10 @@ For every model below, run ``qrange lint --json`` (target ort-cpu) and let ONNX 
   produced by a DequantizeLinear and no output feeds a QuantizeLinear;
 - lint says *removed*: no node of that name is left;
 - lint says *float*: the node is there and is neither of the above, or it was merged
-  into a float fusion (FusedConv, a decomposed function, …).
+  into a float fusion (FusedConv, SkipLayerNormalization, an inlined function, …): its
+  name is gone, but a second optimization with the float fusions disabled still has it in
+  float, or its output is still computed by a node that is no integer kernel and no Q/DQ.
+  A node ONNX Runtime removed outright does not agree with *float*.
 
 And the other way round: every integer kernel in ONNX Runtime's graph must be a unit
 lint calls fused. Nodes without a unique name are named first (in a copy that both
@@ -59,11 +62,25 @@ DROPPABLE = {
 # do not change which units run on integers, and disabling them keeps names matchable.
 DISABLED = ["GatherSliceToSplitFusion", "GatherToSliceFusion"]
 
+# ONNX Runtime's float fusions (CPU, extended level): a node they merge into a fused float
+# node (FusedConv, SkipLayerNormalization, …) disappears under its name. A second
+# optimization with these disabled tells such a node (still there, in float) from one
+# ONNX Runtime removed.
+FLOAT_FUSIONS = [
+    "ConvActivationFusion", "GemmActivationFusion", "EmbedLayerNormFusion", "LayerNormFusion",
+    "SimplifiedLayerNormFusion", "SkipLayerNormFusion", "GeluFusion", "BiasGeluFusion",
+    "FastGeluFusion", "QuickGeluFusion", "AttentionFusion", "MatMulAddFusion",
+    "BiasSoftmaxFusion", "BiasDropoutFusion", "MatMulScaleFusion", "MatmulTransposeFusion",
+    "ConvAddActivationFusion", "GemmSumFusion", "GemmTransposeFusion",
+]
+
 INTEGER_KERNELS = {
     "QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",
     "QLinearMul", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
     "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearWhere", "MatMulNBits",
 }
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 QRANGE_FIXTURES = [
     # (label, model, calib, extra qrange args)
@@ -79,6 +96,8 @@ QRANGE_FIXTURES = [
     ("tiny_outlier", "tiny/tiny_outlier.onnx", "tiny/tiny_outlier.npz", []),
     ("tiny_external", "tiny/tiny_external/model.onnx", "tiny/tiny_external.npz", []),
     ("tiny_shape_if", "tiny/tiny_shape_if.onnx", "tiny/tiny_shape_if.npz", []),
+    ("tiny_crnn", "tiny/tiny_crnn.onnx", "tiny/tiny_crnn.npz", []),
+    ("minilm_l3", "minilm_l3/model.onnx", "minilm_l3/calib.npz", []),
     ("tiny_cnn tensorrt (i8)", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", ["--target", "tensorrt"]),
     ("tiny_mlp i8", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", ["--activation-type", "i8"]),
     ("ppocr_cls u16", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz", ["--activation-type", "u16"]),
@@ -341,6 +360,18 @@ def synthetic_cases():
     g.sink(g.node("Transpose", [x], ["t"], "transpose", perm=[0, 2, 3, 1]), "s1")
     g.out(g.node("Tanh", [x], ["o2"], "tanh"))
     cases.append(("shared DQ then propagation", g.model()))
+
+    # An Identity writing a graph output: ONNX Runtime removes it when its input has no
+    # other reader (the producer then writes the output); a DequantizeLinear read twice is
+    # first made unique per reader, so it goes in both cases.
+    for other_reader in (False, True):
+        g = G([1, 4, 4, 4])
+        x = g.qdq("x", 0.1, 128, "a")
+        g.out(g.node("Identity", [x], ["y"], "target"))
+        if other_reader:
+            g.sink(x, "s1")
+        cases.append((f"identity into graph output{', input read twice' if other_reader else ''}",
+                      g.model()))
     return cases
 
 
@@ -362,19 +393,24 @@ def name_nodes(m: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def ort_optimized(path: str, out: str) -> onnx.ModelProto:
+def ort_optimized(path: str, out: str, disabled: list[str] = DISABLED) -> onnx.ModelProto:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = out
     so.log_severity_level = 3
     so.intra_op_num_threads = 1
     ort.InferenceSession(path, so, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=DISABLED)
+                         disabled_optimizers=disabled)
     return onnx.load(out, load_external_data=False)
 
 
-def ort_side(unit: dict, opt: onnx.ModelProto) -> tuple[str, str]:
-    """What ONNX Runtime did with a unit: (fused|dropped|float|gone, op type)."""
+def ort_side(unit: dict, opt: onnx.ModelProto, unfused: onnx.ModelProto) -> tuple[str, str]:
+    """What ONNX Runtime did with a unit: (fused|dropped|float|merged|gone, op type).
+
+    `unfused` is the same model optimized without the float fusions. merged: the node is
+    gone, but it is there in float without the float fusions (one of them took it over), or
+    one of its outputs is still computed by a float node (a function ONNX Runtime inlined);
+    gone: ONNX Runtime removed it."""
     by_name = {n.name: n for n in opt.graph.node}
     producer = {o: n for n in opt.graph.node for o in n.output}
     readers: dict[str, list] = {}
@@ -383,6 +419,11 @@ def ort_side(unit: dict, opt: onnx.ModelProto) -> tuple[str, str]:
             readers.setdefault(i, []).append(n)
     n = by_name.get(unit["name"])
     if n is None:
+        u = {m.name: m for m in unfused.graph.node}.get(unit["name"])
+        takers = [u] + [producer.get(o) for o in unit.get("outputs", [])]
+        for t in takers:
+            if t is not None and t.op_type not in INTEGER_KERNELS and t.op_type not in QDQ_OPS:
+                return "merged", t.op_type
         return "gone", ""
     if n.op_type in INTEGER_KERNELS:
         return "fused", n.op_type
@@ -403,7 +444,7 @@ def agree(unit: dict, side: tuple[str, str]) -> bool:
         return kind == "dropped"
     if v == "removed":
         return kind == "gone"
-    return kind in ("float", "gone")
+    return kind in ("float", "merged")
 
 
 SEEN: set[str] = set()
@@ -419,9 +460,10 @@ def check_model(label: str, path: str, qrange: str, work: str, plat: str):
         return 0, [f"{label}: qrange lint failed: {r.stderr.strip()}"], {}
     lint = json.loads(r.stdout)
     opt = ort_optimized(named, os.path.join(work, "opt.onnx"))
+    unfused = ort_optimized(named, os.path.join(work, "unfused.onnx"), DISABLED + FLOAT_FUSIONS)
     problems, counts = [], {}
     for u in lint["units"]:
-        side = ort_side(u, opt)
+        side = ort_side(u, opt, unfused)
         counts[u["verdict"]] = counts.get(u["verdict"], 0) + 1
         SEEN.add(u.get("kernel") or u.get("reason_code") or u["verdict"])
         if not agree(u, side):

@@ -7,7 +7,9 @@ calib.npz), then check that the output
 1. passes ``onnx.checker.check_model(full_check=True)``;
 2. loads and runs in ONNX Runtime (CPU EP, 1 thread) with all graph optimizations
    (QDQ node units fused into QLinear*/QGemm/MatMulIntegerToFloat kernels);
-3. agrees with tract's execution of the same quantized model (``qrange run``), measured
+3. keeps the float model's outputs, by name and in order, and tract and ONNX Runtime
+   each return every one of them (a renamed or missing output fails the model);
+4. agrees with tract's execution of the same quantized model (``qrange run``), measured
    in quantization steps of the output: one step is the output's DequantizeLinear scale,
    or (range of the output) / 255 where the output is float.
 
@@ -16,14 +18,15 @@ Tolerances, and why:
   defines them, like qrange's kernels in tract; only the float ops between them differ
   (summation order), and a value that lands on the other side of a rounding tie moves by
   one step, which later layers can amplify at a few elements (a segmentation map's
-  borders). Gate: mean |difference| <= 0.5 step and 99th percentile <= 4 steps; the worst
-  element is reported.
+  borders). Gate: mean |difference| <= 0.35 step and 99th percentile <= 2 steps (the
+  worst measured: 0.24 and 1.0); the worst element is reported.
 - ORT with fused integer kernels requantizes inside each kernel (its own rounding of
   the intermediate scale, lookup tables for Sigmoid/Softmax, u8 x s8 products that
   saturate 16-bit sums on x86 CPUs without VNNI unless weights use 7 bits), so per-layer
-  1-step differences compound through deep networks. Gate: mean |difference| <= 1.5
-  steps; the worst element is reported.
-- 16-bit outputs are measured in their own (256x finer) steps; their gates are 256x wider.
+  1-step differences compound through deep networks. Gate: mean |difference| <= 1 step
+  (the worst measured: 0.5); the worst element is reported.
+- 16-bit outputs are measured in their own (256x finer) steps; their gates are 64x wider
+  (``WIDE_16``: near what is measured, still 4x stricter in value than the 8-bit gates).
 - 4-bit weights put ppocr_cls at about 11 dB output SQNR: quantization noise dominates the
   output, and the fused kernels' one-step differences per layer compound to several output
   steps. Step agreement means little there, so for that case the fused path is gated on
@@ -39,8 +42,9 @@ Tolerances, and why:
   ORT without optimizations 28.5, ORT fused 33.2 dB on one model; tract 30.3, 27.3, 27.1 dB
   on the next one the search chose). So neither that SQNR nor the no-fusion step agreement
   is gated (both are printed). The fused path, which is what deploys, is gated like the
-  8-bit models (mean |difference| against tract <= 1.5 steps), and its top-1 agreement
-  with the float model must be at least tract's.
+  8-bit models, on its own figure (mean |difference| against tract <= 1.5 steps,
+  ``MIXED_FUSED_MEAN``; measured 1.06), and its top-1 agreement with the float model must
+  be at least tract's.
 
 The count of QuantizeLinear nodes (column Q) includes those inside subgraphs.
 Prints a table and ``quantized-ort: N passed, N failed``; exits 1 on any failure.
@@ -84,6 +88,16 @@ FIXTURES = [
     # A declared output shape that contradicts the graph (relaxed in the written model).
     ("tiny_crnn", "tiny/tiny_crnn.onnx", "tiny/tiny_crnn.npz", "tiny/tiny_crnn.eval.npz", [],
      None),
+    ("tiny_broken_layer", "tiny/tiny_broken_layer.onnx", "tiny/tiny_broken_layer.npz",
+     "tiny/tiny_broken_layer.eval.npz", [], None),
+    # Weights in external data; an If folded once the input shape is known (no eval sets:
+    # the calibration samples are run).
+    ("tiny_external", "tiny/tiny_external/model.onnx", "tiny/tiny_external.npz",
+     "tiny/tiny_external.npz", [], None),
+    ("tiny_shape_if", "tiny/tiny_shape_if.onnx", "tiny/tiny_shape_if.npz",
+     "tiny/tiny_shape_if.npz", [], None),
+    # Not here: tiny_loop (the engine cannot execute Loop, so there is no tract run to
+    # compare with) and tiny_all_attrs (its local function cannot be calibrated).
     ("tiny_cnn i8 tensorrt", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
      ["--target", "tensorrt"], None),
     ("ppocr_cls u16 activations", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
@@ -95,6 +109,16 @@ FIXTURES = [
     ("ppocr_cls 4-bit weights", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--size-budget", "0.25", "--sensitivity-samples", "4"], 4),
 ]
+
+
+# Gates on 16-bit outputs are this many times the 8-bit ones, in 16-bit steps (256 times
+# finer). Measured on ppocr_cls u16: no fusion mean 13.5 and 99th percentile 53 steps,
+# fused mean 18.3: gates 22.4, 128 and 64.
+WIDE_16 = 64.0
+
+# The fused path of the mixed-precision model (u8/u16/float activations side by side):
+# measured 1.06 steps; gate 1.5.
+MIXED_FUSED_MEAN = 1.5
 
 
 def count_op(graph: onnx.GraphProto, op_type: str) -> int:
@@ -149,9 +173,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qrange", required=True)
     ap.add_argument("--fixtures", required=True)
-    ap.add_argument("--ref-mean", type=float, default=0.5)
-    ap.add_argument("--ref-p99", type=float, default=4.0)
-    ap.add_argument("--fused-mean", type=float, default=1.5)
+    # Gates, against the worst figure measured over FIXTURES (x86-64 with AVX-512 VNNI):
+    # no fusion, mean 0.24 steps (ppocr_det), 99th percentile 1.0 (ppocr_cls); fused, mean
+    # 0.50 (ppocr_cls; the mixed-precision model has its own gate, MIXED_FUSED_MEAN). The
+    # fused kernels differ between CPUs (VNNI or not), hence twice the measured figure there.
+    ap.add_argument("--ref-mean", type=float, default=0.35)
+    ap.add_argument("--ref-p99", type=float, default=2.0)
+    ap.add_argument("--fused-mean", type=float, default=1.0)
     ap.add_argument("--only", action="append", metavar="LABEL",
                     help="check only the fixture with this label (repeatable)")
     args = ap.parse_args()
@@ -200,17 +228,30 @@ def main() -> int:
             mixed = "--target-sqnr" in extra
             if "--size-budget" in extra or mixed:
                 float_out = ort_outputs(m, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-            for name, t in tract.items():
-                if name not in ref:
-                    continue
+            # The quantized model is a drop-in replacement: the float model's outputs, by
+            # name and in order, and every engine returns each of them.
+            names = [o.name for o in qm.graph.output]
+            want = [o.name for o in onnx.load(m, load_external_data=False).graph.output]
+            if names != want:
+                failures.append(f"{label}: the quantized model's outputs are {names}, the float "
+                                f"model's {want}")
+                continue
+            got = {"tract": sorted(tract), "ORT": sorted(ref), "ORT fused": sorted(fused)}
+            bad = [f"{engine} returned {n}" for engine, n in got.items() if n != sorted(names)]
+            if bad:
+                failures.append(f"{label}: outputs {sorted(names)} expected; " + "; ".join(bad))
+                continue
+            for name in names:
+                t = tract[name]
                 a, b, c = t.astype(np.float64), ref[name].astype(np.float64), fused[name].astype(np.float64)
                 step = steps.get(name) or max(float(b.max() - b.min()) / 255.0, 1e-12)
                 d_ref = np.abs(a - b) / step
                 d_fused = np.abs(a - c) / step
-                wide = 256.0 if any(t in ("u16", "i16") for t in extra) else 1.0
+                wide = WIDE_16 if any(t in ("u16", "i16") for t in extra) else 1.0
                 ok_ref = d_ref.mean() <= args.ref_mean * wide and np.percentile(d_ref, 99) <= args.ref_p99 * wide
-                ok_fused = d_fused.mean() <= args.fused_mean * wide
-                if float_out is not None and name in float_out:
+                fused_gate = (MIXED_FUSED_MEAN if mixed else args.fused_mean) * wide
+                ok_fused = d_fused.mean() <= fused_gate
+                if float_out is not None:
                     f = float_out[name].astype(np.float64)
 
                     def sqnr(x):
