@@ -74,7 +74,8 @@ fn ppocr_cls_reaches_30_db_with_most_weights_in_8_bits() {
     let db = worst_sqnr(&j);
     assert!(db >= 30.0, "written model: {db} dB");
     let share = j["weight_8bit_share"].as_f64().unwrap();
-    assert!(share >= 0.8, "only {share} of weights in 8 bits");
+    // measured 0.990; gate 0.98
+    assert!(share >= 0.98, "only {share} of weights in 8 bits");
     let pr = &j["precision"];
     assert_eq!(pr["validated"].as_f64().unwrap(), db);
     let promoted = pr["promoted"].as_array().unwrap();

@@ -23,8 +23,9 @@ fn tiny_cnn_is_quantized_and_validated() {
     ]);
     assert!(j["quantized_ops"].as_u64().unwrap() >= 4, "{j}");
     let v = &j["validation"]["y"];
-    assert!(v["sqnr_db"].as_f64().unwrap() > 12.0, "{j}");
-    assert!(v["top1_agreement"].as_f64().unwrap() >= 0.8, "{j}");
+    // measured 15.5 dB and 14 of 16 samples; gates 14.5 dB and 13 of 16
+    assert!(v["sqnr_db"].as_f64().unwrap() > 14.5, "{j}");
+    assert!(v["top1_agreement"].as_f64().unwrap() >= 13.0 / 16.0, "{j}");
     assert_eq!(j["eval_samples"], 16);
     let m = load(&out);
     let g = m.graph.as_ref().unwrap();
@@ -193,8 +194,9 @@ fn silero_vad_comes_out_quantized() {
         .filter(|n| n.op_type() == "QuantizeLinear")
         .count();
     assert!(q >= 10, "{q} QuantizeLinear");
+    // measured 36.4 dB; gate 35
     assert!(
-        j["validation"]["output"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        j["validation"]["output"]["sqnr_db"].as_f64().unwrap() > 35.0,
         "{j}"
     );
 }

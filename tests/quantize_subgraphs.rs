@@ -208,7 +208,8 @@ fn tiny_if_branches_come_out_quantized() {
     assert_eq!(j["quantized_ops"], 7, "{j}");
     assert_eq!(j["folded_ops"], 1, "{j}");
     let sqnr = j["validation"]["y"]["sqnr_db"].as_f64().unwrap();
-    assert!(sqnr > 10.0, "SQNR {sqnr} dB: {j}");
+    // measured 14.1 dB; gate 13
+    assert!(sqnr > 13.0, "SQNR {sqnr} dB: {j}");
     assert_eq!(j["eval_samples"], 16);
     let m = load(&out);
     let g = m.graph.as_ref().unwrap();
@@ -333,8 +334,9 @@ fn a_branch_no_sample_takes_stays_float() {
     let g = q.graph.as_ref().unwrap();
     assert!(op_types(body(g, "If", "then_branch")).contains(&"QuantizeLinear"));
     assert!(!op_types(body(g, "If", "else_branch")).contains(&"QuantizeLinear"));
+    // measured 37.1 dB; gate 36
     assert!(
-        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 36.0,
         "{j}"
     );
 }
@@ -453,9 +455,10 @@ fn scan_bodies_are_calibrated_step_by_step_and_quantized() {
         "-o",
         &s(&out),
     ]);
-    for o in ["y", "ys"] {
+    // measured 33.9 dB (y) and 31.9 dB (ys); gates 32.5 and 30.5
+    for (o, gate) in [("y", 32.5), ("ys", 30.5)] {
         let sqnr = j["validation"][o]["sqnr_db"].as_f64().unwrap();
-        assert!(sqnr > 25.0, "{o}: SQNR {sqnr} dB: {j}");
+        assert!(sqnr > gate, "{o}: SQNR {sqnr} dB: {j}");
     }
     let q = load(&out);
     let b = body(q.graph.as_ref().unwrap(), "Scan", "body");
@@ -612,8 +615,9 @@ fn names_defined_by_both_branches_are_keyed_by_branch() {
         "-o",
         &s(&out),
     ]);
+    // measured 39.2 dB; gate 38
     assert!(
-        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 38.0,
         "{j}"
     );
     let q = load(&out);

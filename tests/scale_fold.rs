@@ -152,9 +152,10 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
     assert!(s_d > 0.0 && s_d <= (4.0f32 / 6.0) / 255.0 * 1.0001, "{s_d}");
     // The quantized model computes the float model's outputs (a missing or doubled scaling
     // would put them off by a factor: SQNR near or below 0 dB).
-    for out in ["y", "r"] {
+    // measured 23.5 dB (y) and 26.1 dB (r); gates 22.5 and 25
+    for (out, gate) in [("y", 22.5), ("r", 25.0)] {
         let db = j["validation"][out]["sqnr_db"].as_f64().unwrap();
-        assert!(db > 15.0, "{out}: {db} dB\n{j}");
+        assert!(db > gate, "{out}: {db} dB\n{j}");
     }
     // The per-tensor comparison sets each dequantized value against the folded op's output,
     // what the next op reads in the float model.
@@ -170,7 +171,8 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let c: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let layers = c["per_tensor"]["layers"].as_array().unwrap();
-    for (value, folded_output) in [("m", "d"), ("t", "u")] {
+    // measured 44.9 dB (m) and 29.2 dB (t); gates 43.5 and 28
+    for (value, folded_output, gate) in [("m", "d", 43.5), ("t", "u", 28.0)] {
         let l = layers
             .iter()
             .find(|l| l["value"] == value)
@@ -178,7 +180,7 @@ fn div_and_mul_by_constants_fold_into_the_quantization() {
         let dq = &l["dequantized"];
         assert_eq!(dq["reference"], folded_output, "{l}");
         let db = dq["metrics"]["sqnr_db"].as_f64().unwrap();
-        assert!(db > 20.0, "{value}: {db} dB against {folded_output}: {l}");
+        assert!(db > gate, "{value}: {db} dB against {folded_output}: {l}");
     }
 }
 
@@ -205,8 +207,9 @@ fn a_constant_that_broadcasts_to_a_higher_rank_is_not_folded() {
     let g = written.graph.as_ref().unwrap();
     assert!(g.node.iter().any(|n| n.name() == "scale"), "{j}");
     assert_eq!(j["folded_ops"], 0, "{j}");
+    // measured 20.2 dB; gate 19
     assert!(
-        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 19.0,
         "{j}"
     );
 }
@@ -283,8 +286,9 @@ fn a_constant_of_an_enclosing_graph_is_not_folded() {
         .and_then(|a| a.g.as_ref())
         .unwrap();
     assert!(then.node.iter().any(|n| n.name() == "then_scale"), "{j}");
+    // measured 17.9 dB; gate 16.5
     assert!(
-        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 15.0,
+        j["validation"]["y"]["sqnr_db"].as_f64().unwrap() > 16.5,
         "{j}"
     );
 }
