@@ -14,14 +14,18 @@
 //! `infer_shapes`/`fold_constants` to a fixed point) → prepare (`infer_shapes`,
 //! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `upgrade_opset` when per-channel
 //! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
-//! per value, in the main graph and inside If branches and Scan bodies) → calibrate
+//! per value, in the main graph and inside If branches and Scan bodies; values computed
+//! from constants and shapes only, such as a transformer's position embeddings, are left
+//! alone) → calibrate
 //! (`calib::collect` streams the planned values out of tract as it computes them, straight
 //! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
 //! method turns each into a range; `--method adaptive`, the default, runs every method's
 //! set of ranges in `tune::sim`'s simulation model on a few calibration samples and keeps
 //! the method whose set comes closest to their float outputs, which the collector kept
 //! while calibrating; the compared ranges come from the other samples' statistics, which
-//! the collector keeps apart, `cli::quantize::adaptive`) → materialise
+//! the collector keeps apart, `cli::quantize::adaptive`; `quant::plan::fit_to_statistics`
+//! leaves float, with the reason, whatever would need a value calibration has no
+//! statistics for) → materialise
 //! (`passes::insert_qdq`: Relu/Clip folded into their producer's range, Div/Mul by a
 //! constant into its QuantizeLinear scale) → encode → validate (both models in tract, `report::compare`)
 //! → with `--report`, one HTML page (`report::html`).
@@ -126,6 +130,9 @@
 //!   tensors (one per value per sample): shards merge bit-identically to one run. The hot
 //!   loops (statistics, the simulation's fake quantization) are compiled per instruction
 //!   set and chosen at run time; every choice computes the same bits.
+//! - **Invariant:** no model qrange writes or hands to the engine declares a shape its
+//!   graph contradicts: `infer_shapes` relaxes a contradicting declaration (graph output,
+//!   `value_info`) to what the graph computes, and says so.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
 //!   file, node or tensor; outputs are written to a temporary file and renamed, and the
 //!   input model is never overwritten.

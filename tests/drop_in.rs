@@ -47,8 +47,8 @@ fn a_declared_output_shape_that_contradicts_the_graph_is_relaxed() {
     ]);
     // Validated in the engine, which refuses contradicting shapes.
     let sqnr = j["validation"]["y"]["sqnr_db"].as_f64().unwrap();
-    // measured 39.7 dB; gate 36
-    assert!(sqnr > 36.0, "{j}");
+    // measured 39.7 dB; gate 38.5
+    assert!(sqnr > 38.5, "{j}");
     // The summary names the value and says what was done.
     let notes: Vec<&str> = j["notes"]
         .as_array()
