@@ -37,6 +37,30 @@ fn real_fixtures_round_trip_byte_identical() {
 }
 
 #[test]
+fn opset_imports_keep_their_bytes_until_they_change() {
+    // A PyTorch export writes its default-domain import without the domain field; onnx's
+    // helpers write it empty. Both mean the same import and both come back as written.
+    for domain in [None, Some(String::new())] {
+        let mut m = add_relu();
+        m.opset_import = vec![proto::OperatorSetIdProto {
+            domain: domain.clone(),
+            version: Some(17),
+        }];
+        let bytes = m.encode_to_vec();
+        let (mut ir, out) = roundtrip_bytes(&bytes, Path::new("."));
+        assert_eq!(out, bytes, "domain {domain:?}");
+        assert_eq!(ir.opset(""), Some(17));
+        // A changed list is written from the IR.
+        ir.opsets[0].version = 21;
+        let changed =
+            proto::ModelProto::decode(onnx::model_to_bytes(&ir).unwrap().as_slice()).unwrap();
+        assert_eq!(changed.opset_import.len(), 1);
+        assert_eq!(changed.opset_import[0].version, Some(21));
+        assert_eq!(changed.opset_import[0].domain.as_deref().unwrap_or(""), "");
+    }
+}
+
+#[test]
 fn every_field_kind_survives() {
     let mut m = add_relu();
     m.doc_string = Some("model doc".into());

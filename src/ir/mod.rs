@@ -32,7 +32,8 @@ pub struct Model {
     pub opsets: Vec<OpsetImport>,
     pub graph: Graph,
     /// Unmodelled `ModelProto` fields: producer, doc string, metadata, functions,
-    /// training info, device configuration.
+    /// training info, device configuration; also `opset_import` as written (encoding
+    /// keeps those bytes while `opsets` still equals them).
     pub carry: Carry,
 }
 

@@ -45,13 +45,10 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
         origin: origin.to_path_buf(),
     };
     let graph = cx.graph(graph)?;
-    let opsets = std::mem::take(&mut p.opset_import)
-        .into_iter()
-        .map(|o| OpsetImport {
-            domain: o.domain.unwrap_or_default(),
-            version: o.version.unwrap_or(0),
-        })
-        .collect();
+    // The entries stay in the carried bytes as written (a domain left out and a domain
+    // written empty are the same import but not the same bytes); encode writes them back
+    // unless the IR's list changed.
+    let opsets = p.opset_import.iter().map(opset_of).collect();
     let ir_version = p.ir_version.take();
     let model = Model {
         ir_version,
@@ -64,6 +61,14 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
         error: e,
     })?;
     Ok(model)
+}
+
+/// The IR form of one `opset_import` entry (an absent domain is the default one).
+pub(crate) fn opset_of(o: &proto::OperatorSetIdProto) -> OpsetImport {
+    OpsetImport {
+        domain: o.domain.clone().unwrap_or_default(),
+        version: o.version.unwrap_or(0),
+    }
 }
 
 struct Cx {

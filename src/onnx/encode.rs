@@ -52,14 +52,18 @@ pub fn encode_model(
     };
     let mut p = proto::ModelProto::decode(m.carry.0.as_slice()).map_err(carry_err)?;
     p.ir_version = m.ir_version;
-    p.opset_import = m
-        .opsets
-        .iter()
-        .map(|o| proto::OperatorSetIdProto {
-            domain: Some(o.domain.clone()),
-            version: Some(o.version),
-        })
-        .collect();
+    // The entries as read, byte for byte, unless the IR's list differs from them.
+    let as_read: Vec<_> = p.opset_import.iter().map(super::decode::opset_of).collect();
+    if as_read != m.opsets {
+        p.opset_import = m
+            .opsets
+            .iter()
+            .map(|o| proto::OperatorSetIdProto {
+                domain: Some(o.domain.clone()),
+                version: Some(o.version),
+            })
+            .collect();
+    }
     p.graph = Some(e.graph(&m.graph, true)?);
     Ok((p, e.side))
 }
