@@ -404,6 +404,60 @@ impl Tensor {
             F32, F64, F16, BF16, I8, U8, I16, U16, I32, U32, I64, U64, Bool, Str, I4, U4
         ))
     }
+
+    /// The tensors stacked along a new first axis (`None` when `parts` is empty or the
+    /// parts differ in element type or shape).
+    pub fn stack(parts: &[Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        let (dtype, shape) = (first.dtype(), first.shape());
+        if parts
+            .iter()
+            .any(|p| p.dtype() != dtype || p.shape() != shape)
+        {
+            return None;
+        }
+        macro_rules! stack {
+            ($($v:ident),*) => {
+                match first {
+                    $(Tensor::$v(_) => {
+                        let views: Vec<_> = parts
+                            .iter()
+                            .map(|p| match p {
+                                Tensor::$v(a) => a.view(),
+                                _ => unreachable!("element types checked equal"),
+                            })
+                            .collect();
+                        Tensor::$v(ndarray::stack(ndarray::Axis(0), &views).ok()?)
+                    })*
+                }
+            };
+        }
+        Some(stack!(
+            F32, F64, F16, BF16, I8, U8, I16, U16, I32, U32, I64, U64, Bool, Str, I4, U4
+        ))
+    }
+
+    /// A tensor of `dtype` with no element, of shape `shape` (`None` when the shape holds
+    /// elements or the type has no host form).
+    pub fn empty(dtype: DType, shape: &[usize]) -> Option<Tensor> {
+        if shape.iter().product::<usize>() != 0 {
+            return None;
+        }
+        let sh = ndarray::IxDyn(shape);
+        macro_rules! empty {
+            ($($d:ident => $v:ident),*) => {
+                match dtype {
+                    $(DType::$d => Tensor::$v(ArrayD::from_shape_vec(sh, Vec::new()).ok()?),)*
+                    _ => return None,
+                }
+            };
+        }
+        Some(empty!(
+            F32 => F32, F64 => F64, F16 => F16, BF16 => BF16, I8 => I8, U8 => U8,
+            I16 => I16, U16 => U16, I32 => I32, U32 => U32, I64 => I64, U64 => U64,
+            Bool => Bool, String => Str, I4 => I4, U4 => U4
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -442,5 +496,25 @@ mod tests {
         assert_eq!(s.to_f64_vec().unwrap(), vec![2.0, 5.0]);
         assert!(t.index_axis(1, 3).is_none());
         assert!(t.index_axis(2, 0).is_none());
+    }
+
+    #[test]
+    fn stacks_along_a_new_axis_and_makes_empty_tensors() {
+        let a = Tensor::I64(ndarray::arr1(&[1i64, 2]).into_dyn());
+        let b = Tensor::I64(ndarray::arr1(&[3i64, 4]).into_dyn());
+        let s = Tensor::stack(&[a.clone(), b]).unwrap();
+        assert_eq!(s.shape(), vec![2, 2]);
+        assert_eq!(s.to_i64_vec().unwrap(), vec![1, 2, 3, 4]);
+        let short = Tensor::I64(ndarray::arr1(&[5i64]).into_dyn());
+        assert!(
+            Tensor::stack(&[a.clone(), short]).is_none(),
+            "shapes differ"
+        );
+        let f = Tensor::F32(ndarray::arr1(&[1f32, 2.0]).into_dyn());
+        assert!(Tensor::stack(&[a, f]).is_none(), "types differ");
+        assert!(Tensor::stack(&[]).is_none());
+        let e = Tensor::empty(DType::F32, &[0, 2, 3]).unwrap();
+        assert_eq!((e.dtype(), e.shape()), (DType::F32, vec![0, 2, 3]));
+        assert!(Tensor::empty(DType::F32, &[1, 2]).is_none());
     }
 }

@@ -37,8 +37,8 @@
 //! ```
 
 use super::util::{
-    const_value, derive_name, for_each_subgraph, is_captured, names_in_use, rename_in_subgraphs,
-    OuterConsts,
+    const_value, derive_name, for_each_subgraph, is_captured, names_in_use, place_ops,
+    rename_in_subgraphs, OuterConsts,
 };
 use super::{Changed, FoldConstants, InferShapes, Pass, PassCx, PassError};
 use crate::ir::{AttrValue, Carry, Graph, Model, Op, OpId, Value, ValueId};
@@ -292,26 +292,6 @@ fn inline(
             .map_err(|e| err(format!("{node}: {e}")))?;
         moved.push(id);
     }
-    renumber(g, if_order, &moved);
+    place_ops(g, if_order, &moved);
     Ok(())
-}
-
-/// Renumbers op order keys: every op keeps its relative place, and `moved` ops go
-/// where an op with key `at` was, in the given order.
-fn renumber(g: &mut Graph, at: (u32, u32), moved: &[OpId]) {
-    let pos: HashMap<OpId, usize> = moved.iter().enumerate().map(|(i, o)| (*o, i)).collect();
-    let mut keys: Vec<((u32, u32, usize), OpId)> = g
-        .ops()
-        .map(|o| match pos.get(&o) {
-            Some(i) => ((at.0, at.1, i + 1), o),
-            None => {
-                let k = g.op(o).order;
-                ((k.0, k.1, 0), o)
-            }
-        })
-        .collect();
-    keys.sort();
-    for (i, (_, o)) in keys.into_iter().enumerate() {
-        g.op_mut(o).order = (i as u32, 0);
-    }
 }

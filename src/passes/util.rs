@@ -8,7 +8,7 @@
 //! subgraphs, which is what [`replace_uses_everywhere`] and [`rename_everywhere`] do.
 
 use crate::ir::{Graph, Model, OpId, Tensor, ValueId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 /// Largest tensor (in elements) that passes decode to compute with or fold into a new
@@ -237,5 +237,25 @@ pub fn remove_dead(g: &mut Graph) -> bool {
 pub fn allow_constant_initializers(m: &mut Model) {
     if m.ir_version.is_some_and(|v| v < 4) {
         m.ir_version = Some(4);
+    }
+}
+
+/// Renumbers op order keys: every op keeps its relative place, and `moved` ops go
+/// where an op with key `at` was, in the given order.
+pub fn place_ops(g: &mut Graph, at: (u32, u32), moved: &[OpId]) {
+    let pos: HashMap<OpId, usize> = moved.iter().enumerate().map(|(i, o)| (*o, i)).collect();
+    let mut keys: Vec<((u32, u32, usize), OpId)> = g
+        .ops()
+        .map(|o| match pos.get(&o) {
+            Some(i) => ((at.0, at.1, i + 1), o),
+            None => {
+                let k = g.op(o).order;
+                ((k.0, k.1, 0), o)
+            }
+        })
+        .collect();
+    keys.sort();
+    for (i, (_, o)) in keys.into_iter().enumerate() {
+        g.op_mut(o).order = (i as u32, 0);
     }
 }
