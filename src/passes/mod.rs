@@ -14,6 +14,7 @@ pub mod insert_qdq;
 pub mod pin_inputs;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod unroll_loop;
 pub mod upgrade_opset;
 pub mod util;
 
