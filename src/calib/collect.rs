@@ -117,6 +117,7 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     let opts = SessionOptions {
         taps: values.to_vec(),
         stream_taps: true,
+        ..Default::default()
     };
     let session = Session::new(model, base_dir, &first, &opts)?;
     drop(first);

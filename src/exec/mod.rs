@@ -20,25 +20,33 @@
 //! as it is computed and freed once its readers ran), for calibration over large activations.
 //!
 //! [`Session::notes`] says what was replaced or emulated, for the user to see.
+//!
+//! **Loop.** The engine has no `Loop`. A model holding one is decoded to the IR first:
+//! `Loop`s with a small constant trip count are unrolled (`passes::unroll_loop`, within
+//! [`LoopLimits::unroll`]); a model still holding a `Loop` runs in stages (`staged`): the
+//! engine runs the parts of the graph between `Loop`s whole, and each `Loop` runs its body
+//! as a model of its own once per iteration (`loops`: ONNX's semantics, data-dependent trip
+//! counts and conditions, at most [`LoopLimits::max_iterations`] iterations, an error past
+//! them). Either way the session's interface is the same.
 
 mod convert;
+mod engine;
 pub(crate) mod fake_quant;
+pub mod loops;
 mod prepare;
 mod qdq;
+mod staged;
 mod tap;
 
 use crate::ir::tensor::{DType, Tensor};
-use crate::onnx::proto::ModelProto;
+use crate::ir::Model;
+use crate::onnx::proto::{GraphProto, ModelProto};
+use engine::Engine;
+pub use loops::LoopLimits;
 use prost::Message;
+use staged::Staged;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use tract_onnx::prelude::{
-    tensor0, tvec, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec,
-    TractError, TractResult, TypedNode, TypedRunnableModel,
-};
-use tract_onnx::tract_core::ops::OpState;
-use tract_onnx::tract_core::plan::EvalContext;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,14 @@ pub enum ExecError {
     /// An output could not be converted back.
     #[error("output '{name}': {reason}")]
     Output { name: String, reason: String },
+    /// A control-flow node run on the host (a `Loop`, or an `If` around one) failed or
+    /// cannot run.
+    #[error("{op_type} node '{node}': {reason}")]
+    ControlFlow {
+        op_type: String,
+        node: String,
+        reason: String,
+    },
 }
 
 fn domain_suffix(domain: &str) -> String {
@@ -100,6 +116,8 @@ pub struct SessionOptions {
     pub taps: Vec<String>,
     /// Stream the taps to [`Session::run_observed`] instead of returning them as outputs.
     pub stream_taps: bool,
+    /// How `Loop` nodes run: unrolling bounds and the cap on iterations.
+    pub loops: LoopLimits,
 }
 
 /// A streamed tap's value: f32 data as the engine holds it (no copy), other types converted.
@@ -118,46 +136,37 @@ pub enum ObservedError<E> {
     Observer(E),
 }
 
-/// Element type and shape of each model input, in input order.
-type Signature = Vec<(DType, Vec<usize>)>;
+/// True when `g` or one of its subgraphs holds a default-domain `Loop`.
+fn proto_holds_loop(g: &GraphProto) -> bool {
+    g.node.iter().any(|n| {
+        (n.op_type() == "Loop" && matches!(n.domain(), "" | "ai.onnx"))
+            || n.attribute
+                .iter()
+                .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+                .any(proto_holds_loop)
+    })
+}
+
+/// How a [`Session`] runs its model.
+enum Kind {
+    /// Whole, in the engine.
+    Engine(Box<Engine>),
+    /// In stages around the `Loop`s the engine cannot run.
+    Staged(Box<Staged>),
+}
 
 /// A model ready to run on host tensors.
 pub struct Session {
-    /// The prepared model in the engine's protobuf types.
-    proto: tract_onnx::pb::ModelProto,
-    base_dir: Option<String>,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-    /// How many of `outputs` are the model's own (the rest are taps or tap sinks).
-    graph_outputs: usize,
-    logical: BTreeMap<String, DType>,
-    notes: Vec<String>,
-    /// Notes added while building plans.
-    extra_notes: Mutex<Vec<String>>,
-    plans: Mutex<BTreeMap<Signature, Arc<TypedRunnableModel>>>,
+    kind: Kind,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("inputs", &self.inputs)
-            .field("outputs", &self.outputs)
-            .field("notes", &self.notes)
-            .finish()
+        match &self.kind {
+            Kind::Engine(e) => e.fmt(f),
+            Kind::Staged(s) => s.fmt(f),
+        }
     }
-}
-
-/// The engine's ONNX front end with qrange's exact Q/DQ ops registered.
-fn engine() -> tract_onnx::Onnx {
-    let mut onnx = tract_onnx::onnx();
-    onnx.op_register
-        .insert("QuantizeLinear", qdq::quantize_builder);
-    onnx.op_register
-        .insert("DequantizeLinear", qdq::dequantize_builder);
-    onnx.op_register.insert(tap::TAP_OP, tap::tap_builder);
-    onnx.op_register
-        .insert(fake_quant::FAKE_QUANT_OP, fake_quant::fake_quant_builder);
-    onnx
 }
 
 impl Session {
@@ -166,59 +175,105 @@ impl Session {
     /// `base_dir` is where external-data files live (`None`: the model has none). `sample` holds
     /// one tensor per model input (by name); its types and shapes become the input facts, so
     /// models with dynamic dimensions load. Other shapes given to [`Session::run`] later get
-    /// their own plan.
+    /// their own plan. A model holding a `Loop` the engine cannot run whole runs `sample`
+    /// once here, so that every part it reaches is loaded.
     pub fn new(
         model: &ModelProto,
         base_dir: Option<&Path>,
         sample: &BTreeMap<String, Tensor>,
         opts: &SessionOptions,
     ) -> Result<Session, ExecError> {
-        let onnx = engine();
-        let known = |op: &str| onnx.op_register.0.contains_key(op);
-        let prepared = prepare::prepare(model, base_dir, &opts.taps, opts.stream_taps, &known)?;
-        let bytes = prepared.model.encode_to_vec();
-        let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
-            .map_err(|e| ExecError::Load(format!("re-decoding the prepared model: {e}")))?;
-        let base_dir = match base_dir {
-            None => None,
-            Some(d) => Some(
-                d.to_str()
-                    .ok_or_else(|| {
-                        ExecError::Load(format!("base directory {} is not UTF-8", d.display()))
-                    })?
-                    .to_string(),
-            ),
+        let graph = model.graph.as_ref().ok_or(ExecError::NoGraph)?;
+        if !proto_holds_loop(graph) {
+            let engine = Engine::new(model, base_dir, sample, opts)?;
+            return Ok(Session {
+                kind: Kind::Engine(Box::new(engine)),
+            });
+        }
+        let bytes = model.encode_to_vec();
+        let origin = Path::new("<model>");
+        let m = crate::onnx::decode_model(&bytes, base_dir.unwrap_or(Path::new(".")), origin)
+            .map_err(|e| ExecError::Load(e.to_string()))?;
+        Session::from_ir(m, base_dir, sample, opts)
+    }
+
+    /// [`Session::new`] for a model in the IR; how it runs depends on its `Loop`s (see the
+    /// module documentation).
+    pub(crate) fn from_ir(
+        mut m: Model,
+        base_dir: Option<&Path>,
+        sample: &BTreeMap<String, Tensor>,
+        opts: &SessionOptions,
+    ) -> Result<Session, ExecError> {
+        let unrolled = crate::passes::unroll_loop::unroll_loops(&mut m, &opts.loops.unroll)
+            .map_err(|e| ExecError::Load(e.to_string()))?;
+        let notes: Vec<String> = unrolled
+            .iter()
+            .map(|u| {
+                format!(
+                    "Loop {}: unrolled into {} copies of its body (a constant trip count)",
+                    u.node, u.trips
+                )
+            })
+            .collect();
+        if !staged::holds_loop(&m.graph) {
+            let (proto, _) =
+                crate::onnx::encode_model(&m, &crate::onnx::ExternalPolicy::Inline, "")
+                    .map_err(|e| ExecError::Load(e.to_string()))?;
+            let mut engine = Engine::new(&proto, base_dir, sample, opts)?;
+            engine.add_notes(notes);
+            return Ok(Session {
+                kind: Kind::Engine(Box::new(engine)),
+            });
+        }
+        let staged = Staged::new(m, base_dir, opts, notes)?;
+        let warm = if opts.stream_taps {
+            let mut ignore = |_: &str, _: TapValue<'_>| Ok::<(), std::convert::Infallible>(());
+            let ignore: &mut dyn FnMut(&str, TapValue<'_>) -> Result<(), std::convert::Infallible> =
+                &mut ignore;
+            staged.execute(sample, Some(ignore))
+        } else {
+            staged.execute(sample, None)
         };
-        let session = Session {
-            proto,
-            base_dir,
-            inputs: prepared.inputs,
-            outputs: prepared.outputs,
-            graph_outputs: prepared.graph_outputs,
-            logical: prepared.logical,
-            notes: prepared.notes,
-            extra_notes: Mutex::new(Vec::new()),
-            plans: Mutex::new(BTreeMap::new()),
-        };
-        let signature = session.signature(sample)?;
-        session.plan(&signature)?;
-        Ok(session)
+        warm.map_err(|e| match e {
+            ObservedError::Exec(e) => e,
+            ObservedError::Observer(never) => match never {},
+        })?;
+        Ok(Session {
+            kind: Kind::Staged(Box::new(staged)),
+        })
     }
 
     /// Names of the model inputs a sample must provide, in model order.
     pub fn input_names(&self) -> &[String] {
-        &self.inputs
+        match &self.kind {
+            Kind::Engine(e) => e.input_names(),
+            Kind::Staged(s) => s.input_names(),
+        }
     }
 
     /// Names of the values [`Session::run`] returns: graph outputs, then taps.
     pub fn output_names(&self) -> &[String] {
-        &self.outputs
+        match &self.kind {
+            Kind::Engine(e) => e.output_names(),
+            Kind::Staged(s) => s.output_names(),
+        }
     }
 
     /// What was replaced or emulated to run this model.
     pub fn notes(&self) -> Vec<String> {
-        let extra = self.extra_notes.lock().unwrap_or_else(|e| e.into_inner());
-        self.notes.iter().chain(extra.iter()).cloned().collect()
+        let (counts, other) = self.note_parts();
+        let mut out = prepare::qdq_notes(&counts);
+        out.extend(other);
+        out
+    }
+
+    /// The Q/DQ nodes qrange's kernels run, and the other notes.
+    fn note_parts(&self) -> (prepare::QdqCounts, Vec<String>) {
+        match &self.kind {
+            Kind::Engine(e) => (e.qdq_counts().clone(), e.other_notes()),
+            Kind::Staged(s) => s.note_parts(),
+        }
     }
 
     /// Runs one sample; returns every graph output and every tap by ONNX name.
@@ -226,24 +281,19 @@ impl Session {
         &self,
         sample: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
-        let signature = self.signature(sample)?;
-        let plan = self.plan(&signature)?;
-        let inputs = self.engine_inputs(sample)?;
-        let values = plan
-            .run(inputs)
-            .map_err(|e| ExecError::Run(engine_error(e)))?;
-        if values.len() != self.outputs.len() {
-            return Err(ExecError::Run(format!(
-                "the engine returned {} values for {} outputs",
-                values.len(),
-                self.outputs.len()
-            )));
+        match &self.kind {
+            Kind::Engine(e) => e.run(sample),
+            Kind::Staged(s) => s
+                .execute::<std::convert::Infallible>(sample, None)
+                .map_err(|e| match e {
+                    ObservedError::Exec(e) => e,
+                    ObservedError::Observer(never) => match never {},
+                }),
         }
-        self.host_outputs(&values)
     }
 
     /// Runs one sample, handing every streamed tap (see [`SessionOptions::stream_taps`]) to
-    /// `observe` with its ONNX name as soon as the engine has computed it. Each tap is observed
+    /// `observe` with its ONNX name as soon as it has been computed. Each tap is observed
     /// exactly once per run. The model's own outputs are returned when `keep_outputs` is set.
     /// A run may be made from several threads at once (each gets its own engine state).
     pub fn run_observed<E>(
@@ -252,190 +302,13 @@ impl Session {
         keep_outputs: bool,
         mut observe: impl FnMut(&str, TapValue<'_>) -> Result<(), E>,
     ) -> Result<Option<BTreeMap<String, Tensor>>, ObservedError<E>> {
-        let exec = ObservedError::Exec;
-        let signature = self.signature(sample).map_err(exec)?;
-        let plan = self.plan(&signature).map_err(exec)?;
-        let inputs = self.engine_inputs(sample).map_err(exec)?;
-        let mut state = plan
-            .spawn()
-            .map_err(|e| ExecError::Run(engine_error(e)))
-            .map_err(exec)?;
-        let mut failure: Option<ObservedError<E>> = None;
-        let logical = &self.logical;
-        let ran = state.run_plan_with_eval(
-            inputs,
-            |ctx: &EvalContext<'_>,
-             op_state: Option<&mut (dyn OpState + 'static)>,
-             node: &TypedNode,
-             inputs: TVec<TValue>|
-             -> TractResult<TVec<TValue>> {
-                let Some(sink) = node.op_as::<tap::TapSink>() else {
-                    return tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                };
-                let value = &inputs[0];
-                let plain = value.to_plain_array_view::<f32>();
-                let view = match plain.as_ref().ok().and_then(|v| v.as_slice()) {
-                    Some(s) => TapValue::F32(s),
-                    None => match convert::to_host(value, logical.get(&sink.name).copied()) {
-                        Ok(t) => TapValue::Host(t),
-                        Err(e) => {
-                            failure = Some(ObservedError::Exec(ExecError::Output {
-                                name: sink.name.clone(),
-                                reason: engine_error(e),
-                            }));
-                            return Err(TractError::msg(format!(
-                                "tap '{}' could not be converted",
-                                sink.name
-                            )));
-                        }
-                    },
-                };
-                if let Err(e) = observe(&sink.name, view) {
-                    failure = Some(ObservedError::Observer(e));
-                    return Err(TractError::msg(format!(
-                        "observation of '{}' failed",
-                        sink.name
-                    )));
-                }
-                Ok(tvec!(tensor0(0f32).into_tvalue()))
-            },
-        );
-        let values = match (ran, failure) {
-            (_, Some(f)) => return Err(f),
-            (Err(e), None) => return Err(ObservedError::Exec(ExecError::Run(engine_error(e)))),
-            (Ok(values), None) => values,
-        };
-        if !keep_outputs {
-            return Ok(None);
+        match &self.kind {
+            Kind::Engine(e) => e.run_observed(sample, keep_outputs, observe),
+            Kind::Staged(s) => {
+                let observe: &mut dyn FnMut(&str, TapValue<'_>) -> Result<(), E> = &mut observe;
+                let out = s.execute(sample, Some(observe))?;
+                Ok(keep_outputs.then_some(out))
+            }
         }
-        self.host_outputs(&values[..self.graph_outputs.min(values.len())])
-            .map(Some)
-            .map_err(exec)
-    }
-
-    /// The first engine values converted to host tensors, named by the session's outputs.
-    fn host_outputs(&self, values: &[TValue]) -> Result<BTreeMap<String, Tensor>, ExecError> {
-        let mut out = BTreeMap::new();
-        for (name, value) in self.outputs.iter().zip(values.iter()) {
-            let logical = self.logical.get(name).copied();
-            let host = convert::to_host(value, logical).map_err(|e| ExecError::Output {
-                name: name.clone(),
-                reason: engine_error(e),
-            })?;
-            out.insert(name.clone(), host);
-        }
-        Ok(out)
-    }
-
-    /// The sample's tensors in the engine's form, in model input order.
-    fn engine_inputs(&self, sample: &BTreeMap<String, Tensor>) -> Result<TVec<TValue>, ExecError> {
-        let mut inputs: TVec<TValue> = TVec::new();
-        for name in &self.inputs {
-            let t = sample
-                .get(name)
-                .ok_or_else(|| ExecError::MissingInput(name.clone()))?;
-            let t = convert::to_engine(t).map_err(|dtype| ExecError::UnsupportedType {
-                tensor: name.clone(),
-                dtype,
-            })?;
-            inputs.push(t.into_tvalue());
-        }
-        Ok(inputs)
-    }
-
-    /// Checks a sample against the model inputs and returns its signature.
-    fn signature(&self, sample: &BTreeMap<String, Tensor>) -> Result<Signature, ExecError> {
-        if let Some(extra) = sample.keys().find(|k| !self.inputs.contains(k)) {
-            return Err(ExecError::UnknownInput(extra.clone()));
-        }
-        self.inputs
-            .iter()
-            .map(|name| {
-                let t = sample
-                    .get(name)
-                    .ok_or_else(|| ExecError::MissingInput(name.clone()))?;
-                if convert::storage_datum(t.dtype()).is_none() {
-                    return Err(ExecError::UnsupportedType {
-                        tensor: name.clone(),
-                        dtype: t.dtype(),
-                    });
-                }
-                Ok((t.dtype(), t.shape()))
-            })
-            .collect()
-    }
-
-    /// The cached plan for `signature`, built on first use.
-    fn plan(&self, signature: &Signature) -> Result<Arc<TypedRunnableModel>, ExecError> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plan) = plans.get(signature) {
-            return Ok(plan.clone());
-        }
-        let plan = self.build(signature)?;
-        plans.insert(signature.clone(), plan.clone());
-        Ok(plan)
-    }
-
-    /// Builds a plan with the sample's concrete input facts. Some models only load with their
-    /// own declared (symbolic) input facts (e.g. an `If` whose branches disagree once shapes are
-    /// concrete); when the concrete facts fail, those are tried before giving up.
-    fn build(&self, signature: &Signature) -> Result<Arc<TypedRunnableModel>, ExecError> {
-        match self.build_with(Some(signature)) {
-            Ok(plan) => Ok(plan),
-            Err(concrete) => match self.build_with(None) {
-                Ok(plan) => {
-                    let mut extra = self.extra_notes.lock().unwrap_or_else(|e| e.into_inner());
-                    let note = format!(
-                        "the model's declared input shapes were used: it does not load with \
-                         concrete ones ({concrete})"
-                    );
-                    if !extra.contains(&note) {
-                        extra.push(note);
-                    }
-                    Ok(plan)
-                }
-                Err(_) => Err(concrete),
-            },
-        }
-    }
-
-    fn build_with(
-        &self,
-        signature: Option<&Signature>,
-    ) -> Result<Arc<TypedRunnableModel>, ExecError> {
-        let load = |e: tract_onnx::prelude::TractError| ExecError::Load(engine_error(e));
-        let parsed = engine()
-            .parse(&self.proto, self.base_dir.as_deref())
-            .map_err(load)?;
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(ExecError::Load(format!(
-                "values used but never defined: {}",
-                parsed.unresolved_inputs.join(", ")
-            )));
-        }
-        let mut model = parsed.model;
-        let outlets = model.input_outlets().map_err(load)?.to_vec();
-        let Some(signature) = signature else {
-            let typed = model.into_optimized().map_err(load)?;
-            return typed.into_runnable().map_err(load);
-        };
-        for (ix, outlet) in outlets.iter().enumerate() {
-            let name = model.node(outlet.node).name.clone();
-            let pos = self
-                .inputs
-                .iter()
-                .position(|n| *n == name)
-                .ok_or_else(|| ExecError::Load(format!("unexpected engine input '{name}'")))?;
-            let (dtype, shape) = &signature[pos];
-            let dt = convert::storage_datum(*dtype).ok_or(ExecError::UnsupportedType {
-                tensor: name.clone(),
-                dtype: *dtype,
-            })?;
-            model
-                .set_input_fact(ix, InferenceFact::dt_shape(dt, shape.clone()))
-                .map_err(load)?;
-        }
-        let typed = model.into_optimized().map_err(load)?;
-        typed.into_runnable().map_err(load)
     }
 }

@@ -42,7 +42,25 @@ pub(crate) struct Prepared {
     pub graph_outputs: usize,
     /// Values of the main graph stored widened, with their logical 4-bit type.
     pub logical: BTreeMap<String, DType>,
+    /// QuantizeLinear/DequantizeLinear nodes run by qrange's kernels, by (domain, op type).
+    pub qdq: QdqCounts,
     pub notes: Vec<String>,
+}
+
+/// Q/DQ nodes by (domain, op type).
+pub(crate) type QdqCounts = BTreeMap<(String, String), usize>;
+
+/// The notes saying which Q/DQ nodes qrange's kernels run.
+pub(crate) fn qdq_notes(counts: &QdqCounts) -> Vec<String> {
+    counts
+        .iter()
+        .map(|((domain, op), n)| {
+            format!(
+                "{domain} {op} x{n} run by qrange's exact kernels (ONNX semantics, true division, \
+                 no lookup-table folding) instead of the engine's own"
+            )
+        })
+        .collect()
 }
 
 /// A node's name for messages: its name, else its first output.
@@ -494,17 +512,9 @@ pub(crate) fn prepare(
         .collect();
     logical.retain(|name, _| main.contains(name.as_str()));
 
-    let mut counts = BTreeMap::new();
-    count_qdq(graph, &mut counts);
-    let mut notes: Vec<String> = counts
-        .iter()
-        .map(|((domain, op), n)| {
-            format!(
-                "{domain} {op} x{n} run by qrange's exact kernels (ONNX semantics, true division, \
-                 no lookup-table folding) instead of the engine's own"
-            )
-        })
-        .collect();
+    let mut qdq = BTreeMap::new();
+    count_qdq(graph, &mut qdq);
+    let mut notes = Vec::new();
     if widened > 0 {
         notes.push(format!(
             "{widened} int4/uint4 tensor(s) stored widened to 8 bits for the engine (values and \
@@ -522,6 +532,7 @@ pub(crate) fn prepare(
         outputs,
         graph_outputs,
         logical,
+        qdq,
         notes,
     })
 }
