@@ -14,7 +14,9 @@
 //! keeps `N`. Subgraphs are inferred with the facts of the names they capture; an `If`
 //! with a constant condition takes the types of its taken branch, otherwise the types
 //! both branches agree on; a `Scan` takes its body's state types and its body's scan
-//! output types with the scan length inserted. Ops it has no rule for stay untyped.
+//! output types with the scan length inserted; a `Loop` gives its carried outputs the
+//! type their initial values and the body agree on, and its scan outputs the body's type
+//! with the number of iterations in front. Ops it has no rule for stay untyped.
 //!
 //! **Requires:** nothing (more is known after `pin_inputs`).
 //!
@@ -345,6 +347,10 @@ impl Walker<'_> {
             let body = branch_out.remove("body").unwrap_or_default();
             return Ok(Some(scan_types(op, facts, &body, n_out)));
         }
+        if op.op_type == "Loop" && op.domain_key().is_empty() {
+            let body = branch_out.remove("body").unwrap_or_default();
+            return Ok(Some(loop_types(op, facts, &body, n_out)));
+        }
         if !is_if {
             return Ok(None);
         }
@@ -459,6 +465,64 @@ fn scan_types(
                     Some(ValueType::Tensor {
                         dtype,
                         shape: Some(dims),
+                    })
+                }
+                ValueType::Tensor { dtype, shape: None } => {
+                    Some(ValueType::Tensor { dtype, shape: None })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Output types of a `Loop` from its inputs and its body's output types: a carried
+/// value has the type its initial value and the body's output agree on (its shape may
+/// change from one iteration to the next); a scan output has the body's type with the
+/// number of iterations in front, known when the trip count is a constant, no `cond`
+/// is given and the body hands its condition on unchanged.
+fn loop_types(
+    op: &crate::ir::Op,
+    facts: &[Option<Fact>],
+    body: &[Option<ValueType>],
+    n_out: usize,
+) -> Vec<Option<ValueType>> {
+    let n = facts.len().saturating_sub(2);
+    let fact_ty = |i: usize| {
+        facts
+            .get(i)
+            .and_then(|f| f.as_ref())
+            .and_then(|f| f.ty.clone())
+    };
+    let fixed = match op.attr("body") {
+        Some(AttrValue::Graph(b)) => {
+            super::unroll_loop::condition_stays_true(b, &super::util::OuterConsts::new())
+        }
+        _ => false,
+    };
+    let trips = facts
+        .first()
+        .and_then(|f| f.as_ref())
+        .and_then(|f| f.val.as_deref())
+        .and_then(Tensor::to_i64_vec)
+        .filter(|v| v.len() == 1 && facts.get(1).is_none_or(|c| c.is_none()) && fixed)
+        .map_or(Dim::Unknown, |v| Dim::Known(v[0].max(0)));
+    (0..n_out)
+        .map(|k| {
+            let t = body.get(1 + k).cloned().flatten()?;
+            if k < n {
+                return rules::agree(&t, &fact_ty(2 + k)?);
+            }
+            match t {
+                ValueType::Tensor {
+                    dtype,
+                    shape: Some(dims),
+                } => {
+                    let mut d = vec![trips.clone()];
+                    d.extend(dims);
+                    Some(ValueType::Tensor {
+                        dtype,
+                        shape: Some(d),
                     })
                 }
                 ValueType::Tensor { dtype, shape: None } => {
