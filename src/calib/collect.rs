@@ -20,14 +20,19 @@
 //!   leaves its ops float);
 //! - a `Scan` body runs once per step, on the states carried from the previous step
 //!   (the initial states first) and the step's slices of the scanned inputs, as ONNX
-//!   defines them (opset 9 and later: axes and directions as attributes).
+//!   defines them (opset 9 and later: axes and directions as attributes);
+//! - a `Loop` body runs once per iteration, on the iteration number, the condition and
+//!   the loop-carried values of the previous iteration (the `Loop`'s inputs first), until
+//!   the trip count is reached or the body's condition output is false, as ONNX defines
+//!   it ([`crate::exec::loops::run_loop`], with the same cap on iterations as execution):
+//!   a body value's statistics are those of every iteration of every sample.
 //!
 //! Inside a subgraph the same happens recursively. These runs tap everything a subgraph
-//! needs at once (the budget splits main-graph values only). `Loop` bodies cannot be
-//! calibrated: the engine cannot execute `Loop`, so the plan leaves them float.
+//! needs at once (the budget splits main-graph values only).
 
 use super::{CalibError, TensorStats};
 use crate::data::{DataError, Sample, SampleSource};
+use crate::exec::loops::{run_loop, LoopLimits, LoopRun};
 use crate::exec::{ExecError, ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::scope::subgraph_model;
 use crate::ir::{Model, OpId, Tensor};
@@ -363,6 +368,20 @@ enum Child {
         then_branch: Option<Box<Branch>>,
         else_branch: Option<Box<Branch>>,
     },
+    /// Loop: the body runs once per iteration on the carried values.
+    Loop {
+        node: String,
+        /// The Loop's inputs `M` and `cond` (empty when absent) and its initial carried
+        /// values.
+        trip_count: String,
+        cond: String,
+        carried: Vec<String>,
+        /// The body's own inputs (iteration number, condition, carried values) and its
+        /// condition and carried outputs.
+        body_inputs: Vec<String>,
+        body_outputs: Vec<String>,
+        body: Box<Branch>,
+    },
     /// Scan (opset 9 and later): the body runs once per step on the states and the
     /// slices of the scanned inputs.
     Scan {
@@ -467,10 +486,11 @@ impl ScopeRun {
                 };
                 let known = op.domain_key().is_empty()
                     && (op.op_type == "If"
+                        || op.op_type == "Loop"
                         || (op.op_type == "Scan" && m.opset("").unwrap_or(1) >= 9));
                 if !known {
                     return Err(refuse(
-                        "calibration runs only If branches and Scan bodies (opset 9 and later)",
+                        "calibration runs only If branches, Loop bodies and Scan bodies (opset 9 and later)",
                     ));
                 }
                 let branch = Self::branch(m, keys, o, j, c, inner)?;
@@ -503,6 +523,35 @@ impl ScopeRun {
             let Some(body) = bodies.remove("body") else {
                 continue;
             };
+            let Some(&(_, bg)) = subs.iter().find(|(a, _)| *a == "body") else {
+                continue;
+            };
+            let names = |ids: &[crate::ir::ValueId]| -> Vec<String> {
+                ids.iter().map(|v| bg.value(*v).name.clone()).collect()
+            };
+            if op.op_type == "Loop" {
+                let n = input_names.len().saturating_sub(2);
+                if input_names.len() < 2
+                    || bg.inputs.len() != 2 + n
+                    || bg.outputs.len() < 1 + n
+                    || input_names[2..].iter().any(String::is_empty)
+                {
+                    return Err(CollectError::Unreachable {
+                        value: node.clone(),
+                        reason: "Loop node whose inputs and body disagree".into(),
+                    });
+                }
+                children.push(Child::Loop {
+                    node,
+                    trip_count: input_names[0].clone(),
+                    cond: input_names[1].clone(),
+                    carried: input_names[2..].to_vec(),
+                    body_inputs: names(&bg.inputs),
+                    body_outputs: names(&bg.outputs[..1 + n]),
+                    body,
+                });
+                continue;
+            }
             let n_scan = op.attr_int("num_scan_inputs").unwrap_or(0).max(0) as usize;
             let n_state = input_names.len().saturating_sub(n_scan);
             let axes = op
@@ -513,9 +562,6 @@ impl ScopeRun {
                 .attr_ints("scan_input_directions")
                 .map(|d| d.iter().map(|&x| x == 1).collect())
                 .unwrap_or_else(|| vec![false; n_scan]);
-            let Some(&(_, bg)) = subs.iter().find(|(a, _)| *a == "body") else {
-                continue;
-            };
             let body_inputs: Vec<String> = bg
                 .inputs
                 .iter()
@@ -651,6 +697,63 @@ impl ScopeRun {
                         sub.insert(name.clone(), get(name, node)?.clone());
                     }
                     b.run.observe(&sub, base_dir, stats)?;
+                }
+                Child::Loop {
+                    node,
+                    trip_count,
+                    cond,
+                    carried,
+                    body_inputs,
+                    body_outputs,
+                    body,
+                } => {
+                    let optional = |name: &String| -> Result<Option<&Tensor>, CollectError> {
+                        (!name.is_empty()).then(|| get(name, node)).transpose()
+                    };
+                    let (m, c) = (optional(trip_count)?, optional(cond)?);
+                    let mut states = Vec::with_capacity(carried.len());
+                    for name in carried.iter() {
+                        states.push(get(name, node)?.clone());
+                    }
+                    let mut captured = Sample::new();
+                    for name in &body.inputs {
+                        captured.insert(name.clone(), get(name, node)?.clone());
+                    }
+                    let run = LoopRun {
+                        trip_count: m,
+                        cond: c,
+                        carried: states,
+                        scan_shapes: Vec::new(),
+                        max_iterations: LoopLimits::default().max_iterations,
+                    };
+                    let fail = |reason: String| CollectError::Unreachable {
+                        value: node.clone(),
+                        reason: format!("Loop node '{node}': {reason}"),
+                    };
+                    run_loop(run, fail, |i, c, states| {
+                        let mut sub = captured.clone();
+                        let own = [
+                            Tensor::I64(ndarray::arr0(i).into_dyn()),
+                            Tensor::Bool(ndarray::arr0(c).into_dyn()),
+                        ];
+                        for (name, t) in body_inputs.iter().zip(own.into_iter().chain(states)) {
+                            sub.insert(name.clone(), t);
+                        }
+                        let res = body.run.observe(&sub, base_dir, stats)?;
+                        body_outputs
+                            .iter()
+                            .map(|name| {
+                                fetch(name, &res, &sub, &body.run.consts)
+                                    .cloned()
+                                    .ok_or_else(|| CollectError::Unreachable {
+                                        value: name.clone(),
+                                        reason: format!(
+                                            "output of the body of Loop node '{node}' is missing"
+                                        ),
+                                    })
+                            })
+                            .collect()
+                    })?;
                 }
                 Child::Scan {
                     node,

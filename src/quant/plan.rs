@@ -9,13 +9,13 @@
 //! quantized activation of its own, read by that op alone.
 //!
 //! The plan covers subgraphs too: the bodies of control-flow ops whose policy in the
-//! rule table ([`super::rules::body_policy`]) is to plan them (If branches, Scan
-//! bodies) are planned like the main graph, recursively. Their ops are keyed by where
-//! they live (`if/then_branch/then_matmul`, see [`crate::ir::scope`]); their values by
-//! name ([`ValueKeys`]). A value a body captures from an enclosing graph is the outer
-//! value: same key, same decision, same range. Ops of other bodies (Loop) are listed
-//! float with the reason, and so are the ops of a subgraph no calibration sample
-//! reached ([`build_with`], [`fit_to_statistics`]).
+//! rule table ([`super::rules::body_policy`]) is to plan them (If branches, Loop and
+//! Scan bodies) are planned like the main graph, recursively. Their ops are keyed by
+//! where they live (`if/then_branch/then_matmul`, see [`crate::ir::scope`]); their
+//! values by name ([`ValueKeys`]). A value a body captures from an enclosing graph is
+//! the outer value: same key, same decision, same range. Ops of other subgraphs (ops
+//! outside the ONNX domain) are listed float with the reason, and so are the ops of a
+//! subgraph no calibration sample reached ([`build_with`], [`fit_to_statistics`]).
 //!
 //! Values computed from constants only (a transformer's position ids and their embedding
 //! rows, masks built from `Shape`/`ConstantOfShape`/`Where`/`Expand`/`Cast` while input

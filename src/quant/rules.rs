@@ -307,15 +307,12 @@ pub enum BodyPolicy {
 }
 
 /// Control-flow ops and what happens to their subgraphs. An `If` branch runs as a
-/// model of its own on the captured values of the samples that take it; `Loop` cannot
-/// be executed by the engine at all, so nothing inside can be calibrated; a `Scan`
-/// body runs one step at a time on the states and slices of each sample.
+/// model of its own on the captured values of the samples that take it; a `Loop` body
+/// runs once per iteration on the carried values of each sample; a `Scan` body runs one
+/// step at a time on the states and slices of each sample.
 pub const BODIES: &[(&str, BodyPolicy)] = &[
     ("If", BodyPolicy::Plan),
-    (
-        "Loop",
-        BodyPolicy::Float("Loop body left float: the engine cannot execute Loop"),
-    ),
+    ("Loop", BodyPolicy::Plan),
     ("Scan", BodyPolicy::Plan),
 ];
 
@@ -330,7 +327,7 @@ pub fn body_policy(op_type: &str, domain: &str) -> BodyPolicy {
         .find(|(o, _)| *o == op_type)
         .map(|(_, p)| *p)
         .unwrap_or(BodyPolicy::Float(
-            "subgraph of an op that is not If/Scan: left float",
+            "subgraph of an op that is not If/Loop/Scan: left float",
         ))
 }
 
