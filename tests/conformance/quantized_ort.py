@@ -101,6 +101,12 @@ FIXTURES = [
      "tiny/tiny_shape_if.npz", [], None),
     # Not here: tiny_loop (see ORT_ONLY) and tiny_all_attrs (its local function cannot be
     # calibrated: quantize refuses it).
+    # Q/DQ inside Loop bodies: a constant trip count (Conv -> Loop, unrolled for tract) and
+    # a while-loop whose trip count depends on the data (run per iteration in tract).
+    ("tiny_conv_loop", "tiny/tiny_conv_loop.onnx", "tiny/tiny_conv_loop.npz",
+     "tiny/tiny_conv_loop.eval.npz", [], None),
+    ("tiny_while", "tiny/tiny_while.onnx", "tiny/tiny_while.npz", "tiny/tiny_while.eval.npz", [],
+     None),
     ("tiny_cnn i8 tensorrt", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
      ["--target", "tensorrt"], None),
     ("ppocr_cls u16 activations", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",

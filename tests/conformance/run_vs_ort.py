@@ -74,10 +74,9 @@ SAMPLE_CAP = {"ppocr_det": 2}
 # Known gaps of the execution engine, by fixture label, with the text its error must
 # contain. Such a model must still fail exactly this way: when the gap closes, the
 # check fails and the entry has to go. FIXME: inline model-local functions before
-# execution; tract has no Loop.
+# execution.
 KNOWN_GAPS = {
     "fixtures/tiny/tiny_all_attrs.onnx": "operator 'LeakyPlus' (domain qrange.test) is not implemented",
-    "fixtures/tiny/tiny_loop.onnx": "operator 'Loop' is not implemented",
 }
 
 
