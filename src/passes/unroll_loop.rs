@@ -16,9 +16,11 @@
 //!
 //! **Bounds.** At most [`MAX_TRIPS`] iterations, and at most [`MAX_OPS`] ops in all copies
 //! together (a body's ops counted with those of its own subgraphs): the engine plans the
-//! unrolled graph as a whole, and a plan grows with it. A `Loop` past either bound, or whose
-//! trip count or condition depends on the data, is left in place: the execution engine then
-//! runs its body once per iteration (`exec`).
+//! unrolled graph as a whole, and a plan grows with it. A body holding an `If` is unrolled
+//! only when the graph ends up with a single `If`: the engine names every `If` node alike
+//! and loads at most one per graph. A `Loop` past these bounds, or whose trip count or
+//! condition depends on the data, is left in place: the execution engine then runs its
+//! body once per iteration (`exec`).
 //!
 //! Loops inside subgraphs are unrolled too, innermost first. Names of copied values derive
 //! from the body's (`h.iter0`, `h.iter1`…, with `.1`, `.2`… when taken anywhere in the
@@ -167,7 +169,11 @@ fn sweep(
         };
         let within = trips <= st.limits.max_trips
             && (trips as u128) * (body_ops as u128) <= st.limits.max_ops as u128;
-        if !within {
+        let body_ifs = match g.op(o).attr("body") {
+            Some(AttrValue::Graph(b)) => count_ifs(b),
+            _ => 0,
+        };
+        if !within || (body_ifs > 0 && count_ifs(g) as u64 + trips * body_ifs as u64 > 1) {
             continue;
         }
         let node = format!("{path}node '{}'", g.op(o).display_name());
@@ -190,6 +196,13 @@ fn op_names(g: &Graph, out: &mut BTreeSet<String>) {
             op_names(sg, out);
         }
     }
+}
+
+/// `If` ops of `g` itself (not of its subgraphs).
+fn count_ifs(g: &Graph) -> usize {
+    g.ops()
+        .filter(|&o| g.op(o).op_type == "If" && g.op(o).domain_key().is_empty())
+        .count()
 }
 
 /// Ops of `g` and of all its subgraphs.
@@ -409,6 +422,7 @@ fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Res
         for (old, new) in &renames {
             rename_in_subgraphs(&mut b, old, new);
         }
+        rename_nested_ops(&mut b, i, st);
         let order = b
             .topo_order()
             .map_err(|e| err(format!("{node}: body: {e}")))?;
@@ -507,6 +521,23 @@ fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Res
     Ok(())
 }
 
+/// Gives the ops inside the subgraphs of `g`'s ops (recursively) names of iteration `i`:
+/// engines want node names unique across the copies.
+fn rename_nested_ops(g: &mut Graph, i: u64, st: &mut State) {
+    let ops: Vec<OpId> = g.ops().collect();
+    for o in ops {
+        for sg in g.op_mut(o).subgraphs_mut() {
+            let inner: Vec<OpId> = sg.ops().collect();
+            for io in inner {
+                if let Some(n) = sg.op(io).name.clone().filter(|n| !n.is_empty()) {
+                    sg.op_mut(io).name = Some(st.name(&format!("{n}.iter{i}")));
+                }
+            }
+            rename_nested_ops(sg, i, st);
+        }
+    }
+}
+
 /// Removes the ops of `moved` whose outputs nobody reads (repeatedly), then the values
 /// of `created` nobody reads.
 fn drop_unread(g: &mut Graph, moved: &[OpId], created: &[ValueId]) {
@@ -534,5 +565,284 @@ fn drop_unread(g: &mut Graph, moved: &[OpId], created: &[ValueId]) {
         if g.consumers(v).is_empty() && !g.is_output(v) && !captured.contains(&g.value(v).name) {
             g.remove_value(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{LoopLimits, Session, SessionOptions};
+    use crate::ir::dump::dump_model;
+    use crate::onnx::proto;
+    use crate::passes::testkit::*;
+    use std::collections::BTreeMap;
+
+    fn fixture(name: &str) -> Model {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/tiny")
+            .join(name);
+        crate::onnx::read_model(&p).unwrap()
+    }
+
+    /// `m` run with every Loop's body once per iteration (nothing unrolled).
+    fn per_iteration(m: &Model, s: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+        let (p, _) =
+            crate::onnx::encode_model(m, &crate::onnx::ExternalPolicy::Inline, "").unwrap();
+        let opts = SessionOptions {
+            loops: LoopLimits {
+                unroll: UnrollLimits {
+                    max_trips: 0,
+                    ..UnrollLimits::default()
+                },
+                ..LoopLimits::default()
+            },
+            ..SessionOptions::default()
+        };
+        let session = Session::new(&p, None, s, &opts).unwrap();
+        assert!(session
+            .notes()
+            .iter()
+            .any(|n| n.contains("run on the host")));
+        session.run(s).unwrap()
+    }
+
+    fn op_types(g: &Graph) -> Vec<String> {
+        let mut v: Vec<String> = g.ops().map(|o| g.op(o).op_type.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn tiny_loop_unrolls_into_three_copies_that_compute_the_same() {
+        let original = fixture("tiny_loop.onnx");
+        let mut m = original.clone();
+        let before = dump_model(&m);
+        let done = unroll_loops(&mut m, &UnrollLimits::default()).unwrap();
+        assert_eq!(
+            done,
+            [Unrolled {
+                node: "node 'loop'".into(),
+                trips: 3
+            }]
+        );
+        m.verify().unwrap();
+        // Three copies of MatMul/Add/Relu and of the trace Identity (the condition's
+        // Identity copies are dropped), the carried output's Identity, three Unsqueeze
+        // and one Concat for the scan output.
+        let mut expect: Vec<String> = [
+            vec!["MatMul"; 3],
+            vec!["Add"; 3],
+            vec!["Relu"; 3],
+            vec!["Identity"; 4],
+            vec!["Unsqueeze"; 3],
+            vec!["Concat"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        expect.sort();
+        assert_eq!(op_types(&m.graph), expect);
+        for seed in 0..3 {
+            let s = sample(&[("x", tensor(seed, &[1, 4]))]);
+            assert_close(&run(&m, &s), &per_iteration(&original, &s), 1e-6);
+        }
+        insta::assert_snapshot!(format!("--- before\n{before}--- after\n{}", dump_model(&m)));
+    }
+
+    /// `Loop(two, "", x)` whose body holds an If whose branches read a body value.
+    fn loop_with_an_if_in_its_body() -> Model {
+        let mut then_b = Builder::new(11);
+        then_b
+            .node("Relu", "then_relu", &["s"], &["t"], vec![])
+            .output("t", 1, Some(&[2]));
+        let mut else_b = Builder::new(11);
+        else_b
+            .node("Neg", "else_neg", &["s"], &["e"], vec![])
+            .output("e", 1, Some(&[2]));
+        let mut body = Builder::new(11);
+        body.input("it", 7, Some(&[]))
+            .input("c", 9, Some(&[]))
+            .input("v", 1, Some(&[2]))
+            .init("body_w", &[2], 3, 0.5, 1.0)
+            .node("Cast", "it_f", &["it"], &["itf"], vec![attr_i("to", 1)])
+            .node("Add", "shift", &["v", "itf"], &["s"], vec![])
+            .node(
+                "ReduceSum",
+                "total",
+                &["s"],
+                &["sum"],
+                vec![attr_i("keepdims", 0)],
+            )
+            .node("Greater", "positive", &["sum", "zero"], &["pos"], vec![])
+            .node(
+                "If",
+                "pick",
+                &["pos"],
+                &["r"],
+                vec![
+                    attr_g("then_branch", then_b.graph("then")),
+                    attr_g("else_branch", else_b.graph("else")),
+                ],
+            )
+            .node("Mul", "scale", &["r", "body_w"], &["vo"], vec![])
+            .output("c", 9, Some(&[]))
+            .output("vo", 1, Some(&[2]))
+            .output("r", 1, Some(&[2]));
+        let mut b = Builder::new(11);
+        b.input("x", 1, Some(&[2]))
+            .tensor(proto::TensorProto {
+                name: Some("two".into()),
+                data_type: Some(7),
+                int64_data: vec![2],
+                ..Default::default()
+            })
+            .tensor(f32_tensor("zero", &[], &[0.0]))
+            .node(
+                "Loop",
+                "twice",
+                &["two", "", "x"],
+                &["y", "rs"],
+                vec![attr_g("body", body.graph("body"))],
+            )
+            .output("y", 1, Some(&[2]))
+            .output("rs", 1, Some(&[2, 2]));
+        b.model()
+    }
+
+    /// `Loop(two, "", x)` at opset 11 whose body passes its condition input straight out,
+    /// reads the iteration number, scales by a body initializer, and runs an inner Loop
+    /// of `n` iterations (a graph input: not unrolled) that adds a value of the outer body
+    /// to its carried value; the scan output is the inner Loop's result.
+    fn loop_with_an_inner_loop() -> Model {
+        let mut inner = Builder::new(11);
+        inner
+            .input("j", 7, Some(&[]))
+            .input("ic", 9, Some(&[]))
+            .input("u", 1, Some(&[2]))
+            .node("Identity", "inner_keep", &["ic"], &["ico"], vec![])
+            .node("Add", "inner_add", &["u", "s"], &["uo"], vec![])
+            .output("ico", 9, Some(&[]))
+            .output("uo", 1, Some(&[2]));
+        let mut body = Builder::new(11);
+        body.input("it", 7, Some(&[]))
+            .input("c", 9, Some(&[]))
+            .input("v", 1, Some(&[2]))
+            .init("body_w", &[2], 3, 0.25, 0.5)
+            .node("Cast", "it_f", &["it"], &["itf"], vec![attr_i("to", 1)])
+            .node("Add", "shift", &["v", "itf"], &["s"], vec![])
+            .node(
+                "Loop",
+                "inner",
+                &["n", "", "v"],
+                &["r"],
+                vec![attr_g("body", inner.graph("inner"))],
+            )
+            .node("Mul", "scale", &["r", "body_w"], &["vo"], vec![])
+            .output("c", 9, Some(&[]))
+            .output("vo", 1, Some(&[2]))
+            .output("r", 1, Some(&[2]));
+        let mut b = Builder::new(11);
+        b.input("x", 1, Some(&[2]))
+            .input("n", 7, Some(&[]))
+            .tensor(proto::TensorProto {
+                name: Some("two".into()),
+                data_type: Some(7),
+                int64_data: vec![2],
+                ..Default::default()
+            })
+            .node(
+                "Loop",
+                "twice",
+                &["two", "", "x"],
+                &["y", "rs"],
+                vec![attr_g("body", body.graph("body"))],
+            )
+            .output("y", 1, Some(&[2]))
+            .output("rs", 1, Some(&[2, 2]));
+        b.model()
+    }
+
+    #[test]
+    fn subgraphs_of_the_copies_read_the_copies_values() {
+        let original = loop_with_an_inner_loop();
+        let mut m = original.clone();
+        let done = unroll_loops(&mut m, &UnrollLimits::default()).unwrap();
+        assert_eq!(done.len(), 1, "{done:?}");
+        m.verify().unwrap();
+        let g = &m.graph;
+        // Each copy's inner Loop reads its own copy of `s`.
+        let captured: Vec<Vec<String>> = g
+            .ops()
+            .filter(|o| g.op(*o).op_type == "Loop")
+            .map(|o| g.op(o).subgraphs()[0].1.captures())
+            .collect();
+        assert_eq!(captured.len(), 2);
+        assert!(
+            captured.contains(&vec!["s.iter0".to_string()]),
+            "{captured:?}"
+        );
+        assert!(
+            captured.contains(&vec!["s.iter1".to_string()]),
+            "{captured:?}"
+        );
+        // The body's initializer is stored once; opset 11 takes Unsqueeze axes as an attribute.
+        let body_w = g
+            .initializers
+            .iter()
+            .filter(|v| g.value(**v).name.starts_with("body_w"))
+            .count();
+        assert_eq!(body_w, 1);
+        for o in g.ops().filter(|o| g.op(*o).op_type == "Unsqueeze") {
+            assert_eq!(g.op(o).attr_ints("axes"), Some(&[0i64][..]));
+        }
+        for (seed, n) in [(1, 0), (2, 1), (3, 3)] {
+            let s = sample(&[
+                ("x", tensor(seed, &[2])),
+                ("n", Tensor::I64(ndarray::arr0(n).into_dyn())),
+            ]);
+            assert_close(&run(&m, &s), &per_iteration(&original, &s), 1e-6);
+        }
+    }
+
+    #[test]
+    fn loops_the_pass_must_not_unroll_stay() {
+        // A body holding an If: two copies would put two Ifs in one graph. It still runs,
+        // once per iteration.
+        let mut m = loop_with_an_if_in_its_body();
+        assert!(unroll_loops(&mut m, &UnrollLimits::default())
+            .unwrap()
+            .is_empty());
+        let s = sample(&[("x", tensor(4, &[2]))]);
+        assert_eq!(per_iteration(&m, &s)["rs"].shape(), vec![2, 2]);
+        // A condition that follows the data.
+        let mut m = fixture("tiny_while.onnx");
+        assert!(unroll_loops(&mut m, &UnrollLimits::default())
+            .unwrap()
+            .is_empty());
+        assert!(op_types(&m.graph).contains(&"Loop".to_string()));
+        // Past the bounds: 3 trips with at most 2, or 15 copied ops with at most 14.
+        for limits in [
+            UnrollLimits {
+                max_trips: 2,
+                ..UnrollLimits::default()
+            },
+            UnrollLimits {
+                max_ops: 14,
+                ..UnrollLimits::default()
+            },
+        ] {
+            let mut m = fixture("tiny_loop.onnx");
+            assert!(
+                unroll_loops(&mut m, &limits).unwrap().is_empty(),
+                "{limits:?}"
+            );
+        }
+        let mut m = fixture("tiny_loop.onnx");
+        let limits = UnrollLimits {
+            max_ops: 15,
+            ..UnrollLimits::default()
+        };
+        assert_eq!(unroll_loops(&mut m, &limits).unwrap().len(), 1);
     }
 }
