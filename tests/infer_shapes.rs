@@ -698,6 +698,49 @@ fn snapshot_shape_arithmetic() {
     insta::assert_snapshot!("shape_arithmetic", text);
 }
 
+#[test]
+fn loop_outputs_take_the_types_of_their_body() {
+    for (file, expect) in [
+        // A constant trip count, no cond, a body that hands its condition on.
+        (
+            "tiny_conv_loop.onnx",
+            vec![
+                ("refined", "f32[1,4,8,8]"),
+                ("steps", "f32[3,1,4,1,1]"),
+                ("y", "f32[1,3]"),
+            ],
+        ),
+        // cond the constant true.
+        (
+            "tiny_loop.onnx",
+            vec![("y", "f32[1,4]"), ("trace", "f32[3,1,4]")],
+        ),
+        // A while-loop: carried values typed, iteration count unknown.
+        (
+            "tiny_while.onnx",
+            vec![("v", "f32[1,8]"), ("k", "i64[]"), ("y", "f32[1,3]")],
+        ),
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/tiny")
+            .join(file);
+        let mut m = qrange::onnx::read_model(&path).unwrap();
+        // Forget every type of the main graph but its inputs': all must come from inference.
+        let g = &mut m.graph;
+        for v in g.values().collect::<Vec<_>>() {
+            if !g.is_input(v) && g.value(v).init.is_none() {
+                g.value_mut(v).ty = None;
+            }
+        }
+        InferShapes.run(&mut m, &mut PassCx::default()).unwrap();
+        for (name, ty) in expect {
+            let v = m.graph.value_by_name(name).unwrap();
+            let got = m.graph.value(v).ty.as_ref().map(|t| t.display());
+            assert_eq!(got.as_deref(), Some(ty), "{file}: {name}");
+        }
+    }
+}
+
 mod adversarial {
     //! Attributes and constant inputs are user input: odd values must give diagnostics
     //! or unknown dims, never a panic.

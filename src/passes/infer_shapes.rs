@@ -479,8 +479,8 @@ fn scan_types(
 /// Output types of a `Loop` from its inputs and its body's output types: a carried
 /// value has the type its initial value and the body's output agree on (its shape may
 /// change from one iteration to the next); a scan output has the body's type with the
-/// number of iterations in front, known when the trip count is a constant, no `cond`
-/// is given and the body hands its condition on unchanged.
+/// number of iterations in front, known when the trip count is a constant, `cond` is
+/// absent or the constant `true`, and the body hands its condition on unchanged.
 fn loop_types(
     op: &crate::ir::Op,
     facts: &[Option<Fact>],
@@ -500,12 +500,20 @@ fn loop_types(
         }
         _ => false,
     };
+    let starts = match facts.get(1) {
+        None | Some(None) => true,
+        Some(Some(c)) => c
+            .val
+            .as_deref()
+            .and_then(Tensor::to_i64_vec)
+            .is_some_and(|v| v == [1]),
+    };
     let trips = facts
         .first()
         .and_then(|f| f.as_ref())
         .and_then(|f| f.val.as_deref())
         .and_then(Tensor::to_i64_vec)
-        .filter(|v| v.len() == 1 && facts.get(1).is_none_or(|c| c.is_none()) && fixed)
+        .filter(|v| v.len() == 1 && starts && fixed)
         .map_or(Dim::Unknown, |v| Dim::Known(v[0].max(0)));
     (0..n_out)
         .map(|k| {
