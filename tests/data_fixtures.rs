@@ -48,6 +48,8 @@ fn tiny_fixture_data_loads() {
         ("tiny_nested_if", vec![Some(1), Some(4)], vec![1, 4]),
         ("tiny_shape_if", vec![None, Some(8)], vec![1, 8]),
         ("tiny_loop", vec![Some(1), Some(4)], vec![1, 4]),
+        ("tiny_conv_loop", chw.to_vec(), vec![1, 3, 8, 8]),
+        ("tiny_while", vec![Some(1), Some(8)], vec![1, 8]),
         ("tiny_scan", vec![Some(1), Some(5), Some(4)], vec![1, 5, 4]),
         ("tiny_external", vec![Some(1), Some(8)], vec![1, 8]),
         ("tiny_outlier", vec![Some(1), Some(16)], vec![1, 16]),

@@ -18,6 +18,8 @@ fn tiny_models() {
         "tiny_nested_if",
         "tiny_shape_if",
         "tiny_loop",
+        "tiny_conv_loop",
+        "tiny_while",
         "tiny_scan",
         "tiny_bn",
         "tiny_outlier",

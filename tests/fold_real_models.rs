@@ -186,7 +186,22 @@ fn a_data_dependent_if_stays() {
 
 #[test]
 fn loops_and_their_bodies_survive() {
-    // The engine does not run Loop; the ONNX Runtime check is tests/ort/compare_models.py.
+    for (model, data) in [
+        (
+            "fixtures/tiny/tiny_loop.onnx",
+            "fixtures/tiny/tiny_loop.npz",
+        ),
+        (
+            "fixtures/tiny/tiny_conv_loop.onnx",
+            "fixtures/tiny/tiny_conv_loop.npz",
+        ),
+        (
+            "fixtures/tiny/tiny_while.onnx",
+            "fixtures/tiny/tiny_while.npz",
+        ),
+    ] {
+        same_outputs_before_and_after(model, data, 0);
+    }
     let mut m = read_model(&repo("fixtures/tiny/tiny_loop.onnx")).unwrap();
     let mut cx = PassCx::default();
     cx.input_shapes.insert("x".into(), vec![1, 4]);

@@ -499,3 +499,46 @@ fn a_loop_in_a_scan_body_that_cannot_be_unrolled_is_refused_naming_the_scan() {
         "{e}"
     );
 }
+
+#[test]
+fn qrange_run_and_compare_execute_a_while_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.npz");
+    let model = fixture("tiny/tiny_while.onnx");
+    let data = fixture("tiny/tiny_while.npz");
+    let r = qrange(&["run", &s(&model), "--data", &s(&data), "-o", &s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("Loop node 'repeat' run on the host"),
+        "{}",
+        r.stdout
+    );
+    let specs = vec![
+        InputSpec::new("k", DType::I64, None),
+        InputSpec::new("y", DType::F32, None),
+    ];
+    let written = data::load(&out, &specs).unwrap().read_all().unwrap();
+    let samples = fixture_samples("tiny/tiny_while.npz");
+    assert_eq!(written.len(), samples.len());
+    for (w, smp) in written.iter().zip(&samples) {
+        let (k, y) = tiny_while_by_hand(&smp["x"].to_f64_vec().unwrap());
+        assert_eq!(w["k"].to_i64_vec().unwrap(), vec![k]);
+        let got = w["y"].to_f64_vec().unwrap();
+        for (a, b) in got.iter().zip(&y) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{got:?} vs {y:?}");
+        }
+    }
+    // compare runs both models through the same Loop execution (here the model with itself).
+    let r = qrange(&[
+        "compare",
+        &s(&model),
+        &s(&model),
+        "--data",
+        &s(&data),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["outputs"]["k"]["max_abs"], 0.0, "{j}");
+    assert_eq!(j["outputs"]["y"]["max_abs"], 0.0, "{j}");
+}
