@@ -497,7 +497,7 @@ fn calibrated(rel_model: &str, rel_data: &str) -> CalibrationFile {
 }
 
 /// The ops of a quantized Loop body that read a DequantizeLinear output, by op type.
-fn reading_dequantized<'a>(b: &'a proto::GraphProto) -> Vec<&'a str> {
+fn reading_dequantized(b: &proto::GraphProto) -> Vec<&str> {
     b.node
         .iter()
         .filter(|n| {

@@ -369,19 +369,7 @@ enum Child {
         else_branch: Option<Box<Branch>>,
     },
     /// Loop: the body runs once per iteration on the carried values.
-    Loop {
-        node: String,
-        /// The Loop's inputs `M` and `cond` (empty when absent) and its initial carried
-        /// values.
-        trip_count: String,
-        cond: String,
-        carried: Vec<String>,
-        /// The body's own inputs (iteration number, condition, carried values) and its
-        /// condition and carried outputs.
-        body_inputs: Vec<String>,
-        body_outputs: Vec<String>,
-        body: Box<Branch>,
-    },
+    Loop(LoopChild),
     /// Scan (opset 9 and later): the body runs once per step on the states and the
     /// slices of the scanned inputs.
     Scan {
@@ -396,6 +384,113 @@ enum Child {
         body_states: Vec<String>,
         body: Box<Branch>,
     },
+}
+
+/// A `Loop` whose body holds values to calibrate.
+struct LoopChild {
+    node: String,
+    /// The Loop's inputs `M` and `cond` (empty when absent) and its initial carried values.
+    trip_count: String,
+    cond: String,
+    carried: Vec<String>,
+    /// The body's own inputs (iteration number, condition, carried values) and its
+    /// condition and carried outputs.
+    body_inputs: Vec<String>,
+    body_outputs: Vec<String>,
+    body: Box<Branch>,
+}
+
+impl LoopChild {
+    /// The child for `Loop` node `node` with inputs `inputs` and body `bg`, run as `body`.
+    fn new(
+        node: String,
+        inputs: Vec<String>,
+        bg: &crate::ir::Graph,
+        body: Box<Branch>,
+    ) -> Result<LoopChild, CollectError> {
+        let n = inputs.len().saturating_sub(2);
+        if inputs.len() < 2
+            || bg.inputs.len() != 2 + n
+            || bg.outputs.len() < 1 + n
+            || inputs[2..].iter().any(String::is_empty)
+        {
+            return Err(CollectError::Unreachable {
+                value: node,
+                reason: "Loop node whose inputs and body disagree".into(),
+            });
+        }
+        let names = |ids: &[crate::ir::ValueId]| -> Vec<String> {
+            ids.iter().map(|v| bg.value(*v).name.clone()).collect()
+        };
+        Ok(LoopChild {
+            trip_count: inputs[0].clone(),
+            cond: inputs[1].clone(),
+            carried: inputs[2..].to_vec(),
+            body_inputs: names(&bg.inputs),
+            body_outputs: names(&bg.outputs[..1 + n]),
+            body,
+            node,
+        })
+    }
+
+    /// Runs the body once per iteration of the loop as the sample drives it, folding its
+    /// values into `stats`; `get(name, node)` gives the values of the enclosing run.
+    fn observe<'a>(
+        &mut self,
+        get: &dyn Fn(&str, &str) -> Result<&'a Tensor, CollectError>,
+        base_dir: Option<&Path>,
+        stats: &mut BTreeMap<String, TensorStats>,
+    ) -> Result<(), CollectError> {
+        let node = self.node.as_str();
+        let optional = |name: &str| -> Result<Option<&'a Tensor>, CollectError> {
+            (!name.is_empty()).then(|| get(name, node)).transpose()
+        };
+        let (m, c) = (optional(&self.trip_count)?, optional(&self.cond)?);
+        let mut states = Vec::with_capacity(self.carried.len());
+        for name in &self.carried {
+            states.push(get(name, node)?.clone());
+        }
+        let mut captured = Sample::new();
+        for name in &self.body.inputs {
+            captured.insert(name.clone(), get(name, node)?.clone());
+        }
+        let run = LoopRun {
+            trip_count: m,
+            cond: c,
+            carried: states,
+            scan_shapes: Vec::new(),
+            max_iterations: LoopLimits::default().max_iterations,
+        };
+        let fail = |reason: String| CollectError::Unreachable {
+            value: node.to_string(),
+            reason: format!("Loop node '{node}': {reason}"),
+        };
+        let (body_inputs, body_outputs, body) =
+            (&self.body_inputs, &self.body_outputs, &mut self.body);
+        run_loop(run, fail, |i, c, states| {
+            let mut sub = captured.clone();
+            let own = [
+                Tensor::I64(ndarray::arr0(i).into_dyn()),
+                Tensor::Bool(ndarray::arr0(c).into_dyn()),
+            ];
+            for (name, t) in body_inputs.iter().zip(own.into_iter().chain(states)) {
+                sub.insert(name.clone(), t);
+            }
+            let res = body.run.observe(&sub, base_dir, stats)?;
+            body_outputs
+                .iter()
+                .map(|name| {
+                    fetch(name, &res, &sub, &body.run.consts)
+                        .cloned()
+                        .ok_or_else(|| CollectError::Unreachable {
+                            value: name.clone(),
+                            reason: format!("output of the body of Loop node '{node}' is missing"),
+                        })
+                })
+                .collect()
+        })?;
+        Ok(())
+    }
 }
 
 /// One scope (the main graph, or a subgraph made a model) run once per sample that
@@ -526,30 +621,8 @@ impl ScopeRun {
             let Some(&(_, bg)) = subs.iter().find(|(a, _)| *a == "body") else {
                 continue;
             };
-            let names = |ids: &[crate::ir::ValueId]| -> Vec<String> {
-                ids.iter().map(|v| bg.value(*v).name.clone()).collect()
-            };
             if op.op_type == "Loop" {
-                let n = input_names.len().saturating_sub(2);
-                if input_names.len() < 2
-                    || bg.inputs.len() != 2 + n
-                    || bg.outputs.len() < 1 + n
-                    || input_names[2..].iter().any(String::is_empty)
-                {
-                    return Err(CollectError::Unreachable {
-                        value: node.clone(),
-                        reason: "Loop node whose inputs and body disagree".into(),
-                    });
-                }
-                children.push(Child::Loop {
-                    node,
-                    trip_count: input_names[0].clone(),
-                    cond: input_names[1].clone(),
-                    carried: input_names[2..].to_vec(),
-                    body_inputs: names(&bg.inputs),
-                    body_outputs: names(&bg.outputs[..1 + n]),
-                    body,
-                });
+                children.push(Child::Loop(LoopChild::new(node, input_names, bg, body)?));
                 continue;
             }
             let n_scan = op.attr_int("num_scan_inputs").unwrap_or(0).max(0) as usize;
@@ -698,63 +771,7 @@ impl ScopeRun {
                     }
                     b.run.observe(&sub, base_dir, stats)?;
                 }
-                Child::Loop {
-                    node,
-                    trip_count,
-                    cond,
-                    carried,
-                    body_inputs,
-                    body_outputs,
-                    body,
-                } => {
-                    let optional = |name: &String| -> Result<Option<&Tensor>, CollectError> {
-                        (!name.is_empty()).then(|| get(name, node)).transpose()
-                    };
-                    let (m, c) = (optional(trip_count)?, optional(cond)?);
-                    let mut states = Vec::with_capacity(carried.len());
-                    for name in carried.iter() {
-                        states.push(get(name, node)?.clone());
-                    }
-                    let mut captured = Sample::new();
-                    for name in &body.inputs {
-                        captured.insert(name.clone(), get(name, node)?.clone());
-                    }
-                    let run = LoopRun {
-                        trip_count: m,
-                        cond: c,
-                        carried: states,
-                        scan_shapes: Vec::new(),
-                        max_iterations: LoopLimits::default().max_iterations,
-                    };
-                    let fail = |reason: String| CollectError::Unreachable {
-                        value: node.clone(),
-                        reason: format!("Loop node '{node}': {reason}"),
-                    };
-                    run_loop(run, fail, |i, c, states| {
-                        let mut sub = captured.clone();
-                        let own = [
-                            Tensor::I64(ndarray::arr0(i).into_dyn()),
-                            Tensor::Bool(ndarray::arr0(c).into_dyn()),
-                        ];
-                        for (name, t) in body_inputs.iter().zip(own.into_iter().chain(states)) {
-                            sub.insert(name.clone(), t);
-                        }
-                        let res = body.run.observe(&sub, base_dir, stats)?;
-                        body_outputs
-                            .iter()
-                            .map(|name| {
-                                fetch(name, &res, &sub, &body.run.consts)
-                                    .cloned()
-                                    .ok_or_else(|| CollectError::Unreachable {
-                                        value: name.clone(),
-                                        reason: format!(
-                                            "output of the body of Loop node '{node}' is missing"
-                                        ),
-                                    })
-                            })
-                            .collect()
-                    })?;
-                }
+                Child::Loop(l) => l.observe(&get, base_dir, stats)?,
                 Child::Scan {
                     node,
                     inputs: scan_inputs,

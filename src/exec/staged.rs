@@ -273,6 +273,44 @@ fn scan_shape(
     })
 }
 
+/// The stages of `g` in run order, each with its ops (a part's in topological order, a
+/// host node alone), by level as the module documentation says.
+fn stage_plan(g: &Graph) -> Result<Vec<(bool, Vec<OpId>)>, ExecError> {
+    let order = g.topo_order().map_err(|e| ExecError::Load(e.to_string()))?;
+    let mut avail: HashMap<ValueId, usize> = HashMap::new();
+    let mut level: BTreeMap<OpId, (usize, bool)> = BTreeMap::new();
+    for &o in &order {
+        let host = is_host(g, o)?;
+        let l = reads(g, o)
+            .iter()
+            .map(|v| avail.get(v).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        for v in g.outputs_of(o).into_iter().flatten() {
+            avail.insert(v, if host { l + 1 } else { l });
+        }
+        level.insert(o, (l, host));
+    }
+    let top = level.values().map(|(l, _)| *l).max().unwrap_or(0);
+    let mut plan: Vec<(bool, Vec<OpId>)> = Vec::new();
+    for l in 0..=top {
+        let part: Vec<OpId> = order
+            .iter()
+            .copied()
+            .filter(|o| level[o] == (l, false))
+            .collect();
+        if !part.is_empty() {
+            plan.push((false, part));
+        }
+        for &o in &order {
+            if level[&o] == (l, true) {
+                plan.push((true, vec![o]));
+            }
+        }
+    }
+    Ok(plan)
+}
+
 impl Staged {
     /// Cuts `m` into stages. `notes` are kept for [`Staged::notes`].
     pub(crate) fn new(
@@ -282,40 +320,7 @@ impl Staged {
         mut notes: Vec<String>,
     ) -> Result<Staged, ExecError> {
         let g = &m.graph;
-        let order = g.topo_order().map_err(|e| ExecError::Load(e.to_string()))?;
-        // Levels (see the module documentation).
-        let mut avail: HashMap<ValueId, usize> = HashMap::new();
-        let mut level: BTreeMap<OpId, (usize, bool)> = BTreeMap::new();
-        for &o in &order {
-            let host = is_host(g, o)?;
-            let l = reads(g, o)
-                .iter()
-                .map(|v| avail.get(v).copied().unwrap_or(0))
-                .max()
-                .unwrap_or(0);
-            for v in g.outputs_of(o).into_iter().flatten() {
-                avail.insert(v, if host { l + 1 } else { l });
-            }
-            level.insert(o, (l, host));
-        }
-        let top = level.values().map(|(l, _)| *l).max().unwrap_or(0);
-        // Stage plan: per level, its part (ops in topological order) then its host nodes.
-        let mut plan: Vec<(bool, Vec<OpId>)> = Vec::new();
-        for l in 0..=top {
-            let part: Vec<OpId> = order
-                .iter()
-                .copied()
-                .filter(|o| level[o] == (l, false))
-                .collect();
-            if !part.is_empty() {
-                plan.push((false, part));
-            }
-            for &o in &order {
-                if level[&o] == (l, true) {
-                    plan.push((true, vec![o]));
-                }
-            }
-        }
+        let plan = stage_plan(g)?;
         // What each stage reads; a value is needed after stage `i` when a later stage
         // reads it, or it is a graph output.
         let stage_reads: Vec<BTreeSet<ValueId>> = plan

@@ -323,6 +323,33 @@ fn stacked_type(ty: Option<&ValueType>, n: Option<i64>) -> Option<ValueType> {
     }
 }
 
+/// What unrolling one `Loop` added to its graph.
+#[derive(Default)]
+struct Added {
+    /// Ops, in the order they should run.
+    ops: Vec<OpId>,
+    /// Constants, dropped again when nothing reads them.
+    consts: Vec<ValueId>,
+    /// The body's initializers as constants of the graph, by name in the body.
+    shared: HashMap<String, ValueId>,
+}
+
+fn add_op(
+    g: &mut Graph,
+    mut op: Op,
+    ins: &[Option<ValueId>],
+    outs: &[Option<ValueId>],
+    added: &mut Added,
+    node: &str,
+) -> Result<(), PassError> {
+    op.order = (0, 0);
+    let id = g
+        .add_op(op, ins, outs)
+        .map_err(|e| err(format!("{node}: {e}")))?;
+    added.ops.push(id);
+    Ok(())
+}
+
 /// Replaces `Loop` op `o` of `g` by `trips` copies of its body.
 fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Result<(), PassError> {
     let ins = g.inputs_of(o);
@@ -341,112 +368,17 @@ fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Res
     let k = body.outputs.len() - 1 - n;
     let mut carried: Vec<ValueId> = ins[2..].iter().map(|v| v.expect("checked")).collect();
     let mut scans: Vec<Vec<ValueId>> = vec![Vec::new(); k];
-    let mut moved: Vec<OpId> = Vec::new();
-    let mut created: Vec<ValueId> = Vec::new();
-    // Body initializers, shared by every copy (by name in the body).
-    let mut shared: HashMap<String, ValueId> = HashMap::new();
-    let truth = add_scalar(
-        g,
-        st,
-        &format!("{loop_name}.cond"),
-        Tensor::Bool(ndarray::arr0(true).into_dyn()),
-        node,
-    )?;
-    created.push(truth);
+    let mut added = Added::default();
+    let truth = Tensor::Bool(ndarray::arr0(true).into_dyn());
+    let truth = add_scalar(g, st, &format!("{loop_name}.cond"), truth, node)?;
+    added.consts.push(truth);
     for i in 0..trips {
-        let mut b = body.clone();
-        let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-        for (slot, &bv) in body.inputs.iter().enumerate() {
-            let target = match slot {
-                0 => {
-                    let t = Tensor::I64(ndarray::arr0(i as i64).into_dyn());
-                    let v = add_scalar(g, st, &format!("{loop_name}.iter{i}"), t, node)?;
-                    created.push(v);
-                    v
-                }
-                1 => truth,
-                s => carried[s - 2],
-            };
-            map.insert(bv, target);
-        }
-        for bv in b.values().collect::<Vec<_>>() {
-            if map.contains_key(&bv) {
-                continue;
-            }
-            let name = b.value(bv).name.clone();
-            let gv = if is_captured(&b, bv) {
-                match g.value_by_name(&name) {
-                    Some(v) => v,
-                    None => g
-                        .add_value(Value {
-                            name: name.clone(),
-                            ty: None,
-                            init: None,
-                            carry: Carry::default(),
-                        })
-                        .map_err(|e| err(format!("{node}: {e}")))?,
-                }
-            } else if let Some(t) = b.value(bv).init {
-                match shared.get(&name) {
-                    Some(v) => *v,
-                    None => {
-                        let fresh = st.name(&name);
-                        let v = g
-                            .add_const(&fresh, b.tensor(t).clone())
-                            .map_err(|e| err(format!("{node}: {e}")))?;
-                        shared.insert(name.clone(), v);
-                        created.push(v);
-                        v
-                    }
-                }
-            } else {
-                let src = b.value(bv);
-                let value = Value {
-                    name: st.name(&format!("{name}.iter{i}")),
-                    ty: src.ty.clone(),
-                    init: None,
-                    carry: src.carry.clone(),
-                };
-                g.add_value(value)
-                    .map_err(|e| err(format!("{node}: {e}")))?
-            };
-            map.insert(bv, gv);
-        }
-        // Subgraphs of the copied ops read the copies' names.
-        let mut renames: Vec<(String, String)> = map
-            .iter()
-            .map(|(bv, gv)| (b.value(*bv).name.clone(), g.value(*gv).name.clone()))
-            .filter(|(a, z)| a != z)
-            .collect();
-        renames.sort();
-        for (old, new) in &renames {
-            rename_in_subgraphs(&mut b, old, new);
-        }
-        rename_nested_ops(&mut b, i, st);
-        let order = b
-            .topo_order()
-            .map_err(|e| err(format!("{node}: body: {e}")))?;
-        for bo in order {
-            let ins_b: Vec<Option<ValueId>> = b
-                .inputs_of(bo)
-                .into_iter()
-                .map(|v| v.map(|v| map[&v]))
-                .collect();
-            let outs_b: Vec<Option<ValueId>> = b
-                .outputs_of(bo)
-                .into_iter()
-                .map(|v| v.map(|v| map[&v]))
-                .collect();
-            let mut bop = b.remove_op(bo);
-            bop.order = (0, 0);
-            if let Some(n) = bop.name.as_deref().filter(|n| !n.is_empty()) {
-                bop.name = Some(st.name(&format!("{n}.iter{i}")));
-            }
-            moved.push(
-                g.add_op(bop, &ins_b, &outs_b)
-                    .map_err(|e| err(format!("{node}: {e}")))?,
-            );
-        }
+        let t = Tensor::I64(ndarray::arr0(i as i64).into_dyn());
+        let iteration = add_scalar(g, st, &format!("{loop_name}.iter{i}"), t, node)?;
+        added.consts.push(iteration);
+        let mut inputs = vec![iteration, truth];
+        inputs.extend(&carried);
+        let map = copy_body(g, &body, i, &inputs, &mut added, st, node)?;
         for (j, c) in carried.iter_mut().enumerate() {
             *c = map[&body.outputs[1 + j]];
         }
@@ -456,23 +388,126 @@ fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Res
     }
     for (j, &c) in carried.iter().enumerate() {
         let Some(target) = outs[j] else { continue };
-        let mut id = Op::new("Identity", &st.name(&format!("{loop_name}.out{j}")));
-        id.order = (0, 0);
-        moved.push(
-            g.add_op(id, &[Some(c)], &[Some(target)])
-                .map_err(|e| err(format!("{node}: {e}")))?,
-        );
+        let id = Op::new("Identity", &st.name(&format!("{loop_name}.out{j}")));
+        add_op(g, id, &[Some(c)], &[Some(target)], &mut added, node)?;
     }
-    let axes = if k > 0 && st.opset >= 13 {
+    stack_scans(g, &scans, &outs[n..], &loop_name, &mut added, st, node)?;
+    place_ops(g, at, &added.ops);
+    drop_unread(g, &added.ops, &added.consts);
+    Ok(())
+}
+
+/// Copies `body` into `g` as iteration `i`: its inputs are `inputs` (values of `g`), the
+/// names it captures resolve in `g`, its initializers are shared by all copies, every
+/// other value and op gets a name of its own. Returns where each body value went.
+fn copy_body(
+    g: &mut Graph,
+    body: &Graph,
+    i: u64,
+    inputs: &[ValueId],
+    added: &mut Added,
+    st: &mut State,
+    node: &str,
+) -> Result<HashMap<ValueId, ValueId>, PassError> {
+    let mut b = body.clone();
+    let mut map: HashMap<ValueId, ValueId> = body
+        .inputs
+        .iter()
+        .copied()
+        .zip(inputs.iter().copied())
+        .collect();
+    for bv in b.values().collect::<Vec<_>>() {
+        if map.contains_key(&bv) {
+            continue;
+        }
+        let name = b.value(bv).name.clone();
+        let gv = if is_captured(&b, bv) {
+            match g.value_by_name(&name) {
+                Some(v) => v,
+                None => g
+                    .add_value(Value {
+                        name: name.clone(),
+                        ty: None,
+                        init: None,
+                        carry: Carry::default(),
+                    })
+                    .map_err(|e| err(format!("{node}: {e}")))?,
+            }
+        } else if let Some(t) = b.value(bv).init {
+            match added.shared.get(&name) {
+                Some(v) => *v,
+                None => {
+                    let fresh = st.name(&name);
+                    let v = g
+                        .add_const(&fresh, b.tensor(t).clone())
+                        .map_err(|e| err(format!("{node}: {e}")))?;
+                    added.shared.insert(name.clone(), v);
+                    added.consts.push(v);
+                    v
+                }
+            }
+        } else {
+            let src = b.value(bv);
+            let value = Value {
+                name: st.name(&format!("{name}.iter{i}")),
+                ty: src.ty.clone(),
+                init: None,
+                carry: src.carry.clone(),
+            };
+            g.add_value(value)
+                .map_err(|e| err(format!("{node}: {e}")))?
+        };
+        map.insert(bv, gv);
+    }
+    // Subgraphs of the copied ops read the copies' names.
+    let mut renames: Vec<(String, String)> = map
+        .iter()
+        .map(|(bv, gv)| (b.value(*bv).name.clone(), g.value(*gv).name.clone()))
+        .filter(|(a, z)| a != z)
+        .collect();
+    renames.sort();
+    for (old, new) in &renames {
+        rename_in_subgraphs(&mut b, old, new);
+    }
+    rename_nested_ops(&mut b, i, st);
+    let order = b
+        .topo_order()
+        .map_err(|e| err(format!("{node}: body: {e}")))?;
+    for bo in order {
+        let remap = |vs: Vec<Option<ValueId>>| -> Vec<Option<ValueId>> {
+            vs.into_iter().map(|v| v.map(|v| map[&v])).collect()
+        };
+        let (ins_b, outs_b) = (remap(b.inputs_of(bo)), remap(b.outputs_of(bo)));
+        let mut bop = b.remove_op(bo);
+        if let Some(n) = bop.name.as_deref().filter(|n| !n.is_empty()) {
+            bop.name = Some(st.name(&format!("{n}.iter{i}")));
+        }
+        add_op(g, bop, &ins_b, &outs_b, added, node)?;
+    }
+    Ok(map)
+}
+
+/// Writes each scan output `outs[s]` as its per-iteration values `scans[s]` stacked along
+/// a new first axis (`Unsqueeze` on axis 0, then `Concat` when there are several).
+fn stack_scans(
+    g: &mut Graph,
+    scans: &[Vec<ValueId>],
+    outs: &[Option<ValueId>],
+    loop_name: &str,
+    added: &mut Added,
+    st: &mut State,
+    node: &str,
+) -> Result<(), PassError> {
+    let axes = if !scans.is_empty() && st.opset >= 13 {
         let t = Tensor::I64(ndarray::arr1(&[0i64]).into_dyn());
         let v = add_scalar(g, st, &format!("{loop_name}.axes"), t, node)?;
-        created.push(v);
+        added.consts.push(v);
         Some(v)
     } else {
         None
     };
     for (s, list) in scans.iter().enumerate() {
-        let Some(target) = outs[n + s] else { continue };
+        let Some(target) = outs[s] else { continue };
         let mut parts = Vec::with_capacity(list.len());
         for &v in list {
             let out = if list.len() == 1 {
@@ -492,7 +527,6 @@ fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Res
                 "Unsqueeze",
                 &st.name(&format!("{}.unsqueeze", g.value(v).name)),
             );
-            un.order = (0, 0);
             let un_ins = match axes {
                 Some(a) => vec![Some(v), Some(a)],
                 None => {
@@ -500,24 +534,15 @@ fn unroll(g: &mut Graph, o: OpId, trips: u64, st: &mut State, node: &str) -> Res
                     vec![Some(v)]
                 }
             };
-            moved.push(
-                g.add_op(un, &un_ins, &[Some(out)])
-                    .map_err(|e| err(format!("{node}: {e}")))?,
-            );
+            add_op(g, un, &un_ins, &[Some(out)], added, node)?;
             parts.push(Some(out));
         }
         if list.len() > 1 {
             let mut cat = Op::new("Concat", &st.name(&format!("{loop_name}.scan{s}")));
-            cat.order = (0, 0);
             cat.set_attr("axis", AttrValue::Int(0));
-            moved.push(
-                g.add_op(cat, &parts, &[Some(target)])
-                    .map_err(|e| err(format!("{node}: {e}")))?,
-            );
+            add_op(g, cat, &parts, &[Some(target)], added, node)?;
         }
     }
-    place_ops(g, at, &moved);
-    drop_unread(g, &moved, &created);
     Ok(())
 }
 
