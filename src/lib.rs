@@ -14,9 +14,9 @@
 //! `infer_shapes`/`fold_constants` to a fixed point) → prepare (`infer_shapes`,
 //! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `upgrade_opset` when per-channel
 //! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
-//! per value, in the main graph and inside If branches and Scan bodies; values computed
-//! from constants and shapes only, such as a transformer's position embeddings, are left
-//! alone) → calibrate
+//! per value, in the main graph and inside If branches, Loop and Scan bodies; values
+//! computed from constants and shapes only, such as a transformer's position embeddings,
+//! are left alone) → calibrate
 //! (`calib::collect` streams the planned values out of tract as it computes them, straight
 //! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
 //! method turns each into a range; `--method adaptive`, the default, runs every method's
@@ -32,10 +32,19 @@
 //!
 //! Subgraphs: tract returns main-graph values only, so calibration runs each If branch
 //! as a model of its own (`ir::scope::subgraph_model`: captured names become inputs) on
-//! the captured values of the samples that take it, and each Scan body step by step on
-//! its states and slices. A body reading a quantized outer value gets its own
-//! DequantizeLinear of the outer QuantizeLinear output. Loop bodies stay float: tract
-//! cannot execute Loop.
+//! the captured values of the samples that take it, each Scan body step by step on its
+//! states and slices, and each Loop body once per iteration on its carried values. A body
+//! reading a quantized outer value gets its own DequantizeLinear of the outer
+//! QuantizeLinear output.
+//!
+//! Loop: tract has no Loop, so `exec` runs a model holding one itself, for every command
+//! (run, compare, calibration, validation): a Loop whose trip count is a small constant
+//! (at most 64 iterations and 4096 copied ops) is unrolled on the engine's copy
+//! (`passes::unroll_loop`); any other Loop runs on the host, its body a session of its own
+//! once per iteration with ONNX's trip-count and condition semantics (`exec::loops`), the
+//! graph around it in parts tract runs whole (`exec::staged`). One execution of a Loop
+//! runs at most 100,000 iterations; a loop still running then is an error, never a
+//! silent stop. Written models keep their Loops.
 //!
 //! Mixed precision (`--target-sqnr`, `--max-drop`, `--size-budget`, `--overrides`) runs
 //! between calibration and materialisation: `tune` builds one simulation model whose Q/DQ
@@ -54,14 +63,16 @@
 //!   own), the text dump.
 //! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass
 //!   (pin_inputs, infer_shapes, fold_constants, fold_if, upgrade_opset, fold_batchnorm,
-//!   fold_bias_add, insert_qdq).
+//!   fold_bias_add, insert_qdq, and unroll_loop, which `exec` runs on the engine's copy).
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
 //!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place
-//!   of tract's, and the simulation model's switchable fake-quantization op.
+//!   of tract's, the simulation model's switchable fake-quantization op, and Loop
+//!   execution (`loops`: ONNX's semantics with a cap on iterations; `staged`: a model cut
+//!   into engine parts around the Loops it runs on the host).
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders, and
 //!   image folders: PNG via `png`, JPEG via `zune-jpeg`, turned into the model's image input
 //!   by a declared `Preprocess`: resize with qrange's own bilinear filter, colour order,
@@ -75,8 +86,8 @@
 //!   entropy, mse, auto; `adaptive`, which compares whole sets by simulated output, lives
 //!   in `cli::quantize::adaptive`); the calibration file format; the collector that streams tapped
 //!   tensors from tract into statistics (a run holds about what a plain inference holds,
-//!   whatever the number of values), and runs If branches and Scan bodies as models of
-//!   their own to reach the values inside.
+//!   whatever the number of values), and runs If branches, Loop bodies and Scan bodies
+//!   as models of their own to reach the values inside.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
 //!   output-by-output comparison of two models (`compare`), the value-by-value one
 //!   (`layers`: pairs a float model's values with its quantized version's through the
@@ -105,9 +116,10 @@
 //! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
 //! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`,
 //! `tune → exec, quant, report::metrics`. `ir`
-//! knows nothing of protobuf, tract or clap; only `exec` names tract. One exception, kept
+//! knows nothing of protobuf, tract or clap; only `exec` names tract. Two exceptions, kept
 //! deliberate: `passes::upgrade_opset` asks `onnx` for model-local function bodies, which
-//! live in the carried protobuf bytes.
+//! live in the carried protobuf bytes; `exec` runs `passes::unroll_loop` on its copy of a
+//! model holding a Loop (an IR rewrite, like any pass, that serves execution only).
 //!
 //! ## Invariants
 //! - **Invariant:** decode → encode is lossless. Fields the IR does not model travel as

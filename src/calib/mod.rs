@@ -13,7 +13,7 @@
 //!   across runs on the same model.
 //!
 //! - [`collect`]: the one part that runs the engine: taps the values to calibrate and
-//!   streams them into statistics, reaching inside If branches and Scan bodies.
+//!   streams them into statistics, reaching inside If branches, Loop and Scan bodies.
 //!
 //! Everything else here is pure numerics on f32 values and host tensors: no graph, no engine.
 //! Scale/zero-point computation proper belongs to the quantizer; [`density::Grid`] mirrors
