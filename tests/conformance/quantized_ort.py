@@ -46,9 +46,6 @@ Tolerances, and why:
   ``MIXED_FUSED_MEAN``; measured 1.06), and its top-1 agreement with the float model must
   be at least tract's.
 
-Fixtures in ORT_ONLY (a Loop tract cannot execute) get checks 1-3 and runs in ONNX Runtime
-with and without optimizations, without the comparison with tract.
-
 The count of QuantizeLinear nodes (column Q) includes those inside subgraphs.
 Prints a table and ``quantized-ort: N passed, N failed``; exits 1 on any failure.
 """
@@ -99,10 +96,11 @@ FIXTURES = [
      "tiny/tiny_external.npz", [], None),
     ("tiny_shape_if", "tiny/tiny_shape_if.onnx", "tiny/tiny_shape_if.npz",
      "tiny/tiny_shape_if.npz", [], None),
-    # Not here: tiny_loop (see ORT_ONLY) and tiny_all_attrs (its local function cannot be
-    # calibrated: quantize refuses it).
-    # Q/DQ inside Loop bodies: a constant trip count (Conv -> Loop, unrolled for tract) and
-    # a while-loop whose trip count depends on the data (run per iteration in tract).
+    # Not here: tiny_all_attrs (its local function cannot be calibrated: quantize refuses it).
+    # Q/DQ inside Loop bodies: constant trip counts (unrolled for tract; tiny_loop has no
+    # evaluation file and is checked on its calibration samples) and a while-loop whose trip
+    # count depends on the data (run per iteration in tract).
+    ("tiny_loop", "tiny/tiny_loop.onnx", "tiny/tiny_loop.npz", "tiny/tiny_loop.npz", [], None),
     ("tiny_conv_loop", "tiny/tiny_conv_loop.onnx", "tiny/tiny_conv_loop.npz",
      "tiny/tiny_conv_loop.eval.npz", [], None),
     ("tiny_while", "tiny/tiny_while.onnx", "tiny/tiny_while.npz", "tiny/tiny_while.eval.npz", [],
@@ -128,16 +126,6 @@ WIDE_16 = 64.0
 # The fused path of the mixed-precision model (u8/u16/float activations side by side):
 # measured 1.06 steps; gate 1.5.
 MIXED_FUSED_MEAN = 1.5
-
-
-# Fixtures whose quantized model tract cannot run, so there is nothing to compare with:
-# (label, model, calib, eval, reason). Each is quantized and must pass the full checker,
-# keep the float model's outputs, and load and run in ONNX Runtime with and without
-# graph optimizations, giving the float model's outputs where nothing was quantized.
-ORT_ONLY = [
-    ("tiny_loop", "tiny/tiny_loop.onnx", "tiny/tiny_loop.npz", "tiny/tiny_loop.npz",
-     "the engine cannot execute Loop"),
-]
 
 
 def count_op(graph: onnx.GraphProto, op_type: str) -> int:
@@ -188,40 +176,6 @@ def load_samples(path: str, cap: int | None) -> tuple[list[dict], dict]:
     return [{k: d[k][i] for k in keys} for i in range(n)], {k: d[k][:n] for k in keys}
 
 
-def check_ort_only(qrange: str, root: str, tmp: str, model: str, calib: str,
-                   evalf: str) -> str | None:
-    """An ORT_ONLY fixture: what is wrong with its quantized model, or None."""
-    m = os.path.join(root, model)
-    q = os.path.join(tmp, "ort_only.onnx")
-    r = subprocess.run([qrange, "quantize", m, "--calib", os.path.join(root, calib),
-                        "--no-validate", "-o", q], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"quantize failed: {r.stderr.strip().splitlines()[0]}"
-    try:
-        onnx.checker.check_model(q, full_check=True)
-    except Exception as e:  # noqa: BLE001
-        return f"onnx.checker: {str(e).splitlines()[0]}"
-    names = [o.name for o in onnx.load(q).graph.output]
-    want = [o.name for o in onnx.load(m, load_external_data=False).graph.output]
-    if names != want:
-        return f"the quantized model's outputs are {names}, the float model's {want}"
-    samples, _ = load_samples(os.path.join(root, evalf), None)
-    try:
-        f = ort_outputs(m, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                      ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-            got = ort_outputs(q, samples, level)
-            if sorted(got) != sorted(want):
-                return f"ONNX Runtime returned {sorted(got)}"
-            if count_op(onnx.load(q).graph, "QuantizeLinear") == 0:
-                bad = [n for n in want if not np.array_equal(got[n], f[n])]
-                if bad:
-                    return f"nothing is quantized, yet {bad} differ from the float model's"
-    except Exception as e:  # noqa: BLE001
-        return f"ONNX Runtime: {str(e).splitlines()[0]}"
-    return None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qrange", required=True)
@@ -237,7 +191,7 @@ def main() -> int:
                     help="check only the fixture with this label (repeatable)")
     args = ap.parse_args()
     fixtures = [f for f in FIXTURES if not args.only or f[0] in args.only]
-    known = [f[0] for f in FIXTURES + ORT_ONLY]
+    known = [f[0] for f in FIXTURES]
     if args.only and any(o not in known for o in args.only):
         ap.error(f"--only: unknown label among {args.only}")
     rows, failures = [], []
@@ -337,14 +291,6 @@ def main() -> int:
                         f"p99 {np.percentile(d_ref, 99):.2f} steps")
                 if not ok_fused:
                     failures.append(f"{label}/{name}: ORT (fused) vs tract mean {d_fused.mean():.2f} steps")
-        ort_only = [f for f in ORT_ONLY if not args.only or f[0] in args.only]
-        for label, model, calib, evalf, reason in ort_only:
-            problem = check_ort_only(args.qrange, args.fixtures, tmp, model, calib, evalf)
-            if problem:
-                failures.append(f"{label}: {problem}")
-            else:
-                print(f"{label}: checker, outputs and ONNX Runtime ok (no tract run: {reason})")
-        fixtures = fixtures + ort_only
     print("differences between ORT and tract on the same quantized model, in output steps")
     print(f"{'model':28} {'output':32} {'Q':>4} {'step':>9} {'ref mean':>8} {'ref p99':>7} {'ref max':>7} "
           f"{'fused mean':>10} {'fused max':>9}  result")
