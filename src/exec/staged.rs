@@ -626,7 +626,7 @@ impl Staged {
                     }
                     let opts = SessionOptions {
                         taps: p.taps.clone(),
-                        stream_taps: observe.is_some(),
+                        stream_taps: self.opts.stream_taps,
                         loops: self.opts.loops,
                     };
                     let base = self.base_dir.as_deref();
