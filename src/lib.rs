@@ -10,25 +10,37 @@
 //! passes, and encoded back. tract executes the graph before and after, with qrange's own
 //! exact QuantizeLinear/DequantizeLinear kernels, so every run can say what a change cost.
 //!
-//! `qrange quantize` runs: decode → specialise (`pin_inputs`, `fold_if` with
-//! `infer_shapes`/`fold_constants` to a fixed point) → prepare (`infer_shapes`,
-//! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `upgrade_opset` when per-channel
-//! or 16-bit Q/DQ need it) → plan (`quant::plan::build` reads the rule table: a decision
-//! per value, in the main graph and inside If branches, Loop and Scan bodies; values
-//! computed from constants and shapes only, such as a transformer's position embeddings,
-//! are left alone) → calibrate
-//! (`calib::collect` streams the planned values out of tract as it computes them, straight
-//! into `calib::TensorStats`, samples spread over worker threads and merged exactly; a
-//! method turns each into a range; `--method adaptive`, the default, runs every method's
-//! set of ranges in `tune::sim`'s simulation model on a few calibration samples and keeps
-//! the method whose set comes closest to their float outputs, which the collector kept
-//! while calibrating; the compared ranges come from the other samples' statistics, which
-//! the collector keeps apart, `cli::quantize::adaptive`; `quant::plan::fit_to_statistics`
-//! leaves float, with the reason, whatever would need a value calibration has no
-//! statistics for) → materialise
-//! (`passes::insert_qdq`: Relu/Clip folded into their producer's range, Div/Mul by a
-//! constant into its QuantizeLinear scale) → encode → validate (both models in tract, `report::compare`)
-//! → with `--report`, one HTML page (`report::html`).
+//! `qrange quantize` is [`pipeline::quantize`]: typed options in, the model to write and
+//! its summary out, progress through a callback. Every graph rewrite it makes is a step of
+//! one declared list ([`passes::pipeline`], what `qrange passes` prints), run in three
+//! phases: specialise (`pin_inputs`, `fold_if` with `infer_shapes`/`fold_constants` to a
+//! fixed point: the float model validation compares against) → prepare (`infer_shapes`,
+//! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `remove_dead`, `infer_shapes`, then
+//! `plan`: `quant::plan::build` reads the rule table, a decision per value, in the main
+//! graph and inside If branches, Loop and Scan bodies; values computed from constants and
+//! shapes only, such as a transformer's position embeddings, are left alone;
+//! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again) →
+//! calibrate (`calib::collect` streams the planned values out of tract as it computes
+//! them, straight into `calib::TensorStats`, samples spread over worker threads and merged
+//! exactly; a method turns each into a range; `--method adaptive`, the default, runs every
+//! method's set of ranges in `tune::sim`'s simulation model on a few calibration samples
+//! and keeps the method whose set comes closest to their float outputs, which the
+//! collector kept while calibrating; the compared ranges come from the other samples'
+//! statistics, which the collector keeps apart, `pipeline::ranges::adaptive`;
+//! `quant::plan::fit_to_statistics` leaves float, with the reason, whatever would need a
+//! value calibration has no statistics for) → mixed precision (plan edits) → materialise
+//! (the list's last phase on a copy of the prepared model: `insert_qdq`, Relu/Clip folded
+//! into their producer's range, Div/Mul by a constant into its QuantizeLinear scale, then
+//! `infer_shapes`) → validate (both models in tract, `report::compare`) → summary and,
+//! with `--report`, the data of one HTML page (`report::html`). The command line writes
+//! the model, the overrides and the page. `--dump-after PASS` and `--stop-after PASS`
+//! print the IR text dump after a step.
+//!
+//! The plan is a step of the list that rewrites nothing: what follows it in the list
+//! depends on it (the opset the Q/DQ need, what `insert_qdq` inserts), so it stands where
+//! it is built and travels in the pass context (`PassCx::plan`); calibration, range
+//! choice and mixed precision edit it between the prepare and materialise phases. The
+//! runner verifies the IR after every step in debug and test builds, naming the step.
 //!
 //! Subgraphs: tract returns main-graph values only, so calibration runs each If branch
 //! as a model of its own (`ir::scope::subgraph_model`: captured names become inputs) on
@@ -61,9 +73,15 @@
 //!   (`ir::payload`, every element type, checked sizes), `verify()`, scopes (where each
 //!   subgraph sits, which graph defines a captured name, a subgraph as a model of its
 //!   own), the text dump.
-//! - [`passes`]: the `Pass` trait, the registry in pipeline order, one file per pass
-//!   (pin_inputs, infer_shapes, fold_constants, fold_if, upgrade_opset, fold_batchnorm,
-//!   fold_bias_add, insert_qdq, and unroll_loop, which `exec` runs on the engine's copy).
+//! - [`passes`]: the `Pass` trait, the quantize pipeline as one declared list of steps
+//!   (each ordering constraint commented), the runner that runs it phase by phase, checks
+//!   the IR and logs what ran, and one file per pass (pin_inputs, infer_shapes,
+//!   fold_constants, fold_if, fold_batchnorm, fold_bias_add, remove_dead, plan,
+//!   upgrade_opset, insert_qdq; and unroll_loop, which `exec` runs on the engine's copy,
+//!   outside the list: the written model keeps its Loops).
+//! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
+//!   calibrate, ranges with the adaptive selection, precision, materialise, summary,
+//!   report data); typed options, typed errors, a progress callback; writes nothing.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
@@ -84,7 +102,7 @@
 //! - [`calib`]: streaming, mergeable calibration statistics on a canonical histogram grid
 //!   (bit-identical whatever the sharding) and the range methods (minmax, percentile,
 //!   entropy, mse, auto; `adaptive`, which compares whole sets by simulated output, lives
-//!   in `cli::quantize::adaptive`); the calibration file format; the collector that streams tapped
+//!   in `pipeline::ranges::adaptive`); the calibration file format; the collector that streams tapped
 //!   tensors from tract into statistics (a run holds about what a plain inference holds,
 //!   whatever the number of values), and runs If branches, Loop bodies and Scan bodies
 //!   as models of their own to reach the values inside.
@@ -110,13 +128,16 @@
 //!   values sharing its parameters), the overrides file, the switchable simulation model
 //!   (`tune::sim`, exact against the written model, also for another choice of ranges),
 //!   sensitivity analysis and the promotion search (`tune::search`).
-//! - [`cli`]: clap arguments and one file per subcommand (`quantize` with its `adaptive`
-//!   range selection and its summary/report glue); the only module that prints.
+//! - [`cli`]: clap arguments and one file per subcommand, the flags several share
+//!   (`cli::flags`: clap enums mapped to the library's, `--pin`/`--shape`/`--preprocess`
+//!   parsing), progress bars, printing and writing; the only module that prints, and the
+//!   only one that knows clap.
 //!
-//! Dependency direction: `onnx → ir ← passes ← cli`; `exec → quant → ir`;
+//! Dependency direction: `onnx → ir ← passes ← pipeline ← cli`; `exec → quant → ir`;
 //! `calib → exec`, `report → exec, calib, quant`, `lint → passes, quant::rules`,
-//! `tune → exec, quant, report::metrics`. `ir`
-//! knows nothing of protobuf, tract or clap; only `exec` names tract. Two exceptions, kept
+//! `tune → exec, quant, report::metrics`; `pipeline` reads all of these. `ir`
+//! knows nothing of protobuf, tract or clap; only `exec` names tract; only `cli` names
+//! clap. Two exceptions, kept
 //! deliberate: `passes::upgrade_opset` asks `onnx` for model-local function bodies, which
 //! live in the carried protobuf bytes; `exec` runs `passes::unroll_loop` on its copy of a
 //! model holding a Loop (an IR rewrite, like any pass, that serves execution only).
@@ -157,6 +178,7 @@ pub mod ir;
 pub mod lint;
 pub mod onnx;
 pub mod passes;
+pub mod pipeline;
 pub mod quant;
 pub mod report;
 pub mod tune;

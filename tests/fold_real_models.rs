@@ -9,7 +9,7 @@ use qrange::data::{self, InputSpec};
 use qrange::exec::{Session, SessionOptions};
 use qrange::ir::{DType, Graph, Model, Tensor};
 use qrange::onnx::{encode_model, read_model, ExternalPolicy};
-use qrange::passes::{registry, PassCx};
+use qrange::passes::{Flow, PassCx, Phase, Runner};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -30,13 +30,25 @@ fn all_ops(g: &Graph) -> usize {
         .sum()
 }
 
-/// Runs the whole pipeline, checking the IR after every pass.
+/// Runs the quantize pipeline's passes up to the plan (default settings), checking the IR
+/// after every step.
 fn pipeline(m: &mut Model, cx: &mut PassCx) {
-    for p in registry() {
-        p.run(m, cx).unwrap_or_else(|e| panic!("{}: {e}", p.name()));
-        m.verify()
-            .unwrap_or_else(|e| panic!("after {}: {e}", p.name()));
+    cx.quant = Some(
+        qrange::pipeline::options::Settings::default()
+            .config()
+            .unwrap(),
+    );
+    let mut runner = Runner::new();
+    for phase in [Phase::Specialise, Phase::Prepare] {
+        runner
+            .run_phase(phase, m, cx, &mut |step, m| {
+                m.verify()
+                    .unwrap_or_else(|e| panic!("after {}: {e}", step.label));
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
     }
+    assert!(cx.plan.is_some());
 }
 
 fn session(m: &Model, sample: &BTreeMap<String, Tensor>) -> Session {

@@ -99,21 +99,22 @@ pub fn plan_groups(values: &[(String, u64)], budget: u64) -> Vec<Vec<String>> {
 /// `progress(done, total)` is called after each sample. The model's outputs for the samples
 /// whose indices are in `keep` go to `outputs`; when `keep` is not empty and every sample
 /// ran, `on_others` gets the others' statistics before they are merged in.
-#[allow(clippy::too_many_arguments)]
 fn collect_streamed<S: SampleSource + ?Sized>(
-    model: &ModelProto,
-    base_dir: Option<&Path>,
-    samples: &S,
-    values: &[String],
-    workers: usize,
-    keep: &BTreeSet<usize>,
+    run: Streamed<S>,
     stats: &mut BTreeMap<String, TensorStats>,
-    on_others: &mut dyn FnMut(&BTreeMap<String, TensorStats>),
     outputs: &mut BTreeMap<usize, Sample>,
-    mut done: u64,
-    total: u64,
+    on_others: &mut dyn FnMut(&BTreeMap<String, TensorStats>),
+    (mut done, total): (u64, u64),
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<u64, CollectError> {
+    let Streamed {
+        model,
+        base_dir,
+        samples,
+        values,
+        workers,
+        keep,
+    } = run;
     // Outputs alone are not worth a run (nor a model the engine cannot run whole).
     if samples.count() == 0 || values.is_empty() {
         return Ok(done);
@@ -235,6 +236,17 @@ fn collect_streamed<S: SampleSource + ?Sized>(
     }
 }
 
+/// One streamed collection: the encoded model, its samples, the values tapped, the
+/// workers, and the samples whose outputs are kept.
+struct Streamed<'a, S: ?Sized> {
+    model: &'a ModelProto,
+    base_dir: Option<&'a Path>,
+    samples: &'a S,
+    values: &'a [String],
+    workers: usize,
+    keep: &'a BTreeSet<usize>,
+}
+
 /// What a collection worker returns: its statistics of the samples not kept and of those
 /// kept, the outputs it kept and, if it stopped on one, the failing sample's index and error.
 type WorkerResult = (
@@ -318,17 +330,18 @@ pub fn collect_model<S: SampleSource + ?Sized>(
     let mut outputs = BTreeMap::new();
     let proto = encode(model)?;
     let mut done = collect_streamed(
-        &proto,
-        base_dir,
-        samples,
-        &main,
-        workers,
-        keep.samples,
+        Streamed {
+            model: &proto,
+            base_dir,
+            samples,
+            values: &main,
+            workers,
+            keep: keep.samples,
+        },
         &mut stats,
-        keep.others,
         &mut outputs,
-        0,
-        total,
+        keep.others,
+        (0, total),
         &mut progress,
     )?;
     if let Some(root) = root.as_mut() {
@@ -851,7 +864,7 @@ mod tests {
     fn streamed_taps_give_the_statistics_of_returned_outputs() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny");
         let model = crate::onnx::read_model(&root.join("tiny_cnn.onnx")).unwrap();
-        let specs = crate::cli::run::input_specs(&model, &BTreeMap::new());
+        let specs = crate::pipeline::inputs::input_specs(&model, &BTreeMap::new());
         let ds = crate::data::load(&root.join("tiny_cnn.npz"), &specs).unwrap();
         let g = &model.graph;
         let mut values: Vec<String> = g

@@ -37,23 +37,10 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// A range-selection method.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// The observed [min, max].
-    #[value(name = "minmax")]
     MinMax,
     /// Cut a fraction of the mass off the tails (default 99.999 %).
     Percentile,
@@ -70,6 +57,21 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in the command line's order.
+    pub const ALL: [Method; 6] = [
+        Method::MinMax,
+        Method::Percentile,
+        Method::Entropy,
+        Method::Mse,
+        Method::Auto,
+        Method::Adaptive,
+    ];
+
+    /// The method of a name (as [`Method::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     /// The name used on the command line and in files.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,10 +1,9 @@
 //! `qrange calibrate` and `qrange merge`: calibration statistics as files, so calibration
 //! can run in shards on several machines and be merged exactly.
 
-use super::quantize::{calibrate, load_calib, prepare, CommonArgs};
-use super::run::{check_preprocess_used, parse_pins};
-use super::Outcome;
-use crate::calib::collect::Keep;
+use super::flags::check_preprocess_used;
+use super::quantize::{common, CommonArgs};
+use super::{Bars, Outcome};
 use crate::calib::CalibrationFile;
 use std::path::PathBuf;
 
@@ -28,19 +27,11 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let c = &a.common;
     super::check_not_input(&c.model, &a.output)?;
-    let model = crate::onnx::read_model(&c.model)?;
-    let pins = parse_pins(&model, &c.pin)?;
     check_preprocess_used(
         c.preprocess.as_deref(),
         &[("--calib", c.calib.as_deref().map(std::path::Path::new))],
     )?;
-    let ds = load_calib(c, &model, &pins)?;
-    let p = prepare(c, model, Some(&ds.first()?), false)?;
-    let keep = Keep {
-        samples: &Default::default(),
-        others: &mut |_| {},
-    };
-    let (file, _) = calibrate(&p, &ds, c.threads, !c.json, keep)?;
+    let file = crate::pipeline::calibrate::statistics(&common(c, None)?, &Bars::new(c.json))?;
     file.write(&a.output)?;
     if c.json {
         println!(

@@ -1,12 +1,14 @@
 //! `qrange compare`: run two models on the same data in tract and report how far the
 //! second is from the first, output by output and, with `--per-tensor`, value by value.
 
-use super::run::{input_specs, parse_pins, parse_shapes, sample_shapes, specialize};
+use super::flags::parse_shapes;
+use super::run::pins;
 use super::Outcome;
 use crate::data::{self, InputSpec};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::Model;
 use crate::onnx::{self, ExternalPolicy};
+use crate::pipeline::inputs::{input_specs, sample_shapes, specialise};
 use crate::report::compare::{compare, CompareError};
 use crate::report::layers::{per_tensor, LayerComparison, PerTensor, Unmatched};
 use crate::report::Metrics;
@@ -72,13 +74,6 @@ struct Report {
     notes: Vec<String>,
 }
 
-fn base_dir(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 /// The models must take the same inputs (names and element types).
 fn check_inputs(
     a: &[InputSpec],
@@ -125,15 +120,11 @@ fn infer(m: &mut Model, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    if let Some(r) = &a.report {
-        super::check_not_input(&a.reference, r)?;
-        super::check_not_input(&a.test, r)?;
-    }
-    let mut ma = onnx::read_model(&a.reference)?;
-    let mut mb = onnx::read_model(&a.test)?;
-    // A pin applies to each model that has the input (a quantized model may have been
-    // specialised for it already); a pin neither has is an error.
+/// A pin applies to each model that has the input (a quantized model may have been
+/// specialised for it already); a pin neither has is an error.
+type Pins = BTreeMap<String, crate::ir::Tensor>;
+
+fn split_pins(flags: &[String], ma: &Model, mb: &Model) -> anyhow::Result<(Pins, Pins)> {
     let takes = |m: &Model, pin: &String| {
         let name = pin.split_once('=').map_or(pin.as_str(), |(n, _)| n);
         input_specs(m, &BTreeMap::new())
@@ -141,10 +132,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .any(|i| i.name == name)
     };
     let (mut pa, mut pb) = (Vec::new(), Vec::new());
-    for p in &a.pin {
-        match (takes(&ma, p), takes(&mb, p)) {
+    for p in flags {
+        match (takes(ma, p), takes(mb, p)) {
             (false, false) => {
-                parse_pins(&ma, std::slice::from_ref(p))?;
+                pins(ma, std::slice::from_ref(p))?;
             }
             (ia, ib) => {
                 if ia {
@@ -156,8 +147,70 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             }
         }
     }
-    let pins_a = parse_pins(&ma, &pa)?;
-    let pins_b = parse_pins(&mb, &pb)?;
+    Ok((pins(ma, &pa)?, pins(mb, &pb)?))
+}
+
+/// Outputs of one model that the other lacks, sorted; the models must share one.
+fn unshared_outputs(a: &Args, ma: &Model, mb: &Model) -> anyhow::Result<Vec<String>> {
+    let (outs_a, outs_b) = (output_names(ma), output_names(mb));
+    let mut unshared: Vec<String> = outs_a
+        .iter()
+        .filter(|n| !outs_b.contains(n))
+        .chain(outs_b.iter().filter(|n| !outs_a.contains(n)))
+        .cloned()
+        .collect();
+    unshared.sort();
+    if outs_a.iter().all(|n| !outs_b.contains(n)) {
+        bail!(
+            "the models share no output name: {} has {}, {} has {}",
+            a.reference.display(),
+            outs_a.join(", "),
+            a.test.display(),
+            outs_b.join(", ")
+        );
+    }
+    Ok(unshared)
+}
+
+/// `--per-tensor`: every intermediate value the models share, compared on `ds`.
+fn compare_values(
+    a: &Args,
+    ma: &mut Model,
+    mb: &mut Model,
+    ds: &data::Dataset,
+) -> anyhow::Result<PerTensor> {
+    infer(ma, &a.reference)?;
+    infer(mb, &a.test)?;
+    let bar = super::progress(0, "comparing values");
+    let r = per_tensor(
+        ma,
+        mb,
+        ds,
+        a.memory_budget.saturating_mul(1 << 20),
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .map_err(|e| {
+        anyhow!(
+            "per-tensor comparison of {} and {}: {e}",
+            a.reference.display(),
+            a.test.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    Ok(r)
+}
+
+pub fn run(a: Args) -> anyhow::Result<Outcome> {
+    if let Some(r) = &a.report {
+        super::check_not_input(&a.reference, r)?;
+        super::check_not_input(&a.test, r)?;
+    }
+    let mut ma = onnx::read_model(&a.reference)?;
+    let mut mb = onnx::read_model(&a.test)?;
+    let (pins_a, pins_b) = split_pins(&a.pin, &ma, &mb)?;
     check_inputs(
         &input_specs(&ma, &pins_a),
         &a.reference,
@@ -179,38 +232,22 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             l.truncate(n);
         }
     }
-    let (outs_a, outs_b) = (output_names(&ma), output_names(&mb));
-    let mut unshared: Vec<String> = outs_a
-        .iter()
-        .filter(|n| !outs_b.contains(n))
-        .chain(outs_b.iter().filter(|n| !outs_a.contains(n)))
-        .cloned()
-        .collect();
-    unshared.sort();
-    if outs_a.iter().all(|n| !outs_b.contains(n)) {
-        bail!(
-            "the models share no output name: {} has {}, {} has {}",
-            a.reference.display(),
-            outs_a.join(", "),
-            a.test.display(),
-            outs_b.join(", ")
-        );
-    }
+    let unshared = unshared_outputs(&a, &ma, &mb)?;
     let first = ds.first()?;
     let given = sample_shapes(&first, &shapes);
-    let mut notes = specialize(&mut ma, &pins_a, &given)
+    let mut notes = specialise(&mut ma, &pins_a, &given)
         .map_err(|e| anyhow!("{}: specialising the model: {e}", a.reference.display()))?;
     notes.extend(
-        specialize(&mut mb, &pins_b, &given)
+        specialise(&mut mb, &pins_b, &given)
             .map_err(|e| anyhow!("{}: specialising the model: {e}", a.test.display()))?,
     );
 
     let (pa, _) = onnx::encode_model(&ma, &ExternalPolicy::Inline, "")?;
     let (pb, _) = onnx::encode_model(&mb, &ExternalPolicy::Inline, "")?;
     let opts = SessionOptions::default();
-    let sa = Session::new(&pa, Some(&base_dir(&a.reference)), &first, &opts)
+    let sa = Session::new(&pa, Some(&onnx::base_dir(&a.reference)), &first, &opts)
         .map_err(|e| anyhow!("{}: {e}", a.reference.display()))?;
-    let sb = Session::new(&pb, Some(&base_dir(&a.test)), &first, &opts)
+    let sb = Session::new(&pb, Some(&onnx::base_dir(&a.test)), &first, &opts)
         .map_err(|e| anyhow!("{}: {e}", a.test.display()))?;
     let bar = super::progress(ds.len() as u64, "comparing outputs");
     let cmp = compare(&sa, &sb, &ds, labels.as_deref(), || bar.inc(1)).map_err(|e| match e {
@@ -235,28 +272,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     drop((sa, sb));
 
     let layers = if a.per_tensor {
-        infer(&mut ma, &a.reference)?;
-        infer(&mut mb, &a.test)?;
-        let bar = super::progress(0, "comparing values");
-        let r = per_tensor(
-            &ma,
-            &mb,
-            &ds,
-            a.memory_budget.saturating_mul(1 << 20),
-            |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            },
-        )
-        .map_err(|e| {
-            anyhow!(
-                "per-tensor comparison of {} and {}: {e}",
-                a.reference.display(),
-                a.test.display()
-            )
-        })?;
-        bar.finish_and_clear();
-        Some(r)
+        Some(compare_values(&a, &mut ma, &mut mb, &ds)?)
     } else {
         None
     };

@@ -1,9 +1,9 @@
 //! `qrange lint`: which node units of a QDQ model the runtime fuses into integer
 //! kernels, and why the others stay float.
 
+use super::flags::{PlatformArg, TargetArg};
 use super::Outcome;
-use crate::lint::{self, Coverage, FusionReport, LintOptions, Platform};
-use crate::quant::rules::Target;
+use crate::lint::{self, Coverage, FusionReport, LintOptions};
 use anyhow::bail;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -22,11 +22,11 @@ pub struct Args {
     model: PathBuf,
     /// Runtime whose fusion rules to apply.
     #[arg(long, value_enum, default_value = "ort-cpu")]
-    target: Target,
+    target: TargetArg,
     /// CPU the model is deployed on (ONNX Runtime runs int8 activations through
     /// Conv/MatMul kernels only on arm64).
     #[arg(long, value_enum, default_value = "x86-64")]
-    platform: Platform,
+    platform: PlatformArg,
     /// Also print what the runtime changes on the way (shared DQ copied, Q/DQ propagated, …).
     #[arg(short, long)]
     verbose: bool,
@@ -46,8 +46,8 @@ struct Json<'a> {
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let m = crate::onnx::read_model(&a.model)?;
     let opts = LintOptions {
-        target: a.target,
-        platform: a.platform,
+        target: a.target.into(),
+        platform: a.platform.into(),
     };
     let report =
         lint::lint(&m, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;

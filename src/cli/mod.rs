@@ -3,11 +3,12 @@
 mod calibrate;
 mod compare;
 mod convert;
+mod flags;
 mod inspect;
 mod lint;
 mod passes;
 mod quantize;
-pub(crate) mod run;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -126,6 +127,68 @@ pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+/// The pipeline's progress on stderr: one bar per phase (hidden when stderr is not a
+/// terminal, or with `--json`), messages and warnings as they come; IR dumps on stdout.
+pub(crate) struct Bars {
+    quiet: bool,
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    pub(crate) fn new(quiet: bool) -> Bars {
+        Bars {
+            quiet,
+            bar: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&indicatif::ProgressBar)) {
+        if let Some(b) = self.bar.lock().expect("progress bar lock").as_ref() {
+            f(b);
+        }
+    }
+}
+
+impl crate::pipeline::Progress for Bars {
+    fn begin(&self, what: &str, len: u64) {
+        let bar = progress(len, what);
+        if self.quiet {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        *self.bar.lock().expect("progress bar lock") = Some(bar);
+    }
+
+    fn position(&self, done: u64, total: u64) {
+        self.with(|b| {
+            b.set_length(total);
+            b.set_position(done);
+        });
+    }
+
+    fn step(&self) {
+        self.with(|b| b.inc(1));
+    }
+
+    fn end(&self) {
+        if let Some(b) = self.bar.lock().expect("progress bar lock").take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn message(&self, line: &str) {
+        eprintln!("{line}");
+    }
+
+    fn warn(&self, what: &str) {
+        quantize::warn(what);
+    }
+
+    fn dump(&self, step: &str, text: &str) {
+        println!("; after pass {step}");
+        print!("{text}");
+    }
 }
 
 /// Prints an error: a complete first line, then its causes indented.

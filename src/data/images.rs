@@ -474,13 +474,13 @@ fn axes(layout: Layout, batched: bool) -> (usize, usize, usize) {
     }
 }
 
-/// Chooses the fed input and checks the preprocessing against its declared type.
-fn target(dir: &Path, pre: &Preprocess, inputs: &[InputSpec]) -> Result<Target, DataError> {
-    let fail = |input: &str, msg: String| DataError::ImageInput {
-        path: dir.to_path_buf(),
-        input: input.to_string(),
-        msg,
-    };
+/// The input an image folder feeds: the one the preprocessing names, or the model's only
+/// input; the model must take no other.
+fn fed_input<'a>(
+    dir: &Path,
+    pre: &Preprocess,
+    inputs: &'a [InputSpec],
+) -> Result<&'a InputSpec, DataError> {
     let names = || {
         inputs
             .iter()
@@ -519,61 +519,67 @@ fn target(dir: &Path, pre: &Preprocess, inputs: &[InputSpec]) -> Result<Target, 
         },
     };
     if let Some(other) = inputs.iter().find(|i| i.name != spec.name) {
-        return Err(fail(
-            &other.name,
-            format!(
+        return Err(DataError::ImageInput {
+            path: dir.to_path_buf(),
+            input: other.name.clone(),
+            msg: format!(
                 "no data: an image folder feeds only input '{}'; pin the others with --pin",
                 spec.name
             ),
-        ));
+        });
     }
+    Ok(spec)
+}
+
+/// The element type the preprocessing gives `spec`, checked against it (with the
+/// scale/mean/std it allows).
+fn element_type(pre: &Preprocess, spec: &InputSpec) -> Result<DType, String> {
     let dtype = pre.dtype.unwrap_or(spec.dtype);
     if dtype != spec.dtype {
-        return Err(fail(
-            &spec.name,
-            format!(
-                "the preprocessing gives {dtype} but the model expects {}",
-                spec.dtype
-            ),
+        return Err(format!(
+            "the preprocessing gives {dtype} but the model expects {}",
+            spec.dtype
         ));
     }
     if !matches!(dtype, DType::F32 | DType::U8) {
-        return Err(fail(
-            &spec.name,
-            format!("the model expects {dtype}; images give f32 or u8 inputs"),
+        return Err(format!(
+            "the model expects {dtype}; images give f32 or u8 inputs"
         ));
     }
     if dtype == DType::U8 && (pre.scale != 1.0 || pre.mean != [0.0] || pre.std != [1.0]) {
-        return Err(fail(
-            &spec.name,
+        return Err(
             "the model expects u8 (raw pixel values): scale, mean and std do not apply".into(),
-        ));
+        );
     }
     let c = pre.channels();
     for (what, v) in [("mean", &pre.mean), ("std", &pre.std)] {
         if v.len() != 1 && v.len() != c {
-            return Err(fail(
-                &spec.name,
-                format!(
-                    "{what} has {} values but color={} gives {c} channel{}",
-                    v.len(),
-                    color_name(pre.color),
-                    if c == 1 { "" } else { "s" }
-                ),
+            return Err(format!(
+                "{what} has {} values but color={} gives {c} channel{}",
+                v.len(),
+                color_name(pre.color),
+                if c == 1 { "" } else { "s" }
             ));
         }
     }
+    Ok(dtype)
+}
+
+/// Whether `spec` has a batch axis, and its fixed (width, height), checked against the
+/// preprocessing's layout, channels and resize.
+fn geometry(
+    pre: &Preprocess,
+    spec: &InputSpec,
+) -> Result<(bool, Option<usize>, Option<usize>), String> {
+    let c = pre.channels();
     let shape = spec.shape.as_deref();
     let batched = match shape.map(<[_]>::len) {
         None | Some(4) => true,
         Some(3) => false,
         Some(r) => {
-            return Err(fail(
-                &spec.name,
-                format!(
-                    "the model expects rank {r} {}; images give rank 4 (batch of 1) or 3",
-                    render_shape(shape.unwrap_or(&[]))
-                ),
+            return Err(format!(
+                "the model expects rank {r} {}; images give rank 4 (batch of 1) or 3",
+                render_shape(shape.unwrap_or(&[]))
             ))
         }
     };
@@ -586,18 +592,13 @@ fn target(dir: &Path, pre: &Preprocess, inputs: &[InputSpec]) -> Result<Target, 
     let rendered = shape.map(render_shape).unwrap_or_default();
     if batched {
         if let Some(b) = dim(0).filter(|&b| b != 1) {
-            return Err(fail(
-                &spec.name,
-                format!(
+            return Err(format!(
                     "the model expects {rendered}, batch {b}; an image folder gives one image per sample (batch 1)"
-                ),
-            ));
+                ));
         }
     }
     if let Some(mc) = dim(ca).filter(|&m| m != c) {
-        return Err(fail(
-            &spec.name,
-            format!(
+        return Err(format!(
                 "the model expects {mc} channel{} on axis {ca} ({rendered}, layout={layout}) but color={} gives {c}{}",
                 if mc == 1 { "" } else { "s" },
                 color_name(pre.color),
@@ -608,22 +609,31 @@ fn target(dir: &Path, pre: &Preprocess, inputs: &[InputSpec]) -> Result<Target, 
                     (_, Layout::Nhwc) if dim(1) == Some(c) => "; the model looks NCHW: use layout=nchw",
                     _ => "",
                 }
-            ),
-        ));
+            ));
     }
     let (height, width) = (dim(ha), dim(wa));
     if let Some((w, h)) = pre.resize {
         for (what, got, want, axis) in [("width", w, width, wa), ("height", h, height, ha)] {
             if let Some(m) = want.filter(|&m| m != got) {
-                return Err(fail(
-                    &spec.name,
-                    format!(
+                return Err(format!(
                         "resize={w}x{h} gives {what} {got} but the model expects {m} on axis {axis} ({rendered}, layout={layout})"
-                    ),
-                ));
+                    ));
             }
         }
     }
+    Ok((batched, width, height))
+}
+
+/// Chooses the fed input and checks the preprocessing against its declared type.
+fn target(dir: &Path, pre: &Preprocess, inputs: &[InputSpec]) -> Result<Target, DataError> {
+    let spec = fed_input(dir, pre, inputs)?;
+    let fail = |msg: String| DataError::ImageInput {
+        path: dir.to_path_buf(),
+        input: spec.name.clone(),
+        msg,
+    };
+    let dtype = element_type(pre, spec).map_err(fail)?;
+    let (batched, width, height) = geometry(pre, spec).map_err(fail)?;
     Ok(Target {
         input: spec.name.clone(),
         dtype,

@@ -38,10 +38,9 @@ use std::fmt;
 ///
 /// ONNX Runtime uses its signed-activation (s8 × s8) Conv and MatMul kernels only on
 /// arm64 by default; on x86-64 it first converts int8 Q/DQ pairs to uint8.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Platform {
-    #[value(name = "x86-64")]
     #[serde(rename = "x86-64")]
     X86_64,
     Arm64,

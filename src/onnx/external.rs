@@ -3,7 +3,16 @@
 use super::OnnxError;
 use crate::ir::{ConstTensor, TensorData};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
+
+/// The folder a model's external data is read from: the model file's folder (`.` for a
+/// bare file name). The engine is handed it for models passed from memory.
+pub fn base_dir(model_path: &Path) -> PathBuf {
+    match model_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
 
 /// Reads the bytes of an external tensor, checking location, offset and length.
 pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {

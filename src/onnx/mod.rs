@@ -12,6 +12,7 @@ pub mod tensor;
 
 pub use decode::{decode_model, read_model};
 pub use encode::{encode_model, model_to_bytes, write_model, ExternalPolicy, WriteReport};
+pub use external::base_dir;
 
 use std::path::PathBuf;
 

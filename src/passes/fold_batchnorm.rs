@@ -60,6 +60,7 @@
 
 use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::{AttrValue, ConstTensor, DType, Graph, Model, OpId, Tensor, ValueId};
+use crate::quant::rules::Target;
 use std::collections::{BTreeSet, HashSet};
 
 /// The pass; see the module documentation.
@@ -77,9 +78,19 @@ impl Pass for FoldBatchNorm {
         "fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm weights"
     }
 
-    fn run(&self, m: &mut Model, _cx: &mut PassCx) -> Result<Changed, PassError> {
+    fn skip(&self, cx: &PassCx) -> Option<String> {
+        (cx.target() == Some(Target::Tensorrt))
+            .then(|| "target tensorrt: TensorRT folds BatchNormalization itself".to_string())
+    }
+
+    fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
         let n = fold_graph(&mut m.graph)?;
-        Ok(if n > 0 { Changed::Yes } else { Changed::No })
+        if n > 0 {
+            cx.done.push(format!(
+                "{n} BatchNormalization folded into their producers"
+            ));
+        }
+        Ok(Changed::from_bool(n > 0))
     }
 }
 

@@ -17,10 +17,39 @@
 //! ```
 //! becomes `%c = Conv(%x, %w, %w.biasfold)` and readers of `%y` read `%c`.
 
-use super::PassError;
+use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::{ConstTensor, Graph, Model, OpId, Tensor};
+use crate::quant::rules::Target;
 
 const NAME: &str = "fold_bias_add";
+
+/// See the module documentation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FoldBiasAdd;
+
+impl Pass for FoldBiasAdd {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "fold a per-channel constant Add after a Conv into the Conv's bias"
+    }
+
+    fn skip(&self, cx: &PassCx) -> Option<String> {
+        (cx.target() == Some(Target::Tensorrt))
+            .then(|| "target tensorrt: the Add stays as the model has it".to_string())
+    }
+
+    fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
+        let n = fold_bias_adds(m)?;
+        if n > 0 {
+            cx.done
+                .push(format!("{n} per-channel Add folded into Conv biases"));
+        }
+        Ok(Changed::from_bool(n > 0))
+    }
+}
 
 /// Per-channel values of `t` for a Conv output of rank `rank` with `channels` channels.
 fn per_channel(t: &ConstTensor, rank: usize, channels: usize) -> Option<Vec<f32>> {

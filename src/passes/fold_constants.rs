@@ -98,9 +98,25 @@ fn fold_graph(
     cx: &mut PassCx,
     path: &str,
 ) -> Result<bool, PassError> {
-    let mut changed = false;
+    let mut changed = constant_nodes(g, cx, path)?;
+    changed |= remove_identities(g, path)?;
+    changed |= evaluate_constant_ops(g, outer, opset, cx, path)?;
+    // Subgraphs, with the outer constants they capture.
+    let with_subs: Vec<OpId> = ops_in_order(g, path)?
+        .into_iter()
+        .filter(|o| !g.op(*o).subgraphs().is_empty())
+        .collect();
+    for o in with_subs {
+        changed |= for_each_subgraph(g, o, outer, path, |sg, sc, node| {
+            fold_graph(sg, sc, opset, cx, node)
+        })?;
+    }
+    Ok(changed)
+}
 
-    // 1. Constant nodes → initializers.
+/// Constant nodes → initializers.
+fn constant_nodes(g: &mut Graph, cx: &mut PassCx, path: &str) -> Result<bool, PassError> {
+    let mut changed = false;
     for o in ops_in_order(g, path)? {
         if !is_default(g, o, "Constant") {
             continue;
@@ -127,8 +143,13 @@ fn fold_graph(
             changed = true;
         }
     }
+    Ok(changed)
+}
 
-    // 2. Identity removal.
+/// Identity removal: readers read the input; an Identity writing a graph output gives its
+/// name to its input when that is an ordinary intermediate.
+fn remove_identities(g: &mut Graph, path: &str) -> Result<bool, PassError> {
+    let mut changed = false;
     for o in ops_in_order(g, path)? {
         if !is_default(g, o, "Identity") {
             continue;
@@ -166,8 +187,18 @@ fn fold_graph(
         xv.carry = y_carry;
         changed = true;
     }
+    Ok(changed)
+}
 
-    // 3. Evaluate ops whose inputs are all constants.
+/// Evaluates ops whose inputs are all constants (and Shape/Size of known shapes).
+fn evaluate_constant_ops(
+    g: &mut Graph,
+    outer: &OuterConsts,
+    opset: i64,
+    cx: &mut PassCx,
+    path: &str,
+) -> Result<bool, PassError> {
+    let mut changed = false;
     let mut known: HashMap<ValueId, Option<Rc<Tensor>>> = HashMap::new();
     for o in ops_in_order(g, path)? {
         let op = g.op(o);
@@ -234,17 +265,6 @@ fn fold_graph(
             }
             Err(_) => {}
         }
-    }
-
-    // 4. Subgraphs, with the outer constants they capture.
-    let with_subs: Vec<OpId> = ops_in_order(g, path)?
-        .into_iter()
-        .filter(|o| !g.op(*o).subgraphs().is_empty())
-        .collect();
-    for o in with_subs {
-        changed |= for_each_subgraph(g, o, outer, path, |sg, sc, node| {
-            fold_graph(sg, sc, opset, cx, node)
-        })?;
     }
     Ok(changed)
 }

@@ -42,7 +42,7 @@
 //! ```
 
 use super::util::{captured_by_subgraphs, is_captured, names_in_use};
-use super::PassError;
+use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::{
     AttrValue, Carry, ConstTensor, DType, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
 };
@@ -56,6 +56,34 @@ const NAME: &str = "insert_qdq";
 
 fn err(what: String) -> PassError {
     PassError { pass: NAME, what }
+}
+
+/// The pass: [`materialize`] of [`PassCx::plan`]; its report goes to
+/// [`PassCx::inserted`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InsertQdq;
+
+impl Pass for InsertQdq {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "materialise the plan: QuantizeLinear/DequantizeLinear pairs, integer weights and biases"
+    }
+
+    fn skip(&self, cx: &PassCx) -> Option<String> {
+        cx.plan.is_none().then(|| "no plan".to_string())
+    }
+
+    fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
+        let Some(plan) = &cx.plan else {
+            return Ok(Changed::No);
+        };
+        let rep = materialize(m, plan)?;
+        cx.inserted = Some(rep);
+        Ok(Changed::Yes)
+    }
 }
 
 /// Parameters chosen for one value.

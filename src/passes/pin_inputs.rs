@@ -20,7 +20,7 @@
 
 use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::eval::cast;
-use crate::ir::{ConstTensor, Dim, Model, ValueType};
+use crate::ir::{ConstTensor, Dim, Model, Tensor, ValueType};
 
 /// See the module documentation.
 pub struct PinInputs;
@@ -159,4 +159,61 @@ fn check_dims(name: &str, declared: Option<&[Dim]>, given: &[i64]) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// Why a pinned value cannot be made for a model input.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("the model has no input named '{0}'")]
+    NoInput(String),
+    #[error("input '{0}' is not a typed tensor")]
+    Untyped(String),
+    #[error("{0}")]
+    Value(String),
+}
+
+/// The tensor pinning input `name` of `m` to `values`, in the input's declared element
+/// type: the declared shape when it is fully known and holds as many values, else a
+/// scalar for one value and a vector for several.
+pub fn pin_tensor(m: &Model, name: &str, values: &[f64]) -> Result<Tensor, PinError> {
+    let g = &m.graph;
+    let v = g
+        .inputs
+        .iter()
+        .copied()
+        .find(|v| g.value(*v).name == name && g.value(*v).init.is_none())
+        .ok_or_else(|| PinError::NoInput(name.to_string()))?;
+    let (dtype, dims) = match &g.value(v).ty {
+        Some(ValueType::Tensor { dtype, shape }) => (*dtype, shape.clone()),
+        _ => return Err(PinError::Untyped(name.to_string())),
+    };
+    let known: Option<Vec<usize>> = dims.as_ref().and_then(|d| {
+        d.iter()
+            .map(|x| match x {
+                Dim::Known(k) => Some(*k as usize),
+                _ => None,
+            })
+            .collect()
+    });
+    let shape: Vec<usize> = match known {
+        Some(d) if d.is_empty() && values.len() == 1 => vec![],
+        Some(d) if !d.is_empty() && d.iter().product::<usize>() == values.len() => d,
+        _ if values.len() == 1 => vec![],
+        _ => vec![values.len()],
+    };
+    Tensor::from_f64(dtype, &shape, values).map_err(|e| PinError::Value(e.to_string()))
+}
+
+/// [`pin_tensor`] of every `(name, values)` pair, by input name.
+pub fn pin_tensors(
+    m: &Model,
+    pins: &[(String, Vec<f64>)],
+) -> Result<std::collections::BTreeMap<String, Tensor>, (String, PinError)> {
+    pins.iter()
+        .map(|(name, vals)| {
+            pin_tensor(m, name, vals)
+                .map(|t| (name.clone(), t))
+                .map_err(|e| (name.clone(), e))
+        })
+        .collect()
 }

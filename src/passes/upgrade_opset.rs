@@ -24,6 +24,12 @@
 //! when every operator of their body keeps its meaning (types/same entries); otherwise the pass
 //! refuses, naming the function and node. A model already at or above the target is left alone.
 //!
+//! The target is fixed ([`UpgradeOpset::new`], `qrange convert --opset`) or, in the
+//! quantize pipeline ([`UpgradeOpset::for_qdq`]), what the planned QuantizeLinear/
+//! DequantizeLinear need ([`qdq_opset`]: 21 for 16-bit types, 13 for per-channel weights,
+//! else 10), read from the plan in [`PassCx::plan`]; raising it is then told in
+//! [`PassCx::done`].
+//!
 //! # Requires
 //! Value types only where a conversion needs an element type (Clip and Pad attributes that
 //! become typed inputs, GroupNormalization's channel count); Softmax/LogSoftmax/Hardmax use
@@ -55,6 +61,7 @@ use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::{
     AttrValue, ConstTensor, DType, Graph, Model, Op, OpId, Tensor, Value, ValueId, ValueType,
 };
+use crate::quant::plan::{Plan, QuantConfig};
 use std::collections::{BTreeMap, HashSet};
 
 const NAME: &str = "upgrade_opset";
@@ -64,15 +71,45 @@ pub const MIN_SOURCE: i64 = 7;
 /// Highest target opset the pass knows the changes up to.
 pub const MAX_TARGET: i64 = 21;
 
-/// The pass: raise `ai.onnx` to at least `target`.
+/// The pass: raise `ai.onnx` to at least a target opset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UpgradeOpset {
-    pub target: i64,
+    pub target: OpsetTarget,
+}
+
+/// The opset [`UpgradeOpset`] raises to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpsetTarget {
+    /// This opset.
+    Fixed(i64),
+    /// What the plan's QuantizeLinear/DequantizeLinear need ([`qdq_opset`]).
+    ForQdq,
 }
 
 impl UpgradeOpset {
     pub fn new(target: i64) -> UpgradeOpset {
-        UpgradeOpset { target }
+        UpgradeOpset {
+            target: OpsetTarget::Fixed(target),
+        }
+    }
+
+    /// The quantize pipeline's step: the opset the planned Q/DQ need.
+    pub fn for_qdq() -> UpgradeOpset {
+        UpgradeOpset {
+            target: OpsetTarget::ForQdq,
+        }
+    }
+}
+
+/// The opset the Q/DQ of `plan` need: 21 for 16-bit types (`wide`: mixed precision may
+/// promote activations to 16 bits), 13 for per-channel weights (`axis`), else 10.
+pub fn qdq_opset(plan: &Plan, cfg: &QuantConfig, wide: bool) -> i64 {
+    if wide || matches!(cfg.activation.dtype, DType::U16 | DType::I16) {
+        21
+    } else if plan.uses_per_channel() {
+        13
+    } else {
+        10
     }
 }
 
@@ -82,16 +119,49 @@ impl Pass for UpgradeOpset {
     }
 
     fn description(&self) -> &'static str {
-        "raise the ai.onnx opset (13 by default), converting every operator that changed"
+        match self.target {
+            OpsetTarget::Fixed(_) => {
+                "raise the ai.onnx opset, converting every operator that changed"
+            }
+            OpsetTarget::ForQdq => {
+                "raise the ai.onnx opset to what the planned Q/DQ need (10, 13 per channel, 21 for 16 bits)"
+            }
+        }
     }
 
-    fn run(&self, m: &mut Model, _cx: &mut PassCx) -> Result<Changed, PassError> {
-        let r = upgrade(m, self.target)?;
-        Ok(if r.from.is_some() {
-            Changed::Yes
-        } else {
-            Changed::No
-        })
+    fn skip(&self, cx: &PassCx) -> Option<String> {
+        match self.target {
+            OpsetTarget::ForQdq if cx.plan.is_none() => Some("no plan".to_string()),
+            _ => None,
+        }
+    }
+
+    fn run(&self, m: &mut Model, cx: &mut PassCx) -> Result<Changed, PassError> {
+        let target = match self.target {
+            OpsetTarget::Fixed(t) => t,
+            OpsetTarget::ForQdq => match (&cx.plan, &cx.quant) {
+                (Some(plan), Some(cfg)) => qdq_opset(plan, cfg, cx.wide),
+                _ => return Ok(Changed::No),
+            },
+        };
+        let have = m.opset("").unwrap_or(1);
+        if have >= target {
+            return Ok(Changed::No);
+        }
+        let r = upgrade(m, target).map_err(|e| match self.target {
+            OpsetTarget::Fixed(_) => e,
+            OpsetTarget::ForQdq => fail(format!(
+                "raising the opset from {have} to {target} for Q/DQ: {}",
+                e.what
+            )),
+        })?;
+        if self.target == OpsetTarget::ForQdq {
+            cx.done.push(format!(
+                "opset raised from {have} to {target} ({} nodes rewritten)",
+                r.converted.values().sum::<usize>()
+            ));
+        }
+        Ok(Changed::from_bool(r.from.is_some()))
     }
 }
 

@@ -1,27 +1,17 @@
-//! `qrange quantize --report FILE`: gathers what the run learned (calibration statistics,
-//! chosen ranges and methods, the plan, sizes, validation) into a [`ReportInput`] and
-//! writes the page atomically.
+//! The visual report's data (`quantize --report FILE`): what the run learned (calibration
+//! statistics, every method's range and the chosen one, the plan, sizes, validation, the
+//! fusion check, per-layer SQNR) as a [`ReportInput`]; the caller renders and writes it.
 
-use super::{qtype_text, Args, Prepared, Summary};
-use crate::calib::{Method, MethodOptions, TensorStats};
+use super::prepare::Prepared;
+use super::ranges::Candidates;
+use super::summary::{qtype_text, Summary};
+use super::{PipelineError, Progress};
+use crate::calib::{Method, MethodOptions, QuantTarget, TensorStats};
 use crate::quant::params::QType;
 use crate::quant::plan::{op_key, Decision, OpState, Plan};
 use crate::report::{OutputRow, PrecisionRow, ReportInput, TensorRow};
-use anyhow::anyhow;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// The grid a calibrated value is quantized to (the decision that reads its range).
-fn calibrated_qtype(plan: &Plan, v: &str) -> Option<QType> {
-    plan.values.iter().find_map(|(n, d)| match d {
-        Decision::Activation {
-            qtype,
-            share_with: None,
-            range_from,
-        } if n == v || range_from.as_deref() == Some(v) => Some(*qtype),
-        _ => None,
-    })
-}
 
 fn short_qtype(q: &QType) -> String {
     format!(
@@ -35,8 +25,8 @@ fn short_qtype(q: &QType) -> String {
     )
 }
 
-/// Precision of every op of the prepared model, in graph order.
-fn precision_rows(p: &Prepared) -> Vec<PrecisionRow> {
+/// Precision of every op of the prepared model under `plan`, in graph order.
+fn precision_rows(p: &Prepared, plan: &Plan) -> Vec<PrecisionRow> {
     let g = &p.model.graph;
     let Ok(order) = g.topo_order() else {
         return Vec::new();
@@ -44,11 +34,11 @@ fn precision_rows(p: &Prepared) -> Vec<PrecisionRow> {
     let mut rows = Vec::new();
     for o in order {
         let key = op_key(g, o);
-        let Some(state) = p.plan.ops.get(&key) else {
+        let Some(state) = plan.ops.get(&key) else {
             continue;
         };
         let op = g.op(o);
-        let decision = |v: crate::ir::ValueId| p.plan.values.get(&g.value(v).name);
+        let decision = |v: crate::ir::ValueId| plan.values.get(&g.value(v).name);
         let (activation, weight, reason) = match state {
             OpState::Quantized { kernel } => {
                 let ins = g.inputs_of(o).into_iter().flatten();
@@ -92,41 +82,57 @@ fn precision_rows(p: &Prepared) -> Vec<PrecisionRow> {
     rows
 }
 
-/// Builds the report from what `run` has at its end.
-pub(super) fn build(
-    a: &Args,
-    p: &Prepared,
-    stats: &BTreeMap<String, TensorStats>,
-    chosen: &BTreeMap<String, Method>,
-    opts: &MethodOptions,
-    s: &Summary,
-) -> anyhow::Result<ReportInput> {
+/// What the report is built from: the run's end.
+pub struct Sources<'a> {
+    pub p: &'a Prepared,
+    /// The plan written, and the method of each range.
+    pub plan: &'a Plan,
+    pub chosen: &'a BTreeMap<String, Method>,
+    pub stats: &'a BTreeMap<String, TensorStats>,
+    /// Every method's range of the calibrated values (completed here where missing).
+    pub candidates: &'a mut Candidates,
+    pub opts: &'a MethodOptions,
+    /// `--method` as asked.
+    pub method: Method,
+}
+
+/// One row per calibrated tensor: statistics, every method's range, the chosen one.
+fn tensor_rows(s: &mut Sources) -> Result<Vec<TensorRow>, PipelineError> {
     let mut jobs = Vec::new();
-    for v in p.plan.calibration_values() {
+    for v in s.plan.calibration_values() {
         if let (Some(st), Some(&range), Some(&method), Some(q)) = (
-            stats.get(&v),
-            p.plan.ranges.get(&v),
-            chosen.get(&v),
-            calibrated_qtype(&p.plan, &v),
+            s.stats.get(&v),
+            s.plan.ranges.get(&v),
+            s.chosen.get(&v),
+            s.plan.calibrated_qtype(&v),
         ) {
             jobs.push((v, st, range, method, q));
         }
     }
-    // Every method runs again per tensor: spread the tensors over the cores, keep the order.
+    let targets: Vec<(String, &TensorStats, QuantTarget)> = jobs
+        .iter()
+        .map(|(v, st, _, _, q)| (v.clone(), *st, QuantTarget::of(q)))
+        .collect();
+    let mut ranges = Vec::with_capacity(jobs.len());
+    for c in s.candidates.fill(&targets, s.opts) {
+        ranges.push(c?.candidates);
+    }
+    // Histograms and clipped masses: spread the tensors over the cores, keep the order.
+    let rows: Vec<_> = jobs.iter().zip(&ranges).collect();
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .clamp(1, jobs.len().max(1));
-    let per = jobs.len().div_ceil(workers).max(1);
+        .clamp(1, rows.len().max(1));
+    let per = rows.len().div_ceil(workers).max(1);
     let tensors = std::thread::scope(|sc| {
-        let handles: Vec<_> = jobs
+        let handles: Vec<_> = rows
             .chunks(per)
             .map(|chunk| {
                 sc.spawn(move || {
                     chunk
                         .iter()
-                        .map(|(v, st, range, method, q)| {
-                            TensorRow::from_stats(v, st, *range, *method, q, opts)
+                        .map(|((v, st, range, method, q), cands)| {
+                            TensorRow::from_candidates(v, st, *range, *method, q, cands)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -137,9 +143,13 @@ pub(super) fn build(
             .flat_map(|h| h.join().expect("report worker panicked"))
             .collect::<Result<Vec<_>, _>>()
     })?;
-    let target = clap::ValueEnum::to_possible_value(&s.target)
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default();
+    Ok(tensors)
+}
+
+/// Builds the report from what the run has at its end.
+pub fn build(mut src: Sources, s: &Summary) -> Result<ReportInput, PipelineError> {
+    let tensors = tensor_rows(&mut src)?;
+    let target = s.target.name();
     let methods = s
         .methods
         .iter()
@@ -150,7 +160,7 @@ pub(super) fn build(
         format!("target {target}"),
         format!("activations {}", s.activation),
         format!("weights {}", s.weight),
-        format!("range method {} (chosen: {methods})", a.method),
+        format!("range method {} (chosen: {methods})", src.method),
         format!(
             "ops: {} quantized, {} folded into their producer, {} left float",
             s.quantized_ops, s.folded_ops, s.float_ops
@@ -184,21 +194,14 @@ pub(super) fn build(
             .collect(),
         tensors,
         layers: Vec::new(),
-        precision: precision_rows(p),
+        precision: precision_rows(src.p, src.plan),
         fusion: None,
         notes: s.notes.clone(),
     })
 }
 
-/// Renders `input` and writes it to `path` (temporary file + rename).
-pub(super) fn write(path: &Path, input: &ReportInput) -> anyhow::Result<()> {
-    let html = crate::report::render(input);
-    crate::onnx::encode::atomic_write(path, html.as_bytes())
-        .map_err(|e| anyhow!("report '{}': {e}", path.display()))
-}
-
 /// Fills the fusion section from the lint of the written model.
-pub(super) fn add_fusion(input: &mut ReportInput, lint: Option<&crate::lint::FusionReport>) {
+pub fn add_fusion(input: &mut ReportInput, lint: Option<&crate::lint::FusionReport>) {
     let Some(r) = lint else { return };
     input.fusion = Some(crate::report::FusionSection {
         coverage: r.coverage().line,
@@ -220,36 +223,30 @@ const LAYER_SAMPLES: usize = 8;
 
 /// Fills the per-layer SQNR section: every value the float and the quantized model share,
 /// compared on (at most [`LAYER_SAMPLES`]) evaluation samples.
-pub(super) fn add_layers(
+pub fn add_layers(
     input: &mut ReportInput,
     float: &crate::ir::Model,
     quantized: &crate::ir::Model,
     samples: &crate::data::Dataset,
     budget_mib: u64,
-    quiet: bool,
-) -> anyhow::Result<()> {
+    progress: &dyn Progress,
+) -> Result<(), PipelineError> {
     let n = samples.len().min(LAYER_SAMPLES);
     if n == 0 {
         return Ok(());
     }
     let mut first = samples.clone();
     first.truncate(n);
-    let bar = super::super::progress(0, "per-layer SQNR");
-    if quiet {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    progress.begin("per-layer SQNR", 0);
     let pt = crate::report::layers::per_tensor(
         float,
         quantized,
         &first,
         budget_mib.saturating_mul(1 << 20),
-        |d, t| {
-            bar.set_length(t);
-            bar.set_position(d);
-        },
+        |d, t| progress.position(d, t),
     )
-    .map_err(|e| anyhow!("report: per-layer comparison: {e}"))?;
-    bar.finish_and_clear();
+    .map_err(PipelineError::Layers)?;
+    progress.end();
     input.layers = pt
         .layers
         .iter()

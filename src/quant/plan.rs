@@ -228,6 +228,27 @@ impl Plan {
         out.into_iter().collect()
     }
 
+    /// The grid calibrated value `v` is quantized to: that of the activation decision
+    /// that reads its range (its own, or that of the value a folded op's range moved to).
+    /// `None` when no decision reads `v`'s range.
+    pub fn calibrated_qtype(&self, v: &str) -> Option<QType> {
+        self.values.iter().find_map(|(n, d)| match d {
+            Decision::Activation {
+                qtype,
+                share_with: None,
+                range_from,
+            } if n == v || range_from.as_deref() == Some(v) => Some(*qtype),
+            _ => None,
+        })
+    }
+
+    /// Whether any weight has one scale per channel (its Q/DQ need an `axis`).
+    pub fn uses_per_channel(&self) -> bool {
+        self.values
+            .values()
+            .any(|d| matches!(d, Decision::Weight { axis: Some(_), .. }))
+    }
+
     /// Number of quantized ops and of ops left float.
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut c = (0, 0, 0);

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The runtime a model is quantized for; it sets defaults and placement style.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// ONNX Runtime on CPUs: node units that fuse to QLinear* kernels, int32 bias,
@@ -20,6 +20,17 @@ pub enum Target {
     Tensorrt,
     /// Every op with a rule, for runtimes or simulators without fusion constraints.
     Generic,
+}
+
+impl Target {
+    /// The name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::OrtCpu => "ort-cpu",
+            Target::Tensorrt => "tensorrt",
+            Target::Generic => "generic",
+        }
+    }
 }
 
 /// Which axis of a weight holds the output channels.

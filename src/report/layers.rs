@@ -728,33 +728,9 @@ fn comparable(
     }
 }
 
-/// Compares every computed value of `reference` with its counterpart in `test` (see the
-/// module doc) over `samples`, with at most about `budget_bytes` of tapped tensors per
-/// engine run. `progress(done, total)` is called after each sample of each group.
-///
-/// Both models should have inferred value types (shape inference) so that the groups
-/// can be sized; the list comes back worst first.
-pub fn per_tensor<S: SampleSource + ?Sized>(
-    reference: &Model,
-    test: &Model,
-    samples: &S,
-    budget_bytes: u64,
-    mut progress: impl FnMut(u64, u64),
-) -> Result<PerTensor, PerTensorError> {
-    if samples.count() == 0 {
-        return Err(PerTensorError::NoSamples);
-    }
-    let first = samples.sample(0)?;
-    let (pairs, mut unmatched) = pair(reference, test)?;
-    let encode = |m: &Model, model: Side| {
-        onnx::encode_model(m, &ExternalPolicy::Inline, "")
-            .map(|(p, _)| p)
-            .map_err(|source| PerTensorError::Encode { model, source })
-    };
-    let (pa, pb) = (
-        encode(reference, Side::Reference)?,
-        encode(test, Side::Test)?,
-    );
+/// Groups of consecutive pairings whose tapped tensors fit `budget_bytes` per run (a
+/// pairing of unknown size counts as the largest known).
+fn tap_groups(pairs: &[Pairing], budget_bytes: u64) -> Vec<std::ops::Range<usize>> {
     let largest = pairs.iter().filter_map(|p| p.bytes).max().unwrap_or(0);
     let sized: Vec<(String, u64)> = pairs
         .iter()
@@ -763,83 +739,76 @@ pub fn per_tensor<S: SampleSource + ?Sized>(
         .collect();
     // Groups keep the given order: consecutive runs of pairings.
     let mut start = 0;
-    let groups: Vec<std::ops::Range<usize>> = plan_groups(&sized, budget_bytes)
+    plan_groups(&sized, budget_bytes)
         .iter()
         .map(|g| {
             start += g.len();
             start - g.len()..start
         })
-        .collect();
-    let total = (groups.len() * samples.count()) as u64;
-    let mut done = 0;
-    let mut accs: Vec<Acc> = (0..pairs.len()).map(|_| Acc::default()).collect();
+        .collect()
+}
 
-    for group in &groups {
-        let mut taps_a = BTreeSet::new();
-        let mut taps_b = BTreeSet::new();
-        for p in &pairs[group.clone()] {
-            taps_a.insert(p.value.clone());
-            taps_b.insert(p.test_value.clone());
-            if let Some((d, r)) = &p.dq {
-                taps_b.insert(d.clone());
-                taps_a.insert(r.clone());
-            }
-        }
-        let session = |proto, taps: BTreeSet<String>, model| {
-            let opts = SessionOptions {
-                taps: taps.into_iter().collect(),
-                ..Default::default()
-            };
-            Session::new(proto, None, &first, &opts)
-                .map_err(|source| PerTensorError::Load { model, source })
-        };
-        let sa = session(&pa, taps_a, Side::Reference)?;
-        let sb = session(&pb, taps_b, Side::Test)?;
-        for n in 0..samples.count() {
-            let s = samples.sample(n)?;
-            let run = |sess: &Session, model| {
-                sess.run(&s).map_err(|source| PerTensorError::Run {
-                    model,
-                    sample: n,
-                    source,
-                })
-            };
-            let ra = run(&sa, Side::Reference)?;
-            let rb = run(&sb, Side::Test)?;
-            for i in group.clone() {
-                let (p, acc) = (&pairs[i], &mut accs[i]);
-                if acc.dropped {
-                    continue;
-                }
-                let ta = tapped(&ra, &p.value, Side::Reference, n)?;
-                let tb = tapped(&rb, &p.test_value, Side::Test, n)?;
-                match comparable(&p.value, &p.test_value, ta, tb) {
-                    Ok((va, vb)) => {
-                        acc.shape = ta.shape();
-                        acc.value.add(&va, &vb, false, None);
-                    }
-                    Err(u) => {
-                        acc.dropped = true;
-                        unmatched.push((p.index, u));
-                        continue;
-                    }
-                }
-                if let (Some((d, r)), false) = (&p.dq, acc.dq_dropped) {
-                    let tr = tapped(&ra, r, Side::Reference, n)?;
-                    let td = tapped(&rb, d, Side::Test, n)?;
-                    match comparable(&p.value, d, tr, td) {
-                        Ok((vr, vd)) => acc.dq.add(&vr, &vd, false, None),
-                        Err(u) => {
-                            acc.dq_dropped = true;
-                            unmatched.push((p.index, u));
-                        }
-                    }
-                }
-            }
-            done += 1;
-            progress(done, total);
+/// The names each model taps for the pairings of a group.
+fn group_taps(pairs: &[Pairing]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut taps_a = BTreeSet::new();
+    let mut taps_b = BTreeSet::new();
+    for p in pairs {
+        taps_a.insert(p.value.clone());
+        taps_b.insert(p.test_value.clone());
+        if let Some((d, r)) = &p.dq {
+            taps_b.insert(d.clone());
+            taps_a.insert(r.clone());
         }
     }
+    (taps_a, taps_b)
+}
+
+/// Adds sample `n`'s tapped values (`ra` of the reference, `rb` of the test model) to the
+/// accumulators of the pairings in `group`; a pairing whose values turn out not
+/// comparable is dropped, with the reason in `unmatched`.
+fn accumulate(
+    pairs: &[Pairing],
+    accs: &mut [Acc],
+    group: std::ops::Range<usize>,
+    (ra, rb): (&BTreeMap<String, Tensor>, &BTreeMap<String, Tensor>),
+    n: usize,
+    unmatched: &mut Vec<(usize, Unmatched)>,
+) -> Result<(), PerTensorError> {
+    for i in group {
+        let (p, acc) = (&pairs[i], &mut accs[i]);
+        if acc.dropped {
+            continue;
+        }
+        let ta = tapped(ra, &p.value, Side::Reference, n)?;
+        let tb = tapped(rb, &p.test_value, Side::Test, n)?;
+        match comparable(&p.value, &p.test_value, ta, tb) {
+            Ok((va, vb)) => {
+                acc.shape = ta.shape();
+                acc.value.add(&va, &vb, false, None);
+            }
+            Err(u) => {
+                acc.dropped = true;
+                unmatched.push((p.index, u));
+                continue;
+            }
+        }
+        if let (Some((d, r)), false) = (&p.dq, acc.dq_dropped) {
+            let tr = tapped(ra, r, Side::Reference, n)?;
+            let td = tapped(rb, d, Side::Test, n)?;
+            match comparable(&p.value, d, tr, td) {
+                Ok((vr, vd)) => acc.dq.add(&vr, &vd, false, None),
+                Err(u) => {
+                    acc.dq_dropped = true;
+                    unmatched.push((p.index, u));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The comparisons of the pairings kept, with what each producing op reads, worst first.
+fn layers_of(pairs: &[Pairing], accs: Vec<Acc>) -> Vec<LayerComparison> {
     let mut layers = Vec::new();
     let mut reads = Vec::new();
     for (p, acc) in pairs.iter().zip(accs) {
@@ -892,6 +861,76 @@ pub fn per_tensor<S: SampleSource + ?Sized>(
             .then(x.index.cmp(&y.index))
             .then_with(|| x.value.cmp(&y.value))
     });
+    layers
+}
+
+/// Compares every computed value of `reference` with its counterpart in `test` (see the
+/// module doc) over `samples`, with at most about `budget_bytes` of tapped tensors per
+/// engine run. `progress(done, total)` is called after each sample of each group.
+///
+/// Both models should have inferred value types (shape inference) so that the groups
+/// can be sized; the list comes back worst first.
+pub fn per_tensor<S: SampleSource + ?Sized>(
+    reference: &Model,
+    test: &Model,
+    samples: &S,
+    budget_bytes: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<PerTensor, PerTensorError> {
+    if samples.count() == 0 {
+        return Err(PerTensorError::NoSamples);
+    }
+    let first = samples.sample(0)?;
+    let (pairs, mut unmatched) = pair(reference, test)?;
+    let encode = |m: &Model, model: Side| {
+        onnx::encode_model(m, &ExternalPolicy::Inline, "")
+            .map(|(p, _)| p)
+            .map_err(|source| PerTensorError::Encode { model, source })
+    };
+    let (pa, pb) = (
+        encode(reference, Side::Reference)?,
+        encode(test, Side::Test)?,
+    );
+    let groups = tap_groups(&pairs, budget_bytes);
+    let total = (groups.len() * samples.count()) as u64;
+    let mut done = 0;
+    let mut accs: Vec<Acc> = (0..pairs.len()).map(|_| Acc::default()).collect();
+    for group in &groups {
+        let (taps_a, taps_b) = group_taps(&pairs[group.clone()]);
+        let session = |proto, taps: BTreeSet<String>, model| {
+            let opts = SessionOptions {
+                taps: taps.into_iter().collect(),
+                ..Default::default()
+            };
+            Session::new(proto, None, &first, &opts)
+                .map_err(|source| PerTensorError::Load { model, source })
+        };
+        let sa = session(&pa, taps_a, Side::Reference)?;
+        let sb = session(&pb, taps_b, Side::Test)?;
+        for n in 0..samples.count() {
+            let s = samples.sample(n)?;
+            let run = |sess: &Session, model| {
+                sess.run(&s).map_err(|source| PerTensorError::Run {
+                    model,
+                    sample: n,
+                    source,
+                })
+            };
+            let ra = run(&sa, Side::Reference)?;
+            let rb = run(&sb, Side::Test)?;
+            accumulate(
+                &pairs,
+                &mut accs,
+                group.clone(),
+                (&ra, &rb),
+                n,
+                &mut unmatched,
+            )?;
+            done += 1;
+            progress(done, total);
+        }
+    }
+    let layers = layers_of(&pairs, accs);
     // Stable: within one op, reasons found from the types come before those found on
     // the data.
     unmatched.sort_by_key(|(index, _)| *index);

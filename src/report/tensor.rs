@@ -8,7 +8,9 @@
 //! `[min, max]`, holds its count spread uniformly; exact zeros are a point mass at 0.
 
 use crate::calib::density::Density;
-use crate::calib::{compute_range, CalibError, Method, MethodOptions, QuantTarget, TensorStats};
+use crate::calib::{
+    compute_range, CalibError, Method, MethodOptions, QuantTarget, Range, TensorStats,
+};
 use crate::quant::params::{scale_zp, QType};
 
 /// The methods whose candidate ranges the report draws, in legend order.
@@ -181,14 +183,33 @@ impl TensorRow {
         opts: &MethodOptions,
     ) -> Result<TensorRow, CalibError> {
         let target = QuantTarget::of(qtype);
+        let ranges = CANDIDATE_METHODS
+            .iter()
+            .map(|&m| compute_range(name, stats, m, &target, opts))
+            .collect::<Result<Vec<Range>, _>>()?;
+        TensorRow::from_candidates(name, stats, chosen, method, qtype, &ranges)
+    }
+
+    /// As [`TensorRow::from_stats`], with every method's range given (in
+    /// [`CANDIDATE_METHODS`] order, on `qtype`'s grid: computed once, where the ranges
+    /// were chosen).
+    pub fn from_candidates(
+        name: &str,
+        stats: &TensorStats,
+        chosen: (f32, f32),
+        method: Method,
+        qtype: &QType,
+        ranges: &[Range],
+    ) -> Result<TensorRow, CalibError> {
+        let target = QuantTarget::of(qtype);
         let histogram =
             display_histogram(stats, DISPLAY_BINS).ok_or_else(|| CalibError::Empty {
                 tensor: name.to_string(),
             })?;
         let mut candidates = Vec::with_capacity(CANDIDATE_METHODS.len());
         let mut chosen_mse = None;
-        for m in CANDIDATE_METHODS {
-            let r = compute_range(name, stats, m, &target, opts)?;
+        for (m, r) in CANDIDATE_METHODS.into_iter().zip(ranges) {
+            debug_assert_eq!(r.method, m);
             let p = scale_zp(r.lo, r.hi, qtype);
             if m == method && (r.lo, r.hi) == chosen {
                 chosen_mse = Some(r.expected_mse);

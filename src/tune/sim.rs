@@ -206,6 +206,296 @@ pub struct RangeParams {
     pub biases: BTreeMap<String, Tensor>,
 }
 
+/// A folded op (Relu/Clip, Div/Mul by a constant) as the simulation re-applies it when its
+/// unit is off: the op, its inputs (constants copied into the simulation, `None` at the
+/// data input) and the data input's slot.
+type Refold = (Op, Vec<Option<ValueId>>, usize);
+
+fn sim_error(w: String) -> TuneError {
+    TuneError::Other(format!("simulation model: {w}"))
+}
+
+/// The op keyed `key` of the prepared model, with its constants copied into `g`.
+fn refold(g: &mut Graph, prepared: &Model, key: &str) -> Result<Refold, TuneError> {
+    let pg = &prepared.graph;
+    let o = pg
+        .ops()
+        .find(|o| crate::quant::plan::op_key(pg, *o) == *key)
+        .ok_or_else(|| sim_error(format!("folded op '{key}' not found")))?;
+    let mut ins = Vec::new();
+    let mut data = None;
+    for (slot, v) in pg.inputs_of(o).into_iter().enumerate() {
+        match v {
+            None => ins.push(None),
+            Some(v) => match pg.const_of(v).cloned() {
+                Some(c) => {
+                    let name = g.fresh_name(&format!("{}.sim", pg.value(v).name));
+                    ins.push(Some(
+                        g.add_const(&name, c)
+                            .map_err(|e| sim_error(e.to_string()))?,
+                    ));
+                }
+                None if data.is_none() => {
+                    data = Some(slot);
+                    ins.push(None);
+                }
+                None => {
+                    return Err(sim_error(format!(
+                        "folded op '{key}' has a second non-constant input"
+                    )))
+                }
+            },
+        }
+    }
+    let data = data.ok_or_else(|| sim_error(format!("folded op '{key}' has no data input")))?;
+    let mut op = pg.op(o).clone();
+    op.order = Op::UNORDERED;
+    Ok((op, ins, data))
+}
+
+/// The parameter inputs of one unit: scale, zero point, bounds, switch, and the
+/// QuantizeLinear scale of a root with a Div/Mul folded into it.
+struct UnitInputs {
+    s: ValueId,
+    z: ValueId,
+    lo: ValueId,
+    hi: ValueId,
+    on: ValueId,
+    qscale: Option<ValueId>,
+}
+
+impl UnitInputs {
+    fn add(g: &mut Graph, prefix: &str, u: &Unit) -> Result<UnitInputs, TuneError> {
+        Ok(UnitInputs {
+            s: scalar_input(g, &format!("{prefix}.scale"), DType::F32)?,
+            z: scalar_input(g, &format!("{prefix}.zp"), DType::F32)?,
+            lo: scalar_input(g, &format!("{prefix}.lo"), DType::F32)?,
+            hi: scalar_input(g, &format!("{prefix}.hi"), DType::F32)?,
+            on: scalar_input(g, &format!("{prefix}.on"), DType::Bool)?,
+            qscale: match u.scale_fold {
+                Some(_) => Some(scalar_input(g, &format!("{prefix}.qscale"), DType::F32)?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Replaces `member`'s QuantizeLinear → DequantizeLinear pair (`qop`) by the unit's fake
+/// quantization; the root of a unit with a folded op re-applies it when switched off.
+fn switch_member(
+    g: &mut Graph,
+    qop: crate::ir::OpId,
+    member: &str,
+    root: bool,
+    fold: Option<&Refold>,
+    p: &UnitInputs,
+) -> Result<(), TuneError> {
+    let x = g
+        .input(qop, 0)
+        .ok_or_else(|| sim_error(format!("'{member}.quantize' has no input")))?;
+    let qv = g
+        .output(qop, 0)
+        .ok_or_else(|| sim_error(format!("'{member}.quantize' has no output")))?;
+    let readers = g.consumers(qv);
+    let [(dqop, 0)] = readers.as_slice() else {
+        return Err(sim_error(format!(
+            "'{member}.quantize' is not read by exactly one DequantizeLinear"
+        )));
+    };
+    let dqop = *dqop;
+    let dqv = g
+        .output(dqop, 0)
+        .ok_or_else(|| sim_error(format!("'{member}' dequantize has no output")))?;
+    let ty = g.value(dqv).ty.clone();
+    g.remove_op(dqop);
+    g.remove_op(qop);
+    g.remove_value(qv);
+    let off = match fold {
+        Some((op, ins, data)) if root => {
+            let y = g.add_fresh_value(&format!("{member}.sim.off"), ty.clone());
+            let mut op = op.clone();
+            op.name = Some(g.fresh_name(&format!("{member}.sim.fold")));
+            let mut ins = ins.clone();
+            ins[*data] = Some(x);
+            g.add_op(op, &ins, &[Some(y)])
+                .map_err(|e| sim_error(e.to_string()))?;
+            y
+        }
+        _ => x,
+    };
+    let mut fq = Op::new(
+        crate::exec::fake_quant::FAKE_QUANT_OP,
+        &g.fresh_name(&format!("{member}.sim.fake_quant")),
+    );
+    fq.domain = Some(crate::exec::fake_quant::FAKE_QUANT_DOMAIN.to_string());
+    let mut ins = vec![
+        Some(x),
+        Some(off),
+        Some(p.s),
+        Some(p.z),
+        Some(p.lo),
+        Some(p.hi),
+        Some(p.on),
+    ];
+    if let (true, Some(qs)) = (root, p.qscale) {
+        ins.push(Some(qs));
+    }
+    g.add_op(fq, &ins, &[Some(dqv)])
+        .map_err(|e| sim_error(e.to_string()))?;
+    Ok(())
+}
+
+/// Every unit's Q/DQ pairs made switchable; returns each unit's input-name prefix.
+fn switch_units(g: &mut Graph, prepared: &Model, units: &[Unit]) -> Result<Vec<String>, TuneError> {
+    let quantize_ops: BTreeMap<String, crate::ir::OpId> = g
+        .ops()
+        .filter(|o| g.op(*o).op_type == "QuantizeLinear")
+        .filter_map(|o| g.op(o).name.clone().map(|n| (n, o)))
+        .collect();
+    let mut prefixes = Vec::with_capacity(units.len());
+    for (i, u) in units.iter().enumerate() {
+        let prefix = g.fresh_name(&format!("qrange.sim.{i}"));
+        let inputs = UnitInputs::add(g, &prefix, u)?;
+        prefixes.push(prefix);
+        // The folded op (Relu/Clip, Div/Mul by a constant), re-applied when the unit is
+        // off: its data input (the one that is not a constant) is the unit's value.
+        let fold = match &u.folded_op {
+            None => None,
+            Some(key) => Some(refold(g, prepared, key)?),
+        };
+        for member in &u.members {
+            let Some(&qop) = quantize_ops.get(&format!("{member}.quantize")) else {
+                continue; // removed by a fold, or not materialised
+            };
+            switch_member(g, qop, member, member == &u.root, fold.as_ref(), &inputs)?;
+        }
+    }
+    Ok(prefixes)
+}
+
+/// 4-bit switches of the `narrow_weights` (from their DequantizeLinear in `q4`): each
+/// switch's input name and weight.
+fn w4_switches(
+    g: &mut Graph,
+    q4: &Model,
+    narrow_weights: &[String],
+) -> Result<Vec<(String, String)>, TuneError> {
+    let mut out = Vec::new();
+    for w in narrow_weights {
+        let (Some(reduced), Some(four)) = (dequantize_op(g, w), dequantize_op(&q4.graph, w)) else {
+            continue;
+        };
+        let Some(dq) = g.output(reduced, 0) else {
+            continue;
+        };
+        let on = add_dq_switch(g, dq, &q4.graph, four, "w4", w, None)?;
+        out.push((on, w.clone()));
+    }
+    Ok(out)
+}
+
+/// Full-grid switches of the reduced-range `weights` (from their DequantizeLinear in
+/// `full`): each switch's input name and unit.
+fn weight_switches(
+    g: &mut Graph,
+    full: &Model,
+    weights: &[(String, usize)],
+) -> Result<Vec<(String, usize)>, TuneError> {
+    let mut out = Vec::new();
+    for (w, unit) in weights {
+        let (Some(reduced), Some(wide)) = (dequantize_op(g, w), dequantize_op(&full.graph, w))
+        else {
+            continue;
+        };
+        let Some(dq7) = g.output(reduced, 0) else {
+            continue;
+        };
+        let on = add_dq_switch(g, dq7, &full.graph, wide, "full", w, None)?;
+        out.push((on, *unit));
+    }
+    Ok(out)
+}
+
+/// Int32/float switches of the `biases` (float from the prepared model); a bias whose
+/// weight has a 4-bit switch also switches to its 4-bit int32 form with it.
+fn bias_switches(
+    g: &mut Graph,
+    src: &SimSources,
+    w4_switches: &[(String, String)],
+) -> Result<Vec<(String, usize)>, TuneError> {
+    let mut out = Vec::new();
+    for (b, unit, weight) in src.biases {
+        let Some(dq) = dequantize_op(g, b) else {
+            continue;
+        };
+        let pg = &src.prepared.graph;
+        let Some(c) = pg.value_by_name(b).and_then(|v| pg.const_of(v)).cloned() else {
+            continue;
+        };
+        let Some(dqv) = g.output(dq, 0) else { continue };
+        let readers = g.consumers(dqv);
+        let ty = g.value(dqv).ty.clone();
+        let fv = g
+            .add_const(&g.fresh_name(&format!("{b}.float")), c)
+            .map_err(|e| sim_error(e.to_string()))?;
+        let on_name = g.fresh_name(&format!("qrange.sim.b.{b}.int32"));
+        let on = scalar_input(g, &on_name, DType::Bool)?;
+        let sw = g.add_fresh_value(&format!("{b}.sim"), ty);
+        g.add_op(
+            Op::new("Where", &g.fresh_name(&format!("{b}.sim.where"))),
+            &[Some(on), Some(dqv), Some(fv)],
+            &[Some(sw)],
+        )
+        .map_err(|e| sim_error(e.to_string()))?;
+        for (o, slot) in readers {
+            g.set_input(o, slot, Some(sw));
+        }
+        out.push((on_name, *unit));
+        // With its weight on 4 bits, the int32 bias has the 4-bit scale.
+        let w4_on = w4_switches
+            .iter()
+            .find(|(_, w)| w == weight)
+            .map(|(on, _)| on.clone());
+        if let (Some(on), Some(q4)) = (w4_on, src.narrow) {
+            let q4g = &q4.graph;
+            if let Some(b4) = dequantize_op(q4g, b) {
+                add_dq_switch(g, dqv, q4g, b4, "w4", b, Some(&on))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `bias_inputs`' dequantized values made model inputs: each input's name, the bias
+/// and its value in `q`.
+fn bias_values(
+    g: &mut Graph,
+    q: &Model,
+    bias_inputs: &[String],
+) -> Result<Vec<(String, String, Tensor)>, TuneError> {
+    let mut out = Vec::new();
+    for b in bias_inputs {
+        let Some(dq) = dequantize_op(g, b) else {
+            continue;
+        };
+        let Some(dqv) = g.output(dq, 0) else { continue };
+        let value = dequantized_bias(q, b)?;
+        let name = g.fresh_name(&format!("qrange.sim.bias.{b}"));
+        let v = g
+            .add_value(Value {
+                name: name.clone(),
+                ty: g.value(dqv).ty.clone(),
+                init: None,
+                carry: Default::default(),
+            })
+            .map_err(|e| sim_error(e.to_string()))?;
+        g.inputs.push(v);
+        g.replace_all_uses(dqv, v);
+        out.push((name, b.clone(), value));
+    }
+    Ok(out)
+}
+
 impl SimModel {
     /// Builds the simulation from the sources and the units with their (8-bit, 16-bit)
     /// parameters.
@@ -214,227 +504,17 @@ impl SimModel {
         units: &[Unit],
         params: Vec<(UnitParams, UnitParams)>,
     ) -> Result<SimModel, TuneError> {
-        let SimSources {
-            prepared,
-            q,
-            full,
-            weights,
-            biases,
-            narrow,
-            narrow_weights,
-            bias_inputs,
-        } = *src;
-        let mut m = q.clone();
+        let mut m = src.q.clone();
         let g = &mut m.graph;
-        let quantize_ops: BTreeMap<String, crate::ir::OpId> = g
-            .ops()
-            .filter(|o| g.op(*o).op_type == "QuantizeLinear")
-            .filter_map(|o| g.op(o).name.clone().map(|n| (n, o)))
-            .collect();
-        let other = |w: String| TuneError::Other(format!("simulation model: {w}"));
-        let mut prefixes = Vec::with_capacity(units.len());
-        for (i, u) in units.iter().enumerate() {
-            let prefix = g.fresh_name(&format!("qrange.sim.{i}"));
-            let s = scalar_input(g, &format!("{prefix}.scale"), DType::F32)?;
-            let z = scalar_input(g, &format!("{prefix}.zp"), DType::F32)?;
-            let lo = scalar_input(g, &format!("{prefix}.lo"), DType::F32)?;
-            let hi = scalar_input(g, &format!("{prefix}.hi"), DType::F32)?;
-            let on = scalar_input(g, &format!("{prefix}.on"), DType::Bool)?;
-            // The QuantizeLinear scale of a root with a Div/Mul folded into it.
-            let qscale = match u.scale_fold {
-                Some(_) => Some(scalar_input(g, &format!("{prefix}.qscale"), DType::F32)?),
-                None => None,
-            };
-            prefixes.push(prefix);
-            // The folded op (Relu/Clip, Div/Mul by a constant), re-applied when the unit is
-            // off: its data input (the one that is not a constant) is the unit's value.
-            let fold = match &u.folded_op {
-                None => None,
-                Some(key) => {
-                    let pg = &prepared.graph;
-                    let o = pg
-                        .ops()
-                        .find(|o| crate::quant::plan::op_key(pg, *o) == *key)
-                        .ok_or_else(|| other(format!("folded op '{key}' not found")))?;
-                    let mut ins = Vec::new();
-                    let mut data = None;
-                    for (slot, v) in pg.inputs_of(o).into_iter().enumerate() {
-                        match v {
-                            None => ins.push(None),
-                            Some(v) => match pg.const_of(v).cloned() {
-                                Some(c) => {
-                                    let name = g.fresh_name(&format!("{}.sim", pg.value(v).name));
-                                    ins.push(Some(
-                                        g.add_const(&name, c).map_err(|e| other(e.to_string()))?,
-                                    ));
-                                }
-                                None if data.is_none() => {
-                                    data = Some(slot);
-                                    ins.push(None);
-                                }
-                                None => {
-                                    return Err(other(format!(
-                                        "folded op '{key}' has a second non-constant input"
-                                    )))
-                                }
-                            },
-                        }
-                    }
-                    let data =
-                        data.ok_or_else(|| other(format!("folded op '{key}' has no data input")))?;
-                    let mut op = pg.op(o).clone();
-                    op.order = Op::UNORDERED;
-                    Some((op, ins, data))
-                }
-            };
-            for member in &u.members {
-                let Some(&qop) = quantize_ops.get(&format!("{member}.quantize")) else {
-                    continue; // removed by a fold, or not materialised
-                };
-                let x = g
-                    .input(qop, 0)
-                    .ok_or_else(|| other(format!("'{member}.quantize' has no input")))?;
-                let qv = g
-                    .output(qop, 0)
-                    .ok_or_else(|| other(format!("'{member}.quantize' has no output")))?;
-                let readers = g.consumers(qv);
-                let [(dqop, 0)] = readers.as_slice() else {
-                    return Err(other(format!(
-                        "'{member}.quantize' is not read by exactly one DequantizeLinear"
-                    )));
-                };
-                let dqop = *dqop;
-                let dqv = g
-                    .output(dqop, 0)
-                    .ok_or_else(|| other(format!("'{member}' dequantize has no output")))?;
-                let ty = g.value(dqv).ty.clone();
-                g.remove_op(dqop);
-                g.remove_op(qop);
-                g.remove_value(qv);
-                let off = match &fold {
-                    Some((op, ins, data)) if member == &u.root => {
-                        let y = g.add_fresh_value(&format!("{member}.sim.off"), ty.clone());
-                        let mut op = op.clone();
-                        op.name = Some(g.fresh_name(&format!("{member}.sim.fold")));
-                        let mut ins = ins.clone();
-                        ins[*data] = Some(x);
-                        g.add_op(op, &ins, &[Some(y)])
-                            .map_err(|e| other(e.to_string()))?;
-                        y
-                    }
-                    _ => x,
-                };
-                let mut fq = Op::new(
-                    crate::exec::fake_quant::FAKE_QUANT_OP,
-                    &g.fresh_name(&format!("{member}.sim.fake_quant")),
-                );
-                fq.domain = Some(crate::exec::fake_quant::FAKE_QUANT_DOMAIN.to_string());
-                let mut ins = vec![
-                    Some(x),
-                    Some(off),
-                    Some(s),
-                    Some(z),
-                    Some(lo),
-                    Some(hi),
-                    Some(on),
-                ];
-                if member == &u.root {
-                    if let Some(qs) = qscale {
-                        ins.push(Some(qs));
-                    }
-                }
-                g.add_op(fq, &ins, &[Some(dqv)])
-                    .map_err(|e| other(e.to_string()))?;
-            }
-        }
+        let prefixes = switch_units(g, src.prepared, units)?;
         // 4-bit weights first: the full-grid switch below then feeds their `else` input.
-        let mut w4_switches = Vec::new();
-        if let Some(q4) = narrow {
-            for w in narrow_weights {
-                let (Some(reduced), Some(four)) =
-                    (dequantize_op(g, w), dequantize_op(&q4.graph, w))
-                else {
-                    continue;
-                };
-                let Some(dq) = g.output(reduced, 0) else {
-                    continue;
-                };
-                let on = add_dq_switch(g, dq, &q4.graph, four, "w4", w, None)?;
-                w4_switches.push((on, w.clone()));
-            }
-        }
-        let mut weight_switches = Vec::new();
-        for (w, unit) in weights {
-            let (Some(reduced), Some(wide)) = (dequantize_op(g, w), dequantize_op(&full.graph, w))
-            else {
-                continue;
-            };
-            let Some(dq7) = g.output(reduced, 0) else {
-                continue;
-            };
-            let on = add_dq_switch(g, dq7, &full.graph, wide, "full", w, None)?;
-            weight_switches.push((on, *unit));
-        }
-        let mut bias_switches = Vec::new();
-        for (b, unit, weight) in biases {
-            let Some(dq) = dequantize_op(g, b) else {
-                continue;
-            };
-            let pg = &prepared.graph;
-            let Some(c) = pg.value_by_name(b).and_then(|v| pg.const_of(v)).cloned() else {
-                continue;
-            };
-            let Some(dqv) = g.output(dq, 0) else { continue };
-            let readers = g.consumers(dqv);
-            let ty = g.value(dqv).ty.clone();
-            let fv = g
-                .add_const(&g.fresh_name(&format!("{b}.float")), c)
-                .map_err(|e| other(e.to_string()))?;
-            let on_name = g.fresh_name(&format!("qrange.sim.b.{b}.int32"));
-            let on = scalar_input(g, &on_name, DType::Bool)?;
-            let sw = g.add_fresh_value(&format!("{b}.sim"), ty);
-            g.add_op(
-                Op::new("Where", &g.fresh_name(&format!("{b}.sim.where"))),
-                &[Some(on), Some(dqv), Some(fv)],
-                &[Some(sw)],
-            )
-            .map_err(|e| other(e.to_string()))?;
-            for (o, slot) in readers {
-                g.set_input(o, slot, Some(sw));
-            }
-            bias_switches.push((on_name, *unit));
-            // With its weight on 4 bits, the int32 bias has the 4-bit scale.
-            let w4_on = w4_switches
-                .iter()
-                .find(|(_, w)| w == weight)
-                .map(|(on, _)| on.clone());
-            if let (Some(on), Some(q4)) = (w4_on, narrow) {
-                let q4g = &q4.graph;
-                if let Some(b4) = dequantize_op(q4g, b) {
-                    add_dq_switch(g, dqv, q4g, b4, "w4", b, Some(&on))?;
-                }
-            }
-        }
-        let mut bias_values = Vec::new();
-        for b in bias_inputs {
-            let Some(dq) = dequantize_op(g, b) else {
-                continue;
-            };
-            let Some(dqv) = g.output(dq, 0) else { continue };
-            let value = dequantized_bias(q, b)?;
-            let name = g.fresh_name(&format!("qrange.sim.bias.{b}"));
-            let v = g
-                .add_value(Value {
-                    name: name.clone(),
-                    ty: g.value(dqv).ty.clone(),
-                    init: None,
-                    carry: Default::default(),
-                })
-                .map_err(|e| other(e.to_string()))?;
-            g.inputs.push(v);
-            g.replace_all_uses(dqv, v);
-            bias_values.push((name, b.clone(), value));
-        }
+        let w4_switches = match src.narrow {
+            Some(q4) => w4_switches(g, q4, src.narrow_weights)?,
+            None => Vec::new(),
+        };
+        let weight_switches = weight_switches(g, src.full, src.weights)?;
+        let bias_switches = bias_switches(g, src, &w4_switches)?;
+        let bias_values = bias_values(g, src.q, src.bias_inputs)?;
         crate::passes::util::remove_dead(g);
         Ok(SimModel {
             scale_folds: units.iter().map(|u| u.scale_fold).collect(),

@@ -71,6 +71,26 @@ pub fn int_attr(name: &str, i: i64) -> proto::AttributeProto {
     }
 }
 
+/// An integer-list attribute.
+pub fn ints_attr(name: &str, v: &[i64]) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(7),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A float attribute.
+pub fn float_attr(name: &str, f: f32) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(1),
+        f: Some(f),
+        ..Default::default()
+    }
+}
+
 pub fn f32_init(name: &str, dims: &[i64], vals: &[f32]) -> proto::TensorProto {
     proto::TensorProto {
         name: Some(name.into()),

@@ -387,21 +387,17 @@ mod tests {
 
     #[test]
     fn method_names() {
-        use clap::ValueEnum;
-        let names: Vec<String> = Method::value_variants()
-            .iter()
-            .map(|m| m.to_possible_value().unwrap().get_name().to_string())
-            .collect();
+        let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
         assert_eq!(
             names,
             ["minmax", "percentile", "entropy", "mse", "auto", "adaptive"]
         );
-        for m in Method::value_variants() {
+        for m in Method::ALL {
             assert_eq!(
-                serde_json::to_string(m).unwrap(),
+                serde_json::to_string(&m).unwrap(),
                 format!("\"{}\"", m.name())
             );
-            assert_eq!(Method::from_str(m.name(), false).unwrap(), *m);
+            assert_eq!(Method::from_name(m.name()), Some(m));
         }
     }
 

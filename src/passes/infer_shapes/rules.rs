@@ -724,18 +724,29 @@ fn auto_pad(c: &Cx) -> String {
     c.astr("auto_pad").unwrap_or_else(|| "NOTSET".into())
 }
 
-/// Output length of a sliding window over `input` (all arithmetic checked).
-#[allow(clippy::too_many_arguments)]
-fn window_out(
-    input: &Dim,
+/// A sliding window along one spatial axis: kernel size, stride, dilation, padding at the
+/// beginning and at the end, `auto_pad`, and `ceil_mode`.
+struct Window<'a> {
     kernel: i64,
     stride: i64,
     dil: i64,
     pb: i64,
     pe: i64,
-    ap: &str,
+    ap: &'a str,
     ceil: bool,
-) -> Dim {
+}
+
+/// Output length of a sliding window over `input` (all arithmetic checked).
+fn window_out(input: &Dim, w: Window) -> Dim {
+    let Window {
+        kernel,
+        stride,
+        dil,
+        pb,
+        pe,
+        ap,
+        ceil,
+    } = w;
     if kernel < 1 || stride < 1 || dil < 1 {
         return Dim::Unknown;
     }
@@ -806,13 +817,15 @@ fn conv(c: &Cx, xi: usize, wi: usize, dtype: Option<DType>) -> Out {
         out.push(match &kernel {
             Some(ks) if ks.len() == k && strides.len() == k && dil.len() == k => window_out(
                 &x[2 + i],
-                ks[i],
-                strides[i],
-                dil[i],
-                pads[i],
-                pads[i + k],
-                &ap,
-                false,
+                Window {
+                    kernel: ks[i],
+                    stride: strides[i],
+                    dil: dil[i],
+                    pb: pads[i],
+                    pe: pads[i + k],
+                    ap: &ap,
+                    ceil: false,
+                },
             ),
             _ => Dim::Unknown,
         });
@@ -909,13 +922,15 @@ fn pool(c: &Cx) -> Out {
     for i in 0..k {
         out.push(window_out(
             &x[2 + i],
-            ks[i],
-            strides[i],
-            dil[i],
-            pads[i],
-            pads[i + k],
-            &ap,
-            ceil,
+            Window {
+                kernel: ks[i],
+                stride: strides[i],
+                dil: dil[i],
+                pb: pads[i],
+                pe: pads[i + k],
+                ap: &ap,
+                ceil,
+            },
         ));
     }
     Ok(vec![

@@ -11,20 +11,23 @@
 //! the set with the best worst-output SQNR against the float model wins; ties go to the
 //! earlier set in the order above.
 
-use super::Prepared;
-use crate::calib::{compute_candidates, Method, MethodOptions, QuantTarget, Range, TensorStats};
-use crate::cli::progress;
+use super::{calibration_jobs, Candidates};
+use crate::calib::{Method, MethodOptions, Range, TensorStats};
 use crate::data::Sample;
-use crate::quant::plan::{Decision, Plan};
+use crate::pipeline::prepare::Prepared;
+use crate::pipeline::{PipelineError, Progress};
+use crate::quant::plan::Plan;
 use crate::tune::search::{Evaluator, Goal};
 use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
 use crate::tune::{self, Unit};
-use anyhow::anyhow;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Calibrated values per sample that `--method adaptive` compares its sets on at most (about).
+pub const SELECT_VALUES: u64 = 1 << 25;
+
 /// The sets, in tie-break order.
-pub(crate) const SETS: [Method; 5] = [
+pub const SETS: [Method; 5] = [
     Method::Auto,
     Method::MinMax,
     Method::Percentile,
@@ -34,7 +37,7 @@ pub(crate) const SETS: [Method; 5] = [
 
 /// What the selection did, for the summary.
 #[derive(Clone, Debug, Serialize)]
-pub(crate) struct Selection {
+pub struct Selection {
     /// The set written.
     pub chosen: Method,
     /// Calibration samples the sets ran on (0 when the selection did not run).
@@ -74,30 +77,39 @@ impl Selection {
 }
 
 /// What the selection reads: the statistics of every calibration sample (the written
-/// ranges), and the range sets of the samples not compared ([`range_sets`] of their
-/// statistics, computed while calibrating; `None` when every sample is compared).
-pub(crate) struct Statistics<'a> {
+/// ranges) with their [`Candidates`], and the range sets of the samples not compared
+/// ([`range_sets`] of their statistics, computed while calibrating; `None` when every
+/// sample is compared).
+pub struct Statistics<'a> {
     pub all: &'a BTreeMap<String, TensorStats>,
+    pub candidates: &'a mut Candidates,
     pub held_out: Option<RangeSets>,
 }
 
-/// Every set's range per calibrated value, in [`SETS`] order.
-pub(crate) type RangeSets = Vec<BTreeMap<String, Range>>;
+/// The calibration samples the sets are compared on, and the prepared float model's
+/// outputs for them (kept while calibrating).
+pub struct Compared {
+    pub samples: Vec<Sample>,
+    pub references: Vec<Sample>,
+}
 
-/// The range sets of `plan`'s calibrated values ([`SETS`] order).
-pub(crate) fn range_sets(
+/// Every set's range per calibrated value, in [`SETS`] order.
+pub type RangeSets = Vec<BTreeMap<String, Range>>;
+
+/// The range sets of `plan`'s calibrated values ([`SETS`] order), from `candidates` (of
+/// the statistics `stats`; computed there when missing).
+pub fn range_sets(
     plan: &Plan,
     stats: &BTreeMap<String, TensorStats>,
     opts: &MethodOptions,
-) -> anyhow::Result<RangeSets> {
-    let (jobs, missing) = super::calibration_jobs(plan, stats);
+    candidates: &mut Candidates,
+) -> Result<RangeSets, PipelineError> {
+    let (jobs, missing) = calibration_jobs(plan, stats);
     if let Some(e) = missing {
         return Err(e);
     }
-    let refs: Vec<(&str, &TensorStats, QuantTarget)> =
-        jobs.iter().map(|(v, s, t)| (v.as_str(), *s, *t)).collect();
     let mut choices = Vec::with_capacity(jobs.len());
-    for c in compute_candidates(&refs, opts) {
+    for c in candidates.fill(&jobs, opts) {
         choices.push(c?);
     }
     // Set 0 is auto's choice, then the candidates in SETS order.
@@ -122,10 +134,7 @@ pub(crate) fn range_sets(
 }
 
 /// Writes `set`'s ranges into `plan`; returns each value's method.
-pub(crate) fn apply_set(
-    plan: &mut Plan,
-    set: &BTreeMap<String, Range>,
-) -> BTreeMap<String, Method> {
+pub fn apply_set(plan: &mut Plan, set: &BTreeMap<String, Range>) -> BTreeMap<String, Method> {
     let mut chosen = BTreeMap::new();
     for (v, r) in set {
         plan.ranges.insert(v.clone(), (r.lo, r.hi));
@@ -134,11 +143,12 @@ pub(crate) fn apply_set(
     chosen
 }
 
-/// The simulation of `plan` (ranges set) materialised: its units and model.
-pub(crate) fn simulation(p: &Prepared, plan: &Plan) -> anyhow::Result<(Vec<Unit>, SimModel)> {
+/// The simulation of `plan` (ranges set) materialised: its units and model; why not, when
+/// it cannot be built.
+pub fn simulation(p: &Prepared, plan: &Plan) -> Result<(Vec<Unit>, SimModel), String> {
     let units = tune::units(plan, &p.model);
     let mut q8 = p.model.clone();
-    crate::passes::insert_qdq::materialize(&mut q8, plan).map_err(|e| anyhow!("{e}"))?;
+    crate::passes::insert_qdq::materialize(&mut q8, plan).map_err(|e| e.to_string())?;
     let base = unit_params(p, plan, &units, None);
     let biases: Vec<String> = tune::bias_units(plan, &units)
         .into_iter()
@@ -158,12 +168,12 @@ pub(crate) fn simulation(p: &Prepared, plan: &Plan) -> anyhow::Result<(Vec<Unit>
         &units,
         base.iter().map(|b| (*b, *b)).collect(),
     )
-    .map_err(|e| anyhow!("the simulation model cannot be built: {e}"))?;
+    .map_err(|e| format!("the simulation model cannot be built: {e}"))?;
     Ok((units, sim))
 }
 
 /// 8-bit parameters of each unit from `set` (or from `plan`'s own ranges).
-pub(crate) fn unit_params(
+pub fn unit_params(
     p: &Prepared,
     plan: &Plan,
     units: &[Unit],
@@ -179,10 +189,9 @@ pub(crate) fn unit_params(
                 }
                 None => plan.ranges[&u.range_key],
             };
-            let q = match plan.values.get(&u.root) {
-                Some(Decision::Activation { qtype, .. }) => *qtype,
-                _ => p.cfg.activation,
-            };
+            let q = plan
+                .calibrated_qtype(&u.range_key)
+                .unwrap_or(p.cfg.activation);
             UnitParams::new(lo, hi, &q)
         })
         .collect()
@@ -190,20 +199,21 @@ pub(crate) fn unit_params(
 
 /// What the simulation is fed to run `plan` with `set`'s ranges: unit parameters, and the
 /// int32 biases as `set`'s input scales round them (from `set` materialised).
-pub(crate) fn range_params(
+pub fn range_params(
     p: &Prepared,
     plan: &Plan,
     units: &[Unit],
     sim: &SimModel,
     set: &BTreeMap<String, Range>,
-) -> anyhow::Result<RangeParams> {
+) -> Result<RangeParams, PipelineError> {
     let mut with = plan.clone();
     apply_set(&mut with, set);
     let mut q = p.model.clone();
-    crate::passes::insert_qdq::materialize(&mut q, &with).map_err(|e| anyhow!("{e}"))?;
+    crate::passes::insert_qdq::materialize(&mut q, &with)
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
     let mut biases = BTreeMap::new();
     for b in sim.bias_inputs() {
-        let t = dequantized_bias(&q, b).map_err(|e| anyhow!("adaptive range selection: {e}"))?;
+        let t = dequantized_bias(&q, b).map_err(PipelineError::Selection)?;
         biases.insert(b.to_string(), t);
     }
     Ok(RangeParams {
@@ -220,20 +230,25 @@ pub(crate) fn range_params(
 /// while calibrating (the collector keeps them from its run of the main graph, which every
 /// model the simulation covers has). Returns the method of each calibrated value and what
 /// the selection did.
-pub(crate) fn select(
+pub fn select(
     p: &Prepared,
     plan: &mut Plan,
     stats: Statistics,
     opts: &MethodOptions,
-    samples: &[Sample],
-    references: Vec<Sample>,
-    quiet: bool,
-) -> anyhow::Result<(BTreeMap<String, Method>, Selection)> {
+    compared: Compared,
+    progress: &dyn Progress,
+) -> Result<(BTreeMap<String, Method>, Selection), PipelineError> {
     let Statistics {
         all: stats,
         held_out,
+        candidates,
     } = stats;
-    let sets = range_sets(plan, stats, opts)?;
+    let Compared {
+        samples,
+        references,
+    } = compared;
+    let samples = &samples[..];
+    let sets = range_sets(plan, stats, opts, candidates)?;
     let skip = |plan: &mut Plan, why: &str| (apply_set(plan, &sets[0]), skip_selection(why));
     if samples.is_empty() {
         return Ok(skip(
@@ -289,7 +304,7 @@ pub(crate) fn select(
     // A model the simulation cannot be built or run for keeps auto's ranges, and says why.
     let (units, sim) = match simulation(p, plan) {
         Ok(s) => s,
-        Err(e) => return Ok(skip(plan, &e.to_string())),
+        Err(e) => return Ok(skip(plan, &e)),
     };
     if units.is_empty() {
         return Ok(skip(plan, "no activation unit to switch"));
@@ -313,21 +328,18 @@ pub(crate) fn select(
     for &k in &distinct {
         params.push(range_params(p, plan, &units, &sim, &compared[k])?);
     }
-    let bar = progress(params.len() as u64, "choosing ranges");
-    if quiet {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let metrics = match ev.eval_params_many(&params, &|| bar.inc(1)) {
+    progress.begin("choosing ranges", params.len() as u64);
+    let metrics = match ev.eval_params_many(&params, &|| progress.step()) {
         Ok(m) => m,
         Err(e) => {
-            bar.finish_and_clear();
+            progress.end();
             return Ok(skip(
                 plan,
                 &format!("the simulation model does not run: {e}"),
             ));
         }
     };
-    bar.finish_and_clear();
+    progress.end();
     let goal = Goal::Sqnr { db: 0.0 };
     let mut figure = vec![f64::NAN; sets.len()];
     for (&k, m) in distinct.iter().zip(&metrics) {

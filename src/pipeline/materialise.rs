@@ -1,0 +1,251 @@
+//! Materialise and validate: the pass list's last steps ([`Phase::Materialise`]:
+//! `insert_qdq`, then shape inference) on a fresh copy of the prepared model, the size
+//! budget checked, and the result run against the float model on the evaluation data.
+//! With mixed precision this is a loop: a written model that misses the budget gets more
+//! 4-bit weights, one that misses the goal more promotions, up to four extra rounds.
+
+use super::precision::{goal_text, Tuned};
+use super::prepare::{dump_hook, step_error, Prepared};
+use super::ranges::{choose_ranges, Candidates};
+use super::summary::file_size;
+use super::{PipelineError, Progress};
+use crate::calib::{CalibrationFile, Method, MethodOptions};
+use crate::data::Dataset;
+use crate::exec::{Session, SessionOptions};
+use crate::ir::Model;
+use crate::onnx::{self, ExternalPolicy};
+use crate::passes::{insert_qdq, PassCx, Phase, Runner};
+use crate::quant::plan::Plan;
+use crate::report::compare::{compare, CompareError};
+use crate::report::Metrics;
+use crate::tune::{self, search::Goal};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The plan to materialise and how to choose its ranges again when mixed precision edits
+/// it.
+pub struct Source<'a> {
+    pub p: &'a Prepared,
+    /// The plan as chosen (ranges set).
+    pub plan: Plan,
+    /// The method of each calibrated value's range.
+    pub chosen: BTreeMap<String, Method>,
+    /// The plan before any precision edit (each round starts from it).
+    pub base_plan: &'a Plan,
+    pub stats: &'a CalibrationFile,
+    pub method: Method,
+    pub opts: &'a MethodOptions,
+}
+
+/// What the written model must meet, and the data it is validated on.
+pub struct Checks<'a> {
+    /// Evaluation data, when validating.
+    pub eval: Option<&'a Dataset>,
+    pub labels: Option<&'a [i64]>,
+    pub goal: Option<Goal>,
+    /// Size budget in bytes, the budget as given (MB), and whether 4-bit weights were
+    /// needed to try to fit it.
+    pub budget: Option<(u64, f64, bool)>,
+    /// Where the model will be written (errors about the quantized model name it).
+    pub output: &'a Path,
+}
+
+/// The materialised and validated model.
+pub struct Materialised {
+    pub model: Model,
+    /// The plan it was made from, and the method of each range.
+    pub plan: Plan,
+    pub chosen: BTreeMap<String, Method>,
+    pub inserted: insert_qdq::Report,
+    /// Float vs quantized per output (empty without validation).
+    pub validation: BTreeMap<String, Metrics>,
+    /// What the engine replaced or emulated running the quantized model.
+    pub exec_notes: Vec<String>,
+}
+
+/// How materialisation ended.
+pub enum End {
+    Done(Box<Materialised>),
+    /// The budget or the goal cannot be met: why.
+    Missed(String),
+    /// `--stop-after` named a materialise step.
+    Stopped {
+        after: String,
+    },
+}
+
+/// Everything a materialisation round needs besides the plan.
+pub struct Round<'a> {
+    pub runner: &'a mut Runner,
+    pub candidates: &'a mut Candidates,
+    pub progress: &'a dyn Progress,
+    pub dump: &'a super::options::DumpOptions,
+    /// Seconds per phase (`quantize`, `validate` add up over rounds).
+    pub times: &'a mut BTreeMap<String, f64>,
+}
+
+/// Runs the materialise steps on a copy of the prepared model with `plan`.
+fn insert(
+    p: &Prepared,
+    plan: &Plan,
+    r: &mut Round,
+) -> Result<Result<(Model, insert_qdq::Report), String>, PipelineError> {
+    let mut q = p.model.clone();
+    let mut cx = PassCx {
+        plan: Some(plan.clone()),
+        ..PassCx::default()
+    };
+    let mut hook = dump_hook(r.dump, r.progress);
+    let stopped = r
+        .runner
+        .run_phase(Phase::Materialise, &mut q, &mut cx, &mut hook)
+        .map_err(|e| step_error(&p.model_path, e))?;
+    if let Some(after) = stopped {
+        return Ok(Err(after.to_string()));
+    }
+    q.verify().map_err(PipelineError::InvalidQuantized)?;
+    Ok(Ok((q, cx.inserted.unwrap_or_default())))
+}
+
+/// The float model's session on the evaluation data.
+fn float_session(p: &Prepared, eval: &Dataset) -> Result<Session, PipelineError> {
+    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
+    Session::new(
+        &fp,
+        Some(&p.base_dir),
+        &eval.first()?,
+        &SessionOptions::default(),
+    )
+    .map_err(|error| PipelineError::Exec {
+        what: format!("{}: float model", p.model_path.display()),
+        error,
+    })
+}
+
+/// Runs `q` against the float session on the evaluation data.
+fn validate(
+    float: &Session,
+    q: &Model,
+    p: &Prepared,
+    c: &Checks,
+    eval: &Dataset,
+    progress: &dyn Progress,
+) -> Result<(BTreeMap<String, Metrics>, Vec<String>), PipelineError> {
+    let (qp, _) = onnx::encode_model(q, &ExternalPolicy::Inline, "")?;
+    let qs = Session::new(
+        &qp,
+        Some(&p.base_dir),
+        &eval.first()?,
+        &SessionOptions::default(),
+    )
+    .map_err(|error| PipelineError::Exec {
+        what: format!("{}: quantized model", c.output.display()),
+        error,
+    })?;
+    progress.begin("validating", eval.len() as u64);
+    let cmp = compare(float, &qs, eval, c.labels, || progress.step()).map_err(|e| match e {
+        CompareError::Data(e) => PipelineError::Data(e),
+        CompareError::Exec(error) => PipelineError::Exec {
+            what: "validation".into(),
+            error,
+        },
+    })?;
+    progress.end();
+    Ok((cmp.outputs, qs.notes()))
+}
+
+/// Materialises the plan (with `tuned`'s precisions, round after round) and validates it.
+pub fn materialise(
+    mut s: Source,
+    mut tuned: Option<&mut Tuned>,
+    c: &Checks,
+    r: &mut Round,
+) -> Result<End, PipelineError> {
+    let p = s.p;
+    let float = match c.eval {
+        Some(ev) => Some(float_session(p, ev)?),
+        None => None,
+    };
+    let mut round = 0usize;
+    loop {
+        if let Some(tu) = tuned.as_deref() {
+            s.plan = s.base_plan.clone();
+            tune::apply(
+                &mut s.plan,
+                &p.model,
+                &tu.units,
+                &tu.precisions(),
+                "activations kept float by mixed precision",
+            );
+            tune::apply_w4(&mut s.plan, &tu.w4);
+            s.chosen = choose_ranges(
+                &mut s.plan,
+                &s.stats.tensors,
+                s.method,
+                s.opts,
+                r.candidates,
+            )?;
+        }
+        let t = Instant::now();
+        let (q, inserted) = match insert(p, &s.plan, r)? {
+            Ok(done) => done,
+            Err(after) => return Ok(End::Stopped { after }),
+        };
+        *r.times.entry("quantize".into()).or_default() += t.elapsed().as_secs_f64();
+        if let Some((b, mb, narrow)) = c.budget {
+            let size = file_size(&q);
+            if size > b {
+                if let Some(tu) = tuned.as_deref_mut().filter(|tu| !tu.w_order.is_empty()) {
+                    if tu.narrow_more(4) {
+                        continue;
+                    }
+                }
+                return Ok(End::Missed(format!(
+                    "--size-budget {mb} MB: unreachable; the smallest model qrange writes here is {:.3} MB ({})",
+                    size as f64 / 1e6,
+                    if narrow {
+                        "every weight of 16 or more elements on 4 bits"
+                    } else {
+                        "8-bit weights"
+                    }
+                )));
+            }
+        }
+        let done = |q, validation, exec_notes, s: Source| {
+            Ok(End::Done(Box::new(Materialised {
+                model: q,
+                plan: s.plan,
+                chosen: s.chosen,
+                inserted,
+                validation,
+                exec_notes,
+            })))
+        };
+        let (Some(fs), Some(ev)) = (&float, c.eval) else {
+            return done(q, BTreeMap::new(), Vec::new(), s);
+        };
+        let t = Instant::now();
+        let (validation, notes) = validate(fs, &q, p, c, ev, r.progress)?;
+        *r.times.entry("validate".into()).or_default() += t.elapsed().as_secs_f64();
+        let (Some(goal), Some(tu)) = (c.goal, tuned.as_deref_mut()) else {
+            return done(q, validation, notes, s);
+        };
+        let figure = goal.figure(&validation);
+        tu.validated = Some(figure);
+        if goal.meets(figure) {
+            return done(q, validation, notes, s);
+        }
+        round += 1;
+        if round > 4 || !tu.promote_more(1 << (round - 1)) {
+            return Ok(End::Missed(format!(
+                "{}: the search met it on {} samples, but the full evaluation set gives {} after {} extra promotion rounds; raise --sensitivity-samples",
+                goal_text(&goal),
+                tu.samples,
+                goal.describe(figure),
+                round - 1
+            )));
+        }
+        tu.rounds = round;
+    }
+}

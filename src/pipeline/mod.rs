@@ -1,0 +1,612 @@
+//! The quantize pipeline as a library: [`quantize`] takes typed options
+//! ([`QuantizeOptions`]) and a [`Progress`] callback, and returns what to write and print
+//! ([`Quantized`]); nothing here prints or writes the model (the command line does).
+//!
+//! The steps, one file each, in the order they run:
+//! - [`inputs`]: read the model and the data (calibration, evaluation held back or given,
+//!   labels, overrides); also the inputs-as-data helpers `run` and `compare` share.
+//! - [`prepare`]: the declared pass list ([`crate::passes::pipeline`]) up to the plan:
+//!   specialise (the float reference), normalise, plan, raise the opset.
+//! - [`calibrate`]: statistics of every calibrated value.
+//! - [`ranges`]: the range of every calibrated value by the chosen method; `adaptive`
+//!   chooses the method by simulating each method's set of ranges.
+//! - [`precision`]: mixed precision as plan edits (size budget, goal).
+//! - [`materialise`]: the pass list's last steps on a copy of the prepared model, checked
+//!   against the budget and validated against the float model, round after round.
+//! - [`summary`] and [`report`]: what the run did, as plain data.
+//!
+//! Errors are [`PipelineError`]; an option is named as the command line spells it, since
+//! that is what the user gave.
+
+pub mod calibrate;
+pub mod inputs;
+pub mod materialise;
+pub mod options;
+pub mod precision;
+pub mod prepare;
+pub mod ranges;
+pub mod report;
+pub mod summary;
+#[cfg(test)]
+mod tests;
+
+pub use options::QuantizeOptions;
+
+use crate::calib::collect::{CollectError, Keep};
+use crate::calib::{CalibError, CalibrationFile, Method, TensorStats};
+use crate::data::{DataError, Dataset, Sample};
+use crate::exec::ExecError;
+use crate::ir::{GraphError, Model};
+use crate::onnx::OnnxError;
+use crate::passes::pin_inputs::PinError;
+use crate::passes::{PassError, Runner};
+use crate::quant::plan::{self, Plan};
+use crate::report::ReportInput;
+use crate::tune::{Overrides, Precision, TuneError};
+use materialise::{Checks, End, Materialised, Round, Source};
+use prepare::{PrepareEnd, PrepareInput, Prepared};
+use ranges::adaptive::{self, Selection};
+use ranges::{choose_ranges, Candidates};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Instant;
+use summary::Summary;
+
+/// What a run tells as it goes: phases of work with their progress, messages to show
+/// now, and the IR dumps asked for. Implemented by the command line's progress bars.
+pub trait Progress: Sync {
+    /// A phase of `len` units of work begins (0: not known yet).
+    fn begin(&self, what: &str, len: u64);
+    /// `done` of `total` units are done.
+    fn position(&self, done: u64, total: u64);
+    /// One more unit is done.
+    fn step(&self);
+    /// The phase ended.
+    fn end(&self);
+    /// A line to show now (what an image folder became).
+    fn message(&self, line: &str);
+    /// A warning to show now.
+    fn warn(&self, what: &str);
+    /// The IR text dump after pass step `step` (`--dump-after`, `--stop-after`).
+    fn dump(&self, step: &str, text: &str);
+}
+
+/// A [`Progress`] that shows nothing (dumps are dropped).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn begin(&self, _: &str, _: u64) {}
+    fn position(&self, _: u64, _: u64) {}
+    fn step(&self) {}
+    fn end(&self) {}
+    fn message(&self, _: &str) {}
+    fn warn(&self, _: &str) {}
+    fn dump(&self, _: &str, _: &str) {}
+}
+
+/// Why a run failed. Each renders as one complete line naming the file, option, value or
+/// pass concerned; causes follow as sources where the line does not hold them.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Options that contradict each other, the model or the data.
+    #[error("{0}")]
+    Options(String),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Calib(#[from] CalibError),
+    #[error(transparent)]
+    Tune(#[from] TuneError),
+    #[error("--pin {name}: {error}")]
+    Pin { name: String, error: PinError },
+    /// A pass failed on the model.
+    #[error("{}: {error}", .model.display())]
+    Pass { model: PathBuf, error: PassError },
+    #[error("{}: prepared model is invalid: {error}", .model.display())]
+    InvalidPrepared { model: PathBuf, error: GraphError },
+    #[error("internal error: quantized model is invalid: {0}")]
+    InvalidQuantized(GraphError),
+    /// A step failed where it was not expected to (the message says which).
+    #[error("{0}")]
+    Internal(String),
+    /// The plan could not be fitted to the statistics (a bug, named).
+    #[error("internal error: {0}")]
+    Plan(String),
+    #[error("calibration")]
+    Calibration(#[source] CollectError),
+    #[error("no statistics for value '{0}' (ranges file for another model or options?)")]
+    NoStatistics(String),
+    #[error("{}: the ranges file was made for another model or other options (model sha256 {file}, this run {run})", .path.display())]
+    RangesFile {
+        path: PathBuf,
+        file: String,
+        run: String,
+    },
+    #[error("{}: {error}", .path.display())]
+    Overrides { path: PathBuf, error: TuneError },
+    /// The engine failed on a model: `what` names it.
+    #[error("{what}: {error}")]
+    Exec { what: String, error: ExecError },
+    #[error("adaptive range selection: {0}")]
+    Selection(TuneError),
+    #[error("report: per-layer comparison: {0}")]
+    Layers(crate::report::layers::PerTensorError),
+}
+
+/// How a run ended.
+pub enum Finish {
+    /// The quantized model, with what to write and print.
+    Quantized(Box<Quantized>),
+    /// A requested goal or size budget cannot be met: why (nothing is to be written).
+    Missed {
+        /// Warnings gathered before.
+        warnings: Vec<String>,
+        what: String,
+    },
+    /// The run stopped after this pass step (`--stop-after`), its dump handed out.
+    Stopped { after: String },
+}
+
+/// What a successful run leaves the caller to write and print.
+pub struct Quantized {
+    /// The model to write.
+    pub model: Model,
+    pub summary: Summary,
+    /// Warnings to show (after the run's progress, before the summary).
+    pub warnings: Vec<String>,
+    /// A mixed-precision run's overrides file and where it goes.
+    pub overrides: Option<(PathBuf, Overrides)>,
+    /// The visual report's data (with `report`).
+    pub report: Option<ReportInput>,
+}
+
+/// The run's shared state: options, progress, timings, warnings and the pass list.
+struct Run<'a> {
+    o: &'a QuantizeOptions,
+    progress: &'a dyn Progress,
+    times: BTreeMap<String, f64>,
+    warnings: Vec<String>,
+    runner: Runner,
+    /// Every method's range of the calibration statistics, per value and grid.
+    candidates: Candidates,
+}
+
+impl Run<'_> {
+    fn time(&mut self, what: &str, since: Instant) {
+        self.times
+            .insert(what.to_string(), since.elapsed().as_secs_f64());
+    }
+
+    fn missed(self, what: String) -> Finish {
+        Finish::Missed {
+            warnings: self.warnings,
+            what,
+        }
+    }
+}
+
+/// Whether 16-bit activations may be used (Q/DQ then need opset 21).
+fn wide(o: &QuantizeOptions, overrides: Option<&Overrides>) -> bool {
+    o.precision.goal.is_some()
+        || o.precision.size_budget_mb.is_some()
+        || overrides.is_some_and(|o| !o.w4().is_empty())
+        || overrides.is_some_and(|o| {
+            o.nodes
+                .values()
+                .chain(o.tensors.values())
+                .any(|p| *p == Precision::A16)
+        })
+}
+
+/// Quantizes the model `o` names: load, prepare, calibrate, choose ranges, mixed
+/// precision, materialise and validate, summarise.
+pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, PipelineError> {
+    let mut run = Run {
+        o,
+        progress,
+        times: BTreeMap::new(),
+        warnings: Vec::new(),
+        runner: Runner::new(),
+        candidates: Candidates::default(),
+    };
+    let t = Instant::now();
+    let (model, mut data) = inputs::load(o, progress)?;
+    run.warnings.append(&mut data.warnings);
+    run.time("load", t);
+
+    let t = Instant::now();
+    let float_nodes: Vec<String> = data
+        .overrides
+        .as_ref()
+        .map(|ov| ov.float_nodes().into_iter().collect())
+        .unwrap_or_default();
+    let input = PrepareInput {
+        common: &o.common,
+        float_nodes: &float_nodes,
+        first_sample: data.first.as_ref(),
+        wide: wide(o, data.overrides.as_ref()),
+        dump: &o.dump,
+    };
+    let p = match prepare::prepare(&input, model, &mut run.runner, progress)? {
+        PrepareEnd::Prepared(p) => *p,
+        PrepareEnd::Stopped { after } => return Ok(Finish::Stopped { after }),
+    };
+    if let (Some(ov), Some(f)) = (&data.overrides, &o.precision.overrides) {
+        // Names may refer to the model as given or as prepared (BatchNormalization folded…).
+        ov.check_names(&p.float)
+            .or_else(|_| ov.check_names(&p.model))
+            .map_err(|error| PipelineError::Overrides {
+                path: f.clone(),
+                error,
+            })?;
+    }
+    run.time("prepare", t);
+    quantize_prepared(run, p, data)
+}
+
+/// The samples `adaptive` may compare its sets on (evenly spread, at most half of the
+/// calibration set, so that the compared ranges come from as many other samples).
+fn compared_candidates(o: &QuantizeOptions, n_calib: usize) -> Vec<usize> {
+    let k_max = o
+        .select_samples
+        .min(if n_calib >= 2 { n_calib / 2 } else { n_calib });
+    (0..k_max).map(|i| i * n_calib / k_max).collect()
+}
+
+/// Calibrated statistics (or those of the ranges file), the prepared model's outputs for
+/// the samples `adaptive` compares on, and the range sets of the other samples.
+struct Calibrated {
+    stats: CalibrationFile,
+    kept: BTreeMap<usize, Sample>,
+    held_out: Option<adaptive::RangeSets>,
+}
+
+fn calibrate_step(
+    run: &mut Run,
+    p: &Prepared,
+    calib: Option<&Dataset>,
+    ranges_file: Option<CalibrationFile>,
+) -> Result<Calibrated, PipelineError> {
+    let o = run.o;
+    let keep: BTreeSet<usize> = if o.method == Method::Adaptive {
+        compared_candidates(o, calib.map_or(0, |d| d.len()))
+            .into_iter()
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    match (ranges_file, calib) {
+        (Some(f), _) => {
+            if f.model_sha256 != p.sha256 {
+                let path = match &o.common.calib {
+                    options::CalibSource::Ranges(path) => path.clone(),
+                    _ => PathBuf::new(),
+                };
+                return Err(PipelineError::RangesFile {
+                    path,
+                    file: f.model_sha256,
+                    run: p.sha256.clone(),
+                });
+            }
+            Ok(Calibrated {
+                stats: f,
+                kept: BTreeMap::new(),
+                held_out: None,
+            })
+        }
+        (None, Some(ds)) => {
+            // `adaptive`'s range sets from the samples it does not compare, computed while
+            // calibrating, before their statistics are merged with the compared samples'.
+            let mut held_out = None;
+            let mut held = |others: &BTreeMap<String, TensorStats>| {
+                let mut own = Candidates::default();
+                held_out = adaptive::range_sets(&p.plan, others, &o.method_options, &mut own).ok();
+            };
+            let keep = Keep {
+                samples: &keep,
+                others: &mut held,
+            };
+            let (stats, kept) = calibrate::calibrate(p, ds, o.common.threads, run.progress, keep)?;
+            Ok(Calibrated {
+                stats,
+                kept,
+                held_out,
+            })
+        }
+        (None, None) => unreachable!("calibration data or ranges"),
+    }
+}
+
+/// The ranges written before mixed precision: the adaptive selection's, or the method's;
+/// then the overrides file's precisions. Returns the plan, the method of each range, what
+/// the selection did and the method used for later range choices.
+type Chosen = (Plan, BTreeMap<String, Method>, Option<Selection>, Method);
+
+fn ranges_step(
+    run: &mut Run,
+    p: &Prepared,
+    c: &mut Calibrated,
+    data: &inputs::Loaded,
+) -> Result<Chosen, PipelineError> {
+    let o = run.o;
+    let opts = &o.method_options;
+    let mut plan = p.plan.clone();
+    // The range set is chosen on the all-8-bit plan, before any override, so that a run
+    // replaying its overrides file chooses the same.
+    let (mut chosen, selection, method) = if o.method == Method::Adaptive {
+        let compared = compared_samples(run.o, &c.stats, data.calib.as_ref(), &mut c.kept)?;
+        let (chosen, sel) = adaptive::select(
+            p,
+            &mut plan,
+            adaptive::Statistics {
+                all: &c.stats.tensors,
+                candidates: &mut run.candidates,
+                held_out: c.held_out.take(),
+            },
+            opts,
+            compared,
+            run.progress,
+        )?;
+        let m = sel.chosen;
+        (chosen, Some(sel), m)
+    } else {
+        (BTreeMap::new(), None, o.method)
+    };
+    if let (Some(ov), Some(f)) = (&data.overrides, &o.precision.overrides) {
+        precision::apply_overrides(&mut plan, &p.model, ov, f)?;
+    }
+    if data.overrides.is_some() || selection.is_none() {
+        // Without overrides, the selection has already written `method`'s ranges.
+        chosen = choose_ranges(
+            &mut plan,
+            &c.stats.tensors,
+            method,
+            opts,
+            &mut run.candidates,
+        )?;
+    }
+    Ok((plan, chosen, selection, method))
+}
+
+/// The calibration samples the adaptive selection compares its sets on, with the float
+/// outputs kept for them while calibrating. Each compared set costs about one calibration
+/// pass per sample: large models compare on fewer samples (at least one), evenly spread
+/// over the candidates.
+fn compared_samples(
+    o: &QuantizeOptions,
+    stats: &CalibrationFile,
+    calib: Option<&Dataset>,
+    kept: &mut BTreeMap<usize, Sample>,
+) -> Result<adaptive::Compared, PipelineError> {
+    let candidates = compared_candidates(o, calib.map_or(0, |d| d.len()));
+    let k_max = candidates.len();
+    let per_sample = stats.tensors.values().map(|s| s.count()).sum::<u64>() / stats.samples.max(1);
+    let cap = (adaptive::SELECT_VALUES / per_sample.max(1)).max(1) as usize;
+    let k = k_max.min(cap);
+    let mut samples = Vec::with_capacity(k);
+    let mut references = Vec::with_capacity(k);
+    if let Some(d) = calib {
+        for j in 0..k {
+            let i = candidates[j * k_max / k];
+            samples.push(d.get(i)?);
+            if let Some(out) = kept.remove(&i) {
+                references.push(out);
+            }
+        }
+    }
+    Ok(adaptive::Compared {
+        samples,
+        references,
+    })
+}
+
+/// Runs everything after preparation.
+fn quantize_prepared(
+    mut run: Run,
+    mut p: Prepared,
+    data: inputs::Loaded,
+) -> Result<Finish, PipelineError> {
+    let o = run.o;
+    let t = Instant::now();
+    let mut cal = calibrate_step(&mut run, &p, data.calib.as_ref(), data.ranges_file.clone())?;
+    // Subgraphs no sample reached, and values calibration did not observe, have no
+    // statistics: the ops needing them stay float.
+    let built = std::mem::take(&mut p.plan);
+    p.plan = plan::fit_to_statistics(&p.model, &p.cfg, built, |v| {
+        cal.stats.tensors.contains_key(v)
+    })
+    .map_err(PipelineError::Plan)?;
+    run.time("calibrate", t);
+
+    let t = Instant::now();
+    let (plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;
+    run.time("ranges", t);
+
+    let budget = o.precision.size_budget_mb.map(|mb| (mb * 1e6) as u64);
+    let base_size = match budget {
+        Some(_) => {
+            let mut q = p.model.clone();
+            crate::passes::insert_qdq::materialize(&mut q, &plan).map_err(|error| {
+                PipelineError::Pass {
+                    model: p.model_path.clone(),
+                    error,
+                }
+            })?;
+            summary::file_size(&q)
+        }
+        None => 0,
+    };
+    let narrow = budget.is_some_and(|b| base_size > b);
+    let mut tuned = None;
+    if o.precision.goal.is_some() || narrow {
+        let t = Instant::now();
+        let sizes = budget.map(|b| (b, base_size));
+        let tu = precision_step(&mut run, &p, &plan, &cal.stats, method, sizes, &data)?;
+        run.time("sensitivity", t);
+        if let (false, Some(goal)) = (tu.choice.met, o.precision.goal) {
+            let what = format!(
+                "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
+                precision::goal_text(&goal),
+                tu.samples,
+                goal.describe(tu.choice.best),
+            );
+            return Ok(run.missed(what));
+        }
+        tuned = Some(tu);
+    }
+    let source = Source {
+        p: &p,
+        plan: plan.clone(),
+        chosen,
+        base_plan: &p.plan,
+        stats: &cal.stats,
+        method,
+        opts: &o.method_options,
+    };
+    let checks = Checks {
+        eval: data.eval.as_ref().filter(|_| o.validate),
+        labels: data.labels.as_deref(),
+        goal: o.precision.goal,
+        budget: budget.map(|b| (b, o.precision.size_budget_mb.unwrap_or(0.0), narrow)),
+        output: &o.output,
+    };
+    let mut round = Round {
+        runner: &mut run.runner,
+        candidates: &mut run.candidates,
+        progress: run.progress,
+        dump: &o.dump,
+        times: &mut run.times,
+    };
+    let m = match materialise::materialise(source, tuned.as_mut(), &checks, &mut round)? {
+        End::Done(m) => *m,
+        End::Missed(what) => return Ok(run.missed(what)),
+        End::Stopped { after } => return Ok(Finish::Stopped { after }),
+    };
+    finish(run, &p, m, tuned.as_ref(), selection, &cal.stats, &data)
+}
+
+/// Sensitivity and search on the evaluation data (else the calibration data).
+fn precision_step(
+    run: &mut Run,
+    p: &Prepared,
+    plan: &Plan,
+    stats: &CalibrationFile,
+    method: Method,
+    budget: Option<(u64, u64)>,
+    data: &inputs::Loaded,
+) -> Result<precision::Tuned, PipelineError> {
+    let o = run.o;
+    let (search_data, labels) = data
+        .eval
+        .as_ref()
+        .map(|e| (e, data.labels.clone()))
+        .or_else(|| data.calib.as_ref().map(|d| (d, None)))
+        .ok_or_else(|| PipelineError::Options("mixed precision needs data to search on".into()))?;
+    let basis = precision::Basis {
+        p,
+        plan,
+        stats,
+        method,
+        opts: &o.method_options,
+    };
+    let request = precision::Request {
+        goal: o.precision.goal,
+        budget,
+        data: search_data,
+        labels,
+        samples: o.precision.sensitivity_samples,
+        cache: o
+            .precision
+            .sensitivity_cache
+            .clone()
+            .unwrap_or_else(|| precision::sidecar(&o.output, "sensitivity.json")),
+    };
+    precision::tune(&basis, &request, &mut run.candidates, run.progress)
+}
+
+/// The summary, the overrides and the report of a materialised model.
+fn finish(
+    mut run: Run,
+    p: &Prepared,
+    m: Materialised,
+    tuned: Option<&precision::Tuned>,
+    selection: Option<Selection>,
+    stats: &CalibrationFile,
+    data: &inputs::Loaded,
+) -> Result<Finish, PipelineError> {
+    let o = run.o;
+    for (name, n) in &m.inserted.bias_saturated {
+        run.warnings
+            .push(format!("bias '{name}': {n} values saturated int32"));
+    }
+    let overrides = tuned.map(|tu| {
+        let path = o
+            .precision
+            .save_overrides
+            .clone()
+            .unwrap_or_else(|| precision::sidecar(&o.output, "overrides.json"));
+        (path, tu.overrides())
+    });
+    let precision = tuned.zip(overrides.as_ref()).map(|(tu, (path, _))| {
+        tu.summary(
+            p,
+            &m.plan,
+            o.precision.goal,
+            o.precision.size_budget_mb,
+            path,
+        )
+    });
+    let lint = crate::lint::lint(&m.model, &crate::lint::LintOptions::new(p.cfg.target))
+        .ok()
+        .filter(|r| r.fusion_model);
+    let eval_samples = data.eval.as_ref().map_or(0, |e| e.len());
+    let s = summary::summarise(summary::Parts {
+        o,
+        p,
+        m: &m,
+        fusion: lint.as_ref().map(|r| r.coverage()),
+        selection,
+        precision,
+        calibration_samples: stats.samples as usize,
+        eval_samples,
+        seconds: std::mem::take(&mut run.times),
+        passes: run.runner.log().to_vec(),
+    });
+    let report = if o.report {
+        let mut input = report::build(
+            report::Sources {
+                p,
+                plan: &m.plan,
+                chosen: &m.chosen,
+                stats: &stats.tensors,
+                candidates: &mut run.candidates,
+                opts: &o.method_options,
+                method: o.method,
+            },
+            &s,
+        )?;
+        report::add_fusion(&mut input, lint.as_ref());
+        if let Some(ev) = &data.eval {
+            report::add_layers(
+                &mut input,
+                &p.float,
+                &m.model,
+                ev,
+                o.common.memory_budget_mib,
+                run.progress,
+            )?;
+        }
+        Some(input)
+    } else {
+        None
+    };
+    Ok(Finish::Quantized(Box::new(Quantized {
+        model: m.model,
+        summary: s,
+        warnings: run.warnings,
+        overrides,
+        report,
+    })))
+}

@@ -1,0 +1,255 @@
+//! What a quantize run is asked to do: one typed value per command-line option of
+//! `qrange quantize` (the command line maps its flags onto these; nothing here knows clap).
+//!
+//! A field's doc names the flag it comes from: errors about a field name it the same way,
+//! since that is what the user wrote.
+
+use crate::calib::{Method, MethodOptions};
+use crate::data::Preprocess;
+use crate::ir::DType;
+use crate::quant::params::QType;
+use crate::quant::plan::QuantConfig;
+use crate::quant::rules::Target;
+use crate::tune::search::Goal;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+/// How weight ranges are chosen (`--weight-method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightMethod {
+    /// The min/max of each channel.
+    #[default]
+    MinMax,
+    /// The range of least squared quantization error of each channel.
+    Mse,
+}
+
+/// Activation element type (`--activation-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationType {
+    U8,
+    I8,
+    U16,
+    I16,
+}
+
+/// Where calibration statistics come from (`--calib DATA`, `--calib random:N`, `--ranges`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum CalibSource {
+    /// A data file or folder (.npz/.npy, test_data_set folder, image folder).
+    Data(PathBuf),
+    /// `N` random samples (a smoke test: the ranges mean nothing).
+    Random(usize),
+    /// Statistics written by `qrange calibrate`/`merge` (`--ranges FILE`).
+    Ranges(PathBuf),
+}
+
+/// The model, its inputs and the quantization settings: what `quantize` and `calibrate`
+/// share (`CommonArgs` on the command line).
+#[derive(Clone, Debug)]
+pub struct Common {
+    /// The float model.
+    pub model: PathBuf,
+    /// `--calib` / `--ranges`.
+    pub calib: CalibSource,
+    /// `--preprocess`: how image files become the model input.
+    pub preprocess: Option<Preprocess>,
+    /// `--pin NAME=VALUE`: inputs fixed to constants, as given (name, numbers).
+    pub pins: Vec<(String, Vec<f64>)>,
+    /// `--shape NAME=DIMS`: concrete input shapes (default: the first sample's).
+    pub shapes: BTreeMap<String, Vec<i64>>,
+    pub settings: Settings,
+    /// `--memory-budget` in MiB: intermediate values the report's per-layer comparison
+    /// taps per engine run.
+    pub memory_budget_mib: u64,
+    /// `--threads`: calibration threads (0: one per core, at most 4).
+    pub threads: usize,
+}
+
+impl Common {
+    /// `model` calibrated on `calib`, with the command line's defaults for the rest.
+    pub fn new(model: impl Into<PathBuf>, calib: CalibSource) -> Common {
+        Common {
+            model: model.into(),
+            calib,
+            preprocess: None,
+            pins: Vec::new(),
+            shapes: BTreeMap::new(),
+            settings: Settings::default(),
+            memory_budget_mib: 1024,
+            threads: 0,
+        }
+    }
+}
+
+/// Quantization settings (`--target`, `--activation-type`, `--per-tensor`,
+/// `--weight-method`, `--no-reduce-range`, `--exclude-nodes`, `--exclude-op-types`,
+/// `--op-types`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub target: Target,
+    /// `None`: u8 asymmetric, i8 symmetric for TensorRT.
+    pub activation: Option<ActivationType>,
+    pub per_tensor: bool,
+    pub weight_method: WeightMethod,
+    /// Use all 8 bits of int8 weights on ort-cpu (`--no-reduce-range`).
+    pub no_reduce_range: bool,
+    pub exclude_nodes: Vec<String>,
+    pub exclude_op_types: Vec<String>,
+    /// Quantize only these op types (empty: all).
+    pub op_types: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            target: Target::OrtCpu,
+            activation: None,
+            per_tensor: false,
+            weight_method: WeightMethod::MinMax,
+            no_reduce_range: false,
+            exclude_nodes: Vec::new(),
+            exclude_op_types: Vec::new(),
+            op_types: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// The activation grid.
+    pub fn activation_qtype(&self) -> QType {
+        let t = self.activation.unwrap_or(match self.target {
+            Target::Tensorrt => ActivationType::I8,
+            _ => ActivationType::U8,
+        });
+        let (dtype, symmetric) = match t {
+            ActivationType::U8 => (DType::U8, false),
+            ActivationType::I8 => (DType::I8, true),
+            ActivationType::U16 => (DType::U16, false),
+            ActivationType::I16 => (DType::I16, true),
+        };
+        QType::new(dtype, symmetric, false).expect("integer type")
+    }
+
+    /// The plan's configuration; TensorRT refuses asymmetric activations.
+    pub fn config(&self) -> Result<QuantConfig, String> {
+        let reduce = self.target == Target::OrtCpu && !self.no_reduce_range;
+        if self.target == Target::Tensorrt
+            && matches!(
+                self.activation,
+                Some(ActivationType::U8 | ActivationType::U16)
+            )
+        {
+            return Err(
+                "--target tensorrt needs symmetric activations: use --activation-type i8 (or i16)"
+                    .into(),
+            );
+        }
+        let set = |v: &[String]| {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .collect::<BTreeSet<_>>()
+        };
+        Ok(QuantConfig {
+            target: self.target,
+            activation: self.activation_qtype(),
+            weight: QType::new(DType::I8, true, reduce).expect("int8"),
+            weight_mse: self.weight_method == WeightMethod::Mse,
+            per_channel: !self.per_tensor,
+            exclude_nodes: set(&self.exclude_nodes),
+            exclude_op_types: set(&self.exclude_op_types),
+            op_types: (!self.op_types.is_empty()).then(|| set(&self.op_types)),
+        })
+    }
+}
+
+/// Mixed precision (`--target-sqnr`/`--max-drop`, `--size-budget`, `--overrides`,
+/// `--save-overrides`, `--sensitivity-samples`, `--sensitivity-cache`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrecisionOptions {
+    /// What the search must reach.
+    pub goal: Option<Goal>,
+    /// The written model must fit in this many megabytes.
+    pub size_budget_mb: Option<f64>,
+    /// Precision per node or tensor from a file.
+    pub overrides: Option<PathBuf>,
+    /// Where a mixed-precision run's overrides go (default `<output>.overrides.json`).
+    pub save_overrides: Option<PathBuf>,
+    /// Samples the sensitivity analysis and search run on.
+    pub sensitivity_samples: usize,
+    /// Sensitivity cache (default `<output>.sensitivity.json`).
+    pub sensitivity_cache: Option<PathBuf>,
+}
+
+impl Default for PrecisionOptions {
+    fn default() -> PrecisionOptions {
+        PrecisionOptions {
+            goal: None,
+            size_budget_mb: None,
+            overrides: None,
+            save_overrides: None,
+            sensitivity_samples: 16,
+            sensitivity_cache: None,
+        }
+    }
+}
+
+/// Which pass dumps the run hands out (`--dump-after`, `--stop-after`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DumpOptions {
+    /// Dump the IR after each run of these passes (a pass name matches every step of that
+    /// pass; a step label, e.g. `infer_shapes-upgraded`, only that step).
+    pub after: Vec<String>,
+    /// Dump after this pass's first run, then stop: nothing is written.
+    pub stop_after: Option<String>,
+}
+
+/// Everything `quantize` is asked to do.
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    pub common: Common,
+    /// Where the quantized model will be written (`-o`): names the summary's output and
+    /// the files written beside it. The pipeline itself writes no model.
+    pub output: PathBuf,
+    /// `--method`: activation range method.
+    pub method: Method,
+    /// `--select-samples`: calibration samples `adaptive` compares its sets on.
+    pub select_samples: usize,
+    /// `--percentile` and the other method options.
+    pub method_options: MethodOptions,
+    /// `--eval`: evaluation data (default: the last fifth of the calibration samples).
+    pub eval: Option<PathBuf>,
+    /// `--labels`: key of the ground-truth labels in the evaluation data.
+    pub labels: Option<String>,
+    /// Validate the quantized model against the float one (`--no-validate` turns it off).
+    pub validate: bool,
+    pub precision: PrecisionOptions,
+    /// Build the visual report's data (`--report FILE`; the caller writes the page).
+    pub report: bool,
+    pub dump: DumpOptions,
+}
+
+impl QuantizeOptions {
+    /// Quantize `model`, calibrated on `calib`, for `output`, with the command line's
+    /// defaults for the rest (adaptive ranges on 4 samples, validation on the last fifth
+    /// of the calibration samples, no mixed precision, no report, no dumps).
+    pub fn new(
+        model: impl Into<PathBuf>,
+        calib: CalibSource,
+        output: impl Into<PathBuf>,
+    ) -> QuantizeOptions {
+        QuantizeOptions {
+            common: Common::new(model, calib),
+            output: output.into(),
+            method: Method::Adaptive,
+            select_samples: 4,
+            method_options: MethodOptions::default(),
+            eval: None,
+            labels: None,
+            validate: true,
+            precision: PrecisionOptions::default(),
+            report: false,
+            dump: DumpOptions::default(),
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! Mixed precision: which activations get 16 bits or stay float, and which weights go to
+//! 4 bits, as edits of the plan (`--target-sqnr`/`--max-drop`, `--size-budget`).
+//!
+//! [`tune`] builds the search from the plan with its 8-bit and 16-bit ranges: a simulation
+//! model whose Q/DQ pairs are switches ([`crate::tune::sim`]). When the all-8-bit model
+//! does not fit the size budget, the weights that hurt least on 4 bits go first; with a
+//! goal, the units are ranked by sensitivity and the cheapest promotions that meet it are
+//! searched ([`crate::tune::search`]). The result ([`Tuned`]) is applied to the plan by
+//! materialisation, which may ask for more ([`Tuned::narrow_more`],
+//! [`Tuned::promote_more`]) when the written model misses the budget or the goal.
+
+use super::prepare::Prepared;
+use super::ranges::{choose_ranges, Candidates};
+use super::{PipelineError, Progress};
+use crate::calib::{CalibrationFile, Method, MethodOptions};
+use crate::data::{Dataset, Sample};
+use crate::exec::{Session, SessionOptions};
+use crate::ir::{DType, Model};
+use crate::onnx::{self, ExternalPolicy};
+use crate::quant::params::QType;
+use crate::quant::plan::{Decision, Plan};
+use crate::tune::search::{self, Evaluator, Goal, SensitivityFile};
+use crate::tune::sim::{SimModel, SimSources, UnitParams};
+use crate::tune::{self, Overrides, Precision, Unit};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// `<output stem>.<suffix>` next to the output model.
+pub fn sidecar(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    output.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// The option that set a goal, as the user wrote it.
+pub fn goal_text(g: &Goal) -> String {
+    match g {
+        Goal::Sqnr { db } => format!("--target-sqnr {db}"),
+        Goal::MaxDrop { points } => format!("--max-drop {points}"),
+    }
+}
+
+/// State of a mixed-precision run.
+pub struct Tuned {
+    pub units: Vec<Unit>,
+    sens: SensitivityFile,
+    cached: bool,
+    pub choice: search::Choice,
+    /// Samples the search ran on.
+    pub samples: usize,
+    /// Goal figure of the written model on the evaluation data.
+    pub validated: Option<f64>,
+    /// Extra promotion rounds validation needed.
+    pub rounds: usize,
+    /// Weights stored on 4 bits.
+    pub w4: BTreeSet<String>,
+    /// 4-bit candidates, least harmful first.
+    pub w_order: WeightOrder,
+}
+
+impl Tuned {
+    /// Precision of every unit not left 8-bit, by root.
+    pub fn precisions(&self) -> BTreeMap<String, Precision> {
+        self.units
+            .iter()
+            .zip(&self.choice.config)
+            .filter(|(_, p)| **p != Precision::A8)
+            .map(|(u, p)| (u.root.clone(), *p))
+            .collect()
+    }
+
+    /// Puts the next `n` weights of the order on 4 bits; false when none is left.
+    pub fn narrow_more(&mut self, n: usize) -> bool {
+        let before = self.w4.len();
+        for (w, _, _) in &self.w_order {
+            if self.w4.len() >= before + n {
+                break;
+            }
+            self.w4.insert(w.clone());
+        }
+        self.w4.len() > before
+    }
+
+    /// Promotes the next `n` units of the order; false when nothing is left.
+    pub fn promote_more(&mut self, n: usize) -> bool {
+        let mut done = 0;
+        for step in [Precision::A16, Precision::Float] {
+            for &u in &self.choice.order {
+                if done == n {
+                    return true;
+                }
+                if self.choice.config[u] < step {
+                    self.choice.config[u] = step;
+                    done += 1;
+                }
+            }
+        }
+        done > 0
+    }
+
+    fn reason(&self, i: usize) -> String {
+        let s = &self.sens.units[i];
+        let rank = self.choice.order.iter().position(|&u| u == i).unwrap_or(0) + 1;
+        format!(
+            "rank {rank} of {}: with only this tensor 8-bit the output SQNR is {:.1} dB; promoting it alone lifts the 8-bit model from {:.1} to {:.1} dB",
+            self.units.len(),
+            s.alone_db,
+            self.sens.baseline_db,
+            s.promoted_db
+        )
+    }
+
+    /// The overrides file replaying this choice.
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides::new();
+        for (w, db, _) in &self.w_order {
+            if self.w4.contains(w) {
+                o.weights.insert(w.clone(), tune::WeightBits::W4);
+                o.reasons.insert(
+                    w.clone(),
+                    format!("4-bit weight: with only it on 4 bits the output SQNR is {db:.1} dB"),
+                );
+            }
+        }
+        for (i, (u, p)) in self.units.iter().zip(&self.choice.config).enumerate() {
+            if *p != Precision::A8 {
+                o.tensors.insert(u.root.clone(), *p);
+                o.reasons.insert(u.root.clone(), self.reason(i));
+            }
+        }
+        o
+    }
+
+    /// What the summary says of the choice; `plan` is the plan written.
+    pub fn summary(
+        &self,
+        p: &Prepared,
+        plan: &Plan,
+        goal: Option<Goal>,
+        size_budget_mb: Option<f64>,
+        path: &Path,
+    ) -> PrecisionSummary {
+        let promoted = self
+            .units
+            .iter()
+            .zip(&self.choice.config)
+            .enumerate()
+            .filter(|(_, (_, p))| **p != Precision::A8)
+            .map(|(i, (u, pr))| Promoted {
+                tensor: u.root.clone(),
+                producer: u.producer.clone(),
+                op_type: u.producer_type.clone(),
+                precision: pr.name().to_string(),
+                alone_db: self.sens.units[i].alone_db,
+                promoted_db: self.sens.units[i].promoted_db,
+                reason: self.reason(i),
+            })
+            .collect();
+        PrecisionSummary {
+            goal,
+            size_budget_mb,
+            weights_4bit: self
+                .w_order
+                .iter()
+                .filter(|(w, _, _)| self.w4.contains(w))
+                .map(|(w, db, n)| (w.clone(), *db, *n))
+                .collect(),
+            search_samples: self.samples,
+            units: self.units.len(),
+            baseline: self.choice.baseline,
+            searched: self.choice.figure,
+            validated: self.validated,
+            evaluations: self.choice.evaluations + 2 * self.units.len() + 1,
+            sensitivity_cached: self.cached,
+            extra_rounds: self.rounds,
+            promoted,
+            per_node: tune::op_precisions(plan, &p.model),
+            overrides_file: path.display().to_string(),
+        }
+    }
+}
+
+/// A unit promoted above 8 bits, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Promoted {
+    pub tensor: String,
+    pub producer: String,
+    pub op_type: String,
+    pub precision: String,
+    pub alone_db: f64,
+    pub promoted_db: f64,
+    pub reason: String,
+}
+
+/// What a mixed-precision run chose (the summary's `precision`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PrecisionSummary {
+    pub goal: Option<Goal>,
+    pub size_budget_mb: Option<f64>,
+    /// Weights stored on 4 bits: (name, SQNR with only it on 4 bits, elements).
+    pub weights_4bit: Vec<(String, f64, u64)>,
+    pub search_samples: usize,
+    pub units: usize,
+    /// Goal figure with every activation 8-bit, on the search samples.
+    pub baseline: f64,
+    /// Goal figure of the chosen precisions on the search samples.
+    pub searched: f64,
+    /// Goal figure of the written model on the evaluation data.
+    pub validated: Option<f64>,
+    pub evaluations: usize,
+    pub sensitivity_cached: bool,
+    pub extra_rounds: usize,
+    pub promoted: Vec<Promoted>,
+    /// Activation and weight types per quantized node.
+    pub per_node: BTreeMap<String, (String, String)>,
+    pub overrides_file: String,
+}
+
+/// What the search works from: the prepared model with its base plan (ranges not yet
+/// chosen), the statistics and the range method.
+pub struct Basis<'a> {
+    pub p: &'a Prepared,
+    /// The plan before any precision edit.
+    pub plan: &'a Plan,
+    pub stats: &'a CalibrationFile,
+    pub method: Method,
+    pub opts: &'a MethodOptions,
+}
+
+/// What the search is asked for and runs on.
+pub struct Request<'a> {
+    pub goal: Option<Goal>,
+    /// Size budget and the all-8-bit model's size, in bytes.
+    pub budget: Option<(u64, u64)>,
+    /// Search data (the evaluation data, else the calibration data) and its labels.
+    pub data: &'a Dataset,
+    pub labels: Option<Vec<i64>>,
+    /// At most this many samples, evenly spaced.
+    pub samples: usize,
+    /// Sensitivity cache file.
+    pub cache: PathBuf,
+}
+
+/// The activation units of the plan and the simulation model that switches them (every
+/// 8-bit weight of 16 elements or more switchable to 4 bits when `narrow`).
+pub(crate) fn build_sim(
+    b: &Basis,
+    candidates: &mut Candidates,
+    narrow: bool,
+) -> Result<(Vec<Unit>, SimModel), PipelineError> {
+    let p = b.p;
+    // 8-bit and 16-bit ranges of every unit.
+    let mut plan8 = b.plan.clone();
+    choose_ranges(&mut plan8, &b.stats.tensors, b.method, b.opts, candidates)?;
+    let mut plan16 = b.plan.clone();
+    for d in plan16.values.values_mut() {
+        if let Decision::Activation { qtype, .. } = d {
+            *qtype = tune::wide(qtype);
+        }
+    }
+    choose_ranges(&mut plan16, &b.stats.tensors, b.method, b.opts, candidates)?;
+    let units = tune::units(&plan8, &p.model);
+    let params_of = |plan: &Plan, u: &Unit| {
+        let (lo, hi) = plan.ranges[&u.range_key];
+        let q = plan
+            .calibrated_qtype(&u.range_key)
+            .unwrap_or(p.cfg.activation);
+        UnitParams::new(lo, hi, &q)
+    };
+    let params: Vec<(UnitParams, UnitParams)> = units
+        .iter()
+        .map(|u| (params_of(&plan8, u), params_of(&plan16, u)))
+        .collect();
+    let materialize = |plan: &Plan| -> Result<Model, PipelineError> {
+        let mut q = p.model.clone();
+        crate::passes::insert_qdq::materialize(&mut q, plan).map_err(|error| {
+            PipelineError::Pass {
+                model: p.model_path.clone(),
+                error,
+            }
+        })?;
+        Ok(q)
+    };
+    let q8 = materialize(&plan8)?;
+    let reduced = p.cfg.weight.qmax < 127;
+    let (full, weights) = if reduced {
+        let mut planf = plan8.clone();
+        let wide_w = QType::new(DType::I8, true, false).expect("int8");
+        for d in planf.values.values_mut() {
+            if let Decision::Weight { qtype, .. } = d {
+                *qtype = wide_w;
+            }
+        }
+        (
+            materialize(&planf)?,
+            tune::weight_units(&plan8, &p.model, &units),
+        )
+    } else {
+        (q8.clone(), Vec::new())
+    };
+    let biases = tune::bias_units(&plan8, &units);
+    let (q4, narrow_weights) = if narrow {
+        let names = narrow_candidates(&plan8, &p.model);
+        let mut plan4 = plan8.clone();
+        tune::apply_w4(&mut plan4, &names.iter().cloned().collect());
+        (Some(materialize(&plan4)?), names)
+    } else {
+        (None, Vec::new())
+    };
+    let sim = SimModel::build(
+        &SimSources {
+            prepared: &p.model,
+            q: &q8,
+            full: &full,
+            weights: &weights,
+            biases: &biases,
+            narrow: q4.as_ref(),
+            narrow_weights: &narrow_weights,
+            bias_inputs: &[],
+        },
+        &units,
+        params,
+    )?;
+    Ok((units, sim))
+}
+
+/// 4-bit candidates: 8-bit weights of 16 elements or more.
+fn narrow_candidates(plan: &Plan, m: &Model) -> Vec<String> {
+    let g = &m.graph;
+    plan.values
+        .iter()
+        .filter(|(n, d)| {
+            matches!(d, Decision::Weight { qtype, .. } if qtype.dtype == DType::I8)
+                && g.value_by_name(n)
+                    .and_then(|v| g.const_of(v))
+                    .is_some_and(|t| t.numel() >= 16)
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The search's evaluator: the simulation against the float model on an evenly spaced
+/// subsample of the request's data.
+fn evaluator<'a>(
+    b: &Basis,
+    r: &Request,
+    sim: &'a SimModel,
+) -> Result<Evaluator<'a>, PipelineError> {
+    let p = b.p;
+    let n = r.data.len();
+    let k = r.samples.min(n);
+    let picks: Vec<usize> = (0..k).map(|i| i * n / k).collect();
+    let samples = picks
+        .iter()
+        .map(|&i| r.data.get(i))
+        .collect::<Result<Vec<Sample>, _>>()?;
+    let labels = r
+        .labels
+        .as_ref()
+        .map(|l| picks.iter().map(|&i| l[i]).collect::<Vec<i64>>());
+    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
+    let reference = Session::new(
+        &fp,
+        Some(&p.base_dir),
+        &samples[0],
+        &SessionOptions::default(),
+    )
+    .map_err(|error| PipelineError::Exec {
+        what: format!("{}: float model", p.model_path.display()),
+        error,
+    })?;
+    Ok(Evaluator::new(
+        sim,
+        Some(&p.base_dir),
+        &reference,
+        samples,
+        labels,
+    )?)
+}
+
+/// 4-bit candidates, least harmful first: (weight, SQNR with only it on 4 bits, elements).
+pub type WeightOrder = Vec<(String, f64, u64)>;
+
+/// Weights to 4 bits, least harmful first, until the estimated size fits `budget`
+/// (bytes; `base` is the all-8-bit size): the order of every candidate and the chosen
+/// ones.
+fn narrow_weights(
+    ev: &Evaluator,
+    sim: &SimModel,
+    m: &Model,
+    (budget, base): (u64, u64),
+    progress: &dyn Progress,
+) -> Result<(WeightOrder, BTreeSet<String>), PipelineError> {
+    let names = sim.narrow_weights();
+    progress.begin("weight sensitivity", names.len() as u64);
+    let db = search::weight_sensitivity(ev, &names, &|| progress.step())?;
+    progress.end();
+    let g = &m.graph;
+    let mut order: Vec<(String, f64, u64)> = names
+        .into_iter()
+        .zip(db)
+        .map(|(w, d)| {
+            let numel = g
+                .value_by_name(&w)
+                .and_then(|v| g.const_of(v))
+                .map(|t| t.numel() as u64)
+                .unwrap_or(0);
+            (w, d, numel)
+        })
+        .collect();
+    order.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    let mut w4 = BTreeSet::new();
+    let mut size = base;
+    for (w, _, numel) in &order {
+        if size <= budget {
+            break;
+        }
+        w4.insert(w.clone());
+        size = size.saturating_sub(numel / 2);
+    }
+    Ok((order, w4))
+}
+
+/// Sensitivity analysis and search: 4-bit weights until the model fits the budget, then
+/// activation promotions until the goal is met.
+pub fn tune(
+    b: &Basis,
+    r: &Request,
+    candidates: &mut Candidates,
+    progress: &dyn Progress,
+) -> Result<Tuned, PipelineError> {
+    let narrow = r.budget.is_some_and(|(budget, base)| base > budget);
+    let (units, sim) = build_sim(b, candidates, narrow)?;
+    let mut ev = evaluator(b, r, &sim)?;
+    let (mut w_order, mut w4) = (Vec::new(), BTreeSet::new());
+    if let (true, Some(budget)) = (narrow, r.budget) {
+        (w_order, w4) = narrow_weights(&ev, &sim, &b.p.model, budget, progress)?;
+        ev.w4 = w4.clone();
+    }
+    let (sens, cached, choice) = match r.goal {
+        Some(goal) => {
+            progress.begin("sensitivity", (2 * units.len() + 1) as u64);
+            let (sens, cached) =
+                search::sensitivity(&ev, &units, Some(&r.cache), &|| progress.step())?;
+            progress.end();
+            progress.begin("searching", 0);
+            let choice = search::search(&ev, &sens, goal, &|| progress.step())?;
+            progress.end();
+            (sens, cached, choice)
+        }
+        None => {
+            let all8 = vec![Precision::A8; units.len()];
+            let f = Goal::Sqnr { db: 0.0 }.figure(&ev.eval(&all8)?);
+            let choice = search::Choice {
+                config: all8,
+                figure: f,
+                baseline: f,
+                best: f,
+                met: true,
+                order: (0..units.len()).collect(),
+                evaluations: 1,
+            };
+            (SensitivityFile::default(), false, choice)
+        }
+    };
+    Ok(Tuned {
+        samples: ev.samples(),
+        units,
+        sens,
+        cached,
+        choice,
+        validated: None,
+        rounds: 0,
+        w4,
+        w_order,
+    })
+}
+
+/// Writes the overrides file's precisions into `plan` (its `float` nodes were left out of
+/// the plan already): unit precisions and 4-bit weights.
+pub fn apply_overrides(
+    plan: &mut Plan,
+    m: &Model,
+    o: &Overrides,
+    path: &Path,
+) -> Result<(), PipelineError> {
+    let file_error = |error: tune::TuneError| PipelineError::Overrides {
+        path: path.to_path_buf(),
+        error,
+    };
+    let units = tune::units(plan, m);
+    let prec = o.unit_precisions(m, &units).map_err(file_error)?;
+    tune::apply(
+        plan,
+        m,
+        &units,
+        &prec,
+        "activations left float by --overrides",
+    );
+    let missing = tune::apply_w4(plan, &o.w4());
+    if !missing.is_empty() {
+        return Err(PipelineError::Options(format!(
+            "{}: overrides name weights that are not quantized weights: {}",
+            path.display(),
+            missing
+                .iter()
+                .map(|w| format!("'{w}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}

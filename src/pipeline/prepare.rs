@@ -1,0 +1,175 @@
+//! Prepare: the declared pass list up to the plan. Specialise the model for what the user
+//! pinned (the float model validation compares against), then normalise it for
+//! quantization and plan it ([`crate::passes::Phase::Prepare`]), and fingerprint the
+//! result (calibration files name the model they were made for).
+
+use super::options::{Common, DumpOptions};
+use super::{PipelineError, Progress};
+use crate::data::Sample;
+use crate::ir::Model;
+use crate::passes::{Flow, PassCx, Phase, Runner, Step, StepError};
+use crate::quant::plan::{Plan, QuantConfig};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The model after specialisation and preparation, with everything derived from it.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// Specialised float model (what validation compares against).
+    pub float: Model,
+    /// Prepared float model (constants folded, BN folded, opset raised): what is calibrated
+    /// and quantized.
+    pub model: Model,
+    pub cfg: QuantConfig,
+    pub plan: Plan,
+    /// What preparation did and noticed, for the summary.
+    pub notes: Vec<String>,
+    /// The model file, as given (errors name it).
+    pub model_path: PathBuf,
+    /// Where the model's external data is read from.
+    pub base_dir: PathBuf,
+    /// SHA-256 of the prepared float model's encoding (identifies calibration files).
+    pub sha256: String,
+}
+
+/// What [`prepare`] is given besides the model.
+pub struct PrepareInput<'a> {
+    pub common: &'a Common,
+    /// Extra node names to leave float (a precision overrides file's `float` nodes).
+    pub float_nodes: &'a [String],
+    /// The first sample: its shapes specialise the model (`--shape` overrides them).
+    pub first_sample: Option<&'a Sample>,
+    /// 16-bit activations may be used (mixed precision): Q/DQ need opset 21.
+    pub wide: bool,
+    pub dump: &'a DumpOptions,
+}
+
+/// How [`prepare`] ended: prepared, or stopped after a pass (`--stop-after`).
+pub enum PrepareEnd {
+    Prepared(Box<Prepared>),
+    Stopped { after: String },
+}
+
+/// The hook [`Runner::run_phase`] calls after each step: hands the dumps asked for to
+/// `progress` and stops after `--stop-after`'s pass.
+pub(crate) fn dump_hook<'a>(
+    dump: &'a DumpOptions,
+    progress: &'a dyn Progress,
+) -> impl FnMut(&Step, &Model) -> Flow + 'a {
+    move |step, m| {
+        let stop = dump.stop_after.as_deref().is_some_and(|n| step.matches(n));
+        if stop || dump.after.iter().any(|n| step.matches(n)) {
+            progress.dump(step.label, &crate::ir::dump::dump_model(m));
+        }
+        if stop {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+/// Maps a step's failure to the pipeline's error naming the model file.
+pub(crate) fn step_error(model: &std::path::Path, e: StepError) -> PipelineError {
+    match e {
+        StepError::Pass(error) => PipelineError::Pass {
+            model: model.to_path_buf(),
+            error,
+        },
+        e @ StepError::Invalid { .. } => PipelineError::Internal(e.to_string()),
+    }
+}
+
+fn has_if(m: &Model) -> bool {
+    fn walk(g: &crate::ir::Graph) -> bool {
+        g.ops().any(|o| {
+            let op = g.op(o);
+            op.op_type == "If" || op.subgraphs().iter().any(|(_, sg)| walk(sg))
+        })
+    }
+    walk(&m.graph)
+}
+
+/// Specialises and prepares `m` with the steps of `runner` up to the plan.
+pub fn prepare(
+    input: &PrepareInput,
+    mut m: Model,
+    runner: &mut Runner,
+    progress: &dyn Progress,
+) -> Result<PrepareEnd, PipelineError> {
+    let c = input.common;
+    let mut settings = c.settings.clone();
+    settings
+        .exclude_nodes
+        .extend(input.float_nodes.iter().cloned());
+    let cfg = settings.config().map_err(PipelineError::Options)?;
+    let pins = pins(&m, c)?;
+    let shapes = match input.first_sample {
+        Some(s) => super::inputs::sample_shapes(s, &c.shapes),
+        None => c.shapes.clone(),
+    };
+    let mut cx = PassCx {
+        pinned: pins,
+        input_shapes: shapes,
+        quant: Some(cfg.clone()),
+        wide: input.wide,
+        ..PassCx::default()
+    };
+    let mut notes = Vec::new();
+    let mut float = None;
+    for phase in [Phase::Specialise, Phase::Prepare] {
+        let mut hook = dump_hook(input.dump, progress);
+        let stopped = runner
+            .run_phase(phase, &mut m, &mut cx, &mut hook)
+            .map_err(|e| step_error(&c.model, e))?;
+        if let Some(after) = stopped {
+            return Ok(PrepareEnd::Stopped {
+                after: after.to_string(),
+            });
+        }
+        if phase == Phase::Specialise {
+            if has_if(&m) {
+                notes.push(
+                    "If nodes remain after specialisation: each branch is calibrated on the samples that take it"
+                        .to_string(),
+                );
+            }
+            float = Some(m.clone());
+        }
+    }
+    m.verify().map_err(|error| PipelineError::InvalidPrepared {
+        model: c.model.clone(),
+        error,
+    })?;
+    notes.append(&mut cx.done);
+    for d in &cx.diagnostics {
+        notes.push(format!("{}: {}", d.pass, d.what));
+    }
+    let bytes = crate::onnx::model_to_bytes(&m)?;
+    let sha256 = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    Ok(PrepareEnd::Prepared(Box::new(Prepared {
+        float: float.expect("the specialise phase ran"),
+        model: m,
+        cfg,
+        plan: cx.plan.unwrap_or_default(),
+        notes,
+        model_path: c.model.clone(),
+        base_dir: crate::onnx::base_dir(&c.model),
+        sha256,
+    })))
+}
+
+/// The pins of `common` as tensors for `m`'s inputs.
+pub(crate) fn pins(
+    m: &Model,
+    common: &Common,
+) -> Result<BTreeMap<String, crate::ir::Tensor>, PipelineError> {
+    crate::passes::pin_inputs::pin_tensors(m, &common.pins)
+        .map_err(|(name, error)| PipelineError::Pin { name, error })
+}

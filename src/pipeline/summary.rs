@@ -1,0 +1,200 @@
+//! The summary of a quantize run: what was quantized, what stayed float and why, ranges,
+//! sizes, validation, mixed precision, time per phase and the passes that ran. Plain data
+//! (`--json` prints it as is; the command line renders the text form).
+
+use super::materialise::Materialised;
+use super::precision::PrecisionSummary;
+use super::prepare::Prepared;
+use super::ranges::adaptive;
+use super::QuantizeOptions;
+use crate::ir::{DType, Model};
+use crate::passes::StepLog;
+use crate::quant::params::QType;
+use crate::quant::plan::{Decision, OpState, Plan};
+use crate::quant::rules::Target;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a quantize run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub input: String,
+    pub output: String,
+    pub target: Target,
+    pub activation: String,
+    pub weight: String,
+    pub quantized_ops: usize,
+    pub folded_ops: usize,
+    pub float_ops: usize,
+    pub float_reasons: BTreeMap<String, Vec<String>>,
+    /// What the target runtime fuses in the written model (`qrange lint`).
+    pub fusion: Option<crate::lint::Coverage>,
+    pub methods: BTreeMap<String, usize>,
+    /// What `--method adaptive` compared and chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<adaptive::Selection>,
+    pub size_before: u64,
+    pub size_after: u64,
+    pub calibration_samples: usize,
+    pub eval_samples: usize,
+    pub validation: BTreeMap<String, crate::report::Metrics>,
+    /// Mixed precision (with --target-sqnr / --max-drop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<PrecisionSummary>,
+    /// Share of weight parameters stored in 8 bits.
+    pub weight_8bit_share: f64,
+    /// Share of weight parameters stored in 4 bits.
+    pub weight_4bit_share: f64,
+    pub seconds: BTreeMap<String, f64>,
+    pub notes: Vec<String>,
+    /// Every step of the pass list, in order: how often it ran, whether it changed the
+    /// graph, why it was skipped.
+    pub passes: Vec<StepLog>,
+}
+
+/// A grid as the summary shows it: `u8 asymmetric [0, 255]`, with ` per-channel` or
+/// ` per-tensor` for weights.
+pub fn qtype_text(q: &QType, per_channel: Option<bool>) -> String {
+    format!(
+        "{} {} [{}, {}]{}",
+        q.dtype,
+        if q.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        },
+        q.qmin,
+        q.qmax,
+        match per_channel {
+            Some(true) => " per-channel",
+            Some(false) => " per-tensor",
+            None => "",
+        }
+    )
+}
+
+/// `", N depthwise Conv weights on [-127, 127]"` when the weights are 7-bit and some are
+/// not (depthwise kernels cannot saturate, see `quant::plan`), else nothing.
+pub fn full_grid_weights(plan: &Plan, weight: &QType) -> String {
+    let n = plan
+        .values
+        .values()
+        .filter(|d| matches!(d, Decision::Weight { qtype, .. } if qtype.dtype == weight.dtype && qtype.qmax > weight.qmax))
+        .count();
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} depthwise Conv weights on [-127, 127]")
+    }
+}
+
+/// Size of the model's encoding, in bytes.
+pub fn file_size(m: &Model) -> u64 {
+    crate::onnx::model_to_bytes(m)
+        .map(|b| b.len() as u64)
+        .unwrap_or(0)
+}
+
+/// Shares of weight parameters stored in 8 and in 4 bits: weight decisions over every
+/// float constant of 16 or more elements in the prepared model (biases, stored as int32,
+/// aside).
+pub fn weight_shares(plan: &Plan, m: &Model) -> (f64, f64) {
+    let g = &m.graph;
+    let (mut eight, mut four, mut all) = (0u64, 0u64, 0u64);
+    for v in g.values() {
+        let Some(t) = g.const_of(v) else { continue };
+        let n = t.numel() as u64;
+        if t.dtype != DType::F32 || n < 16 {
+            continue;
+        }
+        match plan.values.get(&g.value(v).name) {
+            Some(Decision::Bias { .. }) => continue,
+            Some(Decision::Weight { qtype, .. })
+                if matches!(qtype.dtype, DType::I8 | DType::U8) =>
+            {
+                eight += n;
+            }
+            Some(Decision::Weight { qtype, .. })
+                if matches!(qtype.dtype, DType::I4 | DType::U4) =>
+            {
+                four += n;
+            }
+            _ => {}
+        }
+        all += n;
+    }
+    if all == 0 {
+        (1.0, 0.0)
+    } else {
+        (eight as f64 / all as f64, four as f64 / all as f64)
+    }
+}
+
+/// What [`summarise`] reads.
+pub struct Parts<'a> {
+    pub o: &'a QuantizeOptions,
+    pub p: &'a Prepared,
+    pub m: &'a Materialised,
+    pub fusion: Option<crate::lint::Coverage>,
+    pub selection: Option<adaptive::Selection>,
+    pub precision: Option<PrecisionSummary>,
+    pub calibration_samples: usize,
+    pub eval_samples: usize,
+    pub seconds: BTreeMap<String, f64>,
+    pub passes: Vec<StepLog>,
+}
+
+/// Ops left float, by reason.
+fn float_reasons(plan: &Plan) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, s) in &plan.ops {
+        if let OpState::Float { reason } = s {
+            out.entry(reason.clone()).or_default().push(k.clone());
+        }
+    }
+    out
+}
+
+/// The summary of a materialised model.
+pub fn summarise(parts: Parts) -> Summary {
+    let Parts { o, p, m, .. } = parts;
+    let plan = &m.plan;
+    let (quantized_ops, folded_ops, float_ops) = plan.counts();
+    let mut methods: BTreeMap<String, usize> = BTreeMap::new();
+    for method in m.chosen.values() {
+        *methods.entry(method.name().to_string()).or_default() += 1;
+    }
+    let mut notes = p.notes.clone();
+    notes.extend(m.exec_notes.iter().cloned());
+    let (weight_8bit_share, weight_4bit_share) = weight_shares(plan, &p.model);
+    Summary {
+        input: o.common.model.display().to_string(),
+        output: o.output.display().to_string(),
+        target: p.cfg.target,
+        activation: qtype_text(&p.cfg.activation, None),
+        weight: format!(
+            "{}{}{}",
+            qtype_text(&p.cfg.weight, Some(p.cfg.per_channel)),
+            full_grid_weights(plan, &p.cfg.weight),
+            if p.cfg.weight_mse { ", mse ranges" } else { "" }
+        ),
+        quantized_ops,
+        folded_ops,
+        float_ops,
+        float_reasons: float_reasons(plan),
+        fusion: parts.fusion,
+        methods,
+        selection: parts.selection,
+        size_before: file_size(&p.float),
+        size_after: file_size(&m.model),
+        calibration_samples: parts.calibration_samples,
+        eval_samples: parts.eval_samples,
+        validation: m.validation.clone(),
+        precision: parts.precision,
+        weight_8bit_share,
+        weight_4bit_share,
+        seconds: parts.seconds,
+        notes,
+        passes: parts.passes,
+    }
+}
