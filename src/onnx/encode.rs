@@ -75,6 +75,12 @@ pub fn model_to_bytes(m: &Model) -> Result<Vec<u8>, OnnxError> {
         .encode_to_vec())
 }
 
+/// Size in bytes of `m` encoded with everything inline (0 when it cannot be encoded): what
+/// size budgets and summaries measure.
+pub fn encoded_size(m: &Model) -> u64 {
+    model_to_bytes(m).map_or(0, |b| b.len() as u64)
+}
+
 /// Writes `m` to `path` atomically (temporary file + rename), with external data per
 /// `policy` in `<file name>.data` beside it. Switches to external data when the model
 /// would pass protobuf's 2 GiB limit.

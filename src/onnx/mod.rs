@@ -11,7 +11,9 @@ pub mod external;
 pub mod tensor;
 
 pub use decode::{decode_model, read_model};
-pub use encode::{encode_model, model_to_bytes, write_model, ExternalPolicy, WriteReport};
+pub use encode::{
+    encode_model, encoded_size, model_to_bytes, write_model, ExternalPolicy, WriteReport,
+};
 pub use external::base_dir;
 
 use std::path::PathBuf;

@@ -2,8 +2,9 @@
 //! engine over the calibration samples ([`crate::calib::collect`]), as a calibration file
 //! (what `qrange calibrate` writes and `quantize --ranges` reads).
 
+use super::error::PipelineError;
 use super::prepare::Prepared;
-use super::{PipelineError, Progress};
+use super::progress::Progress;
 use crate::calib::collect::{collect_model, CollectError, Keep};
 use crate::calib::CalibrationFile;
 use crate::data::{Sample, SampleSource};
@@ -57,7 +58,7 @@ pub fn statistics(
     progress: &dyn Progress,
 ) -> Result<CalibrationFile, PipelineError> {
     let model = crate::onnx::read_model(&c.model)?;
-    let pins = super::prepare::pins(&model, c)?;
+    let pins = super::inputs::pins(&model, c)?;
     let specs = super::inputs::input_specs(&model, &pins);
     let (Some(ds), _) = super::inputs::calibration_source(c, &specs, progress)? else {
         return Err(PipelineError::Options(

@@ -3,8 +3,9 @@
 //! tests, the concrete shapes a run specialises for, and the specialisation itself
 //! ([`specialise`]). Shared by `quantize`, `calibrate`, `run` and `compare`.
 
+use super::error::PipelineError;
 use super::options::{CalibSource, Common, QuantizeOptions};
-use super::{PipelineError, Progress};
+use super::progress::Progress;
 use crate::calib::CalibrationFile;
 use crate::data::{self, Dataset, InputSpec, Preprocess, Sample};
 use crate::ir::{DType, Dim, Model, Tensor, ValueType};
@@ -80,6 +81,15 @@ pub fn load_data(
         progress.message(&note);
     }
     Ok(ds)
+}
+
+/// The pins of `common` as tensors for `m`'s inputs.
+pub fn pins(
+    m: &Model,
+    common: &Common,
+) -> Result<BTreeMap<String, crate::ir::Tensor>, PipelineError> {
+    crate::passes::pin_inputs::pin_tensors(m, &common.pins)
+        .map_err(|(name, error)| PipelineError::Pin { name, error })
 }
 
 /// `n` random samples for `specs` (a smoke test: ranges from them mean nothing); an input
@@ -194,7 +204,7 @@ pub fn load(
 ) -> Result<(Model, Loaded), PipelineError> {
     let c = &o.common;
     let model = crate::onnx::read_model(&c.model)?;
-    let pins = super::prepare::pins(&model, c)?;
+    let pins = pins(&model, c)?;
     let specs = input_specs(&model, &pins);
     let (mut calib, ranges_file) = calibration_source(c, &specs, progress)?;
     let mut eval: Option<Dataset> = match &o.eval {

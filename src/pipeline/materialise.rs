@@ -4,11 +4,11 @@
 //! With mixed precision this is a loop: a written model that misses the budget gets more
 //! 4-bit weights, one that misses the goal more promotions, up to four extra rounds.
 
+use super::error::PipelineError;
 use super::precision::{goal_text, Tuned};
 use super::prepare::{dump_hook, step_error, Prepared};
+use super::progress::Progress;
 use super::ranges::{choose_ranges, Candidates};
-use super::summary::file_size;
-use super::{PipelineError, Progress};
 use crate::calib::{CalibrationFile, Method, MethodOptions};
 use crate::data::Dataset;
 use crate::exec::{Session, SessionOptions};
@@ -194,7 +194,7 @@ pub fn materialise(
         };
         *r.times.entry("quantize".into()).or_default() += t.elapsed().as_secs_f64();
         if let Some((b, mb, narrow)) = c.budget {
-            let size = file_size(&q);
+            let size = onnx::encoded_size(&q);
             if size > b {
                 if let Some(tu) = tuned.as_deref_mut().filter(|tu| !tu.w_order.is_empty()) {
                     if tu.narrow_more(4) {

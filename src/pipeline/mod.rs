@@ -19,30 +19,31 @@
 //! that is what the user gave.
 
 pub mod calibrate;
+mod error;
 pub mod inputs;
 pub mod materialise;
 pub mod options;
 pub mod precision;
 pub mod prepare;
+mod progress;
 pub mod ranges;
 pub mod report;
 pub mod summary;
 #[cfg(test)]
 mod tests;
 
+pub use error::PipelineError;
 pub use options::QuantizeOptions;
+pub use progress::{Progress, Silent};
 
-use crate::calib::collect::{CollectError, Keep};
-use crate::calib::{CalibError, CalibrationFile, Method, TensorStats};
-use crate::data::{DataError, Dataset, Sample};
-use crate::exec::ExecError;
-use crate::ir::{GraphError, Model};
-use crate::onnx::OnnxError;
-use crate::passes::pin_inputs::PinError;
-use crate::passes::{PassError, Runner};
+use crate::calib::collect::Keep;
+use crate::calib::{CalibrationFile, Method, TensorStats};
+use crate::data::{Dataset, Sample};
+use crate::ir::Model;
+use crate::passes::Runner;
 use crate::quant::plan::{self, Plan};
 use crate::report::ReportInput;
-use crate::tune::{Overrides, Precision, TuneError};
+use crate::tune::{Overrides, Precision};
 use materialise::{Checks, End, Materialised, Round, Source};
 use prepare::{PrepareEnd, PrepareInput, Prepared};
 use ranges::adaptive::{self, Selection};
@@ -51,89 +52,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 use summary::Summary;
-
-/// What a run tells as it goes: phases of work with their progress, messages to show
-/// now, and the IR dumps asked for. Implemented by the command line's progress bars.
-pub trait Progress: Sync {
-    /// A phase of `len` units of work begins (0: not known yet).
-    fn begin(&self, what: &str, len: u64);
-    /// `done` of `total` units are done.
-    fn position(&self, done: u64, total: u64);
-    /// One more unit is done.
-    fn step(&self);
-    /// The phase ended.
-    fn end(&self);
-    /// A line to show now (what an image folder became).
-    fn message(&self, line: &str);
-    /// A warning to show now.
-    fn warn(&self, what: &str);
-    /// The IR text dump after pass step `step` (`--dump-after`, `--stop-after`).
-    fn dump(&self, step: &str, text: &str);
-}
-
-/// A [`Progress`] that shows nothing (dumps are dropped).
-pub struct Silent;
-
-impl Progress for Silent {
-    fn begin(&self, _: &str, _: u64) {}
-    fn position(&self, _: u64, _: u64) {}
-    fn step(&self) {}
-    fn end(&self) {}
-    fn message(&self, _: &str) {}
-    fn warn(&self, _: &str) {}
-    fn dump(&self, _: &str, _: &str) {}
-}
-
-/// Why a run failed. Each renders as one complete line naming the file, option, value or
-/// pass concerned; causes follow as sources where the line does not hold them.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// Options that contradict each other, the model or the data.
-    #[error("{0}")]
-    Options(String),
-    #[error(transparent)]
-    Onnx(#[from] OnnxError),
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Calib(#[from] CalibError),
-    #[error(transparent)]
-    Tune(#[from] TuneError),
-    #[error("--pin {name}: {error}")]
-    Pin { name: String, error: PinError },
-    /// A pass failed on the model.
-    #[error("{}: {error}", .model.display())]
-    Pass { model: PathBuf, error: PassError },
-    #[error("{}: prepared model is invalid: {error}", .model.display())]
-    InvalidPrepared { model: PathBuf, error: GraphError },
-    #[error("internal error: quantized model is invalid: {0}")]
-    InvalidQuantized(GraphError),
-    /// A step failed where it was not expected to (the message says which).
-    #[error("{0}")]
-    Internal(String),
-    /// The plan could not be fitted to the statistics (a bug, named).
-    #[error("internal error: {0}")]
-    Plan(String),
-    #[error("calibration")]
-    Calibration(#[source] CollectError),
-    #[error("no statistics for value '{0}' (ranges file for another model or options?)")]
-    NoStatistics(String),
-    #[error("{}: the ranges file was made for another model or other options (model sha256 {file}, this run {run})", .path.display())]
-    RangesFile {
-        path: PathBuf,
-        file: String,
-        run: String,
-    },
-    #[error("{}: {error}", .path.display())]
-    Overrides { path: PathBuf, error: TuneError },
-    /// The engine failed on a model: `what` names it.
-    #[error("{what}: {error}")]
-    Exec { what: String, error: ExecError },
-    #[error("adaptive range selection: {0}")]
-    Selection(TuneError),
-    #[error("report: per-layer comparison: {0}")]
-    Layers(crate::report::layers::PerTensorError),
-}
 
 /// How a run ended.
 pub enum Finish {
@@ -434,7 +352,7 @@ fn quantize_prepared(
                     error,
                 }
             })?;
-            summary::file_size(&q)
+            crate::onnx::encoded_size(&q)
         }
         None => 0,
     };

@@ -9,9 +9,10 @@
 //! materialisation, which may ask for more ([`Tuned::narrow_more`],
 //! [`Tuned::promote_more`]) when the written model misses the budget or the goal.
 
+use super::error::PipelineError;
 use super::prepare::Prepared;
+use super::progress::Progress;
 use super::ranges::{choose_ranges, Candidates};
-use super::{PipelineError, Progress};
 use crate::calib::{CalibrationFile, Method, MethodOptions};
 use crate::data::{Dataset, Sample};
 use crate::exec::{Session, SessionOptions};

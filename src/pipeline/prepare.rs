@@ -3,13 +3,13 @@
 //! quantization and plan it ([`crate::passes::Phase::Prepare`]), and fingerprint the
 //! result (calibration files name the model they were made for).
 
+use super::error::PipelineError;
 use super::options::{Common, DumpOptions};
-use super::{PipelineError, Progress};
+use super::progress::Progress;
 use crate::data::Sample;
 use crate::ir::Model;
 use crate::passes::{Flow, PassCx, Phase, Runner, Step, StepError};
 use crate::quant::plan::{Plan, QuantConfig};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The model after specialisation and preparation, with everything derived from it.
@@ -103,7 +103,7 @@ pub fn prepare(
         .exclude_nodes
         .extend(input.float_nodes.iter().cloned());
     let cfg = settings.config().map_err(PipelineError::Options)?;
-    let pins = pins(&m, c)?;
+    let pins = super::inputs::pins(&m, c)?;
     let shapes = match input.first_sample {
         Some(s) => super::inputs::sample_shapes(s, &c.shapes),
         None => c.shapes.clone(),
@@ -163,13 +163,4 @@ pub fn prepare(
         base_dir: crate::onnx::base_dir(&c.model),
         sha256,
     })))
-}
-
-/// The pins of `common` as tensors for `m`'s inputs.
-pub(crate) fn pins(
-    m: &Model,
-    common: &Common,
-) -> Result<BTreeMap<String, crate::ir::Tensor>, PipelineError> {
-    crate::passes::pin_inputs::pin_tensors(m, &common.pins)
-        .map_err(|(name, error)| PipelineError::Pin { name, error })
 }

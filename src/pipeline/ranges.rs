@@ -7,7 +7,7 @@
 
 pub mod adaptive;
 
-use super::PipelineError;
+use super::error::PipelineError;
 use crate::calib::{
     compute_candidates, compute_ranges, AutoChoice, CalibError, Method, MethodOptions, QuantTarget,
     Range, TensorStats,

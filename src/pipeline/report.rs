@@ -2,10 +2,11 @@
 //! statistics, every method's range and the chosen one, the plan, sizes, validation, the
 //! fusion check, per-layer SQNR) as a [`ReportInput`]; the caller renders and writes it.
 
+use super::error::PipelineError;
 use super::prepare::Prepared;
+use super::progress::Progress;
 use super::ranges::Candidates;
 use super::summary::{qtype_text, Summary};
-use super::{PipelineError, Progress};
 use crate::calib::{Method, MethodOptions, QuantTarget, TensorStats};
 use crate::quant::params::QType;
 use crate::quant::plan::{op_key, Decision, OpState, Plan};

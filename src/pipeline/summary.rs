@@ -3,10 +3,10 @@
 //! (`--json` prints it as is; the command line renders the text form).
 
 use super::materialise::Materialised;
+use super::options::QuantizeOptions;
 use super::precision::PrecisionSummary;
 use super::prepare::Prepared;
 use super::ranges::adaptive;
-use super::QuantizeOptions;
 use crate::ir::{DType, Model};
 use crate::passes::StepLog;
 use crate::quant::params::QType;
@@ -86,13 +86,6 @@ pub fn full_grid_weights(plan: &Plan, weight: &QType) -> String {
     } else {
         format!(", {n} depthwise Conv weights on [-127, 127]")
     }
-}
-
-/// Size of the model's encoding, in bytes.
-pub fn file_size(m: &Model) -> u64 {
-    crate::onnx::model_to_bytes(m)
-        .map(|b| b.len() as u64)
-        .unwrap_or(0)
 }
 
 /// Shares of weight parameters stored in 8 and in 4 bits: weight decisions over every
@@ -185,8 +178,8 @@ pub fn summarise(parts: Parts) -> Summary {
         fusion: parts.fusion,
         methods,
         selection: parts.selection,
-        size_before: file_size(&p.float),
-        size_after: file_size(&m.model),
+        size_before: crate::onnx::encoded_size(&p.float),
+        size_after: crate::onnx::encoded_size(&m.model),
         calibration_samples: parts.calibration_samples,
         eval_samples: parts.eval_samples,
         validation: m.validation.clone(),

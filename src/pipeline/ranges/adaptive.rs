@@ -14,8 +14,9 @@
 use super::{calibration_jobs, Candidates};
 use crate::calib::{Method, MethodOptions, Range, TensorStats};
 use crate::data::Sample;
+use crate::pipeline::error::PipelineError;
 use crate::pipeline::prepare::Prepared;
-use crate::pipeline::{PipelineError, Progress};
+use crate::pipeline::progress::Progress;
 use crate::quant::plan::Plan;
 use crate::tune::search::{Evaluator, Goal};
 use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
