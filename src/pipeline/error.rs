@@ -7,7 +7,7 @@ use crate::exec::ExecError;
 use crate::ir::GraphError;
 use crate::onnx::OnnxError;
 use crate::passes::pin_inputs::PinError;
-use crate::passes::PassError;
+use crate::passes::{PassError, StepError};
 use crate::tune::TuneError;
 use std::path::PathBuf;
 
@@ -35,9 +35,12 @@ pub enum PipelineError {
     InvalidPrepared { model: PathBuf, error: GraphError },
     #[error("internal error: quantized model is invalid: {0}")]
     InvalidQuantized(GraphError),
-    /// A step failed where it was not expected to (the message says which).
+    /// The IR was left invalid by a pass (a bug in that pass).
+    #[error(transparent)]
+    Step(StepError),
+    /// The plan could not be materialised where the model was not given (a simulation).
     #[error("{0}")]
-    Internal(String),
+    Materialise(PassError),
     /// The plan could not be fitted to the statistics (a bug, named).
     #[error("internal error: {0}")]
     Plan(String),

@@ -324,11 +324,12 @@ fn compared_samples(
 fn quantize_prepared(
     mut run: Run,
     mut p: Prepared,
-    data: inputs::Loaded,
+    mut data: inputs::Loaded,
 ) -> Result<Finish, PipelineError> {
     let o = run.o;
     let t = Instant::now();
-    let mut cal = calibrate_step(&mut run, &p, data.calib.as_ref(), data.ranges_file.clone())?;
+    let ranges_file = data.ranges_file.take();
+    let mut cal = calibrate_step(&mut run, &p, data.calib.as_ref(), ranges_file)?;
     // Subgraphs no sample reached, and values calibration did not observe, have no
     // statistics: the ops needing them stay float.
     let built = std::mem::take(&mut p.plan);

@@ -76,7 +76,7 @@ pub(crate) fn step_error(model: &std::path::Path, e: StepError) -> PipelineError
             model: model.to_path_buf(),
             error,
         },
-        e @ StepError::Invalid { .. } => PipelineError::Internal(e.to_string()),
+        e @ StepError::Invalid { .. } => PipelineError::Step(e),
     }
 }
 

@@ -210,8 +210,7 @@ pub fn range_params(
     let mut with = plan.clone();
     apply_set(&mut with, set);
     let mut q = p.model.clone();
-    crate::passes::insert_qdq::materialize(&mut q, &with)
-        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    crate::passes::insert_qdq::materialize(&mut q, &with).map_err(PipelineError::Materialise)?;
     let mut biases = BTreeMap::new();
     for b in sim.bias_inputs() {
         let t = dequantized_bias(&q, b).map_err(PipelineError::Selection)?;
