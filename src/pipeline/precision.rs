@@ -1,7 +1,7 @@
 //! Mixed precision: which activations get 16 bits or stay float, and which weights go to
 //! 4 bits, as edits of the plan (`--target-sqnr`/`--max-drop`, `--size-budget`).
 //!
-//! [`tune`] builds the search from the plan with its 8-bit and 16-bit ranges: a simulation
+//! [`tune()`] builds the search from the plan with its 8-bit and 16-bit ranges: a simulation
 //! model whose Q/DQ pairs are switches ([`crate::tune::sim`]). When the all-8-bit model
 //! does not fit the size budget, the weights that hurt least on 4 bits go first; with a
 //! goal, the units are ranked by sensitivity and the cheapest promotions that meet it are

@@ -140,3 +140,92 @@ pub fn choose_ranges(
     }
     Ok(chosen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calib::compute_range;
+    use crate::ir::DType;
+    use crate::quant::params::QType;
+    use crate::quant::plan::Decision;
+
+    /// A plan calibrating `a` (u8) and, through a folded op's range, `r` for `b` (u16).
+    fn plan_and_stats() -> (Plan, BTreeMap<String, TensorStats>) {
+        let mut plan = Plan::default();
+        let act = |dtype, range_from: Option<&str>| Decision::Activation {
+            qtype: QType::new(dtype, false, false).unwrap(),
+            share_with: None,
+            range_from: range_from.map(String::from),
+        };
+        plan.values.insert("a".into(), act(DType::U8, None));
+        plan.values.insert("b".into(), act(DType::U16, Some("r")));
+        let mut stats = BTreeMap::new();
+        for (name, scale) in [("a", 1.0f32), ("r", 40.0)] {
+            let mut s = TensorStats::new();
+            let vals: Vec<f32> = (0..4000)
+                .map(|i| ((i * 7919 % 4001) as f32 / 4000.0 - 0.2).powi(3) * scale)
+                .collect();
+            s.observe(&vals);
+            stats.insert(name.to_string(), s);
+        }
+        (plan, stats)
+    }
+
+    #[test]
+    fn candidates_are_computed_once_per_value_and_grid_and_match_each_method() {
+        let (plan, stats) = plan_and_stats();
+        let opts = MethodOptions::default();
+        let (jobs, missing) = calibration_jobs(&plan, &stats);
+        assert!(missing.is_none());
+        // The grid of `r` is that of the decision reading its range: u16.
+        let r16 = QuantTarget::of(&QType::new(DType::U16, false, false).unwrap());
+        assert_eq!(jobs[1].0, "r");
+        assert_eq!(jobs[1].2, r16);
+        let mut cands = Candidates::default();
+        assert!(cands.get("r", &r16).is_none());
+        for method in [
+            Method::MinMax,
+            Method::Percentile,
+            Method::Entropy,
+            Method::Mse,
+            Method::Auto,
+        ] {
+            // Before and after the candidates are known: the method's own range.
+            let got: Vec<Range> = cands
+                .ranges(&jobs, method, &opts)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            for ((v, s, t), r) in jobs.iter().zip(&got) {
+                assert_eq!(
+                    *r,
+                    compute_range(v, s, method, t, &opts).unwrap(),
+                    "{v} {method}"
+                );
+            }
+            if method == Method::MinMax {
+                cands.fill(&jobs, &opts);
+            }
+        }
+        let first = cands.get("r", &r16).unwrap().clone();
+        assert_eq!(cands.fill(&jobs, &opts)[1].as_ref().unwrap(), &first);
+        assert_eq!(cands.by_value["r"].len(), 1, "computed again");
+    }
+
+    #[test]
+    fn a_value_without_statistics_is_reported_after_earlier_range_errors() {
+        let (plan, mut stats) = plan_and_stats();
+        stats.remove("r");
+        let mut p = plan.clone();
+        let e = choose_ranges(
+            &mut p,
+            &stats,
+            Method::MinMax,
+            &MethodOptions::default(),
+            &mut Candidates::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no statistics for value 'r'"), "{e}");
+        assert!(p.ranges.contains_key("a"));
+    }
+}

@@ -220,7 +220,7 @@ pub fn add_fusion(input: &mut ReportInput, lint: Option<&crate::lint::FusionRepo
 }
 
 /// Most evaluation samples the per-layer comparison of the report runs on.
-const LAYER_SAMPLES: usize = 8;
+pub const LAYER_SAMPLES: usize = 8;
 
 /// Fills the per-layer SQNR section: every value the float and the quantized model share,
 /// compared on (at most [`LAYER_SAMPLES`]) evaluation samples.
