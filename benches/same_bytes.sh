@@ -95,9 +95,12 @@ case_ vad "$F/silero_vad/model.onnx" --calib "$F/silero_vad/calib.npz" \
     --eval "$F/silero_vad/eval.npz" --labels label --pin sr=16000
 case_ vad_ifless "$F/silero_vad_ifless/model.onnx" --calib "$F/silero_vad/calib.npz" \
     --eval "$F/silero_vad/eval.npz" --pin sr=16000
+case_ minilm "$F/minilm_l3/model.onnx" --calib "$F/minilm_l3/calib.npz" \
+    --eval "$F/minilm_l3/eval.npz" --report "$OUT/minilm.html"
 
 # The tiny fixtures the tests quantize.
-for t in tiny_cnn tiny_mlp tiny_bn tiny_outlier tiny_if tiny_nested_if tiny_scan tiny_broken_layer; do
+for t in tiny_cnn tiny_mlp tiny_bn tiny_outlier tiny_if tiny_nested_if tiny_scan tiny_broken_layer \
+    tiny_crnn; do
     case_ "$t" "$F/tiny/$t.onnx" --calib "$F/tiny/$t.npz" --eval "$F/tiny/$t.eval.npz" \
         --labels label --report "$OUT/$t.html"
     case_ "${t}_auto" "$F/tiny/$t.onnx" --calib "$F/tiny/$t.npz" --method auto --no-validate
