@@ -174,6 +174,7 @@ pub mod calib;
 pub mod cli;
 pub mod data;
 pub mod exec;
+pub mod fsx;
 pub mod ir;
 pub mod lint;
 pub mod onnx;

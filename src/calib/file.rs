@@ -13,7 +13,6 @@ use super::stats::{ChannelStats, TensorStats};
 use super::CalibError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 /// The calibration file format version this build reads and writes.
@@ -124,18 +123,7 @@ impl CalibrationFile {
             path: path.to_path_buf(),
             source,
         };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".qrange-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(io)?;
-        tmp.write_all(&self.to_json()).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
+        crate::fsx::write(path, &self.to_json()).map_err(io)?;
         Ok(())
     }
 }

@@ -26,7 +26,14 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let c = &a.common;
-    super::check_not_input(&c.model, &a.output)?;
+    let mut paths = crate::fsx::Paths::new();
+    super::read_model(&mut paths, "the model", &c.model);
+    if let Some(d) = &c.calib {
+        super::read_data(&mut paths, "the --calib data", d);
+    }
+    super::read_preprocess(&mut paths, c.preprocess.as_deref());
+    paths.write("-o", &a.output);
+    paths.check()?;
     check_preprocess_used(
         c.preprocess.as_deref(),
         &[("--calib", c.calib.as_deref().map(std::path::Path::new))],
@@ -67,9 +74,12 @@ pub struct MergeArgs {
 }
 
 pub fn merge(a: MergeArgs) -> anyhow::Result<Outcome> {
+    let mut paths = crate::fsx::Paths::new();
     for i in &a.inputs {
-        super::check_not_input(i, &a.output)?;
+        paths.read("a merged statistics file", i);
     }
+    paths.write("-o", &a.output);
+    paths.check()?;
     let mut acc = CalibrationFile::read(&a.inputs[0])?;
     for p in &a.inputs[1..] {
         let f = CalibrationFile::read(p)?;

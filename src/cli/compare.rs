@@ -205,8 +205,12 @@ fn compare_values(
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
     if let Some(r) = &a.report {
-        super::check_not_input(&a.reference, r)?;
-        super::check_not_input(&a.test, r)?;
+        let mut paths = crate::fsx::Paths::new();
+        super::read_model(&mut paths, "the reference model", &a.reference);
+        super::read_model(&mut paths, "the test model", &a.test);
+        paths.read("the --data", &a.data);
+        paths.write("--report", r);
+        paths.check()?;
     }
     let mut ma = onnx::read_model(&a.reference)?;
     let mut mb = onnx::read_model(&a.test)?;
@@ -367,7 +371,7 @@ fn write_html(
         ..ReportInput::default()
     };
     let html = crate::report::render(&input);
-    crate::onnx::encode::atomic_write(path, html.as_bytes())
+    crate::fsx::write(path, html.as_bytes())
         .map_err(|e| anyhow!("report '{}': {e}", path.display()))
 }
 

@@ -35,7 +35,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    super::check_not_input(&a.input, &a.output)?;
+    let mut paths = crate::fsx::Paths::new();
+    super::read_model(&mut paths, "the input model", &a.input);
+    super::write_model(&mut paths, "the output", &a.output);
+    paths.check()?;
     let t0 = Instant::now();
     let bytes =
         std::fs::read(&a.input).map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;

@@ -199,21 +199,40 @@ pub fn print_error(e: &anyhow::Error) {
     }
 }
 
-/// Refuses to write `out` over `input` (same path or same file).
-pub(crate) fn check_not_input(
-    input: &std::path::Path,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
-    let same = input == out
-        || match (input.canonicalize(), out.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-    if same {
-        anyhow::bail!(
-            "output path '{}' is the input model: refusing to overwrite the input",
-            out.display()
+/// Adds a model file and every external data file it names to the files a command reads.
+pub(crate) fn read_model(paths: &mut crate::fsx::Paths, what: &str, model: &std::path::Path) {
+    paths.read(what, model);
+    // A model that cannot be decoded is refused by the command itself, naming the file.
+    for f in crate::onnx::external::referenced_files(model).unwrap_or_default() {
+        paths.read(format!("external data of {what}"), &f);
+    }
+}
+
+/// Adds a model output and the external data file written beside it (`<file name>.data`,
+/// after following symbolic links) to the files a command writes.
+pub(crate) fn write_model(paths: &mut crate::fsx::Paths, what: &str, out: &std::path::Path) {
+    paths.write(what, out);
+    let target = crate::fsx::resolve(out).unwrap_or_else(|_| out.to_path_buf());
+    if let Some(name) = target.file_name() {
+        let mut side = name.to_os_string();
+        side.push(".data");
+        paths.write(
+            format!("the external data of {what}"),
+            &target.with_file_name(side),
         );
     }
-    Ok(())
+}
+
+/// Adds a data argument (`random:N` reads no file).
+pub(crate) fn read_data(paths: &mut crate::fsx::Paths, what: &str, spec: &str) {
+    if !spec.starts_with("random:") {
+        paths.read(what, std::path::Path::new(spec));
+    }
+}
+
+/// Adds `--preprocess @FILE`.
+pub(crate) fn read_preprocess(paths: &mut crate::fsx::Paths, spec: Option<&str>) {
+    if let Some(file) = spec.and_then(|s| s.strip_prefix('@')) {
+        paths.read("the --preprocess file", std::path::Path::new(file));
+    }
 }

@@ -143,16 +143,17 @@ pub struct Args {
     /// "tensors": {"x": "float"}}; precisions a8, a16, float).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["target_sqnr", "max_drop"])]
     pub overrides: Option<PathBuf>,
-    /// Where a mixed-precision run writes its overrides (default: next to the output,
-    /// `<output>.overrides.json`).
+    /// Where a mixed-precision run writes its overrides (default: beside the output,
+    /// `<output stem>.overrides.json`: `-o out.onnx` writes `out.overrides.json`).
     #[arg(long, value_name = "FILE")]
     pub save_overrides: Option<PathBuf>,
     /// Samples the sensitivity analysis and search run on (evenly spaced over the
     /// evaluation data, else the calibration data).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sensitivity_samples: usize,
-    /// Sensitivity cache (default: `<output>.sensitivity.json`); a rerun with the same
-    /// model, ranges and samples reuses it.
+    /// Sensitivity cache (default: beside the output, `<output stem>.sensitivity.json`:
+    /// `-o out.onnx` uses `out.sensitivity.json`); a rerun with the same model, ranges and
+    /// samples reuses it. Written with the model, never by a run that writes no model.
     #[arg(long, value_name = "FILE")]
     pub sensitivity_cache: Option<PathBuf>,
     /// Also write a self-contained HTML report: each calibrated tensor's histogram with
@@ -209,21 +210,51 @@ pub(crate) fn common(c: &CommonArgs, ranges: Option<&Path>) -> anyhow::Result<Co
     })
 }
 
-/// Refuses output paths that would overwrite the input or cannot be written.
-fn check_outputs(a: &Args) -> anyhow::Result<()> {
+/// Refuses, before any work, outputs that cannot be written or would replace a file the
+/// run reads or another of its outputs: the model and its external data, the sidecars
+/// (overrides, sensitivity cache), the report.
+fn check_outputs(a: &Args, goal: Option<Goal>) -> anyhow::Result<()> {
     let c = &a.common;
-    super::check_not_input(&c.model, &a.output)?;
+    let mixed = goal.is_some() || a.size_budget.is_some();
+    if let (Some(path), false) = (&a.save_overrides, mixed) {
+        bail!(
+            "--save-overrides {}: needs --target-sqnr, --max-drop or --size-budget (nothing else writes overrides)",
+            path.display()
+        );
+    }
+    let mut paths = crate::fsx::Paths::new();
+    super::read_model(&mut paths, "the model", &c.model);
+    if let Some(d) = &c.calib {
+        super::read_data(&mut paths, "the --calib data", d);
+    }
+    for (what, file) in [
+        ("the --eval data", &a.eval),
+        ("the --ranges file", &a.ranges),
+        ("the --overrides file", &a.overrides),
+    ] {
+        if let Some(f) = file {
+            paths.read(what, f);
+        }
+    }
+    super::read_preprocess(&mut paths, c.preprocess.as_deref());
+    super::write_model(&mut paths, "-o", &a.output);
     if let Some(r) = &a.report {
-        super::check_not_input(&c.model, r)?;
-        if r == &a.output {
-            bail!("--report and --output name the same file '{}'", r.display());
+        paths.write("--report", r);
+    }
+    if mixed {
+        let o = QuantizeOptions::new(&c.model, CalibSource::Random(1), &a.output);
+        match &a.save_overrides {
+            Some(p) => paths.write("--save-overrides", p),
+            None => paths.write("the overrides file", &o.overrides_sidecar()),
+        }
+        if goal.is_some() {
+            match &a.sensitivity_cache {
+                Some(p) => paths.write("--sensitivity-cache", p),
+                None => paths.write("the sensitivity cache", &o.sensitivity_cache()),
+            }
         }
     }
-    if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            bail!("{}: the output folder does not exist", a.output.display());
-        }
-    }
+    paths.check()?;
     Ok(())
 }
 
@@ -293,33 +324,43 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     })
 }
 
-/// Writes the model, the overrides file and the report (each to a temporary file, then
-/// renamed); the summary's `write` time covers the model and the overrides.
+/// Writes the model, the overrides file, the sensitivity cache and the report: each to a
+/// temporary file first, all renamed together once every one is complete. The summary's
+/// `write` time covers them all.
 fn write(a: &Args, q: &mut Quantized) -> anyhow::Result<()> {
     let t = Instant::now();
-    onnx::write_model(&q.model, &a.output, &ExternalPolicy::Keep)?;
+    let (mut staged, _) = onnx::encode::stage_model(&q.model, &a.output, &ExternalPolicy::Keep)?;
+    let mut sidecars: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     match (&q.overrides, &a.save_overrides) {
-        (Some((path, o)), _) => o.write(path)?,
-        (None, Some(path)) => bail!(
-            "--save-overrides {}: needs --target-sqnr or --max-drop",
-            path.display()
-        ),
+        (Some((path, o)), _) => sidecars.push((path.clone(), o.to_bytes()?)),
+        // A size budget the 8-bit model meets: nothing promoted, nothing on 4 bits.
+        (None, Some(path)) => {
+            sidecars.push((path.clone(), crate::tune::Overrides::new().to_bytes()?))
+        }
         (None, None) => {}
     }
+    if let Some((path, f)) = &q.sensitivity {
+        sidecars.push((path.clone(), f.to_bytes()?));
+    }
+    if let (Some(path), Some(input)) = (&a.report, &q.report) {
+        sidecars.push((path.clone(), crate::report::render(input).into_bytes()));
+    }
+    for (path, bytes) in &sidecars {
+        let mut s = crate::fsx::stage(path)?;
+        std::io::Write::write_all(s.file(), bytes)
+            .map_err(|e| anyhow!("cannot write '{}': {e}", path.display()))?;
+        staged.push(s);
+    }
+    crate::fsx::commit(staged).map_err(|e| anyhow!("cannot write the outputs: {e}"))?;
     q.summary
         .seconds
         .insert("write".into(), t.elapsed().as_secs_f64());
-    if let (Some(path), Some(input)) = (&a.report, &q.report) {
-        let html = crate::report::render(input);
-        onnx::encode::atomic_write(path, html.as_bytes())
-            .map_err(|e| anyhow!("report '{}': {e}", path.display()))?;
-    }
     Ok(())
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    check_outputs(&a)?;
     let goal = check_flags(&a)?;
+    check_outputs(&a, goal)?;
     let c = &a.common;
     check_preprocess_used(
         c.preprocess.as_deref(),

@@ -53,8 +53,12 @@ pub(crate) fn pins(m: &Model, flags: &[String]) -> anyhow::Result<BTreeMap<Strin
 }
 
 pub fn run(a: Args) -> anyhow::Result<Outcome> {
-    super::check_not_input(&a.model, &a.output)?;
-    super::check_not_input(&a.data, &a.output)?;
+    let mut paths = crate::fsx::Paths::new();
+    super::read_model(&mut paths, "the model", &a.model);
+    paths.read("the --data", &a.data);
+    super::read_preprocess(&mut paths, a.preprocess.as_deref());
+    paths.write("-o", &a.output);
+    paths.check()?;
     let t0 = Instant::now();
     let mut m = crate::onnx::read_model(&a.model)?;
     let pins = pins(&m, &a.pin)?;

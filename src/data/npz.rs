@@ -99,20 +99,12 @@ pub(super) fn read(path: &Path, stream: &dyn Fn(&str) -> bool) -> Result<Vec<Mem
 /// Writes `arrays` as an uncompressed `.npz` (like `numpy.savez`), atomically: the archive is
 /// built in a temporary file beside `path` and renamed over it.
 pub fn write_npz(path: &Path, arrays: &BTreeMap<String, Tensor>) -> Result<(), DataError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".npz-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| DataError::io(dir, e))?;
+    let mut staged = crate::fsx::stage(path).map_err(|e| DataError::io(path, e))?;
     let zip_err = |e: zip::result::ZipError| DataError::Format {
         path: path.to_path_buf(),
         msg: format!("cannot write zip archive: {e}"),
     };
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(tmp));
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(staged.file()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .last_modified_time(zip::DateTime::default());
@@ -128,13 +120,9 @@ pub fn write_npz(path: &Path, arrays: &BTreeMap<String, Tensor>) -> Result<(), D
         zip.write_all(&bytes).map_err(|e| DataError::io(path, e))?;
     }
     let writer = zip.finish().map_err(zip_err)?;
-    let tmp = writer
+    writer
         .into_inner()
         .map_err(|e| DataError::io(path, e.into_error()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| DataError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, e.error))?;
+    crate::fsx::commit(vec![staged]).map_err(|e| DataError::io(path, e))?;
     Ok(())
 }

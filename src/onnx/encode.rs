@@ -89,21 +89,32 @@ pub fn write_model(
     path: &Path,
     policy: &ExternalPolicy,
 ) -> Result<WriteReport, OnnxError> {
+    let (staged, report) = stage_model(m, path, policy)?;
+    crate::fsx::commit(staged).map_err(|e| OnnxError::Io {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
+    Ok(report)
+}
+
+/// Writes `m` (and its external data) to temporary files beside `path` (symbolic links
+/// followed), for [`crate::fsx::commit`] to rename with the command's other outputs.
+pub fn stage_model(
+    m: &Model,
+    path: &Path,
+    policy: &ExternalPolicy,
+) -> Result<(Vec<crate::fsx::Staged>, WriteReport), OnnxError> {
+    use std::io::Write;
     let io = |what: String| OnnxError::Io {
         path: path.to_path_buf(),
         what,
     };
-    let dir = match path.parent() {
+    let target = crate::fsx::check_output(path).map_err(io)?;
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !dir.is_dir() {
-        return Err(io(format!(
-            "output directory '{}' does not exist",
-            dir.display()
-        )));
-    }
-    let fname = path
+    let fname = target
         .file_name()
         .ok_or_else(|| io("output path has no file name".into()))?
         .to_string_lossy()
@@ -122,36 +133,31 @@ pub fn write_model(
     }
     let bytes = p.encode_to_vec();
     let side_path = dir.join(&side_name);
-    // Side file first, so a model file never points at missing data.
+    let mut staged = Vec::new();
+    let mut put = |at: &Path, b: &[u8]| -> Result<(), OnnxError> {
+        let mut s = crate::fsx::stage(at).map_err(|e| io(e.to_string()))?;
+        s.file()
+            .write_all(b)
+            .map_err(|e| io(format!("cannot write '{}': {e}", at.display())))?;
+        staged.push(s);
+        Ok(())
+    };
+    // Side file first: renamed first, so a model file never points at missing data.
     let external = if side.is_empty() {
         None
     } else {
-        atomic_write(&side_path, &side).map_err(|e| io(e.to_string()))?;
+        put(&side_path, &side)?;
         Some((side_path, side.len() as u64))
     };
-    atomic_write(path, &bytes).map_err(|e| io(e.to_string()))?;
-    Ok(WriteReport {
-        model_bytes: bytes.len() as u64,
-        external,
-        forced_external: forced,
-    })
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".qrange-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    put(&target, &bytes)?;
+    Ok((
+        staged,
+        WriteReport {
+            model_bytes: bytes.len() as u64,
+            external,
+            forced_external: forced,
+        },
+    ))
 }
 
 fn carry_err(e: prost::DecodeError) -> OnnxError {

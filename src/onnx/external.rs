@@ -78,3 +78,61 @@ pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
         .map_err(|e| err(format!("cannot read '{}': {e}", file.display())))?;
     Ok(buf)
 }
+
+/// The external data files the model file at `path` names (resolved against its folder,
+/// sorted, each once): what a command reading the model reads besides it.
+pub fn referenced_files(path: &Path) -> Result<Vec<PathBuf>, OnnxError> {
+    use super::proto;
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(|e| OnnxError::Io {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
+    let m = proto::ModelProto::decode(bytes.as_slice()).map_err(|e| OnnxError::Decode {
+        path: path.to_path_buf(),
+        what: format!("not a valid ONNX protobuf ({e})"),
+    })?;
+    let mut found = std::collections::BTreeSet::new();
+    fn tensor(t: &proto::TensorProto, found: &mut std::collections::BTreeSet<String>) {
+        if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
+            for kv in &t.external_data {
+                if kv.key.as_deref() == Some("location") {
+                    found.insert(kv.value.clone().unwrap_or_default());
+                }
+            }
+        }
+    }
+    fn sparse(t: &proto::SparseTensorProto, found: &mut std::collections::BTreeSet<String>) {
+        t.values
+            .iter()
+            .chain(&t.indices)
+            .for_each(|t| tensor(t, found));
+    }
+    fn nodes(ns: &[proto::NodeProto], found: &mut std::collections::BTreeSet<String>) {
+        for a in ns.iter().flat_map(|n| &n.attribute) {
+            a.t.iter().chain(&a.tensors).for_each(|t| tensor(t, found));
+            a.sparse_tensor
+                .iter()
+                .chain(&a.sparse_tensors)
+                .for_each(|t| sparse(t, found));
+            a.g.iter().chain(&a.graphs).for_each(|g| graph(g, found));
+        }
+    }
+    fn graph(g: &proto::GraphProto, found: &mut std::collections::BTreeSet<String>) {
+        g.initializer.iter().for_each(|t| tensor(t, found));
+        g.sparse_initializer.iter().for_each(|t| sparse(t, found));
+        nodes(&g.node, found);
+    }
+    if let Some(g) = &m.graph {
+        graph(g, &mut found);
+    }
+    for f in &m.functions {
+        nodes(&f.node, &mut found);
+    }
+    let base = base_dir(path);
+    Ok(found
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| base.join(l))
+        .collect())
+}

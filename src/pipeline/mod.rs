@@ -43,6 +43,7 @@ use crate::ir::Model;
 use crate::passes::Runner;
 use crate::quant::plan::{self, Plan};
 use crate::report::ReportInput;
+use crate::tune::search::SensitivityFile;
 use crate::tune::{Overrides, Precision};
 use materialise::{Checks, End, Materialised, Round, Source};
 use prepare::{PrepareEnd, PrepareInput, Prepared};
@@ -76,6 +77,8 @@ pub struct Quantized {
     pub warnings: Vec<String>,
     /// A mixed-precision run's overrides file and where it goes.
     pub overrides: Option<(PathBuf, Overrides)>,
+    /// A sensitivity analysis measured by this run, and the cache file it goes to.
+    pub sensitivity: Option<(PathBuf, SensitivityFile)>,
     /// The visual report's data (with `report`).
     pub report: Option<ReportInput>,
 }
@@ -436,11 +439,7 @@ fn precision_step(
         data: search_data,
         labels,
         samples: o.precision.sensitivity_samples,
-        cache: o
-            .precision
-            .sensitivity_cache
-            .clone()
-            .unwrap_or_else(|| precision::sidecar(&o.output, "sensitivity.json")),
+        cache: o.sensitivity_cache(),
     };
     precision::tune(&basis, &request, &mut run.candidates, run.progress)
 }
@@ -465,7 +464,7 @@ fn finish(
             .precision
             .save_overrides
             .clone()
-            .unwrap_or_else(|| precision::sidecar(&o.output, "overrides.json"));
+            .unwrap_or_else(|| o.overrides_sidecar());
         (path, tu.overrides())
     });
     let precision = tuned.zip(overrides.as_ref()).map(|(tu, (path, _))| {
@@ -521,11 +520,15 @@ fn finish(
     } else {
         None
     };
+    let sensitivity = tuned
+        .and_then(|tu| tu.new_sensitivity())
+        .map(|f| (o.sensitivity_cache(), f.clone()));
     Ok(Finish::Quantized(Box::new(Quantized {
         model: m.model,
         summary: s,
         warnings: run.warnings,
         overrides,
+        sensitivity,
         report,
     })))
 }

@@ -12,7 +12,7 @@ use crate::quant::plan::QuantConfig;
 use crate::quant::rules::Target;
 use crate::tune::search::Goal;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How weight ranges are chosen (`--weight-method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -173,11 +173,12 @@ pub struct PrecisionOptions {
     pub size_budget_mb: Option<f64>,
     /// Precision per node or tensor from a file.
     pub overrides: Option<PathBuf>,
-    /// Where a mixed-precision run's overrides go (default `<output>.overrides.json`).
+    /// Where a mixed-precision run's overrides go (default `<output stem>.overrides.json`
+    /// beside the output).
     pub save_overrides: Option<PathBuf>,
     /// Samples the sensitivity analysis and search run on.
     pub sensitivity_samples: usize,
-    /// Sensitivity cache (default `<output>.sensitivity.json`).
+    /// Sensitivity cache (default `<output stem>.sensitivity.json` beside the output).
     pub sensitivity_cache: Option<PathBuf>,
 }
 
@@ -252,4 +253,28 @@ impl QuantizeOptions {
             dump: DumpOptions::default(),
         }
     }
+
+    /// Where the sensitivity analysis is cached: `--sensitivity-cache`, else
+    /// `<output stem>.sensitivity.json` beside the output.
+    pub fn sensitivity_cache(&self) -> PathBuf {
+        self.precision
+            .sensitivity_cache
+            .clone()
+            .unwrap_or_else(|| sidecar(&self.output, "sensitivity.json"))
+    }
+
+    /// Where a mixed-precision run's overrides go by default: `<output stem>.overrides.json`
+    /// beside the output.
+    pub fn overrides_sidecar(&self) -> PathBuf {
+        sidecar(&self.output, "overrides.json")
+    }
+}
+
+/// `<output stem>.<suffix>` next to the output model (`out.onnx` → `out.<suffix>`).
+pub fn sidecar(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    output.with_file_name(format!("{stem}.{suffix}"))
 }

@@ -27,15 +27,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// `<output stem>.<suffix>` next to the output model.
-pub fn sidecar(output: &Path, suffix: &str) -> PathBuf {
-    let stem = output
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "model".into());
-    output.with_file_name(format!("{stem}.{suffix}"))
-}
-
 /// The option that set a goal, as the user wrote it.
 pub fn goal_text(g: &Goal) -> String {
     match g {
@@ -63,6 +54,12 @@ pub struct Tuned {
 }
 
 impl Tuned {
+    /// A sensitivity analysis the run measured (not read from the cache): what the cache
+    /// file gets.
+    pub fn new_sensitivity(&self) -> Option<&SensitivityFile> {
+        (!self.cached && !self.sens.units.is_empty()).then_some(&self.sens)
+    }
+
     /// Precision of every unit not left 8-bit, by root.
     pub fn precisions(&self) -> BTreeMap<String, Precision> {
         self.units

@@ -139,15 +139,18 @@ impl Overrides {
         Ok(o)
     }
 
-    /// Writes the file atomically.
-    pub fn write(&self, path: &Path) -> Result<(), TuneError> {
+    /// The file's bytes (pretty JSON).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TuneError> {
         let text =
             serde_json::to_string_pretty(self).map_err(|e| TuneError::Other(e.to_string()))?;
-        crate::onnx::encode::atomic_write(path, format!("{text}\n").as_bytes()).map_err(|e| {
-            TuneError::File {
-                path: path.to_path_buf(),
-                what: e.to_string(),
-            }
+        Ok(format!("{text}\n").into_bytes())
+    }
+
+    /// Writes the file atomically.
+    pub fn write(&self, path: &Path) -> Result<(), TuneError> {
+        crate::fsx::write(path, &self.to_bytes()?).map_err(|e| TuneError::File {
+            path: path.to_path_buf(),
+            what: e.to_string(),
         })
     }
 

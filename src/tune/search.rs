@@ -285,6 +285,15 @@ pub struct SensitivityFile {
 
 const CACHE_FORMAT: &str = "qrange-sensitivity/1";
 
+impl SensitivityFile {
+    /// Writes the cache file (pretty JSON).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TuneError> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| TuneError::Other(e.to_string()))?;
+        Ok(format!("{text}\n").into_bytes())
+    }
+}
+
 /// Key of a cache entry: the simulation model, its parameters and the samples.
 pub fn cache_key(ev: &Evaluator) -> Result<String, TuneError> {
     use sha2::Digest;
@@ -322,7 +331,8 @@ fn worst_sqnr(m: &BTreeMap<String, Metrics>) -> f64 {
 }
 
 /// Measures every unit's sensitivity, or reads it from `cache` when the key matches.
-/// Returns the analysis and whether it came from the cache.
+/// Returns the analysis and whether it came from the cache; a new analysis is written by
+/// [`SensitivityFile::to_bytes`], with the command's other outputs.
 pub fn sensitivity(
     ev: &Evaluator,
     units: &[Unit],
@@ -372,16 +382,6 @@ pub fn sensitivity(
             })
             .collect(),
     };
-    if let Some(path) = cache {
-        let text =
-            serde_json::to_string_pretty(&file).map_err(|e| TuneError::Other(e.to_string()))?;
-        crate::onnx::encode::atomic_write(path, format!("{text}\n").as_bytes()).map_err(|e| {
-            TuneError::File {
-                path: path.to_path_buf(),
-                what: e.to_string(),
-            }
-        })?;
-    }
     Ok((file, false))
 }
 
