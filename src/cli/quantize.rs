@@ -124,6 +124,10 @@ pub struct Args {
     /// Key of the ground-truth labels in the evaluation data (task accuracy).
     #[arg(long, value_name = "KEY")]
     pub labels: Option<String>,
+    /// Leave the inputs fixed by --pin out of the written model. By default they stay
+    /// declared (and unused), so the quantized model takes the float model's inputs.
+    #[arg(long)]
+    pub drop_pinned_inputs: bool,
     /// Skip validation.
     #[arg(long)]
     pub no_validate: bool,
@@ -316,6 +320,7 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
             sensitivity_samples: a.sensitivity_samples,
             sensitivity_cache: a.sensitivity_cache.clone(),
         },
+        drop_pinned_inputs: a.drop_pinned_inputs,
         report: a.report.is_some(),
         dump: DumpOptions {
             after: a.dump_after.clone(),

@@ -21,6 +21,7 @@
 pub mod calibrate;
 mod error;
 pub mod inputs;
+pub mod interface;
 pub mod materialise;
 pub mod options;
 pub mod precision;
@@ -90,6 +91,8 @@ struct Run<'a> {
     times: BTreeMap<String, f64>,
     warnings: Vec<String>,
     runner: Runner,
+    /// The float model's declared inputs (the written model keeps them).
+    declared: Vec<crate::ir::Value>,
     /// Every method's range of the calibration statistics, per value and grid.
     candidates: Candidates,
 }
@@ -130,10 +133,12 @@ pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, 
         times: BTreeMap::new(),
         warnings: Vec::new(),
         runner: Runner::new(),
+        declared: Vec::new(),
         candidates: Candidates::default(),
     };
     let t = Instant::now();
     let (model, mut data) = inputs::load(o, progress)?;
+    run.declared = interface::declared_inputs(&model);
     run.warnings.append(&mut data.warnings);
     run.time("load", t);
 
@@ -480,7 +485,7 @@ fn finish(
         .ok()
         .filter(|r| r.fusion_model);
     let eval_samples = data.eval.as_ref().map_or(0, |e| e.len());
-    let s = summary::summarise(summary::Parts {
+    let mut s = summary::summarise(summary::Parts {
         o,
         p,
         m: &m,
@@ -520,11 +525,17 @@ fn finish(
     } else {
         None
     };
+    let mut model = m.model;
+    if !o.drop_pinned_inputs {
+        let pinned = o.common.pins.iter().map(|(n, _)| n.clone()).collect();
+        let notes = interface::keep_pinned_inputs(&mut model, &run.declared, &pinned)?;
+        s.notes.extend(notes);
+    }
     let sensitivity = tuned
         .and_then(|tu| tu.new_sensitivity())
         .map(|f| (o.sensitivity_cache(), f.clone()));
     Ok(Finish::Quantized(Box::new(Quantized {
-        model: m.model,
+        model,
         summary: s,
         warnings: run.warnings,
         overrides,

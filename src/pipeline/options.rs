@@ -225,6 +225,8 @@ pub struct QuantizeOptions {
     /// Validate the quantized model against the float one (`--no-validate` turns it off).
     pub validate: bool,
     pub precision: PrecisionOptions,
+    /// Leave pinned inputs out of the written model (by default they stay declared, unused).
+    pub drop_pinned_inputs: bool,
     /// Build the visual report's data (`--report FILE`; the caller writes the page).
     pub report: bool,
     pub dump: DumpOptions,
@@ -249,6 +251,7 @@ impl QuantizeOptions {
             labels: None,
             validate: true,
             precision: PrecisionOptions::default(),
+            drop_pinned_inputs: false,
             report: false,
             dump: DumpOptions::default(),
         }

@@ -7,8 +7,9 @@ calib.npz), then check that the output
 1. passes ``onnx.checker.check_model(full_check=True)``;
 2. loads and runs in ONNX Runtime (CPU EP, 1 thread) with all graph optimizations
    (QDQ node units fused into QLinear*/QGemm/MatMulIntegerToFloat kernels);
-3. keeps the float model's outputs, by name and in order, and tract and ONNX Runtime
-   each return every one of them (a renamed or missing output fails the model);
+3. keeps the float model's inputs (names, order, element types: a pinned input stays
+   declared and is fed like the float model's) and outputs, by name and in order, and
+   tract and ONNX Runtime each return every output (a renamed or missing one fails);
 4. agrees with tract's execution of the same quantized model (``qrange run``), measured
    in quantization steps of the output: one step is the output's DequantizeLinear scale,
    or (range of the output) / 255 where the output is float.
@@ -173,7 +174,9 @@ def load_samples(path: str, cap: int | None) -> tuple[list[dict], dict]:
     n = len(d[keys[0]])
     if cap:
         n = min(n, cap)
-    return [{k: d[k][i] for k in keys} for i in range(n)], {k: d[k][:n] for k in keys}
+    # np.asarray: a scalar input (silero_vad's sample rate) is fed as a 0-d array.
+    return ([{k: np.asarray(d[k][i]) for k in keys} for i in range(n)],
+            {k: d[k][:n] for k in keys})
 
 
 def main() -> int:
@@ -238,8 +241,17 @@ def main() -> int:
                 float_out = ort_outputs(m, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
             # The quantized model is a drop-in replacement: the float model's outputs, by
             # name and in order, and every engine returns each of them.
+            fm = onnx.load(m, load_external_data=False)
+            inputs = [(i.name, i.type.tensor_type.elem_type) for i in qm.graph.input
+                      if i.name not in {t.name for t in qm.graph.initializer}]
+            want_in = [(i.name, i.type.tensor_type.elem_type) for i in fm.graph.input
+                       if i.name not in {t.name for t in fm.graph.initializer}]
+            if inputs != want_in:
+                failures.append(f"{label}: the quantized model's inputs are {inputs}, the float "
+                                f"model's {want_in}")
+                continue
             names = [o.name for o in qm.graph.output]
-            want = [o.name for o in onnx.load(m, load_external_data=False).graph.output]
+            want = [o.name for o in fm.graph.output]
             if names != want:
                 failures.append(f"{label}: the quantized model's outputs are {names}, the float "
                                 f"model's {want}")
