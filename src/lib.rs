@@ -33,7 +33,8 @@
 //! into their producer's range, Div/Mul by a constant into its QuantizeLinear scale, then
 //! `infer_shapes`) → validate (both models in tract, `report::compare`) → summary and,
 //! with `--report`, the data of one HTML page (`report::html`). The command line writes
-//! the model, the overrides and the page. `--dump-after PASS` and `--stop-after PASS`
+//! the model, the overrides, the sensitivity cache and the page, together, through
+//! [`fsx`]. `--dump-after PASS` and `--stop-after PASS`
 //! print the IR text dump after a step.
 //!
 //! The plan is a step of the list that rewrites nothing: what follows it in the list
@@ -80,7 +81,8 @@
 //!   upgrade_opset, insert_qdq; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
-//!   calibrate, ranges with the adaptive selection, precision, materialise, summary,
+//!   calibrate, ranges with the adaptive selection, precision, materialise, interface
+//!   (the float model's inputs kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); scale/zero-point
@@ -128,6 +130,12 @@
 //!   values sharing its parameters), the overrides file, the switchable simulation model
 //!   (`tune::sim`, exact against the written model, also for another choice of ranges),
 //!   sensitivity analysis and the promotion search (`tune::search`).
+//! - [`fsx`]: the one output layer: every file qrange writes is staged in a registered
+//!   temporary file beside its target (symbolic links followed; folders, devices, FIFOs
+//!   and sockets refused) and renamed with the command's other outputs once all are
+//!   complete, with the umask's mode or the replaced file's; `fsx::Paths` checks a
+//!   command's writes against its reads and other writes (as files: device and inode)
+//!   before any work; SIGINT/SIGTERM remove the temporary files and exit 130/143.
 //! - [`cli`]: clap arguments and one file per subcommand, the flags several share
 //!   (`cli::flags`: clap enums mapped to the library's, `--pin`/`--shape`/`--preprocess`
 //!   parsing), progress bars, printing and writing; the only module that prints, and the
@@ -167,8 +175,12 @@
 //!   graph contradicts: `infer_shapes` relaxes a contradicting declaration (graph output,
 //!   `value_info`) to what the graph computes, and says so.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
-//!   file, node or tensor; outputs are written to a temporary file and renamed, and the
-//!   input model is never overwritten.
+//!   file, node or tensor.
+//! - **Invariant:** no command damages a file: it writes no file it reads and no file twice
+//!   (checked before any work), writes only through `fsx` (temporary file, rename), and
+//!   leaves no temporary file or partial output, even when interrupted.
+//! - **Invariant:** the written model takes the float model's inputs: a pinned input stays
+//!   declared, unused (`pipeline::interface`), unless `--drop-pinned-inputs`.
 
 pub mod calib;
 pub mod cli;
