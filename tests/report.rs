@@ -171,7 +171,7 @@ fn bad_report_paths_are_clean_errors() {
     let missing = tmp.path().join("no/such/dir/r.html");
     for (report, want) in [
         (s(&missing), "report '"),
-        (s(&out), "same file"),
+        (s(&out), "is also where -o goes"),
         (s(&fixture("tiny/tiny_mlp.onnx")), "refusing to overwrite"),
     ] {
         let mut args: Vec<&str> = vec!["quantize"];
@@ -185,6 +185,8 @@ fn bad_report_paths_are_clean_errors() {
             .find(|l| l.starts_with("error: "))
             .unwrap_or("");
         assert!(first.contains(want), "{report}: {}", r.stderr);
+        // Refused before the run: the model was not written either.
+        assert!(!out.exists(), "{report}: the model was written");
     }
     assert!(!missing.exists());
 }
