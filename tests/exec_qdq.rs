@@ -107,6 +107,8 @@ fn every_fixture_matches_onnx_runtime_bit_for_bit() {
         "qdq_int16_uint16_opset21",
         "qdq_int4_uint4_opset21",
         "qdq_blocked_opset21",
+        "qdq_blocked_every_type",
+        "qdq_blocked_4bit_runtime",
         "ms_qdq_opset13",
         "qdq_float16_opset21",
         "qdq_float16_opset23",
