@@ -2,11 +2,16 @@
 //!
 //! [`kernels`] implements ONNX `QuantizeLinear` / `DequantizeLinear` exactly (per-tensor, per-axis
 //! and blocked; 16-, 8- and 4-bit integer types; float32, float16 and bfloat16 scales), matching
-//! ONNX Runtime bit for bit. The execution engine runs these kernels in place of its own Q/DQ ops,
-//! and passes use them wherever they need a quantized value. [`params`] turns real ranges
-//! into scales and zero points; [`rules`] is the per-op rule table passes read.
+//! ONNX Runtime bit for bit. [`nbits`] dequantizes ONNX Runtime's packed low-bit weights
+//! (com.microsoft MatMulNBits, GatherBlockQuantized) as ONNX Runtime does; [`integer`] holds
+//! dynamic quantization (DynamicQuantizeLinear) and the integer products (MatMulInteger,
+//! MatMulIntegerToFloat, DynamicQuantizeMatMul). The execution engine runs these kernels in
+//! place of its own ops, and passes use them wherever they need a quantized value. [`params`]
+//! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read.
 
+pub mod integer;
 pub mod kernels;
+pub mod nbits;
 pub mod params;
 pub mod plan;
 pub mod rules;
