@@ -1,7 +1,7 @@
 //! One model run whole by the engine: the prepared model in the engine's protobuf types
 //! and a plan per input signature (element types and shapes), built on first use.
 
-use super::{convert, fake_quant, prepare, qdq, tap};
+use super::{convert, fake_quant, lowbit, prepare, qdq, tap};
 use super::{engine_error, ExecError, ObservedError, SessionOptions, TapValue};
 use crate::ir::tensor::{DType, Tensor};
 use crate::onnx::proto::ModelProto;
@@ -29,8 +29,8 @@ pub(crate) struct Engine {
     /// How many of `outputs` are the model's own (the rest are taps or tap sinks).
     graph_outputs: usize,
     logical: BTreeMap<String, DType>,
-    /// Q/DQ nodes qrange's kernels run (the first notes).
-    qdq: prepare::QdqCounts,
+    /// The quantization ops the notes describe (the first notes).
+    ops: prepare::OpCounts,
     notes: Vec<String>,
     /// Notes added while building plans.
     extra_notes: Mutex<Vec<String>>,
@@ -47,13 +47,16 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The engine's ONNX front end with qrange's exact Q/DQ ops registered.
+/// The engine's ONNX front end with qrange's exact quantization ops registered.
 fn engine() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register
         .insert("QuantizeLinear", qdq::quantize_builder);
     onnx.op_register
         .insert("DequantizeLinear", qdq::dequantize_builder);
+    for (op, builder) in lowbit::BUILDERS {
+        onnx.op_register.insert(op, builder);
+    }
     onnx.op_register.insert(tap::TAP_OP, tap::tap_builder);
     onnx.op_register
         .insert(fake_quant::FAKE_QUANT_OP, fake_quant::fake_quant_builder);
@@ -96,7 +99,7 @@ impl Engine {
             outputs: prepared.outputs,
             graph_outputs: prepared.graph_outputs,
             logical: prepared.logical,
-            qdq: prepared.qdq,
+            ops: prepared.ops,
             notes: prepared.notes,
             extra_notes: Mutex::new(Vec::new()),
             plans: Mutex::new(BTreeMap::new()),
@@ -122,8 +125,8 @@ impl Engine {
     }
 
     /// The Q/DQ nodes qrange's kernels run, by (domain, op type).
-    pub(crate) fn qdq_counts(&self) -> &prepare::QdqCounts {
-        &self.qdq
+    pub(crate) fn op_counts(&self) -> &prepare::OpCounts {
+        &self.ops
     }
 
     /// The notes other than the Q/DQ counts.

@@ -33,6 +33,7 @@ mod convert;
 mod engine;
 pub(crate) mod fake_quant;
 pub mod loops;
+mod lowbit;
 mod prepare;
 mod qdq;
 mod staged;
@@ -263,15 +264,15 @@ impl Session {
     /// What was replaced or emulated to run this model.
     pub fn notes(&self) -> Vec<String> {
         let (counts, other) = self.note_parts();
-        let mut out = prepare::qdq_notes(&counts);
+        let mut out = prepare::op_notes(&counts);
         out.extend(other);
         out
     }
 
-    /// The Q/DQ nodes qrange's kernels run, and the other notes.
-    fn note_parts(&self) -> (prepare::QdqCounts, Vec<String>) {
+    /// The quantization ops the notes describe, and the other notes.
+    fn note_parts(&self) -> (prepare::OpCounts, Vec<String>) {
         match &self.kind {
-            Kind::Engine(e) => (e.qdq_counts().clone(), e.other_notes()),
+            Kind::Engine(e) => (e.op_counts().clone(), e.other_notes()),
             Kind::Staged(s) => s.note_parts(),
         }
     }

@@ -5,10 +5,14 @@
 //!    instead of a failure deep in analysis);
 //! 2. add the requested taps (intermediate values) as extra graph outputs, keeping ONNX names;
 //! 3. widen 4-bit (int4/uint4) initializers, `Constant` values and declared types to 8-bit
-//!    storage (values unchanged; the engine cannot load 4-bit tensors) and mark the Q/DQ nodes
-//!    whose quantized side is 4-bit with [`LOGICAL_DTYPE_ATTR`], so the exact kernels keep
-//!    the 4-bit range;
+//!    storage (values unchanged; the engine cannot load 4-bit tensors) and mark the Q/DQ and
+//!    GatherBlockQuantized nodes whose quantized side is 4-bit with [`LOGICAL_DTYPE_ATTR`], so
+//!    the exact kernels keep the 4-bit range;
 //! 4. refuse other element types the engine cannot hold (bfloat16, float8, …), naming the tensor.
+//!
+//! The notes say which quantization ops run on which kernels, and what differs from ONNX
+//! Runtime where it does not compute the ONNX definition (uint8 × int8 products on CPUs
+//! without VNNI, MatMulNBits with `accuracy_level` 4).
 
 use super::qdq::LOGICAL_DTYPE_ATTR;
 use super::ExecError;
@@ -30,6 +34,53 @@ const PASS_THROUGH: [&str; 6] = [
     "Flatten",
 ];
 
+/// com.microsoft ops qrange runs, each with its exact kernel.
+const CONTRIB: [&str; 6] = [
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+];
+
+/// The com.microsoft ops that are no ONNX operator: refused in the ONNX domains (the engine's
+/// op register is keyed by op type alone).
+const CONTRIB_ONLY: [&str; 4] = [
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+];
+
+/// How each op the notes count is run, by op type.
+fn how_run(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "QuantizeLinear" | "DequantizeLinear" => {
+            "run by qrange's exact kernels (ONNX semantics, true division, no lookup-table \
+             folding) instead of the engine's own"
+        }
+        "DynamicQuantizeLinear" => {
+            "run by qrange's exact kernels (ONNX Runtime's arithmetic: scale 1 for an all-zero \
+             range, NaN outside the range and quantized to 0) instead of the engine's own"
+        }
+        "MatMulInteger" | "MatMulIntegerToFloat" | "DynamicQuantizeMatMul" => {
+            "run by qrange's exact kernels (int32 sums, float steps rounded as ONNX Runtime \
+             rounds them) instead of the engine's own"
+        }
+        "GatherBlockQuantized" => {
+            "run by qrange's exact kernels (dequantized as ONNX Runtime does, zero slices for \
+             indices out of range) instead of the engine's own"
+        }
+        "MatMulNBits" => {
+            "run by qrange's exact kernels: weights dequantized exactly as ONNX Runtime does, \
+             then a float32 product whose summation order is the engine's (not ONNX Runtime's)"
+        }
+        "ConvInteger" => "run by the engine's integer convolution (exact int32 sums)",
+        _ => return None,
+    })
+}
+
 /// The prepared copy and what was done to it.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -42,25 +93,10 @@ pub(crate) struct Prepared {
     pub graph_outputs: usize,
     /// Values of the main graph stored widened, with their logical 4-bit type.
     pub logical: BTreeMap<String, DType>,
-    /// QuantizeLinear/DequantizeLinear nodes run by qrange's kernels, by (domain, op type).
-    pub qdq: QdqCounts,
+    /// The quantization ops the notes describe (summed over the parts of a staged model).
+    pub ops: OpCounts,
+    /// The other notes.
     pub notes: Vec<String>,
-}
-
-/// Q/DQ nodes by (domain, op type).
-pub(crate) type QdqCounts = BTreeMap<(String, String), usize>;
-
-/// The notes saying which Q/DQ nodes qrange's kernels run.
-pub(crate) fn qdq_notes(counts: &QdqCounts) -> Vec<String> {
-    counts
-        .iter()
-        .map(|((domain, op), n)| {
-            format!(
-                "{domain} {op} x{n} run by qrange's exact kernels (ONNX semantics, true division, \
-                 no lookup-table folding) instead of the engine's own"
-            )
-        })
-        .collect()
 }
 
 /// A node's name for messages: its name, else its first output.
@@ -127,8 +163,8 @@ fn check_ops(graph: &GraphProto, known: &dyn Fn(&str) -> bool) -> Result<(), Exe
     for node in &graph.node {
         let op = node.op_type();
         let ok = match node.domain() {
-            "" | "ai.onnx" | "ai.onnx.ml" => known(op),
-            "com.microsoft" => op == "QuantizeLinear" || op == "DequantizeLinear",
+            "" | "ai.onnx" | "ai.onnx.ml" => known(op) && !CONTRIB_ONLY.contains(&op),
+            "com.microsoft" => CONTRIB.contains(&op),
             super::fake_quant::FAKE_QUANT_DOMAIN => op == super::fake_quant::FAKE_QUANT_OP,
             _ => false,
         };
@@ -394,6 +430,9 @@ fn widen_graph(
                     (d, d)
                 }
                 "DequantizeLinear" if standard_or_ms => (input(0).or(input(2)), None),
+                "GatherBlockQuantized" if node.domain() == "com.microsoft" => {
+                    (input(0).or(input(3)), None)
+                }
                 op if PASS_THROUGH.contains(&op) => (None, input(0)),
                 _ => (None, None),
             }
@@ -450,21 +489,79 @@ fn check_dtypes(graph: &GraphProto) -> Result<(), ExecError> {
     Ok(())
 }
 
-fn count_qdq(graph: &GraphProto, counts: &mut BTreeMap<(String, String), usize>) {
+/// What the notes say about the quantization ops of a graph (subgraphs included).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpCounts {
+    /// (domain, op type) of every op [`how_run`] describes.
+    ops: BTreeMap<(String, String), usize>,
+    /// MatMulNBits nodes with `accuracy_level` 4 and 4- or 8-bit weights: their names.
+    accuracy4: Vec<String>,
+}
+
+impl OpCounts {
+    /// Adds the counts of another part of the same model.
+    pub(crate) fn merge(&mut self, other: &OpCounts) {
+        for (k, v) in &other.ops {
+            *self.ops.entry(k.clone()).or_default() += v;
+        }
+        self.accuracy4.extend(other.accuracy4.iter().cloned());
+    }
+}
+
+fn count_ops(graph: &GraphProto, counts: &mut OpCounts) {
     for node in &graph.node {
-        if matches!(node.op_type(), "QuantizeLinear" | "DequantizeLinear") {
+        if how_run(node.op_type()).is_some() {
             let domain = match node.domain() {
                 "" => "ai.onnx",
                 d => d,
             };
             *counts
+                .ops
                 .entry((domain.to_string(), node.op_type().to_string()))
                 .or_default() += 1;
         }
+        if node.op_type() == "MatMulNBits"
+            && int_attr(node, "accuracy_level") == Some(4)
+            && matches!(int_attr(node, "bits").unwrap_or(4), 4 | 8)
+        {
+            counts.accuracy4.push(node_label(node));
+        }
         for g in subgraphs(node) {
-            count_qdq(g, counts);
+            count_ops(g, counts);
         }
     }
+}
+
+/// The notes on the ops counted.
+pub(crate) fn op_notes(counts: &OpCounts) -> Vec<String> {
+    let mut notes: Vec<String> = counts
+        .ops
+        .iter()
+        .filter_map(|((domain, op), n)| Some(format!("{domain} {op} x{n} {}", how_run(op)?)))
+        .collect();
+    if counts.ops.keys().any(|(_, op)| {
+        matches!(
+            op.as_str(),
+            "MatMulInteger" | "ConvInteger" | "MatMulIntegerToFloat" | "DynamicQuantizeMatMul"
+        )
+    }) {
+        notes.push(
+            "uint8 x int8 integer products are exact int32 sums (the ONNX definition); ONNX \
+             Runtime on x86 CPUs without VNNI adds pairs of such products saturating to int16, \
+             so it can differ there when a pair exceeds 32767"
+                .to_string(),
+        );
+    }
+    if let Some(first) = counts.accuracy4.first() {
+        notes.push(format!(
+            "MatMulNBits x{} with accuracy_level 4 (first: '{first}'): ONNX Runtime's CPU kernel \
+             quantizes A to int8 per block for 4- and 8-bit weights on CPUs that have that \
+             kernel; qrange computes the float32 path (accuracy_level 0), so the outputs differ \
+             from ONNX Runtime's by that quantization of A",
+            counts.accuracy4.len()
+        ));
+    }
+    notes
 }
 
 /// Runs all preparation steps on a copy of `model`.
@@ -512,8 +609,8 @@ pub(crate) fn prepare(
         .collect();
     logical.retain(|name, _| main.contains(name.as_str()));
 
-    let mut qdq = BTreeMap::new();
-    count_qdq(graph, &mut qdq);
+    let mut ops = OpCounts::default();
+    count_ops(graph, &mut ops);
     let mut notes = Vec::new();
     if widened > 0 {
         notes.push(format!(
@@ -532,7 +629,7 @@ pub(crate) fn prepare(
         outputs,
         graph_outputs,
         logical,
-        qdq,
+        ops,
         notes,
     })
 }

@@ -27,7 +27,7 @@
 
 use super::engine::Engine;
 use super::loops::{run_loop, LoopRun};
-use super::prepare::QdqCounts;
+use super::prepare::OpCounts;
 use super::{engine_error, ExecError, ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::scope::subgraph_model;
 use crate::ir::{DType, Dim, Graph, Model, OpId, Tensor, ValueId, ValueType};
@@ -544,15 +544,13 @@ impl Staged {
         &self.outputs
     }
 
-    /// The Q/DQ nodes qrange's kernels run in every session built so far inside this
+    /// The quantization ops the notes describe in every session built so far inside this
     /// model (summed), and the other notes of this model and of those sessions.
-    pub(crate) fn note_parts(&self) -> (QdqCounts, Vec<String>) {
-        let mut counts = QdqCounts::new();
+    pub(crate) fn note_parts(&self) -> (OpCounts, Vec<String>) {
+        let mut counts = OpCounts::default();
         let mut notes = self.notes.clone();
-        let mut add = |(c, n): (QdqCounts, Vec<String>)| {
-            for (k, v) in c {
-                *counts.entry(k).or_default() += v;
-            }
+        let mut add = |(c, n): (OpCounts, Vec<String>)| {
+            counts.merge(&c);
             for x in n {
                 if !notes.contains(&x) {
                     notes.push(x);
@@ -563,7 +561,7 @@ impl Staged {
             match s {
                 Stage::Part(p) => {
                     if let Some(e) = p.engine.built() {
-                        add((e.qdq_counts().clone(), e.other_notes()));
+                        add((e.op_counts().clone(), e.other_notes()));
                     }
                 }
                 Stage::Loop(l) => {

@@ -94,8 +94,11 @@ pub enum IntegerOpError {
     Shape(String),
 }
 
+/// An operand's values widened to int32, with its shape.
+type IntValues = (Vec<i32>, Vec<usize>);
+
 /// An 8-bit operand as int32 values with its shape.
-fn int_values(t: &Tensor, role: &'static str) -> Result<(Vec<i32>, Vec<usize>), QuantError> {
+fn int_values(t: &Tensor, role: &'static str) -> Result<IntValues, QuantError> {
     let values = match t {
         Tensor::U8(a) => a.iter().map(|&v| v as i32).collect(),
         Tensor::I8(a) => a.iter().map(|&v| v as i32).collect(),
@@ -115,7 +118,7 @@ fn zp_values(
     zp: Option<&Tensor>,
     operand: DType,
     role: &'static str,
-) -> Result<Option<(Vec<i32>, Vec<usize>)>, QuantError> {
+) -> Result<Option<IntValues>, QuantError> {
     let Some(z) = zp else { return Ok(None) };
     if z.dtype() != operand {
         return Err(QuantError::ZeroPointType {
@@ -177,7 +180,7 @@ fn batch_offset(i: usize, out: &[usize], shape: &[usize]) -> usize {
 fn center(
     values: &mut [i32],
     shape: &[usize],
-    zp: Option<(Vec<i32>, Vec<usize>)>,
+    zp: Option<IntValues>,
     per: usize,
     role: &str,
 ) -> Result<(), IntegerOpError> {

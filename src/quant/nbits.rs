@@ -116,6 +116,12 @@ pub struct MatMulNBitsAttrs {
 }
 
 impl MatMulNBitsAttrs {
+    /// Checks the attributes against the operator's contract (bits 2, 4 or 8; a block size that
+    /// is a power of two of at least 16; positive K and N).
+    pub fn check(&self) -> Result<(), NBitsError> {
+        self.checked().map(|_| ())
+    }
+
     /// `(k, n, bits, block_size, blocks)` once checked.
     fn checked(&self) -> Result<(usize, usize, usize, usize, usize), NBitsError> {
         let bits = check_bits(self.bits)?;
@@ -256,6 +262,16 @@ pub struct GatherBlockQuantizedAttrs {
     pub bits: i64,
 }
 
+impl GatherBlockQuantizedAttrs {
+    /// Checks the attributes that do not depend on the inputs (a block size that is a power of
+    /// two of at least 16; bits 2, 4 or 8).
+    pub fn check(&self) -> Result<(), NBitsError> {
+        check_block_size(self.block_size)?;
+        check_bits(self.bits)?;
+        Ok(())
+    }
+}
+
 impl Default for GatherBlockQuantizedAttrs {
     fn default() -> Self {
         GatherBlockQuantizedAttrs {
@@ -302,7 +318,7 @@ fn logical_codes(
                 )));
             }
             let bytes: Vec<u8> = a.iter().copied().collect();
-            let rows = if packed == 0 { 0 } else { bytes.len() / packed };
+            let rows = bytes.len().checked_div(packed).unwrap_or(0);
             let mut codes = Vec::with_capacity(rows * last);
             for r in 0..rows {
                 codes.extend(
@@ -406,10 +422,10 @@ pub fn gather_block_quantized(
                 continue;
             }
             let base = (o * dim + row as usize) * inner;
-            for e in base..base + inner {
+            for (e, &code) in q.iter().enumerate().skip(base).take(inner) {
                 let c = (e / q_inner) % q_dim;
                 let p = ((e / (q_inner * q_dim)) * blocks + c / bs) * q_inner + e % q_inner;
-                out.push((q[e] - z[p]) as f32 * s[p]);
+                out.push((code - z[p]) as f32 * s[p]);
             }
         }
     }
