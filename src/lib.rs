@@ -85,14 +85,18 @@
 //!   (the float model's inputs kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
-//!   semantics (every integer dtype, per-tensor, per-axis, blocked); scale/zero-point
+//!   semantics (every integer dtype, per-tensor, per-axis, blocked); ONNX Runtime's packed
+//!   low-bit weights (`nbits`: MatMulNBits, GatherBlockQuantized) and dynamic quantization's
+//!   integer ops (`integer`: DynamicQuantizeLinear, MatMulInteger, MatMulIntegerToFloat,
+//!   DynamicQuantizeMatMul), computed as ONNX Runtime computes them; scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
 //!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place
-//!   of tract's, the simulation model's switchable fake-quantization op, and Loop
-//!   execution (`loops`: ONNX's semantics with a cap on iterations; `staged`: a model cut
-//!   into engine parts around the Loops it runs on the host).
+//!   of tract's (`exec::qdq`), its low-bit and integer ops likewise (`exec::lowbit`), the
+//!   simulation model's switchable fake-quantization op, and Loop execution (`loops`:
+//!   ONNX's semantics with a cap on iterations; `staged`: a model cut into engine parts
+//!   around the Loops it runs on the host).
 //! - [`data`]: calibration/evaluation inputs (.npz, .npy, ONNX `test_data_set` folders, and
 //!   image folders: PNG via `png`, JPEG via `zune-jpeg`, turned into the model's image input
 //!   by a declared `Preprocess`: resize with qrange's own bilinear filter, colour order,
@@ -159,8 +163,9 @@
 //! - **Invariant:** output is deterministic: ops are emitted in a topological order whose
 //!   ties are broken by the original node index; everything printed or written iterates
 //!   ordered collections.
-//! - **Invariant:** no engine approximates silently: Q/DQ run through `quant` kernels in
-//!   tract, and `exec::Session::notes` says what was replaced or emulated.
+//! - **Invariant:** no engine approximates silently: Q/DQ and the low-bit and integer
+//!   quantization ops run through `quant` kernels in tract, and `exec::Session::notes` says
+//!   what was replaced or emulated, and where ONNX Runtime computes something else.
 //! - **Invariant:** quantization decisions are a plan (value → decision) before any edit;
 //!   one pass materialises it, and only the rule table names op types for quantization
 //!   (including which control-flow ops have their subgraphs planned).

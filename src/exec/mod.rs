@@ -10,6 +10,11 @@
 //! - `qdq` replaces the engine's QuantizeLinear/DequantizeLinear with ops backed by
 //!   [`crate::quant::kernels`]: exact ONNX semantics (bit-exact with ONNX Runtime) for every
 //!   integer type, axis and block size, immune to the engine's lookup-table folding;
+//! - `lowbit` replaces the engine's MatMulNBits, GatherBlockQuantized, DynamicQuantizeLinear and
+//!   MatMulInteger, and adds com.microsoft MatMulIntegerToFloat and DynamicQuantizeMatMul, with
+//!   ops backed by [`crate::quant::nbits`] and [`crate::quant::integer`] (ONNX Runtime's
+//!   arithmetic, bit for bit); MatMulNBits dequantizes its weight exactly and feeds the engine's
+//!   float32 product. The engine's own ConvInteger is exact (checked) and stays;
 //! - `fake_quant` registers the switchable fake quantization of the simulation model
 //!   (`tune::sim`), one op per switch (domain `qrange`, never written to a file);
 //! - concrete input facts (element type and shape) come from the sample, so models with dynamic
@@ -19,7 +24,9 @@
 //! [`Session::run_observed`] streams them instead (`tap`: each is handed to an observer as soon
 //! as it is computed and freed once its readers ran), for calibration over large activations.
 //!
-//! [`Session::notes`] says what was replaced or emulated, for the user to see.
+//! [`Session::notes`] says what was replaced or emulated, for the user to see, and where ONNX
+//! Runtime computes something else (MatMulNBits with `accuracy_level` 4, uint8 × int8 products
+//! on CPUs without VNNI).
 //!
 //! **Loop.** The engine has no `Loop`. A model holding one is decoded to the IR first:
 //! `Loop`s with a small constant trip count are unrolled (`passes::unroll_loop`, within
