@@ -706,6 +706,50 @@ mod tests {
     }
 
     #[test]
+    fn op_counts_of_parts_add_up_in_the_notes() {
+        let nbits = |out: &str| {
+            let mut n = node("MatMulNBits", "com.microsoft", &["x", "w", "s"], out);
+            n.attribute.push(AttributeProto {
+                name: Some("accuracy_level".into()),
+                r#type: Some(AttributeType::Int as i32),
+                i: Some(4),
+                ..Default::default()
+            });
+            n
+        };
+        let part = |out: &str| {
+            let m = model(
+                vec![node("MatMulInteger", "", &["x", "x"], out), nbits(out)],
+                vec![],
+            );
+            prepare(&m, None, &[], false, &|_| true).unwrap().ops
+        };
+        let mut ops = part("a");
+        ops.merge(&part("b"));
+        let notes = op_notes(&ops);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("ai.onnx MatMulInteger x2 ")),
+            "{notes:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("com.microsoft MatMulNBits x2 ")),
+            "{notes:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n
+                    .starts_with("MatMulNBits x2 with accuracy_level 4 (first: 'MatMulNBits_a')")),
+            "{notes:?}"
+        );
+        assert_eq!(notes.iter().filter(|n| n.contains("VNNI")).count(), 1);
+    }
+
+    #[test]
     fn short_4bit_data_is_an_error() {
         let w = int4("w", vec![5], vec![0x11, 0x11], false);
         let m = model(
