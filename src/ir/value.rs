@@ -139,18 +139,147 @@ pub enum TensorDataError {
     Bad { name: String, what: String },
 }
 
+fn bad(t: &ConstTensor, what: impl Into<String>) -> TensorDataError {
+    TensorDataError::Bad {
+        name: t.name.clone().unwrap_or_default(),
+        what: what.into(),
+    }
+}
+
+/// Number of elements of a tensor of `dims`: `None` when a dimension is negative or the
+/// product does not fit in `usize`. Every size read from a file goes through a check like
+/// this one before anything is allocated or multiplied further.
+pub fn element_count(dims: &[i64]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    })
+}
+
+/// Storage size in bytes of `count` elements of `bits` bits (packed below 8 bits), `None`
+/// on overflow.
+fn packed_bytes(count: usize, bits: usize) -> Option<usize> {
+    count.checked_mul(bits).map(|b| b.div_ceil(8))
+}
+
 impl ConstTensor {
-    /// Number of elements from `dims`.
+    /// Number of elements from `dims`. Saturates at `usize::MAX` for dims whose product
+    /// does not fit (decoding refuses such tensors: see [`ConstTensor::check_size`]), so it
+    /// never panics.
     pub fn numel(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+        self.checked_numel().unwrap_or(usize::MAX)
     }
 
-    /// Storage size in bytes of the values (packed for sub-byte types), 0 for strings.
+    /// Number of elements from `dims`, `None` when a dimension is negative or the product
+    /// overflows.
+    pub fn checked_numel(&self) -> Option<usize> {
+        element_count(&self.dims)
+    }
+
+    /// Storage size in bytes of the values (packed for sub-byte types), 0 for strings;
+    /// saturates like [`ConstTensor::numel`].
     pub fn byte_size(&self) -> usize {
-        self.dtype
-            .bits()
-            .map(|b| (self.numel() * b).div_ceil(8))
-            .unwrap_or(0)
+        self.checked_byte_size().unwrap_or(usize::MAX)
+    }
+
+    /// Storage size in bytes of the values, `None` when it does not fit in `usize`.
+    pub fn checked_byte_size(&self) -> Option<usize> {
+        match self.dtype.bits() {
+            Some(b) => packed_bytes(self.checked_numel()?, b),
+            None => self.checked_numel().map(|_| 0),
+        }
+    }
+
+    /// Checks that the dims describe an addressable tensor (no negative dimension, element
+    /// count and byte size within `usize`) and that the stored data holds exactly what they
+    /// need: `raw_data` bytes, or entries of the typed field the element type uses. Sparse
+    /// and not yet loaded external data are only checked for their dims.
+    pub fn check_size(&self) -> Result<(), TensorDataError> {
+        if let Some(d) = self.dims.iter().find(|&&d| d < 0) {
+            return Err(bad(
+                self,
+                format!("dims {:?} hold a negative dimension {d}", self.dims),
+            ));
+        }
+        let Some(n) = self.checked_numel() else {
+            return Err(bad(
+                self,
+                format!(
+                    "dims {:?} hold more elements than memory can address",
+                    self.dims
+                ),
+            ));
+        };
+        let Some(bytes) = self.checked_byte_size() else {
+            return Err(bad(
+                self,
+                format!(
+                    "dims {:?} of {} have no byte size that fits memory",
+                    self.dims, self.dtype
+                ),
+            ));
+        };
+        // Entries of each typed field per element (sub-byte types pack several per entry).
+        let per_entry = |field: &TensorData| -> Option<usize> {
+            use DType as D;
+            Some(match (self.dtype, field) {
+                (D::F32, TensorData::Floats(_))
+                | (D::F64, TensorData::Doubles(_))
+                | (D::I64, TensorData::Int64s(_))
+                | (D::U32 | D::U64, TensorData::Uint64s(_))
+                | (D::String, TensorData::Strings(_)) => n,
+                (D::Complex64, TensorData::Floats(_)) | (D::Complex128, TensorData::Doubles(_)) => {
+                    n.checked_mul(2)?
+                }
+                (D::I4 | D::U4 | D::F4E2M1, TensorData::Int32s(_)) => n.div_ceil(2),
+                (D::I2 | D::U2, TensorData::Int32s(_)) => n.div_ceil(4),
+                (d, TensorData::Int32s(_)) if d.bits().is_some_and(|b| b == 8 || b == 16) => n,
+                (D::I32, TensorData::Int32s(_)) => n,
+                _ => return None,
+            })
+        };
+        let found = match &self.data {
+            TensorData::Raw(r) => {
+                // Packing of the 6-bit float types is not checked here.
+                let sized = self.dtype.bits().is_some_and(|b| b != 6);
+                if sized && r.len() != bytes {
+                    return Err(bad(
+                        self,
+                        format!(
+                            "raw_data holds {} bytes but dims {:?} of {} need {bytes}",
+                            r.len(),
+                            self.dims,
+                            self.dtype
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            TensorData::Floats(v) => v.len(),
+            TensorData::Int32s(v) => v.len(),
+            TensorData::Int64s(v) => v.len(),
+            TensorData::Doubles(v) => v.len(),
+            TensorData::Uint64s(v) => v.len(),
+            TensorData::Strings(v) => v.len(),
+            TensorData::Empty if n > 0 => {
+                return Err(bad(
+                    self,
+                    format!("holds no data but dims {:?} need {n} values", self.dims),
+                ))
+            }
+            TensorData::Empty | TensorData::External(_) | TensorData::Sparse(_) => return Ok(()),
+        };
+        match per_entry(&self.data) {
+            Some(want) if want != found => Err(bad(
+                self,
+                format!(
+                    "{} holds {found} entries but dims {:?} of {} need {want}",
+                    kind(&self.data),
+                    self.dims,
+                    self.dtype
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Builds a raw-data constant from host values.
@@ -218,6 +347,21 @@ impl ConstTensor {
     }
 }
 
+fn kind(d: &TensorData) -> &'static str {
+    match d {
+        TensorData::Raw(_) => "raw_data",
+        TensorData::Floats(_) => "float_data",
+        TensorData::Int32s(_) => "int32_data",
+        TensorData::Int64s(_) => "int64_data",
+        TensorData::Doubles(_) => "double_data",
+        TensorData::Uint64s(_) => "uint64_data",
+        TensorData::Strings(_) => "string_data",
+        TensorData::External(_) => "external data (not loaded)",
+        TensorData::Sparse(_) => "sparse",
+        TensorData::Empty => "empty",
+    }
+}
+
 /// Packs 4-bit values two per byte, low nibble first (ONNX order).
 pub fn pack4(vals: impl Iterator<Item = u8>) -> Vec<u8> {
     let v: Vec<u8> = vals.collect();
@@ -257,6 +401,71 @@ mod tests {
             let c = ConstTensor::from_tensor(Some("t".into()), &t);
             assert_eq!(c.to_tensor().unwrap(), t);
         }
+    }
+
+    fn raw(dims: Vec<i64>, dtype: DType, data: TensorData) -> ConstTensor {
+        ConstTensor {
+            name: Some("w".into()),
+            dtype,
+            dims,
+            data,
+            was_external: false,
+            carry: Carry::default(),
+        }
+    }
+
+    #[test]
+    fn impossible_sizes_are_errors_not_panics() {
+        let huge = raw(
+            vec![1 << 40, 1 << 40],
+            DType::F32,
+            TensorData::Raw(vec![0; 16]),
+        );
+        assert_eq!(huge.checked_numel(), None);
+        assert_eq!(huge.numel(), usize::MAX);
+        assert_eq!(huge.byte_size(), usize::MAX);
+        let e = huge.check_size().unwrap_err().to_string();
+        assert!(
+            e.contains("'w'") && e.contains("more elements than memory can address"),
+            "{e}"
+        );
+        assert!(huge.to_tensor().is_err());
+        // The element count fits, the byte count does not.
+        let bytes = raw(vec![1 << 62], DType::F64, TensorData::Empty);
+        assert!(bytes.checked_numel().is_some() && bytes.checked_byte_size().is_none());
+        let e = bytes.check_size().unwrap_err().to_string();
+        assert!(e.contains("no byte size"), "{e}");
+        let neg = raw(vec![2, -3], DType::F32, TensorData::Floats(vec![]));
+        assert!(neg
+            .check_size()
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
+        // Typed fields hold one entry per element, sub-byte types a packed entry per two.
+        let short = raw(vec![8], DType::I4, TensorData::Int32s(vec![1]));
+        let e = short.check_size().unwrap_err().to_string();
+        assert!(
+            e.contains("int32_data holds 1 entries") && e.contains("need 4"),
+            "{e}"
+        );
+        assert!(short.to_tensor().is_err());
+        let ok = raw(vec![3], DType::U4, TensorData::Int32s(vec![0x21, 0x03]));
+        ok.check_size().unwrap();
+        assert_eq!(
+            ok.to_tensor().unwrap(),
+            Tensor::U4(ndarray::arr1(&[1u8, 2, 3]).into_dyn())
+        );
+        let floats = raw(vec![2, 2], DType::F32, TensorData::Floats(vec![1.0; 3]));
+        assert!(floats.check_size().is_err());
+        let empty = raw(vec![2], DType::F32, TensorData::Empty);
+        assert!(empty
+            .check_size()
+            .unwrap_err()
+            .to_string()
+            .contains("no data"));
+        raw(vec![0, 5], DType::F32, TensorData::Empty)
+            .check_size()
+            .unwrap();
     }
 
     #[test]

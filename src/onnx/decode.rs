@@ -106,7 +106,7 @@ impl Cx {
             if name.is_empty() {
                 return Err(self.err(format!("graph '{gname}': an initializer has no name")));
             }
-            let ct = self.tensor(t)?;
+            let ct = self.tensor(t, "")?;
             let v = self.ensure(&mut g, &name);
             if g.value(v).init.is_some() {
                 return Err(self.err(format!("initializer '{name}' is defined twice")));
@@ -129,6 +129,7 @@ impl Cx {
                 was_external: false,
                 carry: Carry::default(),
             };
+            self.check_size(&ct, "")?;
             let v = self.ensure(&mut g, &name);
             if g.value(v).init.is_some() {
                 return Err(self.err(format!("initializer '{name}' is defined twice")));
@@ -247,13 +248,14 @@ impl Cx {
             r#type: Some(a.r#type.unwrap_or(super::UNTYPED_ATTR)),
             ..Default::default()
         };
+        let owner = format!("node '{node}' ({op_type}) attribute '{name}'");
         let value = match T::try_from(kind) {
             Ok(T::Float) => AttrValue::Float(a.f.unwrap_or(0.0)),
             Ok(T::Int) => AttrValue::Int(a.i.unwrap_or(0)),
             Ok(T::String) => AttrValue::String(a.s.clone().unwrap_or_default()),
-            Ok(T::Tensor) => {
-                AttrValue::Tensor(Box::new(self.tensor(a.t.clone().unwrap_or_default())?))
-            }
+            Ok(T::Tensor) => AttrValue::Tensor(Box::new(
+                self.tensor(a.t.clone().unwrap_or_default(), &owner)?,
+            )),
             Ok(T::Graph) => {
                 AttrValue::Graph(Box::new(self.graph(a.g.clone().unwrap_or_default())?))
             }
@@ -263,7 +265,7 @@ impl Cx {
             Ok(T::Tensors) => AttrValue::Tensors(
                 a.tensors
                     .iter()
-                    .map(|t| self.tensor(t.clone()))
+                    .map(|t| self.tensor(t.clone(), &owner))
                     .collect::<Result<_, _>>()?,
             ),
             Ok(T::Graphs) => AttrValue::Graphs(
@@ -292,8 +294,23 @@ impl Cx {
         })
     }
 
-    fn tensor(&self, t: proto::TensorProto) -> Result<ConstTensor, OnnxError> {
-        super::tensor::const_tensor(t, &self.base_dir, &self.origin)
+    /// Decodes a tensor (an initializer, or a tensor attribute of `owner`) and refuses one
+    /// whose dims or data size are impossible ([`ConstTensor::check_size`]), naming it (or,
+    /// for an unnamed tensor attribute, its `owner`).
+    fn tensor(&self, t: proto::TensorProto, owner: &str) -> Result<ConstTensor, OnnxError> {
+        let ct = super::tensor::const_tensor(t, &self.base_dir, &self.origin)?;
+        self.check_size(&ct, owner)?;
+        Ok(ct)
+    }
+
+    fn check_size(&self, t: &ConstTensor, owner: &str) -> Result<(), OnnxError> {
+        t.check_size().map_err(|e| {
+            let crate::ir::value::TensorDataError::Bad { name, what } = e;
+            self.err(match (name.is_empty(), owner.is_empty()) {
+                (true, false) => format!("{owner}: {what}"),
+                _ => format!("tensor '{name}': {what}"),
+            })
+        })
     }
 }
 

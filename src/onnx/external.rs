@@ -64,6 +64,12 @@ pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
             file.display()
         )));
     }
+    // Dims already checked by the caller are checked again here, so that no size below
+    // is computed from impossible dims.
+    t.check_size().map_err(|e| {
+        let crate::ir::value::TensorDataError::Bad { what, .. } = e;
+        err(what)
+    })?;
     let expect = t.byte_size() as u64;
     if t.dtype.bits().is_some() && length != expect {
         return Err(err(format!(
