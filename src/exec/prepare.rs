@@ -22,7 +22,7 @@ use crate::onnx::proto::{
     GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path};
+use std::path::Path;
 
 /// Ops that move 4-bit values without changing them: their output keeps the input's 4-bit type.
 const PASS_THROUGH: [&str; 6] = [
@@ -271,15 +271,6 @@ fn external_bytes(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, E
     };
     let dir = base_dir.ok_or_else(|| err("no base directory was given".into()))?;
     let location = entry("location").ok_or_else(|| err("no 'location' entry".into()))?;
-    let rel = Path::new(&location);
-    if !rel
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(err(format!(
-            "location '{location}' is not a relative path inside the model directory"
-        )));
-    }
     let parse = |key: &str| -> Result<Option<usize>, ExecError> {
         entry(key)
             .map(|v| {
@@ -290,7 +281,7 @@ fn external_bytes(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, E
     };
     let offset = parse("offset")?.unwrap_or(0);
     let length = parse("length")?;
-    let path = dir.join(rel);
+    let path = crate::onnx::external::resolve_location(dir, &location).map_err(err)?;
     let data = std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let end = match length {
         Some(l) => offset.checked_add(l),

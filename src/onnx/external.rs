@@ -1,4 +1,5 @@
-//! External tensor data: reading side files on decode, laying them out on encode.
+//! External tensor data: reading side files on decode, laying them out on encode, and the
+//! one rule every reader of a `location` follows ([`resolve_location`]).
 
 use super::OnnxError;
 use crate::ir::{ConstTensor, TensorData};
@@ -25,21 +26,7 @@ pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
         tensor: tname.clone(),
         what,
     };
-    if r.location.is_empty() {
-        return Err(err("external data has no location".into()));
-    }
-    let loc = Path::new(&r.location);
-    if loc.is_absolute()
-        || loc
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
-    {
-        return Err(err(format!(
-            "external data location '{}' must be a relative path inside the model's directory",
-            r.location
-        )));
-    }
-    let file = r.base_dir.join(loc);
+    let file = resolve_location(&r.base_dir, &r.location).map_err(err)?;
     let mut f = std::fs::File::open(&file).map_err(|e| {
         err(format!(
             "cannot open external data file '{}': {e}",
@@ -79,7 +66,8 @@ pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
     }
     f.seek(SeekFrom::Start(offset))
         .map_err(|e| err(format!("cannot seek in '{}': {e}", file.display())))?;
-    let mut buf = vec![0u8; length as usize];
+    let mut buf =
+        vec![0u8; usize::try_from(length).map_err(|_| err("external data too large".into()))?];
     f.read_exact(&mut buf)
         .map_err(|e| err(format!("cannot read '{}': {e}", file.display())))?;
     Ok(buf)
@@ -141,4 +129,81 @@ pub fn referenced_files(path: &Path) -> Result<Vec<PathBuf>, OnnxError> {
         .filter(|l| !l.is_empty())
         .map(|l| base.join(l))
         .collect())
+}
+
+/// Resolves an external data `location` against `base_dir` (the directory of the file that
+/// names it), the way `onnx.load` does: the location must be relative, without `..`, and
+/// its real path (symbolic links resolved) must lie inside the real `base_dir` and be a
+/// regular file. Returns that real path. The error is a one-line reason naming the location.
+pub fn resolve_location(base_dir: &Path, location: &str) -> Result<PathBuf, String> {
+    if location.is_empty() {
+        return Err("external data has no location".into());
+    }
+    let loc = Path::new(location);
+    if !loc
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "external data location '{location}' leaves the folder of the file naming it: it must be a relative path inside that folder"
+        ));
+    }
+    let joined = base_dir.join(loc);
+    let real = joined
+        .canonicalize()
+        .map_err(|e| format!("cannot open external data file '{}': {e}", joined.display()))?;
+    let base = base_dir
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the directory '{}': {e}", base_dir.display()))?;
+    if !real.starts_with(&base) {
+        return Err(format!(
+            "external data location '{location}' resolves to '{}', outside '{}' (the folder of the file naming it) through a symbolic link",
+            real.display(),
+            base.display()
+        ));
+    }
+    if !real.is_file() {
+        return Err(format!(
+            "external data location '{location}' is not a regular file"
+        ));
+    }
+    Ok(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_location;
+
+    #[test]
+    fn locations_resolve_inside_the_folder_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let model = root.join("model");
+        std::fs::create_dir_all(model.join("sub/inner")).unwrap();
+        std::fs::write(model.join("sub/inner/w.bin"), [1u8; 4]).unwrap();
+        std::fs::write(root.join("secret.bin"), [2u8; 4]).unwrap();
+        std::os::unix::fs::symlink(&root, model.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(model.join("sub/inner"), model.join("in")).unwrap();
+
+        let ok = resolve_location(&model, "sub/inner/w.bin").unwrap();
+        assert_eq!(ok, model.join("sub/inner/w.bin"));
+        // A link that stays inside the folder is followed.
+        assert_eq!(resolve_location(&model, "./in/w.bin").unwrap(), ok);
+        let e = resolve_location(&model, "sub/up/secret.bin").unwrap_err();
+        assert!(
+            e.contains("'sub/up/secret.bin'") && e.contains("outside"),
+            "{e}"
+        );
+        for bad in ["../secret.bin", "sub/../../secret.bin"] {
+            let e = resolve_location(&model, bad).unwrap_err();
+            assert!(e.contains("relative path inside"), "{e}");
+        }
+        let abs = root.join("secret.bin").display().to_string();
+        assert!(resolve_location(&model, &abs).is_err());
+        let e = resolve_location(&model, "sub").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = resolve_location(&model, "nope.bin").unwrap_err();
+        assert!(e.contains("nope.bin"), "{e}");
+        assert!(resolve_location(&model, "").is_err());
+    }
 }

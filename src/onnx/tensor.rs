@@ -512,5 +512,12 @@ mod tests {
         assert!(host_in(&p, dir.path())
             .unwrap_err()
             .contains("relative path inside"));
+        // A link out of the tensor file's folder is not followed.
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::os::unix::fs::symlink(dir.path(), inner.join("link")).unwrap();
+        p.external_data[0] = entry("location", "link/w.bin");
+        p.external_data[2] = entry("length", "8");
+        assert!(host_in(&p, &inner).unwrap_err().contains("outside"));
     }
 }
