@@ -1,4 +1,9 @@
 //! Protobuf → IR. Every field either becomes IR structure or is kept in a [`Carry`].
+//!
+//! What is impossible is refused here, naming the file and the tensor or function: an
+//! `ai.onnx` import newer than [`super::MAX_OPSET`], and a tensor whose dims cannot be
+//! addressed or whose data does not hold what its dims need ([`ConstTensor::check_size`]),
+//! so that no later step multiplies or allocates from such dims.
 
 use super::proto;
 use super::OnnxError;
@@ -40,6 +45,7 @@ pub fn decode_model(bytes: &[u8], base_dir: &Path, origin: &Path) -> Result<Mode
             what: "model has no graph (not an ONNX model?)".into(),
         });
     };
+    check_opsets(&p, origin)?;
     let cx = Cx {
         base_dir: base_dir.to_path_buf(),
         origin: origin.to_path_buf(),
@@ -69,6 +75,33 @@ pub(crate) fn opset_of(o: &proto::OperatorSetIdProto) -> OpsetImport {
         domain: o.domain.clone().unwrap_or_default(),
         version: o.version.unwrap_or(0),
     }
+}
+
+/// Refuses an `ai.onnx` import (of the model or of a model-local function) newer than
+/// [`super::MAX_OPSET`].
+fn check_opsets(p: &proto::ModelProto, origin: &Path) -> Result<(), OnnxError> {
+    let imports =
+        p.opset_import
+            .iter()
+            .map(|o| (o, String::new()))
+            .chain(p.functions.iter().flat_map(|f| {
+                let owner = format!(" (local function '{}')", f.name.as_deref().unwrap_or(""));
+                f.opset_import.iter().map(move |o| (o, owner.clone()))
+            }));
+    for (o, owner) in imports {
+        let default = matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx"));
+        let v = o.version.unwrap_or(0);
+        if default && v > super::MAX_OPSET {
+            return Err(OnnxError::Decode {
+                path: origin.to_path_buf(),
+                what: format!(
+                    "imports ai.onnx opset {v}{owner}, newer than the newest opset qrange knows ({}, ONNX 1.23.2)",
+                    super::MAX_OPSET
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 struct Cx {

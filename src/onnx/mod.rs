@@ -24,6 +24,12 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+/// Newest `ai.onnx` opset of the vendored schema's release (ONNX 1.23.2, recorded in
+/// `tests/conformance/opset_changes.txt`, which the conformance check regenerates from the
+/// `onnx` package). A model or model-local function importing a newer one is refused on
+/// decode: no operator of that opset is known, and ONNX Runtime refuses such a model.
+pub const MAX_OPSET: i64 = 28;
+
 /// Marks, in an attribute's carried bytes, that the file gave it no `type`: the encoder writes
 /// it back without one. (Attributes that passes create have no carried type at all and get the
 /// type of their value.)
@@ -165,4 +171,16 @@ pub fn set_function_opset(m: &mut crate::ir::Model, index: usize, domain: &str, 
         }
     }
     m.carry = crate::ir::Carry(p.encode_to_vec());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn max_opset_is_the_schema_release_newest() {
+        let recorded = include_str!("../../tests/conformance/opset_changes.txt")
+            .lines()
+            .find_map(|l| l.strip_prefix("# newest ai.onnx opset: "))
+            .expect("opset_changes.txt records the newest opset");
+        assert_eq!(recorded.trim().parse::<i64>().unwrap(), super::MAX_OPSET);
+    }
 }

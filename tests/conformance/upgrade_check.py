@@ -6,8 +6,9 @@ Usage:
     upgrade_check.py --write-changes      # regenerate opset_changes.txt from the onnx package
 
 1. Schema list: the (operator, version) pairs at which a default-domain schema changed between
-   opsets 8 and 21, computed from ``onnx.defs.get_all_schemas_with_history()``, must equal
-   ``opset_changes.txt`` beside this script (the Rust pass's table is tested against that file,
+   opsets 8 and 21, computed from ``onnx.defs.get_all_schemas_with_history()``, and the newest
+   ``ai.onnx`` opset (the highest a model may import), must equal ``opset_changes.txt`` beside
+   this script (the Rust pass's table is tested against that file,
    so a new onnx release that changes history shows up here).
 2. Models: the real fixtures (ppocr_cls, magika, silero_vad_ifless, silero_vad), every tiny
    fixture, and small models built here around each operator the pass rewrites (at old
@@ -58,7 +59,8 @@ def schema_changes() -> list[str]:
 
 def changes_text() -> str:
     head = ("# (operator, version) pairs at which an ai.onnx schema changed, opsets 8..=21,\n"
-            f"# from onnx {onnx.__version__}; regenerate: upgrade_check.py --write-changes\n")
+            f"# from onnx {onnx.__version__}; regenerate: upgrade_check.py --write-changes\n"
+            f"# newest ai.onnx opset: {onnx.defs.onnx_opset_version()}\n")
     return head + "\n".join(schema_changes()) + "\n"
 
 
