@@ -34,8 +34,25 @@ use std::str::FromStr;
 /// File extensions (lower case) taken as images.
 const IMAGE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Largest `resize` side (keeps a resized image's buffer within a few GiB).
-const MAX_SIDE: usize = 16384;
+/// Largest `resize` side, and largest side of a decoded image (keeps a resized image's
+/// buffer within a few GiB).
+pub const MAX_SIDE: usize = 16384;
+/// Largest decoded image, in pixels (64 megapixels: 192 MiB of 8-bit RGB). An image whose
+/// header declares more is refused before any pixel buffer is allocated.
+pub const MAX_PIXELS: usize = 1 << 26;
+
+/// Refuses image sizes past [`MAX_SIDE`] or [`MAX_PIXELS`] (read from the header, before
+/// decoding).
+fn check_image_size(width: usize, height: usize) -> Result<(), String> {
+    let pixels = width.checked_mul(height);
+    if width > MAX_SIDE || height > MAX_SIDE || pixels.is_none_or(|p| p > MAX_PIXELS) {
+        return Err(format!(
+            "the image is {width}x{height}, larger than qrange decodes (at most {MAX_SIDE} pixels a side and {} megapixels)",
+            MAX_PIXELS >> 20
+        ));
+    }
+    Ok(())
+}
 
 /// Keys of the preprocessing spec, in the order [`Preprocess`] prints them.
 const KEYS: &str = "input, resize, keep-aspect, align, pad, color, layout, scale, mean, std, dtype";
@@ -760,6 +777,8 @@ fn decode_png(bytes: &[u8]) -> Result<Pixels, String> {
     let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
     dec.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = dec.read_info().map_err(|e| e.to_string())?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    check_image_size(w as usize, h as usize)?;
     let size = reader
         .output_buffer_size()
         .ok_or("the image is too large")?;
@@ -801,8 +820,14 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Pixels, String> {
     };
     let opts = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_strict_mode(true);
+        .set_strict_mode(true)
+        // The decoder's own limits are left above ours, which the check below words.
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX));
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    dec.decode_headers().map_err(|e| e.to_string())?;
+    let (w, h) = dec.dimensions().ok_or("no image size in the headers")?;
+    check_image_size(w, h)?;
     let data = dec.decode().map_err(|e| e.to_string())?;
     let (width, height) = dec.dimensions().ok_or("no image size in the headers")?;
     if data.len() != width * height * 3 {
@@ -1190,6 +1215,46 @@ mod tests {
                 let _ = decode(&bad);
             }
         }
+    }
+
+    /// The fixture image with the size its header declares replaced (the pixel data stays
+    /// that of the small image).
+    fn declaring(width: u32, height: u32, png: bool) -> Vec<u8> {
+        if png {
+            let mut b = include_bytes!("../../fixtures/ppocr_cls/images/sample_01.png").to_vec();
+            // IHDR is the first chunk: length, "IHDR", width, height, 5 bytes, CRC.
+            b[16..20].copy_from_slice(&width.to_be_bytes());
+            b[20..24].copy_from_slice(&height.to_be_bytes());
+            let crc = crc32fast::hash(&b[12..29]);
+            b[29..33].copy_from_slice(&crc.to_be_bytes());
+            b
+        } else {
+            let mut b =
+                include_bytes!("../../fixtures/ppocr_cls/images_jpeg/sample_01.jpg").to_vec();
+            let sof = b
+                .windows(2)
+                .position(|w| w[0] == 0xff && matches!(w[1], 0xc0..=0xc2))
+                .unwrap();
+            b[sof + 5..sof + 7].copy_from_slice(&(height as u16).to_be_bytes());
+            b[sof + 7..sof + 9].copy_from_slice(&(width as u16).to_be_bytes());
+            b
+        }
+    }
+
+    #[test]
+    fn oversized_images_are_refused_before_decoding() {
+        for png in [true, false] {
+            for (w, h) in [(60_000, 60_000), (16_000, 16_000), (MAX_SIDE as u32 + 1, 8)] {
+                let e = decode(&declaring(w, h, png)).unwrap_err();
+                assert!(
+                    e.contains(&format!("{w}x{h}")) && e.contains("larger than qrange decodes"),
+                    "{e}"
+                );
+            }
+        }
+        // At the limits, the size passes and decoding goes on (and fails on the short data).
+        let e = decode(&declaring(MAX_SIDE as u32, 4096, true)).unwrap_err();
+        assert!(!e.contains("larger than"), "{e}");
     }
 
     #[test]
