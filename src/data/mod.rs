@@ -26,6 +26,11 @@
 //! samples in memory) and reads one sample at a time, so memory does not grow with the
 //! number of samples.
 //!
+//! The zip CRC-32 of every `.npz` member is checked (a stored input member when it is opened,
+//! a deflated one when its stream passes the last sample); external data of `.pb` tensors must
+//! resolve inside the tensor file's folder; images larger than the decoder's limits are
+//! refused from their header.
+//!
 //! Every problem with user data is a one-line [`DataError`] naming the file and the array or
 //! input. Nothing here knows about graphs or execution; callers pass [`InputSpec`]s.
 
@@ -539,6 +544,7 @@ fn load_npy(path: &Path, inputs: &[InputSpec]) -> Result<Dataset, DataError> {
         len: size,
         coding: Coding::Stored,
         size,
+        crc32: None,
     };
     let value = match Streamed::open(span, name)? {
         Ok(Opened::Streamed(s)) => Ok(Array::Streamed(s)),

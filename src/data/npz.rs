@@ -51,6 +51,7 @@ pub(super) fn read(path: &Path, stream: &dyn Fn(&str) -> bool) -> Result<Vec<Mem
                 len: entry.compressed_size(),
                 coding,
                 size: entry.size(),
+                crc32: Some(entry.crc32()),
             });
             (entry.name().to_string(), span)
         };
@@ -86,7 +87,11 @@ pub(super) fn read(path: &Path, stream: &dyn Fn(&str) -> bool) -> Result<Vec<Mem
             .read_to_end(&mut bytes)
             .map_err(|e| DataError::Format {
                 path: path.to_path_buf(),
-                msg: format!("array '{name}': cannot read zip member: {e}"),
+                msg: if e.to_string().contains("checksum") {
+                    format!("array '{name}': zip member '{member}' fails its CRC-32 check ({e}): the archive is damaged")
+                } else {
+                    format!("array '{name}': cannot read zip member: {e}")
+                },
             })?;
         members.push(Member {
             name: name.to_string(),

@@ -12,8 +12,15 @@
 //!
 //! Layouts that make this awkward (column-major arrays, zero-rank arrays, unicode arrays,
 //! compression methods other than stored and deflate) are not streamed: the caller decodes
-//! them whole through the same decoder. The zip CRC of a streamed member is not checked; a truncated or
-//! corrupt deflate stream is reported when a sample cannot be read.
+//! them whole through the same decoder. A truncated or corrupt deflate stream is reported
+//! when a sample cannot be read.
+//!
+//! The zip CRC-32 of a member is checked either way: a stored member is read through once
+//! when it is opened (sequentially, in fixed-size blocks: no memory grows with its size), so
+//! a damaged archive is refused before any work; a deflated member's stream hashes what it
+//! inflates, and the check is made when the stream has passed the last sample (the rest
+//! of the payload is read then), so the request for the last sample fails on a mismatch.
+//! (Members decoded whole are checked by the zip reader.)
 
 use super::npy::{self, Elem, Header, NpyError};
 use super::DataError;
@@ -45,6 +52,8 @@ pub(super) struct Span {
     pub coding: Coding,
     /// Size of the whole `.npy` payload (header included) once decoded.
     pub size: u64,
+    /// The zip member's CRC-32 of the decoded payload (`None` for a plain `.npy` file).
+    pub crc32: Option<u32>,
 }
 
 /// An input array: decoded whole, or read sample by sample.
@@ -104,7 +113,33 @@ impl std::fmt::Debug for Streamed {
     }
 }
 
-type Inflate = flate2::bufread::DeflateDecoder<BufReader<Take<File>>>;
+type Inflate = Hashing<flate2::bufread::DeflateDecoder<BufReader<Take<File>>>>;
+
+/// A reader that hashes (CRC-32) and counts the bytes read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    read: u64,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            read: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
 
 /// Read state of a streamed array.
 enum Cursor {
@@ -154,6 +189,12 @@ impl Streamed {
         };
         let cursor = match span.coding {
             Coding::Stored => {
+                if let Some(crc) = span.crc32 {
+                    let mut all = Hashing::new(open_raw(&span, name)?);
+                    std::io::copy(&mut all, &mut std::io::sink())
+                        .map_err(|e| read_error(&span.path, name, None, e))?;
+                    check_crc(&span, name, crc, &all)?;
+                }
                 Cursor::Stored(File::open(&span.path).map_err(|e| DataError::io(&span.path, e))?)
             }
             Coding::Deflate => Cursor::Deflate {
@@ -226,7 +267,9 @@ impl Streamed {
                     Some((s, next)) if next <= i => (s, next),
                     _ => {
                         self.starts.fetch_add(1, Ordering::Relaxed);
-                        let mut s = Inflate::new(open_raw(&self.span, &self.name)?);
+                        let mut s = Hashing::new(flate2::bufread::DeflateDecoder::new(open_raw(
+                            &self.span, &self.name,
+                        )?));
                         let skipped = std::io::copy(
                             &mut (&mut s).take(self.header_len),
                             &mut std::io::sink(),
@@ -242,6 +285,13 @@ impl Streamed {
                     let mut buf = vec![0u8; n];
                     s.read_exact(&mut buf).map_err(err)?;
                     next += 1;
+                    if next == self.shape[0] {
+                        // The last sample: the rest of the payload, then the CRC.
+                        std::io::copy(&mut s, &mut std::io::sink()).map_err(err)?;
+                        if let Some(crc) = self.span.crc32 {
+                            check_crc(&self.span, &self.name, crc, &s)?;
+                        }
+                    }
                     if next - 1 == i {
                         *stream = Some((s, next));
                         *last = Some((i, buf.clone()));
@@ -272,6 +322,20 @@ fn check_size(header: &Header, elem: Elem, size: u64) -> Result<usize, NpyError>
     Ok(per)
 }
 
+/// Compares what `read` hashed (the whole payload) with the member's CRC-32 and size.
+fn check_crc<R>(span: &Span, name: &str, crc: u32, read: &Hashing<R>) -> Result<(), DataError> {
+    let found = read.hasher.clone().finalize();
+    if found != crc || read.read != span.size {
+        return Err(DataError::Format {
+            path: span.path.clone(),
+            msg: format!(
+                "array '{name}': zip member '{name}.npy' fails its CRC-32 check (stored {crc:08x}, data gives {found:08x}): the archive is damaged"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A buffered reader of `span`'s bytes as stored in the file.
 fn open_raw(span: &Span, name: &str) -> Result<BufReader<Take<File>>, DataError> {
     let mut file = File::open(&span.path).map_err(|e| DataError::io(&span.path, e))?;
@@ -285,7 +349,7 @@ fn open_span(span: &Span, name: &str) -> Result<Box<dyn Read + Send>, DataError>
     let raw = open_raw(span, name)?;
     Ok(match span.coding {
         Coding::Stored => Box::new(raw),
-        Coding::Deflate => Box::new(Inflate::new(raw)),
+        Coding::Deflate => Box::new(flate2::bufread::DeflateDecoder::new(raw)),
     })
 }
 

@@ -934,3 +934,52 @@ fn truncated_and_corrupt_members_are_one_line_errors() {
     let e = one_line(load(&npy_path, &specs).unwrap_err());
     assert!(e.contains("short.npy"), "{e}");
 }
+
+#[test]
+fn member_crcs_are_checked_when_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = f32s(&[6, 3]);
+    let full = npy::encode(&x).unwrap();
+    let specs = [spec("x", DType::F32, &[Some(3)])];
+
+    // Stored: one byte of the last sample changed after the archive was written. The
+    // member is read through once when opened, so the load itself fails.
+    let path = dir.path().join("stored.npz");
+    zip_npz(&path, &[("x.npy", &full)], zip::CompressionMethod::Stored);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = index0(&x, 5);
+    let Tensor::F32(last) = last else { panic!() };
+    let pattern = last.as_slice().unwrap()[2].to_le_bytes();
+    let at = bytes.windows(4).rposition(|w| w == pattern).unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load(&path, &specs).unwrap_err().to_string();
+    assert!(
+        e.contains("stored.npz") && e.contains("'x.npy'") && e.contains("CRC-32"),
+        "{e}"
+    );
+
+    // Deflated with a recorded CRC of 0: every sample but the last reads; the last one
+    // ends the stream, where the CRC is compared.
+    let path = dir.path().join("deflated.npz");
+    zip_by_hand(&path, "x.npy", 8, &deflate(&full), full.len() as u32);
+    let ds = load(&path, &specs).unwrap();
+    assert!(codings(&ds)["x"].contains("Deflate"));
+    for i in 0..5 {
+        assert_eq!(ds.get(i).unwrap()["x"], index0(&x, i));
+    }
+    let e = ds.get(5).unwrap_err().to_string();
+    assert!(
+        e.contains("deflated.npz") && e.contains("'x.npy'") && e.contains("CRC-32"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+
+    // The same archive with the right CRC reads to the end, in any order.
+    let path = dir.path().join("good.npz");
+    zip_npz(&path, &[("x.npy", &full)], zip::CompressionMethod::Deflated);
+    let ds = load(&path, &specs).unwrap();
+    for i in [5usize, 0, 4, 5, 2] {
+        assert_eq!(ds.get(i).unwrap()["x"], index0(&x, i));
+    }
+}
