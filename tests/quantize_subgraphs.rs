@@ -831,3 +831,51 @@ fn adaptive_keeps_auto_on_models_with_subgraphs_and_says_why() {
     );
     assert_eq!(j["quantized_ops"], 7, "{j}");
 }
+
+/// Node names and op types given to exclude or select are checked against every graph of
+/// the model: names inside If branches (plain or as plan keys) and op types used only
+/// there are known; a misspelt one is an error listing it.
+#[test]
+fn exclusion_names_are_checked_against_subgraphs() {
+    let m = qrange::onnx::read_model(&fixture("tiny/tiny_if.onnx")).unwrap();
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let cfg = |nodes: &[&str], excluded: &[&str], only: Option<&[&str]>| QuantConfig {
+        target: Target::OrtCpu,
+        activation: QType::new(DType::U8, false, false).unwrap(),
+        weight: QType::new(DType::I8, true, true).unwrap(),
+        weight_mse: false,
+        per_channel: true,
+        exclude_nodes: set(nodes),
+        exclude_op_types: set(excluded),
+        op_types: only.map(set),
+    };
+    cfg(
+        &["head", "then_relu", "if/else_branch/else_mul"],
+        &["Sigmoid"],
+        Some(&["MatMul", "Relu"]),
+    )
+    .check_names(&m)
+    .unwrap();
+    let e = cfg(&["then_relu", "then_relux", "Relu"], &[], None)
+        .check_names(&m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--exclude-nodes")
+            && e.contains("'Relu', 'then_relux'")
+            && !e.contains("'then_relu'"),
+        "{e}"
+    );
+    let e = cfg(&[], &["Conv"], Some(&["Matmul"]))
+        .check_names(&m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--exclude-op-types")
+            && e.contains("'Conv'")
+            && e.contains("--op-types")
+            && e.contains("'Matmul'"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+}

@@ -59,6 +59,7 @@ pub fn statistics(
 ) -> Result<CalibrationFile, PipelineError> {
     let model = crate::onnx::read_model(&c.model)?;
     let pins = super::inputs::pins(&model, c)?;
+    super::inputs::check_names(&model, c)?;
     let specs = super::inputs::input_specs(&model, &pins);
     let (Some(ds), _) = super::inputs::calibration_source(c, &specs, progress)? else {
         return Err(PipelineError::Options(

@@ -8,6 +8,7 @@ use crate::ir::GraphError;
 use crate::onnx::OnnxError;
 use crate::passes::pin_inputs::PinError;
 use crate::passes::{PassError, StepError};
+use crate::quant::plan::UnknownNames;
 use crate::tune::TuneError;
 use std::path::PathBuf;
 
@@ -56,6 +57,9 @@ pub enum PipelineError {
     },
     #[error("{}: {error}", .path.display())]
     Overrides { path: PathBuf, error: TuneError },
+    /// `--exclude-nodes`, `--exclude-op-types` or `--op-types` names nothing in the model.
+    #[error("{}: {error}", .model.display())]
+    UnknownNames { model: PathBuf, error: UnknownNames },
     /// The engine failed on a model: `what` names it.
     #[error("{what}: {error}")]
     Exec { what: String, error: ExecError },

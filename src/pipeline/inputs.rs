@@ -92,6 +92,18 @@ pub fn pins(
         .map_err(|(name, error)| PipelineError::Pin { name, error })
 }
 
+/// Refuses `--exclude-nodes`, `--exclude-op-types` and `--op-types` names that match
+/// nothing in `m` (the model as given), so that a misspelt name is an error rather than a
+/// setting that silently does nothing.
+pub fn check_names(m: &Model, common: &Common) -> Result<(), PipelineError> {
+    let cfg = common.settings.config().map_err(PipelineError::Options)?;
+    cfg.check_names(m)
+        .map_err(|error| PipelineError::UnknownNames {
+            model: common.model.clone(),
+            error,
+        })
+}
+
 /// `n` random samples for `specs` (a smoke test: ranges from them mean nothing); an input
 /// of unknown rank needs a shape in `shapes`.
 pub fn random_dataset(
@@ -205,6 +217,7 @@ pub fn load(
     let c = &o.common;
     let model = crate::onnx::read_model(&c.model)?;
     let pins = pins(&model, c)?;
+    check_names(&model, c)?;
     let specs = input_specs(&model, &pins);
     let (mut calib, ranges_file) = calibration_source(c, &specs, progress)?;
     let mut eval: Option<Dataset> = match &o.eval {

@@ -54,6 +54,67 @@ pub struct QuantConfig {
     pub op_types: Option<BTreeSet<String>>,
 }
 
+/// Names given to [`QuantConfig`] that match nothing in the model (one line, listing them).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownNames(pub String);
+
+impl QuantConfig {
+    /// Checks every name of `exclude_nodes` (a node's name or its plan key, in the main
+    /// graph or any subgraph), `exclude_op_types` and `op_types` (op types that occur in
+    /// the model, subgraphs included) against `m`, so that a misspelt name is an error
+    /// instead of a setting that silently does nothing. The error lists every unknown name.
+    pub fn check_names(&self, m: &Model) -> Result<(), UnknownNames> {
+        let scopes = Scopes::of(&m.graph);
+        let mut nodes = BTreeSet::new();
+        let mut types = BTreeSet::new();
+        for s in 0..scopes.len() {
+            let g = scopes.graph(&m.graph, s);
+            let label = &scopes.get(s).label;
+            for o in g.ops() {
+                let op = g.op(o);
+                nodes.insert(op_key_in(label, g, o));
+                nodes.extend(op.name.clone().filter(|n| !n.is_empty()));
+                types.insert(op.op_type.clone());
+            }
+        }
+        let unknown = |given: &BTreeSet<String>, known: &BTreeSet<String>| -> Vec<String> {
+            given
+                .iter()
+                .filter(|n| !known.contains(*n))
+                .map(|n| format!("'{n}'"))
+                .collect()
+        };
+        let all_types = types.iter().cloned().collect::<Vec<_>>().join(", ");
+        let mut problems = Vec::new();
+        let bad = unknown(&self.exclude_nodes, &nodes);
+        if !bad.is_empty() {
+            problems.push(format!(
+                "--exclude-nodes names no node of the model: {}",
+                bad.join(", ")
+            ));
+        }
+        let no_type = [
+            ("--exclude-op-types", Some(&self.exclude_op_types)),
+            ("--op-types", self.op_types.as_ref()),
+        ];
+        for (flag, given) in no_type {
+            let bad = given.map(|g| unknown(g, &types)).unwrap_or_default();
+            if !bad.is_empty() {
+                problems.push(format!(
+                    "{flag} names op types the model does not use: {} (it uses {all_types})",
+                    bad.join(", ")
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(UnknownNames(problems.join("; ")))
+        }
+    }
+}
+
 /// What happens to one value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
