@@ -80,6 +80,34 @@ impl CalibrationFile {
         Ok(out)
     }
 
+    /// One line per tensor whose observed values held NaN or infinities, naming it and
+    /// counting them. Statistics keep such values out of min/max, sums and histograms (so
+    /// ranges cover the finite values only); these lines are how that is said.
+    pub fn non_finite_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, t) in &self.tensors {
+            let (pos, neg) = t.infinities();
+            let bad = t.count() - t.finite();
+            if bad > 0 {
+                out.push(format!(
+                    "tensor '{name}': {bad} of {} calibration values are not finite ({} NaN, {pos} +Inf, {neg} -Inf over {} samples); its range covers the finite values only",
+                    t.count(),
+                    t.nan(),
+                    self.samples
+                ));
+            }
+        }
+        for (name, c) in &self.channels {
+            if c.non_finite() > 0 {
+                out.push(format!(
+                    "tensor '{name}': {} values are not finite (NaN or infinite); its per-channel ranges cover the finite values only",
+                    c.non_finite()
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads and checks a calibration file.
     pub fn read(path: &Path) -> Result<CalibrationFile, CalibError> {
         let bytes = std::fs::read(path).map_err(|source| CalibError::Io {

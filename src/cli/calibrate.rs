@@ -40,6 +40,10 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     )?;
     let file = crate::pipeline::calibrate::statistics(&common(c, None)?, &Bars::new(c.json))?;
     file.write(&a.output)?;
+    let warnings = file.non_finite_warnings();
+    for w in &warnings {
+        super::quantize::warn(w);
+    }
     if c.json {
         println!(
             "{}",
@@ -48,6 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
                 "samples": file.samples,
                 "tensors": file.tensors.len(),
                 "model_sha256": file.model_sha256,
+                "warnings": warnings,
             })
         );
     } else {

@@ -338,6 +338,8 @@ fn quantize_prepared(
     let t = Instant::now();
     let ranges_file = data.ranges_file.take();
     let mut cal = calibrate_step(&mut run, &p, data.calib.as_ref(), ranges_file)?;
+    // NaN and infinities are kept out of the ranges: say where there were any.
+    run.warnings.extend(cal.stats.non_finite_warnings());
     // Subgraphs no sample reached, and values calibration did not observe, have no
     // statistics: the ops needing them stay float.
     let built = std::mem::take(&mut p.plan);
