@@ -191,12 +191,24 @@ impl crate::pipeline::Progress for Bars {
     }
 }
 
-/// Prints an error: a complete first line, then its causes indented.
+/// Prints an error as one line: `error: ` then the message and its causes joined by `: `
+/// (a cause whose text the line already holds is not repeated; line breaks inside a
+/// message become spaces).
 pub fn print_error(e: &anyhow::Error) {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", error_line(e));
+}
+
+/// The one-line form of an error and its causes (see [`print_error`]).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
     for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
     }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Adds a model file and every external data file it names to the files a command reads.
@@ -234,5 +246,29 @@ pub(crate) fn read_data(paths: &mut crate::fsx::Paths, what: &str, spec: &str) {
 pub(crate) fn read_preprocess(paths: &mut crate::fsx::Paths, spec: Option<&str>) {
     if let Some(file) = spec.and_then(|s| s.strip_prefix('@')) {
         paths.read("the --preprocess file", std::path::Path::new(file));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_print_as_one_line() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("node 'n': {0}")]
+        struct Inner(String);
+        #[derive(Debug, thiserror::Error)]
+        #[error("subgraph 'g': {source}")]
+        struct Outer {
+            #[source]
+            source: Inner,
+        }
+        let e = anyhow::Error::new(Outer {
+            source: Inner("bad\n  attribute".into()),
+        })
+        .context("m.onnx: calibration");
+        assert_eq!(
+            super::error_line(&e),
+            "m.onnx: calibration: subgraph 'g': node 'n': bad attribute"
+        );
     }
 }

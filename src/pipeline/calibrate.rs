@@ -42,7 +42,10 @@ pub fn calibrate<S: SampleSource + ?Sized>(
     .map_err(|e| match e {
         // A sample that cannot be read (NaN in streamed data…) is the data's error, one line.
         CollectError::Data(e) => PipelineError::Data(e),
-        e => PipelineError::Calibration(e),
+        error => PipelineError::Calibration {
+            model: p.model_path.clone(),
+            error: Box::new(error),
+        },
     })?;
     progress.end();
     let mut file = CalibrationFile::new(p.sha256.clone());

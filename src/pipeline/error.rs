@@ -45,8 +45,12 @@ pub enum PipelineError {
     /// The plan could not be fitted to the statistics (a bug, named).
     #[error("internal error: {0}")]
     Plan(String),
-    #[error("calibration")]
-    Calibration(#[source] CollectError),
+    /// Calibration failed on the model (its engine run, a subgraph, a statistic).
+    #[error("{}: calibration: {error}", .model.display())]
+    Calibration {
+        model: PathBuf,
+        error: Box<CollectError>,
+    },
     #[error("no statistics for value '{0}' (ranges file for another model or options?)")]
     NoStatistics(String),
     #[error("{}: the ranges file was made for another model or other options (model sha256 {file}, this run {run})", .path.display())]
