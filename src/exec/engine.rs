@@ -1,5 +1,10 @@
 //! One model run whole by the engine: the prepared model in the engine's protobuf types
 //! and a plan per input signature (element types and shapes), built on first use.
+//!
+//! Every call into the engine (building a plan, running it) is guarded: the engine panics on
+//! some malformed models (an axis out of range, a slice step of 0, a Scan body that does not
+//! match its node, allocations of terabytes), and such a panic becomes an [`ExecError`]
+//! saying where the engine stopped, without the panic message on stderr.
 
 use super::{convert, fake_quant, lowbit, prepare, qdq, tap};
 use super::{engine_error, ExecError, ObservedError, SessionOptions, TapValue};
@@ -18,6 +23,69 @@ use tract_onnx::tract_core::plan::EvalContext;
 
 /// Element type and shape of each model input, in input order.
 type Signature = Vec<(DType, Vec<usize>)>;
+
+thread_local! {
+    /// How many [`guarded`] engine calls this thread is inside.
+    static IN_ENGINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Where the last panic inside an engine call happened (`crate-version/path:line`).
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs, once, a panic hook that keeps quiet about panics inside [`guarded`] calls
+/// (recording where they happened) and hands every other panic to the previous hook.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_ENGINE.with(|d| d.get()) == 0 {
+                return previous(info);
+            }
+            let at = info.location().map(|l| {
+                let file = l.file();
+                // A dependency's path, from its package folder on (after the registry's
+                // `registry/src/<index>/`).
+                const REGISTRY: &str = "/registry/src/";
+                let short = file
+                    .find(REGISTRY)
+                    .map(|i| &file[i + REGISTRY.len()..])
+                    .and_then(|rest| rest.find('/').map(|j| &rest[j + 1..]))
+                    .unwrap_or(file);
+                format!("{short}:{}", l.line())
+            });
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+        }));
+    });
+}
+
+/// Runs `f`, a call into the engine, turning a panic inside it into an error (`wrap` makes
+/// it [`ExecError::Load`] or [`ExecError::Run`]). The engine panics on some malformed models
+/// (a permutation naming a missing axis, a slice step of 0, a Scan body with fewer outputs
+/// than the node, an allocation of terabytes…); this keeps those a one-line error.
+fn guarded<T>(
+    wrap: fn(String) -> ExecError,
+    f: impl FnOnce() -> Result<T, ExecError>,
+) -> Result<T, ExecError> {
+    install_panic_hook();
+    IN_ENGINE.with(|d| d.set(d.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_ENGINE.with(|d| d.set(d.get() - 1));
+    r.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        let at = PANIC_AT
+            .with(|p| p.borrow_mut().take())
+            .map(|a| format!(", at {a}"))
+            .unwrap_or_default();
+        Err(wrap(format!(
+            "the execution engine cannot handle this model: it stopped with '{}'{at}",
+            engine_error(what)
+        )))
+    })
+}
 
 /// A model the engine runs whole.
 pub(crate) struct Engine {
@@ -143,9 +211,10 @@ impl Engine {
         let signature = self.signature(sample)?;
         let plan = self.plan(&signature)?;
         let inputs = self.engine_inputs(sample)?;
-        let values = plan
-            .run(inputs)
-            .map_err(|e| ExecError::Run(engine_error(e)))?;
+        let values = guarded(ExecError::Run, || {
+            plan.run(inputs)
+                .map_err(|e| ExecError::Run(engine_error(e)))
+        })?;
         if values.len() != self.outputs.len() {
             return Err(ExecError::Run(format!(
                 "the engine returned {} values for {} outputs",
@@ -176,44 +245,47 @@ impl Engine {
             .map_err(exec)?;
         let mut failure: Option<ObservedError<E>> = None;
         let logical = &self.logical;
-        let ran = state.run_plan_with_eval(
-            inputs,
-            |ctx: &EvalContext<'_>,
-             op_state: Option<&mut (dyn OpState + 'static)>,
-             node: &TypedNode,
-             inputs: TVec<TValue>|
-             -> TractResult<TVec<TValue>> {
-                let Some(sink) = node.op_as::<tap::TapSink>() else {
-                    return tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                };
-                let value = &inputs[0];
-                let plain = value.to_plain_array_view::<f32>();
-                let view = match plain.as_ref().ok().and_then(|v| v.as_slice()) {
-                    Some(s) => TapValue::F32(s),
-                    None => match convert::to_host(value, logical.get(&sink.name).copied()) {
-                        Ok(t) => TapValue::Host(t),
-                        Err(e) => {
-                            failure = Some(ObservedError::Exec(ExecError::Output {
-                                name: sink.name.clone(),
-                                reason: engine_error(e),
-                            }));
-                            return Err(TractError::msg(format!(
-                                "tap '{}' could not be converted",
-                                sink.name
-                            )));
-                        }
-                    },
-                };
-                if let Err(e) = observe(&sink.name, view) {
-                    failure = Some(ObservedError::Observer(e));
-                    return Err(TractError::msg(format!(
-                        "observation of '{}' failed",
-                        sink.name
-                    )));
-                }
-                Ok(tvec!(tensor0(0f32).into_tvalue()))
-            },
-        );
+        let ran = guarded(ExecError::Run, || {
+            Ok(state.run_plan_with_eval(
+                inputs,
+                |ctx: &EvalContext<'_>,
+                 op_state: Option<&mut (dyn OpState + 'static)>,
+                 node: &TypedNode,
+                 inputs: TVec<TValue>|
+                 -> TractResult<TVec<TValue>> {
+                    let Some(sink) = node.op_as::<tap::TapSink>() else {
+                        return tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    };
+                    let value = &inputs[0];
+                    let plain = value.to_plain_array_view::<f32>();
+                    let view = match plain.as_ref().ok().and_then(|v| v.as_slice()) {
+                        Some(s) => TapValue::F32(s),
+                        None => match convert::to_host(value, logical.get(&sink.name).copied()) {
+                            Ok(t) => TapValue::Host(t),
+                            Err(e) => {
+                                failure = Some(ObservedError::Exec(ExecError::Output {
+                                    name: sink.name.clone(),
+                                    reason: engine_error(e),
+                                }));
+                                return Err(TractError::msg(format!(
+                                    "tap '{}' could not be converted",
+                                    sink.name
+                                )));
+                            }
+                        },
+                    };
+                    if let Err(e) = observe(&sink.name, view) {
+                        failure = Some(ObservedError::Observer(e));
+                        return Err(TractError::msg(format!(
+                            "observation of '{}' failed",
+                            sink.name
+                        )));
+                    }
+                    Ok(tvec!(tensor0(0f32).into_tvalue()))
+                },
+            ))
+        })
+        .map_err(exec)?;
         let values = match (ran, failure) {
             (_, Some(f)) => return Err(f),
             (Err(e), None) => return Err(ObservedError::Exec(ExecError::Run(engine_error(e)))),
@@ -314,6 +386,13 @@ impl Engine {
     }
 
     fn build_with(
+        &self,
+        signature: Option<&Signature>,
+    ) -> Result<Arc<TypedRunnableModel>, ExecError> {
+        guarded(ExecError::Load, || self.build_unguarded(signature))
+    }
+
+    fn build_unguarded(
         &self,
         signature: Option<&Signature>,
     ) -> Result<Arc<TypedRunnableModel>, ExecError> {

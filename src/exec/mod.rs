@@ -35,6 +35,8 @@
 //! as a model of its own once per iteration (`loops`: ONNX's semantics, data-dependent trip
 //! counts and conditions, at most [`LoopLimits::max_iterations`] iterations, an error past
 //! them). Either way the session's interface is the same.
+//!
+//! A panic inside the engine on a malformed model becomes an [`ExecError`] (`engine`).
 
 mod convert;
 mod engine;
