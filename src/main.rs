@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     if let Err(e) = qrange::fsx::clean_up_on_signals() {
         eprintln!("warning: cannot watch for SIGINT/SIGTERM ({e}): an interrupted write may leave a temporary file");
     }
@@ -16,4 +17,23 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Standard output closed by its reader (`qrange inspect m.onnx | head`) makes `println!`
+/// panic; that is the reader's choice, not a failure: stop quietly with exit code 0. Files are
+/// written before their summary is printed, so nothing is left half-written.
+fn quiet_broken_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        previous(info)
+    }));
 }
