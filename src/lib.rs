@@ -180,7 +180,11 @@
 //!   graph contradicts: `infer_shapes` relaxes a contradicting declaration (graph output,
 //!   `value_info`) to what the graph computes, and says so.
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
-//!   file, node or tensor.
+//!   file, node or tensor. Sizes read from files go through checked arithmetic before
+//!   anything is allocated (`ir::value::element_count`, the `.npy` header checks, image
+//!   size limits); external data resolves inside the model's folder
+//!   (`onnx::external::resolve_location`); a panic inside the engine on a malformed model
+//!   is caught in `exec` and becomes an error.
 //! - **Invariant:** no command damages a file: it writes no file it reads and no file twice
 //!   (checked before any work), writes only through `fsx` (temporary file, rename), and
 //!   leaves no temporary file or partial output, even when interrupted.

@@ -1,18 +1,25 @@
-//! Malformed inputs: each gives a one-line `error:` naming the culprit, exit code 2,
-//! no panic, no output file, and leaves the input untouched.
+//! Malformed inputs. Each row of [`CASES`] builds a bad input in a temporary directory,
+//! runs one `qrange` command on it and states the outcome: exit code 2 with a one-line
+//! `error:` naming the culprit, no panic, no output file, inputs untouched; or, for inputs
+//! that are suspicious rather than wrong, exit code 0 with a `warning:` line. The table in
+//! `tests/bad_input/README.md` is rendered from the rows and must match them (set
+//! `QRANGE_WRITE_TABLE=1` to rewrite it after changing a row).
 
 mod common;
 
 use common::*;
 use prost::Message;
 use qrange::onnx::proto;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 struct Case {
     name: &'static str,
     /// Builds the files in `dir` and returns the qrange arguments.
     setup: fn(&Path) -> Vec<String>,
-    /// Text the first stderr line must contain.
+    /// Expected exit code: 2 (an error) or 0 (a warning).
+    code: i32,
+    /// Text the error line (code 2) or one warning line (code 0) must contain.
     expect: &'static [&'static str],
 }
 
@@ -128,6 +135,281 @@ fn image_case(dir: &Path, dims: &[i64], spec: &str, extra: fn(&Path)) -> Vec<Str
     ]
 }
 
+/// `add_relu` with its initializer `b` given `dims` (its four values unchanged).
+fn add_relu_dims(dims: &[i64]) -> proto::ModelProto {
+    let mut m = add_relu();
+    m.graph.as_mut().unwrap().initializer[0].dims = dims.to_vec();
+    m
+}
+
+/// Writes `m` as `dir/model.onnx` and an .npz of four add_relu samples as `dir/data.npz`;
+/// returns the arguments of `cmd` on them (`inspect`, `lint`, `convert`, `run`, `quantize`,
+/// `calibrate` or `compare`).
+fn command_on(dir: &Path, m: &proto::ModelProto, cmd: &str) -> Vec<String> {
+    let model = dir.join("model.onnx");
+    write_proto(&model, m);
+    let data = dir.join("data.npz");
+    write_npz_arrays(&data, vec![("x", f32_filled(&[4, 1, 4], 0.25))]);
+    let (model, data) = (s(&model), s(&data));
+    let out = |name: &str| s(&dir.join(name));
+    let v: Vec<String> = match cmd {
+        "inspect" | "lint" => vec![cmd.into(), model],
+        "convert" => vec![cmd.into(), model, out("out.onnx")],
+        "run" => vec![
+            cmd.into(),
+            model,
+            "--data".into(),
+            data,
+            "-o".into(),
+            out("out.npz"),
+        ],
+        "quantize" => vec![
+            cmd.into(),
+            model,
+            "--calib".into(),
+            data,
+            "-o".into(),
+            out("out.onnx"),
+        ],
+        "calibrate" => vec![
+            cmd.into(),
+            model,
+            "--calib".into(),
+            data,
+            "-o".into(),
+            out("r.json"),
+        ],
+        "compare" => vec![cmd.into(), model.clone(), model, "--data".into(), data],
+        other => panic!("no command {other}"),
+    };
+    v
+}
+
+fn with_args(mut v: Vec<String>, extra: &[&str]) -> Vec<String> {
+    v.extend(extra.iter().map(|x| x.to_string()));
+    v
+}
+
+/// `add_relu` whose initializer is stored in `dir/weights.bin` with `dims` declared.
+fn ext_dims(dir: &Path, dims: &[i64]) -> proto::ModelProto {
+    with_ext_data(dir, "weights.bin", 0, 16, true);
+    let mut m = load(&dir.join("model.onnx"));
+    m.graph.as_mut().unwrap().initializer[0].dims = dims.to_vec();
+    m
+}
+
+/// A model folder `dir/m/` holding `sub/link`, a symbolic link to `dir` itself (outside the
+/// model folder), and `dir/secret.bin`; the initializer's external data location is
+/// `location`. Returns the model path.
+fn linked_model(dir: &Path, location: &str) -> PathBuf {
+    let mdir = dir.join("m");
+    std::fs::create_dir_all(mdir.join("sub")).unwrap();
+    std::os::unix::fs::symlink(dir, mdir.join("sub/link")).unwrap();
+    std::fs::write(dir.join("secret.bin"), [7u8; 16]).unwrap();
+    with_ext_data(&mdir, location, 0, 16, false);
+    mdir.join("model.onnx")
+}
+
+/// `Relu(x)` on f32[1,4] preceded by `op` (one input `x`, output `t`, attributes `attrs`).
+fn op_then_relu(op: &str, attrs: Vec<proto::AttributeProto>) -> proto::ModelProto {
+    let mut n = node(op, "bad_op", &["x"], &["t"]);
+    n.attribute = attrs;
+    model(
+        vec![n, node("Relu", "relu", &["t"], &["y"])],
+        vec![],
+        vec![vi("x", 1, &[1, 4])],
+        vec![vi("y", 1, &[1, 4])],
+    )
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> proto::AttributeProto {
+    proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(7),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `y = Sqrt(x - 0.5) + 0.5`: NaN wherever an input value is below 0.5.
+fn sqrt_model() -> proto::ModelProto {
+    model(
+        vec![
+            node("Sub", "sub", &["x", "c"], &["d"]),
+            node("Sqrt", "sqrt", &["d"], &["r"]),
+            node("Add", "add", &["r", "c"], &["y"]),
+        ],
+        vec![f32_init("c", &[1, 4], &[0.5; 4])],
+        vec![vi("x", 1, &[1, 4])],
+        vec![vi("y", 1, &[1, 4])],
+    )
+}
+
+/// `cmd` (`quantize` or `calibrate`) of [`sqrt_model`] on ten samples of 0.75, two values of
+/// which (samples 2 and 4) are below 0.5.
+fn nan_activation_case(dir: &Path, cmd: &str) -> Vec<String> {
+    let m = dir.join("model.onnx");
+    write_proto(&m, &sqrt_model());
+    let mut t = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&[10, 1, 4]), 0.75);
+    t[[2, 0, 1]] = 0.25;
+    t[[4, 0, 3]] = 0.1;
+    let data = dir.join("calib.npz");
+    write_npz_arrays(&data, vec![("x", qrange::ir::Tensor::F32(t))]);
+    let out = if cmd == "quantize" {
+        "out.onnx"
+    } else {
+        "r.json"
+    };
+    vec![
+        cmd.into(),
+        s(&m),
+        "--calib".into(),
+        s(&data),
+        "-o".into(),
+        s(&dir.join(out)),
+    ]
+}
+
+/// `qrange run` of add_relu on `dir/data.npz` holding x = 0.25 (two samples), rewritten
+/// by `damage` (which gets the archive's bytes).
+fn damaged_npz_case(dir: &Path, damage: fn(Vec<u8>) -> Vec<u8>) -> Vec<String> {
+    let args = run_case(dir, vec![("x", f32_filled(&[2, 1, 4], 0.25))]);
+    let data = dir.join("data.npz");
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&data, damage(bytes)).unwrap();
+    args
+}
+
+/// Changes one byte of the first 0.25 (f32) in the archive: 0.25 becomes 0.2519…, still
+/// finite, so only the CRC can tell.
+fn flip_data_byte(mut b: Vec<u8>) -> Vec<u8> {
+    let at = b
+        .windows(4)
+        .position(|w| w == 0.25f32.to_le_bytes())
+        .expect("a 0.25 in the archive");
+    b[at + 2] ^= 1;
+    b
+}
+
+/// The archive's members rewritten deflated, then the CRC of member `x.npy` replaced in
+/// both its local and its central header.
+fn deflated_with_bad_crc(b: Vec<u8>) -> Vec<u8> {
+    let mut zin = zip::ZipArchive::new(std::io::Cursor::new(b)).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip::DateTime::default());
+    let mut crc = 0;
+    for i in 0..zin.len() {
+        let mut e = zin.by_index(i).unwrap();
+        let name = e.name().to_string();
+        let mut payload = Vec::new();
+        e.read_to_end(&mut payload).unwrap();
+        if name == "x.npy" {
+            crc = crc32fast::hash(&payload);
+        }
+        out.start_file(name, opts).unwrap();
+        out.write_all(&payload).unwrap();
+    }
+    let mut bytes = out.finish().unwrap().into_inner();
+    let (old, new) = (crc.to_le_bytes(), (!crc).to_le_bytes());
+    let mut patched = 0;
+    for i in 0..bytes.len() - 3 {
+        if bytes[i..i + 4] == old {
+            bytes[i..i + 4].copy_from_slice(&new);
+            patched += 1;
+        }
+    }
+    assert_eq!(
+        patched, 2,
+        "the CRC sits in the local and the central header"
+    );
+    bytes
+}
+
+/// A PNG whose header declares `width` x `height` RGB pixels, with a few bytes of image data.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend(crc32fast::hash(&body).to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&[0; 64]).unwrap();
+    let idat = z.finish().unwrap();
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// The fixture's first JPEG with the frame header's size set to `width` x `height`.
+fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
+    let mut b = std::fs::read(fixture("ppocr_cls/images_jpeg/sample_00.jpg")).unwrap();
+    let sof = b
+        .windows(2)
+        .position(|w| w[0] == 0xff && matches!(w[1], 0xc0..=0xc2))
+        .expect("a frame header");
+    b[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    b[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    b
+}
+
+/// `qrange run` of a Relu model on 8x8 RGB over an image folder holding `file` = `bytes`.
+fn big_image_case(dir: &Path, file: &str, bytes: Vec<u8>) -> Vec<String> {
+    let args = image_case(dir, &[1, 3, 8, 8], "resize=8x8,scale=255", |_| {});
+    std::fs::write(dir.join("imgs").join(file), bytes).unwrap();
+    args
+}
+
+/// add_relu importing ai.onnx at `version`.
+fn add_relu_opset(version: i64) -> proto::ModelProto {
+    let mut m = add_relu();
+    m.opset_import[0].version = Some(version);
+    m
+}
+
+/// A model folder whose `test_data_set_0/input_0.pb` keeps its data at `location`
+/// (beside it: a folder `sub/link` linking to `dir`, outside the data folder).
+fn linked_pb_case(dir: &Path, location: &str) -> Vec<String> {
+    let set = dir.join("td").join("test_data_set_0");
+    std::fs::create_dir_all(set.join("sub")).unwrap();
+    std::os::unix::fs::symlink(dir, set.join("sub/link")).unwrap();
+    std::fs::write(dir.join("secret.bin"), 0.5f32.to_le_bytes().repeat(4)).unwrap();
+    let kv = |k: &str, v: &str| proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v.into()),
+    };
+    let t = proto::TensorProto {
+        name: Some("x".into()),
+        dims: vec![1, 4],
+        data_type: Some(1),
+        data_location: Some(1),
+        external_data: vec![kv("location", location)],
+        ..Default::default()
+    };
+    std::fs::write(set.join("input_0.pb"), t.encode_to_vec()).unwrap();
+    let m = dir.join("model.onnx");
+    write_proto(&m, &add_relu());
+    vec![
+        "run".into(),
+        s(&m),
+        "--data".into(),
+        s(&dir.join("td")),
+        "-o".into(),
+        s(&dir.join("out.npz")),
+    ]
+}
+
+const H: i64 = 1 << 40;
+
 const CASES: &[Case] = &[
     Case {
         name: "npz with a wrong dtype",
@@ -135,31 +417,37 @@ const CASES: &[Case] = &[
             let t = qrange::ir::Tensor::I32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 1, 4])));
             run_case(d, vec![("x", t)])
         },
+        code: 2,
         expect: &["data.npz", "'x'", "i32", "f32"],
     },
     Case {
         name: "npz with a wrong shape",
         setup: |d| run_case(d, vec![("x", f32_filled(&[2, 1, 5], 1.0))]),
+        code: 2,
         expect: &["data.npz", "'x'"],
     },
     Case {
         name: "npz missing the model input",
         setup: |d| run_case(d, vec![("label", f32_filled(&[2], 1.0))]),
+        code: 2,
         expect: &["data.npz", "'x'"],
     },
     Case {
         name: "npz with NaN",
         setup: |d| run_case(d, vec![("x", f32_filled(&[1, 1, 4], f32::NAN))]),
+        code: 2,
         expect: &["data.npz", "'x'", "NaN"],
     },
     Case {
         name: "quantize: NaN in a calibration sample",
         setup: |d| quantize_nan_case(d, 3),
+        code: 2,
         expect: &["calib.npz", "'x'", "sample 3", "NaN"],
     },
     Case {
         name: "quantize: NaN in a held-back validation sample",
         setup: |d| quantize_nan_case(d, 9),
+        code: 2,
         expect: &["calib.npz", "'x'", "sample 9", "NaN"],
     },
     Case {
@@ -170,6 +458,7 @@ const CASES: &[Case] = &[
             args[5] = s(&d.join("ranges.json"));
             args
         },
+        code: 2,
         expect: &["calib.npz", "'x'", "sample 6", "NaN"],
     },
     Case {
@@ -196,6 +485,7 @@ const CASES: &[Case] = &[
                 s(&d.join("out.npz")),
             ]
         },
+        code: 2,
         expect: &["'relu'", "FancyRelu"],
     },
     Case {
@@ -205,11 +495,13 @@ const CASES: &[Case] = &[
             a.extend(["--pin".into(), "sr=16000".into()]);
             a
         },
+        code: 2,
         expect: &["--pin", "'sr'"],
     },
     Case {
         name: "missing model file",
         setup: |d| convert_args(d, &d.join("nope.onnx")),
+        code: 2,
         expect: &["nope.onnx", "No such file"],
     },
     Case {
@@ -219,6 +511,7 @@ const CASES: &[Case] = &[
             std::fs::write(&p, b"").unwrap();
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["empty.onnx", "empty"],
     },
     Case {
@@ -229,6 +522,7 @@ const CASES: &[Case] = &[
             std::fs::write(&p, &bytes[..bytes.len() * 2 / 3]).unwrap();
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["trunc.onnx", "not a valid ONNX protobuf"],
     },
     Case {
@@ -247,6 +541,7 @@ const CASES: &[Case] = &[
             std::fs::write(&p, bytes).unwrap();
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["random.onnx"],
     },
     Case {
@@ -260,6 +555,7 @@ const CASES: &[Case] = &[
             .unwrap();
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["zip.onnx"],
     },
     Case {
@@ -271,6 +567,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &m);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["nograph.onnx", "no graph"],
     },
     Case {
@@ -282,6 +579,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &m);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["dangling.onnx", "'relu'", "'ghost'"],
     },
     Case {
@@ -300,6 +598,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &m);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["cycle.onnx", "cycle"],
     },
     Case {
@@ -315,6 +614,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &m);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["dup.onnx", "'y'", "'relu'", "'relu2'"],
     },
     Case {
@@ -323,6 +623,7 @@ const CASES: &[Case] = &[
             let p = with_ext_data(d, "weights.bin", 0, 16, false);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["model.onnx", "tensor 'b'", "weights.bin"],
     },
     Case {
@@ -331,6 +632,7 @@ const CASES: &[Case] = &[
             let p = with_ext_data(d, "weights.bin", 4096, 16, true);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["tensor 'b'", "offset 4096", "past the end"],
     },
     Case {
@@ -339,6 +641,7 @@ const CASES: &[Case] = &[
             let p = with_ext_data(d, "weights.bin", 8, 16, true);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["tensor 'b'", "past the end"],
     },
     Case {
@@ -347,6 +650,7 @@ const CASES: &[Case] = &[
             let p = with_ext_data(d, "../weights.bin", 0, 16, true);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["tensor 'b'", "relative path inside"],
     },
     Case {
@@ -356,6 +660,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &add_relu());
             vec!["convert".into(), s(&p), s(&d.join("no/such/dir/out.onnx"))]
         },
+        code: 2,
         expect: &["no/such/dir", "does not exist"],
     },
     Case {
@@ -365,6 +670,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &add_relu());
             vec!["convert".into(), s(&p), s(&p)]
         },
+        code: 2,
         expect: &["same.onnx", "refusing to overwrite"],
     },
     Case {
@@ -375,6 +681,7 @@ const CASES: &[Case] = &[
             let other = d.join(".").join("same2.onnx");
             vec!["convert".into(), s(&p), s(&other)]
         },
+        code: 2,
         expect: &["same2.onnx", "refusing to overwrite"],
     },
     Case {
@@ -386,6 +693,7 @@ const CASES: &[Case] = &[
             write_proto(&p, &m);
             convert_args(d, &p)
         },
+        code: 2,
         expect: &["noop.onnx", "'add'", "no op_type"],
     },
     Case {
@@ -402,6 +710,7 @@ const CASES: &[Case] = &[
                 "10".into(),
             ]
         },
+        code: 2,
         expect: &["--inline", "--external-data"],
     },
     Case {
@@ -414,6 +723,7 @@ const CASES: &[Case] = &[
                 &["--labels", "label"],
             )
         },
+        code: 2,
         expect: &["data.npz", "'label'", "cls"],
     },
     Case {
@@ -429,6 +739,7 @@ const CASES: &[Case] = &[
                 &["--labels", "label", "--per-tensor"],
             )
         },
+        code: 2,
         expect: &["data.npz", "'label'", "3 entries", "2 samples"],
     },
     Case {
@@ -440,6 +751,7 @@ const CASES: &[Case] = &[
             g.node[0].input[0] = "z".into();
             compare_case(d, &m, vec![("x", f32_filled(&[2, 1, 4], 1.0))], &[])
         },
+        code: 2,
         expect: &["different inputs", "'x'", "b.onnx"],
     },
     Case {
@@ -449,6 +761,7 @@ const CASES: &[Case] = &[
             m.graph.as_mut().unwrap().input[0] = vi("x", 11, &[1, 4]);
             compare_case(d, &m, vec![("x", f32_filled(&[2, 1, 4], 1.0))], &[])
         },
+        code: 2,
         expect: &["different inputs", "'x'", "f32", "f64"],
     },
     Case {
@@ -463,6 +776,7 @@ const CASES: &[Case] = &[
             a[2] = s(&d.join("nope.onnx"));
             a
         },
+        code: 2,
         expect: &["nope.onnx", "No such file"],
     },
     Case {
@@ -477,6 +791,7 @@ const CASES: &[Case] = &[
             a[1] = s(&d.join("nope.onnx"));
             a
         },
+        code: 2,
         expect: &["nope.onnx", "No such file"],
     },
     Case {
@@ -491,6 +806,7 @@ const CASES: &[Case] = &[
             a[4] = s(&d.join("nope.npz"));
             a
         },
+        code: 2,
         expect: &["nope.npz", "No such file"],
     },
     Case {
@@ -505,6 +821,7 @@ const CASES: &[Case] = &[
                 s(&d.join("out.onnx")),
             ]
         },
+        code: 2,
         expect: &[
             "--calib",
             "ppocr_cls/images",
@@ -520,6 +837,7 @@ const CASES: &[Case] = &[
                 std::fs::write(imgs.join("bad.png"), &good[..good.len() / 2]).unwrap();
             })
         },
+        code: 2,
         expect: &["bad.png", "cannot decode PNG"],
     },
     Case {
@@ -529,11 +847,13 @@ const CASES: &[Case] = &[
                 std::fs::write(imgs.join("fake.png"), b"hello").unwrap();
             })
         },
+        code: 2,
         expect: &["fake.png", "not a PNG or JPEG"],
     },
     Case {
         name: "RGB preprocessing for a one-channel model input",
         setup: |d| image_case(d, &[1, 1, 2, 2], "scale=255", |_| {}),
+        code: 2,
         expect: &[
             "imgs",
             "'x'",
@@ -549,16 +869,19 @@ const CASES: &[Case] = &[
                 write_png(&imgs.join("wide.png"), 3, 2, 3, &[0; 18]);
             })
         },
+        code: 2,
         expect: &["wide.png", "'x'", "3x2", "add resize"],
     },
     Case {
         name: "resize against a fixed model size",
         setup: |d| image_case(d, &[1, 3, 2, 2], "resize=4x2", |_| {}),
+        code: 2,
         expect: &["'x'", "resize=4x2", "width 4", "expects 2"],
     },
     Case {
         name: "bad --preprocess syntax",
         setup: |d| image_case(d, &[1, 3, 2, 2], "resize=2,scale=255", |_| {}),
+        code: 2,
         expect: &[
             "--preprocess 'resize=2,scale=255'",
             "resize wants WIDTHxHEIGHT",
@@ -567,6 +890,7 @@ const CASES: &[Case] = &[
     Case {
         name: "unknown --preprocess key",
         setup: |d| image_case(d, &[1, 3, 2, 2], "scale=255,norm=1", |_| {}),
+        code: 2,
         expect: &["--preprocess", "unknown key 'norm'"],
     },
     Case {
@@ -576,6 +900,7 @@ const CASES: &[Case] = &[
             a.extend(["--preprocess".into(), "scale=255".into()]);
             a
         },
+        code: 2,
         expect: &[
             "--preprocess 'scale=255'",
             "--data",
@@ -596,7 +921,330 @@ const CASES: &[Case] = &[
             write_proto(&d.join("model.onnx"), &m);
             args
         },
+        code: 2,
         expect: &["imgs", "2 inputs", "'x', 'z'", "input=NAME"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (inspect)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "inspect"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (lint)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "lint"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (convert)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "convert"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (run)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "run"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (quantize)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "quantize"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (calibrate)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "calibrate"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "initializer dims whose product overflows (compare)",
+        setup: |d| command_on(d, &add_relu_dims(&[H, H]), "compare"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "[1099511627776, 1099511627776]", "more elements than memory can address"],
+    },
+    Case {
+        name: "external initializer dims whose product overflows (convert)",
+        setup: |d| {
+            let m = ext_dims(d, &[H, H]);
+            command_on(d, &m, "convert")
+        },
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "no byte size"],
+    },
+    Case {
+        name: "external initializer dims whose product overflows (quantize)",
+        setup: |d| {
+            let m = ext_dims(d, &[H, H]);
+            command_on(d, &m, "quantize")
+        },
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "no byte size"],
+    },
+    Case {
+        name: "initializer with a negative dimension",
+        setup: |d| command_on(d, &add_relu_dims(&[-1, -4]), "convert"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "negative dimension"],
+    },
+    Case {
+        name: "raw_data shorter than the dims (convert)",
+        setup: |d| command_on(d, &add_relu_dims(&[1, 5]), "convert"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "raw_data holds 16 bytes", "need 20"],
+    },
+    Case {
+        name: "raw_data shorter than the dims (quantize: calibration path)",
+        setup: |d| command_on(d, &add_relu_dims(&[1, 5]), "quantize"),
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "raw_data holds 16 bytes", "need 20"],
+    },
+    Case {
+        name: "int4 initializer with too few int32_data entries",
+        setup: |d| {
+            let mut m = add_relu();
+            m.graph.as_mut().unwrap().initializer.push(proto::TensorProto {
+                name: Some("w4".into()),
+                dims: vec![8],
+                data_type: Some(22),
+                int32_data: vec![1],
+                ..Default::default()
+            });
+            command_on(d, &m, "inspect")
+        },
+        code: 2,
+        expect: &["model.onnx", "tensor 'w4'", "int32_data holds 1 entries", "need 4"],
+    },
+    Case {
+        name: "external data through a symbolic link out of the model folder (convert --inline)",
+        setup: |d| {
+            let m = linked_model(d, "sub/link/secret.bin");
+            vec!["convert".into(), s(&m), s(&d.join("out.onnx")), "--inline".into()]
+        },
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "'sub/link/secret.bin'", "outside"],
+    },
+    Case {
+        name: "external data through a symbolic link out of the model folder (run)",
+        setup: |d| {
+            let m = linked_model(d, "sub/link/secret.bin");
+            let data = d.join("data.npz");
+            write_npz_arrays(&data, vec![("x", f32_filled(&[1, 1, 4], 0.25))]);
+            vec!["run".into(), s(&m), "--data".into(), s(&data), "-o".into(), s(&d.join("out.npz"))]
+        },
+        code: 2,
+        expect: &["model.onnx", "tensor 'b'", "'sub/link/secret.bin'", "outside"],
+    },
+    Case {
+        name: "external data at an absolute location",
+        setup: |d| {
+            let p = with_ext_data(d, &s(&d.join("weights.bin")), 0, 16, true);
+            convert_args(d, &p)
+        },
+        code: 2,
+        expect: &["tensor 'b'", "relative path inside"],
+    },
+    Case {
+        name: "external data location naming a folder",
+        setup: |d| {
+            std::fs::create_dir(d.join("sub")).unwrap();
+            let p = with_ext_data(d, "sub", 0, 16, false);
+            convert_args(d, &p)
+        },
+        code: 2,
+        expect: &["tensor 'b'", "'sub'", "not a regular file"],
+    },
+    Case {
+        name: "test_data_set tensor whose external data goes through a symbolic link out of its folder",
+        setup: |d| linked_pb_case(d, "sub/link/secret.bin"),
+        code: 2,
+        expect: &["input_0.pb", "'sub/link/secret.bin'", "outside"],
+    },
+    Case {
+        name: "PNG header declaring 100000x100000 pixels",
+        setup: |d| big_image_case(d, "huge.png", png_header_only(100_000, 100_000)),
+        code: 2,
+        expect: &["huge.png", "100000x100000", "larger than qrange decodes", "64 megapixels"],
+    },
+    Case {
+        name: "JPEG header declaring 16000x16000 pixels",
+        setup: |d| big_image_case(d, "big.jpg", jpeg_declaring(16_000, 16_000)),
+        code: 2,
+        expect: &["big.jpg", "16000x16000", "larger than qrange decodes"],
+    },
+    Case {
+        name: ".npz stored member with a damaged byte (bad CRC)",
+        setup: |d| damaged_npz_case(d, flip_data_byte),
+        code: 2,
+        expect: &["data.npz", "'x'", "x.npy", "CRC-32"],
+    },
+    Case {
+        name: ".npz deflated member with a bad CRC",
+        setup: |d| damaged_npz_case(d, deflated_with_bad_crc),
+        code: 2,
+        expect: &["data.npz", "'x'", "x.npy", "CRC-32"],
+    },
+    Case {
+        name: ".npz deflated member with a bad CRC (quantize, read by worker threads)",
+        setup: |d| {
+            let mut a = quantize_nan_case(d, 0);
+            let data = d.join("calib.npz");
+            write_npz_arrays(&data, vec![("x", f32_filled(&[10, 1, 4], 0.25))]);
+            let bytes = std::fs::read(&data).unwrap();
+            std::fs::write(&data, deflated_with_bad_crc(bytes)).unwrap();
+            a.push("--no-validate".into());
+            a
+        },
+        code: 2,
+        expect: &["calib.npz", "'x'", "CRC-32"],
+    },
+    Case {
+        name: ".npz labels member (read whole) with a bad CRC",
+        setup: |d| {
+            let a = compare_case(
+                d,
+                &add_relu(),
+                vec![("x", f32_filled(&[2, 1, 4], 0.25)), ("label", labels(&[7, 9]))],
+                &["--labels", "label"],
+            );
+            let data = d.join("data.npz");
+            let mut b = std::fs::read(&data).unwrap();
+            let seven_nine: Vec<u8> = [7i64, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+            let at = b.windows(16).position(|w| w == seven_nine).unwrap();
+            b[at + 8] = 8;
+            std::fs::write(&data, b).unwrap();
+            a
+        },
+        code: 2,
+        expect: &["data.npz", "'label'", "CRC-32"],
+    },
+    Case {
+        name: "opset 99 (convert)",
+        setup: |d| command_on(d, &add_relu_opset(99), "convert"),
+        code: 2,
+        expect: &["model.onnx", "ai.onnx opset 99", "newest opset qrange knows (28"],
+    },
+    Case {
+        name: "opset 99 (quantize)",
+        setup: |d| command_on(d, &add_relu_opset(99), "quantize"),
+        code: 2,
+        expect: &["model.onnx", "ai.onnx opset 99"],
+    },
+    Case {
+        name: "opset 99 in a model-local function",
+        setup: |d| {
+            let mut m = add_relu();
+            m.functions.push(proto::FunctionProto {
+                name: Some("f".into()),
+                domain: Some("local".into()),
+                opset_import: vec![proto::OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(99),
+                }],
+                ..Default::default()
+            });
+            command_on(d, &m, "convert")
+        },
+        code: 2,
+        expect: &["model.onnx", "opset 99", "local function 'f'"],
+    },
+    Case {
+        name: "--exclude-nodes naming no node (quantize)",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--exclude-nodes", "relu,relu_1"]),
+        code: 2,
+        expect: &["model.onnx", "--exclude-nodes", "'relu_1'"],
+    },
+    Case {
+        name: "--exclude-nodes naming no node (calibrate)",
+        setup: |d| with_args(command_on(d, &add_relu(), "calibrate"), &["--exclude-nodes", "Add"]),
+        code: 2,
+        expect: &["model.onnx", "--exclude-nodes", "'Add'"],
+    },
+    Case {
+        name: "--exclude-op-types naming an op type the model does not use",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--exclude-op-types", "Conv"]),
+        code: 2,
+        expect: &["--exclude-op-types", "'Conv'", "Add, Relu"],
+    },
+    Case {
+        name: "--op-types naming an op type the model does not use",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--op-types", "Add,add"]),
+        code: 2,
+        expect: &["--op-types", "'add'"],
+    },
+    Case {
+        name: "NaN in an intermediate activation (quantize)",
+        setup: |d| nan_activation_case(d, "quantize"),
+        code: 0,
+        expect: &["tensor 'r'", "2 of 32", "2 NaN", "finite values only"],
+    },
+    Case {
+        name: "NaN in an intermediate activation (calibrate)",
+        setup: |d| nan_activation_case(d, "calibrate"),
+        code: 0,
+        expect: &["tensor 'r'", "2 of 40", "2 NaN", "finite values only"],
+    },
+    Case {
+        name: "unknown op on the calibration path (quantize)",
+        setup: |d| {
+            let mut m = add_relu();
+            let g = m.graph.as_mut().unwrap();
+            g.node[1].op_type = Some("FancyRelu".into());
+            g.node[1].domain = Some("com.example".into());
+            m.opset_import.push(proto::OperatorSetIdProto {
+                domain: Some("com.example".into()),
+                version: Some(1),
+            });
+            command_on(d, &m, "quantize")
+        },
+        code: 2,
+        expect: &["model.onnx", "calibration", "'relu'", "FancyRelu"],
+    },
+    Case {
+        name: "unknown op on the calibration path (calibrate)",
+        setup: |d| {
+            let mut m = add_relu();
+            let g = m.graph.as_mut().unwrap();
+            g.node[1].op_type = Some("FancyRelu".into());
+            g.node[1].domain = Some("com.example".into());
+            m.opset_import.push(proto::OperatorSetIdProto {
+                domain: Some("com.example".into()),
+                version: Some(1),
+            });
+            command_on(d, &m, "calibrate")
+        },
+        code: 2,
+        expect: &["model.onnx", "'relu'", "FancyRelu"],
+    },
+    Case {
+        name: "missing required attribute (Cast without 'to', quantize)",
+        setup: |d| command_on(d, &op_then_relu("Cast", vec![]), "quantize"),
+        code: 2,
+        expect: &["model.onnx", "bad_op", "'to'"],
+    },
+    Case {
+        name: "Transpose permutation naming a missing axis (the engine would panic)",
+        setup: |d| command_on(d, &op_then_relu("Transpose", vec![ints_attr("perm", &[5, 0])]), "run"),
+        code: 2,
+        expect: &["model.onnx", "cannot handle this model", "index out of bounds"],
+    },
+    Case {
+        name: "MaxPool with a zero kernel (the engine would panic)",
+        setup: |d| {
+            let mut m = op_then_relu("MaxPool", vec![ints_attr("kernel_shape", &[0, 0])]);
+            let g = m.graph.as_mut().unwrap();
+            g.input[0] = vi("x", 1, &[1, 1, 2, 2]);
+            g.output[0] = vi("y", 1, &[1, 1, 2, 2]);
+            let data = d.join("data.npz");
+            let a = command_on(d, &m, "quantize");
+            write_npz_arrays(&data, vec![("x", f32_filled(&[4, 1, 1, 2, 2], 0.25))]);
+            a
+        },
+        code: 2,
+        expect: &["model.onnx", "cannot handle this model"],
     },
 ];
 
@@ -614,22 +1262,24 @@ fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     v
 }
 
-#[test]
-fn every_bad_input_is_a_clean_error() {
-    let mut failures = Vec::new();
-    for c in CASES {
-        let tmp = tempfile::tempdir().unwrap();
-        let args = (c.setup)(tmp.path());
-        let before = snapshot_dir(tmp.path());
-        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let r = qrange(&argv);
-        let after = snapshot_dir(tmp.path());
-        let lines: Vec<&str> = r.stderr.lines().collect();
+/// What is wrong with the outcome of case `c` (empty when it is as stated).
+fn judge(
+    c: &Case,
+    r: &Run,
+    before: &[(PathBuf, Vec<u8>)],
+    after: &[(PathBuf, Vec<u8>)],
+) -> Vec<String> {
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let mut why = Vec::new();
+    if r.code != c.code {
+        why.push(format!("exit code {} (want {})", r.code, c.code));
+    }
+    if r.stderr.contains("panicked") {
+        why.push("panicked".into());
+    }
+    let has_all = |l: &str| c.expect.iter().all(|e| l.contains(e));
+    if c.code == 2 {
         let first = lines.first().copied().unwrap_or("");
-        let mut why = Vec::new();
-        if r.code != 2 {
-            why.push(format!("exit code {} (want 2)", r.code));
-        }
         if !first.starts_with("error: ") {
             why.push(format!("first stderr line is not an error: {first:?}"));
         }
@@ -641,12 +1291,83 @@ fn every_bad_input_is_a_clean_error() {
                 why.push(format!("error line lacks {e:?}"));
             }
         }
-        if r.stderr.contains("panicked") {
-            why.push("panicked".into());
-        }
         if before != after {
             why.push("files in the directory changed (partial output or input modified)".into());
         }
+    } else {
+        if !lines
+            .iter()
+            .any(|l| l.starts_with("warning: ") && has_all(l))
+        {
+            why.push(format!("no warning line holds all of {:?}", c.expect));
+        }
+        let kept = before
+            .iter()
+            .all(|(p, b)| after.iter().any(|(q, a)| p == q && a == b));
+        if !kept {
+            why.push("an input file changed".into());
+        }
+    }
+    why
+}
+
+/// The command of a case as a user would type it: `$DIR` for its temporary folder,
+/// paths of the repository relative to it.
+fn command_text(args: &[String], dir: &Path) -> String {
+    let root = format!("{}/", repo_root().display());
+    let words: Vec<String> = std::iter::once("qrange".to_string())
+        .chain(args.iter().map(|a| {
+            a.replace(&dir.display().to_string(), "$DIR")
+                .replace(&root, "")
+        }))
+        .collect();
+    words.join(" ")
+}
+
+/// The Markdown table of every case (see `tests/bad_input/README.md`).
+fn table(rows: &[(&Case, String)]) -> String {
+    let mut t = String::from(
+        "# Bad inputs\n\n\
+         Every bad input `tests/bad_input.rs` tries, generated in a temporary folder (`$DIR`) by the\n\
+         test, with the command run on it, the exit code it must give and the text its `error:` line\n\
+         (exit 2) or one `warning:` line (exit 0) must contain. An error is always one line on\n\
+         stderr, with no panic, no output file left and inputs untouched. The test renders this\n\
+         table from its rows and fails when the two differ (`QRANGE_WRITE_TABLE=1 cargo test --test\n\
+         bad_input` rewrites it).\n\n\
+         | # | bad input | command | exit | message contains |\n\
+         |---|---|---|---|---|\n",
+    );
+    for (i, (c, cmd)) in rows.iter().enumerate() {
+        let expect: Vec<String> = c
+            .expect
+            .iter()
+            .map(|e| format!("`{}`", e.replace('|', "\\|")))
+            .collect();
+        t.push_str(&format!(
+            "| {} | {} | `{}` | {} | {} |\n",
+            i + 1,
+            c.name.replace('|', "\\|"),
+            cmd.replace('|', "\\|"),
+            c.code,
+            expect.join(" ")
+        ));
+    }
+    t
+}
+
+#[test]
+fn every_bad_input_is_a_clean_error() {
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    for c in CASES {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let args = (c.setup)(&dir);
+        let before = snapshot_dir(&dir);
+        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let r = qrange(&argv);
+        let after = snapshot_dir(&dir);
+        let why = judge(c, &r, &before, &after);
         if !why.is_empty() {
             failures.push(format!(
                 "{}: {} — stderr: {}",
@@ -655,7 +1376,38 @@ fn every_bad_input_is_a_clean_error() {
                 r.stderr.trim()
             ));
         }
+        rows.push((c, command_text(&args, &dir)));
     }
-    assert!(CASES.len() >= 15);
+    assert!(CASES.len() >= 60);
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    let path = repo_root().join("tests/bad_input/README.md");
+    let rendered = table(&rows);
+    if std::env::var_os("QRANGE_WRITE_TABLE").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{} does not match the cases; rerun with QRANGE_WRITE_TABLE=1 to rewrite it",
+        path.display()
+    );
+}
+
+/// Standard output closed by its reader (`qrange inspect m.onnx | head -1`) ends the command
+/// quietly instead of a panic.
+#[test]
+fn closed_stdout_is_not_a_crash() {
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qrange"))
+            .args(["inspect", &s(&fixture("ppocr_cls/model.onnx"))])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    }
 }
