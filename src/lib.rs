@@ -184,7 +184,9 @@
 //!   anything is allocated (`ir::value::element_count`, the `.npy` header checks, image
 //!   size limits); external data resolves inside the model's folder
 //!   (`onnx::external::resolve_location`); a panic inside the engine on a malformed model
-//!   is caught in `exec` and becomes an error.
+//!   is caught in `exec` and becomes an error. The command line prints an error as one
+//!   line (`cli::print_error`, a chain of causes joined); standard output closed by its
+//!   reader ends a command quietly once its files are written.
 //! - **Invariant:** no command damages a file: it writes no file it reads and no file twice
 //!   (checked before any work), writes only through `fsx` (temporary file, rename), and
 //!   leaves no temporary file or partial output, even when interrupted.

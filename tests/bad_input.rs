@@ -1176,6 +1176,12 @@ const CASES: &[Case] = &[
         expect: &["--op-types", "'add'"],
     },
     Case {
+        name: "--dump-after naming no pass",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--dump-after", "plann"]),
+        code: 2,
+        expect: &["--dump-after", "'plann'", "valid names: pin_inputs"],
+    },
+    Case {
         name: "NaN in an intermediate activation (quantize)",
         setup: |d| nan_activation_case(d, "quantize"),
         code: 0,
@@ -1393,21 +1399,63 @@ fn every_bad_input_is_a_clean_error() {
     );
 }
 
-/// Standard output closed by its reader (`qrange inspect m.onnx | head -1`) ends the command
-/// quietly instead of a panic.
+/// Standard output closed by its reader (`qrange inspect m.onnx | head -1`, `qrange passes |
+/// head -1`) ends the command quietly instead of a panic. A `--dump-after` dump it cannot
+/// take ends the dumps, not the run: the model is still written.
 #[test]
 fn closed_stdout_is_not_a_crash() {
-    for _ in 0..3 {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qrange"))
-            .args(["inspect", &s(&fixture("ppocr_cls/model.onnx"))])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let stopped = dir.path().join("stopped.onnx");
+    let quantize = |o: &Path, extra: &[&str]| {
+        let mut v = vec![
+            "quantize".to_string(),
+            s(&fixture("tiny/tiny_cnn.onnx")),
+            "--calib".into(),
+            s(&fixture("tiny/tiny_cnn.npz")),
+            "--no-validate".into(),
+            "-o".into(),
+            s(o),
+        ];
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let runs: Vec<(Vec<String>, Option<&Path>)> = vec![
+        (
+            vec!["inspect".into(), s(&fixture("ppocr_cls/model.onnx"))],
+            None,
+        ),
+        (vec!["passes".into()], None),
+        (
+            quantize(
+                &out,
+                &["--dump-after", "plan", "--dump-after", "insert_qdq"],
+            ),
+            Some(&out),
+        ),
+        (quantize(&stopped, &["--stop-after", "plan"]), None),
+    ];
+    for (args, writes) in runs {
+        // The reading end is closed before the command starts: every write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_qrange"))
+            .args(&args)
+            .stdout(writer)
+            .output()
             .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+        assert_eq!(run.status.code(), Some(0), "{args:?}: {stderr}");
+        if let Some(path) = writes {
+            let m = qrange::onnx::read_model(path).unwrap();
+            let g = &m.graph;
+            assert!(
+                g.ops().any(|o| g.op(o).op_type == "QuantizeLinear"),
+                "{args:?}: the model written is not quantized"
+            );
+        }
     }
+    assert!(!stopped.exists(), "--stop-after writes nothing");
 }

@@ -134,6 +134,9 @@ pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
 pub(crate) struct Bars {
     quiet: bool,
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    /// Standard output could not take a dump (closed by its reader, `| head`): later
+    /// dumps are dropped and the run goes on.
+    dumps_stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Bars {
@@ -141,6 +144,7 @@ impl Bars {
         Bars {
             quiet,
             bar: std::sync::Mutex::new(None),
+            dumps_stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -185,9 +189,27 @@ impl crate::pipeline::Progress for Bars {
         quantize::warn(what);
     }
 
+    /// A dump that standard output cannot take ends the dumps, not the run: with
+    /// `--dump-after` the model is still written (a closed output then ends the command
+    /// quietly when the summary is printed).
     fn dump(&self, step: &str, text: &str) {
-        println!("; after pass {step}");
-        print!("{text}");
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        if self.dumps_stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let written = writeln!(out, "; after pass {step}")
+            .and_then(|()| out.write_all(text.as_bytes()))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            self.dumps_stopped.store(true, Ordering::Relaxed);
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                quantize::warn(&format!(
+                    "--dump-after: cannot write to standard output ({e}); no more dumps"
+                ));
+            }
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! The model's inputs as data: which inputs a data set must feed ([`input_specs`]), loading
 //! data files and image folders against them ([`load_data`]), random samples for smoke
 //! tests, the concrete shapes a run specialises for, and the specialisation itself
-//! ([`specialise`]). Shared by `quantize`, `calibrate`, `run` and `compare`.
+//! ([`specialise`]); the node names and op types the settings give, checked against the
+//! model before any data is read ([`check_names`]). Shared by `quantize`, `calibrate`,
+//! `run` and `compare`.
 
 use super::error::PipelineError;
 use super::options::{CalibSource, Common, QuantizeOptions};
