@@ -429,10 +429,20 @@ fn print_precision(s: &PrecisionSummary) {
             if s.sensitivity_cached { ", sensitivity from cache" } else { "" },
             s.units,
         );
+        if let Some(e) = &s.estimate {
+            println!(
+                "           judged on calibration data the ranges did not see ({} folds, ranges from the other folds' statistics; sensitivity probes on {} samples): {}; the goal is judged on the lower bound",
+                s.folds,
+                s.probe_samples,
+                goal.describe_estimate(e),
+            );
+        }
         if let Some(v) = s.validated {
             println!(
                 "           written model on the evaluation data: {}{}",
-                goal.describe(v),
+                s.eval_estimate
+                    .as_ref()
+                    .map_or_else(|| goal.describe(v), |e| goal.describe_estimate(e)),
                 if s.extra_rounds > 0 {
                     format!(" (after {} extra promotion rounds)", s.extra_rounds)
                 } else {
@@ -442,8 +452,8 @@ fn print_precision(s: &PrecisionSummary) {
         }
         for p in &s.promoted {
             println!(
-                "  {} {} ({} {}): alone {:.1} dB, promoted alone {:.1} dB",
-                p.precision, p.tensor, p.op_type, p.producer, p.alone_db, p.promoted_db
+                "  {} {} ({} {}): promoted alone {:.1} dB",
+                p.precision, p.tensor, p.op_type, p.producer, p.promoted_db
             );
         }
     }

@@ -198,11 +198,13 @@ pub struct Loaded {
     pub calib: Option<Dataset>,
     /// Statistics from `qrange calibrate` (with `--ranges`).
     pub ranges_file: Option<CalibrationFile>,
-    /// Evaluation samples (given, or the last fifth of the calibration samples held back).
+    /// Evaluation samples (given, or the last fifth of the calibration samples held back;
+    /// none held back for a goal, which is judged out of fold).
     pub eval: Option<Dataset>,
     /// The first sample (its shapes specialise the model); the others are read when used.
     pub first: Option<Sample>,
-    /// Ground-truth labels of the evaluation samples, when validating with `--labels`.
+    /// Ground-truth labels of the evaluation samples, when validating with `--labels` (of
+    /// the calibration samples when a goal is judged out of fold).
     pub labels: Option<Vec<i64>>,
     pub overrides: Option<Overrides>,
     /// Warnings to show at the end of the run.
@@ -233,7 +235,10 @@ pub fn load(
         None => None,
     };
     let mut warnings = Vec::new();
-    if eval.is_none() && o.validate {
+    // A goal without evaluation data is judged out of fold on every calibration sample
+    // (`pipeline::folds`): none is held back.
+    let judged_out_of_fold = o.precision.goal.is_some() && calib.is_some();
+    if eval.is_none() && o.validate && !judged_out_of_fold {
         eval = Some(hold_back(calib.as_mut(), &mut warnings)?);
     }
     // Only the first sample is read here (shapes); the others are read as they are used.
@@ -242,8 +247,10 @@ pub fn load(
         None => None,
     };
     // Everything the validation needs is checked before anything is written.
-    let labels = match (&o.labels, &eval) {
-        (Some(k), Some(ev)) if o.validate => Some(ev.labels(k)?),
+    let labels = match (&o.labels, &eval, &calib) {
+        (Some(k), Some(ev), _) if o.validate => Some(ev.labels(k)?),
+        // Judged out of fold: the calibration samples' labels.
+        (Some(k), None, Some(c)) if judged_out_of_fold => Some(c.labels(k)?),
         _ => None,
     };
     let overrides = match &o.precision.overrides {

@@ -16,7 +16,8 @@ use crate::ir::Model;
 use crate::onnx::{self, ExternalPolicy};
 use crate::passes::{insert_qdq, PassCx, Phase, Runner};
 use crate::quant::plan::Plan;
-use crate::report::compare::{compare, CompareError};
+use crate::report::compare::{compare, CompareError, ModelComparison};
+use crate::report::estimate;
 use crate::report::Metrics;
 use crate::tune::{self, search::Goal};
 use std::collections::BTreeMap;
@@ -131,7 +132,7 @@ fn validate(
     c: &Checks,
     eval: &Dataset,
     progress: &dyn Progress,
-) -> Result<(BTreeMap<String, Metrics>, Vec<String>), PipelineError> {
+) -> Result<(ModelComparison, Vec<String>), PipelineError> {
     let (qp, _) = onnx::encode_model(q, &ExternalPolicy::Inline, "")?;
     let qs = Session::new(
         &qp,
@@ -152,7 +153,7 @@ fn validate(
         },
     })?;
     progress.end();
-    Ok((cmp.outputs, qs.notes()))
+    Ok((cmp, qs.notes()))
 }
 
 /// Materialises the plan (with `tuned`'s precisions, round after round) and validates it.
@@ -226,13 +227,16 @@ pub fn materialise(
             return done(q, BTreeMap::new(), Vec::new(), s);
         };
         let t = Instant::now();
-        let (validation, notes) = validate(fs, &q, p, c, ev, r.progress)?;
+        let (cmp, notes) = validate(fs, &q, p, c, ev, r.progress)?;
         *r.times.entry("validate".into()).or_default() += t.elapsed().as_secs_f64();
+        let validation = cmp.outputs;
         let (Some(goal), Some(tu)) = (c.goal, tuned.as_deref_mut()) else {
             return done(q, validation, notes, s);
         };
         let figure = goal.figure(&validation);
         tu.validated = Some(figure);
+        // How sure the figure is, from its samples.
+        tu.eval_estimate = Some(estimate::bootstrap(&cmp.per_sample, |m| goal.figure(m)));
         if goal.meets(figure) {
             return done(q, validation, notes, s);
         }

@@ -10,6 +10,8 @@
 //! - [`calibrate`]: statistics of every calibrated value.
 //! - [`ranges`]: the range of every calibrated value by the chosen method; `adaptive`
 //!   chooses the method by simulating each method's set of ranges.
+//! - [`folds`]: k-fold statistics of the calibration data, for a goal judged on samples
+//!   the ranges did not see (when no evaluation data is given).
 //! - [`precision`]: mixed precision as plan edits (size budget, goal).
 //! - [`materialise`]: the pass list's last steps on a copy of the prepared model, checked
 //!   against the budget and validated against the float model, round after round.
@@ -20,6 +22,7 @@
 
 pub mod calibrate;
 mod error;
+pub mod folds;
 pub mod inputs;
 pub mod interface;
 pub mod materialise;
@@ -370,18 +373,40 @@ fn quantize_prepared(
     let narrow = budget.is_some_and(|b| base_size > b);
     let mut tuned = None;
     if o.precision.goal.is_some() || narrow {
-        let t = Instant::now();
         let sizes = budget.map(|b| (b, base_size));
-        let tu = precision_step(&mut run, &p, &plan, &cal.stats, method, sizes, &data)?;
+        let folds = match (o.precision.goal, &data.eval, &data.calib) {
+            (Some(_), None, Some(calib)) => Some(fold_statistics(&mut run, &p, calib)?),
+            _ => None,
+        };
+        let t = Instant::now();
+        let tu = precision_step(
+            &mut run,
+            &p,
+            &plan,
+            &cal.stats,
+            method,
+            sizes,
+            &data,
+            folds.as_ref(),
+        )?;
         run.time("sensitivity", t);
         if let (false, Some(goal)) = (tu.choice.met, o.precision.goal) {
-            let what = format!(
-                "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
-                precision::goal_text(&goal),
-                tu.samples,
-                goal.describe(tu.choice.best),
-            );
-            return Ok(run.missed(what));
+            match tu.choice.estimate {
+                // The estimate meets the goal but its lower bound does not, even with
+                // every promotion: the data cannot say more; the best model is written.
+                Some(e) if goal.meets(e.figure) => {
+                    run.warnings.push(precision::unsupported(&goal, &e));
+                }
+                _ => {
+                    let what = format!(
+                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
+                        precision::goal_text(&goal),
+                        tu.samples,
+                        goal.describe(tu.choice.estimate.map_or(tu.choice.best, |e| e.figure)),
+                    );
+                    return Ok(run.missed(what));
+                }
+            }
         }
         tuned = Some(tu);
     }
@@ -416,7 +441,26 @@ fn quantize_prepared(
     finish(run, &p, m, tuned.as_ref(), selection, &cal.stats, &data)
 }
 
-/// Sensitivity and search on the evaluation data (else the calibration data).
+/// The calibration data's fold statistics (`pipeline::folds`), timed as `folds`.
+fn fold_statistics(
+    run: &mut Run,
+    p: &Prepared,
+    calib: &Dataset,
+) -> Result<folds::FoldStatistics, PipelineError> {
+    if calib.len() < 2 {
+        return Err(PipelineError::Options(
+            "a goal is judged on calibration samples the ranges did not see: one calibration sample cannot be split; give more samples or --eval DATA".into(),
+        ));
+    }
+    let t = Instant::now();
+    let k = folds::fold_count(calib.len());
+    let f = folds::statistics(p, calib, k, run.o.common.threads, run.progress)?;
+    run.time("folds", t);
+    Ok(f)
+}
+
+/// Sensitivity and search on the evaluation data (else the calibration data, out of
+/// fold).
 fn precision_step(
     run: &mut Run,
     p: &Prepared,
@@ -425,13 +469,14 @@ fn precision_step(
     method: Method,
     budget: Option<(u64, u64)>,
     data: &inputs::Loaded,
+    folds: Option<&folds::FoldStatistics>,
 ) -> Result<precision::Tuned, PipelineError> {
     let o = run.o;
     let (search_data, labels) = data
         .eval
         .as_ref()
         .map(|e| (e, data.labels.clone()))
-        .or_else(|| data.calib.as_ref().map(|d| (d, None)))
+        .or_else(|| data.calib.as_ref().map(|d| (d, data.labels.clone())))
         .ok_or_else(|| PipelineError::Options("mixed precision needs data to search on".into()))?;
     let basis = precision::Basis {
         p,
@@ -447,6 +492,7 @@ fn precision_step(
         labels,
         samples: o.precision.sensitivity_samples,
         cache: o.sensitivity_cache(),
+        folds: folds.filter(|_| data.eval.is_none()),
     };
     precision::tune(&basis, &request, &mut run.candidates, run.progress)
 }

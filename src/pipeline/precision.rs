@@ -20,8 +20,10 @@ use crate::ir::{DType, Model};
 use crate::onnx::{self, ExternalPolicy};
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, Plan};
-use crate::tune::search::{self, Evaluator, Goal, SensitivityFile};
-use crate::tune::sim::{SimModel, SimSources, UnitParams};
+use super::folds::FoldStatistics;
+use crate::report::estimate::Estimate;
+use crate::tune::search::{self, Evaluator, Goal, HeldOut, Judge, SensitivityFile};
+use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
 use crate::tune::{self, Overrides, Precision, Unit};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +37,23 @@ pub fn goal_text(g: &Goal) -> String {
     }
 }
 
+/// The one line saying that the samples cannot support `goal`: the estimate meets it, its
+/// lower bound does not, and about how many samples would let it.
+pub fn unsupported(goal: &Goal, e: &Estimate) -> String {
+    let more = match e.samples_for(goal.threshold()) {
+        Some(n) => format!("about {n} samples would"),
+        None => "more samples would".to_string(),
+    };
+    format!(
+        "{}: {} calibration samples cannot support it: the estimate is {}, its {:.0}% lower bound {}; {more} (written with every promotion the bound asks for)",
+        goal_text(goal),
+        e.samples,
+        goal.describe(e.figure),
+        e.level * 100.0,
+        goal.describe(e.lower),
+    )
+}
+
 /// State of a mixed-precision run.
 pub struct Tuned {
     pub units: Vec<Unit>,
@@ -43,8 +62,14 @@ pub struct Tuned {
     pub choice: search::Choice,
     /// Samples the search ran on.
     pub samples: usize,
+    /// Samples each sensitivity probe ran on.
+    pub probe_samples: usize,
+    /// Folds of the out-of-fold estimate (0: ranges from every calibration sample).
+    pub folds: usize,
     /// Goal figure of the written model on the evaluation data.
     pub validated: Option<f64>,
+    /// The same with its bootstrap bounds.
+    pub eval_estimate: Option<Estimate>,
     /// Extra promotion rounds validation needed.
     pub rounds: usize,
     /// Weights stored on 4 bits.
@@ -100,12 +125,13 @@ impl Tuned {
     }
 
     fn reason(&self, i: usize) -> String {
-        let s = &self.sens.units[i];
+        let Some(s) = self.sens.units.get(i) else {
+            return "promoted by a validation round".into();
+        };
         let rank = self.choice.order.iter().position(|&u| u == i).unwrap_or(0) + 1;
         format!(
-            "rank {rank} of {}: with only this tensor 8-bit the output SQNR is {:.1} dB; promoting it alone lifts the 8-bit model from {:.1} to {:.1} dB",
+            "rank {rank} of {}: promoting it alone lifts the 8-bit model from {:.1} to {:.1} dB",
             self.units.len(),
-            s.alone_db,
             self.sens.baseline_db,
             s.promoted_db
         )
@@ -152,8 +178,7 @@ impl Tuned {
                 producer: u.producer.clone(),
                 op_type: u.producer_type.clone(),
                 precision: pr.name().to_string(),
-                alone_db: self.sens.units[i].alone_db,
-                promoted_db: self.sens.units[i].promoted_db,
+                promoted_db: self.sens.units.get(i).map_or(f64::NAN, |s| s.promoted_db),
                 reason: self.reason(i),
             })
             .collect();
@@ -167,11 +192,24 @@ impl Tuned {
                 .map(|(w, db, n)| (w.clone(), *db, *n))
                 .collect(),
             search_samples: self.samples,
+            probe_samples: self.probe_samples,
+            folds: self.folds,
+            estimate: self.choice.estimate,
+            eval_estimate: self.eval_estimate,
+            samples_needed: match (goal, self.choice.estimate) {
+                (Some(g), Some(e)) if !self.choice.met => e.samples_for(g.threshold()),
+                _ => None,
+            },
             units: self.units.len(),
             baseline: self.choice.baseline,
             searched: self.choice.figure,
             validated: self.validated,
-            evaluations: self.choice.evaluations + 2 * self.units.len() + 1,
+            evaluations: self.choice.evaluations
+                + if self.sens.units.is_empty() {
+                    0
+                } else {
+                    self.units.len() + 1
+                },
             sensitivity_cached: self.cached,
             extra_rounds: self.rounds,
             promoted,
@@ -188,7 +226,6 @@ pub struct Promoted {
     pub producer: String,
     pub op_type: String,
     pub precision: String,
-    pub alone_db: f64,
     pub promoted_db: f64,
     pub reason: String,
 }
@@ -201,6 +238,19 @@ pub struct PrecisionSummary {
     /// Weights stored on 4 bits: (name, SQNR with only it on 4 bits, elements).
     pub weights_4bit: Vec<(String, f64, u64)>,
     pub search_samples: usize,
+    /// Samples each sensitivity probe ran on.
+    pub probe_samples: usize,
+    /// Folds of the out-of-fold estimate on the calibration samples (0: none; the search
+    /// ran on the evaluation data with ranges from every calibration sample).
+    pub folds: usize,
+    /// The chosen precisions' goal figure out of fold, with its bootstrap bounds; the goal
+    /// is judged on the lower bound.
+    pub estimate: Option<Estimate>,
+    /// The written model's goal figure on the evaluation data, with its bootstrap bounds.
+    pub eval_estimate: Option<Estimate>,
+    /// When the lower bound misses the goal although the estimate meets it: about how
+    /// many calibration samples would let the bound reach it.
+    pub samples_needed: Option<usize>,
     pub units: usize,
     /// Goal figure with every activation 8-bit, on the search samples.
     pub baseline: f64,
@@ -240,48 +290,97 @@ pub struct Request<'a> {
     pub samples: usize,
     /// Sensitivity cache file.
     pub cache: PathBuf,
+    /// The calibration data's fold statistics, when `data` is the calibration data and
+    /// the goal is to be judged out of fold.
+    pub folds: Option<&'a FoldStatistics>,
 }
 
-/// The activation units of the plan and the simulation model that switches them (every
-/// 8-bit weight of 16 elements or more switchable to 4 bits when `narrow`).
-pub(crate) fn build_sim(
+/// The plan with every unit's 8-bit ranges, and with its 16-bit ranges, from `stats`.
+fn unit_plans(
     b: &Basis,
+    stats: &BTreeMap<String, crate::calib::TensorStats>,
     candidates: &mut Candidates,
-    narrow: bool,
-) -> Result<(Vec<Unit>, SimModel), PipelineError> {
-    let p = b.p;
-    // 8-bit and 16-bit ranges of every unit.
+) -> Result<(Plan, Plan), PipelineError> {
     let mut plan8 = b.plan.clone();
-    choose_ranges(&mut plan8, &b.stats.tensors, b.method, b.opts, candidates)?;
+    choose_ranges(&mut plan8, stats, b.method, b.opts, candidates)?;
     let mut plan16 = b.plan.clone();
     for d in plan16.values.values_mut() {
         if let Decision::Activation { qtype, .. } = d {
             *qtype = tune::wide(qtype);
         }
     }
-    choose_ranges(&mut plan16, &b.stats.tensors, b.method, b.opts, candidates)?;
+    choose_ranges(&mut plan16, stats, b.method, b.opts, candidates)?;
+    Ok((plan8, plan16))
+}
+
+/// Unit `u`'s parameters under `plan`'s ranges.
+fn params_of(p: &Prepared, plan: &Plan, u: &Unit) -> UnitParams {
+    let (lo, hi) = plan.ranges[&u.range_key];
+    let q = plan
+        .calibrated_qtype(&u.range_key)
+        .unwrap_or(p.cfg.activation);
+    UnitParams::new(lo, hi, &q)
+}
+
+/// The prepared model with `plan` materialised.
+fn materialized(p: &Prepared, plan: &Plan) -> Result<Model, PipelineError> {
+    let mut q = p.model.clone();
+    crate::passes::insert_qdq::materialize(&mut q, plan).map_err(|error| PipelineError::Pass {
+        model: p.model_path.clone(),
+        error,
+    })?;
+    Ok(q)
+}
+
+/// Per fold, what the simulation is fed so that the fold's samples run with the ranges of
+/// the statistics outside the fold: 8-bit and 16-bit parameters and the int32 biases
+/// those ranges round.
+fn fold_params(
+    b: &Basis,
+    units: &[Unit],
+    sim: &SimModel,
+    folds: &FoldStatistics,
+) -> Result<HeldOut, PipelineError> {
+    let mut params = Vec::with_capacity(folds.others.len());
+    for stats in &folds.others {
+        // Each fold has statistics of its own: candidates are not shared.
+        let mut own = Candidates::default();
+        let (plan8, plan16) = unit_plans(b, &stats.tensors, &mut own)?;
+        let q = materialized(b.p, &plan8)?;
+        let mut biases = BTreeMap::new();
+        for bias in sim.bias_inputs() {
+            let t = dequantized_bias(&q, bias).map_err(PipelineError::Selection)?;
+            biases.insert(bias.to_string(), t);
+        }
+        params.push(RangeParams {
+            units: units.iter().map(|u| params_of(b.p, &plan8, u)).collect(),
+            wide: units.iter().map(|u| params_of(b.p, &plan16, u)).collect(),
+            biases,
+        });
+    }
+    Ok(HeldOut {
+        params,
+        fold_of: folds.fold_of.clone(),
+    })
+}
+
+/// The activation units of the plan and the simulation model that switches them (every
+/// 8-bit weight of 16 elements or more switchable to 4 bits when `narrow`; the int32
+/// biases inputs when `held_out`).
+pub(crate) fn build_sim(
+    b: &Basis,
+    candidates: &mut Candidates,
+    narrow: bool,
+    held_out: bool,
+) -> Result<(Vec<Unit>, SimModel), PipelineError> {
+    let p = b.p;
+    let (plan8, plan16) = unit_plans(b, &b.stats.tensors, candidates)?;
     let units = tune::units(&plan8, &p.model);
-    let params_of = |plan: &Plan, u: &Unit| {
-        let (lo, hi) = plan.ranges[&u.range_key];
-        let q = plan
-            .calibrated_qtype(&u.range_key)
-            .unwrap_or(p.cfg.activation);
-        UnitParams::new(lo, hi, &q)
-    };
     let params: Vec<(UnitParams, UnitParams)> = units
         .iter()
-        .map(|u| (params_of(&plan8, u), params_of(&plan16, u)))
+        .map(|u| (params_of(p, &plan8, u), params_of(p, &plan16, u)))
         .collect();
-    let materialize = |plan: &Plan| -> Result<Model, PipelineError> {
-        let mut q = p.model.clone();
-        crate::passes::insert_qdq::materialize(&mut q, plan).map_err(|error| {
-            PipelineError::Pass {
-                model: p.model_path.clone(),
-                error,
-            }
-        })?;
-        Ok(q)
-    };
+    let materialize = |plan: &Plan| materialized(p, plan);
     let q8 = materialize(&plan8)?;
     let reduced = p.cfg.weight.qmax < 127;
     let (full, weights) = if reduced {
@@ -300,6 +399,12 @@ pub(crate) fn build_sim(
         (q8.clone(), Vec::new())
     };
     let biases = tune::bias_units(&plan8, &units);
+    // Out-of-fold ranges round the int32 biases differently: they become inputs.
+    let bias_inputs: Vec<String> = if held_out {
+        biases.iter().map(|(b, _, _)| b.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let (q4, narrow_weights) = if narrow {
         let names = narrow_candidates(&plan8, &p.model);
         let mut plan4 = plan8.clone();
@@ -317,7 +422,7 @@ pub(crate) fn build_sim(
             biases: &biases,
             narrow: q4.as_ref(),
             narrow_weights: &narrow_weights,
-            bias_inputs: &[],
+            bias_inputs: &bias_inputs,
         },
         &units,
         params,
@@ -349,7 +454,12 @@ fn evaluator<'a>(
 ) -> Result<Evaluator<'a>, PipelineError> {
     let p = b.p;
     let n = r.data.len();
-    let k = r.samples.min(n);
+    // Held-out runs use every sample (sensitivity probes only some of them).
+    let k = if r.folds.is_some() {
+        n
+    } else {
+        r.samples.min(n)
+    };
     let picks: Vec<usize> = (0..k).map(|i| i * n / k).collect();
     let samples = picks
         .iter()
@@ -423,7 +533,10 @@ fn narrow_weights(
 }
 
 /// Sensitivity analysis and search: 4-bit weights until the model fits the budget, then
-/// activation promotions until the goal is met.
+/// activation promotions until the goal is met. With fold statistics, every calibration
+/// sample runs with the ranges of the samples outside its fold, sensitivity probes run on
+/// at most `r.samples` of them, and the goal is judged on the bootstrap lower bound over
+/// all of them.
 pub fn tune(
     b: &Basis,
     r: &Request,
@@ -431,8 +544,13 @@ pub fn tune(
     progress: &dyn Progress,
 ) -> Result<Tuned, PipelineError> {
     let narrow = r.budget.is_some_and(|(budget, base)| base > budget);
-    let (units, sim) = build_sim(b, candidates, narrow)?;
+    let (units, sim) = build_sim(b, candidates, narrow, r.folds.is_some())?;
     let mut ev = evaluator(b, r, &sim)?;
+    if let Some(f) = r.folds {
+        ev = ev.with_held_out(fold_params(b, &units, &sim, f)?)?;
+        ev.probe_on(r.samples);
+        ev.judge = Judge::LowerBound;
+    }
     let (mut w_order, mut w4) = (Vec::new(), BTreeSet::new());
     if let (true, Some(budget)) = (narrow, r.budget) {
         (w_order, w4) = narrow_weights(&ev, &sim, &b.p.model, budget, progress)?;
@@ -440,14 +558,24 @@ pub fn tune(
     }
     let (sens, cached, choice) = match r.goal {
         Some(goal) => {
-            progress.begin("sensitivity", (2 * units.len() + 1) as u64);
-            let (sens, cached) =
-                search::sensitivity(&ev, &units, Some(&r.cache), &|| progress.step())?;
-            progress.end();
-            progress.begin("searching", 0);
-            let choice = search::search(&ev, &sens, goal, &|| progress.step())?;
-            progress.end();
-            (sens, cached, choice)
+            // Judged on every sample, the all-8-bit model may need no promotion at all.
+            let enough = match r.folds {
+                Some(_) => search::baseline_meets(&ev, units.len(), goal)?,
+                None => None,
+            };
+            match enough {
+                Some(choice) => (SensitivityFile::default(), false, choice),
+                None => {
+                    progress.begin("sensitivity", (units.len() + 1) as u64);
+                    let (sens, cached) =
+                        search::sensitivity(&ev, &units, Some(&r.cache), &|| progress.step())?;
+                    progress.end();
+                    progress.begin("searching", 0);
+                    let choice = search::search(&ev, &sens, goal, &|| progress.step())?;
+                    progress.end();
+                    (sens, cached, choice)
+                }
+            }
         }
         None => {
             let all8 = vec![Precision::A8; units.len()];
@@ -460,17 +588,21 @@ pub fn tune(
                 met: true,
                 order: (0..units.len()).collect(),
                 evaluations: 1,
+                estimate: None,
             };
             (SensitivityFile::default(), false, choice)
         }
     };
     Ok(Tuned {
         samples: ev.samples(),
+        probe_samples: ev.probe_samples(),
+        folds: r.folds.map_or(0, |f| f.others.len()),
         units,
         sens,
         cached,
         choice,
         validated: None,
+        eval_estimate: None,
         rounds: 0,
         w4,
         w_order,

@@ -86,7 +86,7 @@ fn sim_vs_real_w(
         method: Method::Auto,
         opts: &opts,
     };
-    let (units, sim) = build_sim(&basis, &mut cands, w4_all).unwrap();
+    let (units, sim) = build_sim(&basis, &mut cands, w4_all, false).unwrap();
     let w4: BTreeSet<String> = sim.narrow_weights().into_iter().collect();
     assert_eq!(w4.is_empty(), !w4_all);
     let config: Vec<Precision> = units.iter().map(&config_of).collect();

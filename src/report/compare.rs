@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default)]
 pub struct ModelComparison {
     pub outputs: BTreeMap<String, Metrics>,
+    /// Each sample's comparison per output (what [`super::estimate`] resamples).
+    pub per_sample: Vec<super::estimate::SampleComparison>,
 }
 
 /// Why a comparison stopped: a sample could not be read, or the engine failed.
@@ -32,7 +34,9 @@ pub fn compare<S: SampleSource + ?Sized>(
     mut progress: impl FnMut(),
 ) -> Result<ModelComparison, CompareError> {
     let mut acc: BTreeMap<String, Comparison> = BTreeMap::new();
+    let mut per_sample = Vec::with_capacity(samples.count());
     for i in 0..samples.count() {
+        let mut mine: BTreeMap<String, Comparison> = BTreeMap::new();
         let s = samples.sample(i)?;
         let a = reference.run(&s)?;
         let b = test.run(&s)?;
@@ -45,16 +49,21 @@ pub fn compare<S: SampleSource + ?Sized>(
                 continue;
             }
             let classifier = is_classifier_shape(&ta.shape());
-            acc.entry(name.clone()).or_default().add(
-                &va,
-                &vb,
-                classifier,
-                labels.and_then(|l| l.get(i).copied()),
-            );
+            let label = labels.and_then(|l| l.get(i).copied());
+            // The pooled figures sum element by element, as they always have (the
+            // per-sample sums would round differently).
+            acc.entry(name.clone())
+                .or_default()
+                .add(&va, &vb, classifier, label);
+            mine.entry(name.clone())
+                .or_default()
+                .add(&va, &vb, classifier, label);
         }
+        per_sample.push(mine);
         progress();
     }
     Ok(ModelComparison {
         outputs: acc.into_iter().map(|(k, c)| (k, c.metrics())).collect(),
+        per_sample,
     })
 }

@@ -76,6 +76,23 @@ impl Comparison {
         }
     }
 
+    /// Adds another comparison's samples (the pooled figures of both sets of samples).
+    pub fn merge(&mut self, other: &Comparison) {
+        self.sig += other.sig;
+        self.noise += other.noise;
+        self.dot += other.dot;
+        self.ref_sq += other.ref_sq;
+        self.test_sq += other.test_sq;
+        self.max_abs = self.max_abs.max(other.max_abs);
+        self.elements += other.elements;
+        self.samples += other.samples;
+        self.top1_same += other.top1_same;
+        self.top1_counted += other.top1_counted;
+        self.correct_ref += other.correct_ref;
+        self.correct_test += other.correct_test;
+        self.labelled += other.labelled;
+    }
+
     /// The figures so far.
     pub fn metrics(&self) -> Metrics {
         let frac = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);

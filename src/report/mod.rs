@@ -3,6 +3,8 @@
 //!
 //! - [`metrics`]: SQNR, cosine, max-abs, top-1 agreement, accuracy.
 //! - [`compare`]: runs two models on the same samples and compares every output.
+//! - [`estimate`]: how sure a figure pooled over samples is (bootstrap bounds over the
+//!   samples), and how many samples would make it sure enough.
 //! - [`layers`]: per-tensor comparison of a float model and its quantized version,
 //!   matched through Q/DQ pairs, worst first.
 //! - [`tensor`]: one calibrated tensor as the report shows it (display histogram, each
@@ -11,6 +13,7 @@
 //!   [`render`], one self-contained page; [`plot`] draws its SVG charts.
 
 pub mod compare;
+pub mod estimate;
 pub mod html;
 pub mod layers;
 pub mod metrics;

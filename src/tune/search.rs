@@ -1,16 +1,18 @@
 //! Sensitivity analysis and the precision search.
 //!
 //! Both run the [`SimModel`] on a subsample of the data against the float model's outputs
-//! on the same samples. Per unit, sensitivity measures two configurations:
-//! - *alone*: only this unit quantized (8-bit), every other activation float — the error
-//!   the unit brings by itself;
-//! - *promoted*: every unit 8-bit except this one at 16 bits — what promoting it buys.
+//! on the same samples. Per unit, sensitivity measures one configuration, *promoted*:
+//! every unit 8-bit except this one at 16 bits — what promoting it buys. Probes may run
+//! on a subsample ([`Evaluator::probe_on`]); the search runs on every sample.
 //!
 //! The search orders units by *promoted* (best first), finds the shortest prefix of
 //! promotions (16-bit first, then float as a last resort) that meets the goal by
-//! bisection, then tries to demote each promoted unit again, least useful first, keeping
-//! every demotion that still meets the goal. Results are cached in a file keyed by the
-//! SHA-256 of the simulation model, the parameters and the samples.
+//! bisection, then demotes again what is not needed: the promoted units, least useful
+//! first, are tried as one group, and a group that misses the goal is split in halves
+//! (one configuration when every promotion stays or every one goes, about two per unit
+//! at worst). A configuration's figure is pooled over the samples, or its bootstrap
+//! lower bound ([`Judge`]). Results are cached in a file keyed by the SHA-256 of the
+//! simulation model, the parameters and the samples.
 
 use super::sim::SimModel;
 use super::{Precision, TuneError, Unit};
@@ -18,6 +20,7 @@ use crate::data::Sample;
 use crate::exec::Session;
 use crate::ir::Tensor;
 use crate::report::metrics::as_f32;
+use crate::report::estimate::{self, Estimate, SampleComparison};
 use crate::report::metrics::{is_classifier_shape, Comparison, Metrics};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +62,29 @@ impl Goal {
         }
     }
 
+    /// The figure [`Goal::figure`] must reach (higher is better).
+    pub fn threshold(&self) -> f64 {
+        match self {
+            Goal::Sqnr { db } => *db,
+            Goal::MaxDrop { points } => -points,
+        }
+    }
+
+    /// An estimate of the figure with its bounds, as a user reads it.
+    pub fn describe_estimate(&self, e: &Estimate) -> String {
+        let pct = e.level * 100.0;
+        match self {
+            Goal::Sqnr { .. } => format!(
+                "{:.2} dB ({pct:.0}% bounds {:.2} .. {:.2} dB, {} samples)",
+                e.figure, e.lower, e.upper, e.samples
+            ),
+            Goal::MaxDrop { .. } => format!(
+                "a drop of {:.2} points ({pct:.0}% bounds {:.2} .. {:.2}, {} samples)",
+                -e.figure, -e.upper, -e.lower, e.samples
+            ),
+        }
+    }
+
     /// The figure as a user reads it.
     pub fn describe(&self, figure: f64) -> String {
         match self {
@@ -78,6 +104,32 @@ pub struct Evaluator<'a> {
     threads: usize,
     /// Weights on 4 bits in every configuration this evaluator runs.
     pub w4: BTreeSet<String>,
+    /// Out-of-fold parameters, when each sample runs with ranges from the other samples.
+    held_out: Option<HeldOut>,
+    /// The samples sensitivity probes run on (indices; every sample by default).
+    probe: Vec<usize>,
+    /// How a configuration's goal figure is judged.
+    pub judge: Judge,
+}
+
+/// How [`Evaluator::judged`] turns a configuration's outputs into the figure a goal is
+/// checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judge {
+    /// The figure pooled over the samples.
+    Pooled,
+    /// The bootstrap lower bound of the pooled figure (`report::estimate`).
+    LowerBound,
+}
+
+/// Ranges from other samples: each sample runs with the parameters of its fold, computed
+/// from the statistics of the samples outside the fold.
+#[derive(Clone, Debug)]
+pub struct HeldOut {
+    /// One per fold.
+    pub params: Vec<super::sim::RangeParams>,
+    /// The fold of each sample.
+    pub fold_of: Vec<usize>,
 }
 
 /// What one configuration gave.
@@ -134,6 +186,7 @@ impl<'a> Evaluator<'a> {
             &sim.feed(first, &all8, &BTreeSet::new()),
             &Default::default(),
         )?;
+        let n = samples.len();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -146,11 +199,131 @@ impl<'a> Evaluator<'a> {
             labels,
             threads,
             w4: BTreeSet::new(),
+            held_out: None,
+            probe: (0..n).collect(),
+            judge: Judge::Pooled,
         })
     }
 
     pub fn samples(&self) -> usize {
         self.samples.len()
+    }
+
+    /// Runs every sample with its fold's parameters (`held.fold_of` has one entry per
+    /// sample).
+    pub fn with_held_out(mut self, held: HeldOut) -> Result<Self, TuneError> {
+        if held.fold_of.len() != self.samples.len()
+            || held.fold_of.iter().any(|&f| f >= held.params.len())
+        {
+            return Err(TuneError::Other(format!(
+                "{} fold assignments for {} samples and {} folds",
+                held.fold_of.len(),
+                self.samples.len(),
+                held.params.len()
+            )));
+        }
+        self.held_out = Some(held);
+        Ok(self)
+    }
+
+    /// Sensitivity probes run on `k` evenly spaced samples only (all when `k` is larger).
+    pub fn probe_on(&mut self, k: usize) {
+        let n = self.samples.len();
+        let k = k.clamp(1, n.max(1));
+        self.probe = (0..k).map(|i| i * n / k).collect();
+    }
+
+    /// Samples the sensitivity probes run on.
+    pub fn probe_samples(&self) -> usize {
+        self.probe.len()
+    }
+
+    /// Sample `i` fed for `config`, with its fold's parameters when held out.
+    fn feed_of(&self, i: usize, config: &[Precision], w4: &BTreeSet<String>) -> Sample {
+        let s = &self.samples[i];
+        match &self.held_out {
+            Some(h) => self
+                .sim
+                .feed_ranges(s, config, w4, &h.params[h.fold_of[i]]),
+            None => self.sim.feed(s, config, w4),
+        }
+    }
+
+    /// Each sample's per-output comparison for `config` (with the evaluator's 4-bit
+    /// weights), samples spread over threads.
+    pub fn per_sample(&self, config: &[Precision]) -> Result<Vec<SampleComparison>, TuneError> {
+        let n = self.samples.len();
+        let next = AtomicU64::new(0);
+        let run = |i: usize| -> Result<SampleComparison, TuneError> {
+            let out = self.session.run(&self.feed_of(i, config, &self.w4))?;
+            let mut mine = BTreeMap::new();
+            self.add_sample(&mut mine, i, &out);
+            Ok(mine)
+        };
+        let parts: Vec<Vec<(usize, Result<SampleComparison, TuneError>)>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..self.threads.min(n.max(1)))
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut mine = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                                if i >= n {
+                                    break;
+                                }
+                                mine.push((i, run(i)));
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+        let mut out: Vec<Option<SampleComparison>> = (0..n).map(|_| None).collect();
+        for (i, r) in parts.into_iter().flatten() {
+            out[i] = Some(r?);
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| TuneError::Other("a worker thread failed".into())))
+            .collect()
+    }
+
+    /// `config`'s goal figure as the evaluator judges it, and the estimate (figure with
+    /// bootstrap bounds) when it judges by the lower bound.
+    pub fn judged(
+        &self,
+        goal: Goal,
+        config: &[Precision],
+    ) -> Result<(f64, Option<Estimate>), TuneError> {
+        match self.judge {
+            Judge::Pooled => Ok((goal.figure(&self.eval(config)?), None)),
+            Judge::LowerBound => {
+                let e = estimate::bootstrap(&self.per_sample(config)?, |m| goal.figure(m));
+                Ok((e.lower, Some(e)))
+            }
+        }
+    }
+
+    /// Adds sample `i`'s outputs `out` to `acc`, per output shared with the reference.
+    fn add_sample(&self, acc: &mut BTreeMap<String, Comparison>, i: usize, out: &Sample) {
+        for (name, r) in &self.reference[i] {
+            let Some(t) = out.get(name) else { continue };
+            let (Some(vr), Some(vt)) = (as_f32(r), as_f32(t)) else {
+                continue;
+            };
+            if vr.len() != vt.len() {
+                continue;
+            }
+            acc.entry(name.clone()).or_default().add(
+                &vr,
+                &vt,
+                is_classifier_shape(&r.shape()),
+                self.labels.as_ref().and_then(|l| l.get(i).copied()),
+            );
+        }
     }
 
     /// Per-output metrics of one configuration (with the evaluator's 4-bit weights).
@@ -164,7 +337,16 @@ impl<'a> Evaluator<'a> {
         config: &[Precision],
         w4: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, Metrics>, TuneError> {
-        self.eval_feeds(|s| self.sim.feed(s, config, w4))
+        self.eval_feeds(|i| self.feed_of(i, config, w4), 0..self.samples.len())
+    }
+
+    /// [`Evaluator::eval_with`] on the probe samples only.
+    fn eval_probe(
+        &self,
+        config: &[Precision],
+        w4: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, Metrics>, TuneError> {
+        self.eval_feeds(|i| self.feed_of(i, config, w4), self.probe.iter().copied())
     }
 
     /// Per-output metrics with every unit at 8 bits on `params`: the written model for
@@ -173,42 +355,33 @@ impl<'a> Evaluator<'a> {
         &self,
         params: &super::sim::RangeParams,
     ) -> Result<BTreeMap<String, Metrics>, TuneError> {
-        self.eval_feeds(|s| self.sim.feed_params(s, params))
+        self.eval_feeds(
+            |i| self.sim.feed_params(&self.samples[i], params),
+            0..self.samples.len(),
+        )
     }
 
     fn eval_feeds(
         &self,
-        feed: impl Fn(&Sample) -> Sample,
+        feed: impl Fn(usize) -> Sample,
+        which: impl IntoIterator<Item = usize>,
     ) -> Result<BTreeMap<String, Metrics>, TuneError> {
         let mut acc: BTreeMap<String, Comparison> = BTreeMap::new();
-        for (i, s) in self.samples.iter().enumerate() {
-            let out = self.session.run(&feed(s))?;
-            for (name, r) in &self.reference[i] {
-                let Some(t) = out.get(name) else { continue };
-                let (Some(vr), Some(vt)) = (as_f32(r), as_f32(t)) else {
-                    continue;
-                };
-                if vr.len() != vt.len() {
-                    continue;
-                }
-                acc.entry(name.clone()).or_default().add(
-                    &vr,
-                    &vt,
-                    is_classifier_shape(&r.shape()),
-                    self.labels.as_ref().and_then(|l| l.get(i).copied()),
-                );
-            }
+        for i in which {
+            let out = self.session.run(&feed(i))?;
+            self.add_sample(&mut acc, i, &out);
         }
         Ok(acc.into_iter().map(|(k, c)| (k, c.metrics())).collect())
     }
 
-    /// Evaluates many configurations, spread over threads; results in input order.
+    /// Evaluates many configurations on the probe samples, spread over threads; results
+    /// in input order.
     pub fn eval_many(
         &self,
         configs: &[Trial],
         progress: &(dyn Fn() + Sync),
     ) -> Result<Vec<BTreeMap<String, Metrics>>, TuneError> {
-        self.spread(configs, |t| self.eval_with(&t.acts, &t.w4), progress)
+        self.spread(configs, |t| self.eval_probe(&t.acts, &t.w4), progress)
     }
 
     /// [`Evaluator::eval_params`] of many parameter sets, spread over threads; results in
@@ -267,8 +440,6 @@ pub struct Sensitivity {
     pub root: String,
     pub producer: String,
     pub op_type: String,
-    /// Worst-output SQNR with only this unit quantized (8-bit).
-    pub alone_db: f64,
     /// Worst-output SQNR with every unit 8-bit but this one at 16 bits.
     pub promoted_db: f64,
 }
@@ -283,7 +454,7 @@ pub struct SensitivityFile {
     pub units: Vec<Sensitivity>,
 }
 
-const CACHE_FORMAT: &str = "qrange-sensitivity/1";
+const CACHE_FORMAT: &str = "qrange-sensitivity/2";
 
 impl SensitivityFile {
     /// Writes the cache file (pretty JSON).
@@ -312,7 +483,27 @@ pub fn cache_key(ev: &Evaluator) -> Result<String, TuneError> {
         h.update(b"w4:");
         h.update(w.as_bytes());
     }
-    for s in &ev.samples {
+    if let Some(held) = &ev.held_out {
+        h.update(b"held out:");
+        for f in &held.fold_of {
+            h.update((*f as u64).to_le_bytes());
+        }
+        for rp in &held.params {
+            for p in rp.units.iter().chain(&rp.wide) {
+                for x in [p.scale, p.zero_point, p.qmin, p.qmax] {
+                    h.update(x.to_le_bytes());
+                }
+            }
+            for (b, t) in &rp.biases {
+                h.update(b.as_bytes());
+                for x in as_f32(t).unwrap_or_default() {
+                    h.update(x.to_le_bytes());
+                }
+            }
+        }
+    }
+    for &i in &ev.probe {
+        let s = &ev.samples[i];
         for (k, t) in s {
             h.update(k.as_bytes());
             h.update(format!("{:?}", t.shape()).as_bytes());
@@ -354,12 +545,9 @@ pub fn sensitivity(
         acts,
         w4: ev.w4.clone(),
     };
-    let mut configs = Vec::with_capacity(2 * n + 1);
+    let mut configs = Vec::with_capacity(n + 1);
     configs.push(trial(vec![Precision::A8; n]));
     for i in 0..n {
-        let mut alone = vec![Precision::Float; n];
-        alone[i] = Precision::A8;
-        configs.push(trial(alone));
         let mut promoted = vec![Precision::A8; n];
         promoted[i] = Precision::A16;
         configs.push(trial(promoted));
@@ -368,7 +556,7 @@ pub fn sensitivity(
     let file = SensitivityFile {
         format: CACHE_FORMAT.into(),
         key,
-        samples: ev.samples(),
+        samples: ev.probe_samples(),
         baseline_db: worst_sqnr(&res[0]),
         units: units
             .iter()
@@ -377,8 +565,7 @@ pub fn sensitivity(
                 root: u.root.clone(),
                 producer: u.producer.clone(),
                 op_type: u.producer_type.clone(),
-                alone_db: worst_sqnr(&res[1 + 2 * i]),
-                promoted_db: worst_sqnr(&res[2 + 2 * i]),
+                promoted_db: worst_sqnr(&res[1 + i]),
             })
             .collect(),
     };
@@ -416,7 +603,7 @@ pub fn weight_sensitivity(
 pub struct Choice {
     /// Precision per unit (same order as the units).
     pub config: Vec<Precision>,
-    /// Goal figure of the chosen configuration on the search samples.
+    /// Goal figure of the chosen configuration on the search samples, as judged.
     pub figure: f64,
     /// Figure with every unit 8-bit.
     pub baseline: f64,
@@ -428,6 +615,68 @@ pub struct Choice {
     pub order: Vec<usize>,
     /// Configurations evaluated.
     pub evaluations: usize,
+    /// The chosen configuration's figure with its bootstrap bounds (when judged by the
+    /// lower bound).
+    pub estimate: Option<Estimate>,
+}
+
+/// Judges configurations for the search: counts them, tracks the best figure and keeps
+/// the estimate of each judged configuration.
+struct Judged<'e, 'a> {
+    ev: &'e Evaluator<'a>,
+    goal: Goal,
+    evaluations: usize,
+    best: f64,
+    /// The configuration with the best figure, and its estimate.
+    best_config: Option<(Vec<Precision>, Option<Estimate>)>,
+    progress: &'e (dyn Fn() + Sync),
+}
+
+impl Judged<'_, '_> {
+    fn run(&mut self, c: &[Precision]) -> Result<(f64, Option<Estimate>), TuneError> {
+        self.evaluations += 1;
+        let (f, e) = self.ev.judged(self.goal, c)?;
+        (self.progress)();
+        if self.best_config.is_none() || f >= self.best {
+            self.best = f;
+            self.best_config = Some((c.to_vec(), e));
+        }
+        Ok((f, e))
+    }
+}
+
+/// The order in which units are promoted: most useful (highest `promoted_db`) first.
+fn promotion_order(sens: &SensitivityFile) -> Vec<usize> {
+    let n = sens.units.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        sens.units[b]
+            .promoted_db
+            .total_cmp(&sens.units[a].promoted_db)
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+/// The all-8-bit configuration when it meets `goal` as the evaluator judges it (no
+/// sensitivity analysis is then needed).
+pub fn baseline_meets(
+    ev: &Evaluator,
+    units: usize,
+    goal: Goal,
+) -> Result<Option<Choice>, TuneError> {
+    let config = vec![Precision::A8; units];
+    let (f, estimate) = ev.judged(goal, &config)?;
+    Ok(goal.meets(f).then(|| Choice {
+        config,
+        figure: f,
+        baseline: f,
+        best: f,
+        met: true,
+        order: (0..units).collect(),
+        evaluations: 1,
+        estimate,
+    }))
 }
 
 /// Finds the cheapest promotion set meeting `goal`, in the order given by `sens`.
@@ -438,21 +687,16 @@ pub fn search(
     progress: &(dyn Fn() + Sync),
 ) -> Result<Choice, TuneError> {
     let n = sens.units.len();
-    let mut evaluations = 0usize;
-    let mut run = |c: &[Precision]| -> Result<f64, TuneError> {
-        evaluations += 1;
-        let m = ev.eval(c)?;
-        progress();
-        Ok(goal.figure(&m))
+    let mut j = Judged {
+        ev,
+        goal,
+        evaluations: 0,
+        best: f64::NEG_INFINITY,
+        best_config: None,
+        progress,
     };
     let meets = |f: f64| goal.meets(f);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| {
-        sens.units[b]
-            .promoted_db
-            .total_cmp(&sens.units[a].promoted_db)
-            .then(a.cmp(&b))
-    });
+    let order = promotion_order(sens);
     // Steps: every unit to 16 bits (most useful first), then to float.
     let steps: Vec<(usize, Precision)> = order
         .iter()
@@ -466,7 +710,7 @@ pub fn search(
         }
         c
     };
-    let baseline = run(&config_of(0))?;
+    let (baseline, base_est) = j.run(&config_of(0))?;
     if meets(baseline) {
         return Ok(Choice {
             config: config_of(0),
@@ -475,78 +719,86 @@ pub fn search(
             best: baseline,
             met: true,
             order,
-            evaluations,
+            evaluations: j.evaluations,
+            estimate: base_est,
         });
     }
-    let all16 = run(&config_of(n))?;
-    let mut best = baseline.max(all16);
+    let (all16, _) = j.run(&config_of(n))?;
     let (mut lo, mut hi) = if meets(all16) {
         (0, n)
     } else {
-        let allf = run(&config_of(2 * n))?;
-        best = best.max(allf);
+        let (allf, _) = j.run(&config_of(2 * n))?;
         if !meets(allf) {
-            let c = if allf >= all16 {
-                config_of(2 * n)
-            } else {
-                config_of(n)
-            };
+            let (config, estimate) = j.best_config.take().expect("a configuration was judged");
             return Ok(Choice {
-                config: c,
-                figure: best,
+                config,
+                figure: j.best,
                 baseline,
-                best,
+                best: j.best,
                 met: false,
                 order,
-                evaluations,
+                evaluations: j.evaluations,
+                estimate,
             });
         }
         (n, 2 * n)
     };
     // Smallest prefix that meets the goal (lo fails, hi meets).
-    let mut hi_fig = f64::NAN;
+    let mut hi_fig = None;
     while hi - lo > 1 {
         let mid = (lo + hi) / 2;
-        let f = run(&config_of(mid))?;
-        best = best.max(f);
-        if meets(f) {
+        let r = j.run(&config_of(mid))?;
+        if meets(r.0) {
             hi = mid;
-            hi_fig = f;
+            hi_fig = Some(r);
         } else {
             lo = mid;
         }
     }
     let mut config = config_of(hi);
-    let mut figure = if hi_fig.is_nan() {
-        run(&config)?
-    } else {
-        hi_fig
+    let (mut figure, mut estimate) = match hi_fig {
+        Some(r) => r,
+        None => j.run(&config)?,
     };
-    // Demote again what is not needed, least useful first.
-    for &(u, p) in steps[..hi].iter().rev() {
-        if config[u] != p {
+    // Demote again what is not needed, least useful first, in groups split on a miss.
+    let mut pending: Vec<Vec<(usize, Precision)>> = vec![steps[..hi]
+        .iter()
+        .rev()
+        .filter(|(u, p)| config[*u] == *p)
+        .copied()
+        .collect()];
+    while let Some(group) = pending.pop() {
+        if group.is_empty() {
             continue;
         }
-        let back = if p == Precision::Float {
-            Precision::A16
-        } else {
-            Precision::A8
-        };
         let mut trial = config.clone();
-        trial[u] = back;
-        let f = run(&trial)?;
+        for &(u, p) in &group {
+            trial[u] = if p == Precision::Float {
+                Precision::A16
+            } else {
+                Precision::A8
+            };
+        }
+        let (f, e) = j.run(&trial)?;
         if meets(f) {
             config = trial;
             figure = f;
+            estimate = e;
+        } else if group.len() > 1 {
+            // The first half (least useful) is tried first: it is pushed last.
+            let (first, second) = group.split_at(group.len() / 2);
+            pending.push(second.to_vec());
+            pending.push(first.to_vec());
         }
     }
     Ok(Choice {
         config,
         figure,
         baseline,
-        best: best.max(figure),
+        best: j.best.max(figure),
         met: true,
         order,
-        evaluations,
+        evaluations: j.evaluations,
+        estimate,
     })
 }

@@ -202,6 +202,8 @@ pub struct SimSources<'a> {
 pub struct RangeParams {
     /// One per unit, in unit order.
     pub units: Vec<UnitParams>,
+    /// 16-bit parameters, one per unit (empty: the simulation's own).
+    pub wide: Vec<UnitParams>,
     /// Dequantized value of each of the model's bias inputs, by bias name.
     pub biases: BTreeMap<String, Tensor>,
 }
@@ -550,13 +552,19 @@ impl SimModel {
     /// from.
     pub fn feed_params(&self, sample: &Sample, params: &RangeParams) -> Sample {
         let all8 = vec![Precision::A8; self.params.len()];
-        let mut s = self.feed_with(sample, &all8, &Default::default(), Some(&params.units));
-        for (input, b, _) in &self.bias_values {
-            if let Some(t) = params.biases.get(b) {
-                s.insert(input.clone(), t.clone());
-            }
-        }
-        s
+        self.feed_with(sample, &all8, &Default::default(), Some(params))
+    }
+
+    /// [`SimModel::feed`] with the parameters and biases of `params` (ranges from other
+    /// statistics) in place of the simulation's own, for every precision.
+    pub fn feed_ranges(
+        &self,
+        sample: &Sample,
+        config: &[Precision],
+        w4: &std::collections::BTreeSet<String>,
+        params: &RangeParams,
+    ) -> Sample {
+        self.feed_with(sample, config, w4, Some(params))
     }
 
     /// Biases that are model inputs.
@@ -569,7 +577,7 @@ impl SimModel {
         sample: &Sample,
         config: &[Precision],
         w4: &std::collections::BTreeSet<String>,
-        params8: Option<&[UnitParams]>,
+        params: Option<&RangeParams>,
     ) -> Sample {
         let mut s = sample.clone();
         let scalar = |v: f32| Tensor::F32(ndarray::arr0(v).into_dyn());
@@ -580,7 +588,8 @@ impl SimModel {
             .zip(config)
             .enumerate()
         {
-            let p8 = params8.and_then(|p| p.get(i)).unwrap_or(p8);
+            let p8 = params.and_then(|p| p.units.get(i)).unwrap_or(p8);
+            let p16 = params.and_then(|p| p.wide.get(i)).unwrap_or(p16);
             let p = if *prec == Precision::A16 { p16 } else { p8 };
             s.insert(format!("{prefix}.scale"), scalar(p.scale));
             if let Some(f) = self.scale_folds.get(i).copied().flatten() {
@@ -612,8 +621,9 @@ impl SimModel {
             let full = config.get(*unit).is_some_and(|p| *p != Precision::A8);
             s.insert(name.clone(), Tensor::Bool(ndarray::arr0(full).into_dyn()));
         }
-        for (name, _, value) in &self.bias_values {
-            s.insert(name.clone(), value.clone());
+        for (name, b, value) in &self.bias_values {
+            let v = params.and_then(|p| p.biases.get(b)).unwrap_or(value);
+            s.insert(name.clone(), v.clone());
         }
         s
     }

@@ -218,6 +218,7 @@ pub fn range_params(
     }
     Ok(RangeParams {
         units: unit_params(p, plan, units, Some(set)),
+        wide: Vec::new(),
         biases,
     })
 }
