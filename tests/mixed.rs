@@ -289,3 +289,103 @@ fn size_budget_puts_the_least_harmful_weights_on_4_bits() {
     assert!(r.stderr.contains("smallest model"), "{}", r.stderr);
     assert!(!none.exists());
 }
+
+/// 20 calibration samples from tiny_cnn's 8: sample 5 scaled by `outlier` (its largest
+/// activations no other sample shows), the others, the last 4 among them, ordinary.
+fn calib_with_outliers(path: &Path, outlier: f32) {
+    use qrange::data::InputSpec;
+    use qrange::ir::{DType, Tensor};
+    let ds = qrange::data::load(
+        &fixture("tiny/tiny_cnn.npz"),
+        &[InputSpec::new("x", DType::F32, None)],
+    )
+    .unwrap();
+    let mut vals = Vec::new();
+    for i in 0..20 {
+        let x = ds.get(i % ds.len()).unwrap().remove("x").unwrap();
+        let k = if i == 5 { outlier } else { 1.0 };
+        vals.extend(x.to_f64_vec().unwrap().into_iter().map(|v| v * k as f64));
+    }
+    let t = Tensor::from_f64(DType::F32, &[20, 1, 3, 8, 8], &vals).unwrap();
+    write_npz_arrays(path, vec![("x", t)]);
+}
+
+fn tiny_calib_only(calib: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib".into(),
+        s(calib),
+        "-o".into(),
+        s(out),
+    ];
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    quantize_json(&refs)
+}
+
+#[test]
+fn goal_without_eval_is_judged_out_of_fold_on_every_calibration_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.npz");
+    calib_with_outliers(&calib, 1.0);
+    let j = tiny_calib_only(&calib, &tmp.path().join("t.onnx"), &["--target-sqnr", "20"]);
+    // No sample is held back: all 20 calibrate the written model and are judged.
+    assert_eq!(j["calibration_samples"], 20);
+    let pr = &j["precision"];
+    assert_eq!(pr["folds"], 8);
+    let e = &pr["estimate"];
+    assert_eq!(e["samples"], 20, "{e}");
+    assert_eq!(e["level"], 0.9);
+    let (lo, fig, hi) = (
+        e["lower"].as_f64().unwrap(),
+        e["figure"].as_f64().unwrap(),
+        e["upper"].as_f64().unwrap(),
+    );
+    assert!(lo <= fig && fig <= hi && lo < hi, "{e}");
+    // The goal is judged on the lower bound.
+    assert!(lo >= 20.0, "{e}");
+    assert_eq!(pr["searched"].as_f64().unwrap(), lo);
+}
+
+#[test]
+fn a_goal_the_held_back_samples_meet_is_refused_by_the_lower_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.npz");
+    calib_with_outliers(&calib, 4.0);
+    // Without a goal, the last 4 (ordinary) samples are held back and validated on.
+    let plain = tiny_calib_only(&calib, &tmp.path().join("plain.onnx"), &[]);
+    let held_back = worst_sqnr(&plain);
+    assert_eq!(plain["eval_samples"], 4);
+    // A goal those 4 samples say the 8-bit model meets.
+    let goal = format!("{:.1}", held_back - 1.0);
+    let j = tiny_calib_only(&calib, &tmp.path().join("t.onnx"), &["--target-sqnr", &goal]);
+    let pr = &j["precision"];
+    let goal: f64 = goal.parse().unwrap();
+    // Out of fold, the outlier's clipping shows: the all-8-bit lower bound misses it, so
+    // the search promotes (or says the samples cannot support the goal).
+    assert!(pr["baseline"].as_f64().unwrap() < goal, "{pr}");
+    let promoted = pr["promoted"].as_array().unwrap();
+    assert!(
+        !promoted.is_empty() || pr["samples_needed"].is_u64(),
+        "{pr}"
+    );
+}
+
+#[test]
+fn out_of_fold_goal_runs_write_the_same_bytes_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.npz");
+    calib_with_outliers(&calib, 4.0);
+    let mut outs = Vec::new();
+    for name in ["a", "b"] {
+        let out = tmp.path().join(format!("{name}.onnx"));
+        let j = tiny_calib_only(&calib, &out, &["--target-sqnr", "30"]);
+        let ov = tmp.path().join(format!("{name}.overrides.json"));
+        outs.push((
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&ov).unwrap(),
+            j["precision"]["estimate"].to_string(),
+        ));
+    }
+    assert_eq!(outs[0], outs[1]);
+}

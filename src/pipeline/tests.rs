@@ -241,3 +241,31 @@ fn simulation_with_folded_relus_and_reduced_weights() {
     });
     assert!(db > 60.0, "simulation far from the mixed model: {db} dB");
 }
+
+#[test]
+fn a_goal_the_samples_cannot_support_is_one_line_with_the_samples_that_would() {
+    use crate::report::estimate::Estimate;
+    let e = Estimate {
+        figure: 32.0,
+        lower: 26.0,
+        upper: 36.0,
+        samples: 32,
+        level: 0.9,
+    };
+    let line = super::precision::unsupported(&crate::tune::search::Goal::Sqnr { db: 30.0 }, &e);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.starts_with("--target-sqnr 30: 32 calibration samples cannot support it"), "{line}");
+    // The bound is 6 dB below the figure, the goal 2: (6/2)^2 = 9 times the samples.
+    assert!(line.contains("about 288 samples would"), "{line}");
+    let drop = crate::tune::search::Goal::MaxDrop { points: 0.5 };
+    let e = Estimate {
+        figure: 0.0,
+        lower: -1.5,
+        upper: 0.0,
+        samples: 64,
+        level: 0.9,
+    };
+    // No drop measured, a bound of 1.5 points against 0.5 allowed: (1.5 / 0.5)^2 = 9
+    // times the samples.
+    assert!(super::precision::unsupported(&drop, &e).contains("about 576 samples would"));
+}
