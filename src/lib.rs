@@ -63,7 +63,11 @@
 //! between calibration and materialisation: `tune` builds one simulation model whose Q/DQ
 //! pairs are switches, measures each activation's sensitivity on it, searches the cheapest
 //! promotions (16-bit activations, float, 4-bit weights to fit a size), and edits the plan;
-//! the written model is then validated as usual.
+//! the written model is then validated as usual. A goal without evaluation data holds no
+//! sample back: `pipeline::folds` calibrates the calibration samples in k folds, every
+//! sample runs in the simulation with the ranges of the other folds' statistics, and the
+//! goal is judged on the bootstrap lower bound of the pooled figure (`report::estimate`);
+//! the written model's ranges come from every sample.
 //!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
@@ -81,8 +85,8 @@
 //!   upgrade_opset, insert_qdq; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
-//!   calibrate, ranges with the adaptive selection, precision, materialise, interface
-//!   (the float model's inputs kept), summary,
+//!   calibrate, ranges with the adaptive selection, folds, precision, materialise,
+//!   interface (the float model's inputs kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); ONNX Runtime's packed
@@ -112,7 +116,8 @@
 //!   tensors from tract into statistics (a run holds about what a plain inference holds,
 //!   whatever the number of values), and runs If branches, Loop bodies and Scan bodies
 //!   as models of their own to reach the values inside.
-//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), the
+//! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), how
+//!   sure a figure pooled over samples is (`estimate`: bootstrap bounds, fixed seed), the
 //!   output-by-output comparison of two models (`compare`), the value-by-value one
 //!   (`layers`: pairs a float model's values with its quantized version's through the
 //!   Q/DQ pairs, taps them in groups under a memory budget, worst SQNR first), and the

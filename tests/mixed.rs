@@ -358,7 +358,11 @@ fn a_goal_the_held_back_samples_meet_is_refused_by_the_lower_bound() {
     assert_eq!(plain["eval_samples"], 4);
     // A goal those 4 samples say the 8-bit model meets.
     let goal = format!("{:.1}", held_back - 1.0);
-    let j = tiny_calib_only(&calib, &tmp.path().join("t.onnx"), &["--target-sqnr", &goal]);
+    let j = tiny_calib_only(
+        &calib,
+        &tmp.path().join("t.onnx"),
+        &["--target-sqnr", &goal],
+    );
     let pr = &j["precision"];
     let goal: f64 = goal.parse().unwrap();
     // Out of fold, the outlier's clipping shows: the all-8-bit lower bound misses it, so

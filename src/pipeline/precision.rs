@@ -10,6 +10,7 @@
 //! [`Tuned::promote_more`]) when the written model misses the budget or the goal.
 
 use super::error::PipelineError;
+use super::folds::FoldStatistics;
 use super::prepare::Prepared;
 use super::progress::Progress;
 use super::ranges::{choose_ranges, Candidates};
@@ -20,7 +21,6 @@ use crate::ir::{DType, Model};
 use crate::onnx::{self, ExternalPolicy};
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, Plan};
-use super::folds::FoldStatistics;
 use crate::report::estimate::Estimate;
 use crate::tune::search::{self, Evaluator, Goal, HeldOut, Judge, SensitivityFile};
 use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};

@@ -254,7 +254,10 @@ fn a_goal_the_samples_cannot_support_is_one_line_with_the_samples_that_would() {
     };
     let line = super::precision::unsupported(&crate::tune::search::Goal::Sqnr { db: 30.0 }, &e);
     assert_eq!(line.lines().count(), 1, "{line}");
-    assert!(line.starts_with("--target-sqnr 30: 32 calibration samples cannot support it"), "{line}");
+    assert!(
+        line.starts_with("--target-sqnr 30: 32 calibration samples cannot support it"),
+        "{line}"
+    );
     // The bound is 6 dB below the figure, the goal 2: (6/2)^2 = 9 times the samples.
     assert!(line.contains("about 288 samples would"), "{line}");
     let drop = crate::tune::search::Goal::MaxDrop { points: 0.5 };

@@ -19,8 +19,8 @@ use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
 use crate::exec::Session;
 use crate::ir::Tensor;
-use crate::report::metrics::as_f32;
 use crate::report::estimate::{self, Estimate, SampleComparison};
+use crate::report::metrics::as_f32;
 use crate::report::metrics::{is_classifier_shape, Comparison, Metrics};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -242,9 +242,7 @@ impl<'a> Evaluator<'a> {
     fn feed_of(&self, i: usize, config: &[Precision], w4: &BTreeSet<String>) -> Sample {
         let s = &self.samples[i];
         match &self.held_out {
-            Some(h) => self
-                .sim
-                .feed_ranges(s, config, w4, &h.params[h.fold_of[i]]),
+            Some(h) => self.sim.feed_ranges(s, config, w4, &h.params[h.fold_of[i]]),
             None => self.sim.feed(s, config, w4),
         }
     }
