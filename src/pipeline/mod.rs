@@ -379,16 +379,14 @@ fn quantize_prepared(
             _ => None,
         };
         let t = Instant::now();
-        let tu = precision_step(
-            &mut run,
-            &p,
-            &plan,
-            &cal.stats,
+        let basis = precision::Basis {
+            p: &p,
+            plan: &plan,
+            stats: &cal.stats,
             method,
-            sizes,
-            &data,
-            folds.as_ref(),
-        )?;
+            opts: &o.method_options,
+        };
+        let tu = precision_step(&mut run, &basis, sizes, &data, folds.as_ref())?;
         run.time("sensitivity", t);
         if let (false, Some(goal)) = (tu.choice.met, o.precision.goal) {
             match tu.choice.estimate {
@@ -463,10 +461,7 @@ fn fold_statistics(
 /// fold).
 fn precision_step(
     run: &mut Run,
-    p: &Prepared,
-    plan: &Plan,
-    stats: &CalibrationFile,
-    method: Method,
+    basis: &precision::Basis,
     budget: Option<(u64, u64)>,
     data: &inputs::Loaded,
     folds: Option<&folds::FoldStatistics>,
@@ -478,13 +473,6 @@ fn precision_step(
         .map(|e| (e, data.labels.clone()))
         .or_else(|| data.calib.as_ref().map(|d| (d, data.labels.clone())))
         .ok_or_else(|| PipelineError::Options("mixed precision needs data to search on".into()))?;
-    let basis = precision::Basis {
-        p,
-        plan,
-        stats,
-        method,
-        opts: &o.method_options,
-    };
     let request = precision::Request {
         goal: o.precision.goal,
         budget,
@@ -494,7 +482,7 @@ fn precision_step(
         cache: o.sensitivity_cache(),
         folds: folds.filter(|_| data.eval.is_none()),
     };
-    precision::tune(&basis, &request, &mut run.candidates, run.progress)
+    precision::tune(basis, &request, &mut run.candidates, run.progress)
 }
 
 /// The summary, the overrides and the report of a materialised model.

@@ -107,7 +107,7 @@ pub fn bootstrap(
             level: LEVEL,
         };
     }
-    let mut rng = SplitMix(0x5eed_0f_b007_5742);
+    let mut rng = SplitMix(0x005e_ed0f_b007_5742);
     let mut draw = vec![0usize; n];
     let mut figures: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
