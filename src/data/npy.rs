@@ -169,7 +169,14 @@ fn parse_descr(descr: &str) -> Result<(Endian, Kind), NpyError> {
         _ if rest.starts_with('U') => {
             let n = rest[1..]
                 .parse::<usize>()
-                .map_err(|_| unsupported("bad unicode width"))?;
+                .ok()
+                .filter(|n| n.checked_mul(4).is_some())
+                .ok_or_else(|| unsupported("bad unicode width"))?;
+            // numpy never writes zero-width strings: elements without bytes would let a
+            // header alone ask for any number of them.
+            if n == 0 {
+                return Err(unsupported("zero-width unicode type"));
+            }
             Kind::Unicode(n)
         }
         _ if rest.starts_with('O') => return Err(unsupported("object array (pickled)")),
