@@ -825,10 +825,12 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Pixels, String> {
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX));
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-    dec.decode_headers().map_err(|e| e.to_string())?;
+    // (The decoder's messages may end in a newline.)
+    let one_line = |e: zune_jpeg::errors::DecodeErrors| e.to_string().trim_end().to_string();
+    dec.decode_headers().map_err(one_line)?;
     let (w, h) = dec.dimensions().ok_or("no image size in the headers")?;
     check_image_size(w, h)?;
-    let data = dec.decode().map_err(|e| e.to_string())?;
+    let data = dec.decode().map_err(one_line)?;
     let (width, height) = dec.dimensions().ok_or("no image size in the headers")?;
     if data.len() != width * height * 3 {
         return Err(format!(
