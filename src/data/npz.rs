@@ -82,7 +82,8 @@ pub(super) fn read(path: &Path, stream: &dyn Fn(&str) -> bool) -> Result<Vec<Mem
             }
         }
         let mut entry = zip.by_index(i).map_err(|e| zip_error(i, e))?;
-        let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
+        // (The size the archive declares is not trusted to size the buffer.)
+        let mut bytes = Vec::new();
         entry
             .read_to_end(&mut bytes)
             .map_err(|e| DataError::Format {
