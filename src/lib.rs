@@ -187,7 +187,8 @@
 //! - **Invariant:** user input never panics: errors are typed per layer and name the
 //!   file, node or tensor. Sizes read from files go through checked arithmetic before
 //!   anything is allocated (`ir::value::element_count`, the `.npy` header checks, image
-//!   size limits); external data resolves inside the model's folder
+//!   size limits; `tests/fuzz` holds the readers of models, data files and images to
+//!   this on mutated fixtures); external data resolves inside the model's folder
 //!   (`onnx::external::resolve_location`); a panic inside the engine on a malformed model
 //!   is caught in `exec` and becomes an error. The command line prints an error as one
 //!   line (`cli::print_error`, a chain of causes joined); standard output closed by its
