@@ -180,7 +180,9 @@ fn one_child(
         .collect();
     println!("{}", report.join("\n"));
     match status {
-        Some(s) if s.success() => Ok(None),
+        // A child that ran no case (its test not found) has not passed.
+        Some(s) if s.success() && text.contains(&format!("fuzz {target}:")) => Ok(None),
+        Some(s) if s.success() => Ok(Some(format!("the child ran no case:\n{text}"))),
         Some(s) if s.code() == Some(1) => Ok(Some(format!(
             "inputs failed (saved in {}):\n{}",
             failures_dir(target).display(),
