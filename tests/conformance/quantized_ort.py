@@ -45,7 +45,9 @@ Tolerances, and why:
   is gated (both are printed). The fused path, which is what deploys, is gated like the
   8-bit models, on its own figure (mean |difference| against tract <= 1.5 steps,
   ``MIXED_FUSED_MEAN``; measured 1.06), and its top-1 agreement with the float model must
-  be at least tract's.
+  be at least tract's. When the search puts the output itself on 16 bits, the differences
+  are measured in 16-bit steps and the fused gate is the same 1.5 8-bit steps in value
+  (384 16-bit steps; measured 207.6 on the configuration the out-of-fold search chooses).
 
 The count of QuantizeLinear nodes (column Q) includes those inside subgraphs.
 Prints a table and ``quantized-ort: N passed, N failed``; exits 1 on any failure.
@@ -154,6 +156,16 @@ def output_steps(model: onnx.ModelProto) -> dict[str, float | None]:
                 step = float(s.reshape(()))
         steps[out.name] = step
     return steps
+
+
+def output_is_16bit(model: onnx.ModelProto, name: str) -> bool:
+    """Whether the DequantizeLinear producing output `name` reads a 16-bit integer."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    n = producer.get(name)
+    if n is None or n.op_type != "DequantizeLinear" or len(n.input) < 3 or n.input[2] not in inits:
+        return False
+    return inits[n.input[2]].data_type in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
 
 
 def ort_outputs(path: str, samples: list[dict], level) -> dict[str, np.ndarray]:
@@ -267,9 +279,15 @@ def main() -> int:
                 step = steps.get(name) or max(float(b.max() - b.min()) / 255.0, 1e-12)
                 d_ref = np.abs(a - b) / step
                 d_fused = np.abs(a - c) / step
-                wide = WIDE_16 if any(t in ("u16", "i16") for t in extra) else 1.0
+                out16 = output_is_16bit(qm, name)
+                wide = WIDE_16 if any(t in ("u16", "i16") for t in extra) or out16 else 1.0
                 ok_ref = d_ref.mean() <= args.ref_mean * wide and np.percentile(d_ref, 99) <= args.ref_p99 * wide
                 fused_gate = (MIXED_FUSED_MEAN if mixed else args.fused_mean) * wide
+                if mixed and out16:
+                    # The search put the output itself on 16 bits: the fused gate stays the
+                    # mixed 8-bit gate in value (MIXED_FUSED_MEAN 8-bit steps, 256 16-bit
+                    # steps each); see the docstring.
+                    fused_gate = MIXED_FUSED_MEAN * 256.0
                 ok_fused = d_fused.mean() <= fused_gate
                 if float_out is not None:
                     f = float_out[name].astype(np.float64)
