@@ -48,7 +48,7 @@ use crate::passes::Runner;
 use crate::quant::plan::{self, Plan};
 use crate::report::ReportInput;
 use crate::tune::search::SensitivityFile;
-use crate::tune::{Overrides, Precision};
+use crate::tune::Overrides;
 use materialise::{Checks, End, Materialised, Round, Source};
 use prepare::{PrepareEnd, PrepareInput, Prepared};
 use ranges::adaptive::{self, Selection};
@@ -114,17 +114,11 @@ impl Run<'_> {
     }
 }
 
-/// Whether 16-bit activations may be used (Q/DQ then need opset 21).
+/// Whether 16-bit activations may be used (Q/DQ then need opset 21): in every
+/// mixed-precision run. An overrides file counts whatever it promotes (float only,
+/// nothing at all): it replays the run that wrote it, which was one.
 fn wide(o: &QuantizeOptions, overrides: Option<&Overrides>) -> bool {
-    o.precision.goal.is_some()
-        || o.precision.size_budget_mb.is_some()
-        || overrides.is_some_and(|o| !o.w4().is_empty())
-        || overrides.is_some_and(|o| {
-            o.nodes
-                .values()
-                .chain(o.tensors.values())
-                .any(|p| *p == Precision::A16)
-        })
+    o.precision.goal.is_some() || o.precision.size_budget_mb.is_some() || overrides.is_some()
 }
 
 /// Quantizes the model `o` names: load, prepare, calibrate, choose ranges, mixed
