@@ -19,7 +19,9 @@
 //! `plan`: `quant::plan::build` reads the rule table, a decision per value, in the main
 //! graph and inside If branches, Loop and Scan bodies; values computed from constants and
 //! shapes only, such as a transformer's position embeddings, are left alone;
-//! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again) →
+//! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
+//! model before that raise identifies calibration files, so statistics serve every
+//! mode whatever opset it needs) →
 //! calibrate (`calib::collect` streams the planned values out of tract as it computes
 //! them, straight into `calib::TensorStats`, samples spread over worker threads and merged
 //! exactly; a method turns each into a range; `--method adaptive`, the default, runs every

@@ -64,7 +64,8 @@ use crate::ir::{
 use crate::quant::plan::{Plan, QuantConfig};
 use std::collections::{BTreeMap, HashSet};
 
-const NAME: &str = "upgrade_opset";
+/// The pass name (`--dump-after upgrade_opset`).
+pub const NAME: &str = "upgrade_opset";
 
 /// Lowest source opset the pass accepts (older versions changed broadcasting and more).
 pub const MIN_SOURCE: i64 = 7;

@@ -1,7 +1,7 @@
 //! Prepare: the declared pass list up to the plan. Specialise the model for what the user
 //! pinned (the float model validation compares against), then normalise it for
-//! quantization and plan it ([`crate::passes::Phase::Prepare`]), and fingerprint the
-//! result (calibration files name the model they were made for).
+//! quantization and plan it ([`crate::passes::Phase::Prepare`]), and fingerprint it
+//! before its opset is raised (calibration files name the model they were made for).
 
 use super::error::PipelineError;
 use super::options::{Common, DumpOptions};
@@ -28,7 +28,8 @@ pub struct Prepared {
     pub model_path: PathBuf,
     /// Where the model's external data is read from.
     pub base_dir: PathBuf,
-    /// SHA-256 of the prepared float model's encoding (identifies calibration files).
+    /// SHA-256 of the prepared float model's encoding before the opset raise for the Q/DQ
+    /// (identifies calibration files: the statistics do not depend on the raise).
     pub sha256: String,
 }
 
@@ -90,6 +91,16 @@ fn has_if(m: &Model) -> bool {
     walk(&m.graph)
 }
 
+/// SHA-256 of a model's encoding, in hex.
+fn sha256_of(m: &Model) -> Result<String, PipelineError> {
+    use sha2::Digest;
+    let bytes = crate::onnx::model_to_bytes(m)?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Specialises and prepares `m` with the steps of `runner` up to the plan.
 pub fn prepare(
     input: &PrepareInput,
@@ -117,8 +128,24 @@ pub fn prepare(
     };
     let mut notes = Vec::new();
     let mut float = None;
+    // Calibration statistics depend on the model before the opset is raised for the
+    // Q/DQ (a raise rewrites no activation): that model identifies them, so statistics
+    // from `qrange calibrate` serve a run whose mixed precision needs opset 21.
+    let before_raise = runner
+        .steps()
+        .iter()
+        .position(|s| s.pass.name() == crate::passes::upgrade_opset::NAME)
+        .and_then(|i| i.checked_sub(1))
+        .map(|i| runner.steps()[i].label);
+    let mut sha256 = None;
     for phase in [Phase::Specialise, Phase::Prepare] {
-        let mut hook = dump_hook(input.dump, progress);
+        let mut dump = dump_hook(input.dump, progress);
+        let mut hook = |step: &crate::passes::Step, m: &Model| {
+            if Some(step.label) == before_raise && sha256.is_none() {
+                sha256 = Some(sha256_of(m));
+            }
+            dump(step, m)
+        };
         let stopped = runner
             .run_phase(phase, &mut m, &mut cx, &mut hook)
             .map_err(|e| step_error(&c.model, e))?;
@@ -145,13 +172,9 @@ pub fn prepare(
     for d in &cx.diagnostics {
         notes.push(format!("{}: {}", d.pass, d.what));
     }
-    let bytes = crate::onnx::model_to_bytes(&m)?;
-    let sha256 = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+    let sha256 = match sha256 {
+        Some(h) => h?,
+        None => sha256_of(&m)?,
     };
     Ok(PrepareEnd::Prepared(Box::new(Prepared {
         float: float.expect("the specialise phase ran"),
