@@ -1,6 +1,7 @@
 //! Malformed inputs. Each row of [`CASES`] builds a bad input in a temporary directory,
 //! runs one `qrange` command on it and states the outcome: exit code 2 with a one-line
-//! `error:` naming the culprit, no panic, no output file, inputs untouched; or, for inputs
+//! `error:` naming the culprit, no panic, nothing printed on stdout, the folder untouched
+//! (no output or temporary file, no input changed, special files left as they are); or, for inputs
 //! that are suspicious rather than wrong, exit code 0 with a `warning:` line. The table in
 //! `tests/bad_input/README.md` is rendered from the rows and must match them (set
 //! `QRANGE_WRITE_TABLE=1` to rewrite it after changing a row).
@@ -11,7 +12,9 @@ use common::*;
 use prost::Message;
 use qrange::onnx::proto;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 struct Case {
     name: &'static str,
@@ -70,6 +73,41 @@ fn run_case(dir: &Path, arrays: Vec<(&str, qrange::ir::Tensor)>) -> Vec<String> 
         "-o".into(),
         s(&dir.join("out.npz")),
     ]
+}
+
+fn quantize_tiny(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let (m, c, e) = tiny_cnn_in(dir);
+    let mut v = vec![
+        "quantize".into(),
+        m,
+        "--calib".into(),
+        c,
+        "--eval".into(),
+        e,
+    ];
+    v.extend(extra.iter().map(|x| x.replace("{d}", &s(dir))));
+    v
+}
+
+/// `a.onnx` whose initializer lives in `b.onnx.data`.
+fn external_named_b(dir: &Path) -> PathBuf {
+    let mut m = add_relu();
+    let b = &mut m.graph.as_mut().unwrap().initializer[0];
+    let raw = b.raw_data.take().unwrap();
+    std::fs::write(dir.join("b.onnx.data"), &raw).unwrap();
+    b.data_location = Some(1);
+    b.external_data = vec![proto::StringStringEntryProto {
+        key: Some("location".into()),
+        value: Some("b.onnx.data".into()),
+    }];
+    let p = dir.join("a.onnx");
+    write_proto(&p, &m);
+    p
+}
+
+fn convert_to(dir: &Path, out: &str) -> Vec<String> {
+    let (m, _, _) = tiny_cnn_in(dir);
+    vec!["convert".into(), m, s(&dir.join(out))]
 }
 
 /// `qrange quantize` of add_relu on 10 calibration samples with a NaN in sample `bad`
@@ -1252,29 +1290,294 @@ const CASES: &[Case] = &[
         code: 2,
         expect: &["model.onnx", "cannot handle this model"],
     },
+    Case {
+        name: "--save-overrides onto the input model",
+        setup: |d| {
+            quantize_tiny(
+                d,
+                &[
+                    "-o",
+                    "{d}/out.onnx",
+                    "--target-sqnr",
+                    "20",
+                    "--save-overrides",
+                    "{d}/tiny_cnn.onnx",
+                ],
+            )
+        },
+        code: 2,
+        expect: &["--save-overrides", "is the model", "refusing to overwrite"],
+    },
+    Case {
+        name: "--sensitivity-cache onto the input model",
+        setup: |d| {
+            quantize_tiny(
+                d,
+                &[
+                    "-o",
+                    "{d}/out.onnx",
+                    "--target-sqnr",
+                    "20",
+                    "--sensitivity-cache",
+                    "{d}/tiny_cnn.onnx",
+                ],
+            )
+        },
+        code: 2,
+        expect: &["--sensitivity-cache", "is the model"],
+    },
+    Case {
+        name: "-o onto the calibration data",
+        setup: |d| quantize_tiny(d, &["-o", "{d}/tiny_cnn.npz"]),
+        code: 2,
+        expect: &["-o", "is the --calib data"],
+    },
+    Case {
+        name: "--report onto the evaluation data",
+        setup: |d| {
+            quantize_tiny(
+                d,
+                &["-o", "{d}/out.onnx", "--report", "{d}/tiny_cnn.eval.npz"],
+            )
+        },
+        code: 2,
+        expect: &["--report", "is the --eval data"],
+    },
+    Case {
+        name: "--save-overrides onto the evaluation data through another spelling",
+        setup: |d| {
+            std::fs::create_dir(d.join("sub")).unwrap();
+            quantize_tiny(
+                d,
+                &[
+                    "-o",
+                    "{d}/out.onnx",
+                    "--max-drop",
+                    "1",
+                    "--save-overrides",
+                    "{d}/./sub/../tiny_cnn.eval.npz",
+                ],
+            )
+        },
+        code: 2,
+        expect: &["--save-overrides", "is the --eval data"],
+    },
+    Case {
+        name: "--save-overrides X -o X",
+        setup: |d| {
+            quantize_tiny(
+                d,
+                &[
+                    "-o",
+                    "{d}/out.onnx",
+                    "--target-sqnr",
+                    "20",
+                    "--save-overrides",
+                    "{d}/out.onnx",
+                ],
+            )
+        },
+        code: 2,
+        expect: &["--save-overrides", "is also where -o goes"],
+    },
+    Case {
+        name: "--report onto -o",
+        setup: |d| quantize_tiny(d, &["-o", "{d}/out.onnx", "--report", "{d}/out.onnx"]),
+        code: 2,
+        expect: &["--report", "is also where -o goes"],
+    },
+    Case {
+        name: "--report onto the default overrides sidecar",
+        setup: |d| {
+            quantize_tiny(
+                d,
+                &[
+                    "-o",
+                    "{d}/out.onnx",
+                    "--target-sqnr",
+                    "20",
+                    "--report",
+                    "{d}/out.overrides.json",
+                ],
+            )
+        },
+        code: 2,
+        expect: &["is also where --report goes"],
+    },
+    Case {
+        name: "--report into a missing folder",
+        setup: |d| quantize_tiny(d, &["-o", "{d}/out.onnx", "--report", "{d}/missing/r.html"]),
+        code: 2,
+        expect: &["--report", "does not exist"],
+    },
+    Case {
+        name: "--report onto a folder",
+        setup: |d| {
+            std::fs::create_dir(d.join("sub")).unwrap();
+            quantize_tiny(d, &["-o", "{d}/out.onnx", "--report", "{d}/sub"])
+        },
+        code: 2,
+        expect: &["--report", "is a folder"],
+    },
+    Case {
+        name: "--save-overrides without a goal",
+        setup: |d| quantize_tiny(d, &["-o", "{d}/out.onnx", "--save-overrides", "{d}/o.json"]),
+        code: 2,
+        expect: &["--save-overrides", "needs --target-sqnr"],
+    },
+    Case {
+        name: "-o into a missing folder",
+        setup: |d| quantize_tiny(d, &["-o", "{d}/missing/out.onnx"]),
+        code: 2,
+        expect: &["-o", "does not exist"],
+    },
+    Case {
+        name: "-o onto a FIFO",
+        setup: |d| {
+            let st = Command::new("mkfifo").arg(d.join("fifo")).status().unwrap();
+            assert!(st.success());
+            convert_to(d, "fifo")
+        },
+        code: 2,
+        expect: &["is a FIFO"],
+    },
+    Case {
+        name: "-o onto a character device through a symbolic link",
+        setup: |d| {
+            std::os::unix::fs::symlink("/dev/null", d.join("null.onnx")).unwrap();
+            quantize_tiny(d, &["-o", "{d}/null.onnx"])
+        },
+        code: 2,
+        expect: &["is a character device"],
+    },
+    Case {
+        name: "-o onto a folder",
+        setup: |d| {
+            std::fs::create_dir(d.join("sub")).unwrap();
+            convert_to(d, "sub")
+        },
+        code: 2,
+        expect: &["is a folder"],
+    },
+    Case {
+        name: "-o onto a hard link of the input model",
+        setup: |d| {
+            let (m, _, _) = tiny_cnn_in(d);
+            std::fs::hard_link(&m, d.join("same.onnx")).unwrap();
+            convert_to(d, "same.onnx")
+        },
+        code: 2,
+        expect: &["is the input model"],
+    },
+    Case {
+        name: "convert: b.onnx next to a.onnx whose external data is b.onnx.data",
+        setup: |d| {
+            let a = external_named_b(d);
+            vec!["convert".into(), s(&a), s(&d.join("b.onnx"))]
+        },
+        code: 2,
+        expect: &["b.onnx.data", "external data of the input model"],
+    },
+    Case {
+        name: "quantize: -o b.onnx next to a.onnx whose external data is b.onnx.data",
+        setup: |d| {
+            let a = external_named_b(d);
+            vec![
+                "quantize".into(),
+                s(&a),
+                "--calib".into(),
+                "random:4".into(),
+                "-o".into(),
+                s(&d.join("b.onnx")),
+            ]
+        },
+        code: 2,
+        expect: &["b.onnx.data", "external data of the model"],
+    },
+    Case {
+        name: "run: -o onto the data",
+        setup: |d| {
+            let (m, c, _) = tiny_cnn_in(d);
+            vec!["run".into(), m, "--data".into(), c.clone(), "-o".into(), c]
+        },
+        code: 2,
+        expect: &["is the --data"],
+    },
+    Case {
+        name: "calibrate: -o onto the model's external data",
+        setup: |d| {
+            let a = external_named_b(d);
+            vec![
+                "calibrate".into(),
+                s(&a),
+                "--calib".into(),
+                "random:2".into(),
+                "-o".into(),
+                s(&d.join("b.onnx.data")),
+            ]
+        },
+        code: 2,
+        expect: &["is external data of the model"],
+    },
+    Case {
+        name: "merge: -o onto one of the merged files",
+        setup: |d| {
+            std::fs::write(d.join("s1.json"), "{}").unwrap();
+            std::fs::write(d.join("s2.json"), "{}").unwrap();
+            vec![
+                "merge".into(),
+                s(&d.join("s1.json")),
+                s(&d.join("s2.json")),
+                "-o".into(),
+                s(&d.join("s2.json")),
+            ]
+        },
+        code: 2,
+        expect: &["is a merged statistics file"],
+    },
+    Case {
+        name: "compare: --report onto the test model",
+        setup: |d| {
+            let (m, c, _) = tiny_cnn_in(d);
+            vec![
+                "compare".into(),
+                m.clone(),
+                m.clone(),
+                "--data".into(),
+                c,
+                "--report".into(),
+                m,
+            ]
+        },
+        code: 2,
+        expect: &["--report", "is the reference model"],
+    },
 ];
 
-fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect();
+/// A file system node: its path, kind and content (files only).
+type Entry = (PathBuf, String, Vec<u8>);
+
+/// Every node in `dir` (recursively, links not followed): its kind and content.
+fn snapshot_dir(dir: &Path) -> Vec<Entry> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let t = std::fs::symlink_metadata(&p).unwrap().file_type();
+        if t.is_dir() {
+            v.push((p.clone(), "dir".into(), Vec::new()));
+            v.extend(snapshot_dir(&p));
+        } else if t.is_file() {
+            v.push((p.clone(), "file".into(), std::fs::read(&p).unwrap()));
+        } else {
+            v.push((p, format!("{t:?}"), Vec::new()));
+        }
+    }
     v.sort();
     v
 }
 
 /// What is wrong with the outcome of case `c` (empty when it is as stated).
-fn judge(
-    c: &Case,
-    r: &Run,
-    before: &[(PathBuf, Vec<u8>)],
-    after: &[(PathBuf, Vec<u8>)],
-) -> Vec<String> {
+fn judge(c: &Case, r: &Run, before: &[Entry], after: &[Entry]) -> Vec<String> {
     let lines: Vec<&str> = r.stderr.lines().collect();
     let mut why = Vec::new();
     if r.code != c.code {
@@ -1297,6 +1600,9 @@ fn judge(
                 why.push(format!("error line lacks {e:?}"));
             }
         }
+        if !r.stdout.is_empty() {
+            why.push(format!("printed a result: {:?}", r.stdout));
+        }
         if before != after {
             why.push("files in the directory changed (partial output or input modified)".into());
         }
@@ -1309,7 +1615,7 @@ fn judge(
         }
         let kept = before
             .iter()
-            .all(|(p, b)| after.iter().any(|(q, a)| p == q && a == b));
+            .all(|(p, k, b)| after.iter().any(|(q, j, a)| p == q && k == j && a == b));
         if !kept {
             why.push("an input file changed".into());
         }
@@ -1384,7 +1690,14 @@ fn every_bad_input_is_a_clean_error() {
         }
         rows.push((c, command_text(&args, &dir)));
     }
-    assert!(CASES.len() >= 60);
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device(),
+        "/dev/null is no longer a character device"
+    );
+    assert!(CASES.len() >= 100);
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     let path = repo_root().join("tests/bad_input/README.md");
     let rendered = table(&rows);

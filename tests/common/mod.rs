@@ -219,3 +219,15 @@ pub fn quantize_json(args: &[&str]) -> serde_json::Value {
 pub fn load(p: &Path) -> proto::ModelProto {
     proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap()
 }
+
+/// tiny_cnn and its calibration/evaluation data in `dir`.
+pub fn tiny_cnn_in(dir: &Path) -> (String, String, String) {
+    for f in ["tiny_cnn.onnx", "tiny_cnn.npz", "tiny_cnn.eval.npz"] {
+        std::fs::copy(fixture(&format!("tiny/{f}")), dir.join(f)).unwrap();
+    }
+    (
+        s(&dir.join("tiny_cnn.onnx")),
+        s(&dir.join("tiny_cnn.npz")),
+        s(&dir.join("tiny_cnn.eval.npz")),
+    )
+}
