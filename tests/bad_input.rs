@@ -1264,6 +1264,34 @@ const CASES: &[Case] = &[
         expect: &["model.onnx", "'relu'", "FancyRelu"],
     },
     Case {
+        name: "--mode dynamic with a goal (nothing is searched)",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--mode", "dynamic", "--target-sqnr", "20"]),
+        code: 2,
+        expect: &["--target-sqnr", "--mode dynamic", "run time"],
+    },
+    Case {
+        name: "--mode dynamic with a ranges file (nothing is calibrated)",
+        setup: |d| {
+            let mut v = command_on(d, &add_relu(), "quantize");
+            v.drain(2..4);
+            with_args(v, &["--mode", "dynamic", "--ranges", "r.json"])
+        },
+        code: 2,
+        expect: &["--ranges", "--mode dynamic"],
+    },
+    Case {
+        name: "--mode dynamic for TensorRT (no integer ops there)",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--mode", "dynamic", "--target", "tensorrt"]),
+        code: 2,
+        expect: &["--mode dynamic", "--target tensorrt", "DynamicQuantizeLinear"],
+    },
+    Case {
+        name: "--mode with an unknown value",
+        setup: |d| with_args(command_on(d, &add_relu(), "quantize"), &["--mode", "qat"]),
+        code: 2,
+        expect: &["--mode", "'qat'"],
+    },
+    Case {
         name: "missing required attribute (Cast without 'to', quantize)",
         setup: |d| command_on(d, &op_then_relu("Cast", vec![]), "quantize"),
         code: 2,

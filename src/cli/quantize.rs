@@ -10,7 +10,7 @@ use super::{Bars, Outcome};
 use crate::calib::{Method, MethodOptions};
 use crate::onnx::{self, ExternalPolicy};
 use crate::pipeline::options::{
-    CalibSource, Common, DumpOptions, PrecisionOptions, QuantizeOptions, Settings,
+    CalibSource, Common, DumpOptions, Mode, PrecisionOptions, QuantizeOptions, Settings,
 };
 use crate::pipeline::precision::{goal_text, PrecisionSummary};
 use crate::pipeline::summary::Summary;
@@ -96,6 +96,13 @@ pub struct CommonArgs {
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// What to write: `static` calibrates activation ranges on data and inserts
+    /// QuantizeLinear/DequantizeLinear; `dynamic` writes int8 weights and quantizes
+    /// activations at run time (DynamicQuantizeLinear → MatMulInteger/ConvInteger, as
+    /// ONNX Runtime's dynamic quantization): no calibration data needed (--calib, if
+    /// given, only validates).
+    #[arg(long, value_enum, default_value = "static")]
+    pub mode: ModeArg,
     /// Output model.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -173,15 +180,39 @@ pub struct Args {
     pub stop_after: Option<String>,
 }
 
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Calibrated activation ranges, Q/DQ pairs.
+    Static,
+    /// Int8 weights, activations quantized at run time.
+    Dynamic,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Static => Mode::Static,
+            ModeArg::Dynamic => Mode::Dynamic,
+        }
+    }
+}
+
 /// Prints a warning on stderr.
 pub(crate) fn warn(msg: &str) {
     eprintln!("warning: {msg}");
 }
 
-/// The pipeline's view of the shared arguments (`ranges`: `quantize --ranges FILE`).
-pub(crate) fn common(c: &CommonArgs, ranges: Option<&Path>) -> anyhow::Result<Common> {
+/// The pipeline's view of the shared arguments (`ranges`: `quantize --ranges FILE`;
+/// `optional`: no calibration data is needed).
+pub(crate) fn common(
+    c: &CommonArgs,
+    ranges: Option<&Path>,
+    optional: bool,
+) -> anyhow::Result<Common> {
     let calib = match (ranges, &c.calib) {
         (Some(f), _) => CalibSource::Ranges(f.to_path_buf()),
+        (None, None) if optional => CalibSource::None,
         (None, None) => bail!("no calibration data: give --calib DATA (or --ranges FILE)"),
         (None, Some(spec)) => match spec.strip_prefix("random:") {
             Some(n) => CalibSource::Random(
@@ -291,6 +322,9 @@ fn check_flags(a: &Args) -> anyhow::Result<Option<Goal>> {
     if a.sensitivity_samples == 0 {
         bail!("--sensitivity-samples must be at least 1");
     }
+    if a.mode == ModeArg::Dynamic {
+        check_dynamic(a)?;
+    }
     for name in a.dump_after.iter().chain(&a.stop_after) {
         crate::passes::check_step_name(name)
             .map_err(|e| anyhow!("--dump-after/--stop-after: {e}"))?;
@@ -298,10 +332,41 @@ fn check_flags(a: &Args) -> anyhow::Result<Option<Goal>> {
     Ok(goal)
 }
 
+/// Refuses what `--mode dynamic` cannot do: it calibrates nothing and searches nothing.
+fn check_dynamic(a: &Args) -> anyhow::Result<()> {
+    let c = &a.common;
+    let refused = [
+        ("--target-sqnr", a.target_sqnr.is_some()),
+        ("--max-drop", a.max_drop.is_some()),
+        ("--size-budget", a.size_budget.is_some()),
+        ("--overrides", a.overrides.is_some()),
+        ("--save-overrides", a.save_overrides.is_some()),
+        ("--ranges", a.ranges.is_some()),
+        ("--report", a.report.is_some()),
+        ("--activation-type", c.activation_type.is_some()),
+    ];
+    if let Some((flag, _)) = refused.iter().find(|(_, given)| *given) {
+        bail!(
+            "{flag} does not apply to --mode dynamic: activations are quantized at run time from their own range (nothing is calibrated or searched)"
+        );
+    }
+    if c.target == TargetArg::Tensorrt {
+        bail!(
+            "--mode dynamic: --target tensorrt runs neither DynamicQuantizeLinear nor MatMulInteger/ConvInteger; use --target ort-cpu or generic"
+        );
+    }
+    Ok(())
+}
+
 /// The pipeline's options for `a`.
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     Ok(QuantizeOptions {
-        common: common(&a.common, a.ranges.as_deref())?,
+        common: common(
+            &a.common,
+            a.ranges.as_deref(),
+            a.mode == ModeArg::Dynamic,
+        )?,
+        mode: a.mode.into(),
         output: a.output.clone(),
         method: Method::from(a.method),
         select_samples: a.select_samples,
@@ -462,6 +527,9 @@ fn print_precision(s: &PrecisionSummary) {
 
 fn print_summary(s: &Summary) {
     println!("quantized  {} -> {}", s.input, s.output);
+    if s.mode != "static" {
+        println!("mode       {}", s.mode);
+    }
     println!(
         "settings   target {:?}, activations {}, weights {}",
         s.target, s.activation, s.weight
@@ -482,6 +550,15 @@ fn print_summary(s: &Summary) {
     if let Some(f) = &s.fusion {
         println!("{}", f.line);
     }
+    if s.mode == "dynamic" {
+        println!("ranges     none calibrated: each activation's at run time");
+    } else {
+        print_ranges(s);
+    }
+    print_sizes_and_validation(s);
+}
+
+fn print_ranges(s: &Summary) {
     println!(
         "ranges     {} calibration samples; methods chosen: {}",
         s.calibration_samples,
@@ -494,6 +571,9 @@ fn print_summary(s: &Summary) {
     if let Some(sel) = &s.selection {
         println!("           {}", sel.line());
     }
+}
+
+fn print_sizes_and_validation(s: &Summary) {
     println!(
         "size       {:.1} KB -> {:.1} KB; weight parameters: {:.1}% in 8 bits{}",
         s.size_before as f64 / 1024.0,

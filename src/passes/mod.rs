@@ -23,6 +23,7 @@ pub mod infer_shapes;
 pub mod insert_qdq;
 pub mod pin_inputs;
 pub mod plan;
+pub mod quantize_dynamic;
 pub mod remove_dead;
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -100,6 +101,11 @@ pub struct PassCx {
     /// planned Q/DQ need), materialised by [`insert_qdq`]. Calibration, range choice and
     /// mixed precision edit it between the two.
     pub plan: Option<Plan>,
+    /// Dynamic quantization (`quantize --mode dynamic`): the plan steps do nothing,
+    /// [`upgrade_opset`] raises the opset to 11, [`quantize_dynamic`] rewrites the model.
+    pub dynamic: bool,
+    /// What the last [`quantize_dynamic`] run did.
+    pub dynamic_report: Option<quantize_dynamic::Report>,
     /// What the last [`insert_qdq`] run did (parameters, saturated biases).
     pub inserted: Option<insert_qdq::Report>,
     /// What passes did that the user is told ("3 BatchNormalization folded …"), in order.
@@ -242,7 +248,14 @@ pub fn pipeline() -> Vec<Step> {
         Step::new("plan-upgraded", Prepare, plan::BuildPlan),
         // Last: on the calibrated plan, after every edit mixed precision made to it.
         Step::new("insert_qdq", Materialise, insert_qdq::InsertQdq),
-        // The new Q/DQ values get their types, as a runtime reading the file expects.
+        // In dynamic mode instead of insert_qdq (which has no plan then): on the prepared
+        // model, whose weights are folded constants.
+        Step::new(
+            "quantize_dynamic",
+            Materialise,
+            quantize_dynamic::QuantizeDynamic,
+        ),
+        // The new Q/DQ (or integer-op) values get their types, as a runtime reading the file expects.
         Step::new("infer_shapes-quantized", Materialise, InferShapes),
     ]
 }

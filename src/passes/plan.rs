@@ -35,6 +35,9 @@ impl Pass for BuildPlan {
     }
 
     fn skip(&self, cx: &PassCx) -> Option<String> {
+        if cx.dynamic {
+            return Some("dynamic quantization: activations are quantized at run time".into());
+        }
         cx.quant
             .is_none()
             .then(|| "no quantization settings".to_string())

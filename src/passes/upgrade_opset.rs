@@ -102,6 +102,9 @@ impl UpgradeOpset {
     }
 }
 
+/// The opset dynamic quantization needs (DynamicQuantizeLinear).
+pub const DYNAMIC_OPSET: i64 = 11;
+
 /// The opset the Q/DQ of `plan` need: 21 for 16-bit types (`wide`: mixed precision may
 /// promote activations to 16 bits), 13 for per-channel weights (`axis`), else 10.
 pub fn qdq_opset(plan: &Plan, cfg: &QuantConfig, wide: bool) -> i64 {
@@ -125,14 +128,16 @@ impl Pass for UpgradeOpset {
                 "raise the ai.onnx opset, converting every operator that changed"
             }
             OpsetTarget::ForQdq => {
-                "raise the ai.onnx opset to what the planned Q/DQ need (10, 13 per channel, 21 for 16 bits)"
+                "raise the ai.onnx opset to what the planned Q/DQ need (10, 13 per channel, 21 for 16 bits; 11 in dynamic mode)"
             }
         }
     }
 
     fn skip(&self, cx: &PassCx) -> Option<String> {
         match self.target {
-            OpsetTarget::ForQdq if cx.plan.is_none() => Some("no plan".to_string()),
+            OpsetTarget::ForQdq if cx.plan.is_none() && !cx.dynamic => {
+                Some("no plan".to_string())
+            }
             _ => None,
         }
     }
@@ -141,6 +146,8 @@ impl Pass for UpgradeOpset {
         let target = match self.target {
             OpsetTarget::Fixed(t) => t,
             OpsetTarget::ForQdq => match (&cx.plan, &cx.quant) {
+                // DynamicQuantizeLinear appeared in opset 11.
+                _ if cx.dynamic => DYNAMIC_OPSET,
                 (Some(plan), Some(cfg)) => qdq_opset(plan, cfg, cx.wide),
                 _ => return Ok(Changed::No),
             },

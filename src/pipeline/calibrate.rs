@@ -75,6 +75,7 @@ pub fn statistics(
         float_nodes: &[],
         first_sample: Some(&first),
         wide: false,
+        dynamic: false,
         dump: &Default::default(),
     };
     let mut runner = crate::passes::Runner::new();

@@ -6,7 +6,7 @@
 //! `run` and `compare`.
 
 use super::error::PipelineError;
-use super::options::{CalibSource, Common, QuantizeOptions};
+use super::options::{CalibSource, Common, Mode, QuantizeOptions};
 use super::progress::Progress;
 use crate::calib::CalibrationFile;
 use crate::data::{self, Dataset, InputSpec, Preprocess, Sample};
@@ -238,7 +238,12 @@ pub fn load(
     // A goal without evaluation data is judged out of fold on every calibration sample
     // (`pipeline::folds`): none is held back.
     let judged_out_of_fold = o.precision.goal.is_some() && calib.is_some();
-    if eval.is_none() && o.validate && !judged_out_of_fold {
+    if o.mode == Mode::Dynamic {
+        // Nothing is calibrated: every calibration sample can validate.
+        if eval.is_none() && o.validate {
+            eval = calib.take();
+        }
+    } else if eval.is_none() && o.validate && !judged_out_of_fold {
         eval = Some(hold_back(calib.as_mut(), &mut warnings)?);
     }
     // Only the first sample is read here (shapes); the others are read as they are used.
@@ -279,6 +284,7 @@ pub fn calibration_source(
 ) -> Result<(Option<Dataset>, Option<CalibrationFile>), PipelineError> {
     Ok(match &c.calib {
         CalibSource::Ranges(f) => (None, Some(CalibrationFile::read(f)?)),
+        CalibSource::None => (None, None),
         CalibSource::Random(n) => {
             progress.warn(
                 "--calib random: ranges from random data are meaningless; use it for smoke tests only",

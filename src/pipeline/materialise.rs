@@ -110,7 +110,7 @@ fn insert(
 }
 
 /// The float model's session on the evaluation data.
-fn float_session(p: &Prepared, eval: &Dataset) -> Result<Session, PipelineError> {
+pub(crate) fn float_session(p: &Prepared, eval: &Dataset) -> Result<Session, PipelineError> {
     let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
     Session::new(
         &fp,
@@ -125,7 +125,7 @@ fn float_session(p: &Prepared, eval: &Dataset) -> Result<Session, PipelineError>
 }
 
 /// Runs `q` against the float session on the evaluation data.
-fn validate(
+pub(crate) fn validate(
     float: &Session,
     q: &Model,
     p: &Prepared,

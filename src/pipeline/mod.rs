@@ -13,6 +13,9 @@
 //! - [`folds`]: k-fold statistics of the calibration data, for a goal judged on samples
 //!   the ranges did not see (when no evaluation data is given).
 //! - [`precision`]: mixed precision as plan edits (size budget, goal).
+//! - [`dynamic`]: `--mode dynamic` instead of calibration, ranges, mixed precision and
+//!   materialisation: the `quantize_dynamic` step on a copy of the prepared model, then
+//!   the same validation.
 //! - [`materialise`]: the pass list's last steps on a copy of the prepared model, checked
 //!   against the budget and validated against the float model, round after round.
 //! - [`summary`] and [`report`]: what the run did, as plain data.
@@ -21,6 +24,7 @@
 //! that is what the user gave.
 
 pub mod calibrate;
+mod dynamic;
 mod error;
 pub mod folds;
 pub mod inputs;
@@ -150,6 +154,7 @@ pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, 
         float_nodes: &float_nodes,
         first_sample: data.first.as_ref(),
         wide: wide(o, data.overrides.as_ref()),
+        dynamic: o.mode == options::Mode::Dynamic,
         dump: &o.dump,
     };
     let p = match prepare::prepare(&input, model, &mut run.runner, progress)? {
@@ -166,6 +171,9 @@ pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, 
             })?;
     }
     run.time("prepare", t);
+    if o.mode == options::Mode::Dynamic {
+        return dynamic::quantize_dynamic(run, p, data);
+    }
     quantize_prepared(run, p, data)
 }
 
@@ -238,7 +246,9 @@ fn calibrate_step(
                 held_out,
             })
         }
-        (None, None) => unreachable!("calibration data or ranges"),
+        (None, None) => Err(PipelineError::Options(
+            "no calibration data: give --calib DATA (or --ranges FILE)".into(),
+        )),
     }
 }
 

@@ -24,6 +24,17 @@ pub enum WeightMethod {
     Mse,
 }
 
+/// What kind of quantization `quantize` writes (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Activations with ranges calibrated on data: QuantizeLinear/DequantizeLinear pairs.
+    #[default]
+    Static,
+    /// Int8 weights, activations quantized at run time from their own min/max
+    /// (DynamicQuantizeLinear → MatMulInteger/ConvInteger): no calibration data needed.
+    Dynamic,
+}
+
 /// Activation element type (`--activation-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivationType {
@@ -42,6 +53,8 @@ pub enum CalibSource {
     Random(usize),
     /// Statistics written by `qrange calibrate`/`merge` (`--ranges FILE`).
     Ranges(PathBuf),
+    /// No data (`--mode dynamic` needs none).
+    None,
 }
 
 /// The model, its inputs and the quantization settings: what `quantize` and `calibrate`
@@ -209,6 +222,8 @@ pub struct DumpOptions {
 #[derive(Clone, Debug)]
 pub struct QuantizeOptions {
     pub common: Common,
+    /// `--mode`.
+    pub mode: Mode,
     /// Where the quantized model will be written (`-o`): names the summary's output and
     /// the files written beside it. The pipeline itself writes no model.
     pub output: PathBuf,
@@ -243,6 +258,7 @@ impl QuantizeOptions {
     ) -> QuantizeOptions {
         QuantizeOptions {
             common: Common::new(model, calib),
+            mode: Mode::Static,
             output: output.into(),
             method: Method::Adaptive,
             select_samples: 4,

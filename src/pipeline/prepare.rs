@@ -42,6 +42,8 @@ pub struct PrepareInput<'a> {
     pub first_sample: Option<&'a Sample>,
     /// 16-bit activations may be used (mixed precision): Q/DQ need opset 21.
     pub wide: bool,
+    /// Dynamic quantization (`--mode dynamic`): no plan, opset 11.
+    pub dynamic: bool,
     pub dump: &'a DumpOptions,
 }
 
@@ -124,6 +126,7 @@ pub fn prepare(
         input_shapes: shapes,
         quant: Some(cfg.clone()),
         wide: input.wide,
+        dynamic: input.dynamic,
         ..PassCx::default()
     };
     let mut notes = Vec::new();

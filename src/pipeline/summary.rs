@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 pub struct Summary {
     pub input: String,
     pub output: String,
+    /// `static` or `dynamic` (`--mode`).
+    pub mode: &'static str,
     pub target: Target,
     pub activation: String,
     pub weight: String,
@@ -163,6 +165,7 @@ pub fn summarise(parts: Parts) -> Summary {
     Summary {
         input: o.common.model.display().to_string(),
         output: o.output.display().to_string(),
+        mode: "static",
         target: p.cfg.target,
         activation: qtype_text(&p.cfg.activation, None),
         weight: format!(

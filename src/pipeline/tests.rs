@@ -34,6 +34,7 @@ fn calibrated(model: &str, data: &str, wide: bool) -> (Prepared, Dataset, Calibr
         float_nodes: &[],
         first_sample: Some(&ds.first().unwrap()),
         wide,
+        dynamic: false,
         dump: &Default::default(),
     };
     let PrepareEnd::Prepared(p) = prepare(&input, m, &mut Runner::new(), &Silent).unwrap() else {

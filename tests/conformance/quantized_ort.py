@@ -118,6 +118,20 @@ FIXTURES = [
     # 4-bit weights chosen to fit a size budget.
     ("ppocr_cls 4-bit weights", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--size-budget", "0.25", "--sensitivity-samples", "4"], 4),
+    # Dynamic quantization: DynamicQuantizeLinear → MatMulInteger/ConvInteger, int8
+    # embedding tables; the LSTM of tiny_crnn and silero_vad stays float.
+    ("tiny_crnn dynamic", "tiny/tiny_crnn.onnx", "tiny/tiny_crnn.npz", "tiny/tiny_crnn.eval.npz",
+     ["--mode", "dynamic"], None),
+    ("tiny_cnn dynamic", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
+     ["--mode", "dynamic"], None),
+    ("minilm_l3 dynamic", "minilm_l3/model.onnx", "minilm_l3/calib.npz", "minilm_l3/eval.npz",
+     ["--mode", "dynamic"], None),
+    ("magika dynamic", "magika/model.onnx", "magika/calib.npz", "magika/eval.npz",
+     ["--mode", "dynamic"], None),
+    ("ppocr_cls dynamic", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz", "ppocr_cls/eval.npz",
+     ["--mode", "dynamic"], None),
+    ("silero_vad dynamic", "silero_vad/model.onnx", "silero_vad/calib.npz",
+     "silero_vad/eval.npz", ["--mode", "dynamic", "--pin", "sr=16000"], None),
 ]
 
 

@@ -1,0 +1,177 @@
+//! `quantize --mode dynamic`: int8 weights, activations quantized at run time
+//! (DynamicQuantizeLinear → MatMulInteger/ConvInteger), no calibration data needed.
+
+mod common;
+
+use common::{fixture, load, qrange, quantize_json, s};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Op types of a written model's main graph, counted.
+fn op_counts(path: &Path) -> BTreeMap<String, usize> {
+    let m = load(path);
+    let mut c = BTreeMap::new();
+    for n in &m.graph.unwrap().node {
+        *c.entry(n.op_type.clone().unwrap_or_default()).or_default() += 1;
+    }
+    c
+}
+
+#[test]
+fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_crnn.onnx")),
+        "--mode",
+        "dynamic",
+        "--eval",
+        &s(&fixture("tiny/tiny_crnn.eval.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(j["mode"], "dynamic");
+    // Two Conv and the MatMul after the LSTM; the LSTM stays float, with its reason.
+    assert_eq!(j["quantized_ops"], 3, "{j}");
+    let reasons = j["float_reasons"].as_object().unwrap();
+    assert!(
+        reasons.keys().any(|k| k.contains("LSTM")),
+        "{reasons:?}"
+    );
+    assert_eq!(j["calibration_samples"], 0);
+    let v = j["validation"].as_object().unwrap();
+    assert!(!v.is_empty());
+    for (name, m) in v {
+        let db = m["sqnr_db"].as_f64().unwrap();
+        assert!(db > 25.0, "{name}: {db} dB");
+    }
+    let ops = op_counts(&out);
+    assert_eq!(ops.get("ConvInteger"), Some(&2), "{ops:?}");
+    assert_eq!(ops.get("MatMulInteger"), Some(&1), "{ops:?}");
+    assert_eq!(ops.get("LSTM"), Some(&1), "{ops:?}");
+    assert!(ops.get("DynamicQuantizeLinear") >= Some(&2), "{ops:?}");
+    assert!(!ops.contains_key("QuantizeLinear"), "{ops:?}");
+    assert!(!ops.contains_key("Conv") && !ops.contains_key("MatMul"), "{ops:?}");
+    // The summary says what the engine ran exactly.
+    let notes = j["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("DynamicQuantizeLinear")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn dynamic_mode_runs_without_data_and_says_it_did_not_validate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--mode",
+        "dynamic",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("mode       dynamic"), "{}", r.stdout);
+    assert!(r.stdout.contains("not validated: no data"), "{}", r.stdout);
+    let ops = op_counts(&out);
+    assert_eq!(ops.get("ConvInteger"), Some(&2), "{ops:?}");
+    // Gemm (transB) becomes MatMulInteger on the transposed int8 weight, then its bias.
+    assert_eq!(ops.get("MatMulInteger"), Some(&1), "{ops:?}");
+    assert!(!ops.contains_key("Gemm"), "{ops:?}");
+    // Without --calib, a static run still asks for data.
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "-o",
+        &s(&tmp.path().join("s.onnx")),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no calibration data"), "{}", r.stderr);
+}
+
+#[test]
+fn dynamic_mode_is_deterministic_and_static_is_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = s(&fixture("tiny/tiny_crnn.onnx"));
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "quantize",
+            model.as_str(),
+            "--calib",
+            "",
+            "--no-validate",
+            "-o",
+        ];
+        let calib = s(&fixture("tiny/tiny_crnn.npz"));
+        args[3] = &calib;
+        let o = s(&out);
+        args.push(&o);
+        args.extend_from_slice(extra);
+        let r = qrange(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        std::fs::read(&out).unwrap()
+    };
+    assert_eq!(
+        run("d1.onnx", &["--mode", "dynamic"]),
+        run("d2.onnx", &["--mode", "dynamic"])
+    );
+    assert_eq!(run("s1.onnx", &[]), run("s2.onnx", &["--mode", "static"]));
+}
+
+#[test]
+fn dump_after_quantize_dynamic_on_tiny_crnn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_crnn.onnx")),
+        "--mode",
+        "dynamic",
+        "--stop-after",
+        "quantize_dynamic",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!out.exists());
+    assert!(
+        r.stdout.starts_with("; after pass quantize_dynamic\n"),
+        "{}",
+        r.stdout
+    );
+    insta::assert_snapshot!("tiny_crnn_quantize_dynamic", r.stdout);
+}
+
+/// The transformer fixture: every MatMul with a weight and the word-embedding table
+/// quantized; the attention MatMuls (two computed inputs) stay float.
+#[test]
+fn dynamic_mode_on_the_transformer_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("minilm_l3/model.onnx")),
+        "--mode",
+        "dynamic",
+        "--calib",
+        &s(&fixture("minilm_l3/eval.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    let reasons = j["float_reasons"].as_object().unwrap();
+    assert!(
+        reasons.keys().any(|k| k.contains("activation × activation")),
+        "{reasons:?}"
+    );
+    let ops = op_counts(&out);
+    assert_eq!(ops.get("MatMulInteger"), Some(&6), "{ops:?}");
+    assert_eq!(ops.get("MatMul"), Some(&2), "{ops:?}");
+    let size = j["size_after"].as_f64().unwrap() / j["size_before"].as_f64().unwrap();
+    assert!(size < 0.3, "{size}");
+    let e = &j["validation"]["461"];
+    assert!(e["sqnr_db"].as_f64().unwrap() > 15.0, "{e}");
+}
