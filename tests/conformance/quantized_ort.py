@@ -49,6 +49,17 @@ Tolerances, and why:
   are measured in 16-bit steps and the fused gate is the same 1.5 8-bit steps in value
   (384 16-bit steps; measured 207.6 on the configuration the out-of-fold search chooses).
 
+- Dynamic quantization (``--mode dynamic``) computes each activation's scale from that
+  tensor's own min/max when the model runs. The engines' float ops differ by an ulp here
+  and there (tract turns a float ``Div`` into a multiply by the reciprocal; ppocr_cls has
+  one in each of its HardSwish chains), and an ulp on a tensor's extreme moves the scale
+  of every element of it: a difference no step count bounds, compounding over ppocr_cls's
+  54 requantized layers (measured: mean 0.35, 99th percentile 5.2 steps on the 2-class
+  output, while the SQNR against the float model is tract 30.5, ORT 30.1 dB). For the
+  cases in ``DYNAMIC_ACCURACY`` both ORT paths are gated on accuracy instead: their SQNR
+  against the float model no more than 1 dB below tract's. The other dynamic cases keep
+  the step gates (measured: 0.00 mean, at most 1 step on minilm_l3's token states).
+
 The count of QuantizeLinear nodes (column Q) includes those inside subgraphs.
 Prints a table and ``quantized-ort: N passed, N failed``; exits 1 on any failure.
 """
@@ -139,6 +150,9 @@ FIXTURES = [
 # finer). Measured on ppocr_cls u16: no fusion mean 13.5 and 99th percentile 53 steps,
 # fused mean 18.3: gates 22.4, 128 and 64.
 WIDE_16 = 64.0
+
+# Dynamic cases gated on accuracy rather than steps (see the docstring).
+DYNAMIC_ACCURACY = {"ppocr_cls dynamic"}
 
 # The fused path of the mixed-precision model (u8/u16/float activations side by side):
 # measured 1.06 steps; gate 1.5.
@@ -263,7 +277,8 @@ def main() -> int:
             steps = output_steps(qm)
             float_out = None
             mixed = "--target-sqnr" in extra
-            if "--size-budget" in extra or mixed:
+            dyn_acc = label in DYNAMIC_ACCURACY
+            if "--size-budget" in extra or mixed or dyn_acc:
                 float_out = ort_outputs(m, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
             # The quantized model is a drop-in replacement: the float model's outputs, by
             # name and in order, and every engine returns each of them.
@@ -326,6 +341,8 @@ def main() -> int:
                         print(f"{label}/{name}: SQNR vs float: tract {s_tract:.2f} dB, ORT {s_ref:.2f} dB, "
                               f"ORT fused {s_fused:.2f} dB (gated on accuracy, see above)")
                         ok_fused = s_fused >= s_tract - 1.0
+                        if dyn_acc:
+                            ok_ref = s_ref >= s_tract - 1.0
                 rows.append((label, name, nq, "dq" if steps.get(name) else "range/255",
                              d_ref.mean(), np.percentile(d_ref, 99), d_ref.max(),
                              d_fused.mean(), d_fused.max(), ok_ref and ok_fused))
