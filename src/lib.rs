@@ -39,6 +39,14 @@
 //! [`fsx`]. `--dump-after PASS` and `--stop-after PASS`
 //! print the IR text dump after a step.
 //!
+//! Dynamic quantization (`--mode dynamic`) takes another road after preparation: the
+//! plan steps do nothing, the opset is raised to 11, and calibration, range choice, mixed
+//! precision and `insert_qdq` give way to one materialise step, `quantize_dynamic`: int8
+//! weights per output channel, each activation quantized at run time from its own range
+//! (DynamicQuantizeLinear → MatMulInteger/ConvInteger → Cast → Mul by the two scales),
+//! embedding tables gathered as int8 rows; then the same validation
+//! (`pipeline::dynamic`). No calibration data is needed.
+//!
 //! The plan is a step of the list that rewrites nothing: what follows it in the list
 //! depends on it (the opset the Q/DQ need, what `insert_qdq` inserts), so it stands where
 //! it is built and travels in the pass context (`PassCx::plan`); calibration, range
@@ -84,10 +92,11 @@
 //!   (each ordering constraint commented), the runner that runs it phase by phase, checks
 //!   the IR and logs what ran, and one file per pass (pin_inputs, infer_shapes,
 //!   fold_constants, fold_if, fold_batchnorm, fold_bias_add, remove_dead, plan,
-//!   upgrade_opset, insert_qdq; and unroll_loop, which `exec` runs on the engine's copy,
+//!   upgrade_opset, insert_qdq, quantize_dynamic; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
 //!   calibrate, ranges with the adaptive selection, folds, precision, materialise,
+//!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
