@@ -14,7 +14,8 @@ Per model (``DIR/<name>/model.onnx`` with ``eval.npz``):
   quantize_dynamic per_channel``: the same with ``per_channel=True``.
 - ``qrange dynamic``: ``qrange quantize MODEL --mode dynamic -o OUT --no-validate`` (``--pin
   sr=16000`` for silero_vad, whose network sits inside If branches decided by the sample
-  rate); no calibration data.
+  rate); no calibration data. ``qrange dynamic --weight-method mse``: the same with weight
+  ranges of least squared error.
 Each model is run in ONNX Runtime on the evaluation samples; reported: file size against
 fp32, output SQNR and cosine against fp32, the task metric (minilm_l3: mean and minimum
 cosine of the pooled embedding ``461``, and nearest-neighbour agreement; the others: their
@@ -90,8 +91,8 @@ def ort_dynamic(model: str, out: str, per_channel: bool) -> float:
     return time.perf_counter() - t
 
 
-def qrange_dynamic(qrange: str, model: str, out: str, pins: dict) -> float:
-    cmd = [qrange, "quantize", model, "--mode", "dynamic", "-o", out, "--no-validate"]
+def qrange_dynamic(qrange: str, model: str, out: str, pins: dict, extra: list[str]) -> float:
+    cmd = [qrange, "quantize", model, "--mode", "dynamic", "-o", out, "--no-validate", *extra]
     for k, v in pins.items():
         cmd += ["--pin", f"{k}={v}"]
     t = time.perf_counter()
@@ -114,7 +115,9 @@ def bench(name: str, args) -> list[dict]:
     runs = [
         ("ORT quantize_dynamic", lambda o: ort_dynamic(model, o, False)),
         ("ORT quantize_dynamic per_channel", lambda o: ort_dynamic(model, o, True)),
-        ("qrange dynamic", lambda o: qrange_dynamic(args.qrange, model, o, cfg["pins"])),
+        ("qrange dynamic", lambda o: qrange_dynamic(args.qrange, model, o, cfg["pins"], [])),
+        ("qrange dynamic --weight-method mse",
+         lambda o: qrange_dynamic(args.qrange, model, o, cfg["pins"], ["--weight-method", "mse"])),
     ]
     for i, (label, run) in enumerate(runs):
         out = os.path.join(args.out, f"{name}.{i}.onnx")

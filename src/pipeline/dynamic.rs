@@ -13,6 +13,7 @@ use crate::ir::{DType, Model};
 use crate::passes::quantize_dynamic::Report;
 use crate::passes::{PassCx, Phase};
 use crate::quant::params::QType;
+use crate::quant::rules::Target;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -45,6 +46,11 @@ pub(super) fn quantize_dynamic(
     let report = cx.dynamic_report.take().unwrap_or_default();
     let mut notes = p.notes.clone();
     notes.append(&mut cx.done);
+    if let (Some(n), Target::OrtCpu) = (report.quantized.get("Conv"), p.cfg.target) {
+        notes.push(format!(
+            "{n} Conv written as ConvInteger: ONNX Runtime's CPU ConvInteger has no fast kernel (ppocr_cls runs tens of times slower than float); --exclude-op-types Conv keeps them float, or use the static mode for convolutional models"
+        ));
+    }
     let checks = Checks {
         eval: data.eval.as_ref().filter(|_| o.validate),
         labels: data.labels.as_deref(),
