@@ -34,10 +34,7 @@ fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
     // Two Conv and the MatMul after the LSTM; the LSTM stays float, with its reason.
     assert_eq!(j["quantized_ops"], 3, "{j}");
     let reasons = j["float_reasons"].as_object().unwrap();
-    assert!(
-        reasons.keys().any(|k| k.contains("LSTM")),
-        "{reasons:?}"
-    );
+    assert!(reasons.keys().any(|k| k.contains("LSTM")), "{reasons:?}");
     assert_eq!(j["calibration_samples"], 0);
     let v = j["validation"].as_object().unwrap();
     assert!(!v.is_empty());
@@ -51,7 +48,10 @@ fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
     assert_eq!(ops.get("LSTM"), Some(&1), "{ops:?}");
     assert!(ops.get("DynamicQuantizeLinear") >= Some(&2), "{ops:?}");
     assert!(!ops.contains_key("QuantizeLinear"), "{ops:?}");
-    assert!(!ops.contains_key("Conv") && !ops.contains_key("MatMul"), "{ops:?}");
+    assert!(
+        !ops.contains_key("Conv") && !ops.contains_key("MatMul"),
+        "{ops:?}"
+    );
     // The summary says what the engine ran exactly.
     let notes = j["notes"].as_array().unwrap();
     assert!(
@@ -91,6 +91,28 @@ fn dynamic_mode_runs_without_data_and_says_it_did_not_validate() {
     ]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no calibration data"), "{}", r.stderr);
+}
+
+/// Gemm with `transB` (tiny_cnn's classifier): the int8 weight is stored transposed for
+/// MatMulInteger, its scales per output column; the model still computes the float one.
+#[test]
+fn dynamic_gemm_and_conv_follow_the_float_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--mode",
+        "dynamic",
+        "--eval",
+        &s(&fixture("tiny/tiny_cnn.eval.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(j["quantized_ops"], 3, "{j}");
+    for (name, m) in j["validation"].as_object().unwrap() {
+        let db = m["sqnr_db"].as_f64().unwrap();
+        assert!(db > 25.0, "{name}: {db} dB");
+    }
 }
 
 #[test]
@@ -164,7 +186,9 @@ fn dynamic_mode_on_the_transformer_fixture() {
     ]);
     let reasons = j["float_reasons"].as_object().unwrap();
     assert!(
-        reasons.keys().any(|k| k.contains("activation × activation")),
+        reasons
+            .keys()
+            .any(|k| k.contains("activation × activation")),
         "{reasons:?}"
     );
     let ops = op_counts(&out);

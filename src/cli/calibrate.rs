@@ -38,7 +38,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         c.preprocess.as_deref(),
         &[("--calib", c.calib.as_deref().map(std::path::Path::new))],
     )?;
-    let file = crate::pipeline::calibrate::statistics(&common(c, None, false)?, &Bars::new(c.json))?;
+    let file =
+        crate::pipeline::calibrate::statistics(&common(c, None, false)?, &Bars::new(c.json))?;
     file.write(&a.output)?;
     let warnings = file.non_finite_warnings();
     for w in &warnings {

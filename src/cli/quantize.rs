@@ -361,11 +361,7 @@ fn check_dynamic(a: &Args) -> anyhow::Result<()> {
 /// The pipeline's options for `a`.
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     Ok(QuantizeOptions {
-        common: common(
-            &a.common,
-            a.ranges.as_deref(),
-            a.mode == ModeArg::Dynamic,
-        )?,
+        common: common(&a.common, a.ranges.as_deref(), a.mode == ModeArg::Dynamic)?,
         mode: a.mode.into(),
         output: a.output.clone(),
         method: Method::from(a.method),

@@ -173,7 +173,10 @@ pub fn rewrite(m: &mut Model, cfg: &QuantConfig) -> Result<Report, PassError> {
         };
         let key = op_key(g, o);
         if cfg.exclude_nodes.contains(&key)
-            || op.name.as_ref().is_some_and(|n| cfg.exclude_nodes.contains(n))
+            || op
+                .name
+                .as_ref()
+                .is_some_and(|n| cfg.exclude_nodes.contains(n))
         {
             rep.float("excluded by --exclude-nodes", key);
             continue;
@@ -287,7 +290,10 @@ fn eligible(g: &Graph, o: OpId, kind: Kind) -> Result<(), String> {
             return Err("MatMul: both inputs computed (activation × activation)".into());
         }
         Kind::MatMul | Kind::Gemm if !float_const(g, w, Some(2)) => {
-            return Err(format!("{}: the weight is not a float32 matrix", op.op_type));
+            return Err(format!(
+                "{}: the weight is not a float32 matrix",
+                op.op_type
+            ));
         }
         Kind::Conv if !float_const(g, w, None) => {
             return Err("Conv: the weight is not a float32 constant".into());
@@ -343,7 +349,8 @@ fn quantize_channels(
     } else {
         vec![]
     };
-    let scale_t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), scales.clone()).expect("shape"));
+    let scale_t =
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), scales.clone()).expect("shape"));
     let zp_t = Tensor::I8(ArrayD::zeros(IxDyn(&shape)));
     let attrs = QuantizeAttrs {
         axis: axis.unwrap_or(0) as i64,
@@ -410,7 +417,11 @@ fn quantize_weight(
         Tensor::F32(ArrayD::from_shape_vec(IxDyn(&scale_shape), scales).expect("scale shape"));
     let qv = constant(g, &format!("{name}.quantized"), &q)?;
     let sv = constant(g, &format!("{name}.scale"), &scale_t)?;
-    let zv = constant(g, &format!("{name}.zero_point"), &Tensor::I8(ArrayD::zeros(IxDyn(&[]))))?;
+    let zv = constant(
+        g,
+        &format!("{name}.zero_point"),
+        &Tensor::I8(ArrayD::zeros(IxDyn(&[]))),
+    )?;
     Ok((
         QWeight {
             q: qv,

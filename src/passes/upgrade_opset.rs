@@ -135,9 +135,7 @@ impl Pass for UpgradeOpset {
 
     fn skip(&self, cx: &PassCx) -> Option<String> {
         match self.target {
-            OpsetTarget::ForQdq if cx.plan.is_none() && !cx.dynamic => {
-                Some("no plan".to_string())
-            }
+            OpsetTarget::ForQdq if cx.plan.is_none() && !cx.dynamic => Some("no plan".to_string()),
             _ => None,
         }
     }

@@ -78,8 +78,11 @@ pub(super) fn quantize_dynamic(
     let mut s = summary(&run, &p, &q, &report, validation, eval_samples, notes);
     if !o.drop_pinned_inputs {
         let pinned = o.common.pins.iter().map(|(n, _)| n.clone()).collect();
-        s.notes
-            .extend(interface::keep_pinned_inputs(&mut q, &run.declared, &pinned)?);
+        s.notes.extend(interface::keep_pinned_inputs(
+            &mut q,
+            &run.declared,
+            &pinned,
+        )?);
     }
     s.seconds = std::mem::take(&mut run.times);
     s.passes = run.runner.log().to_vec();
@@ -121,8 +124,9 @@ fn summary(
         output: o.output.display().to_string(),
         mode: "dynamic",
         target: p.cfg.target,
-        activation: "u8 asymmetric [0, 255], range of each tensor at run time (DynamicQuantizeLinear)"
-            .to_string(),
+        activation:
+            "u8 asymmetric [0, 255], range of each tensor at run time (DynamicQuantizeLinear)"
+                .to_string(),
         weight: format!(
             "{}{}; embedding tables per row",
             qtype_text(&weight, Some(p.cfg.per_channel)),
