@@ -300,24 +300,17 @@ fn eligible(g: &Graph, o: OpId, kind: Kind) -> Result<(), String> {
         }
         _ => {}
     }
+    let gemm_attrs = op.attr_int("transA").unwrap_or(0) != 0
+        || op.attr_float("alpha").unwrap_or(1.0) != 1.0
+        || op.attr_float("beta").unwrap_or(1.0) != 1.0;
+    let b = g.input(o, 2);
     match kind {
-        Kind::Gemm => {
-            if op.attr_int("transA").unwrap_or(0) != 0
-                || op.attr_float("alpha").unwrap_or(1.0) != 1.0
-                || op.attr_float("beta").unwrap_or(1.0) != 1.0
-            {
-                return Err("Gemm: transA, alpha or beta".into());
-            }
+        Kind::Gemm if gemm_attrs => Err("Gemm: transA, alpha or beta".into()),
+        Kind::Conv if b.is_some() && !float_const(g, b, Some(1)) => {
+            Err("Conv: the bias is computed".into())
         }
-        Kind::Conv => {
-            let b = g.input(o, 2);
-            if b.is_some() && !float_const(g, b, Some(1)) {
-                return Err("Conv: the bias is computed".into());
-            }
-        }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The per-channel (or per-tensor) int8 symmetric quantization of `a` along `axis`:
