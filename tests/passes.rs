@@ -48,12 +48,24 @@ fn passes_prints_what_quantize_runs() {
     assert_eq!(ran, listed);
     for p in &log {
         assert_eq!(p["runs"], 1, "{p}");
-        assert!(p.get("skipped").is_none(), "{p}");
+        // Dynamic quantization's step is the one a static run skips.
+        if p["step"] == "quantize_dynamic" {
+            assert!(p["skipped"].as_str().unwrap().contains("static"), "{p}");
+        } else {
+            assert!(p.get("skipped").is_none(), "{p}");
+        }
     }
     let changed = |step: &str| log.iter().find(|p| p["step"] == step).unwrap()["changed"].clone();
     assert_eq!(changed("insert_qdq"), true);
     assert_eq!(changed("plan"), false);
     assert_eq!(changed("pin_inputs"), false);
+    // A dynamic run plans nothing and inserts no Q/DQ: quantize_dynamic rewrites the model.
+    let log = run_log(&["--no-validate", "--mode", "dynamic"]);
+    let step = |name: &str| log.iter().find(|p| p["step"] == name).unwrap().clone();
+    for skipped in ["plan", "plan-upgraded", "insert_qdq"] {
+        assert!(step(skipped).get("skipped").is_some(), "{}", step(skipped));
+    }
+    assert_eq!(step("quantize_dynamic")["changed"], true);
 }
 
 #[test]
