@@ -431,9 +431,13 @@ fn print_precision(s: &PrecisionSummary) {
         );
         if let Some(e) = &s.estimate {
             println!(
-                "           judged on calibration data the ranges did not see ({} folds, ranges from the other folds' statistics; sensitivity probes on {} samples): {}; the goal is judged on the lower bound",
+                "           judged on calibration data the ranges did not see ({} folds, ranges from the other folds' statistics; sensitivity probes on {} samples{}): {}; the goal is judged on the lower bound",
                 s.folds,
                 s.probe_samples,
+                match s.screened {
+                    0 => String::new(),
+                    n => format!(", {n} demotions screened on them"),
+                },
                 goal.describe_estimate(e),
             );
         }
