@@ -152,7 +152,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub save_overrides: Option<PathBuf>,
     /// Samples the sensitivity analysis and search run on (evenly spaced over the
-    /// evaluation data, else the calibration data).
+    /// evaluation data). Without --eval, the sensitivity probes run on at most this many
+    /// calibration samples (fewer on models with large activations), the search on all.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sensitivity_samples: usize,
     /// Sensitivity cache (default: beside the output, `<output stem>.sensitivity.json`:

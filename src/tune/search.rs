@@ -11,8 +11,13 @@
 //! first, are tried as one group, and a group that misses the goal is split in halves
 //! (one configuration when every promotion stays or every one goes, about two per unit
 //! at worst). A configuration's figure is pooled over the samples, or its bootstrap
-//! lower bound ([`Judge`]). Results are cached in a file keyed by the SHA-256 of the
-//! simulation model, the parameters and the samples.
+//! lower bound ([`Judge`]). When the lower bound over every sample is the judge and the
+//! probes run on fewer samples ([`Evaluator::screens`]), each demotion is first run on the
+//! probe samples only: when what it loses there (against the kept configuration's figure
+//! there) exceeds the kept configuration's margin over the goal, it is a miss without
+//! running every sample; otherwise it is judged on all of them. A configuration is only
+//! ever kept on the judgement over every sample. Results are cached in a file keyed by
+//! the SHA-256 of the simulation model, the parameters and the samples.
 
 use super::sim::SimModel;
 use super::{Precision, TuneError, Unit};
