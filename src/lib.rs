@@ -77,7 +77,9 @@
 //! sample back: `pipeline::folds` calibrates the calibration samples in k folds, every
 //! sample runs in the simulation with the ranges of the other folds' statistics, and the
 //! goal is judged on the bootstrap lower bound of the pooled figure (`report::estimate`);
-//! the written model's ranges come from every sample.
+//! the written model's ranges come from every sample. The cost is bounded there: the
+//! sensitivity probes run on as many samples as an activation-element budget allows, and
+//! the search screens each demotion on those samples before judging it on all of them.
 //!
 //! ## Code map
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode

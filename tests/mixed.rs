@@ -395,3 +395,34 @@ fn out_of_fold_goal_runs_write_the_same_bytes_twice() {
     }
     assert_eq!(outs[0], outs[1]);
 }
+
+#[test]
+fn demotions_are_screened_on_the_probe_samples_and_the_choice_judged_on_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.npz");
+    calib_with_outliers(&calib, 4.0);
+    let mut outs = Vec::new();
+    for name in ["a", "b"] {
+        let out = tmp.path().join(format!("{name}.onnx"));
+        let j = tiny_calib_only(
+            &calib,
+            &out,
+            &["--target-sqnr", "30", "--sensitivity-samples", "4"],
+        );
+        let pr = &j["precision"];
+        assert_eq!(pr["probe_samples"], 4, "{pr}");
+        // Demotions were tried on the 4 probe samples first...
+        assert!(pr["screened"].as_u64().unwrap_or(0) > 0, "{pr}");
+        // ...but the configuration chosen is judged on all 20, by its lower bound.
+        let e = &pr["estimate"];
+        assert_eq!(e["samples"], 20, "{e}");
+        assert_eq!(
+            pr["searched"].as_f64().unwrap(),
+            e["lower"].as_f64().unwrap()
+        );
+        assert!(e["lower"].as_f64().unwrap() >= 30.0, "{e}");
+        outs.push((std::fs::read(&out).unwrap(), pr["screened"].clone()));
+    }
+    // The probe samples are the same evenly spaced ones each time: the same bytes.
+    assert_eq!(outs[0], outs[1]);
+}

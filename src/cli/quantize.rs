@@ -159,7 +159,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub save_overrides: Option<PathBuf>,
     /// Samples the sensitivity analysis and search run on (evenly spaced over the
-    /// evaluation data, else the calibration data).
+    /// evaluation data). Without --eval, the sensitivity probes run on at most this many
+    /// calibration samples (fewer on models with large activations), the search on all.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sensitivity_samples: usize,
     /// Sensitivity cache (default: beside the output, `<output stem>.sensitivity.json`:
@@ -492,9 +493,13 @@ fn print_precision(s: &PrecisionSummary) {
         );
         if let Some(e) = &s.estimate {
             println!(
-                "           judged on calibration data the ranges did not see ({} folds, ranges from the other folds' statistics; sensitivity probes on {} samples): {}; the goal is judged on the lower bound",
+                "           judged on calibration data the ranges did not see ({} folds, ranges from the other folds' statistics; sensitivity probes on {} samples{}): {}; the goal is judged on the lower bound",
                 s.folds,
                 s.probe_samples,
+                match s.screened {
+                    0 => String::new(),
+                    n => format!(", {n} demotions screened on them"),
+                },
                 goal.describe_estimate(e),
             );
         }

@@ -210,6 +210,7 @@ impl Tuned {
                 } else {
                     self.units.len() + 1
                 },
+            screened: self.choice.screened,
             sensitivity_cached: self.cached,
             extra_rounds: self.rounds,
             promoted,
@@ -217,6 +218,10 @@ impl Tuned {
             overrides_file: path.display().to_string(),
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A unit promoted above 8 bits, and why.
@@ -259,6 +264,10 @@ pub struct PrecisionSummary {
     /// Goal figure of the written model on the evaluation data.
     pub validated: Option<f64>,
     pub evaluations: usize,
+    /// Configurations the search screened on the probe samples before (or instead of)
+    /// judging them on every sample.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub screened: usize,
     pub sensitivity_cached: bool,
     pub extra_rounds: usize,
     pub promoted: Vec<Promoted>,
@@ -532,6 +541,30 @@ fn narrow_weights(
     Ok((order, w4))
 }
 
+/// Activation elements a sensitivity analysis on calibration data may compute: one run
+/// per unit and one with every unit 8-bit, on each probe sample.
+pub const PROBE_BUDGET: u64 = 4_000_000_000;
+
+/// Probe samples out of fold: at most `max`, fewer when one run per unit on each would
+/// compute more than [`PROBE_BUDGET`] activation elements, at least one. The elements of a
+/// unit per sample are those calibration saw (`stats`: every value's element count over
+/// its samples), so dynamic shapes count as they ran. A model with large activations and
+/// many units (a detector on 640×640 images) is probed on one sample, a small one on `max`.
+pub fn probe_count(max: usize, units: &[Unit], stats: &CalibrationFile) -> usize {
+    let samples = stats.samples.max(1);
+    let per_run: u64 = units
+        .iter()
+        .filter_map(|u| stats.tensors.get(&u.range_key))
+        .map(|t| t.count() / samples)
+        .sum::<u64>()
+        .max(1);
+    let runs = units.len() as u64 + 1;
+    let k = PROBE_BUDGET / per_run.saturating_mul(runs);
+    usize::try_from(k)
+        .unwrap_or(usize::MAX)
+        .clamp(1, max.max(1))
+}
+
 /// Sensitivity analysis and search: 4-bit weights until the model fits the budget, then
 /// activation promotions until the goal is met. With fold statistics, every calibration
 /// sample runs with the ranges of the samples outside its fold, sensitivity probes run on
@@ -548,7 +581,7 @@ pub fn tune(
     let mut ev = evaluator(b, r, &sim)?;
     if let Some(f) = r.folds {
         ev = ev.with_held_out(fold_params(b, &units, &sim, f)?)?;
-        ev.probe_on(r.samples);
+        ev.probe_on(probe_count(r.samples, &units, b.stats));
         ev.judge = Judge::LowerBound;
     }
     let (mut w_order, mut w4) = (Vec::new(), BTreeSet::new());
@@ -588,6 +621,7 @@ pub fn tune(
                 met: true,
                 order: (0..units.len()).collect(),
                 evaluations: 1,
+                screened: 0,
                 estimate: None,
             };
             (SensitivityFile::default(), false, choice)
@@ -643,4 +677,51 @@ pub fn apply_overrides(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calib::TensorStats;
+
+    /// A unit whose range comes from the statistics of `key`.
+    fn unit(i: usize, key: &str) -> Unit {
+        Unit {
+            root: format!("u{i}"),
+            range_key: key.to_string(),
+            members: vec![format!("u{i}")],
+            producer: format!("op{i}"),
+            producer_type: "Conv".into(),
+            elements: 0,
+            folded_op: None,
+            scale_fold: None,
+        }
+    }
+
+    /// Statistics of one sample in which `key` held `elements` values.
+    fn one_sample(key: &str, elements: usize) -> CalibrationFile {
+        let mut f = CalibrationFile::new("model");
+        f.samples = 1;
+        let mut t = TensorStats::new();
+        t.observe(&vec![0.5; elements]);
+        f.tensors.insert(key.to_string(), t);
+        f
+    }
+
+    #[test]
+    fn probe_samples_follow_the_activation_elements_calibration_saw() {
+        let stats = one_sample("a", 1_000_000);
+        let units = |n: usize| (0..n).map(|i| unit(i, "a")).collect::<Vec<_>>();
+        // 4 runs of 3 M elements per probe sample: the budget allows hundreds.
+        assert_eq!(probe_count(16, &units(3), &stats), 16);
+        // 30 units of 1 M elements, 31 runs: 4e9 / 9.3e8 = 4 samples.
+        assert_eq!(probe_count(16, &units(30), &stats), 4);
+        assert_eq!(probe_count(3, &units(30), &stats), 3);
+        // 45 units: 2.07e9 per sample, one fits; 100 units: none fits, one still runs.
+        assert_eq!(probe_count(16, &units(45), &stats), 1);
+        assert_eq!(probe_count(16, &units(100), &stats), 1);
+        // A unit calibration never saw counts nothing.
+        let unseen: Vec<Unit> = (0..100).map(|i| unit(i, "b")).collect();
+        assert_eq!(probe_count(16, &unseen, &stats), 16);
+    }
 }

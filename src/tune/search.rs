@@ -11,8 +11,13 @@
 //! first, are tried as one group, and a group that misses the goal is split in halves
 //! (one configuration when every promotion stays or every one goes, about two per unit
 //! at worst). A configuration's figure is pooled over the samples, or its bootstrap
-//! lower bound ([`Judge`]). Results are cached in a file keyed by the SHA-256 of the
-//! simulation model, the parameters and the samples.
+//! lower bound ([`Judge`]). When the lower bound over every sample is the judge and the
+//! probes run on fewer samples ([`Evaluator::screens`]), each demotion is first run on the
+//! probe samples only: when what it loses there (against the kept configuration's figure
+//! there) exceeds the kept configuration's margin over the goal, it is a miss without
+//! running every sample; otherwise it is judged on all of them. A configuration is only
+//! ever kept on the judgement over every sample. Results are cached in a file keyed by
+//! the SHA-256 of the simulation model, the parameters and the samples.
 
 use super::sim::SimModel;
 use super::{Precision, TuneError, Unit};
@@ -250,9 +255,20 @@ impl<'a> Evaluator<'a> {
     /// Each sample's per-output comparison for `config` (with the evaluator's 4-bit
     /// weights), samples spread over threads.
     pub fn per_sample(&self, config: &[Precision]) -> Result<Vec<SampleComparison>, TuneError> {
-        let n = self.samples.len();
+        let all: Vec<usize> = (0..self.samples.len()).collect();
+        self.per_sample_of(config, &all)
+    }
+
+    /// [`Evaluator::per_sample`] on the samples `which` (indices), in that order.
+    fn per_sample_of(
+        &self,
+        config: &[Precision],
+        which: &[usize],
+    ) -> Result<Vec<SampleComparison>, TuneError> {
+        let n = which.len();
         let next = AtomicU64::new(0);
-        let run = |i: usize| -> Result<SampleComparison, TuneError> {
+        let run = |k: usize| -> Result<SampleComparison, TuneError> {
+            let i = which[k];
             let out = self.session.run(&self.feed_of(i, config, &self.w4))?;
             let mut mine = BTreeMap::new();
             self.add_sample(&mut mine, i, &out);
@@ -287,6 +303,21 @@ impl<'a> Evaluator<'a> {
         out.into_iter()
             .map(|r| r.ok_or_else(|| TuneError::Other("a worker thread failed".into())))
             .collect()
+    }
+
+    /// True when the search screens configurations on the probe samples before judging
+    /// them on every sample: the goal is judged by the lower bound over more samples than
+    /// the probes run on.
+    pub fn screens(&self) -> bool {
+        self.judge == Judge::LowerBound && self.probe.len() < self.samples.len()
+    }
+
+    /// `config`'s goal figure pooled over the probe samples only (samples spread over
+    /// threads): a cheap forecast of how the figure on every sample moves.
+    pub fn screened(&self, goal: Goal, config: &[Precision]) -> Result<f64, TuneError> {
+        let per = self.per_sample_of(config, &self.probe)?;
+        let all: Vec<usize> = (0..per.len()).collect();
+        Ok(goal.figure(&estimate::pool(&per, &all)))
     }
 
     /// `config`'s goal figure as the evaluator judges it, and the estimate (figure with
@@ -611,8 +642,10 @@ pub struct Choice {
     pub met: bool,
     /// Units in promotion order (most useful first).
     pub order: Vec<usize>,
-    /// Configurations evaluated.
+    /// Configurations evaluated (on every search sample).
     pub evaluations: usize,
+    /// Configurations screened on the probe samples only (`Evaluator::screens`).
+    pub screened: usize,
     /// The chosen configuration's figure with its bootstrap bounds (when judged by the
     /// lower bound).
     pub estimate: Option<Estimate>,
@@ -624,6 +657,8 @@ struct Judged<'e, 'a> {
     ev: &'e Evaluator<'a>,
     goal: Goal,
     evaluations: usize,
+    /// Configurations screened on the probe samples.
+    screened: usize,
     best: f64,
     /// The configuration with the best figure, and its estimate.
     best_config: Option<(Vec<Precision>, Option<Estimate>)>,
@@ -631,6 +666,14 @@ struct Judged<'e, 'a> {
 }
 
 impl Judged<'_, '_> {
+    /// `c`'s figure on the probe samples ([`Evaluator::screened`]).
+    fn screen(&mut self, c: &[Precision]) -> Result<f64, TuneError> {
+        self.screened += 1;
+        let f = self.ev.screened(self.goal, c)?;
+        (self.progress)();
+        Ok(f)
+    }
+
     fn run(&mut self, c: &[Precision]) -> Result<(f64, Option<Estimate>), TuneError> {
         self.evaluations += 1;
         let (f, e) = self.ev.judged(self.goal, c)?;
@@ -673,6 +716,7 @@ pub fn baseline_meets(
         met: true,
         order: (0..units).collect(),
         evaluations: 1,
+        screened: 0,
         estimate,
     }))
 }
@@ -689,6 +733,7 @@ pub fn search(
         ev,
         goal,
         evaluations: 0,
+        screened: 0,
         best: f64::NEG_INFINITY,
         best_config: None,
         progress,
@@ -718,6 +763,7 @@ pub fn search(
             met: true,
             order,
             evaluations: j.evaluations,
+            screened: j.screened,
             estimate: base_est,
         });
     }
@@ -736,6 +782,7 @@ pub fn search(
                 met: false,
                 order,
                 evaluations: j.evaluations,
+                screened: j.screened,
                 estimate,
             });
         }
@@ -765,6 +812,11 @@ pub fn search(
         .filter(|(u, p)| config[*u] == *p)
         .copied()
         .collect()];
+    // Screening: the kept configuration's figure on the probe samples.
+    let mut kept = match ev.screens() {
+        true => Some(j.screen(&config)?),
+        false => None,
+    };
     while let Some(group) = pending.pop() {
         if group.is_empty() {
             continue;
@@ -777,11 +829,26 @@ pub fn search(
                 Precision::A8
             };
         }
-        let (f, e) = j.run(&trial)?;
+        // A demotion whose loss on the probe samples exceeds the kept configuration's
+        // margin over the goal is a miss without running every sample.
+        let screened = match kept {
+            Some(k) => {
+                let s = j.screen(&trial)?;
+                Some((s, meets(figure + (s - k))))
+            }
+            None => None,
+        };
+        let (f, e) = match screened {
+            Some((_, false)) => (f64::NEG_INFINITY, None),
+            _ => j.run(&trial)?,
+        };
         if meets(f) {
             config = trial;
             figure = f;
             estimate = e;
+            if let Some((s, _)) = screened {
+                kept = Some(s);
+            }
         } else if group.len() > 1 {
             // The first half (least useful) is tried first: it is pushed last.
             let (first, second) = group.split_at(group.len() / 2);
@@ -797,6 +864,7 @@ pub fn search(
         met: true,
         order,
         evaluations: j.evaluations,
+        screened: j.screened,
         estimate,
     })
 }
