@@ -8,7 +8,11 @@
 //!    storage (values unchanged; the engine cannot load 4-bit tensors) and mark the Q/DQ and
 //!    GatherBlockQuantized nodes whose quantized side is 4-bit with [`LOGICAL_DTYPE_ATTR`], so
 //!    the exact kernels keep the 4-bit range;
-//! 4. refuse other element types the engine cannot hold (bfloat16, float8, …), naming the tensor.
+//! 4. refuse other element types the engine cannot hold (bfloat16, float8, …), naming the tensor;
+//! 5. forget the symbolic dims (`dim_param`) of intermediate values' declared types: the
+//!    engine takes each for a name of its own, which concrete input facts cannot bind
+//!    (`batch` of an intermediate value against the sample's 1), and infers every
+//!    intermediate shape anyway.
 //!
 //! The notes say which quantization ops run on which kernels, and what differs from ONNX
 //! Runtime where it does not compute the ONNX definition (uint8 × int8 products on CPUs
@@ -18,8 +22,8 @@ use super::qdq::LOGICAL_DTYPE_ATTR;
 use super::ExecError;
 use crate::ir::tensor::DType;
 use crate::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataLocation, type_proto, AttributeProto,
-    GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -355,6 +359,25 @@ fn value_info_4bit(v: &mut ValueInfoProto) -> Option<DType> {
     Some(d)
 }
 
+/// Step 5: every `dim_param` of `graph`'s `value_info` becomes an unknown dim.
+fn forget_symbolic_dims(graph: &mut GraphProto) {
+    for v in &mut graph.value_info {
+        let Some(type_proto::Value::TensorType(tt)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        for d in tt.shape.iter_mut().flat_map(|s| s.dim.iter_mut()) {
+            if matches!(
+                d.value,
+                Some(tensor_shape_proto::dimension::Value::DimParam(_))
+            ) {
+                d.value = None;
+            }
+        }
+    }
+}
+
 fn mark(node: &mut NodeProto, d: DType) {
     node.attribute.retain(|a| a.name() != LOGICAL_DTYPE_ATTR);
     node.attribute.push(AttributeProto {
@@ -576,6 +599,7 @@ pub(crate) fn prepare(
     let mut widened = 0;
     widen_graph(graph, base_dir, &mut logical, &mut widened)?;
     check_dtypes(graph)?;
+    forget_symbolic_dims(graph);
 
     let initialized: BTreeSet<&str> = graph.initializer.iter().map(TensorProto::name).collect();
     let inputs = graph

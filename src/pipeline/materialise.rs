@@ -253,3 +253,46 @@ pub fn materialise(
         tu.rounds = round;
     }
 }
+
+/// `plan` materialised on `g` (a model prepared like the one it was made on): the
+/// materialise steps on a runner of its own, or why they failed.
+pub fn materialise_on(g: &Model, plan: &Plan) -> Result<Model, String> {
+    let mut q = g.clone();
+    let mut cx = PassCx {
+        plan: Some(plan.clone()),
+        ..PassCx::default()
+    };
+    Runner::new()
+        .run_phase(Phase::Materialise, &mut q, &mut cx, &mut |_, _| {
+            crate::passes::Flow::Continue
+        })
+        .map_err(|e| e.to_string())?;
+    q.verify().map_err(|e| e.to_string())?;
+    Ok(q)
+}
+
+/// Runs `a` and `b` on `sample` in the engine: `Ok` when both return the same outputs,
+/// bit for bit, else what differed.
+pub fn same_outputs(
+    a: &Model,
+    b: &Model,
+    base_dir: &Path,
+    sample: &crate::data::Sample,
+) -> Result<(), String> {
+    let run = |m: &Model| -> Result<BTreeMap<String, crate::ir::Tensor>, String> {
+        let (proto, _) =
+            onnx::encode_model(m, &ExternalPolicy::Inline, "").map_err(|e| e.to_string())?;
+        let s = Session::new(&proto, Some(base_dir), sample, &SessionOptions::default())
+            .map_err(|e| e.to_string())?;
+        s.run(sample).map_err(|e| e.to_string())
+    };
+    let (ra, rb) = (run(a)?, run(b)?);
+    for (name, x) in &ra {
+        match rb.get(name) {
+            Some(y) if y == x => {}
+            Some(_) => return Err(format!("output '{name}' differs")),
+            None => return Err(format!("output '{name}' is missing")),
+        }
+    }
+    Ok(())
+}

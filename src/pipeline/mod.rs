@@ -350,7 +350,11 @@ fn quantize_prepared(
     // Subgraphs no sample reached, and values calibration did not observe, have no
     // statistics: the ops needing them stay float.
     let built = std::mem::take(&mut p.plan);
-    p.plan = plan::fit_to_statistics(&p.model, &p.cfg, built, |v| {
+    let un = plan::Uncalibrated {
+        shape_constants: p.shape_constants.clone(),
+        ..Default::default()
+    };
+    p.plan = plan::fit_to_statistics(&p.model, &p.cfg, built, un, |v| {
         cal.stats.tensors.contains_key(v)
     })
     .map_err(PipelineError::Plan)?;
@@ -565,7 +569,10 @@ fn finish(
     } else {
         None
     };
-    let mut model = m.model;
+    let (mut model, notes) =
+        interface::written(p, m.model, &m.plan, data.first.as_ref(), &o.common.shapes);
+    s.notes.extend(notes);
+    s.size_after = crate::onnx::encoded_size(&model);
     if !o.drop_pinned_inputs {
         let pinned = o.common.pins.iter().map(|(n, _)| n.clone()).collect();
         let notes = interface::keep_pinned_inputs(&mut model, &run.declared, &pinned)?;

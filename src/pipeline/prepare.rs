@@ -4,6 +4,7 @@
 //! before its opset is raised (calibration files name the model they were made for).
 
 use super::error::PipelineError;
+use super::interface::General;
 use super::options::{Common, DumpOptions};
 use super::progress::Progress;
 use crate::data::Sample;
@@ -31,6 +32,14 @@ pub struct Prepared {
     /// SHA-256 of the prepared float model's encoding before the opset raise for the Q/DQ
     /// (identifies calibration files: the statistics do not depend on the raise).
     pub sha256: String,
+    /// When the first sample fixed dims the model declares symbolic: the model prepared
+    /// without them, which the written model is made from when the plan means the same
+    /// on it ([`super::interface`]).
+    pub general: Option<General>,
+    /// Plan keys of the float values that are constants of `model` only because the first
+    /// sample fixed the input shapes (computed from them in `general`'s model): the plan
+    /// leaves the ops that would quantize them float.
+    pub shape_constants: std::collections::BTreeSet<String>,
 }
 
 /// What [`prepare`] is given besides the model.
@@ -129,6 +138,14 @@ pub fn prepare(
         dynamic: input.dynamic,
         ..PassCx::default()
     };
+    let pinned = cx.pinned.keys().cloned().collect();
+    let fixed = super::interface::sample_fixed(
+        &super::interface::declared_inputs(&m),
+        &cx.input_shapes,
+        &c.shapes,
+        &pinned,
+    );
+    let original = (!fixed.is_empty()).then(|| m.clone());
     let mut notes = Vec::new();
     let mut float = None;
     // Calibration statistics depend on the model before the opset is raised for the
@@ -179,14 +196,86 @@ pub fn prepare(
         Some(h) => h?,
         None => sha256_of(&m)?,
     };
+    let general = original.map(|o| General {
+        fixed,
+        model: prepare_general(o, c, &cx.pinned, &cfg, input.wide),
+    });
+    let shape_constants = match general.as_ref().map(|g| &g.model) {
+        Some(Ok(g)) => shape_constants(&m, g),
+        _ => Default::default(),
+    };
+    let mut plan = cx.plan.unwrap_or_default();
+    if !shape_constants.is_empty() {
+        let un = crate::quant::plan::Uncalibrated {
+            shape_constants: shape_constants.clone(),
+            ..Default::default()
+        };
+        plan = crate::quant::plan::build_with(&m, &cfg, &un);
+    }
     Ok(PrepareEnd::Prepared(Box::new(Prepared {
         float: float.expect("the specialise phase ran"),
         model: m,
         cfg,
-        plan: cx.plan.unwrap_or_default(),
+        plan,
         notes,
         model_path: c.model.clone(),
         base_dir: crate::onnx::base_dir(&c.model),
         sha256,
+        general,
+        shape_constants,
     })))
+}
+
+/// Plan keys of the float constants of `s` (prepared for the sample's shapes) that `g`
+/// (the same model prepared with its declared dims) computes.
+fn shape_constants(s: &Model, g: &Model) -> std::collections::BTreeSet<String> {
+    use crate::quant::plan::ValueKeys;
+    let (sk, gk) = (ValueKeys::of(&s.graph), ValueKeys::of(&g.graph));
+    let mut out = std::collections::BTreeSet::new();
+    for i in 0..sk.scopes.len() {
+        let sg = sk.scopes.graph(&s.graph, i);
+        for v in sg.values() {
+            if !sg.const_of(v).is_some_and(|c| c.dtype.is_float()) {
+                continue;
+            }
+            let Some(key) = sk.key(i, &sg.value(v).name) else {
+                continue;
+            };
+            let computed = gk.locate(key).is_some_and(|(j, local)| {
+                let gg = gk.scopes.graph(&g.graph, j);
+                gg.value_by_name(local)
+                    .is_some_and(|w| gg.const_of(w).is_none() && gg.producer(w).is_some())
+            });
+            if computed {
+                out.insert(key.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `m` through the same specialise and prepare steps with the pins and the `--shape`
+/// shapes only, on a runner of its own (the run's log and dumps are the specialised
+/// model's), or why it could not be prepared.
+fn prepare_general(
+    mut m: Model,
+    c: &Common,
+    pinned: &std::collections::BTreeMap<String, crate::ir::Tensor>,
+    cfg: &QuantConfig,
+    wide: bool,
+) -> Result<Model, String> {
+    let mut cx = PassCx {
+        pinned: pinned.clone(),
+        input_shapes: c.shapes.clone(),
+        quant: Some(cfg.clone()),
+        wide,
+        ..PassCx::default()
+    };
+    let mut runner = Runner::new();
+    for phase in [Phase::Specialise, Phase::Prepare] {
+        runner
+            .run_phase(phase, &mut m, &mut cx, &mut |_, _| Flow::Continue)
+            .map_err(|e| format!("preparing it with the declared dims failed: {e}"))?;
+    }
+    Ok(m)
 }

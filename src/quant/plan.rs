@@ -430,6 +430,12 @@ pub struct Uncalibrated {
     /// Keys of values without statistics: an op that would quantize one (as an input or
     /// an output) stays float, naming it.
     pub values: BTreeSet<String>,
+    /// Keys of values that are constants only for the input shapes the run fixed (the
+    /// model as declared computes them from `Shape` of an input): an op that would
+    /// quantize one stays float, naming it, as on the model with its declared dims, where
+    /// they are computed from constants only. A quantized model that does not bake them
+    /// in can keep the declared dims.
+    pub shape_constants: BTreeSet<String>,
 }
 
 /// [`build`], leaving float what `un` lists: every op of the subgraphs labelled in
@@ -442,9 +448,9 @@ pub fn build_with(m: &Model, cfg: &QuantConfig, un: &Uncalibrated) -> Plan {
     plan
 }
 
-/// `plan` (built by [`build`] for `m` and `cfg`) fitted to the statistics calibration
-/// gave: while a calibration value has none (`calibrated` says so), the plan is rebuilt
-/// with it listed in [`Uncalibrated`] (its subgraph when it lives in one, else the value
+/// `plan` (built by [`build_with`] for `m`, `cfg` and `un`) fitted to the statistics
+/// calibration gave: while a calibration value has none (`calibrated` says so), the plan
+/// is rebuilt with it listed in `un` (its subgraph when it lives in one, else the value
 /// itself), so that the ops needing it stay float with the reason. Each round lists at
 /// least one more value or subgraph, so this ends; a round that lists nothing new is a
 /// bug, reported as an error naming the value.
@@ -452,10 +458,10 @@ pub fn fit_to_statistics(
     m: &Model,
     cfg: &QuantConfig,
     mut plan: Plan,
+    mut un: Uncalibrated,
     calibrated: impl Fn(&str) -> bool,
 ) -> Result<Plan, String> {
     let keys = ValueKeys::of(&m.graph);
-    let mut un = Uncalibrated::default();
     loop {
         let missing: Vec<String> = plan
             .calibration_values()
@@ -868,6 +874,21 @@ fn unquantizable(cx: &Cx, o: OpId, fixed: &BTreeSet<ValueId>, un: &Uncalibrated)
         .chain(inputs)
         .filter(|&v| cx.is_float(v))
         .collect();
+    let shaped = g
+        .inputs_of(o)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, v?)))
+        .filter(|&(i, _)| rule.is_some_and(|r| r.role(i) != Role::Float))
+        .map(|(_, v)| v)
+        .chain(g.outputs_of(o).into_iter().flatten())
+        .find(|&v| un.shape_constants.contains(&cx.key(v)));
+    if let Some(v) = shaped {
+        return Some(format!(
+            "'{}' is computed from constants and input shapes only: no sample changes it, so it is not calibrated",
+            g.value(v).name
+        ));
+    }
     if let Some(v) = values.iter().find(|v| fixed.contains(v)) {
         return Some(format!(
             "'{}' is computed from constants only: no sample changes it, so it is not calibrated",
