@@ -1,5 +1,7 @@
 //! The quantized model takes the float model's inputs: a pinned input stays declared
-//! (unused) unless `--drop-pinned-inputs` asks otherwise.
+//! (unused) unless `--drop-pinned-inputs` asks otherwise; the dims the calibration data
+//! fixed stay as declared (symbolic), unless the quantized model is valid for those shapes
+//! only, which the summary says, or `--shape` fixed them.
 
 mod common;
 
@@ -82,5 +84,195 @@ fn a_pinned_input_stays_declared_in_the_float_models_order() {
             .map(|i| i.0)
             .collect::<Vec<_>>(),
         ["input", "state"]
+    );
+}
+
+/// Dims of a declared value as text: a number, a symbol, or `?`.
+fn dims_of(v: &qrange::onnx::proto::ValueInfoProto) -> Vec<String> {
+    use qrange::onnx::proto::tensor_shape_proto::dimension::Value as D;
+    use qrange::onnx::proto::type_proto::Value;
+    let Some(Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.clone()) else {
+        panic!("{:?} is not a tensor", v.name)
+    };
+    t.shape
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(D::DimValue(k)) => k.to_string(),
+                    Some(D::DimParam(p)) => p.clone(),
+                    None => "?".into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Inputs (initializers aside) and outputs of the model at `p`, with their dims.
+fn interface(p: &std::path::Path) -> Vec<(String, Vec<String>)> {
+    let g = load(p).graph.unwrap();
+    let inits: Vec<_> = g.initializer.iter().map(|t| t.name.clone()).collect();
+    g.input
+        .iter()
+        .filter(|i| !inits.contains(&i.name))
+        .chain(&g.output)
+        .map(|v| (v.name.clone().unwrap(), dims_of(v)))
+        .collect()
+}
+
+fn notes(j: &serde_json::Value) -> Vec<String> {
+    j["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_written_model_keeps_the_declared_symbolic_dims_of_a_transformer() {
+    // minilm_l3 declares [batch_size, sequence_length]; the calibration data is [1,48].
+    // Its attention reshapes and masks are computed from Shape of the inputs.
+    let d = tempfile::tempdir().unwrap();
+    let model = fixture("minilm_l3/model.onnx");
+    let out = d.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&model),
+        "--calib",
+        &s(&fixture("minilm_l3/calib.npz")),
+        "--eval",
+        &s(&fixture("minilm_l3/eval.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    let written = interface(&out);
+    assert_eq!(written, interface(&model), "{:?}", notes(&j));
+    assert_eq!(
+        written[0],
+        (
+            "input_ids".into(),
+            vec!["batch_size".into(), "sequence_length".into()]
+        )
+    );
+    assert!(
+        !notes(&j).iter().any(|n| n.contains("first sample's shape")),
+        "{:?}",
+        notes(&j)
+    );
+    // The token type embeddings are a constant only for the calibration shape: the plan
+    // leaves their sum float instead of storing them as a [1,48,384] weight.
+    let shaped = j["float_reasons"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|r| r.contains("token_type_embeddings") && r.contains("input shapes only"));
+    assert!(shaped, "{j}");
+    // No value in the written model keeps the calibration length.
+    let g = load(&out).graph.unwrap();
+    assert!(
+        g.value_info
+            .iter()
+            .all(|v| !dims_of(v).contains(&"48".to_string())),
+        "a value of the written model keeps the calibration length"
+    );
+    // The written model runs in the engine on data of another length and batch size.
+    let data = d.path().join("other.npz");
+    let ids: Vec<i64> = (0..2 * 20).map(|i| (7 * i) % 200).collect();
+    write_npz_arrays(
+        &data,
+        vec![
+            (
+                "input_ids",
+                qrange::ir::Tensor::I64(
+                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 2, 20]), ids).unwrap(),
+                ),
+            ),
+            (
+                "attention_mask",
+                qrange::ir::Tensor::I64(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1, 2, 20]), 1)),
+            ),
+        ],
+    );
+    let r = qrange(&[
+        "run",
+        &s(&out),
+        "--data",
+        &s(&data),
+        "-o",
+        &s(&d.path().join("o.npz")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn a_batch_dim_stays_symbolic() {
+    // tiny_mlp declares x: [N,16]; its data is [1,16] per sample.
+    let d = tempfile::tempdir().unwrap();
+    let model = fixture("tiny/tiny_mlp.onnx");
+    let out = d.path().join("q.onnx");
+    quantize_json(&[
+        &s(&model),
+        "--calib",
+        &s(&fixture("tiny/tiny_mlp.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(
+        interface(&out),
+        vec![
+            ("x".to_string(), vec!["N".to_string(), "16".to_string()]),
+            ("y".to_string(), vec!["N".to_string(), "10".to_string()]),
+        ]
+    );
+}
+
+#[test]
+fn a_model_valid_for_the_calibration_shape_only_keeps_it_and_says_why() {
+    // tiny_shape_if branches on Shape(x)[0] == 1: the If folds once the shape is fixed.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_shape_if.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_shape_if.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(
+        interface(&out)[0],
+        ("x".into(), vec!["1".into(), "8".into()])
+    );
+    let n = notes(&j);
+    let line: Vec<_> = n
+        .iter()
+        .filter(|n| n.contains("input 'x' [1,8] keeps the first sample's shape"))
+        .collect();
+    assert_eq!(line.len(), 1, "{n:?}");
+    assert!(line[0].contains("If node 'if_single'"), "{n:?}");
+}
+
+#[test]
+fn a_shape_given_on_the_command_line_is_the_written_one_and_said() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_mlp.onnx")),
+        "--calib",
+        &s(&fixture("tiny/tiny_mlp.npz")),
+        "--shape",
+        "x=1,16",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(
+        interface(&out)[0],
+        ("x".into(), vec!["1".into(), "16".into()])
+    );
+    assert!(
+        notes(&j)
+            .iter()
+            .any(|n| n == "input 'x' has the shape [1,16] given by --shape in the written model"),
+        "{:?}",
+        notes(&j)
     );
 }

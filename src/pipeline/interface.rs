@@ -105,7 +105,44 @@ pub fn sample_fixed(
 pub struct General {
     /// The inputs the first sample fixed, and the shapes it gave them.
     pub fixed: Vec<(String, Vec<i64>)>,
+    /// The float model's outputs as declared.
+    pub outputs: Vec<Value>,
     pub model: Result<Model, String>,
+}
+
+/// Gives each output of `w` the shape the float model declares for it (`declared`), where
+/// the two do not contradict each other: shape inference makes a symbolic dim concrete
+/// where it can, and the written interface is the declared one.
+fn declared_outputs(w: &mut Model, declared: &[Value]) {
+    let g = &mut w.graph;
+    for d in declared {
+        let Some(v) = g.value_by_name(&d.name).filter(|v| g.is_output(*v)) else {
+            continue;
+        };
+        let (
+            Some(ValueType::Tensor {
+                dtype: dd,
+                shape: Some(ds),
+            }),
+            Some(ValueType::Tensor {
+                dtype: wd,
+                shape: Some(ws),
+            }),
+        ) = (&d.ty, &g.value(v).ty)
+        else {
+            continue;
+        };
+        let fits = dd == wd
+            && ds.len() == ws.len()
+            && ds.iter().zip(ws).all(|(a, b)| match (a, b) {
+                (Dim::Known(x), Dim::Known(y)) => x == y,
+                (Dim::Known(_), _) => false,
+                _ => true,
+            });
+        if fits {
+            g.value_mut(v).ty = d.ty.clone();
+        }
+    }
 }
 
 /// Ops of every graph of `m` by plan key, with their op type.
@@ -283,7 +320,10 @@ pub fn written(
         Ok(w)
     };
     match attempt() {
-        Ok(w) => (w, notes),
+        Ok(mut w) => {
+            declared_outputs(&mut w, &general.outputs);
+            (w, notes)
+        }
         Err(why) => {
             let inputs: Vec<String> = general
                 .fixed

@@ -198,6 +198,12 @@ pub fn prepare(
     };
     let general = original.map(|o| General {
         fixed,
+        outputs: o
+            .graph
+            .outputs
+            .iter()
+            .map(|v| o.graph.value(*v).clone())
+            .collect(),
         model: prepare_general(o, c, &cx.pinned, &cfg, input.wide),
     });
     let shape_constants = match general.as_ref().map(|g| &g.model) {
