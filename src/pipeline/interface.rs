@@ -135,8 +135,8 @@ fn declared_outputs(w: &mut Model, declared: &[Value]) {
         let fits = dd == wd
             && ds.len() == ws.len()
             && ds.iter().zip(ws).all(|(a, b)| match (a, b) {
-                (Dim::Known(x), Dim::Known(y)) => x == y,
-                (Dim::Known(_), _) => false,
+                (Dim::Known(x), Dim::Known(y)) => x == y || *x < 0,
+                (Dim::Known(x), _) => *x < 0,
                 _ => true,
             });
         if fits {

@@ -10,6 +10,11 @@ calib.npz), then check that the output
 3. keeps the float model's inputs (names, order, element types: a pinned input stays
    declared and is fed like the float model's) and outputs, by name and in order, and
    tract and ONNX Runtime each return every output (a renamed or missing one fails);
+   the inputs and outputs keep their declared dims, symbolic or not (``FIXED_SHAPES``:
+   models valid for the data's shapes only, which quantize must say; ``RELAXED_OUTPUTS``:
+   declared output shapes that contradict the graph); a transformer (``OTHER_SHAPES``)
+   runs at batch 2 and at other lengths than its data's, matching itself run one sample
+   at a time and the float model (``other_shapes``);
 4. agrees with tract's execution of the same quantized model (``qrange run``), measured
    in quantization steps of the output: one step is the output's DequantizeLinear scale,
    or (range of the output) / 255 where the output is float.
@@ -146,6 +151,21 @@ FIXTURES = [
 ]
 
 
+# The written model keeps the float model's declared dims (symbolic or not), except where
+# it is valid for the calibration data's shapes only, which quantize must say: silero_vad's
+# and tiny_shape_if's If conditions depend on the input shapes and fold once they are fixed.
+FIXED_SHAPES = {"silero_vad", "tiny_shape_if"}
+# Outputs whose declared shape contradicts the graph: relaxed in the written model.
+RELAXED_OUTPUTS = {"tiny_crnn"}
+
+# Models run at other shapes than their data's: (label, input to pad or cut, pad value
+# per input). Two samples make a batch of 2, at lengths shorter and longer than the data's.
+OTHER_SHAPES = {"minilm_l3": {"input_ids": 0, "attention_mask": 0}}
+# Output SQNR against the float model at other shapes may be this much below the SQNR at
+# the data's own shape (measured on minilm_l3: see other_shapes()).
+OTHER_SHAPES_DB = 3.0
+
+
 # Gates on 16-bit outputs are this many times the 8-bit ones, in 16-bit steps (256 times
 # finer). Measured on ppocr_cls u16: no fusion mean 13.5 and 99th percentile 53 steps,
 # fused mean 18.3: gates 22.4, 128 and 64.
@@ -208,6 +228,73 @@ def ort_outputs(path: str, samples: list[dict], level) -> dict[str, np.ndarray]:
     return {o: np.stack([r[i] for r in runs]) for i, o in enumerate(outs)}
 
 
+def dims(v: onnx.ValueInfoProto) -> list:
+    """A declared value's dims: numbers, symbols, or None where unknown."""
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value")
+            else None for d in v.type.tensor_type.shape.dim]
+
+
+def resized(samples: list[dict], pads: dict, length: int) -> dict:
+    """The samples as one batch (along axis 0), each input in `pads` cut or padded with its
+    pad value to `length` along the last axis."""
+    out = {}
+    for k in samples[0]:
+        x = np.concatenate([s[k] for s in samples])
+        if k in pads:
+            if x.shape[-1] >= length:
+                x = x[..., :length]
+            else:
+                pad = np.full(x.shape[:-1] + (length - x.shape[-1],), pads[k], dtype=x.dtype)
+                x = np.concatenate([x, pad], axis=-1)
+        out[k] = x
+    return out
+
+
+def other_shapes(label: str, m: str, q: str, samples: list[dict], pads: dict,
+                 args) -> list[str]:
+    """The quantized model at batch 2 and at a shorter and a longer length than its data's:
+    every output agrees with the quantized model run one sample at a time at that length
+    (ONNX Runtime without optimizations, the no-fusion gates in output steps), and its SQNR
+    against the float model is at most OTHER_SHAPES_DB below the SQNR at the data's shape."""
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    failures = []
+    own = resized(samples[:2], {}, 0)
+    length = next(iter(own[k] for k in pads)).shape[-1]
+
+    def run(path, feed):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+
+    def sqnr(f, x):
+        f, x = f.astype(np.float64), x.astype(np.float64)
+        return 10 * np.log10((f ** 2).sum() / max(((f - x) ** 2).sum(), 1e-30))
+
+    base_f, base_q = run(m, own), run(q, own)
+    for n in (length * 5 // 8, length * 4 // 3):
+        feed = resized(samples[:2], pads, n)
+        f, x = run(m, feed), run(q, feed)
+        single = [run(q, resized([s], pads, n)) for s in samples[:2]]
+        for name in x:
+            one = np.concatenate([r[name] for r in single])
+            step = max(float(one.max() - one.min()) / 255.0, 1e-12)
+            d = np.abs(x[name].astype(np.float64) - one.astype(np.float64)) / step
+            s_other, s_own = sqnr(f[name], x[name]), sqnr(base_f[name], base_q[name])
+            ok = (d.mean() <= args.ref_mean and np.percentile(d, 99) <= args.ref_p99
+                  and s_other >= min(s_own, 100.0) - OTHER_SHAPES_DB)
+            print(f"{label}/{name} at {list(x[name].shape)}: batch of 2 vs one at a time mean "
+                  f"{d.mean():.3f}, p99 {np.percentile(d, 99):.2f} steps; SQNR vs float "
+                  f"{s_other:.2f} dB (at the data's shape {s_own:.2f} dB)  "
+                  f"{'ok' if ok else 'FAIL'}")
+            if not ok:
+                failures.append(f"{label}/{name}: at shape {list(x[name].shape)} the quantized "
+                                f"model does not match (see above)")
+    return failures
+
+
 def load_samples(path: str, cap: int | None) -> tuple[list[dict], dict]:
     d = np.load(path)
     keys = [k for k in d.files if d[k].dtype.kind not in "US"]
@@ -251,6 +338,7 @@ def main() -> int:
             if r.returncode != 0:
                 failures.append(f"{label}: quantize failed: {r.stderr.strip().splitlines()[0]}")
                 continue
+            said = r.stdout + r.stderr
             qm = onnx.load(q)
             nq = count_op(qm.graph, "QuantizeLinear")
             try:
@@ -297,6 +385,31 @@ def main() -> int:
                 failures.append(f"{label}: the quantized model's outputs are {names}, the float "
                                 f"model's {want}")
                 continue
+            # ... with the declared dims, unless quantize says the model is valid for the
+            # data's shapes only (and then it must say so).
+            fixed_note = "keep the first sample's shape" in said or \
+                "keeps the first sample's shape" in said
+            declared = [dims(i) for i in fm.graph.input
+                        if i.name not in {t.name for t in fm.graph.initializer}]
+            written = [dims(i) for i in qm.graph.input
+                       if i.name not in {t.name for t in qm.graph.initializer}]
+            if label.split()[0] in FIXED_SHAPES:
+                if not fixed_note:
+                    failures.append(f"{label}: expected a note that the written model keeps the "
+                                    f"data's shapes; none printed")
+                    continue
+            elif fixed_note or written != declared:
+                failures.append(f"{label}: the quantized model's input dims are {written}, the "
+                                f"float model's {declared}")
+                continue
+            elif label.split()[0] not in RELAXED_OUTPUTS and \
+                    [dims(o) for o in qm.graph.output] != [dims(o) for o in fm.graph.output]:
+                failures.append(f"{label}: the quantized model's output dims are "
+                                f"{[dims(o) for o in qm.graph.output]}, the float model's "
+                                f"{[dims(o) for o in fm.graph.output]}")
+                continue
+            if label in OTHER_SHAPES:
+                failures.extend(other_shapes(label, m, q, samples, OTHER_SHAPES[label], args))
             got = {"tract": sorted(tract), "ORT": sorted(ref), "ORT fused": sorted(fused)}
             bad = [f"{engine} returned {n}" for engine, n in got.items() if n != sorted(names)]
             if bad:
