@@ -261,8 +261,9 @@ fn narrow<S: Copy + Display, T: TryFrom<S>>(v: S) -> Result<T, String> {
     T::try_from(v).map_err(|_| format!("value {v} out of range for {}", std::any::type_name::<T>()))
 }
 
-/// The name of a storage form, for messages.
-fn storage_name(d: &TensorData) -> &'static str {
+/// The name of a storage form, for messages (the `TensorProto` field that holds the
+/// values).
+pub(crate) fn storage_name(d: &TensorData) -> &'static str {
     match d {
         TensorData::Raw(_) => "raw_data",
         TensorData::Floats(_) => "float_data",

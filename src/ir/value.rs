@@ -273,7 +273,7 @@ impl ConstTensor {
                 self,
                 format!(
                     "{} holds {found} entries but dims {:?} of {} need {want}",
-                    kind(&self.data),
+                    super::payload::storage_name(&self.data),
                     self.dims,
                     self.dtype
                 ),
@@ -344,21 +344,6 @@ impl ConstTensor {
             was_external: false,
             carry: Carry::default(),
         }
-    }
-}
-
-fn kind(d: &TensorData) -> &'static str {
-    match d {
-        TensorData::Raw(_) => "raw_data",
-        TensorData::Floats(_) => "float_data",
-        TensorData::Int32s(_) => "int32_data",
-        TensorData::Int64s(_) => "int64_data",
-        TensorData::Doubles(_) => "double_data",
-        TensorData::Uint64s(_) => "uint64_data",
-        TensorData::Strings(_) => "string_data",
-        TensorData::External(_) => "external data (not loaded)",
-        TensorData::Sparse(_) => "sparse",
-        TensorData::Empty => "empty",
     }
 }
 
