@@ -99,7 +99,7 @@
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
 //!   calibrate, ranges with the adaptive selection, folds, precision, materialise,
 //!   dynamic (the `--mode dynamic` road),
-//!   interface (the float model's inputs kept), summary,
+//!   interface (the float model's inputs and declared dims kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); ONNX Runtime's packed
@@ -210,7 +210,14 @@
 //!   (checked before any work), writes only through `fsx` (temporary file, rename), and
 //!   leaves no temporary file or partial output, even when interrupted.
 //! - **Invariant:** the written model takes the float model's inputs: a pinned input stays
-//!   declared, unused (`pipeline::interface`), unless `--drop-pinned-inputs`.
+//!   declared, unused (`pipeline::interface`), unless `--drop-pinned-inputs`; inputs and
+//!   outputs keep their declared dims, symbolic or not. Analysis, calibration and the plan
+//!   work on the model specialised for the first sample's shapes; the plan is then
+//!   materialised on the model prepared with its declared dims (its `Shape` computations
+//!   kept) when it means the same there and both give the same outputs in the engine, and
+//!   constants that exist only for the sample's shapes are never baked in as weights.
+//!   Otherwise (an `If` or a constant that depends on the shapes) the fixed dims are
+//!   written and the summary names the inputs and why; `--shape` fixes dims on purpose.
 
 pub mod calib;
 pub mod cli;

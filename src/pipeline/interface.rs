@@ -2,6 +2,15 @@
 //! declared types. A pinned input stays declared (unused: legal ONNX), so every program
 //! that feeds the float model can feed the quantized one; the value it was pinned to
 //! lives on as a constant of another name. `drop_pinned_inputs` removes it instead.
+//!
+//! Declared dims: the run specialises the model for the first sample's shapes (every
+//! analysis, calibration and the plan need concrete shapes), which folds `Shape`
+//! computations into constants and `If` nodes whose conditions read shapes. When those
+//! shapes fixed dims the model declares symbolic, [`written`] materialises the final
+//! plan on the model prepared with its declared dims ([`General`]) instead, provided the
+//! plan means the same there ([`transferable`]) and both quantized models give the same
+//! outputs on the first sample in the engine; otherwise the specialised model is written,
+//! valid for those shapes only, and one note names the inputs and the reason.
 
 use super::error::PipelineError;
 use crate::ir::scope::Scopes;

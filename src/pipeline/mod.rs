@@ -18,6 +18,9 @@
 //!   the same validation.
 //! - [`materialise`]: the pass list's last steps on a copy of the prepared model, checked
 //!   against the budget and validated against the float model, round after round.
+//! - [`interface`]: the written model keeps the float model's interface: pinned inputs
+//!   declared again, and the declared dims where the first sample fixed symbolic ones
+//!   (the plan materialised on the model prepared with its declared dims).
 //! - [`summary`] and [`report`]: what the run did, as plain data.
 //!
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
