@@ -20,6 +20,10 @@
 //!   against the budget and validated against the float model, round after round.
 //! - [`summary`] and [`report`]: what the run did, as plain data.
 //!
+//! [`weight_only`] is the other mode (`--mode weight-only`): the constant weights of MatMul
+//! and Gemm quantized by RTN, clipping or GPTQ, activations float, no ranges; it shares
+//! [`inputs`] and the validation's comparison, nothing else.
+//!
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
 //! that is what the user gave.
 
@@ -39,6 +43,7 @@ pub mod report;
 pub mod summary;
 #[cfg(test)]
 mod tests;
+pub mod weight_only;
 
 pub use error::PipelineError;
 pub use options::QuantizeOptions;

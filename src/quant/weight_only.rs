@@ -84,7 +84,14 @@ impl Grid {
             (hi - lo) / (qmax - qmin) as f64
         } as f32;
         if !(scale >= f32::MIN_POSITIVE) || !scale.is_finite() {
-            return (1.0, if self.symmetric { 0 } else { 0i32.clamp(qmin, qmax) });
+            return (
+                1.0,
+                if self.symmetric {
+                    0
+                } else {
+                    0i32.clamp(qmin, qmax)
+                },
+            );
         }
         let zp = if self.symmetric {
             0
@@ -575,13 +582,16 @@ mod tests {
     #[test]
     fn gptq_with_a_diagonal_hessian_is_rtn() {
         let (_, w) = layer(4, 40, 6);
-        let h = Array2::from_shape_fn((40, 40), |(i, j)| {
-            if i == j {
-                1.0 + (i % 7) as f64
-            } else {
-                0.0
-            }
-        });
+        let h = Array2::from_shape_fn(
+            (40, 40),
+            |(i, j)| {
+                if i == j {
+                    1.0 + (i % 7) as f64
+                } else {
+                    0.0
+                }
+            },
+        );
         for (group, grid) in [(16, INT4_ASYM), (40, INT4_SYM)] {
             let rtn = quantize_groups(w.view(), group, grid, Algo::Rtn);
             let opts = GptqOptions {
@@ -601,7 +611,13 @@ mod tests {
         let d = q.dequantize();
         assert_eq!(d[[0, 3]], 0.0);
         assert_eq!(d[[1, 3]], 0.0);
-        let err = gptq(w.view(), &Array2::eye(7), 8, INT4_ASYM, GptqOptions::default());
+        let err = gptq(
+            w.view(),
+            &Array2::eye(7),
+            8,
+            INT4_ASYM,
+            GptqOptions::default(),
+        );
         assert!(matches!(err, Err(GptqError::Shape { .. })));
     }
 }
