@@ -574,8 +574,10 @@ fn print_weight_only(s: &WeightOnlySummary) {
         } else {
             "with zero points"
         },
-        s.block_size
-            .map_or("per channel".to_string(), |b| format!("blocks of {b}")),
+        match s.block_size {
+            Some(b) => format!("blocks of {b}"),
+            None => "per channel".to_string(),
+        },
         s.algo
     );
     let mut written: BTreeMap<&str, usize> = BTreeMap::new();

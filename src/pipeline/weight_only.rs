@@ -368,7 +368,7 @@ fn write_nbits(g: &mut Graph, l: &Layer, q: &Quantized, grid: Grid) -> Result<()
     let mut b = Vec::with_capacity(n * blocks * blob);
     for r in 0..n {
         for blk in 0..blocks {
-            let mut codes: Vec<u8> = (blk * bs..(blk + 1) * bs)
+            let codes: Vec<u8> = (blk * bs..(blk + 1) * bs)
                 .map(|c| {
                     if c < k {
                         (q.codes[r * k + c] + shift) as u8
@@ -377,7 +377,6 @@ fn write_nbits(g: &mut Graph, l: &Layer, q: &Quantized, grid: Grid) -> Result<()
                     }
                 })
                 .collect();
-            codes.truncate(bs);
             b.extend(pack_bits(&codes, bits));
         }
     }

@@ -299,7 +299,7 @@ pub fn cholesky(a: &Array2<f64>) -> Result<Array2<f64>, usize> {
                 .sum();
             let v = a[[i, j]] - dot;
             if i == j {
-                if !(v > 0.0) || !v.is_finite() {
+                if !(v.is_finite() && v > 0.0) {
                     return Err(i);
                 }
                 l[[i, i]] = v.sqrt();
