@@ -108,11 +108,11 @@ fn op_name(g: &Graph, o: OpId) -> String {
     }
 }
 
+/// Ops left float, by reason.
+type FloatOps = BTreeMap<String, Vec<String>>;
+
 /// The MatMul/Gemm ops whose weight qualifies, and why the others stay float.
-fn find_layers(
-    g: &Graph,
-    o: &QuantizeOptions,
-) -> Result<(Vec<Layer>, BTreeMap<String, Vec<String>>), PipelineError> {
+fn find_layers(g: &Graph, o: &QuantizeOptions) -> Result<(Vec<Layer>, FloatOps), PipelineError> {
     let s = &o.common.settings;
     let captured = crate::passes::util::captured_by_subgraphs(g);
     let mut layers = Vec::new();
@@ -220,7 +220,7 @@ fn hessians(
                         &owned
                     }
                 };
-                if x.len() % h.k() != 0 {
+                if !x.len().is_multiple_of(h.k()) {
                     return Err(format!(
                         "layer input '{name}' holds {} values, not rows of {}",
                         x.len(),

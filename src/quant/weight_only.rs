@@ -83,15 +83,9 @@ impl Grid {
         } else {
             (hi - lo) / (qmax - qmin) as f64
         } as f32;
-        if !(scale >= f32::MIN_POSITIVE) || !scale.is_finite() {
-            return (
-                1.0,
-                if self.symmetric {
-                    0
-                } else {
-                    0i32.clamp(qmin, qmax)
-                },
-            );
+        if !(scale.is_finite() && scale >= f32::MIN_POSITIVE) {
+            // An all-zero range: every code is the zero point, 0.
+            return (1.0, 0);
         }
         let zp = if self.symmetric {
             0
@@ -402,7 +396,7 @@ pub fn gptq(
         for i in i1..i2 {
             let c = perm[i];
             let g = c / group;
-            if !static_groups && c % group == 0 {
+            if !static_groups && c.is_multiple_of(group) {
                 // Natural order: the group's columns are i..i+group of the current weights.
                 for r in 0..rows {
                     let end = (i + group).min(cols);
