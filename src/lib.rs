@@ -101,12 +101,16 @@
 //!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs and declared dims kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
+//!   `pipeline::weight_only` is the other mode (`--mode weight-only`): MatMul/Gemm weights
+//!   on 4 or 8 bits by RTN, clipping or GPTQ (layer inputs streamed out of tract), written as
+//!   MatMulNBits or DequantizeLinear with `block_size`, outside the pass list.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); ONNX Runtime's packed
 //!   low-bit weights (`nbits`: MatMulNBits, GatherBlockQuantized) and dynamic quantization's
 //!   integer ops (`integer`: DynamicQuantizeLinear, MatMulInteger, MatMulIntegerToFloat,
 //!   DynamicQuantizeMatMul), computed as ONNX Runtime computes them; scale/zero-point
-//!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`).
+//!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`); weight-only
+//!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
 //!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place

@@ -448,6 +448,16 @@ fn linked_pb_case(dir: &Path, location: &str) -> Vec<String> {
 
 const H: i64 = 1 << 40;
 
+/// `qrange quantize --mode weight-only` of add_relu with `extra` flags.
+fn weight_only_case(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let m = dir.join("model.onnx");
+    write_proto(&m, &add_relu());
+    let mut args = vec!["quantize".into(), s(&m)];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(["-o".to_string(), s(&dir.join("out.onnx"))]);
+    args
+}
+
 const CASES: &[Case] = &[
     Case {
         name: "npz with a wrong dtype",
@@ -1579,6 +1589,44 @@ const CASES: &[Case] = &[
         },
         code: 2,
         expect: &["--report", "is the reference model"],
+    },
+    Case {
+        name: "weight-only: block size not a power of two",
+        setup: |d| weight_only_case(d, &["--mode", "weight-only", "--block-size", "24"]),
+        code: 2,
+        expect: &["--block-size 24", "power of two"],
+    },
+    Case {
+        name: "weight-only: block size below 16",
+        setup: |d| weight_only_case(d, &["--mode", "weight-only", "--block-size", "8"]),
+        code: 2,
+        expect: &["--block-size 8", "at least 16"],
+    },
+    Case {
+        name: "weight-only: 3-bit weights",
+        setup: |d| weight_only_case(d, &["--mode", "weight-only", "--weight-bits", "3"]),
+        code: 2,
+        expect: &["--weight-bits 3", "4 or 8"],
+    },
+    Case {
+        name: "weight-only: GPTQ without calibration data",
+        setup: |d| weight_only_case(d, &["--mode", "weight-only", "--weight-algo", "gptq"]),
+        code: 2,
+        expect: &["--weight-algo gptq", "--calib"],
+    },
+    Case {
+        name: "weight-only: zero points for TensorRT",
+        setup: |d| {
+            weight_only_case(d, &["--mode", "weight-only", "--target", "tensorrt"])
+        },
+        code: 2,
+        expect: &["--target tensorrt", "--weight-symmetric"],
+    },
+    Case {
+        name: "weight-only flag without --mode weight-only",
+        setup: |d| weight_only_case(d, &["--weight-bits", "4"]),
+        code: 2,
+        expect: &["--weight-bits", "--mode weight-only"],
     },
 ];
 

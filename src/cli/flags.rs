@@ -84,6 +84,17 @@ impl From<PlatformArg> for Platform {
     }
 }
 
+/// `--weight-algo`: how weight-only codes are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightAlgoArg {
+    /// Round to nearest on each group's min/max grid.
+    Rtn,
+    /// Per group, the range shrink (a grid of 20) of least squared weight error.
+    Clip,
+    /// Error compensation from each layer's calibration inputs (needs --calib).
+    Gptq,
+}
+
 /// `--weight-method`: how weight ranges are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightMethodArg {

@@ -4,19 +4,23 @@
 
 use super::flags::{
     check_preprocess_used, parse_pins, parse_preprocess, parse_shapes, ActTypeArg, MethodArg,
-    TargetArg, WeightMethodArg,
+    TargetArg, WeightAlgoArg, WeightMethodArg,
 };
 use super::{Bars, Outcome};
 use crate::calib::{Method, MethodOptions};
 use crate::onnx::{self, ExternalPolicy};
 use crate::pipeline::options::{
     CalibSource, Common, DumpOptions, Mode, PrecisionOptions, QuantizeOptions, Settings,
+    WeightOnlyOptions,
 };
 use crate::pipeline::precision::{goal_text, PrecisionSummary};
 use crate::pipeline::summary::Summary;
+use crate::pipeline::weight_only::WeightOnlySummary;
 use crate::pipeline::{self, Finish, Quantized};
+use crate::quant::weight_only::Algo;
 use crate::tune::search::Goal;
 use anyhow::{anyhow, bail};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -92,7 +96,11 @@ pub struct CommonArgs {
         --preprocess resize=192x48,scale=255,mean=0.5,std=0.5 -o cls.int8.onnx\n  \
     qrange calibrate model.onnx --calib shard1.npz -o s1.json   # on several machines\n  \
     qrange merge s1.json s2.json -o all.json\n  \
-    qrange quantize model.onnx --ranges all.json -o out.onnx --no-validate")]
+    qrange quantize model.onnx --ranges all.json -o out.onnx --no-validate\n  \
+    qrange quantize model.onnx --mode weight-only --weight-bits 4 --block-size 32 \\\n      \
+        --eval eval.npz -o out.int4.onnx   # no calibration data needed\n  \
+    qrange quantize model.onnx --mode weight-only --weight-algo gptq --calib calib.npz \\\n      \
+        --eval eval.npz -o out.int4.onnx")]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -100,9 +108,29 @@ pub struct Args {
     /// QuantizeLinear/DequantizeLinear; `dynamic` writes int8 weights and quantizes
     /// activations at run time (DynamicQuantizeLinear → MatMulInteger/ConvInteger, as
     /// ONNX Runtime's dynamic quantization): no calibration data needed (--calib, if
-    /// given, only validates).
+    /// given, only validates); `weight-only` puts the constant weights of MatMul/Gemm on 4
+    /// or 8 bits and leaves activations float, written as com.microsoft MatMulNBits (blocked
+    /// MatMul weights, --target ort-cpu) or DequantizeLinear (opset 21, any runtime); --calib
+    /// only for --weight-algo gptq.
     #[arg(long, value_enum, default_value = "static")]
     pub mode: ModeArg,
+    /// Weight-only: bits per weight, 4 or 8 (default 4).
+    #[arg(long, value_name = "BITS")]
+    pub weight_bits: Option<u32>,
+    /// Weight-only: weights per block along the reduction axis, a power of two of at least 16,
+    /// or `channel` for one scale per output channel (default 32).
+    #[arg(long, value_name = "N|channel")]
+    pub block_size: Option<String>,
+    /// Weight-only: symmetric codes without zero points (int4 [-7, 7], int8 [-127, 127]).
+    #[arg(long)]
+    pub weight_symmetric: bool,
+    /// Weight-only: how the codes are chosen.
+    #[arg(long, value_enum)]
+    pub weight_algo: Option<WeightAlgoArg>,
+    /// Weight-only GPTQ: visit the columns by decreasing input energy (groups keep the
+    /// grid fitted on the original weights).
+    #[arg(long)]
+    pub act_order: bool,
     /// Output model.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -188,6 +216,8 @@ pub enum ModeArg {
     Static,
     /// Int8 weights, activations quantized at run time.
     Dynamic,
+    /// Weights of MatMul/Gemm only, 4 or 8 bits; activations stay float.
+    WeightOnly,
 }
 
 impl From<ModeArg> for Mode {
@@ -195,6 +225,7 @@ impl From<ModeArg> for Mode {
         match m {
             ModeArg::Static => Mode::Static,
             ModeArg::Dynamic => Mode::Dynamic,
+            ModeArg::WeightOnly => Mode::WeightOnly,
         }
     }
 }
@@ -359,11 +390,59 @@ fn check_dynamic(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The weight-only flags, refused outside `--mode weight-only`.
+fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
+    let d = WeightOnlyOptions::default();
+    if a.mode != ModeArg::WeightOnly {
+        for (flag, given) in [
+            ("--weight-bits", a.weight_bits.is_some()),
+            ("--block-size", a.block_size.is_some()),
+            ("--weight-symmetric", a.weight_symmetric),
+            ("--weight-algo", a.weight_algo.is_some()),
+            ("--act-order", a.act_order),
+        ] {
+            if given {
+                bail!("{flag} applies to --mode weight-only");
+            }
+        }
+        return Ok(d);
+    }
+    let block_size = match a.block_size.as_deref().map(str::trim) {
+        None => d.block_size,
+        Some("channel") => None,
+        Some(s) => Some(s.parse::<usize>().map_err(|_| {
+            anyhow!("--block-size {s} must be a power of two of at least 16, or `channel`")
+        })?),
+    };
+    let algo = match a.weight_algo.unwrap_or(WeightAlgoArg::Rtn) {
+        WeightAlgoArg::Rtn => Algo::Rtn,
+        WeightAlgoArg::Clip => Algo::Clip,
+        WeightAlgoArg::Gptq => Algo::Gptq {
+            act_order: a.act_order,
+        },
+    };
+    if a.act_order && !matches!(algo, Algo::Gptq { .. }) {
+        bail!("--act-order applies to --weight-algo gptq");
+    }
+    Ok(WeightOnlyOptions {
+        bits: a.weight_bits.unwrap_or(d.bits),
+        block_size,
+        symmetric: a.weight_symmetric,
+        algo,
+    })
+}
+
 /// The pipeline's options for `a`.
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
+    let weight_only = weight_only(a)?;
     Ok(QuantizeOptions {
-        common: common(&a.common, a.ranges.as_deref(), a.mode == ModeArg::Dynamic)?,
+        common: common(
+            &a.common,
+            a.ranges.as_deref(),
+            matches!(a.mode, ModeArg::Dynamic | ModeArg::WeightOnly),
+        )?,
         mode: a.mode.into(),
+        weight_only,
         output: a.output.clone(),
         method: Method::from(a.method),
         select_samples: a.select_samples,
@@ -438,6 +517,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     )?;
     let o = options(&a, goal)?;
     let bars = Bars::new(c.json);
+    if o.mode == Mode::WeightOnly {
+        return run_weight_only(&a, &o, &bars);
+    }
     let mut q = match pipeline::quantize(&o, &bars)? {
         Finish::Quantized(q) => q,
         Finish::Missed { warnings, what } => {
@@ -459,6 +541,101 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         print_summary(&q.summary);
     }
     Ok(Outcome::Ok)
+}
+
+/// `--mode weight-only`: quantize, write the model, print the summary.
+fn run_weight_only(a: &Args, o: &QuantizeOptions, bars: &Bars) -> anyhow::Result<Outcome> {
+    let mut r = pipeline::weight_only::quantize(o, bars)?;
+    let t = Instant::now();
+    let (staged, _) = onnx::encode::stage_model(&r.model, &a.output, &ExternalPolicy::Keep)?;
+    crate::fsx::commit(staged).map_err(|e| anyhow!("cannot write the outputs: {e}"))?;
+    r.summary
+        .seconds
+        .insert("write".into(), t.elapsed().as_secs_f64());
+    for w in &r.warnings {
+        warn(w);
+    }
+    if a.common.json {
+        println!("{}", serde_json::to_string_pretty(&r.summary)?);
+    } else {
+        print_weight_only(&r.summary);
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_weight_only(s: &WeightOnlySummary) {
+    println!("quantized  {} -> {} (weight-only)", s.input, s.output);
+    println!(
+        "settings   target {:?}, weights {} bits {}, {}, {}; activations float",
+        s.target,
+        s.bits,
+        if s.symmetric {
+            "symmetric"
+        } else {
+            "with zero points"
+        },
+        match s.block_size {
+            Some(b) => format!("blocks of {b}"),
+            None => "per channel".to_string(),
+        },
+        s.algo
+    );
+    let mut written: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &s.layers {
+        *written.entry(l.written_as.as_str()).or_default() += 1;
+    }
+    let float: usize = s.float_ops.values().map(Vec::len).sum();
+    println!(
+        "ops        {} weights quantized ({} parameters: {}), {float} MatMul/Gemm left float",
+        s.layers.len(),
+        s.parameters,
+        written
+            .iter()
+            .map(|(k, n)| format!("{n} as {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (reason, ops) in &s.float_ops {
+        let shown: Vec<&str> = ops.iter().take(6).map(String::as_str).collect();
+        let more = if ops.len() > 6 {
+            format!(" (+{} more)", ops.len() - 6)
+        } else {
+            String::new()
+        };
+        println!("  float: {reason}: {}{more}", shown.join(", "));
+    }
+    println!(
+        "size       {:.1} KB -> {:.1} KB ({:.3}x)",
+        s.size_before as f64 / 1024.0,
+        s.size_after as f64 / 1024.0,
+        s.size_after as f64 / s.size_before.max(1) as f64
+    );
+    if s.calibration_samples > 0 {
+        println!("data       {} calibration samples", s.calibration_samples);
+    }
+    if !s.validation.is_empty() {
+        println!(
+            "validation {} eval samples, tract, float vs quantized:",
+            s.eval_samples
+        );
+        for (name, m) in &s.validation {
+            println!(
+                "  {name}: SQNR {:.2} dB, cosine {:.5}, max-abs {:.4e}",
+                m.sqnr_db, m.cosine, m.max_abs
+            );
+        }
+    }
+    println!(
+        "time       {}",
+        s.seconds
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for n in &s.notes {
+        println!("note: {n}");
+    }
 }
 
 fn print_precision(s: &PrecisionSummary) {

@@ -328,7 +328,7 @@ fn hold_back(
             "validation needs evaluation data: one calibration sample cannot be split; give --eval DATA or --no-validate".into(),
         )),
         None => Err(PipelineError::Options(
-            "validation needs evaluation data with --ranges: give --eval DATA or --no-validate"
+            "validation needs evaluation data without calibration samples (--ranges, or none): give --eval DATA or --no-validate"
                 .into(),
         )),
     }

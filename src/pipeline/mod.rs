@@ -23,6 +23,10 @@
 //!   (the plan materialised on the model prepared with its declared dims).
 //! - [`summary`] and [`report`]: what the run did, as plain data.
 //!
+//! [`weight_only`] is the other mode (`--mode weight-only`): the constant weights of MatMul
+//! and Gemm quantized by RTN, clipping or GPTQ, activations float, no ranges; it shares
+//! [`inputs`] and the validation's comparison, nothing else.
+//!
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
 //! that is what the user gave.
 
@@ -42,6 +46,7 @@ pub mod report;
 pub mod summary;
 #[cfg(test)]
 mod tests;
+pub mod weight_only;
 
 pub use error::PipelineError;
 pub use options::QuantizeOptions;

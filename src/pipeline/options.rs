@@ -14,6 +14,30 @@ use crate::tune::search::Goal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// Weight-only settings (`--weight-bits`, `--block-size`, `--weight-symmetric`,
+/// `--weight-algo`, `--act-order`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightOnlyOptions {
+    /// 4 or 8.
+    pub bits: u32,
+    /// Weights per block along the reduction axis (16, 32, 64 or 128); `None`: per channel.
+    pub block_size: Option<usize>,
+    /// Symmetric codes, no zero points.
+    pub symmetric: bool,
+    pub algo: crate::quant::weight_only::Algo,
+}
+
+impl Default for WeightOnlyOptions {
+    fn default() -> WeightOnlyOptions {
+        WeightOnlyOptions {
+            bits: 4,
+            block_size: Some(32),
+            symmetric: false,
+            algo: crate::quant::weight_only::Algo::Rtn,
+        }
+    }
+}
+
 /// How weight ranges are chosen (`--weight-method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WeightMethod {
@@ -33,6 +57,8 @@ pub enum Mode {
     /// Int8 weights, activations quantized at run time from their own min/max
     /// (DynamicQuantizeLinear → MatMulInteger/ConvInteger): no calibration data needed.
     Dynamic,
+    /// Weights only, activations stay float ([`WeightOnlyOptions`]).
+    WeightOnly,
 }
 
 /// Activation element type (`--activation-type`).
@@ -53,7 +79,7 @@ pub enum CalibSource {
     Random(usize),
     /// Statistics written by `qrange calibrate`/`merge` (`--ranges FILE`).
     Ranges(PathBuf),
-    /// No data (`--mode dynamic` needs none).
+    /// No data (`--mode dynamic`, and weight-only rounding and clipping, need none).
     None,
 }
 
@@ -224,6 +250,8 @@ pub struct QuantizeOptions {
     pub common: Common,
     /// `--mode`.
     pub mode: Mode,
+    /// The weight-only settings (read with [`Mode::WeightOnly`]).
+    pub weight_only: WeightOnlyOptions,
     /// Where the quantized model will be written (`-o`): names the summary's output and
     /// the files written beside it. The pipeline itself writes no model.
     pub output: PathBuf,
@@ -259,6 +287,7 @@ impl QuantizeOptions {
         QuantizeOptions {
             common: Common::new(model, calib),
             mode: Mode::Static,
+            weight_only: WeightOnlyOptions::default(),
             output: output.into(),
             method: Method::Adaptive,
             select_samples: 4,

@@ -15,6 +15,7 @@ pub mod nbits;
 pub mod params;
 pub mod plan;
 pub mod rules;
+pub mod weight_only;
 
 pub use kernels::{
     dequantize_linear, fake_quantize, integer_range, quantize_linear, quantize_output_dtype,

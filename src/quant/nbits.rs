@@ -66,6 +66,19 @@ pub fn unpack_bits(bytes: &[u8], bits: usize, count: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Packs codes of `bits` bits (2, 4 or 8), `8 / bits` to a byte, the first in the lowest bits
+/// (the inverse of [`unpack_bits`]; a last byte not filled is padded with zero bits). Codes
+/// wider than `bits` keep their low bits.
+pub fn pack_bits(codes: &[u8], bits: usize) -> Vec<u8> {
+    let per = 8 / bits;
+    let mask = ((1u16 << bits) - 1) as u8;
+    let mut out = vec![0u8; codes.len().div_ceil(per)];
+    for (i, &c) in codes.iter().enumerate() {
+        out[i / per] |= (c & mask) << (bits * (i % per));
+    }
+    out
+}
+
 fn check_block_size(block_size: i64) -> Result<usize, NBitsError> {
     if block_size >= 16 && (block_size as u64).is_power_of_two() {
         Ok(block_size as usize)
@@ -447,16 +460,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn pack(codes: &[u8], bits: usize) -> Vec<u8> {
-        let per = 8 / bits;
-        let mut out = vec![0u8; codes.len().div_ceil(per)];
-        for (i, &c) in codes.iter().enumerate() {
-            out[i / per] |= c << (bits * (i % per));
-        }
-        out
+        pack_bits(codes, bits)
     }
 
     #[test]
     fn unpacks_lowest_bits_first() {
+        assert_eq!(pack_bits(&[1, 14, 7], 4), vec![0xe1, 0x07]);
+        assert_eq!(pack_bits(&[0, 1, 2, 3], 2), vec![0b11_10_01_00]);
+        // The int4 case of the ONNX storage note, as uint4 two's-complement nibbles.
+        let int4: Vec<u8> = [1i8, -2, 3, -4, 5, 6, 7, -8, 0, 1]
+            .iter()
+            .map(|&v| v as u8)
+            .collect();
+        assert_eq!(pack_bits(&int4, 4), vec![0xe1, 0xc3, 0x65, 0x87, 0x10]);
         assert_eq!(unpack_bits(&[0xe1, 0x07], 4, 3), vec![1, 14, 7]);
         assert_eq!(unpack_bits(&[0b11_10_01_00], 2, 4), vec![0, 1, 2, 3]);
         assert_eq!(unpack_bits(&[9, 200], 8, 2), vec![9, 200]);

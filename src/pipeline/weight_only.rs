@@ -1,0 +1,656 @@
+//! Weight-only mode (`quantize --mode weight-only`): the constant weights of MatMul and Gemm
+//! become 4- or 8-bit codes ([`crate::quant::weight_only`]), activations stay float, and no
+//! activation is calibrated.
+//!
+//! What it writes, by target:
+//! - blocked weights of MatMul on `ort-cpu`: com.microsoft **MatMulNBits** (`A · dequant(B)ᵀ`,
+//!   ONNX Runtime's fast kernel), `B` packed with [`crate::quant::nbits::pack_bits`];
+//! - everything else (`generic`, `tensorrt`, Gemm, per-channel weights): a standard
+//!   **DequantizeLinear** on the integer weight (opset 21: `block_size` along the reduction
+//!   axis, or `axis` = the output channels per channel; int4/uint4 weights packed two per byte),
+//!   the model's opset raised to 21.
+//!
+//! A weight qualifies when it is a float32 2-D initializer read by that op alone (not a graph
+//! input, output or subgraph capture) and, for Gemm, `transA = 0`; other MatMul/Gemm ops stay
+//! float and the summary says why. GPTQ's Hessians come from the float model's inputs to each
+//! layer, streamed sample by sample out of the engine (layers that read the same input share
+//! one). The written model is checked against the float one on the evaluation data in the
+//! engine, whose MatMulNBits and blocked DequantizeLinear are exact ([`crate::exec`]).
+
+use super::error::PipelineError;
+use super::options::{CalibSource, QuantizeOptions};
+use super::progress::Progress;
+use crate::data::Dataset;
+use crate::exec::{Session, SessionOptions, TapValue};
+use crate::ir::graph::{AttrValue, Op};
+use crate::ir::{ConstTensor, Graph, Model, OpId, OpsetImport, Tensor, ValueId};
+use crate::onnx::{self, ExternalPolicy};
+use crate::quant::nbits::pack_bits;
+use crate::quant::rules::Target;
+use crate::quant::weight_only::{
+    gptq, quantize_groups, Algo, GptqOptions, Grid, Hessian, Quantized,
+};
+use crate::report::compare::{compare, CompareError};
+use ndarray::{Array2, ArrayD, IxDyn};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// How a weight is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    MatMulNBits,
+    Dequantize,
+}
+
+/// A MatMul or Gemm whose weight is quantized.
+#[derive(Clone, Debug)]
+struct Layer {
+    op: OpId,
+    node: String,
+    op_type: String,
+    weight: ValueId,
+    /// The activation input (GPTQ's Hessian comes from its rows).
+    input: String,
+    /// The stored weight is `[cols, rows]` (`[K, N]`, MatMul or Gemm without transB).
+    transposed: bool,
+    rows: usize,
+    cols: usize,
+}
+
+/// Refuses weight-only settings that contradict each other, the target or the data.
+pub fn check(o: &QuantizeOptions) -> Result<(), PipelineError> {
+    let w = &o.weight_only;
+    let bad = |m: String| Err(PipelineError::Options(m));
+    if !matches!(w.bits, 4 | 8) {
+        return bad(format!("--weight-bits {} must be 4 or 8", w.bits));
+    }
+    if let Some(b) = w.block_size {
+        if b < 16 || !b.is_power_of_two() {
+            return bad(format!(
+                "--block-size {b} must be a power of two of at least 16 (16, 32, 64, 128)"
+            ));
+        }
+    }
+    if o.common.settings.target == Target::Tensorrt && !w.symmetric {
+        return bad("--target tensorrt takes symmetric weights only (zero points must be 0): add --weight-symmetric".into());
+    }
+    match &o.common.calib {
+        CalibSource::Ranges(_) => {
+            return bad("--ranges holds activation statistics, which --mode weight-only does not use: give --calib DATA for --weight-algo gptq, else nothing".into())
+        }
+        CalibSource::None if matches!(w.algo, Algo::Gptq { .. }) => {
+            return bad("--weight-algo gptq needs calibration data (each layer's inputs): give --calib DATA".into())
+        }
+        _ => {}
+    }
+    if !o.common.pins.is_empty() {
+        return bad("--pin is not supported with --mode weight-only".into());
+    }
+    if o.precision.goal.is_some()
+        || o.precision.size_budget_mb.is_some()
+        || o.precision.overrides.is_some()
+    {
+        return bad("--target-sqnr, --max-drop, --size-budget and --overrides choose activation precisions: they do not apply to --mode weight-only".into());
+    }
+    Ok(())
+}
+
+fn op_name(g: &Graph, o: OpId) -> String {
+    let op = g.op(o);
+    match &op.name {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => g
+            .output(o, 0)
+            .map(|v| g.value(v).name.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Ops left float, by reason.
+type FloatOps = BTreeMap<String, Vec<String>>;
+
+/// The MatMul/Gemm ops whose weight qualifies, and why the others stay float.
+fn find_layers(g: &Graph, o: &QuantizeOptions) -> Result<(Vec<Layer>, FloatOps), PipelineError> {
+    let s = &o.common.settings;
+    let captured = crate::passes::util::captured_by_subgraphs(g);
+    let mut layers = Vec::new();
+    let mut float: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let order = g.topo_order().map_err(PipelineError::InvalidQuantized)?;
+    for id in order {
+        let op = g.op(id);
+        if !matches!(op.op_type.as_str(), "MatMul" | "Gemm") || op.domain_key() != "" {
+            continue;
+        }
+        let node = op_name(g, id);
+        let excluded = s.exclude_nodes.iter().any(|n| n.trim() == node)
+            || s.exclude_op_types.iter().any(|t| t.trim() == op.op_type)
+            || (!s.op_types.is_empty() && !s.op_types.iter().any(|t| t.trim() == op.op_type));
+        let mut skip = |why: &str| float.entry(why.to_string()).or_default().push(node.clone());
+        if excluded {
+            skip("excluded");
+            continue;
+        }
+        let (Some(a), Some(w)) = (g.input(id, 0), g.input(id, 1)) else {
+            skip("missing input");
+            continue;
+        };
+        let Some(c) = g.const_of(w) else {
+            skip("no constant weight (two activation inputs)");
+            continue;
+        };
+        let name = &g.value(w).name;
+        if c.dtype != crate::ir::DType::F32 || c.dims.len() != 2 {
+            skip("weight not a float32 matrix");
+            continue;
+        }
+        if g.consumers(w).len() != 1 || g.is_input(w) || g.is_output(w) || captured.contains(name) {
+            skip("weight shared or exposed");
+            continue;
+        }
+        let trans_a = op.attr_int("transA").unwrap_or(0) != 0;
+        if op.op_type == "Gemm" && trans_a {
+            skip("Gemm with transA");
+            continue;
+        }
+        let trans_b = op.op_type == "Gemm" && op.attr_int("transB").unwrap_or(0) != 0;
+        let (d0, d1) = (c.dims[0] as usize, c.dims[1] as usize);
+        let (rows, cols) = if trans_b { (d0, d1) } else { (d1, d0) };
+        if rows == 0 || cols == 0 {
+            skip("empty weight");
+            continue;
+        }
+        layers.push(Layer {
+            op: id,
+            node,
+            op_type: op.op_type.clone(),
+            weight: w,
+            input: g.value(a).name.clone(),
+            transposed: !trans_b,
+            rows,
+            cols,
+        });
+    }
+    Ok((layers, float))
+}
+
+/// GPTQ's Hessian of every distinct layer input, streamed over the calibration samples.
+fn hessians(
+    m: &Model,
+    base_dir: &Path,
+    layers: &[Layer],
+    calib: &Dataset,
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, Hessian>, PipelineError> {
+    let mut hs: BTreeMap<String, Hessian> = BTreeMap::new();
+    for l in layers {
+        hs.entry(l.input.clone())
+            .or_insert_with(|| Hessian::new(l.cols));
+    }
+    let opts = SessionOptions {
+        taps: hs.keys().cloned().collect(),
+        stream_taps: true,
+        ..SessionOptions::default()
+    };
+    let exec = |error| PipelineError::Exec {
+        what: "weight-only: layer inputs".into(),
+        error,
+    };
+    let session =
+        Session::from_ir(m.clone(), Some(base_dir), &calib.first()?, &opts).map_err(exec)?;
+    progress.begin("collecting layer inputs", calib.len() as u64);
+    for i in 0..calib.len() {
+        let sample = calib.get(i)?;
+        session
+            .run_observed(&sample, false, |name, v| {
+                let Some(h) = hs.get_mut(name) else {
+                    return Ok(());
+                };
+                let owned;
+                let x: &[f32] = match v {
+                    TapValue::F32(x) => x,
+                    TapValue::Host(t) => {
+                        owned = t
+                            .to_f64_vec()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|v| v as f32)
+                            .collect::<Vec<f32>>();
+                        &owned
+                    }
+                };
+                if !x.len().is_multiple_of(h.k()) {
+                    return Err(format!(
+                        "layer input '{name}' holds {} values, not rows of {}",
+                        x.len(),
+                        h.k()
+                    ));
+                }
+                h.add(x);
+                Ok(())
+            })
+            .map_err(|e| match e {
+                crate::exec::ObservedError::Exec(error) => exec(error),
+                crate::exec::ObservedError::Observer(what) => PipelineError::Options(what),
+            })?;
+        progress.step();
+    }
+    progress.end();
+    Ok(hs)
+}
+
+/// The weight as `[rows, cols]` (output channels × reduction axis).
+fn weight_matrix(g: &Graph, l: &Layer) -> Result<Array2<f32>, PipelineError> {
+    let name = &g.value(l.weight).name;
+    let t = g
+        .const_of(l.weight)
+        .expect("checked constant")
+        .to_tensor()
+        .map_err(|e| PipelineError::Options(format!("weight '{name}': {e}")))?;
+    let Tensor::F32(a) = t else {
+        unreachable!("checked float32")
+    };
+    if let Some(bad) = a.iter().find(|v| !v.is_finite()) {
+        return Err(PipelineError::Options(format!(
+            "weight '{name}' (node '{}') holds a non-finite value ({bad}): it cannot be quantized",
+            l.node
+        )));
+    }
+    let a = a
+        .into_dimensionality::<ndarray::Ix2>()
+        .expect("checked 2-D");
+    Ok(if l.transposed { a.t().to_owned() } else { a })
+}
+
+fn tensor<T>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
+    ArrayD::from_shape_vec(IxDyn(shape), v).expect("shape of the values")
+}
+
+/// Integer codes as the DequantizeLinear input type, laid out `[rows, cols]` or transposed.
+fn code_tensor(q: &Quantized, grid: Grid, transposed: bool, vals: &[i32]) -> Tensor {
+    let (r, c) = (q.rows, vals.len() / q.rows.max(1));
+    let (shape, ordered): (Vec<usize>, Vec<i32>) = if transposed {
+        (
+            vec![c, r],
+            (0..c * r).map(|i| vals[(i % r) * c + i / r]).collect(),
+        )
+    } else {
+        (vec![r, c], vals.to_vec())
+    };
+    match (grid.bits, grid.symmetric) {
+        (4, true) => Tensor::I4(tensor(&shape, ordered.iter().map(|&v| v as i8).collect())),
+        (4, false) => Tensor::U4(tensor(&shape, ordered.iter().map(|&v| v as u8).collect())),
+        (_, true) => Tensor::I8(tensor(&shape, ordered.iter().map(|&v| v as i8).collect())),
+        (_, false) => Tensor::U8(tensor(&shape, ordered.iter().map(|&v| v as u8).collect())),
+    }
+}
+
+fn float_tensor(q: &Quantized, transposed: bool, vals: &[f32]) -> Tensor {
+    let (r, c) = (q.rows, vals.len() / q.rows.max(1));
+    Tensor::F32(if transposed {
+        tensor(
+            &[c, r],
+            (0..c * r).map(|i| vals[(i % r) * c + i / r]).collect(),
+        )
+    } else {
+        tensor(&[r, c], vals.to_vec())
+    })
+}
+
+fn add_const(g: &mut Graph, base: &str, t: &Tensor) -> Result<ValueId, PipelineError> {
+    let name = g.fresh_name(base);
+    g.add_const(&name, ConstTensor::from_tensor(None, t))
+        .map_err(PipelineError::InvalidQuantized)
+}
+
+/// Replaces the weight by its codes and a DequantizeLinear.
+fn write_dequantize(
+    g: &mut Graph,
+    l: &Layer,
+    q: &Quantized,
+    grid: Grid,
+    per_channel: bool,
+) -> Result<(), PipelineError> {
+    let name = g.value(l.weight).name.clone();
+    let codes = add_const(
+        g,
+        &format!("{name}.q"),
+        &code_tensor(q, grid, l.transposed, &q.codes),
+    )?;
+    let (scale, zp, axis) = if per_channel {
+        let s = Tensor::F32(tensor(&[q.rows], q.scales.clone()));
+        let z = code_tensor(q, grid, false, &q.zero_points);
+        let z = match z {
+            Tensor::U4(a) => Tensor::U4(a.into_shape_with_order(vec![q.rows]).expect("rows")),
+            Tensor::U8(a) => Tensor::U8(a.into_shape_with_order(vec![q.rows]).expect("rows")),
+            other => other,
+        };
+        // The output channels: axis 1 of a [K, N] weight, axis 0 of [N, K].
+        (s, z, if l.transposed { 1 } else { 0 })
+    } else {
+        let s = float_tensor(q, l.transposed, &q.scales);
+        let z = code_tensor(q, grid, l.transposed, &q.zero_points);
+        (s, z, if l.transposed { 0 } else { 1 })
+    };
+    let sv = add_const(g, &format!("{name}.scale"), &scale)?;
+    let zv = if grid.symmetric {
+        None
+    } else {
+        Some(add_const(g, &format!("{name}.zp"), &zp)?)
+    };
+    let dq_name = g.fresh_name(&format!("{name}.dq"));
+    let dqv = g.add_fresh_value(&dq_name, g.value(l.weight).ty.clone());
+    let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
+    dq.set_attr("axis", AttrValue::Int(axis));
+    if !per_channel {
+        dq.set_attr("block_size", AttrValue::Int(q.group as i64));
+    }
+    dq.order = g.order_before(l.op);
+    g.add_op(dq, &[Some(codes), Some(sv), zv], &[Some(dqv)])
+        .map_err(PipelineError::InvalidQuantized)?;
+    g.set_input(l.op, 1, Some(dqv));
+    Ok(())
+}
+
+/// Replaces a MatMul by com.microsoft MatMulNBits on the packed codes.
+fn write_nbits(g: &mut Graph, l: &Layer, q: &Quantized, grid: Grid) -> Result<(), PipelineError> {
+    let name = g.value(l.weight).name.clone();
+    let bits = grid.bits as usize;
+    let (n, k, bs, blocks) = (q.rows, q.cols, q.group, q.groups());
+    let blob = bs * bits / 8;
+    // Symmetric codes are stored shifted by 2^(bits-1), the operator's default zero point.
+    let shift = if grid.symmetric {
+        1i32 << (bits - 1)
+    } else {
+        0
+    };
+    let mut b = Vec::with_capacity(n * blocks * blob);
+    for r in 0..n {
+        for blk in 0..blocks {
+            let codes: Vec<u8> = (blk * bs..(blk + 1) * bs)
+                .map(|c| {
+                    if c < k {
+                        (q.codes[r * k + c] + shift) as u8
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            b.extend(pack_bits(&codes, bits));
+        }
+    }
+    let bv = add_const(
+        g,
+        &format!("{name}.nbits"),
+        &Tensor::U8(tensor(&[n, blocks, blob], b)),
+    )?;
+    let sv = add_const(
+        g,
+        &format!("{name}.scale"),
+        &Tensor::F32(tensor(&[n, blocks], q.scales.clone())),
+    )?;
+    let zv = if grid.symmetric {
+        None
+    } else {
+        let row = (blocks * bits).div_ceil(8);
+        let mut z = Vec::with_capacity(n * row);
+        for r in 0..n {
+            let zs: Vec<u8> = q.zero_points[r * blocks..(r + 1) * blocks]
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            let mut packed = pack_bits(&zs, bits);
+            packed.resize(row, 0);
+            z.extend(packed);
+        }
+        Some(add_const(
+            g,
+            &format!("{name}.zp"),
+            &Tensor::U8(tensor(&[n, row], z)),
+        )?)
+    };
+    let a = g.input(l.op, 0);
+    let y = g.output(l.op, 0);
+    let old = g.op(l.op).clone();
+    g.remove_op(l.op);
+    let mut op = Op::new("MatMulNBits", &l.node);
+    op.domain = Some("com.microsoft".into());
+    op.order = old.order;
+    for (attr, v) in [("K", k), ("N", n), ("bits", bits), ("block_size", bs)] {
+        op.set_attr(attr, AttrValue::Int(v as i64));
+    }
+    g.add_op(op, &[a, Some(bv), Some(sv), zv], &[y])
+        .map_err(PipelineError::InvalidQuantized)?;
+    Ok(())
+}
+
+fn drop_weight(g: &mut Graph, v: ValueId) {
+    if g.consumers(v).is_empty() && !g.is_output(v) && !g.is_input(v) {
+        g.remove_value(v);
+    }
+}
+
+/// A quantized layer, as the summary lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightOnlyLayer {
+    pub node: String,
+    pub op_type: String,
+    pub weight: String,
+    /// `[K, N]`: reduction axis, output channels.
+    pub shape: [usize; 2],
+    /// `MatMulNBits` or `DequantizeLinear`.
+    pub written_as: String,
+}
+
+/// What a weight-only run did (`--json` prints it as is).
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightOnlySummary {
+    pub input: String,
+    pub output: String,
+    pub mode: &'static str,
+    pub target: Target,
+    pub bits: u32,
+    /// `None`: per channel.
+    pub block_size: Option<usize>,
+    pub symmetric: bool,
+    pub algo: String,
+    pub layers: Vec<WeightOnlyLayer>,
+    /// MatMul/Gemm ops left float, by reason.
+    pub float_ops: BTreeMap<String, Vec<String>>,
+    /// Weight parameters quantized.
+    pub parameters: usize,
+    pub size_before: u64,
+    pub size_after: u64,
+    pub calibration_samples: usize,
+    pub eval_samples: usize,
+    pub validation: BTreeMap<String, crate::report::Metrics>,
+    pub seconds: BTreeMap<String, f64>,
+    pub notes: Vec<String>,
+}
+
+/// What [`quantize`] leaves the caller to write and print.
+pub struct WeightOnlyRun {
+    pub model: Model,
+    pub summary: WeightOnlySummary,
+    pub warnings: Vec<String>,
+}
+
+/// Runs the weight-only mode (see the module doc).
+pub fn quantize(
+    o: &QuantizeOptions,
+    progress: &dyn Progress,
+) -> Result<WeightOnlyRun, PipelineError> {
+    check(o)?;
+    let mut times = BTreeMap::new();
+    let t = Instant::now();
+    let (float, data) = super::inputs::load(o, progress)?;
+    let base_dir = onnx::external::base_dir(&o.common.model);
+    times.insert("load".to_string(), t.elapsed().as_secs_f64());
+    let w = o.weight_only;
+    let grid = Grid {
+        bits: w.bits,
+        symmetric: w.symmetric,
+    };
+    let mut m = float.clone();
+    let (layers, float_ops) = find_layers(&m.graph, o)?;
+    let t = Instant::now();
+    let hs = match (w.algo, &data.calib) {
+        (Algo::Gptq { .. }, Some(calib)) => {
+            Some(hessians(&float, &base_dir, &layers, calib, progress)?)
+        }
+        _ => None,
+    };
+    if hs.is_some() {
+        times.insert("hessians".to_string(), t.elapsed().as_secs_f64());
+    }
+    let t = Instant::now();
+    let mut rows = Vec::new();
+    let mut nbits = false;
+    progress.begin("quantizing weights", layers.len() as u64);
+    for l in &layers {
+        let wm = weight_matrix(&m.graph, l)?;
+        let group = w.block_size.unwrap_or(l.cols);
+        let q = match (w.algo, &hs) {
+            (Algo::Gptq { act_order }, Some(hs)) => {
+                let h = hs[&l.input].finish();
+                let opts = GptqOptions {
+                    act_order,
+                    ..GptqOptions::default()
+                };
+                gptq(wm.view(), &h, group, grid, opts).map_err(|e| {
+                    PipelineError::Options(format!("GPTQ on node '{}': {e}", l.node))
+                })?
+            }
+            (algo, _) => quantize_groups(wm.view(), group, grid, algo),
+        };
+        let format = if o.common.settings.target == Target::OrtCpu
+            && w.block_size.is_some()
+            && l.op_type == "MatMul"
+        {
+            Format::MatMulNBits
+        } else {
+            Format::Dequantize
+        };
+        match format {
+            Format::MatMulNBits => {
+                nbits = true;
+                write_nbits(&mut m.graph, l, &q, grid)?
+            }
+            Format::Dequantize => {
+                write_dequantize(&mut m.graph, l, &q, grid, w.block_size.is_none())?
+            }
+        }
+        drop_weight(&mut m.graph, l.weight);
+        rows.push(WeightOnlyLayer {
+            node: l.node.clone(),
+            op_type: l.op_type.clone(),
+            weight: float.graph.value(l.weight).name.clone(),
+            shape: [l.cols, l.rows],
+            written_as: match format {
+                Format::MatMulNBits => "MatMulNBits".into(),
+                Format::Dequantize => "DequantizeLinear".into(),
+            },
+        });
+        progress.step();
+    }
+    progress.end();
+    let dequantize = rows.iter().any(|r| r.written_as == "DequantizeLinear");
+    let mut notes = Vec::new();
+    if dequantize {
+        let r = crate::passes::upgrade_opset::upgrade(&mut m, 21).map_err(|error| {
+            PipelineError::Pass {
+                model: o.common.model.clone(),
+                error,
+            }
+        })?;
+        if let Some(from) = r.from {
+            notes.push(format!("opset raised from {from} to 21 (DequantizeLinear with block_size or 4-bit weights)"));
+        }
+    }
+    if nbits && m.opset("com.microsoft").is_none() {
+        m.opsets.push(OpsetImport {
+            domain: "com.microsoft".into(),
+            version: 1,
+        });
+    }
+    m.verify().map_err(PipelineError::InvalidQuantized)?;
+    times.insert("quantize".to_string(), t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let mut validation = BTreeMap::new();
+    if let (true, Some(eval)) = (o.validate, &data.eval) {
+        let (cmp, engine_notes) = validate(
+            &float,
+            &m,
+            &base_dir,
+            o,
+            eval,
+            data.labels.as_deref(),
+            progress,
+        )?;
+        validation = cmp;
+        notes.extend(engine_notes);
+        times.insert("validate".to_string(), t.elapsed().as_secs_f64());
+    }
+    let summary = WeightOnlySummary {
+        input: o.common.model.display().to_string(),
+        output: o.output.display().to_string(),
+        mode: "weight-only",
+        target: o.common.settings.target,
+        bits: w.bits,
+        block_size: w.block_size,
+        symmetric: w.symmetric,
+        algo: match w.algo {
+            Algo::Rtn => "rtn".into(),
+            Algo::Clip => "clip".into(),
+            Algo::Gptq { act_order: false } => "gptq".into(),
+            Algo::Gptq { act_order: true } => "gptq, act-order".into(),
+        },
+        layers: rows,
+        float_ops,
+        parameters: layers.iter().map(|l| l.rows * l.cols).sum(),
+        size_before: onnx::encoded_size(&float),
+        size_after: onnx::encoded_size(&m),
+        calibration_samples: data.calib.as_ref().map_or(0, |c| c.len()),
+        eval_samples: data.eval.as_ref().map_or(0, |e| e.len()),
+        validation,
+        seconds: times,
+        notes,
+    };
+    Ok(WeightOnlyRun {
+        model: m,
+        summary,
+        warnings: data.warnings,
+    })
+}
+
+/// The float and quantized models compared on the evaluation data in the engine.
+fn validate(
+    float: &Model,
+    q: &Model,
+    base_dir: &Path,
+    o: &QuantizeOptions,
+    eval: &Dataset,
+    labels: Option<&[i64]>,
+    progress: &dyn Progress,
+) -> Result<(BTreeMap<String, crate::report::Metrics>, Vec<String>), PipelineError> {
+    let first = eval.first()?;
+    let session = |m: &Model, what: String| -> Result<Session, PipelineError> {
+        let (p, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "")?;
+        Session::new(&p, Some(base_dir), &first, &SessionOptions::default())
+            .map_err(|error| PipelineError::Exec { what, error })
+    };
+    let fs = session(float, format!("{}: float model", o.common.model.display()))?;
+    let qs = session(q, format!("{}: quantized model", o.output.display()))?;
+    progress.begin("validating", eval.len() as u64);
+    let cmp = compare(&fs, &qs, eval, labels, || progress.step()).map_err(|e| match e {
+        CompareError::Data(e) => PipelineError::Data(e),
+        CompareError::Exec(error) => PipelineError::Exec {
+            what: "validation".into(),
+            error,
+        },
+    })?;
+    progress.end();
+    Ok((cmp.outputs, qs.notes()))
+}
