@@ -23,7 +23,7 @@
 //!   (the plan materialised on the model prepared with its declared dims).
 //! - [`summary`] and [`report`]: what the run did, as plain data.
 //!
-//! [`weight_only`] is the other mode (`--mode weight-only`): the constant weights of MatMul
+//! [`weight_only`] is a third mode (`--mode weight-only`): the constant weights of MatMul
 //! and Gemm quantized by RTN, clipping or GPTQ, activations float, no ranges; it shares
 //! [`inputs`] and the validation's comparison, nothing else.
 //!
@@ -31,7 +31,7 @@
 //! that is what the user gave.
 
 pub mod calibrate;
-mod dynamic;
+pub mod dynamic;
 mod error;
 pub mod folds;
 pub mod inputs;
