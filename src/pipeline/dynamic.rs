@@ -74,6 +74,12 @@ pub(super) fn quantize_dynamic(
         ),
         None => {}
     }
+    if let Some(general) = &p.general {
+        notes.push(interface::fixed_note(
+            general,
+            "the dynamic mode writes the model prepared for the data's shapes",
+        ));
+    }
     let eval_samples = checks.eval.map_or(0, |e| e.len());
     let mut s = summary(&run, &p, &q, &report, validation, eval_samples, notes);
     if !o.drop_pinned_inputs {

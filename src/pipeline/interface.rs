@@ -334,20 +334,25 @@ pub fn written(
             (w, notes)
         }
         Err(why) => {
-            let inputs: Vec<String> = general
-                .fixed
-                .iter()
-                .map(|(n, d)| format!("'{n}' {}", dims_text(d)))
-                .collect();
-            notes.push(format!(
-                "input{} {} keep{} the first sample's shape{} in the written model, which is valid for {} only: {why}",
-                if inputs.len() > 1 { "s" } else { "" },
-                inputs.join(", "),
-                if inputs.len() > 1 { "" } else { "s" },
-                if inputs.len() > 1 { "s" } else { "" },
-                if inputs.len() > 1 { "those shapes" } else { "that shape" },
-            ));
+            notes.push(fixed_note(general, &why));
             (q, notes)
         }
     }
+}
+
+/// The line saying that the written model keeps the shapes the first sample fixed, and why.
+pub fn fixed_note(general: &General, why: &str) -> String {
+    let inputs: Vec<String> = general
+        .fixed
+        .iter()
+        .map(|(n, d)| format!("'{n}' {}", dims_text(d)))
+        .collect();
+    format!(
+        "input{} {} keep{} the first sample's shape{} in the written model, which is valid for {} only: {why}",
+        if inputs.len() > 1 { "s" } else { "" },
+        inputs.join(", "),
+        if inputs.len() > 1 { "" } else { "s" },
+        if inputs.len() > 1 { "s" } else { "" },
+        if inputs.len() > 1 { "those shapes" } else { "that shape" },
+    )
 }
