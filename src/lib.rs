@@ -222,6 +222,8 @@
 //!   constants that exist only for the sample's shapes are never baked in as weights.
 //!   Otherwise (an `If` or a constant that depends on the shapes) the fixed dims are
 //!   written and the summary names the inputs and why; `--shape` fixes dims on purpose.
+//!   The dynamic mode, which needs no shapes, quantizes the model with the declared dims
+//!   directly when the engine runs it.
 
 pub mod calib;
 pub mod cli;

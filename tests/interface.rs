@@ -176,7 +176,13 @@ fn the_written_model_keeps_the_declared_symbolic_dims_of_a_transformer() {
         "a value of the written model keeps the calibration length"
     );
     // The written model runs in the engine on data of another length and batch size.
-    let data = d.path().join("other.npz");
+    runs_at_batch_2_length_20(&out, d.path());
+}
+
+/// `qrange run` of the transformer fixture's quantized model `out` on two sentences of 20
+/// tokens (its calibration data has one of 48) succeeds.
+fn runs_at_batch_2_length_20(out: &std::path::Path, dir: &std::path::Path) {
+    let data = dir.join("other.npz");
     let ids: Vec<i64> = (0..2 * 20).map(|i| (7 * i) % 200).collect();
     write_npz_arrays(
         &data,
@@ -195,13 +201,38 @@ fn the_written_model_keeps_the_declared_symbolic_dims_of_a_transformer() {
     );
     let r = qrange(&[
         "run",
-        &s(&out),
+        &s(out),
         "--data",
         &s(&data),
         "-o",
-        &s(&d.path().join("o.npz")),
+        &s(&dir.join("o.npz")),
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn the_dynamic_mode_keeps_the_declared_dims_too() {
+    // Dynamic quantization does not depend on the data: given data to validate on, the
+    // written model is still the one with the declared dims.
+    let d = tempfile::tempdir().unwrap();
+    let model = fixture("minilm_l3/model.onnx");
+    let out = d.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&model),
+        "--mode",
+        "dynamic",
+        "--calib",
+        &s(&fixture("minilm_l3/eval.npz")),
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(interface(&out), interface(&model), "{:?}", notes(&j));
+    assert!(
+        !notes(&j).iter().any(|n| n.contains("first sample's shape")),
+        "{:?}",
+        notes(&j)
+    );
+    runs_at_batch_2_length_20(&out, d.path());
 }
 
 #[test]

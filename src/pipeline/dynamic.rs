@@ -2,10 +2,13 @@
 //! copy of the prepared model, instead of calibration, range choice, mixed precision and
 //! Q/DQ insertion; then the same validation against the float model in the engine, on the
 //! evaluation data (`--eval`, else every `--calib` sample: nothing is calibrated on them).
-//! Without data the model is written unvalidated, and the summary says so.
+//! Without data the model is written unvalidated, and the summary says so. The step does
+//! not depend on the data: where the data's shapes fixed dims the model declares symbolic,
+//! it runs on the model prepared with the declared dims ([`interface::General`]), which is
+//! validated and written, so the written model keeps the float model's interface.
 
 use super::error::PipelineError;
-use super::materialise::{float_session, validate, Checks};
+use super::materialise::{float_session, run_once, validate, Checks};
 use super::prepare::{dump_hook, step_error, Prepared};
 use super::summary::{qtype_text, Summary};
 use super::{inputs, interface, Finish, Quantized, Run};
@@ -25,7 +28,32 @@ pub(super) fn quantize_dynamic(
 ) -> Result<Finish, PipelineError> {
     let o = run.o;
     let t = Instant::now();
-    let mut q = p.model.clone();
+    let mut notes = p.notes.clone();
+    // The step does not depend on the data: it runs on the model with the declared dims
+    // when the data's shapes fixed some and the engine runs that model.
+    let general = p.general.as_ref().map(|g| {
+        let runs = g.model.as_ref().map_err(Clone::clone).and_then(|m| {
+            if let Some(sample) = &data.first {
+                run_once(m, &p.base_dir, sample).map_err(|e| {
+                    format!("the engine does not run the model with the declared dims ({e})")
+                })?;
+            }
+            Ok(m)
+        });
+        (g, runs)
+    });
+    let declared = match &general {
+        Some((g, Ok(_))) => Some(&g.outputs),
+        _ => None,
+    };
+    let mut q = match general {
+        Some((_, Ok(m))) => m.clone(),
+        Some((g, Err(why))) => {
+            notes.push(interface::fixed_note(g, &why));
+            p.model.clone()
+        }
+        None => p.model.clone(),
+    };
     let mut cx = PassCx {
         quant: Some(p.cfg.clone()),
         dynamic: true,
@@ -42,9 +70,11 @@ pub(super) fn quantize_dynamic(
         });
     }
     q.verify().map_err(PipelineError::InvalidQuantized)?;
+    if let Some(outputs) = declared {
+        interface::declared_outputs(&mut q, outputs);
+    }
     run.time("quantize", t);
     let report = cx.dynamic_report.take().unwrap_or_default();
-    let mut notes = p.notes.clone();
     notes.append(&mut cx.done);
     if let (Some(n), Target::OrtCpu) = (report.quantized.get("Conv"), p.cfg.target) {
         notes.push(format!(
@@ -73,12 +103,6 @@ pub(super) fn quantize_dynamic(
                 .to_string(),
         ),
         None => {}
-    }
-    if let Some(general) = &p.general {
-        notes.push(interface::fixed_note(
-            general,
-            "the dynamic mode writes the model prepared for the data's shapes",
-        ));
     }
     let eval_samples = checks.eval.map_or(0, |e| e.len());
     let mut s = summary(&run, &p, &q, &report, validation, eval_samples, notes);

@@ -122,7 +122,7 @@ pub struct General {
 /// Gives each output of `w` the shape the float model declares for it (`declared`), where
 /// the two do not contradict each other: shape inference makes a symbolic dim concrete
 /// where it can, and the written interface is the declared one.
-fn declared_outputs(w: &mut Model, declared: &[Value]) {
+pub fn declared_outputs(w: &mut Model, declared: &[Value]) {
     let g = &mut w.graph;
     for d in declared {
         let Some(v) = g.value_by_name(&d.name).filter(|v| g.is_output(*v)) else {

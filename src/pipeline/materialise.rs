@@ -271,6 +271,19 @@ pub fn materialise_on(g: &Model, plan: &Plan) -> Result<Model, String> {
     Ok(q)
 }
 
+/// Runs `m` once on `sample` in the engine: its outputs, or why it could not.
+pub fn run_once(
+    m: &Model,
+    base_dir: &Path,
+    sample: &crate::data::Sample,
+) -> Result<BTreeMap<String, crate::ir::Tensor>, String> {
+    let (proto, _) =
+        onnx::encode_model(m, &ExternalPolicy::Inline, "").map_err(|e| e.to_string())?;
+    let s = Session::new(&proto, Some(base_dir), sample, &SessionOptions::default())
+        .map_err(|e| e.to_string())?;
+    s.run(sample).map_err(|e| e.to_string())
+}
+
 /// Runs `a` and `b` on `sample` in the engine: `Ok` when both return the same outputs,
 /// bit for bit, else what differed.
 pub fn same_outputs(
@@ -279,14 +292,10 @@ pub fn same_outputs(
     base_dir: &Path,
     sample: &crate::data::Sample,
 ) -> Result<(), String> {
-    let run = |m: &Model| -> Result<BTreeMap<String, crate::ir::Tensor>, String> {
-        let (proto, _) =
-            onnx::encode_model(m, &ExternalPolicy::Inline, "").map_err(|e| e.to_string())?;
-        let s = Session::new(&proto, Some(base_dir), sample, &SessionOptions::default())
-            .map_err(|e| e.to_string())?;
-        s.run(sample).map_err(|e| e.to_string())
-    };
-    let (ra, rb) = (run(a)?, run(b)?);
+    let (ra, rb) = (
+        run_once(a, base_dir, sample)?,
+        run_once(b, base_dir, sample)?,
+    );
     for (name, x) in &ra {
         match rb.get(name) {
             Some(y) if y == x => {}

@@ -160,7 +160,8 @@ RELAXED_OUTPUTS = {"tiny_crnn"}
 
 # Models run at other shapes than their data's: (label, input to pad or cut, pad value
 # per input). Two samples make a batch of 2, at lengths shorter and longer than the data's.
-OTHER_SHAPES = {"minilm_l3": {"input_ids": 0, "attention_mask": 0}}
+OTHER_SHAPES = {"minilm_l3": {"input_ids": 0, "attention_mask": 0},
+                "minilm_l3 dynamic": {"input_ids": 0, "attention_mask": 0}}
 # Output SQNR against the float model at other shapes may be this much below the SQNR at
 # the data's own shape (measured on minilm_l3: see other_shapes()).
 OTHER_SHAPES_DB = 3.0
@@ -254,7 +255,8 @@ def other_shapes(label: str, m: str, q: str, samples: list[dict], pads: dict,
                  args) -> list[str]:
     """The quantized model at batch 2 and at a shorter and a longer length than its data's:
     every output agrees with the quantized model run one sample at a time at that length
-    (ONNX Runtime without optimizations, the no-fusion gates in output steps), and its SQNR
+    (ONNX Runtime without optimizations, the no-fusion gates in output steps; not for the
+    dynamic mode, whose activation ranges are the whole batch's), and its SQNR
     against the float model is at most OTHER_SHAPES_DB below the SQNR at the data's shape."""
     level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     failures = []
@@ -283,8 +285,12 @@ def other_shapes(label: str, m: str, q: str, samples: list[dict], pads: dict,
             step = max(float(one.max() - one.min()) / 255.0, 1e-12)
             d = np.abs(x[name].astype(np.float64) - one.astype(np.float64)) / step
             s_other, s_own = sqnr(f[name], x[name]), sqnr(base_f[name], base_q[name])
-            ok = (d.mean() <= args.ref_mean and np.percentile(d, 99) <= args.ref_p99
-                  and s_other >= min(s_own, 100.0) - OTHER_SHAPES_DB)
+            # Dynamic quantization takes each activation's range over the whole batch, so a
+            # batch of 2 is quantized differently from each sentence alone (as in ORT's own
+            # dynamic models): only its accuracy against the float model is gated.
+            same = label.endswith(" dynamic") or (
+                d.mean() <= args.ref_mean and np.percentile(d, 99) <= args.ref_p99)
+            ok = same and s_other >= min(s_own, 100.0) - OTHER_SHAPES_DB
             print(f"{label}/{name} at {list(x[name].shape)}: batch of 2 vs one at a time mean "
                   f"{d.mean():.3f}, p99 {np.percentile(d, 99):.2f} steps; SQNR vs float "
                   f"{s_other:.2f} dB (at the data's shape {s_own:.2f} dB)  "
@@ -393,9 +399,7 @@ def main() -> int:
                         if i.name not in {t.name for t in fm.graph.initializer}]
             written = [dims(i) for i in qm.graph.input
                        if i.name not in {t.name for t in qm.graph.initializer}]
-            # The dynamic mode writes the model prepared for the data's shapes (and says so).
-            if label.split()[0] in FIXED_SHAPES or (label.endswith(" dynamic")
-                                                    and written != declared):
+            if label.split()[0] in FIXED_SHAPES:
                 if not fixed_note:
                     failures.append(f"{label}: expected a note that the written model keeps the "
                                     f"data's shapes; none printed")
