@@ -25,6 +25,7 @@
 //! that would quantize a value calibration gave no statistics for
 //! ([`fit_to_statistics`]): the plan never asks for a range it cannot have.
 
+use super::embedding;
 use super::params::{QType, ScaleFold};
 use super::rules::{
     body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
@@ -608,6 +609,21 @@ fn plan_scope(
             );
             continue;
         }
+        if rule.after_quantized && cfg.target != Target::Tensorrt {
+            if let Some((_, v, _)) = role_inputs
+                .iter()
+                .find(|(_, v, r)| *r == Role::Activation && left_float(&cx, plan, *v))
+            {
+                float(
+                    plan,
+                    format!(
+                        "input '{}' is left float by its producer: quantizing it here only adds a rounding step",
+                        g.value(*v).name
+                    ),
+                );
+                continue;
+            }
+        }
         if matches!(op.op_type.as_str(), "Add" | "Mul")
             && inputs
                 .iter()
@@ -637,6 +653,24 @@ fn plan_scope(
                     float(plan, "no input".into());
                     continue;
                 };
+                if matches!(rule.role(0), Role::Weight(_))
+                    && embedding::is_embedding_lookup(g, o, |v| cx.const_of(v))
+                {
+                    // An embedding table: int8 per row, the lookup on the dequantized
+                    // floats after it; the output is not quantized.
+                    plan.values.entry(cx.key(x)).or_insert(Decision::Weight {
+                        qtype: embedding::table_qtype(),
+                        axis: Some(embedding::TABLE_AXIS),
+                        mse: false,
+                    });
+                    plan.ops.insert(
+                        key,
+                        OpState::Quantized {
+                            kernel: Some("DequantizeLinear → Gather".into()),
+                        },
+                    );
+                    continue;
+                }
                 let xname = cx.key(x);
                 let Some(root) = share_root(plan, &xname) else {
                     float(plan, "its input is not quantized".into());
@@ -934,6 +968,14 @@ fn sensitive_ops(g: &Graph) -> BTreeMap<OpId, OpId> {
         }
     }
     out
+}
+
+/// True when the computed value `v` has no quantization decision although an op produces
+/// it: its producer (planned before its readers) leaves it float, and no earlier reader
+/// quantized it.
+fn left_float(cx: &Cx, plan: &Plan, v: ValueId) -> bool {
+    let (dg, dv) = cx.def(v);
+    dg.const_of(dv).is_none() && dg.producer(dv).is_some() && !plan.values.contains_key(&cx.key(v))
 }
 
 /// The value whose parameters `name` uses: itself if it is a plain activation, the root
