@@ -29,7 +29,7 @@ use super::embedding;
 use super::params::{QType, ScaleFold};
 use super::rules::{
     body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
-    Target, WeightAxis, OUTPUT_Q_OPTIONAL, SHAPE_READERS,
+    Target, WeightAxis, KEPT_FLOAT, OUTPUT_Q_OPTIONAL, SHAPE_READERS,
 };
 use crate::ir::scope::{defines, op_label, Scopes};
 use crate::ir::{ConstTensor, DType, Graph, Model, OpId, ValueId};
@@ -970,12 +970,43 @@ fn sensitive_ops(g: &Graph) -> BTreeMap<OpId, OpId> {
     out
 }
 
-/// True when the computed value `v` has no quantization decision although an op produces
-/// it: its producer (planned before its readers) leaves it float, and no earlier reader
-/// quantized it.
+/// True when the computed value `v` is left float by design upstream: no decision quantizes
+/// it, and it comes, through ops that leave their outputs float, from an op whose integer
+/// kernel returns floats (a quantized op whose rule keeps its output float: MatMul) or
+/// that the table keeps float ([`KEPT_FLOAT`]: LayerNormalization, Erf). A value left
+/// float for other reasons (the float Div of a HardSwish behind a quantized Conv) does not
+/// count: the op reading it is quantized as before.
 fn left_float(cx: &Cx, plan: &Plan, v: ValueId) -> bool {
-    let (dg, dv) = cx.def(v);
-    dg.const_of(dv).is_none() && dg.producer(dv).is_some() && !plan.values.contains_key(&cx.key(v))
+    let mut memo = BTreeMap::new();
+    float_by_design(cx, plan, v, &mut memo)
+}
+
+fn float_by_design(cx: &Cx, plan: &Plan, v: ValueId, memo: &mut BTreeMap<ValueId, bool>) -> bool {
+    if let Some(&known) = memo.get(&v) {
+        return known;
+    }
+    // Values of enclosing graphs are not followed (their producers live elsewhere).
+    let g = cx.g;
+    let label = &cx.keys.scopes.get(cx.s).label;
+    let answer = defines(g, v)
+        && g.const_of(v).is_none()
+        && !plan.values.contains_key(&cx.key(v))
+        && g.producer(v).is_some_and(|(p, _)| {
+            let op = g.op(p);
+            let state = plan.ops.get(&op_key_in(label, g, p));
+            let keeps_float = rule_for(&op.op_type, op.domain_key(), Target::Generic)
+                .is_some_and(|r| r.output == OutputPolicy::KeepFloat);
+            let by_design = KEPT_FLOAT.iter().any(|(t, _)| *t == op.op_type)
+                || matches!(state, Some(OpState::Quantized { .. })) && keeps_float;
+            by_design
+                || matches!(state, Some(OpState::Float { .. }))
+                    && g.inputs_of(p)
+                        .into_iter()
+                        .flatten()
+                        .any(|x| float_by_design(cx, plan, x, memo))
+        });
+    memo.insert(v, answer);
+    answer
 }
 
 /// The value whose parameters `name` uses: itself if it is a plain activation, the root
