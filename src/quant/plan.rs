@@ -719,6 +719,32 @@ fn plan_scope(
                         .all(|y| !g.is_output(*y) && cx.local_only(*y));
                 let asym = !cfg.activation.symmetric;
                 let clip_ok = clip_from_zero(g, o);
+                // A MatMul leaves its output float unless a reader quantizes it: a Relu/Clip
+                // reading it alone is such a reader (its range becomes the MatMul's, as
+                // QLinearMatMul runs it).
+                let float_kernel_output = !plan.values.contains_key(&xname)
+                    && only_reader
+                    && asym
+                    && clip_ok
+                    && cx.is_float(x)
+                    && g.producer(x).is_some_and(|(p, _)| {
+                        let pop = g.op(p);
+                        matches!(
+                            plan.ops.get(&op_key_in(&label, g, p)),
+                            Some(OpState::Quantized { .. })
+                        ) && rule_for(&pop.op_type, pop.domain_key(), cfg.target)
+                            .is_some_and(|r| r.output == OutputPolicy::KeepFloat)
+                    });
+                if float_kernel_output {
+                    plan.values.insert(
+                        xname.clone(),
+                        Decision::Activation {
+                            qtype: cfg.activation,
+                            share_with: None,
+                            range_from: None,
+                        },
+                    );
+                }
                 let producer_quantized = own_activation(plan, &xname);
                 let y = outputs.first().copied();
                 match (y, only_reader && asym && clip_ok && producer_quantized) {
