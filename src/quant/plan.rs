@@ -577,6 +577,14 @@ fn plan_scope(
         }
         if cfg.target != Target::Tensorrt {
             if let Some((x, y, fold)) = foldable_scale(&cx, plan, o) {
+                // A float kernel output (a MatMul's) is quantized here, through the fold.
+                plan.values
+                    .entry(cx.key(x))
+                    .or_insert(Decision::Activation {
+                        qtype: cfg.activation,
+                        share_with: None,
+                        range_from: None,
+                    });
                 plan.scale_folds.insert(cx.key(x), fold);
                 fold_into_input(plan, &cx, &label, key, x, y);
                 continue;
@@ -720,21 +728,13 @@ fn plan_scope(
                 let asym = !cfg.activation.symmetric;
                 let clip_ok = clip_from_zero(g, o);
                 // A MatMul leaves its output float unless a reader quantizes it: a Relu/Clip
-                // reading it alone is such a reader (its range becomes the MatMul's, as
-                // QLinearMatMul runs it).
+                // reading it alone (or its bias Add's output) is such a reader (its range
+                // becomes the MatMul's, as QLinearMatMul runs it).
                 let float_kernel_output = !plan.values.contains_key(&xname)
                     && only_reader
                     && asym
                     && clip_ok
-                    && cx.is_float(x)
-                    && g.producer(x).is_some_and(|(p, _)| {
-                        let pop = g.op(p);
-                        matches!(
-                            plan.ops.get(&op_key_in(&label, g, p)),
-                            Some(OpState::Quantized { .. })
-                        ) && rule_for(&pop.op_type, pop.domain_key(), cfg.target)
-                            .is_some_and(|r| r.output == OutputPolicy::KeepFloat)
-                    });
+                    && from_float_kernel(&cx, plan, x);
                 if float_kernel_output {
                     plan.values.insert(
                         xname.clone(),
@@ -996,6 +996,82 @@ fn sensitive_ops(g: &Graph) -> BTreeMap<OpId, OpId> {
     out
 }
 
+/// True when the float value `x`, which no decision quantizes yet, is the output of a
+/// quantized op whose integer kernel returns floats (a MatMul: MatMulIntegerToFloat), or
+/// of a float Add of a constant (the bias that kernel takes) to such an output read by
+/// that Add alone: a reader may quantize it, and QLinearMatMul then runs the MatMul.
+fn from_float_kernel(cx: &Cx, plan: &Plan, x: ValueId) -> bool {
+    let g = cx.g;
+    let label = &cx.keys.scopes.get(cx.s).label;
+    let float_kernel = |v: ValueId| {
+        g.producer(v).is_some_and(|(p, _)| {
+            let pop = g.op(p);
+            matches!(
+                plan.ops.get(&op_key_in(label, g, p)),
+                Some(OpState::Quantized { .. })
+            ) && rule_for(&pop.op_type, pop.domain_key(), Target::Generic)
+                .is_some_and(|r| r.output == OutputPolicy::KeepFloat)
+        })
+    };
+    let bias_add = |v: ValueId| {
+        g.producer(v).is_some_and(|(p, _)| {
+            let ins = g.inputs_of(p);
+            let [Some(a), Some(b)] = ins.as_slice() else {
+                return false;
+            };
+            let (m, c) = if cx.const_of(*b).is_some() {
+                (*a, *b)
+            } else {
+                (*b, *a)
+            };
+            g.op(p).op_type == "Add"
+                && g.op(p).domain_key().is_empty()
+                && cx.const_of(c).is_some()
+                && cx.const_of(m).is_none()
+                && matches!(
+                    plan.ops.get(&op_key_in(label, g, p)),
+                    Some(OpState::Float { .. })
+                )
+                && !plan.values.contains_key(&cx.key(m))
+                && g.consumers(m).len() == 1
+                && !g.is_output(m)
+                && cx.local_only(m)
+                && float_kernel(m)
+        })
+    };
+    defines(g, x) && cx.is_float(x) && (float_kernel(x) || bias_add(x))
+}
+
+/// True when every reader of `y` (of this graph only) quantizes it as an input of its own
+/// rule and has its other computed inputs quantized already: a Div/Mul folded into a
+/// float kernel output then quantizes a value its readers quantize anyway. Behind the
+/// additive mask of attention scores, whose Add and Softmax stay float, it is false.
+fn readers_quantize(cx: &Cx, plan: &Plan, y: ValueId) -> bool {
+    let g = cx.g;
+    let readers = g.consumers(y);
+    !readers.is_empty()
+        && !g.is_output(y)
+        && cx.local_only(y)
+        && readers.iter().all(|(r, slot)| {
+            let op = g.op(*r);
+            let Some(rule) = rule_for(&op.op_type, op.domain_key(), Target::Generic) else {
+                return false;
+            };
+            rule.role(*slot) == Role::Activation
+                && matches!(
+                    rule.output,
+                    OutputPolicy::Quantize | OutputPolicy::KeepFloat
+                )
+                && g.inputs_of(*r).into_iter().enumerate().all(|(i, v)| {
+                    let Some(v) = v else { return true };
+                    v == y
+                        || rule.role(i) != Role::Activation
+                        || cx.const_of(v).is_some()
+                        || plan.values.contains_key(&cx.key(v))
+                })
+        })
+}
+
 /// True when the computed value `v` is left float by design upstream: no decision quantizes
 /// it, and it comes, through ops that leave their outputs float, from an op whose integer
 /// kernel returns floats (a quantized op whose rule keeps its output float: MatMul) or
@@ -1144,7 +1220,10 @@ fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, Sc
     let [Some(y)] = outs.as_slice() else {
         return None;
     };
-    let own = own_activation(plan, &cx.key(x));
+    let own = own_activation(plan, &cx.key(x))
+        || !plan.values.contains_key(&cx.key(x))
+            && from_float_kernel(cx, plan, x)
+            && readers_quantize(cx, plan, *y);
     let alone = g.consumers(x).len() == 1
         && !g.is_output(x)
         && cx.local_only(x)
