@@ -18,7 +18,11 @@
 //! `fold_constants`, `fold_batchnorm`, `fold_bias_add`, `remove_dead`, `infer_shapes`, then
 //! `plan`: `quant::plan::build` reads the rule table, a decision per value, in the main
 //! graph and inside If branches, Loop and Scan bodies; values computed from constants and
-//! shapes only, such as a transformer's position embeddings, are left alone;
+//! shapes only, such as a transformer's position embeddings, are left alone; an op the
+//! table marks `after_quantized` (Add, Mul, Softmax) stays float behind a producer that
+//! leaves its output float (a MatMul, whose integer kernel returns floats; a
+//! LayerNormalization), so a transformer's residual stream keeps its outlier channels;
+//! an embedding table is stored int8 per row (`quant::embedding`);
 //! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
 //! model before that raise identifies calibration files, so statistics serve every
 //! mode whatever opset it needs) →
@@ -110,7 +114,8 @@
 //!   integer ops (`integer`: DynamicQuantizeLinear, MatMulInteger, MatMulIntegerToFloat,
 //!   DynamicQuantizeMatMul), computed as ONNX Runtime computes them; scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`); weight-only
-//!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand).
+//!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand); the
+//!   embedding tables any mode stores int8 per row (`embedding`).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
 //!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place

@@ -117,8 +117,9 @@ fn a_transformer_export_quantizes_end_to_end() {
                 && constant.iter().any(|o| o == EMBEDDING_SUM),
             "{j}"
         );
-        // The encoder's MatMuls are quantized.
-        assert!(j["quantized_ops"].as_u64().unwrap() >= 20, "{j}");
+        // The encoder's 8 MatMuls and the word-embedding lookup are quantized (the Adds,
+        // LayerNormalizations and GELU between them stay float).
+        assert!(j["quantized_ops"].as_u64().unwrap() >= 9, "{j}");
         let sqnr = j["validation"]["461"]["sqnr_db"].as_f64().unwrap();
         // measured 10.6 dB (adaptive) and 7.5 dB (minmax) on the 16 samples; gates 1 dB below
         let gate = if method == "adaptive" { 9.6 } else { 6.5 };

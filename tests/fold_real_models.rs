@@ -230,7 +230,7 @@ fn loops_and_their_bodies_survive() {
         let v = m.graph.value_by_name(&c).unwrap();
         assert!(m.graph.const_of(v).is_some(), "{c}");
     }
-    assert_eq!(count_ops(body, "MatMul"), 1);
+    assert_eq!(count_ops(body, "Gemm"), 1);
 }
 
 #[test]

@@ -203,6 +203,9 @@ pub enum Reason {
     Granularity { value: String, detail: String },
     /// The target runs this op in higher precision.
     HigherPrecision { op_type: String },
+    /// A Gather from a constant table stored quantized: the runtime dequantizes the whole
+    /// table on every run and gathers floats.
+    DequantizedTable { table: String },
 }
 
 impl Reason {
@@ -234,6 +237,7 @@ impl Reason {
             Reason::NonZeroZeroPoint { .. } => "non_zero_zero_point",
             Reason::Granularity { .. } => "granularity",
             Reason::HigherPrecision { .. } => "higher_precision",
+            Reason::DequantizedTable { .. } => "dequantized_table",
         }
     }
 
@@ -269,6 +273,7 @@ impl Reason {
             Reason::NonZeroZeroPoint { .. } => "zero point not 0".into(),
             Reason::Granularity { .. } => "per-axis parameters".into(),
             Reason::HigherPrecision { op_type } => format!("{op_type} in higher precision"),
+            Reason::DequantizedTable { .. } => "table dequantized before the lookup".into(),
         }
     }
 }
@@ -362,6 +367,12 @@ impl fmt::Display for Reason {
             Reason::HigherPrecision { op_type } => {
                 write!(f, "TensorRT runs {op_type} in higher precision")
             }
+            Reason::DequantizedTable { table } => write!(
+                f,
+                "the table '{table}' is stored quantized: its DequantizeLinear runs on the whole \
+                 table every run (it is not constant-folded, and no kernel fuses it with the \
+                 Gather), which then moves floats"
+            ),
         }
     }
 }

@@ -625,3 +625,21 @@ fn identity_into_a_graph_output_is_removed() {
         );
     }
 }
+
+#[test]
+fn a_gather_from_a_dequantized_table_runs_in_float_behind_the_dequantization() {
+    // An embedding table stored int8 per row: ONNX Runtime keeps the DequantizeLinear
+    // (it folds none) and runs the Gather on its float output.
+    let mut m = Qdq::new(17);
+    m.b.input("ids", I64, Some(&[1, 3]));
+    let t = m.const_dq("table", I8, &[4, 6], &[0.1, 0.2, 0.3, 0.4], Some(0));
+    let y = m.node("Gather", "lookup", &[&t, "ids"], "e", vec![]);
+    m.sink(&y);
+    m.sink("x");
+    let r = m.lint(Platform::X86_64);
+    match reason(&r, "lookup") {
+        Reason::DequantizedTable { table } => assert_eq!(table, "table"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reason(&r, "lookup").code(), "dequantized_table");
+}

@@ -651,11 +651,11 @@ mod tests {
             }]
         );
         m.verify().unwrap();
-        // Three copies of MatMul/Add/Relu and of the trace Identity (the condition's
+        // Three copies of Gemm/Add/Relu and of the trace Identity (the condition's
         // Identity copies are dropped), the carried output's Identity, three Unsqueeze
         // and one Concat for the scan output.
         let mut expect: Vec<String> = [
-            vec!["MatMul"; 3],
+            vec!["Gemm"; 3],
             vec!["Add"; 3],
             vec!["Relu"; 3],
             vec!["Identity"; 4],

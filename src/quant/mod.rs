@@ -7,8 +7,10 @@
 //! dynamic quantization (DynamicQuantizeLinear) and the integer products (MatMulInteger,
 //! MatMulIntegerToFloat, DynamicQuantizeMatMul). The execution engine runs these kernels in
 //! place of its own ops, and passes use them wherever they need a quantized value. [`params`]
-//! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read.
+//! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read;
+//! [`embedding`] finds the embedding tables any mode stores in 8 bits per row.
 
+pub mod embedding;
 pub mod integer;
 pub mod kernels;
 pub mod nbits;

@@ -25,10 +25,11 @@
 //! that would quantize a value calibration gave no statistics for
 //! ([`fit_to_statistics`]): the plan never asks for a range it cannot have.
 
+use super::embedding;
 use super::params::{QType, ScaleFold};
 use super::rules::{
     body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
-    Target, WeightAxis, OUTPUT_Q_OPTIONAL, SHAPE_READERS,
+    Target, WeightAxis, KEPT_FLOAT, OUTPUT_Q_OPTIONAL, SHAPE_READERS,
 };
 use crate::ir::scope::{defines, op_label, Scopes};
 use crate::ir::{ConstTensor, DType, Graph, Model, OpId, ValueId};
@@ -576,6 +577,14 @@ fn plan_scope(
         }
         if cfg.target != Target::Tensorrt {
             if let Some((x, y, fold)) = foldable_scale(&cx, plan, o) {
+                // A float kernel output (a MatMul's) is quantized here, through the fold.
+                plan.values
+                    .entry(cx.key(x))
+                    .or_insert(Decision::Activation {
+                        qtype: cfg.activation,
+                        share_with: None,
+                        range_from: None,
+                    });
                 plan.scale_folds.insert(cx.key(x), fold);
                 fold_into_input(plan, &cx, &label, key, x, y);
                 continue;
@@ -608,6 +617,21 @@ fn plan_scope(
             );
             continue;
         }
+        if rule.after_quantized && cfg.target != Target::Tensorrt {
+            if let Some((_, v, _)) = role_inputs
+                .iter()
+                .find(|(_, v, r)| *r == Role::Activation && left_float(&cx, plan, *v))
+            {
+                float(
+                    plan,
+                    format!(
+                        "input '{}' is left float by its producer: quantizing it here only adds a rounding step",
+                        g.value(*v).name
+                    ),
+                );
+                continue;
+            }
+        }
         if matches!(op.op_type.as_str(), "Add" | "Mul")
             && inputs
                 .iter()
@@ -637,6 +661,24 @@ fn plan_scope(
                     float(plan, "no input".into());
                     continue;
                 };
+                if matches!(rule.role(0), Role::Weight(_))
+                    && embedding::is_embedding_lookup(g, o, |v| cx.const_of(v))
+                {
+                    // An embedding table: int8 per row, the lookup on the dequantized
+                    // floats after it; the output is not quantized.
+                    plan.values.entry(cx.key(x)).or_insert(Decision::Weight {
+                        qtype: embedding::table_qtype(),
+                        axis: Some(embedding::TABLE_AXIS),
+                        mse: false,
+                    });
+                    plan.ops.insert(
+                        key,
+                        OpState::Quantized {
+                            kernel: Some("DequantizeLinear → Gather".into()),
+                        },
+                    );
+                    continue;
+                }
                 let xname = cx.key(x);
                 let Some(root) = share_root(plan, &xname) else {
                     float(plan, "its input is not quantized".into());
@@ -685,6 +727,24 @@ fn plan_scope(
                         .all(|y| !g.is_output(*y) && cx.local_only(*y));
                 let asym = !cfg.activation.symmetric;
                 let clip_ok = clip_from_zero(g, o);
+                // A MatMul leaves its output float unless a reader quantizes it: a Relu/Clip
+                // reading it alone (or its bias Add's output) is such a reader (its range
+                // becomes the MatMul's, as QLinearMatMul runs it).
+                let float_kernel_output = !plan.values.contains_key(&xname)
+                    && only_reader
+                    && asym
+                    && clip_ok
+                    && from_float_kernel(&cx, plan, x);
+                if float_kernel_output {
+                    plan.values.insert(
+                        xname.clone(),
+                        Decision::Activation {
+                            qtype: cfg.activation,
+                            share_with: None,
+                            range_from: None,
+                        },
+                    );
+                }
                 let producer_quantized = own_activation(plan, &xname);
                 let y = outputs.first().copied();
                 match (y, only_reader && asym && clip_ok && producer_quantized) {
@@ -936,6 +996,121 @@ fn sensitive_ops(g: &Graph) -> BTreeMap<OpId, OpId> {
     out
 }
 
+/// True when the float value `x`, which no decision quantizes yet, is the output of a
+/// quantized op whose integer kernel returns floats (a MatMul: MatMulIntegerToFloat), or
+/// of a float Add of a constant (the bias that kernel takes) to such an output read by
+/// that Add alone: a reader may quantize it, and QLinearMatMul then runs the MatMul.
+fn from_float_kernel(cx: &Cx, plan: &Plan, x: ValueId) -> bool {
+    let g = cx.g;
+    let label = &cx.keys.scopes.get(cx.s).label;
+    let float_kernel = |v: ValueId| {
+        g.producer(v).is_some_and(|(p, _)| {
+            let pop = g.op(p);
+            matches!(
+                plan.ops.get(&op_key_in(label, g, p)),
+                Some(OpState::Quantized { .. })
+            ) && rule_for(&pop.op_type, pop.domain_key(), Target::Generic)
+                .is_some_and(|r| r.output == OutputPolicy::KeepFloat)
+        })
+    };
+    let bias_add = |v: ValueId| {
+        g.producer(v).is_some_and(|(p, _)| {
+            let ins = g.inputs_of(p);
+            let [Some(a), Some(b)] = ins.as_slice() else {
+                return false;
+            };
+            let (m, c) = if cx.const_of(*b).is_some() {
+                (*a, *b)
+            } else {
+                (*b, *a)
+            };
+            g.op(p).op_type == "Add"
+                && g.op(p).domain_key().is_empty()
+                && cx.const_of(c).is_some()
+                && cx.const_of(m).is_none()
+                && matches!(
+                    plan.ops.get(&op_key_in(label, g, p)),
+                    Some(OpState::Float { .. })
+                )
+                && !plan.values.contains_key(&cx.key(m))
+                && g.consumers(m).len() == 1
+                && !g.is_output(m)
+                && cx.local_only(m)
+                && float_kernel(m)
+        })
+    };
+    defines(g, x) && cx.is_float(x) && (float_kernel(x) || bias_add(x))
+}
+
+/// True when every reader of `y` (of this graph only) quantizes it as an input of its own
+/// rule and has its other computed inputs quantized already: a Div/Mul folded into a
+/// float kernel output then quantizes a value its readers quantize anyway. Behind the
+/// additive mask of attention scores, whose Add and Softmax stay float, it is false.
+fn readers_quantize(cx: &Cx, plan: &Plan, y: ValueId) -> bool {
+    let g = cx.g;
+    let readers = g.consumers(y);
+    !readers.is_empty()
+        && !g.is_output(y)
+        && cx.local_only(y)
+        && readers.iter().all(|(r, slot)| {
+            let op = g.op(*r);
+            let Some(rule) = rule_for(&op.op_type, op.domain_key(), Target::Generic) else {
+                return false;
+            };
+            rule.role(*slot) == Role::Activation
+                && matches!(
+                    rule.output,
+                    OutputPolicy::Quantize | OutputPolicy::KeepFloat
+                )
+                && g.inputs_of(*r).into_iter().enumerate().all(|(i, v)| {
+                    let Some(v) = v else { return true };
+                    v == y
+                        || rule.role(i) != Role::Activation
+                        || cx.const_of(v).is_some()
+                        || plan.values.contains_key(&cx.key(v))
+                })
+        })
+}
+
+/// True when the computed value `v` is left float by design upstream: no decision quantizes
+/// it, and it comes, through ops that leave their outputs float, from an op whose integer
+/// kernel returns floats (a quantized op whose rule keeps its output float: MatMul) or
+/// that the table keeps float ([`KEPT_FLOAT`]: LayerNormalization, Erf). A value left
+/// float for other reasons (the float Div of a HardSwish behind a quantized Conv) does not
+/// count: the op reading it is quantized as before.
+fn left_float(cx: &Cx, plan: &Plan, v: ValueId) -> bool {
+    let mut memo = BTreeMap::new();
+    float_by_design(cx, plan, v, &mut memo)
+}
+
+fn float_by_design(cx: &Cx, plan: &Plan, v: ValueId, memo: &mut BTreeMap<ValueId, bool>) -> bool {
+    if let Some(&known) = memo.get(&v) {
+        return known;
+    }
+    // Values of enclosing graphs are not followed (their producers live elsewhere).
+    let g = cx.g;
+    let label = &cx.keys.scopes.get(cx.s).label;
+    let answer = defines(g, v)
+        && g.const_of(v).is_none()
+        && !plan.values.contains_key(&cx.key(v))
+        && g.producer(v).is_some_and(|(p, _)| {
+            let op = g.op(p);
+            let state = plan.ops.get(&op_key_in(label, g, p));
+            let keeps_float = rule_for(&op.op_type, op.domain_key(), Target::Generic)
+                .is_some_and(|r| r.output == OutputPolicy::KeepFloat);
+            let by_design = KEPT_FLOAT.iter().any(|(t, _)| *t == op.op_type)
+                || matches!(state, Some(OpState::Quantized { .. })) && keeps_float;
+            by_design
+                || matches!(state, Some(OpState::Float { .. }))
+                    && g.inputs_of(p)
+                        .into_iter()
+                        .flatten()
+                        .any(|x| float_by_design(cx, plan, x, memo))
+        });
+    memo.insert(v, answer);
+    answer
+}
+
 /// The value whose parameters `name` uses: itself if it is a plain activation, the root
 /// of its sharing chain otherwise; `None` if it is not quantized.
 fn share_root(plan: &Plan, name: &str) -> Option<String> {
@@ -1045,7 +1220,10 @@ fn foldable_scale(cx: &Cx, plan: &Plan, o: OpId) -> Option<(ValueId, ValueId, Sc
     let [Some(y)] = outs.as_slice() else {
         return None;
     };
-    let own = own_activation(plan, &cx.key(x));
+    let own = own_activation(plan, &cx.key(x))
+        || !plan.values.contains_key(&cx.key(x))
+            && from_float_kernel(cx, plan, x)
+            && readers_quantize(cx, plan, *y);
     let alone = g.consumers(x).len() == 1
         && !g.is_output(x)
         && cx.local_only(x)

@@ -84,6 +84,14 @@ pub struct OpRule {
     pub ort_kernel: Option<&'static str>,
     /// Quantized for TensorRT (inputs only).
     pub trt: bool,
+    /// Quantized only when every computed float input is already quantized where it is
+    /// produced (by a producer whose output policy quantizes it, or as a graph input): an
+    /// element-wise op behind a producer left float (a MatMul whose integer kernel returns
+    /// float, a LayerNormalization, a Softmax input with its -inf mask) would put a new
+    /// rounding of a value no integer kernel needs, and a per-tensor 8-bit grid on a
+    /// transformer's residual stream, whose few outlier channels are a hundred times the
+    /// rest, leaves the other channels a handful of steps.
+    pub after_quantized: bool,
 }
 
 use OutputPolicy::*;
@@ -104,6 +112,21 @@ const fn r(
         output,
         ort_kernel,
         trt,
+        after_quantized: false,
+    }
+}
+
+/// [`r`] for an op quantized only behind quantized producers ([`OpRule::after_quantized`]).
+const fn rq(
+    op_type: &'static str,
+    inputs: &'static [Role],
+    output: OutputPolicy,
+    ort_kernel: Option<&'static str>,
+    trt: bool,
+) -> OpRule {
+    OpRule {
+        after_quantized: true,
+        ..r(op_type, inputs, Float, output, ort_kernel, trt)
     }
 }
 
@@ -111,13 +134,18 @@ const CONV: &[Role] = &[Activation, Weight(WeightAxis::Fixed(0)), Bias];
 const CONVT: &[Role] = &[Activation, Weight(WeightAxis::Fixed(1)), Bias];
 const GEMM: &[Role] = &[Activation, Weight(WeightAxis::GemmB), Bias];
 const MATMUL: &[Role] = &[Activation, Weight(WeightAxis::Last)];
+/// Gather: a constant table is a weight with one scale per row (axis 0: the rows the
+/// indices pick), the indices stay integers.
+const GATHER: &[Role] = &[Weight(WeightAxis::Fixed(0)), Float];
 const ACT1: &[Role] = &[Activation];
 const ACT2: &[Role] = &[Activation, Activation];
 const WHERE: &[Role] = &[Float, Activation, Activation];
 
 /// The table, in alphabetical order of op type.
 pub const RULES: &[OpRule] = &[
-    r("Add", ACT2, Float, Quantize, Some("QLinearAdd"), true),
+    // Residual and bias Adds of a transformer sit behind float producers (MatMul's
+    // MatMulIntegerToFloat, LayerNormalization): they stay float there.
+    rq("Add", ACT2, Quantize, Some("QLinearAdd"), true),
     r(
         "AveragePool",
         ACT1,
@@ -160,9 +188,12 @@ pub const RULES: &[OpRule] = &[
         Some("(Q/DQ dropped)"),
         false,
     ),
+    // A computed input shares its scale; a constant table (an embedding) is stored int8
+    // per row and dequantized before the Gather, which runs on floats
+    // (`quant::embedding`).
     r(
         "Gather",
-        ACT1,
+        GATHER,
         Float,
         ShareInput,
         Some("(Q/DQ dropped)"),
@@ -187,12 +218,15 @@ pub const RULES: &[OpRule] = &[
         Some("QLinearLeakyRelu"),
         false,
     ),
+    // Both inputs quantized (a weight per output column, or a second activation: QKᵀ,
+    // attention × V); the output stays float unless a consumer quantizes it, so ONNX
+    // Runtime runs MatMulIntegerToFloat (QLinearMatMul when a Q follows).
     r(
         "MatMul",
         MATMUL,
         Float,
-        Quantize,
-        Some("QLinearMatMul"),
+        KeepFloat,
+        Some("MatMulIntegerToFloat"),
         true,
     ),
     r(
@@ -203,7 +237,8 @@ pub const RULES: &[OpRule] = &[
         Some("(Q/DQ dropped)"),
         false,
     ),
-    r("Mul", ACT2, Float, Quantize, Some("QLinearMul"), false),
+    // GELU's products sit behind float producers in a transformer: float there.
+    rq("Mul", ACT2, Quantize, Some("QLinearMul"), false),
     r("Relu", ACT1, Float, FoldIntoProducer, None, false),
     r(
         "Reshape",
@@ -237,14 +272,10 @@ pub const RULES: &[OpRule] = &[
         Some("(Q/DQ dropped)"),
         false,
     ),
-    r(
-        "Softmax",
-        ACT1,
-        Float,
-        Quantize,
-        Some("QLinearSoftmax"),
-        false,
-    ),
+    // Attention scores carry the additive mask (-inf or the most negative float): their
+    // input is never quantized behind a float Add, and the probabilities are quantized by
+    // the MatMul that reads them.
+    rq("Softmax", ACT1, Quantize, Some("QLinearSoftmax"), false),
     r(
         "Squeeze",
         ACT1,
@@ -278,6 +309,18 @@ pub const RULES: &[OpRule] = &[
         false,
     ),
     r("Where", WHERE, Float, Quantize, Some("QLinearWhere"), false),
+];
+
+/// Op types left float on purpose, with the reason the summary gives.
+pub const KEPT_FLOAT: &[(&str, &str)] = &[
+    (
+        "Erf",
+        "GELU's Erf has no integer kernel; its input is a float MatMul output",
+    ),
+    (
+        "LayerNormalization",
+        "no integer kernel; its input, the residual stream, has outlier channels a per-tensor 8-bit grid cannot hold",
+    ),
 ];
 
 /// Ops that read only the shape of their input, never its values: their outputs are fixed
@@ -346,6 +389,9 @@ pub fn body_policy(op_type: &str, domain: &str) -> BodyPolicy {
 pub fn no_rule_reason(op_type: &str, domain: &str, target: Target) -> String {
     if !domain.is_empty() {
         return format!("domain '{domain}' is not quantized");
+    }
+    if let Some((_, why)) = KEPT_FLOAT.iter().find(|(o, _)| *o == op_type) {
+        return (*why).to_string();
     }
     match RULES.iter().find(|r| r.op_type == op_type) {
         Some(_) if target == Target::Tensorrt => "TensorRT runs it in higher precision".into(),

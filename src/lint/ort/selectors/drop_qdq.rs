@@ -1,6 +1,8 @@
 //! `DropQDQNodesSelector` and `DropDQNodesSelector`: a data-movement op between a DQ and a
 //! Q with the same constant scalar parameters (Reshape, Transpose, MaxPool, …) loses the
-//! pair and moves integers; ArgMax loses its DQ.
+//! pair and moves integers; ArgMax loses its DQ. A Gather from a dequantized constant
+//! table (an embedding stored int8 per row) with no Q after runs in float behind the
+//! table's DequantizeLinear.
 
 use super::{Outcome, Selection, Sim};
 use crate::ir::OpId;
@@ -16,6 +18,9 @@ impl Sim<'_> {
         positive_scale: bool,
     ) -> Outcome {
         self.no_clip(sel)?;
+        if let Some(table) = self.dequantized_table(o, sel) {
+            return Err(Reason::DequantizedTable { table });
+        }
         self.check_qdq_nodes(o, sel, Some(&[0]), false)?;
         self.mismatch(&[("input", self.dq_dt(sel, 0)), ("output", self.q_dt(sel, 0))])?;
         self.type_checks(self.dq_dt(sel, 0), allow_16bit)?;
@@ -29,6 +34,18 @@ impl Sim<'_> {
         }
         self.pair_supported(q, dq)?;
         Ok((Verdict::Dropped, Vec::new(), None))
+    }
+
+    /// The name of the constant table a Gather reads through a DequantizeLinear, when no
+    /// QuantizeLinear follows it.
+    fn dequantized_table(&self, o: OpId, sel: &Selection) -> Option<String> {
+        if self.g.op(o).op_type != "Gather" || !sel.qs.is_empty() {
+            return None;
+        }
+        let (_, dq) = sel.dqs.iter().find(|(slot, _)| *slot == 0)?;
+        let table = self.g.input(*dq, 0)?;
+        self.is_const(table)
+            .then(|| self.g.value(table).name.clone())
     }
 
     /// `Rule::DropDq`: DQ → op, the DQ read by the op alone, with a zero point.
