@@ -613,29 +613,8 @@ fn print_weight_only(s: &WeightOnlySummary) {
     if s.calibration_samples > 0 {
         println!("data       {} calibration samples", s.calibration_samples);
     }
-    if !s.validation.is_empty() {
-        println!(
-            "validation {} eval samples, tract, float vs quantized:",
-            s.eval_samples
-        );
-        for (name, m) in &s.validation {
-            println!(
-                "  {name}: SQNR {:.2} dB, cosine {:.5}, max-abs {:.4e}",
-                m.sqnr_db, m.cosine, m.max_abs
-            );
-        }
-    }
-    println!(
-        "time       {}",
-        s.seconds
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.2}s"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    for n in &s.notes {
-        println!("note: {n}");
-    }
+    print_validation(s.eval_samples, &s.validation);
+    print_footer(&s.seconds, &s.notes);
 }
 
 fn print_precision(s: &PrecisionSummary) {
@@ -766,34 +745,42 @@ fn print_sizes_and_validation(s: &Summary) {
     if let Some(pr) = &s.precision {
         print_precision(pr);
     }
-    if !s.validation.is_empty() {
-        println!(
-            "validation {} eval samples, tract, float vs quantized:",
-            s.eval_samples
-        );
-        for (name, m) in &s.validation {
-            let mut line = format!(
-                "  {name}: SQNR {:.2} dB, cosine {:.5}, max-abs {:.4e}",
-                m.sqnr_db, m.cosine, m.max_abs
-            );
-            if let Some(t) = m.top1_agreement {
-                line += &format!(", top-1 agreement {:.1}%", t * 100.0);
-            }
-            if let (Some(r), Some(q)) = (m.accuracy_ref, m.accuracy_test) {
-                line += &format!(", accuracy {:.2}% -> {:.2}%", r * 100.0, q * 100.0);
-            }
-            println!("{line}");
-        }
+    print_validation(s.eval_samples, &s.validation);
+    print_footer(&s.seconds, &s.notes);
+}
+
+/// The validation lines: per output, the float model against the quantized one in tract.
+fn print_validation(eval_samples: usize, validation: &BTreeMap<String, crate::report::Metrics>) {
+    if validation.is_empty() {
+        return;
     }
+    println!("validation {eval_samples} eval samples, tract, float vs quantized:");
+    for (name, m) in validation {
+        let mut line = format!(
+            "  {name}: SQNR {:.2} dB, cosine {:.5}, max-abs {:.4e}",
+            m.sqnr_db, m.cosine, m.max_abs
+        );
+        if let Some(t) = m.top1_agreement {
+            line += &format!(", top-1 agreement {:.1}%", t * 100.0);
+        }
+        if let (Some(r), Some(q)) = (m.accuracy_ref, m.accuracy_test) {
+            line += &format!(", accuracy {:.2}% -> {:.2}%", r * 100.0, q * 100.0);
+        }
+        println!("{line}");
+    }
+}
+
+/// The last lines of every mode's summary: the time of each step, then the notes.
+fn print_footer(seconds: &BTreeMap<String, f64>, notes: &[String]) {
     println!(
         "time       {}",
-        s.seconds
+        seconds
             .iter()
             .map(|(k, v)| format!("{k} {v:.2}s"))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for n in &s.notes {
+    for n in notes {
         println!("note: {n}");
     }
 }

@@ -111,17 +111,46 @@ fn insert(
 
 /// The float model's session on the evaluation data.
 pub(crate) fn float_session(p: &Prepared, eval: &Dataset) -> Result<Session, PipelineError> {
-    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
-    Session::new(
-        &fp,
-        Some(&p.base_dir),
+    session_of(
+        &p.float,
+        &p.base_dir,
         &eval.first()?,
-        &SessionOptions::default(),
+        format!("{}: float model", p.model_path.display()),
     )
-    .map_err(|error| PipelineError::Exec {
-        what: format!("{}: float model", p.model_path.display()),
-        error,
-    })
+}
+
+/// A session of `m` in the engine for samples shaped like `first`; `what` names the model
+/// in errors.
+pub(crate) fn session_of(
+    m: &Model,
+    base_dir: &Path,
+    first: &crate::data::Sample,
+    what: String,
+) -> Result<Session, PipelineError> {
+    let (proto, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "")?;
+    Session::new(&proto, Some(base_dir), first, &SessionOptions::default())
+        .map_err(|error| PipelineError::Exec { what, error })
+}
+
+/// The quantized session `q` against the float one on every sample of `eval`, with
+/// progress.
+pub(crate) fn compare_on(
+    float: &Session,
+    q: &Session,
+    eval: &Dataset,
+    labels: Option<&[i64]>,
+    progress: &dyn Progress,
+) -> Result<ModelComparison, PipelineError> {
+    progress.begin("validating", eval.len() as u64);
+    let cmp = compare(float, q, eval, labels, || progress.step()).map_err(|e| match e {
+        CompareError::Data(e) => PipelineError::Data(e),
+        CompareError::Exec(error) => PipelineError::Exec {
+            what: "validation".into(),
+            error,
+        },
+    })?;
+    progress.end();
+    Ok(cmp)
 }
 
 /// Runs `q` against the float session on the evaluation data.
@@ -133,26 +162,9 @@ pub(crate) fn validate(
     eval: &Dataset,
     progress: &dyn Progress,
 ) -> Result<(ModelComparison, Vec<String>), PipelineError> {
-    let (qp, _) = onnx::encode_model(q, &ExternalPolicy::Inline, "")?;
-    let qs = Session::new(
-        &qp,
-        Some(&p.base_dir),
-        &eval.first()?,
-        &SessionOptions::default(),
-    )
-    .map_err(|error| PipelineError::Exec {
-        what: format!("{}: quantized model", c.output.display()),
-        error,
-    })?;
-    progress.begin("validating", eval.len() as u64);
-    let cmp = compare(float, &qs, eval, c.labels, || progress.step()).map_err(|e| match e {
-        CompareError::Data(e) => PipelineError::Data(e),
-        CompareError::Exec(error) => PipelineError::Exec {
-            what: "validation".into(),
-            error,
-        },
-    })?;
-    progress.end();
+    let what = format!("{}: quantized model", c.output.display());
+    let qs = session_of(q, &p.base_dir, &eval.first()?, what)?;
+    let cmp = compare_on(float, &qs, eval, c.labels, progress)?;
     Ok((cmp, qs.notes()))
 }
 
