@@ -105,7 +105,8 @@
 //!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs and declared dims kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
-//!   `pipeline::weight_only` is the other mode (`--mode weight-only`): MatMul/Gemm weights
+//!   Three modes: static (the default: calibrated Q/DQ), dynamic, and
+//!   `pipeline::weight_only` (`--mode weight-only`): MatMul/Gemm weights
 //!   on 4 or 8 bits by RTN, clipping or GPTQ (layer inputs streamed out of tract), written as
 //!   MatMulNBits or DequantizeLinear with `block_size`, outside the pass list.
 //! - [`quant`]: numeric kernels with ONNX's exact QuantizeLinear/DequantizeLinear

@@ -238,8 +238,18 @@ pub fn load(
     // A goal without evaluation data is judged out of fold on every calibration sample
     // (`pipeline::folds`): none is held back.
     let judged_out_of_fold = o.precision.goal.is_some() && calib.is_some();
-    if o.mode == Mode::Dynamic {
-        // Nothing is calibrated: every calibration sample can validate.
+    // Dynamic quantization and weight-only rounding (RTN, clipping) learn nothing from
+    // data: every calibration sample can validate, and without data the model is written
+    // unvalidated (the summary says so).
+    let learns = match o.mode {
+        Mode::Static => true,
+        Mode::Dynamic => false,
+        Mode::WeightOnly => matches!(
+            o.weight_only.algo,
+            crate::quant::weight_only::Algo::Gptq { .. }
+        ),
+    };
+    if !learns {
         if eval.is_none() && o.validate {
             eval = calib.take();
         }

@@ -14,8 +14,8 @@
 //!   the ranges did not see (when no evaluation data is given).
 //! - [`precision`]: mixed precision as plan edits (size budget, goal).
 //! - [`dynamic`]: `--mode dynamic` instead of calibration, ranges, mixed precision and
-//!   materialisation: the `quantize_dynamic` step on a copy of the prepared model, then
-//!   the same validation.
+//!   materialisation: the `quantize_dynamic` step on a copy of the prepared model (the
+//!   one with the declared dims where the data fixed some), then the same validation.
 //! - [`materialise`]: the pass list's last steps on a copy of the prepared model, checked
 //!   against the budget and validated against the float model, round after round.
 //! - [`interface`]: the written model keeps the float model's interface: pinned inputs
@@ -25,7 +25,9 @@
 //!
 //! [`weight_only`] is a third mode (`--mode weight-only`): the constant weights of MatMul
 //! and Gemm quantized by RTN, clipping or GPTQ, activations float, no ranges; it shares
-//! [`inputs`] and the validation's comparison, nothing else.
+//! [`inputs`] and the validation ([`materialise`]'s sessions and comparison), nothing else.
+//! Dynamic quantization and weight-only rounding learn nothing from data: every sample
+//! given validates, and without data the model is written unvalidated, said in the summary.
 //!
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
 //! that is what the user gave.

@@ -18,19 +18,19 @@
 //! engine, whose MatMulNBits and blocked DequantizeLinear are exact ([`crate::exec`]).
 
 use super::error::PipelineError;
+use super::materialise::{compare_on, session_of};
 use super::options::{CalibSource, QuantizeOptions};
 use super::progress::Progress;
 use crate::data::Dataset;
 use crate::exec::{Session, SessionOptions, TapValue};
 use crate::ir::graph::{AttrValue, Op};
 use crate::ir::{ConstTensor, Graph, Model, OpId, OpsetImport, Tensor, ValueId};
-use crate::onnx::{self, ExternalPolicy};
+use crate::onnx;
 use crate::quant::nbits::pack_bits;
 use crate::quant::rules::Target;
 use crate::quant::weight_only::{
     gptq, quantize_groups, Algo, GptqOptions, Grid, Hessian, Quantized,
 };
-use crate::report::compare::{compare, CompareError};
 use ndarray::{Array2, ArrayD, IxDyn};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -592,6 +592,11 @@ pub fn quantize(
         validation = cmp;
         notes.extend(engine_notes);
         times.insert("validate".to_string(), t.elapsed().as_secs_f64());
+    } else if o.validate {
+        notes.push(
+            "not validated: no data (give --eval DATA, or --calib DATA, to compare with the float model)"
+                .to_string(),
+        );
     }
     let summary = WeightOnlySummary {
         input: o.common.model.display().to_string(),
@@ -636,21 +641,9 @@ fn validate(
     progress: &dyn Progress,
 ) -> Result<(BTreeMap<String, crate::report::Metrics>, Vec<String>), PipelineError> {
     let first = eval.first()?;
-    let session = |m: &Model, what: String| -> Result<Session, PipelineError> {
-        let (p, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "")?;
-        Session::new(&p, Some(base_dir), &first, &SessionOptions::default())
-            .map_err(|error| PipelineError::Exec { what, error })
-    };
-    let fs = session(float, format!("{}: float model", o.common.model.display()))?;
-    let qs = session(q, format!("{}: quantized model", o.output.display()))?;
-    progress.begin("validating", eval.len() as u64);
-    let cmp = compare(&fs, &qs, eval, labels, || progress.step()).map_err(|e| match e {
-        CompareError::Data(e) => PipelineError::Data(e),
-        CompareError::Exec(error) => PipelineError::Exec {
-            what: "validation".into(),
-            error,
-        },
-    })?;
-    progress.end();
+    let what = |m: &Path, kind: &str| format!("{}: {kind} model", m.display());
+    let fs = session_of(float, base_dir, &first, what(&o.common.model, "float"))?;
+    let qs = session_of(q, base_dir, &first, what(&o.output, "quantized"))?;
+    let cmp = compare_on(&fs, &qs, eval, labels, progress)?;
     Ok((cmp.outputs, qs.notes()))
 }
