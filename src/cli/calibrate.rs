@@ -5,7 +5,20 @@ use super::flags::check_preprocess_used;
 use super::quantize::{common, CommonArgs};
 use super::{Bars, Outcome};
 use crate::calib::CalibrationFile;
+use crate::pipeline::calibrate::Shard;
 use std::path::PathBuf;
+
+/// `--shard INDEX/COUNT`: INDEX from 0 to COUNT - 1.
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let bad = || format!("'{s}' is not INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 0/4)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let index: usize = i.trim().parse().map_err(|_| bad())?;
+    let count: usize = n.trim().parse().map_err(|_| bad())?;
+    if count == 0 || index >= count {
+        return Err(bad());
+    }
+    Ok(Shard { index, count })
+}
 
 /// Collect calibration statistics (no quantization) and write them as JSON. Files of the
 /// same model and options merge exactly with `qrange merge`; `qrange quantize --ranges`
@@ -15,10 +28,19 @@ use std::path::PathBuf;
     qrange calibrate model.onnx --calib part1.npz -o part1.json\n  \
     qrange calibrate model.onnx --calib part2.npz -o part2.json\n  \
     qrange merge part1.json part2.json -o all.json\n  \
-    qrange quantize model.onnx --ranges all.json --eval eval.npz -o model.int8.onnx")]
+    qrange quantize model.onnx --ranges all.json --eval eval.npz -o model.int8.onnx\n  \
+    # one task of a Slurm job array over one data file:\n  \
+    qrange calibrate model.onnx --calib all.npz \\\n      \
+    --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT -o part$SLURM_ARRAY_TASK_ID.json")]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Calibrate on part INDEX (from 0) of COUNT contiguous, near-equal parts of the data
+    /// only, as one task of an array job (Slurm: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT;
+    /// a Kubernetes indexed Job: $JOB_COMPLETION_INDEX/COUNT); `qrange merge` of the COUNT
+    /// files equals one run on all the data.
+    #[arg(long, value_name = "INDEX/COUNT", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
     /// Where to write the statistics (JSON).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -38,8 +60,11 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         c.preprocess.as_deref(),
         &[("--calib", c.calib.as_deref().map(std::path::Path::new))],
     )?;
-    let file =
-        crate::pipeline::calibrate::statistics(&common(c, None, false)?, &Bars::new(c.json))?;
+    let file = crate::pipeline::calibrate::statistics(
+        &common(c, None, false)?,
+        a.shard,
+        &Bars::new(c.json),
+    )?;
     file.write(&a.output)?;
     let warnings = file.non_finite_warnings();
     for w in &warnings {
@@ -51,6 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             serde_json::json!({
                 "output": a.output.display().to_string(),
                 "samples": file.samples,
+                "shard": a.shard.map(|s| format!("{}/{}", s.index, s.count)),
                 "tensors": file.tensors.len(),
                 "model_sha256": file.model_sha256,
                 "warnings": warnings,
@@ -58,10 +84,13 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
         );
     } else {
         println!(
-            "wrote {}: statistics of {} tensors over {} samples",
+            "wrote {}: statistics of {} tensors over {} samples{}",
             a.output.display(),
             file.tensors.len(),
-            file.samples
+            file.samples,
+            a.shard
+                .map(|s| format!(" (shard {}/{})", s.index, s.count))
+                .unwrap_or_default()
         );
     }
     Ok(Outcome::Ok)

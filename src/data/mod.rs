@@ -250,6 +250,19 @@ impl Dataset {
         }
     }
 
+    /// Narrows the view to part `index` of `count` contiguous, near-equal parts (the first
+    /// `len % count` parts one sample longer), as calibration shards are cut: the parts of
+    /// every `index` together are the whole view, each sample in exactly one.
+    pub fn shard(&mut self, index: usize, count: usize) {
+        let n = self.len();
+        let count = count.max(1);
+        let index = index.min(count - 1);
+        let (size, extra) = (n / count, n % count);
+        let start = index * size + index.min(extra);
+        let end = start + size + usize::from(index < extra);
+        self.narrow(start..end);
+    }
+
     /// Splits the view at `at`: this dataset keeps samples `[0, at)`, the returned one holds
     /// `[at, len)` of the same source; extra arrays are split the same way.
     pub fn split_off(&mut self, at: usize) -> Dataset {

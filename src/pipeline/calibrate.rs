@@ -54,21 +54,41 @@ pub fn calibrate<S: SampleSource + ?Sized>(
     Ok((file, collected.outputs))
 }
 
-/// `qrange calibrate`: the statistics of the calibration data `c` names, for the model
-/// prepared with `c`'s settings (files of the same model and settings merge exactly).
+/// Part `index` (from 0) of `count` of the calibration data, for one task of an array job:
+/// the tasks' files merge into the statistics of the whole data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+/// `qrange calibrate`: the statistics of the calibration data `c` names (of its part
+/// `shard`, when given), for the model prepared with `c`'s settings (files of the same
+/// model and settings merge exactly).
 pub fn statistics(
     c: &super::options::Common,
+    shard: Option<Shard>,
     progress: &dyn Progress,
 ) -> Result<CalibrationFile, PipelineError> {
     let model = crate::onnx::read_model(&c.model)?;
     let pins = super::inputs::pins(&model, c)?;
     super::inputs::check_names(&model, c)?;
     let specs = super::inputs::input_specs(&model, &pins);
-    let (Some(ds), _) = super::inputs::calibration_source(c, &specs, progress)? else {
+    let (Some(mut ds), _) = super::inputs::calibration_source(c, &specs, progress)? else {
         return Err(PipelineError::Options(
             "no calibration data: give --calib DATA".into(),
         ));
     };
+    if let Some(Shard { index, count }) = shard {
+        let all = ds.len();
+        ds.shard(index, count);
+        if ds.is_empty() {
+            return Err(PipelineError::Options(format!(
+                "--shard {index}/{count}: {} has {all} samples, fewer than {count} shards; use at most {all} shards",
+                ds.source.display()
+            )));
+        }
+    }
     let first = ds.first()?;
     let input = super::prepare::PrepareInput {
         common: c,
