@@ -10,6 +10,7 @@
 //! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read;
 //! [`embedding`] finds the embedding tables any mode stores in 8 bits per row.
 
+pub mod codebook;
 pub mod embedding;
 pub mod integer;
 pub mod kernels;
