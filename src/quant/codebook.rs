@@ -224,11 +224,7 @@ impl IntCodebook {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodebookError {
     #[error("{grid} needs codes ±{need}, but the weight grid reaches only ±{qmax}")]
-    Range {
-        grid: String,
-        need: i64,
-        qmax: i64,
-    },
+    Range { grid: String, need: i64, qmax: i64 },
 }
 
 /// The channel `vals` (weights `wts`) on `grid` (k-means or power of two) over the codes
@@ -355,11 +351,7 @@ mod tests {
         assert!(c.windows(2).all(|w| w[0] < w[1]));
         // Each level is the mean of the values nearest it.
         for (j, &cj) in c.iter().enumerate() {
-            let mine: Vec<f64> = x
-                .iter()
-                .copied()
-                .filter(|&v| nearest(&c, v) == j)
-                .collect();
+            let mine: Vec<f64> = x.iter().copied().filter(|&v| nearest(&c, v) == j).collect();
             let mean = mine.iter().sum::<f64>() / mine.len() as f64;
             assert!((mean - cj).abs() < 1e-9, "level {j}: {cj} vs mean {mean}");
         }
@@ -372,7 +364,10 @@ mod tests {
     fn weighted_kmeans_puts_levels_where_the_weight_is_large() {
         // Values evenly on [-1, 1]; the negative half weighs 100 times more.
         let x: Vec<f64> = (0..2000).map(|i| i as f64 / 999.5 - 1.0).collect();
-        let w: Vec<f64> = x.iter().map(|&v| if v < 0.0 { 100.0 } else { 1.0 }).collect();
+        let w: Vec<f64> = x
+            .iter()
+            .map(|&v| if v < 0.0 { 100.0 } else { 1.0 })
+            .collect();
         let plain = kmeans(&x, None, 8);
         let weighted = kmeans(&x, Some(&w), 8);
         let below = |c: &[f64]| c.iter().filter(|&&v| v < 0.0).count();
@@ -408,10 +403,7 @@ mod tests {
         // Every value takes its nearest level.
         for (i, &v) in x.iter().enumerate() {
             let e = (v - cb.value(i)).abs();
-            assert!(cb
-                .levels
-                .iter()
-                .all(|&l| (v - l as f32 * scale).abs() >= e));
+            assert!(cb.levels.iter().all(|&l| (v - l as f32 * scale).abs() >= e));
         }
         let p = int_codebook(&x, None, WeightGrid::Pow2 { bits: 3 }, scale, 127).unwrap();
         assert_eq!(p.levels, vec![-4, -2, -1, 0, 1, 2, 4]);
