@@ -763,6 +763,9 @@ fn print_sizes_and_validation(s: &Summary) {
             String::new()
         }
     );
+    if let Some(db) = s.weight_sqnr_db {
+        println!("weights    SQNR {db:.2} dB over every quantized weight");
+    }
     if let Some(pr) = &s.precision {
         print_precision(pr);
     }
