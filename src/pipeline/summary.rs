@@ -166,7 +166,9 @@ pub fn summarise(parts: Parts) -> Summary {
     let mut notes = p.notes.clone();
     notes.extend(m.exec_notes.iter().cloned());
     let (weight_8bit_share, weight_4bit_share) = weight_shares(plan, &p.model);
-    let low_bit = !p.cfg.weight_grid.is_uniform() || p.cfg.weight.dtype != DType::I8 || p.cfg.weight.qmax < 64;
+    let low_bit = !p.cfg.weight_grid.is_uniform()
+        || p.cfg.weight.dtype != DType::I8
+        || p.cfg.weight.qmax < 64;
     Summary {
         input: o.common.model.display().to_string(),
         output: o.output.display().to_string(),
@@ -203,9 +205,8 @@ pub fn summarise(parts: Parts) -> Summary {
         weight_8bit_share,
         weight_4bit_share,
         // Said for low-bit grids (8-bit uniform weights keep the summary they always had).
-        weight_sqnr_db: (m.inserted.weight_noise > 0.0 && low_bit).then(|| {
-            10.0 * (m.inserted.weight_signal / m.inserted.weight_noise).log10()
-        }),
+        weight_sqnr_db: (m.inserted.weight_noise > 0.0 && low_bit)
+            .then(|| 10.0 * (m.inserted.weight_signal / m.inserted.weight_noise).log10()),
         seconds: parts.seconds,
         notes,
         passes: parts.passes,
