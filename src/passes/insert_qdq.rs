@@ -534,8 +534,11 @@ struct Coded {
     codes: Vec<f64>,
     params: Vec<ScaleZp>,
     /// Per channel: the levels (codes) and each element's level index, channel-major.
-    codebook: Option<(Vec<Vec<i64>>, Vec<Vec<u8>>)>,
+    codebook: Option<Codebooks>,
 }
+
+/// Per channel: its levels (codes) and each element's level index, channel-major.
+type Codebooks = (Vec<Vec<i64>>, Vec<Vec<u8>>);
 
 /// Integer values as a tensor of `dtype` (4-bit types held one value per `i8`/`u8`).
 fn int_tensor(dtype: DType, shape: &[usize], vals: &[f64]) -> Result<Tensor, PassError> {
@@ -652,7 +655,7 @@ fn write_codebook(
     axis: usize,
     bits: u32,
     dtype: DType,
-    (levels, index): &(Vec<Vec<i64>>, Vec<Vec<u8>>),
+    (levels, index): &Codebooks,
 ) -> Result<ValueId, PassError> {
     let c = levels.len();
     let m = index.first().map_or(0, |v| v.len());

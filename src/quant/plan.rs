@@ -682,6 +682,7 @@ fn plan_scope(
                         qtype: embedding::table_qtype(),
                         axis: Some(embedding::TABLE_AXIS),
                         mse: false,
+                        grid: WeightGrid::Uniform,
                     });
                     plan.ops.insert(
                         key,
