@@ -114,6 +114,11 @@ pub struct Args {
     /// only for --weight-algo gptq.
     #[arg(long, value_enum, default_value = "static")]
     pub mode: ModeArg,
+    /// SmoothQuant (static mode): move the per-channel outliers of each LayerNormalization
+    /// output into the weights of the MatMuls that read it, with strength ALPHA in [0, 1]
+    /// (0.5 is the usual choice; the float model's outputs do not change); `off` for none.
+    #[arg(long, value_name = "ALPHA|off", default_value = "off")]
+    pub smooth: String,
     /// Weight-only: bits per weight, 4 or 8 (default 4).
     #[arg(long, value_name = "BITS")]
     pub weight_bits: Option<u32>,
@@ -432,10 +437,33 @@ fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
     })
 }
 
+/// `--smooth`: the migration strength, or `None` for `off`.
+fn smooth(a: &Args) -> anyhow::Result<Option<f32>> {
+    let s = a.smooth.trim();
+    if s == "off" {
+        return Ok(None);
+    }
+    let alpha: f32 = s
+        .parse()
+        .map_err(|_| anyhow!("--smooth {s} must be a number in [0, 1] or `off`"))?;
+    if !(0.0..=1.0).contains(&alpha) {
+        bail!("--smooth {s} is outside [0, 1]");
+    }
+    if a.mode != ModeArg::Static {
+        bail!("--smooth applies to --mode static: it moves activation ranges the static mode calibrates into the weights");
+    }
+    if a.ranges.is_some() {
+        bail!("--smooth needs --calib DATA: the activations' channel ranges are measured on it, a ranges file has none");
+    }
+    Ok(Some(alpha))
+}
+
 /// The pipeline's options for `a`.
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     let weight_only = weight_only(a)?;
+    let smooth = smooth(a)?;
     Ok(QuantizeOptions {
+        smooth,
         common: common(
             &a.common,
             a.ranges.as_deref(),
