@@ -46,9 +46,9 @@ CONFIGS = {
     "default": [],
     "float-embeddings": ["--exclude-nodes", WORD_GATHER],
     "i8-activations": ["--activation-type", "i8"],
-    "smooth-0.5": ["--smooth", "0.5"],
+    "no-smooth": ["--smooth", "off"],
     "smooth-0.8": ["--smooth", "0.8"],
-    "i8-activations-smooth-0.5": ["--activation-type", "i8", "--smooth", "0.5"],
+    "i8-activations-no-smooth": ["--activation-type", "i8", "--smooth", "off"],
 }
 
 
