@@ -26,6 +26,10 @@
 //! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
 //! model before that raise identifies calibration files, so statistics serve every
 //! mode whatever opset it needs) →
+//! smooth (`pipeline::smooth`, `--smooth`, 0.5 by default: one float run measures each
+//! LayerNormalization output's per-channel maxima, `quant::smooth`'s factors move them into
+//! the weights of the MatMuls that read it, divided out in the normalization or by a float
+//! Mul; the smoothed model is planned again and is what the rest calibrates) →
 //! calibrate (`calib::collect` streams the planned values out of tract as it computes
 //! them, straight into `calib::TensorStats`, samples spread over worker threads and merged
 //! exactly; a method turns each into a range; `--method adaptive`, the default, runs every
@@ -101,7 +105,7 @@
 //!   upgrade_opset, insert_qdq, quantize_dynamic; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
-//!   calibrate, ranges with the adaptive selection, folds, precision, materialise,
+//!   smooth (SmoothQuant's migration), calibrate, ranges with the adaptive selection, folds, precision, materialise,
 //!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs and declared dims kept), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.

@@ -103,7 +103,7 @@ fn has_if(m: &Model) -> bool {
 }
 
 /// SHA-256 of a model's encoding, in hex.
-fn sha256_of(m: &Model) -> Result<String, PipelineError> {
+pub(crate) fn sha256_of(m: &Model) -> Result<String, PipelineError> {
     use sha2::Digest;
     let bytes = crate::onnx::model_to_bytes(m)?;
     Ok(sha2::Sha256::digest(&bytes)
