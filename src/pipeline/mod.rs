@@ -419,6 +419,10 @@ fn quantize_prepared(
         };
         let tu = precision_step(&mut run, &basis, sizes, &data, folds.as_ref())?;
         run.time("sensitivity", t);
+        if o.precision.goal.is_some() {
+            run.warnings
+                .extend(precision::feedback_warnings(&p.model, &plan, &cal.stats));
+        }
         if let (false, Some(goal)) = (tu.choice.met, o.precision.goal) {
             match tu.choice.estimate {
                 // The estimate meets the goal but its lower bound does not, even with
