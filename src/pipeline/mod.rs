@@ -432,10 +432,11 @@ fn quantize_prepared(
                 }
                 _ => {
                     let what = format!(
-                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
+                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights; {} configurations judged)",
                         precision::goal_text(&goal),
                         tu.samples,
                         goal.describe(tu.choice.estimate.map_or(tu.choice.best, |e| e.figure)),
+                        tu.choice.evaluations,
                     );
                     return Ok(run.missed(what));
                 }
