@@ -3,21 +3,28 @@
 //! Both run the [`SimModel`] on a subsample of the data against the float model's outputs
 //! on the same samples. Per unit, sensitivity measures one configuration, *promoted*:
 //! every unit 8-bit except this one at 16 bits — what promoting it buys. Probes may run
-//! on a subsample ([`Evaluator::probe_on`]); the search runs on every sample.
+//! on a subsample ([`Evaluator::probe_on`]); the search judges on every sample.
 //!
-//! The search orders units by *promoted* (best first), finds the shortest prefix of
-//! promotions (16-bit first, then float as a last resort) that meets the goal by
-//! bisection, then demotes again what is not needed: the promoted units, least useful
-//! first, are tried as one group, and a group that misses the goal is split in halves
-//! (one configuration when every promotion stays or every one goes, about two per unit
-//! at worst). A configuration's figure is pooled over the samples, or its bootstrap
-//! lower bound ([`Judge`]). When the lower bound over every sample is the judge and the
-//! probes run on fewer samples ([`Evaluator::screens`]), each demotion is first run on the
-//! probe samples only: when what it loses there (against the kept configuration's figure
-//! there) exceeds the kept configuration's margin over the goal, it is a miss without
-//! running every sample; otherwise it is judged on all of them. A configuration is only
-//! ever kept on the judgement over every sample. Results are cached in a file keyed by
-//! the SHA-256 of the simulation model, the parameters and the samples.
+//! Before any sensitivity analysis, [`outlook`] judges the all-8-bit configuration, then
+//! every unit at 16 bits, then every unit float: these need no order, and when the last
+//! two miss the goal no promotion can meet it. The search orders units by *promoted*
+//! (best first), finds the shortest prefix of promotions (16-bit first, then float as a
+//! last resort) that meets the goal by bisection, then demotes again what is not needed:
+//! the promoted units, least useful first, are tried as one group, and a group that
+//! misses the goal is split in halves. A configuration's figure is pooled over the
+//! samples, or its bootstrap lower bound ([`Judge`]); no configuration is judged twice.
+//!
+//! When the lower bound over every sample is the judge and the probes run on fewer
+//! samples ([`Evaluator::screens`]), the search steers on the probe samples: a
+//! configuration's figure is forecast as that of a configuration judged on every sample
+//! moved by the difference of the two on the probes. The prefix bisection runs on
+//! forecasts and its result is judged on every sample (on a miss, the bisection goes on
+//! above it on every sample). Demotions are accepted for now on their forecast; when none
+//! is left, the last configuration accepted is judged on every sample, and on a miss the
+//! longest run of accepted demotions that meets the goal there is found by bisection, the
+//! demotion after it split and the later ones tried again. A configuration is only ever
+//! kept on the judgement over every sample. Sensitivity results are cached in a file
+//! keyed by the SHA-256 of the simulation model, the parameters and the samples.
 
 use super::sim::SimModel;
 use super::{Precision, TuneError, Unit};
