@@ -942,9 +942,12 @@ fn demoted(config: &[Precision], group: &[(usize, Precision)]) -> Vec<Precision>
     trial
 }
 
+/// A group of promotion steps, taken back together.
+type Group = Vec<(usize, Precision)>;
+
 /// Pushes the two halves of a group that missed, the first (least useful) to be tried
 /// first.
-fn split(pending: &mut Vec<Vec<(usize, Precision)>>, group: &[(usize, Precision)]) {
+fn split(pending: &mut Vec<Group>, group: &[(usize, Precision)]) {
     if group.len() > 1 {
         let (first, second) = group.split_at(group.len() / 2);
         pending.push(second.to_vec());
@@ -993,7 +996,7 @@ fn demote_screened(
     let mut kept = (j.screen(&config)?, config, r);
     let mut pending = vec![promoted];
     // Demotions accepted on the probes since the kept configuration: group, configuration.
-    let mut chain: Vec<(Vec<(usize, Precision)>, Vec<Precision>)> = Vec::new();
+    let mut chain: Vec<(Group, Vec<Precision>)> = Vec::new();
     loop {
         while let Some(group) = pending.pop() {
             if group.is_empty() {
