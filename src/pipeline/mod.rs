@@ -419,6 +419,10 @@ fn quantize_prepared(
         };
         let tu = precision_step(&mut run, &basis, sizes, &data, folds.as_ref())?;
         run.time("sensitivity", t);
+        if o.precision.goal.is_some() {
+            run.warnings
+                .extend(precision::feedback_warnings(&p.model, &plan, &cal.stats));
+        }
         if let (false, Some(goal)) = (tu.choice.met, o.precision.goal) {
             match tu.choice.estimate {
                 // The estimate meets the goal but its lower bound does not, even with
@@ -428,10 +432,11 @@ fn quantize_prepared(
                 }
                 _ => {
                     let what = format!(
-                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
+                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights; {} configurations judged)",
                         precision::goal_text(&goal),
                         tu.samples,
                         goal.describe(tu.choice.estimate.map_or(tu.choice.best, |e| e.figure)),
+                        tu.choice.evaluations,
                     );
                     return Ok(run.missed(what));
                 }
