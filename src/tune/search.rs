@@ -182,7 +182,7 @@ impl<'a> Evaluator<'a> {
             )));
         }
         let (proto, _) =
-            crate::onnx::encode_model(&sim.model, &crate::onnx::ExternalPolicy::Inline, "")
+            crate::onnx::engine_proto(&sim.model)
                 .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
         let all8 = vec![Precision::A8; sim.params.len()];
         let session = Session::new(
