@@ -45,15 +45,15 @@ pub const PROTOBUF_LIMIT: u64 = (1 << 31) - (1 << 20);
 enum Piece<'a> {
     /// Bytes the IR holds.
     Bytes(&'a [u8]),
-    /// A span of the side file the tensor was read from.
-    File(&'a crate::ir::ExternalRef),
+    /// A span of the side file the tensor was read from (the tensor, for errors).
+    File(&'a crate::ir::ExternalRef, &'a ConstTensor),
 }
 
 impl Piece<'_> {
     fn len(&self) -> u64 {
         match self {
             Piece::Bytes(b) => b.len() as u64,
-            Piece::File(r) => r.len,
+            Piece::File(r, _) => r.len,
         }
     }
 }
@@ -148,10 +148,11 @@ fn write_piece(piece: &Piece<'_>, out: &mut impl std::io::Write, to: &Path) -> R
     };
     match piece {
         Piece::Bytes(b) => out.write_all(b).map_err(werr),
-        Piece::File(r) => r.copy_to(out).map_err(|e| match e {
+        Piece::File(r, t) => r.copy_to(out).map_err(|e| match e {
             Ok(e) => werr(e),
-            Err(what) => OnnxError::Io {
+            Err(what) => OnnxError::ExternalData {
                 path: r.file.clone(),
+                tensor: t.name.clone().unwrap_or_default(),
                 what,
             },
         }),
@@ -386,7 +387,7 @@ impl<'a> Enc<'a> {
         p.data_type = Some(t.dtype.onnx_code());
         p.dims = t.dims.clone();
         let (piece, len) = match &t.data {
-            TensorData::External(r) => (Piece::File(r), r.len),
+            TensorData::External(r) => (Piece::File(r, t), r.len),
             TensorData::Raw(r) => (Piece::Bytes(r), r.len() as u64),
             TensorData::Floats(v) => return self.typed(p, |p| p.float_data = v.clone()),
             TensorData::Int32s(v) => return self.typed(p, |p| p.int32_data = v.clone()),
@@ -407,7 +408,7 @@ impl<'a> Enc<'a> {
             ExternalPolicy::Inline => false,
             ExternalPolicy::Threshold(n) => initializer && len >= *n,
             ExternalPolicy::Reference => {
-                if let Piece::File(r) = &piece {
+                if let Piece::File(r, _) = &piece {
                     return self.reference(p, r);
                 }
                 false
@@ -433,7 +434,7 @@ impl<'a> Enc<'a> {
         } else {
             p.raw_data = Some(match piece {
                 Piece::Bytes(b) => b.to_vec(),
-                Piece::File(_) => super::external::read(t, &self.origin)?,
+                Piece::File(..) => super::external::read(t, &self.origin)?,
             });
         }
         Ok(p)
