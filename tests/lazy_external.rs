@@ -40,10 +40,18 @@ fn inspect_and_convert_read_no_tensor_data() {
         .map(|v| m.graph.const_of(*v).unwrap())
         .filter(|t| matches!(t.data, TensorData::External(_)))
         .collect();
-    assert_eq!(externals.len(), 3, "every initializer stays in its side file");
+    assert_eq!(
+        externals.len(),
+        3,
+        "every initializer stays in its side file"
+    );
     assert!(onnx::encoded_size(&m) > side_bytes);
     cli(&["inspect".as_ref(), &model]);
-    assert_eq!(bytes_read(), 0, "decode, encoded_size or inspect read tensor data");
+    assert_eq!(
+        bytes_read(),
+        0,
+        "decode, encoded_size or inspect read tensor data"
+    );
 
     // convert streams every external tensor from file to file, reading none into memory.
     let out = tmp.path().join("out.onnx");
@@ -78,9 +86,13 @@ fn inspect_and_convert_read_no_tensor_data() {
     let e = w.to_tensor().unwrap_err().to_string();
     assert!(e.contains("'fc1.w'") && e.contains("weights.bin"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
-    let e = onnx::write_model(&m, &tmp.path().join("cut.onnx"), &onnx::ExternalPolicy::Keep)
-        .unwrap_err()
-        .to_string();
+    let e = onnx::write_model(
+        &m,
+        &tmp.path().join("cut.onnx"),
+        &onnx::ExternalPolicy::Keep,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("'fc1.w'") && e.contains("weights.bin") && e.contains("holds 100 of"),
         "{e}"

@@ -42,6 +42,7 @@ pub struct WriteReport {
 pub const PROTOBUF_LIMIT: u64 = (1 << 31) - (1 << 20);
 
 /// One tensor's bytes bound for the side file.
+#[derive(Clone, Copy)]
 enum Piece<'a> {
     /// Bytes the IR holds.
     Bytes(&'a [u8]),
@@ -140,8 +141,27 @@ pub fn engine_proto(m: &Model) -> Result<(proto::ModelProto, Option<PathBuf>), O
     Ok((enc.proto, enc.referenced_dir))
 }
 
+/// Writes what identifies `m`'s content into `out` (for a digest): the model as
+/// [`engine_proto`] encodes it (external data referenced where it lies), then the bytes of
+/// every referenced tensor in encoding order, streamed from their files. A model without
+/// external data gives exactly its inline encoding; the weights are never gathered.
+pub fn write_identity(m: &Model, out: &mut impl std::io::Write) -> Result<(), OnnxError> {
+    let enc = encode(m, &ExternalPolicy::Reference, "", false)?;
+    let to = Path::new("<digest>");
+    out.write_all(&enc.proto.encode_to_vec())
+        .map_err(|e| OnnxError::Internal(e.to_string()))?;
+    for piece in &enc.side {
+        write_piece(piece, out, to)?;
+    }
+    Ok(())
+}
+
 /// Appends one piece to `out`; errors name `to` (writing) or the side file (reading).
-fn write_piece(piece: &Piece<'_>, out: &mut impl std::io::Write, to: &Path) -> Result<(), OnnxError> {
+fn write_piece(
+    piece: &Piece<'_>,
+    out: &mut impl std::io::Write,
+    to: &Path,
+) -> Result<(), OnnxError> {
     let werr = |e: std::io::Error| OnnxError::Io {
         path: to.to_path_buf(),
         what: format!("cannot write '{}': {e}", to.display()),
@@ -408,7 +428,8 @@ impl<'a> Enc<'a> {
             ExternalPolicy::Inline => false,
             ExternalPolicy::Threshold(n) => initializer && len >= *n,
             ExternalPolicy::Reference => {
-                if let Piece::File(r, _) = &piece {
+                if let Piece::File(r, _) = piece {
+                    self.side.push(piece);
                     return self.reference(p, r);
                 }
                 false
