@@ -18,7 +18,7 @@ use crate::calib::{CalibrationFile, Method, MethodOptions};
 use crate::data::{Dataset, Sample};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::{DType, Model};
-use crate::onnx::{self, ExternalPolicy};
+use crate::onnx;
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, Plan};
 use crate::report::estimate::Estimate;
@@ -532,7 +532,7 @@ fn evaluator<'a>(
         .labels
         .as_ref()
         .map(|l| picks.iter().map(|&i| l[i]).collect::<Vec<i64>>());
-    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
+    let (fp, _) = onnx::engine_proto(&p.float)?;
     let reference = Session::new(
         &fp,
         Some(&p.base_dir),

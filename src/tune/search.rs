@@ -188,9 +188,8 @@ impl<'a> Evaluator<'a> {
                 samples.len()
             )));
         }
-        let (proto, _) =
-            crate::onnx::encode_model(&sim.model, &crate::onnx::ExternalPolicy::Inline, "")
-                .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
+        let (proto, _) = crate::onnx::engine_proto(&sim.model)
+            .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
         let all8 = vec![Precision::A8; sim.params.len()];
         let session = Session::new(
             &proto,
