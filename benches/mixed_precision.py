@@ -17,7 +17,12 @@ on every sample of ``eval.npz``. Reported per model: the goal, qrange's out-of-f
 estimate with its 90 % bounds and sample count, whether qrange said the samples cannot
 support the goal, the figure on the unseen evaluation set in ONNX Runtime, and the
 search's cost: seconds of fold calibration, of sensitivity + search (``sensitivity``),
-of validation, and the whole run.
+of validation, and the whole run (wall, and user CPU from ``/usr/bin/time -v`` when it
+exists: on a shared machine the wall time grows with the load, the CPU time much less).
+
+A warning that qrange printed on the estimate (the samples cannot support the goal; an
+output fed back as an input whose range clips what calibration saw) is kept in the JSON
+and marked in the table.
 
 Goals: ppocr_cls ``--target-sqnr 30``; magika ``--max-drop 0.5 --labels label`` (judged
 on accuracy against the labels); ppocr_det ``--target-sqnr 25``; minilm_l3 ``--target-sqnr
@@ -116,10 +121,18 @@ def one(name, d, qrange, out):
     args = [str(qrange), "quantize", str(d / "model.onnx"), "--calib", str(d / "calib.npz"),
             *goal, "-o", str(dst), "--json"]
     log("$", " ".join(args))
+    timed = Path("/usr/bin/time").exists()
+    tv = out / f"{name}.time.txt"
     t = time.time()
-    p = subprocess.run(args, capture_output=True, text=True)
+    p = subprocess.run((["/usr/bin/time", "-v", "-o", str(tv)] if timed else []) + args,
+                       capture_output=True, text=True)
     wall = time.time() - t
     row = {"model": name, "goal": " ".join(goal), "exit": p.returncode, "wall_s": wall}
+    if timed and tv.exists():
+        for line in tv.read_text().splitlines():
+            k, _, v = line.strip().partition(": ")
+            if k in ("User time (seconds)", "System time (seconds)"):
+                row["user_s" if k.startswith("User") else "system_s"] = float(v)
     if p.returncode != 0:
         row["error"] = next((l for l in p.stderr.splitlines() if l.startswith("error:")), p.stderr[-300:])
         return row
@@ -135,7 +148,7 @@ def one(name, d, qrange, out):
         folds_s=secs.get("folds", 0.0),
         search_s=secs.get("sensitivity", 0.0),
         validate_s=secs.get("validate", 0.0),
-        warnings=[l for l in p.stderr.splitlines() if "cannot support" in l],
+        warnings=[l for l in p.stderr.splitlines() if "cannot support" in l or "fed back" in l],
     )
     row["unseen"] = unseen(d / "model.onnx", dst, d / "eval.npz", "--labels" in goal)
     return row
@@ -143,7 +156,8 @@ def one(name, d, qrange, out):
 
 def fmt(row):
     if row.get("error"):
-        return f"| {row['model']} | `{row['goal']}` | refused: {row['error']} | | | | |"
+        return (f"| {row['model']} | `{row['goal']}` | refused: {row['error']} | | | | "
+                f"{row['wall_s']:.1f} | {row.get('user_s', float('nan')):.1f} |")
     e = row["estimate"] or {}
     u = row["unseen"]
     if "--max-drop" in row["goal"]:
@@ -157,10 +171,13 @@ def fmt(row):
         if main in u["sqnr_db"]:
             seen += f" (`{main}` {u['sqnr_db'][main]:.2f} dB)"
     more = f"; cannot support it, about {row['samples_needed']} samples would" if row["samples_needed"] else ""
+    if any("fed back" in w for w in row.get("warnings", [])):
+        more += "; warns: a state fed back is clipped"
     return (
         f"| {row['model']} | `{row['goal']}` | {est} on {e.get('samples', 0)} calib samples{more} "
         f"| {seen} on {u['samples']} | {row['promoted']}/{row['units']} "
-        f"| {row['folds_s']:.1f} + {row['search_s']:.1f} + {row['validate_s']:.1f} | {row['wall_s']:.1f} |"
+        f"| {row['folds_s']:.1f} + {row['search_s']:.1f} + {row['validate_s']:.1f} | {row['wall_s']:.1f} "
+        f"| {row.get('user_s', float('nan')):.1f} |"
     )
 
 
@@ -195,8 +212,8 @@ def main():
         if a.json:
             a.json.write_text(json.dumps(rows, indent=1, default=str) + "\n")
     print(f"qrange: {a.qrange}; models: {a.models}")
-    print("| model | goal | out-of-fold estimate [90% bounds] | unseen eval set, ONNX Runtime | promoted | seconds: folds + sensitivity/search + validation | whole run s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | goal | out-of-fold estimate [90% bounds] | unseen eval set, ONNX Runtime | promoted | seconds: folds + sensitivity/search + validation | whole run s | user CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(fmt(r))
     return 0

@@ -41,11 +41,14 @@ OUTPUT = "461"
 WORD_GATHER = "/model/model.0/auto_model/embeddings/word_embeddings/Gather"
 
 # name → extra `qrange quantize` flags. The first is the default command; the others show
-# what the embedding table and the activation grid cost.
+# what the embedding table, the activation grid and SmoothQuant's migration (--smooth) do.
 CONFIGS = {
     "default": [],
     "float-embeddings": ["--exclude-nodes", WORD_GATHER],
     "i8-activations": ["--activation-type", "i8"],
+    "no-smooth": ["--smooth", "off"],
+    "smooth-0.8": ["--smooth", "0.8"],
+    "i8-activations-no-smooth": ["--activation-type", "i8", "--smooth", "off"],
 }
 
 

@@ -26,6 +26,10 @@
 //! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
 //! model before that raise identifies calibration files, so statistics serve every
 //! mode whatever opset it needs) →
+//! smooth (`pipeline::smooth`, `--smooth`, 0.5 by default: one float run measures each
+//! LayerNormalization output's per-channel maxima, `quant::smooth`'s factors move them into
+//! the weights of the MatMuls that read it, divided out in the normalization or by a float
+//! Mul; the smoothed model is planned again and is what the rest calibrates) →
 //! calibrate (`calib::collect` streams the planned values out of tract as it computes
 //! them, straight into `calib::TensorStats`, samples spread over worker threads and merged
 //! exactly; a method turns each into a range; `--method adaptive`, the default, runs every
@@ -89,10 +93,15 @@
 //! - [`onnx`]: generated protobuf types (`proto/onnx.proto`, ONNX 1.23.2), decode
 //!   (proto → IR; every `TensorProto`, model initializer, tensor attribute or `.pb` data
 //!   file, through `onnx::tensor`), encode (IR → proto), external data, atomic file writes.
+//!   External data is located and checked on decode but stays in its side file
+//!   (`ir::external` reads a tensor's span when a pass, the dump or a decoder asks); the
+//!   writer streams it from file to file, and the engine is handed references to it
+//!   (`onnx::engine_proto`) and reads the weights itself.
 //! - [`ir`]: the graph (bipartite `StableDiGraph` of op and value nodes, typed handles),
 //!   values and constants, the one decoder of constant payloads into host tensors
-//!   (`ir::payload`, every element type, checked sizes), `verify()`, scopes (where each
-//!   subgraph sits, which graph defines a captured name, a subgraph as a model of its
+//!   (`ir::payload`, every element type, checked sizes), external data read on demand
+//!   (`ir::external`: positional reads and streamed copies, counted), `verify()`, scopes
+//!   (where each subgraph sits, which graph defines a captured name, a subgraph as a model of its
 //!   own), the text dump.
 //! - [`passes`]: the `Pass` trait, the quantize pipeline as one declared list of steps
 //!   (each ordering constraint commented), the runner that runs it phase by phase, checks
@@ -101,7 +110,7 @@
 //!   upgrade_opset, insert_qdq, quantize_dynamic; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
-//!   calibrate, ranges with the adaptive selection, folds, precision, materialise,
+//!   smooth (SmoothQuant's migration), calibrate, ranges with the adaptive selection, folds, precision, materialise,
 //!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs and declared dims kept), energy (the input energy
 //!   k-means codebook weights are weighted by), summary,
@@ -219,6 +228,9 @@
 //!   is caught in `exec` and becomes an error. The command line prints an error as one
 //!   line (`cli::print_error`, a chain of causes joined); standard output closed by its
 //!   reader ends a command quietly once its files are written.
+//! - **Invariant:** weights in external data are never gathered whole: `inspect` and
+//!   `convert` read none into memory (`tests/lazy_external` counts it), the engine gets
+//!   references, and a pass that needs a tensor's values reads that tensor only.
 //! - **Invariant:** no command damages a file: it writes no file it reads and no file twice
 //!   (checked before any work), writes only through `fsx` (temporary file, rename), and
 //!   leaves no temporary file or partial output, even when interrupted.

@@ -1673,6 +1673,24 @@ const CASES: &[Case] = &[
         code: 2,
         expect: &["--weight-grid", "static mode"],
     },
+    Case {
+        name: "smoothing strength above 1",
+        setup: |d| weight_only_case(d, &["--smooth", "1.5", "--calib", "random:2"]),
+        code: 2,
+        expect: &["--smooth 1.5", "[0, 1]"],
+    },
+    Case {
+        name: "smoothing strength not a number",
+        setup: |d| weight_only_case(d, &["--smooth", "strong", "--calib", "random:2"]),
+        code: 2,
+        expect: &["--smooth strong", "`off`"],
+    },
+    Case {
+        name: "smoothing with --mode dynamic",
+        setup: |d| weight_only_case(d, &["--mode", "dynamic", "--smooth", "0.5"]),
+        code: 2,
+        expect: &["--smooth", "--mode static"],
+    },
 ];
 
 /// A file system node: its path, kind and content (files only).

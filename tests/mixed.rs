@@ -426,3 +426,73 @@ fn demotions_are_screened_on_the_probe_samples_and_the_choice_judged_on_all() {
     // The probe samples are the same evenly spaced ones each time: the same bytes.
     assert_eq!(outs[0], outs[1]);
 }
+
+#[test]
+fn an_unreachable_goal_is_found_without_a_sensitivity_analysis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.npz");
+    calib_with_outliers(&calib, 4.0);
+    let out = tmp.path().join("t.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&calib),
+        "--target-sqnr",
+        "60",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    // All 8-bit, all 16-bit, all float: no order of promotions can do better than the
+    // last two, so the goal is known unreachable without probing any unit alone.
+    let line = r.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(line.contains("; 3 configurations judged)"), "{line}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_state_fed_back_whose_range_clips_what_calibration_saw_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("silero_vad/model.onnx")),
+        "--calib",
+        &s(&fixture("silero_vad/calib.npz")),
+        "--pin",
+        "sr=16000",
+        "--target-sqnr",
+        "10",
+        "-o",
+        &s(&tmp.path().join("v.onnx")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("as a state fed back from run to run"))
+        .unwrap_or_else(|| panic!("no warning on the fed-back state:\n{}", r.stderr));
+    assert!(
+        line.starts_with("warning: output 'stateN' has the type and shape of input 'state'"),
+        "{line}"
+    );
+    assert!(
+        line.contains("clips values calibration saw ('stateN' in ["),
+        "{line}"
+    );
+    // A model without such a pair says nothing of the kind.
+    let calib = tmp.path().join("calib.npz");
+    calib_with_outliers(&calib, 4.0);
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib",
+        &s(&calib),
+        "--target-sqnr",
+        "20",
+        "-o",
+        &s(&tmp.path().join("t.onnx")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("fed back"), "{}", r.stderr);
+}

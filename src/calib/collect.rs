@@ -36,8 +36,8 @@ use crate::exec::loops::{run_loop, LoopLimits, LoopRun};
 use crate::exec::{ExecError, ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::scope::subgraph_model;
 use crate::ir::{Model, OpId, Tensor};
+use crate::onnx::engine_proto;
 use crate::onnx::proto::ModelProto;
-use crate::onnx::{encode_model, ExternalPolicy};
 use crate::quant::plan::ValueKeys;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -276,8 +276,10 @@ pub struct Collected {
     pub outputs: BTreeMap<usize, Sample>,
 }
 
+/// The model for the engine, weights still in their side file referenced where they lie
+/// (the engine reads them itself; the `base_dir` given with the model is their folder).
 fn encode(m: &Model) -> Result<ModelProto, CollectError> {
-    encode_model(m, &ExternalPolicy::Inline, "")
+    engine_proto(m)
         .map(|(p, _)| p)
         .map_err(|e| CollectError::Encode(e.to_string()))
 }

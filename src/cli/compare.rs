@@ -7,7 +7,7 @@ use super::Outcome;
 use crate::data::{self, InputSpec};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::Model;
-use crate::onnx::{self, ExternalPolicy};
+use crate::onnx;
 use crate::pipeline::inputs::{input_specs, sample_shapes, specialise};
 use crate::report::compare::{compare, CompareError};
 use crate::report::layers::{per_tensor, LayerComparison, PerTensor, Unmatched};
@@ -246,8 +246,8 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
             .map_err(|e| anyhow!("{}: specialising the model: {e}", a.test.display()))?,
     );
 
-    let (pa, _) = onnx::encode_model(&ma, &ExternalPolicy::Inline, "")?;
-    let (pb, _) = onnx::encode_model(&mb, &ExternalPolicy::Inline, "")?;
+    let (pa, _) = onnx::engine_proto(&ma)?;
+    let (pb, _) = onnx::engine_proto(&mb)?;
     let opts = SessionOptions::default();
     let sa = Session::new(&pa, Some(&onnx::base_dir(&a.reference)), &first, &opts)
         .map_err(|e| anyhow!("{}: {e}", a.reference.display()))?;

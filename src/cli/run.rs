@@ -76,7 +76,9 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let first = ds.first()?;
     let notes = specialise(&mut m, &pins, &sample_shapes(&first, &shapes))
         .with_context(|| format!("{}: specialising the model", a.model.display()))?;
-    let (proto, _) = crate::onnx::encode_model(&m, &crate::onnx::ExternalPolicy::Inline, "")?;
+    // Weights still in their side file stay there: the engine reads them itself.
+    let (proto, _) = crate::onnx::engine_proto(&m)?;
+    drop(m);
     let opts = SessionOptions {
         taps: a.tap.clone(),
         ..Default::default()

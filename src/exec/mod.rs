@@ -227,10 +227,11 @@ impl Session {
             })
             .collect();
         if !staged::holds_loop(&m.graph) {
-            let (proto, _) =
-                crate::onnx::encode_model(&m, &crate::onnx::ExternalPolicy::Inline, "")
-                    .map_err(|e| ExecError::Load(e.to_string()))?;
-            let mut engine = Engine::new(&proto, base_dir, sample, opts)?;
+            // Weights still in their side file stay there: the engine reads them itself.
+            let (proto, dir) =
+                crate::onnx::engine_proto(&m).map_err(|e| ExecError::Load(e.to_string()))?;
+            drop(m);
+            let mut engine = Engine::new(&proto, dir.as_deref().or(base_dir), sample, opts)?;
             engine.add_notes(notes);
             return Ok(Session {
                 kind: Kind::Engine(Box::new(engine)),

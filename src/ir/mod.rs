@@ -1,12 +1,14 @@
 //! The intermediate representation: graphs, values, constants and the one decoder of
-//! their stored values (`payload`), shapes, verification, scopes (where each subgraph
-//! sits and which graph defines a captured name) and the text dump.
+//! their stored values (`payload`), external data read on demand (`external`), shapes,
+//! verification, scopes (where each subgraph sits and which graph defines a captured name)
+//! and the text dump.
 //!
 //! The IR knows nothing of protobuf, tract or the command line. Fields it does not
 //! model are held as opaque [`Carry`] bytes that only `crate::onnx` reads.
 
 pub mod dump;
 pub mod eval;
+pub mod external;
 pub mod graph;
 pub mod payload;
 pub mod scope;

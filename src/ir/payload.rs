@@ -1,7 +1,7 @@
 //! The one decoder of constant payloads: a [`ConstTensor`]'s stored values into a host
 //! [`Tensor`]. Model initializers, tensor attributes and standalone tensor files all come
-//! here: `onnx` turns their `TensorProto` into a `ConstTensor` (external data read from
-//! its side file), and [`ConstTensor::to_tensor`] decodes it.
+//! here: `onnx` turns their `TensorProto` into a `ConstTensor` (external data left in its
+//! side file), and [`ConstTensor::to_tensor`] decodes it, reading external data then.
 //!
 //! The rules are ONNX's. Raw bytes win when present: little endian, sub-byte types packed
 //! two per byte, low nibble first. Otherwise the typed list the element type lives in:
@@ -18,16 +18,25 @@ use ndarray::{ArrayD, IxDyn};
 use std::fmt::Display;
 
 impl ConstTensor {
-    /// Decodes the values into a host tensor. External data must have been loaded first.
+    /// Decodes the values into a host tensor, reading external data from its side file
+    /// (a file that no longer holds it is an error naming the tensor and the file).
     pub fn to_tensor(&self) -> Result<Tensor, TensorDataError> {
         let bad = |what: String| TensorDataError::Bad {
             name: self.name.clone().unwrap_or_default(),
             what,
         };
         let (shape, count) = checked_shape(&self.dims).map_err(bad)?;
+        let loaded;
+        let data = match &self.data {
+            TensorData::External(r) => {
+                loaded = TensorData::Raw(r.read().map_err(bad)?);
+                &loaded
+            }
+            d => d,
+        };
         let p = Payload {
             dtype: self.dtype,
-            data: &self.data,
+            data,
             shape: &shape,
             count,
         };
@@ -272,7 +281,7 @@ pub(crate) fn storage_name(d: &TensorData) -> &'static str {
         TensorData::Doubles(_) => "double_data",
         TensorData::Uint64s(_) => "uint64_data",
         TensorData::Strings(_) => "string_data",
-        TensorData::External(_) => "external data (not loaded)",
+        TensorData::External(_) => "external data",
         TensorData::Sparse(_) => "a sparse tensor",
         TensorData::Empty => "nothing",
     }

@@ -97,6 +97,12 @@ pub struct ExternalRef {
     pub other: Vec<(String, String)>,
     /// Directory the location is relative to.
     pub base_dir: PathBuf,
+    /// The side file, resolved inside `base_dir` and checked to hold the span when the
+    /// model was read.
+    pub file: PathBuf,
+    /// Where the tensor's bytes start in `file`, and how many there are.
+    pub start: u64,
+    pub len: u64,
 }
 
 /// Storage of a constant tensor's values.
@@ -110,7 +116,7 @@ pub enum TensorData {
     Doubles(Vec<f64>),
     Uint64s(Vec<u64>),
     Strings(Vec<Vec<u8>>),
-    /// Stored in a side file, not yet read.
+    /// Stored in a side file, read only when the values are needed (`ir::external`).
     External(ExternalRef),
     /// An encoded `SparseTensorProto`, kept as is.
     Sparse(Carry),

@@ -1,4 +1,11 @@
 //! IR → protobuf, and writing model files (atomically, with optional external data).
+//!
+//! Tensor data is never gathered in one buffer: tensors bound for the side file are listed
+//! as pieces (bytes the IR holds, borrowed, or a span of the side file they were read from)
+//! and [`stage_model`] streams them one after the other into the new side file. Whether a
+//! model passes protobuf's 2 GiB limit is measured before any external data is read
+//! ([`encoded_size`]). For the engine, [`engine_proto`] references external data where it
+//! lies instead of reading it.
 
 use super::proto;
 use super::OnnxError;
@@ -15,6 +22,10 @@ pub enum ExternalPolicy {
     Inline,
     /// Every initializer of at least this many bytes goes to external data.
     Threshold(u64),
+    /// Tensors still in their side file are referenced there (location relative to their
+    /// folder, which must be the same for all of them); the rest inline. Only for handing a
+    /// model to the engine, which reads the side file itself: never written to a file.
+    Reference,
 }
 
 /// What [`write_model`] wrote.
@@ -30,25 +41,59 @@ pub struct WriteReport {
 /// Largest protobuf message size we write inline (protobuf's hard limit is 2 GiB).
 pub const PROTOBUF_LIMIT: u64 = (1 << 31) - (1 << 20);
 
+/// One tensor's bytes bound for the side file.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    /// Bytes the IR holds.
+    Bytes(&'a [u8]),
+    /// A span of the side file the tensor was read from (the tensor, for errors).
+    File(&'a crate::ir::ExternalRef, &'a ConstTensor),
+}
+
+impl Piece<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::File(r, _) => r.len,
+        }
+    }
+}
+
 struct Enc<'a> {
     policy: &'a ExternalPolicy,
     side_name: String,
-    side: Vec<u8>,
+    side: Vec<Piece<'a>>,
+    side_len: u64,
     origin: PathBuf,
+    /// Measuring only: inline data is replaced by zeros of its length (never touched, so
+    /// never resident) and external data is not read.
+    measure: bool,
+    /// The folder of the side files referenced under [`ExternalPolicy::Reference`].
+    referenced_dir: Option<PathBuf>,
 }
 
-/// Encodes a model. Tensors chosen by `policy` are appended to the returned side buffer,
-/// referenced as `side_name`.
-pub fn encode_model(
-    m: &Model,
-    policy: &ExternalPolicy,
+/// The encoded model and the pieces of its side file.
+struct Encoded<'a> {
+    proto: proto::ModelProto,
+    side: Vec<Piece<'a>>,
+    side_len: u64,
+    referenced_dir: Option<PathBuf>,
+}
+
+fn encode<'a>(
+    m: &'a Model,
+    policy: &'a ExternalPolicy,
     side_name: &str,
-) -> Result<(proto::ModelProto, Vec<u8>), OnnxError> {
+    measure: bool,
+) -> Result<Encoded<'a>, OnnxError> {
     let mut e = Enc {
         policy,
         side_name: side_name.to_string(),
         side: Vec::new(),
+        side_len: 0,
         origin: PathBuf::from("<model>"),
+        measure,
+        referenced_dir: None,
     };
     let mut p = proto::ModelProto::decode(m.carry.0.as_slice()).map_err(carry_err)?;
     p.ir_version = m.ir_version;
@@ -65,7 +110,73 @@ pub fn encode_model(
             .collect();
     }
     p.graph = Some(e.graph(&m.graph, true)?);
-    Ok((p, e.side))
+    Ok(Encoded {
+        proto: p,
+        side: e.side,
+        side_len: e.side_len,
+        referenced_dir: e.referenced_dir,
+    })
+}
+
+/// Encodes a model. Tensors chosen by `policy` are appended to the returned side buffer,
+/// referenced as `side_name`.
+pub fn encode_model(
+    m: &Model,
+    policy: &ExternalPolicy,
+    side_name: &str,
+) -> Result<(proto::ModelProto, Vec<u8>), OnnxError> {
+    let enc = encode(m, policy, side_name, false)?;
+    let mut side = Vec::new();
+    for piece in &enc.side {
+        write_piece(piece, &mut side, Path::new("<memory>"))?;
+    }
+    Ok((enc.proto, side))
+}
+
+/// The model for the engine: tensors still in their side file are referenced where they
+/// lie ([`ExternalPolicy::Reference`]), the rest inline. Returns the folder the references
+/// are relative to, when there are any.
+pub fn engine_proto(m: &Model) -> Result<(proto::ModelProto, Option<PathBuf>), OnnxError> {
+    let enc = encode(m, &ExternalPolicy::Reference, "", false)?;
+    Ok((enc.proto, enc.referenced_dir))
+}
+
+/// Writes what identifies `m`'s content into `out` (for a digest): the model as
+/// [`engine_proto`] encodes it (external data referenced where it lies), then the bytes of
+/// every referenced tensor in encoding order, streamed from their files. A model without
+/// external data gives exactly its inline encoding; the weights are never gathered.
+pub fn write_identity(m: &Model, out: &mut impl std::io::Write) -> Result<(), OnnxError> {
+    let enc = encode(m, &ExternalPolicy::Reference, "", false)?;
+    let to = Path::new("<digest>");
+    out.write_all(&enc.proto.encode_to_vec())
+        .map_err(|e| OnnxError::Internal(e.to_string()))?;
+    for piece in &enc.side {
+        write_piece(piece, out, to)?;
+    }
+    Ok(())
+}
+
+/// Appends one piece to `out`; errors name `to` (writing) or the side file (reading).
+fn write_piece(
+    piece: &Piece<'_>,
+    out: &mut impl std::io::Write,
+    to: &Path,
+) -> Result<(), OnnxError> {
+    let werr = |e: std::io::Error| OnnxError::Io {
+        path: to.to_path_buf(),
+        what: format!("cannot write '{}': {e}", to.display()),
+    };
+    match piece {
+        Piece::Bytes(b) => out.write_all(b).map_err(werr),
+        Piece::File(r, t) => r.copy_to(out).map_err(|e| match e {
+            Ok(e) => werr(e),
+            Err(what) => OnnxError::ExternalData {
+                path: r.file.clone(),
+                tensor: t.name.clone().unwrap_or_default(),
+                what,
+            },
+        }),
+    }
 }
 
 /// Encodes a model to bytes with everything inline.
@@ -76,9 +187,14 @@ pub fn model_to_bytes(m: &Model) -> Result<Vec<u8>, OnnxError> {
 }
 
 /// Size in bytes of `m` encoded with everything inline (0 when it cannot be encoded): what
-/// size budgets and summaries measure.
+/// size budgets and summaries measure. No tensor data is read or copied to measure it.
 pub fn encoded_size(m: &Model) -> u64 {
-    model_to_bytes(m).map_or(0, |b| b.len() as u64)
+    measured_size(m, &ExternalPolicy::Inline).unwrap_or(0)
+}
+
+/// Size of the model file `m` encodes to under `policy`, reading no tensor data.
+fn measured_size(m: &Model, policy: &ExternalPolicy) -> Result<u64, OnnxError> {
+    Ok(encode(m, policy, "x.data", true)?.proto.encoded_len() as u64)
 }
 
 /// Writes `m` to `path` atomically (temporary file + rename), with external data per
@@ -120,36 +236,43 @@ pub fn stage_model(
         .to_string_lossy()
         .into_owned();
     let side_name = format!("{fname}.data");
-    let (mut p, mut side) = encode_model(m, policy, &side_name)?;
+    let mut policy = policy;
     let mut forced = false;
-    if p.encoded_len() as u64 > PROTOBUF_LIMIT {
-        (p, side) = encode_model(m, &ExternalPolicy::Threshold(1024), &side_name)?;
+    if measured_size(m, policy)? > PROTOBUF_LIMIT {
+        policy = &ExternalPolicy::Threshold(1024);
         forced = true;
-        if p.encoded_len() as u64 > PROTOBUF_LIMIT {
+        if measured_size(m, policy)? > PROTOBUF_LIMIT {
             return Err(io(
                 "model is larger than 2 GiB even with its initializers in external data".into(),
             ));
         }
     }
-    let bytes = p.encode_to_vec();
+    let enc = encode(m, policy, &side_name, false)?;
     let side_path = dir.join(&side_name);
     let mut staged = Vec::new();
-    let mut put = |at: &Path, b: &[u8]| -> Result<(), OnnxError> {
-        let mut s = crate::fsx::stage(at).map_err(|e| io(e.to_string()))?;
-        s.file()
-            .write_all(b)
-            .map_err(|e| io(format!("cannot write '{}': {e}", at.display())))?;
-        staged.push(s);
-        Ok(())
-    };
     // Side file first: renamed first, so a model file never points at missing data.
-    let external = if side.is_empty() {
+    let external = if enc.side.is_empty() {
         None
     } else {
-        put(&side_path, &side)?;
-        Some((side_path, side.len() as u64))
+        let mut s = crate::fsx::stage(&side_path).map_err(|e| io(e.to_string()))?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, s.file());
+            for piece in &enc.side {
+                write_piece(piece, &mut w, &side_path)?;
+            }
+            w.flush()
+                .map_err(|e| io(format!("cannot write '{}': {e}", side_path.display())))?;
+        }
+        staged.push(s);
+        Some((side_path, enc.side_len))
     };
-    put(&target, &bytes)?;
+    let bytes = enc.proto.encode_to_vec();
+    drop(enc);
+    let mut s = crate::fsx::stage(&target).map_err(|e| io(e.to_string()))?;
+    s.file()
+        .write_all(&bytes)
+        .map_err(|e| io(format!("cannot write '{}': {e}", target.display())))?;
+    staged.push(s);
     Ok((
         staged,
         WriteReport {
@@ -164,8 +287,8 @@ fn carry_err(e: prost::DecodeError) -> OnnxError {
     OnnxError::Internal(format!("carried protobuf fields do not decode: {e}"))
 }
 
-impl Enc<'_> {
-    fn graph(&mut self, g: &Graph, top: bool) -> Result<proto::GraphProto, OnnxError> {
+impl<'a> Enc<'a> {
+    fn graph(&mut self, g: &'a Graph, top: bool) -> Result<proto::GraphProto, OnnxError> {
         let mut p = proto::GraphProto::decode(g.carry.0.as_slice()).map_err(carry_err)?;
         p.name = g.name.clone();
         let vi = |g: &Graph, v: ValueId| -> Result<proto::ValueInfoProto, OnnxError> {
@@ -276,59 +399,105 @@ impl Enc<'_> {
 
     fn tensor(
         &mut self,
-        t: &ConstTensor,
+        t: &'a ConstTensor,
         initializer: bool,
     ) -> Result<proto::TensorProto, OnnxError> {
         let mut p = proto::TensorProto::decode(t.carry.0.as_slice()).map_err(carry_err)?;
         p.name = t.name.clone();
         p.data_type = Some(t.dtype.onnx_code());
         p.dims = t.dims.clone();
-        let loaded;
-        let data = match &t.data {
-            TensorData::External(_) => {
-                loaded = TensorData::Raw(super::external::read(t, &self.origin)?);
-                &loaded
-            }
-            d => d,
-        };
-        match data {
-            TensorData::Raw(r) => {
-                let external = match self.policy {
-                    ExternalPolicy::Keep => t.was_external,
-                    ExternalPolicy::Inline => false,
-                    ExternalPolicy::Threshold(n) => initializer && r.len() as u64 >= *n,
-                };
-                if external && !self.side_name.is_empty() {
-                    let offset = self.side.len() as u64;
-                    self.side.extend_from_slice(r);
-                    let kv = |k: &str, v: String| proto::StringStringEntryProto {
-                        key: Some(k.to_string()),
-                        value: Some(v),
-                    };
-                    p.external_data = vec![
-                        kv("location", self.side_name.clone()),
-                        kv("offset", offset.to_string()),
-                        kv("length", r.len().to_string()),
-                    ];
-                    p.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
-                } else {
-                    p.raw_data = Some(r.clone());
-                }
-            }
-            TensorData::Floats(v) => p.float_data = v.clone(),
-            TensorData::Int32s(v) => p.int32_data = v.clone(),
-            TensorData::Int64s(v) => p.int64_data = v.clone(),
-            TensorData::Doubles(v) => p.double_data = v.clone(),
-            TensorData::Uint64s(v) => p.uint64_data = v.clone(),
-            TensorData::Strings(v) => p.string_data = v.clone(),
-            TensorData::Empty => {}
-            TensorData::External(_) | TensorData::Sparse(_) => {
+        let (piece, len) = match &t.data {
+            TensorData::External(r) => (Piece::File(r, t), r.len),
+            TensorData::Raw(r) => (Piece::Bytes(r), r.len() as u64),
+            TensorData::Floats(v) => return self.typed(p, |p| p.float_data = v.clone()),
+            TensorData::Int32s(v) => return self.typed(p, |p| p.int32_data = v.clone()),
+            TensorData::Int64s(v) => return self.typed(p, |p| p.int64_data = v.clone()),
+            TensorData::Doubles(v) => return self.typed(p, |p| p.double_data = v.clone()),
+            TensorData::Uint64s(v) => return self.typed(p, |p| p.uint64_data = v.clone()),
+            TensorData::Strings(v) => return self.typed(p, |p| p.string_data = v.clone()),
+            TensorData::Empty => return Ok(p),
+            TensorData::Sparse(_) => {
                 return Err(OnnxError::Internal(format!(
                     "tensor '{}' cannot be written in this position",
                     t.name.clone().unwrap_or_default()
                 )))
             }
+        };
+        let external = match self.policy {
+            ExternalPolicy::Keep => t.was_external,
+            ExternalPolicy::Inline => false,
+            ExternalPolicy::Threshold(n) => initializer && len >= *n,
+            ExternalPolicy::Reference => {
+                if let Piece::File(r, _) = piece {
+                    self.side.push(piece);
+                    return self.reference(p, r);
+                }
+                false
+            }
+        };
+        if external && !self.side_name.is_empty() {
+            let kv = |k: &str, v: String| proto::StringStringEntryProto {
+                key: Some(k.to_string()),
+                value: Some(v),
+            };
+            p.external_data = vec![
+                kv("location", self.side_name.clone()),
+                kv("offset", self.side_len.to_string()),
+                kv("length", len.to_string()),
+            ];
+            p.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
+            self.side_len += piece.len();
+            self.side.push(piece);
+        } else if self.measure {
+            // Zeros of the right length: the encoded size is exact, and the pages of a
+            // zeroed allocation that is never touched are never resident.
+            p.raw_data = Some(vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)]);
+        } else {
+            p.raw_data = Some(match piece {
+                Piece::Bytes(b) => b.to_vec(),
+                Piece::File(..) => super::external::read(t, &self.origin)?,
+            });
         }
+        Ok(p)
+    }
+
+    /// A tensor stored in a typed list (always inline).
+    fn typed(
+        &mut self,
+        mut p: proto::TensorProto,
+        fill: impl FnOnce(&mut proto::TensorProto),
+    ) -> Result<proto::TensorProto, OnnxError> {
+        fill(&mut p);
+        Ok(p)
+    }
+
+    /// A tensor left in its side file, referenced where it lies (the engine reads it).
+    fn reference(
+        &mut self,
+        mut p: proto::TensorProto,
+        r: &crate::ir::ExternalRef,
+    ) -> Result<proto::TensorProto, OnnxError> {
+        match &self.referenced_dir {
+            Some(d) if *d != r.base_dir => {
+                return Err(OnnxError::Internal(format!(
+                    "external data of tensor '{}' lies in '{}', not in '{}' with the rest",
+                    p.name.clone().unwrap_or_default(),
+                    r.base_dir.display(),
+                    d.display()
+                )))
+            }
+            _ => self.referenced_dir = Some(r.base_dir.clone()),
+        }
+        let kv = |k: &str, v: String| proto::StringStringEntryProto {
+            key: Some(k.to_string()),
+            value: Some(v),
+        };
+        p.external_data = vec![
+            kv("location", r.location.clone()),
+            kv("offset", r.start.to_string()),
+            kv("length", r.len.to_string()),
+        ];
+        p.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
         Ok(p)
     }
 }

@@ -1,9 +1,9 @@
-//! External tensor data: reading side files on decode, laying them out on encode, and the
-//! one rule every reader of a `location` follows ([`resolve_location`]).
+//! External tensor data: locating side files on decode (checked, not read: the IR reads
+//! them on demand, `ir::external`), and the one rule every reader of a `location` follows
+//! ([`resolve_location`]).
 
 use super::OnnxError;
-use crate::ir::{ConstTensor, TensorData};
-use std::io::{Read, Seek, SeekFrom};
+use crate::ir::{ConstTensor, ExternalRef, TensorData};
 use std::path::{Component, Path, PathBuf};
 
 /// The folder a model's external data is read from: the model file's folder (`.` for a
@@ -15,26 +15,24 @@ pub fn base_dir(model_path: &Path) -> PathBuf {
     }
 }
 
-/// Reads the bytes of an external tensor, checking location, offset and length.
-pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
-    let TensorData::External(r) = &t.data else {
-        unreachable!("external::read on an inline tensor")
-    };
-    let tname = t.name.clone().unwrap_or_default();
+/// Resolves the side file of an external tensor and checks, without reading it, that it
+/// holds the span the tensor needs (location, offset and length against the file's size,
+/// length against the dims). Returns the reference with `file`, `start` and `len` filled
+/// in. Errors name `origin` and the tensor.
+pub fn locate(
+    tensor: &str,
+    dtype: crate::ir::DType,
+    dims: &[i64],
+    mut r: ExternalRef,
+    origin: &Path,
+) -> Result<ExternalRef, OnnxError> {
     let err = |what: String| OnnxError::ExternalData {
         path: origin.to_path_buf(),
-        tensor: tname.clone(),
+        tensor: tensor.to_string(),
         what,
     };
     let file = resolve_location(&r.base_dir, &r.location).map_err(err)?;
-    let mut f = std::fs::File::open(&file).map_err(|e| {
-        err(format!(
-            "cannot open external data file '{}': {e}",
-            file.display()
-        ))
-    })?;
-    let size = f
-        .metadata()
+    let size = std::fs::metadata(&file)
         .map_err(|e| err(format!("cannot stat '{}': {e}", file.display())))?
         .len();
     let offset = r.offset.unwrap_or(0);
@@ -51,26 +49,42 @@ pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
             file.display()
         )));
     }
+    let probe = ConstTensor {
+        name: Some(tensor.to_string()),
+        dtype,
+        dims: dims.to_vec(),
+        data: TensorData::External(r.clone()),
+        was_external: true,
+        carry: Default::default(),
+    };
     // Dims already checked by the caller are checked again here, so that no size below
     // is computed from impossible dims.
-    t.check_size().map_err(|e| {
+    probe.check_size().map_err(|e| {
         let crate::ir::value::TensorDataError::Bad { what, .. } = e;
         err(what)
     })?;
-    let expect = t.byte_size() as u64;
-    if t.dtype.bits().is_some() && length != expect {
+    let expect = probe.byte_size() as u64;
+    if dtype.bits().is_some() && length != expect {
         return Err(err(format!(
-            "external data length {length} does not match dims {:?} of {} ({expect} bytes)",
-            t.dims, t.dtype
+            "external data length {length} does not match dims {dims:?} of {dtype} ({expect} bytes)"
         )));
     }
-    f.seek(SeekFrom::Start(offset))
-        .map_err(|e| err(format!("cannot seek in '{}': {e}", file.display())))?;
-    let mut buf =
-        vec![0u8; usize::try_from(length).map_err(|_| err("external data too large".into()))?];
-    f.read_exact(&mut buf)
-        .map_err(|e| err(format!("cannot read '{}': {e}", file.display())))?;
-    Ok(buf)
+    r.file = file;
+    r.start = offset;
+    r.len = length;
+    Ok(r)
+}
+
+/// Reads the bytes of an external tensor (its side file was located on decode).
+pub fn read(t: &ConstTensor, origin: &Path) -> Result<Vec<u8>, OnnxError> {
+    let TensorData::External(r) = &t.data else {
+        unreachable!("external::read on an inline tensor")
+    };
+    r.read().map_err(|what| OnnxError::ExternalData {
+        path: origin.to_path_buf(),
+        tensor: t.name.clone().unwrap_or_default(),
+        what,
+    })
 }
 
 /// The external data files the model file at `path` names (resolved against its folder,

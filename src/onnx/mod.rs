@@ -12,7 +12,8 @@ pub mod tensor;
 
 pub use decode::{decode_model, read_model};
 pub use encode::{
-    encode_model, encoded_size, model_to_bytes, write_model, ExternalPolicy, WriteReport,
+    encode_model, encoded_size, engine_proto, model_to_bytes, write_identity, write_model,
+    ExternalPolicy, WriteReport,
 };
 pub use external::base_dir;
 

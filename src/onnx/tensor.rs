@@ -2,8 +2,8 @@
 //! attributes and standalone tensor files (`input_0.pb`).
 //!
 //! [`const_tensor`] keeps the storage form the file used (raw bytes or the typed list,
-//! so that encoding is lossless) and reads external data from its side file, relative to
-//! the directory of the file that names it. [`host_tensor`] decodes a standalone tensor
+//! so that encoding is lossless); external data, relative to the directory of the file
+//! that names it, is located and checked but stays in its side file until needed. [`host_tensor`] decodes a standalone tensor
 //! into values with the IR's one payload decoder, [`ConstTensor::to_tensor`]: the same
 //! bytes decode to the same values whether they sit in a model or in a data file.
 
@@ -13,8 +13,8 @@ use crate::ir::{Carry, ConstTensor, DType, ExternalRef, Tensor, TensorData};
 use prost::Message;
 use std::path::Path;
 
-/// The IR constant of `t`, with external data read (from `base_dir`). `origin` names the
-/// file in errors.
+/// The IR constant of `t`; external data (relative to `base_dir`) is located and checked
+/// but left in its file. `origin` names the file in errors.
 pub fn const_tensor(
     t: proto::TensorProto,
     base_dir: &Path,
@@ -31,7 +31,7 @@ pub fn const_tensor(
     };
     let dtype = DType::from_onnx(t.data_type.unwrap_or(0));
     let data = if external {
-        TensorData::Raw(read_external(&t, dtype, base_dir, origin)?)
+        TensorData::External(locate_external(&t, dtype, base_dir, origin)?)
     } else if let Some(raw) = t.raw_data {
         TensorData::Raw(raw)
     } else if !t.float_data.is_empty() {
@@ -82,13 +82,14 @@ pub fn host_tensor(
     c.to_tensor().map_err(|e| decode_err(e.to_string()))
 }
 
-/// The bytes of an external tensor, after checking that its dims have a byte size.
-fn read_external(
+/// The reference to an external tensor's bytes, after checking that its dims have a byte
+/// size and that its side file holds them.
+fn locate_external(
     t: &proto::TensorProto,
     dtype: DType,
     base_dir: &Path,
     origin: &Path,
-) -> Result<Vec<u8>, OnnxError> {
+) -> Result<ExternalRef, OnnxError> {
     let tname = t.name.clone().unwrap_or_default();
     let mut r = ExternalRef {
         location: String::new(),
@@ -96,6 +97,9 @@ fn read_external(
         length: None,
         other: Vec::new(),
         base_dir: base_dir.to_path_buf(),
+        file: Default::default(),
+        start: 0,
+        len: 0,
     };
     for kv in &t.external_data {
         let k = kv.key.clone().unwrap_or_default();
@@ -132,15 +136,7 @@ fn read_external(
             ),
         });
     }
-    let ct = ConstTensor {
-        name: t.name.clone(),
-        dtype,
-        dims: t.dims.clone(),
-        data: TensorData::External(r),
-        was_external: true,
-        carry: Carry::default(),
-    };
-    super::external::read(&ct, origin)
+    super::external::locate(&tname, dtype, &t.dims, r, origin)
 }
 
 #[cfg(test)]

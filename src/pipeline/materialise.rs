@@ -13,7 +13,7 @@ use crate::calib::{CalibrationFile, Method, MethodOptions};
 use crate::data::Dataset;
 use crate::exec::{Session, SessionOptions};
 use crate::ir::Model;
-use crate::onnx::{self, ExternalPolicy};
+use crate::onnx;
 use crate::passes::{insert_qdq, PassCx, Phase, Runner};
 use crate::quant::plan::Plan;
 use crate::report::compare::{compare, CompareError, ModelComparison};
@@ -127,7 +127,8 @@ pub(crate) fn session_of(
     first: &crate::data::Sample,
     what: String,
 ) -> Result<Session, PipelineError> {
-    let (proto, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "")?;
+    // Weights still in their side file stay there: the engine reads them itself.
+    let (proto, _) = onnx::engine_proto(m)?;
     Session::new(&proto, Some(base_dir), first, &SessionOptions::default())
         .map_err(|error| PipelineError::Exec { what, error })
 }
@@ -289,8 +290,7 @@ pub fn run_once(
     base_dir: &Path,
     sample: &crate::data::Sample,
 ) -> Result<BTreeMap<String, crate::ir::Tensor>, String> {
-    let (proto, _) =
-        onnx::encode_model(m, &ExternalPolicy::Inline, "").map_err(|e| e.to_string())?;
+    let (proto, _) = onnx::engine_proto(m).map_err(|e| e.to_string())?;
     let s = Session::new(&proto, Some(base_dir), sample, &SessionOptions::default())
         .map_err(|e| e.to_string())?;
     s.run(sample).map_err(|e| e.to_string())

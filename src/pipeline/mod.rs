@@ -7,6 +7,8 @@
 //!   labels, overrides); also the inputs-as-data helpers `run` and `compare` share.
 //! - [`prepare`]: the declared pass list ([`crate::passes::pipeline`]) up to the plan:
 //!   specialise (the float reference), normalise, plan, raise the opset.
+//! - [`smooth`]: with `--smooth`, SmoothQuant's migration of the activations' per-channel
+//!   ranges into the MatMul weights that read them, on the prepared model, re-planned.
 //! - [`calibrate`]: statistics of every calibrated value.
 //! - [`ranges`]: the range of every calibrated value by the chosen method; `adaptive`
 //!   chooses the method by simulating each method's set of ranges.
@@ -46,6 +48,7 @@ pub mod prepare;
 mod progress;
 pub mod ranges;
 pub mod report;
+pub mod smooth;
 pub mod summary;
 #[cfg(test)]
 mod tests;
@@ -353,6 +356,16 @@ fn quantize_prepared(
     mut data: inputs::Loaded,
 ) -> Result<Finish, PipelineError> {
     let o = run.o;
+    if let Some(alpha) = o.smooth {
+        let t = Instant::now();
+        let calib = data.calib.as_ref().ok_or_else(|| {
+            PipelineError::Options(
+                "--smooth: the activations' channel ranges come from calibration data: give --calib DATA (not --ranges)".into(),
+            )
+        })?;
+        smooth::smooth_prepared(&mut p, alpha, calib, run.progress)?;
+        run.time("smooth", t);
+    }
     let t = Instant::now();
     let ranges_file = data.ranges_file.take();
     let mut cal = calibrate_step(&mut run, &p, data.calib.as_ref(), ranges_file)?;
@@ -412,6 +425,10 @@ fn quantize_prepared(
         };
         let tu = precision_step(&mut run, &basis, sizes, &data, folds.as_ref())?;
         run.time("sensitivity", t);
+        if o.precision.goal.is_some() {
+            run.warnings
+                .extend(precision::feedback_warnings(&p.model, &plan, &cal.stats));
+        }
         if let (false, Some(goal)) = (tu.choice.met, o.precision.goal) {
             match tu.choice.estimate {
                 // The estimate meets the goal but its lower bound does not, even with
@@ -421,10 +438,11 @@ fn quantize_prepared(
                 }
                 _ => {
                     let what = format!(
-                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights)",
+                        "{}: unreachable on {} search samples; the best reachable is {} (every activation 16-bit, or float, with 8-bit weights; {} configurations judged)",
                         precision::goal_text(&goal),
                         tu.samples,
                         goal.describe(tu.choice.estimate.map_or(tu.choice.best, |e| e.figure)),
+                        tu.choice.evaluations,
                     );
                     return Ok(run.missed(what));
                 }

@@ -309,6 +309,9 @@ pub struct QuantizeOptions {
     pub common: Common,
     /// `--mode`.
     pub mode: Mode,
+    /// `--smooth ALPHA`: SmoothQuant's migration strength in `[0, 1]`, static mode only
+    /// (`None`: no smoothing).
+    pub smooth: Option<f32>,
     /// The weight-only settings (read with [`Mode::WeightOnly`]).
     pub weight_only: WeightOnlyOptions,
     /// Where the quantized model will be written (`-o`): names the summary's output and
@@ -346,6 +349,7 @@ impl QuantizeOptions {
         QuantizeOptions {
             common: Common::new(model, calib),
             mode: Mode::Static,
+            smooth: None,
             weight_only: WeightOnlyOptions::default(),
             output: output.into(),
             method: Method::Adaptive,

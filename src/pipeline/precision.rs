@@ -18,11 +18,11 @@ use crate::calib::{CalibrationFile, Method, MethodOptions};
 use crate::data::{Dataset, Sample};
 use crate::exec::{Session, SessionOptions};
 use crate::ir::{DType, Model};
-use crate::onnx::{self, ExternalPolicy};
+use crate::onnx;
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, Plan};
 use crate::report::estimate::Estimate;
-use crate::tune::search::{self, Evaluator, Goal, HeldOut, Judge, SensitivityFile};
+use crate::tune::search::{self, Evaluator, Goal, HeldOut, Judge, Outlook, SensitivityFile};
 use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
 use crate::tune::{self, Overrides, Precision, Unit};
 use serde::Serialize;
@@ -52,6 +52,60 @@ pub fn unsupported(goal: &Goal, e: &Estimate) -> String {
         e.level * 100.0,
         goal.describe(e.lower),
     )
+}
+
+/// One warning per graph output that has the type and shape of a graph input (a state a
+/// caller feeds back from one run to the next, as a recurrent model's) and whose written
+/// range does not cover the values calibration saw in that input or in the output itself.
+/// Such a state carries values past the range as soon as it grows beyond what the
+/// calibration samples held (longer streams), and each of those values is clipped: the
+/// goal's estimate, measured on samples like the calibration ones, cannot see that.
+pub fn feedback_warnings(m: &Model, plan: &Plan, stats: &CalibrationFile) -> Vec<String> {
+    let g = &m.graph;
+    let units = tune::units(plan, m);
+    let seen = |name: &str| {
+        let t = stats.tensors.get(name)?;
+        Some((t.min()?, t.max()?))
+    };
+    let mut out = Vec::new();
+    for &o in &g.outputs {
+        let out_v = g.value(o);
+        let known = matches!(&out_v.ty, Some(crate::ir::ValueType::Tensor { shape: Some(d), .. }) if !d.is_empty());
+        let Some(unit) = units.iter().find(|u| u.members.contains(&out_v.name)) else {
+            continue;
+        };
+        let (Some(&(lo, hi)), true) = (plan.ranges.get(&unit.range_key), known) else {
+            continue;
+        };
+        for &i in &g.inputs {
+            let in_v = g.value(i);
+            if in_v.ty != out_v.ty || g.const_of(i).is_some() {
+                continue;
+            }
+            let ranges: Vec<(&str, (f32, f32))> = [in_v.name.as_str(), unit.range_key.as_str()]
+                .into_iter()
+                .filter_map(|n| seen(n).map(|r| (n, r)))
+                .collect();
+            let (min, max) = ranges
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), (_, (x, y))| {
+                    (a.min(*x), b.max(*y))
+                });
+            if ranges.is_empty() || (min >= lo && max <= hi) {
+                continue;
+            }
+            let saw = ranges
+                .iter()
+                .map(|(n, (x, y))| format!("'{n}' in [{x:.4}, {y:.4}]"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(format!(
+                "output '{}' has the type and shape of input '{}', as a state fed back from run to run: its written range [{lo:.4}, {hi:.4}] clips values calibration saw ({saw}); a state that grows past them (longer streams than the calibration samples) is clipped further, and the goal's estimate, measured on samples like the calibration ones, does not cover that",
+                out_v.name, in_v.name
+            ));
+        }
+    }
+    out
 }
 
 /// State of a mixed-precision run.
@@ -478,7 +532,7 @@ fn evaluator<'a>(
         .labels
         .as_ref()
         .map(|l| picks.iter().map(|&i| l[i]).collect::<Vec<i64>>());
-    let (fp, _) = onnx::encode_model(&p.float, &ExternalPolicy::Inline, "")?;
+    let (fp, _) = onnx::engine_proto(&p.float)?;
     let reference = Session::new(
         &fp,
         Some(&p.base_dir),
@@ -591,20 +645,20 @@ pub fn tune(
     }
     let (sens, cached, choice) = match r.goal {
         Some(goal) => {
-            // Judged on every sample, the all-8-bit model may need no promotion at all.
-            let enough = match r.folds {
-                Some(_) => search::baseline_meets(&ev, units.len(), goal)?,
-                None => None,
-            };
-            match enough {
-                Some(choice) => (SensitivityFile::default(), false, choice),
-                None => {
+            // The all-8-bit model may need no promotion, or no promotion may reach the
+            // goal: either needs no sensitivity analysis.
+            progress.begin("judging", 0);
+            let outlook = search::outlook(&ev, units.len(), goal, &|| progress.step())?;
+            progress.end();
+            match outlook {
+                Outlook::Decided(choice) => (SensitivityFile::default(), false, choice),
+                Outlook::Search(prior) => {
                     progress.begin("sensitivity", (units.len() + 1) as u64);
                     let (sens, cached) =
                         search::sensitivity(&ev, &units, Some(&r.cache), &|| progress.step())?;
                     progress.end();
                     progress.begin("searching", 0);
-                    let choice = search::search(&ev, &sens, goal, &|| progress.step())?;
+                    let choice = search::search(&ev, &sens, goal, prior, &|| progress.step())?;
                     progress.end();
                     (sens, cached, choice)
                 }

@@ -102,11 +102,26 @@ fn has_if(m: &Model) -> bool {
     walk(&m.graph)
 }
 
-/// SHA-256 of a model's encoding, in hex.
-fn sha256_of(m: &Model) -> Result<String, PipelineError> {
+/// SHA-256 of a model's encoding (its inline encoding; for weights in external data, the
+/// encoding with them referenced followed by their bytes: `onnx::write_identity`, which
+/// streams them), in hex.
+pub(crate) fn sha256_of(m: &Model) -> Result<String, PipelineError> {
     use sha2::Digest;
-    let bytes = crate::onnx::model_to_bytes(m)?;
-    Ok(sha2::Sha256::digest(&bytes)
+    struct Sink(sha2::Sha256);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Sink(sha2::Sha256::new());
+    crate::onnx::write_identity(m, &mut sink)?;
+    Ok(sink
+        .0
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())

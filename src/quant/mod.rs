@@ -8,7 +8,8 @@
 //! MatMulIntegerToFloat, DynamicQuantizeMatMul). The execution engine runs these kernels in
 //! place of its own ops, and passes use them wherever they need a quantized value. [`params`]
 //! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read;
-//! [`embedding`] finds the embedding tables any mode stores in 8 bits per row.
+//! [`embedding`] finds the embedding tables any mode stores in 8 bits per row; [`smooth`] holds
+//! SmoothQuant's migration factors.
 
 pub mod codebook;
 pub mod embedding;
@@ -18,6 +19,7 @@ pub mod nbits;
 pub mod params;
 pub mod plan;
 pub mod rules;
+pub mod smooth;
 pub mod weight_only;
 
 pub use kernels::{

@@ -3,21 +3,28 @@
 //! Both run the [`SimModel`] on a subsample of the data against the float model's outputs
 //! on the same samples. Per unit, sensitivity measures one configuration, *promoted*:
 //! every unit 8-bit except this one at 16 bits — what promoting it buys. Probes may run
-//! on a subsample ([`Evaluator::probe_on`]); the search runs on every sample.
+//! on a subsample ([`Evaluator::probe_on`]); the search judges on every sample.
 //!
-//! The search orders units by *promoted* (best first), finds the shortest prefix of
-//! promotions (16-bit first, then float as a last resort) that meets the goal by
-//! bisection, then demotes again what is not needed: the promoted units, least useful
-//! first, are tried as one group, and a group that misses the goal is split in halves
-//! (one configuration when every promotion stays or every one goes, about two per unit
-//! at worst). A configuration's figure is pooled over the samples, or its bootstrap
-//! lower bound ([`Judge`]). When the lower bound over every sample is the judge and the
-//! probes run on fewer samples ([`Evaluator::screens`]), each demotion is first run on the
-//! probe samples only: when what it loses there (against the kept configuration's figure
-//! there) exceeds the kept configuration's margin over the goal, it is a miss without
-//! running every sample; otherwise it is judged on all of them. A configuration is only
-//! ever kept on the judgement over every sample. Results are cached in a file keyed by
-//! the SHA-256 of the simulation model, the parameters and the samples.
+//! Before any sensitivity analysis, [`outlook`] judges the all-8-bit configuration, then
+//! every unit at 16 bits, then every unit float: these need no order, and when the last
+//! two miss the goal no promotion can meet it. The search orders units by *promoted*
+//! (best first), finds the shortest prefix of promotions (16-bit first, then float as a
+//! last resort) that meets the goal by bisection, then demotes again what is not needed:
+//! the promoted units, least useful first, are tried as one group, and a group that
+//! misses the goal is split in halves. A configuration's figure is pooled over the
+//! samples, or its bootstrap lower bound ([`Judge`]); no configuration is judged twice.
+//!
+//! When the lower bound over every sample is the judge and the probes run on fewer
+//! samples ([`Evaluator::screens`]), the search steers on the probe samples: a
+//! configuration's figure is forecast as that of a configuration judged on every sample
+//! moved by the difference of the two on the probes. The prefix bisection runs on
+//! forecasts and its result is judged on every sample (on a miss, the bisection goes on
+//! above it on every sample). Demotions are accepted for now on their forecast; when none
+//! is left, the last configuration accepted is judged on every sample, and on a miss the
+//! longest run of accepted demotions that meets the goal there is found by bisection, the
+//! demotion after it split and the later ones tried again. A configuration is only ever
+//! kept on the judgement over every sample. Sensitivity results are cached in a file
+//! keyed by the SHA-256 of the simulation model, the parameters and the samples.
 
 use super::sim::SimModel;
 use super::{Precision, TuneError, Unit};
@@ -181,9 +188,8 @@ impl<'a> Evaluator<'a> {
                 samples.len()
             )));
         }
-        let (proto, _) =
-            crate::onnx::encode_model(&sim.model, &crate::onnx::ExternalPolicy::Inline, "")
-                .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
+        let (proto, _) = crate::onnx::engine_proto(&sim.model)
+            .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
         let all8 = vec![Precision::A8; sim.params.len()];
         let session = Session::new(
             &proto,
@@ -651,8 +657,20 @@ pub struct Choice {
     pub estimate: Option<Estimate>,
 }
 
-/// Judges configurations for the search: counts them, tracks the best figure and keeps
-/// the estimate of each judged configuration.
+/// A configuration's judgement on every sample: its figure as judged, and the estimate
+/// when judged by the lower bound.
+type Judgement = (f64, Option<Estimate>);
+
+/// Configurations judged before the search (the all-8-bit, all-16-bit and all-float
+/// ones, which need no sensitivity order), for the search to reuse.
+#[derive(Clone, Debug, Default)]
+pub struct Prior {
+    judged: BTreeMap<Vec<Precision>, Judgement>,
+    evaluations: usize,
+}
+
+/// Judges configurations for the search: counts them, tracks the best figure, keeps the
+/// estimate of each judged configuration and never runs one configuration twice.
 struct Judged<'e, 'a> {
     ev: &'e Evaluator<'a>,
     goal: Goal,
@@ -662,27 +680,99 @@ struct Judged<'e, 'a> {
     best: f64,
     /// The configuration with the best figure, and its estimate.
     best_config: Option<(Vec<Precision>, Option<Estimate>)>,
+    /// Every configuration judged on every sample.
+    judged: BTreeMap<Vec<Precision>, Judgement>,
+    /// Every configuration's figure on the probe samples.
+    probes: BTreeMap<Vec<Precision>, f64>,
     progress: &'e (dyn Fn() + Sync),
 }
 
-impl Judged<'_, '_> {
+impl<'e, 'a> Judged<'e, 'a> {
+    fn new(
+        ev: &'e Evaluator<'a>,
+        goal: Goal,
+        prior: Prior,
+        progress: &'e (dyn Fn() + Sync),
+    ) -> Self {
+        let mut j = Judged {
+            ev,
+            goal,
+            evaluations: prior.evaluations,
+            screened: 0,
+            best: f64::NEG_INFINITY,
+            best_config: None,
+            judged: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            progress,
+        };
+        for (c, r) in prior.judged {
+            j.note(&c, r.0, r.1);
+            j.judged.insert(c, r);
+        }
+        j
+    }
+
+    fn meets(&self, f: f64) -> bool {
+        self.goal.meets(f)
+    }
+
     /// `c`'s figure on the probe samples ([`Evaluator::screened`]).
     fn screen(&mut self, c: &[Precision]) -> Result<f64, TuneError> {
+        if let Some(&f) = self.probes.get(c) {
+            return Ok(f);
+        }
         self.screened += 1;
         let f = self.ev.screened(self.goal, c)?;
         (self.progress)();
+        self.probes.insert(c.to_vec(), f);
         Ok(f)
     }
 
-    fn run(&mut self, c: &[Precision]) -> Result<(f64, Option<Estimate>), TuneError> {
-        self.evaluations += 1;
-        let (f, e) = self.ev.judged(self.goal, c)?;
-        (self.progress)();
+    fn note(&mut self, c: &[Precision], f: f64, e: Option<Estimate>) {
         if self.best_config.is_none() || f >= self.best {
             self.best = f;
             self.best_config = Some((c.to_vec(), e));
         }
+    }
+
+    /// `c` judged on every sample (once).
+    fn run(&mut self, c: &[Precision]) -> Result<Judgement, TuneError> {
+        if let Some(r) = self.judged.get(c) {
+            return Ok(*r);
+        }
+        self.evaluations += 1;
+        let (f, e) = self.ev.judged(self.goal, c)?;
+        (self.progress)();
+        self.note(c, f, e);
+        self.judged.insert(c.to_vec(), (f, e));
         Ok((f, e))
+    }
+
+    /// Whether `c`, judged on every sample, meets the goal.
+    fn passes(&mut self, c: &[Precision]) -> Result<bool, TuneError> {
+        let (f, _) = self.run(c)?;
+        Ok(self.goal.meets(f))
+    }
+
+    /// The choice of `config` judged `r` (its order left to the caller).
+    fn choice(&self, config: Vec<Precision>, r: Judgement, baseline: f64, met: bool) -> Choice {
+        Choice {
+            config,
+            figure: r.0,
+            baseline,
+            best: self.best.max(r.0),
+            met,
+            order: Vec::new(),
+            evaluations: self.evaluations,
+            screened: self.screened,
+            estimate: r.1,
+        }
+    }
+
+    /// The best configuration judged, as an unreachable goal's choice.
+    fn unreachable(&mut self, baseline: f64) -> Choice {
+        let (config, estimate) = self.best_config.take().expect("a configuration was judged");
+        self.choice(config, (self.best, estimate), baseline, false)
     }
 }
 
@@ -699,46 +789,54 @@ fn promotion_order(sens: &SensitivityFile) -> Vec<usize> {
     order
 }
 
-/// The all-8-bit configuration when it meets `goal` as the evaluator judges it (no
-/// sensitivity analysis is then needed).
-pub fn baseline_meets(
+/// What the goal needs before any sensitivity analysis.
+pub enum Outlook {
+    /// Decided without one: the all-8-bit configuration meets the goal, or not even every
+    /// unit at 16 bits or float does (the best of them, `met` false).
+    Decided(Choice),
+    /// Promotions meet it; which ones is the search's to find.
+    Search(Prior),
+}
+
+/// Judges the all-8-bit configuration, then (when it misses) every unit at 16 bits, then
+/// every unit float: these need no sensitivity order, and when none meets the goal no
+/// analysis can help.
+pub fn outlook(
     ev: &Evaluator,
     units: usize,
     goal: Goal,
-) -> Result<Option<Choice>, TuneError> {
-    let config = vec![Precision::A8; units];
-    let (f, estimate) = ev.judged(goal, &config)?;
-    Ok(goal.meets(f).then(|| Choice {
-        config,
-        figure: f,
-        baseline: f,
-        best: f,
-        met: true,
-        order: (0..units).collect(),
-        evaluations: 1,
-        screened: 0,
-        estimate,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Outlook, TuneError> {
+    let mut j = Judged::new(ev, goal, Prior::default(), progress);
+    let all = |p: Precision| vec![p; units];
+    let (baseline, est) = j.run(&all(Precision::A8))?;
+    if j.meets(baseline) {
+        let mut c = j.choice(all(Precision::A8), (baseline, est), baseline, true);
+        c.order = (0..units).collect();
+        return Ok(Outlook::Decided(c));
+    }
+    if !j.passes(&all(Precision::A16))? && !j.passes(&all(Precision::Float))? {
+        let mut c = j.unreachable(baseline);
+        c.order = (0..units).collect();
+        return Ok(Outlook::Decided(c));
+    }
+    Ok(Outlook::Search(Prior {
+        judged: j.judged,
+        evaluations: j.evaluations,
     }))
 }
 
-/// Finds the cheapest promotion set meeting `goal`, in the order given by `sens`.
+/// Finds the cheapest promotion set meeting `goal`, in the order given by `sens`;
+/// `prior` holds configurations judged already ([`outlook`]).
 pub fn search(
     ev: &Evaluator,
     sens: &SensitivityFile,
     goal: Goal,
+    prior: Prior,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Choice, TuneError> {
     let n = sens.units.len();
-    let mut j = Judged {
-        ev,
-        goal,
-        evaluations: 0,
-        screened: 0,
-        best: f64::NEG_INFINITY,
-        best_config: None,
-        progress,
-    };
-    let meets = |f: f64| goal.meets(f);
+    let mut j = Judged::new(ev, goal, prior, progress);
     let order = promotion_order(sens);
     // Steps: every unit to 16 bits (most useful first), then to float.
     let steps: Vec<(usize, Precision)> = order
@@ -753,118 +851,191 @@ pub fn search(
         }
         c
     };
-    let (baseline, base_est) = j.run(&config_of(0))?;
-    if meets(baseline) {
-        return Ok(Choice {
-            config: config_of(0),
-            figure: baseline,
-            baseline,
-            best: baseline,
-            met: true,
-            order,
-            evaluations: j.evaluations,
-            screened: j.screened,
-            estimate: base_est,
-        });
-    }
-    let (all16, _) = j.run(&config_of(n))?;
-    let (mut lo, mut hi) = if meets(all16) {
-        (0, n)
-    } else {
-        let (allf, _) = j.run(&config_of(2 * n))?;
-        if !meets(allf) {
-            let (config, estimate) = j.best_config.take().expect("a configuration was judged");
-            return Ok(Choice {
-                config,
-                figure: j.best,
-                baseline,
-                best: j.best,
-                met: false,
-                order,
-                evaluations: j.evaluations,
-                screened: j.screened,
-                estimate,
-            });
-        }
-        (n, 2 * n)
+    let with_order = |mut c: Choice| {
+        c.order = order.clone();
+        c
     };
-    // Smallest prefix that meets the goal (lo fails, hi meets).
-    let mut hi_fig = None;
+    let base = j.run(&config_of(0))?;
+    let baseline = base.0;
+    if j.meets(baseline) {
+        return Ok(with_order(j.choice(config_of(0), base, baseline, true)));
+    }
+    let (lo, top) = if j.passes(&config_of(n))? {
+        (0, n)
+    } else if j.passes(&config_of(2 * n))? {
+        (n, 2 * n)
+    } else {
+        return Ok(with_order(j.unreachable(baseline)));
+    };
+    let (hi, r) = shortest_prefix(&mut j, &config_of, lo, top)?;
+    let promoted: Vec<(usize, Precision)> = steps[..hi]
+        .iter()
+        .rev()
+        .filter(|(u, p)| config_of(hi)[*u] == *p)
+        .copied()
+        .collect();
+    let (config, r) = if ev.screens() {
+        demote_screened(&mut j, config_of(hi), r, promoted)?
+    } else {
+        demote(&mut j, config_of(hi), r, promoted)?
+    };
+    Ok(with_order(j.choice(config, r, baseline, true)))
+}
+
+/// The shortest prefix of promotion steps that meets the goal, where `lo` steps miss it
+/// and `top` steps meet it, with its judgement. When the evaluator screens, the bisection
+/// runs on the probe samples, each prefix's figure forecast as `top`'s figure on every
+/// sample moved by the difference of the two on the probes; the prefix found is then
+/// judged on every sample, and when it misses there the bisection goes on above it on
+/// every sample.
+fn shortest_prefix(
+    j: &mut Judged,
+    config_of: &dyn Fn(usize) -> Vec<Precision>,
+    mut lo: usize,
+    top: usize,
+) -> Result<(usize, Judgement), TuneError> {
+    let mut hi = top;
+    let mut hi_r = j.run(&config_of(top))?;
+    if j.ev.screens() {
+        let anchor = j.screen(&config_of(top))?;
+        let mut b = top;
+        let mut a = lo;
+        while b - a > 1 {
+            let mid = (a + b) / 2;
+            let s = j.screen(&config_of(mid))?;
+            if j.meets(hi_r.0 + (s - anchor)) {
+                b = mid;
+            } else {
+                a = mid;
+            }
+        }
+        let r = j.run(&config_of(b))?;
+        if j.meets(r.0) {
+            return Ok((b, r));
+        }
+        lo = b;
+    }
     while hi - lo > 1 {
         let mid = (lo + hi) / 2;
         let r = j.run(&config_of(mid))?;
-        if meets(r.0) {
+        if j.meets(r.0) {
             hi = mid;
-            hi_fig = Some(r);
+            hi_r = r;
         } else {
             lo = mid;
         }
     }
-    let mut config = config_of(hi);
-    let (mut figure, mut estimate) = match hi_fig {
-        Some(r) => r,
-        None => j.run(&config)?,
-    };
-    // Demote again what is not needed, least useful first, in groups split on a miss.
-    let mut pending: Vec<Vec<(usize, Precision)>> = vec![steps[..hi]
-        .iter()
-        .rev()
-        .filter(|(u, p)| config[*u] == *p)
-        .copied()
-        .collect()];
-    // Screening: the kept configuration's figure on the probe samples.
-    let mut kept = match ev.screens() {
-        true => Some(j.screen(&config)?),
-        false => None,
-    };
+    Ok((hi, hi_r))
+}
+
+/// `config` with every step of `group` taken back (float to 16 bits, 16 bits to 8).
+fn demoted(config: &[Precision], group: &[(usize, Precision)]) -> Vec<Precision> {
+    let mut trial = config.to_vec();
+    for &(u, p) in group {
+        trial[u] = if p == Precision::Float {
+            Precision::A16
+        } else {
+            Precision::A8
+        };
+    }
+    trial
+}
+
+/// A group of promotion steps, taken back together.
+type Group = Vec<(usize, Precision)>;
+
+/// Pushes the two halves of a group that missed, the first (least useful) to be tried
+/// first.
+fn split(pending: &mut Vec<Group>, group: &[(usize, Precision)]) {
+    if group.len() > 1 {
+        let (first, second) = group.split_at(group.len() / 2);
+        pending.push(second.to_vec());
+        pending.push(first.to_vec());
+    }
+}
+
+/// Demotes again what is not needed, least useful first, in groups split on a miss; each
+/// demotion judged on every sample.
+fn demote(
+    j: &mut Judged,
+    mut config: Vec<Precision>,
+    mut r: Judgement,
+    promoted: Vec<(usize, Precision)>,
+) -> Result<(Vec<Precision>, Judgement), TuneError> {
+    let mut pending = vec![promoted];
     while let Some(group) = pending.pop() {
         if group.is_empty() {
             continue;
         }
-        let mut trial = config.clone();
-        for &(u, p) in &group {
-            trial[u] = if p == Precision::Float {
-                Precision::A16
-            } else {
-                Precision::A8
-            };
-        }
-        // A demotion whose loss on the probe samples exceeds the kept configuration's
-        // margin over the goal is a miss without running every sample.
-        let screened = match kept {
-            Some(k) => {
-                let s = j.screen(&trial)?;
-                Some((s, meets(figure + (s - k))))
-            }
-            None => None,
-        };
-        let (f, e) = match screened {
-            Some((_, false)) => (f64::NEG_INFINITY, None),
-            _ => j.run(&trial)?,
-        };
-        if meets(f) {
+        let trial = demoted(&config, &group);
+        let t = j.run(&trial)?;
+        if j.meets(t.0) {
             config = trial;
-            figure = f;
-            estimate = e;
-            if let Some((s, _)) = screened {
-                kept = Some(s);
-            }
-        } else if group.len() > 1 {
-            // The first half (least useful) is tried first: it is pushed last.
-            let (first, second) = group.split_at(group.len() / 2);
-            pending.push(second.to_vec());
-            pending.push(first.to_vec());
+            r = t;
+        } else {
+            split(&mut pending, &group);
         }
     }
-    Ok(Choice {
-        config,
-        figure,
-        baseline,
-        best: j.best.max(figure),
-        met: true,
-        order,
-        evaluations: j.evaluations,
-        screened: j.screened,
-        estimate,
-    })
+    Ok((config, r))
+}
+
+/// [`demote`] screened on the probe samples: a demotion is accepted for now when its
+/// figure forecast from the probes (the last configuration judged on every sample, moved
+/// by the difference on the probes) meets the goal. When no group is left, the last
+/// configuration accepted is judged on every sample; on a miss, the longest run of
+/// accepted demotions that meets the goal on every sample is found by bisection and kept,
+/// the demotion after it is split and the later ones are tried again. Only a configuration
+/// judged on every sample is ever kept.
+fn demote_screened(
+    j: &mut Judged,
+    config: Vec<Precision>,
+    r: Judgement,
+    promoted: Vec<(usize, Precision)>,
+) -> Result<(Vec<Precision>, Judgement), TuneError> {
+    let mut kept = (j.screen(&config)?, config, r);
+    let mut pending = vec![promoted];
+    // Demotions accepted on the probes since the kept configuration: group, configuration.
+    let mut chain: Vec<(Group, Vec<Precision>)> = Vec::new();
+    loop {
+        while let Some(group) = pending.pop() {
+            if group.is_empty() {
+                continue;
+            }
+            let trial = demoted(chain.last().map_or(&kept.1, |c| &c.1), &group);
+            let s = j.screen(&trial)?;
+            if j.meets(kept.2 .0 + (s - kept.0)) {
+                chain.push((group, trial));
+            } else {
+                split(&mut pending, &group);
+            }
+        }
+        let Some((_, last)) = chain.last() else { break };
+        let t = j.run(&last.clone())?;
+        if j.meets(t.0) {
+            let (_, config) = chain.pop().expect("a chain");
+            kept = (j.screen(&config)?, config, t);
+            break;
+        }
+        // The first `lo` demotions meet the goal, the first `hi` do not.
+        let (mut lo, mut hi) = (0, chain.len());
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if j.passes(&chain[mid - 1].1)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo > 0 {
+            let config = chain[lo - 1].1.clone();
+            kept = (j.screen(&config)?, config.clone(), j.run(&config)?);
+        }
+        let mut rest = chain.split_off(lo).into_iter();
+        chain.clear();
+        let (missed, _) = rest.next().expect("a demotion that missed");
+        let later: Vec<_> = rest.map(|(g, _)| g).collect();
+        pending.extend(later.into_iter().rev());
+        split(&mut pending, &missed);
+    }
+    Ok((kept.1, kept.2))
 }

@@ -93,6 +93,10 @@ FIXTURES = [
     # A transformer export: position embeddings computed from constants only, masks,
     # LayerNormalization, Erf, Softmax, two-activation MatMuls.
     ("minilm_l3", "minilm_l3/model.onnx", "minilm_l3/calib.npz", "minilm_l3/eval.npz", [], None),
+    ("minilm_l3 smooth 0.8", "minilm_l3/model.onnx", "minilm_l3/calib.npz", "minilm_l3/eval.npz",
+     ["--smooth", "0.8"], None),
+    ("minilm_l3 without smoothing", "minilm_l3/model.onnx", "minilm_l3/calib.npz",
+     "minilm_l3/eval.npz", ["--smooth", "off"], None),
     ("tiny_cnn", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz", [], None),
     ("tiny_mlp", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz", [], None),
     ("tiny_bn", "tiny/tiny_bn.onnx", "tiny/tiny_bn.npz", "tiny/tiny_bn.eval.npz", [], None),
