@@ -112,7 +112,8 @@
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
 //!   smooth (SmoothQuant's migration), calibrate, ranges with the adaptive selection, folds, precision, materialise,
 //!   dynamic (the `--mode dynamic` road),
-//!   interface (the float model's inputs and declared dims kept), summary,
+//!   interface (the float model's inputs and declared dims kept), energy (the input energy
+//!   k-means codebook weights are weighted by), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //!   Three modes: static (the default: calibrated Q/DQ), dynamic, and
 //!   `pipeline::weight_only` (`--mode weight-only`): MatMul/Gemm weights
@@ -125,7 +126,9 @@
 //!   DynamicQuantizeMatMul), computed as ONNX Runtime computes them; scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`); weight-only
 //!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand); the
-//!   embedding tables any mode stores int8 per row (`embedding`).
+//!   embedding tables any mode stores int8 per row (`embedding`);
+//!   non-uniform weight grids (`codebook`: weighted k-means, power-of-two levels, both put
+//!   on a channel's int8 grid, which `insert_qdq` writes as GatherElements → DequantizeLinear).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
 //!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place

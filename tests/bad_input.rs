@@ -458,6 +458,15 @@ fn weight_only_case(dir: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `quantize` of the test CNN with its calibration data and `extra`.
+fn static_grid_case(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let (m, c, _) = tiny_cnn_in(dir);
+    let mut args = vec!["quantize".into(), m, "--calib".into(), c];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(["-o".to_string(), s(&dir.join("out.onnx"))]);
+    args
+}
+
 const CASES: &[Case] = &[
     Case {
         name: "npz with a wrong dtype",
@@ -1624,9 +1633,45 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "weight-only flag without --mode weight-only",
-        setup: |d| weight_only_case(d, &["--weight-bits", "4"]),
+        setup: |d| weight_only_case(d, &["--weight-algo", "clip"]),
         code: 2,
-        expect: &["--weight-bits", "--mode weight-only"],
+        expect: &["--weight-algo", "--mode weight-only"],
+    },
+    Case {
+        name: "static: 9-bit weights",
+        setup: |d| static_grid_case(d, &["--weight-bits", "9"]),
+        code: 2,
+        expect: &["--weight-bits 9", "2 to 8"],
+    },
+    Case {
+        name: "static: 1-bit k-means codebook",
+        setup: |d| static_grid_case(d, &["--weight-grid", "kmeans", "--weight-bits", "1"]),
+        code: 2,
+        expect: &["--weight-bits 1", "2 to 8"],
+    },
+    Case {
+        name: "static: power-of-two levels beyond the int8 grid",
+        setup: |d| static_grid_case(d, &["--weight-grid", "pow2", "--weight-bits", "5"]),
+        code: 2,
+        expect: &["--weight-grid pow2", "2 to 4", "not 5"],
+    },
+    Case {
+        name: "static: a codebook per tensor",
+        setup: |d| static_grid_case(d, &["--weight-grid", "kmeans", "--weight-bits", "4", "--per-tensor"]),
+        code: 2,
+        expect: &["--weight-grid kmeans", "--per-tensor"],
+    },
+    Case {
+        name: "codebook weights in dynamic mode",
+        setup: |d| weight_only_case(d, &["--mode", "dynamic", "--weight-grid", "kmeans"]),
+        code: 2,
+        expect: &["--weight-grid", "static mode"],
+    },
+    Case {
+        name: "codebook weights in weight-only mode",
+        setup: |d| weight_only_case(d, &["--mode", "weight-only", "--weight-grid", "pow2"]),
+        code: 2,
+        expect: &["--weight-grid", "static mode"],
     },
     Case {
         name: "smoothing strength above 1",

@@ -204,6 +204,7 @@ fn a_value_computed_from_shapes_and_constants_is_not_planned() {
         activation: QType::new(DType::U8, false, false).unwrap(),
         weight: QType::new(DType::I8, true, true).unwrap(),
         weight_mse: false,
+        weight_grid: Default::default(),
         per_channel: true,
         exclude_nodes: Default::default(),
         exclude_op_types: Default::default(),

@@ -21,6 +21,7 @@ fn ort_cpu() -> QuantConfig {
         activation: QType::new(DType::U8, false, false).unwrap(),
         weight: QType::new(DType::I8, true, true).unwrap(),
         weight_mse: false,
+        weight_grid: Default::default(),
         per_channel: true,
         exclude_nodes: BTreeSet::new(),
         exclude_op_types: BTreeSet::new(),
@@ -165,6 +166,7 @@ fn the_encoder_layer_plan_follows_the_rule_table() {
             qtype: QType::new(DType::I8, true, false).unwrap(),
             axis: Some(0),
             mse: false,
+            grid: Default::default(),
         })
     );
     insta::assert_snapshot!("minilm_layer0_plan", render(&p));

@@ -5,7 +5,7 @@
 use crate::calib::Method;
 use crate::data::{self, Preprocess};
 use crate::lint::Platform;
-use crate::pipeline::options::{ActivationType, WeightMethod};
+use crate::pipeline::options::{ActivationType, WeightGridKind, WeightMethod};
 use crate::quant::rules::Target;
 use anyhow::bail;
 use std::collections::BTreeMap;
@@ -110,6 +110,27 @@ impl From<WeightMethodArg> for WeightMethod {
         match m {
             WeightMethodArg::MinMax => WeightMethod::MinMax,
             WeightMethodArg::Mse => WeightMethod::Mse,
+        }
+    }
+}
+
+/// `--weight-grid`: uniform codes or a codebook per output channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightGridArg {
+    /// Evenly spaced codes.
+    Uniform,
+    /// 2^BITS levels per channel by k-means (Lloyd), weighted by input energy.
+    Kmeans,
+    /// Levels 0, ±2^j per channel (shift-friendly), BITS 2 to 4.
+    Pow2,
+}
+
+impl From<WeightGridArg> for WeightGridKind {
+    fn from(g: WeightGridArg) -> WeightGridKind {
+        match g {
+            WeightGridArg::Uniform => WeightGridKind::Uniform,
+            WeightGridArg::Kmeans => WeightGridKind::Kmeans,
+            WeightGridArg::Pow2 => WeightGridKind::Pow2,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::flags::{
     check_preprocess_used, parse_pins, parse_preprocess, parse_shapes, ActTypeArg, MethodArg,
-    TargetArg, WeightAlgoArg, WeightMethodArg,
+    TargetArg, WeightAlgoArg, WeightGridArg, WeightMethodArg,
 };
 use super::{Bars, Outcome};
 use crate::calib::{Method, MethodOptions};
@@ -121,9 +121,17 @@ pub struct Args {
     /// model as given) and in the other modes.
     #[arg(long, value_name = "ALPHA|off")]
     pub smooth: Option<String>,
-    /// Weight-only: bits per weight, 4 or 8 (default 4).
+    /// Bits per weight: static mode 2 to 8 (default 8; uniform 2-4 bits are int4,
+    /// k-means and power-of-two codebooks index the int8 grid), weight-only 4 or 8
+    /// (default 4).
     #[arg(long, value_name = "BITS")]
     pub weight_bits: Option<u32>,
+    /// Static mode: the weight grid per output channel: `uniform` codes, a `kmeans`
+    /// codebook of 2^BITS levels (weighted by each input's energy on the calibration
+    /// data), or `pow2` levels 0, ±2^j (BITS 2 to 4). Codebooks are written as
+    /// GatherElements of the levels by packed indices, read through DequantizeLinear.
+    #[arg(long, value_enum)]
+    pub weight_grid: Option<WeightGridArg>,
     /// Weight-only: weights per block along the reduction axis, a power of two of at least 16,
     /// or `channel` for one scale per output channel (default 32).
     #[arg(long, value_name = "N|channel")]
@@ -274,6 +282,8 @@ pub(crate) fn common(
             activation: c.activation_type.map(Into::into),
             per_tensor: c.per_tensor,
             weight_method: c.weight_method.into(),
+            weight_grid: Default::default(),
+            weight_bits: 8,
             no_reduce_range: c.no_reduce_range,
             exclude_nodes: c.exclude_nodes.clone(),
             exclude_op_types: c.exclude_op_types.clone(),
@@ -400,9 +410,15 @@ fn check_dynamic(a: &Args) -> anyhow::Result<()> {
 /// The weight-only flags, refused outside `--mode weight-only`.
 fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
     let d = WeightOnlyOptions::default();
+    if let (Some(_), false) = (a.weight_grid, a.mode == ModeArg::Static) {
+        bail!("--weight-grid applies to the static mode (--mode static): the other modes write uniform weights");
+    }
     if a.mode != ModeArg::WeightOnly {
         for (flag, given) in [
-            ("--weight-bits", a.weight_bits.is_some()),
+            (
+                "--weight-bits",
+                a.weight_bits.is_some() && a.mode != ModeArg::Static,
+            ),
             ("--block-size", a.block_size.is_some()),
             ("--weight-symmetric", a.weight_symmetric),
             ("--weight-algo", a.weight_algo.is_some()),
@@ -472,13 +488,18 @@ fn smooth(a: &Args) -> anyhow::Result<Option<f32>> {
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     let weight_only = weight_only(a)?;
     let smooth = smooth(a)?;
+    let mut common = common(
+        &a.common,
+        a.ranges.as_deref(),
+        matches!(a.mode, ModeArg::Dynamic | ModeArg::WeightOnly),
+    )?;
+    if a.mode == ModeArg::Static {
+        common.settings.weight_grid = a.weight_grid.map_or(Default::default(), Into::into);
+        common.settings.weight_bits = a.weight_bits.unwrap_or(8);
+    }
     Ok(QuantizeOptions {
         smooth,
-        common: common(
-            &a.common,
-            a.ranges.as_deref(),
-            matches!(a.mode, ModeArg::Dynamic | ModeArg::WeightOnly),
-        )?,
+        common,
         mode: a.mode.into(),
         weight_only,
         output: a.output.clone(),
@@ -780,6 +801,9 @@ fn print_sizes_and_validation(s: &Summary) {
             String::new()
         }
     );
+    if let Some(db) = s.weight_sqnr_db {
+        println!("weights    SQNR {db:.2} dB over every quantized weight");
+    }
     if let Some(pr) = &s.precision {
         print_precision(pr);
     }

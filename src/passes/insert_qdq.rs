@@ -44,11 +44,12 @@
 use super::util::{captured_by_subgraphs, is_captured, names_in_use};
 use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::{
-    AttrValue, Carry, ConstTensor, DType, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
+    AttrValue, Carry, ConstTensor, DType, Dim, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
 };
+use crate::quant::codebook::{int_codebook, WeightGrid};
 use crate::quant::params::{mse_scale_zp, quantize_bias, scale_zp, QType, ScaleFold, ScaleZp};
 use crate::quant::plan::{op_key_in, Decision, OpState, Plan, ValueKeys};
-use crate::quant::{quantize_linear, QuantizeAttrs};
+
 use ndarray::{ArrayD, Axis, IxDyn};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,6 +104,10 @@ pub struct Report {
     pub dequantize_nodes: usize,
     /// Bias values that saturated int32 (value name, count).
     pub bias_saturated: Vec<(String, usize)>,
+    /// `Σ w²` over the quantized weights.
+    pub weight_signal: f64,
+    /// `Σ (w − ŵ)²` over the quantized weights (`ŵ` dequantized in float32).
+    pub weight_noise: f64,
 }
 
 /// Names taken anywhere in the model: new names avoid them all, so that a name added to
@@ -217,8 +222,17 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 rep.dequantize_nodes += 1;
                 rep.params.insert(key.clone(), chosen);
             }
-            Decision::Weight { qtype, axis, mse } => {
-                let (chosen, made) = quantize_weight(g, v, *qtype, *axis, *mse, &mut names)?;
+            Decision::Weight {
+                qtype,
+                axis,
+                mse,
+                grid,
+            } => {
+                let imp = plan.importance.get(key).map(Vec::as_slice);
+                let (chosen, made, (signal, noise)) =
+                    quantize_weight(g, v, *qtype, *axis, *mse, *grid, imp, &mut names)?;
+                rep.weight_signal += signal;
+                rep.weight_noise += noise;
                 rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
                 drop_if_unused(g, local);
                 rep.dequantize_nodes += 1;
@@ -514,16 +528,255 @@ fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>, mse: bool) -> Ve
     }
 }
 
+/// The integer codes of a weight and, for a codebook grid, how they are stored.
+struct Coded {
+    /// Codes in the weight's layout (f64 holds every integer type exactly).
+    codes: Vec<f64>,
+    params: Vec<ScaleZp>,
+    /// Per channel: the levels (codes) and each element's level index, channel-major.
+    codebook: Option<Codebooks>,
+}
+
+/// Per channel: its levels (codes) and each element's level index, channel-major.
+type Codebooks = (Vec<Vec<i64>>, Vec<Vec<u8>>);
+
+/// Integer values as a tensor of `dtype` (4-bit types held one value per `i8`/`u8`).
+fn int_tensor(dtype: DType, shape: &[usize], vals: &[f64]) -> Result<Tensor, PassError> {
+    let t = match dtype {
+        DType::I4 => match Tensor::from_f64(DType::I8, shape, vals).map_err(err)? {
+            Tensor::I8(a) => Tensor::I4(a),
+            _ => unreachable!("i8 tensor"),
+        },
+        DType::U4 => match Tensor::from_f64(DType::U8, shape, vals).map_err(err)? {
+            Tensor::U8(a) => Tensor::U4(a),
+            _ => unreachable!("u8 tensor"),
+        },
+        d => Tensor::from_f64(d, shape, vals).map_err(err)?,
+    };
+    Ok(t)
+}
+
+/// Index of the channel (along `axis`) of every element of a tensor of `shape`.
+fn channel_of(shape: &[usize], axis: Option<i64>) -> impl Fn(usize) -> usize {
+    let (stride, dim) = match axis {
+        Some(a) => (
+            shape[a as usize + 1..].iter().product::<usize>().max(1),
+            shape[a as usize].max(1),
+        ),
+        None => (1, 1),
+    };
+    move |i| (i / stride) % dim
+}
+
+/// The codes of `a` on `q` (clamped to its range, which may be narrower than its type),
+/// or its per-channel codebooks on `grid`.
+fn code_weight(
+    name: &str,
+    a: &ArrayD<f32>,
+    q: QType,
+    axis: Option<i64>,
+    mse: bool,
+    grid: WeightGrid,
+    importance: Option<&[f64]>,
+) -> Result<Coded, PassError> {
+    let params = weight_params(a, &q, axis, mse && grid.is_uniform());
+    let Some(ax) = axis.filter(|_| !grid.is_uniform()) else {
+        let ch = channel_of(a.shape(), axis);
+        let codes = a
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let p = params[ch(i)];
+                ((w / p.scale).round_ties_even() as f64 + p.zero_point as f64)
+                    .clamp(q.qmin as f64, q.qmax as f64)
+            })
+            .collect();
+        return Ok(Coded {
+            codes,
+            params,
+            codebook: None,
+        });
+    };
+    let imp = importance.map(|v| ArrayD::from_shape_vec(a.raw_dim(), v.to_vec()));
+    let imp = match imp {
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => {
+            return Err(err(format!(
+                "weight '{name}': the input energy does not match its shape"
+            )))
+        }
+        None => None,
+    };
+    let mut levels = Vec::new();
+    let mut index = Vec::new();
+    let mut out = Vec::new();
+    for (c, ch) in a.axis_iter(Axis(ax as usize)).enumerate() {
+        let vals: Vec<f32> = ch.iter().copied().collect();
+        let wts: Option<Vec<f64>> = imp
+            .as_ref()
+            .map(|t| t.index_axis(Axis(ax as usize), c).iter().copied().collect());
+        let cb = int_codebook(&vals, wts.as_deref(), grid, params[c].scale, q.qmax)
+            .map_err(|e| err(format!("weight '{name}': {e}")))?;
+        out.push(ScaleZp {
+            scale: cb.scale,
+            zero_point: 0,
+        });
+        levels.push(cb.levels);
+        index.push(cb.index);
+    }
+    // Back to the weight's layout.
+    let ch = channel_of(a.shape(), axis);
+    let mut seen = vec![0usize; levels.len()];
+    let codes = (0..a.len())
+        .map(|i| {
+            let c = ch(i);
+            let k = seen[c];
+            seen[c] += 1;
+            levels[c][index[c][k] as usize] as f64
+        })
+        .collect();
+    Ok(Coded {
+        codes,
+        params: out,
+        codebook: Some((levels, index)),
+    })
+}
+
+/// The integer weight `[C, …]` of per-channel codebooks, as ops any runtime folds at
+/// load: `GatherElements(levels [C, L], Cast(indices [C, M]), axis=1)` → Reshape to the
+/// weight's shape with the channel axis first → Transpose back (when `axis` ≠ 0).
+/// Indices are uint4 (two per byte) for codebooks of up to 4 bits, else uint8.
+#[allow(clippy::too_many_arguments)]
+fn write_codebook(
+    g: &mut Graph,
+    names: &mut Names,
+    name: &str,
+    shape: &[usize],
+    axis: usize,
+    bits: u32,
+    dtype: DType,
+    (levels, index): &Codebooks,
+) -> Result<ValueId, PassError> {
+    let c = levels.len();
+    let m = index.first().map_or(0, |v| v.len());
+    let l = 1usize << bits;
+    let mut table = vec![0f64; c * l];
+    for (i, lv) in levels.iter().enumerate() {
+        for (j, &v) in lv.iter().enumerate() {
+            table[i * l + j] = v as f64;
+        }
+    }
+    let table = int_tensor(dtype, &[c, l], &table)?;
+    let idx: Vec<u8> = index.iter().flatten().copied().collect();
+    let idx = ArrayD::from_shape_vec(IxDyn(&[c, m]), idx).expect("channel-major indices");
+    let idx = if bits <= 4 {
+        Tensor::U4(idx)
+    } else {
+        Tensor::U8(idx)
+    };
+    let tv = scalar_const(g, names, &format!("{name}.codebook"), table)?;
+    let iv = scalar_const(g, names, &format!("{name}.index"), idx)?;
+    let mut first: Option<(u32, u32)> = None;
+    let mut step = |g: &mut Graph,
+                    names: &mut Names,
+                    op: &str,
+                    suffix: &str,
+                    inputs: &[Option<ValueId>],
+                    attrs: Vec<(&str, AttrValue)>|
+     -> Result<ValueId, PassError> {
+        let out = names.fresh(g, &format!("{name}.{suffix}"));
+        let v = g.add_fresh_value(&out, None);
+        let mut o = Op::new(op, &format!("{name}.{suffix}"));
+        for (k, a) in attrs {
+            o.set_attr(k, a);
+        }
+        if let Some(ord) = first {
+            o.order = ord;
+        }
+        let id = g
+            .add_op(o, inputs, &[Some(v)])
+            .map_err(|e| err(e.to_string()))?;
+        first.get_or_insert(g.op(id).order);
+        Ok(v)
+    };
+    let cast = step(
+        g,
+        names,
+        "Cast",
+        "index64",
+        &[Some(iv)],
+        vec![("to", AttrValue::Int(DType::I64.onnx_code() as i64))],
+    )?;
+    let gathered = step(
+        g,
+        names,
+        "GatherElements",
+        "gathered",
+        &[Some(tv), Some(cast)],
+        vec![("axis", AttrValue::Int(1))],
+    )?;
+    let mut first_dims: Vec<i64> = vec![shape[axis] as i64];
+    first_dims.extend(
+        shape
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| *d != axis)
+            .map(|(_, &n)| n as i64),
+    );
+    let sv = scalar_const(
+        g,
+        names,
+        &format!("{name}.shape"),
+        Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[first_dims.len()]), first_dims).expect("1-D")),
+    )?;
+    let mut v = step(
+        g,
+        names,
+        "Reshape",
+        if axis == 0 { "q" } else { "channel_first" },
+        &[Some(gathered), Some(sv)],
+        vec![],
+    )?;
+    if axis != 0 {
+        // Dimension d of the weight sits at 0 (d = axis), d + 1 (d < axis) or d (d > axis).
+        let perm: Vec<i64> = (0..shape.len())
+            .map(|d| match d.cmp(&axis) {
+                std::cmp::Ordering::Equal => 0,
+                std::cmp::Ordering::Less => d as i64 + 1,
+                std::cmp::Ordering::Greater => d as i64,
+            })
+            .collect();
+        v = step(
+            g,
+            names,
+            "Transpose",
+            "q",
+            &[Some(v)],
+            vec![("perm", AttrValue::Ints(perm))],
+        )?;
+    }
+    let ty = ValueType::Tensor {
+        dtype,
+        shape: Some(shape.iter().map(|&n| Dim::Known(n as i64)).collect()),
+    };
+    g.value_mut(v).ty = Some(ty);
+    Ok(v)
+}
+
 /// Replaces a float constant by integer values + DequantizeLinear (the float constant
-/// is dropped by the caller once no subgraph reads it either).
+/// is dropped by the caller once no subgraph reads it either); with a codebook grid the
+/// integers come from [`write_codebook`]. Also returns `Σ w²` and `Σ (w − ŵ)²`.
+#[allow(clippy::too_many_arguments)]
 fn quantize_weight(
     g: &mut Graph,
     w: ValueId,
     q: QType,
     axis: Option<i64>,
     mse: bool,
+    grid: WeightGrid,
+    importance: Option<&[f64]>,
     names: &mut Names,
-) -> Result<(Chosen, Made), PassError> {
+) -> Result<(Chosen, Made, (f64, f64)), PassError> {
     let name = g.value(w).name.clone();
     let t = g
         .const_of(w)
@@ -533,34 +786,53 @@ fn quantize_weight(
     let Tensor::F32(a) = &t else {
         return Err(err(format!("weight '{name}' is not f32")));
     };
-    let params = weight_params(a, &q, axis, mse);
+    if !grid.is_uniform() && axis.is_none() {
+        return Err(err(format!(
+            "weight '{name}': a codebook grid needs per-channel weights"
+        )));
+    }
+    let coded = code_weight(&name, a, q, axis, mse, grid, importance)?;
+    let params = coded.params;
     let n = params.len();
     let pshape: Vec<usize> = if axis.is_some() { vec![n] } else { vec![] };
     let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
     let zps: Vec<i64> = params.iter().map(|p| p.zero_point).collect();
     let scale_t = scale_tensor(&scales, &pshape);
     let zp_t = zp_tensor(q.dtype, &zps, &pshape)?;
-    let attrs = QuantizeAttrs {
-        axis: axis.unwrap_or(1),
-        ..QuantizeAttrs::default()
+    let ch = channel_of(a.shape(), axis);
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for (i, (&w, &c)) in a.iter().zip(&coded.codes).enumerate() {
+        let p = params[ch(i)];
+        let d = ((c - p.zero_point as f64) as f32 * p.scale) as f64;
+        signal += (w as f64).powi(2);
+        noise += (w as f64 - d).powi(2);
+    }
+    let readers = g.consumers(w);
+    let qv = match (&coded.codebook, grid.index_bits()) {
+        (Some(cb), Some(bits)) => write_codebook(
+            g,
+            names,
+            &name,
+            a.shape(),
+            axis.expect("checked per channel") as usize,
+            bits,
+            q.dtype,
+            cb,
+        )?,
+        _ => {
+            let qt = int_tensor(q.dtype, a.shape(), &coded.codes)?;
+            let qn = names.fresh(g, &format!("{name}.q"));
+            g.add_const(&qn, ConstTensor::from_tensor(None, &qt))
+                .map_err(|e| err(e.to_string()))?
+        }
     };
-    let qt = quantize_linear(&t, &scale_t, Some(&zp_t), &attrs)
-        .map_err(|e| err(format!("weight '{name}': {e}")))?;
     let made = Made {
-        q: names.fresh(g, &format!("{name}.q")),
-        q_ty: None,
+        q: g.value(qv).name.clone(),
+        q_ty: g.value(qv).ty.clone(),
         ty: g.value(w).ty.clone(),
         scale: scale_t.clone(),
         zp: zp_t.clone(),
         axis,
-    };
-    let readers = g.consumers(w);
-    let qv = g
-        .add_const(&made.q, ConstTensor::from_tensor(None, &qt))
-        .map_err(|e| err(e.to_string()))?;
-    let made = Made {
-        q_ty: g.value(qv).ty.clone(),
-        ..made
     };
     let sv = scalar_const(g, names, &format!("{name}.scale"), scale_t)?;
     let zv = scalar_const(g, names, &format!("{name}.zp"), zp_t)?;
@@ -585,6 +857,7 @@ fn quantize_weight(
             axis,
         },
         made,
+        (signal, noise),
     ))
 }
 

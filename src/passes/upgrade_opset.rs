@@ -106,9 +106,12 @@ impl UpgradeOpset {
 pub const DYNAMIC_OPSET: i64 = 11;
 
 /// The opset the Q/DQ of `plan` need: 21 for 16-bit types (`wide`: mixed precision may
-/// promote activations to 16 bits), 13 for per-channel weights (`axis`), else 10.
+/// promote activations to 16 bits), int4 weights and codebooks of up to 4 bits (uint4
+/// indices), 13 for per-channel weights (`axis`), else 10.
 pub fn qdq_opset(plan: &Plan, cfg: &QuantConfig, wide: bool) -> i64 {
-    if wide || matches!(cfg.activation.dtype, DType::U16 | DType::I16) {
+    let nibbles =
+        cfg.weight.dtype == DType::I4 || cfg.weight_grid.index_bits().is_some_and(|b| b <= 4);
+    if wide || nibbles || matches!(cfg.activation.dtype, DType::U16 | DType::I16) {
         21
     } else if plan.uses_per_channel() {
         13

@@ -181,6 +181,7 @@ fn summary(
             report.int8_parameters as f64 / all as f64
         },
         weight_4bit_share: 0.0,
+        weight_sqnr_db: None,
         seconds: BTreeMap::new(),
         notes,
         passes: Vec::new(),

@@ -36,6 +36,7 @@
 
 pub mod calibrate;
 pub mod dynamic;
+mod energy;
 mod error;
 pub mod folds;
 pub mod inputs;
@@ -382,6 +383,11 @@ fn quantize_prepared(
     })
     .map_err(PipelineError::Plan)?;
     run.time("calibrate", t);
+    if let (Some(_), Some(calib)) = (p.cfg.weight_grid.index_bits(), &data.calib) {
+        let t = Instant::now();
+        energy::collect(&p.model, &p.base_dir, &mut p.plan, calib, run.progress)?;
+        run.time("input energy", t);
+    }
 
     let t = Instant::now();
     let (plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;

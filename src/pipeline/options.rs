@@ -7,6 +7,7 @@
 use crate::calib::{Method, MethodOptions};
 use crate::data::Preprocess;
 use crate::ir::DType;
+use crate::quant::codebook::WeightGrid;
 use crate::quant::params::QType;
 use crate::quant::plan::QuantConfig;
 use crate::quant::rules::Target;
@@ -46,6 +47,18 @@ pub enum WeightMethod {
     MinMax,
     /// The range of least squared quantization error of each channel.
     Mse,
+}
+
+/// Which weight grid (`--weight-grid`); its bits come from `--weight-bits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightGridKind {
+    /// Evenly spaced codes.
+    #[default]
+    Uniform,
+    /// A k-means codebook per output channel.
+    Kmeans,
+    /// Power-of-two levels per output channel.
+    Pow2,
 }
 
 /// What kind of quantization `quantize` writes (`--mode`).
@@ -122,8 +135,8 @@ impl Common {
 }
 
 /// Quantization settings (`--target`, `--activation-type`, `--per-tensor`,
-/// `--weight-method`, `--no-reduce-range`, `--exclude-nodes`, `--exclude-op-types`,
-/// `--op-types`).
+/// `--weight-method`, `--weight-grid`, `--weight-bits`, `--no-reduce-range`,
+/// `--exclude-nodes`, `--exclude-op-types`, `--op-types`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub target: Target,
@@ -131,6 +144,10 @@ pub struct Settings {
     pub activation: Option<ActivationType>,
     pub per_tensor: bool,
     pub weight_method: WeightMethod,
+    /// Uniform codes or a codebook per channel (`--weight-grid`).
+    pub weight_grid: WeightGridKind,
+    /// Bits per weight (`--weight-bits`, static mode): 2 to 8.
+    pub weight_bits: u32,
     /// Use all 8 bits of int8 weights on ort-cpu (`--no-reduce-range`).
     pub no_reduce_range: bool,
     pub exclude_nodes: Vec<String>,
@@ -146,6 +163,8 @@ impl Default for Settings {
             activation: None,
             per_tensor: false,
             weight_method: WeightMethod::MinMax,
+            weight_grid: WeightGridKind::Uniform,
+            weight_bits: 8,
             no_reduce_range: false,
             exclude_nodes: Vec::new(),
             exclude_op_types: Vec::new(),
@@ -170,9 +189,48 @@ impl Settings {
         QType::new(dtype, symmetric, false).expect("integer type")
     }
 
+    /// The weight grid and its integer type: uniform 8-bit is int8 (7-bit on ort-cpu
+    /// unless `no_reduce_range`); uniform 2–4 bits int4 on `[-(2^(b-1) - 1), 2^(b-1) - 1]`,
+    /// 5–7 bits int8 on that range; a codebook sits on the 8-bit grid.
+    pub fn weight_grid(&self) -> Result<(QType, WeightGrid), String> {
+        let bits = self.weight_bits;
+        if !(2..=8).contains(&bits) {
+            return Err(format!("--weight-bits {bits} must be 2 to 8"));
+        }
+        let reduce = self.target == Target::OrtCpu && !self.no_reduce_range;
+        let int8 = QType::new(DType::I8, true, reduce).expect("int8");
+        let grid = match self.weight_grid {
+            WeightGridKind::Uniform => WeightGrid::Uniform,
+            WeightGridKind::Kmeans => WeightGrid::Kmeans { bits },
+            WeightGridKind::Pow2 => WeightGrid::Pow2 { bits },
+        };
+        if let WeightGrid::Pow2 { bits } = grid {
+            if bits > 4 {
+                return Err(format!("--weight-grid pow2 takes --weight-bits 2 to 4 (its codes 0, ±1, ±2, … ±2^(2^(bits-1) - 2) must fit the int8 grid), not {bits}"));
+            }
+        }
+        if !grid.is_uniform() && self.per_tensor {
+            return Err("--weight-grid kmeans and pow2 make one codebook per output channel: they do not combine with --per-tensor".into());
+        }
+        if !grid.is_uniform() || bits == 8 {
+            return Ok((int8, grid));
+        }
+        let q = (1i64 << (bits - 1)) - 1;
+        let dtype = if bits <= 4 { DType::I4 } else { DType::I8 };
+        Ok((
+            QType {
+                dtype,
+                qmin: -q,
+                qmax: q,
+                symmetric: true,
+            },
+            grid,
+        ))
+    }
+
     /// The plan's configuration; TensorRT refuses asymmetric activations.
     pub fn config(&self) -> Result<QuantConfig, String> {
-        let reduce = self.target == Target::OrtCpu && !self.no_reduce_range;
+        let (weight, weight_grid) = self.weight_grid()?;
         if self.target == Target::Tensorrt
             && matches!(
                 self.activation,
@@ -192,8 +250,9 @@ impl Settings {
         Ok(QuantConfig {
             target: self.target,
             activation: self.activation_qtype(),
-            weight: QType::new(DType::I8, true, reduce).expect("int8"),
+            weight,
             weight_mse: self.weight_method == WeightMethod::Mse,
+            weight_grid,
             per_channel: !self.per_tensor,
             exclude_nodes: set(&self.exclude_nodes),
             exclude_op_types: set(&self.exclude_op_types),

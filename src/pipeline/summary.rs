@@ -9,6 +9,7 @@ use super::prepare::Prepared;
 use super::ranges::adaptive;
 use crate::ir::{DType, Model};
 use crate::passes::StepLog;
+use crate::quant::codebook::WeightGrid;
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, OpState, Plan};
 use crate::quant::rules::Target;
@@ -47,6 +48,9 @@ pub struct Summary {
     pub weight_8bit_share: f64,
     /// Share of weight parameters stored in 4 bits.
     pub weight_4bit_share: f64,
+    /// Weight SQNR in dB over every quantized weight: `10·log10(Σ w² / Σ (w − ŵ)²)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_sqnr_db: Option<f64>,
     pub seconds: BTreeMap<String, f64>,
     pub notes: Vec<String>,
     /// Every step of the pass list, in order: how often it ran, whether it changed the
@@ -162,6 +166,9 @@ pub fn summarise(parts: Parts) -> Summary {
     let mut notes = p.notes.clone();
     notes.extend(m.exec_notes.iter().cloned());
     let (weight_8bit_share, weight_4bit_share) = weight_shares(plan, &p.model);
+    let low_bit = !p.cfg.weight_grid.is_uniform()
+        || p.cfg.weight.dtype != DType::I8
+        || p.cfg.weight.qmax < 64;
     Summary {
         input: o.common.model.display().to_string(),
         output: o.output.display().to_string(),
@@ -169,10 +176,18 @@ pub fn summarise(parts: Parts) -> Summary {
         target: p.cfg.target,
         activation: qtype_text(&p.cfg.activation, None),
         weight: format!(
-            "{}{}{}",
+            "{}{}{}{}",
             qtype_text(&p.cfg.weight, Some(p.cfg.per_channel)),
+            match p.cfg.weight_grid {
+                WeightGrid::Uniform => String::new(),
+                g => format!(", {} codebook per channel", g.describe()),
+            },
             full_grid_weights(plan, &p.cfg.weight),
-            if p.cfg.weight_mse { ", mse ranges" } else { "" }
+            if p.cfg.weight_mse && p.cfg.weight_grid.is_uniform() {
+                ", mse ranges"
+            } else {
+                ""
+            }
         ),
         quantized_ops,
         folded_ops,
@@ -189,6 +204,9 @@ pub fn summarise(parts: Parts) -> Summary {
         precision: parts.precision,
         weight_8bit_share,
         weight_4bit_share,
+        // Said for low-bit grids (8-bit uniform weights keep the summary they always had).
+        weight_sqnr_db: (m.inserted.weight_noise > 0.0 && low_bit)
+            .then(|| 10.0 * (m.inserted.weight_signal / m.inserted.weight_noise).log10()),
         seconds: parts.seconds,
         notes,
         passes: parts.passes,

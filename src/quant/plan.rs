@@ -25,6 +25,7 @@
 //! that would quantize a value calibration gave no statistics for
 //! ([`fit_to_statistics`]): the plan never asks for a range it cannot have.
 
+use super::codebook::WeightGrid;
 use super::embedding;
 use super::params::{QType, ScaleFold};
 use super::rules::{
@@ -46,6 +47,9 @@ pub struct QuantConfig {
     pub weight: QType,
     /// Weight ranges of least squared error instead of min/max (`--weight-method mse`).
     pub weight_mse: bool,
+    /// Uniform codes, or a codebook per channel on the weight grid (`--weight-grid`).
+    #[serde(default, skip_serializing_if = "WeightGrid::is_uniform")]
+    pub weight_grid: WeightGrid,
     pub per_channel: bool,
     /// Node names never quantized.
     pub exclude_nodes: BTreeSet<String>,
@@ -136,6 +140,9 @@ pub enum Decision {
         /// Range of least squared error per channel instead of min/max.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         mse: bool,
+        /// A codebook per channel on `qtype`'s codes instead of every code.
+        #[serde(default, skip_serializing_if = "WeightGrid::is_uniform")]
+        grid: WeightGrid,
     },
     /// A float bias: int32, scale = s_input · s_weight, zero point 0.
     Bias { input: String, weight: String },
@@ -171,6 +178,11 @@ pub struct Plan {
     /// the op's output).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scale_folds: BTreeMap<String, ScaleFold>,
+    /// Per weight key with a codebook grid: the energy (mean square, from calibration
+    /// data) of the input each element multiplies, in the weight's own layout; k-means
+    /// weights its values by it. Absent: unweighted.
+    #[serde(skip)]
+    pub importance: BTreeMap<String, Vec<f64>>,
 }
 
 /// Stable key of a main-graph op for plans and summaries: its name, or `op_type#order`
@@ -670,6 +682,7 @@ fn plan_scope(
                         qtype: embedding::table_qtype(),
                         axis: Some(embedding::TABLE_AXIS),
                         mse: false,
+                        grid: WeightGrid::Uniform,
                     });
                     plan.ops.insert(
                         key,
@@ -779,6 +792,7 @@ fn plan_scope(
                             qtype: cfg.activation,
                             axis: None,
                             mse: cfg.weight_mse,
+                            grid: WeightGrid::Uniform,
                         },
                     );
                 }
@@ -819,6 +833,7 @@ fn plan_scope(
                             qtype,
                             axis,
                             mse: cfg.weight_mse,
+                            grid: cfg.weight_grid,
                         },
                     );
                 }

@@ -138,6 +138,17 @@ FIXTURES = [
     # 4-bit weights chosen to fit a size budget.
     ("ppocr_cls 4-bit weights", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--size-budget", "0.25", "--sensitivity-samples", "4"], 4),
+    # Codebook weights: GatherElements of per-channel int8 levels by uint4 (up to 4 bits) or
+    # uint8 indices, then Reshape/Transpose into the weight's layout, read by
+    # DequantizeLinear; Conv weights (channel axis 0) and MatMul/Gemm weights (axis 1).
+    ("tiny_cnn kmeans 4-bit", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
+     ["--weight-grid", "kmeans", "--weight-bits", "4"], None),
+    ("tiny_mlp kmeans 6-bit", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz",
+     ["--weight-grid", "kmeans", "--weight-bits", "6"], None),
+    ("tiny_cnn pow2 3-bit", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
+     ["--weight-grid", "pow2", "--weight-bits", "3"], None),
+    ("magika kmeans 4-bit", "magika/model.onnx", "magika/calib.npz", "magika/eval.npz",
+     ["--weight-grid", "kmeans", "--weight-bits", "4"], 16),
     # Dynamic quantization: DynamicQuantizeLinear → MatMulInteger/ConvInteger, int8
     # embedding tables; the LSTM of tiny_crnn and silero_vad stays float.
     ("tiny_crnn dynamic", "tiny/tiny_crnn.onnx", "tiny/tiny_crnn.npz", "tiny/tiny_crnn.eval.npz",

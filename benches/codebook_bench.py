@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Non-uniform weight grids (``quantize --weight-grid kmeans|pow2``) against uniform ones at
+4 and 3 bits per weight, static mode (u8 activations calibrated as by default), scored in
+ONNX Runtime.
+
+Usage (from the repository root, with a python that has benches/requirements.txt):
+    python3 benches/codebook_bench.py [--models DIR] [--qrange PATH] [--out DIR]
+                                      [--only NAME[,NAME]] [--bits 4,3]
+
+Per model (``DIR/<name>/model.onnx`` with ``calib.npz`` and ``eval.npz``) and bit width B,
+each grid below is written by
+
+    qrange quantize MODEL --calib calib.npz --weight-bits B [grid flags] --no-validate --json -o OUT
+
+- ``uniform RTN``: per-channel symmetric codes on the min/max range (int4 [-(2^(B-1)-1), …]);
+- ``uniform MSE clip``: the same with ``--weight-method mse`` (per channel, the range shrink
+  of least squared error: the best uniform grid qrange has);
+- ``kmeans``: ``--weight-grid kmeans``, 2^B levels per channel, weighted by input energy;
+- ``pow2``: ``--weight-grid pow2``, levels 0, ±2^j per channel;
+plus the int8 default as a reference. Reported: weight SQNR over every quantized weight
+(qrange's summary, ``weight_sqnr_db``); in ONNX Runtime (CPU EP) on every evaluation sample,
+output SQNR and the task metric against fp32 (see quant_bench.py and dynamic_bench.py);
+file size against fp32; median single-thread latency against fp32's. Exit status 0 when the
+run completed (a failing configuration is a result), 2 when it could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import dynamic_bench as db  # noqa: E402  (scoring and the embedding metrics)
+import quant_bench as qb  # noqa: E402  (the shared ONNX Runtime helpers)
+
+MODELS = {
+    "magika": {"metric": "top1", "pins": {}, "output": None},
+    "ppocr_det": {"metric": "iou", "pins": {}, "output": None},
+    "minilm_l3": {"metric": "embedding", "pins": {}, "output": "461"},
+}
+GRIDS = [
+    ("uniform RTN", []),
+    ("uniform MSE clip", ["--weight-method", "mse"]),
+    ("kmeans", ["--weight-grid", "kmeans"]),
+    ("pow2", ["--weight-grid", "pow2"]),
+]
+
+
+def quantize(qrange: str, model: str, calib: str, out: str, flags: list[str]) -> dict:
+    cmd = [qrange, "quantize", model, "--calib", calib, "--no-validate", "--json", "-o", out, *flags]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(qb.one_line(p.stderr or p.stdout))
+    return json.loads(p.stdout)
+
+
+def bench(name: str, args) -> list[dict]:
+    cfg = MODELS[name]
+    d = os.path.join(args.models, name)
+    model, calib = os.path.join(d, "model.onnx"), os.path.join(d, "calib.npz")
+    data = qb.load_npz(os.path.join(d, "eval.npz"))
+    labels = data.pop("label", None)
+    n = qb.n_samples(data)
+    sess = qb.make_session(model)
+    primary = cfg["output"] or sess.get_outputs()[0].name
+    ref = qb.run_all(sess, data, n, cfg["pins"])
+    fp32_size = os.path.getsize(model)
+    rows = [{"model": name, "grid": "fp32", "bits": 32, "path": model}]
+    runs = [("uniform int8 (default)", 8, [])]
+    for b in args.bits:
+        for label, flags in GRIDS:
+            runs.append((label, b, ["--weight-bits", str(b), *flags]))
+    for i, (label, b, flags) in enumerate(runs):
+        out = os.path.join(args.out, f"{name}.{i}.onnx")
+        row = {"model": name, "grid": label, "bits": b, "path": out}
+        qb.log(f"  {name}: {label} {b}-bit")
+        try:
+            s = quantize(args.qrange, model, calib, out, flags)
+            row["weight_sqnr_db"] = s.get("weight_sqnr_db")
+            row.update(db.score(out, cfg, data, labels, n, ref, primary))
+            row["size_ratio"] = row["size"] / fp32_size
+        except Exception as e:  # a configuration failing is a result
+            row["error"] = qb.one_line(str(e))
+        rows.append(row)
+    paths = {i: r["path"] for i, r in enumerate(rows) if "error" not in r}
+    lat = qb.latencies_ms(paths, data, cfg["pins"], args.latency_runs, args.latency_budget)
+    for i, r in enumerate(rows):
+        if i in lat:
+            r["latency_vs_fp32"] = lat[i] / lat[0]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| model | bits | weight grid | weight SQNR dB | output SQNR dB | task metric | size vs fp32 | latency vs fp32 (1 thread) |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        if r["grid"] == "fp32":
+            continue
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['bits']} | {r['grid']} | failed: {r['error']} | | | | |")
+            continue
+        if "nn_agreement" in r:
+            metric = f"cos {r['cos_mean']:.4f} / min {r['cos_min']:.4f}, NN {r['nn_agreement']:.3f}"
+        else:
+            metric = qb.fmt(r.get("metric"), ".4f")
+        lines.append(
+            f"| {r['model']} | {r['bits']} | {r['grid']} | {qb.fmt(r.get('weight_sqnr_db'), '.2f')} | "
+            f"{r['sqnr_db']:.2f} | {metric} | {r['size_ratio']:.3f} | {r.get('latency_vs_fp32', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", "/work/shared/models"))
+    ap.add_argument("--qrange", default=qb.default_qrange())
+    ap.add_argument("--out", default=os.path.join(REPO, "target", "codebook_bench"))
+    ap.add_argument("--only", default="")
+    ap.add_argument("--bits", default="4,3")
+    ap.add_argument("--latency-runs", type=int, default=30)
+    ap.add_argument("--latency-budget", type=float, default=5.0)
+    args = ap.parse_args()
+    args.bits = [int(b) for b in args.bits.split(",") if b]
+    names = [n for n in args.only.split(",") if n] or list(MODELS)
+    for n in names:
+        if n not in MODELS or not os.path.exists(os.path.join(args.models, n, "model.onnx")):
+            print(f"error: no model {n!r} under {args.models}", file=sys.stderr)
+            return 2
+    if not os.path.exists(args.qrange):
+        print(f"error: no qrange binary at {args.qrange} (cargo build --release)", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for n in names:
+        qb.log(f"{n}...")
+        rows += bench(n, args)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
