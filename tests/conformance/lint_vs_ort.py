@@ -65,11 +65,13 @@ DISABLED = ["GatherSliceToSplitFusion", "GatherToSliceFusion"]
 # ONNX Runtime's float fusions (CPU, extended level): a node they merge into a fused float
 # node (FusedConv, SkipLayerNormalization, …) disappears under its name. A second
 # optimization with these disabled tells such a node (still there, in float) from one
-# ONNX Runtime removed.
+# ONNX Runtime removed. MatMulAddFusion is not among them: it runs before the QDQ fusions
+# and lint reports the Gemm it makes as the unit, so that Gemm must exist under its name
+# in both optimizations (GemmActivationFusion may then merge it into a float FusedGemm).
 FLOAT_FUSIONS = [
     "ConvActivationFusion", "GemmActivationFusion", "EmbedLayerNormFusion", "LayerNormFusion",
     "SimplifiedLayerNormFusion", "SkipLayerNormFusion", "GeluFusion", "BiasGeluFusion",
-    "FastGeluFusion", "QuickGeluFusion", "AttentionFusion", "MatMulAddFusion",
+    "FastGeluFusion", "QuickGeluFusion", "AttentionFusion",
     "BiasSoftmaxFusion", "BiasDropoutFusion", "MatMulScaleFusion", "MatmulTransposeFusion",
     "ConvAddActivationFusion", "GemmSumFusion", "GemmTransposeFusion",
 ]
