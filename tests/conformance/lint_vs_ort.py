@@ -249,6 +249,20 @@ def synthetic_cases():
     g.out("y")
     cases.append(("matmul weight-only int8", g.model()))
 
+    # MatMul + bias Add with no Q after: ONNX Runtime makes one Gemm of them first; with
+    # 8-bit activations the Gemm stays float (its float bias is not quantized without a Q
+    # after), with 16-bit or float activations its weight makes it MatMulNBits.
+    for act, zp in [(np.uint8, 128), (np.uint16, 300), (None, 0)]:
+        g = G([2, 8], 21)
+        x = "x" if act is None else g.qdq("x", 0.1, zp, "a", act)
+        w = g.weight("w", rs.randint(-60, 60, (8, 4)).astype(np.int8),
+                     scale=np.full(4, 0.01, np.float32), zp=np.zeros(4, np.int8), axis=1)
+        g.inits.append(_init("b", np.arange(4, dtype=np.float32)))
+        m = g.node("MatMul", [x, w], ["m"], "target")
+        g.sink(g.node("Add", [m, "b"], ["y"], "bias_add"), "o")
+        name = "float" if act is None else np.dtype(act).name
+        cases.append((f"matmul + bias add, {name} activations", g.model()))
+
     def binary(tag, op, a, b, o, opset=17, const_b=None):
         g = G([2, 8], opset)
         xa = g.qdq("x", 0.1, a[1], "a", a[0])

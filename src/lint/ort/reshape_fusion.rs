@@ -27,7 +27,12 @@ impl Sim<'_> {
         let unsq = self.sole_producer(v, "Unsqueeze")?;
         let axes = match self.g.op(unsq).attr_ints("axes") {
             Some(a) => a.to_vec(),
-            None => self.konst(self.g.input(unsq, 1)?)?.to_f64_vec()?.iter().map(|&a| a as i64).collect(),
+            None => self
+                .konst(self.g.input(unsq, 1)?)?
+                .to_f64_vec()?
+                .iter()
+                .map(|&a| a as i64)
+                .collect(),
         };
         if axes != [0] {
             return None;
@@ -39,7 +44,10 @@ impl Sim<'_> {
         let idx = self.const_scalar(self.g.input(gather, 1)?)?;
         let shape = self.sole_producer(self.g.input(gather, 0)?, "Shape")?;
         let sop = self.g.op(shape);
-        if sop.attr("start").is_some() || sop.attr("end").is_some() || self.g.input(shape, 0) != Some(x) {
+        if sop.attr("start").is_some()
+            || sop.attr("end").is_some()
+            || self.g.input(shape, 0) != Some(x)
+        {
             return None;
         }
         (idx >= 0.0).then_some(idx as usize)

@@ -18,20 +18,28 @@ impl Sim<'_> {
         let Some(wdq) = weight_dq else {
             return Err(reason);
         };
-        // One or two DQs: the weight's, and a second one only on the bias.
-        let others_on_bias = sel.dqs.iter().all(|(s, _)| *s == 1 || *s == 2);
+        // The weight's DQ and at most a bias DQ. A DQ on input A counts against it when
+        // it reads 8 bits (the 8-bit QDQ rules own such a Gemm: ONNX Runtime 1.32 keeps it
+        // a float Gemm), not when it reads 16 bits (MatMulNBits with A dequantized).
+        let others_on_bias = sel.dqs.iter().all(|(s, d)| {
+            *s == 1 || *s == 2 || matches!(self.dq_in_dtype(*d), Some(DType::U16 | DType::I16))
+        });
         let plain = op.attr_float("alpha").unwrap_or(1.0) == 1.0
             && op.attr_int("transA").unwrap_or(0) == 0
             && op.attr_int("transB").unwrap_or(0) == 0;
         let bias_ok = match self.g.input(o, 2) {
             None => true,
             Some(c) => {
-                let n = self.g.input(wdq, 0).and_then(|w| self.dims(w)).and_then(|d| {
-                    (d.len() == 2).then_some(d[1])
-                });
+                let n = self
+                    .g
+                    .input(wdq, 0)
+                    .and_then(|w| self.dims(w))
+                    .and_then(|d| (d.len() == 2).then_some(d[1]));
                 op.attr_float("beta").unwrap_or(1.0) == 1.0
                     && n.is_some()
-                    && self.dims(c).is_some_and(|d| d.len() == 1 && Some(d[0]) == n)
+                    && self
+                        .dims(c)
+                        .is_some_and(|d| d.len() == 1 && Some(d[0]) == n)
             }
         };
         let single_reader = self
