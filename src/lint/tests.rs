@@ -643,3 +643,106 @@ fn a_gather_from_a_dequantized_table_runs_in_float_behind_the_dequantization() {
     }
     assert_eq!(reason(&r, "lookup").code(), "dequantized_table");
 }
+
+/// A graph with float input `x` of `dims`.
+fn with_input(opset: i64, dims: &[i64]) -> Qdq {
+    let mut b = Builder::new(opset);
+    b.input("x", F32, Some(dims));
+    Qdq { b }
+}
+
+fn ints(name: &str, vals: &[i64]) -> proto::TensorProto {
+    raw(
+        name,
+        I64,
+        &[vals.len() as i64],
+        vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
+/// `DQ(x) → MatMul(DQ w) → Add(float bias)`, with a Q after when `with_q`.
+fn matmul_bias_add(act: i32, zp_act: i64, opset: i64, with_q: bool) -> FusionReport {
+    let mut m = with_input(opset, &[2, 8]);
+    let x = m.qdq("x", "a", 0.1, act, zp_act);
+    let w = m.const_dq("w", I8, &[8, 4], &[0.01, 0.02, 0.01, 0.02], Some(1));
+    m.b.tensor(floats("b", &[0.5, -0.5, 0.25, 0.0]));
+    let y = m.node("MatMul", "mm", &[&x, &w], "y", vec![]);
+    let z = m.node("Add", "add", &[&y, "b"], "z", vec![]);
+    if with_q {
+        let o = m.qdq(&z, "o", 0.1, act, zp_act);
+        m.sink(&o);
+    } else {
+        m.sink(&z);
+    }
+    m.lint(Platform::X86_64)
+}
+
+#[test]
+fn a_matmul_and_its_bias_add_are_judged_as_the_gemm_the_runtime_makes_of_them() {
+    let r = matmul_bias_add(U8, 128, 17, true);
+    assert_eq!(kernel(&r, "mm/MatMulAddFusion"), "QGemm");
+    assert!(r.units.iter().all(|u| u.node != "mm" && u.node != "add"));
+    assert_eq!(
+        unit(&r, "mm/MatMulAddFusion").outputs,
+        vec!["z".to_string()]
+    );
+    // No Q after: the runtime leaves the float bias, so the Gemm stays float.
+    let r = matmul_bias_add(U8, 128, 17, false);
+    assert!(matches!(
+        reason(&r, "mm/MatMulAddFusion"),
+        Reason::MissingInputDq { slot: 2, .. }
+    ));
+    // 16-bit activations: the weight makes the Gemm MatMulNBits.
+    let r = matmul_bias_add(U16, 300, 21, false);
+    assert_eq!(kernel(&r, "mm/MatMulAddFusion"), "MatMulNBits");
+}
+
+#[test]
+fn a_reshape_whose_shape_reads_its_input_lets_the_q_after_it_propagate_back() {
+    // Dims unknown, so `Shape` does not fold to a constant on its own.
+    let mut b = Builder::new(17);
+    b.input("x", F32, None);
+    let mut m = Qdq { b };
+    let v = m.node("Sigmoid", "act", &["x"], "v", vec![]);
+    m.b.tensor(ints("zero", &[0]));
+    m.b.tensor(ints("two", &[2]));
+    m.b.tensor(ints("four", &[4]));
+    m.b.tensor(raw("i0", I64, &[], 0i64.to_le_bytes().to_vec()));
+    m.b.tensor(raw("i1", I64, &[], 1i64.to_le_bytes().to_vec()));
+    let mut dims = Vec::new();
+    for k in 0..2 {
+        let s = m.node(
+            "Shape",
+            &format!("shape{k}"),
+            &[&v],
+            &format!("s{k}"),
+            vec![],
+        );
+        let g = m.node(
+            "Gather",
+            &format!("gather{k}"),
+            &[&s, &format!("i{k}")],
+            &format!("g{k}"),
+            vec![attr_i("axis", 0)],
+        );
+        dims.push(m.node(
+            "Unsqueeze",
+            &format!("unsqueeze{k}"),
+            &[&g, "zero"],
+            &format!("u{k}"),
+            vec![],
+        ));
+    }
+    let c = m.node(
+        "Concat",
+        "concat",
+        &[&dims[0], &dims[1], "two", "four"],
+        "shape",
+        vec![attr_i("axis", 0)],
+    );
+    let r = m.node("Reshape", "reshape", &[&v, &c], "r", vec![]);
+    let o = m.qdq(&r, "o", 0.1, U8, 128);
+    m.sink(&o);
+    let rep = m.lint(Platform::X86_64);
+    assert_eq!(unit(&rep, "reshape").verdict, Verdict::Dropped);
+}

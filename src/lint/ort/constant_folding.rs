@@ -92,7 +92,7 @@ impl Sim<'_> {
     }
 
     /// Removes the producer of `v` (and upwards) when nothing reads its outputs any more.
-    fn remove_dead_from(&mut self, v: ValueId, gone: &mut HashSet<OpId>) {
+    pub(super) fn remove_dead_from(&mut self, v: ValueId, gone: &mut HashSet<OpId>) {
         let Some((p, _)) = self.g.producer(v) else {
             return;
         };

@@ -36,10 +36,16 @@ const DATA_MOVEMENT: &[&str] = &[
 /// The units of the original graph in `order`, judged on the transformed copy `sim`.
 pub(super) fn units(original: &Graph, order: &[OpId], mut sim: Sim<'_>) -> Vec<Unit> {
     let mut absorbed: BTreeMap<OpId, String> = BTreeMap::new();
-    let mut verdicts: Vec<(OpId, Verdict, Vec<Warning>)> = Vec::new();
+    let mut verdicts: Vec<(OpId, Option<OpId>, Verdict, Vec<Warning>)> = Vec::new();
     for &o in order {
         let op = original.op(o);
         if is_q(original, o) || is_dq(original, o) || never_a_unit(&op.op_type) {
+            continue;
+        }
+        // A MatMul fused with its bias Add: the Gemm is the unit, reported once, in the
+        // MatMul's place.
+        let gemm = sim.gemm_of.get(&o).copied();
+        if gemm.is_some() && op.op_type != "MatMul" {
             continue;
         }
         let present = !sim.removed.contains_key(&o);
@@ -48,14 +54,14 @@ pub(super) fn units(original: &Graph, order: &[OpId], mut sim: Sim<'_>) -> Vec<U
         }
         let (verdict, warnings) = match sim.removed.get(&o) {
             Some(why) => (Verdict::Removed { why: why.clone() }, Vec::new()),
-            None => match sim.verdict(o) {
+            None => match sim.verdict(gemm.unwrap_or(o)) {
                 Ok((v, w, clip)) => {
                     if let Some(c) = clip {
                         absorbed.insert(
                             c,
                             format!(
                                 "absorbed into the fused unit of '{}'",
-                                original.op(o).display_name()
+                                sim.g.op(gemm.unwrap_or(o)).display_name()
                             ),
                         );
                     }
@@ -64,11 +70,19 @@ pub(super) fn units(original: &Graph, order: &[OpId], mut sim: Sim<'_>) -> Vec<U
                 Err(reason) => (Verdict::Float { reason }, Vec::new()),
             },
         };
-        verdicts.push((o, verdict, warnings));
+        verdicts.push((o, gemm, verdict, warnings));
     }
     let mut out = Vec::new();
-    for (o, verdict, warnings) in verdicts {
-        let op = original.op(o);
+    for (o, gemm, verdict, warnings) in verdicts {
+        let op = match gemm {
+            Some(g) => sim.g.op(g).clone(),
+            None => original.op(o).clone(),
+        };
+        // The Gemm writes what the Add wrote.
+        let writer = gemm
+            .and_then(|g| sim.g.output(g, 0))
+            .and_then(|v| original.producer(v))
+            .map_or(o, |(p, _)| p);
         let verdict = match absorbed.get(&o) {
             Some(why) => Verdict::Removed { why: why.clone() },
             None => verdict,
@@ -84,13 +98,17 @@ pub(super) fn units(original: &Graph, order: &[OpId], mut sim: Sim<'_>) -> Vec<U
                 UnitKind::Compute
             },
             outputs: original
-                .outputs_of(o)
+                .outputs_of(writer)
                 .into_iter()
                 .flatten()
                 .map(|v| original.value(v).name.clone())
                 .collect(),
             verdict,
-            notes: sim.notes.remove(&o).unwrap_or_default(),
+            notes: {
+                let mut n = sim.notes.remove(&o).unwrap_or_default();
+                n.extend(gemm.and_then(|g| sim.notes.remove(&g)).unwrap_or_default());
+                n
+            },
             warnings,
         });
     }

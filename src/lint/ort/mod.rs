@@ -12,20 +12,24 @@
 //!    sharing never blocks fusion);
 //! 3. `constant_folding`: nodes whose inputs are all constant (DequantizeLinear
 //!    excepted), and `Shape` of a value of known dims, become initializers;
-//! 4. `qdq_propagation`: a QuantizeLinear is copied backwards, and a DequantizeLinear
+//! 4. `matmul_add_fusion`: a MatMul and its bias Add become one Gemm (the unit the
+//!    selectors then judge);
+//! 5. `reshape_fusion`: a Reshape's shape computed from `Shape` of its own input becomes a
+//!    constant, and the `Shape` readers go;
+//! 6. `qdq_propagation`: a QuantizeLinear is copied backwards, and a DequantizeLinear
 //!    forwards, through Reshape/Transpose/Squeeze/Unsqueeze/Slice/MaxPool chains that
 //!    lack their own pair;
-//! 5. `weight_bias_quantization`: quantization of float Conv/Gemm weights and biases
+//! 7. `weight_bias_quantization`: quantization of float Conv/Gemm weights and biases
 //!    whose input is dequantized per tensor and whose output leads to a QuantizeLinear;
-//!    then step 2 again, and steps 3–5 and 2 a second time (level 1 runs until nothing
+//!    then step 2 again, and steps 3–7 and 2 a second time (level 1 runs until nothing
 //!    changes; two rounds reach that for these steps).
 //!
 //! Level 2:
-//! 6. `clip_quantizelinear`: removal of a Relu/Clip before a QuantizeLinear whose range
+//! 8. `clip_quantizelinear`: removal of a Relu/Clip before a QuantizeLinear whose range
 //!    already clips;
-//! 7. `s8_to_u8`: on x86-64, conversion of int8 Q→DQ pairs to uint8 where the Q feeds
+//! 9. `s8_to_u8`: on x86-64, conversion of int8 Q→DQ pairs to uint8 where the Q feeds
 //!    one DQ;
-//! 8. `selectors`: the QDQ selectors, unit by unit, each giving the first rule the unit
+//! 10. `selectors`: the QDQ selectors, unit by unit, each giving the first rule the unit
 //!    breaks (one file per selector: dropping Q/DQ around data movement, Split, unary,
 //!    binary, variadic, Where, Conv, MatMul, Gemm).
 //!
@@ -35,14 +39,16 @@
 //! `qdq_selector_action_transformer.cc`, `qdq_propagation.cc`,
 //! `weight_bias_quantization.cc`, `ensure_unique_dq_for_node_unit.cc`,
 //! `relu_quantizelinear.cc`, `clip_quantizelinear.cc`, `qdq_s8_to_u8.cc`,
-//! `constant_folding.cc`), and `tests/conformance/lint_vs_ort.py` checks them against the
+//! `constant_folding.cc`, `matmul_add_fusion.cc`, `reshape_fusion.cc`), and `tests/conformance/lint_vs_ort.py` checks them against the
 //! optimized graph ONNX Runtime itself writes.
 
 mod clip_quantizelinear;
 mod constant_folding;
 mod coverage;
+mod matmul_add_fusion;
 mod noop_elimination;
 mod qdq_propagation;
+mod reshape_fusion;
 mod s8_to_u8;
 mod selectors;
 mod sim;
@@ -65,6 +71,8 @@ pub fn units(model: &Model, platform: Platform) -> Result<Vec<Unit>, LintError> 
     // Identity its only reader.
     for _ in 0..2 {
         sim.constant_fold()?;
+        sim.fuse_matmul_add()?;
+        sim.fuse_reshape_shapes()?;
         sim.propagate()?;
         sim.quantize_weights_and_biases()?;
         sim.ensure_unique_dq()?;

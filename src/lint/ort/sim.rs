@@ -26,6 +26,8 @@ pub(super) struct Sim<'m> {
     /// when qrange can compute it).
     pub(super) folded: HashMap<ValueId, Option<Tensor>>,
     pub(super) notes: BTreeMap<OpId, Vec<String>>,
+    /// MatMul and Add ops of the model fused into one Gemm of the copy.
+    pub(super) gemm_of: BTreeMap<OpId, OpId>,
 }
 
 impl<'m> Sim<'m> {
@@ -64,6 +66,7 @@ impl<'m> Sim<'m> {
             removed: BTreeMap::new(),
             folded: HashMap::new(),
             notes: BTreeMap::new(),
+            gemm_of: BTreeMap::new(),
         }
     }
 

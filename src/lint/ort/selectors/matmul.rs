@@ -48,7 +48,7 @@ impl Sim<'_> {
 
     /// `ValidateDQForMatMulNBits`: a constant rank-2 weight of 2/4/8-bit integers,
     /// blocked along axis 0, per tensor, or per column.
-    fn nbits_ok(&self, dq: OpId) -> bool {
+    pub(super) fn nbits_ok(&self, dq: OpId) -> bool {
         let (Some(w), Some(s)) = (self.g.input(dq, 0), self.g.input(dq, 1)) else {
             return false;
         };
