@@ -8,9 +8,9 @@
 //! whose shape is not known, leave their weight unweighted.
 
 use super::error::PipelineError;
+use super::materialise::{stream_float_taps, Taps};
 use super::progress::Progress;
 use crate::data::Dataset;
-use crate::exec::{ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::{Dim, Model, ValueType};
 use crate::quant::codebook::WeightGrid;
 use crate::quant::plan::{Decision, Plan};
@@ -130,59 +130,34 @@ pub fn collect(
         acc.entry(r.input.clone())
             .or_insert_with(|| (r.channels, r.inner, vec![0.0; r.channels], 0));
     }
-    let opts = SessionOptions {
-        taps: acc.keys().cloned().collect(),
-        stream_taps: true,
-        ..SessionOptions::default()
-    };
     let exec = |error| PipelineError::Exec {
         what: "codebook weights: layer inputs".into(),
         error,
     };
-    let session =
-        Session::from_ir(m.clone(), Some(base_dir), &calib.first()?, &opts).map_err(exec)?;
-    progress.begin("input energy", calib.len() as u64);
-    for i in 0..calib.len() {
-        let sample = calib.get(i)?;
-        session
-            .run_observed(&sample, false, |name, v| {
-                let Some((c, inner, sums, count)) = acc.get_mut(name) else {
-                    return Ok(());
-                };
-                let owned;
-                let x: &[f32] = match v {
-                    TapValue::F32(x) => x,
-                    TapValue::Host(t) => {
-                        owned = t
-                            .to_f64_vec()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|v| v as f32)
-                            .collect::<Vec<f32>>();
-                        &owned
-                    }
-                };
-                if !x.len().is_multiple_of(*c * *inner) {
-                    return Err(format!(
-                        "layer input '{name}' holds {} values, not rows of {} channels × {}",
-                        x.len(),
-                        c,
-                        inner
-                    ));
-                }
-                for (j, &v) in x.iter().enumerate() {
-                    sums[(j / *inner) % *c] += (v as f64) * (v as f64);
-                }
-                *count += (x.len() / *c) as u64;
-                Ok(())
-            })
-            .map_err(|e| match e {
-                ObservedError::Exec(error) => exec(error),
-                ObservedError::Observer(what) => PipelineError::Options(what),
-            })?;
-        progress.step();
-    }
-    progress.end();
+    let taps = acc.keys().cloned().collect();
+    let taps = Taps {
+        names: taps,
+        label: "input energy",
+        progress,
+    };
+    stream_float_taps(m, base_dir, calib, taps, exec, |name, x| {
+        let Some((c, inner, sums, count)) = acc.get_mut(name) else {
+            return Ok(());
+        };
+        if !x.len().is_multiple_of(*c * *inner) {
+            return Err(format!(
+                "layer input '{name}' holds {} values, not rows of {} channels × {}",
+                x.len(),
+                c,
+                inner
+            ));
+        }
+        for (j, &v) in x.iter().enumerate() {
+            sums[(j / *inner) % *c] += (v as f64) * (v as f64);
+        }
+        *count += (x.len() / *c) as u64;
+        Ok(())
+    })?;
     for (key, r) in rs {
         let (_, _, sums, count) = &acc[&r.input];
         if *count == 0 {

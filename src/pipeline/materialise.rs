@@ -317,3 +317,63 @@ pub fn same_outputs(
     }
     Ok(())
 }
+
+/// The values a [`stream_float_taps`] run hands out, and its progress.
+pub(crate) struct Taps<'a> {
+    pub names: Vec<String>,
+    pub label: &'a str,
+    pub progress: &'a dyn Progress,
+}
+
+/// Runs `m` in the engine over every sample of `samples`, handing each value of `taps` to
+/// `observe` as float32 as soon as the engine computes it (nothing is held). `exec` names
+/// an engine error for the caller's step; an observer's error is one line.
+pub(crate) fn stream_float_taps<S: crate::data::SampleSource + ?Sized>(
+    m: &Model,
+    base_dir: &Path,
+    samples: &S,
+    taps: Taps,
+    exec: impl Fn(crate::exec::ExecError) -> PipelineError,
+    mut observe: impl FnMut(&str, &[f32]) -> Result<(), String>,
+) -> Result<(), PipelineError> {
+    let Taps {
+        names: taps,
+        label,
+        progress,
+    } = taps;
+    let n = samples.count();
+    if n == 0 {
+        return Ok(());
+    }
+    let opts = SessionOptions {
+        taps,
+        stream_taps: true,
+        ..SessionOptions::default()
+    };
+    let session =
+        Session::from_ir(m.clone(), Some(base_dir), &*samples.sample(0)?, &opts).map_err(&exec)?;
+    progress.begin(label, n as u64);
+    for i in 0..n {
+        let sample = samples.sample(i)?;
+        session
+            .run_observed(&sample, false, |name, v| match v {
+                crate::exec::TapValue::F32(x) => observe(name, x),
+                crate::exec::TapValue::Host(t) => {
+                    let x: Vec<f32> = t
+                        .to_f64_vec()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|v| v as f32)
+                        .collect();
+                    observe(name, &x)
+                }
+            })
+            .map_err(|e| match e {
+                crate::exec::ObservedError::Exec(error) => exec(error),
+                crate::exec::ObservedError::Observer(what) => PipelineError::Options(what),
+            })?;
+        progress.step();
+    }
+    progress.end();
+    Ok(())
+}

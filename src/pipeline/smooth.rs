@@ -22,10 +22,10 @@
 //! its fingerprint recomputed; validation compares against the unsmoothed float model.
 
 use super::error::PipelineError;
+use super::materialise::{stream_float_taps, Taps};
 use super::prepare::Prepared;
 use super::progress::Progress;
 use crate::data::SampleSource;
-use crate::exec::{Session, SessionOptions, TapValue};
 use crate::ir::{ConstTensor, DType, Model, Op, OpId, Tensor, ValueId};
 use crate::quant::smooth;
 use std::collections::BTreeMap;
@@ -154,42 +154,17 @@ pub fn channel_maxima<S: SampleSource + ?Sized>(
         model: p.model_path.clone(),
         error: Box::new(crate::calib::collect::CollectError::Exec(error)),
     };
-    let (proto, _) = crate::onnx::encode_model(&p.model, &crate::onnx::ExternalPolicy::Inline, "")
-        .map_err(|e| PipelineError::Options(format!("encoding the model: {e}")))?;
-    let opts = SessionOptions {
-        taps: acc.keys().cloned().collect(),
-        stream_taps: true,
-        ..Default::default()
+    let taps = Taps {
+        names: acc.keys().cloned().collect(),
+        label: "smoothing: channel ranges",
+        progress,
     };
-    let first = samples.sample(0)?;
-    let session = Session::new(&proto, Some(&p.base_dir), &first, &opts).map_err(engine)?;
-    progress.begin("smoothing: channel ranges", samples.count() as u64);
-    for i in 0..samples.count() {
-        let s = if i == 0 {
-            first.clone()
-        } else {
-            samples.sample(i)?
-        };
-        session
-            .run_observed(&s, false, |name, v| {
-                if let Some(a) = acc.get_mut(name) {
-                    match v {
-                        TapValue::F32(d) => smooth::fold_channel_max(a, d),
-                        TapValue::Host(Tensor::F32(t)) => {
-                            smooth::fold_channel_max(a, &t.iter().copied().collect::<Vec<_>>())
-                        }
-                        TapValue::Host(_) => {}
-                    }
-                }
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .map_err(|e| match e {
-                crate::exec::ObservedError::Exec(e) => engine(e),
-                crate::exec::ObservedError::Observer(never) => match never {},
-            })?;
-        progress.position(i as u64 + 1, samples.count() as u64);
-    }
-    progress.end();
+    stream_float_taps(&p.model, &p.base_dir, samples, taps, engine, |name, x| {
+        if let Some(a) = acc.get_mut(name) {
+            smooth::fold_channel_max(a, x);
+        }
+        Ok(())
+    })?;
     Ok(acc)
 }
 

@@ -18,11 +18,10 @@
 //! engine, whose MatMulNBits and blocked DequantizeLinear are exact ([`crate::exec`]).
 
 use super::error::PipelineError;
-use super::materialise::{compare_on, session_of};
+use super::materialise::{compare_on, session_of, stream_float_taps, Taps};
 use super::options::{CalibSource, QuantizeOptions};
 use super::progress::Progress;
 use crate::data::Dataset;
-use crate::exec::{Session, SessionOptions, TapValue};
 use crate::ir::graph::{AttrValue, Op};
 use crate::ir::{ConstTensor, Graph, Model, OpId, OpsetImport, Tensor, ValueId};
 use crate::onnx;
@@ -188,55 +187,30 @@ fn hessians(
         hs.entry(l.input.clone())
             .or_insert_with(|| Hessian::new(l.cols));
     }
-    let opts = SessionOptions {
-        taps: hs.keys().cloned().collect(),
-        stream_taps: true,
-        ..SessionOptions::default()
-    };
     let exec = |error| PipelineError::Exec {
         what: "weight-only: layer inputs".into(),
         error,
     };
-    let session =
-        Session::from_ir(m.clone(), Some(base_dir), &calib.first()?, &opts).map_err(exec)?;
-    progress.begin("collecting layer inputs", calib.len() as u64);
-    for i in 0..calib.len() {
-        let sample = calib.get(i)?;
-        session
-            .run_observed(&sample, false, |name, v| {
-                let Some(h) = hs.get_mut(name) else {
-                    return Ok(());
-                };
-                let owned;
-                let x: &[f32] = match v {
-                    TapValue::F32(x) => x,
-                    TapValue::Host(t) => {
-                        owned = t
-                            .to_f64_vec()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|v| v as f32)
-                            .collect::<Vec<f32>>();
-                        &owned
-                    }
-                };
-                if !x.len().is_multiple_of(h.k()) {
-                    return Err(format!(
-                        "layer input '{name}' holds {} values, not rows of {}",
-                        x.len(),
-                        h.k()
-                    ));
-                }
-                h.add(x);
-                Ok(())
-            })
-            .map_err(|e| match e {
-                crate::exec::ObservedError::Exec(error) => exec(error),
-                crate::exec::ObservedError::Observer(what) => PipelineError::Options(what),
-            })?;
-        progress.step();
-    }
-    progress.end();
+    let taps = hs.keys().cloned().collect();
+    let taps = Taps {
+        names: taps,
+        label: "collecting layer inputs",
+        progress,
+    };
+    stream_float_taps(m, base_dir, calib, taps, exec, |name, x| {
+        let Some(h) = hs.get_mut(name) else {
+            return Ok(());
+        };
+        if !x.len().is_multiple_of(h.k()) {
+            return Err(format!(
+                "layer input '{name}' holds {} values, not rows of {}",
+                x.len(),
+                h.k()
+            ));
+        }
+        h.add(x);
+        Ok(())
+    })?;
     Ok(hs)
 }
 
