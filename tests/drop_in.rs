@@ -96,21 +96,10 @@ fn a_transformer_export_quantizes_end_to_end() {
     // The export's position embeddings are a Gather from a 512-row table at positions
     // sliced from a constant buffer up to the sequence length: computed from constants
     // only. Planned as an activation, it had no statistics and quantize stopped.
-    let model = fixture("minilm_l3/model.onnx");
     let tmp = tempfile::tempdir().unwrap();
     for method in ["adaptive", "minmax"] {
         let out = tmp.path().join(format!("{method}.onnx"));
-        let j = quantize_json(&[
-            &s(&model),
-            "--calib",
-            &s(&fixture("minilm_l3/calib.npz")),
-            "--eval",
-            &s(&fixture("minilm_l3/eval.npz")),
-            "--method",
-            method,
-            "-o",
-            &s(&out),
-        ]);
+        let j = quantize_minilm(&out, &["--method", method]);
         let constant = floated_for(&j, "is computed from constants only");
         assert!(
             constant.iter().any(|o| o == POSITION_GATHER)

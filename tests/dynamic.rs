@@ -3,19 +3,7 @@
 
 mod common;
 
-use common::{fixture, load, qrange, quantize_json, s};
-use std::collections::BTreeMap;
-use std::path::Path;
-
-/// Op types of a written model's main graph, counted.
-fn op_counts(path: &Path) -> BTreeMap<String, usize> {
-    let m = load(path);
-    let mut c = BTreeMap::new();
-    for n in &m.graph.unwrap().node {
-        *c.entry(n.op_type.clone().unwrap_or_default()).or_default() += 1;
-    }
-    c
-}
+use common::{fixture, op_counts, qrange, quantize_json, s};
 
 #[test]
 fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {

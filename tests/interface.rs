@@ -136,15 +136,7 @@ fn the_written_model_keeps_the_declared_symbolic_dims_of_a_transformer() {
     let d = tempfile::tempdir().unwrap();
     let model = fixture("minilm_l3/model.onnx");
     let out = d.path().join("q.onnx");
-    let j = quantize_json(&[
-        &s(&model),
-        "--calib",
-        &s(&fixture("minilm_l3/calib.npz")),
-        "--eval",
-        &s(&fixture("minilm_l3/eval.npz")),
-        "-o",
-        &s(&out),
-    ]);
+    let j = quantize_minilm(&out, &[]);
     let written = interface(&out);
     assert_eq!(written, interface(&model), "{:?}", notes(&j));
     assert_eq!(

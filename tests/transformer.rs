@@ -278,15 +278,7 @@ fn the_default_command_keeps_the_transformer_accurate() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q.onnx");
     let model = fixture("minilm_l3/model.onnx");
-    let j = quantize_json(&[
-        &s(&model),
-        "--calib",
-        &s(&fixture("minilm_l3/calib.npz")),
-        "--eval",
-        &s(&fixture("minilm_l3/eval.npz")),
-        "-o",
-        &s(&out),
-    ]);
+    let j = quantize_minilm(&out, &[]);
     let sqnr = j["validation"]["461"]["sqnr_db"].as_f64().unwrap();
     // measured 23.7 dB on the 16 samples (10.6 dB when the residual stream was quantized
     // per tensor); gate 1.7 dB below

@@ -215,6 +215,31 @@ pub fn quantize_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
 }
 
+/// `qrange quantize` of the transformer fixture (`minilm_l3`) to `out`, calibrated on its
+/// calibration data and validated on its evaluation data, with `extra` options before the
+/// output: its JSON summary.
+pub fn quantize_minilm(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let (model, calib, eval) = (
+        s(&fixture("minilm_l3/model.onnx")),
+        s(&fixture("minilm_l3/calib.npz")),
+        s(&fixture("minilm_l3/eval.npz")),
+    );
+    let out = s(out);
+    let mut args = vec![model.as_str(), "--calib", &calib, "--eval", &eval];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", &out]);
+    quantize_json(&args)
+}
+
+/// Op types of a written model's main graph, counted.
+pub fn op_counts(path: &Path) -> std::collections::BTreeMap<String, usize> {
+    let mut c = std::collections::BTreeMap::new();
+    for n in &load(path).graph.unwrap().node {
+        *c.entry(n.op_type.clone().unwrap_or_default()).or_default() += 1;
+    }
+    c
+}
+
 /// A model file, decoded.
 pub fn load(p: &Path) -> proto::ModelProto {
     proto::ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap()
