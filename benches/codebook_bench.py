@@ -61,16 +61,8 @@ def quantize(qrange: str, model: str, calib: str, out: str, flags: list[str]) ->
 
 
 def bench(name: str, args) -> list[dict]:
-    cfg = MODELS[name]
-    d = os.path.join(args.models, name)
-    model, calib = os.path.join(d, "model.onnx"), os.path.join(d, "calib.npz")
-    data = qb.load_npz(os.path.join(d, "eval.npz"))
-    labels = data.pop("label", None)
-    n = qb.n_samples(data)
-    sess = qb.make_session(model)
-    primary = cfg["output"] or sess.get_outputs()[0].name
-    ref = qb.run_all(sess, data, n, cfg["pins"])
-    fp32_size = os.path.getsize(model)
+    ref = db.Reference(args.models, name, MODELS[name])
+    model, calib = ref.model, os.path.join(args.models, name, "calib.npz")
     rows = [{"model": name, "grid": "fp32", "bits": 32, "path": model}]
     runs = [("uniform int8 (default)", 8, [])]
     for b in args.bits:
@@ -83,13 +75,11 @@ def bench(name: str, args) -> list[dict]:
         try:
             s = quantize(args.qrange, model, calib, out, flags)
             row["weight_sqnr_db"] = s.get("weight_sqnr_db")
-            row.update(db.score(out, cfg, data, labels, n, ref, primary))
-            row["size_ratio"] = row["size"] / fp32_size
+            row.update(ref.scored(out))
         except Exception as e:  # a configuration failing is a result
             row["error"] = qb.one_line(str(e))
         rows.append(row)
-    paths = {i: r["path"] for i, r in enumerate(rows) if "error" not in r}
-    lat = qb.latencies_ms(paths, data, cfg["pins"], args.latency_runs, args.latency_budget)
+    lat = ref.latencies(rows, args.latency_runs, args.latency_budget)
     for i, r in enumerate(rows):
         if i in lat:
             r["latency_vs_fp32"] = lat[i] / lat[0]
@@ -118,7 +108,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", "/work/shared/models"))
+    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
     ap.add_argument("--qrange", default=qb.default_qrange())
     ap.add_argument("--out", default=os.path.join(REPO, "target", "codebook_bench"))
     ap.add_argument("--only", default="")

@@ -100,17 +100,36 @@ def qrange_dynamic(qrange: str, model: str, out: str, pins: dict, extra: list[st
     return time.perf_counter() - t
 
 
+class Reference:
+    """A shipped model's evaluation data and its fp32 outputs in ONNX Runtime, which every
+    quantized variant is scored against (`scored`)."""
+
+    def __init__(self, models: str, name: str, cfg: dict):
+        self.cfg = cfg
+        self.model = os.path.join(models, name, "model.onnx")
+        self.data = qb.load_npz(os.path.join(models, name, "eval.npz"))
+        self.labels = self.data.pop("label", None)
+        self.n = qb.n_samples(self.data)
+        sess = qb.make_session(self.model)
+        self.primary = cfg["output"] or sess.get_outputs()[0].name
+        self.ref = qb.run_all(sess, self.data, self.n, cfg["pins"])
+        self.fp32_size = os.path.getsize(self.model)
+
+    def scored(self, path: str) -> dict:
+        """`score` of the model at `path`, with its size against the fp32 file."""
+        res = score(path, self.cfg, self.data, self.labels, self.n, self.ref, self.primary)
+        res["size_ratio"] = res["size"] / self.fp32_size
+        return res
+
+    def latencies(self, rows: list[dict], runs: int, budget_s: float) -> dict:
+        """Single-thread latency (ms) of every row without an error, by row index."""
+        paths = {i: r["path"] for i, r in enumerate(rows) if "error" not in r}
+        return qb.latencies_ms(paths, self.data, self.cfg["pins"], runs, budget_s)
+
+
 def bench(name: str, args) -> list[dict]:
-    cfg = MODELS[name]
-    d = os.path.join(args.models, name)
-    model = os.path.join(d, "model.onnx")
-    data = qb.load_npz(os.path.join(d, "eval.npz"))
-    labels = data.pop("label", None)
-    n = qb.n_samples(data)
-    sess = qb.make_session(model)
-    primary = cfg["output"] or sess.get_outputs()[0].name
-    ref = qb.run_all(sess, data, n, cfg["pins"])
-    fp32_size = os.path.getsize(model)
+    r = Reference(args.models, name, MODELS[name])
+    cfg, model, n = r.cfg, r.model, r.n
     rows = [{"model": name, "method": "fp32", "path": model, "seconds": 0.0}]
     runs = [
         ("ORT quantize_dynamic", lambda o: ort_dynamic(model, o, False)),
@@ -131,18 +150,15 @@ def bench(name: str, args) -> list[dict]:
         if "error" in row:
             continue
         try:
-            row.update(score(row["path"], cfg, data, labels, n, ref, primary))
-            row["size_ratio"] = row["size"] / fp32_size
+            row.update(r.scored(row["path"]))
         except Exception as e:
             row["error"] = qb.one_line(str(e))
-    paths = {i: r["path"] for i, r in enumerate(rows) if "error" not in r}
-    lat = qb.latencies_ms(paths, data, cfg["pins"], args.latency_runs, args.latency_budget)
-    for i, r in enumerate(rows):
+    lat = r.latencies(rows, args.latency_runs, args.latency_budget)
+    for i, row in enumerate(rows):
         if i in lat:
-            r["latency_ms"] = lat[i]
-            r["latency_vs_fp32"] = lat[i] / lat[0]
-    for r in rows:
-        r["samples"] = n
+            row["latency_ms"] = lat[i]
+            row["latency_vs_fp32"] = lat[i] / lat[0]
+        row["samples"] = n
     return rows
 
 
@@ -166,8 +182,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", "/work/shared/models"))
-    ap.add_argument("--qrange", default=os.path.join(REPO, "target", "release", "qrange"))
+    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
+    ap.add_argument("--qrange", default=qb.default_qrange())
     ap.add_argument("--out", default=os.path.join(REPO, "target", "dynamic_bench"))
     ap.add_argument("--only", default="")
     ap.add_argument("--latency-runs", type=int, default=50)

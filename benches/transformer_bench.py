@@ -18,7 +18,8 @@ session. Reported on the pooled sentence embedding ``461`` (metrics of
 - nearest-neighbour agreement: for each sentence, whether its most similar other sentence
   (cosine) is the same under fp32 and quantized;
 - size of the written file against the fp32 file;
-- median one-thread latency of one sentence (``intra_op_num_threads = 1``) against fp32's;
+- median one-thread latency of the first sentence (``intra_op_num_threads = 1``) against fp32's, every
+  model timed round-robin so that load elsewhere on the machine hits them alike;
 - the seconds ``qrange quantize`` took (debug or release, as the binary is: the table says).
 
 stdout gets the table (Markdown with ``--markdown``), stderr the progress. Exit status 0 when
@@ -52,89 +53,23 @@ CONFIGS = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+sys.path.insert(0, HERE)
+import dynamic_bench as db  # noqa: E402  (the embedding metrics)
+import quant_bench as qb  # noqa: E402  (the shared ONNX Runtime helpers)
 
-
-def default_qrange() -> str:
-    for kind in ("release", "debug"):
-        p = os.path.join(REPO, "target", kind, "qrange")
-        if os.path.exists(p):
-            return p
-    return os.path.join(REPO, "target", "release", "qrange")
-
-
-def load_npz(path: str) -> dict:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if not k.startswith("meta_")}
-
-
-def session(path: str, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads is not None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
-def feeds(sess, data: dict, i: int) -> dict:
-    names = {x.name for x in sess.get_inputs()}
-    return {k: v[i] for k, v in data.items() if k in names}
+log = qb.log
 
 
 def embeddings(path: str, data: dict):
+    """The pooled embedding of every evaluation sentence, one row each."""
     import numpy as np
 
-    sess = session(path)
-    n = len(next(iter(data.values())))
-    rows = [sess.run([OUTPUT], feeds(sess, data, i))[0].reshape(-1) for i in range(n)]
-    return np.stack(rows).astype(np.float64)
-
-
-def latency_ms(path: str, data: dict, runs: int) -> float:
-    import numpy as np
-
-    sess = session(path, threads=1)
-    n = len(next(iter(data.values())))
-    for i in range(min(3, n)):
-        sess.run([OUTPUT], feeds(sess, data, i))
-    times = []
-    for r in range(runs):
-        f = feeds(sess, data, r % n)
-        t = time.perf_counter()
-        sess.run([OUTPUT], f)
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
+    out = qb.run_all(qb.make_session(path), data, qb.n_samples(data), {})[OUTPUT]
+    return out.reshape(out.shape[0], -1).astype(np.float64)
 
 
 def score(ref, q) -> dict:
-    import numpy as np
-
-    err = ((ref - q) ** 2).sum()
-    sqnr = float("inf") if err == 0 else 10 * np.log10((ref**2).sum() / err)
-
-    def unit(x):
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    ur, uq = unit(ref), unit(q)
-    cos = (ur * uq).sum(axis=1)
-
-    def nearest(u):
-        s = u @ u.T
-        np.fill_diagonal(s, -np.inf)
-        return s.argmax(axis=1)
-
-    nn = float((nearest(ur) == nearest(uq)).mean())
-    return {
-        "sqnr_db": float(sqnr),
-        "cos_mean": float(cos.mean()),
-        "cos_min": float(cos.min()),
-        "nn_agree": nn,
-    }
+    return {"sqnr_db": qb.sqnr_db(ref, q), **db.embedding_metrics(ref, q)}
 
 
 def quantize(qrange: str, model: str, calib: str, out: str, extra: list[str], reuse: bool) -> dict:
@@ -150,10 +85,6 @@ def quantize(qrange: str, model: str, calib: str, out: str, extra: list[str], re
     return {"seconds": secs}
 
 
-def fmt(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def table(rows: list[dict], markdown: bool) -> str:
     head = ["config", "flags", "SQNR dB", "cos mean", "cos min", "NN agree", "size ×", "latency ×", "quantize s"]
     lines = []
@@ -162,13 +93,13 @@ def table(rows: list[dict], markdown: bool) -> str:
             [
                 r["config"],
                 " ".join(r["flags"]) or "(none)",
-                fmt(r.get("sqnr_db"), ".1f"),
-                fmt(r.get("cos_mean"), ".4f"),
-                fmt(r.get("cos_min"), ".4f"),
-                fmt(r.get("nn_agree"), ".3f"),
-                fmt(r.get("size_ratio"), ".3f"),
-                fmt(r.get("latency_ratio"), ".2f"),
-                fmt(r.get("seconds"), ".1f") if "error" not in r else "error: " + r["error"],
+                qb.fmt(r.get("sqnr_db"), ".1f"),
+                qb.fmt(r.get("cos_mean"), ".4f"),
+                qb.fmt(r.get("cos_min"), ".4f"),
+                qb.fmt(r.get("nn_agreement"), ".3f"),
+                qb.fmt(r.get("size_ratio"), ".3f"),
+                qb.fmt(r.get("latency_ratio"), ".2f"),
+                qb.fmt(r.get("seconds"), ".1f") if "error" not in r else "error: " + r["error"],
             ]
         )
     if markdown:
@@ -183,7 +114,7 @@ def table(rows: list[dict], markdown: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=os.path.join(REPO, "..", "shared", "models"))
-    ap.add_argument("--qrange", default=default_qrange())
+    ap.add_argument("--qrange", default=qb.default_qrange())
     ap.add_argument("--out", default=os.path.join(REPO, "target", "transformer-bench"))
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json")
@@ -209,38 +140,33 @@ def main() -> int:
     if unknown:
         log(f"error: unknown configuration(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
         return 2
-    data = load_npz(evalp)
-    log(f"fp32 on {len(next(iter(data.values())))} evaluation sentences")
+    data = qb.load_npz(evalp)
+    log(f"fp32 on {qb.n_samples(data)} evaluation sentences")
     ref = embeddings(model, data)
-    base_ms = latency_ms(model, data, args.latency_runs)
-    rows = [
-        {
-            "config": "fp32",
-            "flags": ["(float model)"],
-            **score(ref, ref),
-            "size_ratio": 1.0,
-            "latency_ratio": 1.0,
-            "latency_ms": base_ms,
-        }
-    ]
+    rows = [{"config": "fp32", "flags": ["(float model)"], "path": model, **score(ref, ref), "size_ratio": 1.0}]
     failed = False
     for name in names:
         out = os.path.join(args.out, f"{name}.onnx")
-        row = {"config": name, "flags": CONFIGS[name]}
+        row = {"config": name, "flags": CONFIGS[name], "path": out}
         row.update(quantize(args.qrange, model, calib, out, CONFIGS[name], args.reuse))
         if "error" not in row:
             row.update(score(ref, embeddings(out, data)))
             row["size_ratio"] = os.path.getsize(out) / os.path.getsize(model)
-            row["latency_ms"] = latency_ms(out, data, args.latency_runs)
-            row["latency_ratio"] = row["latency_ms"] / base_ms
         else:
             failed = True
         log(json.dumps(row))
         rows.append(row)
+    # every model timed round-robin on the first sentence, so load elsewhere hits all alike
+    paths = {i: r["path"] for i, r in enumerate(rows) if "error" not in r}
+    lat = qb.latencies_ms(paths, data, {}, args.latency_runs, 10.0)
+    base_ms = lat[0]
+    for i, ms in lat.items():
+        rows[i]["latency_ms"] = ms
+        rows[i]["latency_ratio"] = ms / base_ms
     build = "release" if "/release/" in args.qrange else "debug"
     print(table(rows, args.markdown))
     print(f"\nqrange: {args.qrange} ({build} build); ONNX Runtime {onnxruntime.__version__}, "
-          f"fp32 latency {base_ms:.2f} ms (1 thread, median of {args.latency_runs})")
+          f"fp32 latency {base_ms:.2f} ms (1 thread, median of at most {args.latency_runs} round-robin runs)")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump({"qrange": args.qrange, "build": build, "rows": rows}, f, indent=1)
