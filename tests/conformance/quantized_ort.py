@@ -81,6 +81,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qcheck import checker_error, load_samples, ort_outputs, tract_outputs  # noqa: E402
+
 FIXTURES = [
     # (label, model, calib, eval, extra qrange args, eval sample cap)
     ("ppocr_cls", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz", "ppocr_cls/eval.npz", [], None),
@@ -232,18 +235,6 @@ def output_is_16bit(model: onnx.ModelProto, name: str) -> bool:
     return inits[n.input[2]].data_type in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
 
 
-def ort_outputs(path: str, samples: list[dict], level) -> dict[str, np.ndarray]:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = level
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    outs = [o.name for o in sess.get_outputs()]
-    runs = [sess.run(None, {k: s[k] for k in names}) for s in samples]
-    return {o: np.stack([r[i] for r in runs]) for i, o in enumerate(outs)}
-
-
 def dims(v: onnx.ValueInfoProto) -> list:
     """A declared value's dims: numbers, symbols, or None where unknown."""
     return [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value")
@@ -316,17 +307,6 @@ def other_shapes(label: str, m: str, q: str, samples: list[dict], pads: dict,
     return failures
 
 
-def load_samples(path: str, cap: int | None) -> tuple[list[dict], dict]:
-    d = np.load(path)
-    keys = [k for k in d.files if d[k].dtype.kind not in "US"]
-    n = len(d[keys[0]])
-    if cap:
-        n = min(n, cap)
-    # np.asarray: a scalar input (silero_vad's sample rate) is fed as a 0-d array.
-    return ([{k: np.asarray(d[k][i]) for k in keys} for i in range(n)],
-            {k: d[k][:n] for k in keys})
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qrange", required=True)
@@ -362,21 +342,15 @@ def main() -> int:
             said = r.stdout + r.stderr
             qm = onnx.load(q)
             nq = count_op(qm.graph, "QuantizeLinear")
-            try:
-                onnx.checker.check_model(q, full_check=True)
-            except Exception as e:  # noqa: BLE001
-                failures.append(f"{label}: onnx.checker: {str(e).splitlines()[0]}")
+            err = checker_error(q)
+            if err:
+                failures.append(f"{label}: onnx.checker: {err}")
                 continue
             samples, stacked = load_samples(os.path.join(args.fixtures, evalf), cap)
-            npz = os.path.join(tmp, label.replace(" ", "_") + ".eval.npz")
-            np.savez(npz, **stacked)
-            t_out = os.path.join(tmp, label.replace(" ", "_") + ".tract.npz")
-            r = subprocess.run([args.qrange, "run", q, "--data", npz, "-o", t_out],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                failures.append(f"{label}: qrange run failed: {r.stderr.strip().splitlines()[0]}")
+            tract = tract_outputs(args.qrange, q, stacked, tmp, label.replace(" ", "_"))
+            if isinstance(tract, str):
+                failures.append(f"{label}: qrange run failed: {tract}")
                 continue
-            tract = dict(np.load(t_out))
             try:
                 ref = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
                 fused = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)

@@ -35,6 +35,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qcheck import checker_error, load_samples, ort_outputs, tract_outputs  # noqa: E402
+
 # label, model, calib (or None), eval, flags, op expected in the written model
 CONFIGS = [
     ("minilm_l3 int4 b32 MatMulNBits", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
@@ -53,20 +56,6 @@ CONFIGS = [
      ["--weight-bits", "4", "--block-size", "32", "--weight-symmetric", "--target", "tensorrt"],
      "DequantizeLinear"),
 ]
-
-
-def ort_outputs(path, samples, level, accuracy_level=None):
-    so = ort.SessionOptions()
-    if accuracy_level is not None:
-        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", accuracy_level)
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = level
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    outs = [o.name for o in sess.get_outputs()]
-    runs = [sess.run(None, {k: s[k] for k in names}) for s in samples]
-    return {o: np.stack([r[i] for r in runs]) for i, o in enumerate(outs)}
 
 
 def main() -> int:
@@ -88,28 +77,20 @@ def main() -> int:
             if r.returncode != 0:
                 failures.append(f"{label}: quantize failed: {r.stderr.strip()}")
                 continue
-            try:
-                onnx.checker.check_model(q, full_check=True)
-            except Exception as e:  # noqa: BLE001
-                failures.append(f"{label}: onnx.checker: {str(e).splitlines()[0]}")
+            err = checker_error(q)
+            if err:
+                failures.append(f"{label}: onnx.checker: {err}")
                 continue
             qm = onnx.load(q)
             ops = [n.op_type for n in qm.graph.node]
             if op not in ops or "QuantizeLinear" in ops:
                 failures.append(f"{label}: expected {op} and no QuantizeLinear, got {sorted(set(ops))}")
                 continue
-            d = np.load(os.path.join(args.fixtures, evalf))
-            keys = [k for k in d.files if d[k].dtype.kind not in "US"]
-            samples = [{k: np.asarray(d[k][j]) for k in keys} for j in range(len(d[keys[0]]))]
-            npz = os.path.join(tmp, f"wo{i}.eval.npz")
-            np.savez(npz, **{k: d[k] for k in keys})
-            t_out = os.path.join(tmp, f"wo{i}.tract.npz")
-            r = subprocess.run([args.qrange, "run", q, "--data", npz, "-o", t_out],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                failures.append(f"{label}: qrange run failed: {r.stderr.strip()}")
+            samples, stacked = load_samples(os.path.join(args.fixtures, evalf))
+            tract = tract_outputs(args.qrange, q, stacked, tmp, f"wo{i}")
+            if isinstance(tract, str):
+                failures.append(f"{label}: qrange run failed: {tract}")
                 continue
-            tract = dict(np.load(t_out))
             worst, fused = 0.0, 0.0
             for level, acc, gate in (
                     (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, None, args.rel_max),
