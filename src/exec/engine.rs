@@ -146,10 +146,13 @@ impl Engine {
     ) -> Result<Engine, ExecError> {
         let onnx = engine();
         let known = |op: &str| onnx.op_register.0.contains_key(op);
-        let prepared = prepare::prepare(model, base_dir, &opts.taps, opts.stream_taps, &known)?;
-        let bytes = prepared.model.encode_to_vec();
+        let mut prepared = prepare::prepare(model, base_dir, &opts.taps, opts.stream_taps, &known)?;
+        // Each copy of an inline weight lives only until the next is made: the prepared
+        // model until it is encoded, the bytes until they are decoded.
+        let bytes = std::mem::take(&mut prepared.model).encode_to_vec();
         let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
             .map_err(|e| ExecError::Load(format!("re-decoding the prepared model: {e}")))?;
+        drop(bytes);
         let base_dir = match base_dir {
             None => None,
             Some(d) => Some(

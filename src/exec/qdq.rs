@@ -15,8 +15,8 @@
 use super::convert::{host_dtype, storage_datum, to_engine, to_host};
 use crate::ir::tensor::DType;
 use crate::quant::kernels::{
-    dequantize_linear, dequantize_slice, quantize_linear, quantize_output_dtype, quantize_slice_i8,
-    quantize_slice_u8, DequantizeAttrs, QuantizeAttrs,
+    dequantize_axis_slice, dequantize_linear, dequantize_slice, quantize_linear,
+    quantize_output_dtype, quantize_slice_i8, quantize_slice_u8, DequantizeAttrs, QuantizeAttrs,
 };
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -363,7 +363,7 @@ impl EvalOp for ExactDequantize {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        if let Some(y) = self.per_tensor_8bit(&inputs)? {
+        if let Some(y) = self.plain_8bit(&inputs)? {
             return Ok(tvec!(y.into_tvalue()));
         }
         let x = to_host(&inputs[0], self.input_logical)?;
@@ -380,29 +380,54 @@ impl EvalOp for ExactDequantize {
 }
 
 impl ExactDequantize {
-    /// The common case without host copies: contiguous 8-bit input, scalar scale and zero
-    /// point, f32 output (the same kernel as [`dequantize_linear`]'s). `None` when the case
-    /// does not apply.
-    fn per_tensor_8bit(&self, inputs: &[TValue]) -> TractResult<Option<Tensor>> {
+    /// The common cases without host copies: contiguous 8-bit input, f32 output, and a scalar
+    /// scale and zero point or one per index of the axis (a weight quantized per channel),
+    /// the same kernels as [`dequantize_linear`]'s. `None` when no case applies.
+    fn plain_8bit(&self, inputs: &[TValue]) -> TractResult<Option<Tensor>> {
         let a = &self.attrs;
         if a.block_size != 0 || a.output_dtype != Some(DType::F32) || self.input_logical.is_some() {
             return Ok(None);
         }
-        let Some(scale) = scalar::<f32>(&inputs[1]) else {
-            return Ok(None);
-        };
         let shape = inputs[0].shape();
         let zp = inputs.get(2);
-        if let Some(x) = plain::<u8>(&inputs[0]) {
-            if let Some(z) = zp.map_or(Some(0), scalar::<u8>) {
-                return Ok(Some(shaped(shape, dequantize_slice(x, scale, z))?));
+        if let Some(scale) = scalar::<f32>(&inputs[1]) {
+            if let Some(x) = plain::<u8>(&inputs[0]) {
+                if let Some(z) = zp.map_or(Some(0), scalar::<u8>) {
+                    return Ok(Some(shaped(shape, dequantize_slice(x, scale, z))?));
+                }
+            } else if let Some(x) = plain::<i8>(&inputs[0]) {
+                if let Some(z) = zp.map_or(Some(0), scalar::<i8>) {
+                    return Ok(Some(shaped(shape, dequantize_slice(x, scale, z))?));
+                }
+            }
+            return Ok(None);
+        }
+        let rank = shape.len() as i64;
+        if inputs[1].rank() != 1 || a.axis < -rank || a.axis >= rank {
+            return Ok(None);
+        }
+        let axis = if a.axis < 0 { a.axis + rank } else { a.axis } as usize;
+        let Some(scales) = plain::<f32>(&inputs[1]) else {
+            return Ok(None);
+        };
+        let per_axis = |x, z| dequantize_axis_slice(x, shape, axis, scales, z);
+        let y = if let Some(x) = plain::<u8>(&inputs[0]) {
+            match zp {
+                None => per_axis(x, &vec![0u8; scales.len()]),
+                Some(z) if z.rank() == 1 => plain::<u8>(z).and_then(|z| per_axis(x, z)),
+                Some(_) => None,
             }
         } else if let Some(x) = plain::<i8>(&inputs[0]) {
-            if let Some(z) = zp.map_or(Some(0), scalar::<i8>) {
-                return Ok(Some(shaped(shape, dequantize_slice(x, scale, z))?));
+            let per_axis = |x, z| dequantize_axis_slice(x, shape, axis, scales, z);
+            match zp {
+                None => per_axis(x, &vec![0i8; scales.len()]),
+                Some(z) if z.rank() == 1 => plain::<i8>(z).and_then(|z| per_axis(x, z)),
+                Some(_) => None,
             }
-        }
-        Ok(None)
+        } else {
+            None
+        };
+        y.map(|y| shaped(shape, y)).transpose()
     }
 }
 

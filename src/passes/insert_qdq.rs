@@ -202,18 +202,7 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                             "value '{key}' shares parameters of '{root}', which has none"
                         ))
                     })?,
-                    None => {
-                        let src = range_from.as_deref().unwrap_or(key);
-                        let (lo, hi) = *plan
-                            .ranges
-                            .get(src)
-                            .ok_or_else(|| err(format!("no calibrated range for value '{src}'")))?;
-                        Chosen {
-                            qtype: *qtype,
-                            params: vec![scale_zp(lo, hi, qtype)],
-                            axis: None,
-                        }
-                    }
+                    None => own_params(plan, key, qtype, range_from.as_deref())?,
                 };
                 let fold = plan.scale_folds.get(key).copied();
                 let made = insert_activation_qdq(g, v, &chosen, fold, &mut names)?;
@@ -245,8 +234,7 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 if xp.params.len() != 1 {
                     continue;
                 }
-                let sx = xp.params[0].scale;
-                let scales: Vec<f32> = wp.params.iter().map(|p| sx * p.scale).collect();
+                let scales = bias_scales(xp.params[0].scale, wp);
                 let (sat, made) = quantize_bias_value(g, v, &scales, &mut names)?;
                 rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
                 drop_if_unused(g, local);
@@ -278,6 +266,97 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
     }
     super::util::remove_dead(&mut m.graph);
     Ok(rep)
+}
+
+/// The parameters of an activation that takes its range from its own statistics (or from
+/// those of `range_from`, the value whose range it reads).
+fn own_params(
+    plan: &Plan,
+    key: &str,
+    qtype: &QType,
+    range_from: Option<&str>,
+) -> Result<Chosen, PassError> {
+    let src = range_from.unwrap_or(key);
+    let (lo, hi) = *plan
+        .ranges
+        .get(src)
+        .ok_or_else(|| err(format!("no calibrated range for value '{src}'")))?;
+    Ok(Chosen {
+        qtype: *qtype,
+        params: vec![scale_zp(lo, hi, qtype)],
+        axis: None,
+    })
+}
+
+/// The int32 scales of a bias: the input's scale times each of the weight's.
+fn bias_scales(input_scale: f32, weight: &Chosen) -> Vec<f32> {
+    weight
+        .params
+        .iter()
+        .map(|p| input_scale * p.scale)
+        .collect()
+}
+
+/// The value [`materialize`] gives bias `bias` (a [`Decision::Bias`] of `plan`, `float` its
+/// float values) once dequantized, given the parameters `weight` of the weight it goes
+/// with: the int32 values and scales it writes, through the DequantizeLinear kernel the
+/// engine runs. Only the input's range is read from `plan`, so a caller that materialised
+/// the weights once gets the bias of any other set of ranges without quantizing them again.
+/// `None` when `bias` is not a bias whose input has its own or a shared range.
+pub fn dequantized_bias_of(
+    plan: &Plan,
+    bias: &str,
+    float: &Tensor,
+    weight: &Chosen,
+) -> Result<Option<Tensor>, PassError> {
+    let Some(Decision::Bias { input, .. }) = plan.values.get(bias) else {
+        return Ok(None);
+    };
+    let root = match plan.values.get(input) {
+        Some(Decision::Activation {
+            share_with: Some(root),
+            ..
+        }) => root.as_str(),
+        Some(Decision::Activation { .. }) => input.as_str(),
+        _ => return Ok(None),
+    };
+    let Some(Decision::Activation {
+        qtype,
+        share_with: None,
+        range_from,
+    }) = plan.values.get(root)
+    else {
+        return Ok(None);
+    };
+    let input = own_params(plan, root, qtype, range_from.as_deref())?;
+    let scales = bias_scales(input.params[0].scale, weight);
+    let Tensor::F32(a) = float else {
+        return Err(err(format!("bias '{bias}' is not f32")));
+    };
+    let vals: Vec<f32> = a.iter().copied().collect();
+    if scales.len() != 1 && scales.len() != vals.len() {
+        return Err(err(format!(
+            "bias '{bias}' has {} values but the weight has {} channels",
+            vals.len(),
+            scales.len()
+        )));
+    }
+    let (qv, _) = quantize_bias(&vals, &scales);
+    let q =
+        Tensor::I32(ArrayD::from_shape_vec(IxDyn(a.shape()), qv).map_err(|e| err(e.to_string()))?);
+    let pshape: Vec<usize> = if scales.len() > 1 {
+        vec![scales.len()]
+    } else {
+        vec![]
+    };
+    let zp = zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?;
+    let attrs = crate::quant::kernels::DequantizeAttrs {
+        axis: if scales.len() > 1 { 0 } else { 1 },
+        ..Default::default()
+    };
+    crate::quant::kernels::dequantize_linear(&q, &scale_tensor(&scales, &pshape), Some(&zp), &attrs)
+        .map(Some)
+        .map_err(|e| err(format!("bias '{bias}': {e}")))
 }
 
 /// Removes folded ops of `g` (a scope labelled `label`: Relu/Clip, Div/Mul by a

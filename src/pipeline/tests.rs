@@ -134,11 +134,12 @@ fn adaptive_sets_vs_real(model: &str, data: &str) -> (f64, usize) {
     .unwrap();
     let mut base = p.plan.clone();
     adaptive::apply_set(&mut base, &sets[0]);
-    let (units, sim) = adaptive::simulation(&p, &base).unwrap();
+    let s = adaptive::simulation(&p, &base).unwrap();
+    let sim = &s.sim;
     let (sp, _) = onnx::encode_model(&sim.model, &ExternalPolicy::Inline, "").unwrap();
     let all = ds.read_all().unwrap();
     let samples = &all[..all.len().min(3)];
-    let params0 = adaptive::range_params(&p, &base, &units, &sim, &sets[0]).unwrap();
+    let params0 = adaptive::range_params(&p, &base, &s, &sets[0]).unwrap();
     let simu = Session::new(
         &sp,
         None,
@@ -148,6 +149,7 @@ fn adaptive_sets_vs_real(model: &str, data: &str) -> (f64, usize) {
     .unwrap();
     let mut worst = f64::INFINITY;
     let mut distinct: Vec<Vec<(f32, f32)>> = Vec::new();
+    let mut biases = 0;
     for set in &sets {
         let ranges: Vec<(f32, f32)> = set.values().map(|r| (r.lo, r.hi)).collect();
         if !distinct.contains(&ranges) {
@@ -159,13 +161,20 @@ fn adaptive_sets_vs_real(model: &str, data: &str) -> (f64, usize) {
         passes::insert_qdq::materialize(&mut q, &plan).unwrap();
         let (qp, _) = onnx::encode_model(&q, &ExternalPolicy::Inline, "").unwrap();
         let real = Session::new(&qp, None, &samples[0], &SessionOptions::default()).unwrap();
-        let params = adaptive::range_params(&p, &base, &units, &sim, set).unwrap();
+        let params = adaptive::range_params(&p, &base, &s, set).unwrap();
+        // The biases fed are, bit for bit, those the set's written model holds.
+        for (b, t) in &params.biases {
+            let written = crate::tune::sim::dequantized_bias(&q, b).unwrap();
+            assert_eq!(t, &written, "{model}: bias '{b}'");
+        }
+        biases += params.biases.len();
         for s in samples {
             let r = real.run(s).unwrap();
             let t = simu.run(&sim.feed_params(s, &params)).unwrap();
             lower_to_worst(&mut worst, &r, &t);
         }
     }
+    assert!(biases > 0, "{model}: no bias is a simulation input");
     (worst, distinct.len())
 }
 

@@ -387,6 +387,35 @@ pub fn dequantize_slice<T: Copy + Into<i32>>(x: &[T], scale: f32, zero_point: T)
     map_slice(x, |q: T| q.into().wrapping_sub(zp) as f32 * scale)
 }
 
+/// Per-axis DequantizeLinear of contiguous 8-bit values to float32: what
+/// [`dequantize_linear`] computes when `scales` and `zero_points` hold one value per index of
+/// `axis` of `shape` (a weight quantized per channel), in one pass without widening the
+/// values first. `None` when the lengths do not fit the shape.
+pub fn dequantize_axis_slice<T: Copy + Into<i32>>(
+    x: &[T],
+    shape: &[usize],
+    axis: usize,
+    scales: &[f32],
+    zero_points: &[T],
+) -> Option<Vec<f32>> {
+    let dim = *shape.get(axis)?;
+    let inner: usize = shape[axis + 1..].iter().product();
+    if scales.len() != dim || zero_points.len() != dim || x.len() != shape.iter().product::<usize>()
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(x.len());
+    if inner == 0 || dim == 0 {
+        return Some(out);
+    }
+    for run in x.chunks(inner) {
+        let c = (out.len() / inner) % dim;
+        let (s, zp): (f32, i32) = (scales[c], zero_points[c].into());
+        out.extend(map_slice(run, |q: T| q.into().wrapping_sub(zp) as f32 * s));
+    }
+    Some(out)
+}
+
 /// The common QuantizeLinear case, per-tensor with float32 division to 8 or 16 bits, as one
 /// loop over the values (same results as [`quantize_one`]); `None` for other output types.
 fn quantize_per_tensor_f32(
@@ -952,6 +981,57 @@ mod tests {
             prop_assert_eq!(
                 deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 expect.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    proptest! {
+        /// The per-axis loop gives, bit for bit, what [`dequantize_linear`] gives per axis,
+        /// for int8 and uint8 values, every axis of a rank-1 to rank-3 shape.
+        #[test]
+        fn per_axis_loop_matches_dequantize_linear(
+            shape in prop::collection::vec(1usize..5, 1..4),
+            axis_pick in 0usize..3,
+            seed in any::<u64>(),
+            signed in any::<bool>(),
+        ) {
+            let axis = axis_pick % shape.len();
+            let n: usize = shape.iter().product();
+            let dim = shape[axis];
+            let mut state = seed | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let raw: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let zraw: Vec<u8> = (0..dim).map(|_| next() as u8).collect();
+            let scales: Vec<f32> = (0..dim)
+                .map(|_| f32::from_bits(0x3a00_0000 + (next() as u32 & 0x00ff_ffff)))
+                .collect();
+            let attrs = DequantizeAttrs { axis: axis as i64, ..Default::default() };
+            let scale_t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[dim]), scales.clone()).unwrap());
+            let (fast, z, x) = if signed {
+                let x: Vec<i8> = raw.iter().map(|&v| v as i8).collect();
+                let z: Vec<i8> = zraw.iter().map(|&v| v as i8).collect();
+                (
+                    dequantize_axis_slice(&x, &shape, axis, &scales, &z).unwrap(),
+                    Tensor::I8(ArrayD::from_shape_vec(IxDyn(&[dim]), z).unwrap()),
+                    Tensor::I8(ArrayD::from_shape_vec(IxDyn(&shape), x).unwrap()),
+                )
+            } else {
+                (
+                    dequantize_axis_slice(&raw, &shape, axis, &scales, &zraw).unwrap(),
+                    Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[dim]), zraw).unwrap()),
+                    Tensor::U8(ArrayD::from_shape_vec(IxDyn(&shape), raw).unwrap()),
+                )
+            };
+            let slow = dequantize_linear(&x, &scale_t, Some(&z), &attrs).unwrap();
+            let Tensor::F32(slow) = slow else { panic!("float32 output") };
+            prop_assert_eq!(
+                fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
         }
     }

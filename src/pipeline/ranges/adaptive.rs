@@ -14,13 +14,15 @@
 use super::{calibration_jobs, Candidates};
 use crate::calib::{Method, MethodOptions, Range, TensorStats};
 use crate::data::Sample;
+use crate::passes::insert_qdq::{dequantized_bias_of, Chosen};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::prepare::Prepared;
 use crate::pipeline::progress::Progress;
+use crate::quant::plan::Decision;
 use crate::quant::plan::Plan;
 use crate::tune::search::{Evaluator, Goal};
-use crate::tune::sim::{dequantized_bias, RangeParams, SimModel, SimSources, UnitParams};
-use crate::tune::{self, Unit};
+use crate::tune::sim::{RangeParams, SimModel, SimSources, UnitParams};
+use crate::tune::{self, TuneError, Unit};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -144,12 +146,22 @@ pub fn apply_set(plan: &mut Plan, set: &BTreeMap<String, Range>) -> BTreeMap<Str
     chosen
 }
 
-/// The simulation of `plan` (ranges set) materialised: its units and model; why not, when
-/// it cannot be built.
-pub fn simulation(p: &Prepared, plan: &Plan) -> Result<(Vec<Unit>, SimModel), String> {
+/// The simulation of a plan: its units, the switchable model, and the parameters of the
+/// quantized weights (which no choice of activation ranges changes), by plan key.
+pub struct Simulation {
+    pub units: Vec<Unit>,
+    pub sim: SimModel,
+    weights: BTreeMap<String, Chosen>,
+}
+
+/// The simulation of `plan` (ranges set) materialised; why not, when it cannot be built.
+/// The weights are quantized here, once: every other set of ranges only changes the unit
+/// parameters and the int32 biases ([`range_params`]).
+pub fn simulation(p: &Prepared, plan: &Plan) -> Result<Simulation, String> {
     let units = tune::units(plan, &p.model);
     let mut q8 = p.model.clone();
-    crate::passes::insert_qdq::materialize(&mut q8, plan).map_err(|e| e.to_string())?;
+    let report =
+        crate::passes::insert_qdq::materialize(&mut q8, plan).map_err(|e| e.to_string())?;
     let base = unit_params(p, plan, &units, None);
     let biases: Vec<String> = tune::bias_units(plan, &units)
         .into_iter()
@@ -170,7 +182,16 @@ pub fn simulation(p: &Prepared, plan: &Plan) -> Result<(Vec<Unit>, SimModel), St
         base.iter().map(|b| (*b, *b)).collect(),
     )
     .map_err(|e| format!("the simulation model cannot be built: {e}"))?;
-    Ok((units, sim))
+    let weights = report
+        .params
+        .into_iter()
+        .filter(|(k, _)| matches!(plan.values.get(k), Some(Decision::Weight { .. })))
+        .collect();
+    Ok(Simulation {
+        units,
+        sim,
+        weights,
+    })
 }
 
 /// 8-bit parameters of each unit from `set` (or from `plan`'s own ranges).
@@ -199,25 +220,44 @@ pub fn unit_params(
 }
 
 /// What the simulation is fed to run `plan` with `set`'s ranges: unit parameters, and the
-/// int32 biases as `set`'s input scales round them (from `set` materialised).
+/// int32 biases as `set`'s input scales round them, dequantized (what `set` materialised
+/// would hold; the weights are not quantized again).
 pub fn range_params(
     p: &Prepared,
     plan: &Plan,
-    units: &[Unit],
-    sim: &SimModel,
+    s: &Simulation,
     set: &BTreeMap<String, Range>,
 ) -> Result<RangeParams, PipelineError> {
     let mut with = plan.clone();
     apply_set(&mut with, set);
-    let mut q = p.model.clone();
-    crate::passes::insert_qdq::materialize(&mut q, &with).map_err(PipelineError::Materialise)?;
     let mut biases = BTreeMap::new();
-    for b in sim.bias_inputs() {
-        let t = dequantized_bias(&q, b).map_err(PipelineError::Selection)?;
+    for b in s.sim.bias_inputs() {
+        let missing = |what: &str| {
+            PipelineError::Selection(TuneError::Other(format!(
+                "simulation model: bias '{b}': {what}"
+            )))
+        };
+        let Some(Decision::Bias { weight, .. }) = plan.values.get(b) else {
+            return Err(missing("not a planned bias"));
+        };
+        let w = s
+            .weights
+            .get(weight)
+            .ok_or_else(|| missing("its weight is not quantized"))?;
+        let g = &p.model.graph;
+        let float = g
+            .value_by_name(b)
+            .and_then(|v| g.const_of(v))
+            .ok_or_else(|| missing("not a constant"))?
+            .to_tensor()
+            .map_err(|e| missing(&e.to_string()))?;
+        let t = dequantized_bias_of(&with, b, &float, w)
+            .map_err(|e| missing(&e.to_string()))?
+            .ok_or_else(|| missing("its input has no range"))?;
         biases.insert(b.to_string(), t);
     }
     Ok(RangeParams {
-        units: unit_params(p, plan, units, Some(set)),
+        units: unit_params(p, plan, &s.units, Some(set)),
         wide: Vec::new(),
         biases,
     })
@@ -303,15 +343,15 @@ pub fn select(
     // parameters fed to it.
     apply_set(plan, &compared[0]);
     // A model the simulation cannot be built or run for keeps auto's ranges, and says why.
-    let (units, sim) = match simulation(p, plan) {
+    let s = match simulation(p, plan) {
         Ok(s) => s,
         Err(e) => return Ok(skip(plan, &e)),
     };
-    if units.is_empty() {
+    if s.units.is_empty() {
         return Ok(skip(plan, "no activation unit to switch"));
     }
     let ev = match Evaluator::with_references(
-        &sim,
+        &s.sim,
         Some(&p.base_dir),
         samples.to_vec(),
         references,
@@ -327,7 +367,7 @@ pub fn select(
     };
     let mut params = Vec::with_capacity(distinct.len());
     for &k in &distinct {
-        params.push(range_params(p, plan, &units, &sim, &compared[k])?);
+        params.push(range_params(p, plan, &s, &compared[k])?);
     }
     progress.begin("choosing ranges", params.len() as u64);
     let metrics = match ev.eval_params_many(&params, &|| progress.step()) {
