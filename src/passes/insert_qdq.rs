@@ -598,9 +598,21 @@ fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>, mse: bool) -> Ve
             .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         scale_zp(lo, hi, q)
     };
-    match axis {
-        None => vec![one(t.iter().copied().collect())],
-        Some(a) => t
+    match (axis, t.as_slice()) {
+        (None, _) => vec![one(t.iter().copied().collect())],
+        (Some(a), Some(xs)) if !mse => {
+            // One pass over the values in memory order: each channel still folds its own
+            // values in index order, as the per-channel views below do.
+            let n = t.shape()[a as usize];
+            let ch = channel_of(t.shape(), axis);
+            let mut lo_hi = vec![(0f32, 0f32); n];
+            for (i, &v) in xs.iter().enumerate() {
+                let (lo, hi) = &mut lo_hi[ch(i)];
+                (*lo, *hi) = (lo.min(v), hi.max(v));
+            }
+            lo_hi.into_iter().map(|(lo, hi)| scale_zp(lo, hi, q)).collect()
+        }
+        (Some(a), _) => t
             .axis_iter(Axis(a as usize))
             .map(|s| one(s.iter().copied().collect()))
             .collect(),
@@ -661,15 +673,15 @@ fn code_weight(
     let params = weight_params(a, &q, axis, mse && grid.is_uniform());
     let Some(ax) = axis.filter(|_| !grid.is_uniform()) else {
         let ch = channel_of(a.shape(), axis);
-        let codes = a
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let p = params[ch(i)];
-                ((w / p.scale).round_ties_even() as f64 + p.zero_point as f64)
-                    .clamp(q.qmin as f64, q.qmax as f64)
-            })
-            .collect();
+        let code = |(i, &w): (usize, &f32)| {
+            let p = params[ch(i)];
+            ((w / p.scale).round_ties_even() as f64 + p.zero_point as f64)
+                .clamp(q.qmin as f64, q.qmax as f64)
+        };
+        let codes = match a.as_slice() {
+            Some(xs) => xs.iter().enumerate().map(code).collect(),
+            None => a.iter().enumerate().map(code).collect(),
+        };
         return Ok(Coded {
             codes,
             params,
@@ -880,11 +892,23 @@ fn quantize_weight(
     let zp_t = zp_tensor(q.dtype, &zps, &pshape)?;
     let ch = channel_of(a.shape(), axis);
     let (mut signal, mut noise) = (0f64, 0f64);
-    for (i, (&w, &c)) in a.iter().zip(&coded.codes).enumerate() {
+    let mut add = |i: usize, w: f32, c: f64| {
         let p = params[ch(i)];
         let d = ((c - p.zero_point as f64) as f32 * p.scale) as f64;
         signal += (w as f64).powi(2);
         noise += (w as f64 - d).powi(2);
+    };
+    match a.as_slice() {
+        Some(xs) => xs
+            .iter()
+            .zip(&coded.codes)
+            .enumerate()
+            .for_each(|(i, (&w, &c))| add(i, w, c)),
+        None => a
+            .iter()
+            .zip(&coded.codes)
+            .enumerate()
+            .for_each(|(i, (&w, &c))| add(i, w, c)),
     }
     let readers = g.consumers(w);
     let qv = match (&coded.codebook, grid.index_bits()) {

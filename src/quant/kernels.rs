@@ -408,10 +408,21 @@ pub fn dequantize_axis_slice<T: Copy + Into<i32>>(
     if inner == 0 || dim == 0 {
         return Some(out);
     }
-    for run in x.chunks(inner) {
-        let c = (out.len() / inner) % dim;
-        let (s, zp): (f32, i32) = (scales[c], zero_points[c].into());
-        out.extend(map_slice(run, |q: T| q.into().wrapping_sub(zp) as f32 * s));
+    let one = |q: T, s: f32, zp: T| q.into().wrapping_sub(zp.into()) as f32 * s;
+    if inner == 1 {
+        // The axis is the last: each row of `dim` values meets every channel once.
+        for row in x.chunks_exact(dim) {
+            out.extend(
+                row.iter()
+                    .zip(scales.iter().zip(zero_points))
+                    .map(|(&q, (&s, &zp))| one(q, s, zp)),
+            );
+        }
+    } else {
+        for (j, run) in x.chunks_exact(inner).enumerate() {
+            let (s, zp) = (scales[j % dim], zero_points[j % dim]);
+            out.extend(run.iter().map(|&q| one(q, s, zp)));
+        }
     }
     Some(out)
 }
