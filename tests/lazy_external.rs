@@ -2,7 +2,8 @@
 //! tensor bytes into memory (`convert` streams them from the source side file into the new
 //! one), while decoding a value reads exactly its span. Counted by `ir::external`'s
 //! counters, which are process-wide: this file holds a single test so that nothing else
-//! reads external data while it counts.
+//! reads external data while it counts. `quantize` reads the weights once for the adaptive
+//! selection's simulation and once for the written model, not once per compared range set.
 
 mod common;
 
@@ -76,6 +77,35 @@ fn inspect_and_convert_read_no_tensor_data() {
     let read = bytes_read();
     cli(&["convert".as_ref(), &model, &inline, "--inline".as_ref()]);
     assert_eq!(bytes_read() - read, side_bytes);
+
+    // The adaptive selection quantizes the weights once, for the simulation it runs the
+    // compared range sets in, not once per set: beyond what `--method minmax` (no selection)
+    // reads, it reads each tensor at most once more.
+    let calib = repo_root().join("fixtures/tiny/tiny_external.npz");
+    let q = tmp.path().join("q.onnx");
+    let quantize_reads = |method: &str| {
+        let read = bytes_read();
+        cli(&[
+            "quantize".as_ref(),
+            &model,
+            "--calib".as_ref(),
+            &calib,
+            "--method".as_ref(),
+            method.as_ref(),
+            "-o".as_ref(),
+            &q,
+            "--no-validate".as_ref(),
+        ]);
+        std::fs::remove_file(&q).unwrap();
+        std::fs::remove_file(q.with_extension("onnx.data")).unwrap();
+        bytes_read() - read
+    };
+    let (minmax, adaptive) = (quantize_reads("minmax"), quantize_reads("adaptive"));
+    assert!(
+        adaptive > minmax && adaptive - minmax <= side_bytes,
+        "the adaptive selection read {} bytes of the {side_bytes}-byte side file (minmax {minmax})",
+        adaptive - minmax
+    );
 
     // A side file cut short after the model was read: the error names the tensor and file.
     let f = std::fs::OpenOptions::new()

@@ -610,7 +610,10 @@ fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>, mse: bool) -> Ve
                 let (lo, hi) = &mut lo_hi[ch(i)];
                 (*lo, *hi) = (lo.min(v), hi.max(v));
             }
-            lo_hi.into_iter().map(|(lo, hi)| scale_zp(lo, hi, q)).collect()
+            lo_hi
+                .into_iter()
+                .map(|(lo, hi)| scale_zp(lo, hi, q))
+                .collect()
         }
         (Some(a), _) => t
             .axis_iter(Axis(a as usize))

@@ -14,6 +14,7 @@
 use super::{calibration_jobs, Candidates};
 use crate::calib::{Method, MethodOptions, Range, TensorStats};
 use crate::data::Sample;
+use crate::ir::Tensor;
 use crate::passes::insert_qdq::{dequantized_bias_of, Chosen};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::prepare::Prepared;
@@ -146,12 +147,14 @@ pub fn apply_set(plan: &mut Plan, set: &BTreeMap<String, Range>) -> BTreeMap<Str
     chosen
 }
 
-/// The simulation of a plan: its units, the switchable model, and the parameters of the
-/// quantized weights (which no choice of activation ranges changes), by plan key.
+/// The simulation of a plan: its units, the switchable model, the parameters of the
+/// quantized weights (which no choice of activation ranges changes), by plan key, and the
+/// float values of the biases that are simulation inputs.
 pub struct Simulation {
     pub units: Vec<Unit>,
     pub sim: SimModel,
     weights: BTreeMap<String, Chosen>,
+    biases: BTreeMap<String, Tensor>,
 }
 
 /// The simulation of `plan` (ranges set) materialised; why not, when it cannot be built.
@@ -187,10 +190,24 @@ pub fn simulation(p: &Prepared, plan: &Plan) -> Result<Simulation, String> {
         .into_iter()
         .filter(|(k, _)| matches!(plan.values.get(k), Some(Decision::Weight { .. })))
         .collect();
+    let g = &p.model.graph;
+    let mut floats = BTreeMap::new();
+    for b in sim.bias_inputs() {
+        let t = g
+            .value_by_name(b)
+            .and_then(|v| g.const_of(v))
+            .ok_or_else(|| {
+                format!("the simulation model cannot be built: bias '{b}' is not a constant")
+            })?
+            .to_tensor()
+            .map_err(|e| format!("the simulation model cannot be built: bias '{b}': {e}"))?;
+        floats.insert(b.to_string(), t);
+    }
     Ok(Simulation {
         units,
         sim,
         weights,
+        biases: floats,
     })
 }
 
@@ -244,14 +261,8 @@ pub fn range_params(
             .weights
             .get(weight)
             .ok_or_else(|| missing("its weight is not quantized"))?;
-        let g = &p.model.graph;
-        let float = g
-            .value_by_name(b)
-            .and_then(|v| g.const_of(v))
-            .ok_or_else(|| missing("not a constant"))?
-            .to_tensor()
-            .map_err(|e| missing(&e.to_string()))?;
-        let t = dequantized_bias_of(&with, b, &float, w)
+        let float = s.biases.get(b).ok_or_else(|| missing("not a constant"))?;
+        let t = dequantized_bias_of(&with, b, float, w)
             .map_err(|e| missing(&e.to_string()))?
             .ok_or_else(|| missing("its input has no range"))?;
         biases.insert(b.to_string(), t);
