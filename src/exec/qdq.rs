@@ -6,8 +6,10 @@
 //! by op type only, so they serve the `ai.onnx` and `com.microsoft` domains alike). Each builds an
 //! [`Expansion`] (type and shape rules) that wires one typed op taking the scale and zero point as
 //! ordinary inputs; the typed op calls the host kernels. The engine's quantization rewrites look
-//! for its own op types, so these ops pass the optimizer untouched; a DequantizeLinear of constant
-//! weights is constant-folded through the same kernel.
+//! for its own op types, so these ops pass the optimizer untouched. A DequantizeLinear of constant
+//! weights is constant-folded through the same kernel when its output is no larger than the
+//! engine's folding budget; a larger one (a float weight is four times its 8-bit form) runs on
+//! every run, per-tensor or per-channel 8-bit in one pass over the engine's own tensors.
 //!
 //! 4-bit values travel widened to bytes. [`LOGICAL_DTYPE_ATTR`], set on a node by the model
 //! preparation step, tells the op which 4-bit type its quantized side really has.
