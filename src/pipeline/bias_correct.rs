@@ -90,7 +90,12 @@ fn add_twin(q: &mut Model, f: &Model, o: OpId, fo: OpId) -> Option<Layer> {
     if fw.dtype != DType::F32 {
         return None;
     }
-    let dims = f.graph.value(f.graph.output(fo, 0)?).ty.as_ref()?.known_dims()?;
+    let dims = f
+        .graph
+        .value(f.graph.output(fo, 0)?)
+        .ty
+        .as_ref()?
+        .known_dims()?;
     let axis = if op.op_type == "Conv" {
         1
     } else {
@@ -145,9 +150,7 @@ fn fold(s: &mut Sums, x: &[f32], channels: usize, inner: usize) {
 
 /// Subtracts `shift` from the bias of op `name` in `m`.
 fn lower_bias(m: &mut Model, name: &str, shift: &[f32]) -> Result<(), String> {
-    let o = *by_name(m)
-        .get(name)
-        .ok_or(format!("no op '{name}'"))?;
+    let o = *by_name(m).get(name).ok_or(format!("no op '{name}'"))?;
     let b = m.graph.input(o, 2).ok_or(format!("'{name}' has no bias"))?;
     let tid = m
         .graph
@@ -180,11 +183,9 @@ pub fn shifts<S: SampleSource + ?Sized>(
     progress: &dyn Progress,
 ) -> Result<Corrected, PipelineError> {
     let mut q = p.model.clone();
-    crate::passes::insert_qdq::materialize(&mut q, plan).map_err(|error| {
-        PipelineError::Pass {
-            model: p.model_path.clone(),
-            error,
-        }
+    crate::passes::insert_qdq::materialize(&mut q, plan).map_err(|error| PipelineError::Pass {
+        model: p.model_path.clone(),
+        error,
     })?;
     let fnames = by_name(&p.model);
     let mut layers = Vec::new();

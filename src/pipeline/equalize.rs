@@ -99,8 +99,7 @@ fn own_const(m: &Model, v: ValueId) -> bool {
 
 /// A per-channel vector of `n` values (`[n]` or `[1, …, 1, n]`).
 fn channel_vector(t: &ConstTensor, n: usize) -> bool {
-    t.dims.last().is_some_and(|&d| d as usize == n)
-        && t.dims.iter().rev().skip(1).all(|&d| d == 1)
+    t.dims.last().is_some_and(|&d| d as usize == n) && t.dims.iter().rev().skip(1).all(|&d| d == 1)
 }
 
 fn default_domain(m: &Model, o: OpId) -> bool {
@@ -348,8 +347,12 @@ fn divide_vector(m: &mut Model, v: ValueId, s: &[f32]) -> Result<(), String> {
 pub fn apply(m: &mut Model, pairs: &[Pair], factors: &[Vec<f32>]) -> Result<(), String> {
     let by_name = ops_by_name(m);
     for (p, s) in pairs.iter().zip(factors) {
-        let a = *by_name.get(&p.first).ok_or(format!("no op '{}'", p.first))?;
-        let b = *by_name.get(&p.second).ok_or(format!("no op '{}'", p.second))?;
+        let a = *by_name
+            .get(&p.first)
+            .ok_or(format!("no op '{}'", p.first))?;
+        let b = *by_name
+            .get(&p.second)
+            .ok_or(format!("no op '{}'", p.second))?;
         for (o, side) in [(a, Side::Out), (b, Side::In)] {
             let w = load_weight(m, o)?;
             let mut vals = w.values;
@@ -361,10 +364,7 @@ pub fn apply(m: &mut Model, pairs: &[Pair], factors: &[Vec<f32>]) -> Result<(), 
             divide_vector(m, bias, s)?;
         }
         if let Some(c) = &p.bias_add {
-            let v = m
-                .graph
-                .value_by_name(c)
-                .ok_or(format!("no value '{c}'"))?;
+            let v = m.graph.value_by_name(c).ok_or(format!("no value '{c}'"))?;
             divide_vector(m, v, s)?;
         }
     }

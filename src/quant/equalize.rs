@@ -54,9 +54,7 @@ impl Layout {
     pub fn channels(&self, side: Side) -> usize {
         match (self, side) {
             (Layout::Conv { dims, .. }, Side::Out) => dims.first().copied().unwrap_or(0),
-            (Layout::Conv { dims, group }, Side::In) => {
-                dims.get(1).copied().unwrap_or(0) * group
-            }
+            (Layout::Conv { dims, group }, Side::In) => dims.get(1).copied().unwrap_or(0) * group,
             (Layout::Rows { n, .. }, Side::Out) | (Layout::Cols { n, .. }, Side::Out) => *n,
             (Layout::Rows { k, .. }, Side::In) | (Layout::Cols { k, .. }, Side::In) => *k,
         }
