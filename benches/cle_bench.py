@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import dynamic_bench as db  # noqa: E402  (scoring)
+import dynamic_bench as db  # noqa: E402  (the fp32 reference and scoring)
 import quant_bench as qb  # noqa: E402  (the shared ONNX Runtime helpers)
 
 MODELS = {
@@ -66,16 +66,10 @@ def quantize(qrange: str, model: str, calib: str, out: str, flags: list[str]) ->
 
 
 def bench(name: str, args) -> list[dict]:
-    cfg = MODELS[name]
-    d = os.path.join(args.models, name)
-    model, calib = os.path.join(d, "model.onnx"), os.path.join(d, "calib.npz")
-    data = qb.load_npz(os.path.join(d, "eval.npz"))
-    labels = data.pop("label", None)
-    n = qb.n_samples(data)
-    sess = qb.make_session(model)
-    primary = cfg["output"] or sess.get_outputs()[0].name
-    ref = qb.run_all(sess, data, n, cfg["pins"])
-    fp32_metric = qb.task_metric(cfg["metric"], ref[primary], ref[primary], labels)
+    ref = db.Reference(args.models, name, MODELS[name])
+    model, calib = ref.model, os.path.join(args.models, name, "calib.npz")
+    fp32 = ref.ref[ref.primary]
+    fp32_metric = qb.task_metric(MODELS[name]["metric"], fp32, fp32, ref.labels)
     rows = [{"model": name, "weights": "fp32", "variant": "", "metric": fp32_metric}]
     for w in args.weights:
         wlabel, wflags = WEIGHTS[w]
@@ -85,7 +79,7 @@ def bench(name: str, args) -> list[dict]:
             qb.log(f"  {name}: {wlabel} {vlabel}")
             try:
                 quantize(args.qrange, model, calib, out, [*wflags, *vflags])
-                row.update(db.score(out, cfg, data, labels, n, ref, primary))
+                row.update(ref.scored(out))
             except Exception as e:  # a configuration failing is a result
                 row["error"] = qb.one_line(str(e))
             rows.append(row)
