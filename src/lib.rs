@@ -26,7 +26,7 @@
 //! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
 //! model before that raise identifies calibration files, so statistics serve every
 //! mode whatever opset it needs) →
-//! equalize (`pipeline::equalize`, `--equalize`, off unless `--bias-correction`: the
+//! equalize (`pipeline::equalize`, `--equalize`, off by default: the
 //! per-channel weight ranges of Conv→Conv and MatMul/Gemm→MatMul/Gemm pairs, through at
 //! most a bias Add and a positively homogeneous activation, made equal by
 //! `quant::equalize`'s factors, swept over chains until they converge; data-free, the
