@@ -26,6 +26,11 @@
 //! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
 //! model before that raise identifies calibration files, so statistics serve every
 //! mode whatever opset it needs) →
+//! equalize (`pipeline::equalize`, `--equalize`, off by default: the
+//! per-channel weight ranges of Conv→Conv and MatMul/Gemm→MatMul/Gemm pairs, through at
+//! most a bias Add and a positively homogeneous activation, made equal by
+//! `quant::equalize`'s factors, swept over chains until they converge; data-free, the
+//! equalized model is planned again) →
 //! smooth (`pipeline::smooth`, `--smooth`, 0.5 by default: one float run measures each
 //! LayerNormalization output's per-channel maxima, `quant::smooth`'s factors move them into
 //! the weights of the MatMuls that read it, divided out in the normalization or by a float
@@ -38,7 +43,10 @@
 //! collector kept while calibrating; the compared ranges come from the other samples'
 //! statistics, which the collector keeps apart, `pipeline::ranges::adaptive`;
 //! `quant::plan::fit_to_statistics` leaves float, with the reason, whatever would need a
-//! value calibration has no statistics for) → mixed precision (plan edits) → materialise
+//! value calibration has no statistics for) → bias correction (`pipeline::bias_correct`,
+//! `--bias-correction`: the plan materialised once, each quantized Conv/Gemm given a float
+//! twin on the same input, one streamed run's per-channel mean difference subtracted from
+//! the float bias) → mixed precision (plan edits) → materialise
 //! (the list's last phase on a copy of the prepared model: `insert_qdq`, Relu/Clip folded
 //! into their producer's range, Div/Mul by a constant into its QuantizeLinear scale, then
 //! `infer_shapes`) → validate (both models in tract, `report::compare`) → summary and,
@@ -110,7 +118,8 @@
 //!   upgrade_opset, insert_qdq, quantize_dynamic; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
-//!   smooth (SmoothQuant's migration), calibrate, ranges with the adaptive selection, folds, precision, materialise,
+//!   equalize (cross-layer equalization), smooth (SmoothQuant's migration), calibrate,
+//!   bias_correct (empirical bias correction), ranges with the adaptive selection, folds, precision, materialise,
 //!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs and declared dims kept), energy (the input energy
 //!   k-means codebook weights are weighted by), summary,

@@ -1691,6 +1691,30 @@ const CASES: &[Case] = &[
         code: 2,
         expect: &["--smooth", "--mode static"],
     },
+    Case {
+        name: "equalization with --mode dynamic",
+        setup: |d| weight_only_case(d, &["--mode", "dynamic", "--equalize", "on"]),
+        code: 2,
+        expect: &["--equalize", "--mode static"],
+    },
+    Case {
+        name: "equalization with a ranges file",
+        setup: |d| weight_only_case(d, &["--ranges", "r.json", "--equalize", "on"]),
+        code: 2,
+        expect: &["--equalize", "--ranges"],
+    },
+    Case {
+        name: "bias correction with --mode weight-only",
+        setup: |d| weight_only_case(d, &["--mode", "weight-only", "--bias-correction"]),
+        code: 2,
+        expect: &["--bias-correction", "--mode static"],
+    },
+    Case {
+        name: "bias correction with a ranges file",
+        setup: |d| weight_only_case(d, &["--ranges", "r.json", "--bias-correction"]),
+        code: 2,
+        expect: &["--bias-correction", "--calib DATA"],
+    },
 ];
 
 /// A file system node: its path, kind and content (files only).

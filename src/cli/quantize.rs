@@ -121,6 +121,18 @@ pub struct Args {
     /// model as given) and in the other modes.
     #[arg(long, value_name = "ALPHA|off")]
     pub smooth: Option<String>,
+    /// Cross-layer equalization (static mode): rescale the channels between consecutive
+    /// layers (Conv→Conv, MatMul/Gemm→MatMul/Gemm, through at most a bias Add and a
+    /// Relu, LeakyRelu or Clip(0, ∞)) so both layers' per-channel weight ranges are equal;
+    /// data-free, the float model's outputs do not change. Default: off (it helps some
+    /// models and settings and hurts others: benches/cle_bench.py).
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub equalize: Option<OnOff>,
+    /// Empirical bias correction (static mode, --calib): subtract from each quantized Conv
+    /// and Gemm's bias the mean shift its quantized weights add to its output on the
+    /// calibration data (measured per output channel on the quantized model's own input).
+    #[arg(long)]
+    pub bias_correction: bool,
     /// Bits per weight: static mode 2 to 8 (default 8; uniform 2-4 bits are int4,
     /// k-means and power-of-two codebooks index the int8 grid), weight-only 4 or 8
     /// (default 4).
@@ -484,10 +496,53 @@ fn smooth(a: &Args) -> anyhow::Result<Option<f32>> {
     Ok(Some(alpha))
 }
 
+/// `--equalize on|off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// `--equalize`: whether to equalize. Off by default, from benches/cle_bench.py: with
+/// per-tensor int8 weights it raises ppocr_det's output SQNR (4.9 → 6.0 dB) but lowers
+/// ppocr_cls's (25.2 → 22.2 dB); with per-channel weights it costs ppocr_det 10 dB
+/// (14.8 → 4.8): per-channel weight grids gain nothing from it.
+fn equalize(a: &Args) -> anyhow::Result<bool> {
+    let Some(e) = a.equalize else {
+        return Ok(false);
+    };
+    if e == OnOff::Off {
+        return Ok(false);
+    }
+    if a.mode != ModeArg::Static {
+        bail!("--equalize applies to --mode static: it rescales the weights before the static mode calibrates");
+    }
+    if a.ranges.is_some() {
+        bail!("--equalize changes the model a ranges file was calibrated on: calibrate with --calib DATA instead of --ranges");
+    }
+    Ok(true)
+}
+
+/// `--bias-correction`: refused outside the static mode and without calibration data.
+fn bias_correction(a: &Args) -> anyhow::Result<bool> {
+    if !a.bias_correction {
+        return Ok(false);
+    }
+    if a.mode != ModeArg::Static {
+        bail!("--bias-correction applies to --mode static: it corrects the biases of layers whose weights the static mode quantizes");
+    }
+    if a.ranges.is_some() {
+        bail!("--bias-correction needs --calib DATA: the output shifts are measured on it, a ranges file has none");
+    }
+    Ok(true)
+}
+
 /// The pipeline's options for `a`.
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     let weight_only = weight_only(a)?;
     let smooth = smooth(a)?;
+    let equalize = equalize(a)?;
+    let bias_correction = bias_correction(a)?;
     let mut common = common(
         &a.common,
         a.ranges.as_deref(),
@@ -499,6 +554,8 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     }
     Ok(QuantizeOptions {
         smooth,
+        equalize,
+        bias_correction,
         common,
         mode: a.mode.into(),
         weight_only,

@@ -7,11 +7,16 @@
 //!   labels, overrides); also the inputs-as-data helpers `run` and `compare` share.
 //! - [`prepare`]: the declared pass list ([`crate::passes::pipeline`]) up to the plan:
 //!   specialise (the float reference), normalise, plan, raise the opset.
+//! - [`equalize`]: with `--equalize`, cross-layer equalization of the per-channel weight
+//!   ranges of consecutive layers (data-free), on the prepared model, re-planned.
 //! - [`smooth`]: with `--smooth`, SmoothQuant's migration of the activations' per-channel
 //!   ranges into the MatMul weights that read them, on the prepared model, re-planned.
 //! - [`calibrate`]: statistics of every calibrated value.
 //! - [`ranges`]: the range of every calibrated value by the chosen method; `adaptive`
 //!   chooses the method by simulating each method's set of ranges.
+//! - [`bias_correct`]: with `--bias-correction`, the mean output shift each quantized
+//!   Conv/Gemm's weights add (measured on the calibration data through the plan
+//!   materialised once) subtracted from its float bias, before mixed precision.
 //! - [`folds`]: k-fold statistics of the calibration data, for a goal judged on samples
 //!   the ranges did not see (when no evaluation data is given).
 //! - [`precision`]: mixed precision as plan edits (size budget, goal).
@@ -34,9 +39,11 @@
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
 //! that is what the user gave.
 
+pub mod bias_correct;
 pub mod calibrate;
 pub mod dynamic;
 mod energy;
+pub mod equalize;
 mod error;
 pub mod folds;
 pub mod inputs;
@@ -356,6 +363,11 @@ fn quantize_prepared(
     mut data: inputs::Loaded,
 ) -> Result<Finish, PipelineError> {
     let o = run.o;
+    if o.equalize {
+        let t = Instant::now();
+        equalize::equalize_prepared(&mut p)?;
+        run.time("equalize", t);
+    }
     if let Some(alpha) = o.smooth {
         let t = Instant::now();
         let calib = data.calib.as_ref().ok_or_else(|| {
@@ -392,6 +404,16 @@ fn quantize_prepared(
     let t = Instant::now();
     let (plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;
     run.time("ranges", t);
+    if o.bias_correction {
+        let t = Instant::now();
+        let calib = data.calib.as_ref().ok_or_else(|| {
+            PipelineError::Options(
+                "--bias-correction: the output shifts are measured on calibration data: give --calib DATA (not --ranges)".into(),
+            )
+        })?;
+        bias_correct::correct_prepared(&mut p, &plan, calib, run.progress)?;
+        run.time("bias correction", t);
+    }
 
     let budget = o.precision.size_budget_mb.map(|mb| (mb * 1e6) as u64);
     let base_size = match budget {

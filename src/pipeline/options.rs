@@ -312,6 +312,12 @@ pub struct QuantizeOptions {
     /// `--smooth ALPHA`: SmoothQuant's migration strength in `[0, 1]`, static mode only
     /// (`None`: no smoothing).
     pub smooth: Option<f32>,
+    /// `--equalize`: cross-layer equalization of consecutive layers' weight ranges before
+    /// calibration (static mode only).
+    pub equalize: bool,
+    /// `--bias-correction`: subtract each quantized Conv/Gemm's mean output shift on the
+    /// calibration data from its bias (static mode only).
+    pub bias_correction: bool,
     /// The weight-only settings (read with [`Mode::WeightOnly`]).
     pub weight_only: WeightOnlyOptions,
     /// Where the quantized model will be written (`-o`): names the summary's output and
@@ -350,6 +356,8 @@ impl QuantizeOptions {
             common: Common::new(model, calib),
             mode: Mode::Static,
             smooth: None,
+            equalize: false,
+            bias_correction: false,
             weight_only: WeightOnlyOptions::default(),
             output: output.into(),
             method: Method::Adaptive,

@@ -9,10 +9,12 @@
 //! place of its own ops, and passes use them wherever they need a quantized value. [`params`]
 //! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read;
 //! [`embedding`] finds the embedding tables any mode stores in 8 bits per row; [`smooth`] holds
-//! SmoothQuant's migration factors.
+//! SmoothQuant's migration factors;
+//! [`equalize`] cross-layer equalization's per-channel weight ranges and factors.
 
 pub mod codebook;
 pub mod embedding;
+pub mod equalize;
 pub mod integer;
 pub mod kernels;
 pub mod nbits;

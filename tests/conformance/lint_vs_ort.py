@@ -104,6 +104,8 @@ QRANGE_FIXTURES = [
     ("tiny_mlp i8", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", ["--activation-type", "i8"]),
     ("ppocr_cls u16", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz", ["--activation-type", "u16"]),
     ("ppocr_cls per-tensor", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz", ["--per-tensor"]),
+    ("ppocr_cls per-tensor equalized, bias-corrected", "ppocr_cls/model.onnx",
+     "ppocr_cls/calib.npz", ["--per-tensor", "--equalize", "on", "--bias-correction"]),
 ]
 
 # quantize_static cases: (label, model, calib, options)

@@ -152,6 +152,15 @@ FIXTURES = [
      ["--weight-grid", "pow2", "--weight-bits", "3"], None),
     ("magika kmeans 4-bit", "magika/model.onnx", "magika/calib.npz", "magika/eval.npz",
      ["--weight-grid", "kmeans", "--weight-bits", "4"], 16),
+    # Cross-layer equalization and bias correction: rescaled weights and corrected biases,
+    # written as plain Q/DQ.
+    ("ppocr_cls per-tensor equalized, bias-corrected", "ppocr_cls/model.onnx",
+     "ppocr_cls/calib.npz", "ppocr_cls/eval.npz",
+     ["--per-tensor", "--equalize", "on", "--bias-correction"], 16),
+    ("tiny_cnn equalized", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
+     ["--equalize", "on"], None),
+    ("tiny_mlp bias-corrected", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz",
+     "tiny/tiny_mlp.eval.npz", ["--bias-correction"], None),
     # Dynamic quantization: DynamicQuantizeLinear → MatMulInteger/ConvInteger, int8
     # embedding tables; the LSTM of tiny_crnn and silero_vad stays float.
     ("tiny_crnn dynamic", "tiny/tiny_crnn.onnx", "tiny/tiny_crnn.npz", "tiny/tiny_crnn.eval.npz",
