@@ -28,6 +28,7 @@ use crate::tune::{self, Overrides, Precision, Unit};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The option that set a goal, as the user wrote it.
 pub fn goal_text(g: &Goal) -> String {
@@ -130,6 +131,9 @@ pub struct Tuned {
     pub w4: BTreeSet<String>,
     /// 4-bit candidates, least harmful first.
     pub w_order: WeightOrder,
+    /// Seconds per part of the run (simulation model, fold parameters, reference
+    /// outputs, judging, sensitivity probes, search), by part.
+    pub times: BTreeMap<String, f64>,
 }
 
 impl Tuned {
@@ -630,13 +634,22 @@ pub fn tune(
     candidates: &mut Candidates,
     progress: &dyn Progress,
 ) -> Result<Tuned, PipelineError> {
+    let mut times = BTreeMap::new();
+    let mut clock = Instant::now();
+    let mut lap = |what: &str| {
+        times.insert(what.to_string(), clock.elapsed().as_secs_f64());
+        clock = Instant::now();
+    };
     let narrow = r.budget.is_some_and(|(budget, base)| base > budget);
     let (units, sim) = build_sim(b, candidates, narrow, r.folds.is_some())?;
+    lap("simulation model");
     let mut ev = evaluator(b, r, &sim)?;
+    lap("reference outputs");
     if let Some(f) = r.folds {
         ev = ev.with_held_out(fold_params(b, &units, &sim, f)?)?;
         ev.probe_on(probe_count(r.samples, &units, b.stats));
         ev.judge = Judge::LowerBound;
+        lap("fold parameters");
     }
     let (mut w_order, mut w4) = (Vec::new(), BTreeSet::new());
     if let (true, Some(budget)) = (narrow, r.budget) {
@@ -650,6 +663,7 @@ pub fn tune(
             progress.begin("judging", 0);
             let outlook = search::outlook(&ev, units.len(), goal, &|| progress.step())?;
             progress.end();
+            lap("judging");
             match outlook {
                 Outlook::Decided(choice) => (SensitivityFile::default(), false, choice),
                 Outlook::Search(prior) => {
@@ -657,9 +671,11 @@ pub fn tune(
                     let (sens, cached) =
                         search::sensitivity(&ev, &units, Some(&r.cache), &|| progress.step())?;
                     progress.end();
+                    lap("sensitivity probes");
                     progress.begin("searching", 0);
                     let choice = search::search(&ev, &sens, goal, prior, &|| progress.step())?;
                     progress.end();
+                    lap("search");
                     (sens, cached, choice)
                 }
             }
@@ -694,6 +710,7 @@ pub fn tune(
         rounds: 0,
         w4,
         w_order,
+        times,
     })
 }
 
