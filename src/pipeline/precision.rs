@@ -401,15 +401,15 @@ fn materialized(p: &Prepared, plan: &Plan) -> Result<Model, PipelineError> {
 
 /// Per fold, what the simulation is fed so that the fold's samples run with the ranges of
 /// the statistics outside the fold: 8-bit and 16-bit parameters and the int32 biases
-/// those ranges round.
+/// those ranges round. Folds are independent: they are spread over threads, each result
+/// kept in fold order.
 fn fold_params(
     b: &Basis,
     units: &[Unit],
     sim: &SimModel,
     folds: &FoldStatistics,
 ) -> Result<HeldOut, PipelineError> {
-    let mut params = Vec::with_capacity(folds.others.len());
-    for stats in &folds.others {
+    let one = |stats: &CalibrationFile| -> Result<RangeParams, PipelineError> {
         // Each fold has statistics of its own: candidates are not shared.
         let mut own = Candidates::default();
         let (plan8, plan16) = unit_plans(b, &stats.tensors, &mut own)?;
@@ -419,12 +419,54 @@ fn fold_params(
             let t = dequantized_bias(&q, bias).map_err(PipelineError::Selection)?;
             biases.insert(bias.to_string(), t);
         }
-        params.push(RangeParams {
+        Ok(RangeParams {
             units: units.iter().map(|u| params_of(b.p, &plan8, u)).collect(),
             wide: units.iter().map(|u| params_of(b.p, &plan16, u)).collect(),
             biases,
-        });
+        })
+    };
+    let n = folds.others.len();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, n.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut params: Vec<Option<Result<RangeParams, PipelineError>>> =
+        (0..n).map(|_| None).collect();
+    let done: Vec<Vec<(usize, Result<RangeParams, PipelineError>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        mine.push((i, one(&folds.others[i])));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    for (i, r) in done.into_iter().flatten() {
+        params[i] = Some(r);
     }
+    let params = params
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(PipelineError::Options(
+                    "a fold's worker thread failed".into(),
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(HeldOut {
         params,
         fold_of: folds.fold_of.clone(),
