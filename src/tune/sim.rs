@@ -17,6 +17,11 @@
 //! choice of ranges ([`RangeParams`]) run that choice's written model exactly. Weights
 //! read by a node whose activation input is not 8-bit switch to the full int8 grid, and
 //! that node's bias to float, as `tune::apply` does for the written model.
+//!
+//! A constant table too large for the engine's constant folding (a transformer's int8
+//! word-embedding table) is held dequantized, computed once by the engine's own kernel
+//! ([`dequantize_constants`]): the engine would otherwise dequantize it again on every run
+//! of every configuration, most of a run's time.
 
 use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
