@@ -181,7 +181,8 @@
 //!   `tests/conformance/lint_vs_ort.py`); `lint::trt` encodes TensorRT's documented rules.
 //! - [`tune`]: mixed precision as plan edits: activation units (a quantized value and the
 //!   values sharing its parameters), the overrides file, the switchable simulation model
-//!   (`tune::sim`, exact against the written model, also for another choice of ranges),
+//!   (`tune::sim`, exact against the written model, also for another choice of ranges;
+//!   a constant table too large for the engine's folding is held dequantized, once),
 //!   sensitivity analysis and the promotion search (`tune::search`).
 //! - [`fsx`]: the one output layer: every file qrange writes is staged in a registered
 //!   temporary file beside its target (symbolic links followed; folders, devices, FIFOs

@@ -546,7 +546,11 @@ fn precision_step(
         cache: o.sensitivity_cache(),
         folds: folds.filter(|_| data.eval.is_none()),
     };
-    precision::tune(basis, &request, &mut run.candidates, run.progress)
+    let tuned = precision::tune(basis, &request, &mut run.candidates, run.progress)?;
+    for (part, secs) in &tuned.times {
+        run.times.insert(format!("sensitivity: {part}"), *secs);
+    }
+    Ok(tuned)
 }
 
 /// The summary, the overrides and the report of a materialised model.

@@ -28,6 +28,7 @@ use crate::tune::{self, Overrides, Precision, Unit};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The option that set a goal, as the user wrote it.
 pub fn goal_text(g: &Goal) -> String {
@@ -130,6 +131,9 @@ pub struct Tuned {
     pub w4: BTreeSet<String>,
     /// 4-bit candidates, least harmful first.
     pub w_order: WeightOrder,
+    /// Seconds per part of the run (simulation model, fold parameters, reference
+    /// outputs, judging, sensitivity probes, search), by part.
+    pub times: BTreeMap<String, f64>,
 }
 
 impl Tuned {
@@ -397,15 +401,15 @@ fn materialized(p: &Prepared, plan: &Plan) -> Result<Model, PipelineError> {
 
 /// Per fold, what the simulation is fed so that the fold's samples run with the ranges of
 /// the statistics outside the fold: 8-bit and 16-bit parameters and the int32 biases
-/// those ranges round.
+/// those ranges round. Folds are independent: they are spread over threads, each result
+/// kept in fold order.
 fn fold_params(
     b: &Basis,
     units: &[Unit],
     sim: &SimModel,
     folds: &FoldStatistics,
 ) -> Result<HeldOut, PipelineError> {
-    let mut params = Vec::with_capacity(folds.others.len());
-    for stats in &folds.others {
+    let one = |stats: &CalibrationFile| -> Result<RangeParams, PipelineError> {
         // Each fold has statistics of its own: candidates are not shared.
         let mut own = Candidates::default();
         let (plan8, plan16) = unit_plans(b, &stats.tensors, &mut own)?;
@@ -415,12 +419,54 @@ fn fold_params(
             let t = dequantized_bias(&q, bias).map_err(PipelineError::Selection)?;
             biases.insert(bias.to_string(), t);
         }
-        params.push(RangeParams {
+        Ok(RangeParams {
             units: units.iter().map(|u| params_of(b.p, &plan8, u)).collect(),
             wide: units.iter().map(|u| params_of(b.p, &plan16, u)).collect(),
             biases,
-        });
+        })
+    };
+    let n = folds.others.len();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, n.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut params: Vec<Option<Result<RangeParams, PipelineError>>> =
+        (0..n).map(|_| None).collect();
+    let done: Vec<Vec<(usize, Result<RangeParams, PipelineError>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        mine.push((i, one(&folds.others[i])));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    for (i, r) in done.into_iter().flatten() {
+        params[i] = Some(r);
     }
+    let params = params
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(PipelineError::Options(
+                    "a fold's worker thread failed".into(),
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(HeldOut {
         params,
         fold_of: folds.fold_of.clone(),
@@ -630,13 +676,22 @@ pub fn tune(
     candidates: &mut Candidates,
     progress: &dyn Progress,
 ) -> Result<Tuned, PipelineError> {
+    let mut times = BTreeMap::new();
+    let mut clock = Instant::now();
+    let mut lap = |what: &str| {
+        times.insert(what.to_string(), clock.elapsed().as_secs_f64());
+        clock = Instant::now();
+    };
     let narrow = r.budget.is_some_and(|(budget, base)| base > budget);
     let (units, sim) = build_sim(b, candidates, narrow, r.folds.is_some())?;
+    lap("simulation model");
     let mut ev = evaluator(b, r, &sim)?;
+    lap("reference outputs");
     if let Some(f) = r.folds {
         ev = ev.with_held_out(fold_params(b, &units, &sim, f)?)?;
         ev.probe_on(probe_count(r.samples, &units, b.stats));
         ev.judge = Judge::LowerBound;
+        lap("fold parameters");
     }
     let (mut w_order, mut w4) = (Vec::new(), BTreeSet::new());
     if let (true, Some(budget)) = (narrow, r.budget) {
@@ -650,6 +705,7 @@ pub fn tune(
             progress.begin("judging", 0);
             let outlook = search::outlook(&ev, units.len(), goal, &|| progress.step())?;
             progress.end();
+            lap("judging");
             match outlook {
                 Outlook::Decided(choice) => (SensitivityFile::default(), false, choice),
                 Outlook::Search(prior) => {
@@ -657,9 +713,11 @@ pub fn tune(
                     let (sens, cached) =
                         search::sensitivity(&ev, &units, Some(&r.cache), &|| progress.step())?;
                     progress.end();
+                    lap("sensitivity probes");
                     progress.begin("searching", 0);
                     let choice = search::search(&ev, &sens, goal, prior, &|| progress.step())?;
                     progress.end();
+                    lap("search");
                     (sens, cached, choice)
                 }
             }
@@ -694,6 +752,7 @@ pub fn tune(
         rounds: 0,
         w4,
         w_order,
+        times,
     })
 }
 

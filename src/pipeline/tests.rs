@@ -121,6 +121,59 @@ fn sim_vs_real_w(
     worst
 }
 
+#[test]
+fn constants_dequantized_ahead_give_the_same_bits() {
+    // Every DequantizeLinear of constants (weights, the int8 embedding tables, int32
+    // biases) replaced by its float value: the simulation computes the same bits as
+    // when the engine dequantizes them on each run, in every precision.
+    let (p, ds, stats) = calibrated("minilm_l3/model.onnx", "minilm_l3/calib.npz", true);
+    let opts = MethodOptions::default();
+    let basis = Basis {
+        p: &p,
+        plan: &p.plan,
+        stats: &stats,
+        method: Method::Auto,
+        opts: &opts,
+    };
+    let (units, sim) = build_sim(&basis, &mut Candidates::default(), false, false).unwrap();
+    let mut ahead = sim.clone();
+    let n = tune::sim::dequantize_constants(&mut ahead.model.graph, 0).unwrap();
+    assert!(n > 10, "{n} dequantized ahead");
+    let session = |m: &crate::ir::Model, s: &crate::data::Sample| {
+        let (proto, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "").unwrap();
+        Session::new(&proto, None, s, &SessionOptions::default()).unwrap()
+    };
+    let samples = ds.read_all().unwrap();
+    let w4 = BTreeSet::new();
+    let configs: Vec<Vec<Precision>> = [Precision::A8, Precision::A16, Precision::Float]
+        .into_iter()
+        .map(|first| {
+            (0..units.len())
+                .map(|i| if i % 2 == 0 { first } else { Precision::A8 })
+                .collect()
+        })
+        .collect();
+    let first = sim.feed(&samples[0], &configs[0], &w4);
+    let (plain, folded) = (session(&sim.model, &first), session(&ahead.model, &first));
+    let bits = |m: &BTreeMap<String, Tensor>| {
+        m.iter()
+            .map(|(k, t)| {
+                let v = crate::report::metrics::as_f32(t).unwrap_or_default();
+                (k.clone(), v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            })
+            .collect::<Vec<_>>()
+    };
+    for config in &configs {
+        for s in &samples {
+            let feed = sim.feed(s, config, &w4);
+            assert_eq!(
+                bits(&plain.run(&feed).unwrap()),
+                bits(&folded.run(&feed).unwrap())
+            );
+        }
+    }
+}
+
 /// Worst SQNR, over `model`'s samples, between each adaptive range set written as a
 /// model and the same set fed to the selection's simulation; and how many sets differ.
 fn adaptive_sets_vs_real(model: &str, data: &str) -> (f64, usize) {

@@ -17,6 +17,11 @@
 //! choice of ranges ([`RangeParams`]) run that choice's written model exactly. Weights
 //! read by a node whose activation input is not 8-bit switch to the full int8 grid, and
 //! that node's bias to float, as `tune::apply` does for the written model.
+//!
+//! A constant table too large for the engine's constant folding (a transformer's int8
+//! word-embedding table) is held dequantized, computed once by the engine's own kernel
+//! ([`dequantize_constants`]): the engine would otherwise dequantize it again on every run
+//! of every configuration, most of a run's time.
 
 use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
@@ -149,8 +154,16 @@ fn dequantize_op(g: &Graph, value: &str) -> Option<crate::ir::OpId> {
 /// model, computed by the same kernel the engine runs.
 pub fn dequantized_bias(m: &Model, bias: &str) -> Result<Tensor, TuneError> {
     let g = &m.graph;
-    let other = |w: &str| TuneError::Other(format!("simulation model: bias '{bias}': {w}"));
-    let dq = dequantize_op(g, bias).ok_or_else(|| other("not dequantized"))?;
+    let dq = dequantize_op(g, bias).ok_or_else(|| {
+        TuneError::Other(format!("simulation model: bias '{bias}': not dequantized"))
+    })?;
+    dequantized(g, dq, &format!("bias '{bias}'"))
+}
+
+/// The output of DequantizeLinear `dq`, whose inputs are constants, computed by the same
+/// kernel the engine runs; `what` names it in errors.
+fn dequantized(g: &Graph, dq: crate::ir::OpId, what: &str) -> Result<Tensor, TuneError> {
+    let other = |w: &str| TuneError::Other(format!("simulation model: {what}: {w}"));
     let input = |i: usize| -> Result<Option<Tensor>, TuneError> {
         match g.input(dq, i) {
             None => Ok(None),
@@ -167,10 +180,55 @@ pub fn dequantized_bias(m: &Model, bias: &str) -> Result<Tensor, TuneError> {
     let zp = input(2)?;
     let attrs = crate::quant::kernels::DequantizeAttrs {
         axis: g.op(dq).attr_int("axis").unwrap_or(1),
+        block_size: g.op(dq).attr_int("block_size").unwrap_or(0),
         ..Default::default()
     };
     crate::quant::kernels::dequantize_linear(&x, &scale, zp.as_ref(), &attrs)
         .map_err(|e| other(&e.to_string()))
+}
+
+/// Elements above which the engine leaves a DequantizeLinear of constants to run time:
+/// its constant folding keeps no float result larger than 4 MiB that is more than its
+/// inputs, so an 8-bit table of more than 2^20 elements is dequantized again on every run.
+pub const RUNTIME_DEQUANTIZE_ELEMENTS: usize = 1 << 20;
+
+/// Replaces every DequantizeLinear of constants with more than `above` elements by its
+/// float value, computed once by the kernel the engine runs: the simulation runs
+/// thousands of times, and the values are the same bits. [`SimModel::build`] replaces
+/// those above [`RUNTIME_DEQUANTIZE_ELEMENTS`] (a transformer's word-embedding table),
+/// which the engine would dequantize again on every run. Returns how many were replaced.
+pub(crate) fn dequantize_constants(g: &mut Graph, above: usize) -> Result<usize, TuneError> {
+    let outputs: std::collections::BTreeSet<ValueId> = g.outputs.iter().copied().collect();
+    let large: Vec<crate::ir::OpId> = g
+        .ops()
+        .filter(|&o| {
+            let op = g.op(o);
+            op.op_type == "DequantizeLinear"
+                && op.attr("output_dtype").is_none()
+                && g.outputs_of(o).len() == 1
+                && g.output(o, 0).is_some_and(|y| !outputs.contains(&y))
+                && g.inputs_of(o)
+                    .into_iter()
+                    .flatten()
+                    .all(|v| g.const_of(v).is_some())
+                && g.input(o, 0)
+                    .and_then(|v| g.const_of(v))
+                    .is_some_and(|t| t.numel() > above)
+        })
+        .collect();
+    for &o in &large {
+        let y = g.output(o, 0).expect("one output");
+        let name = g.value(y).name.clone();
+        let t = dequantized(g, o, &format!("'{name}'"))?;
+        let c = crate::ir::ConstTensor::from_tensor(None, &t);
+        let v = g
+            .add_const(&g.fresh_name(&format!("{name}.sim.float")), c)
+            .map_err(|e| sim_error(e.to_string()))?;
+        g.replace_all_uses(y, v);
+        g.remove_op(o);
+        g.remove_value(y);
+    }
+    Ok(large.len())
 }
 
 /// The models and switch lists a [`SimModel`] is built from.
@@ -517,6 +575,7 @@ impl SimModel {
         let weight_switches = weight_switches(g, src.full, src.weights)?;
         let bias_switches = bias_switches(g, src, &w4_switches)?;
         let bias_values = bias_values(g, src.q, src.bias_inputs)?;
+        dequantize_constants(g, RUNTIME_DEQUANTIZE_ELEMENTS)?;
         crate::passes::util::remove_dead(g);
         Ok(SimModel {
             scale_folds: units.iter().map(|u| u.scale_fold).collect(),
