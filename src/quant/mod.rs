@@ -13,6 +13,7 @@
 
 pub mod codebook;
 pub mod embedding;
+pub mod gemm_fusion;
 pub mod integer;
 pub mod kernels;
 pub mod nbits;
