@@ -135,7 +135,8 @@
 //!   DynamicQuantizeMatMul), computed as ONNX Runtime computes them; scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`); weight-only
 //!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand); the
-//!   embedding tables any mode stores int8 per row (`embedding`);
+//!   embedding tables any mode stores int8 per row (`embedding`); ONNX Runtime's
+//!   MatMul + bias Add → Gemm fusion as the plan names it (`gemm_fusion`);
 //!   non-uniform weight grids (`codebook`: weighted k-means, power-of-two levels, both put
 //!   on a channel's int8 grid, which `insert_qdq` writes as GatherElements → DequantizeLinear).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,

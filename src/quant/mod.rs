@@ -15,6 +15,7 @@
 pub mod codebook;
 pub mod embedding;
 pub mod equalize;
+pub mod gemm_fusion;
 pub mod integer;
 pub mod kernels;
 pub mod nbits;

@@ -27,6 +27,7 @@
 
 use super::codebook::WeightGrid;
 use super::embedding;
+use super::gemm_fusion;
 use super::params::{QType, ScaleFold};
 use super::rules::{
     body_policy, is_range_sensitive, no_rule_reason, rule_for, BodyPolicy, OutputPolicy, Role,
@@ -457,8 +458,83 @@ pub struct Uncalibrated {
 pub fn build_with(m: &Model, cfg: &QuantConfig, un: &Uncalibrated) -> Plan {
     let keys = ValueKeys::of(&m.graph);
     let mut plan = Plan::default();
-    plan_scope(&m.graph, &keys, 0, cfg, un, &mut plan);
+    plan_scope(&m.graph, &keys, 0, cfg, un, &BTreeMap::new(), &mut plan);
+    if cfg.target == Target::OrtCpu {
+        // A MatMul ONNX Runtime fuses with its bias Add into a float Gemm is known only
+        // once the Add's readers are planned: plan again with those MatMuls float. Leaving
+        // a MatMul float quantizes nothing more, so a second round finds none new.
+        let heads = float_gemm_heads(m, &keys, &plan);
+        if !heads.is_empty() {
+            plan = Plan::default();
+            plan_scope(&m.graph, &keys, 0, cfg, un, &heads, &mut plan);
+            name_head_kernels(m, &keys, &heads, &mut plan);
+        }
+    }
     plan
+}
+
+/// Names the kernel ONNX Runtime runs for each MatMul of `heads` whose weight the plan
+/// stores in 8 bits: MatMulNBits when its input A stays float, a float Gemm when a
+/// decision made for another reader dequantizes A (`quant::gemm_fusion`).
+fn name_head_kernels(
+    m: &Model,
+    keys: &ValueKeys,
+    heads: &BTreeMap<String, String>,
+    plan: &mut Plan,
+) {
+    for s in 0..keys.scopes.len() {
+        let g = keys.scopes.graph(&m.graph, s);
+        let label = &keys.scopes.get(s).label;
+        for o in g.ops() {
+            let key = op_key_in(label, g, o);
+            let (Some(add), Some(a)) = (heads.get(&key), g.input(o, 0)) else {
+                continue;
+            };
+            let name = &g.value(a).name;
+            let a_key = keys.key_from(&m.graph, s, name).unwrap_or(name);
+            let dequantized = plan.values.contains_key(a_key);
+            if let Some(OpState::Quantized { kernel }) = plan.ops.get_mut(&key) {
+                *kernel = Some(gemm_fusion::head_kernel(add, dequantized));
+            }
+        }
+    }
+}
+
+/// The quantized MatMuls of `plan` that ONNX Runtime fuses with their bias Add into a
+/// Gemm (`quant::gemm_fusion`) whose output the plan leaves float, keyed as ops are, with
+/// the name of the Add.
+fn float_gemm_heads(m: &Model, keys: &ValueKeys, plan: &Plan) -> BTreeMap<String, String> {
+    let mut heads = BTreeMap::new();
+    for s in 0..keys.scopes.len() {
+        let g = keys.scopes.graph(&m.graph, s);
+        let label = &keys.scopes.get(s).label;
+        let konst = |v: ValueId| {
+            let name = &g.value(v).name;
+            let d = keys.scopes.resolve(&m.graph, s, name)?;
+            let dg = keys.scopes.graph(&m.graph, d);
+            dg.value_by_name(name)
+                .and_then(|dv| dg.const_of(dv))
+                .map(|t| t.dims.clone())
+        };
+        for o in g.ops() {
+            let key = op_key_in(label, g, o);
+            if !matches!(plan.ops.get(&key), Some(OpState::Quantized { .. })) {
+                continue;
+            }
+            let Some(add) = gemm_fusion::fused_bias_add(g, o, konst) else {
+                continue;
+            };
+            let quantized_output = g.outputs_of(add).into_iter().flatten().any(|y| {
+                let name = &g.value(y).name;
+                let k = keys.key_from(&m.graph, s, name).unwrap_or(name);
+                plan.values.contains_key(k)
+            });
+            if !quantized_output {
+                heads.insert(key, g.op(add).display_name().to_string());
+            }
+        }
+    }
+    heads
 }
 
 /// `plan` (built by [`build_with`] for `m`, `cfg` and `un`) fitted to the statistics
@@ -522,6 +598,7 @@ fn plan_scope(
     s: usize,
     cfg: &QuantConfig,
     un: &Uncalibrated,
+    float_gemms: &BTreeMap<String, String>,
     plan: &mut Plan,
 ) {
     let g = keys.scopes.graph(main, s);
@@ -556,7 +633,7 @@ fn plan_scope(
                 _ if un.scopes.contains(&keys.scopes.get(c).label) => {
                     all_float(main, keys, c, UNREACHED, plan)
                 }
-                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, un, plan),
+                BodyPolicy::Plan => plan_scope(main, keys, c, cfg, un, float_gemms, plan),
                 BodyPolicy::Float(reason) => all_float(main, keys, c, reason, plan),
             }
         }
@@ -585,6 +662,10 @@ fn plan_scope(
         }
         if let Some(reason) = unquantizable(&cx, o, &fixed, un) {
             float(plan, reason);
+            continue;
+        }
+        if let Some(add) = float_gemms.get(&key) {
+            plan_float_gemm(&cx, cfg, plan, o, key, add);
             continue;
         }
         if cfg.target != Target::Tensorrt {
@@ -895,6 +976,41 @@ fn plan_scope(
             },
         );
     }
+}
+
+/// Plans MatMul `o`, which ONNX Runtime fuses with its bias Add into a float Gemm
+/// (`quant::gemm_fusion`): its input stays float (quantizing it buys no integer kernel), and
+/// a constant weight is stored int8 per output column on all of int8's grid (no integer
+/// kernel multiplies it, so the 7-bit guard buys nothing), dequantized before the Gemm.
+/// Without such a weight the op is float, with the reason. `add` names the bias Add.
+fn plan_float_gemm(cx: &Cx, cfg: &QuantConfig, plan: &mut Plan, o: OpId, key: String, add: &str) {
+    let w =
+        cx.g.input(o, 1)
+            .filter(|&w| cx.is_float(w) && cx.const_of(w).is_some_and(|t| t.dims.len() == 2));
+    let Some(w) = w.filter(|&w| !plan.values.contains_key(&cx.key(w))) else {
+        plan.ops.insert(
+            key,
+            OpState::Float {
+                reason: gemm_fusion::float_gemm_reason(add),
+            },
+        );
+        return;
+    };
+    plan.values.insert(
+        cx.key(w),
+        Decision::Weight {
+            qtype: QType::new(DType::I8, true, false).expect("int8 is an integer type"),
+            axis: cfg.per_channel.then_some(1),
+            mse: cfg.weight_mse,
+            grid: WeightGrid::Uniform,
+        },
+    );
+    plan.ops.insert(
+        key,
+        OpState::Quantized {
+            kernel: Some(gemm_fusion::head_kernel(add, false)),
+        },
+    );
 }
 
 /// Values of the graph `cx` plans that are computed from constants only: every input of
