@@ -11,6 +11,7 @@
 //! [`embedding`] finds the embedding tables any mode stores in 8 bits per row; [`smooth`] holds
 //! SmoothQuant's migration factors.
 
+pub mod adaround;
 pub mod codebook;
 pub mod embedding;
 pub mod integer;
