@@ -14,6 +14,8 @@
 //!   chooses the method by simulating each method's set of ranges.
 //! - [`folds`]: k-fold statistics of the calibration data, for a goal judged on samples
 //!   the ranges did not see (when no evaluation data is given).
+//! - [`adaround`]: with `--rounding adaround`, the up/down rounding of each uniform
+//!   Conv/MatMul/Gemm weight learned on its layer's calibration inputs, into the plan.
 //! - [`precision`]: mixed precision as plan edits (size budget, goal).
 //! - [`dynamic`]: `--mode dynamic` instead of calibration, ranges, mixed precision and
 //!   materialisation: the `quantize_dynamic` step on a copy of the prepared model (the
@@ -34,6 +36,7 @@
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
 //! that is what the user gave.
 
+pub mod adaround;
 pub mod calibrate;
 pub mod dynamic;
 mod energy;
@@ -116,6 +119,8 @@ struct Run<'a> {
     declared: Vec<crate::ir::Value>,
     /// Every method's range of the calibration statistics, per value and grid.
     candidates: Candidates,
+    /// Lines for the summary's notes.
+    notes: Vec<String>,
 }
 
 impl Run<'_> {
@@ -142,6 +147,7 @@ fn wide(o: &QuantizeOptions, overrides: Option<&Overrides>) -> bool {
 /// Quantizes the model `o` names: load, prepare, calibrate, choose ranges, mixed
 /// precision, materialise and validate, summarise.
 pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, PipelineError> {
+    adaround::check(o).map_err(PipelineError::Options)?;
     let mut run = Run {
         o,
         progress,
@@ -150,6 +156,7 @@ pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, 
         runner: Runner::new(),
         declared: Vec::new(),
         candidates: Candidates::default(),
+        notes: Vec::new(),
     };
     let t = Instant::now();
     let (model, mut data) = inputs::load(o, progress)?;
@@ -390,8 +397,26 @@ fn quantize_prepared(
     }
 
     let t = Instant::now();
-    let (plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;
+    let (mut plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;
     run.time("ranges", t);
+    if let options::Rounding::Adaround(budget) = o.rounding {
+        let t = Instant::now();
+        let calib = data.calib.as_ref().ok_or_else(|| {
+            PipelineError::Options(
+                "--rounding adaround learns on the layers' inputs: give --calib DATA (not --ranges)".into(),
+            )
+        })?;
+        let l = adaround::learn_rounding(
+            &p.model,
+            &p.base_dir,
+            &mut plan,
+            calib,
+            budget,
+            run.progress,
+        )?;
+        run.notes.push(adaround::note(&l, budget));
+        run.time("adaround", t);
+    }
 
     let budget = o.precision.size_budget_mb.map(|mb| (mb * 1e6) as u64);
     let base_size = match budget {
@@ -603,6 +628,7 @@ fn finish(
     } else {
         None
     };
+    s.notes.append(&mut run.notes);
     let (mut model, notes) =
         interface::written(p, m.model, &m.plan, data.first.as_ref(), &o.common.shapes);
     s.notes.extend(notes);

@@ -61,6 +61,17 @@ pub enum WeightGridKind {
     Pow2,
 }
 
+/// How uniform weights are rounded to their codes (`--rounding`, static mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rounding {
+    /// To the nearest code (ties to even, as QuantizeLinear).
+    #[default]
+    Nearest,
+    /// Up or down per element, learned on calibration inputs
+    /// ([`crate::pipeline::adaround`]).
+    Adaround(crate::pipeline::adaround::Budget),
+}
+
 /// What kind of quantization `quantize` writes (`--mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -312,6 +323,8 @@ pub struct QuantizeOptions {
     /// `--smooth ALPHA`: SmoothQuant's migration strength in `[0, 1]`, static mode only
     /// (`None`: no smoothing).
     pub smooth: Option<f32>,
+    /// `--rounding`, `--adaround-iters`, `--adaround-rows` (static mode).
+    pub rounding: Rounding,
     /// The weight-only settings (read with [`Mode::WeightOnly`]).
     pub weight_only: WeightOnlyOptions,
     /// Where the quantized model will be written (`-o`): names the summary's output and
@@ -350,6 +363,7 @@ impl QuantizeOptions {
             common: Common::new(model, calib),
             mode: Mode::Static,
             smooth: None,
+            rounding: Rounding::Nearest,
             weight_only: WeightOnlyOptions::default(),
             output: output.into(),
             method: Method::Adaptive,

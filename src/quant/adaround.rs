@@ -137,11 +137,14 @@ pub fn learn(p: &Problem, s: &Schedule, tick: &mut dyn FnMut(usize)) -> Rounded 
     let (rows, _) = p.w.dim();
     let base = floor_codes(p);
     // h(V) = frac(w/s) at the start.
-    let mut v = Zip::from(&p.w).and(&p.scale).and(&base).map_collect(|&w, &sc, &b| {
-        let frac = (w / sc - b).clamp(0.0, 1.0);
-        let q = ((frac - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1.0 - 1e-4);
-        (q / (1.0 - q)).ln()
-    });
+    let mut v = Zip::from(&p.w)
+        .and(&p.scale)
+        .and(&base)
+        .map_collect(|&w, &sc, &b| {
+            let frac = (w / sc - b).clamp(0.0, 1.0);
+            let q = ((frac - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1.0 - 1e-4);
+            (q / (1.0 - q)).ln()
+        });
     let mut adam = Adam {
         m: Array2::zeros(v.raw_dim()),
         v: Array2::zeros(v.raw_dim()),
@@ -162,16 +165,19 @@ pub fn learn(p: &Problem, s: &Schedule, tick: &mut dyn FnMut(usize)) -> Rounded 
     let lambda = s.lambda / n;
     for it in 0..s.iters {
         // h(V) and h'(V).
-        Zip::from(&mut h).and(&mut hp).and(&v).for_each(|h, hp, &v| {
-            let sig = 1.0 / (1.0 + (-v).exp());
-            let hs = sig * (ZETA - GAMMA) + GAMMA;
-            *h = hs.clamp(0.0, 1.0);
-            *hp = if hs > 0.0 && hs < 1.0 {
-                (ZETA - GAMMA) * sig * (1.0 - sig)
-            } else {
-                0.0
-            };
-        });
+        Zip::from(&mut h)
+            .and(&mut hp)
+            .and(&v)
+            .for_each(|h, hp, &v| {
+                let sig = 1.0 / (1.0 + (-v).exp());
+                let hs = sig * (ZETA - GAMMA) + GAMMA;
+                *h = hs.clamp(0.0, 1.0);
+                *hp = if hs > 0.0 && hs < 1.0 {
+                    (ZETA - GAMMA) * sig * (1.0 - sig)
+                } else {
+                    0.0
+                };
+            });
         // ΔW of the soft codes; dv holds ∂W̃/∂V (zero where the grid clamps the code).
         Zip::from(&mut dw)
             .and(&mut dv)
@@ -301,8 +307,8 @@ pub fn im2col(x: &[f32], geo: &ConvGeom, group: usize, pos: usize, out: &mut [f3
         let ch = group * cin_g + ic;
         let plane = (n * c + ch) * h * w;
         for ky in 0..kh {
-            let iy = (oy * geo.strides[0] + ky * geo.dilations[0]) as isize
-                - geo.pads_begin[0] as isize;
+            let iy =
+                (oy * geo.strides[0] + ky * geo.dilations[0]) as isize - geo.pads_begin[0] as isize;
             for kx in 0..kw {
                 let ix = (ox * geo.strides[1] + kx * geo.dilations[1]) as isize
                     - geo.pads_begin[1] as isize;
