@@ -499,7 +499,7 @@ fn smooth(a: &Args) -> anyhow::Result<Option<f32>> {
 
 /// Default `--adaround-iters` and `--adaround-rows`.
 const ADAROUND: Budget = Budget {
-    iters: 1000,
+    iters: 500,
     rows: 4096,
 };
 
