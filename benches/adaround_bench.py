@@ -5,7 +5,7 @@ in ONNX Runtime.
 
 Usage (from the repository root, with a python that has benches/requirements.txt):
     python3 benches/adaround_bench.py [--models DIR] [--qrange PATH] [--out DIR]
-                                      [--only NAME[,NAME]] [--bits 4] [--iters N]
+                                      [--only NAME[,NAME]] [--bits 4] [--iters N] [--rows N]
 
 Per model (``DIR/<name>/model.onnx`` with ``calib.npz`` and ``eval.npz``) and bit width B,
 both roundings are written by
@@ -74,7 +74,8 @@ def bench(name: str, args) -> list[dict]:
     for b in args.bits:
         for label, flags in [
             ("nearest", []),
-            ("adaround", ["--rounding", "adaround", "--adaround-iters", str(args.iters)]),
+            ("adaround", ["--rounding", "adaround", "--adaround-iters", str(args.iters),
+                          "--adaround-rows", str(args.rows)]),
         ]:
             out = os.path.join(args.out, f"{name}.w{b}.{label}.onnx")
             row = {"model": name, "bits": b, "rounding": label}
@@ -115,6 +116,7 @@ def main() -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--bits", default="4")
     ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--rows", type=int, default=4096)
     args = ap.parse_args()
     args.bits = [int(b) for b in args.bits.split(",") if b]
     names = [n for n in args.only.split(",") if n] or list(MODELS)
