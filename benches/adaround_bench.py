@@ -61,15 +61,8 @@ def layer_sqnr(summary: dict) -> tuple[float | None, float | None]:
 
 
 def bench(name: str, args) -> list[dict]:
-    cfg = MODELS[name]
-    d = os.path.join(args.models, name)
-    model, calib = os.path.join(d, "model.onnx"), os.path.join(d, "calib.npz")
-    data = qb.load_npz(os.path.join(d, "eval.npz"))
-    labels = data.pop("label", None)
-    n = qb.n_samples(data)
-    sess = qb.make_session(model)
-    primary = cfg["output"] or sess.get_outputs()[0].name
-    ref = qb.run_all(sess, data, n, cfg["pins"])
+    ref = db.Reference(args.models, name, MODELS[name])
+    model, calib = ref.model, os.path.join(args.models, name, "calib.npz")
     rows = []
     for b in args.bits:
         for label, flags in [
@@ -85,7 +78,7 @@ def bench(name: str, args) -> list[dict]:
                 row["wall_s"] = wall
                 row["weight_sqnr_db"] = s.get("weight_sqnr_db")
                 row["layer_nearest_db"], row["layer_db"] = layer_sqnr(s)
-                row.update(db.score(out, cfg, data, labels, n, ref, primary))
+                row.update(ref.scored(out))
             except Exception as e:  # a configuration failing is a result
                 row["error"] = qb.one_line(str(e))
             rows.append(row)

@@ -77,12 +77,17 @@ fn every_learned_code_is_the_floor_or_the_ceiling_of_its_weight() {
         quantize_json(&args);
         qrange::onnx::read_model(&out).unwrap()
     };
-    let ada = run(&["--rounding", "adaround", "--adaround-iters", "200"], "ada.onnx");
+    let ada = run(
+        &["--rounding", "adaround", "--adaround-iters", "200"],
+        "ada.onnx",
+    );
     let near = run(&[], "near.onnx");
     let float = qrange::onnx::read_model(Path::new(&model)).unwrap();
     let tensor = |m: &qrange::ir::Model, name: &str| {
         let g = &m.graph;
-        let v = g.value_by_name(name).unwrap_or_else(|| panic!("no '{name}'"));
+        let v = g
+            .value_by_name(name)
+            .unwrap_or_else(|| panic!("no '{name}'"));
         g.const_of(v).unwrap().to_tensor().unwrap()
     };
     let mut changed = 0;
