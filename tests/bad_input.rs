@@ -1662,6 +1662,36 @@ const CASES: &[Case] = &[
         expect: &["--weight-grid kmeans", "--per-tensor"],
     },
     Case {
+        name: "adaround budget without --rounding adaround",
+        setup: |d| static_grid_case(d, &["--adaround-iters", "10"]),
+        code: 2,
+        expect: &["--adaround-iters", "--rounding adaround"],
+    },
+    Case {
+        name: "adaround on a codebook grid",
+        setup: |d| static_grid_case(d, &["--rounding", "adaround", "--weight-grid", "kmeans", "--weight-bits", "4"]),
+        code: 2,
+        expect: &["--rounding adaround", "--weight-grid kmeans"],
+    },
+    Case {
+        name: "adaround with no iterations",
+        setup: |d| static_grid_case(d, &["--rounding", "adaround", "--adaround-iters", "0"]),
+        code: 2,
+        expect: &["--adaround-iters", "at least 1"],
+    },
+    Case {
+        name: "adaround with a size budget",
+        setup: |d| static_grid_case(d, &["--rounding", "adaround", "--size-budget", "0.01"]),
+        code: 2,
+        expect: &["--rounding adaround", "--size-budget"],
+    },
+    Case {
+        name: "adaround outside the static mode",
+        setup: |d| weight_only_case(d, &["--mode", "dynamic", "--rounding", "adaround"]),
+        code: 2,
+        expect: &["--rounding adaround", "--mode static"],
+    },
+    Case {
         name: "codebook weights in dynamic mode",
         setup: |d| weight_only_case(d, &["--mode", "dynamic", "--weight-grid", "kmeans"]),
         code: 2,

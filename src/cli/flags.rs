@@ -135,6 +135,15 @@ impl From<WeightGridArg> for WeightGridKind {
     }
 }
 
+/// `--rounding`: how uniform weights are rounded to their codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoundingArg {
+    /// To the nearest code.
+    Nearest,
+    /// Up or down per weight, learned on each layer's calibration inputs (AdaRound).
+    Adaround,
+}
+
 /// `--activation-type`: activation element types accepted on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ActTypeArg {

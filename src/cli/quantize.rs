@@ -4,13 +4,14 @@
 
 use super::flags::{
     check_preprocess_used, parse_pins, parse_preprocess, parse_shapes, ActTypeArg, MethodArg,
-    TargetArg, WeightAlgoArg, WeightGridArg, WeightMethodArg,
+    RoundingArg, TargetArg, WeightAlgoArg, WeightGridArg, WeightMethodArg,
 };
 use super::{Bars, Outcome};
 use crate::calib::{Method, MethodOptions};
 use crate::onnx::{self, ExternalPolicy};
+use crate::pipeline::adaround::Budget;
 use crate::pipeline::options::{
-    CalibSource, Common, DumpOptions, Mode, PrecisionOptions, QuantizeOptions, Settings,
+    CalibSource, Common, DumpOptions, Mode, PrecisionOptions, QuantizeOptions, Rounding, Settings,
     WeightOnlyOptions,
 };
 use crate::pipeline::precision::{goal_text, PrecisionSummary};
@@ -144,6 +145,18 @@ pub struct Args {
     /// GatherElements of the levels by packed indices, read through DequantizeLinear.
     #[arg(long, value_enum)]
     pub weight_grid: Option<WeightGridArg>,
+    /// Static mode, uniform weights: `nearest` code, or `adaround`: each Conv, MatMul and
+    /// Gemm weight rounded up or down so that the layer's output on its calibration
+    /// inputs moves least (same scales, plain Q/DQ output). Needs --calib DATA.
+    #[arg(long, value_enum)]
+    pub rounding: Option<RoundingArg>,
+    /// `--rounding adaround`: optimisation steps per layer.
+    #[arg(long, value_name = "N")]
+    pub adaround_iters: Option<usize>,
+    /// `--rounding adaround`: input rows (Conv patches) per layer it learns on, spread
+    /// evenly over the calibration samples.
+    #[arg(long, value_name = "N")]
+    pub adaround_rows: Option<usize>,
     /// Weight-only: weights per block along the reduction axis, a power of two of at least 16,
     /// or `channel` for one scale per output channel (default 32).
     #[arg(long, value_name = "N|channel")]
@@ -537,6 +550,31 @@ fn bias_correction(a: &Args) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Default `--adaround-iters` and `--adaround-rows`.
+const ADAROUND: Budget = Budget {
+    iters: 500,
+    rows: 4096,
+};
+
+/// `--rounding` and its budget.
+fn rounding(a: &Args) -> anyhow::Result<Rounding> {
+    if a.rounding != Some(RoundingArg::Adaround) {
+        for (flag, given) in [
+            ("--adaround-iters", a.adaround_iters.is_some()),
+            ("--adaround-rows", a.adaround_rows.is_some()),
+        ] {
+            if given {
+                bail!("{flag} applies to --rounding adaround");
+            }
+        }
+        return Ok(Rounding::Nearest);
+    }
+    Ok(Rounding::Adaround(Budget {
+        iters: a.adaround_iters.unwrap_or(ADAROUND.iters),
+        rows: a.adaround_rows.unwrap_or(ADAROUND.rows),
+    }))
+}
+
 /// The pipeline's options for `a`.
 fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
     let weight_only = weight_only(a)?;
@@ -556,6 +594,7 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         smooth,
         equalize,
         bias_correction,
+        rounding: rounding(a)?,
         common,
         mode: a.mode.into(),
         weight_only,

@@ -218,8 +218,9 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 grid,
             } => {
                 let imp = plan.importance.get(key).map(Vec::as_slice);
+                let rounding = plan.rounding.get(key).map(Vec::as_slice);
                 let (chosen, made, (signal, noise)) =
-                    quantize_weight(g, v, *qtype, *axis, *mse, *grid, imp, &mut names)?;
+                    quantize_weight(g, v, *qtype, *axis, *mse, *grid, imp, rounding, &mut names)?;
                 rep.weight_signal += signal;
                 rep.weight_noise += noise;
                 rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
@@ -588,7 +589,12 @@ fn dequantize_capture(
 
 /// Per-channel (or per-tensor) symmetric/asymmetric parameters from the values: the
 /// min/max range, or the range of least squared error when `mse`.
-fn weight_params(t: &ArrayD<f32>, q: &QType, axis: Option<i64>, mse: bool) -> Vec<ScaleZp> {
+pub(crate) fn weight_params(
+    t: &ArrayD<f32>,
+    q: &QType,
+    axis: Option<i64>,
+    mse: bool,
+) -> Vec<ScaleZp> {
     let one = |vals: Vec<f32>| {
         if mse {
             return mse_scale_zp(&vals, q);
@@ -651,7 +657,7 @@ fn int_tensor(dtype: DType, shape: &[usize], vals: &[f64]) -> Result<Tensor, Pas
 }
 
 /// Index of the channel (along `axis`) of every element of a tensor of `shape`.
-fn channel_of(shape: &[usize], axis: Option<i64>) -> impl Fn(usize) -> usize {
+pub(crate) fn channel_of(shape: &[usize], axis: Option<i64>) -> impl Fn(usize) -> usize {
     let (stride, dim) = match axis {
         Some(a) => (
             shape[a as usize + 1..].iter().product::<usize>().max(1),
@@ -663,7 +669,9 @@ fn channel_of(shape: &[usize], axis: Option<i64>) -> impl Fn(usize) -> usize {
 }
 
 /// The codes of `a` on `q` (clamped to its range, which may be narrower than its type),
-/// or its per-channel codebooks on `grid`.
+/// or its per-channel codebooks on `grid`; `rounding` (uniform grids) picks the code
+/// below or above each value instead of the nearest.
+#[allow(clippy::too_many_arguments)]
 fn code_weight(
     name: &str,
     a: &ArrayD<f32>,
@@ -672,14 +680,24 @@ fn code_weight(
     mse: bool,
     grid: WeightGrid,
     importance: Option<&[f64]>,
+    rounding: Option<&[bool]>,
 ) -> Result<Coded, PassError> {
     let params = weight_params(a, &q, axis, mse && grid.is_uniform());
     let Some(ax) = axis.filter(|_| !grid.is_uniform()) else {
         let ch = channel_of(a.shape(), axis);
+        if rounding.is_some_and(|r| r.len() != a.len()) {
+            return Err(err(format!(
+                "weight '{name}': the learned rounding does not match its shape"
+            )));
+        }
         let code = |(i, &w): (usize, &f32)| {
             let p = params[ch(i)];
-            ((w / p.scale).round_ties_even() as f64 + p.zero_point as f64)
-                .clamp(q.qmin as f64, q.qmax as f64)
+            let r = match rounding {
+                // Learned: the code below or above, on the same grid.
+                Some(up) => (w / p.scale).floor() + if up[i] { 1.0 } else { 0.0 },
+                None => (w / p.scale).round_ties_even(),
+            };
+            (r as f64 + p.zero_point as f64).clamp(q.qmin as f64, q.qmax as f64)
         };
         let codes = match a.as_slice() {
             Some(xs) => xs.iter().enumerate().map(code).collect(),
@@ -869,6 +887,7 @@ fn quantize_weight(
     mse: bool,
     grid: WeightGrid,
     importance: Option<&[f64]>,
+    rounding: Option<&[bool]>,
     names: &mut Names,
 ) -> Result<(Chosen, Made, (f64, f64)), PassError> {
     let name = g.value(w).name.clone();
@@ -885,7 +904,7 @@ fn quantize_weight(
             "weight '{name}': a codebook grid needs per-channel weights"
         )));
     }
-    let coded = code_weight(&name, a, q, axis, mse, grid, importance)?;
+    let coded = code_weight(&name, a, q, axis, mse, grid, importance, rounding)?;
     let params = coded.params;
     let n = params.len();
     let pshape: Vec<usize> = if axis.is_some() { vec![n] } else { vec![] };

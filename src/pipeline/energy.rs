@@ -29,7 +29,7 @@ struct Reader {
     map: Vec<usize>,
 }
 
-fn known(ty: &Option<ValueType>) -> Option<Vec<usize>> {
+pub(super) fn known(ty: &Option<ValueType>) -> Option<Vec<usize>> {
     match ty {
         Some(ValueType::Tensor {
             shape: Some(dims), ..

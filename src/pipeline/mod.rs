@@ -19,6 +19,8 @@
 //!   materialised once) subtracted from its float bias, before mixed precision.
 //! - [`folds`]: k-fold statistics of the calibration data, for a goal judged on samples
 //!   the ranges did not see (when no evaluation data is given).
+//! - [`adaround`]: with `--rounding adaround`, the up/down rounding of each uniform
+//!   Conv/MatMul/Gemm weight learned on its layer's calibration inputs, into the plan.
 //! - [`precision`]: mixed precision as plan edits (size budget, goal).
 //! - [`dynamic`]: `--mode dynamic` instead of calibration, ranges, mixed precision and
 //!   materialisation: the `quantize_dynamic` step on a copy of the prepared model (the
@@ -39,6 +41,7 @@
 //! Errors are [`PipelineError`]; an option is named as the command line spells it, since
 //! that is what the user gave.
 
+pub mod adaround;
 pub mod bias_correct;
 pub mod calibrate;
 pub mod dynamic;
@@ -123,6 +126,8 @@ struct Run<'a> {
     declared: Vec<crate::ir::Value>,
     /// Every method's range of the calibration statistics, per value and grid.
     candidates: Candidates,
+    /// Lines for the summary's notes.
+    notes: Vec<String>,
 }
 
 impl Run<'_> {
@@ -149,6 +154,7 @@ fn wide(o: &QuantizeOptions, overrides: Option<&Overrides>) -> bool {
 /// Quantizes the model `o` names: load, prepare, calibrate, choose ranges, mixed
 /// precision, materialise and validate, summarise.
 pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, PipelineError> {
+    adaround::check(o).map_err(PipelineError::Options)?;
     let mut run = Run {
         o,
         progress,
@@ -157,6 +163,7 @@ pub fn quantize(o: &QuantizeOptions, progress: &dyn Progress) -> Result<Finish, 
         runner: Runner::new(),
         declared: Vec::new(),
         candidates: Candidates::default(),
+        notes: Vec::new(),
     };
     let t = Instant::now();
     let (model, mut data) = inputs::load(o, progress)?;
@@ -402,8 +409,26 @@ fn quantize_prepared(
     }
 
     let t = Instant::now();
-    let (plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;
+    let (mut plan, chosen, selection, method) = ranges_step(&mut run, &p, &mut cal, &data)?;
     run.time("ranges", t);
+    if let options::Rounding::Adaround(budget) = o.rounding {
+        let t = Instant::now();
+        let calib = data.calib.as_ref().ok_or_else(|| {
+            PipelineError::Options(
+                "--rounding adaround learns on the layers' inputs: give --calib DATA (not --ranges)".into(),
+            )
+        })?;
+        let l = adaround::learn_rounding(
+            &p.model,
+            &p.base_dir,
+            &mut plan,
+            calib,
+            budget,
+            run.progress,
+        )?;
+        run.notes.push(adaround::note(&l, budget));
+        run.time("adaround", t);
+    }
     if o.bias_correction {
         let t = Instant::now();
         let calib = data.calib.as_ref().ok_or_else(|| {
@@ -629,6 +654,7 @@ fn finish(
     } else {
         None
     };
+    s.notes.append(&mut run.notes);
     let (mut model, notes) =
         interface::written(p, m.model, &m.plan, data.first.as_ref(), &o.common.shapes);
     s.notes.extend(notes);

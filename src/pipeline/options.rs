@@ -61,6 +61,17 @@ pub enum WeightGridKind {
     Pow2,
 }
 
+/// How uniform weights are rounded to their codes (`--rounding`, static mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rounding {
+    /// To the nearest code (ties to even, as QuantizeLinear).
+    #[default]
+    Nearest,
+    /// Up or down per element, learned on calibration inputs
+    /// ([`crate::pipeline::adaround`]).
+    Adaround(crate::pipeline::adaround::Budget),
+}
+
 /// What kind of quantization `quantize` writes (`--mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -318,6 +329,8 @@ pub struct QuantizeOptions {
     /// `--bias-correction`: subtract each quantized Conv/Gemm's mean output shift on the
     /// calibration data from its bias (static mode only).
     pub bias_correction: bool,
+    /// `--rounding`, `--adaround-iters`, `--adaround-rows` (static mode).
+    pub rounding: Rounding,
     /// The weight-only settings (read with [`Mode::WeightOnly`]).
     pub weight_only: WeightOnlyOptions,
     /// Where the quantized model will be written (`-o`): names the summary's output and
@@ -358,6 +371,7 @@ impl QuantizeOptions {
             smooth: None,
             equalize: false,
             bias_correction: false,
+            rounding: Rounding::Nearest,
             weight_only: WeightOnlyOptions::default(),
             output: output.into(),
             method: Method::Adaptive,

@@ -184,6 +184,11 @@ pub struct Plan {
     /// weights its values by it. Absent: unweighted.
     #[serde(skip)]
     pub importance: BTreeMap<String, Vec<f64>>,
+    /// Per uniform weight key: learned rounding (`--rounding adaround`), up (ceiling) or
+    /// down (floor) per element in the weight's layout, on the grid round-to-nearest
+    /// would use. Absent: round to nearest.
+    #[serde(skip)]
+    pub rounding: BTreeMap<String, Vec<bool>>,
 }
 
 /// Stable key of a main-graph op for plans and summaries: its name, or `op_type#order`
