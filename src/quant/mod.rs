@@ -12,6 +12,7 @@
 //! SmoothQuant's migration factors;
 //! [`equalize`] cross-layer equalization's per-channel weight ranges and factors.
 
+pub mod budget;
 pub mod codebook;
 pub mod embedding;
 pub mod equalize;
