@@ -87,7 +87,10 @@ fn each_weight_gets_the_storage_the_budget_chose_and_the_model_fits() {
     let replay = tmp.path().join("replay.onnx");
     let ov = tmp.path().join("cls.overrides.json");
     cls(&replay, &["--overrides", &s(&ov)]);
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&replay).unwrap());
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&replay).unwrap()
+    );
 }
 
 #[test]

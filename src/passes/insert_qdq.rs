@@ -764,10 +764,7 @@ fn write_codebook(
     let packed = bits < 4;
     let idx = if packed {
         let p = (m * bits as usize).div_ceil(8);
-        let bytes: Vec<u8> = index
-            .iter()
-            .flat_map(|ch| pack_bits(ch, bits, p))
-            .collect();
+        let bytes: Vec<u8> = index.iter().flat_map(|ch| pack_bits(ch, bits, p)).collect();
         Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[c, p]), bytes).expect("channel-major bytes"))
     } else {
         let idx: Vec<u8> = index.iter().flatten().copied().collect();
@@ -849,7 +846,12 @@ fn write_codebook(
                 vec![],
             )?;
         }
-        let s = shape_of(g, names, "index_shape", vec![c as i64, m as i64, bits as i64])?;
+        let s = shape_of(
+            g,
+            names,
+            "index_shape",
+            vec![c as i64, m as i64, bits as i64],
+        )?;
         let split = step(
             g,
             names,
@@ -1220,5 +1222,49 @@ fn drop_if_unused(g: &mut Graph, name: &str) {
         && !captured_by_subgraphs(g).contains(name)
     {
         g.remove_value(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_indices_are_a_little_endian_bit_stream_per_channel() {
+        // 3-bit indices 5 (101), 3 (011), 7 (111): bits 1 0 1 1 1 0 1 1 | 1.
+        assert_eq!(pack_bits(&[5, 3, 7], 3, 2), vec![0b1101_1101, 0b0000_0001]);
+        // 2-bit: four per byte, the first in the lowest bits.
+        assert_eq!(
+            pack_bits(&[1, 2, 3, 0, 2], 2, 2),
+            vec![0b0011_1001, 0b0000_0010]
+        );
+        // Unpacking as the written ops do gives the indices back.
+        let idx: Vec<u8> = (0..37).map(|i| (i * 5 % 8) as u8).collect();
+        let bytes = pack_bits(&idx, 3, (37 * 3usize).div_ceil(8));
+        let bits: Vec<u8> = bytes
+            .iter()
+            .flat_map(|b| (0..8).map(move |t| (b >> t) & 1))
+            .collect();
+        let back: Vec<u8> = bits[..37 * 3]
+            .chunks(3)
+            .map(|c| c[0] + 2 * c[1] + 4 * c[2])
+            .collect();
+        assert_eq!(back, idx);
+    }
+
+    #[test]
+    fn payload_bytes_count_tables_and_packed_indices() {
+        let i8 = QType::new(DType::I8, true, false).unwrap();
+        let i4 = QType::new(DType::I4, true, false).unwrap();
+        // 8 channels × 9 elements.
+        let shape = [8, 1, 3, 3];
+        assert_eq!(payload_bytes(&shape, Some(0), &i8, WeightGrid::Uniform), 72);
+        assert_eq!(payload_bytes(&shape, Some(0), &i4, WeightGrid::Uniform), 36);
+        // 16 levels per channel + 72 indices two per byte.
+        let k4 = WeightGrid::Kmeans { bits: 4 };
+        assert_eq!(payload_bytes(&shape, Some(0), &i8, k4), 8 * 16 + 36);
+        // 4 levels per channel + 9 indices of 2 bits: 3 bytes per channel.
+        let k2 = WeightGrid::Kmeans { bits: 2 };
+        assert_eq!(payload_bytes(&shape, Some(0), &i8, k2), 8 * 4 + 8 * 3);
     }
 }

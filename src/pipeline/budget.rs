@@ -19,9 +19,9 @@
 //! are not in the payload), at most [`ROUNDS`] times.
 
 use super::error::PipelineError;
-use crate::ir::{Model, Tensor};
 use super::materialise::materialise_on;
 use super::prepare::Prepared;
+use crate::ir::{Model, Tensor};
 use crate::passes::insert_qdq::{payload_bytes, weight_noise};
 use crate::quant::budget::{allocate, Choice};
 use crate::quant::plan::{Decision, Plan};
@@ -127,8 +127,7 @@ fn options(m: &Model, plan: &Plan, path: &Path) -> Result<(Options, Vec<u64>), P
             if !gr.is_uniform() && axis.is_none() {
                 continue;
             }
-            let (signal, noise) =
-                weight_noise(key, &a, q, *axis, *mse, gr, imp).map_err(pass)?;
+            let (signal, noise) = weight_noise(key, &a, q, *axis, *mse, gr, imp).map_err(pass)?;
             opts.push(Choice {
                 what: b,
                 bytes: payload_bytes(a.shape(), *axis, &q, gr),
@@ -145,9 +144,8 @@ fn options(m: &Model, plan: &Plan, path: &Path) -> Result<(Options, Vec<u64>), P
 /// with its declared dims when that one materialises too and is larger: the written
 /// model is one of the two (`interface::written`).
 pub fn written_size(p: &Prepared, plan: &Plan) -> Result<u64, PipelineError> {
-    let q = materialise_on(&p.model, plan).map_err(|what| {
-        PipelineError::Options(format!("{}: {what}", p.model_path.display()))
-    })?;
+    let q = materialise_on(&p.model, plan)
+        .map_err(|what| PipelineError::Options(format!("{}: {what}", p.model_path.display())))?;
     let mut size = crate::onnx::encoded_size(&q);
     if let Some(Ok(g)) = p.general.as_ref().map(|g| g.model.as_ref()) {
         if let Ok(w) = materialise_on(g, plan) {
@@ -177,7 +175,11 @@ pub fn fit(
     let (opts, elements) = options(m, plan, path)?;
     let payload8: u64 = opts
         .iter()
-        .map(|(_, o)| o.iter().find(|c| c.what == WeightBits::W8).map_or(0, |c| c.bytes))
+        .map(|(_, o)| {
+            o.iter()
+                .find(|c| c.what == WeightBits::W8)
+                .map_or(0, |c| c.bytes)
+        })
         .sum();
     let rest = base.saturating_sub(payload8);
     let done = |at: &[usize], q: Plan, plan: &mut Plan| {

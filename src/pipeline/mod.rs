@@ -40,9 +40,9 @@
 //! that is what the user gave.
 
 pub mod bias_correct;
+pub mod budget;
 pub mod calibrate;
 pub mod dynamic;
-pub mod budget;
 mod energy;
 pub mod equalize;
 mod error;
@@ -398,7 +398,14 @@ fn quantize_prepared(
     run.time("calibrate", t);
     if let (Some(_), Some(calib)) = (p.cfg.weight_grid.index_bits(), &data.calib) {
         let t = Instant::now();
-        energy::collect(&p.model, &p.base_dir, &mut p.plan, calib, false, run.progress)?;
+        energy::collect(
+            &p.model,
+            &p.base_dir,
+            &mut p.plan,
+            calib,
+            false,
+            run.progress,
+        )?;
         run.time("input energy", t);
     }
 
