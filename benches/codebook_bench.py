@@ -72,7 +72,7 @@ def bench(name: str, args) -> list[dict]:
         for label, flags in GRIDS:
             runs.append((label, b, ["--weight-bits", str(b), *flags]))
     if args.size_budget:
-        mb = math.floor(args.size_budget * fp32_size / 1e6 * 1e4) / 1e4  # never above F x fp32
+        mb = math.floor(args.size_budget * os.path.getsize(model) / 1e6 * 1e4) / 1e4  # never above F x fp32
         runs.append((f"--size-budget {mb:.4f} ({args.size_budget}x fp32)", "mixed", ["--size-budget", f"{mb:.4f}"]))
     for i, (label, b, flags) in enumerate(runs):
         out = os.path.join(args.out, f"{name}.{i}.onnx")
