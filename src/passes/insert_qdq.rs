@@ -802,87 +802,7 @@ fn write_codebook(
     };
     let to_i64 = || vec![("to", AttrValue::Int(DType::I64.onnx_code() as i64))];
     let cast = if packed {
-        // Bytes → their 8 bits (a shared [256, 8] table) → the first m·bits bits of each
-        // channel → [C, m, bits] → float → index = Σ bit_k · 2^k (exact in float).
-        let lut = bit_table(g, names)?;
-        let bytes = step(g, names, "Cast", "index_bytes", &[Some(iv)], to_i64())?;
-        let bitv = step(
-            g,
-            names,
-            "Gather",
-            "index_bits",
-            &[Some(lut), Some(bytes)],
-            vec![("axis", AttrValue::Int(0))],
-        )?;
-        let shape_of = |g: &mut Graph, names: &mut Names, suffix: &str, dims: Vec<i64>| {
-            let n = dims.len();
-            scalar_const(
-                g,
-                names,
-                &format!("{name}.{suffix}"),
-                Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n]), dims).expect("1-D")),
-            )
-        };
-        let s = shape_of(g, names, "bits_shape", vec![c as i64, -1])?;
-        let mut flat = step(
-            g,
-            names,
-            "Reshape",
-            "index_stream",
-            &[Some(bitv), Some(s)],
-            vec![],
-        )?;
-        let used = (m * bits as usize) as i64;
-        if (m * bits as usize) % 8 != 0 {
-            let st = shape_of(g, names, "bits_start", vec![0])?;
-            let en = shape_of(g, names, "bits_end", vec![used])?;
-            let ax = shape_of(g, names, "bits_axis", vec![1])?;
-            flat = step(
-                g,
-                names,
-                "Slice",
-                "index_used",
-                &[Some(flat), Some(st), Some(en), Some(ax)],
-                vec![],
-            )?;
-        }
-        let s = shape_of(
-            g,
-            names,
-            "index_shape",
-            vec![c as i64, m as i64, bits as i64],
-        )?;
-        let split = step(
-            g,
-            names,
-            "Reshape",
-            "index_split",
-            &[Some(flat), Some(s)],
-            vec![],
-        )?;
-        let split = step(
-            g,
-            names,
-            "Cast",
-            "index_split_float",
-            &[Some(split)],
-            vec![("to", AttrValue::Int(DType::F32.onnx_code() as i64))],
-        )?;
-        let pw: Vec<f32> = (0..bits).map(|k| (1u32 << k) as f32).collect();
-        let pw = scalar_const(
-            g,
-            names,
-            &format!("{name}.bit_weights"),
-            Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[bits as usize]), pw).expect("1-D")),
-        )?;
-        let fi = step(
-            g,
-            names,
-            "MatMul",
-            "index_float",
-            &[Some(split), Some(pw)],
-            vec![],
-        )?;
+        let fi = unpack_indices(g, names, name, &mut step, iv, (c, m, bits))?;
         step(g, names, "Cast", "index64", &[Some(fi)], to_i64())?
     } else {
         step(g, names, "Cast", "index64", &[Some(iv)], to_i64())?
@@ -995,6 +915,111 @@ pub fn weight_noise(
         noise += e * (w as f64 - d).powi(2);
     }
     Ok((signal, noise))
+}
+
+/// A step of [`write_codebook`]: op type, name suffix, inputs, attributes → its output.
+type StepFn<'a> = dyn FnMut(
+        &mut Graph,
+        &mut Names,
+        &str,
+        &str,
+        &[Option<ValueId>],
+        Vec<(&str, AttrValue)>,
+    ) -> Result<ValueId, PassError>
+    + 'a;
+
+/// The float indices `[C, m]` of the packed `bits`-bit index bytes `iv` (`[C, ⌈m·bits/8⌉]`).
+fn unpack_indices(
+    g: &mut Graph,
+    names: &mut Names,
+    name: &str,
+    step: &mut StepFn,
+    iv: ValueId,
+    (c, m, bits): (usize, usize, u32),
+) -> Result<ValueId, PassError> {
+    let to_i64 = || vec![("to", AttrValue::Int(DType::I64.onnx_code() as i64))];
+    // Bytes → their 8 bits (a shared [256, 8] table) → the first m·bits bits of each
+    // channel → [C, m, bits] → float → index = Σ bit_k · 2^k (exact in float).
+    let lut = bit_table(g, names)?;
+    let bytes = step(g, names, "Cast", "index_bytes", &[Some(iv)], to_i64())?;
+    let bitv = step(
+        g,
+        names,
+        "Gather",
+        "index_bits",
+        &[Some(lut), Some(bytes)],
+        vec![("axis", AttrValue::Int(0))],
+    )?;
+    let shape_of = |g: &mut Graph, names: &mut Names, suffix: &str, dims: Vec<i64>| {
+        let n = dims.len();
+        scalar_const(
+            g,
+            names,
+            &format!("{name}.{suffix}"),
+            Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n]), dims).expect("1-D")),
+        )
+    };
+    let s = shape_of(g, names, "bits_shape", vec![c as i64, -1])?;
+    let mut flat = step(
+        g,
+        names,
+        "Reshape",
+        "index_stream",
+        &[Some(bitv), Some(s)],
+        vec![],
+    )?;
+    let used = (m * bits as usize) as i64;
+    if !(m * bits as usize).is_multiple_of(8) {
+        let st = shape_of(g, names, "bits_start", vec![0])?;
+        let en = shape_of(g, names, "bits_end", vec![used])?;
+        let ax = shape_of(g, names, "bits_axis", vec![1])?;
+        flat = step(
+            g,
+            names,
+            "Slice",
+            "index_used",
+            &[Some(flat), Some(st), Some(en), Some(ax)],
+            vec![],
+        )?;
+    }
+    let s = shape_of(
+        g,
+        names,
+        "index_shape",
+        vec![c as i64, m as i64, bits as i64],
+    )?;
+    let split = step(
+        g,
+        names,
+        "Reshape",
+        "index_split",
+        &[Some(flat), Some(s)],
+        vec![],
+    )?;
+    let split = step(
+        g,
+        names,
+        "Cast",
+        "index_split_float",
+        &[Some(split)],
+        vec![("to", AttrValue::Int(DType::F32.onnx_code() as i64))],
+    )?;
+    let pw: Vec<f32> = (0..bits).map(|k| (1u32 << k) as f32).collect();
+    let pw = scalar_const(
+        g,
+        names,
+        &format!("{name}.bit_weights"),
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[bits as usize]), pw).expect("1-D")),
+    )?;
+    let fi = step(
+        g,
+        names,
+        "MatMul",
+        "index_float",
+        &[Some(split), Some(pw)],
+        vec![],
+    )?;
+    Ok(fi)
 }
 
 /// The indices of one channel, `bits` each, as a little-endian bit stream in `bytes`
