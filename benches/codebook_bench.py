@@ -5,7 +5,7 @@ ONNX Runtime.
 
 Usage (from the repository root, with a python that has benches/requirements.txt):
     python3 benches/codebook_bench.py [--models DIR] [--qrange PATH] [--out DIR]
-                                      [--only NAME[,NAME]] [--bits 4,3]
+                                      [--only NAME[,NAME]] [--bits 4,3] [--size-budget F]
 
 Per model (``DIR/<name>/model.onnx`` with ``calib.npz`` and ``eval.npz``) and bit width B,
 each grid below is written by
@@ -17,7 +17,9 @@ each grid below is written by
   of least squared error: the best uniform grid qrange has);
 - ``kmeans``: ``--weight-grid kmeans``, 2^B levels per channel, weighted by input energy;
 - ``pow2``: ``--weight-grid pow2``, levels 0, ±2^j per channel;
-plus the int8 default as a reference. Reported: weight SQNR over every quantized weight
+plus the int8 default as a reference, and with ``--size-budget F`` a row for
+``--size-budget`` at F × the float model's size (each weight's storage chosen by qrange; the
+weight SQNR column then shows the written model's). Reported: weight SQNR over every quantized weight
 (qrange's summary, ``weight_sqnr_db``); in ONNX Runtime (CPU EP) on every evaluation sample,
 output SQNR and the task metric against fp32 (see quant_bench.py and dynamic_bench.py);
 file size against fp32; median single-thread latency against fp32's. Exit status 0 when the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,6 +71,9 @@ def bench(name: str, args) -> list[dict]:
     for b in args.bits:
         for label, flags in GRIDS:
             runs.append((label, b, ["--weight-bits", str(b), *flags]))
+    if args.size_budget:
+        mb = math.floor(args.size_budget * os.path.getsize(model) / 1e6 * 1e4) / 1e4  # never above F x fp32
+        runs.append((f"--size-budget {mb:.4f} ({args.size_budget}x fp32)", "mixed", ["--size-budget", f"{mb:.4f}"]))
     for i, (label, b, flags) in enumerate(runs):
         out = os.path.join(args.out, f"{name}.{i}.onnx")
         row = {"model": name, "grid": label, "bits": b, "path": out}
@@ -113,6 +119,8 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(REPO, "target", "codebook_bench"))
     ap.add_argument("--only", default="")
     ap.add_argument("--bits", default="4,3")
+    ap.add_argument("--size-budget", type=float, default=0.0,
+                    help="also run --size-budget at this fraction of the float model's size")
     ap.add_argument("--latency-runs", type=int, default=30)
     ap.add_argument("--latency-budget", type=float, default=5.0)
     args = ap.parse_args()

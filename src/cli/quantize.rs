@@ -900,11 +900,45 @@ fn print_sizes_and_validation(s: &Summary) {
     if let Some(db) = s.weight_sqnr_db {
         println!("weights    SQNR {db:.2} dB over every quantized weight");
     }
+    if let Some(a) = &s.size_budget {
+        print_budget(a);
+    }
     if let Some(pr) = &s.precision {
         print_precision(pr);
     }
     print_validation(s.eval_samples, &s.validation);
     print_footer(&s.seconds, &s.notes);
+}
+
+/// Every weight's storage under `--size-budget`, counted per kind, then each weight.
+fn print_budget(a: &pipeline::budget::Allocation) {
+    let mut kinds: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for w in &a.weights {
+        let e = kinds.entry(w.storage.as_str()).or_default();
+        e.0 += 1;
+        e.1 += w.elements;
+    }
+    let counts: Vec<String> = kinds
+        .iter()
+        .map(|(k, (n, p))| format!("{n} {k} ({p} parameters)"))
+        .collect();
+    println!(
+        "weights    --size-budget {} MB: {}; proxy SQNR {:.1} dB ({})",
+        a.budget_mb,
+        counts.join(", "),
+        a.proxy_sqnr_db,
+        if a.energy_weighted {
+            "weighted by input energy"
+        } else {
+            "unweighted: no calibration data"
+        }
+    );
+    for w in &a.weights {
+        println!(
+            "  {:<8} {}: {} bytes, layer SQNR {:.1} dB",
+            w.storage, w.weight, w.bytes, w.layer_sqnr_db
+        );
+    }
 }
 
 /// The validation lines: per output, the float model against the quantized one in tract.

@@ -779,12 +779,19 @@ fn write_codebook(
         }
     }
     let table = int_tensor(dtype, &[c, l], &table)?;
-    let idx: Vec<u8> = index.iter().flatten().copied().collect();
-    let idx = ArrayD::from_shape_vec(IxDyn(&[c, m]), idx).expect("channel-major indices");
-    let idx = if bits <= 4 {
-        Tensor::U4(idx)
+    let packed = bits < 4;
+    let idx = if packed {
+        let p = (m * bits as usize).div_ceil(8);
+        let bytes: Vec<u8> = index.iter().flat_map(|ch| pack_bits(ch, bits, p)).collect();
+        Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[c, p]), bytes).expect("channel-major bytes"))
     } else {
-        Tensor::U8(idx)
+        let idx: Vec<u8> = index.iter().flatten().copied().collect();
+        let idx = ArrayD::from_shape_vec(IxDyn(&[c, m]), idx).expect("channel-major indices");
+        if bits == 4 {
+            Tensor::U4(idx)
+        } else {
+            Tensor::U8(idx)
+        }
     };
     let tv = scalar_const(g, names, &format!("{name}.codebook"), table)?;
     let iv = scalar_const(g, names, &format!("{name}.index"), idx)?;
@@ -811,14 +818,13 @@ fn write_codebook(
         first.get_or_insert(g.op(id).order);
         Ok(v)
     };
-    let cast = step(
-        g,
-        names,
-        "Cast",
-        "index64",
-        &[Some(iv)],
-        vec![("to", AttrValue::Int(DType::I64.onnx_code() as i64))],
-    )?;
+    let to_i64 = || vec![("to", AttrValue::Int(DType::I64.onnx_code() as i64))];
+    let cast = if packed {
+        let fi = unpack_indices(g, names, name, &mut step, iv, (c, m, bits))?;
+        step(g, names, "Cast", "index64", &[Some(fi)], to_i64())?
+    } else {
+        step(g, names, "Cast", "index64", &[Some(iv)], to_i64())?
+    };
     let gathered = step(
         g,
         names,
@@ -873,6 +879,199 @@ fn write_codebook(
     };
     g.value_mut(v).ty = Some(ty);
     Ok(v)
+}
+
+/// Bytes the integer payload of a weight of `shape` takes on `q` and `grid` (per-channel
+/// codebooks along `axis`): the codes for a uniform grid (4-bit types two per byte); the
+/// level table (`C × 2^bits` codes) and the indices for a codebook (two per byte at 4 bits,
+/// packed bit streams per channel below, a byte each above). Scales, zero points and the
+/// ops around them are the same for every grid of a weight and are left out.
+pub fn payload_bytes(shape: &[usize], axis: Option<i64>, q: &QType, grid: WeightGrid) -> u64 {
+    let n: usize = shape.iter().product();
+    let code_bits = q.dtype.bits().unwrap_or(8);
+    match (grid.index_bits(), axis) {
+        (Some(bits), Some(a)) => {
+            let c = shape.get(a as usize).copied().unwrap_or(1).max(1);
+            let m = n / c;
+            let table = c * (1usize << bits) * code_bits.div_ceil(8);
+            let index = match bits {
+                4 => (c * m).div_ceil(2),
+                b if b < 4 => c * (m * b as usize).div_ceil(8),
+                _ => c * m,
+            };
+            (table + index) as u64
+        }
+        _ => (n * code_bits).div_ceil(8) as u64,
+    }
+}
+
+/// `(Σ e·w², Σ e·(w − ŵ)²)` of the float weight `a` stored on `q` and `grid`, each element
+/// weighted by its input energy `e` (`importance`, laid out like the weight; 1 without):
+/// the signal and noise of the layer's output when its input channels are uncorrelated.
+pub fn weight_noise(
+    name: &str,
+    a: &ArrayD<f32>,
+    q: QType,
+    axis: Option<i64>,
+    mse: bool,
+    grid: WeightGrid,
+    importance: Option<&[f64]>,
+) -> Result<(f64, f64), PassError> {
+    if !grid.is_uniform() && axis.is_none() {
+        return Err(err(format!(
+            "weight '{name}': a codebook grid needs per-channel weights"
+        )));
+    }
+    let coded = code_weight(name, a, q, axis, mse, grid, importance, None)?;
+    let ch = channel_of(a.shape(), axis);
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for (i, (&w, &c)) in a.iter().zip(&coded.codes).enumerate() {
+        let p = coded.params[ch(i)];
+        let d = ((c - p.zero_point as f64) as f32 * p.scale) as f64;
+        let e = importance.map_or(1.0, |v| v[i]);
+        signal += e * (w as f64).powi(2);
+        noise += e * (w as f64 - d).powi(2);
+    }
+    Ok((signal, noise))
+}
+
+/// A step of [`write_codebook`]: op type, name suffix, inputs, attributes → its output.
+type StepFn<'a> = dyn FnMut(
+        &mut Graph,
+        &mut Names,
+        &str,
+        &str,
+        &[Option<ValueId>],
+        Vec<(&str, AttrValue)>,
+    ) -> Result<ValueId, PassError>
+    + 'a;
+
+/// The float indices `[C, m]` of the packed `bits`-bit index bytes `iv` (`[C, ⌈m·bits/8⌉]`).
+fn unpack_indices(
+    g: &mut Graph,
+    names: &mut Names,
+    name: &str,
+    step: &mut StepFn,
+    iv: ValueId,
+    (c, m, bits): (usize, usize, u32),
+) -> Result<ValueId, PassError> {
+    let to_i64 = || vec![("to", AttrValue::Int(DType::I64.onnx_code() as i64))];
+    // Bytes → their 8 bits (a shared [256, 8] table) → the first m·bits bits of each
+    // channel → [C, m, bits] → float → index = Σ bit_k · 2^k (exact in float).
+    let lut = bit_table(g, names)?;
+    let bytes = step(g, names, "Cast", "index_bytes", &[Some(iv)], to_i64())?;
+    let bitv = step(
+        g,
+        names,
+        "Gather",
+        "index_bits",
+        &[Some(lut), Some(bytes)],
+        vec![("axis", AttrValue::Int(0))],
+    )?;
+    let shape_of = |g: &mut Graph, names: &mut Names, suffix: &str, dims: Vec<i64>| {
+        let n = dims.len();
+        scalar_const(
+            g,
+            names,
+            &format!("{name}.{suffix}"),
+            Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n]), dims).expect("1-D")),
+        )
+    };
+    let s = shape_of(g, names, "bits_shape", vec![c as i64, -1])?;
+    let mut flat = step(
+        g,
+        names,
+        "Reshape",
+        "index_stream",
+        &[Some(bitv), Some(s)],
+        vec![],
+    )?;
+    let used = (m * bits as usize) as i64;
+    if !(m * bits as usize).is_multiple_of(8) {
+        let st = shape_of(g, names, "bits_start", vec![0])?;
+        let en = shape_of(g, names, "bits_end", vec![used])?;
+        let ax = shape_of(g, names, "bits_axis", vec![1])?;
+        flat = step(
+            g,
+            names,
+            "Slice",
+            "index_used",
+            &[Some(flat), Some(st), Some(en), Some(ax)],
+            vec![],
+        )?;
+    }
+    let s = shape_of(
+        g,
+        names,
+        "index_shape",
+        vec![c as i64, m as i64, bits as i64],
+    )?;
+    let split = step(
+        g,
+        names,
+        "Reshape",
+        "index_split",
+        &[Some(flat), Some(s)],
+        vec![],
+    )?;
+    let split = step(
+        g,
+        names,
+        "Cast",
+        "index_split_float",
+        &[Some(split)],
+        vec![("to", AttrValue::Int(DType::F32.onnx_code() as i64))],
+    )?;
+    let pw: Vec<f32> = (0..bits).map(|k| (1u32 << k) as f32).collect();
+    let pw = scalar_const(
+        g,
+        names,
+        &format!("{name}.bit_weights"),
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[bits as usize]), pw).expect("1-D")),
+    )?;
+    let fi = step(
+        g,
+        names,
+        "MatMul",
+        "index_float",
+        &[Some(split), Some(pw)],
+        vec![],
+    )?;
+    Ok(fi)
+}
+
+/// The indices of one channel, `bits` each, as a little-endian bit stream in `bytes`
+/// bytes (bit `t` of byte `p` is stream position `8p + t`; index `j` holds positions
+/// `j·bits …`, lowest bit first).
+fn pack_bits(index: &[u8], bits: u32, bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes];
+    for (j, &v) in index.iter().enumerate() {
+        for k in 0..bits as usize {
+            if (v >> k) & 1 == 1 {
+                let pos = j * bits as usize + k;
+                out[pos / 8] |= 1 << (pos % 8);
+            }
+        }
+    }
+    out
+}
+
+/// Name of the table of every byte's bits that packed codebook indices share.
+const BIT_TABLE: &str = "codebook.byte_bits";
+
+/// The shared `[256, 8]` uint8 table of each byte's bits (lowest first), made once.
+fn bit_table(g: &mut Graph, names: &mut Names) -> Result<ValueId, PassError> {
+    let vals: Vec<u8> = (0..256u32)
+        .flat_map(|b| (0..8).map(move |t| ((b >> t) & 1) as u8))
+        .collect();
+    let t = Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[256, 8]), vals).expect("256 × 8"));
+    // Reused only when it is this very table (a model's own value may bear the name).
+    if let Some(v) = g.value_by_name(BIT_TABLE) {
+        if g.const_of(v).and_then(|c| c.to_tensor().ok()).as_ref() == Some(&t) {
+            return Ok(v);
+        }
+    }
+    scalar_const(g, names, BIT_TABLE, t)
 }
 
 /// Replaces a float constant by integer values + DequantizeLinear (the float constant
@@ -1067,5 +1266,49 @@ fn drop_if_unused(g: &mut Graph, name: &str) {
         && !captured_by_subgraphs(g).contains(name)
     {
         g.remove_value(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_indices_are_a_little_endian_bit_stream_per_channel() {
+        // 3-bit indices 5 (101), 3 (011), 7 (111): bits 1 0 1 1 1 0 1 1 | 1.
+        assert_eq!(pack_bits(&[5, 3, 7], 3, 2), vec![0b1101_1101, 0b0000_0001]);
+        // 2-bit: four per byte, the first in the lowest bits.
+        assert_eq!(
+            pack_bits(&[1, 2, 3, 0, 2], 2, 2),
+            vec![0b0011_1001, 0b0000_0010]
+        );
+        // Unpacking as the written ops do gives the indices back.
+        let idx: Vec<u8> = (0..37).map(|i| (i * 5 % 8) as u8).collect();
+        let bytes = pack_bits(&idx, 3, (37 * 3usize).div_ceil(8));
+        let bits: Vec<u8> = bytes
+            .iter()
+            .flat_map(|b| (0..8).map(move |t| (b >> t) & 1))
+            .collect();
+        let back: Vec<u8> = bits[..37 * 3]
+            .chunks(3)
+            .map(|c| c[0] + 2 * c[1] + 4 * c[2])
+            .collect();
+        assert_eq!(back, idx);
+    }
+
+    #[test]
+    fn payload_bytes_count_tables_and_packed_indices() {
+        let i8 = QType::new(DType::I8, true, false).unwrap();
+        let i4 = QType::new(DType::I4, true, false).unwrap();
+        // 8 channels × 9 elements.
+        let shape = [8, 1, 3, 3];
+        assert_eq!(payload_bytes(&shape, Some(0), &i8, WeightGrid::Uniform), 72);
+        assert_eq!(payload_bytes(&shape, Some(0), &i4, WeightGrid::Uniform), 36);
+        // 16 levels per channel + 72 indices two per byte.
+        let k4 = WeightGrid::Kmeans { bits: 4 };
+        assert_eq!(payload_bytes(&shape, Some(0), &i8, k4), 8 * 16 + 36);
+        // 4 levels per channel + 9 indices of 2 bits: 3 bytes per channel.
+        let k2 = WeightGrid::Kmeans { bits: 2 };
+        assert_eq!(payload_bytes(&shape, Some(0), &i8, k2), 8 * 4 + 8 * 3);
     }
 }

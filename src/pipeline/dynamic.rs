@@ -174,6 +174,7 @@ fn summary(
         calibration_samples: 0,
         eval_samples,
         validation,
+        size_budget: None,
         precision: None,
         weight_8bit_share: if all == 0 {
             1.0

@@ -1,4 +1,5 @@
-//! Input energy for codebook weights: per weight planned with a k-means grid, the mean
+//! Input energy for codebook weights and size budgets: per weight planned with a k-means
+//! grid (or every weight, for `--size-budget`), the mean
 //! square over the calibration data of the input each weight element multiplies (the
 //! diagonal of `XᵀX`, one figure per input channel; every kernel tap of a channel shares
 //! it), laid out like the weight, so that k-means puts its levels where they matter
@@ -44,18 +45,19 @@ pub(super) fn known(ty: &Option<ValueType>) -> Option<Vec<usize>> {
     }
 }
 
-/// The reader of each k-means weight of `plan` whose layer input can be weighted.
-fn readers(m: &Model, plan: &Plan) -> BTreeMap<String, Reader> {
+/// The reader of each k-means weight of `plan` (of every weight when `all`) whose layer
+/// input can be weighted and that has no input energy yet.
+fn readers(m: &Model, plan: &Plan, all: bool) -> BTreeMap<String, Reader> {
     let g = &m.graph;
     let mut out = BTreeMap::new();
     for (key, d) in &plan.values {
-        let Decision::Weight {
-            grid: WeightGrid::Kmeans { .. },
-            ..
-        } = d
-        else {
+        let Decision::Weight { grid, .. } = d else {
             continue;
         };
+        let wanted = all || matches!(grid, WeightGrid::Kmeans { .. });
+        if !wanted || plan.importance.contains_key(key) {
+            continue;
+        }
         let Some(w) = g.value_by_name(key) else {
             continue;
         };
@@ -112,15 +114,17 @@ fn readers(m: &Model, plan: &Plan) -> BTreeMap<String, Reader> {
     out
 }
 
-/// Fills `plan.importance` for its k-means weights from the calibration samples.
+/// Fills `plan.importance` for its k-means weights (every weight when `all`: a size
+/// budget compares grids by it) from the calibration samples; weights that have it keep it.
 pub fn collect(
     m: &Model,
     base_dir: &Path,
     plan: &mut Plan,
     calib: &Dataset,
+    all: bool,
     progress: &dyn Progress,
 ) -> Result<(), PipelineError> {
-    let rs = readers(m, plan);
+    let rs = readers(m, plan, all);
     if rs.is_empty() || calib.is_empty() {
         return Ok(());
     }

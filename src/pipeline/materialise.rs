@@ -219,7 +219,7 @@ pub fn materialise(
                     "--size-budget {mb} MB: unreachable; the smallest model qrange writes here is {:.3} MB ({})",
                     size as f64 / 1e6,
                     if narrow {
-                        "every weight of 16 or more elements on 4 bits"
+                        "the weight storage the budget chose, with the activations the goal promoted"
                     } else {
                         "8-bit weights"
                     }

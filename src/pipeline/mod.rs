@@ -43,6 +43,7 @@
 
 pub mod adaround;
 pub mod bias_correct;
+pub mod budget;
 pub mod calibrate;
 pub mod dynamic;
 mod energy;
@@ -73,10 +74,10 @@ use crate::calib::{CalibrationFile, Method, TensorStats};
 use crate::data::{Dataset, Sample};
 use crate::ir::Model;
 use crate::passes::Runner;
-use crate::quant::plan::{self, Plan};
+use crate::quant::plan::{self, Decision, Plan};
 use crate::report::ReportInput;
 use crate::tune::search::SensitivityFile;
-use crate::tune::Overrides;
+use crate::tune::{self, Overrides};
 use materialise::{Checks, End, Materialised, Round, Source};
 use prepare::{PrepareEnd, PrepareInput, Prepared};
 use ranges::adaptive::{self, Selection};
@@ -404,7 +405,14 @@ fn quantize_prepared(
     run.time("calibrate", t);
     if let (Some(_), Some(calib)) = (p.cfg.weight_grid.index_bits(), &data.calib) {
         let t = Instant::now();
-        energy::collect(&p.model, &p.base_dir, &mut p.plan, calib, run.progress)?;
+        energy::collect(
+            &p.model,
+            &p.base_dir,
+            &mut p.plan,
+            calib,
+            false,
+            run.progress,
+        )?;
         run.time("input energy", t);
     }
 
@@ -440,24 +448,16 @@ fn quantize_prepared(
         run.time("bias correction", t);
     }
 
-    let budget = o.precision.size_budget_mb.map(|mb| (mb * 1e6) as u64);
-    let base_size = match budget {
-        Some(_) => {
-            let mut q = p.model.clone();
-            crate::passes::insert_qdq::materialize(&mut q, &plan).map_err(|error| {
-                PipelineError::Pass {
-                    model: p.model_path.clone(),
-                    error,
-                }
-            })?;
-            crate::onnx::encoded_size(&q)
-        }
-        None => 0,
+    let allocation = match budget_step(&mut run, &mut p, &mut plan, &data)? {
+        Ok(a) => a,
+        Err(what) => return Ok(run.missed(what)),
     };
-    let narrow = budget.is_some_and(|b| base_size > b);
+    let budget = o.precision.size_budget_mb.map(|mb| (mb * 1e6) as u64);
+    let narrow = allocation.is_some();
     let mut tuned = None;
-    if o.precision.goal.is_some() || narrow {
-        let sizes = budget.map(|b| (b, base_size));
+    if o.precision.goal.is_some() {
+        // The budget chose the weights' storage already: the search keeps it.
+        let sizes = None;
         let folds = match (o.precision.goal, &data.eval, &data.calib) {
             (Some(_), None, Some(calib)) => Some(fold_statistics(&mut run, &p, calib)?),
             _ => None,
@@ -525,7 +525,62 @@ fn quantize_prepared(
         End::Missed(what) => return Ok(run.missed(what)),
         End::Stopped { after } => return Ok(Finish::Stopped { after }),
     };
-    finish(run, &p, m, tuned.as_ref(), selection, &cal.stats, &data)
+    let choices = Choices {
+        tuned: tuned.as_ref(),
+        allocation,
+        selection,
+    };
+    finish(run, &p, m, choices, &cal.stats, &data)
+}
+
+/// What the mixed-precision steps chose.
+struct Choices<'a> {
+    tuned: Option<&'a precision::Tuned>,
+    allocation: Option<budget::Allocation>,
+    selection: Option<Selection>,
+}
+
+/// Input energy for k-means weights an overrides file set, then `--size-budget`: when the
+/// all-8-bit model does not fit, each weight's storage (written into `plan` and the base
+/// plan). `Err` is the one-line reason no storage fits.
+fn budget_step(
+    run: &mut Run,
+    p: &mut Prepared,
+    plan: &mut Plan,
+    data: &inputs::Loaded,
+) -> Result<Result<Option<budget::Allocation>, String>, PipelineError> {
+    let o = run.o;
+    let kmeans_without_energy = plan.values.iter().any(|(k, d)| {
+        matches!(d, Decision::Weight { grid, .. } if !grid.is_uniform())
+            && !plan.importance.contains_key(k)
+    });
+    if let (true, Some(calib)) = (kmeans_without_energy, &data.calib) {
+        let t = Instant::now();
+        energy::collect(&p.model, &p.base_dir, plan, calib, false, run.progress)?;
+        run.time("input energy", t);
+    }
+    let Some(mb) = o.precision.size_budget_mb else {
+        return Ok(Ok(None));
+    };
+    let t = Instant::now();
+    let base = budget::written_size(p, plan)?;
+    if base <= (mb * 1e6) as u64 {
+        run.time("size budget", t);
+        return Ok(Ok(None));
+    }
+    if let Some(calib) = &data.calib {
+        energy::collect(&p.model, &p.base_dir, plan, calib, true, run.progress)?;
+    }
+    let outcome = budget::fit(p, plan, base, mb)?;
+    run.time("size budget", t);
+    match outcome {
+        budget::Outcome::Fits(a) => {
+            p.plan.importance = plan.importance.clone();
+            tune::apply_weights(&mut p.plan, &a.storage());
+            Ok(Ok(Some(a)))
+        }
+        budget::Outcome::Unreachable(what) => Ok(Err(what)),
+    }
 }
 
 /// The calibration data's fold statistics (`pipeline::folds`), timed as `folds`.
@@ -583,30 +638,39 @@ fn finish(
     mut run: Run,
     p: &Prepared,
     m: Materialised,
-    tuned: Option<&precision::Tuned>,
-    selection: Option<Selection>,
+    choices: Choices,
     stats: &CalibrationFile,
     data: &inputs::Loaded,
 ) -> Result<Finish, PipelineError> {
     let o = run.o;
+    let Choices {
+        tuned,
+        allocation,
+        selection,
+    } = choices;
     for (name, n) in &m.inserted.bias_saturated {
         run.warnings
             .push(format!("bias '{name}': {n} values saturated int32"));
     }
-    let overrides = tuned.map(|tu| {
+    let overrides = (tuned.is_some() || allocation.is_some()).then(|| {
         let path = o
             .precision
             .save_overrides
             .clone()
             .unwrap_or_else(|| o.overrides_sidecar());
-        (path, tu.overrides())
+        let mut ov = tuned.map_or_else(Overrides::new, |tu| tu.overrides());
+        if let Some(a) = &allocation {
+            budget::record(a, &mut ov);
+        }
+        (path, ov)
     });
     let precision = tuned.zip(overrides.as_ref()).map(|(tu, (path, _))| {
         tu.summary(
             p,
             &m.plan,
             o.precision.goal,
-            o.precision.size_budget_mb,
+            // The budget is described by its allocation.
+            None,
             path,
         )
     });
@@ -620,6 +684,7 @@ fn finish(
         m: &m,
         fusion: lint.as_ref().map(|r| r.coverage()),
         selection,
+        size_budget: allocation,
         precision,
         calibration_samples: stats.samples as usize,
         eval_samples,
@@ -659,6 +724,14 @@ fn finish(
         interface::written(p, m.model, &m.plan, data.first.as_ref(), &o.common.shapes);
     s.notes.extend(notes);
     s.size_after = crate::onnx::encoded_size(&model);
+    if let Some(mb) = o.precision.size_budget_mb {
+        if s.size_after > (mb * 1e6) as u64 {
+            return Ok(run.missed(format!(
+                "--size-budget {mb} MB: the written model takes {:.4} MB",
+                s.size_after as f64 / 1e6
+            )));
+        }
+    }
     if !o.drop_pinned_inputs {
         let pinned = o.common.pins.iter().map(|(n, _)| n.clone()).collect();
         let notes = interface::keep_pinned_inputs(&mut model, &run.declared, &pinned)?;

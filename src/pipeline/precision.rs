@@ -777,7 +777,7 @@ pub fn apply_overrides(
         &prec,
         "activations left float by --overrides",
     );
-    let missing = tune::apply_w4(plan, &o.w4());
+    let missing = tune::apply_weights(plan, &o.weights);
     if !missing.is_empty() {
         return Err(PipelineError::Options(format!(
             "{}: overrides name weights that are not quantized weights: {}",

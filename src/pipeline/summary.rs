@@ -41,6 +41,9 @@ pub struct Summary {
     pub calibration_samples: usize,
     pub eval_samples: usize,
     pub validation: BTreeMap<String, crate::report::Metrics>,
+    /// Every weight's storage under `--size-budget` (when the 8-bit model did not fit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_budget: Option<super::budget::Allocation>,
     /// Mixed precision (with --target-sqnr / --max-drop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<PrecisionSummary>,
@@ -136,6 +139,7 @@ pub struct Parts<'a> {
     pub m: &'a Materialised,
     pub fusion: Option<crate::lint::Coverage>,
     pub selection: Option<adaptive::Selection>,
+    pub size_budget: Option<super::budget::Allocation>,
     pub precision: Option<PrecisionSummary>,
     pub calibration_samples: usize,
     pub eval_samples: usize,
@@ -201,6 +205,7 @@ pub fn summarise(parts: Parts) -> Summary {
         calibration_samples: parts.calibration_samples,
         eval_samples: parts.eval_samples,
         validation: m.validation.clone(),
+        size_budget: parts.size_budget,
         precision: parts.precision,
         weight_8bit_share,
         weight_4bit_share,

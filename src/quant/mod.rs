@@ -10,9 +10,13 @@
 //! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read;
 //! [`embedding`] finds the embedding tables any mode stores in 8 bits per row; [`smooth`] holds
 //! SmoothQuant's migration factors;
-//! [`equalize`] cross-layer equalization's per-channel weight ranges and factors.
+//! [`equalize`] cross-layer equalization's per-channel weight ranges and factors;
+//! [`adaround`] learned up/down rounding of a layer's uniform weights; [`budget`] the storage
+//! of each weight a size budget chooses; [`gemm_fusion`] when ONNX Runtime fuses a MatMul and
+//! its bias Add into a Gemm.
 
 pub mod adaround;
+pub mod budget;
 pub mod codebook;
 pub mod embedding;
 pub mod equalize;

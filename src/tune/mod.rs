@@ -17,6 +17,7 @@ pub mod search;
 pub mod sim;
 
 use crate::ir::{DType, Model};
+use crate::quant::codebook::WeightGrid;
 use crate::quant::params::{QType, ScaleFold};
 use crate::quant::plan::{op_key, Decision, OpState, Plan};
 use serde::{Deserialize, Serialize};
@@ -48,13 +49,56 @@ impl Precision {
     }
 }
 
-/// Storage of a weight.
+/// Storage of a weight: the plan's 8-bit grid, int4 per channel, or a k-means codebook
+/// per channel on the 8-bit grid with 4, 3 or 2-bit indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum WeightBits {
     #[serde(rename = "w8")]
     W8,
     #[serde(rename = "w4")]
     W4,
+    #[serde(rename = "kmeans4")]
+    Kmeans4,
+    #[serde(rename = "kmeans3")]
+    Kmeans3,
+    #[serde(rename = "kmeans2")]
+    Kmeans2,
+}
+
+impl WeightBits {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightBits::W8 => "w8",
+            WeightBits::W4 => "w4",
+            WeightBits::Kmeans4 => "kmeans4",
+            WeightBits::Kmeans3 => "kmeans3",
+            WeightBits::Kmeans2 => "kmeans2",
+        }
+    }
+
+    /// The grid of a weight planned on `base` (its 8-bit type).
+    pub fn grid(self, base: QType) -> (QType, WeightGrid) {
+        match self {
+            WeightBits::W8 => (base, WeightGrid::Uniform),
+            WeightBits::W4 => (narrow_weight(), WeightGrid::Uniform),
+            WeightBits::Kmeans4 => (base, WeightGrid::Kmeans { bits: 4 }),
+            WeightBits::Kmeans3 => (base, WeightGrid::Kmeans { bits: 3 }),
+            WeightBits::Kmeans2 => (base, WeightGrid::Kmeans { bits: 2 }),
+        }
+    }
+}
+
+/// Stores each weight of `storage` as it says (they must be weight decisions of `plan`,
+/// still on their 8-bit grid); returns the names that are not quantized weights.
+pub fn apply_weights(plan: &mut Plan, storage: &BTreeMap<String, WeightBits>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (w, s) in storage {
+        match plan.values.get_mut(w) {
+            Some(Decision::Weight { qtype, grid, .. }) => (*qtype, *grid) = s.grid(*qtype),
+            _ => missing.push(w.clone()),
+        }
+    }
+    missing
 }
 
 /// The 4-bit weight grid: int4 symmetric [-7, 7].
@@ -103,7 +147,8 @@ pub struct Overrides {
     /// Per tensor: the precision of the tensor's activation unit.
     #[serde(default)]
     pub tensors: BTreeMap<String, Precision>,
-    /// Per weight (initializer name): `w4` stores it on 4 bits, `w8` (the default) on 8.
+    /// Per weight (initializer name): `w4` stores it on 4 bits, `kmeans4`/`kmeans3`/
+    /// `kmeans2` as a k-means codebook per channel, `w8` (the default) on 8 bits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, WeightBits>,
     /// Why each entry was chosen (written by the search; ignored when read).

@@ -138,9 +138,10 @@ FIXTURES = [
     # Mixed u8/u16/float activations chosen by the search (it validates, so it gets --eval).
     ("ppocr_cls mixed precision", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--target-sqnr", "30", "--sensitivity-samples", "4"], 16),
-    # 4-bit weights chosen to fit a size budget.
-    ("ppocr_cls 4-bit weights", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
-     "ppocr_cls/eval.npz", ["--size-budget", "0.25", "--sensitivity-samples", "4"], 4),
+    # Each weight's storage chosen to fit a size budget: 8-bit, int4 and k-means 4-bit
+    # codebooks in one model.
+    ("ppocr_cls size budget", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
+     "ppocr_cls/eval.npz", ["--size-budget", "0.246"], 4),
     # Codebook weights: GatherElements of per-channel int8 levels by uint4 (up to 4 bits) or
     # uint8 indices, then Reshape/Transpose into the weight's layout, read by
     # DequantizeLinear; Conv weights (channel axis 0) and MatMul/Gemm weights (axis 1).
@@ -148,6 +149,12 @@ FIXTURES = [
      ["--weight-grid", "kmeans", "--weight-bits", "4"], None),
     ("tiny_mlp kmeans 6-bit", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz",
      ["--weight-grid", "kmeans", "--weight-bits", "6"], None),
+    # 2- and 3-bit indices packed as bit streams per channel, unpacked by Gather of a byte →
+    # bits table, Slice/Reshape and a MatMul by the bit weights.
+    ("tiny_cnn kmeans 3-bit", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
+     ["--weight-grid", "kmeans", "--weight-bits", "3"], None),
+    ("tiny_mlp kmeans 2-bit", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz",
+     ["--weight-grid", "kmeans", "--weight-bits", "2"], None),
     ("tiny_cnn pow2 3-bit", "tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", "tiny/tiny_cnn.eval.npz",
      ["--weight-grid", "pow2", "--weight-bits", "3"], None),
     ("magika kmeans 4-bit", "magika/model.onnx", "magika/calib.npz", "magika/eval.npz",

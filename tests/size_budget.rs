@@ -1,0 +1,119 @@
+//! `--size-budget`: every weight's storage (8-bit, int4, k-means 4/3/2-bit) chosen to fit,
+//! as written in the model, replayed by the overrides file, and the unreachable budget.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const INT8: i32 = 3;
+const UINT8: i32 = 2;
+const INT4: i32 = 22;
+const UINT4: i32 = 21;
+
+fn cls(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        s(&fixture("ppocr_cls/model.onnx")),
+        "--calib".into(),
+        s(&fixture("ppocr_cls/calib.npz")),
+        "--no-validate".into(),
+        "-o".into(),
+        s(out),
+    ];
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    quantize_json(&refs)
+}
+
+/// The written initializer `name`: element type and dims.
+fn init(m: &qrange::onnx::proto::ModelProto, name: &str) -> Option<(i32, Vec<i64>)> {
+    let g = m.graph.as_ref().unwrap();
+    g.initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .map(|t| (t.data_type.unwrap_or(0), t.dims.clone()))
+}
+
+#[test]
+fn each_weight_gets_the_storage_the_budget_chose_and_the_model_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let float = std::fs::metadata(fixture("ppocr_cls/model.onnx"))
+        .unwrap()
+        .len();
+    let mb = format!("{}", 0.42 * float as f64 / 1e6);
+    let out = tmp.path().join("cls.onnx");
+    let j = cls(&out, &["--size-budget", &mb]);
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(
+        size as f64 <= 0.42 * float as f64,
+        "{size} bytes over 0.42 × {float}"
+    );
+    let weights = j["size_budget"]["weights"].as_array().unwrap();
+    let m = load(&out);
+    let mut kinds = std::collections::BTreeSet::new();
+    for w in weights {
+        let name = w["weight"].as_str().unwrap();
+        let storage = w["storage"].as_str().unwrap();
+        kinds.insert(storage.to_string());
+        match storage {
+            "w8" => assert_eq!(init(&m, &format!("{name}.q")).unwrap().0, INT8, "{name}"),
+            "w4" => assert_eq!(init(&m, &format!("{name}.q")).unwrap().0, INT4, "{name}"),
+            k => {
+                let bits: u32 = k.strip_prefix("kmeans").unwrap().parse().unwrap();
+                let (ty, dims) = init(&m, &format!("{name}.codebook")).unwrap();
+                assert_eq!(ty, INT8, "{name}");
+                assert_eq!(dims[1], 1 << bits, "{name}: {dims:?}");
+                let (ty, dims) = init(&m, &format!("{name}.index")).unwrap();
+                let elements = w["elements"].as_u64().unwrap() as i64;
+                if bits == 4 {
+                    assert_eq!((ty, dims[0] * dims[1]), (UINT4, elements), "{name}");
+                } else {
+                    // Packed: bits per index, whole bytes per channel.
+                    let per_channel = elements / dims[0];
+                    let bytes = (per_channel * bits as i64 + 7) / 8;
+                    assert_eq!((ty, dims[1]), (UINT8, bytes), "{name}");
+                }
+            }
+        }
+    }
+    assert!(
+        kinds.len() >= 2 && kinds.iter().any(|k| k.starts_with("kmeans")),
+        "{kinds:?}"
+    );
+    // Same bytes again, and the overrides file replays them.
+    let again = tmp.path().join("again.onnx");
+    cls(&again, &["--size-budget", &mb]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    let replay = tmp.path().join("replay.onnx");
+    let ov = tmp.path().join("cls.overrides.json");
+    cls(&replay, &["--overrides", &s(&ov)]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&replay).unwrap()
+    );
+}
+
+#[test]
+fn a_budget_below_the_smallest_storage_is_one_line_naming_the_minimum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let none = tmp.path().join("none.onnx");
+    let r = qrange(&[
+        "quantize",
+        &s(&fixture("ppocr_cls/model.onnx")),
+        "--calib",
+        &s(&fixture("ppocr_cls/calib.npz")),
+        "--size-budget",
+        "0.01",
+        "--no-validate",
+        "-o",
+        &s(&none),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let first = r.stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with("error: --size-budget 0.01 MB: unreachable; the smallest model qrange writes here is 0."),
+        "{}",
+        r.stderr
+    );
+    assert!(!none.exists());
+}
