@@ -103,7 +103,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", "/work/shared/models"))
+    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
     ap.add_argument("--qrange", default=qb.default_qrange())
     ap.add_argument("--out", default=os.path.join(REPO, "target", "adaround_bench"))
     ap.add_argument("--only", default="")
