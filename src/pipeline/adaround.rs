@@ -3,7 +3,7 @@
 //! 2-D weight) and Gemm (without `transA`), on the plan's grids ([`crate::quant::adaround`]).
 //!
 //! One engine pass over the calibration samples streams every such layer's float input
-//! ([`stream_float_taps`]) into the mean Gram matrix of its rows (Conv patches), per group:
+//! (`materialise::stream_float_taps`) into the mean Gram matrix of its rows (Conv patches), per group:
 //! at most `rows` rows per layer, spread evenly over the samples and over each sample's
 //! rows, so memory is `k²` per group whatever the data, and the order of the samples and
 //! rows is fixed. Each layer then learns its up/down choices on its iteration budget

@@ -20,7 +20,7 @@
 //!
 //! A constant table too large for the engine's constant folding (a transformer's int8
 //! word-embedding table) is held dequantized, computed once by the engine's own kernel
-//! ([`dequantize_constants`]): the engine would otherwise dequantize it again on every run
+//! (`dequantize_constants`): the engine would otherwise dequantize it again on every run
 //! of every configuration, most of a run's time.
 
 use super::{Precision, TuneError, Unit};
