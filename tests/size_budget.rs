@@ -80,6 +80,33 @@ fn each_weight_gets_the_storage_the_budget_chose_and_the_model_fits() {
         kinds.len() >= 2 && kinds.iter().any(|k| k.starts_with("kmeans")),
         "{kinds:?}"
     );
+    // The summary's shares by stored width agree with the chosen storage: a codebook
+    // weight counts at its index width, not as the int8 of its levels.
+    let mut elements = std::collections::BTreeMap::<u32, f64>::new();
+    for w in weights {
+        let bits = match w["storage"].as_str().unwrap() {
+            "w8" => 8,
+            "w4" => 4,
+            k => k.strip_prefix("kmeans").unwrap().parse().unwrap(),
+        };
+        *elements.entry(bits).or_default() += w["elements"].as_f64().unwrap();
+    }
+    let shares = j["weight_bits_share"].as_object().unwrap();
+    let share = |b: u32| {
+        shares
+            .get(&b.to_string())
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    };
+    let (&widest, &n_widest) = elements.iter().next_back().unwrap();
+    for (&b, &n) in &elements {
+        let (got, want) = (share(b) / share(widest), n / n_widest);
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{b} bits: {got} vs {want}: {shares:?}"
+        );
+    }
+    assert_eq!(j["weight_8bit_share"].as_f64().unwrap(), share(8));
     // Same bytes again, and the overrides file replays them.
     let again = tmp.path().join("again.onnx");
     cls(&again, &["--size-budget", &mb]);

@@ -148,6 +148,11 @@ fn summary(
     let o = run.o;
     let weight = QType::new(DType::I8, true, false).expect("int8");
     let all = weight_parameters(&p.model);
+    let share8 = if all == 0 {
+        1.0
+    } else {
+        report.int8_parameters as f64 / all as f64
+    };
     let float_ops = report.float.values().map(Vec::len).sum();
     Summary {
         input: o.common.model.display().to_string(),
@@ -176,12 +181,9 @@ fn summary(
         validation,
         size_budget: None,
         precision: None,
-        weight_8bit_share: if all == 0 {
-            1.0
-        } else {
-            report.int8_parameters as f64 / all as f64
-        },
+        weight_8bit_share: share8,
         weight_4bit_share: 0.0,
+        weight_bits_share: BTreeMap::from([(8, share8)]),
         weight_sqnr_db: None,
         seconds: BTreeMap::new(),
         notes,

@@ -47,10 +47,13 @@ pub struct Summary {
     /// Mixed precision (with --target-sqnr / --max-drop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<PrecisionSummary>,
-    /// Share of weight parameters stored in 8 bits.
+    /// Share of weight parameters stored in 8 bits (uniform codes or 8-bit codebook indices).
     pub weight_8bit_share: f64,
-    /// Share of weight parameters stored in 4 bits.
+    /// Share of weight parameters stored in 4 bits (uniform codes or 4-bit codebook indices).
     pub weight_4bit_share: f64,
+    /// Share of weight parameters by stored bits per parameter (code or codebook index
+    /// width), every width present.
+    pub weight_bits_share: BTreeMap<u32, f64>,
     /// Weight SQNR in dB over every quantized weight: `10·log10(Σ w² / Σ (w − ŵ)²)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_sqnr_db: Option<f64>,
@@ -97,12 +100,13 @@ pub fn full_grid_weights(plan: &Plan, weight: &QType) -> String {
     }
 }
 
-/// Shares of weight parameters stored in 8 and in 4 bits: weight decisions over every
+/// Shares of weight parameters by the bits each is stored on: the code width of a uniform
+/// grid, the index width of a codebook (whose levels are int8); weight decisions over every
 /// float constant of 16 or more elements in the prepared model (biases, stored as int32,
-/// aside).
-pub fn weight_shares(plan: &Plan, m: &Model) -> (f64, f64) {
+/// aside; what stays float counts in the whole and under no width).
+pub fn weight_shares(plan: &Plan, m: &Model) -> BTreeMap<u32, f64> {
     let g = &m.graph;
-    let (mut eight, mut four, mut all) = (0u64, 0u64, 0u64);
+    let (mut by_bits, mut all) = (BTreeMap::<u32, u64>::new(), 0u64);
     for v in g.values() {
         let Some(t) = g.const_of(v) else { continue };
         let n = t.numel() as u64;
@@ -111,25 +115,23 @@ pub fn weight_shares(plan: &Plan, m: &Model) -> (f64, f64) {
         }
         match plan.values.get(&g.value(v).name) {
             Some(Decision::Bias { .. }) => continue,
-            Some(Decision::Weight { qtype, .. })
-                if matches!(qtype.dtype, DType::I8 | DType::U8) =>
-            {
-                eight += n;
-            }
-            Some(Decision::Weight { qtype, .. })
-                if matches!(qtype.dtype, DType::I4 | DType::U4) =>
-            {
-                four += n;
+            Some(Decision::Weight { qtype, grid, .. }) => {
+                let bits = grid
+                    .index_bits()
+                    .unwrap_or(qtype.dtype.bits().unwrap_or(8) as u32);
+                *by_bits.entry(bits).or_default() += n;
             }
             _ => {}
         }
         all += n;
     }
     if all == 0 {
-        (1.0, 0.0)
-    } else {
-        (eight as f64 / all as f64, four as f64 / all as f64)
+        return BTreeMap::from([(8, 1.0)]);
     }
+    by_bits
+        .into_iter()
+        .map(|(b, n)| (b, n as f64 / all as f64))
+        .collect()
 }
 
 /// What [`summarise`] reads.
@@ -169,7 +171,7 @@ pub fn summarise(parts: Parts) -> Summary {
     }
     let mut notes = p.notes.clone();
     notes.extend(m.exec_notes.iter().cloned());
-    let (weight_8bit_share, weight_4bit_share) = weight_shares(plan, &p.model);
+    let weight_bits_share = weight_shares(plan, &p.model);
     let low_bit = !p.cfg.weight_grid.is_uniform()
         || p.cfg.weight.dtype != DType::I8
         || p.cfg.weight.qmax < 64;
@@ -207,8 +209,9 @@ pub fn summarise(parts: Parts) -> Summary {
         validation: m.validation.clone(),
         size_budget: parts.size_budget,
         precision: parts.precision,
-        weight_8bit_share,
-        weight_4bit_share,
+        weight_8bit_share: weight_bits_share.get(&8).copied().unwrap_or(0.0),
+        weight_4bit_share: weight_bits_share.get(&4).copied().unwrap_or(0.0),
+        weight_bits_share,
         // Said for low-bit grids (8-bit uniform weights keep the summary they always had).
         weight_sqnr_db: (m.inserted.weight_noise > 0.0 && low_bit)
             .then(|| 10.0 * (m.inserted.weight_signal / m.inserted.weight_noise).log10()),
