@@ -377,26 +377,7 @@ pub fn equalize_prepared(p: &mut Prepared) -> Result<Equalized, PipelineError> {
     let pairs = pairs(&p.model);
     let invalid = |what: String| PipelineError::Options(format!("--equalize: {what}"));
     let (f, sweeps, spread) = factors(&p.model, &pairs).map_err(invalid)?;
-    apply(&mut p.model, &pairs, &f).map_err(invalid)?;
-    p.model
-        .verify()
-        .map_err(|error| PipelineError::InvalidPrepared {
-            model: p.model_path.clone(),
-            error,
-        })?;
-    if let Some(general) = p.general.as_mut() {
-        if let Ok(gm) = general.model.as_mut() {
-            if let Err(e) = apply(gm, &pairs, &f) {
-                general.model = Err(format!("equalizing the model with its declared dims: {e}"));
-            }
-        }
-    }
-    let un = crate::quant::plan::Uncalibrated {
-        shape_constants: p.shape_constants.clone(),
-        ..Default::default()
-    };
-    p.plan = crate::quant::plan::build_with(&p.model, &p.cfg, &un);
-    p.sha256 = super::prepare::sha256_of(&p.model)?;
+    p.rewrite_weights("--equalize", "equalizing", |m| apply(m, &pairs, &f))?;
     let done = Equalized {
         pairs,
         sweeps,

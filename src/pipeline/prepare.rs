@@ -42,6 +42,42 @@ pub struct Prepared {
     pub shape_constants: std::collections::BTreeSet<String>,
 }
 
+impl Prepared {
+    /// Rewrites the prepared model's weights with `rewrite` (an error there is an error of
+    /// the option `flag`), checks it, and rewrites the model with the declared dims the same
+    /// way (a failure there is kept as that model's error, `doing` saying what failed); then
+    /// plans and fingerprints the rewritten model again (what calibration identifies).
+    pub(crate) fn rewrite_weights(
+        &mut self,
+        flag: &str,
+        doing: &str,
+        rewrite: impl Fn(&mut Model) -> Result<(), String>,
+    ) -> Result<(), PipelineError> {
+        rewrite(&mut self.model)
+            .map_err(|what| PipelineError::Options(format!("{flag}: {what}")))?;
+        self.model
+            .verify()
+            .map_err(|error| PipelineError::InvalidPrepared {
+                model: self.model_path.clone(),
+                error,
+            })?;
+        if let Some(general) = self.general.as_mut() {
+            if let Ok(gm) = general.model.as_mut() {
+                if let Err(e) = rewrite(gm) {
+                    general.model = Err(format!("{doing} the model with its declared dims: {e}"));
+                }
+            }
+        }
+        let un = crate::quant::plan::Uncalibrated {
+            shape_constants: self.shape_constants.clone(),
+            ..Default::default()
+        };
+        self.plan = crate::quant::plan::build_with(&self.model, &self.cfg, &un);
+        self.sha256 = sha256_of(&self.model)?;
+        Ok(())
+    }
+}
+
 /// What [`prepare`] is given besides the model.
 pub struct PrepareInput<'a> {
     pub common: &'a Common,

@@ -292,26 +292,7 @@ pub fn smooth_prepared<S: SampleSource + ?Sized>(
     let maxima = channel_maxima(p, &groups, samples, progress)?;
     let invalid = |what: String| PipelineError::Options(format!("--smooth: {what}"));
     let f = factors(&p.model, &groups, &maxima, alpha).map_err(invalid)?;
-    apply(&mut p.model, &groups, &f).map_err(invalid)?;
-    p.model
-        .verify()
-        .map_err(|error| PipelineError::InvalidPrepared {
-            model: p.model_path.clone(),
-            error,
-        })?;
-    if let Some(general) = p.general.as_mut() {
-        if let Ok(gm) = general.model.as_mut() {
-            if let Err(e) = apply(gm, &groups, &f) {
-                general.model = Err(format!("smoothing the model with its declared dims: {e}"));
-            }
-        }
-    }
-    let un = crate::quant::plan::Uncalibrated {
-        shape_constants: p.shape_constants.clone(),
-        ..Default::default()
-    };
-    p.plan = crate::quant::plan::build_with(&p.model, &p.cfg, &un);
-    p.sha256 = super::prepare::sha256_of(&p.model)?;
+    p.rewrite_weights("--smooth", "smoothing", |m| apply(m, &groups, &f))?;
     let done = Smoothed { groups, alpha };
     p.notes.push(done.note());
     Ok(done)
