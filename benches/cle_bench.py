@@ -114,19 +114,9 @@ def main() -> int:
         if w not in WEIGHTS:
             print(f"error: --weights {w!r} is not one of {', '.join(WEIGHTS)}", file=sys.stderr)
             return 2
-    names = [n for n in args.only.split(",") if n] or list(MODELS)
-    for n in names:
-        if n not in MODELS or not os.path.exists(os.path.join(args.models, n, "model.onnx")):
-            print(f"error: no model {n!r} under {args.models}", file=sys.stderr)
-            return 2
-    if not os.path.exists(args.qrange):
-        print(f"error: no qrange binary at {args.qrange} (cargo build --release)", file=sys.stderr)
+    rows = db.bench_models(args, MODELS, bench)
+    if rows is None:
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    rows = []
-    for n in names:
-        qb.log(f"{n}...")
-        rows += bench(n, args)
     if args.json:
         qb.write_atomic(args.json, json.dumps(qb.json_safe(rows), indent=1))
     print(table(rows))

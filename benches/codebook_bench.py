@@ -125,19 +125,9 @@ def main() -> int:
     ap.add_argument("--latency-budget", type=float, default=5.0)
     args = ap.parse_args()
     args.bits = [int(b) for b in args.bits.split(",") if b]
-    names = [n for n in args.only.split(",") if n] or list(MODELS)
-    for n in names:
-        if n not in MODELS or not os.path.exists(os.path.join(args.models, n, "model.onnx")):
-            print(f"error: no model {n!r} under {args.models}", file=sys.stderr)
-            return 2
-    if not os.path.exists(args.qrange):
-        print(f"error: no qrange binary at {args.qrange} (cargo build --release)", file=sys.stderr)
+    rows = db.bench_models(args, MODELS, bench)
+    if rows is None:
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    rows = []
-    for n in names:
-        qb.log(f"{n}...")
-        rows += bench(n, args)
     print(table(rows))
     return 0
 

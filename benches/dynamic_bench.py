@@ -127,6 +127,26 @@ class Reference:
         return qb.latencies_ms(paths, self.data, self.cfg["pins"], runs, budget_s)
 
 
+def bench_models(args, models: dict, bench) -> list[dict] | None:
+    """`bench(name, args)`'s rows for each model of `--only` (every one of `models` without
+    it), after checking that each model and the qrange binary exist (`None`, said on stderr,
+    when one does not)."""
+    names = [n for n in args.only.split(",") if n] or list(models)
+    for n in names:
+        if n not in models or not os.path.exists(os.path.join(args.models, n, "model.onnx")):
+            print(f"error: no model {n!r} under {args.models}", file=sys.stderr)
+            return None
+    if not os.path.exists(args.qrange):
+        print(f"error: no qrange binary at {args.qrange} (cargo build --release)", file=sys.stderr)
+        return None
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for n in names:
+        qb.log(f"{n}...")
+        rows += bench(n, args)
+    return rows
+
+
 def bench(name: str, args) -> list[dict]:
     r = Reference(args.models, name, MODELS[name])
     cfg, model, n = r.cfg, r.model, r.n
@@ -189,19 +209,9 @@ def main() -> int:
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--latency-budget", type=float, default=10.0)
     args = ap.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(MODELS)
-    for n in names:
-        if n not in MODELS or not os.path.exists(os.path.join(args.models, n, "model.onnx")):
-            print(f"error: no model {n!r} under {args.models}", file=sys.stderr)
-            return 2
-    if not os.path.exists(args.qrange):
-        print(f"error: no qrange binary at {args.qrange} (cargo build --release)", file=sys.stderr)
+    rows = bench_models(args, MODELS, bench)
+    if rows is None:
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    rows = []
-    for n in names:
-        qb.log(f"{n}...")
-        rows += bench(n, args)
     print(table(rows))
     return 0
 
