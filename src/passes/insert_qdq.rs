@@ -331,31 +331,12 @@ pub fn dequantized_bias_of(
     };
     let input = own_params(plan, root, qtype, range_from.as_deref())?;
     let scales = bias_scales(input.params[0].scale, weight);
-    let Tensor::F32(a) = float else {
-        return Err(err(format!("bias '{bias}' is not f32")));
-    };
-    let vals: Vec<f32> = a.iter().copied().collect();
-    if scales.len() != 1 && scales.len() != vals.len() {
-        return Err(err(format!(
-            "bias '{bias}' has {} values but the weight has {} channels",
-            vals.len(),
-            scales.len()
-        )));
-    }
-    let (qv, _) = quantize_bias(&vals, &scales);
-    let q =
-        Tensor::I32(ArrayD::from_shape_vec(IxDyn(a.shape()), qv).map_err(|e| err(e.to_string()))?);
-    let pshape: Vec<usize> = if scales.len() > 1 {
-        vec![scales.len()]
-    } else {
-        vec![]
-    };
-    let zp = zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?;
+    let codes = bias_codes(bias, float, &scales)?;
     let attrs = crate::quant::kernels::DequantizeAttrs {
         axis: if scales.len() > 1 { 0 } else { 1 },
         ..Default::default()
     };
-    crate::quant::kernels::dequantize_linear(&q, &scale_tensor(&scales, &pshape), Some(&zp), &attrs)
+    crate::quant::kernels::dequantize_linear(&codes.q, &codes.scale, Some(&codes.zp), &attrs)
         .map(Some)
         .map_err(|e| err(format!("bias '{bias}': {e}")))
 }
@@ -1185,6 +1166,43 @@ fn quantize_weight(
     ))
 }
 
+/// The int32 values, scale and zero point (per channel when `scales` has more than one)
+/// bias `name` (float values `t`) is written as, and how many values saturated.
+struct BiasCodes {
+    q: Tensor,
+    scale: Tensor,
+    zp: Tensor,
+    saturated: usize,
+}
+
+fn bias_codes(name: &str, t: &Tensor, scales: &[f32]) -> Result<BiasCodes, PassError> {
+    let Tensor::F32(a) = t else {
+        return Err(err(format!("bias '{name}' is not f32")));
+    };
+    let vals: Vec<f32> = a.iter().copied().collect();
+    if scales.len() != 1 && scales.len() != vals.len() {
+        return Err(err(format!(
+            "bias '{name}' has {} values but the weight has {} channels",
+            vals.len(),
+            scales.len()
+        )));
+    }
+    let (qv, saturated) = quantize_bias(&vals, scales);
+    let q =
+        Tensor::I32(ArrayD::from_shape_vec(IxDyn(a.shape()), qv).map_err(|e| err(e.to_string()))?);
+    let pshape: Vec<usize> = if scales.len() > 1 {
+        vec![scales.len()]
+    } else {
+        vec![]
+    };
+    Ok(BiasCodes {
+        q,
+        scale: scale_tensor(scales, &pshape),
+        zp: zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?,
+        saturated,
+    })
+}
+
 /// Replaces a float bias by int32 values + DequantizeLinear; returns how many saturated.
 fn quantize_bias_value(
     g: &mut Graph,
@@ -1198,33 +1216,17 @@ fn quantize_bias_value(
         .ok_or_else(|| err(format!("bias '{name}' is not a constant")))?
         .to_tensor()
         .map_err(|e| err(e.to_string()))?;
-    let Tensor::F32(a) = &t else {
-        return Err(err(format!("bias '{name}' is not f32")));
-    };
-    let vals: Vec<f32> = a.iter().copied().collect();
-    if scales.len() != 1 && scales.len() != vals.len() {
-        return Err(err(format!(
-            "bias '{name}' has {} values but the weight has {} channels",
-            vals.len(),
-            scales.len()
-        )));
-    }
-    let (qv, sat) = quantize_bias(&vals, scales);
-    let shape = a.shape().to_vec();
-    let qt =
-        Tensor::I32(ArrayD::from_shape_vec(IxDyn(&shape), qv).map_err(|e| err(e.to_string()))?);
+    let BiasCodes {
+        q: qt,
+        scale: scale_t,
+        zp: zp_t,
+        saturated: sat,
+    } = bias_codes(&name, &t, scales)?;
     let readers = g.consumers(b);
     let q_name = names.fresh(g, &format!("{name}.q"));
     let qid = g
         .add_const(&q_name, ConstTensor::from_tensor(None, &qt))
         .map_err(|e| err(e.to_string()))?;
-    let pshape: Vec<usize> = if scales.len() > 1 {
-        vec![scales.len()]
-    } else {
-        vec![]
-    };
-    let scale_t = scale_tensor(scales, &pshape);
-    let zp_t = zp_tensor(DType::I32, &vec![0; scales.len()], &pshape)?;
     let sv = scalar_const(g, names, &format!("{name}.scale"), scale_t.clone())?;
     let zv = scalar_const(g, names, &format!("{name}.zp"), zp_t.clone())?;
     let dq_name = names.fresh(g, &format!("{name}.dq"));
