@@ -15,6 +15,9 @@
 //! - [`clean_up_on_signals`]: temporary files are registered while they exist; on SIGINT or
 //!   SIGTERM a handler thread removes them and exits with the conventional code (130, 143),
 //!   so an interrupted command leaves neither a temporary file nor a partial output.
+//! - [`scratch`]: a file written and read back within one command (a simulation model's
+//!   side file), alone in a new folder of the system's temporary directory; registered
+//!   like the staged files and removed, with its folder, when dropped.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -284,6 +287,65 @@ pub fn commit(staged: Vec<Staged>) -> io::Result<()> {
     Ok(())
 }
 
+/// A scratch file and the folder made for it (see [`scratch`]); both are removed when it
+/// is dropped.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+/// Creates an empty file named `name` in a new folder of the system's temporary
+/// directory, registered (with its folder) for removal on SIGINT/SIGTERM.
+pub fn scratch(name: &str) -> io::Result<(Scratch, File)> {
+    let base = std::env::temp_dir();
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("qrange-{}-{n}", std::process::id()));
+        let mut reg = pending();
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        reg.insert(dir.clone());
+        let file = dir.join(name);
+        return match OpenOptions::new().write(true).create_new(true).open(&file) {
+            Ok(f) => {
+                reg.insert(file.clone());
+                Ok((Scratch { dir, file }, f))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                reg.remove(&dir);
+                Err(e)
+            }
+        };
+    }
+}
+
+impl Scratch {
+    /// The folder holding the file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let mut reg = pending();
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_dir(&self.dir);
+        reg.remove(&self.file);
+        reg.remove(&self.dir);
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut s = stage(path)?;
@@ -302,8 +364,9 @@ pub fn clean_up_on_signals() -> io::Result<()> {
             if let Some(sig) = signals.forever().next() {
                 // Held until the process ends: no file is staged or renamed meanwhile.
                 let reg = pending();
-                for p in reg.iter() {
-                    let _ = std::fs::remove_file(p);
+                // A scratch file sorts after its folder: files first, then the folders.
+                for p in reg.iter().rev() {
+                    let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
                 }
                 std::process::exit(128 + sig);
             }
@@ -317,6 +380,18 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_scratch_file_and_its_folder_are_registered_then_removed() {
+        let (s, mut f) = scratch("side.data").unwrap();
+        f.write_all(b"abc").unwrap();
+        let (dir, file) = (s.dir().to_path_buf(), s.file().to_path_buf());
+        assert_eq!(std::fs::read(&file).unwrap(), b"abc");
+        assert!(pending().contains(&dir) && pending().contains(&file));
+        drop(s);
+        assert!(!dir.exists());
+        assert!(!pending().contains(&dir) && !pending().contains(&file));
     }
 
     #[test]

@@ -392,6 +392,27 @@ impl Graph {
         &mut self.store[t.0]
     }
 
+    /// Frees the data of every stored constant no value refers to any more (a removed
+    /// initializer's tensor stays in the store, which only grows); returns the bytes
+    /// freed. Handles stay valid: such a tensor keeps its type and dims, with no data.
+    pub fn release_unused_tensors(&mut self) -> usize {
+        let used: std::collections::HashSet<usize> = self
+            .values()
+            .filter_map(|v| self.value(v).init.map(|t| t.0))
+            .collect();
+        let mut freed = 0;
+        for (i, t) in self.store.iter_mut().enumerate() {
+            if !used.contains(&i) && !matches!(t.data, super::value::TensorData::Empty) {
+                freed += match &t.data {
+                    super::value::TensorData::External(_) => 0,
+                    _ => t.checked_byte_size().unwrap_or(0),
+                };
+                t.data = super::value::TensorData::Empty;
+            }
+        }
+        freed
+    }
+
     /// The value named `name`.
     pub fn value_by_name(&self, name: &str) -> Option<ValueId> {
         self.names.get(name).copied()

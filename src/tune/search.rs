@@ -188,12 +188,13 @@ impl<'a> Evaluator<'a> {
                 samples.len()
             )));
         }
-        let (proto, _) = crate::onnx::engine_proto(&sim.model)
+        // The engine reads the weights from the simulation's side file itself.
+        let (proto, dir) = crate::onnx::engine_proto(&sim.model)
             .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
         let all8 = vec![Precision::A8; sim.params.len()];
         let session = Session::new(
             &proto,
-            base_dir,
+            dir.as_deref().or(base_dir),
             &sim.feed(first, &all8, &BTreeSet::new()),
             &Default::default(),
         )?;
@@ -504,9 +505,9 @@ impl SensitivityFile {
 pub fn cache_key(ev: &Evaluator) -> Result<String, TuneError> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    let bytes =
-        crate::onnx::model_to_bytes(&ev.sim.model).map_err(|e| TuneError::Other(e.to_string()))?;
-    h.update(&bytes);
+    // The model as the engine reads it, then its side files' bytes, streamed.
+    crate::onnx::write_identity(&ev.sim.model, &mut h)
+        .map_err(|e| TuneError::Other(e.to_string()))?;
     for (a, b) in &ev.sim.params {
         for p in [a, b] {
             for x in [p.scale, p.zero_point, p.qmin, p.qmax] {

@@ -18,16 +18,26 @@
 //! read by a node whose activation input is not 8-bit switch to the full int8 grid, and
 //! that node's bias to float, as `tune::apply` does for the written model.
 //!
-//! A constant table too large for the engine's constant folding (a transformer's int8
-//! word-embedding table) is held dequantized, computed once by the engine's own kernel
-//! (`dequantize_constants`): the engine would otherwise dequantize it again on every run
-//! of every configuration, most of a run's time.
+//! Every DequantizeLinear of a constant weight or table of at least [`SIDE_FILE_ELEMENTS`]
+//! elements is computed once, by the engine's own kernel, into a temporary side file of
+//! float values (`dequantize_to_side_file`; removed with the last clone of the
+//! [`SimModel`], and on SIGINT/SIGTERM): the engine reads that file itself, as it reads a
+//! float model's external data, so it holds each weight once, in float, as in a plain
+//! float run. Left in the model, a DequantizeLinear too large for the engine's constant
+//! folding (a float weight is four times its 8-bit form) would be computed, and the
+//! result packed for the matrix product, on every run of every configuration on each
+//! thread; held inline, the float weights would be copied at each step of handing the
+//! model to the engine. The 8-bit codes are freed once their float values are written;
+//! the values are the same bits either way. Any other external data of the model is
+//! copied beside them (the engine reads every side file from one folder).
 
 use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
 use crate::ir::{DType, Dim, Graph, Model, Op, Tensor, Value, ValueId, ValueType};
 use crate::quant::params::{scale_zp, QType, ScaleFold};
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
 
 /// Scale, zero point and clamp bounds of one unit at one precision.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,6 +81,8 @@ pub struct SimModel {
     /// Bias inputs: input name, the bias it stands for, and its value in the model the
     /// simulation was built from.
     bias_values: Vec<(String, String, Tensor)>,
+    /// The side file of the dequantized weights, while any clone of the model needs it.
+    side_file: Option<Arc<crate::fsx::Scratch>>,
 }
 
 /// Replaces the readers of `base` by `Where(on, alt, base)` with `alt` the output of a
@@ -187,20 +199,11 @@ fn dequantized(g: &Graph, dq: crate::ir::OpId, what: &str) -> Result<Tensor, Tun
         .map_err(|e| other(&e.to_string()))
 }
 
-/// Elements above which the engine leaves a DequantizeLinear of constants to run time:
-/// its constant folding keeps no float result larger than 4 MiB that is more than its
-/// inputs, so an 8-bit table of more than 2^20 elements is dequantized again on every run.
-pub const RUNTIME_DEQUANTIZE_ELEMENTS: usize = 1 << 20;
-
-/// Replaces every DequantizeLinear of constants with more than `above` elements by its
-/// float value, computed once by the kernel the engine runs: the simulation runs
-/// thousands of times, and the values are the same bits. [`SimModel::build`] replaces
-/// those above [`RUNTIME_DEQUANTIZE_ELEMENTS`] (a transformer's word-embedding table),
-/// which the engine would dequantize again on every run. Returns how many were replaced.
-pub(crate) fn dequantize_constants(g: &mut Graph, above: usize) -> Result<usize, TuneError> {
+/// The DequantizeLinear ops of constants with more than `above` elements whose output is
+/// not a graph output.
+fn constant_dequantizes(g: &Graph, above: usize) -> Vec<crate::ir::OpId> {
     let outputs: std::collections::BTreeSet<ValueId> = g.outputs.iter().copied().collect();
-    let large: Vec<crate::ir::OpId> = g
-        .ops()
+    g.ops()
         .filter(|&o| {
             let op = g.op(o);
             op.op_type == "DequantizeLinear"
@@ -215,7 +218,15 @@ pub(crate) fn dequantize_constants(g: &mut Graph, above: usize) -> Result<usize,
                     .and_then(|v| g.const_of(v))
                     .is_some_and(|t| t.numel() > above)
         })
-        .collect();
+        .collect()
+}
+
+/// Replaces every DequantizeLinear of constants with more than `above` elements by its
+/// float value, inline, computed once by the kernel the engine runs (the same bits the
+/// engine computes from the 8-bit form). Returns how many were replaced.
+#[cfg(test)]
+pub(crate) fn dequantize_constants(g: &mut Graph, above: usize) -> Result<usize, TuneError> {
+    let large = constant_dequantizes(g, above);
     for &o in &large {
         let y = g.output(o, 0).expect("one output");
         let name = g.value(y).name.clone();
@@ -229,6 +240,88 @@ pub(crate) fn dequantize_constants(g: &mut Graph, above: usize) -> Result<usize,
         g.remove_value(y);
     }
     Ok(large.len())
+}
+
+/// Elements from which [`SimModel::build`] holds a constant's DequantizeLinear
+/// dequantized in its side file (smaller ones the engine folds once itself).
+pub const SIDE_FILE_ELEMENTS: usize = 1 << 14;
+
+/// Name of the simulation's side file in its folder.
+const SIDE_FILE: &str = "simulation.data";
+
+/// Replaces every DequantizeLinear of constants with at least `from` elements by its float
+/// value, computed once by the kernel the engine runs and written to a new temporary side
+/// file, which the constant then references; moves any other external data of `g` into
+/// the same file. The 8-bit codes no value needs any more are freed. Returns the side
+/// file (`None` when there was nothing to dequantize).
+fn dequantize_to_side_file(
+    g: &mut Graph,
+    from: usize,
+) -> Result<Option<Arc<crate::fsx::Scratch>>, TuneError> {
+    use crate::ir::{ExternalRef, TensorData};
+    let ops = constant_dequantizes(g, from.saturating_sub(1));
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    let io = |e: std::io::Error| sim_error(format!("temporary side file: {e}"));
+    let (scratch, file) = crate::fsx::scratch(SIDE_FILE).map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut at = 0u64;
+    let external = |start: u64, len: u64| {
+        TensorData::External(ExternalRef {
+            location: SIDE_FILE.to_string(),
+            offset: Some(start),
+            length: Some(len),
+            other: Vec::new(),
+            base_dir: scratch.dir().to_path_buf(),
+            file: scratch.file().to_path_buf(),
+            start,
+            len,
+        })
+    };
+    for &o in &ops {
+        let y = g.output(o, 0).expect("one output");
+        let name = g.value(y).name.clone();
+        let t = dequantized(g, o, &format!("'{name}'"))?;
+        let mut c = crate::ir::ConstTensor::from_tensor(None, &t);
+        drop(t);
+        if let TensorData::Raw(raw) = &c.data {
+            out.write_all(raw).map_err(io)?;
+            let len = raw.len() as u64;
+            c.data = external(at, len);
+            c.was_external = true;
+            at += len;
+        }
+        let v = g
+            .add_const(&g.fresh_name(&format!("{name}.sim.float")), c)
+            .map_err(|e| sim_error(e.to_string()))?;
+        g.replace_all_uses(y, v);
+        g.remove_op(o);
+        g.remove_value(y);
+    }
+    crate::passes::util::remove_dead(g);
+    g.release_unused_tensors();
+    // The engine reads every side file from one folder: other external data moves in too.
+    let here = scratch.dir().to_path_buf();
+    for v in g.values().collect::<Vec<_>>() {
+        let Some(tid) = g.value(v).init else { continue };
+        let TensorData::External(r) = &g.tensor(tid).data else {
+            continue;
+        };
+        if r.base_dir == here {
+            continue;
+        }
+        let len = r.len;
+        r.copy_to(&mut out).map_err(|e| match e {
+            Ok(e) => io(e),
+            Err(what) => sim_error(what),
+        })?;
+        g.tensor_mut(tid).data = external(at, len);
+        at += len;
+    }
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    drop(file);
+    Ok(Some(Arc::new(scratch)))
 }
 
 /// The models and switch lists a [`SimModel`] is built from.
@@ -575,9 +668,10 @@ impl SimModel {
         let weight_switches = weight_switches(g, src.full, src.weights)?;
         let bias_switches = bias_switches(g, src, &w4_switches)?;
         let bias_values = bias_values(g, src.q, src.bias_inputs)?;
-        dequantize_constants(g, RUNTIME_DEQUANTIZE_ELEMENTS)?;
         crate::passes::util::remove_dead(g);
+        let side_file = dequantize_to_side_file(g, SIDE_FILE_ELEMENTS)?;
         Ok(SimModel {
+            side_file,
             scale_folds: units.iter().map(|u| u.scale_fold).collect(),
             bias_values,
             w4_switches,
@@ -587,6 +681,11 @@ impl SimModel {
             params,
             weight_switches,
         })
+    }
+
+    /// The temporary side file holding the dequantized weights, if any.
+    pub fn side_file(&self) -> Option<&std::path::Path> {
+        self.side_file.as_deref().map(|s| s.file())
     }
 
     /// Weights that can be switched to 4 bits.
