@@ -251,6 +251,48 @@ fn adaptive_simulation_runs_each_range_set_as_written() {
 }
 
 #[test]
+fn the_simulation_holds_its_weights_dequantized_in_a_side_file_removed_with_it() {
+    // No DequantizeLinear of a large constant is left for the engine to run on every run:
+    // each is a float constant in the simulation's temporary side file, which goes away
+    // with the last clone of the simulation.
+    let (p, _, stats) = calibrated("ppocr_cls/model.onnx", "ppocr_cls/calib.npz", false);
+    let sets = adaptive::range_sets(
+        &p.plan,
+        &stats.tensors,
+        &MethodOptions::default(),
+        &mut Candidates::default(),
+    )
+    .unwrap();
+    let mut base = p.plan.clone();
+    adaptive::apply_set(&mut base, &sets[0]);
+    let s = adaptive::simulation(&p, &base).unwrap();
+    let g = &s.sim.model.graph;
+    let large_dq = g
+        .ops()
+        .filter(|&o| g.op(o).op_type == "DequantizeLinear")
+        .filter(|&o| {
+            g.input(o, 0)
+                .and_then(|v| g.const_of(v))
+                .is_some_and(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
+        })
+        .count();
+    assert_eq!(large_dq, 0, "DequantizeLinear of large constants left");
+    let file = s.sim.side_file().expect("a side file").to_path_buf();
+    let in_side = g
+        .values()
+        .filter_map(|v| g.const_of(v))
+        .filter(|c| matches!(&c.data, crate::ir::TensorData::External(r) if r.file == file))
+        .count();
+    assert!(in_side > 5, "{in_side} constants in the side file");
+    let copy = s.sim.clone();
+    drop(s);
+    assert!(file.is_file(), "removed while a clone holds it");
+    drop(copy);
+    assert!(!file.exists(), "left behind");
+    assert!(!file.parent().unwrap().exists(), "its folder left behind");
+}
+
+#[test]
 fn simulation_is_exact_for_eight_bits() {
     let db = sim_vs_real("tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz", |_| Precision::A8);
     assert!(
