@@ -123,9 +123,9 @@ fn sim_vs_real_w(
 
 #[test]
 fn constants_dequantized_ahead_give_the_same_bits() {
-    // Every DequantizeLinear of constants (weights, the int8 embedding tables, int32
-    // biases) replaced by its float value: the simulation computes the same bits as
-    // when the engine dequantizes them on each run, in every precision.
+    // Every DequantizeLinear of a large constant (weights, the int8 embedding tables)
+    // replaced by its float value in the side file: the simulation computes the same bits
+    // as when the engine dequantizes them on each run, in every precision.
     let (p, ds, stats) = calibrated("minilm_l3/model.onnx", "minilm_l3/calib.npz", true);
     let opts = MethodOptions::default();
     let basis = Basis {
@@ -136,9 +136,24 @@ fn constants_dequantized_ahead_give_the_same_bits() {
         opts: &opts,
     };
     let (units, sim) = build_sim(&basis, &mut Candidates::default(), false, false).unwrap();
-    let mut ahead = sim.clone();
-    let n = tune::sim::dequantize_constants(&mut ahead.model.graph, 0).unwrap();
-    assert!(n > 10, "{n} dequantized ahead");
+    tune::sim::LEAVE_DEQUANTIZE.with(|c| c.set(true));
+    let left = build_sim(&basis, &mut Candidates::default(), false, false);
+    tune::sim::LEAVE_DEQUANTIZE.with(|c| c.set(false));
+    let (_, left) = left.unwrap();
+    let constant_dqs = |m: &crate::ir::Model| {
+        let g = &m.graph;
+        g.ops()
+            .filter(|&o| g.op(o).op_type == "DequantizeLinear")
+            .filter(|&o| {
+                g.input(o, 0)
+                    .and_then(|v| g.const_of(v))
+                    .is_some_and(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
+            })
+            .count()
+    };
+    assert!(constant_dqs(&left.model) > 10, "too few left to the engine");
+    assert_eq!(constant_dqs(&sim.model), 0, "left in the simulation");
+    assert!(sim.side_file().is_some() && left.side_file().is_none());
     let session = |m: &crate::ir::Model, s: &crate::data::Sample| {
         let (proto, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "").unwrap();
         Session::new(&proto, None, s, &SessionOptions::default()).unwrap()
@@ -154,7 +169,7 @@ fn constants_dequantized_ahead_give_the_same_bits() {
         })
         .collect();
     let first = sim.feed(&samples[0], &configs[0], &w4);
-    let (plain, folded) = (session(&sim.model, &first), session(&ahead.model, &first));
+    let (plain, folded) = (session(&left.model, &first), session(&sim.model, &first));
     let bits = |m: &BTreeMap<String, Tensor>| {
         m.iter()
             .map(|(k, t)| {
@@ -255,18 +270,17 @@ fn the_simulation_holds_its_weights_dequantized_in_a_side_file_removed_with_it()
     // No DequantizeLinear of a large constant is left for the engine to run on every run:
     // each is a float constant in the simulation's temporary side file, which goes away
     // with the last clone of the simulation.
-    let (p, _, stats) = calibrated("ppocr_cls/model.onnx", "ppocr_cls/calib.npz", false);
-    let sets = adaptive::range_sets(
-        &p.plan,
-        &stats.tensors,
-        &MethodOptions::default(),
-        &mut Candidates::default(),
-    )
-    .unwrap();
-    let mut base = p.plan.clone();
-    adaptive::apply_set(&mut base, &sets[0]);
-    let s = adaptive::simulation(&p, &base).unwrap();
-    let g = &s.sim.model.graph;
+    let (p, _, stats) = calibrated("minilm_l3/model.onnx", "minilm_l3/calib.npz", true);
+    let opts = MethodOptions::default();
+    let basis = Basis {
+        p: &p,
+        plan: &p.plan,
+        stats: &stats,
+        method: Method::Auto,
+        opts: &opts,
+    };
+    let (_, sim) = build_sim(&basis, &mut Candidates::default(), false, false).unwrap();
+    let g = &sim.model.graph;
     let large_dq = g
         .ops()
         .filter(|&o| g.op(o).op_type == "DequantizeLinear")
@@ -277,15 +291,15 @@ fn the_simulation_holds_its_weights_dequantized_in_a_side_file_removed_with_it()
         })
         .count();
     assert_eq!(large_dq, 0, "DequantizeLinear of large constants left");
-    let file = s.sim.side_file().expect("a side file").to_path_buf();
+    let file = sim.side_file().expect("a side file").to_path_buf();
     let in_side = g
         .values()
         .filter_map(|v| g.const_of(v))
         .filter(|c| matches!(&c.data, crate::ir::TensorData::External(r) if r.file == file))
         .count();
     assert!(in_side > 5, "{in_side} constants in the side file");
-    let copy = s.sim.clone();
-    drop(s);
+    let copy = sim.clone();
+    drop(sim);
     assert!(file.is_file(), "removed while a clone holds it");
     drop(copy);
     assert!(!file.exists(), "left behind");

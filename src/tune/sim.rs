@@ -221,30 +221,16 @@ fn constant_dequantizes(g: &Graph, above: usize) -> Vec<crate::ir::OpId> {
         .collect()
 }
 
-/// Replaces every DequantizeLinear of constants with more than `above` elements by its
-/// float value, inline, computed once by the kernel the engine runs (the same bits the
-/// engine computes from the 8-bit form). Returns how many were replaced.
-#[cfg(test)]
-pub(crate) fn dequantize_constants(g: &mut Graph, above: usize) -> Result<usize, TuneError> {
-    let large = constant_dequantizes(g, above);
-    for &o in &large {
-        let y = g.output(o, 0).expect("one output");
-        let name = g.value(y).name.clone();
-        let t = dequantized(g, o, &format!("'{name}'"))?;
-        let c = crate::ir::ConstTensor::from_tensor(None, &t);
-        let v = g
-            .add_const(&g.fresh_name(&format!("{name}.sim.float")), c)
-            .map_err(|e| sim_error(e.to_string()))?;
-        g.replace_all_uses(y, v);
-        g.remove_op(o);
-        g.remove_value(y);
-    }
-    Ok(large.len())
-}
-
 /// Elements from which [`SimModel::build`] holds a constant's DequantizeLinear
 /// dequantized in its side file (smaller ones the engine folds once itself).
 pub const SIDE_FILE_ELEMENTS: usize = 1 << 14;
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to build the simulation with every DequantizeLinear left to the
+    /// engine, the reference the side file is compared with.
+    pub(crate) static LEAVE_DEQUANTIZE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Name of the simulation's side file in its folder.
 const SIDE_FILE: &str = "simulation.data";
@@ -669,7 +655,14 @@ impl SimModel {
         let bias_switches = bias_switches(g, src, &w4_switches)?;
         let bias_values = bias_values(g, src.q, src.bias_inputs)?;
         crate::passes::util::remove_dead(g);
-        let side_file = dequantize_to_side_file(g, SIDE_FILE_ELEMENTS)?;
+        #[cfg(test)]
+        let leave = LEAVE_DEQUANTIZE.with(|c| c.get());
+        #[cfg(not(test))]
+        let leave = false;
+        let side_file = match leave {
+            true => None,
+            false => dequantize_to_side_file(g, SIDE_FILE_ELEMENTS)?,
+        };
         Ok(SimModel {
             side_file,
             scale_folds: units.iter().map(|u| u.scale_fold).collect(),
