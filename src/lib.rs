@@ -188,14 +188,17 @@
 //! - [`tune`]: mixed precision as plan edits: activation units (a quantized value and the
 //!   values sharing its parameters), the overrides file, the switchable simulation model
 //!   (`tune::sim`, exact against the written model, also for another choice of ranges;
-//!   a constant table too large for the engine's folding is held dequantized, once),
+//!   each large constant weight or table is dequantized once into a temporary side file
+//!   the engine reads itself, so the engine holds it once, in float, as in a float run),
 //!   sensitivity analysis and the promotion search (`tune::search`).
 //! - [`fsx`]: the one output layer: every file qrange writes is staged in a registered
 //!   temporary file beside its target (symbolic links followed; folders, devices, FIFOs
 //!   and sockets refused) and renamed with the command's other outputs once all are
 //!   complete, with the umask's mode or the replaced file's; `fsx::Paths` checks a
 //!   command's writes against its reads and other writes (as files: device and inode)
-//!   before any work; SIGINT/SIGTERM remove the temporary files and exit 130/143.
+//!   before any work; `fsx::scratch` makes a registered file (in its own folder of the
+//!   system's temporary directory) for data a command writes and reads back itself;
+//!   SIGINT/SIGTERM remove the temporary files and exit 130/143.
 //! - [`cli`]: clap arguments and one file per subcommand, the flags several share
 //!   (`cli::flags`: clap enums mapped to the library's, `--pin`/`--shape`/`--preprocess`
 //!   parsing), progress bars, printing and writing; the only module that prints, and the
