@@ -242,3 +242,30 @@ fn an_unreachable_goal_writes_nothing_and_the_sidecars_are_named_as_the_help_say
         assert!(help.contains(name), "help lacks {name}: {help}");
     }
 }
+
+/// A model named by its bare file name, run from its own folder, finds its external data
+/// there (the folder of `model.onnx` is `.`, not an empty path).
+#[test]
+fn a_bare_model_name_reads_its_external_data_from_the_working_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let src = repo_root().join("fixtures/tiny/tiny_external");
+    for f in ["model.onnx", "weights.bin"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    for args in [
+        vec!["inspect", "model.onnx"],
+        vec!["convert", "model.onnx", "out.onnx", "--inline"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qrange"))
+            .args(&args)
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(d.path().join("out.onnx").exists());
+}

@@ -43,10 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<Outcome> {
     let bytes =
         std::fs::read(&a.input).map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
     let t_read = t0.elapsed();
-    let base = match a.input.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let base = crate::onnx::external::base_dir(&a.input);
     let t1 = Instant::now();
     let mut m = crate::onnx::decode_model(&bytes, &base, &a.input)?;
     drop(bytes);

@@ -20,11 +20,7 @@ pub fn read_model(path: &Path) -> Result<Model, OnnxError> {
         path: path.to_path_buf(),
         what: e.to_string(),
     })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    decode_model(&bytes, &base, path)
+    decode_model(&bytes, &super::external::base_dir(path), path)
 }
 
 /// Decodes model bytes. `base_dir` resolves external data; `origin` names the file in errors.
