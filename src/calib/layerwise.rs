@@ -627,3 +627,179 @@ fn run_block<S: SampleSource + ?Sized>(
         None => Ok(outputs),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calib::collect::collect_model;
+    use crate::data::Dataset;
+    use crate::pipeline::inputs::{input_specs, load_data};
+    use crate::pipeline::options::{CalibSource, Common};
+    use crate::pipeline::prepare::{prepare, PrepareEnd, PrepareInput, Prepared};
+    use crate::pipeline::Silent;
+
+    fn fixture(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(rel)
+    }
+
+    /// A fixture model prepared for calibration, with its data.
+    fn prepared(model: &str, data: &str) -> (Prepared, Dataset) {
+        let c = Common::new(fixture(model), CalibSource::Data(fixture(data)));
+        let m = crate::onnx::read_model(&c.model).unwrap();
+        let specs = input_specs(&m, &BTreeMap::new());
+        let ds = load_data("--calib", &fixture(data), &specs, None, &Silent).unwrap();
+        let input = PrepareInput {
+            common: &c,
+            float_nodes: &[],
+            first_sample: Some(&ds.first().unwrap()),
+            wide: false,
+            dynamic: false,
+            dump: &Default::default(),
+        };
+        let runner = &mut crate::passes::Runner::new();
+        let PrepareEnd::Prepared(p) = prepare(&input, m, runner, &Silent).unwrap() else {
+            panic!("stopped")
+        };
+        (*p, ds)
+    }
+
+    /// The statistics as the calibration file writes them.
+    fn bytes(stats: BTreeMap<String, TensorStats>) -> Vec<u8> {
+        let mut f = crate::calib::CalibrationFile::new("x");
+        f.tensors = stats;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        f.write(&p).unwrap();
+        std::fs::read(p).unwrap()
+    }
+
+    /// Whole-model statistics and kept outputs against layer-wise ones, with each op that
+    /// reads weights in a block of its own, boundaries held in memory or all spilled.
+    fn same_as_whole(model: &str, data: &str) -> Vec<Block> {
+        let (p, ds) = prepared(model, data);
+        let values = p.plan.calibration_values();
+        let kept: BTreeSet<usize> = [1, 3].into();
+        let whole_others = std::cell::RefCell::new(Vec::new());
+        let keep = Keep {
+            samples: &kept,
+            others: &mut |o| *whole_others.borrow_mut() = bytes(o.clone()),
+        };
+        let base = Some(p.base_dir.as_path());
+        let whole = collect_model(&p.model, base, &ds, &values, 2, keep, |_, _| {}).unwrap();
+        let whole_stats = bytes(whole.stats);
+        for held in [u64::MAX, 0] {
+            let scratch = tempfile::tempdir().unwrap();
+            let how = Layerwise {
+                budget: Budget { weights: 0, held },
+                scratch_dir: scratch.path(),
+            };
+            let mut others = Vec::new();
+            let keep = Keep {
+                samples: &kept,
+                others: &mut |o| others = bytes(o.clone()),
+            };
+            let mut calls = 0;
+            let lw = collect_layerwise(&p.model, base, &ds, &values, 2, keep, &how, |_, _| {
+                calls += 1
+            })
+            .unwrap();
+            let blocks = plan_blocks(&p.model.graph, 0, &[]).unwrap();
+            assert_eq!(
+                calls,
+                ds.len() * blocks.len(),
+                "{model}: progress per sample and block"
+            );
+            assert_eq!(bytes(lw.stats), whole_stats, "{model}: held {held}");
+            assert_eq!(others, *whole_others.borrow(), "{model}: held {held}");
+            assert_eq!(
+                lw.outputs, whole.outputs,
+                "{model}: kept outputs, held {held}"
+            );
+            let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+            assert!(left.is_empty(), "{model}: scratch files left: {left:?}");
+        }
+        plan_blocks(&p.model.graph, 0, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_cnn_calibrated_block_by_block_gives_the_whole_runs_statistics() {
+        let blocks = same_as_whole("tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz");
+        assert!(blocks.len() >= 3, "{} blocks", blocks.len());
+    }
+
+    #[test]
+    fn a_transformer_calibrated_block_by_block_gives_the_whole_runs_statistics() {
+        let blocks = same_as_whole("minilm_l3/model.onnx", "minilm_l3/calib.npz");
+        assert!(blocks.len() >= 10, "{} blocks", blocks.len());
+        // Residual connections and the attention mask: values several blocks read.
+        let mut readers: BTreeMap<&str, usize> = BTreeMap::new();
+        for b in &blocks {
+            for i in &b.inputs {
+                *readers.entry(i).or_default() += 1;
+            }
+        }
+        assert!(readers.values().any(|&n| n >= 3), "{readers:?}");
+    }
+
+    #[test]
+    fn blocks_hold_at_most_the_budget_of_weights_and_cover_every_op_once() {
+        let (p, _) = prepared("tiny/tiny_cnn.onnx", "tiny/tiny_cnn.npz");
+        let g = &p.model.graph;
+        let total = weight_bytes(g);
+        let largest = g.values().map(|v| init_bytes(g, v)).max().unwrap();
+        for budget in [0, largest, total / 2, total] {
+            let blocks = plan_blocks(g, budget, &[]).unwrap();
+            let mut ops: Vec<OpId> = blocks.iter().flat_map(|b| b.ops.clone()).collect();
+            assert_eq!(ops, g.topo_order().unwrap(), "budget {budget}");
+            ops.dedup();
+            for b in &blocks {
+                let alone = b.ops.len() == 1;
+                assert!(b.weight_bytes <= budget || alone, "budget {budget}: {b:?}");
+            }
+            if budget == total {
+                assert_eq!(blocks.len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn spilled_boundary_values_come_back_exactly_and_the_file_goes_with_the_store() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Tensor::F32(
+            ndarray::ArrayD::from_shape_vec(vec![2, 2], vec![1.5, -0.0, f32::NAN, 3e-40]).unwrap(),
+        );
+        let b = Tensor::I64(ndarray::arr1(&[7, -9]).into_dyn());
+        let sample: Sample = [("a".to_string(), a), ("b".to_string(), b)].into();
+        let store = Boundary::new(2, 32, d.path());
+        store.put(0, sample.clone()).unwrap();
+        assert_eq!(store.spilled_bytes(), 0);
+        assert_eq!(store.held_bytes(), 32);
+        store.put(1, sample.clone()).unwrap();
+        assert!(store.spilled_bytes() > 0);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        for i in 0..2 {
+            let back = store.get(i, true).unwrap();
+            let bits = |s: &Sample| {
+                format!(
+                    "{:?}",
+                    s.iter()
+                        .map(|(k, t)| (
+                            k.clone(),
+                            t.to_f64_vec()
+                                .unwrap()
+                                .iter()
+                                .map(|x| x.to_bits())
+                                .collect::<Vec<_>>()
+                        ))
+                        .collect::<Vec<_>>()
+                )
+            };
+            assert_eq!(bits(&back), bits(&sample), "sample {i}");
+        }
+        assert_eq!(store.held_bytes(), 0);
+        drop(store);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}
