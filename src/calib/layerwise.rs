@@ -328,6 +328,8 @@ impl Boundary {
 /// How one layer-wise collection runs.
 pub struct Layerwise<'a> {
     pub budget: Budget,
+    /// Worker threads, each running one sample at a time.
+    pub workers: usize,
     /// Folder of the scratch file boundary values are spilled to.
     pub scratch_dir: &'a Path,
 }
@@ -342,7 +344,6 @@ pub fn collect_layerwise<S: SampleSource + ?Sized>(
     base_dir: Option<&Path>,
     samples: &S,
     values: &[String],
-    workers: usize,
     keep: Keep,
     how: &Layerwise,
     mut progress: impl FnMut(u64, u64),
@@ -403,7 +404,7 @@ pub fn collect_layerwise<S: SampleSource + ?Sized>(
             last,
             graph_outputs: &graph_outputs,
             keep: keep.samples,
-            workers,
+            workers: how.workers,
         };
         let kept_outputs = run_block(step, &mut acc, &mut done, total, &mut progress)?;
         if last {
@@ -693,6 +694,7 @@ mod tests {
             let scratch = tempfile::tempdir().unwrap();
             let how = Layerwise {
                 budget: Budget { weights: 0, held },
+                workers: 2,
                 scratch_dir: scratch.path(),
             };
             let mut others = Vec::new();
@@ -701,10 +703,8 @@ mod tests {
                 others: &mut |o| others = bytes(o.clone()),
             };
             let mut calls = 0;
-            let lw = collect_layerwise(&p.model, base, &ds, &values, 2, keep, &how, |_, _| {
-                calls += 1
-            })
-            .unwrap();
+            let lw = collect_layerwise(&p.model, base, &ds, &values, keep, &how, |_, _| calls += 1)
+                .unwrap();
             let blocks = plan_blocks(&p.model.graph, 0, &[]).unwrap();
             assert_eq!(
                 calls,

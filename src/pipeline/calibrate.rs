@@ -94,12 +94,11 @@ pub fn calibrate_with<S: SampleSource + ?Sized>(
             let scratch = std::env::temp_dir();
             let lw = Layerwise {
                 budget,
+                workers,
                 scratch_dir: &scratch,
             };
             let base = Some(p.base_dir.as_path());
-            collect_layerwise(
-                &p.model, base, samples, &values, workers, keep, &lw, position,
-            )
+            collect_layerwise(&p.model, base, samples, &values, keep, &lw, position)
         }
         None => {
             progress.begin("calibrating", 0);
