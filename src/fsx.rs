@@ -18,6 +18,9 @@
 //! - [`scratch`]: a file written and read back within one command (a simulation model's
 //!   side file), alone in a new folder of the system's temporary directory; registered
 //!   like the staged files and removed, with its folder, when dropped.
+//! - [`scratch_in`]: a registered temporary file in a given folder, open for reading and
+//!   writing, for a command's own intermediate data (activations spilled by layer-wise
+//!   calibration), removed when dropped or on a signal.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -351,6 +354,57 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut s = stage(path)?;
     s.file().write_all(bytes)?;
     commit(vec![s])
+}
+
+/// A scratch file for a command's own intermediate data (never an output): created new in
+/// `dir`, open for reading and writing, registered like a staged output so SIGINT and
+/// SIGTERM remove it, and removed when dropped.
+#[derive(Debug)]
+pub struct ScratchFile {
+    path: PathBuf,
+    file: File,
+}
+
+/// Creates a [`ScratchFile`] in `dir`, its name starting with `stem`.
+pub fn scratch_in(dir: &Path, stem: &str) -> io::Result<ScratchFile> {
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".{stem}.qrange-{}-{n}.tmp", std::process::id()));
+        let mut reg = pending();
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => {
+                reg.insert(path.clone());
+                return Ok(ScratchFile { path, file });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl ScratchFile {
+    /// The open file (positional reads and writes share it between threads).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where it lies.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let mut reg = pending();
+        let _ = std::fs::remove_file(&self.path);
+        reg.remove(&self.path);
+    }
 }
 
 /// From now on, SIGINT and SIGTERM remove the temporary files being written and end the

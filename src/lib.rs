@@ -37,7 +37,9 @@
 //! Mul; the smoothed model is planned again and is what the rest calibrates) →
 //! calibrate (`calib::collect` streams the planned values out of tract as it computes
 //! them, straight into `calib::TensorStats`, samples spread over worker threads and merged
-//! exactly; a method turns each into a range; `--method adaptive`, the default, runs every
+//! exactly; a model whose weights exceed `--memory-budget`, or any with `--layerwise`,
+//! runs block by block instead, `calib::layerwise`, with the same statistics bytes;
+//! a method turns each into a range; `--method adaptive`, the default, runs every
 //! method's set of ranges in `tune::sim`'s simulation model on a few calibration samples
 //! and keeps the method whose set comes closest to their float outputs, which the
 //! collector kept while calibrating; the compared ranges come from the other samples'
@@ -165,7 +167,9 @@
 //!   in `pipeline::ranges::adaptive`); the calibration file format; the collector that streams tapped
 //!   tensors from tract into statistics (a run holds about what a plain inference holds,
 //!   whatever the number of values), and runs If branches, Loop bodies and Scan bodies
-//!   as models of their own to reach the values inside.
+//!   as models of their own to reach the values inside; layer-wise collection runs the
+//!   model one block of weights at a time (`exec::part_model` makes each block a model),
+//!   holding or spilling the activations between blocks.
 //! - [`report`]: accuracy metrics (SQNR, cosine, max-abs, top-1 agreement, accuracy), how
 //!   sure a figure pooled over samples is (`estimate`: bootstrap bounds, fixed seed), the
 //!   output-by-output comparison of two models (`compare`), the value-by-value one
@@ -197,8 +201,10 @@
 //!   complete, with the umask's mode or the replaced file's; `fsx::Paths` checks a
 //!   command's writes against its reads and other writes (as files: device and inode)
 //!   before any work; `fsx::scratch` makes a registered file (in its own folder of the
-//!   system's temporary directory) for data a command writes and reads back itself;
-//!   SIGINT/SIGTERM remove the temporary files and exit 130/143.
+//!   system's temporary directory) for data a command writes and reads back itself, and
+//!   `fsx::scratch_in` one in a given folder, open for reading and writing (activations
+//!   spilled by layer-wise calibration); SIGINT/SIGTERM remove the temporary files and
+//!   exit 130/143.
 //! - [`cli`]: clap arguments and one file per subcommand, the flags several share
 //!   (`cli::flags`: clap enums mapped to the library's, `--pin`/`--shape`/`--preprocess`
 //!   parsing), progress bars, printing and writing; the only module that prints, and the

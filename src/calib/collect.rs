@@ -64,6 +64,12 @@ pub enum CollectError {
     /// A value cannot be calibrated where it lives.
     #[error("value '{value}': {reason}")]
     Unreachable { value: String, reason: String },
+    /// Layer-wise calibration could not spill boundary values to its scratch file.
+    #[error("spilling activations to a scratch file in '{}': {what}", dir.display())]
+    Spill {
+        dir: std::path::PathBuf,
+        what: String,
+    },
     /// The model (or a subgraph made a model) could not be encoded for the engine.
     #[error("encoding the model for calibration: {0}")]
     Encode(String),

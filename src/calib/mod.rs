@@ -14,6 +14,9 @@
 //!
 //! - [`collect`]: the one part that runs the engine: taps the values to calibrate and
 //!   streams them into statistics, reaching inside If branches, Loop and Scan bodies.
+//! - [`layerwise`]: the same statistics, byte for byte, for models whose weights should not
+//!   be loaded whole: the model run one block (a run of ops whose weights fit a budget) at a
+//!   time over all samples, the values between blocks held in memory or spilled to disk.
 //!
 //! Everything else here is pure numerics on f32 values and host tensors: no graph, no engine.
 //! Scale/zero-point computation proper belongs to the quantizer; [`density::Grid`] mirrors
@@ -26,6 +29,7 @@ pub mod collect;
 pub mod density;
 pub mod exact;
 pub mod file;
+pub mod layerwise;
 pub mod methods;
 pub mod stats;
 

@@ -71,10 +71,16 @@ pub struct CommonArgs {
     /// Quantize only these op types.
     #[arg(long, value_delimiter = ',', value_name = "OPS")]
     pub op_types: Vec<String>,
-    /// Memory budget, in MiB, for the intermediate values the per-layer comparison of
-    /// `--report` taps per engine run (calibration streams its values and needs none).
+    /// Memory budget, in MiB: for the intermediate values the per-layer comparison of
+    /// `--report` taps per engine run, and for calibration: a model whose weights exceed it
+    /// is calibrated block by block (see --layerwise), each block's weights and the
+    /// activations held between blocks under it (the rest spilled to a temporary file).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub memory_budget: u64,
+    /// Calibrate block by block whatever the model's size: only one block's weights are
+    /// loaded at a time; the statistics are the same bytes as a whole-model run.
+    #[arg(long)]
+    pub layerwise: bool,
     /// Calibration threads, each running one sample at a time (memory grows by about one
     /// inference per thread). 0: one per CPU core, at most 4. The statistics, and so the
     /// written model, do not depend on it.
@@ -315,6 +321,7 @@ pub(crate) fn common(
             op_types: c.op_types.clone(),
         },
         memory_budget_mib: c.memory_budget,
+        layerwise: c.layerwise,
         threads: c.threads,
     })
 }

@@ -35,7 +35,7 @@
 //! input. Nothing here knows about graphs or execution; callers pass [`InputSpec`]s.
 
 mod images;
-mod npy;
+pub(crate) mod npy;
 mod npz;
 mod pb;
 mod stream;

@@ -55,6 +55,7 @@ use engine::Engine;
 pub use loops::LoopLimits;
 use prost::Message;
 use staged::Staged;
+pub(crate) use staged::{part_model, reads};
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -189,7 +189,7 @@ fn control(op: &str, node: &str, reason: impl Into<String>) -> ExecError {
 
 /// Names `op` reads from `g`: its inputs and the names its subgraphs capture that `g`
 /// knows.
-fn reads(g: &Graph, o: OpId) -> Vec<ValueId> {
+pub(crate) fn reads(g: &Graph, o: OpId) -> Vec<ValueId> {
     let mut out: Vec<ValueId> = g.inputs_of(o).into_iter().flatten().collect();
     for (_, sg) in g.op(o).subgraphs() {
         out.extend(sg.captures().iter().filter_map(|n| g.value_by_name(n)));
@@ -841,8 +841,9 @@ impl Staged {
 }
 
 /// The ops `ops` of `m`'s main graph as a model of their own, reading `inputs` and
-/// returning `outputs` (names), with the constants they read.
-fn part_model(
+/// returning `outputs` (names), with the constants they read (also the blocks of layer-wise
+/// calibration, `calib::layerwise`).
+pub(crate) fn part_model(
     m: &Model,
     ops: &[OpId],
     inputs: &[String],

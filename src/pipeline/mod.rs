@@ -268,7 +268,8 @@ fn calibrate_step(
                 samples: &keep,
                 others: &mut held,
             };
-            let (stats, kept) = calibrate::calibrate(p, ds, o.common.threads, run.progress, keep)?;
+            let how = calibrate::How::of(&o.common);
+            let (stats, kept) = calibrate::calibrate_with(p, ds, &how, run.progress, keep)?;
             Ok(Calibrated {
                 stats,
                 kept,

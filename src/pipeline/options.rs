@@ -123,8 +123,11 @@ pub struct Common {
     pub shapes: BTreeMap<String, Vec<i64>>,
     pub settings: Settings,
     /// `--memory-budget` in MiB: intermediate values the report's per-layer comparison
-    /// taps per engine run.
+    /// taps per engine run; calibration of a model with more weights runs block by block
+    /// (each block's weights, and the activations held between blocks, under it).
     pub memory_budget_mib: u64,
+    /// `--layerwise`: calibration runs block by block whatever the model's size.
+    pub layerwise: bool,
     /// `--threads`: calibration threads (0: one per core, at most 4).
     pub threads: usize,
 }
@@ -140,6 +143,7 @@ impl Common {
             shapes: BTreeMap::new(),
             settings: Settings::default(),
             memory_budget_mib: 1024,
+            layerwise: false,
             threads: 0,
         }
     }
