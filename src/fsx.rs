@@ -15,12 +15,11 @@
 //! - [`clean_up_on_signals`]: temporary files are registered while they exist; on SIGINT or
 //!   SIGTERM a handler thread removes them and exits with the conventional code (130, 143),
 //!   so an interrupted command leaves neither a temporary file nor a partial output.
-//! - [`scratch`]: a file written and read back within one command (a simulation model's
-//!   side file), alone in a new folder of the system's temporary directory; registered
-//!   like the staged files and removed, with its folder, when dropped.
-//! - [`scratch_in`]: a registered temporary file in a given folder, open for reading and
-//!   writing, for a command's own intermediate data (activations spilled by layer-wise
-//!   calibration), removed when dropped or on a signal.
+//! - [`scratch`] / [`scratch_in`]: a file written and read back within one command (a
+//!   simulation model's side file, activations spilled by layer-wise calibration), open
+//!   for reading and writing, alone in a new folder of the system's temporary directory
+//!   (or of a given one); registered like the staged files and removed, with its folder,
+//!   when dropped or on a signal.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -298,10 +297,15 @@ pub struct Scratch {
     file: PathBuf,
 }
 
-/// Creates an empty file named `name` in a new folder of the system's temporary
-/// directory, registered (with its folder) for removal on SIGINT/SIGTERM.
+/// Creates an empty file named `name`, open for reading and writing, in a new folder of
+/// the system's temporary directory, registered (with its folder) for removal on
+/// SIGINT/SIGTERM.
 pub fn scratch(name: &str) -> io::Result<(Scratch, File)> {
-    let base = std::env::temp_dir();
+    scratch_in(&std::env::temp_dir(), name)
+}
+
+/// [`scratch`] in a new folder of `base` instead of the system's temporary directory.
+pub fn scratch_in(base: &Path, name: &str) -> io::Result<(Scratch, File)> {
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("qrange-{}-{n}", std::process::id()));
@@ -313,7 +317,12 @@ pub fn scratch(name: &str) -> io::Result<(Scratch, File)> {
         }
         reg.insert(dir.clone());
         let file = dir.join(name);
-        return match OpenOptions::new().write(true).create_new(true).open(&file) {
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&file);
+        return match opened {
             Ok(f) => {
                 reg.insert(file.clone());
                 Ok((Scratch { dir, file }, f))
@@ -354,57 +363,6 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut s = stage(path)?;
     s.file().write_all(bytes)?;
     commit(vec![s])
-}
-
-/// A scratch file for a command's own intermediate data (never an output): created new in
-/// `dir`, open for reading and writing, registered like a staged output so SIGINT and
-/// SIGTERM remove it, and removed when dropped.
-#[derive(Debug)]
-pub struct ScratchFile {
-    path: PathBuf,
-    file: File,
-}
-
-/// Creates a [`ScratchFile`] in `dir`, its name starting with `stem`.
-pub fn scratch_in(dir: &Path, stem: &str) -> io::Result<ScratchFile> {
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".{stem}.qrange-{}-{n}.tmp", std::process::id()));
-        let mut reg = pending();
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => {
-                reg.insert(path.clone());
-                return Ok(ScratchFile { path, file });
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-impl ScratchFile {
-    /// The open file (positional reads and writes share it between threads).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Where it lies.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        let mut reg = pending();
-        let _ = std::fs::remove_file(&self.path);
-        reg.remove(&self.path);
-    }
 }
 
 /// From now on, SIGINT and SIGTERM remove the temporary files being written and end the

@@ -201,9 +201,9 @@
 //!   complete, with the umask's mode or the replaced file's; `fsx::Paths` checks a
 //!   command's writes against its reads and other writes (as files: device and inode)
 //!   before any work; `fsx::scratch` makes a registered file (in its own folder of the
-//!   system's temporary directory) for data a command writes and reads back itself, and
-//!   `fsx::scratch_in` one in a given folder, open for reading and writing (activations
-//!   spilled by layer-wise calibration); SIGINT/SIGTERM remove the temporary files and
+//!   system's temporary directory) for data a command writes and reads back itself (the
+//!   simulation's side file, activations spilled by layer-wise calibration);
+//!   SIGINT/SIGTERM remove the temporary files and
 //!   exit 130/143.
 //! - [`cli`]: clap arguments and one file per subcommand, the flags several share
 //!   (`cli::flags`: clap enums mapped to the library's, `--pin`/`--shape`/`--preprocess`

@@ -186,7 +186,7 @@ pub struct Boundary {
     held: Arc<AtomicU64>,
     budget: u64,
     dir: PathBuf,
-    spill: Mutex<Option<crate::fsx::ScratchFile>>,
+    spill: Mutex<Option<(crate::fsx::Scratch, std::fs::File)>>,
     end: AtomicU64,
 }
 
@@ -251,11 +251,11 @@ impl Boundary {
         {
             let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
             if spill.is_none() {
-                let s = crate::fsx::scratch_in(&self.dir, "qrange-boundary")
+                let s = crate::fsx::scratch_in(&self.dir, "boundary.data")
                     .map_err(|e| self.spill_err(e.to_string()))?;
                 *spill = Some(s);
             }
-            let file = spill.as_ref().expect("created").file();
+            let (_, file) = spill.as_ref().expect("created");
             file.write_all_at(&record, at)
                 .map_err(|e| self.spill_err(e.to_string()))?;
         }
@@ -290,7 +290,7 @@ impl Boundary {
             let file = spill
                 .as_ref()
                 .ok_or_else(|| self.spill_err("no file".into()))?;
-            file.file()
+            file.1
                 .read_exact_at(&mut record, at)
                 .map_err(|e| self.spill_err(e.to_string()))?;
         }
