@@ -178,7 +178,9 @@
 //!   visual report (`quantize --report`):
 //!   `ReportInput` (plain data, one section per part of qrange) rendered to one
 //!   self-contained HTML page with SVG charts (plotters, SVG backend only): per calibrated
-//!   tensor, its histogram with every method's range and the chosen one.
+//!   tensor, its histogram with every method's range and the chosen one; per quantized
+//!   weight (`weights`), its histogram with the levels of the grid it is written on (uniform
+//!   codes or codebook levels, of the widest channel).
 //! - [`lint`]: fusion coverage of any QDQ model: per node unit, whether the target runtime
 //!   fuses it into an integer kernel (and which), drops a data-movement op's Q/DQ pair, or
 //!   runs it in float and why. `lint::ort` replays ONNX Runtime's CPU QDQ transformations

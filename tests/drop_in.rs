@@ -9,9 +9,7 @@ use common::*;
 use ir_build::{f32s, tensor_attr, B};
 use qrange::ir::DType;
 use qrange::passes::{InferShapes, Pass, PassCx};
-use qrange::quant::params::QType;
-use qrange::quant::plan::{self, OpState, QuantConfig};
-use qrange::quant::rules::Target;
+use qrange::quant::plan::{self, OpState};
 
 /// Diagnostics of `infer_shapes` on the model at `p` that say a declared shape
 /// contradicts the graph.
@@ -188,17 +186,7 @@ fn a_value_computed_from_shapes_and_constants_is_not_planned() {
     b.output("z");
     let mut m = b.model(17);
     InferShapes.run(&mut m, &mut PassCx::default()).unwrap();
-    let cfg = QuantConfig {
-        target: Target::OrtCpu,
-        activation: QType::new(DType::U8, false, false).unwrap(),
-        weight: QType::new(DType::I8, true, true).unwrap(),
-        weight_mse: false,
-        weight_grid: Default::default(),
-        per_channel: true,
-        exclude_nodes: Default::default(),
-        exclude_op_types: Default::default(),
-        op_types: None,
-    };
+    let cfg = ort_cpu_config();
     let p = plan::build(&m, &cfg);
     let add = p.ops.iter().find(|(k, _)| k.starts_with("Add")).unwrap().1;
     assert_eq!(

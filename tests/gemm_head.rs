@@ -9,10 +9,8 @@ mod common;
 use common::*;
 use qrange::ir::DType;
 use qrange::passes::{Pass, PassCx};
-use qrange::quant::params::QType;
 use qrange::quant::plan::{self, Decision, OpState, QuantConfig};
 use qrange::quant::rules::Target;
-use std::collections::BTreeSet;
 
 /// x[1,8] → MatMul(w1) → Add(b1) → Relu → Tanh → MatMul(w2) → Add(b2) → Softmax → y[1,4]:
 /// a hidden layer whose Add output the Relu quantizes (folded), then, behind a float Tanh,
@@ -53,17 +51,7 @@ fn a_head_fused_into_a_float_gemm_is_planned_as_one() {
     qrange::passes::infer_shapes::InferShapes
         .run(&mut m, &mut PassCx::default())
         .unwrap();
-    let cfg = QuantConfig {
-        target: Target::OrtCpu,
-        activation: QType::new(DType::U8, false, false).unwrap(),
-        weight: QType::new(DType::I8, true, true).unwrap(),
-        weight_mse: false,
-        weight_grid: Default::default(),
-        per_channel: true,
-        exclude_nodes: BTreeSet::new(),
-        exclude_op_types: BTreeSet::new(),
-        op_types: None,
-    };
+    let cfg = ort_cpu_config();
     let p = plan::build(&m, &cfg);
     match &p.ops["mm2"] {
         OpState::Quantized { kernel: Some(k) } => assert!(

@@ -12,7 +12,6 @@ use qrange::onnx::proto;
 use qrange::passes::{Pass, PassCx};
 use qrange::quant::params::QType;
 use qrange::quant::plan::{self, QuantConfig};
-use qrange::quant::rules::Target;
 use std::collections::BTreeSet;
 
 /// The plan `qrange quantize` makes with its defaults for ort-cpu, on the model as read
@@ -22,17 +21,7 @@ fn default_plan(rel: &str) -> plan::Plan {
     qrange::passes::infer_shapes::InferShapes
         .run(&mut m, &mut PassCx::default())
         .unwrap();
-    let cfg = QuantConfig {
-        target: Target::OrtCpu,
-        activation: QType::new(DType::U8, false, false).unwrap(),
-        weight: QType::new(DType::I8, true, true).unwrap(),
-        weight_mse: false,
-        weight_grid: Default::default(),
-        per_channel: true,
-        exclude_nodes: BTreeSet::new(),
-        exclude_op_types: BTreeSet::new(),
-        op_types: None,
-    };
+    let cfg = ort_cpu_config();
     plan::build(&m, &cfg)
 }
 
@@ -840,15 +829,10 @@ fn exclusion_names_are_checked_against_subgraphs() {
     let m = qrange::onnx::read_model(&fixture("tiny/tiny_if.onnx")).unwrap();
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     let cfg = |nodes: &[&str], excluded: &[&str], only: Option<&[&str]>| QuantConfig {
-        target: Target::OrtCpu,
-        activation: QType::new(DType::U8, false, false).unwrap(),
-        weight: QType::new(DType::I8, true, true).unwrap(),
-        weight_mse: false,
-        weight_grid: Default::default(),
-        per_channel: true,
         exclude_nodes: set(nodes),
         exclude_op_types: set(excluded),
         op_types: only.map(set),
+        ..ort_cpu_config()
     };
     cfg(
         &["head", "then_relu", "if/else_branch/else_mul"],

@@ -241,3 +241,144 @@ fn compare_writes_a_report_with_the_per_layer_chart() {
     }
     assert!(!html.contains("<script"));
 }
+
+/// The values of initializer `name` of the written model as f64 (int8 codes, float scales),
+/// and its dims.
+fn init_values(m: &qrange::onnx::proto::ModelProto, name: &str) -> (Vec<f64>, Vec<i64>) {
+    let t = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no initializer {name}"));
+    let vals = match (t.data_type.unwrap(), &t.raw_data) {
+        (1, Some(raw)) => raw
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        (1, None) => t.float_data.iter().map(|&v| v as f64).collect(),
+        (3, Some(raw)) => raw.iter().map(|&b| b as i8 as f64).collect(),
+        (3, None) => t.int32_data.iter().map(|&v| v as f64).collect(),
+        (ty, _) => panic!("{name}: element type {ty}"),
+    };
+    (vals, t.dims.clone())
+}
+
+/// Per weight drawn in the report: its name and the `<g class="levels">` group.
+fn weight_levels(html: &str) -> Vec<(String, &str)> {
+    html.split("<details class=\"tensor weight\"")
+        .skip(1)
+        .map(|d| {
+            let name = &d[d.find("<summary>").unwrap() + 9..];
+            let name = name[..name.find(" <span").unwrap()].to_string();
+            let g = &d[d.find("<g class=\"levels\"").unwrap()..];
+            (name, &g[..g.find("</g>").unwrap()])
+        })
+        .collect()
+}
+
+/// `(code, value)` of every level line of a group.
+fn level_lines(g: &str) -> Vec<(i64, f32)> {
+    g.split("<line class=\"level\"")
+        .skip(1)
+        .map(|l| {
+            (
+                attr(l, "data-code", "data-code").parse().unwrap(),
+                attr(l, "data-code", "data-value").parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn codebook_weights_are_drawn_with_the_levels_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    for grid in [["kmeans", "4"], ["pow2", "3"]] {
+        let (out, report) = (tmp.path().join("q.onnx"), tmp.path().join("r.html"));
+        let r = qrange(&[
+            "quantize",
+            &s(&fixture("tiny/tiny_cnn.onnx")),
+            "--calib",
+            &s(&fixture("tiny/tiny_cnn.npz")),
+            "--no-validate",
+            "--weight-grid",
+            grid[0],
+            "--weight-bits",
+            grid[1],
+            "-o",
+            &s(&out),
+            "--report",
+            &s(&report),
+        ]);
+        assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+        let html = std::fs::read_to_string(&report).unwrap();
+        let m = load(&out);
+        let tables = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .filter(|t| t.name.as_deref().unwrap_or("").ends_with(".codebook"))
+            .count();
+        let drawn = weight_levels(&html);
+        assert!(tables >= 3, "{grid:?}: tiny_cnn writes 3 codebook weights");
+        assert_eq!(drawn.len(), tables, "{grid:?}: one drawing per codebook");
+        for (name, g) in drawn {
+            assert_eq!(attr(g, "<g", "data-kind"), "codebook", "{name}");
+            let c: usize = attr(g, "<g", "data-channel").parse().unwrap();
+            let scale: f32 = attr(g, "<g", "data-scale").parse().unwrap();
+            let (table, dims) = init_values(&m, &format!("{name}.codebook"));
+            let (scales, _) = init_values(&m, &format!("{name}.scale"));
+            assert_eq!(scale, scales[c] as f32, "{name}: channel {c}'s scale");
+            // The channel's row of the level table: its levels, then zero padding.
+            let width = dims[1] as usize;
+            let row = &table[c * width..(c + 1) * width];
+            let lines = level_lines(g);
+            assert!(!lines.is_empty(), "{name}");
+            for (k, &(code, value)) in lines.iter().enumerate() {
+                assert_eq!(code as f64, row[k], "{name}: level {k} of channel {c}");
+                assert_eq!(value, code as f32 * scale, "{name}: level {k}");
+            }
+            assert!(lines.windows(2).all(|w| w[0].0 < w[1].0), "{name}");
+            assert!(row[lines.len()..].iter().all(|&v| v == 0.0), "{name}");
+        }
+    }
+}
+
+#[test]
+fn uniform_weights_are_drawn_with_their_grid_ticks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (html, _) = cnn_report(tmp.path(), "r.html");
+    let m = load(&tmp.path().join("q.onnx"));
+    let drawn = weight_levels(&html);
+    assert_eq!(drawn.len(), 3, "tiny_cnn quantizes three weights");
+    for (name, g) in drawn {
+        assert_eq!(attr(g, "<g", "data-kind"), "uniform", "{name}");
+        let c: usize = attr(g, "<g", "data-channel").parse().unwrap();
+        let step: i64 = attr(g, "<g", "data-step").parse().unwrap();
+        let scale: f32 = attr(g, "<g", "data-scale").parse().unwrap();
+        let zp: i64 = attr(g, "<g", "data-zero-point").parse().unwrap();
+        let (scales, _) = init_values(&m, &format!("{name}.scale"));
+        let (zps, _) = init_values(&m, &format!("{name}.zp"));
+        assert_eq!((scale, zp), (scales[c] as f32, zps[c] as i64), "{name}");
+        let lines = level_lines(g);
+        // Evenly spaced ticks through the zero point, at the dequantized codes.
+        assert!(lines.iter().any(|&(q, _)| q == zp), "{name}");
+        assert!(lines.windows(2).all(|w| w[1].0 - w[0].0 == step), "{name}");
+        for &(q, v) in &lines {
+            assert_eq!(v, (q - zp) as f32 * scale, "{name}: code {q}");
+        }
+        // The ticks span the grid the codes were written on.
+        let (codes, _) = init_values(&m, &format!("{name}.q"));
+        let (lo, hi) = (lines[0].0, lines[lines.len() - 1].0);
+        for q in codes {
+            assert!(
+                (lo - step) as f64 <= q && q <= (hi + step) as f64,
+                "{name}: code {q} beyond the ticks [{lo}, {hi}] (step {step})"
+            );
+        }
+    }
+}

@@ -147,3 +147,28 @@ fn smoothing_by_default_makes_the_reduced_minilm_more_accurate() {
     let notes = j["notes"].to_string();
     assert!(notes.contains("smooth: alpha 0.5"), "{notes}");
 }
+
+/// A model without a LayerNormalization feeding a MatMul (a CNN) has nothing to smooth: the
+/// default command says nothing about smoothing, in the printed summary or in `--json`.
+#[test]
+fn nothing_is_said_about_smoothing_a_cnn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        "quantize".to_string(),
+        s(&fixture("tiny/tiny_cnn.onnx")),
+        "--calib".into(),
+        s(&fixture("tiny/tiny_cnn.npz")),
+        "--no-validate".into(),
+        "-o".into(),
+        s(&tmp.path().join("q.onnx")),
+    ];
+    let args: Vec<&str> = base.iter().map(String::as_str).collect();
+    let r = qrange(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = format!("{}{}", r.stdout, r.stderr);
+    assert!(summary.contains("ops        6 quantized"), "{summary}");
+    assert!(!summary.contains("smooth:"), "{summary}");
+    let j = quantize_json(&args[1..]);
+    let notes = j["notes"].to_string();
+    assert!(!notes.contains("smooth"), "{notes}");
+}

@@ -11,28 +11,12 @@ use ir_build::{f32s, B};
 use qrange::ir::{DType, Model};
 use qrange::passes::{Flow, PassCx, Phase, Runner};
 use qrange::quant::params::QType;
-use qrange::quant::plan::{self, Decision, OpState, QuantConfig};
-use qrange::quant::rules::Target;
-use std::collections::BTreeSet;
-
-fn ort_cpu() -> QuantConfig {
-    QuantConfig {
-        target: Target::OrtCpu,
-        activation: QType::new(DType::U8, false, false).unwrap(),
-        weight: QType::new(DType::I8, true, true).unwrap(),
-        weight_mse: false,
-        weight_grid: Default::default(),
-        per_channel: true,
-        exclude_nodes: BTreeSet::new(),
-        exclude_op_types: BTreeSet::new(),
-        op_types: None,
-    }
-}
+use qrange::quant::plan::{self, Decision, OpState};
 
 /// The plan the quantize pipeline builds for `m` with input shapes `shapes`.
 fn prepared_plan(mut m: Model, shapes: &[(&str, &[i64])]) -> plan::Plan {
     let mut cx = PassCx {
-        quant: Some(ort_cpu()),
+        quant: Some(ort_cpu_config()),
         input_shapes: shapes
             .iter()
             .map(|(n, d)| (n.to_string(), d.to_vec()))

@@ -108,6 +108,19 @@ pub struct Report {
     pub weight_signal: f64,
     /// `Σ (w − ŵ)²` over the quantized weights (`ŵ` dequantized in float32).
     pub weight_noise: f64,
+    /// Per codebook weight (by plan key): each channel's levels, as the codes written to
+    /// its level table (ascending; the table's rows are padded with zeros past them).
+    pub codebooks: BTreeMap<String, Vec<Vec<i64>>>,
+}
+
+/// What [`quantize_weight`] wrote.
+struct WrittenWeight {
+    chosen: Chosen,
+    made: Made,
+    /// `(Σ w², Σ (w − ŵ)²)`.
+    signal_noise: (f64, f64),
+    /// Per channel levels of a codebook grid.
+    codebook: Option<Vec<Vec<i64>>>,
 }
 
 /// Names taken anywhere in the model: new names avoid them all, so that a name added to
@@ -219,8 +232,15 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
             } => {
                 let imp = plan.importance.get(key).map(Vec::as_slice);
                 let rounding = plan.rounding.get(key).map(Vec::as_slice);
-                let (chosen, made, (signal, noise)) =
-                    quantize_weight(g, v, *qtype, *axis, *mse, *grid, imp, rounding, &mut names)?;
+                let WrittenWeight {
+                    chosen,
+                    made,
+                    signal_noise: (signal, noise),
+                    codebook,
+                } = quantize_weight(g, v, *qtype, *axis, *mse, *grid, imp, rounding, &mut names)?;
+                if let Some(levels) = codebook {
+                    rep.codebooks.insert(key.clone(), levels);
+                }
                 rep.weight_signal += signal;
                 rep.weight_noise += noise;
                 rep.dequantize_nodes += dequantize_in_subgraphs(g, local, &made, &mut names)?;
@@ -1069,7 +1089,7 @@ fn quantize_weight(
     importance: Option<&[f64]>,
     rounding: Option<&[bool]>,
     names: &mut Names,
-) -> Result<(Chosen, Made, (f64, f64)), PassError> {
+) -> Result<WrittenWeight, PassError> {
     let name = g.value(w).name.clone();
     let t = g
         .const_of(w)
@@ -1155,15 +1175,16 @@ fn quantize_weight(
     for (o, slot) in readers {
         g.set_input(o, slot, Some(dqv));
     }
-    Ok((
-        Chosen {
+    Ok(WrittenWeight {
+        chosen: Chosen {
             qtype: q,
             params,
             axis,
         },
         made,
-        (signal, noise),
-    ))
+        signal_noise: (signal, noise),
+        codebook: coded.codebook.map(|(levels, _)| levels),
+    })
 }
 
 /// The int32 values, scale and zero point (per channel when `scales` has more than one)

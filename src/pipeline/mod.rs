@@ -702,6 +702,7 @@ fn finish(
                 candidates: &mut run.candidates,
                 opts: &o.method_options,
                 method: o.method,
+                written: &m.inserted,
             },
             &s,
         )?;

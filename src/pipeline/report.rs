@@ -1,6 +1,6 @@
 //! The visual report's data (`quantize --report FILE`): what the run learned (calibration
-//! statistics, every method's range and the chosen one, the plan, sizes, validation, the
-//! fusion check, per-layer SQNR) as a [`ReportInput`]; the caller renders and writes it.
+//! statistics, every method's range and the chosen one, each weight's values and the
+//! levels it is written on, the plan, sizes, validation, the fusion check, per-layer SQNR) as a [`ReportInput`]; the caller renders and writes it.
 
 use super::error::PipelineError;
 use super::prepare::Prepared;
@@ -10,7 +10,8 @@ use super::summary::{qtype_text, Summary};
 use crate::calib::{Method, MethodOptions, QuantTarget, TensorStats};
 use crate::quant::params::QType;
 use crate::quant::plan::{op_key, Decision, OpState, Plan};
-use crate::report::{OutputRow, PrecisionRow, ReportInput, TensorRow};
+use crate::report::weights::Written;
+use crate::report::{OutputRow, PrecisionRow, ReportInput, TensorRow, WeightRow};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -95,6 +96,68 @@ pub struct Sources<'a> {
     pub opts: &'a MethodOptions,
     /// `--method` as asked.
     pub method: Method,
+    /// What materialisation wrote: each weight's scales and codebooks.
+    pub written: &'a crate::passes::insert_qdq::Report,
+}
+
+/// One row per quantized weight of the main graph or a subgraph, by plan key: its float
+/// values in the prepared model and the grid materialisation wrote it on.
+fn weight_rows(s: &Sources) -> Vec<WeightRow> {
+    let g = &s.p.model.graph;
+    let keys = crate::quant::plan::ValueKeys::of(g);
+    let mut rows = Vec::new();
+    for (key, d) in &s.plan.values {
+        let Decision::Weight {
+            qtype, axis, grid, ..
+        } = d
+        else {
+            continue;
+        };
+        let Some(chosen) = s.written.params.get(key) else {
+            continue;
+        };
+        let Some((scope, local)) = keys.locate(key) else {
+            continue;
+        };
+        let sg = keys.scopes.graph(g, scope);
+        let tensor = sg
+            .value_by_name(local)
+            .and_then(|v| sg.const_of(v))
+            .and_then(|c| c.to_tensor().ok());
+        let Some(crate::ir::Tensor::F32(a)) = tensor else {
+            continue;
+        };
+        let vals: Vec<f32> = a.iter().copied().collect();
+        let params: Vec<(f32, i64)> = chosen
+            .params
+            .iter()
+            .map(|p| (p.scale, p.zero_point))
+            .collect();
+        let per_channel = match axis {
+            Some(ax) => format!("per channel (axis {ax})"),
+            None => "per tensor".to_string(),
+        };
+        let codebook = s.written.codebooks.get(key).map(Vec::as_slice);
+        let text = match codebook {
+            Some(_) => format!(
+                "{} on {}, {per_channel}",
+                grid.describe(),
+                qtype_text(qtype, None)
+            ),
+            None => format!("{}, {per_channel}", qtype_text(qtype, None)),
+        };
+        let channel_of = crate::passes::insert_qdq::channel_of(a.shape(), *axis);
+        let written = Written {
+            qtype,
+            params: &params,
+            codebook,
+            grid: text,
+        };
+        if let Some(row) = WeightRow::new(key, &vals, &channel_of, &written) {
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 /// One row per calibrated tensor: statistics, every method's range, the chosen one.
@@ -194,6 +257,7 @@ pub fn build(mut src: Sources, s: &Summary) -> Result<ReportInput, PipelineError
             .map(|(n, m)| OutputRow::from_metrics(n, m))
             .collect(),
         tensors,
+        weights: weight_rows(&src),
         layers: Vec::new(),
         precision: precision_rows(src.p, src.plan),
         fusion: None,

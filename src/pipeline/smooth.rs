@@ -17,7 +17,8 @@
 //!   `<X>.smooth.inv`; the other readers keep `X`.
 //!
 //! Either way the float model's outputs do not change (up to float rounding) and the
-//! written model stays plain Q/DQ. The smoothed model replaces the prepared one (and the
+//! written model stays plain Q/DQ. A model without a group is left as it is, with no note
+//! in the summary. The smoothed model replaces the prepared one (and the
 //! model prepared with the declared dims, when there is one), its plan is built again and
 //! its fingerprint recomputed; validation compares against the unsmoothed float model.
 
@@ -289,6 +290,11 @@ pub fn smooth_prepared<S: SampleSource + ?Sized>(
     progress: &dyn Progress,
 ) -> Result<Smoothed, PipelineError> {
     let groups = groups(&p.model);
+    if groups.is_empty() {
+        // No LayerNormalization hands a MatMul its output: nothing to migrate, nothing
+        // to say (a CNN under the default `--smooth 0.5`).
+        return Ok(Smoothed { groups, alpha });
+    }
     let maxima = channel_maxima(p, &groups, samples, progress)?;
     let invalid = |what: String| PipelineError::Options(format!("--smooth: {what}"));
     let f = factors(&p.model, &groups, &maxima, alpha).map_err(invalid)?;

@@ -21,9 +21,12 @@
 //! QGemm) and 23.04 / 30.56 dB for a float head, at the same accuracy and latencies within
 //! noise; a float head costs magika 0.1× of its size.
 //!
-//! The conditions are those of the ort-cpu lint's model of the same fusion
-//! (`lint::ort::matmul_add_fusion`); a MatMul whose input has another rank is left as it
-//! is (the runtime fuses it only with a fully known input shape, between Reshapes).
+//! [`matmul_add`] is the one statement of the fusion's conditions: the plan reads it here
+//! and the ort-cpu lint's simulation of ONNX Runtime (`lint::ort::matmul_add_fusion`)
+//! reads it on its copy of the graph, each giving its own view of element types and dims.
+//! A MatMul whose input has another rank is left as it is (the runtime fuses it only with
+//! a fully known input shape, between Reshapes): [`MatMulAdd::Reshaped`] says when that
+//! may happen, for the lint to note.
 
 use crate::ir::{DType, Dim, Graph, OpId, ValueId, ValueType};
 
@@ -48,62 +51,103 @@ pub fn float_gemm_reason(add: &str) -> String {
     )
 }
 
-/// The dims of `v`, symbolic ones included: a constant's, else its declared type's.
-fn dims(g: &Graph, v: ValueId, konst: &impl Fn(ValueId) -> Option<Vec<i64>>) -> Option<Vec<Dim>> {
-    if let Some(d) = konst(v) {
-        return Some(d.into_iter().map(Dim::Known).collect());
-    }
-    match &g.value(v).ty {
-        Some(ValueType::Tensor {
-            shape: Some(dims), ..
-        }) => Some(dims.clone()),
-        _ => None,
-    }
+/// What ONNX Runtime's `MatMulAddFusion` does with a MatMul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatMulAdd {
+    /// Fused with its one reader `add` into a Gemm whose C is `bias`.
+    Gemm { add: OpId, bias: ValueId },
+    /// Not fused as modelled, but the input has a rank other than 2 and a fully known
+    /// shape and the bias is `[N]`: the runtime may fuse it between Reshapes.
+    Reshaped,
+    /// Not fused.
+    No,
 }
 
 fn is_float_type(d: Option<DType>) -> bool {
     matches!(d, Some(DType::F32 | DType::F16 | DType::BF16))
 }
 
-/// The bias Add that ONNX Runtime fuses MatMul `o` of `g` with into one Gemm, if it does.
-/// `konst` gives a constant's dims (constants of `g` or captured ones).
-pub fn fused_bias_add(
+/// Whether ONNX Runtime fuses MatMul `o` of `g` with its bias Add into one Gemm: the MatMul's
+/// outputs are no graph output and have one reader in all, a default-domain Add; the input
+/// A is float and the Add's first input has its type; the weight has rank 2; A has rank 2
+/// and the bias broadcasts as Gemm's C does (`[N]`, `[1, N]`, `[M, 1]` or `[M, N]`).
+/// `dtype` and `dims` give a value's element type and dims (symbolic ones included) as the
+/// caller knows them.
+pub fn matmul_add(
     g: &Graph,
     o: OpId,
-    konst: impl Fn(ValueId) -> Option<Vec<i64>>,
-) -> Option<OpId> {
+    dtype: impl Fn(ValueId) -> Option<DType>,
+    dims: impl Fn(ValueId) -> Option<Vec<Dim>>,
+) -> MatMulAdd {
+    fused(g, o, dtype, dims).unwrap_or(MatMulAdd::No)
+}
+
+fn fused(
+    g: &Graph,
+    o: OpId,
+    dtype: impl Fn(ValueId) -> Option<DType>,
+    dims: impl Fn(ValueId) -> Option<Vec<Dim>>,
+) -> Option<MatMulAdd> {
     let op = g.op(o);
     if op.op_type != "MatMul" || !op.domain_key().is_empty() {
         return None;
     }
-    let y = g.output(o, 0)?;
-    let readers = g.consumers(y);
-    if g.is_output(y) || readers.len() != 1 || g.outputs_of(o).len() != 1 {
-        return None;
+    let mut readers = Vec::new();
+    for y in g.outputs_of(o).into_iter().flatten() {
+        if g.is_output(y) {
+            return None;
+        }
+        readers.extend(g.consumers(y));
     }
-    let (add, slot) = readers[0];
+    let [(add, slot)] = readers[..] else {
+        return None;
+    };
     let add_op = g.op(add);
     if add_op.op_type != "Add" || !add_op.domain_key().is_empty() {
         return None;
     }
     let (a, b) = (g.input(o, 0)?, g.input(o, 1)?);
     let bias = g.input(add, 1 - slot.min(1))?;
-    let ta = g.value(a).dtype();
-    if !is_float_type(ta) || g.input(add, 0).and_then(|v| g.value(v).dtype()) != ta {
+    let ta = dtype(a);
+    if !is_float_type(ta) || g.input(add, 0).and_then(&dtype) != ta {
         return None;
     }
-    let (ad, bd, cd) = (
-        dims(g, a, &konst)?,
-        dims(g, b, &konst)?,
-        dims(g, bias, &konst)?,
-    );
-    if ad.len() != 2 || bd.len() != 2 {
+    let (ad, bd) = (dims(a)?, dims(b)?);
+    if bd.len() != 2 {
         return None;
     }
     let n = &bd[1];
+    let cd = dims(bias)?;
     let one = |d: &Dim| matches!(d, Dim::Known(1));
+    if ad.len() != 2 {
+        let known = ad.iter().all(|d| matches!(d, Dim::Known(_)));
+        return (known && cd.len() == 1 && cd[0] == *n).then_some(MatMulAdd::Reshaped);
+    }
     let valid = (cd.len() == 1 && cd[0] == *n)
         || (cd.len() == 2 && one(&cd[0]) && cd[1] == *n)
         || (cd.len() == 2 && cd[0] == ad[0] && (one(&cd[1]) || cd[1] == *n));
-    valid.then_some(add)
+    valid.then_some(MatMulAdd::Gemm { add, bias })
+}
+
+/// The bias Add that ONNX Runtime fuses MatMul `o` of `g` with into one Gemm, if it does
+/// ([`matmul_add`] with the plan's view: `konst` gives a constant's dims, constants of `g`
+/// or captured ones; other values have their declared types).
+pub fn fused_bias_add(
+    g: &Graph,
+    o: OpId,
+    konst: impl Fn(ValueId) -> Option<Vec<i64>>,
+) -> Option<OpId> {
+    let dims = |v: ValueId| match konst(v) {
+        Some(d) => Some(d.into_iter().map(Dim::Known).collect()),
+        None => match &g.value(v).ty {
+            Some(ValueType::Tensor {
+                shape: Some(dims), ..
+            }) => Some(dims.clone()),
+            _ => None,
+        },
+    };
+    match matmul_add(g, o, |v| g.value(v).dtype(), dims) {
+        MatMulAdd::Gemm { add, .. } => Some(add),
+        MatMulAdd::Reshaped | MatMulAdd::No => None,
+    }
 }

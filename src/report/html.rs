@@ -10,6 +10,7 @@
 use super::metrics::Metrics;
 use super::plot::{self, fmt_num, method_style, pct, sig};
 use super::tensor::TensorRow;
+use super::weights::{LevelKind, WeightRow};
 use std::fmt::Write as _;
 
 /// Everything the report shows.
@@ -30,6 +31,8 @@ pub struct ReportInput {
     pub accuracy: Vec<OutputRow>,
     /// Calibrated tensors.
     pub tensors: Vec<TensorRow>,
+    /// Quantized weights with their grids' levels (empty: section left out).
+    pub weights: Vec<WeightRow>,
     /// Per-layer comparison (empty: section left out).
     pub layers: Vec<LayerRow>,
     /// Precision per op (empty: section left out).
@@ -163,7 +166,7 @@ details.tensor > summary .meta { font-weight:400; color:var(--muted); }
 details.tensor .body { padding:4px 14px 14px; }
 details.tensor table { margin-top:6px; }
 svg { max-width:100%; height:auto; display:block; }
-svg.hist, svg.sqnr { width:100%; }
+svg.hist, svg.whist, svg.sqnr { width:100%; }
 .legend { display:flex; flex-wrap:wrap; gap:16px; align-items:center; font-size:14px; margin:8px 0 12px; }
 .legend span { display:inline-flex; align-items:center; gap:6px; }
 .legend svg { display:inline; }
@@ -565,6 +568,64 @@ fn tensor_details(out: &mut String, t: &TensorRow, id: usize, open: bool) {
     out.push_str("</table></div></details>");
 }
 
+fn weights(out: &mut String, ws: &[WeightRow]) {
+    if ws.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<h2 id=\"weights\">Weights and their grids ({} tensors)</h2>",
+        ws.len()
+    );
+    out.push_str(
+        "<p class=\"hint\">For each quantized weight: the histogram of its float values and the \
+levels of the grid it is written on (blue lines), as the written model dequantizes them. A \
+uniform grid shows its codes (one in N when it has many), a codebook grid (k-means or powers \
+of two) its levels. A per-channel weight has one grid per channel: the levels drawn are those \
+of the channel whose values span the widest range.</p>",
+    );
+    for (i, w) in ws.iter().enumerate() {
+        let drawn = w.drawn().len();
+        let levels = match w.kind {
+            LevelKind::Codebook => format!("{} codebook levels", w.codes.len()),
+            LevelKind::Uniform if w.step > 1 => {
+                format!("{} codes, one in {} drawn ({drawn})", w.codes.len(), w.step)
+            }
+            LevelKind::Uniform => format!("{} codes", w.codes.len()),
+        };
+        let channel = if w.channels > 1 {
+            format!(
+                "channel {} of {} (values {})",
+                w.channel,
+                w.channels,
+                range_text(w.channel_min, w.channel_max)
+            )
+        } else {
+            "one grid for the tensor".to_string()
+        };
+        let _ = write!(
+            out,
+            "<details class=\"tensor weight\" id=\"w{i}\"><summary>{} <span class=\"meta\">— {}; {levels}; {channel}</span></summary><div class=\"body\">",
+            esc(&w.name),
+            esc(&w.grid),
+        );
+        match plot::weight_histogram(w) {
+            Ok(svg) => out.push_str(&svg),
+            Err(e) => {
+                let _ = write!(out, "<p class=\"bad\">plot failed: {}</p>", esc(&e));
+            }
+        }
+        let _ = write!(
+            out,
+            "<p class=\"hint\">{} values in {}; levels of {channel}: scale {}, zero point {}.</p></div></details>",
+            count(w.count as u64),
+            range_text(w.min, w.max),
+            fmt_num(w.scale as f64),
+            w.zero_point,
+        );
+    }
+}
+
 fn precision(out: &mut String, rows: &[PrecisionRow]) {
     if rows.is_empty() {
         return;
@@ -642,6 +703,7 @@ pub fn render(r: &ReportInput) -> String {
     accuracy(&mut out, r);
     layers(&mut out, &r.layers);
     tensors(&mut out, &r.tensors);
+    weights(&mut out, &r.weights);
     precision(&mut out, &r.precision);
     if let Some(f) = &r.fusion {
         fusion(&mut out, f);
@@ -673,6 +735,24 @@ mod tests {
         TensorRow::from_stats(name, &s, (r.lo, r.hi), r.method, &q, &o).unwrap()
     }
 
+    fn weight(name: &str) -> WeightRow {
+        let vals: Vec<f32> = (0..64).map(|i| (i as f32 * 0.71).sin() * 0.5).collect();
+        let q = QType::new(DType::I8, true, false).unwrap();
+        let cb = vec![vec![-100, -20, 0, 30, 90], vec![-50, 0, 50]];
+        WeightRow::new(
+            name,
+            &vals,
+            &|i| i / 32,
+            &super::super::weights::Written {
+                qtype: &q,
+                params: &[(0.004, 0), (0.002, 0)],
+                codebook: Some(&cb),
+                grid: "kmeans 3-bit".into(),
+            },
+        )
+        .unwrap()
+    }
+
     fn input() -> ReportInput {
         let smooth: Vec<f32> = (0..2000).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut spiky = smooth.clone();
@@ -695,6 +775,7 @@ mod tests {
                 accuracy_after: Some(0.25),
             }],
             tensors: vec![row("smooth", &smooth), row("spiky<&>", &spiky)],
+            weights: vec![weight("w<&>")],
             layers: vec![
                 LayerRow {
                     value: "a".into(),
@@ -756,12 +837,20 @@ mod tests {
             "precision",
             "fusion",
             "notes",
+            "weights",
         ] {
             assert!(html.contains(&format!("id=\"{id}\"")), "section {id}");
         }
+        // The weight's histogram with one line per level of the channel drawn.
+        assert_eq!(html.matches("<svg class=\"whist\"").count(), 1);
+        assert_eq!(
+            html.matches("class=\"level\"").count(),
+            r.weights[0].drawn().len()
+        );
+        assert!(html.contains("w&lt;&amp;&gt;"));
         // No raw names with markup get through.
         for raw in [
-            "<script>", "t <&>", "spiky<&>", "y<1>", "n&1", "a <note>", "<ort>",
+            "<script>", "t <&>", "spiky<&>", "w<&>", "y<1>", "n&1", "a <note>", "<ort>",
         ] {
             assert!(!html.contains(raw), "unescaped {raw}");
         }
@@ -824,7 +913,7 @@ mod tests {
         );
 
         let empty = render(&ReportInput::default());
-        for id in ["layers", "precision", "fusion", "notes"] {
+        for id in ["layers", "weights", "precision", "fusion", "notes"] {
             assert!(!empty.contains(&format!("id=\"{id}\"")), "section {id}");
         }
         assert!(empty.contains("Validation was skipped"));

@@ -9,6 +9,8 @@
 //!   matched through Q/DQ pairs, worst first.
 //! - [`tensor`]: one calibrated tensor as the report shows it (display histogram, each
 //!   method's range, clipped mass, expected error), built from calibration statistics.
+//! - [`weights`]: one quantized weight as the report shows it (histogram of its values,
+//!   the levels of the grid it is written on).
 //! - [`html`]: [`ReportInput`] (plain data, sections filled by whoever knows them) and
 //!   [`render`], one self-contained page; [`plot`] draws its SVG charts.
 
@@ -19,7 +21,9 @@ pub mod layers;
 pub mod metrics;
 pub mod plot;
 pub mod tensor;
+pub mod weights;
 
 pub use html::{render, FusionRow, FusionSection, LayerRow, OutputRow, PrecisionRow, ReportInput};
 pub use metrics::{Comparison, Metrics};
 pub use tensor::{Candidate, DisplayHistogram, Observed, TensorRow};
+pub use weights::WeightRow;

@@ -1,5 +1,6 @@
 //! The report's charts as inline SVG strings: a tensor's histogram with the range every
-//! method proposes, and the per-layer SQNR bars. plotters draws axes, labels and data;
+//! method proposes, a weight's histogram with its grid's levels, and the per-layer SQNR
+//! bars. plotters draws axes, labels and data;
 //! range markers are added as plain SVG elements with classes (`marker`, `m-<method>`,
 //! `chosen`) and hover titles, so the page and tests can find them.
 //!
@@ -8,6 +9,7 @@
 
 use super::html::{esc, LayerRow};
 use super::tensor::TensorRow;
+use super::weights::{LevelKind, WeightRow};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -278,6 +280,112 @@ pub fn tensor_histogram(t: &TensorRow) -> Result<String, String> {
         &svg,
         "hist",
         &format!("histogram of {} with candidate ranges", t.name),
+        &extra,
+    ))
+}
+
+/// Color of a weight's grid levels.
+const LEVEL: &str = "#0072B2";
+
+/// The histogram of one weight's values (linear counts) with the levels of its grid: one
+/// vertical line per level drawn (see [`WeightRow::drawn`]), each an element
+/// `<line class="level" data-code=".." data-value="..">` inside `<g class="levels">`, whose
+/// attributes name the channel, its scale and zero point. `data-value` is the float32
+/// level printed in full (shortest round-trip form), so it can be compared with the written
+/// model exactly.
+pub fn weight_histogram(w: &WeightRow) -> Result<String, String> {
+    let (width, height) = HIST_SIZE;
+    let drawn = w.drawn();
+    let levels: Vec<f64> = drawn.iter().map(|&c| w.level(c) as f64).collect();
+    let mut x0 = (w.min as f64).min(0.0);
+    let mut x1 = (w.max as f64).max(0.0);
+    for &l in &levels {
+        x0 = x0.min(l);
+        x1 = x1.max(l);
+    }
+    let pad = if x1 > x0 { (x1 - x0) * 0.03 } else { 1.0 };
+    let (x0, x1) = (x0 - pad, x1 + pad);
+    let hist = &w.histogram;
+    let ytop = hist.counts.iter().cloned().fold(0.0f64, f64::max).max(1.0) * 1.08;
+    let mut svg = String::new();
+    let mut extra = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin_top(LANES_TOP as u32 + 6)
+            .margin_right(24)
+            .margin_left(8)
+            .margin_bottom(6)
+            .x_label_area_size(44)
+            .y_label_area_size(LEFT_AREA)
+            .build_cartesian_2d(x0..x1, 0.0..ytop)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(GRID)
+            .x_labels(9)
+            .y_labels(6)
+            .x_label_formatter(&|v| fmt_num(*v))
+            .y_label_formatter(&|v| fmt_count(*v))
+            .label_style((FONT, font_px(12.0)))
+            .axis_desc_style((FONT, font_px(14.0)))
+            .x_desc("weight value")
+            .y_desc("count")
+            .draw()
+            .map_err(err)?;
+        let n = hist.counts.len();
+        let edges: Vec<f64> = if hist.hi > hist.lo {
+            let bw = hist.bin_width();
+            (0..=n).map(|i| hist.lo + i as f64 * bw).collect()
+        } else {
+            let half = (x1 - x0) / 400.0;
+            vec![hist.lo - half, hist.lo + half]
+        };
+        let mut pts = vec![(edges[0], 0.0)];
+        for (i, &c) in hist.counts.iter().enumerate() {
+            pts.push((edges[i], c));
+            pts.push((edges[i + 1], c));
+        }
+        pts.push((edges[n], 0.0));
+        chart
+            .draw_series(std::iter::once(Polygon::new(pts, INSIDE.filled())))
+            .map_err(err)?;
+        let (_, py) = chart.plotting_area().get_pixel_range();
+        let xpix = |x: f64| chart.backend_coord(&(x, 0.0)).0;
+        let _ = write!(
+            extra,
+            "<g class=\"levels\" data-kind=\"{kind}\" data-channel=\"{c}\" data-scale=\"{scale}\" data-zero-point=\"{zp}\" data-step=\"{step}\">\
+<title>{kind} levels of channel {c}: {shown} of {all} drawn, scale {s}, zero point {zp}</title>",
+            kind = w.kind.name(),
+            c = w.channel,
+            scale = w.scale,
+            zp = w.zero_point,
+            step = w.step,
+            shown = drawn.len(),
+            all = w.codes.len(),
+            s = fmt_num(w.scale as f64),
+        );
+        for (&code, &v) in drawn.iter().zip(&levels) {
+            let x = xpix(v);
+            let _ = write!(
+                extra,
+                "<line class=\"level\" data-code=\"{code}\" data-value=\"{val}\" x1=\"{x}\" y1=\"{top}\" x2=\"{x}\" y2=\"{bottom}\" stroke=\"{LEVEL}\" stroke-width=\"{sw}\" stroke-opacity=\"0.8\"><title>code {code}: {shown}</title></line>",
+                val = v as f32,
+                top = py.start,
+                bottom = py.end,
+                sw = if w.kind == LevelKind::Codebook { 2 } else { 1 },
+                shown = fmt_num(v),
+            );
+        }
+        extra.push_str("</g>");
+        root.present().map_err(err)?;
+    }
+    Ok(finish_svg(
+        &svg,
+        "whist",
+        &format!("histogram of weight {} with its grid's levels", w.name),
         &extra,
     ))
 }

@@ -139,6 +139,15 @@ pub fn add_relu() -> proto::ModelProto {
     )
 }
 
+/// The plan configuration `qrange quantize` uses with its default settings (ort-cpu:
+/// u8 asymmetric activations, int8 symmetric weights per channel on [-64, 64], uniform
+/// grid, nothing excluded), taken from the command's own defaults so the tests follow them.
+pub fn ort_cpu_config() -> qrange::quant::plan::QuantConfig {
+    qrange::pipeline::options::Settings::default()
+        .config()
+        .expect("the default settings make a configuration")
+}
+
 pub fn write_proto(path: &Path, m: &proto::ModelProto) {
     std::fs::write(path, m.encode_to_vec()).unwrap();
 }

@@ -6,11 +6,13 @@
 //! (the Gemm's output leads to a QuantizeLinear) gives QGemm, a float bias otherwise keeps
 //! the Gemm float. A MatMul whose input has another rank is fused only with a fully known
 //! input shape (the runtime reshapes around the Gemm); the lint leaves that case unfused
-//! and says so in a note.
+//! and says so in a note. The conditions are stated once, in
+//! [`crate::quant::gemm_fusion::matmul_add`], which the static plan reads too.
 
 use super::sim::Sim;
-use crate::ir::{DType, Dim, Op, OpId, ValueId, ValueType};
+use crate::ir::{Dim, Op, OpId, ValueId, ValueType};
 use crate::lint::LintError;
+use crate::quant::gemm_fusion::{matmul_add, MatMulAdd};
 
 impl Sim<'_> {
     /// A value's dims, symbolic ones included.
@@ -57,38 +59,16 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// `(Add, bias)` when MatMulAddFusion turns MatMul `o` and its Add into a Gemm.
+    /// `(Add, bias)` when MatMulAddFusion turns MatMul `o` and its Add into a Gemm, by
+    /// the conditions of [`crate::quant::gemm_fusion::matmul_add`] on the copy's types and
+    /// dims; a MatMul the runtime may fuse between Reshapes gets a note.
     fn matmul_add_target(&mut self, o: OpId) -> Option<(OpId, ValueId)> {
-        let op = self.g.op(o);
-        if op.op_type != "MatMul" || !op.domain_key().is_empty() {
-            return None;
-        }
-        let (add, slot) = self.single_edge(o)?;
-        let add_op = self.g.op(add);
-        if add_op.op_type != "Add" || !add_op.domain_key().is_empty() {
-            return None;
-        }
-        let a = self.g.input(o, 0)?;
-        let b = self.g.input(o, 1)?;
-        let bias = self.g.input(add, 1 - slot.min(1))?;
-        let ta = self.dtype(a)?;
-        if !matches!(ta, DType::F32 | DType::F16 | DType::BF16)
-            || self.g.input(add, 0).and_then(|v| self.dtype(v)) != Some(ta)
-        {
-            return None;
-        }
-        let ad = self.sym_dims(a)?;
-        let bd = self.sym_dims(b)?;
-        if bd.len() != 2 {
-            return None;
-        }
-        let n = &bd[1];
-        let cd = self.sym_dims(bias)?;
-        let one = |d: &Dim| matches!(d, Dim::Known(1));
-        if ad.len() != 2 {
-            // The runtime fuses only with a fully known input shape (and not inside an
-            // attention pattern); the lint does not model the Reshapes it adds then.
-            if ad.iter().all(|d| matches!(d, Dim::Known(_))) && cd.len() == 1 && cd[0] == *n {
+        let verdict = matmul_add(&self.g, o, |v| self.dtype(v), |v| self.sym_dims(v));
+        match verdict {
+            MatMulAdd::Gemm { add, bias } => Some((add, bias)),
+            MatMulAdd::Reshaped => {
+                // The runtime fuses only with a fully known input shape (and not inside an
+                // attention pattern); the lint does not model the Reshapes it adds then.
                 self.note(
                     o,
                     "ONNX Runtime may fuse this MatMul (input of rank other than 2, fully \
@@ -96,12 +76,9 @@ impl Sim<'_> {
                      does not model that"
                         .to_string(),
                 );
+                None
             }
-            return None;
+            MatMulAdd::No => None,
         }
-        let valid = (cd.len() == 1 && cd[0] == *n)
-            || (cd.len() == 2 && one(&cd[0]) && cd[1] == *n)
-            || (cd.len() == 2 && cd[0] == ad[0] && (one(&cd[1]) || cd[1] == *n));
-        valid.then_some((add, bias))
     }
 }
