@@ -18,6 +18,7 @@ use crate::pipeline::precision::{goal_text, PrecisionSummary};
 use crate::pipeline::summary::Summary;
 use crate::pipeline::weight_only::WeightOnlySummary;
 use crate::pipeline::{self, Finish, Quantized};
+use crate::quant::embedding::TableBits;
 use crate::quant::weight_only::Algo;
 use crate::tune::search::Goal;
 use anyhow::{anyhow, bail};
@@ -139,6 +140,12 @@ pub struct Args {
     /// (default 4).
     #[arg(long, value_name = "BITS")]
     pub weight_bits: Option<u32>,
+    /// How embedding tables (a Gather's constant float table) are stored: `8` (int8 per row),
+    /// `4` (int4 in blocks of --block-size along the embedding axis, default 32) or `float`.
+    /// Default: 8 in the static and dynamic modes; weight-only follows --weight-bits and
+    /// --block-size.
+    #[arg(long, value_name = "8|4|float")]
+    pub embedding_bits: Option<String>,
     /// Static mode: the weight grid per output channel: `uniform` codes, a `kmeans`
     /// codebook of 2^BITS levels (weighted by each input's energy on the calibration
     /// data), or `pow2` levels 0, ±2^j (BITS 2 to 4). Codebooks are written as
@@ -432,6 +439,17 @@ fn check_dynamic(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--embedding-bits`.
+fn embedding_bits(a: &Args) -> anyhow::Result<Option<TableBits>> {
+    Ok(match a.embedding_bits.as_deref().map(str::trim) {
+        None => None,
+        Some("8") => Some(TableBits::Int8),
+        Some("4") => Some(TableBits::Int4),
+        Some("float") => Some(TableBits::Float),
+        Some(s) => bail!("--embedding-bits {s} must be 8, 4 or float"),
+    })
+}
+
 /// The weight-only flags, refused outside `--mode weight-only`.
 fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
     let d = WeightOnlyOptions::default();
@@ -598,6 +616,7 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         common,
         mode: a.mode.into(),
         weight_only,
+        embedding_bits: embedding_bits(a)?,
         output: a.output.clone(),
         method: Method::from(a.method),
         select_samples: a.select_samples,
@@ -750,6 +769,28 @@ fn print_weight_only(s: &WeightOnlySummary) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !s.tables.is_empty() {
+        let mut written: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in &s.tables {
+            *written.entry(t.written_as.as_str()).or_default() += 1;
+        }
+        println!(
+            "tables     {} embedding tables quantized ({} parameters: {})",
+            s.tables.len(),
+            s.tables
+                .iter()
+                .map(|t| t.shape[0] * t.shape[1])
+                .sum::<usize>(),
+            written
+                .iter()
+                .map(|(k, n)| format!("{n} as {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (reason, tables) in &s.float_tables {
+        println!("  float table: {reason}: {}", tables.join(", "));
+    }
     for (reason, ops) in &s.float_ops {
         let shown: Vec<&str> = ops.iter().take(6).map(String::as_str).collect();
         let more = if ops.len() > 6 {

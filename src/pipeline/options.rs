@@ -333,6 +333,9 @@ pub struct QuantizeOptions {
     pub rounding: Rounding,
     /// The weight-only settings (read with [`Mode::WeightOnly`]).
     pub weight_only: WeightOnlyOptions,
+    /// `--embedding-bits`: how embedding tables are stored (`None`: the mode's default, int8
+    /// per row in the static and dynamic modes, the weights' bits and blocks in weight-only).
+    pub embedding_bits: Option<crate::quant::embedding::TableBits>,
     /// Where the quantized model will be written (`-o`): names the summary's output and
     /// the files written beside it. The pipeline itself writes no model.
     pub output: PathBuf,
@@ -373,6 +376,7 @@ impl QuantizeOptions {
             bias_correction: false,
             rounding: Rounding::Nearest,
             weight_only: WeightOnlyOptions::default(),
+            embedding_bits: None,
             output: output.into(),
             method: Method::Adaptive,
             select_samples: 4,
