@@ -320,6 +320,8 @@ pub(crate) fn common(
             exclude_nodes: c.exclude_nodes.clone(),
             exclude_op_types: c.exclude_op_types.clone(),
             op_types: c.op_types.clone(),
+            embedding_bits: None,
+            embedding_block: None,
         },
         memory_budget_mib: c.memory_budget,
         threads: c.threads,
@@ -450,6 +452,20 @@ fn embedding_bits(a: &Args) -> anyhow::Result<Option<TableBits>> {
     })
 }
 
+/// `--block-size` outside weight-only: the blocks of `--embedding-bits 4` tables.
+fn table_block(a: &Args) -> anyhow::Result<Option<usize>> {
+    let Some(s) = a.block_size.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if a.embedding_bits.as_deref().map(str::trim) != Some("4") {
+        bail!("--block-size applies to --mode weight-only, or to --embedding-bits 4 tables");
+    }
+    match s.parse::<usize>() {
+        Ok(b) if b >= 16 && b.is_power_of_two() => Ok(Some(b)),
+        _ => bail!("--block-size {s} must be a power of two of at least 16 (the blocks of --embedding-bits 4 tables)"),
+    }
+}
+
 /// The weight-only flags, refused outside `--mode weight-only`.
 fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
     let d = WeightOnlyOptions::default();
@@ -462,7 +478,10 @@ fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
                 "--weight-bits",
                 a.weight_bits.is_some() && a.mode != ModeArg::Static,
             ),
-            ("--block-size", a.block_size.is_some()),
+            (
+                "--block-size",
+                a.block_size.is_some() && a.embedding_bits.as_deref().map(str::trim) != Some("4"),
+            ),
             ("--weight-symmetric", a.weight_symmetric),
             ("--weight-algo", a.weight_algo.is_some()),
             ("--act-order", a.act_order),
@@ -604,6 +623,10 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         a.ranges.as_deref(),
         matches!(a.mode, ModeArg::Dynamic | ModeArg::WeightOnly),
     )?;
+    common.settings.embedding_bits = embedding_bits(a)?;
+    if a.mode != ModeArg::WeightOnly {
+        common.settings.embedding_block = table_block(a)?;
+    }
     if a.mode == ModeArg::Static {
         common.settings.weight_grid = a.weight_grid.map_or(Default::default(), Into::into);
         common.settings.weight_bits = a.weight_bits.unwrap_or(8);
@@ -616,7 +639,6 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         common,
         mode: a.mode.into(),
         weight_only,
-        embedding_bits: embedding_bits(a)?,
         output: a.output.clone(),
         method: Method::from(a.method),
         select_samples: a.select_samples,

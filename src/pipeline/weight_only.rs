@@ -627,7 +627,7 @@ fn write_tables(
     o: &QuantizeOptions,
 ) -> Result<(Vec<StoredTable>, BTreeMap<String, Vec<String>>), PipelineError> {
     let w = &o.weight_only;
-    let bits = match o.embedding_bits {
+    let bits = match o.common.settings.embedding_bits {
         None => w.bits,
         Some(TableBits::Float) => {
             let tables = crate::quant::embedding::embedding_lookups(g)
@@ -651,7 +651,7 @@ fn write_tables(
         gather_block_quantized: o.common.settings.target == Target::OrtCpu,
         algo: w.algo,
     };
-    store_tables(g, layout).map_err(|e| match e {
+    store_tables(g, layout, None).map_err(|e| match e {
         TableError::Graph(e) => PipelineError::InvalidQuantized(e),
         e => PipelineError::Options(e.to_string()),
     })

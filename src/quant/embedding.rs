@@ -74,8 +74,13 @@ pub fn embedding_lookups(g: &Graph) -> Vec<OpId> {
         .collect()
 }
 
+/// Why the static plan leaves an embedding lookup float under `--embedding-bits 4`: its table
+/// is stored in 4-bit blocks once the Q/DQ are inserted (the lookups [`store_tables`] takes).
+pub const INT4_TABLE: &str =
+    "embedding table stored int4 in blocks after the Q/DQ (--embedding-bits 4)";
+
 /// How embedding tables are stored (`--embedding-bits`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TableBits {
     /// Left float32.
@@ -206,16 +211,21 @@ fn quantize_table(
     Ok(Ok(quantize_groups(a.view(), group, layout.grid, algo)))
 }
 
-/// Stores every embedding table of `g` read by one `Gather` in `layout`'s codes (see the
-/// module doc); the tables written, and those left float by reason.
+/// Stores every embedding table of `g` read by one `Gather` (those whose lookup's
+/// [`super::plan::op_key`] is in `only`, when given) in `layout`'s codes (see the module doc);
+/// the tables written, and those left float by reason.
 pub fn store_tables(
     g: &mut Graph,
     layout: TableLayout,
+    only: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<(Vec<StoredTable>, FloatTables), TableError> {
     let captured = crate::passes::util::captured_by_subgraphs(g);
     let mut stored = Vec::new();
     let mut float = FloatTables::new();
     for o in embedding_lookups(g) {
+        if only.is_some_and(|keys| !keys.contains(&super::plan::op_key(g, o))) {
+            continue;
+        }
         let t = g.input(o, 0).expect("checked lookup");
         let table = g.value(t).name.clone();
         if let Some(b) = layout.block {
