@@ -198,6 +198,8 @@ fn a_value_computed_from_shapes_and_constants_is_not_planned() {
         exclude_nodes: Default::default(),
         exclude_op_types: Default::default(),
         op_types: None,
+        tables: None,
+        table_block: None,
     };
     let p = plan::build(&m, &cfg);
     let add = p.ops.iter().find(|(k, _)| k.starts_with("Add")).unwrap().1;

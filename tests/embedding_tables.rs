@@ -220,3 +220,52 @@ fn embedding_bits_other_than_8_4_float_is_refused() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn static_embedding_bits_4_stores_the_word_table_int4_in_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (int8, int4) = (tmp.path().join("q8.onnx"), tmp.path().join("q4.onnx"));
+    let j8 = common::quantize_minilm(&int8, &[]);
+    let j4 = common::quantize_minilm(&int4, &["--embedding-bits", "4", "--block-size", "64"]);
+    let ops = common::op_counts(&int4);
+    assert_eq!(ops.get("GatherBlockQuantized"), Some(&1), "{ops:?}");
+    let m = qrange::onnx::read_model(&int4).unwrap();
+    let g = &m.graph;
+    let gbq = g
+        .ops()
+        .find(|&o| g.op(o).op_type == "GatherBlockQuantized")
+        .unwrap();
+    assert_eq!(g.op(gbq).attr_int("block_size"), Some(64));
+    assert_eq!(konst(g, gbq, 0).unwrap().dtype(), qrange::ir::DType::I4);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&int4) < size(&int8), "{j8}\n{j4}");
+}
+
+#[test]
+fn block_size_for_tables_must_be_a_power_of_two_and_needs_embedding_bits_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let (model, calib) = (
+        s(&fixture("minilm_l3/model.onnx")),
+        s(&fixture("minilm_l3/calib.npz")),
+    );
+    for (extra, msg) in [
+        (
+            vec!["--embedding-bits", "4", "--block-size", "24"],
+            "--block-size 24 must be a power of two of at least 16",
+        ),
+        (
+            vec!["--block-size", "32"],
+            "--block-size applies to --mode weight-only",
+        ),
+    ] {
+        let mut args = vec!["quantize", model.as_str(), "--calib", calib.as_str()];
+        args.extend(extra);
+        let o = s(&out);
+        args.extend(["-o", o.as_str()]);
+        let r = qrange(&args);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains(msg), "{}", r.stderr);
+        assert!(!out.exists());
+    }
+}

@@ -63,6 +63,8 @@ fn a_head_fused_into_a_float_gemm_is_planned_as_one() {
         exclude_nodes: BTreeSet::new(),
         exclude_op_types: BTreeSet::new(),
         op_types: None,
+        tables: None,
+        table_block: None,
     };
     let p = plan::build(&m, &cfg);
     match &p.ops["mm2"] {

@@ -32,6 +32,8 @@ fn default_plan(rel: &str) -> plan::Plan {
         exclude_nodes: BTreeSet::new(),
         exclude_op_types: BTreeSet::new(),
         op_types: None,
+        tables: None,
+        table_block: None,
     };
     plan::build(&m, &cfg)
 }
@@ -849,6 +851,8 @@ fn exclusion_names_are_checked_against_subgraphs() {
         exclude_nodes: set(nodes),
         exclude_op_types: set(excluded),
         op_types: only.map(set),
+        tables: None,
+        table_block: None,
     };
     cfg(
         &["head", "then_relu", "if/else_branch/else_mul"],

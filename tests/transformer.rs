@@ -26,6 +26,8 @@ fn ort_cpu() -> QuantConfig {
         exclude_nodes: BTreeSet::new(),
         exclude_op_types: BTreeSet::new(),
         op_types: None,
+        tables: None,
+        table_block: None,
     }
 }
 

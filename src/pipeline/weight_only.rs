@@ -30,7 +30,9 @@ use crate::data::Dataset;
 use crate::ir::graph::{AttrValue, Op};
 use crate::ir::{ConstTensor, Graph, Model, OpId, OpsetImport, Tensor, ValueId};
 use crate::onnx;
-use crate::quant::embedding::{store_tables, StoredTable, TableBits, TableError, TableLayout};
+use crate::quant::embedding::{
+    store_tables, FloatTables, StoredTable, TableBits, TableError, TableLayout,
+};
 use crate::quant::nbits::pack_bits;
 use crate::quant::rules::Target;
 use crate::quant::weight_only::{
@@ -625,7 +627,7 @@ pub fn quantize(
 fn write_tables(
     g: &mut Graph,
     o: &QuantizeOptions,
-) -> Result<(Vec<StoredTable>, BTreeMap<String, Vec<String>>), PipelineError> {
+) -> Result<(Vec<StoredTable>, FloatTables), PipelineError> {
     let w = &o.weight_only;
     let bits = match o.common.settings.embedding_bits {
         None => w.bits,
@@ -634,7 +636,7 @@ fn write_tables(
                 .into_iter()
                 .filter_map(|l| g.input(l, 0).map(|t| g.value(t).name.clone()))
                 .collect::<Vec<_>>();
-            let mut float = BTreeMap::new();
+            let mut float = FloatTables::new();
             if !tables.is_empty() {
                 float.insert("--embedding-bits float".to_string(), tables);
             }
