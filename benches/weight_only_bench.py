@@ -46,6 +46,7 @@ CONFIGS = [
     ("int4 GPTQ act-order b32", ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq", "--act-order"], True),
     ("int4 GPTQ b128 (MatMulNBits)", ["--weight-bits", "4", "--block-size", "128", "--weight-algo", "gptq"], True),
     ("int8 RTN per channel (DequantizeLinear)", ["--weight-bits", "8", "--block-size", "channel"], False),
+    ("int4 RTN b32, embedding tables float", ["--weight-bits", "4", "--block-size", "32", "--embedding-bits", "float"], False),
 ]
 MODELS = ["minilm_l3", "magika", "ppocr_det"]
 MAIN_OUTPUT = {"minilm_l3": "461"}

@@ -18,6 +18,7 @@ use crate::pipeline::precision::{goal_text, PrecisionSummary};
 use crate::pipeline::summary::Summary;
 use crate::pipeline::weight_only::WeightOnlySummary;
 use crate::pipeline::{self, Finish, Quantized};
+use crate::quant::embedding::TableBits;
 use crate::quant::weight_only::Algo;
 use crate::tune::search::Goal;
 use anyhow::{anyhow, bail};
@@ -145,6 +146,12 @@ pub struct Args {
     /// (default 4).
     #[arg(long, value_name = "BITS")]
     pub weight_bits: Option<u32>,
+    /// How embedding tables (a Gather's constant float table) are stored: `8` (int8 per row),
+    /// `4` (int4 in blocks of --block-size along the embedding axis, default 32) or `float`.
+    /// Default: 8 in the static and dynamic modes; weight-only follows --weight-bits and
+    /// --block-size.
+    #[arg(long, value_name = "8|4|float")]
+    pub embedding_bits: Option<String>,
     /// Static mode: the weight grid per output channel: `uniform` codes, a `kmeans`
     /// codebook of 2^BITS levels (weighted by each input's energy on the calibration
     /// data), or `pow2` levels 0, ±2^j (BITS 2 to 4). Codebooks are written as
@@ -319,6 +326,8 @@ pub(crate) fn common(
             exclude_nodes: c.exclude_nodes.clone(),
             exclude_op_types: c.exclude_op_types.clone(),
             op_types: c.op_types.clone(),
+            embedding_bits: None,
+            embedding_block: None,
         },
         memory_budget_mib: c.memory_budget,
         layerwise: c.layerwise,
@@ -439,6 +448,31 @@ fn check_dynamic(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--embedding-bits`.
+fn embedding_bits(a: &Args) -> anyhow::Result<Option<TableBits>> {
+    Ok(match a.embedding_bits.as_deref().map(str::trim) {
+        None => None,
+        Some("8") => Some(TableBits::Int8),
+        Some("4") => Some(TableBits::Int4),
+        Some("float") => Some(TableBits::Float),
+        Some(s) => bail!("--embedding-bits {s} must be 8, 4 or float"),
+    })
+}
+
+/// `--block-size` outside weight-only: the blocks of `--embedding-bits 4` tables.
+fn table_block(a: &Args) -> anyhow::Result<Option<usize>> {
+    let Some(s) = a.block_size.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if a.embedding_bits.as_deref().map(str::trim) != Some("4") {
+        bail!("--block-size applies to --mode weight-only, or to --embedding-bits 4 tables");
+    }
+    match s.parse::<usize>() {
+        Ok(b) if b >= 16 && b.is_power_of_two() => Ok(Some(b)),
+        _ => bail!("--block-size {s} must be a power of two of at least 16 (the blocks of --embedding-bits 4 tables)"),
+    }
+}
+
 /// The weight-only flags, refused outside `--mode weight-only`.
 fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
     let d = WeightOnlyOptions::default();
@@ -451,7 +485,10 @@ fn weight_only(a: &Args) -> anyhow::Result<WeightOnlyOptions> {
                 "--weight-bits",
                 a.weight_bits.is_some() && a.mode != ModeArg::Static,
             ),
-            ("--block-size", a.block_size.is_some()),
+            (
+                "--block-size",
+                a.block_size.is_some() && a.embedding_bits.as_deref().map(str::trim) != Some("4"),
+            ),
             ("--weight-symmetric", a.weight_symmetric),
             ("--weight-algo", a.weight_algo.is_some()),
             ("--act-order", a.act_order),
@@ -593,6 +630,10 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         a.ranges.as_deref(),
         matches!(a.mode, ModeArg::Dynamic | ModeArg::WeightOnly),
     )?;
+    common.settings.embedding_bits = embedding_bits(a)?;
+    if a.mode != ModeArg::WeightOnly {
+        common.settings.embedding_block = table_block(a)?;
+    }
     if a.mode == ModeArg::Static {
         common.settings.weight_grid = a.weight_grid.map_or(Default::default(), Into::into);
         common.settings.weight_bits = a.weight_bits.unwrap_or(8);
@@ -757,6 +798,28 @@ fn print_weight_only(s: &WeightOnlySummary) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !s.tables.is_empty() {
+        let mut written: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in &s.tables {
+            *written.entry(t.written_as.as_str()).or_default() += 1;
+        }
+        println!(
+            "tables     {} embedding tables quantized ({} parameters: {})",
+            s.tables.len(),
+            s.tables
+                .iter()
+                .map(|t| t.shape[0] * t.shape[1])
+                .sum::<usize>(),
+            written
+                .iter()
+                .map(|(k, n)| format!("{n} as {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (reason, tables) in &s.float_tables {
+        println!("  float table: {reason}: {}", tables.join(", "));
+    }
     for (reason, ops) in &s.float_ops {
         let shown: Vec<&str> = ops.iter().take(6).map(String::as_str).collect();
         let more = if ops.len() > 6 {

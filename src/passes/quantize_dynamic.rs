@@ -194,6 +194,11 @@ pub fn rewrite(m: &mut Model, cfg: &QuantConfig) -> Result<Report, PassError> {
             rep.float(why, key);
             continue;
         }
+        if kind == Kind::Gather && cfg.tables.is_some() {
+            // Left float, or stored in 4-bit blocks after this rewrite (--embedding-bits).
+            rep.float("Gather: embedding table stored by --embedding-bits", key);
+            continue;
+        }
         let params = rewrite_op(g, o, kind, cfg, &mut acts)?;
         rep.int8_parameters += params;
         *rep.quantized.entry(g_type(kind).to_string()).or_default() += 1;

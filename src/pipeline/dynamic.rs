@@ -69,6 +69,15 @@ pub(super) fn quantize_dynamic(
             after: after.to_string(),
         });
     }
+    let tables = super::tables::store_planned_tables(&mut q, &p.cfg, None)?;
+    if !tables.is_empty() {
+        notes.push(format!(
+            "{} embedding table(s) stored int4 in blocks of {} ({})",
+            tables.len(),
+            tables[0].block_size.unwrap_or(0),
+            tables[0].written_as
+        ));
+    }
     q.verify().map_err(PipelineError::InvalidQuantized)?;
     if let Some(outputs) = declared {
         interface::declared_outputs(&mut q, outputs);

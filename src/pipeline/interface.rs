@@ -315,8 +315,11 @@ pub fn written(
     let attempt = || -> Result<Model, String> {
         let g = general.model.as_ref().map_err(Clone::clone)?;
         transferable(&p.model, g, plan)?;
-        let w = super::materialise::materialise_on(g, plan)
+        let mut w = super::materialise::materialise_on(g, plan)
             .map_err(|e| format!("quantizing it with the declared dims failed: {e}"))?;
+        super::tables::store_planned_tables(&mut w, &p.cfg, Some(plan)).map_err(|e| {
+            format!("storing its embedding tables with the declared dims failed: {e}")
+        })?;
         if let Some(clash) = output_clash(&q, &w) {
             return Err(clash);
         }

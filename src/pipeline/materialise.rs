@@ -105,6 +105,7 @@ fn insert(
     if let Some(after) = stopped {
         return Ok(Err(after.to_string()));
     }
+    super::tables::store_planned_tables(&mut q, &p.cfg, Some(plan))?;
     q.verify().map_err(PipelineError::InvalidQuantized)?;
     Ok(Ok((q, cx.inserted.unwrap_or_default())))
 }

@@ -61,6 +61,7 @@ pub mod ranges;
 pub mod report;
 pub mod smooth;
 pub mod summary;
+pub mod tables;
 #[cfg(test)]
 mod tests;
 pub mod weight_only;

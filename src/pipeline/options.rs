@@ -8,6 +8,7 @@ use crate::calib::{Method, MethodOptions};
 use crate::data::Preprocess;
 use crate::ir::DType;
 use crate::quant::codebook::WeightGrid;
+use crate::quant::embedding::TableBits;
 use crate::quant::params::QType;
 use crate::quant::plan::QuantConfig;
 use crate::quant::rules::Target;
@@ -169,6 +170,11 @@ pub struct Settings {
     pub exclude_op_types: Vec<String>,
     /// Quantize only these op types (empty: all).
     pub op_types: Vec<String>,
+    /// `--embedding-bits`: how embedding tables are stored (`None`: the mode's default, int8
+    /// per row in the static and dynamic modes, the weights' bits and blocks in weight-only).
+    pub embedding_bits: Option<TableBits>,
+    /// `--block-size` of 4-bit embedding tables outside weight-only (`None`: 32).
+    pub embedding_block: Option<usize>,
 }
 
 impl Default for Settings {
@@ -184,6 +190,8 @@ impl Default for Settings {
             exclude_nodes: Vec::new(),
             exclude_op_types: Vec::new(),
             op_types: Vec::new(),
+            embedding_bits: None,
+            embedding_block: None,
         }
     }
 }
@@ -272,6 +280,10 @@ impl Settings {
             exclude_nodes: set(&self.exclude_nodes),
             exclude_op_types: set(&self.exclude_op_types),
             op_types: (!self.op_types.is_empty()).then(|| set(&self.op_types)),
+            tables: self.embedding_bits.filter(|b| *b != TableBits::Int8),
+            table_block: self
+                .embedding_block
+                .filter(|_| self.embedding_bits == Some(TableBits::Int4)),
         })
     }
 }

@@ -10,6 +10,11 @@
 //!   axis, or `axis` = the output channels per channel; int4/uint4 weights packed two per byte),
 //!   the model's opset raised to 21.
 //!
+//! Embedding tables (a `Gather`'s constant float table) are stored on the weights' grid and
+//! blocks along the embedding axis unless `--embedding-bits` says otherwise
+//! ([`crate::quant::embedding::store_tables`]): com.microsoft GatherBlockQuantized for 4-bit
+//! blocked tables on `ort-cpu`, DequantizeLinear before the `Gather` otherwise.
+//!
 //! A weight qualifies when it is a float32 2-D initializer read by that op alone (not a graph
 //! input, output or subgraph capture) and, for Gemm, `transA = 0`; other MatMul/Gemm ops stay
 //! float and the summary says why. GPTQ's Hessians come from the float model's inputs to each
@@ -25,6 +30,9 @@ use crate::data::Dataset;
 use crate::ir::graph::{AttrValue, Op};
 use crate::ir::{ConstTensor, Graph, Model, OpId, OpsetImport, Tensor, ValueId};
 use crate::onnx;
+use crate::quant::embedding::{
+    store_tables, FloatTables, StoredTable, TableBits, TableError, TableLayout,
+};
 use crate::quant::nbits::pack_bits;
 use crate::quant::rules::Target;
 use crate::quant::weight_only::{
@@ -432,8 +440,12 @@ pub struct WeightOnlySummary {
     pub layers: Vec<WeightOnlyLayer>,
     /// MatMul/Gemm ops left float, by reason.
     pub float_ops: BTreeMap<String, Vec<String>>,
-    /// Weight parameters quantized.
+    /// Weight parameters quantized (the MatMul/Gemm weights).
     pub parameters: usize,
+    /// Embedding tables stored in `table_bits` bits.
+    pub tables: Vec<StoredTable>,
+    /// Embedding tables left float, by reason (all of them with `--embedding-bits float`).
+    pub float_tables: BTreeMap<String, Vec<String>>,
     pub size_before: u64,
     pub size_after: u64,
     pub calibration_samples: usize,
@@ -529,7 +541,12 @@ pub fn quantize(
         progress.step();
     }
     progress.end();
-    let dequantize = rows.iter().any(|r| r.written_as == "DequantizeLinear");
+    let (tables, float_tables) = write_tables(&mut m.graph, o)?;
+    nbits |= tables
+        .iter()
+        .any(|t| t.written_as == "GatherBlockQuantized");
+    let dequantize = rows.iter().any(|r| r.written_as == "DequantizeLinear")
+        || tables.iter().any(|t| t.written_as == "DequantizeLinear");
     let mut notes = Vec::new();
     if dequantize {
         let r = crate::passes::upgrade_opset::upgrade(&mut m, 21).map_err(|error| {
@@ -589,6 +606,8 @@ pub fn quantize(
         layers: rows,
         float_ops,
         parameters: layers.iter().map(|l| l.rows * l.cols).sum(),
+        tables,
+        float_tables,
         size_before: onnx::encoded_size(&float),
         size_after: onnx::encoded_size(&m),
         calibration_samples: data.calib.as_ref().map_or(0, |c| c.len()),
@@ -601,6 +620,42 @@ pub fn quantize(
         model: m,
         summary,
         warnings: data.warnings,
+    })
+}
+
+/// The embedding tables stored on the weights' grid and blocks, or as `--embedding-bits` says.
+fn write_tables(
+    g: &mut Graph,
+    o: &QuantizeOptions,
+) -> Result<(Vec<StoredTable>, FloatTables), PipelineError> {
+    let w = &o.weight_only;
+    let bits = match o.common.settings.embedding_bits {
+        None => w.bits,
+        Some(TableBits::Float) => {
+            let tables = crate::quant::embedding::embedding_lookups(g)
+                .into_iter()
+                .filter_map(|l| g.input(l, 0).map(|t| g.value(t).name.clone()))
+                .collect::<Vec<_>>();
+            let mut float = FloatTables::new();
+            if !tables.is_empty() {
+                float.insert("--embedding-bits float".to_string(), tables);
+            }
+            return Ok((Vec::new(), float));
+        }
+        Some(b) => b.bits().expect("not float"),
+    };
+    let layout = TableLayout {
+        grid: Grid {
+            bits,
+            symmetric: w.symmetric,
+        },
+        block: w.block_size,
+        gather_block_quantized: o.common.settings.target == Target::OrtCpu,
+        algo: w.algo,
+    };
+    store_tables(g, layout, None).map_err(|e| match e {
+        TableError::Graph(e) => PipelineError::InvalidQuantized(e),
+        e => PipelineError::Options(e.to_string()),
     })
 }
 

@@ -58,6 +58,14 @@ pub struct QuantConfig {
     pub exclude_op_types: BTreeSet<String>,
     /// When set, only these op types are quantized.
     pub op_types: Option<BTreeSet<String>>,
+    /// Embedding tables: `None` int8 per row in the plan; `float` or `int4` the plan leaves
+    /// them float, and `int4` tables are stored in blocks after the Q/DQ are inserted
+    /// ([`super::embedding::store_tables`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<super::embedding::TableBits>,
+    /// Values per block of `int4` tables along the embedding axis (`None`: 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_block: Option<usize>,
 }
 
 /// Names given to [`QuantConfig`] that match nothing in the model (one line, listing them).
@@ -762,6 +770,19 @@ fn plan_scope(
                 if matches!(rule.role(0), Role::Weight(_))
                     && embedding::is_embedding_lookup(g, o, |v| cx.const_of(v))
                 {
+                    if let Some(bits) = cfg.tables {
+                        // Stored after the Q/DQ are inserted (int4 blocks), or float.
+                        float(
+                            plan,
+                            match bits {
+                                embedding::TableBits::Float => {
+                                    "embedding table left float (--embedding-bits float)".into()
+                                }
+                                _ => embedding::INT4_TABLE.into(),
+                            },
+                        );
+                        continue;
+                    }
                     // An embedding table: int8 per row, the lookup on the dequantized
                     // floats after it; the output is not quantized.
                     plan.values.entry(cx.key(x)).or_insert(Decision::Weight {

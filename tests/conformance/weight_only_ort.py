@@ -5,9 +5,12 @@ For each configuration below, ``qrange quantize --mode weight-only`` the fixture
 that the output
 
 1. passes ``onnx.checker.check_model(full_check=True)``;
-2. holds what the target asks for: com.microsoft MatMulNBits for blocked MatMul weights on
-   ``ort-cpu``, blocked or per-axis DequantizeLinear otherwise (opset 21), and no
-   QuantizeLinear (activations stay float);
+2. holds what the target asks for: com.microsoft MatMulNBits for blocked MatMul weights and
+   com.microsoft GatherBlockQuantized for 4-bit blocked embedding tables on ``ort-cpu``,
+   blocked or per-axis DequantizeLinear otherwise (opset 21), no QuantizeLinear (activations
+   stay float), and no Gather left on a float table unless ``--embedding-bits float`` asks
+   for it. ``lookup`` is a generated embedding (a 50 x 40 table, so blocks of 32 leave a
+   partial last block, then a MatMul);
 3. loads and runs in ONNX Runtime (CPU EP, 1 thread) without graph optimizations and with
    all of them. With all of them ONNX Runtime rewrites DequantizeLinear → MatMul into
    MatMulNBits with ``accuracy_level`` 4 by default (session option
@@ -38,24 +41,68 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qcheck import checker_error, load_samples, ort_outputs, tract_outputs  # noqa: E402
 
-# label, model, calib (or None), eval, flags, op expected in the written model
+# label, model, calib (or None), eval, flags, ops expected in the written model
 CONFIGS = [
     ("minilm_l3 int4 b32 MatMulNBits", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
-     ["--weight-bits", "4", "--block-size", "32"], "MatMulNBits"),
+     ["--weight-bits", "4", "--block-size", "32"], ["MatMulNBits", "GatherBlockQuantized"]),
     ("minilm_l3 int4 b32 DequantizeLinear", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
-     ["--weight-bits", "4", "--block-size", "32", "--target", "generic"], "DequantizeLinear"),
+     ["--weight-bits", "4", "--block-size", "32", "--target", "generic"], ["DequantizeLinear"]),
     ("minilm_l3 int4 sym b128 MatMulNBits", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
-     ["--weight-bits", "4", "--block-size", "128", "--weight-symmetric"], "MatMulNBits"),
+     ["--weight-bits", "4", "--block-size", "128", "--weight-symmetric"],
+     ["MatMulNBits", "GatherBlockQuantized"]),
     ("minilm_l3 int8 b64 MatMulNBits", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
-     ["--weight-bits", "8", "--block-size", "64"], "MatMulNBits"),
+     ["--weight-bits", "8", "--block-size", "64"], ["MatMulNBits", "DequantizeLinear"]),
     ("minilm_l3 int8 per channel", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
-     ["--weight-bits", "8", "--block-size", "channel"], "DequantizeLinear"),
+     ["--weight-bits", "8", "--block-size", "channel"], ["DequantizeLinear"]),
+    ("minilm_l3 int4 per channel", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
+     ["--weight-bits", "4", "--block-size", "channel"], ["DequantizeLinear"]),
     ("minilm_l3 int4 GPTQ b32", "minilm_l3/model.onnx", "minilm_l3/calib.npz", "minilm_l3/eval.npz",
-     ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq"], "MatMulNBits"),
+     ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq"],
+     ["MatMulNBits", "GatherBlockQuantized"]),
     ("minilm_l3 int4 sym tensorrt", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
      ["--weight-bits", "4", "--block-size", "32", "--weight-symmetric", "--target", "tensorrt"],
-     "DequantizeLinear"),
+     ["DequantizeLinear"]),
+    ("minilm_l3 int4 b32, float tables", "minilm_l3/model.onnx", None, "minilm_l3/eval.npz",
+     ["--embedding-bits", "float"], ["MatMulNBits", "Gather"]),
+    ("lookup int4 b32 GatherBlockQuantized", "gen:lookup", None, "gen:lookup",
+     ["--block-size", "32"], ["GatherBlockQuantized", "MatMulNBits"]),
+    ("lookup int4 sym b16 GatherBlockQuantized", "gen:lookup", None, "gen:lookup",
+     ["--block-size", "16", "--weight-symmetric"], ["GatherBlockQuantized", "MatMulNBits"]),
+    ("lookup int4 b32 DequantizeLinear", "gen:lookup", None, "gen:lookup",
+     ["--block-size", "32", "--target", "generic"], ["DequantizeLinear", "Gather"]),
 ]
+
+
+def write_lookup(tmp: str) -> tuple[str, str]:
+    """A generated embedding: ``y = Gather(table, ids) @ w`` with a 50 x 40 table whose rows
+    differ in range, and 8 samples of 5 ids (one of them negative, counting from the end)."""
+    rng = np.random.default_rng(7)
+    table = (rng.standard_normal((50, 40)) * (1 + np.arange(50)[:, None] / 10)).astype(np.float32)
+    w = rng.standard_normal((40, 24)).astype(np.float32)
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["table", "ids"], ["e"], name="lookup"),
+         onnx.helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")],
+        "lookup",
+        [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 5])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, 24])],
+        [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(w, "w")])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = os.path.join(tmp, "lookup.onnx")
+    onnx.save(m, path)
+    ids = rng.integers(0, 50, (8, 1, 5)).astype(np.int64)
+    ids[3, 0, 2] = -1
+    data = os.path.join(tmp, "lookup.npz")
+    np.savez(data, ids=ids)
+    return path, data
+
+
+def float_tables(m: onnx.ModelProto) -> list[str]:
+    """Gather tables still float32 constants of rank 2."""
+    inits = {i.name: i for i in m.graph.initializer}
+    return [n.input[0] for n in m.graph.node if n.op_type == "Gather" and n.input[0] in inits
+            and inits[n.input[0]].data_type == onnx.TensorProto.FLOAT
+            and len(inits[n.input[0]].dims) == 2]
 
 
 def main() -> int:
@@ -67,9 +114,12 @@ def main() -> int:
     args = ap.parse_args()
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, model, calib, evalf, flags, op) in enumerate(CONFIGS):
+        generated = {"gen:lookup": write_lookup(tmp)}
+        for i, (label, model, calib, evalf, flags, want) in enumerate(CONFIGS):
             q = os.path.join(tmp, f"wo{i}.onnx")
-            cmd = [args.qrange, "quantize", os.path.join(args.fixtures, model), "--mode",
+            model = generated[model][0] if model in generated else os.path.join(args.fixtures, model)
+            evalf = generated[evalf][1] if evalf in generated else os.path.join(args.fixtures, evalf)
+            cmd = [args.qrange, "quantize", model, "--mode",
                    "weight-only", *flags, "--no-validate", "-o", q]
             if calib:
                 cmd += ["--calib", os.path.join(args.fixtures, calib)]
@@ -83,10 +133,15 @@ def main() -> int:
                 continue
             qm = onnx.load(q)
             ops = [n.op_type for n in qm.graph.node]
-            if op not in ops or "QuantizeLinear" in ops:
-                failures.append(f"{label}: expected {op} and no QuantizeLinear, got {sorted(set(ops))}")
+            if any(op not in ops for op in want) or "QuantizeLinear" in ops:
+                failures.append(f"{label}: expected {want} and no QuantizeLinear, got {sorted(set(ops))}")
                 continue
-            samples, stacked = load_samples(os.path.join(args.fixtures, evalf))
+            floats = float_tables(qm)
+            if bool(floats) != ("--embedding-bits" in flags and "float" in flags):
+                failures.append(f"{label}: float Gather tables {floats}")
+                continue
+            op = "+".join(want)
+            samples, stacked = load_samples(evalf)
             tract = tract_outputs(args.qrange, q, stacked, tmp, f"wo{i}")
             if isinstance(tract, str):
                 failures.append(f"{label}: qrange run failed: {tract}")
