@@ -217,6 +217,17 @@ pub struct Args {
     /// The written model must fit in MB megabytes (exit 1 when it cannot).
     #[arg(long, value_name = "MB")]
     pub size_budget: Option<f64>,
+    /// How --size-budget counts a weight's error: `output` (the layer's energy-weighted
+    /// noise times the model output noise that layer adds on 4 bits, measured on the
+    /// simulation) or `layer` (the layer's energy-weighted noise alone).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "COST",
+        default_value = "output",
+        requires = "size_budget"
+    )]
+    pub size_budget_cost: BudgetCost,
     /// Precision per node or tensor from a file (written by a mixed-precision run, or by
     /// hand: {"format": "qrange-overrides/1", "nodes": {"conv1": "a16"},
     /// "tensors": {"x": "float"}}; precisions a8, a16, float).
@@ -247,6 +258,15 @@ pub struct Args {
     /// Print the IR text dump after this pass's first step and stop: nothing is written.
     #[arg(long, value_name = "PASS")]
     pub stop_after: Option<String>,
+}
+
+/// `--size-budget-cost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BudgetCost {
+    /// The layer's energy-weighted noise alone.
+    Layer,
+    /// The layer's noise times its measured effect on the model output.
+    Output,
 }
 
 /// `--mode`.
@@ -611,6 +631,10 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         precision: PrecisionOptions {
             goal,
             size_budget_mb: a.size_budget,
+            budget_cost: match a.size_budget_cost {
+                BudgetCost::Output => pipeline::budget::Cost::Output,
+                BudgetCost::Layer => pipeline::budget::Cost::Layer,
+            },
             overrides: a.overrides.clone(),
             save_overrides: a.save_overrides.clone(),
             sensitivity_samples: a.sensitivity_samples,
