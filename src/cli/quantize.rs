@@ -217,16 +217,10 @@ pub struct Args {
     /// The written model must fit in MB megabytes (exit 1 when it cannot).
     #[arg(long, value_name = "MB")]
     pub size_budget: Option<f64>,
-    /// How --size-budget counts a weight's error: `output` (the layer's energy-weighted
-    /// noise times the model output noise that layer adds on 4 bits, measured on the
-    /// simulation) or `layer` (the layer's energy-weighted noise alone).
-    #[arg(
-        long,
-        value_enum,
-        value_name = "COST",
-        default_value = "output",
-        requires = "size_budget"
-    )]
+    /// How --size-budget counts a weight's error: `layer` (the layer's energy-weighted
+    /// noise) or `output` (times the model output change that layer alone makes on a
+    /// 5-level grid, measured on the simulation; one run per weight).
+    #[arg(long, value_enum, value_name = "COST", default_value = "layer")]
     pub size_budget_cost: BudgetCost,
     /// Precision per node or tensor from a file (written by a mixed-precision run, or by
     /// hand: {"format": "qrange-overrides/1", "nodes": {"conv1": "a16"},
