@@ -94,8 +94,9 @@
 //! pairs are switches, measures each activation's sensitivity on it, searches the cheapest
 //! promotions (16-bit activations, float), and edits the plan; `--size-budget` first
 //! chooses each weight's storage (8-bit, int4, k-means 4/3/2-bit) by least energy-weighted
-//! output noise per byte saved (`pipeline::budget`, `quant::budget`), measured on the
-//! materialised model; the written model is then validated as usual. A goal without evaluation data holds no
+//! output noise per byte saved (`pipeline::budget`, `quant::budget`; with
+//! `--size-budget-cost output` that noise is scaled by each weight's output change measured
+//! on the simulation), measured on the materialised model; the written model is then validated as usual. A goal without evaluation data holds no
 //! sample back: `pipeline::folds` calibrates the calibration samples in k folds, every
 //! sample runs in the simulation with the ranges of the other folds' statistics, and the
 //! goal is judged on the bootstrap lower bound of the pooled figure (`report::estimate`);

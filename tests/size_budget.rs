@@ -144,3 +144,40 @@ fn a_budget_below_the_smallest_storage_is_one_line_naming_the_minimum() {
     );
     assert!(!none.exists());
 }
+
+#[test]
+fn the_output_cost_measures_every_weight_fits_and_replays_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let float = std::fs::metadata(fixture("ppocr_cls/model.onnx"))
+        .unwrap()
+        .len();
+    let mb = format!("{}", 0.42 * float as f64 / 1e6);
+    let out = tmp.path().join("cls.onnx");
+    let args = ["--size-budget", &mb, "--size-budget-cost", "output"];
+    let j = cls(&out, &args);
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(size as f64 <= 0.42 * float as f64, "{size} bytes");
+    let a = &j["size_budget"];
+    assert_eq!(a["cost"], "output", "{a}");
+    assert!(a["sensitivity_samples"].as_u64().unwrap() >= 1, "{a}");
+    for w in a["weights"].as_array().unwrap() {
+        let f = w["sensitivity"].as_f64().unwrap();
+        assert!(f.is_finite() && f > 0.0, "{w}");
+    }
+    // The layer cost (the default) chooses without the simulation.
+    let layer = cls(&tmp.path().join("layer.onnx"), &["--size-budget", &mb]);
+    assert_eq!(layer["size_budget"]["cost"], "layer");
+    assert_eq!(layer["size_budget"]["sensitivity_samples"], 0);
+    assert!(layer["size_budget"]["weights"][0]["sensitivity"].is_null());
+    // Same bytes again; the overrides file replays them without measuring.
+    let again = tmp.path().join("again.onnx");
+    cls(&again, &args);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    let replay = tmp.path().join("replay.onnx");
+    let ov = tmp.path().join("cls.overrides.json");
+    cls(&replay, &["--overrides", &s(&ov)]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&replay).unwrap()
+    );
+}

@@ -230,6 +230,11 @@ pub struct Args {
     /// The written model must fit in MB megabytes (exit 1 when it cannot).
     #[arg(long, value_name = "MB")]
     pub size_budget: Option<f64>,
+    /// How --size-budget counts a weight's error: `layer` (the layer's energy-weighted
+    /// noise) or `output` (times the model output change that layer alone makes on a
+    /// 5-level grid, measured on the simulation; one run per weight).
+    #[arg(long, value_enum, value_name = "COST", default_value = "layer")]
+    pub size_budget_cost: BudgetCost,
     /// Precision per node or tensor from a file (written by a mixed-precision run, or by
     /// hand: {"format": "qrange-overrides/1", "nodes": {"conv1": "a16"},
     /// "tensors": {"x": "float"}}; precisions a8, a16, float).
@@ -260,6 +265,15 @@ pub struct Args {
     /// Print the IR text dump after this pass's first step and stop: nothing is written.
     #[arg(long, value_name = "PASS")]
     pub stop_after: Option<String>,
+}
+
+/// `--size-budget-cost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BudgetCost {
+    /// The layer's energy-weighted noise alone.
+    Layer,
+    /// The layer's noise times its measured effect on the model output.
+    Output,
 }
 
 /// `--mode`.
@@ -659,6 +673,10 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         precision: PrecisionOptions {
             goal,
             size_budget_mb: a.size_budget,
+            budget_cost: match a.size_budget_cost {
+                BudgetCost::Output => pipeline::budget::Cost::Output,
+                BudgetCost::Layer => pipeline::budget::Cost::Layer,
+            },
             overrides: a.overrides.clone(),
             save_overrides: a.save_overrides.clone(),
             sensitivity_samples: a.sensitivity_samples,

@@ -450,7 +450,7 @@ fn quantize_prepared(
         run.time("bias correction", t);
     }
 
-    let allocation = match budget_step(&mut run, &mut p, &mut plan, &data)? {
+    let allocation = match budget_step(&mut run, &mut p, &mut plan, &data, (&cal.stats, method))? {
         Ok(a) => a,
         Err(what) => return Ok(run.missed(what)),
     };
@@ -458,8 +458,6 @@ fn quantize_prepared(
     let narrow = allocation.is_some();
     let mut tuned = None;
     if o.precision.goal.is_some() {
-        // The budget chose the weights' storage already: the search keeps it.
-        let sizes = None;
         let folds = match (o.precision.goal, &data.eval, &data.calib) {
             (Some(_), None, Some(calib)) => Some(fold_statistics(&mut run, &p, calib)?),
             _ => None,
@@ -472,7 +470,7 @@ fn quantize_prepared(
             method,
             opts: &o.method_options,
         };
-        let tu = precision_step(&mut run, &basis, sizes, &data, folds.as_ref())?;
+        let tu = precision_step(&mut run, &basis, &data, folds.as_ref())?;
         run.time("sensitivity", t);
         if o.precision.goal.is_some() {
             run.warnings
@@ -544,12 +542,14 @@ struct Choices<'a> {
 
 /// Input energy for k-means weights an overrides file set, then `--size-budget`: when the
 /// all-8-bit model does not fit, each weight's storage (written into `plan` and the base
-/// plan). `Err` is the one-line reason no storage fits.
+/// plan). `Err` is the one-line reason no storage fits. `stats` and `method` give the
+/// simulation the budget measures each weight's output noise on.
 fn budget_step(
     run: &mut Run,
     p: &mut Prepared,
     plan: &mut Plan,
     data: &inputs::Loaded,
+    (stats, method): (&CalibrationFile, Method),
 ) -> Result<Result<Option<budget::Allocation>, String>, PipelineError> {
     let o = run.o;
     let kmeans_without_energy = plan.values.iter().any(|(k, d)| {
@@ -570,10 +570,30 @@ fn budget_step(
         run.time("size budget", t);
         return Ok(Ok(None));
     }
+    let mut measured = None;
     if let Some(calib) = &data.calib {
         energy::collect(&p.model, &p.base_dir, plan, calib, true, run.progress)?;
+        if o.precision.budget_cost == budget::Cost::Output {
+            let t = Instant::now();
+            let basis = precision::Basis {
+                p,
+                plan,
+                stats,
+                method,
+                opts: &o.method_options,
+            };
+            let samples = o.precision.sensitivity_samples;
+            measured = Some(budget::output_noise(
+                &basis,
+                calib,
+                samples,
+                &mut run.candidates,
+                run.progress,
+            )?);
+            run.time("size budget: output noise", t);
+        }
     }
-    let outcome = budget::fit(p, plan, base, mb)?;
+    let outcome = budget::fit(p, plan, base, mb, measured.as_ref())?;
     run.time("size budget", t);
     match outcome {
         budget::Outcome::Fits(a) => {
@@ -608,7 +628,6 @@ fn fold_statistics(
 fn precision_step(
     run: &mut Run,
     basis: &precision::Basis,
-    budget: Option<(u64, u64)>,
     data: &inputs::Loaded,
     folds: Option<&folds::FoldStatistics>,
 ) -> Result<precision::Tuned, PipelineError> {
@@ -621,7 +640,6 @@ fn precision_step(
         .ok_or_else(|| PipelineError::Options("mixed precision needs data to search on".into()))?;
     let request = precision::Request {
         goal: o.precision.goal,
-        budget,
         data: search_data,
         labels,
         samples: o.precision.sensitivity_samples,

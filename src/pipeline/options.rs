@@ -296,6 +296,8 @@ pub struct PrecisionOptions {
     pub goal: Option<Goal>,
     /// The written model must fit in this many megabytes.
     pub size_budget_mb: Option<f64>,
+    /// How the budget counts a weight's error (`--size-budget-cost`).
+    pub budget_cost: super::budget::Cost,
     /// Precision per node or tensor from a file.
     pub overrides: Option<PathBuf>,
     /// Where a mixed-precision run's overrides go (default `<output stem>.overrides.json`
@@ -312,6 +314,7 @@ impl Default for PrecisionOptions {
         PrecisionOptions {
             goal: None,
             size_budget_mb: None,
+            budget_cost: super::budget::Cost::Layer,
             overrides: None,
             save_overrides: None,
             sensitivity_samples: 16,

@@ -1,11 +1,12 @@
-//! Mixed precision: which activations get 16 bits or stay float, and which weights go to
-//! 4 bits, as edits of the plan (`--target-sqnr`/`--max-drop`, `--size-budget`).
+//! Mixed precision: which activations get 16 bits or stay float, as edits of the plan
+//! (`--target-sqnr`/`--max-drop`), and the simulation `--size-budget` measures each
+//! weight's effect on the output with ([`build_sim`] with 4-bit weight switches, used by
+//! `pipeline::budget`).
 //!
 //! [`tune()`] builds the search from the plan with its 8-bit and 16-bit ranges: a simulation
-//! model whose Q/DQ pairs are switches ([`crate::tune::sim`]). When the all-8-bit model
-//! does not fit the size budget, the weights that hurt least on 4 bits go first; with a
-//! goal, the units are ranked by sensitivity and the cheapest promotions that meet it are
-//! searched ([`crate::tune::search`]). The result ([`Tuned`]) is applied to the plan by
+//! model whose Q/DQ pairs are switches ([`crate::tune::sim`]). With a goal, the units are
+//! ranked by sensitivity and the cheapest promotions that meet it are searched
+//! ([`crate::tune::search`]). The result ([`Tuned`]) is applied to the plan by
 //! materialisation, which may ask for more ([`Tuned::narrow_more`],
 //! [`Tuned::promote_more`]) when the written model misses the budget or the goal.
 
@@ -348,8 +349,6 @@ pub struct Basis<'a> {
 /// What the search is asked for and runs on.
 pub struct Request<'a> {
     pub goal: Option<Goal>,
-    /// Size budget and the all-8-bit model's size, in bytes.
-    pub budget: Option<(u64, u64)>,
     /// Search data (the evaluation data, else the calibration data) and its labels.
     pub data: &'a Dataset,
     pub labels: Option<Vec<i64>>,
@@ -482,6 +481,17 @@ pub(crate) fn build_sim(
     narrow: bool,
     held_out: bool,
 ) -> Result<(Vec<Unit>, SimModel), PipelineError> {
+    build_sim_narrowed(b, candidates, narrow.then(tune::narrow_weight), held_out)
+}
+
+/// [`build_sim`] whose weight switches move each weight to the uniform grid `narrow`
+/// (the simulation's `w4` switches, whatever the grid).
+pub(crate) fn build_sim_narrowed(
+    b: &Basis,
+    candidates: &mut Candidates,
+    narrow: Option<QType>,
+    held_out: bool,
+) -> Result<(Vec<Unit>, SimModel), PipelineError> {
     let p = b.p;
     let (plan8, plan16) = unit_plans(b, &b.stats.tensors, candidates)?;
     let units = tune::units(&plan8, &p.model);
@@ -514,10 +524,14 @@ pub(crate) fn build_sim(
     } else {
         Vec::new()
     };
-    let (q4, narrow_weights) = if narrow {
+    let (q4, narrow_weights) = if let Some(to) = narrow {
         let names = narrow_candidates(&plan8, &p.model);
         let mut plan4 = plan8.clone();
-        tune::apply_w4(&mut plan4, &names.iter().cloned().collect());
+        for w in &names {
+            if let Some(Decision::Weight { qtype, .. }) = plan4.values.get_mut(w) {
+                *qtype = to;
+            }
+        }
         (Some(materialize(&plan4)?), names)
     } else {
         (None, Vec::new())
@@ -601,46 +615,6 @@ fn evaluator<'a>(
 /// 4-bit candidates, least harmful first: (weight, SQNR with only it on 4 bits, elements).
 pub type WeightOrder = Vec<(String, f64, u64)>;
 
-/// Weights to 4 bits, least harmful first, until the estimated size fits `budget`
-/// (bytes; `base` is the all-8-bit size): the order of every candidate and the chosen
-/// ones.
-fn narrow_weights(
-    ev: &Evaluator,
-    sim: &SimModel,
-    m: &Model,
-    (budget, base): (u64, u64),
-    progress: &dyn Progress,
-) -> Result<(WeightOrder, BTreeSet<String>), PipelineError> {
-    let names = sim.narrow_weights();
-    progress.begin("weight sensitivity", names.len() as u64);
-    let db = search::weight_sensitivity(ev, &names, &|| progress.step())?;
-    progress.end();
-    let g = &m.graph;
-    let mut order: Vec<(String, f64, u64)> = names
-        .into_iter()
-        .zip(db)
-        .map(|(w, d)| {
-            let numel = g
-                .value_by_name(&w)
-                .and_then(|v| g.const_of(v))
-                .map(|t| t.numel() as u64)
-                .unwrap_or(0);
-            (w, d, numel)
-        })
-        .collect();
-    order.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-    let mut w4 = BTreeSet::new();
-    let mut size = base;
-    for (w, _, numel) in &order {
-        if size <= budget {
-            break;
-        }
-        w4.insert(w.clone());
-        size = size.saturating_sub(numel / 2);
-    }
-    Ok((order, w4))
-}
-
 /// Activation elements a sensitivity analysis on calibration data may compute: one run
 /// per unit and one with every unit 8-bit, on each probe sample.
 pub const PROBE_BUDGET: u64 = 4_000_000_000;
@@ -651,6 +625,12 @@ pub const PROBE_BUDGET: u64 = 4_000_000_000;
 /// its samples), so dynamic shapes count as they ran. A model with large activations and
 /// many units (a detector on 640×640 images) is probed on one sample, a small one on `max`.
 pub fn probe_count(max: usize, units: &[Unit], stats: &CalibrationFile) -> usize {
+    probes_for_runs(max, units.len() as u64 + 1, units, stats)
+}
+
+/// [`probe_count`] for `runs` runs of the whole simulation per sample (the units' elements
+/// count one run).
+pub fn probes_for_runs(max: usize, runs: u64, units: &[Unit], stats: &CalibrationFile) -> usize {
     let samples = stats.samples.max(1);
     let per_run: u64 = units
         .iter()
@@ -658,15 +638,14 @@ pub fn probe_count(max: usize, units: &[Unit], stats: &CalibrationFile) -> usize
         .map(|t| t.count() / samples)
         .sum::<u64>()
         .max(1);
-    let runs = units.len() as u64 + 1;
     let k = PROBE_BUDGET / per_run.saturating_mul(runs);
     usize::try_from(k)
         .unwrap_or(usize::MAX)
         .clamp(1, max.max(1))
 }
 
-/// Sensitivity analysis and search: 4-bit weights until the model fits the budget, then
-/// activation promotions until the goal is met. With fold statistics, every calibration
+/// Sensitivity analysis and search: activation promotions until the goal is met (the
+/// weights keep the storage `--size-budget` chose). With fold statistics, every calibration
 /// sample runs with the ranges of the samples outside its fold, sensitivity probes run on
 /// at most `r.samples` of them, and the goal is judged on the bootstrap lower bound over
 /// all of them.
@@ -682,8 +661,7 @@ pub fn tune(
         times.insert(what.to_string(), clock.elapsed().as_secs_f64());
         clock = Instant::now();
     };
-    let narrow = r.budget.is_some_and(|(budget, base)| base > budget);
-    let (units, sim) = build_sim(b, candidates, narrow, r.folds.is_some())?;
+    let (units, sim) = build_sim(b, candidates, false, r.folds.is_some())?;
     lap("simulation model");
     let mut ev = evaluator(b, r, &sim)?;
     lap("reference outputs");
@@ -693,11 +671,8 @@ pub fn tune(
         ev.judge = Judge::LowerBound;
         lap("fold parameters");
     }
-    let (mut w_order, mut w4) = (Vec::new(), BTreeSet::new());
-    if let (true, Some(budget)) = (narrow, r.budget) {
-        (w_order, w4) = narrow_weights(&ev, &sim, &b.p.model, budget, progress)?;
-        ev.w4 = w4.clone();
-    }
+    // `--size-budget` chose the weights' storage before the search (`pipeline::budget`).
+    let (w_order, w4) = (Vec::new(), BTreeSet::new());
     let (sens, cached, choice) = match r.goal {
         Some(goal) => {
             // The all-8-bit model may need no promotion, or no promotion may reach the
