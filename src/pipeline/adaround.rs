@@ -653,7 +653,7 @@ fn learn_layer(
         let noise = mo.noise.mapv(|v| v / n);
         // The float input's Gram matrix E[x_f x_fᵀ] = H + C + Cᵀ + E[d dᵀ].
         let gram = mo.gram.mapv(|v| v / n);
-        signal += energy(&(&gram + &cross + &cross.t() + &noise));
+        signal += energy(&(&gram + &cross + cross.t() + &noise));
         let p = Problem {
             w,
             scale: Array2::from_shape_fn((rows, k), |(o, j)| params[ch(at(o, j))].scale),
