@@ -6,6 +6,7 @@ in ONNX Runtime.
 Usage (from the repository root, with a python that has benches/requirements.txt):
     python3 benches/adaround_bench.py [--models DIR] [--qrange PATH] [--out DIR]
                                       [--only NAME[,NAME]] [--bits 4] [--iters N] [--rows N]
+                                      [--passes N]
 
 Per model (``DIR/<name>/model.onnx`` with ``calib.npz`` and ``eval.npz``) and bit width B,
 both roundings are written by
@@ -68,7 +69,8 @@ def bench(name: str, args) -> list[dict]:
         for label, flags in [
             ("nearest", []),
             ("adaround", ["--rounding", "adaround", "--adaround-iters", str(args.iters),
-                          "--adaround-rows", str(args.rows)]),
+                          "--adaround-rows", str(args.rows),
+                          *(["--adaround-passes", str(args.passes)] if args.passes else [])]),
         ]:
             out = os.path.join(args.out, f"{name}.w{b}.{label}.onnx")
             row = {"model": name, "bits": b, "rounding": label}
@@ -110,6 +112,7 @@ def main() -> int:
     ap.add_argument("--bits", default="4")
     ap.add_argument("--iters", type=int, default=500)
     ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--passes", type=int, default=0, help="--adaround-passes (default: qrange's, one per depth)")
     args = ap.parse_args()
     args.bits = [int(b) for b in args.bits.split(",") if b]
     rows = db.bench_models(args, MODELS, bench)

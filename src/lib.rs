@@ -130,7 +130,8 @@
 //!   dynamic (the `--mode dynamic` road),
 //!   interface (the float model's inputs and declared dims kept), energy (the input energy
 //!   k-means codebook weights are weighted by), adaround (learned up/down rounding of uniform
-//!   weights on each layer's streamed inputs, into the plan), summary,
+//!   weights, each layer on the inputs the partly quantized model gives it against the float
+//!   model's output, in passes by depth, into the plan), summary,
 //!   report data); typed options, typed errors, a progress callback; writes nothing.
 //!   Three modes: static (the default: calibrated Q/DQ), dynamic, and
 //!   `pipeline::weight_only` (`--mode weight-only`): MatMul/Gemm weights
@@ -148,8 +149,8 @@
 //!   MatMul + bias Add → Gemm fusion as the plan names it (`gemm_fusion`);
 //!   non-uniform weight grids (`codebook`: weighted k-means, power-of-two levels, both put
 //!   on a channel's int8 grid, which `insert_qdq` writes as GatherElements → DequantizeLinear);
-//!   learned rounding (`adaround`: one layer's up/down choices against its inputs' Gram
-//!   matrix, im2col for Conv patches).
+//!   learned rounding (`adaround`: one layer's up/down choices against the moments of its
+//!   quantized inputs and their noise against the float inputs, im2col for Conv patches).
 //! - [`exec`]: the only module that names tract: sessions with concrete input facts,
 //!   tapped intermediates (returned as outputs, or streamed to an observer through sink
 //!   nodes as the engine computes them), qrange's exact Q/DQ ops registered in place

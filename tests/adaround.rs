@@ -1,7 +1,8 @@
 //! Learned rounding (`quantize --rounding adaround`): it lowers the layers' output error
-//! on their calibration inputs below round-to-nearest's (as the run measures it), every
-//! learned code is the floor or the ceiling of its weight over its scale (the scales are
-//! round-to-nearest's), and two runs write the same bytes.
+//! on the inputs the quantized model gives them below round-to-nearest's (as the run
+//! measures it), the model's output SQNR is not lower than round-to-nearest's by more than
+//! 0.5 dB, every learned code is the floor or the ceiling of its weight over its scale (the
+//! scales are round-to-nearest's), and two runs write the same bytes.
 
 mod common;
 
@@ -30,35 +31,93 @@ fn floats(t: &Tensor) -> Vec<f64> {
     t.to_f64_vec().unwrap()
 }
 
+/// The output SQNR (dB) of `quantized` against `float` on `data`, per `qrange compare`.
+fn output_sqnr(float: &Path, quantized: &Path, data: &Path) -> f64 {
+    let r = qrange(&[
+        "compare",
+        &s(float),
+        &s(quantized),
+        "--data",
+        &s(data),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let outs = j["outputs"].as_object().unwrap();
+    assert_eq!(outs.len(), 1, "{j}");
+    outs.values().next().unwrap()["sqnr_db"].as_f64().unwrap()
+}
+
+/// Quantizes `model` at 4 bits with `flags` into `out`: the summary.
+fn quantize4(model: &Path, calib: &Path, out: &Path, flags: &[&str]) -> serde_json::Value {
+    let (m, c, o) = (s(model), s(calib), s(out));
+    let mut args = vec![m.as_str(), "--calib", c.as_str(), "--weight-bits", "4"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--no-validate", "-o", o.as_str()]);
+    quantize_json(&args)
+}
+
 #[test]
-fn adaround_lowers_the_layers_output_error_and_writes_the_same_bytes_twice() {
+fn adaround_on_quantized_inputs_lowers_the_layers_error_and_keeps_the_model_output() {
     let tmp = tempfile::tempdir().unwrap();
     let model = fixture("ppocr_det/model.onnx");
-    let calib = fixture("ppocr_det/calib.npz");
-    let mut outs = Vec::new();
-    for i in 0..2 {
-        let out = tmp.path().join(format!("ada{i}.onnx"));
-        let s = quantize_json(&[
-            &s(&model),
-            "--calib",
-            &s(&calib),
-            "--weight-bits",
-            "4",
+    let (calib, eval) = (
+        fixture("ppocr_det/calib.npz"),
+        fixture("ppocr_det/eval.npz"),
+    );
+    let (near, ada) = (tmp.path().join("near.onnx"), tmp.path().join("ada.onnx"));
+    quantize4(&model, &calib, &near, &[]);
+    let summary = quantize4(
+        &model,
+        &calib,
+        &ada,
+        &[
             "--rounding",
             "adaround",
             "--adaround-iters",
             "100",
             "--adaround-rows",
             "512",
-            "--no-validate",
-            "-o",
-            &s(&out),
-        ]);
-        let (learned, nearest) = layer_sqnr(&s);
+            "--adaround-passes",
+            "2",
+        ],
+    );
+    let (learned, nearest) = layer_sqnr(&summary);
+    assert!(
+        learned > nearest + 1.0,
+        "learned {learned} dB vs nearest {nearest} dB"
+    );
+    // Fitted on float inputs, the learned rounding lost 2.3 dB of output SQNR against
+    // round-to-nearest on the whole model; on the inputs the quantized model gives, it
+    // may not lose more than 0.5 dB on this fixture's evaluation samples.
+    let (a, n) = (
+        output_sqnr(&model, &ada, &eval),
+        output_sqnr(&model, &near, &eval),
+    );
+    assert!(a >= n - 0.5, "output SQNR: adaround {a} dB, nearest {n} dB");
+}
+
+#[test]
+fn adaround_writes_the_same_bytes_twice_and_keeps_magikas_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("magika/model.onnx");
+    let (calib, eval) = (fixture("magika/calib.npz"), fixture("magika/eval.npz"));
+    let near = tmp.path().join("near.onnx");
+    quantize4(&model, &calib, &near, &[]);
+    let n = output_sqnr(&model, &near, &eval);
+    let mut outs = Vec::new();
+    for i in 0..2 {
+        let out = tmp.path().join(format!("ada{i}.onnx"));
+        let flags = ["--rounding", "adaround", "--adaround-iters", "200"];
+        let summary = quantize4(&model, &calib, &out, &flags);
+        let (learned, nearest) = layer_sqnr(&summary);
         assert!(
-            learned > nearest + 1.0,
+            learned > nearest,
             "learned {learned} dB vs nearest {nearest} dB"
         );
+        // measured 20.9 dB against nearest's 14.4 dB
+        let a = output_sqnr(&model, &out, &eval);
+        assert!(a >= n - 0.5, "output SQNR: adaround {a} dB, nearest {n} dB");
         outs.push(std::fs::read(&out).unwrap());
     }
     assert!(outs[0] == outs[1], "two runs wrote different bytes");

@@ -1680,6 +1680,12 @@ const CASES: &[Case] = &[
         expect: &["--adaround-iters", "at least 1"],
     },
     Case {
+        name: "adaround with no passes",
+        setup: |d| static_grid_case(d, &["--rounding", "adaround", "--adaround-passes", "0"]),
+        code: 2,
+        expect: &["--adaround-passes", "at least 1"],
+    },
+    Case {
         name: "adaround with a size budget",
         setup: |d| static_grid_case(d, &["--rounding", "adaround", "--size-budget", "0.01"]),
         code: 2,

@@ -170,6 +170,12 @@ pub struct Args {
     /// evenly over the calibration samples.
     #[arg(long, value_name = "N")]
     pub adaround_rows: Option<usize>,
+    /// `--rounding adaround`: at most this many passes over the calibration data; each
+    /// learns the layers of consecutive depths on the inputs the model quantized so far
+    /// gives them (one per depth, the default, is exact; fewer are faster, and a layer
+    /// then sees the layers of its own pass at round-to-nearest).
+    #[arg(long, value_name = "N")]
+    pub adaround_passes: Option<usize>,
     /// Weight-only: weights per block along the reduction axis, a power of two of at least 16,
     /// or `channel` for one scale per output channel (default 32).
     #[arg(long, value_name = "N|channel")]
@@ -608,10 +614,11 @@ fn bias_correction(a: &Args) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Default `--adaround-iters` and `--adaround-rows`.
+/// Default `--adaround-iters`, `--adaround-rows` and `--adaround-passes` (one per depth).
 const ADAROUND: Budget = Budget {
     iters: 500,
     rows: 4096,
+    passes: usize::MAX,
 };
 
 /// `--rounding` and its budget.
@@ -620,6 +627,7 @@ fn rounding(a: &Args) -> anyhow::Result<Rounding> {
         for (flag, given) in [
             ("--adaround-iters", a.adaround_iters.is_some()),
             ("--adaround-rows", a.adaround_rows.is_some()),
+            ("--adaround-passes", a.adaround_passes.is_some()),
         ] {
             if given {
                 bail!("{flag} applies to --rounding adaround");
@@ -630,6 +638,7 @@ fn rounding(a: &Args) -> anyhow::Result<Rounding> {
     Ok(Rounding::Adaround(Budget {
         iters: a.adaround_iters.unwrap_or(ADAROUND.iters),
         rows: a.adaround_rows.unwrap_or(ADAROUND.rows),
+        passes: a.adaround_passes.unwrap_or(ADAROUND.passes),
     }))
 }
 

@@ -2,24 +2,30 @@
 //! (1-D and 2-D, grouped and depthwise included, through im2col), MatMul (a constant
 //! 2-D weight) and Gemm (without `transA`), on the plan's grids ([`crate::quant::adaround`]).
 //!
-//! One engine pass over the calibration samples streams every such layer's float input
-//! (`materialise::stream_float_taps`) into the mean Gram matrix of its rows (Conv patches), per group:
-//! at most `rows` rows per layer, spread evenly over the samples and over each sample's
-//! rows, so memory is `k²` per group whatever the data, and the order of the samples and
-//! rows is fixed. Each layer then learns its up/down choices on its iteration budget
-//! (a progress bar counts iterations) and the choices go into `plan.rounding`; the
-//! materialise step writes those codes with the round-to-nearest scales, so the written
-//! model is plain Q/DQ. A layer the relaxation does not improve keeps round-to-nearest;
-//! the summary says how many, and the output error before and after.
+//! Each layer is fitted on the input the quantized model gives it against the float
+//! model's output (asymmetric reconstruction `‖W x_f − W̃ x‖²`): layers are learned in
+//! passes by depth (the most learnable layers on a path to its input). A pass
+//! materialises the plan as it stands (earlier passes' learned codes in it, activations
+//! through their Q/DQ) and streams the calibration samples through the float model and
+//! that quantized model side by side; the pass's layers' input rows (Conv patches) of
+//! both are paired into three `k × k` moments per group (`E[x xᵀ]`, `E[x dᵀ]`,
+//! `E[d dᵀ]`, `d = x_f − x`): at most `rows` rows per layer, spread evenly over the
+//! samples and over each sample's rows, so memory is `3k²` per group whatever the data,
+//! and the order of the samples and rows is fixed. Each layer then learns its up/down
+//! choices on its iteration budget (a progress bar counts iterations) and the choices go
+//! into `plan.rounding`; the materialise step writes those codes with the
+//! round-to-nearest scales, so the written model is plain Q/DQ. A layer the relaxation
+//! does not improve keeps round-to-nearest; the summary says how many, and the output
+//! error before and after.
 
 use super::energy::known;
 use super::error::PipelineError;
-use super::materialise::{stream_float_taps, Taps};
 use super::progress::Progress;
-use crate::data::Dataset;
+use crate::data::{Dataset, SampleSource};
+use crate::exec::{ObservedError, Session, SessionOptions, TapValue};
 use crate::ir::{AttrValue, Model};
 use crate::passes::insert_qdq::{channel_of, weight_params};
-use crate::quant::adaround::{im2col, learn, spread, ConvGeom, Problem, Schedule};
+use crate::quant::adaround::{im2col, learn, spread, ConvGeom, Noise, Problem, Schedule};
 use crate::quant::codebook::WeightGrid;
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, Plan};
@@ -34,6 +40,10 @@ pub struct Budget {
     pub iters: usize,
     /// Input rows (Conv patches) per layer's Gram matrix (`--adaround-rows`).
     pub rows: usize,
+    /// At most this many passes over the calibration data, each learning the layers of
+    /// consecutive depths on the inputs the model quantized so far gives them
+    /// (`--adaround-passes`).
+    pub passes: usize,
 }
 
 /// What the learned rounding did.
@@ -41,6 +51,8 @@ pub struct Budget {
 pub struct Learned {
     /// Layers whose rounding was learned.
     pub layers: usize,
+    /// Passes over the calibration data.
+    pub passes: usize,
     /// Of those, layers that kept round-to-nearest (no improvement found).
     pub kept_nearest: usize,
     /// Planned uniform weights of layers it cannot learn, with why.
@@ -64,6 +76,8 @@ enum Kind {
 
 struct Layer {
     key: String,
+    /// The op's key.
+    node: String,
     input: String,
     kind: Kind,
     weight: ArrayD<f32>,
@@ -244,6 +258,7 @@ fn layers(m: &Model, plan: &Plan) -> (Vec<Layer>, BTreeMap<String, String>) {
         };
         out.push(Layer {
             key: key.clone(),
+            node,
             input: g.value(x).name.clone(),
             kind,
             weight,
@@ -283,6 +298,9 @@ pub fn check(o: &super::QuantizeOptions) -> Result<(), String> {
     if b.rows == 0 {
         return Err("--adaround-rows must be at least 1".into());
     }
+    if b.passes == 0 {
+        return Err("--adaround-passes must be at least 1".into());
+    }
     Ok(())
 }
 
@@ -290,8 +308,9 @@ pub fn check(o: &super::QuantizeOptions) -> Result<(), String> {
 pub fn note(l: &Learned, b: Budget) -> String {
     let db = |e: f64| -10.0 * e.max(f64::MIN_POSITIVE).log10();
     let mut s = format!(
-        "adaround: {} layers learned ({} iterations, up to {} input rows each), {} kept round-to-nearest; output SQNR of the layers on their calibration rows {:.2} dB (nearest {:.2} dB)",
+        "adaround: {} layers learned on the quantized model's inputs in {} passes ({} iterations, up to {} input rows each), {} kept round-to-nearest; output SQNR of the layers on their calibration rows {:.2} dB (nearest {:.2} dB)",
         l.layers,
+        l.passes,
         b.iters,
         b.rows,
         l.kept_nearest,
@@ -309,26 +328,54 @@ pub fn note(l: &Learned, b: Budget) -> String {
     s
 }
 
-/// Per layer, per group: Σ xxᵀ over the picked rows, and the rows.
-type Grams = Vec<Vec<(Array2<f64>, u64)>>;
-
-fn add_rows(acc: &mut (Array2<f64>, u64), rows: &[f32], k: usize) {
-    let r = rows.len() / k;
-    if r == 0 {
-        return;
-    }
-    let x = Array2::from_shape_fn((r, k), |(i, j)| rows[i * k + j] as f64);
-    ndarray::linalg::general_mat_mul(1.0, &x.t(), &x, 1.0, &mut acc.0);
-    acc.1 += r as u64;
+/// One group's moments over its picked rows: `Σ x xᵀ`, `Σ x dᵀ` and `Σ d dᵀ` of the
+/// quantized model's input `x` and its noise `d = x_f − x` against the float input, and
+/// the row count.
+struct Moments {
+    gram: Array2<f64>,
+    cross: Array2<f64>,
+    noise: Array2<f64>,
+    n: u64,
 }
 
-/// Adds the picked rows of one sample's input `x` of layer `l` to its Gram matrices.
-fn observe(
-    l: &Layer,
-    grams: &mut [(Array2<f64>, u64)],
-    x: &[f32],
-    per_sample: usize,
-) -> Result<(), String> {
+impl Moments {
+    fn new(k: usize) -> Moments {
+        Moments {
+            gram: Array2::zeros((k, k)),
+            cross: Array2::zeros((k, k)),
+            noise: Array2::zeros((k, k)),
+            n: 0,
+        }
+    }
+
+    /// Adds the paired rows (`[r, k]` flat) of the float and the quantized model.
+    fn add(&mut self, float: &[f32], quant: &[f32], k: usize) -> Result<(), String> {
+        let r = quant.len() / k;
+        if float.len() != quant.len() {
+            return Err(format!(
+                "adaround: {} float input values against {} quantized ones",
+                float.len(),
+                quant.len()
+            ));
+        }
+        if r == 0 {
+            return Ok(());
+        }
+        let x = Array2::from_shape_fn((r, k), |(i, j)| quant[i * k + j] as f64);
+        let d = Array2::from_shape_fn((r, k), |(i, j)| {
+            float[i * k + j] as f64 - quant[i * k + j] as f64
+        });
+        use ndarray::linalg::general_mat_mul as gemm;
+        gemm(1.0, &x.t(), &x, 1.0, &mut self.gram);
+        gemm(1.0, &x.t(), &d, 1.0, &mut self.cross);
+        gemm(1.0, &d.t(), &d, 1.0, &mut self.noise);
+        self.n += r as u64;
+        Ok(())
+    }
+}
+
+/// The picked rows of one sample's input `x` of layer `l`, per group (`[r, k]` flat).
+fn picked_rows(l: &Layer, x: &[f32], per_sample: usize) -> Result<Vec<Vec<f32>>, String> {
     let k = l.k();
     match &l.kind {
         Kind::Dense { .. } => {
@@ -343,7 +390,7 @@ fn observe(
             for r in spread(x.len() / k, per_sample) {
                 rows.extend_from_slice(&x[r * k..(r + 1) * k]);
             }
-            add_rows(&mut grams[0], &rows, k);
+            Ok(vec![rows])
         }
         Kind::Conv(geo) => {
             let want: usize = geo.input.iter().product();
@@ -355,19 +402,60 @@ fn observe(
                 ));
             }
             let picks: Vec<usize> = spread(geo.patches(), per_sample).collect();
-            let mut rows = vec![0f32; picks.len() * k];
-            for (gi, acc) in grams.iter_mut().enumerate() {
-                for (i, &pos) in picks.iter().enumerate() {
-                    im2col(x, geo, gi, pos, &mut rows[i * k..(i + 1) * k]);
-                }
-                add_rows(acc, &rows, k);
-            }
+            Ok((0..geo.groups)
+                .map(|gi| {
+                    let mut rows = vec![0f32; picks.len() * k];
+                    for (i, &pos) in picks.iter().enumerate() {
+                        im2col(x, geo, gi, pos, &mut rows[i * k..(i + 1) * k]);
+                    }
+                    rows
+                })
+                .collect())
         }
     }
-    Ok(())
+}
+
+/// Each layer's depth: the most learnable layers on a path from the model's inputs to
+/// its input. Layers of one depth do not feed each other.
+fn depths(m: &Model, ls: &[Layer]) -> Vec<usize> {
+    let g = &m.graph;
+    let at: BTreeMap<&str, usize> = ls
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.node.as_str(), i))
+        .collect();
+    let mut depth = vec![0; ls.len()];
+    let mut of_value: std::collections::HashMap<crate::ir::ValueId, usize> = Default::default();
+    for o in g.topo_order().unwrap_or_default() {
+        let mut reads: Vec<crate::ir::ValueId> = g.inputs_of(o).into_iter().flatten().collect();
+        for (_, sg) in g.op(o).subgraphs() {
+            reads.extend(sg.captures().iter().filter_map(|n| g.value_by_name(n)));
+        }
+        let d = reads
+            .iter()
+            .filter_map(|v| of_value.get(v))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let layer = at.get(crate::quant::plan::op_key(g, o).as_str()).copied();
+        if let Some(i) = layer {
+            depth[i] = d;
+        }
+        for v in g.outputs_of(o).into_iter().flatten() {
+            of_value.insert(v, d + usize::from(layer.is_some()));
+        }
+    }
+    depth
 }
 
 /// Learns the rounding of every layer it can and records it in `plan.rounding`.
+///
+/// Layers are learned in passes by depth: each pass materialises the plan as it stands
+/// (the earlier passes' learned codes in it), streams the calibration samples through the
+/// float model and that quantized model side by side, pairs each of the pass's layers'
+/// float input rows with its quantized ones, and learns those layers. With one pass per
+/// depth every layer sees the rounding of all layers before it; with fewer
+/// (`budget.passes`), a layer's inputs see layers of its own pass at round-to-nearest.
 pub fn learn_rounding(
     m: &Model,
     base_dir: &Path,
@@ -384,56 +472,166 @@ pub fn learn_rounding(
     if ls.is_empty() || calib.is_empty() {
         return Ok(learned);
     }
-    let mut grams: Grams = ls
-        .iter()
-        .map(|l| vec![(Array2::zeros((l.k(), l.k())), 0); l.groups()])
-        .collect();
-    let mut by_input: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, l) in ls.iter().enumerate() {
-        by_input.entry(l.input.clone()).or_default().push(i);
+    let depth = depths(m, &ls);
+    let levels = depth.iter().max().map_or(1, |d| d + 1);
+    let passes = budget.passes.clamp(1, levels);
+    learned.passes = passes;
+    let schedule = Schedule::with_iters(budget.iters);
+    for pass in 0..passes {
+        let mine: Vec<&Layer> = ls
+            .iter()
+            .zip(&depth)
+            .filter(|(_, &d)| d * passes / levels == pass)
+            .map(|(l, _)| l)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let label = format!("adaround: layer inputs, pass {} of {passes}", pass + 1);
+        let moments = stream_pairs(m, base_dir, plan, calib, &mine, budget, &label, progress)?;
+        let total = (mine.len() * budget.iters) as u64;
+        progress.begin(
+            &format!("adaround: learning rounding, pass {} of {passes}", pass + 1),
+            total,
+        );
+        for (li, (l, ms)) in mine.iter().zip(&moments).enumerate() {
+            let (up, near, err, kept) = learn_layer(l, ms, &schedule, &mut |g, done| {
+                let part = (g * budget.iters + done) / l.groups();
+                progress.position((li * budget.iters + part) as u64, total);
+            });
+            learned.layers += 1;
+            learned.nearest_error += near;
+            learned.error += err;
+            if kept {
+                learned.kept_nearest += 1;
+            } else {
+                plan.rounding.insert(l.key.clone(), up);
+            }
+        }
+        progress.end();
     }
-    let per_sample = budget.rows.div_ceil(calib.len()).max(1);
+    Ok(learned)
+}
+
+/// The moments of `ls`' inputs, per layer and group: every calibration sample through
+/// the float model and through `plan` materialised, their picked rows paired.
+#[allow(clippy::too_many_arguments)]
+fn stream_pairs(
+    m: &Model,
+    base_dir: &Path,
+    plan: &Plan,
+    calib: &Dataset,
+    ls: &[&Layer],
+    budget: Budget,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<Vec<Vec<Moments>>, PipelineError> {
+    let q = super::materialise::materialise_on(m, plan)
+        .map_err(|e| PipelineError::Plan(format!("adaround: materialising the plan: {e}")))?;
+    // The quantized model's input of each layer: that of its op (same key) there.
+    let qops: BTreeMap<String, crate::ir::OpId> = q
+        .graph
+        .ops()
+        .map(|o| (crate::quant::plan::op_key(&q.graph, o), o))
+        .collect();
+    let mut float_taps: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut quant_taps: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, l) in ls.iter().enumerate() {
+        let x = qops.get(&l.node).and_then(|&o| q.graph.input(o, 0));
+        let Some(x) = x else {
+            return Err(PipelineError::Plan(format!(
+                "adaround: node '{}' has no input in the quantized model",
+                l.node
+            )));
+        };
+        float_taps.entry(l.input.clone()).or_default().push(i);
+        quant_taps
+            .entry(q.graph.value(x).name.clone())
+            .or_default()
+            .push(i);
+    }
     let exec = |error| PipelineError::Exec {
         what: "adaround: layer inputs".into(),
         error,
     };
-    let taps = Taps {
-        names: by_input.keys().cloned().collect(),
-        label: "adaround: layer inputs",
-        progress,
+    let first = calib.sample(0)?;
+    let session = |model: &Model, taps: &BTreeMap<String, Vec<usize>>| {
+        let opts = SessionOptions {
+            taps: taps.keys().cloned().collect(),
+            stream_taps: true,
+            ..SessionOptions::default()
+        };
+        Session::from_ir(model.clone(), Some(base_dir), &first, &opts).map_err(exec)
     };
-    stream_float_taps(m, base_dir, calib, taps, exec, |name, x| {
-        for &i in by_input.get(name).map(Vec::as_slice).unwrap_or(&[]) {
-            observe(&ls[i], &mut grams[i], x, per_sample)?;
-        }
-        Ok(())
-    })?;
-    let total = (ls.len() * budget.iters) as u64;
-    progress.begin("adaround: learning rounding", total);
-    let schedule = Schedule::with_iters(budget.iters);
-    for (li, (l, gs)) in ls.iter().zip(&grams).enumerate() {
-        let (up, near, err, kept) = learn_layer(l, gs, &schedule, &mut |g, done| {
-            let part = (g * budget.iters + done) / l.groups();
-            progress.position((li * budget.iters + part) as u64, total);
-        });
-        learned.layers += 1;
-        learned.nearest_error += near;
-        learned.error += err;
-        if kept {
-            learned.kept_nearest += 1;
-        } else {
-            plan.rounding.insert(l.key.clone(), up);
-        }
+    let (fs, qs) = (session(m, &float_taps)?, session(&q, &quant_taps)?);
+    let per_sample = budget.rows.div_ceil(calib.len()).max(1);
+    let mut moments: Vec<Vec<Moments>> = ls
+        .iter()
+        .map(|l| (0..l.groups()).map(|_| Moments::new(l.k())).collect())
+        .collect();
+    progress.begin(label, calib.len() as u64);
+    for i in 0..calib.len() {
+        let sample = calib.sample(i)?;
+        let mut float_rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); ls.len()];
+        run_taps(&fs, &sample, exec, |name, x| {
+            for &li in float_taps.get(name).map(Vec::as_slice).unwrap_or(&[]) {
+                float_rows[li] = picked_rows(ls[li], x, per_sample)?;
+            }
+            Ok(())
+        })?;
+        run_taps(&qs, &sample, exec, |name, x| {
+            for &li in quant_taps.get(name).map(Vec::as_slice).unwrap_or(&[]) {
+                let rows = picked_rows(ls[li], x, per_sample)?;
+                let (k, fr) = (ls[li].k(), &float_rows[li]);
+                if fr.len() != rows.len() {
+                    return Err(format!(
+                        "adaround: layer input '{}' was not seen in the float model",
+                        ls[li].input
+                    ));
+                }
+                for ((acc, f), r) in moments[li].iter_mut().zip(fr).zip(&rows) {
+                    acc.add(f, r, k)?;
+                }
+            }
+            Ok(())
+        })?;
+        progress.step();
     }
     progress.end();
-    Ok(learned)
+    Ok(moments)
+}
+
+/// Runs `s` on `sample`, each streamed tap to `observe` as f32.
+fn run_taps(
+    s: &Session,
+    sample: &crate::data::Sample,
+    exec: impl Fn(crate::exec::ExecError) -> PipelineError,
+    mut observe: impl FnMut(&str, &[f32]) -> Result<(), String>,
+) -> Result<(), PipelineError> {
+    s.run_observed(sample, false, |name, v| match v {
+        TapValue::F32(x) => observe(name, x),
+        TapValue::Host(t) => {
+            let x: Vec<f32> = t
+                .to_f64_vec()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            observe(name, &x)
+        }
+    })
+    .map_err(|e| match e {
+        ObservedError::Exec(error) => exec(error),
+        ObservedError::Observer(what) => PipelineError::Options(what),
+    })?;
+    Ok(())
 }
 
 /// One layer's up/down choices (flat, the weight's layout), its relative output errors
 /// with round-to-nearest and learned, and whether every group kept round-to-nearest.
 fn learn_layer(
     l: &Layer,
-    grams: &[(Array2<f64>, u64)],
+    moments: &[Moments],
     s: &Schedule,
     tick: &mut dyn FnMut(usize, usize),
 ) -> (Vec<bool>, f64, f64, bool) {
@@ -444,23 +642,33 @@ fn learn_layer(
     let (rows, k) = (l.rows(), l.k());
     let (mut near, mut err, mut signal) = (0f64, 0f64, 0f64);
     let mut kept = true;
-    for (gi, (sum, n)) in grams.iter().enumerate() {
+    for (gi, mo) in moments.iter().enumerate() {
         let at = |o: usize, j: usize| l.index(gi, o, j);
-        let gram = sum.mapv(|v| (v / (*n).max(1) as f64) as f32);
+        let n = mo.n.max(1) as f64;
+        let w = Array2::from_shape_fn((rows, k), |(o, j)| flat[at(o, j)]);
+        let w64 = w.mapv(f64::from);
+        // tr(W M Wᵀ) / rows.
+        let energy = |mm: &Array2<f64>| (&w64.dot(mm) * &w64).sum() / rows.max(1) as f64;
+        let cross = mo.cross.mapv(|v| v / n);
+        let noise = mo.noise.mapv(|v| v / n);
+        // The float input's Gram matrix E[x_f x_fᵀ] = H + C + Cᵀ + E[d dᵀ].
+        let gram = mo.gram.mapv(|v| v / n);
+        signal += energy(&(&gram + &cross + cross.t() + &noise));
         let p = Problem {
-            w: Array2::from_shape_fn((rows, k), |(o, j)| flat[at(o, j)]),
+            w,
             scale: Array2::from_shape_fn((rows, k), |(o, j)| params[ch(at(o, j))].scale),
             zero_point: Array2::from_shape_fn((rows, k), |(o, j)| {
                 params[ch(at(o, j))].zero_point as f32
             }),
             qmin: l.qtype.qmin as f32,
             qmax: l.qtype.qmax as f32,
-            gram,
+            gram: gram.mapv(|v| v as f32),
+            noise: Some(Noise {
+                energy: energy(&noise),
+                cross,
+            }),
         };
         let r = learn(&p, s, &mut |done| tick(gi, done));
-        // The mean output square, to make the layer's errors comparable with others'.
-        let wh = p.w.mapv(f64::from).dot(&p.gram.mapv(f64::from));
-        signal += (&wh * &p.w.mapv(f64::from)).sum() / rows.max(1) as f64;
         near += r.nearest_error;
         err += r.error;
         kept &= r.kept_nearest;

@@ -2,25 +2,33 @@
 //! Rounding for Post-Training Quantization", 2020): each weight element is rounded down
 //! or up to a neighbouring code of its own grid (the scale and zero point are those of
 //! round-to-nearest; only the choice between floor and ceiling changes), chosen to
-//! minimise the layer's output error `‖W x − W̃ x‖²` on calibration inputs rather than
-//! each weight's own error.
+//! minimise the layer's output error on calibration inputs rather than each weight's own
+//! error.
+//!
+//! The error is the paper's asymmetric reconstruction `‖W x_f − W̃ x‖²`: the target is the
+//! float layer on its float input `x_f`, the prediction the rounded layer on the input `x`
+//! the quantized model gives it (earlier layers rounded, activations through their Q/DQ),
+//! so the rounding also answers the input's quantization noise `d = x_f − x`. With `d = 0`
+//! it is the plain `‖W x − W̃ x‖²`.
 //!
 //! A problem is one linear layer (or one group of a grouped Conv) as a matrix `W`
-//! `[rows, k]` (output channels × reduction) with the mean Gram matrix `H = XᵀX / N` of its
-//! `N` input rows (Conv patches through [`im2col`]): the output error per output element is
-//! `tr(ΔW H ΔWᵀ) / rows`, so the rows themselves are never held. The relaxation: the code
+//! `[rows, k]` (output channels × reduction) with the mean Gram matrix `H = E[x xᵀ]` of its
+//! `N` input rows (Conv patches through [`im2col`]) and, when the input is noisy, the
+//! cross moment `C = E[x dᵀ]` and the noise's own output energy `tr(W E[d dᵀ] Wᵀ)`: with
+//! `ΔW = W̃ − W` the output error per output element is
+//! `(tr(ΔW H ΔWᵀ) − 2 tr(ΔW C Wᵀ) + tr(W E[d dᵀ] Wᵀ)) / rows`, so the rows themselves are
+//! never held. The relaxation: the code
 //! of an element is `floor(w/s) + z + h(V)`, with the rectified sigmoid
 //! `h(V) = clamp(σ(V)(ζ − γ) + γ, 0, 1)` (ζ = 1.1, γ = −0.1), `V` initialised so that
 //! `h(V)` is the fractional part of `w/s`; the loss is the output error relative to
-//! round-to-nearest's plus `λ · mean(1 − |2h − 1|^β)` after a warm-up, β annealed from 20
-//! to 2, which drives every `h` to 0 or 1. Gradients are written out:
-//! `∂rec/∂W̃ = 2 ΔW H / rows`, times `s` where the code is inside the grid,
-//! times `h'(V)`; Adam steps `V`. The result rounds up where `h(V) ≥ 0.5`.
+//! round-to-nearest's rounding term `tr(ΔW H ΔWᵀ)` plus `λ · mean(1 − |2h − 1|^β)` after a
+//! warm-up, β annealed from 20 to 2, which drives every `h` to 0 or 1. Gradients are
+//! written out: `∂rec/∂W̃ = 2 (ΔW H − W Cᵀ) / rows`, times `s` where the code is inside the
+//! grid, times `h'(V)`; Adam steps `V`. The result rounds up where `h(V) ≥ 0.5`.
 //!
 //! Nothing is random: `V` starts from the weights and the iterations visit the same
-//! Gram matrix in the same order, so every run gives the same codes. A problem whose
-//! learned rounding does not lower the measured error (`tr(ΔW H ΔWᵀ)`, in f64) keeps
-//! round-to-nearest.
+//! moments in the same order, so every run gives the same codes. A problem whose
+//! learned rounding does not lower the measured error (in f64) keeps round-to-nearest.
 
 use ndarray::{Array2, Zip};
 
@@ -39,8 +47,21 @@ pub struct Problem {
     /// The code range (inclusive).
     pub qmin: f32,
     pub qmax: f32,
-    /// Mean Gram matrix of the layer's input rows, `[k, k]`.
+    /// Mean Gram matrix of the layer's input rows, `[k, k]`: `E[x xᵀ]`.
     pub gram: Array2<f32>,
+    /// The input's quantization noise against the float model's input, when the rows
+    /// are the quantized model's; `None`: the target is the same input (no noise).
+    pub noise: Option<Noise>,
+}
+
+/// The quantization noise `d = x_f − x` of a layer's input `x` (the quantized model's)
+/// against its float input `x_f`, as the error needs it.
+#[derive(Clone, Debug)]
+pub struct Noise {
+    /// `C = E[x dᵀ]`, `[k, k]`.
+    pub cross: Array2<f64>,
+    /// `tr(W E[d dᵀ] Wᵀ) / rows`: the output error of the float weights on the noisy input.
+    pub energy: f64,
 }
 
 /// The optimisation's budget and constants.
@@ -106,9 +127,8 @@ pub fn nearest_up(p: &Problem) -> Array2<bool> {
         .map_collect(|&w, &s| (w / s).round_ties_even() > (w / s).floor())
 }
 
-/// `tr(ΔW H ΔWᵀ) / rows` for the rounding `up`, in f64: the mean squared output error
-/// per output element over the input rows `H` was made of.
-pub fn error(p: &Problem, up: &Array2<bool>) -> f64 {
+/// `ΔW = W̃ − W` of the rounding `up`, in f64.
+fn delta(p: &Problem, up: &Array2<bool>) -> Array2<f64> {
     let mut d = Array2::<f64>::zeros(p.w.raw_dim());
     Zip::from(&mut d)
         .and(&p.w)
@@ -119,9 +139,29 @@ pub fn error(p: &Problem, up: &Array2<bool>) -> f64 {
             let c = code(w, s, z, u, p.qmin, p.qmax);
             *d = ((c - z) * s) as f64 - w as f64;
         });
+    d
+}
+
+/// The rounding's own term `tr(ΔW H ΔWᵀ) / rows`, in f64: the whole error when the input
+/// has no noise.
+pub fn rounding_error(p: &Problem, up: &Array2<bool>) -> f64 {
+    let d = delta(p, up);
     let h = p.gram.mapv(f64::from);
     let dh = d.dot(&h);
     (&dh * &d).sum() / p.w.nrows().max(1) as f64
+}
+
+/// The mean squared output error per output element `E‖W x_f − W̃ x‖² / rows` for the
+/// rounding `up`, in f64, over the input rows the moments were made of.
+pub fn error(p: &Problem, up: &Array2<bool>) -> f64 {
+    let own = rounding_error(p, up);
+    let Some(n) = &p.noise else {
+        return own;
+    };
+    let d = delta(p, up);
+    let w = p.w.mapv(f64::from);
+    let cross = (&d.dot(&n.cross) * &w).sum() / p.w.nrows().max(1) as f64;
+    own - 2.0 * cross + n.energy
 }
 
 /// Adam's state for `V`.
@@ -161,7 +201,15 @@ pub fn learn(p: &Problem, s: &Schedule, tick: &mut dyn FnMut(usize)) -> Rounded 
     let near = nearest_up(p);
     let nearest_error = error(p, &near);
     let n = p.w.len().max(1) as f32;
-    let k = 2.0 / (rows.max(1) as f64 * nearest_error.max(f64::MIN_POSITIVE)) as f32;
+    // Relative to nearest's rounding term: the noise's own energy, which no rounding
+    // removes, does not weaken the reconstruction against the regulariser.
+    let own = rounding_error(p, &near);
+    let k = 2.0 / (rows.max(1) as f64 * own.max(f64::MIN_POSITIVE)) as f32;
+    // −W Cᵀ: the pull of the input's noise on ∂rec/∂W̃ (zero without noise).
+    let pull = p.noise.as_ref().map(|c| {
+        let w = p.w.mapv(f64::from);
+        w.dot(&c.cross.t()).mapv(|v| -v as f32)
+    });
     let lambda = s.lambda / n;
     for it in 0..s.iters {
         // h(V) and h'(V).
@@ -198,9 +246,12 @@ pub fn learn(p: &Problem, s: &Schedule, tick: &mut dyn FnMut(usize)) -> Rounded 
                 *dw = *dw * sc - w;
                 *dv *= sc;
             });
-        // ∂rec/∂W̃ = 2 ΔW H / rows, through the relaxation; then the regulariser's
+        // ∂rec/∂W̃ = 2 (ΔW H − W Cᵀ) / rows, through the relaxation; then the regulariser's
         // ∂/∂V (1 − |2h − 1|^β) = −2β |2h − 1|^(β−1) sign(2h − 1) h'(V).
         let mut grad = dw.dot(&p.gram);
+        if let Some(pull) = &pull {
+            grad += pull;
+        }
         let beta = (it >= warm).then(|| {
             let rel = (it - warm) as f32 / (s.iters - warm).max(1) as f32;
             s.beta.1 + (s.beta.0 - s.beta.1) * (1.0 - rel).max(0.0)
@@ -366,6 +417,7 @@ mod tests {
             qmax: 7.0,
             w,
             gram,
+            noise: None,
         }
     }
 
@@ -385,6 +437,82 @@ mod tests {
             let c = code(w, s, 0.0, u, p.qmin, p.qmax);
             assert!(c == (w / s).floor() || c == (w / s).ceil());
         }
+    }
+
+    /// A layer whose quantized input `x` is its float input `x_f` with a per-feature gain
+    /// error (as rounded upstream weights give) on an activation grid: the rows of both,
+    /// and the problem with the noise's moments made from them.
+    fn noisy_problem() -> (Problem, Array2<f32>, Array2<f32>) {
+        let clean = problem();
+        let (rows, k, n) = (clean.w.nrows(), clean.w.ncols(), 256);
+        let noise = numbers(11, n * k);
+        let common = numbers(13, n);
+        let gain = numbers(17, k);
+        let xf = Array2::from_shape_fn((n, k), |(r, j)| common[r] + 0.3 * noise[r * k + j]);
+        let x = Array2::from_shape_fn((n, k), |(r, j)| {
+            (xf[[r, j]] * (1.0 + 0.3 * gain[j]) / 0.02).round() * 0.02
+        });
+        let (x64, xf64) = (x.mapv(f64::from), xf.mapv(f64::from));
+        let d = &xf64 - &x64;
+        let w = clean.w.mapv(f64::from);
+        let dd = d.t().dot(&d) / n as f64;
+        let p = Problem {
+            gram: (x64.t().dot(&x64) / n as f64).mapv(|v| v as f32),
+            noise: Some(Noise {
+                cross: x64.t().dot(&d) / n as f64,
+                energy: (&w.dot(&dd) * &w).sum() / rows as f64,
+            }),
+            ..clean
+        };
+        (p, xf, x)
+    }
+
+    /// `E‖W x_f − W̃ x‖² / rows` straight from the rows.
+    fn direct_error(p: &Problem, up: &Array2<bool>, xf: &Array2<f32>, x: &Array2<f32>) -> f64 {
+        let wq = Zip::from(&p.w)
+            .and(&p.scale)
+            .and(&p.zero_point)
+            .and(up)
+            .map_collect(|&w, &s, &z, &u| ((code(w, s, z, u, p.qmin, p.qmax) - z) * s) as f64);
+        let target = xf.mapv(f64::from).dot(&p.w.mapv(f64::from).t());
+        let got = x.mapv(f64::from).dot(&wq.t());
+        (&target - &got).mapv(|v| v * v).sum() / (x.nrows() * p.w.nrows()) as f64
+    }
+
+    #[test]
+    fn the_error_on_noisy_inputs_is_that_of_the_rows() {
+        let (p, xf, x) = noisy_problem();
+        let near = nearest_up(&p);
+        let flipped = near.mapv(|u| !u);
+        for up in [&near, &flipped] {
+            let (a, b) = (error(&p, up), direct_error(&p, up, &xf, &x));
+            assert!((a - b).abs() <= 1e-6 * b, "moments {a} vs rows {b}");
+        }
+    }
+
+    #[test]
+    fn rounding_learned_on_noisy_inputs_beats_nearest_and_the_noise_blind_rounding() {
+        let (p, xf, x) = noisy_problem();
+        let s = Schedule::with_iters(400);
+        let r = learn(&p, &s, &mut |_| {});
+        let blind = learn(
+            &Problem {
+                noise: None,
+                ..p.clone()
+            },
+            &s,
+            &mut |_| {},
+        );
+        let near = direct_error(&p, &nearest_up(&p), &xf, &x);
+        let (learned, unaware) = (
+            direct_error(&p, &r.up, &xf, &x),
+            direct_error(&p, &blind.up, &xf, &x),
+        );
+        assert!(!r.kept_nearest);
+        assert!(
+            learned < 0.9 * near && learned < 0.9 * unaware,
+            "learned {learned}, nearest {near}, learned without the noise {unaware}"
+        );
     }
 
     #[test]

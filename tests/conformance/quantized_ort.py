@@ -175,7 +175,8 @@ FIXTURES = [
     ("tiny_mlp adaround 8-bit", "tiny/tiny_mlp.onnx", "tiny/tiny_mlp.npz", "tiny/tiny_mlp.eval.npz",
      ["--rounding", "adaround", "--adaround-iters", "100"], None),
     ("ppocr_det adaround 4-bit", "ppocr_det/model.onnx", "ppocr_det/calib.npz", "ppocr_det/eval.npz",
-     ["--weight-bits", "4", "--rounding", "adaround", "--adaround-iters", "50", "--adaround-rows", "256"], 16),
+     ["--weight-bits", "4", "--rounding", "adaround", "--adaround-iters", "50", "--adaround-rows", "256",
+      "--adaround-passes", "2"], 16),
     # Dynamic quantization: DynamicQuantizeLinear → MatMulInteger/ConvInteger, int8
     # embedding tables; the LSTM of tiny_crnn and silero_vad stays float.
     ("tiny_crnn dynamic", "tiny/tiny_crnn.onnx", "tiny/tiny_crnn.npz", "tiny/tiny_crnn.eval.npz",
