@@ -4,7 +4,7 @@
 //! [`plan_blocks`] cuts the main graph, in its topological order, into *blocks*: runs of
 //! consecutive ops whose weights (the initializers they read, each counted once per block)
 //! fit the weight budget; an op whose weights alone exceed it is a block of its own. A block
-//! is a model of its own ([`crate::exec::part_model`], as the engine's stages are): its
+//! is a model of its own (`exec::part_model`, as the engine's stages are): its
 //! inputs are the values it reads that graph inputs or earlier blocks give, its outputs
 //! the values later blocks read (and the graph outputs it computes), and it taps the
 //! calibrated values it computes (a calibrated graph input: the first block that reads it).

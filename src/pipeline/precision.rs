@@ -1,6 +1,6 @@
 //! Mixed precision: which activations get 16 bits or stay float, as edits of the plan
 //! (`--target-sqnr`/`--max-drop`), and the simulation `--size-budget` measures each
-//! weight's effect on the output with ([`build_sim`] with 4-bit weight switches, used by
+//! weight's effect on the output with (`build_sim` with 4-bit weight switches, used by
 //! `pipeline::budget`).
 //!
 //! [`tune()`] builds the search from the plan with its 8-bit and 16-bit ranges: a simulation
