@@ -47,6 +47,10 @@ CONFIGS = [
     ("int4 GPTQ b128 (MatMulNBits)", ["--weight-bits", "4", "--block-size", "128", "--weight-algo", "gptq"], True),
     ("int8 RTN per channel (DequantizeLinear)", ["--weight-bits", "8", "--block-size", "channel"], False),
     ("int4 RTN b32, embedding tables float", ["--weight-bits", "4", "--block-size", "32", "--embedding-bits", "float"], False),
+    ("int4 RTN b32, embedding tables int8", ["--weight-bits", "4", "--block-size", "32", "--embedding-bits", "8"], False),
+    ("int4 GPTQ b32, embedding tables int8", ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq", "--embedding-bits", "8"], True),
+    ("int4 RTN b16 (MatMulNBits, GatherBlockQuantized)", ["--weight-bits", "4", "--block-size", "16"], False),
+    ("int4 GPTQ b16 (MatMulNBits, GatherBlockQuantized)", ["--weight-bits", "4", "--block-size", "16", "--weight-algo", "gptq"], True),
 ]
 MODELS = ["minilm_l3", "magika", "ppocr_det"]
 MAIN_OUTPUT = {"minilm_l3": "461"}
