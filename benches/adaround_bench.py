@@ -24,7 +24,6 @@ failing configuration is a result), 2 when it could not run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -33,7 +32,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import codebook_bench as cb  # noqa: E402  (the models and their metrics)
@@ -104,11 +102,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
-    ap.add_argument("--qrange", default=qb.default_qrange())
-    ap.add_argument("--out", default=os.path.join(REPO, "target", "adaround_bench"))
-    ap.add_argument("--only", default="")
+    ap = qb.bench_parser(__doc__, "adaround_bench")
     ap.add_argument("--bits", default="4")
     ap.add_argument("--iters", type=int, default=500)
     ap.add_argument("--rows", type=int, default=4096)

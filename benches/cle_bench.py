@@ -26,14 +26,12 @@ configuration is a result), 2 when it could not run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import dynamic_bench as db  # noqa: E402  (the fp32 reference and scoring)
@@ -101,11 +99,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
-    ap.add_argument("--qrange", default=qb.default_qrange())
-    ap.add_argument("--out", default=os.path.join(REPO, "target", "cle_bench"))
-    ap.add_argument("--only", default="")
+    ap = qb.bench_parser(__doc__, "cle_bench")
     ap.add_argument("--weights", default="pc8,pt8,pc4")
     ap.add_argument("--json", default="", help="also write the rows to this file")
     args = ap.parse_args()

@@ -28,7 +28,6 @@ run completed (a failing configuration is a result), 2 when it could not run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -36,7 +35,6 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import dynamic_bench as db  # noqa: E402  (scoring and the embedding metrics)
@@ -113,11 +111,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
-    ap.add_argument("--qrange", default=qb.default_qrange())
-    ap.add_argument("--out", default=os.path.join(REPO, "target", "codebook_bench"))
-    ap.add_argument("--only", default="")
+    ap = qb.bench_parser(__doc__, "codebook_bench")
     ap.add_argument("--bits", default="4,3")
     ap.add_argument("--size-budget", type=float, default=0.0,
                     help="also run --size-budget at this fraction of the float model's size")

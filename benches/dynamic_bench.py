@@ -26,14 +26,12 @@ result), 2 when it could not run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import quant_bench as qb  # noqa: E402  (the shared ONNX Runtime helpers)
@@ -201,11 +199,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
-    ap.add_argument("--qrange", default=qb.default_qrange())
-    ap.add_argument("--out", default=os.path.join(REPO, "target", "dynamic_bench"))
-    ap.add_argument("--only", default="")
+    ap = qb.bench_parser(__doc__, "dynamic_bench")
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--latency-budget", type=float, default=10.0)
     args = ap.parse_args()

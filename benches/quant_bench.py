@@ -962,6 +962,19 @@ def environment(args) -> dict:
     return env
 
 
+def bench_parser(doc: str, out_name: str):
+    """The argument parser the per-mode benches share: ``--models`` (``QRANGE_MODELS`` or
+    ``../shared/models`` beside the checkout), ``--qrange``, ``--out`` (``target/OUT_NAME``)
+    and ``--only``; each bench adds its own options."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=os.environ.get("QRANGE_MODELS", os.path.join(REPO, "..", "shared", "models")))
+    ap.add_argument("--qrange", default=default_qrange())
+    ap.add_argument("--out", default=os.path.join(REPO, "target", out_name))
+    ap.add_argument("--only", default="")
+    return ap
+
+
 def default_qrange() -> str:
     for prof in ("release", "debug"):
         p = os.path.join(REPO, "target", prof, "qrange")
