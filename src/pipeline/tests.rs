@@ -121,6 +121,19 @@ fn sim_vs_real_w(
     worst
 }
 
+/// DequantizeLinears of a constant large enough for the simulation's side file in `m`.
+fn large_constant_dequantizes(m: &crate::ir::Model) -> usize {
+    let g = &m.graph;
+    g.ops()
+        .filter(|&o| g.op(o).op_type == "DequantizeLinear")
+        .filter(|&o| {
+            g.input(o, 0)
+                .and_then(|v| g.const_of(v))
+                .is_some_and(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
+        })
+        .count()
+}
+
 #[test]
 fn constants_dequantized_ahead_give_the_same_bits() {
     // Every DequantizeLinear of a large constant (weights, the int8 embedding tables)
@@ -140,19 +153,15 @@ fn constants_dequantized_ahead_give_the_same_bits() {
     let left = build_sim(&basis, &mut Candidates::default(), false, false);
     tune::sim::LEAVE_DEQUANTIZE.with(|c| c.set(false));
     let (_, left) = left.unwrap();
-    let constant_dqs = |m: &crate::ir::Model| {
-        let g = &m.graph;
-        g.ops()
-            .filter(|&o| g.op(o).op_type == "DequantizeLinear")
-            .filter(|&o| {
-                g.input(o, 0)
-                    .and_then(|v| g.const_of(v))
-                    .is_some_and(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
-            })
-            .count()
-    };
-    assert!(constant_dqs(&left.model) > 10, "too few left to the engine");
-    assert_eq!(constant_dqs(&sim.model), 0, "left in the simulation");
+    assert!(
+        large_constant_dequantizes(&left.model) > 10,
+        "too few left to the engine"
+    );
+    assert_eq!(
+        large_constant_dequantizes(&sim.model),
+        0,
+        "left in the simulation"
+    );
     assert!(sim.side_file().is_some() && left.side_file().is_none());
     let session = |m: &crate::ir::Model, s: &crate::data::Sample| {
         let (proto, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "").unwrap();
@@ -281,16 +290,11 @@ fn the_simulation_holds_its_weights_dequantized_in_a_side_file_removed_with_it()
     };
     let (_, sim) = build_sim(&basis, &mut Candidates::default(), false, false).unwrap();
     let g = &sim.model.graph;
-    let large_dq = g
-        .ops()
-        .filter(|&o| g.op(o).op_type == "DequantizeLinear")
-        .filter(|&o| {
-            g.input(o, 0)
-                .and_then(|v| g.const_of(v))
-                .is_some_and(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
-        })
-        .count();
-    assert_eq!(large_dq, 0, "DequantizeLinear of large constants left");
+    assert_eq!(
+        large_constant_dequantizes(&sim.model),
+        0,
+        "DequantizeLinear of large constants left"
+    );
     let file = sim.side_file().expect("a side file").to_path_buf();
     let in_side = g
         .values()
