@@ -22,7 +22,7 @@ use super::energy::known;
 use super::error::PipelineError;
 use super::progress::Progress;
 use crate::data::{Dataset, SampleSource};
-use crate::exec::{ObservedError, Session, SessionOptions, TapValue};
+use crate::exec::{Session, SessionOptions};
 use crate::ir::{AttrValue, Model};
 use crate::passes::insert_qdq::{channel_of, weight_params};
 use crate::quant::adaround::{im2col, learn, spread, ConvGeom, Noise, Problem, Schedule};
@@ -573,13 +573,13 @@ fn stream_pairs(
     for i in 0..calib.len() {
         let sample = calib.sample(i)?;
         let mut float_rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); ls.len()];
-        run_taps(&fs, &sample, exec, |name, x| {
+        super::materialise::run_taps(&fs, &sample, exec, |name, x| {
             for &li in float_taps.get(name).map(Vec::as_slice).unwrap_or(&[]) {
                 float_rows[li] = picked_rows(ls[li], x, per_sample)?;
             }
             Ok(())
         })?;
-        run_taps(&qs, &sample, exec, |name, x| {
+        super::materialise::run_taps(&qs, &sample, exec, |name, x| {
             for &li in quant_taps.get(name).map(Vec::as_slice).unwrap_or(&[]) {
                 let rows = picked_rows(ls[li], x, per_sample)?;
                 let (k, fr) = (ls[li].k(), &float_rows[li]);
@@ -599,32 +599,6 @@ fn stream_pairs(
     }
     progress.end();
     Ok(moments)
-}
-
-/// Runs `s` on `sample`, each streamed tap to `observe` as f32.
-fn run_taps(
-    s: &Session,
-    sample: &crate::data::Sample,
-    exec: impl Fn(crate::exec::ExecError) -> PipelineError,
-    mut observe: impl FnMut(&str, &[f32]) -> Result<(), String>,
-) -> Result<(), PipelineError> {
-    s.run_observed(sample, false, |name, v| match v {
-        TapValue::F32(x) => observe(name, x),
-        TapValue::Host(t) => {
-            let x: Vec<f32> = t
-                .to_f64_vec()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| v as f32)
-                .collect();
-            observe(name, &x)
-        }
-    })
-    .map_err(|e| match e {
-        ObservedError::Exec(error) => exec(error),
-        ObservedError::Observer(what) => PipelineError::Options(what),
-    })?;
-    Ok(())
 }
 
 /// One layer's up/down choices (flat, the weight's layout), its relative output errors

@@ -319,6 +319,32 @@ pub fn same_outputs(
     Ok(())
 }
 
+/// Runs `s` on `sample`, each streamed tap to `observe` as f32.
+pub(crate) fn run_taps(
+    s: &Session,
+    sample: &crate::data::Sample,
+    exec: impl Fn(crate::exec::ExecError) -> PipelineError,
+    mut observe: impl FnMut(&str, &[f32]) -> Result<(), String>,
+) -> Result<(), PipelineError> {
+    s.run_observed(sample, false, |name, v| match v {
+        crate::exec::TapValue::F32(x) => observe(name, x),
+        crate::exec::TapValue::Host(t) => {
+            let x: Vec<f32> = t
+                .to_f64_vec()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            observe(name, &x)
+        }
+    })
+    .map_err(|e| match e {
+        crate::exec::ObservedError::Exec(error) => exec(error),
+        crate::exec::ObservedError::Observer(what) => PipelineError::Options(what),
+    })?;
+    Ok(())
+}
+
 /// The values a [`stream_float_taps`] run hands out, and its progress.
 pub(crate) struct Taps<'a> {
     pub names: Vec<String>,
@@ -356,23 +382,7 @@ pub(crate) fn stream_float_taps<S: crate::data::SampleSource + ?Sized>(
     progress.begin(label, n as u64);
     for i in 0..n {
         let sample = samples.sample(i)?;
-        session
-            .run_observed(&sample, false, |name, v| match v {
-                crate::exec::TapValue::F32(x) => observe(name, x),
-                crate::exec::TapValue::Host(t) => {
-                    let x: Vec<f32> = t
-                        .to_f64_vec()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|v| v as f32)
-                        .collect();
-                    observe(name, &x)
-                }
-            })
-            .map_err(|e| match e {
-                crate::exec::ObservedError::Exec(error) => exec(error),
-                crate::exec::ObservedError::Observer(what) => PipelineError::Options(what),
-            })?;
+        run_taps(&session, &sample, &exec, &mut observe)?;
         progress.step();
     }
     progress.end();
