@@ -166,17 +166,9 @@ fn collect_streamed<S: SampleSource + ?Sized>(
                         } else {
                             &mut local
                         };
-                        let ran =
-                            session.run_observed(&sample, keep_this, |name, value| match value {
-                                TapValue::F32(v) => {
-                                    into.entry(name.to_string()).or_default().observe(v);
-                                    Ok(())
-                                }
-                                TapValue::Host(t) => into
-                                    .entry(name.to_string())
-                                    .or_default()
-                                    .observe_tensor(name, &t),
-                            });
+                        let ran = session.run_observed(&sample, keep_this, |name, value| {
+                            fold_tap(into, name, value)
+                        });
                         match ran {
                             Ok(Some(out)) => kept.push((i, out)),
                             Ok(None) => {}
@@ -859,6 +851,22 @@ impl ScopeRun {
             }
         }
         Ok(out)
+    }
+}
+
+/// Folds one streamed tap into the statistics of its value in `into`.
+pub(crate) fn fold_tap(
+    into: &mut BTreeMap<String, TensorStats>,
+    name: &str,
+    value: TapValue<'_>,
+) -> Result<(), CalibError> {
+    let stats = into.entry(name.to_string()).or_default();
+    match value {
+        TapValue::F32(v) => {
+            stats.observe(v);
+            Ok(())
+        }
+        TapValue::Host(t) => stats.observe_tensor(name, &t),
     }
 }
 

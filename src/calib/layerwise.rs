@@ -28,10 +28,10 @@
 //! calibration that needs them is refused by [`collect_layerwise`] (the caller runs the
 //! whole model instead).
 
-use super::collect::{CollectError, Collected, Keep};
+use super::collect::{fold_tap, CollectError, Collected, Keep};
 use super::TensorStats;
 use crate::data::{Sample, SampleSource};
-use crate::exec::{part_model, reads, ObservedError, Session, SessionOptions, TapValue};
+use crate::exec::{part_model, reads, ObservedError, Session, SessionOptions};
 use crate::ir::{Graph, Model, OpId, Tensor, ValueId};
 use crate::onnx::engine_proto;
 use crate::quant::plan::ValueKeys;
@@ -494,16 +494,7 @@ impl<S: SampleSource + ?Sized> Step<'_, S> {
         into: &mut BTreeMap<String, TensorStats>,
     ) -> Result<Option<Sample>, CollectError> {
         let (inputs, mut carried) = self.inputs(i, true)?;
-        let ran = session.run_observed(&inputs, true, |name, value| match value {
-            TapValue::F32(v) => {
-                into.entry(name.to_string()).or_default().observe(v);
-                Ok(())
-            }
-            TapValue::Host(t) => into
-                .entry(name.to_string())
-                .or_default()
-                .observe_tensor(name, &t),
-        });
+        let ran = session.run_observed(&inputs, true, |name, value| fold_tap(into, name, value));
         let out = ran.map_err(|e| match e {
             ObservedError::Exec(e) => CollectError::Exec(e),
             ObservedError::Observer(e) => CollectError::Calib(e),
