@@ -976,11 +976,17 @@ def bench_parser(doc: str, out_name: str):
 
 
 def default_qrange() -> str:
-    for prof in ("release", "debug"):
-        p = os.path.join(REPO, "target", prof, "qrange")
-        if os.path.isfile(p):
-            return p
-    return os.path.join(REPO, "target", "release", "qrange")
+    """The most recently built of target/release/qrange and target/debug/qrange (a release
+    binary left from an older commit must not be measured in place of a fresh debug build);
+    target/release/qrange when neither exists."""
+    built = [
+        p
+        for p in (os.path.join(REPO, "target", prof, "qrange") for prof in ("release", "debug"))
+        if os.path.isfile(p)
+    ]
+    if not built:
+        return os.path.join(REPO, "target", "release", "qrange")
+    return max(built, key=os.path.getmtime)
 
 
 def main() -> int:
