@@ -140,6 +140,33 @@ fn x_extent(t: &TensorRow) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The axes of both histograms (a tensor's, on a log count scale, and a weight's, on a
+/// linear one): grid, labels through [`fmt_num`] and `fmt_count`, and the two descriptions.
+fn histogram_axes<DB, Y>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<(), String>
+where
+    DB: DrawingBackend,
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(GRID)
+        .x_labels(9)
+        .y_labels(6)
+        .x_label_formatter(&|v| fmt_num(*v))
+        .y_label_formatter(&|v| fmt_count(*v))
+        .label_style((FONT, font_px(12.0)))
+        .axis_desc_style((FONT, font_px(14.0)))
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)
+}
+
 /// The histogram of one tensor with every method's range and the chosen one.
 ///
 /// Lanes above the plot hold one row per method: its range as a bar, labelled with the
@@ -170,20 +197,7 @@ pub fn tensor_histogram(t: &TensorRow) -> Result<String, String> {
             .y_label_area_size(LEFT_AREA)
             .build_cartesian_2d(x0..x1, (base..ytop).log_scale())
             .map_err(err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(GRID)
-            .x_labels(9)
-            .y_labels(6)
-            .x_label_formatter(&|v| fmt_num(*v))
-            .y_label_formatter(&|v| fmt_count(*v))
-            .label_style((FONT, font_px(12.0)))
-            .axis_desc_style((FONT, font_px(14.0)))
-            .x_desc("value")
-            .y_desc("count (log scale)")
-            .draw()
-            .map_err(err)?;
+        histogram_axes(&mut chart, "value", "count (log scale)")?;
         // The chosen range, shaded.
         chart
             .draw_series(std::iter::once(Rectangle::new(
@@ -321,20 +335,7 @@ pub fn weight_histogram(w: &WeightRow) -> Result<String, String> {
             .y_label_area_size(LEFT_AREA)
             .build_cartesian_2d(x0..x1, 0.0..ytop)
             .map_err(err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(GRID)
-            .x_labels(9)
-            .y_labels(6)
-            .x_label_formatter(&|v| fmt_num(*v))
-            .y_label_formatter(&|v| fmt_count(*v))
-            .label_style((FONT, font_px(12.0)))
-            .axis_desc_style((FONT, font_px(14.0)))
-            .x_desc("weight value")
-            .y_desc("count")
-            .draw()
-            .map_err(err)?;
+        histogram_axes(&mut chart, "weight value", "count")?;
         let n = hist.counts.len();
         let edges: Vec<f64> = if hist.hi > hist.lo {
             let bw = hist.bin_width();
