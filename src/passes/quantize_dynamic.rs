@@ -24,7 +24,10 @@
 //! `Cast` → `Mul(Gather(row scales, ids))`.
 //!
 //! An LSTM becomes com.microsoft `DynamicQuantizeLSTM` on `--target ort-cpu` (ONNX Runtime's
-//! op, as its `quantize_dynamic` writes it): `W` and `R` int8 symmetric, transposed to
+//! op, as its `quantize_dynamic` writes it), in the main graph and in subgraphs whose LSTM
+//! weights are their own constants: `W` and `R` int8 symmetric on 7 bits (all 8 with
+//! `--no-reduce-range`: ONNX Runtime's x86 kernels without VNNI saturate 8-bit pairs on
+//! recurrent states), transposed to
 //! `[num_directions, input_size, 4·hidden]` and `[num_directions, hidden, 4·hidden]`, one
 //! scale per gate column (`[num_directions, 4·hidden]`; one per direction with
 //! `--per-tensor`), zero points int8 zeros of the scales' shape; the input and the hidden
@@ -234,6 +237,9 @@ pub fn rewrite(m: &mut Model, cfg: &QuantConfig) -> Result<Report, PassError> {
         rep.int8_parameters += params;
         *rep.quantized.entry(g_type(kind).to_string()).or_default() += 1;
     }
+    if cfg.target == Target::OrtCpu {
+        lstms_in_subgraphs(g, "", cfg, &mut rep)?;
+    }
     for (why, n) in subgraph_ops(g) {
         for k in n {
             rep.float(why.clone(), k);
@@ -360,15 +366,29 @@ fn quantize_channels(
     axis: Option<usize>,
     mse: bool,
 ) -> Result<(Tensor, Vec<f32>), String> {
-    let q = QType::new(DType::I8, true, false).expect("int8");
+    quantize_channels_on(
+        a,
+        axis,
+        mse,
+        &QType::new(DType::I8, true, false).expect("int8"),
+    )
+}
+
+/// [`quantize_channels`] on the grid `q`.
+fn quantize_channels_on(
+    a: &ArrayD<f32>,
+    axis: Option<usize>,
+    mse: bool,
+    q: &QType,
+) -> Result<(Tensor, Vec<f32>), String> {
     let one = |vals: Vec<f32>| {
         if mse {
-            return mse_scale_zp(&vals, &q).scale;
+            return mse_scale_zp(&vals, q).scale;
         }
         let (lo, hi) = vals
             .iter()
             .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        scale_zp(lo, hi, &q).scale
+        scale_zp(lo, hi, q).scale
     };
     let scales: Vec<f32> = match axis {
         None => vec![one(a.iter().copied().collect())],
@@ -668,6 +688,59 @@ fn conv_bias(g: &mut Graph, b: ValueId, rank: usize) -> Result<ValueId, PassErro
     constant(g, &format!("{name}.channels"), &Tensor::F32(r))
 }
 
+/// LSTMs inside the subgraphs of `g` (If branches that stay: silero_vad's depend on the
+/// state's shape) become DynamicQuantizeLSTM where their weights are constants of their own
+/// graph; the others stay float with their reason (`label` names the enclosing op).
+fn lstms_in_subgraphs(
+    g: &mut Graph,
+    label: &str,
+    cfg: &QuantConfig,
+    rep: &mut Report,
+) -> Result<(), PassError> {
+    let ops: Vec<OpId> = g.ops().collect();
+    for o in ops {
+        let key = op_key(g, o);
+        let attrs: Vec<String> = g
+            .op(o)
+            .subgraphs()
+            .iter()
+            .map(|(a, _)| a.to_string())
+            .collect();
+        for (attr, sg) in attrs.iter().zip(g.op_mut(o).subgraphs_mut()) {
+            let here = if label.is_empty() {
+                format!("{key}.{attr}")
+            } else {
+                format!("{label}/{key}.{attr}")
+            };
+            let inner: Vec<OpId> = sg
+                .ops()
+                .filter(|&i| sg.op(i).op_type == "LSTM" && sg.op(i).domain_key().is_empty())
+                .collect();
+            for i in inner {
+                let name = format!("{here}/{}", op_key(sg, i));
+                if cfg.exclude_op_types.contains("LSTM")
+                    || cfg.op_types.as_ref().is_some_and(|t| !t.contains("LSTM"))
+                    || cfg.exclude_nodes.contains(&op_key(sg, i))
+                {
+                    rep.float(
+                        "excluded by --exclude-nodes/--exclude-op-types/--op-types",
+                        name,
+                    );
+                    continue;
+                }
+                if let Err(why) = lstm_eligible(sg, i) {
+                    rep.float(why, name);
+                    continue;
+                }
+                rep.int8_parameters += rewrite_lstm(sg, i, cfg)?;
+                *rep.quantized.entry("LSTM".to_string()).or_default() += 1;
+            }
+            lstms_in_subgraphs(sg, &here, cfg, rep)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether LSTM `o` can become DynamicQuantizeLSTM; else why not.
 fn lstm_eligible(g: &Graph, o: OpId) -> Result<(), String> {
     let op = g.op(o);
@@ -725,16 +798,24 @@ fn quantize_lstm_weight(
     };
     let shape = a.shape().to_vec();
     let (d, n, k) = (shape[0], shape[1], shape[2]);
+    // 7 bits ([-64, 64]) unless --no-reduce-range: every uint8 × int8 pair then fits int16,
+    // so ONNX Runtime's x86 kernels without VNNI (VPMADDUBSW) compute the exact sums; with all
+    // 8 bits they saturate on recurrent states (tiny_crnn: 0.07 off in the LSTM output).
+    let grid = if cfg.weight.dtype == DType::I8 && cfg.weight.qmax <= 64 {
+        QType::new(DType::I8, true, true).expect("int8")
+    } else {
+        QType::new(DType::I8, true, false).expect("int8")
+    };
     let (q, scales, scale_shape) = if cfg.per_channel {
         let rows = a
             .clone()
             .into_shape_with_order(IxDyn(&[d * n, k]))
             .map_err(|e| err(format!("weight '{name}': {e}")))?;
-        let (q, s) = quantize_channels(&rows, Some(0), cfg.weight_mse)
+        let (q, s) = quantize_channels_on(&rows, Some(0), cfg.weight_mse, &grid)
             .map_err(|e| err(format!("weight '{name}': {e}")))?;
         (q, s, vec![d, n])
     } else {
-        let (q, s) = quantize_channels(&a, Some(0), cfg.weight_mse)
+        let (q, s) = quantize_channels_on(&a, Some(0), cfg.weight_mse, &grid)
             .map_err(|e| err(format!("weight '{name}': {e}")))?;
         (q, s, vec![d])
     };
