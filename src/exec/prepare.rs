@@ -86,7 +86,7 @@ fn how_run(op: &str) -> Option<&'static str> {
         "DynamicQuantizeLSTM" => {
             "run by qrange's exact kernel (ONNX Runtime's quantization of the input and hidden \
              state, int32 sums, float steps and its FMA3 sigmoid/tanh, bit for bit with one \
-             intra-op thread or batch 1) instead of an LSTM the engine does not have"
+             intra-op thread or batch 1), an op the engine does not have"
         }
         _ => return None,
     })

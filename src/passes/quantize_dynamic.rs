@@ -36,9 +36,9 @@
 //!
 //! Left float, each with its reason in the report: MatMul with two computed inputs,
 //! weights that are not float32 constants, Gemm with `transA`, `alpha ≠ 1` or `beta ≠ 1`,
-//! Conv with a computed bias, ops inside subgraphs, LSTM on other targets (no standard op)
-//! or with `layout` 1 or other activations than Sigmoid/Tanh/Tanh, and GRU (ONNX Runtime
-//! has no dynamically quantized GRU).
+//! Conv with a computed bias, ops other than LSTM inside subgraphs, LSTM on other targets
+//! (no standard op) or with `layout` 1 or other activations than Sigmoid/Tanh/Tanh, and GRU
+//! (ONNX Runtime has no dynamically quantized GRU).
 //!
 //! **Requires.** Typed values (infer_shapes) and folded constants; `cx.quant` for the
 //! weight settings and exclusions; a default-domain opset ≥ 11 (upgrade_opset raises it in

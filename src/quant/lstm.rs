@@ -36,8 +36,8 @@
 //!
 //! # Where ONNX Runtime differs
 //! - uint8 × int8 products: its x86 kernels without VNNI add pairs of products saturating to
-//!   int16 (see [`super::integer`]); here the sums are exact int32 sums. Weights in
-//!   [−64, 63] cannot saturate them.
+//!   int16 (see [`super::integer`]); here the sums are exact int32 sums. Weights on 7
+//!   bits ([−64, 64], what `quantize --mode dynamic` writes) cannot saturate them.
 //! - With more than one intra-op thread, ONNX Runtime splits the batch into chunks of
 //!   ⌈batch / threads⌉ rows (when batch > 4, or batch ≥ 2 and hidden ≤ 256) and quantizes each
 //!   chunk's hidden state on its own; here the whole batch is one chunk, as with one thread.
