@@ -64,7 +64,8 @@
 //! precision and `insert_qdq` give way to one materialise step, `quantize_dynamic`: int8
 //! weights per output channel, each activation quantized at run time from its own range
 //! (DynamicQuantizeLinear → MatMulInteger/ConvInteger → Cast → Mul by the two scales),
-//! embedding tables gathered as int8 rows; then the same validation
+//! LSTMs as com.microsoft DynamicQuantizeLSTM on ONNX Runtime, embedding tables gathered
+//! as int8 rows; then the same validation
 //! (`pipeline::dynamic`). No calibration data is needed.
 //!
 //! The plan is a step of the list that rewrites nothing: what follows it in the list
@@ -141,7 +142,8 @@
 //!   semantics (every integer dtype, per-tensor, per-axis, blocked); ONNX Runtime's packed
 //!   low-bit weights (`nbits`: MatMulNBits, GatherBlockQuantized) and dynamic quantization's
 //!   integer ops (`integer`: DynamicQuantizeLinear, MatMulInteger, MatMulIntegerToFloat,
-//!   DynamicQuantizeMatMul), computed as ONNX Runtime computes them; scale/zero-point
+//!   DynamicQuantizeMatMul; `lstm`: DynamicQuantizeLSTM with ONNX Runtime's FMA3 sigmoid and
+//!   tanh), computed as ONNX Runtime computes them; scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`); weight-only
 //!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand); the
 //!   embedding tables (`embedding`: int8 per row, or 4/8-bit blocks along the embedding axis

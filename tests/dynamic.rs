@@ -19,10 +19,11 @@ fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
         &s(&out),
     ]);
     assert_eq!(j["mode"], "dynamic");
-    // Two Conv and the MatMul after the LSTM; the LSTM stays float, with its reason.
-    assert_eq!(j["quantized_ops"], 3, "{j}");
+    // Two Conv, the LSTM (ONNX Runtime's DynamicQuantizeLSTM on the default target ort-cpu)
+    // and the MatMul after it.
+    assert_eq!(j["quantized_ops"], 4, "{j}");
     let reasons = j["float_reasons"].as_object().unwrap();
-    assert!(reasons.keys().any(|k| k.contains("LSTM")), "{reasons:?}");
+    assert!(!reasons.keys().any(|k| k.contains("LSTM")), "{reasons:?}");
     assert_eq!(j["calibration_samples"], 0);
     let v = j["validation"].as_object().unwrap();
     assert!(!v.is_empty());
@@ -33,7 +34,8 @@ fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
     let ops = op_counts(&out);
     assert_eq!(ops.get("ConvInteger"), Some(&2), "{ops:?}");
     assert_eq!(ops.get("MatMulInteger"), Some(&1), "{ops:?}");
-    assert_eq!(ops.get("LSTM"), Some(&1), "{ops:?}");
+    assert_eq!(ops.get("DynamicQuantizeLSTM"), Some(&1), "{ops:?}");
+    assert!(!ops.contains_key("LSTM"), "{ops:?}");
     assert!(ops.get("DynamicQuantizeLinear") >= Some(&2), "{ops:?}");
     assert!(!ops.contains_key("QuantizeLinear"), "{ops:?}");
     assert!(
@@ -42,12 +44,57 @@ fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
     );
     // The summary says what the engine ran exactly.
     let notes = j["notes"].as_array().unwrap();
+    for op in ["DynamicQuantizeLinear", "DynamicQuantizeLSTM"] {
+        assert!(
+            notes.iter().any(|n| n.as_str().unwrap().contains(op)),
+            "{op}: {notes:?}"
+        );
+    }
+    // The LSTM's weights are int8, transposed, one scale per gate column; com.microsoft is
+    // imported.
+    let m = qrange::onnx::read_model(&out).unwrap();
+    assert!(m.opset("com.microsoft").is_some());
+    let g = &m.graph;
+    let o = g
+        .ops()
+        .find(|&o| g.op(o).op_type == "DynamicQuantizeLSTM")
+        .unwrap();
+    assert_eq!(g.op(o).domain.as_deref(), Some("com.microsoft"));
+    let hidden = g.op(o).attr_int("hidden_size").unwrap() as usize;
+    let x_dims = |slot: usize| g.const_of(g.input(o, slot).unwrap()).unwrap().dims.clone();
+    let (w, r, ws, wz) = (x_dims(1), x_dims(2), x_dims(8), x_dims(9));
+    assert_eq!(&w[2..], &[4 * hidden as i64], "{w:?}");
+    assert_eq!(r, vec![w[0], hidden as i64, 4 * hidden as i64]);
+    assert_eq!(ws, vec![w[0], 4 * hidden as i64]);
+    assert_eq!(wz, ws);
+}
+
+/// Off ONNX Runtime, LSTM weights stay float with their reason (DynamicQuantizeLSTM is a
+/// com.microsoft op); GRU stays float on every target.
+#[test]
+fn dynamic_mode_keeps_lstm_float_off_onnx_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    let j = quantize_json(&[
+        &s(&fixture("tiny/tiny_crnn.onnx")),
+        "--mode",
+        "dynamic",
+        "--target",
+        "generic",
+        "-o",
+        &s(&out),
+    ]);
+    assert_eq!(j["quantized_ops"], 3, "{j}");
+    let reasons = j["float_reasons"].as_object().unwrap();
     assert!(
-        notes
-            .iter()
-            .any(|n| n.as_str().unwrap().contains("DynamicQuantizeLinear")),
-        "{notes:?}"
+        reasons
+            .keys()
+            .any(|k| k.contains("LSTM") && k.contains("target generic")),
+        "{reasons:?}"
     );
+    let ops = op_counts(&out);
+    assert_eq!(ops.get("LSTM"), Some(&1), "{ops:?}");
+    assert!(!ops.contains_key("DynamicQuantizeLSTM"), "{ops:?}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! packed 4-bit tables quantized along the last axis (scales rounded to float16 in blocks of
 //! 32), and fails on indices out of range; its DynamicQuantizeLinear gives an all-zero input a
 //! scale of 0 instead of 1 and quantizes NaN to the zero point; its MatMulInteger cannot load
-//! per-batch zero points; it has no MatMulIntegerToFloat or DynamicQuantizeMatMul. The builders
+//! per-batch zero points; it has no MatMulIntegerToFloat, DynamicQuantizeMatMul or
+//! DynamicQuantizeLSTM (run by [`crate::quant::lstm`], ONNX Runtime's arithmetic). The builders
 //! here replace them in the op register (keyed by op type, so the com.microsoft ops are found
 //! by name; `prepare` keeps them out of other domains).
 //!
@@ -22,6 +23,7 @@ use crate::ir::tensor::{DType, Tensor};
 use crate::quant::integer::{
     dynamic_quantize_linear, dynamic_quantize_matmul, matmul_integer, matmul_integer_to_float,
 };
+use crate::quant::lstm::{dynamic_quantize_lstm, Direction, QLstmAttrs, QLstmInputs};
 use crate::quant::nbits::{
     dequantize_nbits_weight, gather_block_quantized, GatherBlockQuantizedAttrs, MatMulNBitsAttrs,
 };
@@ -51,6 +53,12 @@ enum Kernel {
     },
     /// MatMulNBits's `B, scales[, zero_points]` → the float32 `[N, K]` weight.
     NBitsWeight { attrs: MatMulNBitsAttrs },
+    /// `X, W, R[, B][, sequence_lens][, initial_h][, initial_c][, P], W_scale, W_zero_point,
+    /// R_scale, R_zero_point` → the outputs among `Y, Y_h, Y_c` the node has (`outputs`).
+    DynamicQuantizeLstm {
+        attrs: QLstmAttrs,
+        outputs: [bool; 3],
+    },
 }
 
 impl Kernel {
@@ -62,6 +70,7 @@ impl Kernel {
             Kernel::DynamicQuantizeMatMul => "DynamicQuantizeMatMul",
             Kernel::GatherBlockQuantized { .. } => "GatherBlockQuantized",
             Kernel::NBitsWeight { .. } => "MatMulNBits",
+            Kernel::DynamicQuantizeLstm { .. } => "DynamicQuantizeLSTM",
         }
     }
 
@@ -74,24 +83,29 @@ impl Kernel {
             Kernel::DynamicQuantizeMatMul => 5,
             Kernel::GatherBlockQuantized { .. } => 4,
             Kernel::NBitsWeight { .. } => 3,
+            Kernel::DynamicQuantizeLstm { .. } => 12,
         }
     }
 
-    /// How many of the leading inputs must be given.
-    fn required(&self) -> usize {
-        match self {
+    /// Whether input `slot` must be given.
+    fn required(&self, slot: usize) -> bool {
+        let leading = match self {
             Kernel::DynamicQuantizeLinear => 1,
             Kernel::MatMulInteger => 2,
             Kernel::MatMulIntegerToFloat => 4,
             Kernel::DynamicQuantizeMatMul => 3,
             Kernel::GatherBlockQuantized { .. } => 3,
             Kernel::NBitsWeight { .. } => 2,
-        }
+            // X, W, R and the four weight scales and zero points
+            Kernel::DynamicQuantizeLstm { .. } => return slot < 3 || slot >= 8,
+        };
+        slot < leading
     }
 
     fn outputs(&self) -> usize {
         match self {
             Kernel::DynamicQuantizeLinear => 3,
+            Kernel::DynamicQuantizeLstm { outputs, .. } => outputs.iter().filter(|&&o| o).count(),
             _ => 1,
         }
     }
@@ -128,7 +142,7 @@ fn present_inputs(node: &NodeProto, kernel: &Kernel) -> TractResult<Vec<bool>> {
         .take(kernel.slots())
         .map(|i| i.is_some())
         .collect();
-    if let Some(missing) = present[..kernel.required()].iter().position(|p| !p) {
+    if let Some(missing) = (0..kernel.slots()).find(|&i| kernel.required(i) && !present[i]) {
         bail!(
             "{} node '{}': input {missing} is required",
             kernel.op_type(),
@@ -228,6 +242,30 @@ impl HostOp {
                     .map_err(|e| self.fail(e))?;
                 vec![Tensor::F32(w)]
             }
+            Kernel::DynamicQuantizeLstm { attrs, outputs } => {
+                let inputs = QLstmInputs {
+                    x: need(0)?,
+                    w: need(1)?,
+                    r: need(2)?,
+                    b: get(3),
+                    sequence_lens: get(4),
+                    initial_h: get(5),
+                    initial_c: get(6),
+                    p: get(7),
+                    w_scale: need(8)?,
+                    w_zero_point: need(9)?,
+                    r_scale: need(10)?,
+                    r_zero_point: need(11)?,
+                };
+                let o =
+                    dynamic_quantize_lstm(&inputs, attrs, outputs[0]).map_err(|e| self.fail(e))?;
+                [o.y, o.y_h, o.y_c]
+                    .into_iter()
+                    .zip(outputs)
+                    .filter(|(_, wanted)| **wanted)
+                    .map(|(t, _)| t)
+                    .collect()
+            }
         };
         Ok(out)
     }
@@ -322,6 +360,26 @@ impl TypedOp for HostOp {
                 DatumType::F32,
                 [attrs.n as usize, attrs.k as usize]
             )),
+            Kernel::DynamicQuantizeLstm { attrs, outputs } => {
+                let x = input(0)?;
+                if x.rank() != 3 {
+                    return Err(self.fail(format!("X has rank {}, 3 expected", x.rank())));
+                }
+                let (seq, batch) = (x.shape[0].clone(), x.shape[1].clone());
+                let dirs = attrs.direction.count().to_dim();
+                let h = attrs.hidden_size.to_dim();
+                let y = TypedFact::dt_shape(
+                    DatumType::F32,
+                    tvec![seq, dirs.clone(), batch.clone(), h.clone()],
+                );
+                let state = TypedFact::dt_shape(DatumType::F32, tvec![dirs, batch, h]);
+                [y, state.clone(), state]
+                    .into_iter()
+                    .zip(outputs)
+                    .filter(|(_, wanted)| **wanted)
+                    .map(|(f, _)| f)
+                    .collect()
+            }
         })
     }
 
@@ -368,6 +426,34 @@ impl Expansion for HostExpansion {
                 s.equals(&outputs[0].datum_type, &inputs[2].datum_type)?
             }
             Kernel::NBitsWeight { .. } => s.equals(&outputs[0].datum_type, DatumType::F32)?,
+            Kernel::DynamicQuantizeLstm {
+                attrs,
+                outputs: wanted,
+            } => {
+                let dirs = attrs.direction.count() as i64;
+                let h = attrs.hidden_size as i64;
+                let mut slot = 0;
+                for (which, &w) in wanted.iter().enumerate() {
+                    if !w {
+                        continue;
+                    }
+                    let out = &outputs[slot];
+                    slot += 1;
+                    s.equals(&out.datum_type, DatumType::F32)?;
+                    if which == 0 {
+                        s.equals(&out.rank, 4)?;
+                        s.equals(&out.shape[0], &inputs[0].shape[0])?;
+                        s.equals(&out.shape[1], dirs.to_dim())?;
+                        s.equals(&out.shape[2], &inputs[0].shape[1])?;
+                        s.equals(&out.shape[3], h.to_dim())?;
+                    } else {
+                        s.equals(&out.rank, 3)?;
+                        s.equals(&out.shape[0], dirs.to_dim())?;
+                        s.equals(&out.shape[1], &inputs[0].shape[1])?;
+                        s.equals(&out.shape[2], h.to_dim())?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -387,13 +473,14 @@ type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn Inference
 
 /// The ops this module builds, by op type: the engine's register takes them in place of its
 /// own.
-pub(crate) const BUILDERS: [(&str, Builder); 6] = [
+pub(crate) const BUILDERS: [(&str, Builder); 7] = [
     ("DynamicQuantizeLinear", dynamic_quantize_linear_builder),
     ("MatMulInteger", matmul_integer_builder),
     ("MatMulIntegerToFloat", matmul_integer_to_float_builder),
     ("DynamicQuantizeMatMul", dynamic_quantize_matmul_builder),
     ("GatherBlockQuantized", gather_block_quantized_builder),
     ("MatMulNBits", matmul_nbits_builder),
+    ("DynamicQuantizeLSTM", dynamic_quantize_lstm_builder),
 ];
 
 fn host(node: &NodeProto, kernel: Kernel) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
@@ -458,6 +545,45 @@ fn gather_block_quantized_builder(
         .map_err(|e| format_err!("GatherBlockQuantized node '{}': {e}", node_label(node)))?;
     let logical = logical_attr(node)?;
     host(node, Kernel::GatherBlockQuantized { attrs, logical })
+}
+
+/// Op builder for com.microsoft DynamicQuantizeLSTM.
+fn dynamic_quantize_lstm_builder(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let label = node_label(node);
+    let fail = |e: String| format_err!("DynamicQuantizeLSTM node '{label}': {e}");
+    let direction = Direction::parse(node.get_attr_opt("direction")?.unwrap_or("forward"))
+        .map_err(|e| fail(e.to_string()))?;
+    let hidden: i64 = node.get_attr("hidden_size")?;
+    let attrs = QLstmAttrs {
+        direction,
+        hidden_size: usize::try_from(hidden).map_err(|_| fail(format!("hidden_size {hidden}")))?,
+        clip_bits: node
+            .get_attr_opt::<f32>("clip")?
+            .unwrap_or(f32::MAX)
+            .to_bits(),
+        input_forget: node.get_attr_opt::<i64>("input_forget")?.unwrap_or(0) != 0,
+    };
+    let activations: Vec<String> = node
+        .get_attr_opt_vec::<String>("activations")?
+        .unwrap_or_default();
+    attrs.check(&activations).map_err(|e| fail(e.to_string()))?;
+    if node.get_attr_opt::<i64>("layout")?.unwrap_or(0) != 0 {
+        return Err(fail("layout 1 (batch first) is not supported".into()));
+    }
+    if node.output.len() > 3 {
+        return Err(fail(format!(
+            "{} outputs, at most 3 expected",
+            node.output.len()
+        )));
+    }
+    let mut outputs = [false; 3];
+    for (o, name) in outputs.iter_mut().zip(&node.output) {
+        *o = !name.is_empty();
+    }
+    host(node, Kernel::DynamicQuantizeLstm { attrs, outputs })
 }
 
 /// Op builder for com.microsoft MatMulNBits.

@@ -11,8 +11,9 @@
 //!   [`crate::quant::kernels`]: exact ONNX semantics (bit-exact with ONNX Runtime) for every
 //!   integer type, axis and block size, immune to the engine's lookup-table folding;
 //! - `lowbit` replaces the engine's MatMulNBits, GatherBlockQuantized, DynamicQuantizeLinear and
-//!   MatMulInteger, and adds com.microsoft MatMulIntegerToFloat and DynamicQuantizeMatMul, with
-//!   ops backed by [`crate::quant::nbits`] and [`crate::quant::integer`] (ONNX Runtime's
+//!   MatMulInteger, and adds com.microsoft MatMulIntegerToFloat, DynamicQuantizeMatMul and
+//!   DynamicQuantizeLSTM, with ops backed by [`crate::quant::nbits`], [`crate::quant::integer`]
+//!   and [`crate::quant::lstm`] (ONNX Runtime's
 //!   arithmetic, bit for bit); MatMulNBits dequantizes its weight exactly and feeds the engine's
 //!   float32 product. The engine's own ConvInteger is exact (checked) and stays;
 //! - `fake_quant` registers the switchable fake quantization of the simulation model

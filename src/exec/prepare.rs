@@ -39,22 +39,24 @@ const PASS_THROUGH: [&str; 6] = [
 ];
 
 /// com.microsoft ops qrange runs, each with its exact kernel.
-const CONTRIB: [&str; 6] = [
+const CONTRIB: [&str; 7] = [
     "QuantizeLinear",
     "DequantizeLinear",
     "MatMulNBits",
     "GatherBlockQuantized",
     "MatMulIntegerToFloat",
     "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
 ];
 
 /// The com.microsoft ops that are no ONNX operator: refused in the ONNX domains (the engine's
 /// op register is keyed by op type alone).
-const CONTRIB_ONLY: [&str; 4] = [
+const CONTRIB_ONLY: [&str; 5] = [
     "MatMulNBits",
     "GatherBlockQuantized",
     "MatMulIntegerToFloat",
     "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
 ];
 
 /// How each op the notes count is run, by op type.
@@ -81,6 +83,11 @@ fn how_run(op: &str) -> Option<&'static str> {
              then a float32 product whose summation order is the engine's (not ONNX Runtime's)"
         }
         "ConvInteger" => "run by the engine's integer convolution (exact int32 sums)",
+        "DynamicQuantizeLSTM" => {
+            "run by qrange's exact kernel (ONNX Runtime's quantization of the input and hidden \
+             state, int32 sums, float steps and its FMA3 sigmoid/tanh, bit for bit with one \
+             intra-op thread or batch 1), an op the engine does not have"
+        }
         _ => return None,
     })
 }
@@ -556,7 +563,11 @@ pub(crate) fn op_notes(counts: &OpCounts) -> Vec<String> {
     if counts.ops.keys().any(|(_, op)| {
         matches!(
             op.as_str(),
-            "MatMulInteger" | "ConvInteger" | "MatMulIntegerToFloat" | "DynamicQuantizeMatMul"
+            "MatMulInteger"
+                | "ConvInteger"
+                | "MatMulIntegerToFloat"
+                | "DynamicQuantizeMatMul"
+                | "DynamicQuantizeLSTM"
         )
     }) {
         notes.push(

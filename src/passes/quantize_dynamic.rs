@@ -23,10 +23,22 @@
 //! from an int8 table with one symmetric scale per row: `Gather(table, ids)` →
 //! `Cast` → `Mul(Gather(row scales, ids))`.
 //!
+//! An LSTM becomes com.microsoft `DynamicQuantizeLSTM` on `--target ort-cpu` (ONNX Runtime's
+//! op, as its `quantize_dynamic` writes it), in the main graph and in subgraphs whose LSTM
+//! weights are their own constants: `W` and `R` int8 symmetric on 7 bits (all 8 with
+//! `--no-reduce-range`: ONNX Runtime's x86 kernels without VNNI saturate 8-bit pairs on
+//! recurrent states), transposed to
+//! `[num_directions, input_size, 4·hidden]` and `[num_directions, hidden, 4·hidden]`, one
+//! scale per gate column (`[num_directions, 4·hidden]`; one per direction with
+//! `--per-tensor`), zero points int8 zeros of the scales' shape; the input and the hidden
+//! state are quantized at run time inside the op. Its other inputs, outputs and attributes
+//! are the LSTM's (`layout` dropped: the op has none). The model imports com.microsoft 1.
+//!
 //! Left float, each with its reason in the report: MatMul with two computed inputs,
 //! weights that are not float32 constants, Gemm with `transA`, `alpha ≠ 1` or `beta ≠ 1`,
-//! Conv with a computed bias, ops inside subgraphs, and LSTM/GRU (recurrent weights stay
-//! float).
+//! Conv with a computed bias, ops other than LSTM inside subgraphs, LSTM on other targets
+//! (no standard op) or with `layout` 1 or other activations than Sigmoid/Tanh/Tanh, and GRU
+//! (ONNX Runtime has no dynamically quantized GRU).
 //!
 //! **Requires.** Typed values (infer_shapes) and folded constants; `cx.quant` for the
 //! weight settings and exclusions; a default-domain opset ≥ 11 (upgrade_opset raises it in
@@ -49,10 +61,13 @@
 //! ```
 
 use super::{Changed, Pass, PassCx, PassError};
-use crate::ir::{AttrValue, ConstTensor, DType, Graph, Model, Op, OpId, Tensor, ValueId};
+use crate::ir::{
+    AttrValue, ConstTensor, DType, Graph, Model, Op, OpId, OpsetImport, Tensor, ValueId,
+};
 use crate::quant::kernels::{quantize_linear, QuantizeAttrs};
 use crate::quant::params::{mse_scale_zp, scale_zp, QType};
 use crate::quant::plan::{op_key, QuantConfig};
+use crate::quant::rules::Target;
 use ndarray::{ArrayD, Axis, IxDyn};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -99,6 +114,12 @@ impl Pass for QuantizeDynamic {
             .clone()
             .ok_or_else(|| err("no quantization settings".into()))?;
         let report = rewrite(m, &cfg)?;
+        if report.quantized.contains_key("LSTM") && m.opset("com.microsoft").is_none() {
+            m.opsets.push(OpsetImport {
+                domain: "com.microsoft".into(),
+                version: 1,
+            });
+        }
         let n: usize = report.quantized.values().sum();
         if n > 0 {
             cx.done.push(format!(
@@ -127,6 +148,7 @@ enum Kind {
     Gemm,
     Conv,
     Gather,
+    Lstm,
 }
 
 /// A weight, quantized: int8 values in the layout the integer op reads, and the scales
@@ -161,12 +183,20 @@ pub fn rewrite(m: &mut Model, cfg: &QuantConfig) -> Result<Report, PassError> {
             "Gemm" => Kind::Gemm,
             "Conv" => Kind::Conv,
             "Gather" => Kind::Gather,
-            "LSTM" | "GRU" => {
+            "LSTM" if cfg.target == Target::OrtCpu => Kind::Lstm,
+            "LSTM" => {
                 let why = format!(
-                    "{}: recurrent weights stay float in dynamic mode",
-                    op.op_type
+                    "LSTM: DynamicQuantizeLSTM is an ONNX Runtime (com.microsoft) op, target {} keeps LSTM weights float",
+                    cfg.target.name()
                 );
                 rep.float(why, op_key(g, o));
+                continue;
+            }
+            "GRU" => {
+                rep.float(
+                    "GRU: ONNX Runtime has no dynamically quantized GRU, its weights stay float",
+                    op_key(g, o),
+                );
                 continue;
             }
             _ => continue,
@@ -199,9 +229,16 @@ pub fn rewrite(m: &mut Model, cfg: &QuantConfig) -> Result<Report, PassError> {
             rep.float("Gather: embedding table stored by --embedding-bits", key);
             continue;
         }
-        let params = rewrite_op(g, o, kind, cfg, &mut acts)?;
+        let params = if kind == Kind::Lstm {
+            rewrite_lstm(g, o, cfg)?
+        } else {
+            rewrite_op(g, o, kind, cfg, &mut acts)?
+        };
         rep.int8_parameters += params;
         *rep.quantized.entry(g_type(kind).to_string()).or_default() += 1;
+    }
+    if cfg.target == Target::OrtCpu {
+        lstms_in_subgraphs(g, "", cfg, &mut rep)?;
     }
     for (why, n) in subgraph_ops(g) {
         for k in n {
@@ -218,6 +255,7 @@ fn g_type(k: Kind) -> &'static str {
         Kind::Gemm => "Gemm",
         Kind::Conv => "Conv",
         Kind::Gather => "Gather",
+        Kind::Lstm => "LSTM",
     }
 }
 
@@ -273,6 +311,9 @@ fn is_f32(g: &Graph, v: Option<ValueId>) -> bool {
 fn eligible(g: &Graph, o: OpId, kind: Kind) -> Result<(), String> {
     let op = g.op(o);
     let (x, w) = (g.input(o, 0), g.input(o, 1));
+    if kind == Kind::Lstm {
+        return lstm_eligible(g, o);
+    }
     match kind {
         Kind::Gather => {
             let big = x
@@ -325,15 +366,29 @@ fn quantize_channels(
     axis: Option<usize>,
     mse: bool,
 ) -> Result<(Tensor, Vec<f32>), String> {
-    let q = QType::new(DType::I8, true, false).expect("int8");
+    quantize_channels_on(
+        a,
+        axis,
+        mse,
+        &QType::new(DType::I8, true, false).expect("int8"),
+    )
+}
+
+/// [`quantize_channels`] on the grid `q`.
+fn quantize_channels_on(
+    a: &ArrayD<f32>,
+    axis: Option<usize>,
+    mse: bool,
+    q: &QType,
+) -> Result<(Tensor, Vec<f32>), String> {
     let one = |vals: Vec<f32>| {
         if mse {
-            return mse_scale_zp(&vals, &q).scale;
+            return mse_scale_zp(&vals, q).scale;
         }
         let (lo, hi) = vals
             .iter()
             .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        scale_zp(lo, hi, &q).scale
+        scale_zp(lo, hi, q).scale
     };
     let scales: Vec<f32> = match axis {
         None => vec![one(a.iter().copied().collect())],
@@ -390,6 +445,7 @@ fn quantize_weight(
         (Kind::MatMul | Kind::Gemm, false) => 1,
         (Kind::Gemm, true) | (Kind::Conv | Kind::Gather, _) => 0,
         (Kind::MatMul, true) => unreachable!("MatMul weights are never transposed"),
+        (Kind::Lstm, _) => unreachable!("LSTM weights are quantized by rewrite_lstm"),
     };
     let per_channel = cfg.per_channel || kind == Kind::Gather;
     let (q, scales) = quantize_channels(&a, per_channel.then_some(axis), cfg.weight_mse)
@@ -410,6 +466,7 @@ fn quantize_weight(
             s
         }
         Kind::Gather => vec![channels, 1],
+        Kind::Lstm => unreachable!("LSTM weights are quantized by rewrite_lstm"),
     };
     let scale_t =
         Tensor::F32(ArrayD::from_shape_vec(IxDyn(&scale_shape), scales).expect("scale shape"));
@@ -629,4 +686,185 @@ fn conv_bias(g: &mut Graph, b: ValueId, rank: usize) -> Result<ValueId, PassErro
         .into_shape_with_order(IxDyn(&shape))
         .map_err(|e| err(format!("bias '{name}': {e}")))?;
     constant(g, &format!("{name}.channels"), &Tensor::F32(r))
+}
+
+/// LSTMs inside the subgraphs of `g` (If branches that stay: silero_vad's depend on the
+/// state's shape) become DynamicQuantizeLSTM where their weights are constants of their own
+/// graph; the others stay float with their reason (`label` names the enclosing op).
+fn lstms_in_subgraphs(
+    g: &mut Graph,
+    label: &str,
+    cfg: &QuantConfig,
+    rep: &mut Report,
+) -> Result<(), PassError> {
+    let ops: Vec<OpId> = g.ops().collect();
+    for o in ops {
+        let key = op_key(g, o);
+        let attrs: Vec<String> = g
+            .op(o)
+            .subgraphs()
+            .iter()
+            .map(|(a, _)| a.to_string())
+            .collect();
+        for (attr, sg) in attrs.iter().zip(g.op_mut(o).subgraphs_mut()) {
+            let here = if label.is_empty() {
+                format!("{key}.{attr}")
+            } else {
+                format!("{label}/{key}.{attr}")
+            };
+            let inner: Vec<OpId> = sg
+                .ops()
+                .filter(|&i| sg.op(i).op_type == "LSTM" && sg.op(i).domain_key().is_empty())
+                .collect();
+            for i in inner {
+                let name = format!("{here}/{}", op_key(sg, i));
+                if cfg.exclude_op_types.contains("LSTM")
+                    || cfg.op_types.as_ref().is_some_and(|t| !t.contains("LSTM"))
+                    || cfg.exclude_nodes.contains(&op_key(sg, i))
+                {
+                    rep.float(
+                        "excluded by --exclude-nodes/--exclude-op-types/--op-types",
+                        name,
+                    );
+                    continue;
+                }
+                if let Err(why) = lstm_eligible(sg, i) {
+                    rep.float(why, name);
+                    continue;
+                }
+                rep.int8_parameters += rewrite_lstm(sg, i, cfg)?;
+                *rep.quantized.entry("LSTM".to_string()).or_default() += 1;
+            }
+            lstms_in_subgraphs(sg, &here, cfg, rep)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether LSTM `o` can become DynamicQuantizeLSTM; else why not.
+fn lstm_eligible(g: &Graph, o: OpId) -> Result<(), String> {
+    let op = g.op(o);
+    if !is_f32(g, g.input(o, 0)) {
+        return Err("LSTM: the input is not float32".into());
+    }
+    if !float_const(g, g.input(o, 1), Some(3)) || !float_const(g, g.input(o, 2), Some(3)) {
+        return Err("LSTM: W or R is not a float32 constant of rank 3".into());
+    }
+    if op.attr_int("layout").unwrap_or(0) != 0 {
+        return Err("LSTM: layout 1 (batch first), which DynamicQuantizeLSTM lacks".into());
+    }
+    if let Some(AttrValue::Strings(acts)) = op.attr("activations") {
+        let default = ["sigmoid", "tanh", "tanh"];
+        let ok = acts.iter().enumerate().all(|(i, a)| {
+            std::str::from_utf8(a).is_ok_and(|a| a.eq_ignore_ascii_case(default[i % 3]))
+        });
+        if !ok {
+            return Err(
+                "LSTM: activations other than Sigmoid, Tanh, Tanh (qrange's kernel has only those)"
+                    .into(),
+            );
+        }
+    }
+    let dims = |v: Option<ValueId>| v.and_then(|v| g.const_of(v)).map(|t| t.dims.clone());
+    let (w, r) = (dims(g.input(o, 1)), dims(g.input(o, 2)));
+    let hidden = op.attr_int("hidden_size");
+    let consistent = match (&w, &r, hidden) {
+        (Some(w), Some(r), Some(h)) => {
+            h > 0 && w[1] == 4 * h && r[1] == 4 * h && r[2] == h && w[0] == r[0]
+        }
+        _ => false,
+    };
+    if !consistent {
+        return Err("LSTM: W, R and hidden_size do not agree".into());
+    }
+    Ok(())
+}
+
+/// An LSTM weight `[D, 4H, K]` as DynamicQuantizeLSTM reads it: int8 `[D, K, 4H]`, its scales
+/// (`[D, 4H]` per column, `[D]` per direction) and int8 zero points of the same shape.
+fn quantize_lstm_weight(
+    g: &mut Graph,
+    w: ValueId,
+    cfg: &QuantConfig,
+) -> Result<(ValueId, ValueId, ValueId, u64), PassError> {
+    let name = g.value(w).name.clone();
+    let t = g
+        .const_of(w)
+        .expect("checked constant")
+        .to_tensor()
+        .map_err(|e| err(format!("weight '{name}': {e}")))?;
+    let Tensor::F32(a) = t else {
+        return Err(err(format!("weight '{name}' is not float32")));
+    };
+    let shape = a.shape().to_vec();
+    let (d, n, k) = (shape[0], shape[1], shape[2]);
+    // 7 bits ([-64, 64]) unless --no-reduce-range: every uint8 × int8 pair then fits int16,
+    // so ONNX Runtime's x86 kernels without VNNI (VPMADDUBSW) compute the exact sums; with all
+    // 8 bits they saturate on recurrent states (tiny_crnn: 0.07 off in the LSTM output).
+    let grid = if cfg.weight.dtype == DType::I8 && cfg.weight.qmax <= 64 {
+        QType::new(DType::I8, true, true).expect("int8")
+    } else {
+        QType::new(DType::I8, true, false).expect("int8")
+    };
+    let (q, scales, scale_shape) = if cfg.per_channel {
+        let rows = a
+            .clone()
+            .into_shape_with_order(IxDyn(&[d * n, k]))
+            .map_err(|e| err(format!("weight '{name}': {e}")))?;
+        let (q, s) = quantize_channels_on(&rows, Some(0), cfg.weight_mse, &grid)
+            .map_err(|e| err(format!("weight '{name}': {e}")))?;
+        (q, s, vec![d, n])
+    } else {
+        let (q, s) = quantize_channels_on(&a, Some(0), cfg.weight_mse, &grid)
+            .map_err(|e| err(format!("weight '{name}': {e}")))?;
+        (q, s, vec![d])
+    };
+    let Tensor::I8(q) = q else {
+        return Err(err(format!("weight '{name}': int8 expected")));
+    };
+    let q = q
+        .into_shape_with_order(IxDyn(&[d, n, k]))
+        .map_err(|e| err(format!("weight '{name}': {e}")))?
+        .permuted_axes(IxDyn(&[0, 2, 1]))
+        .as_standard_layout()
+        .to_owned();
+    let scale_t =
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&scale_shape), scales).expect("scale shape"));
+    let qv = constant(g, &format!("{name}.quantized"), &Tensor::I8(q))?;
+    let sv = constant(g, &format!("{name}.scale"), &scale_t)?;
+    let zv = constant(
+        g,
+        &format!("{name}.zero_point"),
+        &Tensor::I8(ArrayD::zeros(IxDyn(&scale_shape))),
+    )?;
+    Ok((qv, sv, zv, a.len() as u64))
+}
+
+/// Rewrites LSTM `o` (checked by [`lstm_eligible`]) into com.microsoft DynamicQuantizeLSTM in
+/// place: same name, outputs and attributes (`layout` dropped); returns the weight
+/// parameters quantized.
+fn rewrite_lstm(g: &mut Graph, o: OpId, cfg: &QuantConfig) -> Result<u64, PassError> {
+    let (w, r) = (
+        g.input(o, 1).expect("checked W"),
+        g.input(o, 2).expect("checked R"),
+    );
+    let (wq, ws, wz, nw) = quantize_lstm_weight(g, w, cfg)?;
+    let (rq, rs, rz, nr) = quantize_lstm_weight(g, r, cfg)?;
+    let old = g.inputs_of(o);
+    let mut ins: Vec<Option<ValueId>> = (0..8).map(|i| old.get(i).copied().flatten()).collect();
+    ins[1] = Some(wq);
+    ins[2] = Some(rq);
+    ins.extend([Some(ws), Some(wz), Some(rs), Some(rz)]);
+    for (slot, v) in ins.into_iter().enumerate() {
+        if slot < old.len() {
+            g.set_input(o, slot, v);
+        } else {
+            g.push_input(o, v);
+        }
+    }
+    let op = g.op_mut(o);
+    op.op_type = "DynamicQuantizeLSTM".into();
+    op.domain = Some("com.microsoft".into());
+    op.attrs.retain(|a| a.name != "layout");
+    Ok(nw + nr)
 }

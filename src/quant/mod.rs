@@ -5,8 +5,10 @@
 //! ONNX Runtime bit for bit. [`nbits`] dequantizes ONNX Runtime's packed low-bit weights
 //! (com.microsoft MatMulNBits, GatherBlockQuantized) as ONNX Runtime does; [`integer`] holds
 //! dynamic quantization (DynamicQuantizeLinear) and the integer products (MatMulInteger,
-//! MatMulIntegerToFloat, DynamicQuantizeMatMul). The execution engine runs these kernels in
-//! place of its own ops, and passes use them wherever they need a quantized value. [`params`]
+//! MatMulIntegerToFloat, DynamicQuantizeMatMul), [`lstm`] com.microsoft DynamicQuantizeLSTM
+//! (ONNX Runtime's CPU kernel, its sigmoid and tanh approximations included). The execution
+//! engine runs these kernels in place of its own ops, and passes use them wherever they need a
+//! quantized value. [`params`]
 //! turns real ranges into scales and zero points; [`rules`] is the per-op rule table passes read;
 //! [`embedding`] finds the embedding tables any mode stores in 8 bits per row; [`smooth`] holds
 //! SmoothQuant's migration factors;
@@ -23,6 +25,7 @@ pub mod equalize;
 pub mod gemm_fusion;
 pub mod integer;
 pub mod kernels;
+pub mod lstm;
 pub mod nbits;
 pub mod params;
 pub mod plan;
