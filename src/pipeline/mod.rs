@@ -564,6 +564,9 @@ fn budget_step(
     let Some(mb) = o.precision.size_budget_mb else {
         return Ok(Ok(None));
     };
+    // Every byte that changes nothing computed is a byte the weights keep.
+    plan.compact = true;
+    p.plan.compact = true;
     let t = Instant::now();
     let base = budget::written_size(p, plan)?;
     if base <= (mb * 1e6) as u64 {
