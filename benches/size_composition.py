@@ -57,16 +57,18 @@ def classify(g: onnx.GraphProto) -> dict[str, str]:
     inits |= {n.output[0] for n in g.node if n.op_type == "Constant"}
 
     def role_of_dq(dq: onnx.NodeProto) -> str:
+        """weight / bias by the slot its output feeds (or an int32 input: a bias),
+        activation when it reads a QuantizeLinear, weight otherwise (a constant chain)."""
         for c, slot in consumers.get(dq.output[0], []):
             if slot == LAYERS.get(c.op_type):
                 return "weight"
             if slot == BIAS_SLOT.get(c.op_type):
                 return "bias"
         src = dq.input[0]
-        if src in inits and src in const_dtypes and const_dtypes[src] == onnx.TensorProto.INT32:
+        if const_dtypes.get(src) == onnx.TensorProto.INT32:
             return "bias"
-        return "activation" if src not in inits and producer.get(src, None) is not None and producer[src].op_type == "QuantizeLinear" else (
-            "weight" if src not in inits or True else "activation")
+        p = producer.get(src)
+        return "activation" if p is not None and p.op_type == "QuantizeLinear" else "weight"
 
     const_dtypes = {t.name: t.data_type for t in g.initializer}
     for n in g.node:

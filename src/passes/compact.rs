@@ -149,7 +149,10 @@ fn computed_bias_scales(g: &mut Graph, captured: &BTreeSet<String>) -> bool {
         let (Some(b), Some(sb), Some(out)) = (g.input(o, 0), g.input(o, 1), g.output(o, 0)) else {
             continue;
         };
-        if !g.const_of(b).is_some_and(|c| c.dtype == crate::ir::DType::I32) {
+        if !g
+            .const_of(b)
+            .is_some_and(|c| c.dtype == crate::ir::DType::I32)
+        {
             continue;
         }
         let readers = g.consumers(out);
@@ -166,8 +169,7 @@ fn computed_bias_scales(g: &mut Graph, captured: &BTreeSet<String>) -> bool {
         let (Some((sx, xs)), Some((sw, ws))) = (dq_scale(g, x), dq_scale(g, w)) else {
             continue;
         };
-        if g.consumers(sb).len() != 1 || g.is_output(sb) || captured.contains(&g.value(sb).name)
-        {
+        if g.consumers(sb).len() != 1 || g.is_output(sb) || captured.contains(&g.value(sb).name) {
             continue;
         }
         let Some(Tensor::F32(bs)) = g.const_of(sb).and_then(|c| c.to_tensor().ok()) else {
@@ -176,8 +178,8 @@ fn computed_bias_scales(g: &mut Graph, captured: &BTreeSet<String>) -> bool {
         let [x0] = xs.as_slice() else {
             continue;
         };
-        let exact = bs.len() == ws.len()
-            && bs.shape() == [ws.len()].as_slice() || (bs.len() == 1 && ws.len() == 1);
+        let exact = bs.len() == ws.len() && bs.shape() == [ws.len()].as_slice()
+            || (bs.len() == 1 && ws.len() == 1);
         if !exact
             || !bs
                 .iter()
@@ -252,7 +254,8 @@ fn drop_names(g: &mut Graph) -> bool {
     let Ok(order) = g.topo_order() else {
         return false;
     };
-    let mut constant: BTreeSet<ValueId> = g.values().filter(|&v| g.value(v).init.is_some()).collect();
+    let mut constant: BTreeSet<ValueId> =
+        g.values().filter(|&v| g.value(v).init.is_some()).collect();
     let mut changed = false;
     for o in order {
         let ins: Vec<ValueId> = g.inputs_of(o).into_iter().flatten().collect();
@@ -285,4 +288,183 @@ fn drop_inferred_types(g: &mut Graph) -> bool {
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto;
+    use crate::passes::testkit::{attr_i, attr_ints, run, sample, tensor, Builder};
+
+    fn raw(name: &str, data_type: i32, dims: &[i64], bytes: Vec<u8>) -> proto::TensorProto {
+        proto::TensorProto {
+            name: Some(name.into()),
+            dims: dims.to_vec(),
+            data_type: Some(data_type),
+            raw_data: Some(bytes),
+            ..Default::default()
+        }
+    }
+
+    fn f32s(name: &str, dims: &[i64], v: &[f32]) -> proto::TensorProto {
+        raw(
+            name,
+            1,
+            dims,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
+    }
+
+    /// A quantized Conv as `insert_qdq` writes it: u8 input Q/DQ, int8 weight per channel
+    /// with zero points of zero, int32 bias whose scales are `s_x · s_w`, and a small
+    /// reshape target computed twice.
+    fn quantized_conv(c: usize) -> Model {
+        let (sx, sw): (f32, Vec<f32>) = (0.02, (0..c).map(|i| 0.001 * (i + 1) as f32).collect());
+        let sb: Vec<f32> = sw.iter().map(|w| sx * w).collect();
+        let w: Vec<u8> = (0..c * 4 * 9).map(|i| ((i * 37) % 255) as u8).collect();
+        let b: Vec<u8> = (0..c as i32)
+            .flat_map(|i| (i * 100 - 700).to_le_bytes())
+            .collect();
+        let mut m = Builder::new(21);
+        m.tensor(raw("w.q", 3, &[c as i64, 4, 3, 3], w))
+            .tensor(f32s("w.scale", &[c as i64], &sw))
+            .tensor(raw("w.zp", 3, &[c as i64], vec![0; c]))
+            .tensor(raw("b.q", 6, &[c as i64], b))
+            .tensor(f32s("b.scale", &[c as i64], &sb))
+            .tensor(raw("b.zp", 6, &[c as i64], vec![0; 4 * c]))
+            .tensor(f32s("x.scale", &[], &[sx]))
+            .tensor(raw("x.zp", 2, &[], vec![128]))
+            .tensor(raw(
+                "shape.a",
+                7,
+                &[2],
+                [1i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ))
+            .tensor(raw(
+                "shape.b",
+                7,
+                &[2],
+                [1i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ))
+            .input("x", 1, Some(&[1, 4, 6, 6]))
+            .node(
+                "QuantizeLinear",
+                "x.quantize",
+                &["x", "x.scale", "x.zp"],
+                &["x.q"],
+                vec![],
+            )
+            .node(
+                "DequantizeLinear",
+                "x.dequantize",
+                &["x.q", "x.scale", "x.zp"],
+                &["x.dq"],
+                vec![],
+            )
+            .node(
+                "DequantizeLinear",
+                "w.dequantize",
+                &["w.q", "w.scale", "w.zp"],
+                &["w.dq"],
+                vec![attr_i("axis", 0)],
+            )
+            .node(
+                "DequantizeLinear",
+                "b.dequantize",
+                &["b.q", "b.scale", "b.zp"],
+                &["b.dq"],
+                vec![attr_i("axis", 0)],
+            )
+            .node(
+                "Conv",
+                "conv",
+                &["x.dq", "w.dq", "b.dq"],
+                &["y"],
+                vec![attr_ints("pads", &[1, 1, 1, 1])],
+            )
+            .node("Reshape", "flat_a", &["y", "shape.a"], &["ya"], vec![])
+            .node("Reshape", "flat_b", &["y", "shape.b"], &["yb"], vec![])
+            .output("ya", 1, Some(&[1, (c * 36) as i64]))
+            .output("yb", 1, Some(&[1, (c * 36) as i64]));
+        let mut model = m.model();
+        crate::passes::InferShapes
+            .run(&mut model, &mut PassCx::default())
+            .unwrap();
+        model
+    }
+
+    #[test]
+    fn compact_drops_only_bytes_that_change_nothing_computed() {
+        let c = 32;
+        let before = quantized_conv(c);
+        let mut after = before.clone();
+        assert!(compact(&mut after.graph));
+        after.verify().unwrap();
+        let g = &after.graph;
+        let by_type = |t: &str| -> Vec<OpId> { ops_of_type(g, t) };
+        // Weight and bias DQs lose their zero points; the activation DQ keeps its own.
+        for o in by_type("DequantizeLinear") {
+            let from_q = g
+                .producer(g.input(o, 0).unwrap())
+                .is_some_and(|(p, _)| g.op(p).op_type == "QuantizeLinear");
+            assert_eq!(g.input(o, 2).is_some(), from_q, "{:?}", g.op(o));
+        }
+        // The bias scales are computed from the input and weight scales.
+        let mul = by_type("Mul");
+        assert_eq!(mul.len(), 1);
+        let names: Vec<&str> = g
+            .inputs_of(mul[0])
+            .into_iter()
+            .map(|v| g.value(v.unwrap()).name.as_str())
+            .collect();
+        assert_eq!(names, ["x.scale", "w.scale"]);
+        assert!(g.value_by_name("b.zp").is_none() && g.value_by_name("w.zp").is_none());
+        // The equal reshape targets are one constant.
+        assert_eq!(
+            g.value_by_name("shape.a").is_some() as u8 + g.value_by_name("shape.b").is_some() as u8,
+            1
+        );
+        // Q/DQ nodes are unnamed, the model's own ops keep their names; only the graph
+        // outputs keep types among computed values.
+        for o in g.ops() {
+            let op = g.op(o);
+            let added = matches!(
+                op.op_type.as_str(),
+                "QuantizeLinear" | "DequantizeLinear" | "Mul"
+            );
+            assert_eq!(op.name.is_none(), added, "{op:?}");
+            for v in g.outputs_of(o).into_iter().flatten() {
+                assert_eq!(
+                    g.value(v).ty.is_some(),
+                    g.is_output(v),
+                    "{}",
+                    g.value(v).name
+                );
+            }
+        }
+        // Same outputs, bit for bit, in a smaller file.
+        let s = sample(&[("x", tensor(7, &[1, 4, 6, 6]))]);
+        assert_eq!(run(&before, &s), run(&after, &s));
+        assert!(crate::onnx::encoded_size(&after) < crate::onnx::encoded_size(&before));
+    }
+
+    #[test]
+    fn bias_scales_that_are_not_the_exact_products_stay_tensors() {
+        let mut m = quantized_conv(32);
+        let g = &mut m.graph;
+        let sb = g.value_by_name("b.scale").unwrap();
+        let t = g.value(sb).init.unwrap();
+        let mut vals: Vec<f32> = (0..32).map(|i| 0.02 * 0.001 * (i + 1) as f32).collect();
+        vals[5] = f32::from_bits(vals[5].to_bits() + 1);
+        g.tensor_mut(t).data = crate::ir::ConstTensor::from_tensor(
+            None,
+            &Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[32]), vals).unwrap()),
+        )
+        .data;
+        compact(g);
+        assert!(ops_of_type(g, "Mul").is_empty());
+        assert!(g
+            .value_by_name("b.scale")
+            .is_some_and(|v| g.value(v).init.is_some()));
+    }
 }

@@ -450,6 +450,7 @@ fn quantize_prepared(
         run.time("bias correction", t);
     }
 
+    p.plan.compact |= data.overrides.as_ref().is_some_and(|ov| ov.compact);
     let allocation = match budget_step(&mut run, &mut p, &mut plan, &data, (&cal.stats, method))? {
         Ok(a) => a,
         Err(what) => return Ok(run.missed(what)),
