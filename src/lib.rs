@@ -53,7 +53,8 @@
 //! the float bias) → mixed precision (plan edits) → materialise
 //! (the list's last phase on a copy of the prepared model: `insert_qdq`, Relu/Clip folded
 //! into their producer's range, Div/Mul by a constant into its QuantizeLinear scale, then
-//! `infer_shapes`) → validate (both models in tract, `report::compare`) → summary and,
+//! `infer_shapes`, then under `--size-budget` `compact`: zero points of zero, stored bias
+//! scales, added ops' names and inferred value_info dropped) → validate (both models in tract, `report::compare`) → summary and,
 //! with `--report`, the data of one HTML page (`report::html`). The command line writes
 //! the model, the overrides, the sensitivity cache and the page, together, through
 //! [`fsx`]. `--dump-after PASS` and `--stop-after PASS`
@@ -123,7 +124,7 @@
 //!   (each ordering constraint commented), the runner that runs it phase by phase, checks
 //!   the IR and logs what ran, and one file per pass (pin_inputs, infer_shapes,
 //!   fold_constants, fold_if, fold_batchnorm, fold_bias_add, remove_dead, plan,
-//!   upgrade_opset, insert_qdq, quantize_dynamic; and unroll_loop, which `exec` runs on the engine's copy,
+//!   upgrade_opset, insert_qdq, quantize_dynamic, compact; and unroll_loop, which `exec` runs on the engine's copy,
 //!   outside the list: the written model keeps its Loops).
 //! - [`pipeline`]: the quantize job as a library, one file per step (inputs, prepare,
 //!   equalize (cross-layer equalization), smooth (SmoothQuant's migration), calibrate,

@@ -15,6 +15,7 @@ use crate::quant::rules::Target;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+pub mod compact;
 pub mod fold_batchnorm;
 pub mod fold_bias_add;
 pub mod fold_constants;
@@ -257,6 +258,9 @@ pub fn pipeline() -> Vec<Step> {
         ),
         // The new Q/DQ (or integer-op) values get their types, as a runtime reading the file expects.
         Step::new("infer_shapes-quantized", Materialise, InferShapes),
+        // Last, under a size budget: drops the types shape inference just gave (and other
+        // bytes that change nothing computed) from the file.
+        Step::new("compact", Materialise, compact::Compact),
     ]
 }
 

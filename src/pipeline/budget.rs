@@ -471,6 +471,7 @@ pub fn fit(
 
 /// Records `a` in an overrides file: the storage of every weight not on 8 bits, and why.
 pub fn record(a: &Allocation, ov: &mut crate::tune::Overrides) {
+    ov.compact = true;
     for s in &a.weights {
         let Some(b) = parse(&s.storage).filter(|b| *b != WeightBits::W8) else {
             continue;

@@ -450,6 +450,7 @@ fn quantize_prepared(
         run.time("bias correction", t);
     }
 
+    p.plan.compact |= data.overrides.as_ref().is_some_and(|ov| ov.compact);
     let allocation = match budget_step(&mut run, &mut p, &mut plan, &data, (&cal.stats, method))? {
         Ok(a) => a,
         Err(what) => return Ok(run.missed(what)),
@@ -564,6 +565,9 @@ fn budget_step(
     let Some(mb) = o.precision.size_budget_mb else {
         return Ok(Ok(None));
     };
+    // Every byte that changes nothing computed is a byte the weights keep.
+    plan.compact = true;
+    p.plan.compact = true;
     let t = Instant::now();
     let base = budget::written_size(p, plan)?;
     if base <= (mb * 1e6) as u64 {

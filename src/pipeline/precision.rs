@@ -753,6 +753,7 @@ pub fn apply_overrides(
         "activations left float by --overrides",
     );
     let missing = tune::apply_weights(plan, &o.weights);
+    plan.compact |= o.compact;
     if !missing.is_empty() {
         return Err(PipelineError::Options(format!(
             "{}: overrides name weights that are not quantized weights: {}",

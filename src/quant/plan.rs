@@ -197,6 +197,10 @@ pub struct Plan {
     /// would use. Absent: round to nearest.
     #[serde(skip)]
     pub rounding: BTreeMap<String, Vec<bool>>,
+    /// Materialise without the bytes that change nothing computed (`passes::compact`):
+    /// set by `--size-budget`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compact: bool,
 }
 
 /// Stable key of a main-graph op for plans and summaries: its name, or `op_type#order`

@@ -154,6 +154,10 @@ pub struct Overrides {
     /// Why each entry was chosen (written by the search; ignored when read).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reasons: BTreeMap<String, String>,
+    /// The model is written without the bytes that change nothing computed
+    /// (`passes::compact`), as `--size-budget` writes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compact: bool,
 }
 
 pub const OVERRIDES_FORMAT: &str = "qrange-overrides/1";
