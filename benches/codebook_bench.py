@@ -5,7 +5,7 @@ ONNX Runtime.
 
 Usage (from the repository root, with a python that has benches/requirements.txt):
     python3 benches/codebook_bench.py [--models DIR] [--qrange PATH] [--out DIR]
-                                      [--only NAME[,NAME]] [--bits 4,3] [--size-budget F]
+                                      [--only NAME[,NAME]] [--bits 4,3] [--size-budget F[,F]]
 
 Per model (``DIR/<name>/model.onnx`` with ``calib.npz`` and ``eval.npz``) and bit width B,
 each grid below is written by
@@ -17,9 +17,10 @@ each grid below is written by
   of least squared error: the best uniform grid qrange has);
 - ``kmeans``: ``--weight-grid kmeans``, 2^B levels per channel, weighted by input energy;
 - ``pow2``: ``--weight-grid pow2``, levels 0, ±2^j per channel;
-plus the int8 default as a reference, and with ``--size-budget F`` a row for
-``--size-budget`` at F × the float model's size (each weight's storage chosen by qrange; the
-weight SQNR column then shows the written model's). Reported: weight SQNR over every quantized weight
+plus the int8 default as a reference, and with ``--size-budget F[,F…]`` a row for
+``--size-budget`` at each F × the float model's size (each weight's storage chosen by qrange;
+the weight SQNR column then shows the written model's, and the storage column counts the
+weights per storage, ``w4b32`` for int4 in blocks of 32…). Reported: weight SQNR over every quantized weight
 (qrange's summary, ``weight_sqnr_db``); in ONNX Runtime (CPU EP) on every evaluation sample,
 output SQNR and the task metric against fp32 (see quant_bench.py and dynamic_bench.py);
 file size against fp32; median single-thread latency against fp32's. Exit status 0 when the
@@ -42,6 +43,7 @@ import quant_bench as qb  # noqa: E402  (the shared ONNX Runtime helpers)
 
 MODELS = {
     "magika": {"metric": "top1", "pins": {}, "output": None},
+    "ppocr_cls": {"metric": "top1", "pins": {}, "output": None},
     "ppocr_det": {"metric": "iou", "pins": {}, "output": None},
     "minilm_l3": {"metric": "embedding", "pins": {}, "output": "461"},
 }
@@ -69,9 +71,9 @@ def bench(name: str, args) -> list[dict]:
     for b in args.bits:
         for label, flags in GRIDS:
             runs.append((label, b, ["--weight-bits", str(b), *flags]))
-    if args.size_budget:
-        mb = math.floor(args.size_budget * os.path.getsize(model) / 1e6 * 1e4) / 1e4  # never above F x fp32
-        runs.append((f"--size-budget {mb:.4f} ({args.size_budget}x fp32)", "mixed", ["--size-budget", f"{mb:.4f}"]))
+    for f in args.size_budget:
+        mb = math.floor(f * os.path.getsize(model) / 1e6 * 1e4) / 1e4  # never above F x fp32
+        runs.append((f"--size-budget {mb:.4f} ({f}x fp32)", "mixed", ["--size-budget", f"{mb:.4f}"]))
     for i, (label, b, flags) in enumerate(runs):
         out = os.path.join(args.out, f"{name}.{i}.onnx")
         row = {"model": name, "grid": label, "bits": b, "path": out}
@@ -79,6 +81,11 @@ def bench(name: str, args) -> list[dict]:
         try:
             s = quantize(args.qrange, model, calib, out, flags)
             row["weight_sqnr_db"] = s.get("weight_sqnr_db")
+            budget = s.get("size_budget") or {}
+            kinds: dict[str, int] = {}
+            for w in budget.get("weights", []):
+                kinds[w["storage"]] = kinds.get(w["storage"], 0) + 1
+            row["storage"] = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
             row.update(ref.scored(out))
         except Exception as e:  # a configuration failing is a result
             row["error"] = qb.one_line(str(e))
@@ -91,13 +98,13 @@ def bench(name: str, args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| model | bits | weight grid | weight SQNR dB | output SQNR dB | task metric | size vs fp32 | latency vs fp32 (1 thread) |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| model | bits | weight grid | weight SQNR dB | output SQNR dB | task metric | size vs fp32 | latency vs fp32 (1 thread) | storage (size budget) |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         if r["grid"] == "fp32":
             continue
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['bits']} | {r['grid']} | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {r['bits']} | {r['grid']} | failed: {r['error']} | | | | | |")
             continue
         if "nn_agreement" in r:
             metric = f"cos {r['cos_mean']:.4f} / min {r['cos_min']:.4f}, NN {r['nn_agreement']:.3f}"
@@ -105,7 +112,8 @@ def table(rows: list[dict]) -> str:
             metric = qb.fmt(r.get("metric"), ".4f")
         lines.append(
             f"| {r['model']} | {r['bits']} | {r['grid']} | {qb.fmt(r.get('weight_sqnr_db'), '.2f')} | "
-            f"{r['sqnr_db']:.2f} | {metric} | {r['size_ratio']:.3f} | {r.get('latency_vs_fp32', float('nan')):.2f} |"
+            f"{r['sqnr_db']:.2f} | {metric} | {r['size_ratio']:.3f} | {r.get('latency_vs_fp32', float('nan')):.2f} | "
+            f"{r.get('storage', '')} |"
         )
     return "\n".join(lines)
 
@@ -113,12 +121,13 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     ap = qb.bench_parser(__doc__, "codebook_bench")
     ap.add_argument("--bits", default="4,3")
-    ap.add_argument("--size-budget", type=float, default=0.0,
-                    help="also run --size-budget at this fraction of the float model's size")
+    ap.add_argument("--size-budget", default="",
+                    help="also run --size-budget at these fractions of the float model's size (comma-separated)")
     ap.add_argument("--latency-runs", type=int, default=30)
     ap.add_argument("--latency-budget", type=float, default=5.0)
     args = ap.parse_args()
     args.bits = [int(b) for b in args.bits.split(",") if b]
+    args.size_budget = [float(f) for f in args.size_budget.split(",") if f]
     rows = db.bench_models(args, MODELS, bench)
     if rows is None:
         return 2

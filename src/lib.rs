@@ -95,10 +95,14 @@
 //! between calibration and materialisation: `tune` builds one simulation model whose Q/DQ
 //! pairs are switches, measures each activation's sensitivity on it, searches the cheapest
 //! promotions (16-bit activations, float), and edits the plan; `--size-budget` first
-//! chooses each weight's storage (8-bit, int4, k-means 4/3/2-bit) by least energy-weighted
+//! chooses each weight's storage (8-bit, int4 per channel, int4 in blocks of 128/64/32/16
+//! along the reduction axis for MatMul/Gemm weights and embedding tables, k-means
+//! 4/3/2-bit) by least energy-weighted
 //! output noise per byte saved (`pipeline::budget`, `quant::budget`; with
 //! `--size-budget-cost output` that noise is scaled by each weight's output change measured
-//! on the simulation), measured on the materialised model; the written model is then validated as usual. A goal without evaluation data holds no
+//! on the simulation), measured on the materialised model; the written model is then
+//! validated as usual, and the summary lists every layer's activation precision and
+//! weight storage (`pipeline::summary::layer_choices`). A goal without evaluation data holds no
 //! sample back: `pipeline::folds` calibrates the calibration samples in k folds, every
 //! sample runs in the simulation with the ranges of the other folds' statistics, and the
 //! goal is judged on the bootstrap lower bound of the pooled figure (`report::estimate`);

@@ -1,5 +1,6 @@
-//! `--size-budget`: every weight's storage (8-bit, int4, k-means 4/3/2-bit) chosen to fit,
-//! as written in the model, replayed by the overrides file, and the unreachable budget.
+//! `--size-budget`: every weight's storage (8-bit, int4 per channel or in blocks, k-means
+//! 4/3/2-bit) chosen to fit, as written in the model, replayed by the overrides file, and
+//! the unreachable budget.
 
 mod common;
 
@@ -58,6 +59,9 @@ fn each_weight_gets_the_storage_the_budget_chose_and_the_model_fits() {
         match storage {
             "w8" => assert_eq!(init(&m, &format!("{name}.q")).unwrap().0, INT8, "{name}"),
             "w4" => assert_eq!(init(&m, &format!("{name}.q")).unwrap().0, INT4, "{name}"),
+            k if k.starts_with("w4b") => {
+                assert_eq!(init(&m, &format!("{name}.q")).unwrap().0, INT4, "{name}")
+            }
             k => {
                 let bits: u32 = k.strip_prefix("kmeans").unwrap().parse().unwrap();
                 let (ty, dims) = init(&m, &format!("{name}.codebook")).unwrap();
@@ -86,7 +90,7 @@ fn each_weight_gets_the_storage_the_budget_chose_and_the_model_fits() {
     for w in weights {
         let bits = match w["storage"].as_str().unwrap() {
             "w8" => 8,
-            "w4" => 4,
+            k if k.starts_with("w4") => 4,
             k => k.strip_prefix("kmeans").unwrap().parse().unwrap(),
         };
         *elements.entry(bits).or_default() += w["elements"].as_f64().unwrap();
@@ -176,6 +180,163 @@ fn the_output_cost_measures_every_weight_fits_and_replays_byte_for_byte() {
     let replay = tmp.path().join("replay.onnx");
     let ov = tmp.path().join("cls.overrides.json");
     cls(&replay, &["--overrides", &s(&ov)]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&replay).unwrap()
+    );
+}
+
+/// The DequantizeLinear node of weight `name` (`<name>.dequantize`) in a written model.
+fn dequantize_of<'a>(
+    m: &'a qrange::onnx::proto::ModelProto,
+    name: &str,
+) -> &'a qrange::onnx::proto::NodeProto {
+    let want = format!("{name}.dequantize");
+    m.graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .find(|n| n.name.as_deref() == Some(want.as_str()))
+        .unwrap_or_else(|| panic!("no {want}"))
+}
+
+fn int_attr_of(n: &qrange::onnx::proto::NodeProto, name: &str) -> Option<i64> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.i)
+}
+
+#[test]
+fn a_transformer_budget_blocks_matmul_weights_and_the_embedding_table_along_their_reduction_axis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let float = std::fs::metadata(fixture("minilm_l3/model.onnx"))
+        .unwrap()
+        .len();
+    let mb = format!("{}", 0.2 * float as f64 / 1e6);
+    let out = tmp.path().join("minilm.onnx");
+    let report = tmp.path().join("minilm.html");
+    let j = quantize_minilm(&out, &["--size-budget", &mb, "--report", &s(&report)]);
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(
+        size as f64 <= 0.2 * float as f64,
+        "{size} bytes over 0.2 × {float}"
+    );
+    // The report's precision table gives each op's activation precision and weight storage.
+    let html = std::fs::read_to_string(&report).unwrap();
+    let precision = &html[html.find("id=\"precision\"").unwrap()..];
+    assert!(
+        precision.contains("a8 (u8 asymmetric)"),
+        "activation precision"
+    );
+    assert!(
+        precision.contains("i4 symmetric [-7, 7] in blocks of"),
+        "blocked weights named with their blocks"
+    );
+    let m = load(&out);
+    let weights = j["size_budget"]["weights"].as_array().unwrap();
+    // The word-embedding table (read by a Gather) is a candidate with the MatMul weights.
+    let float_model = load(&fixture("minilm_l3/model.onnx"));
+    let gathered: std::collections::BTreeSet<String> = float_model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("Gather"))
+        .map(|n| n.input[0].clone())
+        .collect();
+    assert!(
+        weights
+            .iter()
+            .any(|w| gathered.contains(w["weight"].as_str().unwrap())),
+        "no embedding table among {weights:?}"
+    );
+    let mut blocked = 0;
+    for w in weights {
+        let name = w["weight"].as_str().unwrap();
+        let storage = w["storage"].as_str().unwrap();
+        let Some(size) = storage.strip_prefix("w4b") else {
+            continue;
+        };
+        blocked += 1;
+        let size: i64 = size.parse().unwrap();
+        let dq = dequantize_of(&m, name);
+        assert_eq!(int_attr_of(dq, "block_size"), Some(size), "{name}");
+        // Symmetric blocks: codes and scales, no zero point.
+        assert_eq!(dq.input.len(), 2, "{name}: {:?}", dq.input);
+        let (ty, dims) = init(&m, &dq.input[0]).unwrap();
+        assert_eq!(ty, INT4, "{name}");
+        let (_, sdims) = init(&m, &dq.input[1]).unwrap();
+        let axis = int_attr_of(dq, "axis").unwrap() as usize;
+        assert_eq!(
+            sdims[axis] * size,
+            dims[axis],
+            "{name}: {sdims:?} of {dims:?}"
+        );
+        assert_eq!(sdims[1 - axis], dims[1 - axis], "{name}");
+        // Along the reduction axis: a MatMul weight's rows, a table's width.
+        let reader = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .find(|n| n.input.iter().any(|i| i == &dq.output[0]))
+            .unwrap();
+        let want = match reader.op_type.as_deref() {
+            Some("MatMul") => 0,
+            Some("Gather") => 1,
+            other => panic!("{name} read by {other:?}"),
+        };
+        assert_eq!(axis, want, "{name}");
+    }
+    assert!(blocked > 0, "nothing blocked: {weights:?}");
+    assert_eq!(
+        m.opset_import
+            .iter()
+            .find(|o| o.domain.as_deref().unwrap_or("") == "")
+            .unwrap()
+            .version,
+        Some(21)
+    );
+    // The summary lists each layer's activation precision and weight storage, as chosen.
+    let layers = j["layers"].as_array().unwrap();
+    for w in weights {
+        let name = w["weight"].as_str().unwrap();
+        let reader = float_model
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .find(|n| n.input.iter().any(|i| i == name))
+            .unwrap();
+        let key = reader.name.clone().unwrap();
+        let l = layers
+            .iter()
+            .find(|l| l["node"] == key.as_str())
+            .unwrap_or_else(|| panic!("{key} not in {layers:?}"));
+        assert_eq!(l["weight"], w["storage"], "{l}");
+        let want_act = if reader.op_type.as_deref() == Some("Gather") {
+            "float"
+        } else {
+            "a8"
+        };
+        assert_eq!(l["activation"], want_act, "{l}");
+    }
+    // The validation ran in tract on the evaluation data, and the overrides file replays
+    // the same bytes.
+    assert!(
+        j["validation"].as_object().is_some_and(|v| !v.is_empty()),
+        "{j}"
+    );
+    let replay = tmp.path().join("replay.onnx");
+    let ov = tmp.path().join("minilm.overrides.json");
+    let text = std::fs::read_to_string(&ov).unwrap();
+    assert!(text.contains("\"w4b"), "{text}");
+    quantize_minilm(&replay, &["--overrides", &s(&ov)]);
     assert_eq!(
         std::fs::read(&out).unwrap(),
         std::fs::read(&replay).unwrap()

@@ -1015,8 +1015,38 @@ fn print_sizes_and_validation(s: &Summary) {
     if let Some(pr) = &s.precision {
         print_precision(pr);
     }
+    print_layers(&s.layers);
     print_validation(s.eval_samples, &s.validation);
     print_footer(&s.seconds, &s.notes);
+}
+
+/// Each layer's activation precision and weight storage (mixed runs), counted per
+/// combination, then layer by layer.
+fn print_layers(layers: &[crate::pipeline::summary::LayerChoice]) {
+    if layers.is_empty() {
+        return;
+    }
+    let mut kinds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for l in layers {
+        *kinds
+            .entry((l.activation.as_str(), l.weight.as_str()))
+            .or_default() += 1;
+    }
+    println!(
+        "layers     {} reading weights (activations, weight storage): {}",
+        layers.len(),
+        kinds
+            .iter()
+            .map(|((a, w), n)| format!("{n} {a} {w}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for l in layers {
+        println!(
+            "  {:<6} {:<8} {} ({})",
+            l.activation, l.weight, l.node, l.op_type
+        );
+    }
 }
 
 /// Every weight's storage under `--size-budget`, counted per kind, then each weight.

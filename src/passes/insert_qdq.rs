@@ -158,8 +158,11 @@ struct Made {
     /// Type of the dequantized value.
     ty: Option<ValueType>,
     scale: Tensor,
-    zp: Tensor,
+    /// `None`: no zero point input (symmetric blocks, zero by default).
+    zp: Option<Tensor>,
     axis: Option<i64>,
+    /// `block_size` of a blocked weight.
+    block: Option<i64>,
 }
 
 /// Applies `plan` to `m`: the main graph and the subgraphs holding planned values.
@@ -252,6 +255,10 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
                 let (Some(xp), Some(wp)) = (rep.params.get(input), rep.params.get(weight)) else {
                     continue; // input or weight stayed float: the bias stays float
                 };
+                if matches!(plan.values.get(weight), Some(Decision::Weight { grid, .. }) if grid.block().is_some())
+                {
+                    continue; // scales per block, not per output channel: the bias stays float
+                }
                 if xp.params.len() != 1 {
                     continue;
                 }
@@ -516,8 +523,9 @@ fn insert_activation_qdq(
         q_ty,
         ty,
         scale: scale_t,
-        zp: zp_t,
+        zp: Some(zp_t),
         axis: None,
+        block: None,
     })
 }
 
@@ -565,17 +573,23 @@ fn dequantize_capture(
                 .map_err(|e| err(e.to_string()))?,
         };
         let scale = scalar_const(sg, names, &format!("{name}.scale"), made.scale.clone())?;
-        let zp = scalar_const(sg, names, &format!("{name}.zp"), made.zp.clone())?;
+        let zp = match &made.zp {
+            Some(z) => Some(scalar_const(sg, names, &format!("{name}.zp"), z.clone())?),
+            None => None,
+        };
         let dq_name = names.fresh(sg, &format!("{name}.dq"));
         let dqv = sg.add_fresh_value(&dq_name, ty);
         let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
         if let Some(a) = made.axis {
             dq.set_attr("axis", AttrValue::Int(a));
         }
+        if let Some(b) = made.block {
+            dq.set_attr("block_size", AttrValue::Int(b));
+        }
         if let Some((first, _)) = sg.consumers(v).first() {
             dq.order = sg.order_before(*first);
         }
-        sg.add_op(dq, &[Some(q), Some(scale), Some(zp)], &[Some(dqv)])
+        sg.add_op(dq, &[Some(q), Some(scale), zp], &[Some(dqv)])
             .map_err(|e| err(e.to_string()))?;
         sg.replace_all_uses(v, dqv);
         if sg.consumers(v).is_empty() && !sg.is_output(v) {
@@ -669,6 +683,85 @@ pub(crate) fn channel_of(shape: &[usize], axis: Option<i64>) -> impl Fn(usize) -
     move |i| (i / stride) % dim
 }
 
+/// Index of the scale (in the scale tensor's row-major order) of every element of a weight
+/// of `shape` planned per channel along `axis` on `grid`: its channel, or for a blocked
+/// grid its block along the other axis of the 2-D weight ([`WeightGrid::Block`]).
+pub fn param_of(
+    shape: &[usize],
+    axis: Option<i64>,
+    grid: WeightGrid,
+) -> Box<dyn Fn(usize) -> usize + Send + Sync> {
+    match (grid.block(), axis, shape) {
+        (Some(b), Some(1), &[_, c]) => Box::new(move |i| (i / c / b) * c + i % c),
+        (Some(b), Some(0), &[_, c]) => {
+            let nb = c.div_ceil(b);
+            Box::new(move |i| (i / c) * nb + (i % c) / b)
+        }
+        _ => Box::new(channel_of(shape, axis)),
+    }
+}
+
+/// The shape of the scales of a weight of `shape` blocked by `size` along the axis that
+/// is not its channel `axis` (2-D weights), and that axis.
+fn block_scale_shape(shape: &[usize], axis: usize, size: usize) -> (Vec<usize>, usize) {
+    if axis == 1 {
+        (vec![shape[0].div_ceil(size), shape[1]], 0)
+    } else {
+        (vec![shape[0], shape[1].div_ceil(size)], 1)
+    }
+}
+
+/// The axis a blocked grid may block weight `w` of `g` along: the reduction axis of the
+/// MatMul (`0` of `[K, N]`) or Gemm (`1` with `transB`) that reads it at input 1, or the
+/// width (`1`) of an embedding table read by a `Gather` along axis 0; `None` when its
+/// readers are none of these, or disagree.
+pub fn block_axis(g: &Graph, w: ValueId) -> Option<usize> {
+    let mut out = None;
+    for (o, slot) in g.consumers(w) {
+        let op = g.op(o);
+        let ax = match (op.op_type.as_str(), slot) {
+            ("MatMul", 1) => 0,
+            ("Gemm", 1) => usize::from(op.attr_int("transB").unwrap_or(0) != 0),
+            ("Gather", 0) if op.attr_int("axis").unwrap_or(0) == 0 => 1,
+            _ => return None,
+        };
+        if out.is_some_and(|a| a != ax) {
+            return None;
+        }
+        out = Some(ax);
+    }
+    out
+}
+
+/// Whether weight `w` of `g` (of `shape`, channel `axis`) can be stored in blocks of `size`
+/// along its readers' reduction axis ([`block_axis`]) that `size` divides.
+pub fn can_block(g: &Graph, w: ValueId, shape: &[usize], axis: Option<i64>, size: usize) -> bool {
+    check_block("", shape, axis, size).is_ok_and(|b| block_axis(g, w) == Some(b))
+}
+
+/// Checks that a weight of `shape` with channel `axis` can be blocked by `size` (2-D, per
+/// channel, `size` dividing the other axis); the blocked axis.
+fn check_block(
+    name: &str,
+    shape: &[usize],
+    axis: Option<i64>,
+    size: usize,
+) -> Result<usize, PassError> {
+    let (Some(a @ (0 | 1)), 2) = (axis, shape.len()) else {
+        return Err(err(format!(
+            "weight '{name}': blocks of {size} need a 2-D weight planned per channel (shape {shape:?})"
+        )));
+    };
+    let b = 1 - a as usize;
+    if size == 0 || !shape[b].is_multiple_of(size) {
+        return Err(err(format!(
+            "weight '{name}': a block size of {size} does not divide its axis {b} ({} values)",
+            shape[b]
+        )));
+    }
+    Ok(b)
+}
+
 /// The codes of `a` on `q` (clamped to its range, which may be narrower than its type),
 /// or its per-channel codebooks on `grid`; `rounding` (uniform grids) picks the code
 /// below or above each value instead of the nearest.
@@ -683,6 +776,38 @@ fn code_weight(
     importance: Option<&[f64]>,
     rounding: Option<&[bool]>,
 ) -> Result<Coded, PassError> {
+    if let Some(size) = grid.block() {
+        check_block(name, a.shape(), axis, size)?;
+        let at = param_of(a.shape(), axis, grid);
+        let (rows, cols) = (a.shape()[0], a.shape()[1]);
+        let n = match axis {
+            Some(1) => rows.div_ceil(size) * cols,
+            _ => rows * cols.div_ceil(size),
+        };
+        let mut lo_hi = vec![(0f32, 0f32); n];
+        for (i, &v) in a.iter().enumerate() {
+            let (lo, hi) = &mut lo_hi[at(i)];
+            (*lo, *hi) = (lo.min(v), hi.max(v));
+        }
+        let params: Vec<ScaleZp> = lo_hi
+            .into_iter()
+            .map(|(lo, hi)| scale_zp(lo, hi, &q))
+            .collect();
+        let codes = a
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let p = params[at(i)];
+                ((w / p.scale).round_ties_even() as f64 + p.zero_point as f64)
+                    .clamp(q.qmin as f64, q.qmax as f64)
+            })
+            .collect();
+        return Ok(Coded {
+            codes,
+            params,
+            codebook: None,
+        });
+    }
     let params = weight_params(a, &q, axis, mse && grid.is_uniform());
     let Some(ax) = axis.filter(|_| !grid.is_uniform()) else {
         let ch = channel_of(a.shape(), axis);
@@ -885,11 +1010,19 @@ fn write_codebook(
 /// Bytes the integer payload of a weight of `shape` takes on `q` and `grid` (per-channel
 /// codebooks along `axis`): the codes for a uniform grid (4-bit types two per byte); the
 /// level table (`C × 2^bits` codes) and the indices for a codebook (two per byte at 4 bits,
-/// packed bit streams per channel below, a byte each above). Scales, zero points and the
-/// ops around them are the same for every grid of a weight and are left out.
+/// packed bit streams per channel below, a byte each above); for a blocked grid the codes
+/// and the float32 scales beyond one per channel (it has no zero points). Scales, zero
+/// points and the ops around them are otherwise the same for every grid of a weight and
+/// are left out.
 pub fn payload_bytes(shape: &[usize], axis: Option<i64>, q: &QType, grid: WeightGrid) -> u64 {
     let n: usize = shape.iter().product();
     let code_bits = q.dtype.bits().unwrap_or(8);
+    if let (Some(size), Some(a @ (0 | 1)), 2) = (grid.block(), axis, shape.len()) {
+        // The scales beyond one per channel are part of what a blocked grid costs.
+        let (pshape, _) = block_scale_shape(shape, a as usize, size);
+        let extra = pshape.iter().product::<usize>() - shape[a as usize];
+        return ((n * code_bits).div_ceil(8) + 4 * extra) as u64;
+    }
     match (grid.index_bits(), axis) {
         (Some(bits), Some(a)) => {
             let c = shape.get(a as usize).copied().unwrap_or(1).max(1);
@@ -918,13 +1051,13 @@ pub fn weight_noise(
     grid: WeightGrid,
     importance: Option<&[f64]>,
 ) -> Result<(f64, f64), PassError> {
-    if !grid.is_uniform() && axis.is_none() {
+    if grid.index_bits().is_some() && axis.is_none() {
         return Err(err(format!(
             "weight '{name}': a codebook grid needs per-channel weights"
         )));
     }
     let coded = code_weight(name, a, q, axis, mse, grid, importance, None)?;
-    let ch = channel_of(a.shape(), axis);
+    let ch = param_of(a.shape(), axis, grid);
     let (mut signal, mut noise) = (0f64, 0f64);
     for (i, (&w, &c)) in a.iter().zip(&coded.codes).enumerate() {
         let p = coded.params[ch(i)];
@@ -1099,20 +1232,47 @@ fn quantize_weight(
     let Tensor::F32(a) = &t else {
         return Err(err(format!("weight '{name}' is not f32")));
     };
-    if !grid.is_uniform() && axis.is_none() {
+    if grid.index_bits().is_some() && axis.is_none() {
         return Err(err(format!(
             "weight '{name}': a codebook grid needs per-channel weights"
         )));
     }
+    // A blocked weight: its scales `[…]` of the blocks and the axis they run along, which
+    // must be its readers' reduction axis (or an embedding table's width).
+    let blocked = match grid.block() {
+        Some(size) => {
+            let b = check_block(&name, a.shape(), axis, size)?;
+            if block_axis(g, w) != Some(b) {
+                return Err(err(format!(
+                    "weight '{name}': blocks of {size} run along the reduction axis of a MatMul/Gemm weight or the width of an embedding table, and its readers do not take it so along axis {b}"
+                )));
+            }
+            let (pshape, _) = block_scale_shape(a.shape(), axis.unwrap_or(0) as usize, size);
+            Some((pshape, b, size))
+        }
+        None => None,
+    };
     let coded = code_weight(&name, a, q, axis, mse, grid, importance, rounding)?;
     let params = coded.params;
     let n = params.len();
-    let pshape: Vec<usize> = if axis.is_some() { vec![n] } else { vec![] };
+    let pshape: Vec<usize> = match (&blocked, axis) {
+        (Some((ps, _, _)), _) => ps.clone(),
+        (None, Some(_)) => vec![n],
+        (None, None) => vec![],
+    };
     let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
     let zps: Vec<i64> = params.iter().map(|p| p.zero_point).collect();
     let scale_t = scale_tensor(&scales, &pshape);
-    let zp_t = zp_tensor(q.dtype, &zps, &pshape)?;
-    let ch = channel_of(a.shape(), axis);
+    // Symmetric blocks take the default zero point (0): no input, fewer bytes.
+    let zp_t = match &blocked {
+        Some(_) if zps.iter().all(|&z| z == 0) => None,
+        _ => Some(zp_tensor(q.dtype, &zps, &pshape)?),
+    };
+    let (dq_axis, block) = match &blocked {
+        Some((_, b, size)) => (Some(*b as i64), Some(*size as i64)),
+        None => (axis, None),
+    };
+    let ch = param_of(a.shape(), axis, grid);
     let (mut signal, mut noise) = (0f64, 0f64);
     let mut add = |i: usize, w: f32, c: f64| {
         let p = params[ch(i)];
@@ -1157,20 +1317,27 @@ fn quantize_weight(
         ty: g.value(w).ty.clone(),
         scale: scale_t.clone(),
         zp: zp_t.clone(),
-        axis,
+        axis: dq_axis,
+        block,
     };
     let sv = scalar_const(g, names, &format!("{name}.scale"), scale_t)?;
-    let zv = scalar_const(g, names, &format!("{name}.zp"), zp_t)?;
+    let zv = match zp_t {
+        Some(z) => Some(scalar_const(g, names, &format!("{name}.zp"), z)?),
+        None => None,
+    };
     let dq_name = names.fresh(g, &format!("{name}.dq"));
     let dqv = g.add_fresh_value(&dq_name, g.value(w).ty.clone());
     let mut dq = Op::new("DequantizeLinear", &format!("{name}.dequantize"));
-    if let Some(a) = axis {
+    if let Some(a) = dq_axis {
         dq.set_attr("axis", AttrValue::Int(a));
+    }
+    if let Some(b) = block {
+        dq.set_attr("block_size", AttrValue::Int(b));
     }
     if let Some((first, _)) = readers.first() {
         dq.order = g.order_before(*first);
     }
-    g.add_op(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(dqv)])
+    g.add_op(dq, &[Some(qv), Some(sv), zv], &[Some(dqv)])
         .map_err(|e| err(e.to_string()))?;
     for (o, slot) in readers {
         g.set_input(o, slot, Some(dqv));
@@ -1270,8 +1437,9 @@ fn quantize_bias_value(
         q_ty: g.value(qid).ty.clone(),
         ty: g.value(b).ty.clone(),
         scale: scale_t,
-        zp: zp_t,
+        zp: Some(zp_t),
         axis,
+        block: None,
     };
     Ok((sat, made))
 }
@@ -1333,5 +1501,186 @@ mod tests {
         // 4 levels per channel + 9 indices of 2 bits: 3 bytes per channel.
         let k2 = WeightGrid::Kmeans { bits: 2 };
         assert_eq!(payload_bytes(&shape, Some(0), &i8, k2), 8 * 4 + 8 * 3);
+        // A [64, 8] MatMul weight (channels on axis 1) in blocks of 16 along axis 0:
+        // 512 codes two per byte, and 4 × 8 float scales of which 8 replace the
+        // per-channel ones.
+        let b16 = WeightGrid::Block { size: 16 };
+        assert_eq!(
+            payload_bytes(&[64, 8], Some(1), &i4, b16),
+            256 + 4 * (32 - 8)
+        );
+        // A [5, 64] table (rows on axis 0) in blocks of 32 along its width.
+        let b32 = WeightGrid::Block { size: 32 };
+        assert_eq!(
+            payload_bytes(&[5, 64], Some(0), &i4, b32),
+            160 + 4 * (10 - 5)
+        );
+    }
+
+    #[test]
+    fn a_block_is_consecutive_values_along_the_axis_that_is_not_the_channel() {
+        let b = WeightGrid::Block { size: 2 };
+        // [4, 3], channels on axis 1: scales [2, 3], element (r, c) → (r / 2) · 3 + c.
+        let at = param_of(&[4, 3], Some(1), b);
+        let got: Vec<usize> = (0..12).map(|i| at(i)).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5]);
+        // [3, 4], channels on axis 0: scales [3, 2], element (r, c) → r · 2 + c / 2.
+        let at = param_of(&[3, 4], Some(0), b);
+        let got: Vec<usize> = (0..12).map(|i| at(i)).collect();
+        assert_eq!(got, vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
+    }
+
+    use crate::ir::Model;
+    use crate::passes::testkit::{attr_i, Builder};
+
+    /// `y = x · W + b` (MatMul, `[64, 8]` weight) and `z = Gemm(x2, V, transB=1)` (`[8, 64]`
+    /// weight), weights with rows of very different magnitude.
+    fn two_layers() -> Model {
+        let mut b = Builder::new(21);
+        b.input("x", 1, Some(&[2, 64]))
+            .input("x2", 1, Some(&[2, 64]))
+            .init("W", &[64, 8], 3, 1.0, 0.0)
+            .init("b", &[8], 4, 0.1, 0.0)
+            .init("V", &[8, 64], 5, 1.0, 0.0)
+            .node("MatMul", "mm", &["x", "W"], &["h"], vec![])
+            .node("Add", "add", &["h", "b"], &["y"], vec![])
+            .node(
+                "Gemm",
+                "gemm",
+                &["x2", "V"],
+                &["z"],
+                vec![attr_i("transB", 1)],
+            )
+            .output("y", 1, Some(&[2, 8]))
+            .output("z", 1, Some(&[2, 8]));
+        let mut m = b.model();
+        // Rows 32.. of W (the second block of every column) are 100 times larger.
+        let g = &mut m.graph;
+        let w = g.value_by_name("W").unwrap();
+        let Ok(Tensor::F32(mut a)) = g.const_of(w).unwrap().to_tensor() else {
+            unreachable!()
+        };
+        a.slice_mut(ndarray::s![32.., ..])
+            .mapv_inplace(|v| v * 100.0);
+        let t = g.value(w).init.unwrap();
+        *g.tensor_mut(t) = ConstTensor::from_tensor(None, &Tensor::F32(a));
+        m
+    }
+
+    fn blocked(axis: i64, size: u32) -> Decision {
+        Decision::Weight {
+            qtype: QType::new(DType::I4, true, false).unwrap(),
+            axis: Some(axis),
+            mse: false,
+            grid: WeightGrid::Block { size },
+        }
+    }
+
+    #[test]
+    fn blocked_weights_are_dequantize_linear_with_block_size_along_the_reduction_axis() {
+        let mut m = two_layers();
+        let float: BTreeMap<&str, ArrayD<f32>> = ["W", "V"]
+            .into_iter()
+            .map(|n| {
+                let g = &m.graph;
+                let Ok(Tensor::F32(a)) =
+                    g.const_of(g.value_by_name(n).unwrap()).unwrap().to_tensor()
+                else {
+                    unreachable!()
+                };
+                (n, a)
+            })
+            .collect();
+        let mut plan = Plan::default();
+        plan.values.insert("W".into(), blocked(1, 32));
+        plan.values.insert("V".into(), blocked(0, 16));
+        // A bias on a blocked weight stays float (no per-channel weight scale).
+        plan.values.insert(
+            "b".into(),
+            Decision::Bias {
+                input: "x".into(),
+                weight: "W".into(),
+            },
+        );
+        materialize(&mut m, &plan).unwrap();
+        let g = &m.graph;
+        for (name, block_axis, size, blocks) in [("W", 0, 32, [2, 8]), ("V", 1, 16, [8, 4])] {
+            let dq = g
+                .ops()
+                .find(|&o| g.op(o).name.as_deref() == Some(&format!("{name}.dequantize")))
+                .unwrap();
+            assert_eq!(g.op(dq).attr_int("axis"), Some(block_axis), "{name}");
+            assert_eq!(g.op(dq).attr_int("block_size"), Some(size), "{name}");
+            // Symmetric: no zero point input.
+            assert_eq!(g.input(dq, 2), None, "{name}");
+            let konst = |i: usize| {
+                g.const_of(g.input(dq, i).unwrap())
+                    .unwrap()
+                    .to_tensor()
+                    .unwrap()
+            };
+            let (q, scale) = (konst(0), konst(1));
+            assert_eq!(q.dtype(), DType::I4, "{name}");
+            assert_eq!(scale.shape(), blocks.to_vec(), "{name}");
+            let attrs = crate::quant::kernels::DequantizeAttrs {
+                axis: block_axis,
+                block_size: size,
+                ..Default::default()
+            };
+            let Tensor::F32(d) =
+                crate::quant::kernels::dequantize_linear(&q, &scale, None, &attrs).unwrap()
+            else {
+                unreachable!()
+            };
+            let Tensor::F32(s) = &scale else {
+                unreachable!()
+            };
+            let w = &float[name];
+            let at = param_of(
+                w.shape(),
+                Some(1 - block_axis),
+                WeightGrid::Block { size: size as u32 },
+            );
+            let mut blockmax = vec![0f32; s.len()];
+            for (i, v) in w.iter().enumerate() {
+                blockmax[at(i)] = blockmax[at(i)].max(v.abs());
+            }
+            for (i, (&v, &r)) in w.iter().zip(d.iter()).enumerate() {
+                // Each block's own scale, max |w| / 7, and round to nearest on it.
+                let step = s.as_slice().unwrap()[at(i)];
+                let want = blockmax[at(i)] / 7.0;
+                assert!(
+                    (step - want).abs() <= 1e-6 * want,
+                    "{name}[{i}]: {step} vs {want}"
+                );
+                assert!(
+                    (v - r).abs() <= step / 2.0 * 1.0001,
+                    "{name}[{i}]: {v} vs {r}"
+                );
+            }
+        }
+        let b = g.value_by_name("b").unwrap();
+        assert!(g.const_of(b).is_some_and(|c| c.dtype == DType::F32));
+    }
+
+    #[test]
+    fn a_block_that_does_not_divide_or_a_reader_off_the_reduction_axis_is_refused() {
+        let mut plan = Plan::default();
+        plan.values.insert("W".into(), blocked(1, 48));
+        let e = materialize(&mut two_layers(), &plan).unwrap_err();
+        assert!(
+            e.what
+                .contains("weight 'W': a block size of 48 does not divide its axis 0"),
+            "{e}"
+        );
+        // V read by Gemm with transB along axis 1: channels on axis 1 would block axis 0.
+        let mut plan = Plan::default();
+        plan.values.insert("V".into(), blocked(1, 8));
+        let e = materialize(&mut two_layers(), &plan).unwrap_err();
+        assert!(
+            e.what
+                .contains("weight 'V': blocks of 8 run along the reduction axis"),
+            "{e}"
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! with the least output error.
 //!
 //! Every quantized weight of the main graph may take its 8-bit grid, int4 per channel, or
-//! (per channel) a k-means codebook with 4, 3 or 2-bit indices (`tune::WeightBits`). Its
+//! (per channel) a k-means codebook with 4, 3 or 2-bit indices (`tune::WeightBits`); a
+//! MatMul/Gemm weight, or an embedding table, also int4 with one scale per block of 128,
+//! 64, 32 or 16 values along its reduction axis (the table's width), when the block
+//! divides it (`DequantizeLinear` with `block_size`; its bias then stays float). Its
 //! bytes on each are counted exactly as `insert_qdq` writes them
 //! ([`payload_bytes`]). Its cost on each is the noise it adds to the model's output:
 //!
@@ -46,7 +49,7 @@ use crate::data::Dataset;
 use crate::data::Sample;
 use crate::exec::{Session, SessionOptions};
 use crate::ir::{Model, Tensor};
-use crate::passes::insert_qdq::{payload_bytes, weight_noise};
+use crate::passes::insert_qdq::{can_block, payload_bytes, weight_noise};
 use crate::quant::budget::{allocate, Choice};
 use crate::quant::codebook::WeightGrid;
 use crate::quant::params::QType;
@@ -198,7 +201,8 @@ pub const ROUNDS: usize = 8;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Stored {
     pub weight: String,
-    /// `w8`, `w4`, `kmeans4`, `kmeans3`, `kmeans2` (as in the overrides file).
+    /// `w8`, `w4`, `w4b128`, `w4b64`, `w4b32`, `w4b16`, `kmeans4`, `kmeans3`, `kmeans2`
+    /// (as in the overrides file).
     pub storage: String,
     pub elements: u64,
     /// Bytes of its integer payload (codes, or level table and indices).
@@ -244,9 +248,13 @@ fn parse(name: &str) -> Option<WeightBits> {
     CANDIDATES.iter().copied().find(|b| b.name() == name)
 }
 
-const CANDIDATES: [WeightBits; 5] = [
+const CANDIDATES: [WeightBits; 9] = [
     WeightBits::W8,
     WeightBits::W4,
+    WeightBits::W4b128,
+    WeightBits::W4b64,
+    WeightBits::W4b32,
+    WeightBits::W4b16,
     WeightBits::Kmeans4,
     WeightBits::Kmeans3,
     WeightBits::Kmeans2,
@@ -285,7 +293,7 @@ fn options(
         else {
             continue;
         };
-        let Some(t) = g.value_by_name(key).and_then(|v| g.const_of(v)) else {
+        let Some((v, t)) = g.value_by_name(key).and_then(|v| Some((v, g.const_of(v)?))) else {
             continue;
         };
         if !grid.is_uniform() || qtype.dtype.bits() != Some(8) {
@@ -300,6 +308,11 @@ fn options(
             let (q, gr) = b.grid(*qtype);
             if !gr.is_uniform() && axis.is_none() {
                 continue;
+            }
+            if let Some(size) = b.block() {
+                if !can_block(g, v, a.shape(), *axis, size) {
+                    continue;
+                }
             }
             let (signal, noise) = weight_noise(key, &a, q, *axis, *mse, gr, imp).map_err(pass)?;
             opts.push(Choice {

@@ -190,6 +190,7 @@ fn summary(
         validation,
         size_budget: None,
         precision: None,
+        layers: Vec::new(),
         weight_8bit_share: share8,
         weight_4bit_share: 0.0,
         weight_bits_share: BTreeMap::from([(8, share8)]),

@@ -708,6 +708,7 @@ fn finish(
         m: &m,
         fusion: lint.as_ref().map(|r| r.coverage()),
         selection,
+        mixed: tuned.is_some() || allocation.is_some() || o.precision.overrides.is_some(),
         size_budget: allocation,
         precision,
         calibration_samples: stats.samples as usize,

@@ -506,8 +506,12 @@ pub(crate) fn build_sim_narrowed(
         let mut planf = plan8.clone();
         let wide_w = QType::new(DType::I8, true, false).expect("int8");
         for d in planf.values.values_mut() {
+            // Only 8-bit weights move to the full grid (as `tune::apply` does): a 4-bit
+            // or blocked storage stays what it is.
             if let Decision::Weight { qtype, .. } = d {
-                *qtype = wide_w;
+                if qtype.dtype == DType::I8 {
+                    *qtype = wide_w;
+                }
             }
         }
         (

@@ -8,6 +8,7 @@ use super::progress::Progress;
 use super::ranges::Candidates;
 use super::summary::{qtype_text, Summary};
 use crate::calib::{Method, MethodOptions, QuantTarget, TensorStats};
+use crate::quant::codebook::WeightGrid;
 use crate::quant::params::QType;
 use crate::quant::plan::{op_key, Decision, OpState, Plan};
 use crate::report::weights::Written;
@@ -24,6 +25,32 @@ fn short_qtype(q: &QType) -> String {
         } else {
             "asymmetric"
         }
+    )
+}
+
+/// A weight's storage: its name in the overrides file, then its grid (`w4b32: i4
+/// symmetric [-7, 7] in blocks of 32 along the reduction axis, per channel (axis 1)`).
+fn weight_text(qtype: &QType, axis: Option<i64>, grid: WeightGrid) -> String {
+    let layout = match (grid, axis) {
+        (WeightGrid::Block { size }, Some(a)) => {
+            format!(
+                " in blocks of {size} along axis {}, per channel (axis {a})",
+                1 - a
+            )
+        }
+        (_, Some(a)) => format!(" per-channel (axis {a})"),
+        (_, None) => " per-tensor".to_string(),
+    };
+    let codebook = match grid {
+        WeightGrid::Kmeans { .. } | WeightGrid::Pow2 { .. } => {
+            format!("{} codebook on ", grid.describe())
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{}: {codebook}{}{layout}",
+        crate::tune::WeightBits::describe(qtype, grid),
+        qtype_text(qtype, None)
     )
 }
 
@@ -45,19 +72,30 @@ fn precision_rows(p: &Prepared, plan: &Plan) -> Vec<PrecisionRow> {
             OpState::Quantized { kernel } => {
                 let ins = g.inputs_of(o).into_iter().flatten();
                 let outs = g.outputs_of(o).into_iter().flatten();
-                let act = ins
-                    .clone()
-                    .chain(outs)
-                    .find_map(|v| match decision(v) {
-                        Some(Decision::Activation { qtype, .. }) => Some(short_qtype(qtype)),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| "f32".into());
+                // Every distinct activation type, inputs first (a promoted input next
+                // to an 8-bit output shows both).
+                let mut acts: Vec<String> = Vec::new();
+                for v in ins.clone().chain(outs) {
+                    if let Some(Decision::Activation { qtype, .. }) = decision(v) {
+                        let t = format!(
+                            "a{} ({})",
+                            qtype.dtype.bits().unwrap_or(8),
+                            short_qtype(qtype)
+                        );
+                        if !acts.contains(&t) {
+                            acts.push(t);
+                        }
+                    }
+                }
+                let act = if acts.is_empty() {
+                    "f32".to_string()
+                } else {
+                    acts.join(", ")
+                };
                 let weight = ins.clone().find_map(|v| match decision(v) {
-                    Some(Decision::Weight { qtype, axis, .. }) => Some(match axis {
-                        Some(a) => format!("{} per-channel (axis {a})", qtype_text(qtype, None)),
-                        None => format!("{} per-tensor", qtype_text(qtype, None)),
-                    }),
+                    Some(Decision::Weight {
+                        qtype, axis, grid, ..
+                    }) => Some(weight_text(qtype, *axis, *grid)),
                     _ => None,
                 });
                 let reason = match kernel {
@@ -133,9 +171,10 @@ fn weight_rows(s: &Sources) -> Vec<WeightRow> {
             .iter()
             .map(|p| (p.scale, p.zero_point))
             .collect();
-        let per_channel = match axis {
-            Some(ax) => format!("per channel (axis {ax})"),
-            None => "per tensor".to_string(),
+        let per_channel = match (axis, grid.block()) {
+            (Some(ax), Some(b)) => format!("blocks of {b} along axis {}", 1 - ax),
+            (Some(ax), None) => format!("per channel (axis {ax})"),
+            (None, _) => "per tensor".to_string(),
         };
         let codebook = s.written.codebooks.get(key).map(Vec::as_slice);
         let text = match codebook {
@@ -146,7 +185,7 @@ fn weight_rows(s: &Sources) -> Vec<WeightRow> {
             ),
             None => format!("{}, {per_channel}", qtype_text(qtype, None)),
         };
-        let channel_of = crate::passes::insert_qdq::channel_of(a.shape(), *axis);
+        let channel_of = crate::passes::insert_qdq::param_of(a.shape(), *axis, *grid);
         let written = Written {
             qtype,
             params: &params,

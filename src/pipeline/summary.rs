@@ -47,6 +47,10 @@ pub struct Summary {
     /// Mixed precision (with --target-sqnr / --max-drop).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<PrecisionSummary>,
+    /// Each layer's activation precision and weight storage, in graph order (when a goal,
+    /// a size budget or an overrides file chose them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerChoice>,
     /// Share of weight parameters stored in 8 bits (uniform codes or 8-bit codebook indices).
     pub weight_8bit_share: f64,
     /// Share of weight parameters stored in 4 bits (uniform codes or 4-bit codebook indices).
@@ -134,6 +138,82 @@ pub fn weight_shares(plan: &Plan, m: &Model) -> BTreeMap<u32, f64> {
         .collect()
 }
 
+/// One layer's choice: a node of the main graph that reads a weight (planned, or left
+/// float).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerChoice {
+    /// Its key ([`crate::quant::plan::op_key`]).
+    pub node: String,
+    pub op_type: String,
+    /// The precision of its quantized activations (inputs and outputs): `a8`, `a16`,
+    /// `a8+a16` when they differ, `float` when none is quantized.
+    pub activation: String,
+    /// Its weight's storage as the overrides file names it (`w8`, `w4`, `w4b32`,
+    /// `kmeans3`, …; [`crate::tune::WeightBits::describe`]), or `float`.
+    pub weight: String,
+}
+
+/// The layers of `m` under `plan`, in graph order: every op reading a planned weight, and
+/// every MatMul/Gemm/Conv/ConvTranspose (input 1) or Gather (input 0) reading a float
+/// constant left float.
+pub fn layer_choices(plan: &Plan, m: &Model) -> Vec<LayerChoice> {
+    let g = &m.graph;
+    let Ok(order) = g.topo_order() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for o in order {
+        let op = g.op(o);
+        let decision = |v: crate::ir::ValueId| plan.values.get(&g.value(v).name);
+        let ins: Vec<_> = g.inputs_of(o).into_iter().flatten().collect();
+        let planned = ins.iter().find_map(|&v| match decision(v) {
+            Some(Decision::Weight { qtype, grid, .. }) => {
+                Some(crate::tune::WeightBits::describe(qtype, *grid))
+            }
+            _ => None,
+        });
+        let slot = match op.op_type.as_str() {
+            "MatMul" | "Gemm" | "Conv" | "ConvTranspose" => Some(1),
+            "Gather" => Some(0),
+            _ => None,
+        };
+        let float_weight = slot
+            .and_then(|s| g.input(o, s))
+            .and_then(|v| g.const_of(v))
+            .is_some_and(|c| c.dtype == DType::F32);
+        let weight = match planned {
+            Some(w) => w,
+            None if float_weight => "float".to_string(),
+            None => continue,
+        };
+        let mut acts = std::collections::BTreeSet::new();
+        for v in ins
+            .iter()
+            .copied()
+            .chain(g.outputs_of(o).into_iter().flatten())
+        {
+            if let Some(Decision::Activation { qtype, .. }) = decision(v) {
+                acts.insert(qtype.dtype.bits().unwrap_or(8));
+            }
+        }
+        let activation = if acts.is_empty() {
+            "float".to_string()
+        } else {
+            acts.iter()
+                .map(|b| format!("a{b}"))
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        out.push(LayerChoice {
+            node: crate::quant::plan::op_key(g, o),
+            op_type: op.op_type.clone(),
+            activation,
+            weight,
+        });
+    }
+    out
+}
+
 /// What [`summarise`] reads.
 pub struct Parts<'a> {
     pub o: &'a QuantizeOptions,
@@ -143,6 +223,9 @@ pub struct Parts<'a> {
     pub selection: Option<adaptive::Selection>,
     pub size_budget: Option<super::budget::Allocation>,
     pub precision: Option<PrecisionSummary>,
+    /// Whether a goal, a size budget or an overrides file chose precisions (the summary
+    /// then lists every layer's choice).
+    pub mixed: bool,
     pub calibration_samples: usize,
     pub eval_samples: usize,
     pub seconds: BTreeMap<String, f64>,
@@ -209,6 +292,11 @@ pub fn summarise(parts: Parts) -> Summary {
         validation: m.validation.clone(),
         size_budget: parts.size_budget,
         precision: parts.precision,
+        layers: if parts.mixed {
+            layer_choices(plan, &p.model)
+        } else {
+            Vec::new()
+        },
         weight_8bit_share: weight_bits_share.get(&8).copied().unwrap_or(0.0),
         weight_4bit_share: weight_bits_share.get(&4).copied().unwrap_or(0.0),
         weight_bits_share,

@@ -38,13 +38,19 @@ pub enum WeightGrid {
     Kmeans { bits: u32 },
     /// `0, ±2^j` codes per channel (`2^bits − 1` levels).
     Pow2 { bits: u32 },
+    /// Evenly spaced codes with one scale per block of `size` consecutive values along the
+    /// weight's other axis (a 2-D weight whose channel axis is the plan's `axis`: the
+    /// reduction axis of a MatMul/Gemm weight, the width of an embedding table), written
+    /// as `DequantizeLinear` with `block_size` (opset 21). Only `--size-budget` and the
+    /// overrides file choose it (`w4b32`…).
+    Block { size: u32 },
 }
 
 impl WeightGrid {
     /// Bits of a codebook index, `None` for a uniform grid.
     pub fn index_bits(&self) -> Option<u32> {
         match *self {
-            WeightGrid::Uniform => None,
+            WeightGrid::Uniform | WeightGrid::Block { .. } => None,
             WeightGrid::Kmeans { bits } | WeightGrid::Pow2 { bits } => Some(bits),
         }
     }
@@ -59,6 +65,15 @@ impl WeightGrid {
             WeightGrid::Uniform => "uniform".into(),
             WeightGrid::Kmeans { bits } => format!("kmeans {bits}-bit"),
             WeightGrid::Pow2 { bits } => format!("pow2 {bits}-bit"),
+            WeightGrid::Block { size } => format!("blocks of {size}"),
+        }
+    }
+
+    /// Values per block of a blocked grid.
+    pub fn block(&self) -> Option<usize> {
+        match *self {
+            WeightGrid::Block { size } => Some(size as usize),
+            _ => None,
         }
     }
 }
@@ -239,7 +254,9 @@ pub fn int_codebook(
 ) -> Result<IntCodebook, CodebookError> {
     let x: Vec<f64> = vals.iter().map(|&v| v as f64).collect();
     let (scale, levels): (f32, Vec<i64>) = match grid {
-        WeightGrid::Uniform => unreachable!("uniform grids have no codebook"),
+        WeightGrid::Uniform | WeightGrid::Block { .. } => {
+            unreachable!("uniform and blocked grids have no codebook")
+        }
         WeightGrid::Kmeans { bits } => {
             let c = kmeans(&x, wts, 1usize << bits);
             let mut l: Vec<i64> = c

@@ -49,14 +49,24 @@ impl Precision {
     }
 }
 
-/// Storage of a weight: the plan's 8-bit grid, int4 per channel, or a k-means codebook
-/// per channel on the 8-bit grid with 4, 3 or 2-bit indices.
+/// Storage of a weight: the plan's 8-bit grid, int4 per channel, int4 with one scale per
+/// block of 128, 64, 32 or 16 values along the reduction axis (MatMul/Gemm weights and
+/// embedding tables: [`WeightGrid::Block`]), or a k-means codebook per channel on the
+/// 8-bit grid with 4, 3 or 2-bit indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum WeightBits {
     #[serde(rename = "w8")]
     W8,
     #[serde(rename = "w4")]
     W4,
+    #[serde(rename = "w4b128")]
+    W4b128,
+    #[serde(rename = "w4b64")]
+    W4b64,
+    #[serde(rename = "w4b32")]
+    W4b32,
+    #[serde(rename = "w4b16")]
+    W4b16,
     #[serde(rename = "kmeans4")]
     Kmeans4,
     #[serde(rename = "kmeans3")]
@@ -70,9 +80,35 @@ impl WeightBits {
         match self {
             WeightBits::W8 => "w8",
             WeightBits::W4 => "w4",
+            WeightBits::W4b128 => "w4b128",
+            WeightBits::W4b64 => "w4b64",
+            WeightBits::W4b32 => "w4b32",
+            WeightBits::W4b16 => "w4b16",
             WeightBits::Kmeans4 => "kmeans4",
             WeightBits::Kmeans3 => "kmeans3",
             WeightBits::Kmeans2 => "kmeans2",
+        }
+    }
+
+    /// Values per block of a blocked storage.
+    pub fn block(self) -> Option<usize> {
+        match self {
+            WeightBits::W4b128 => Some(128),
+            WeightBits::W4b64 => Some(64),
+            WeightBits::W4b32 => Some(32),
+            WeightBits::W4b16 => Some(16),
+            _ => None,
+        }
+    }
+
+    /// The storage name of a weight decision on `qtype` and `grid` (`w8`, `w4`, `w4b32`,
+    /// `kmeans3`, …; `pow2N` and `wN` for grids only `--weight-grid`/`--weight-bits` set).
+    pub fn describe(qtype: &QType, grid: WeightGrid) -> String {
+        match grid {
+            WeightGrid::Uniform => format!("w{}", qtype.dtype.bits().unwrap_or(8)),
+            WeightGrid::Block { size } => format!("w{}b{size}", qtype.dtype.bits().unwrap_or(8)),
+            WeightGrid::Kmeans { bits } => format!("kmeans{bits}"),
+            WeightGrid::Pow2 { bits } => format!("pow2{bits}"),
         }
     }
 
@@ -81,6 +117,12 @@ impl WeightBits {
         match self {
             WeightBits::W8 => (base, WeightGrid::Uniform),
             WeightBits::W4 => (narrow_weight(), WeightGrid::Uniform),
+            WeightBits::W4b128 | WeightBits::W4b64 | WeightBits::W4b32 | WeightBits::W4b16 => (
+                narrow_weight(),
+                WeightGrid::Block {
+                    size: self.block().unwrap_or(0) as u32,
+                },
+            ),
             WeightBits::Kmeans4 => (base, WeightGrid::Kmeans { bits: 4 }),
             WeightBits::Kmeans3 => (base, WeightGrid::Kmeans { bits: 3 }),
             WeightBits::Kmeans2 => (base, WeightGrid::Kmeans { bits: 2 }),
@@ -89,13 +131,25 @@ impl WeightBits {
 }
 
 /// Stores each weight of `storage` as it says (they must be weight decisions of `plan`,
-/// still on their 8-bit grid); returns the names that are not quantized weights.
+/// still on their 8-bit grid); returns the names that are not quantized weights. A
+/// weight moved off 8 bits drops the rounding learned for its 8-bit grid; a blocked
+/// weight's bias stays float (its scales are per block, not per output channel).
 pub fn apply_weights(plan: &mut Plan, storage: &BTreeMap<String, WeightBits>) -> Vec<String> {
     let mut missing = Vec::new();
     for (w, s) in storage {
         match plan.values.get_mut(w) {
             Some(Decision::Weight { qtype, grid, .. }) => (*qtype, *grid) = s.grid(*qtype),
-            _ => missing.push(w.clone()),
+            _ => {
+                missing.push(w.clone());
+                continue;
+            }
+        }
+        if *s != WeightBits::W8 {
+            plan.rounding.remove(w);
+        }
+        if s.block().is_some() {
+            plan.values
+                .retain(|_, d| !matches!(d, Decision::Bias { weight, .. } if weight == w));
         }
     }
     missing
@@ -147,8 +201,10 @@ pub struct Overrides {
     /// Per tensor: the precision of the tensor's activation unit.
     #[serde(default)]
     pub tensors: BTreeMap<String, Precision>,
-    /// Per weight (initializer name): `w4` stores it on 4 bits, `kmeans4`/`kmeans3`/
-    /// `kmeans2` as a k-means codebook per channel, `w8` (the default) on 8 bits.
+    /// Per weight (initializer name): `w4` stores it on 4 bits, `w4b128`/`w4b64`/`w4b32`/
+    /// `w4b16` on 4 bits in blocks along the reduction axis (MatMul/Gemm weights,
+    /// embedding tables), `kmeans4`/`kmeans3`/`kmeans2` as a k-means codebook per channel,
+    /// `w8` (the default) on 8 bits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, WeightBits>,
     /// Why each entry was chosen (written by the search; ignored when read).
@@ -427,14 +483,15 @@ fn unit_index(units: &[Unit]) -> BTreeMap<&str, usize> {
     out
 }
 
-/// For each weight whose quantization may change with precision: the weight's name and
-/// the index of the unit its only reader takes as activation input (input 0).
+/// For each weight whose quantization may change with precision (an 8-bit weight: 4-bit
+/// and blocked storages stay what they are): the weight's name and the index of the unit
+/// its only reader takes as activation input (input 0).
 pub fn weight_units(plan: &Plan, m: &Model, units: &[Unit]) -> Vec<(String, usize)> {
     let g = &m.graph;
     let unit_of = unit_index(units);
     let mut out = Vec::new();
     for (name, d) in &plan.values {
-        if !matches!(d, Decision::Weight { .. }) {
+        if !matches!(d, Decision::Weight { qtype, .. } if qtype.dtype == DType::I8) {
             continue;
         }
         let Some(w) = g.value_by_name(name) else {

@@ -100,9 +100,17 @@ fn add_dq_switch(
     let other = |w: String| TuneError::Other(format!("simulation model: {w}"));
     let mut ins = Vec::new();
     for slot in 0..3 {
+        // The zero point is optional (symmetric blocks have none).
+        let Some(v) = src.input(src_op, slot) else {
+            if slot == 2 {
+                ins.push(None);
+                continue;
+            }
+            return Err(other(format!("'{w}' dequantize has no input {slot}")));
+        };
         let c = src
-            .input(src_op, slot)
-            .and_then(|v| src.const_of(v).cloned())
+            .const_of(v)
+            .cloned()
             .ok_or_else(|| other(format!("'{w}' dequantize input {slot} is not a constant")))?;
         let name = g.fresh_name(&format!("{w}.{tag}.{slot}"));
         ins.push(Some(
@@ -112,8 +120,10 @@ fn add_dq_switch(
     let readers = g.consumers(base);
     let ty = g.value(base).ty.clone();
     let mut op = Op::new("DequantizeLinear", &g.fresh_name(&format!("{w}.{tag}.dq")));
-    if let Some(a) = src.op(src_op).attr("axis") {
-        op.set_attr("axis", a.clone());
+    for attr in ["axis", "block_size"] {
+        if let Some(a) = src.op(src_op).attr(attr) {
+            op.set_attr(attr, a.clone());
+        }
     }
     let alt = g.add_fresh_value(&format!("{w}.{tag}.dq"), ty.clone());
     g.add_op(op, &ins, &[Some(alt)])
