@@ -200,6 +200,30 @@ fn embedding_bits_float_leaves_the_tables_float_and_says_so() {
         quantized["size_after"].as_u64().unwrap() + 500_000 < j["size_after"].as_u64().unwrap(),
         "int4 tables: {quantized}\nfloat tables: {j}"
     );
+    // The word table (ids from the input) in 4-bit blocks of 16; the position and token-type
+    // tables (ids computed from the input's shape) int8 per row.
+    for t in quantized["tables"].as_array().unwrap() {
+        let name = t["table"].as_str().unwrap();
+        let want = if name.contains("word_embeddings") {
+            (4, serde_json::json!(16), "GatherBlockQuantized")
+        } else {
+            (8, serde_json::Value::Null, "DequantizeLinear")
+        };
+        assert_eq!(
+            (
+                t["bits"].as_u64().unwrap(),
+                t["block_size"].clone(),
+                t["written_as"].as_str().unwrap()
+            ),
+            (want.0, want.1, want.2),
+            "{name}: {quantized}"
+        );
+    }
+    // --embedding-bits 4 stores every table in 4 bits.
+    let all4 = weight_only(&m, &tmp.path().join("q44.onnx"), &["--embedding-bits", "4"]);
+    for t in all4["tables"].as_array().unwrap() {
+        assert_eq!(t["bits"], 4, "{all4}");
+    }
 }
 
 #[test]
