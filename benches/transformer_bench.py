@@ -42,7 +42,8 @@ OUTPUT = "461"
 WORD_GATHER = "/model/model.0/auto_model/embeddings/word_embeddings/Gather"
 
 # name → extra `qrange quantize` flags. The first is the default command; the others show
-# what the embedding table, the activation grid and SmoothQuant's migration (--smooth) do.
+# what the embedding table (float, or int4 blocks of 32 and 16 instead of int8 rows), the
+# activation grid and SmoothQuant's migration (--smooth) do.
 CONFIGS = {
     "default": [],
     "float-embeddings": ["--exclude-nodes", WORD_GATHER],
@@ -50,6 +51,8 @@ CONFIGS = {
     "no-smooth": ["--smooth", "off"],
     "smooth-0.8": ["--smooth", "0.8"],
     "i8-activations-no-smooth": ["--activation-type", "i8", "--smooth", "off"],
+    "int4-embeddings": ["--embedding-bits", "4"],
+    "int4-embeddings-b16": ["--embedding-bits", "4", "--embedding-block", "16"],
 }
 
 

@@ -3,7 +3,8 @@
 
 Usage (from the repository root, with a python that has benches/requirements.txt):
     python3 benches/weight_only_bench.py [--models DIR] [--qrange PATH] [--out DIR]
-                                         [--only NAME[,NAME]] [--reference] [--json FILE]
+                                         [--only NAME[,NAME]] [--configs TEXT[,TEXT]]
+                                         [--reference] [--json FILE]
 
 Per model (``DIR/<name>/model.onnx`` with ``calib.npz`` and ``eval.npz``; default
 ``shared/models`` beside the checkout or one level up, else ``fixtures/``), each
@@ -17,7 +18,9 @@ output SQNR pooled over the evaluation set, 10·log10(Σ ref² / Σ (ref − q)�
 cosine of each sample's output with the float one; for minilm_l3 (output ``461``, the pooled
 sentence embedding) nearest-neighbour agreement (each sentence's most similar other sentence
 is the same under fp32 and quantized); for models with ``label``, top-1 accuracy; the size
-ratio of the files; ONNX Runtime's mean latency per sample (1 thread); qrange's seconds.
+ratio of the files; the SQNR of the largest stored embedding table against the float one (from
+qrange's summary); ONNX Runtime's mean latency per sample (1 thread); qrange's seconds.
+``--configs`` runs only the configurations whose names contain one of the given texts.
 
 ``--reference`` adds ONNX Runtime's own ``MatMulNBitsQuantizer`` (int4 RTN, asymmetric,
 blocks of 32 and 128, MatMul only) on the same data.
@@ -51,6 +54,12 @@ CONFIGS = [
     ("int4 GPTQ b32, embedding tables int8", ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq", "--embedding-bits", "8"], True),
     ("int4 RTN b16 (MatMulNBits, GatherBlockQuantized)", ["--weight-bits", "4", "--block-size", "16"], False),
     ("int4 GPTQ b16 (MatMulNBits, GatherBlockQuantized)", ["--weight-bits", "4", "--block-size", "16", "--weight-algo", "gptq"], True),
+    # The tables' own block (--embedding-block; the rows above use the default, 16 for int4
+    # tables under weights in blocks of 32).
+    ("int4 RTN b32, tables b32", ["--weight-bits", "4", "--block-size", "32", "--embedding-block", "32"], False),
+    ("int4 clip b32, tables b32", ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "clip", "--embedding-block", "32"], False),
+    ("int4 GPTQ b32, tables b32 (clip)", ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq", "--embedding-block", "32"], True),
+    ("int4 RTN b32, tables b16 (DequantizeLinear)", ["--weight-bits", "4", "--block-size", "32", "--embedding-block", "16", "--target", "generic"], False),
 ]
 MODELS = ["minilm_l3", "magika", "ppocr_det"]
 MAIN_OUTPUT = {"minilm_l3": "461"}
@@ -121,6 +130,8 @@ def main():
     ap.add_argument("--qrange", default=str(ROOT / "target" / "release" / "qrange"))
     ap.add_argument("--out", default="/tmp/weight_only_bench")
     ap.add_argument("--only")
+    ap.add_argument("--configs", help="comma-separated substrings: run only the configurations "
+                    "whose name contains one of them (default: all)")
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -163,7 +174,10 @@ def main():
         results.append(row)
         log(json.dumps(row))
         runs = []
+        wanted = a.configs.split(",") if a.configs else None
         for cname, flags, calib in CONFIGS:
+            if wanted and not any(w in cname for w in wanted):
+                continue
             path = out / f"{name}.{len(runs)}.onnx"
             cmd = [a.qrange, "quantize", str(model), "--mode", "weight-only", *flags,
                    "--no-validate", "-o", str(path), "--json"]
@@ -177,29 +191,32 @@ def main():
                 results.append({"model": name, "config": cname, "error": p.stderr.strip()})
                 continue
             s = json.loads(p.stdout)
-            runs.append((cname, path, secs, len(s["layers"])))
+            tables = sorted(s.get("tables", []), key=lambda t: -t["shape"][0] * t["shape"][1])
+            table_db = tables[0]["sqnr_db"] if tables else None
+            runs.append((cname, path, secs, len(s["layers"]), table_db))
         if a.reference:
             try:
-                runs += [(c, pth, None, None) for c, pth in reference_models(model, out)]
+                runs += [(c, pth, None, None, None) for c, pth in reference_models(model, out)]
             except Exception as e:  # the reference tool's own failure is a result
                 results.append({"model": name, "config": "ORT MatMulNBitsQuantizer", "error": str(e)})
-        for cname, path, secs, layers in runs:
+        for cname, path, secs, layers, table_db in runs:
             got, lat = run_model(ort, path, feeds, output)
             row = {"model": name, "config": cname, **score(np, ref, got, labels),
                    "size_ratio": path.stat().st_size / fsize, "latency_ms": lat * 1e3,
-                   "qrange_seconds": secs, "layers": layers}
+                   "qrange_seconds": secs, "layers": layers, "table_sqnr_db": table_db}
             results.append(row)
             log(json.dumps(row))
-    print("| model | configuration | SQNR dB | mean cos | min cos | NN agr. | accuracy | size | ORT ms (1 thr) | qrange s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | configuration | SQNR dB | mean cos | min cos | NN agr. | accuracy | size | largest table SQNR dB | ORT ms (1 thr) | qrange s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda r, k, fmt: (fmt.format(r[k]) if r.get(k) is not None else "")
     for r in results:
         if "error" in r:
-            print(f"| {r['model']} | {r['config']} | failed: {r['error'][:80]} |||||||| ")
+            print(f"| {r['model']} | {r['config']} | failed: {r['error'][:80]} ||||||||| ")
             continue
         print(f"| {r['model']} | {r['config']} | {f(r, 'sqnr_db', '{:.1f}')} | {f(r, 'cos_mean', '{:.4f}')} | "
               f"{f(r, 'cos_min', '{:.4f}')} | {f(r, 'nn_agreement', '{:.3f}')} | {f(r, 'accuracy', '{:.3f}')} | "
-              f"{f(r, 'size_ratio', '{:.3f}')} | {f(r, 'latency_ms', '{:.2f}')} | {f(r, 'qrange_seconds', '{:.2f}')} |")
+              f"{f(r, 'size_ratio', '{:.3f}')} | {f(r, 'table_sqnr_db', '{:.1f}')} | {f(r, 'latency_ms', '{:.2f}')} | "
+              f"{f(r, 'qrange_seconds', '{:.2f}')} |")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -24,7 +24,8 @@
 //! LayerNormalization), so a transformer's residual stream keeps its outlier channels;
 //! an embedding table is stored int8 per row (`quant::embedding`), or with
 //! `--embedding-bits 4` left float by the plan and stored int4 in blocks once the Q/DQ are
-//! in place (`pipeline::tables`);
+//! in place (`pipeline::tables`; the summary counts those lookups quantized and lists the
+//! tables);
 //! `upgrade_opset` to what the planned Q/DQ need, `infer_shapes` and `plan` again; the
 //! model before that raise identifies calibration files, so statistics serve every
 //! mode whatever opset it needs) →
@@ -151,8 +152,9 @@
 //!   tanh), computed as ONNX Runtime computes them; scale/zero-point
 //!   rules (`params`); the per-op rule table (`rules`); the plan (`plan`); weight-only
 //!   codes (`weight_only`: RTN, clipping search, GPTQ with its Cholesky written by hand); the
-//!   embedding tables (`embedding`: int8 per row, or 4/8-bit blocks along the embedding axis
-//!   written as GatherBlockQuantized or blocked DequantizeLinear); ONNX Runtime's
+//!   embedding tables (`embedding`: int8 per row, or 4/8-bit blocks along the embedding axis,
+//!   their own block size, RTN or the clipping search, written as GatherBlockQuantized or
+//!   blocked DequantizeLinear); ONNX Runtime's
 //!   MatMul + bias Add → Gemm fusion as the plan names it (`gemm_fusion`);
 //!   non-uniform weight grids (`codebook`: weighted k-means, power-of-two levels, both put
 //!   on a channel's int8 grid, which `insert_qdq` writes as GatherElements → DequantizeLinear);

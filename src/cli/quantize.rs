@@ -18,7 +18,7 @@ use crate::pipeline::precision::{goal_text, PrecisionSummary};
 use crate::pipeline::summary::Summary;
 use crate::pipeline::weight_only::WeightOnlySummary;
 use crate::pipeline::{self, Finish, Quantized};
-use crate::quant::embedding::TableBits;
+use crate::quant::embedding::{StoredTable, TableBits};
 use crate::quant::weight_only::Algo;
 use crate::tune::search::Goal;
 use anyhow::{anyhow, bail};
@@ -147,11 +147,18 @@ pub struct Args {
     #[arg(long, value_name = "BITS")]
     pub weight_bits: Option<u32>,
     /// How embedding tables (a Gather's constant float table) are stored: `8` (int8 per row),
-    /// `4` (int4 in blocks of --block-size along the embedding axis, default 32) or `float`.
-    /// Default: 8 in the static and dynamic modes; weight-only follows --weight-bits and
-    /// --block-size.
+    /// `4` (int4 in blocks of --embedding-block along the embedding axis) or `float`.
+    /// Default: 8 in the static and dynamic modes; weight-only follows --weight-bits.
     #[arg(long, value_name = "8|4|float")]
     pub embedding_bits: Option<String>,
+    /// Values per block of quantized embedding tables along the embedding axis, a power of
+    /// two of at least 16. Default: 32 for --embedding-bits 4 in the static and dynamic modes
+    /// (where --block-size is an older spelling of it); in weight-only the weights'
+    /// --block-size, at most 16 for 4-bit tables (per row with --block-size channel), and
+    /// lookups at indices computed from shapes (position tables) int8 per row unless
+    /// --embedding-bits 4 is given.
+    #[arg(long, value_name = "N")]
+    pub embedding_block: Option<String>,
     /// Static mode: the weight grid per output channel: `uniform` codes, a `kmeans`
     /// codebook of 2^BITS levels (weighted by each input's energy on the calibration
     /// data), or `pow2` levels 0, ±2^j (BITS 2 to 4). Codebooks are written as
@@ -479,17 +486,35 @@ fn embedding_bits(a: &Args) -> anyhow::Result<Option<TableBits>> {
     })
 }
 
-/// `--block-size` outside weight-only: the blocks of `--embedding-bits 4` tables.
+/// `--embedding-block`, or outside weight-only its older spelling `--block-size`: the
+/// blocks of the embedding tables.
 fn table_block(a: &Args) -> anyhow::Result<Option<usize>> {
-    let Some(s) = a.block_size.as_deref().map(str::trim) else {
-        return Ok(None);
+    let legacy = a
+        .block_size
+        .as_deref()
+        .map(str::trim)
+        .filter(|_| a.mode != ModeArg::WeightOnly);
+    let (flag, s) = match (a.embedding_block.as_deref().map(str::trim), legacy) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => bail!(
+            "--block-size and --embedding-block both set the embedding tables' blocks outside --mode weight-only: give --embedding-block alone"
+        ),
+        (Some(s), None) => ("--embedding-block", s),
+        (None, Some(s)) => ("--block-size", s),
     };
-    if a.embedding_bits.as_deref().map(str::trim) != Some("4") {
-        bail!("--block-size applies to --mode weight-only, or to --embedding-bits 4 tables");
+    let bits = a.embedding_bits.as_deref().map(str::trim);
+    if a.mode != ModeArg::WeightOnly && bits != Some("4") {
+        if flag == "--block-size" {
+            bail!("--block-size applies to --mode weight-only, or to --embedding-bits 4 tables");
+        }
+        bail!("--embedding-block applies to --embedding-bits 4 tables, or to --mode weight-only");
+    }
+    if bits == Some("float") {
+        bail!("--embedding-block sets the blocks of quantized tables: it does not combine with --embedding-bits float");
     }
     match s.parse::<usize>() {
         Ok(b) if b >= 16 && b.is_power_of_two() => Ok(Some(b)),
-        _ => bail!("--block-size {s} must be a power of two of at least 16 (the blocks of --embedding-bits 4 tables)"),
+        _ => bail!("{flag} {s} must be a power of two of at least 16 (the blocks of the embedding tables: 16, 32, 64, 128)"),
     }
 }
 
@@ -654,9 +679,7 @@ fn options(a: &Args, goal: Option<Goal>) -> anyhow::Result<QuantizeOptions> {
         matches!(a.mode, ModeArg::Dynamic | ModeArg::WeightOnly),
     )?;
     common.settings.embedding_bits = embedding_bits(a)?;
-    if a.mode != ModeArg::WeightOnly {
-        common.settings.embedding_block = table_block(a)?;
-    }
+    common.settings.embedding_block = table_block(a)?;
     if a.mode == ModeArg::Static {
         common.settings.weight_grid = a.weight_grid.map_or(Default::default(), Into::into);
         common.settings.weight_bits = a.weight_bits.unwrap_or(8);
@@ -793,6 +816,45 @@ fn run_weight_only(a: &Args, o: &QuantizeOptions, bars: &Bars) -> anyhow::Result
     Ok(Outcome::Ok)
 }
 
+/// The embedding tables stored in fewer bits: a count line, then one line per table.
+fn print_tables(tables: &[StoredTable]) {
+    if tables.is_empty() {
+        return;
+    }
+    let mut written: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in tables {
+        *written.entry(t.written_as.as_str()).or_default() += 1;
+    }
+    println!(
+        "tables     {} embedding tables quantized ({} parameters: {})",
+        tables.len(),
+        tables
+            .iter()
+            .map(|t| t.shape[0] * t.shape[1])
+            .sum::<usize>(),
+        written
+            .iter()
+            .map(|(k, n)| format!("{n} as {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for t in tables {
+        println!(
+            "  table {} [{}, {}]: int{} {}, {}, SQNR {:.1} dB",
+            t.table,
+            t.shape[0],
+            t.shape[1],
+            t.bits,
+            match t.block_size {
+                Some(b) => format!("blocks of {b}"),
+                None => "per row".to_string(),
+            },
+            t.algo,
+            t.sqnr_db
+        );
+    }
+}
+
 fn print_weight_only(s: &WeightOnlySummary) {
     println!("quantized  {} -> {} (weight-only)", s.input, s.output);
     println!(
@@ -825,25 +887,7 @@ fn print_weight_only(s: &WeightOnlySummary) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if !s.tables.is_empty() {
-        let mut written: BTreeMap<&str, usize> = BTreeMap::new();
-        for t in &s.tables {
-            *written.entry(t.written_as.as_str()).or_default() += 1;
-        }
-        println!(
-            "tables     {} embedding tables quantized ({} parameters: {})",
-            s.tables.len(),
-            s.tables
-                .iter()
-                .map(|t| t.shape[0] * t.shape[1])
-                .sum::<usize>(),
-            written
-                .iter()
-                .map(|(k, n)| format!("{n} as {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    print_tables(&s.tables);
     for (reason, tables) in &s.float_tables {
         println!("  float table: {reason}: {}", tables.join(", "));
     }
@@ -956,6 +1000,7 @@ fn print_summary(s: &Summary) {
         };
         println!("  float: {reason}: {}{more}", shown.join(", "));
     }
+    print_tables(&s.tables);
     if let Some(f) = &s.fusion {
         println!("{}", f.line);
     }

@@ -15,6 +15,7 @@ use super::{inputs, interface, Finish, Quantized, Run};
 use crate::ir::{DType, Model};
 use crate::passes::quantize_dynamic::Report;
 use crate::passes::{PassCx, Phase};
+use crate::quant::embedding::TableBits;
 use crate::quant::params::QType;
 use crate::quant::rules::Target;
 use std::collections::BTreeMap;
@@ -70,14 +71,6 @@ pub(super) fn quantize_dynamic(
         });
     }
     let tables = super::tables::store_planned_tables(&mut q, &p.cfg, None)?;
-    if !tables.is_empty() {
-        notes.push(format!(
-            "{} embedding table(s) stored int4 in blocks of {} ({})",
-            tables.len(),
-            tables[0].block_size.unwrap_or(0),
-            tables[0].written_as
-        ));
-    }
     q.verify().map_err(PipelineError::InvalidQuantized)?;
     if let Some(outputs) = declared {
         interface::declared_outputs(&mut q, outputs);
@@ -115,6 +108,21 @@ pub(super) fn quantize_dynamic(
     }
     let eval_samples = checks.eval.map_or(0, |e| e.len());
     let mut s = summary(&run, &p, &q, &report, validation, eval_samples, notes);
+    let stored = super::summary::move_stored_tables(&mut s.float_reasons, &tables);
+    s.quantized_ops += stored;
+    s.float_ops -= stored;
+    let all = weight_parameters(&p.model);
+    let table_parameters: u64 = tables
+        .stored
+        .iter()
+        .map(|t| (t.shape[0] * t.shape[1]) as u64)
+        .sum();
+    if all > 0 && table_parameters > 0 {
+        let share4 = table_parameters as f64 / all as f64;
+        s.weight_4bit_share = share4;
+        s.weight_bits_share.insert(4, share4);
+    }
+    s.tables = tables.stored;
     if !o.drop_pinned_inputs {
         let pinned = o.common.pins.iter().map(|(n, _)| n.clone()).collect();
         s.notes.extend(interface::keep_pinned_inputs(
@@ -172,14 +180,23 @@ fn summary(
             "u8 asymmetric [0, 255], range of each tensor at run time (DynamicQuantizeLinear)"
                 .to_string(),
         weight: format!(
-            "{}{}; embedding tables per row",
+            "{}{}; embedding tables {}",
             qtype_text(&weight, Some(p.cfg.per_channel)),
-            if p.cfg.weight_mse { ", mse ranges" } else { "" }
+            if p.cfg.weight_mse { ", mse ranges" } else { "" },
+            match p.cfg.tables {
+                Some(TableBits::Int4) => format!(
+                    "int4 in blocks of {}",
+                    p.cfg.table_block.unwrap_or(super::tables::DEFAULT_BLOCK)
+                ),
+                Some(TableBits::Float) => "float".to_string(),
+                _ => "int8 per row".to_string(),
+            }
         ),
         quantized_ops: report.quantized.values().sum(),
         folded_ops: 0,
         float_ops,
         float_reasons: report.float.clone(),
+        tables: Vec::new(),
         fusion: None,
         methods: BTreeMap::new(),
         selection: None,

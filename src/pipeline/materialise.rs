@@ -9,6 +9,7 @@ use super::precision::{goal_text, Tuned};
 use super::prepare::{dump_hook, step_error, Prepared};
 use super::progress::Progress;
 use super::ranges::{choose_ranges, Candidates};
+use super::tables::PlannedTables;
 use crate::calib::{CalibrationFile, Method, MethodOptions};
 use crate::data::Dataset;
 use crate::exec::{Session, SessionOptions};
@@ -59,6 +60,8 @@ pub struct Materialised {
     pub plan: Plan,
     pub chosen: BTreeMap<String, Method>,
     pub inserted: insert_qdq::Report,
+    /// The embedding tables stored int4 after the Q/DQ (`--embedding-bits 4`).
+    pub tables: PlannedTables,
     /// Float vs quantized per output (empty without validation).
     pub validation: BTreeMap<String, Metrics>,
     /// What the engine replaced or emulated running the quantized model.
@@ -91,7 +94,7 @@ fn insert(
     p: &Prepared,
     plan: &Plan,
     r: &mut Round,
-) -> Result<Result<(Model, insert_qdq::Report), String>, PipelineError> {
+) -> Result<Result<(Model, insert_qdq::Report, PlannedTables), String>, PipelineError> {
     let mut q = p.model.clone();
     let mut cx = PassCx {
         plan: Some(plan.clone()),
@@ -105,9 +108,9 @@ fn insert(
     if let Some(after) = stopped {
         return Ok(Err(after.to_string()));
     }
-    super::tables::store_planned_tables(&mut q, &p.cfg, Some(plan))?;
+    let tables = super::tables::store_planned_tables(&mut q, &p.cfg, Some(plan))?;
     q.verify().map_err(PipelineError::InvalidQuantized)?;
-    Ok(Ok((q, cx.inserted.unwrap_or_default())))
+    Ok(Ok((q, cx.inserted.unwrap_or_default(), tables)))
 }
 
 /// The float model's session on the evaluation data.
@@ -203,7 +206,7 @@ pub fn materialise(
             )?;
         }
         let t = Instant::now();
-        let (q, inserted) = match insert(p, &s.plan, r)? {
+        let (q, inserted, tables) = match insert(p, &s.plan, r)? {
             Ok(done) => done,
             Err(after) => return Ok(End::Stopped { after }),
         };
@@ -233,6 +236,7 @@ pub fn materialise(
                 plan: s.plan,
                 chosen: s.chosen,
                 inserted,
+                tables,
                 validation,
                 exec_notes,
             })))

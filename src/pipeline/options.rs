@@ -173,7 +173,10 @@ pub struct Settings {
     /// `--embedding-bits`: how embedding tables are stored (`None`: the mode's default, int8
     /// per row in the static and dynamic modes, the weights' bits and blocks in weight-only).
     pub embedding_bits: Option<TableBits>,
-    /// `--block-size` of 4-bit embedding tables outside weight-only (`None`: 32).
+    /// `--embedding-block` (outside weight-only also spelt `--block-size`): values per block
+    /// of quantized embedding tables along the embedding axis, a power of two of at least 16
+    /// (`None`: 32 for `--embedding-bits 4` in the static and dynamic modes; in weight-only
+    /// the weights' block, at most [`super::weight_only::TABLE_BLOCK_4`] for 4-bit tables).
     pub embedding_block: Option<usize>,
 }
 
@@ -254,6 +257,13 @@ impl Settings {
     /// The plan's configuration; TensorRT refuses asymmetric activations.
     pub fn config(&self) -> Result<QuantConfig, String> {
         let (weight, weight_grid) = self.weight_grid()?;
+        if let Some(b) = self.embedding_block {
+            if b < 16 || !b.is_power_of_two() {
+                return Err(format!(
+                    "--embedding-block {b} must be a power of two of at least 16 (16, 32, 64, 128)"
+                ));
+            }
+        }
         if self.target == Target::Tensorrt
             && matches!(
                 self.activation,

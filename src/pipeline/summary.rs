@@ -7,9 +7,11 @@ use super::options::QuantizeOptions;
 use super::precision::PrecisionSummary;
 use super::prepare::Prepared;
 use super::ranges::adaptive;
+use super::tables::PlannedTables;
 use crate::ir::{DType, Model};
 use crate::passes::StepLog;
 use crate::quant::codebook::WeightGrid;
+use crate::quant::embedding::StoredTable;
 use crate::quant::params::QType;
 use crate::quant::plan::{Decision, OpState, Plan};
 use crate::quant::rules::Target;
@@ -30,6 +32,10 @@ pub struct Summary {
     pub folded_ops: usize,
     pub float_ops: usize,
     pub float_reasons: BTreeMap<String, Vec<String>>,
+    /// Embedding tables stored in 4-bit blocks once the Q/DQ are in place
+    /// (`--embedding-bits 4`); their lookups count among the quantized ops.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<StoredTable>,
     /// What the target runtime fuses in the written model (`qrange lint`).
     pub fusion: Option<crate::lint::Coverage>,
     pub methods: BTreeMap<String, usize>,
@@ -108,7 +114,7 @@ pub fn full_grid_weights(plan: &Plan, weight: &QType) -> String {
 /// grid, the index width of a codebook (whose levels are int8); weight decisions over every
 /// float constant of 16 or more elements in the prepared model (biases, stored as int32,
 /// aside; what stays float counts in the whole and under no width).
-pub fn weight_shares(plan: &Plan, m: &Model) -> BTreeMap<u32, f64> {
+pub fn weight_shares(plan: &Plan, m: &Model, tables: &[StoredTable]) -> BTreeMap<u32, f64> {
     let g = &m.graph;
     let (mut by_bits, mut all) = (BTreeMap::<u32, u64>::new(), 0u64);
     for v in g.values() {
@@ -117,7 +123,13 @@ pub fn weight_shares(plan: &Plan, m: &Model) -> BTreeMap<u32, f64> {
         if t.dtype != DType::F32 || n < 16 {
             continue;
         }
-        match plan.values.get(&g.value(v).name) {
+        let name = &g.value(v).name;
+        if let Some(t) = tables.iter().find(|t| &t.table == name) {
+            *by_bits.entry(t.bits).or_default() += n;
+            all += n;
+            continue;
+        }
+        match plan.values.get(name) {
             Some(Decision::Bias { .. }) => continue,
             Some(Decision::Weight { qtype, grid, .. }) => {
                 let bits = grid
@@ -243,6 +255,29 @@ fn float_reasons(plan: &Plan) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// Moves the lookups whose tables [`PlannedTables`] stored out of `reasons` (where the plan,
+/// or the dynamic rewrite, left them float for `--embedding-bits 4`), and the lookups whose
+/// table stayed float after all under their own reason. Returns how many were stored: they
+/// count among the quantized ops, not the float ones.
+pub fn move_stored_tables(
+    reasons: &mut BTreeMap<String, Vec<String>>,
+    tables: &PlannedTables,
+) -> usize {
+    let mut stored = 0;
+    for keys in reasons.values_mut() {
+        keys.retain(|k| {
+            let moved = tables.handled(k);
+            stored += usize::from(tables.stored.iter().any(|t| &t.key == k));
+            !moved
+        });
+    }
+    reasons.retain(|_, keys| !keys.is_empty());
+    for (key, why) in &tables.left_float {
+        reasons.entry(why.clone()).or_default().push(key.clone());
+    }
+    stored
+}
+
 /// The summary of a materialised model.
 pub fn summarise(parts: Parts) -> Summary {
     let Parts { o, p, m, .. } = parts;
@@ -254,7 +289,9 @@ pub fn summarise(parts: Parts) -> Summary {
     }
     let mut notes = p.notes.clone();
     notes.extend(m.exec_notes.iter().cloned());
-    let weight_bits_share = weight_shares(plan, &p.model);
+    let weight_bits_share = weight_shares(plan, &p.model, &m.tables.stored);
+    let mut float_reasons = float_reasons(plan);
+    let stored = move_stored_tables(&mut float_reasons, &m.tables);
     let low_bit = !p.cfg.weight_grid.is_uniform()
         || p.cfg.weight.dtype != DType::I8
         || p.cfg.weight.qmax < 64;
@@ -278,10 +315,11 @@ pub fn summarise(parts: Parts) -> Summary {
                 ""
             }
         ),
-        quantized_ops,
+        quantized_ops: quantized_ops + stored,
         folded_ops,
-        float_ops,
-        float_reasons: float_reasons(plan),
+        float_ops: float_ops - stored,
+        float_reasons,
+        tables: m.tables.stored.clone(),
         fusion: parts.fusion,
         methods,
         selection: parts.selection,

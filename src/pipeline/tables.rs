@@ -7,27 +7,45 @@
 use super::error::PipelineError;
 use crate::ir::{Model, OpsetImport};
 use crate::quant::embedding::{
-    store_tables, StoredTable, TableBits, TableError, TableLayout, INT4_TABLE,
+    embedding_lookups, store_tables, StoredTable, TableBits, TableError, TableLayout, INT4_TABLE,
 };
 use crate::quant::plan::QuantConfig;
-use crate::quant::plan::{OpState, Plan};
+use crate::quant::plan::{op_key, OpState, Plan};
 use crate::quant::rules::Target;
 use crate::quant::weight_only::{Algo, Grid};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Default values per block of int4 tables.
 pub const DEFAULT_BLOCK: usize = 32;
 
+/// What [`store_planned_tables`] did, by lookup: what the summaries list instead of the
+/// plan's (or the dynamic rewrite's) "left float for `--embedding-bits 4`".
+#[derive(Clone, Debug, Default)]
+pub struct PlannedTables {
+    /// The tables stored int4 (their `key` is the lookup's plan key).
+    pub stored: Vec<StoredTable>,
+    /// Lookups left for the int4 tables whose table stays float after all (shared or
+    /// exposed), by plan key: why.
+    pub left_float: BTreeMap<String, String>,
+}
+
+impl PlannedTables {
+    /// Whether the lookup of plan key `key` was handed to the int4 tables.
+    pub fn handled(&self, key: &str) -> bool {
+        self.stored.iter().any(|t| t.key == key) || self.left_float.contains_key(key)
+    }
+}
+
 /// Stores `q`'s embedding tables as `cfg` asks (nothing unless `--embedding-bits 4`): those
 /// `plan` leaves float for it ([`INT4_TABLE`]), or all of them without a plan (the dynamic
-/// mode); the tables written.
+/// mode); the tables written, and those that stay float.
 pub fn store_planned_tables(
     q: &mut Model,
     cfg: &QuantConfig,
     plan: Option<&Plan>,
-) -> Result<Vec<StoredTable>, PipelineError> {
+) -> Result<PlannedTables, PipelineError> {
     if cfg.tables != Some(TableBits::Int4) {
-        return Ok(Vec::new());
+        return Ok(PlannedTables::default());
     }
     let layout = TableLayout {
         grid: Grid {
@@ -45,10 +63,29 @@ pub fn store_planned_tables(
             .map(|(k, _)| k.clone())
             .collect()
     });
-    let (stored, _) = store_tables(&mut q.graph, layout, only.as_ref()).map_err(|e| match e {
-        TableError::Graph(e) => PipelineError::InvalidQuantized(e),
-        e => PipelineError::Options(e.to_string()),
-    })?;
+    // Table name -> lookup key, for the tables that stay float.
+    let keys: BTreeMap<String, String> = embedding_lookups(&q.graph)
+        .into_iter()
+        .filter_map(|o| {
+            let t = q.graph.input(o, 0)?;
+            Some((q.graph.value(t).name.clone(), op_key(&q.graph, o)))
+        })
+        .collect();
+    let (stored, float) =
+        store_tables(&mut q.graph, layout, only.as_ref()).map_err(|e| match e {
+            TableError::Graph(e) => PipelineError::InvalidQuantized(e),
+            e => PipelineError::Options(e.to_string()),
+        })?;
+    let left_float = float
+        .into_iter()
+        .flat_map(|(why, tables)| {
+            let keys = &keys;
+            tables.into_iter().filter_map(move |t| {
+                keys.get(&t)
+                    .map(|k| (k.clone(), format!("embedding table left float: {why}")))
+            })
+        })
+        .collect();
     if stored.iter().any(|t| t.written_as == "DequantizeLinear") {
         crate::passes::upgrade_opset::upgrade(q, 21).map_err(|e| {
             PipelineError::Options(format!("4-bit embedding tables need opset 21: {e}"))
@@ -64,5 +101,5 @@ pub fn store_planned_tables(
             version: 1,
         });
     }
-    Ok(stored)
+    Ok(PlannedTables { stored, left_float })
 }

@@ -25,6 +25,11 @@
 //! - **DequantizeLinear** (any runtime, opset 21): the codes `[rows, width]` (int4/uint4 or
 //!   int8/uint8), `axis` 1 with `block_size`, or `axis` 0 per row; the `Gather` reads its output.
 //!
+//! Each block's grid comes from its own values by round-to-nearest on its min/max, or by the
+//! clipping search of [`super::weight_only`] (`clip`, and for GPTQ: a `Gather` has no input
+//! to learn from, so the best data-free choice stands in); each stored table's SQNR against
+//! the float one is reported.
+//!
 //! A table qualifies when the `Gather` along axis 0 is its one reader and it is no graph
 //! input, output or subgraph capture; the others stay float and say why.
 
@@ -74,6 +79,44 @@ pub fn embedding_lookups(g: &Graph) -> Vec<OpId> {
         .collect()
 }
 
+/// The embedding lookups of `g` whose indices are computed from constants and input shapes
+/// only (a transformer's position and token-type lookups when their ids are built from the
+/// input's shape): every input of a given length reads the same rows, so a table's error
+/// there is the same offset on every token, not noise spread over a vocabulary. Such
+/// lookups' plan keys ([`super::plan::op_key`]).
+pub fn fixed_index_lookups(g: &Graph) -> std::collections::BTreeSet<String> {
+    let mut fixed = std::collections::BTreeSet::new();
+    let Ok(order) = g.topo_order() else {
+        return Default::default();
+    };
+    for o in order {
+        let op = g.op(o);
+        let ins = g.inputs_of(o);
+        let derived = if !op.domain_key().is_empty() || !op.subgraphs().is_empty() {
+            false
+        } else if matches!(op.op_type.as_str(), "Shape" | "Size") {
+            true
+        } else if ins.iter().all(Option::is_none) {
+            op.op_type == "Constant"
+        } else {
+            ins.iter()
+                .flatten()
+                .all(|&v| fixed.contains(&v) || g.const_of(v).is_some())
+        };
+        if derived {
+            fixed.extend(g.outputs_of(o).into_iter().flatten());
+        }
+    }
+    embedding_lookups(g)
+        .into_iter()
+        .filter(|&o| {
+            g.input(o, 1)
+                .is_some_and(|i| fixed.contains(&i) || g.const_of(i).is_some())
+        })
+        .map(|o| super::plan::op_key(g, o))
+        .collect()
+}
+
 /// Why the static plan leaves an embedding lookup float under `--embedding-bits 4`: its table
 /// is stored in 4-bit blocks once the Q/DQ are inserted (the lookups [`store_tables`] takes).
 pub const INT4_TABLE: &str =
@@ -110,12 +153,24 @@ pub struct TableLayout {
     pub block: Option<usize>,
     /// Write 4-bit blocked tables as com.microsoft GatherBlockQuantized (else DequantizeLinear).
     pub gather_block_quantized: bool,
-    /// RTN or the clipping search (GPTQ has no inputs to learn from here: RTN).
+    /// RTN or the clipping search. GPTQ cannot apply to a table (a `Gather` multiplies
+    /// nothing, so there is no input Hessian): it stands for the clipping search here, the
+    /// best of the data-free choices.
     pub algo: Algo,
 }
 
+impl TableLayout {
+    /// The algorithm the tables actually get: RTN, or the clipping search for `clip` and GPTQ.
+    pub fn table_algo(&self) -> Algo {
+        match self.algo {
+            Algo::Rtn => Algo::Rtn,
+            Algo::Clip | Algo::Gptq { .. } => Algo::Clip,
+        }
+    }
+}
+
 /// A table [`store_tables`] quantized, as summaries list it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoredTable {
     /// The lookup (`Gather`) node.
     pub node: String,
@@ -127,6 +182,14 @@ pub struct StoredTable {
     pub block_size: Option<usize>,
     /// `GatherBlockQuantized` or `DequantizeLinear`.
     pub written_as: String,
+    /// `rtn` or `clip` ([`TableLayout::table_algo`]).
+    pub algo: String,
+    /// SQNR of the stored table against the float one, in dB:
+    /// `10·log10(Σ t² / Σ (t − t̂)²)` (infinite when exact).
+    pub sqnr_db: f64,
+    /// The lookup's key in a static plan ([`super::plan::op_key`]).
+    #[serde(skip)]
+    pub key: String,
 }
 
 /// Why a table could not be stored.
@@ -182,7 +245,7 @@ fn quantize_table(
     o: OpId,
     layout: TableLayout,
     captured: &std::collections::BTreeSet<String>,
-) -> Result<Result<Quantized, &'static str>, TableError> {
+) -> Result<Result<(Quantized, f64), &'static str>, TableError> {
     let t = g.input(o, 0).expect("checked lookup");
     let name = &g.value(t).name;
     if g.consumers(t).len() != 1 || g.is_input(t) || g.is_output(t) || captured.contains(name) {
@@ -204,11 +267,28 @@ fn quantize_table(
         .expect("checked 2-D");
     let width = a.ncols();
     let group = layout.block.unwrap_or(width);
-    let algo = match layout.algo {
-        Algo::Clip => Algo::Clip,
-        _ => Algo::Rtn,
-    };
-    Ok(Ok(quantize_groups(a.view(), group, layout.grid, algo)))
+    let q = quantize_groups(a.view(), group, layout.grid, layout.table_algo());
+    let sqnr = table_sqnr(a.view(), &q);
+    Ok(Ok((q, sqnr)))
+}
+
+/// `10·log10(Σ t² / Σ (t − t̂)²)` of table `a` stored as `q`, in dB (infinite when exact),
+/// without materialising the dequantized table.
+fn table_sqnr(a: ndarray::ArrayView2<f32>, q: &Quantized) -> f64 {
+    let groups = q.groups();
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for ((r, c), &t) in a.indexed_iter() {
+        let p = r * groups + c / q.group;
+        let d =
+            super::weight_only::dequantize(q.codes[r * q.cols + c], q.scales[p], q.zero_points[p]);
+        signal += t as f64 * t as f64;
+        noise += (t as f64 - d as f64).powi(2);
+    }
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
 }
 
 /// Stores every embedding table of `g` read by one `Gather` (those whose lookup's
@@ -233,7 +313,7 @@ pub fn store_tables(
                 return Err(TableError::BlockSize { table, block: b });
             }
         }
-        let q = match quantize_table(g, o, layout, &captured)? {
+        let (q, sqnr_db) = match quantize_table(g, o, layout, &captured)? {
             Ok(q) => q,
             Err(why) => {
                 float.entry(why.to_string()).or_default().push(table);
@@ -241,6 +321,7 @@ pub fn store_tables(
             }
         };
         let node = node_name(g, o);
+        let key = super::plan::op_key(g, o);
         let blocked = q.group < q.cols;
         let gbq = layout.gather_block_quantized && blocked && layout.grid.bits == 4;
         if gbq {
@@ -263,6 +344,13 @@ pub fn store_tables(
                 "DequantizeLinear"
             }
             .into(),
+            algo: match layout.table_algo() {
+                Algo::Clip => "clip",
+                _ => "rtn",
+            }
+            .into(),
+            sqnr_db,
+            key,
         });
     }
     Ok((stored, float))

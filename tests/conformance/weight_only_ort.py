@@ -8,8 +8,10 @@ that the output
 2. holds what the target asks for: com.microsoft MatMulNBits for blocked MatMul weights and
    com.microsoft GatherBlockQuantized for 4-bit blocked embedding tables on ``ort-cpu``,
    blocked or per-axis DequantizeLinear otherwise (opset 21), no QuantizeLinear (activations
-   stay float), and no Gather left on a float table unless ``--embedding-bits float`` asks
-   for it. ``lookup`` is a generated embedding (a 50 x 40 table, so blocks of 32 leave a
+   stay float), no Gather left on a float table unless ``--embedding-bits float`` asks
+   for it, and each table's ``block_size`` what the flags ask (``--embedding-block``, else
+   the weights' block, at most 16 for 4-bit tables; tables that follow 4-bit weights keep
+   lookups at fixed indices int8 per row). ``lookup`` is a generated embedding (a 50 x 40 table, so blocks of 32 leave a
    partial last block, then a MatMul);
 3. loads and runs in ONNX Runtime (CPU EP, 1 thread) without graph optimizations and with
    all of them. With all of them ONNX Runtime rewrites DequantizeLinear → MatMul into
@@ -70,7 +72,55 @@ CONFIGS = [
      ["--block-size", "16", "--weight-symmetric"], ["GatherBlockQuantized", "MatMulNBits"]),
     ("lookup int4 b32 DequantizeLinear", "gen:lookup", None, "gen:lookup",
      ["--block-size", "32", "--target", "generic"], ["DequantizeLinear", "Gather"]),
+    # The tables' block apart from the weights' (--embedding-block): both forms.
+    ("minilm_l3 int4 b32, tables b16 MatMulNBits", "minilm_l3/model.onnx", None,
+     "minilm_l3/eval.npz", ["--weight-bits", "4", "--block-size", "32", "--embedding-block", "16"],
+     ["MatMulNBits", "GatherBlockQuantized"]),
+    ("minilm_l3 int4 b32, tables b16 DequantizeLinear", "minilm_l3/model.onnx", None,
+     "minilm_l3/eval.npz", ["--weight-bits", "4", "--block-size", "32", "--embedding-block", "16",
+                            "--target", "generic"], ["DequantizeLinear"]),
+    ("minilm_l3 int4 GPTQ b32, tables b16 clip", "minilm_l3/model.onnx", "minilm_l3/calib.npz",
+     "minilm_l3/eval.npz", ["--weight-bits", "4", "--block-size", "32", "--weight-algo", "gptq",
+                            "--embedding-block", "16"], ["MatMulNBits", "GatherBlockQuantized"]),
+    ("lookup int4 b16, tables b32 GatherBlockQuantized", "gen:lookup", None, "gen:lookup",
+     ["--block-size", "16", "--embedding-block", "32"], ["GatherBlockQuantized", "MatMulNBits"]),
+    ("lookup int4 b32, tables b16 DequantizeLinear", "gen:lookup", None, "gen:lookup",
+     ["--block-size", "32", "--embedding-block", "16", "--target", "generic"],
+     ["DequantizeLinear", "Gather"]),
 ]
+
+
+def table_blocks(m: onnx.ModelProto) -> list:
+    """``block_size`` of each stored table's op: GatherBlockQuantized, or the DequantizeLinear
+    a Gather reads its table from (``None``: per row)."""
+    dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    out = []
+    for n in m.graph.node:
+        op = n if n.op_type == "GatherBlockQuantized" else (
+            dq.get(n.input[0]) if n.op_type == "Gather" else None)
+        if op is None:
+            continue
+        block = [a.i for a in op.attribute if a.name == "block_size"]
+        out.append(block[0] if block else None)
+    return out
+
+
+def flag_of(flags: list, name: str):
+    return flags[flags.index(name) + 1] if name in flags else None
+
+
+def expected_table_block(flags: list):
+    """The tables' block the flags ask for: ``--embedding-block``, else the weights' block
+    (default 32), at most 16 for 4-bit tables; ``None`` (per row) with per-channel weights."""
+    def flag(name, default):
+        return flags[flags.index(name) + 1] if name in flags else default
+    if "--embedding-block" in flags:
+        return int(flag("--embedding-block", None))
+    block = flag("--block-size", "32")
+    if block == "channel":
+        return None
+    bits = flag("--embedding-bits", flag("--weight-bits", "4"))
+    return min(int(block), 16) if bits == "4" else int(block)
 
 
 def write_lookup(tmp: str) -> tuple[str, str]:
@@ -139,6 +189,16 @@ def main() -> int:
             floats = float_tables(qm)
             if bool(floats) != ("--embedding-bits" in flags and "float" in flags):
                 failures.append(f"{label}: float Gather tables {floats}")
+                continue
+            blocks = table_blocks(qm)
+            want_block = expected_table_block(flags)
+            # 4-bit tables that follow the weights leave fixed-index lookups (positions, token
+            # types) int8 per row.
+            rows_ok = (flag_of(flags, "--embedding-bits") is None
+                       and flag_of(flags, "--weight-bits") in (None, "4"))
+            if not floats and (want_block not in blocks or any(
+                    b != want_block and not (rows_ok and b is None) for b in blocks)):
+                failures.append(f"{label}: table block_size {blocks}, expected {want_block}")
                 continue
             op = "+".join(want)
             samples, stacked = load_samples(evalf)
