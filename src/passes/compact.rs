@@ -178,8 +178,8 @@ fn computed_bias_scales(g: &mut Graph, captured: &BTreeSet<String>) -> bool {
         let [x0] = xs.as_slice() else {
             continue;
         };
-        let exact = bs.len() == ws.len() && bs.shape() == [ws.len()].as_slice()
-            || (bs.len() == 1 && ws.len() == 1);
+        // One scale per output channel on both sides (a per-tensor bias scale is 4 bytes).
+        let exact = bs.len() == ws.len() && bs.shape() == [ws.len()].as_slice();
         if !exact
             || !bs
                 .iter()
