@@ -41,13 +41,14 @@ fn each_weight_gets_the_storage_the_budget_chose_and_the_model_fits() {
     let float = std::fs::metadata(fixture("ppocr_cls/model.onnx"))
         .unwrap()
         .len();
-    let mb = format!("{}", 0.42 * float as f64 / 1e6);
+    // Written compact, the all-8-bit model fits 0.42× (0.379×): 0.30× makes weights move.
+    let mb = format!("{}", 0.30 * float as f64 / 1e6);
     let out = tmp.path().join("cls.onnx");
     let j = cls(&out, &["--size-budget", &mb]);
     let size = std::fs::metadata(&out).unwrap().len();
     assert!(
-        size as f64 <= 0.42 * float as f64,
-        "{size} bytes over 0.42 × {float}"
+        size as f64 <= 0.30 * float as f64,
+        "{size} bytes over 0.30 × {float}"
     );
     let weights = j["size_budget"]["weights"].as_array().unwrap();
     let m = load(&out);
@@ -155,12 +156,12 @@ fn the_output_cost_measures_every_weight_fits_and_replays_byte_for_byte() {
     let float = std::fs::metadata(fixture("ppocr_cls/model.onnx"))
         .unwrap()
         .len();
-    let mb = format!("{}", 0.42 * float as f64 / 1e6);
+    let mb = format!("{}", 0.30 * float as f64 / 1e6);
     let out = tmp.path().join("cls.onnx");
     let args = ["--size-budget", &mb, "--size-budget-cost", "output"];
     let j = cls(&out, &args);
     let size = std::fs::metadata(&out).unwrap().len();
-    assert!(size as f64 <= 0.42 * float as f64, "{size} bytes");
+    assert!(size as f64 <= 0.30 * float as f64, "{size} bytes");
     let a = &j["size_budget"];
     assert_eq!(a["cost"], "output", "{a}");
     assert!(a["sensitivity_samples"].as_u64().unwrap() >= 1, "{a}");
