@@ -17,8 +17,10 @@ process under `/usr/bin/time -v` (wall time, "Maximum resident set size"):
 | convert | `qrange convert model.onnx out.onnx` (external data stays external) |
 | convert-inline | `qrange convert model.onnx out.onnx --inline` (past 2 GiB it switches to external data itself) |
 | run | `qrange run model.onnx --data run.npz -o out.npz` (2 samples) |
-| quantize | `qrange quantize model.onnx --calib calib.npz -o q.onnx --no-validate` (static, 8 samples) |
+| run-calib | `qrange run model.onnx --data calib.npz -o out.npz` (the 8 samples `quantize` calibrates on) |
+| quantize | `qrange quantize model.onnx --calib calib.npz -o q.onnx --no-validate --json` (static, 8 samples; the summary's seconds per step are reported) |
 | weight-only | `qrange quantize model.onnx --mode weight-only -o q.onnx --no-validate` (int4, blocks of 32, RTN) |
+| read | `dd if=model.onnx.data of=/dev/null bs=4M`: reading the weights once (from the page cache when the commands before it read them) |
 | ort | one ONNX Runtime session (CPU) built on model.onnx and run on one sample |
 
 "x model" is peak RSS over the model's size on disk (model file plus its external data). Each
@@ -41,7 +43,7 @@ import quant_bench as qb  # noqa: E402  (timed runs under /usr/bin/time -v, shar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = os.path.join(ROOT, "fixtures", "gen", "large_model.py")
-KEYS = ["inspect", "convert", "convert-inline", "run", "quantize", "weight-only", "ort"]
+KEYS = ["inspect", "convert", "convert-inline", "run", "run-calib", "quantize", "weight-only", "read", "ort"]
 
 ORT_SESSION = """
 import sys, numpy as np, onnxruntime as ort
@@ -60,10 +62,13 @@ def commands(qrange: str, d: str) -> dict:
         "convert-inline": [qrange, "convert", m, os.path.join(out, "c.onnx"), "--inline"],
         "run": [qrange, "run", m, "--data", os.path.join(d, "run.npz"), "-o",
                 os.path.join(out, "y.npz")],
+        "run-calib": [qrange, "run", m, "--data", os.path.join(d, "calib.npz"), "-o",
+                      os.path.join(out, "y.npz")],
         "quantize": [qrange, "quantize", m, "--calib", os.path.join(d, "calib.npz"), "-o",
-                     os.path.join(out, "q.onnx"), "--no-validate"],
+                     os.path.join(out, "q.onnx"), "--no-validate", "--json"],
         "weight-only": [qrange, "quantize", m, "--mode", "weight-only", "-o",
                         os.path.join(out, "q.onnx"), "--no-validate"],
+        "read": ["dd", f"if={m}.data", "of=/dev/null", "bs=4M"],
         "ort": [sys.executable, "-c", ORT_SESSION, m, os.path.join(d, "run.npz")],
     }
 
@@ -87,19 +92,28 @@ def bench_size(size: str, args) -> list[dict]:
         rec = qb.timed_run(cmd, key, os.path.join(d, "logs"), False, args.timeout)
         shutil.rmtree(out, ignore_errors=True)
         peak = rec.get("peak_mb")
+        steps = None
+        if key == "quantize" and rec["rc"] == 0:
+            try:
+                with open(os.path.join(d, "logs", key + ".out")) as f:
+                    steps = json.load(f).get("seconds")
+            except (OSError, ValueError):
+                steps = None
         rows.append({
             "size": size,
             "model_mb": total / 1e6,
             "command": key,
             "rc": rec["rc"],
             "wall_s": rec["wall_s"],
+            "cpu_s": rec.get("cpu_s"),
+            "steps_s": steps,
             "peak_mb": peak * 1024 * 1024 / 1e6 if peak is not None else None,
             "x_model": peak * 1024 * 1024 / total if peak is not None else None,
             "error": rec.get("err_line"),
         })
         r = rows[-1]
-        qb.log(f"  {size} {key}: rc {r['rc']}, {r['wall_s']:.1f} s, {r['peak_mb']:.0f} MB, "
-               f"{r['x_model']:.2f}x")
+        qb.log(f"  {size} {key}: rc {r['rc']}, {r['wall_s']:.1f} s (CPU {r['cpu_s'] or 0:.1f} s), "
+               f"{r['peak_mb']:.0f} MB, {r['x_model']:.2f}x")
     if not args.keep:
         for f in ("model.onnx", "model.onnx.data", "calib.npz", "run.npz"):
             try:
@@ -110,12 +124,15 @@ def bench_size(size: str, args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | command | wall s | peak RSS MB | x model | notes |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | command | wall s | CPU s | peak RSS MB | x model | notes |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         note = "" if r["rc"] == 0 else f"exit {r['rc']}: {r['error'] or ''}"
+        if r.get("steps_s"):
+            note += "steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["steps_s"].items())
+        cpu = f"{r['cpu_s']:.1f}" if r.get("cpu_s") is not None else "-"
         lines.append(f"| {r['size']} ({r['model_mb']:.0f} MB) | {r['command']} | "
-                     f"{r['wall_s']:.1f} | {r['peak_mb']:.0f} | {r['x_model']:.2f} | {note} |")
+                     f"{r['wall_s']:.1f} | {cpu} | {r['peak_mb']:.0f} | {r['x_model']:.2f} | {note} |")
     return "\n".join(lines)
 
 

@@ -3,18 +3,19 @@
 stays within a multiple of the model's size.
 
 Usage:
-    python3 benches/memory_check.py --qrange PATH --work DIR [--size ci] [--max-run X]
+    python3 benches/memory_check.py --qrange PATH --work DIR [--size small|ci] [--max-run X]
                                     [--max-quantize X]
 
-Generates `fixtures/gen/large_model.py --size SIZE` (default `ci`: 4 chained MatMul + Relu
-layers of 2048 x 2048, float weights in external data, 67 MB) into DIR, runs each command in a
-child process and reads its peak resident set size from the kernel when it is reaped
-(`wait4`'s `ru_maxrss`, the child's VmHWM), then fails (exit 1) when a command failed or its
-peak over the model's size on disk exceeds its limit. The limits keep a margin of about 15%
-over what was measured (debug build: `run` 2.42x, `quantize` 3.14x on the `ci` model, where
-the engine's fixed cost weighs more than on larger ones; `quantize` was 6.06x when the range
-selection's simulation left every weight's DequantizeLinear to the engine, which ran it on
-every run).
+Generates `fixtures/gen/large_model.py --size SIZE` (default `small`: 5 chained MatMul + Relu
+layers of 4096 x 4096, float weights in external data, 336 MB; `ci`, 4 layers of 2048 x 2048,
+67 MB, was the default before) into DIR, runs each command in a child process and reads its
+peak resident set size from the kernel when it is reaped (`wait4`'s `ru_maxrss`, the child's
+VmHWM), then fails (exit 1) when a command failed or its peak over the model's size on disk
+exceeds its limit. The limits are the issue's goal for large models, 1.5x, about 16% over
+what was measured on `small` (debug build: `run` 1.27x in 13 s, `quantize` 1.29x in 186 s,
+both under a load average of about 15 on 2 cores; on the `ci` model the engine's fixed cost
+weighs more: `run` 2.42x, `quantize` 3.14x, so pass `--max-run 2.8 --max-quantize 3.6` with
+`--size ci`).
 Deletes what it generated. Needs: numpy, onnx.
 """
 
@@ -45,9 +46,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qrange", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--size", default="ci")
-    ap.add_argument("--max-run", type=float, default=2.8)
-    ap.add_argument("--max-quantize", type=float, default=3.6)
+    ap.add_argument("--size", default="small")
+    ap.add_argument("--max-run", type=float, default=1.5)
+    ap.add_argument("--max-quantize", type=float, default=1.5)
     a = ap.parse_args()
     d = os.path.abspath(a.work)
     os.makedirs(d, exist_ok=True)

@@ -61,8 +61,8 @@ METHODS = ("MinMax", "Entropy", "Percentile")
 RUN_TIMEOUT_S = 4 * 3600
 
 
-# Per model: directory of its data, task metric, inputs pinned for qrange, and how many
-# evaluation samples `--quick` keeps.
+# Per model: directory of its data, task metric, inputs pinned for qrange, how many
+# evaluation samples `--quick` keeps, and the output scored (`output`; default the first).
 MODELS = {
     "ppocr_cls": {"data": "ppocr_cls", "metric": "top1", "pins": {}, "quick": 32},
     "ppocr_det": {"data": "ppocr_det", "metric": "iou", "pins": {}, "quick": 3},
@@ -74,11 +74,14 @@ MODELS = {
         "pins": {"sr": "16000"},
         "quick": 200,
     },
+    # Its first outputs echo the int64 inputs; `461` is the mean-pooled sentence embedding.
+    "minilm_l3": {"data": "minilm_l3", "metric": "embcos", "pins": {}, "quick": 64, "output": "461"},
 }
 METRIC_NAMES = {
     "top1": "top-1 accuracy vs label",
     "iou": "IoU of maps > 0.3 vs fp32 (mean)",
     "vad": "frame accuracy of output > 0.5 vs label",
+    "embcos": "cosine of each embedding with fp32's (mean over samples)",
 }
 SCALING_MODELS = ("ppocr_cls", "magika")
 SCALING_SIZES = (32, 128, 512)
@@ -388,6 +391,11 @@ def task_metric(kind: str, out, ref_out, labels) -> float | None:
             return None
         pred = out.reshape(n, -1)[:, 0] > VAD_THRESHOLD
         return float(np.mean(pred == (labels[:n] > 0)))
+    if kind == "embcos":
+        a = ref_out.reshape(n, -1).astype(np.float64)
+        b = out.reshape(n, -1).astype(np.float64)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return float(np.mean((a * b).sum(1) / den))
     raise ValueError(kind)
 
 
@@ -450,7 +458,7 @@ class Evaluator:
         self.args = args
         self.pins = self.cfg["pins"]
         sess = make_session(model)
-        self.primary = sess.get_outputs()[0].name
+        self.primary = self.cfg.get("output") or sess.get_outputs()[0].name
         t = time.perf_counter()
         self.ref = run_all(sess, data, n, self.pins)
         self.eval_s = time.perf_counter() - t

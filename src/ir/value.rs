@@ -291,7 +291,20 @@ impl ConstTensor {
     /// Builds a raw-data constant from host values.
     pub fn from_tensor(name: Option<String>, t: &Tensor) -> ConstTensor {
         let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-        let mut raw = Vec::new();
+        // The raw bytes' size, reserved: the per-element extends below never reallocate.
+        let mut raw = Vec::with_capacity(match t {
+            Tensor::F32(a) => a.len() * 4,
+            Tensor::F64(a) => a.len() * 8,
+            Tensor::I16(a) => a.len() * 2,
+            Tensor::U16(a) => a.len() * 2,
+            Tensor::F16(a) => a.len() * 2,
+            Tensor::BF16(a) => a.len() * 2,
+            Tensor::I32(a) => a.len() * 4,
+            Tensor::U32(a) => a.len() * 4,
+            Tensor::I64(a) => a.len() * 8,
+            Tensor::U64(a) => a.len() * 8,
+            _ => 0,
+        });
         let data = match t {
             Tensor::F32(a) => {
                 a.iter().for_each(|v| raw.extend(v.to_le_bytes()));

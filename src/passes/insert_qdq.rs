@@ -625,12 +625,13 @@ pub(crate) fn weight_params(
             // One pass over the values in memory order: each channel still folds its own
             // values in index order, as the per-channel views below do.
             let n = t.shape()[a as usize];
-            let ch = channel_of(t.shape(), axis);
             let mut lo_hi = vec![(0f32, 0f32); n];
-            for (i, &v) in xs.iter().enumerate() {
-                let (lo, hi) = &mut lo_hi[ch(i)];
-                (*lo, *hi) = (lo.min(v), hi.max(v));
-            }
+            channel_runs(t.shape(), axis, |c, run| {
+                let (lo, hi) = &mut lo_hi[c];
+                for &v in &xs[run] {
+                    (*lo, *hi) = (lo.min(v), hi.max(v));
+                }
+            });
             lo_hi
                 .into_iter()
                 .map(|(lo, hi)| scale_zp(lo, hi, q))
@@ -641,6 +642,125 @@ pub(crate) fn weight_params(
             .map(|s| one(s.iter().copied().collect()))
             .collect(),
     }
+}
+
+/// Calls `f(channel, run)` for each run of consecutive elements (in memory order) of a
+/// tensor of `shape` that lie in one channel along `axis` (the whole tensor without an
+/// axis), in order: the channels [`channel_of`] gives, without a division per element.
+pub(crate) fn channel_runs(
+    shape: &[usize],
+    axis: Option<i64>,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    let len: usize = shape.iter().product();
+    if len == 0 {
+        return;
+    }
+    let Some(a) = axis else {
+        f(0, 0..len);
+        return;
+    };
+    let stride = shape[a as usize + 1..].iter().product::<usize>().max(1);
+    let dim = shape[a as usize].max(1);
+    let mut c = 0;
+    for start in (0..len).step_by(stride) {
+        f(c, start..(start + stride).min(len));
+        c = if c + 1 == dim { 0 } else { c + 1 };
+    }
+}
+
+/// A uniform weight's codes, computed as [`code_weight`] and [`quantize_weight`] compute
+/// them (the same values, and `Σ w²`, `Σ (w − ŵ)²` summed in the same order), in one pass
+/// over the values, straight into the integer type: `None` when that road does not apply
+/// (values not contiguous, a type without it, a learned rounding of another shape, a NaN
+/// code), and the general one then gives the same result or its error.
+fn uniform_codes(
+    a: &ArrayD<f32>,
+    q: QType,
+    axis: Option<i64>,
+    mse: bool,
+    rounding: Option<&[bool]>,
+) -> Option<(Vec<ScaleZp>, Tensor, (f64, f64))> {
+    let xs = a.as_slice()?;
+    if rounding.is_some_and(|r| r.len() != xs.len()) {
+        return None;
+    }
+    fn typed<T: TryFrom<i64>>(
+        xs: &[f32],
+        shape: &[usize],
+        q: &QType,
+        axis: Option<i64>,
+        params: &[ScaleZp],
+        rounding: Option<&[bool]>,
+        cast: fn(f64) -> T,
+    ) -> Option<(Vec<T>, (f64, f64))> {
+        // Every clamped code fits `T` exactly.
+        T::try_from(q.qmin).ok()?;
+        T::try_from(q.qmax).ok()?;
+        let (qmin, qmax) = (q.qmin as f64, q.qmax as f64);
+        let mut codes = Vec::with_capacity(xs.len());
+        let (mut signal, mut noise) = (0f64, 0f64);
+        let mut nan = false;
+        channel_runs(shape, axis, |c, run| {
+            let p = params[c];
+            let zp = p.zero_point as f64;
+            let up = rounding.map(|r| &r[run.clone()]);
+            for (k, &w) in xs[run].iter().enumerate() {
+                let r = match up {
+                    Some(up) => (w / p.scale).floor() + if up[k] { 1.0 } else { 0.0 },
+                    None => (w / p.scale).round_ties_even(),
+                };
+                let code = (r as f64 + zp).clamp(qmin, qmax);
+                nan |= code.is_nan();
+                let d = ((code - zp) as f32 * p.scale) as f64;
+                signal += (w as f64).powi(2);
+                noise += (w as f64 - d).powi(2);
+                codes.push(cast(code));
+            }
+        });
+        (!nan).then_some((codes, (signal, noise)))
+    }
+    let params = weight_params(a, &q, axis, mse);
+    let shape = a.shape();
+    fn arr<T>(dim: IxDyn, v: Vec<T>) -> Option<ArrayD<T>> {
+        ArrayD::from_shape_vec(dim, v).ok()
+    }
+    let (t, sn) = match q.dtype {
+        DType::I8 | DType::I4 => {
+            let (v, sn) = typed(xs, shape, &q, axis, &params, rounding, |c| c as i8)?;
+            let v = arr(a.raw_dim(), v)?;
+            (
+                if q.dtype == DType::I8 {
+                    Tensor::I8(v)
+                } else {
+                    Tensor::I4(v)
+                },
+                sn,
+            )
+        }
+        DType::U8 | DType::U4 => {
+            let (v, sn) = typed(xs, shape, &q, axis, &params, rounding, |c| c as u8)?;
+            let v = arr(a.raw_dim(), v)?;
+            (
+                if q.dtype == DType::U8 {
+                    Tensor::U8(v)
+                } else {
+                    Tensor::U4(v)
+                },
+                sn,
+            )
+        }
+        DType::I16 => {
+            let (v, sn) = typed(xs, shape, &q, axis, &params, rounding, |c| c as i16)?;
+            (Tensor::I16(arr(a.raw_dim(), v)?), sn)
+        }
+        DType::U16 => {
+            let (v, sn) = typed(xs, shape, &q, axis, &params, rounding, |c| c as u16)?;
+            (Tensor::U16(arr(a.raw_dim(), v)?), sn)
+        }
+        _ => return None,
+    };
+    Some((params, t, sn))
 }
 
 /// The integer codes of a weight and, for a codebook grid, how they are stored.
@@ -654,6 +774,12 @@ struct Coded {
 
 /// Per channel: its levels (codes) and each element's level index, channel-major.
 type Codebooks = (Vec<Vec<i64>>, Vec<Vec<u8>>);
+
+/// How a weight's codes are written: an integer tensor, or codebooks with their index bits.
+enum Codes {
+    Tensor(Tensor),
+    Codebook(Codebooks, u32),
+}
 
 /// Integer values as a tensor of `dtype` (4-bit types held one value per `i8`/`u8`).
 fn int_tensor(dtype: DType, shape: &[usize], vals: &[f64]) -> Result<Tensor, PassError> {
@@ -1252,8 +1378,44 @@ fn quantize_weight(
         }
         None => None,
     };
-    let coded = code_weight(&name, a, q, axis, mse, grid, importance, rounding)?;
-    let params = coded.params;
+    // Uniform weights in one pass, straight into their integer type (the same codes and
+    // sums as below).
+    let fast = match grid.is_uniform() {
+        true => uniform_codes(a, q, axis, mse, rounding),
+        false => None,
+    };
+    let (params, codes, signal_noise) = match fast {
+        Some((params, qt, sn)) => (params, Codes::Tensor(qt), sn),
+        None => {
+            let coded = code_weight(&name, a, q, axis, mse, grid, importance, rounding)?;
+            let ch = param_of(a.shape(), axis, grid);
+            let (mut signal, mut noise) = (0f64, 0f64);
+            let params = coded.params;
+            let mut add = |i: usize, w: f32, c: f64| {
+                let p = params[ch(i)];
+                let d = ((c - p.zero_point as f64) as f32 * p.scale) as f64;
+                signal += (w as f64).powi(2);
+                noise += (w as f64 - d).powi(2);
+            };
+            match a.as_slice() {
+                Some(xs) => xs
+                    .iter()
+                    .zip(&coded.codes)
+                    .enumerate()
+                    .for_each(|(i, (&w, &c))| add(i, w, c)),
+                None => a
+                    .iter()
+                    .zip(&coded.codes)
+                    .enumerate()
+                    .for_each(|(i, (&w, &c))| add(i, w, c)),
+            }
+            let codes = match (coded.codebook, grid.index_bits()) {
+                (Some(cb), Some(bits)) => Codes::Codebook(cb, bits),
+                _ => Codes::Tensor(int_tensor(q.dtype, a.shape(), &coded.codes)?),
+            };
+            (params, codes, (signal, noise))
+        }
+    };
     let n = params.len();
     let pshape: Vec<usize> = match (&blocked, axis) {
         (Some((ps, _, _)), _) => ps.clone(),
@@ -1272,43 +1434,29 @@ fn quantize_weight(
         Some((_, b, size)) => (Some(*b as i64), Some(*size as i64)),
         None => (axis, None),
     };
-    let ch = param_of(a.shape(), axis, grid);
-    let (mut signal, mut noise) = (0f64, 0f64);
-    let mut add = |i: usize, w: f32, c: f64| {
-        let p = params[ch(i)];
-        let d = ((c - p.zero_point as f64) as f32 * p.scale) as f64;
-        signal += (w as f64).powi(2);
-        noise += (w as f64 - d).powi(2);
-    };
-    match a.as_slice() {
-        Some(xs) => xs
-            .iter()
-            .zip(&coded.codes)
-            .enumerate()
-            .for_each(|(i, (&w, &c))| add(i, w, c)),
-        None => a
-            .iter()
-            .zip(&coded.codes)
-            .enumerate()
-            .for_each(|(i, (&w, &c))| add(i, w, c)),
-    }
     let readers = g.consumers(w);
-    let qv = match (&coded.codebook, grid.index_bits()) {
-        (Some(cb), Some(bits)) => write_codebook(
-            g,
-            names,
-            &name,
-            a.shape(),
-            axis.expect("checked per channel") as usize,
-            bits,
-            q.dtype,
-            cb,
-        )?,
-        _ => {
-            let qt = int_tensor(q.dtype, a.shape(), &coded.codes)?;
+    let shape = a.shape().to_vec();
+    drop(t);
+    let (qv, codebook) = match codes {
+        Codes::Codebook(cb, bits) => (
+            write_codebook(
+                g,
+                names,
+                &name,
+                &shape,
+                axis.expect("checked per channel") as usize,
+                bits,
+                q.dtype,
+                &cb,
+            )?,
+            Some(cb.0),
+        ),
+        Codes::Tensor(qt) => {
             let qn = names.fresh(g, &format!("{name}.q"));
-            g.add_const(&qn, ConstTensor::from_tensor(None, &qt))
-                .map_err(|e| err(e.to_string()))?
+            let v = g
+                .add_const(&qn, ConstTensor::from_tensor(None, &qt))
+                .map_err(|e| err(e.to_string()))?;
+            (v, None)
         }
     };
     let made = Made {
@@ -1349,8 +1497,8 @@ fn quantize_weight(
             axis,
         },
         made,
-        signal_noise: (signal, noise),
-        codebook: coded.codebook.map(|(levels, _)| levels),
+        signal_noise,
+        codebook,
     })
 }
 
@@ -1463,6 +1611,110 @@ fn drop_if_unused(g: &mut Graph, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general road: [`code_weight`]'s codes, their sums per element, the tensor.
+    fn general(
+        a: &ArrayD<f32>,
+        q: QType,
+        axis: Option<i64>,
+        mse: bool,
+        rounding: Option<&[bool]>,
+    ) -> (Vec<ScaleZp>, Tensor, (f64, f64)) {
+        let grid = WeightGrid::Uniform;
+        let coded = code_weight("w", a, q, axis, mse, grid, None, rounding).unwrap();
+        let ch = channel_of(a.shape(), axis);
+        let (mut signal, mut noise) = (0f64, 0f64);
+        for (i, (&w, &c)) in a.iter().zip(&coded.codes).enumerate() {
+            let p = coded.params[ch(i)];
+            let d = ((c - p.zero_point as f64) as f32 * p.scale) as f64;
+            signal += (w as f64).powi(2);
+            noise += (w as f64 - d).powi(2);
+        }
+        let t = int_tensor(q.dtype, a.shape(), &coded.codes).unwrap();
+        (coded.params, t, (signal, noise))
+    }
+
+    #[test]
+    fn one_pass_uniform_codes_equal_the_general_road() {
+        // Values of mixed magnitudes (some channels much wider than others), and ties.
+        let shape = [3usize, 5, 4];
+        let n: usize = shape.iter().product();
+        let vals: Vec<f32> = (0..n)
+            .map(|i| {
+                let x = ((i * 7919) % 113) as f32 / 17.0 - 3.0;
+                if i % 9 == 0 {
+                    x * 40.0
+                } else if i % 11 == 0 {
+                    0.5
+                } else {
+                    x
+                }
+            })
+            .collect();
+        let a = ArrayD::from_shape_vec(IxDyn(&shape), vals).unwrap();
+        let up: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+        let mut checked = 0;
+        for dtype in [
+            DType::I8,
+            DType::U8,
+            DType::I4,
+            DType::U4,
+            DType::I16,
+            DType::U16,
+        ] {
+            for symmetric in [true, false] {
+                for reduce in [false, true] {
+                    let Some(q) = QType::new(dtype, symmetric, reduce) else {
+                        continue;
+                    };
+                    for axis in [None, Some(0), Some(1), Some(2)] {
+                        for mse in [false, true] {
+                            for rounding in [None, Some(&up[..])] {
+                                let fast = uniform_codes(&a, q, axis, mse, rounding)
+                                    .expect("contiguous f32 values of a supported type");
+                                let slow = general(&a, q, axis, mse, rounding);
+                                assert_eq!(fast.0, slow.0, "{dtype:?} {axis:?} {mse}");
+                                assert_eq!(fast.1, slow.1, "{dtype:?} {axis:?} {mse}");
+                                assert_eq!(
+                                    (fast.2 .0.to_bits(), fast.2 .1.to_bits()),
+                                    (slow.2 .0.to_bits(), slow.2 .1.to_bits()),
+                                    "{dtype:?} {axis:?} {mse}"
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked >= 6 * 8 * 4, "{checked}");
+        // A NaN code leaves it to the general road, which names the value.
+        let mut bad = a.clone();
+        bad[[1, 2, 3]] = f32::NAN;
+        let q = QType::new(DType::I8, true, false).unwrap();
+        assert!(uniform_codes(&bad, q, Some(1), false, None).is_none());
+        // A learned rounding of another shape too.
+        assert!(uniform_codes(&a, q, Some(1), false, Some(&up[1..])).is_none());
+    }
+
+    #[test]
+    fn channel_runs_give_the_channel_of_every_element() {
+        for (shape, axis) in [
+            (vec![3usize, 5, 4], Some(0i64)),
+            (vec![3, 5, 4], Some(1)),
+            (vec![3, 5, 4], Some(2)),
+            (vec![3, 5, 4], None),
+            (vec![7], Some(0)),
+            (vec![2, 0, 3], Some(1)),
+        ] {
+            let ch = channel_of(&shape, axis);
+            let mut seen = Vec::new();
+            channel_runs(&shape, axis, |c, run| seen.extend(run.map(|i| (i, c))));
+            let n: usize = shape.iter().product();
+            let want: Vec<(usize, usize)> = (0..n).map(|i| (i, ch(i))).collect();
+            assert_eq!(seen, want, "{shape:?} {axis:?}");
+        }
+    }
 
     #[test]
     fn packed_indices_are_a_little_endian_bit_stream_per_channel() {
