@@ -48,9 +48,15 @@ fn passes_prints_what_quantize_runs() {
     assert_eq!(ran, listed);
     for p in &log {
         assert_eq!(p["runs"], 1, "{p}");
-        // Dynamic quantization's step is the one a static run skips.
+        // Dynamic quantization's step is one a static run skips; compact writing runs
+        // only under a size budget.
         if p["step"] == "quantize_dynamic" {
             assert!(p["skipped"].as_str().unwrap().contains("static"), "{p}");
+        } else if p["step"] == "compact" {
+            assert!(
+                p["skipped"].as_str().unwrap().contains("--size-budget"),
+                "{p}"
+            );
         } else {
             assert!(p.get("skipped").is_none(), "{p}");
         }

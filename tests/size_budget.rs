@@ -187,19 +187,22 @@ fn the_output_cost_measures_every_weight_fits_and_replays_byte_for_byte() {
     );
 }
 
-/// The DequantizeLinear node of weight `name` (`<name>.dequantize`) in a written model.
+/// The DequantizeLinear node of weight `name` (the one reading its codes, `<name>.q`) in a
+/// written model (a budget writes compact: added nodes carry no names).
 fn dequantize_of<'a>(
     m: &'a qrange::onnx::proto::ModelProto,
     name: &str,
 ) -> &'a qrange::onnx::proto::NodeProto {
-    let want = format!("{name}.dequantize");
+    let want = format!("{name}.q");
     m.graph
         .as_ref()
         .unwrap()
         .node
         .iter()
-        .find(|n| n.name.as_deref() == Some(want.as_str()))
-        .unwrap_or_else(|| panic!("no {want}"))
+        .find(|n| {
+            n.op_type.as_deref() == Some("DequantizeLinear") && n.input.first() == Some(&want)
+        })
+        .unwrap_or_else(|| panic!("no DequantizeLinear of {want}"))
 }
 
 fn int_attr_of(n: &qrange::onnx::proto::NodeProto, name: &str) -> Option<i64> {

@@ -1654,14 +1654,7 @@ mod tests {
         let a = ArrayD::from_shape_vec(IxDyn(&shape), vals).unwrap();
         let up: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
         let mut checked = 0;
-        for dtype in [
-            DType::I8,
-            DType::U8,
-            DType::I4,
-            DType::U4,
-            DType::I16,
-            DType::U16,
-        ] {
+        for dtype in [DType::I8, DType::U8, DType::I4, DType::U4] {
             for symmetric in [true, false] {
                 for reduce in [false, true] {
                     let Some(q) = QType::new(dtype, symmetric, reduce) else {
@@ -1687,7 +1680,7 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 6 * 8 * 4, "{checked}");
+        assert!(checked >= 4 * 8 * 4, "{checked}");
         // A NaN code leaves it to the general road, which names the value.
         let mut bad = a.clone();
         bad[[1, 2, 3]] = f32::NAN;
