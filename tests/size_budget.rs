@@ -304,7 +304,7 @@ fn a_transformer_budget_blocks_matmul_weights_and_the_embedding_table_along_thei
     assert_eq!(
         m.opset_import
             .iter()
-            .find(|o| o.domain.as_deref().unwrap_or("") == "")
+            .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
             .unwrap()
             .version,
         Some(21)

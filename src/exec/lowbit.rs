@@ -97,7 +97,7 @@ impl Kernel {
             Kernel::GatherBlockQuantized { .. } => 3,
             Kernel::NBitsWeight { .. } => 2,
             // X, W, R and the four weight scales and zero points
-            Kernel::DynamicQuantizeLstm { .. } => return slot < 3 || slot >= 8,
+            Kernel::DynamicQuantizeLstm { .. } => return !(3..8).contains(&slot),
         };
         slot < leading
     }

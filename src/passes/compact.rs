@@ -149,9 +149,8 @@ fn computed_bias_scales(g: &mut Graph, captured: &BTreeSet<String>) -> bool {
         let (Some(b), Some(sb), Some(out)) = (g.input(o, 0), g.input(o, 1), g.output(o, 0)) else {
             continue;
         };
-        if !g
-            .const_of(b)
-            .is_some_and(|c| c.dtype == crate::ir::DType::I32)
+        if g.const_of(b)
+            .is_none_or(|c| c.dtype != crate::ir::DType::I32)
         {
             continue;
         }

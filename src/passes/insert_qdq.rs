@@ -1767,11 +1767,11 @@ mod tests {
         let b = WeightGrid::Block { size: 2 };
         // [4, 3], channels on axis 1: scales [2, 3], element (r, c) → (r / 2) · 3 + c.
         let at = param_of(&[4, 3], Some(1), b);
-        let got: Vec<usize> = (0..12).map(|i| at(i)).collect();
+        let got: Vec<usize> = (0..12).map(at).collect();
         assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5]);
         // [3, 4], channels on axis 0: scales [3, 2], element (r, c) → r · 2 + c / 2.
         let at = param_of(&[3, 4], Some(0), b);
-        let got: Vec<usize> = (0..12).map(|i| at(i)).collect();
+        let got: Vec<usize> = (0..12).map(at).collect();
         assert_eq!(got, vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
     }
 

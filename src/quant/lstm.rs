@@ -192,13 +192,7 @@ const TANH: [f32; 11] = [
 pub fn mlas_logistic(x: f32) -> f32 {
     let [a9, a7, a5, a3, a1, b10, b8, b6, b4, b2, b0] = LOGISTIC;
     // maxps/minps keep a NaN input
-    let x = if x < -18.0 {
-        -18.0
-    } else if x > 18.0 {
-        18.0
-    } else {
-        x
-    };
+    let x = x.clamp(-18.0, 18.0);
     let x2 = x * x;
     let mut p = x2.mul_add(a9, a7);
     for c in [a5, a3, a1] {
@@ -220,13 +214,7 @@ pub fn mlas_logistic(x: f32) -> f32 {
 /// ONNX Runtime's hyperbolic tangent on x86-64 with FMA3 (MLAS), bit for bit.
 pub fn mlas_tanh(x: f32) -> f32 {
     let [a13, a11, a9, a7, a5, a3, a1, b6, b4, b2, b0] = TANH;
-    let x = if x < -9.0 {
-        -9.0
-    } else if x > 9.0 {
-        9.0
-    } else {
-        x
-    };
+    let x = x.clamp(-9.0, 9.0);
     let x2 = x * x;
     let mut p = x2.mul_add(a13, a11);
     for c in [a9, a7, a5, a3, a1] {
