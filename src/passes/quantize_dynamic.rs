@@ -430,15 +430,7 @@ fn quantize_weight(
     transposed: bool,
     cfg: &QuantConfig,
 ) -> Result<(QWeight, u64), PassError> {
-    let name = g.value(w).name.clone();
-    let t = g
-        .const_of(w)
-        .expect("checked constant")
-        .to_tensor()
-        .map_err(|e| err(format!("weight '{name}': {e}")))?;
-    let Tensor::F32(a) = t else {
-        return Err(err(format!("weight '{name}' is not float32")));
-    };
+    let (name, a) = float_weight(g, w)?;
     let n = a.len() as u64;
     // The output-channel axis of the stored weight.
     let axis = match (kind, transposed) {
@@ -780,13 +772,8 @@ fn lstm_eligible(g: &Graph, o: OpId) -> Result<(), String> {
     Ok(())
 }
 
-/// An LSTM weight `[D, 4H, K]` as DynamicQuantizeLSTM reads it: int8 `[D, K, 4H]`, its scales
-/// (`[D, 4H]` per column, `[D]` per direction) and int8 zero points of the same shape.
-fn quantize_lstm_weight(
-    g: &mut Graph,
-    w: ValueId,
-    cfg: &QuantConfig,
-) -> Result<(ValueId, ValueId, ValueId, u64), PassError> {
+/// The name and float32 values of constant weight `w` (checked a constant by the caller).
+fn float_weight(g: &Graph, w: ValueId) -> Result<(String, ArrayD<f32>), PassError> {
     let name = g.value(w).name.clone();
     let t = g
         .const_of(w)
@@ -796,6 +783,17 @@ fn quantize_lstm_weight(
     let Tensor::F32(a) = t else {
         return Err(err(format!("weight '{name}' is not float32")));
     };
+    Ok((name, a))
+}
+
+/// An LSTM weight `[D, 4H, K]` as DynamicQuantizeLSTM reads it: int8 `[D, K, 4H]`, its scales
+/// (`[D, 4H]` per column, `[D]` per direction) and int8 zero points of the same shape.
+fn quantize_lstm_weight(
+    g: &mut Graph,
+    w: ValueId,
+    cfg: &QuantConfig,
+) -> Result<(ValueId, ValueId, ValueId, u64), PassError> {
+    let (name, a) = float_weight(g, w)?;
     let shape = a.shape().to_vec();
     let (d, n, k) = (shape[0], shape[1], shape[2]);
     // 7 bits ([-64, 64]) unless --no-reduce-range: every uint8 × int8 pair then fits int16,

@@ -85,28 +85,7 @@ pub fn embedding_lookups(g: &Graph) -> Vec<OpId> {
 /// there is the same offset on every token, not noise spread over a vocabulary. Such
 /// lookups' plan keys ([`super::plan::op_key`]).
 pub fn fixed_index_lookups(g: &Graph) -> std::collections::BTreeSet<String> {
-    let mut fixed = std::collections::BTreeSet::new();
-    let Ok(order) = g.topo_order() else {
-        return Default::default();
-    };
-    for o in order {
-        let op = g.op(o);
-        let ins = g.inputs_of(o);
-        let derived = if !op.domain_key().is_empty() || !op.subgraphs().is_empty() {
-            false
-        } else if matches!(op.op_type.as_str(), "Shape" | "Size") {
-            true
-        } else if ins.iter().all(Option::is_none) {
-            op.op_type == "Constant"
-        } else {
-            ins.iter()
-                .flatten()
-                .all(|&v| fixed.contains(&v) || g.const_of(v).is_some())
-        };
-        if derived {
-            fixed.extend(g.outputs_of(o).into_iter().flatten());
-        }
-    }
+    let fixed = super::plan::computed_from_constants(g, |v| g.const_of(v).is_some());
     embedding_lookups(g)
         .into_iter()
         .filter(|&o| {

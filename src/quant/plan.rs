@@ -1043,15 +1043,23 @@ fn plan_float_gemm(cx: &Cx, cfg: &QuantConfig, plan: &mut Plan, o: OpId, key: St
     );
 }
 
-/// Values of the graph `cx` plans that are computed from constants only: every input of
-/// their producer is a constant (of this graph or captured), such a value, or absent, or
-/// the producer is `Shape`/`Size` (which read only a shape, fixed per inference). No
-/// sample changes them. Outputs of ops with subgraphs are not listed (their bodies may
-/// read anything), nor are values of ops without inputs other than `Constant`.
+/// Values of the graph `cx` plans that are computed from constants only (see
+/// [`computed_from_constants`]; captured constants count).
 fn constant_only(cx: &Cx) -> BTreeSet<ValueId> {
-    let g = cx.g;
+    computed_from_constants(cx.g, |v| cx.const_of(v).is_some())
+}
+
+/// Values of `g` computed from constants only: every input of their producer is a
+/// constant (`is_const`), such a value, or absent, or the producer is `Shape`/`Size`
+/// (which read only a shape, fixed per inference). No sample changes them. Outputs of ops
+/// with subgraphs are not listed (their bodies may read anything), nor are values of ops
+/// without inputs other than `Constant`. Empty for a graph with a cycle.
+pub fn computed_from_constants(g: &Graph, is_const: impl Fn(ValueId) -> bool) -> BTreeSet<ValueId> {
     let mut out = BTreeSet::new();
-    for o in g.topo_order().expect("verified graph is acyclic") {
+    let Ok(order) = g.topo_order() else {
+        return out;
+    };
+    for o in order {
         let op = g.op(o);
         let ins = g.inputs_of(o);
         let fixed = if !op.domain_key().is_empty() || !op.subgraphs().is_empty() {
@@ -1063,7 +1071,7 @@ fn constant_only(cx: &Cx) -> BTreeSet<ValueId> {
         } else {
             ins.iter()
                 .flatten()
-                .all(|&v| out.contains(&v) || cx.const_of(v).is_some())
+                .all(|&v| out.contains(&v) || is_const(v))
         };
         if fixed {
             out.extend(g.outputs_of(o).into_iter().flatten());
