@@ -67,6 +67,38 @@ fn dynamic_mode_writes_integer_ops_and_validates_against_the_float_model() {
     assert_eq!(r, vec![w[0], hidden as i64, 4 * hidden as i64]);
     assert_eq!(ws, vec![w[0], 4 * hidden as i64]);
     assert_eq!(wz, ws);
+    // The integer products' weights are uint8 with one zero point of 128 (symmetric codes
+    // 1..=255: uint8 × uint8 products, summed exactly by ONNX Runtime on every x86 CPU).
+    let mut products = 0;
+    for o in g.ops() {
+        if !matches!(g.op(o).op_type.as_str(), "MatMulInteger" | "ConvInteger") {
+            continue;
+        }
+        products += 1;
+        let w = g
+            .const_of(g.input(o, 1).unwrap())
+            .unwrap()
+            .to_tensor()
+            .unwrap();
+        let z = g
+            .const_of(g.input(o, 3).unwrap())
+            .unwrap()
+            .to_tensor()
+            .unwrap();
+        assert_eq!(
+            w.dtype(),
+            qrange::ir::DType::U8,
+            "{}",
+            g.op(o).display_name()
+        );
+        assert_eq!(z.dtype(), qrange::ir::DType::U8);
+        assert_eq!(z.to_f64_vec().unwrap(), vec![128.0]);
+        assert!(
+            w.to_f64_vec().unwrap().iter().all(|&c| c >= 1.0),
+            "code 0 is off the grid"
+        );
+    }
+    assert_eq!(products, 3);
 }
 
 /// Off ONNX Runtime, LSTM weights stay float with their reason (DynamicQuantizeLSTM is a

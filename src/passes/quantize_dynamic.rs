@@ -5,19 +5,22 @@
 //! becomes the integer chain ONNX Runtime's `quantize_dynamic` writes: the activation goes
 //! through `DynamicQuantizeLinear` (uint8, its scale and zero point from that tensor's own
 //! min/max, computed when the model runs), the product is `MatMulInteger` or `ConvInteger`
-//! on int8 weights (int32 sums), then `Cast` to float and `Mul` by the product of the two
+//! on 8-bit weights (int32 sums), then `Cast` to float and `Mul` by the product of the two
 //! scales (`Mul(activation scale, weight scale)`), then the bias (`Add`). ONNX Runtime
 //! fuses the MatMul chain, with a following bias `Add`, into `DynamicQuantizeMatMul`.
 //! An activation read by several quantized ops is quantized once.
 //!
-//! Weights are int8 symmetric on `[-127, 127]`, one scale per output channel (MatMul's
-//! and Gemm's columns, Conv's output channels; one per tensor with `--per-tensor`), from
-//! each channel's min/max (or the range of least squared error with `--weight-method
-//! mse`). The zero point is one int8 zero for the whole tensor: symmetric channels all
-//! have zero point 0, ONNX Runtime's `ConvInteger` takes only a per-tensor weight zero
-//! point, and the per-channel scales live in the float `Mul` after the integer product.
-//! The full int8 grid is used (ONNX Runtime's `quantize_dynamic` default): no 7-bit
-//! weights, whatever `--no-reduce-range` says.
+//! Weights are symmetric on `[-127, 127]`, one scale per output channel (MatMul's and
+//! Gemm's columns, Conv's output channels; one per tensor with `--per-tensor`), from each
+//! channel's min/max (or the range of least squared error with `--weight-method mse`).
+//! The integer products store them as uint8 with one zero point of 128 for the whole
+//! tensor (codes 1..=255): the same grid as int8 with zero point 0, but a uint8 × uint8
+//! product, which ONNX Runtime's x86 kernels sum exactly on every CPU, where its uint8 ×
+//! int8 kernels without VNNI saturate pairs of products to int16 (and so depart from the
+//! model's arithmetic). ONNX Runtime's `ConvInteger` takes only a per-tensor weight zero
+//! point; the per-channel scales live in the float `Mul` after the integer product. The
+//! full 8-bit grid is used (ONNX Runtime's `quantize_dynamic` default): no 7-bit weights,
+//! whatever `--no-reduce-range` says.
 //!
 //! A `Gather` from a constant float table of rank 2 along axis 0 (an embedding) gathers
 //! from an int8 table with one symmetric scale per row: `Gather(table, ids)` →
@@ -446,6 +449,17 @@ fn quantize_weight(
         (Tensor::I8(qa), true) => Tensor::I8(qa.t().as_standard_layout().to_owned().into_dyn()),
         (q, _) => q,
     };
+    // The integer products read the symmetric codes shifted into uint8 (zero point 128):
+    // the same grid, but a uint8 × uint8 product, which ONNX Runtime's x86 kernels sum
+    // exactly on every CPU (their uint8 × int8 kernels without VNNI saturate pairs of
+    // products to int16). Gathered rows stay int8.
+    let (q, zero_point) = match q {
+        Tensor::I8(qa) if kind != Kind::Gather => (
+            Tensor::U8(qa.mapv(|c| (i16::from(c) + 128) as u8)),
+            Tensor::U8(ArrayD::from_elem(IxDyn(&[]), 128)),
+        ),
+        q => (q, Tensor::I8(ArrayD::zeros(IxDyn(&[])))),
+    };
     // Scales broadcast against the output: [N] for a product, [M, 1, …] for a Conv
     // output and a gathered row.
     let channels = scales.len();
@@ -464,11 +478,7 @@ fn quantize_weight(
         Tensor::F32(ArrayD::from_shape_vec(IxDyn(&scale_shape), scales).expect("scale shape"));
     let qv = constant(g, &format!("{name}.quantized"), &q)?;
     let sv = constant(g, &format!("{name}.scale"), &scale_t)?;
-    let zv = constant(
-        g,
-        &format!("{name}.zero_point"),
-        &Tensor::I8(ArrayD::zeros(IxDyn(&[]))),
-    )?;
+    let zv = constant(g, &format!("{name}.zero_point"), &zero_point)?;
     Ok((
         QWeight {
             q: qv,

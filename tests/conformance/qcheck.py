@@ -45,10 +45,14 @@ def tract_outputs(qrange: str, model: str, stacked: dict, tmp: str, stem: str) -
     return dict(np.load(out))
 
 
-def ort_outputs(path: str, samples: list[dict], level, accuracy_level: str | None = None) -> dict:
+def ort_outputs(path: str, samples: list[dict], level, accuracy_level: str | None = None,
+                config: dict | None = None) -> dict:
     """Every output of the model in ONNX Runtime (CPU, 1 thread) over the samples, stacked,
-    at graph optimization ``level`` (and MatMulNBits ``accuracy_level`` when given)."""
+    at graph optimization ``level`` (and MatMulNBits ``accuracy_level`` when given, and the
+    session ``config`` entries)."""
     so = ort.SessionOptions()
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
     if accuracy_level is not None:
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", accuracy_level)
     so.intra_op_num_threads = 1

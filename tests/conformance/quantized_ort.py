@@ -37,7 +37,13 @@ Tolerances, and why:
   output, and the fused kernels' one-step differences per layer compound to several output
   steps. Step agreement means little there, so for that case the fused path is gated on
   accuracy instead: its SQNR against the float model (ORT, no optimizations) must be no
-  more than 1 dB below tract's. The no-fusion gate is unchanged.
+  more than 1 dB below tract's. So is the no-fusion path: traced layer by layer on
+  ppocr_cls's size-budget model (4 k-means, 5 int4 and 45 int8 weights, 18 dB), ORT's and
+  tract's Conv outputs differ by float ulps (at most 2e-6), which flip 1 of 55296
+  roundings at the 13th activation; a HardSwish makes that 3 steps, and the 4-bit layers
+  after it carry it to the output: mean 0.23, max 3.7 output steps over 16 samples (0.92
+  mean over the 4 the case runs), depending on which elements sit on a tie. The exact Q/DQ
+  arithmetic is checked by the step gates of every other case.
 - Mixed precision puts a third of ppocr_cls's activations on 16 bits. A 16-bit step is
   about 1e-4 of the range, and the engines' float sums (summation order) differ by about
   1e-7, so roughly one 16-bit rounding in a hundred lands on the other side in ORT than in
@@ -143,9 +149,10 @@ FIXTURES = [
     ("ppocr_cls mixed precision", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
      "ppocr_cls/eval.npz", ["--target-sqnr", "30", "--sensitivity-samples", "4"], 16),
     # Each weight's storage chosen to fit a size budget: 8-bit, int4 and k-means 4-bit
-    # codebooks in one model.
+    # codebooks in one model (0.19 MB: below the 216 KB of the compact all-8-bit model;
+    # measured: 4 kmeans4, 5 w4, 45 w8).
     ("ppocr_cls size budget", "ppocr_cls/model.onnx", "ppocr_cls/calib.npz",
-     "ppocr_cls/eval.npz", ["--size-budget", "0.246"], 4),
+     "ppocr_cls/eval.npz", ["--size-budget", "0.19"], 4),
     # A transformer's budget: MatMul weights and the word-embedding table in int4 blocks
     # along their reduction axis (DequantizeLinear with block_size), the rest 8-bit.
     # 1.7 MB: written compact, the fixture's budget model is 1.648 MB there; at 1.65 MB the
@@ -231,6 +238,14 @@ WIDE_16 = 64.0
 
 # Dynamic cases gated on accuracy rather than steps (see the docstring).
 DYNAMIC_ACCURACY = {"ppocr_cls dynamic"}
+
+# Session entries for the fused run of a case. `--target tensorrt` writes int8 activations
+# and full 8-bit int8 weights (for TensorRT, not ONNX Runtime's CPU kernels). By default
+# ONNX Runtime on x86 first turns int8 Q/DQ pairs into uint8 ones, and its uint8 × int8
+# kernels without VNNI saturate pairs of 8-bit products to int16: the fused output then
+# depends on the CPU (measured: 1.67 steps mean on a CPU without VNNI, within the gate on
+# one with it). With int8 Q/DQ allowed, its int8 × int8 kernels sum exactly on every CPU.
+FUSED_CONFIG = {"tiny_cnn i8 tensorrt": {"session.qdqisint8allowed": "1"}}
 
 # The fused path of the mixed-precision model (u8/u16/float activations side by side):
 # measured 1.06 steps; gate 1.5.
@@ -397,7 +412,8 @@ def main() -> int:
                 continue
             try:
                 ref = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-                fused = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+                fused = ort_outputs(q, samples, ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                    config=FUSED_CONFIG.get(label))
             except Exception as e:  # noqa: BLE001
                 failures.append(f"{label}: ONNX Runtime: {str(e).splitlines()[0]}")
                 continue
@@ -493,7 +509,7 @@ def main() -> int:
                         print(f"{label}/{name}: SQNR vs float: tract {s_tract:.2f} dB, ORT {s_ref:.2f} dB, "
                               f"ORT fused {s_fused:.2f} dB (gated on accuracy, see above)")
                         ok_fused = s_fused >= s_tract - 1.0
-                        if dyn_acc:
+                        if dyn_acc or "--size-budget" in extra:
                             ok_ref = s_ref >= s_tract - 1.0
                 rows.append((label, name, nq, "dq" if steps.get(name) else "range/255",
                              d_ref.mean(), np.percentile(d_ref, 99), d_ref.max(),
