@@ -35,8 +35,10 @@
 //! [`crate::quant::budget::allocate`] then moves weights to smaller storage by least cost
 //! added per byte saved until the payload fits what the budget leaves after everything
 //! else in the model; the plan is materialised, its encoded size measured, and the target
-//! lowered by any excess (the ops around codebooks are not in the payload), at most
-//! [`ROUNDS`] times. The choice is recorded per weight in the overrides file, which
+//! lowered below that allocation's payload by any excess (the ops around codebooks are
+//! not in the payload), at most [`ROUNDS`] times; when a round misses, the targets between
+//! the last allocation too large and the first that fits are bisected ([`REFINE`]
+//! materialisations at most) for the largest that fits. The choice is recorded per weight in the overrides file, which
 //! replays it without measuring anything.
 
 use super::error::PipelineError;
@@ -196,6 +198,10 @@ fn factors(opts: &Options, probe: &[f64], m: &Measured) -> Option<Vec<f64>> {
 
 /// Materialisations at most before a budget the estimate keeps missing is given up.
 pub const ROUNDS: usize = 8;
+
+/// Materialisations at most spent giving back bytes a fitting allocation took beyond the
+/// budget (after a round that missed it).
+pub const REFINE: usize = 4;
 
 /// One weight's storage under the budget.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -435,6 +441,40 @@ pub fn fit(
         let size = written_size(p, &q)?;
         Ok((q, size))
     };
+    let payload_of =
+        |at: &[usize]| -> u64 { opts.iter().zip(at).map(|((_, o), &i)| o[i].bytes).sum() };
+    // After a round too large, the fitting allocation may have moved past allocations that
+    // fit with less error: bisect the targets between the two for the largest that fits.
+    let give_back = |fit: (Vec<usize>, Plan, u64),
+                     fit_target: u64,
+                     over: u64,
+                     with: &dyn Fn(&[usize]) -> Result<(Plan, u64), PipelineError>|
+     -> Result<(Vec<usize>, Plan), PipelineError> {
+        let (mut best, mut best_q, mut best_payload) = fit;
+        let (mut lo, mut hi, mut measured) = (fit_target, over, 0);
+        while hi > lo + 1 && measured < REFINE {
+            let mid = lo + (hi - lo) / 2;
+            let Ok(at) = allocate(&opts, mid) else {
+                break;
+            };
+            let payload = payload_of(&at);
+            if payload <= best_payload {
+                // The same allocation: nothing between the two up to `mid`.
+                lo = mid;
+                continue;
+            }
+            measured += 1;
+            let (q, size) = with(&at)?;
+            if size <= budget {
+                (best, best_q, best_payload) = (at, q, payload);
+                lo = mid;
+            } else {
+                hi = payload;
+            }
+        }
+        Ok((best, best_q))
+    };
+    let mut over: Option<u64> = None;
     let mut target = budget.saturating_sub(rest);
     for _ in 0..ROUNDS {
         let at = match allocate(&opts, target) {
@@ -472,10 +512,19 @@ pub fn fit(
             }
         };
         let (q, size) = with(&at)?;
+        let payload = payload_of(&at);
         if size <= budget {
+            let (at, q) = match over {
+                Some(over) => give_back((at, q, payload), target, over, &with)?,
+                None => (at, q),
+            };
             return Ok(done(&at, q, plan));
         }
-        target = target.saturating_sub(size - budget);
+        over = Some(payload);
+        // Lower the target below what this allocation's payload takes (not below the
+        // previous target: one move can save more bytes than the excess, so a target
+        // lowered by the excess alone may leave the same allocation, round after round).
+        target = payload.saturating_sub(size - budget);
     }
     Err(PipelineError::Options(format!(
         "--size-budget {budget_mb} MB: the written size still exceeds the budget after {ROUNDS} estimates"

@@ -6,8 +6,11 @@
 //! `pipeline::budget`). [`allocate`] starts each weight at its option of least error and, while
 //! the total is over the target, takes the move of least error added per byte saved over
 //! every weight and every smaller option of it (a weight may skip an option that is not
-//! on the lower convex hull of its error/bytes curve). Ties go to the weight named
-//! first, then the smaller option, so the result is deterministic.
+//! on the lower convex hull of its error/bytes curve). Once a single move can bring the
+//! total within the target, the one of least error that does is compared with the rest
+//! of that walk, and the smaller total error wins: the move of best rate may save far
+//! more bytes than are left over. Ties go to the weight named first, then the smaller
+//! option, so the result is deterministic.
 
 /// One storage option of a weight.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +47,7 @@ pub fn allocate<T>(
     }
     // Start on the option of least error (the fewest bytes among equals): an option
     // with more bytes and no less error is never worth taking.
-    let mut at: Vec<usize> = weights
+    let at: Vec<usize> = weights
         .iter()
         .map(|(_, o)| {
             (0..o.len())
@@ -57,30 +60,94 @@ pub fn allocate<T>(
                 .expect("options")
         })
         .collect();
-    let mut total: u64 = weights.iter().zip(&at).map(|((_, o), &i)| o[i].bytes).sum();
+    let total: u64 = weights.iter().zip(&at).map(|((_, o), &i)| o[i].bytes).sum();
     // Visit weights by name for ties.
     let mut by_name: Vec<usize> = (0..weights.len()).collect();
     by_name.sort_by(|&a, &b| weights[a].0.cmp(&weights[b].0));
-    while total > target {
-        let mut best: Option<(f64, usize, usize)> = None;
-        for &w in &by_name {
-            let o = &weights[w].1;
-            let cur = &o[at[w]];
-            for (j, c) in o.iter().enumerate() {
-                if c.bytes >= cur.bytes {
-                    continue;
-                }
-                let rate = (c.error - cur.error).max(0.0) / (cur.bytes - c.bytes) as f64;
-                if best.is_none_or(|(r, _, _)| rate < r) {
-                    best = Some((rate, w, j));
-                }
+    let error =
+        |at: &[usize]| -> f64 { weights.iter().zip(at).map(|((_, o), &i)| o[i].error).sum() };
+    let mut state = (at, total);
+    while state.1 > target {
+        // Once one move can end the walk, the one of least error that does may beat the
+        // rest of the walk by rate: the step of best rate can save far more bytes than
+        // are left over. The smaller total error of the two wins (the walk on ties).
+        if let Some((w, j)) = finishing_move(weights, &by_name, &state, target) {
+            let walked = walk(weights, &by_name, state.clone(), target);
+            let mut one = state.0.clone();
+            one[w] = j;
+            return Ok(if error(&one) < error(&walked.0) {
+                one
+            } else {
+                walked.0
+            });
+        }
+        state = step(weights, &by_name, state);
+    }
+    Ok(state.0)
+}
+
+/// The move of least error added per byte saved from `state` (options and running total).
+fn step<T>(
+    weights: &[(String, Vec<Choice<T>>)],
+    by_name: &[usize],
+    (mut at, mut total): (Vec<usize>, u64),
+) -> (Vec<usize>, u64) {
+    let mut best: Option<(f64, usize, usize)> = None;
+    for &w in by_name {
+        let o = &weights[w].1;
+        let cur = &o[at[w]];
+        for (j, c) in o.iter().enumerate() {
+            if c.bytes >= cur.bytes {
+                continue;
+            }
+            let rate = (c.error - cur.error).max(0.0) / (cur.bytes - c.bytes) as f64;
+            if best.is_none_or(|(r, _, _)| rate < r) {
+                best = Some((rate, w, j));
             }
         }
-        let (_, w, j) = best.expect("the minimum fits, so some weight can shrink");
-        total -= weights[w].1[at[w]].bytes - weights[w].1[j].bytes;
-        at[w] = j;
     }
-    Ok(at)
+    let (_, w, j) = best.expect("the minimum fits, so some weight can shrink");
+    total -= weights[w].1[at[w]].bytes - weights[w].1[j].bytes;
+    at[w] = j;
+    (at, total)
+}
+
+/// Moves of best rate from `state` until the total fits `target`.
+fn walk<T>(
+    weights: &[(String, Vec<Choice<T>>)],
+    by_name: &[usize],
+    mut state: (Vec<usize>, u64),
+    target: u64,
+) -> (Vec<usize>, u64) {
+    while state.1 > target {
+        state = step(weights, by_name, state);
+    }
+    state
+}
+
+/// Of the single moves from `state` that bring the total within `target`, the one adding
+/// the least error (weights by name, then options in order, on ties).
+fn finishing_move<T>(
+    weights: &[(String, Vec<Choice<T>>)],
+    by_name: &[usize],
+    (at, total): &(Vec<usize>, u64),
+    target: u64,
+) -> Option<(usize, usize)> {
+    let mut best: Option<(f64, usize, usize)> = None;
+    for &w in by_name {
+        let o = &weights[w].1;
+        let cur = &o[at[w]];
+        for (j, c) in o.iter().enumerate() {
+            if c.bytes >= cur.bytes || total - (cur.bytes - c.bytes) > target {
+                continue;
+            }
+            let added = c.error - cur.error;
+            if best.is_none_or(|(e, _, _)| added < e) {
+                best = Some((added, w, j));
+            }
+        }
+    }
+    best.map(|(_, w, j)| (w, j))
 }
 
 #[cfg(test)]
@@ -112,13 +179,36 @@ mod tests {
     }
 
     #[test]
-    fn an_option_off_the_convex_hull_is_skipped() {
-        // 3 bits saves little for much error; 2 bits saves twice as much for a bit more.
-        let w = vec![(
-            "a".to_string(),
-            vec![c("4", 100, 1.0), c("3", 90, 5.0), c("2", 50, 6.0)],
-        )];
-        assert_eq!(allocate(&w, 95).unwrap(), vec![2]);
+    fn a_small_last_move_beats_a_large_one_of_better_rate() {
+        let w = vec![
+            // Saves 1000 bytes for 1.0 (0.001 per byte).
+            (
+                "big".to_string(),
+                vec![c("8", 2000, 0.0), c("4", 1000, 1.0)],
+            ),
+            // Saves 20 bytes for 0.1 (0.005 per byte).
+            ("small".to_string(), vec![c("8", 40, 0.0), c("4", 20, 0.1)]),
+        ];
+        // 10 bytes over: the small weight's move ends it with a tenth of the error.
+        assert_eq!(allocate(&w, 2030).unwrap(), vec![0, 1]);
+        // 30 bytes over: only the big move fits the bill.
+        assert_eq!(allocate(&w, 2010).unwrap(), vec![1, 0]);
+    }
+
+    #[test]
+    fn an_option_off_the_convex_hull_is_skipped_unless_it_ends_the_walk_with_less_error() {
+        // 3 bits saves little for much error; 2 bits saves four times as much for a bit
+        // more: the walk by rate goes to 2 bits.
+        let w = vec![
+            (
+                "a".to_string(),
+                vec![c("4", 100, 1.0), c("3", 90, 5.0), c("2", 50, 6.0)],
+            ),
+            ("b".to_string(), vec![c("8", 200, 0.0), c("4", 100, 20.0)]),
+        ];
+        assert_eq!(allocate(&w, 250).unwrap(), vec![2, 0]);
+        // 5 bytes over: 3 bits ends it with less error than 2 bits.
+        assert_eq!(allocate(&w, 295).unwrap(), vec![1, 0]);
     }
 
     #[test]
