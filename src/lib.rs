@@ -63,8 +63,9 @@
 //!
 //! Dynamic quantization (`--mode dynamic`) takes another road after preparation: the
 //! plan steps do nothing, the opset is raised to 11, and calibration, range choice, mixed
-//! precision and `insert_qdq` give way to one materialise step, `quantize_dynamic`: int8
-//! weights per output channel, each activation quantized at run time from its own range
+//! precision and `insert_qdq` give way to one materialise step, `quantize_dynamic`: 8-bit
+//! symmetric weights per output channel (uint8 codes around a zero point of 128 for the
+//! integer products), each activation quantized at run time from its own range
 //! (DynamicQuantizeLinear → MatMulInteger/ConvInteger → Cast → Mul by the two scales),
 //! LSTMs as com.microsoft DynamicQuantizeLSTM on ONNX Runtime, embedding tables gathered
 //! as int8 rows; then the same validation
@@ -99,7 +100,8 @@
 //! chooses each weight's storage (8-bit, int4 per channel, int4 in blocks of 128/64/32/16
 //! along the reduction axis for MatMul/Gemm weights and embedding tables, k-means
 //! 4/3/2-bit) by least energy-weighted
-//! output noise per byte saved (`pipeline::budget`, `quant::budget`; with
+//! output noise per byte saved, the last move the least harmful that ends the walk when
+//! that beats the rest of it (`pipeline::budget`, `quant::budget`; with
 //! `--size-budget-cost output` that noise is scaled by each weight's output change measured
 //! on the simulation), measured on the materialised model; the written model is then
 //! validated as usual, and the summary lists every layer's activation precision and
