@@ -447,8 +447,7 @@ pub fn fit(
     // fit with less error: bisect the targets between the two for the largest that fits.
     let give_back = |fit: (Vec<usize>, Plan, u64),
                      fit_target: u64,
-                     over: u64,
-                     with: &dyn Fn(&[usize]) -> Result<(Plan, u64), PipelineError>|
+                     over: u64|
      -> Result<(Vec<usize>, Plan), PipelineError> {
         let (mut best, mut best_q, mut best_payload) = fit;
         let (mut lo, mut hi, mut measured) = (fit_target, over, 0);
@@ -515,7 +514,7 @@ pub fn fit(
         let payload = payload_of(&at);
         if size <= budget {
             let (at, q) = match over {
-                Some(over) => give_back((at, q, payload), target, over, &with)?,
+                Some(over) => give_back((at, q, payload), target, over)?,
                 None => (at, q),
             };
             return Ok(done(&at, q, plan));
