@@ -708,7 +708,7 @@ fn uniform_codes(
             for (k, &w) in xs[run].iter().enumerate() {
                 let r = match up {
                     Some(up) => (w / p.scale).floor() + if up[k] { 1.0 } else { 0.0 },
-                    None => (w / p.scale).round_ties_even(),
+                    None => crate::quant::kernels::round_even_small(w / p.scale),
                 };
                 let code = (r as f64 + zp).clamp(qmin, qmax);
                 nan |= code.is_nan();
@@ -947,7 +947,7 @@ fn code_weight(
             let r = match rounding {
                 // Learned: the code below or above, on the same grid.
                 Some(up) => (w / p.scale).floor() + if up[i] { 1.0 } else { 0.0 },
-                None => (w / p.scale).round_ties_even(),
+                None => crate::quant::kernels::round_even_small(w / p.scale),
             };
             (r as f64 + p.zero_point as f64).clamp(q.qmin as f64, q.qmax as f64)
         };

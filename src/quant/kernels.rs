@@ -348,7 +348,7 @@ fn quantize_one(x: f32, scale: f32, zero_point: i64, lo: i64, hi: i64, p: Precis
 /// Round half to even of an f32 without a library call: adding and subtracting 1.5 · 2^23
 /// rounds to an integer in the default rounding mode, exactly for |v| < 2^22. Larger values
 /// (and infinities) are returned as they are; callers saturate them to at most 16 bits.
-fn round_even_small(v: f32) -> f32 {
+pub(crate) fn round_even_small(v: f32) -> f32 {
     const M: f32 = 12_582_912.0;
     if v.abs() < 4_194_304.0 {
         (v + M) - M
