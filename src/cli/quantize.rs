@@ -54,7 +54,8 @@ pub struct CommonArgs {
     pub weight_method: WeightMethodArg,
     /// Use all 8 bits of int8 weights. By default ort-cpu weights use 7 bits, so that
     /// u8 x s8 kernels on x86 CPUs without VNNI cannot saturate (depthwise Conv weights
-    /// keep 8: those kernels widen both operands first).
+    /// keep 8: those kernels widen both operands first). `--mode dynamic` always uses 8
+    /// (its weights are uint8 around 128, summed exactly).
     #[arg(long)]
     pub no_reduce_range: bool,
     /// Fix a model input to a constant, e.g. `sr=16000`; `If` nodes it decides are folded.

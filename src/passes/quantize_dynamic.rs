@@ -19,8 +19,8 @@
 //! int8 kernels without VNNI saturate pairs of products to int16 (and so depart from the
 //! model's arithmetic). ONNX Runtime's `ConvInteger` takes only a per-tensor weight zero
 //! point; the per-channel scales live in the float `Mul` after the integer product. The
-//! full 8-bit grid is used (ONNX Runtime's `quantize_dynamic` default): no 7-bit weights,
-//! whatever `--no-reduce-range` says.
+//! full 8-bit grid is used (ONNX Runtime's `quantize_dynamic` default), LSTMs' too: no
+//! 7-bit weights, whatever `--no-reduce-range` says.
 //!
 //! A `Gather` from a constant float table of rank 2 along axis 0 (an embedding) gathers
 //! from an int8 table with one symmetric scale per row: `Gather(table, ids)` →
@@ -28,12 +28,12 @@
 //!
 //! An LSTM becomes com.microsoft `DynamicQuantizeLSTM` on `--target ort-cpu` (ONNX Runtime's
 //! op, as its `quantize_dynamic` writes it), in the main graph and in subgraphs whose LSTM
-//! weights are their own constants: `W` and `R` int8 symmetric on 7 bits (all 8 with
-//! `--no-reduce-range`: ONNX Runtime's x86 kernels without VNNI saturate 8-bit pairs on
-//! recurrent states), transposed to
+//! weights are their own constants: `W` and `R` symmetric on all 8 bits, stored as uint8
+//! around a zero point of 128 like the other products' weights (int8 weights made ONNX
+//! Runtime's x86 kernels without VNNI saturate on recurrent states), transposed to
 //! `[num_directions, input_size, 4·hidden]` and `[num_directions, hidden, 4·hidden]`, one
 //! scale per gate column (`[num_directions, 4·hidden]`; one per direction with
-//! `--per-tensor`), zero points int8 zeros of the scales' shape; the input and the hidden
+//! `--per-tensor`), zero points of 128 in the scales' shape; the input and the hidden
 //! state are quantized at run time inside the op. Its other inputs, outputs and attributes
 //! are the LSTM's (`layout` dropped: the op has none). The model imports com.microsoft 1.
 //!
@@ -796,8 +796,9 @@ fn float_weight(g: &Graph, w: ValueId) -> Result<(String, ArrayD<f32>), PassErro
     Ok((name, a))
 }
 
-/// An LSTM weight `[D, 4H, K]` as DynamicQuantizeLSTM reads it: int8 `[D, K, 4H]`, its scales
-/// (`[D, 4H]` per column, `[D]` per direction) and int8 zero points of the same shape.
+/// An LSTM weight `[D, 4H, K]` as DynamicQuantizeLSTM reads it: symmetric 8-bit codes as
+/// uint8 `[D, K, 4H]`, its scales (`[D, 4H]` per column, `[D]` per direction) and uint8 zero
+/// points of 128 of the same shape.
 fn quantize_lstm_weight(
     g: &mut Graph,
     w: ValueId,
@@ -806,14 +807,9 @@ fn quantize_lstm_weight(
     let (name, a) = float_weight(g, w)?;
     let shape = a.shape().to_vec();
     let (d, n, k) = (shape[0], shape[1], shape[2]);
-    // 7 bits ([-64, 64]) unless --no-reduce-range: every uint8 × int8 pair then fits int16,
-    // so ONNX Runtime's x86 kernels without VNNI (VPMADDUBSW) compute the exact sums; with all
-    // 8 bits they saturate on recurrent states (tiny_crnn: 0.07 off in the LSTM output).
-    let grid = if cfg.weight.dtype == DType::I8 && cfg.weight.qmax <= 64 {
-        QType::new(DType::I8, true, true).expect("int8")
-    } else {
-        QType::new(DType::I8, true, false).expect("int8")
-    };
+    // All 8 bits ([-127, 127]), stored as uint8 around a zero point of 128 (see the module
+    // doc): ONNX Runtime's uint8 × uint8 kernels sum them exactly on every CPU.
+    let grid = QType::new(DType::I8, true, false).expect("int8");
     let (q, scales, scale_shape) = if cfg.per_channel {
         let rows = a
             .clone()
@@ -838,12 +834,13 @@ fn quantize_lstm_weight(
         .to_owned();
     let scale_t =
         Tensor::F32(ArrayD::from_shape_vec(IxDyn(&scale_shape), scales).expect("scale shape"));
-    let qv = constant(g, &format!("{name}.quantized"), &Tensor::I8(q))?;
+    let q = Tensor::U8(q.mapv(|c| (i16::from(c) + 128) as u8));
+    let qv = constant(g, &format!("{name}.quantized"), &q)?;
     let sv = constant(g, &format!("{name}.scale"), &scale_t)?;
     let zv = constant(
         g,
         &format!("{name}.zero_point"),
-        &Tensor::I8(ArrayD::zeros(IxDyn(&scale_shape))),
+        &Tensor::U8(ArrayD::from_elem(IxDyn(&scale_shape), 128)),
     )?;
     Ok((qv, sv, zv, a.len() as u64))
 }

@@ -36,8 +36,9 @@
 //!
 //! # Where ONNX Runtime differs
 //! - uint8 × int8 products: its x86 kernels without VNNI add pairs of products saturating to
-//!   int16 (see [`super::integer`]); here the sums are exact int32 sums. Weights on 7
-//!   bits ([−64, 64], what `quantize --mode dynamic` writes) cannot saturate them.
+//!   int16 (see [`super::integer`]); here the sums are exact int32 sums. Its uint8 × uint8
+//!   kernels sum exactly: `quantize --mode dynamic` writes the weights as uint8 around a
+//!   zero point of 128.
 //! - With more than one intra-op thread, ONNX Runtime splits the batch into chunks of
 //!   ⌈batch / threads⌉ rows (when batch > 4, or batch ≥ 2 and hidden ≤ 256) and quantizes each
 //!   chunk's hidden state on its own; here the whole batch is one chunk, as with one thread.
