@@ -417,6 +417,12 @@ fn quantize_channels_on(
     Ok((t, scales))
 }
 
+/// Symmetric int8 codes as the uint8 codes an integer product reads with a zero point of
+/// 128 (see the module doc).
+fn around_128(q: &ArrayD<i8>) -> Tensor {
+    Tensor::U8(q.mapv(|c| (i16::from(c) + 128) as u8))
+}
+
 /// Adds a constant named from `base`.
 fn constant(g: &mut Graph, base: &str, t: &Tensor) -> Result<ValueId, PassError> {
     let name = g.fresh_name(base);
@@ -455,7 +461,7 @@ fn quantize_weight(
     // products to int16). Gathered rows stay int8.
     let (q, zero_point) = match q {
         Tensor::I8(qa) if kind != Kind::Gather => (
-            Tensor::U8(qa.mapv(|c| (i16::from(c) + 128) as u8)),
+            around_128(&qa),
             Tensor::U8(ArrayD::from_elem(IxDyn(&[]), 128)),
         ),
         q => (q, Tensor::I8(ArrayD::zeros(IxDyn(&[])))),
@@ -834,8 +840,7 @@ fn quantize_lstm_weight(
         .to_owned();
     let scale_t =
         Tensor::F32(ArrayD::from_shape_vec(IxDyn(&scale_shape), scales).expect("scale shape"));
-    let q = Tensor::U8(q.mapv(|c| (i16::from(c) + 128) as u8));
-    let qv = constant(g, &format!("{name}.quantized"), &q)?;
+    let qv = constant(g, &format!("{name}.quantized"), &around_128(&q))?;
     let sv = constant(g, &format!("{name}.scale"), &scale_t)?;
     let zv = constant(
         g,

@@ -38,8 +38,8 @@
 //! lowered below that allocation's payload by any excess (the ops around codebooks are
 //! not in the payload), at most [`ROUNDS`] times; when a round misses, the targets between
 //! the last allocation too large and the first that fits are bisected ([`REFINE`]
-//! materialisations at most) for the largest that fits. The choice is recorded per weight in the overrides file, which
-//! replays it without measuring anything.
+//! materialisations at most) for the largest that fits. The choice is recorded per weight
+//! in the overrides file, which replays it without measuring anything.
 
 use super::error::PipelineError;
 use super::materialise::materialise_on;
