@@ -64,6 +64,33 @@ impl ExternalRef {
         Ok(buf)
     }
 
+    /// Hands the tensor's bytes to `f` in chunks of at most 1 MiB, each a whole number of
+    /// `unit`-byte values (never the whole span in memory: a caller decoding values into
+    /// their own buffer holds them once). Counted as read.
+    pub fn read_chunks(&self, unit: usize, mut f: impl FnMut(&[u8])) -> Result<(), String> {
+        let unit = unit.max(1);
+        if self.len % unit as u64 != 0 {
+            return Err(format!(
+                "external data of {} bytes is not a whole number of {unit}-byte values",
+                self.len
+            ));
+        }
+        let mut src = self.open()?;
+        let mut buf = vec![0u8; ((1usize << 20) / unit).max(1) * unit];
+        let mut left = self.len;
+        while left > 0 {
+            let n = (buf.len() as u64).min(left) as usize;
+            src.read_exact(&mut buf[..n]).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => self.short(self.len - left),
+                _ => format!("cannot read '{}': {e}", self.file.display()),
+            })?;
+            f(&buf[..n]);
+            left -= n as u64;
+        }
+        READ.fetch_add(self.len, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Copies the tensor's bytes into `out` in chunks (never the whole span in memory).
     /// Errors reading name the side file; errors writing are returned as `Err(Ok(e))`.
     pub fn copy_to(&self, out: &mut impl Write) -> Result<(), Result<std::io::Error, String>> {

@@ -28,7 +28,10 @@ impl ConstTensor {
         let (shape, count) = checked_shape(&self.dims).map_err(bad)?;
         let loaded;
         let data = match &self.data {
-            TensorData::External(r) => {
+            // Fixed-width values are decoded from the side file chunk by chunk.
+            TensorData::External(r)
+                if matches!(self.dtype, DType::I4 | DType::U4 | DType::String) =>
+            {
                 loaded = TensorData::Raw(r.read().map_err(bad)?);
                 &loaded
             }
@@ -108,7 +111,7 @@ impl Payload<'_> {
     /// `typed` returns (`None` when the values are stored in a list that does not fit).
     fn values<T, const N: usize>(
         &self,
-        from_le: fn([u8; N]) -> T,
+        from_le: impl Fn([u8; N]) -> T,
         typed: impl FnOnce() -> Option<Result<Vec<T>, String>>,
     ) -> Result<ArrayD<T>, String> {
         self.some_stored()?;
@@ -126,7 +129,29 @@ impl Payload<'_> {
                     .map(|c| from_le(c.try_into().expect("chunks of N bytes")))
                     .collect()
             }
-            None => typed().ok_or_else(|| self.wrong_storage())??,
+            None => match self.data {
+                TensorData::External(r) => {
+                    if self.count.checked_mul(N).map(|n| n as u64) != Some(r.len) {
+                        return Err(format!(
+                            "external data holds {} bytes but dims {:?} need {} elements of {N} bytes",
+                            r.len, self.shape, self.count
+                        ));
+                    }
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(self.count).map_err(|_| {
+                        format!("cannot allocate {} values for external data", self.count)
+                    })?;
+                    r.read_chunks(N, |chunk| {
+                        v.extend(
+                            chunk
+                                .chunks_exact(N)
+                                .map(|c| from_le(c.try_into().expect("chunks of N bytes"))),
+                        )
+                    })?;
+                    v
+                }
+                _ => typed().ok_or_else(|| self.wrong_storage())??,
+            },
         };
         self.array(v)
     }

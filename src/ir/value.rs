@@ -291,64 +291,20 @@ impl ConstTensor {
     /// Builds a raw-data constant from host values.
     pub fn from_tensor(name: Option<String>, t: &Tensor) -> ConstTensor {
         let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-        // The raw bytes' size, reserved: the per-element extends below never reallocate.
-        let mut raw = Vec::with_capacity(match t {
-            Tensor::F32(a) => a.len() * 4,
-            Tensor::F64(a) => a.len() * 8,
-            Tensor::I16(a) => a.len() * 2,
-            Tensor::U16(a) => a.len() * 2,
-            Tensor::F16(a) => a.len() * 2,
-            Tensor::BF16(a) => a.len() * 2,
-            Tensor::I32(a) => a.len() * 4,
-            Tensor::U32(a) => a.len() * 4,
-            Tensor::I64(a) => a.len() * 8,
-            Tensor::U64(a) => a.len() * 8,
-            _ => 0,
-        });
         let data = match t {
-            Tensor::F32(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::F64(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::F16(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::BF16(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::I8(a) => TensorData::Raw(a.iter().map(|&v| v as u8).collect()),
-            Tensor::U8(a) => TensorData::Raw(a.iter().copied().collect()),
-            Tensor::I16(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::U16(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::I32(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::U32(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::I64(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::U64(a) => {
-                a.iter().for_each(|v| raw.extend(v.to_le_bytes()));
-                TensorData::Raw(raw)
-            }
-            Tensor::Bool(a) => TensorData::Raw(a.iter().map(|&v| v as u8).collect()),
+            Tensor::F32(a) => TensorData::Raw(le_bytes(a, f32::to_le_bytes)),
+            Tensor::F64(a) => TensorData::Raw(le_bytes(a, f64::to_le_bytes)),
+            Tensor::F16(a) => TensorData::Raw(le_bytes(a, half::f16::to_le_bytes)),
+            Tensor::BF16(a) => TensorData::Raw(le_bytes(a, half::bf16::to_le_bytes)),
+            Tensor::I8(a) => TensorData::Raw(le_bytes(a, i8::to_le_bytes)),
+            Tensor::U8(a) => TensorData::Raw(le_bytes(a, u8::to_le_bytes)),
+            Tensor::I16(a) => TensorData::Raw(le_bytes(a, i16::to_le_bytes)),
+            Tensor::U16(a) => TensorData::Raw(le_bytes(a, u16::to_le_bytes)),
+            Tensor::I32(a) => TensorData::Raw(le_bytes(a, i32::to_le_bytes)),
+            Tensor::U32(a) => TensorData::Raw(le_bytes(a, u32::to_le_bytes)),
+            Tensor::I64(a) => TensorData::Raw(le_bytes(a, i64::to_le_bytes)),
+            Tensor::U64(a) => TensorData::Raw(le_bytes(a, u64::to_le_bytes)),
+            Tensor::Bool(a) => TensorData::Raw(le_bytes(a, |v| [v as u8])),
             Tensor::Str(a) => {
                 TensorData::Strings(a.iter().map(|s| s.as_bytes().to_vec()).collect())
             }
@@ -364,6 +320,25 @@ impl ConstTensor {
             carry: Carry::default(),
         }
     }
+}
+
+/// The little-endian bytes of every value in logical (row-major) order: a slice walk when
+/// the values are contiguous in that order, so the loop compiles to plain stores.
+fn le_bytes<T: Copy, const N: usize>(a: &ndarray::ArrayD<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    let mut raw = vec![0u8; a.len() * N];
+    match a.as_slice() {
+        Some(s) => {
+            for (out, &v) in raw.chunks_exact_mut(N).zip(s) {
+                out.copy_from_slice(&f(v));
+            }
+        }
+        None => {
+            for (out, &v) in raw.chunks_exact_mut(N).zip(a.iter()) {
+                out.copy_from_slice(&f(v));
+            }
+        }
+    }
+    raw
 }
 
 /// Packs 4-bit values two per byte, low nibble first (ONNX order).

@@ -624,14 +624,39 @@ pub(crate) fn weight_params(
         (Some(a), Some(xs)) if !mse => {
             // One pass over the values in memory order: each channel still folds its own
             // values in index order, as the per-channel views below do.
+            // Per part, then merged: min and max give the same values in any order.
             let n = t.shape()[a as usize];
-            let mut lo_hi = vec![(0f32, 0f32); n];
-            channel_runs(t.shape(), axis, |c, run| {
-                let (lo, hi) = &mut lo_hi[c];
-                for &v in &xs[run] {
+            let stride = t.shape()[a as usize + 1..].iter().product::<usize>().max(1);
+            let parts = in_parts(xs, &mut [] as &mut [u8], stride * n.max(1), |xs, _| {
+                let mut lo_hi = vec![(0f32, 0f32); n];
+                if stride == 1 {
+                    // The channel is the last axis: a row at a time.
+                    for row in xs.chunks(n.max(1)) {
+                        for ((lo, hi), &v) in lo_hi.iter_mut().zip(row) {
+                            (*lo, *hi) = (lo.min(v), hi.max(v));
+                        }
+                    }
+                    return lo_hi;
+                }
+                let part = Channels {
+                    stride,
+                    dim: n.max(1),
+                    left: stride,
+                    c: 0,
+                    n: xs.len(),
+                };
+                for (&v, c) in xs.iter().zip(part) {
+                    let (lo, hi) = &mut lo_hi[c];
                     (*lo, *hi) = (lo.min(v), hi.max(v));
                 }
+                lo_hi
             });
+            let mut lo_hi = vec![(0f32, 0f32); n];
+            for part in parts {
+                for ((lo, hi), (plo, phi)) in lo_hi.iter_mut().zip(part) {
+                    (*lo, *hi) = (lo.min(plo), hi.max(phi));
+                }
+            }
             lo_hi
                 .into_iter()
                 .map(|(lo, hi)| scale_zp(lo, hi, q))
@@ -644,28 +669,97 @@ pub(crate) fn weight_params(
     }
 }
 
-/// Calls `f(channel, run)` for each run of consecutive elements (in memory order) of a
-/// tensor of `shape` that lie in one channel along `axis` (the whole tensor without an
-/// axis), in order: the channels [`channel_of`] gives, without a division per element.
-pub(crate) fn channel_runs(
-    shape: &[usize],
-    axis: Option<i64>,
-    mut f: impl FnMut(usize, std::ops::Range<usize>),
-) {
-    let len: usize = shape.iter().product();
-    if len == 0 {
-        return;
-    }
-    let Some(a) = axis else {
-        f(0, 0..len);
-        return;
+/// The channel along `axis` of each element of a tensor of `shape`, in memory order (0 for
+/// every element without an axis): what [`channel_of`] gives, without a division per element.
+pub(crate) fn channels(shape: &[usize], axis: Option<i64>) -> Channels {
+    let (stride, dim) = match axis {
+        Some(a) => (
+            shape[a as usize + 1..].iter().product::<usize>().max(1),
+            shape[a as usize].max(1),
+        ),
+        None => (usize::MAX, 1),
     };
-    let stride = shape[a as usize + 1..].iter().product::<usize>().max(1);
-    let dim = shape[a as usize].max(1);
-    let mut c = 0;
-    for start in (0..len).step_by(stride) {
-        f(c, start..(start + stride).min(len));
-        c = if c + 1 == dim { 0 } else { c + 1 };
+    Channels {
+        stride,
+        dim,
+        left: stride,
+        c: 0,
+        n: shape.iter().product(),
+    }
+}
+
+/// Elements from which the loops over a weight's values run on several threads.
+const PARALLEL_ELEMENTS: usize = 1 << 20;
+
+/// Runs `f` on consecutive parts of `xs` and of `out` (the same length, or empty: then
+/// every part of it is empty), one part per thread for large tensors, each part a whole
+/// number of `unit` elements (so every part starts at channel 0); the results in order.
+/// The workers allocate nothing of the tensor's size.
+fn in_parts<T: Send, R: Send>(
+    xs: &[f32],
+    out: &mut [T],
+    unit: usize,
+    f: impl Fn(&[f32], &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    let unit = unit.max(1);
+    let threads = match xs.len() >= PARALLEL_ELEMENTS {
+        true => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        false => 1,
+    };
+    let per = xs.len().div_ceil(unit).div_ceil(threads).max(1) * unit;
+    if threads == 1 || per >= xs.len() {
+        return vec![f(xs, out)];
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut rest = out;
+        let handles: Vec<_> = xs
+            .chunks(per)
+            .map(|x| {
+                let k = x.len().min(rest.len());
+                let o;
+                (o, rest) = std::mem::take(&mut rest).split_at_mut(k);
+                s.spawn(move || f(x, o))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The iterator of [`channels`]: a run of `stride` elements per channel, channels in turn.
+pub(crate) struct Channels {
+    stride: usize,
+    dim: usize,
+    /// Elements left in the current channel's run.
+    left: usize,
+    c: usize,
+    /// Elements left.
+    n: usize,
+}
+
+impl Iterator for Channels {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.n == 0 {
+            return None;
+        }
+        self.n -= 1;
+        let c = self.c;
+        self.left -= 1;
+        if self.left == 0 {
+            self.left = self.stride;
+            self.c = if c + 1 == self.dim { 0 } else { c + 1 };
+        }
+        Some(c)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.n, Some(self.n))
     }
 }
 
@@ -685,40 +779,113 @@ fn uniform_codes(
     if rounding.is_some_and(|r| r.len() != xs.len()) {
         return None;
     }
-    fn typed<T: TryFrom<i64>>(
+    // Kept out of line: inlined into the large pass, its loops lose their registers.
+    #[inline(never)]
+    fn typed<T: TryFrom<i64> + Copy + Into<f64> + Send + Sync>(
         xs: &[f32],
         shape: &[usize],
         q: &QType,
         axis: Option<i64>,
         params: &[ScaleZp],
         rounding: Option<&[bool]>,
-        cast: fn(f64) -> T,
+        cast: impl Fn(f64) -> T + Sync,
     ) -> Option<(Vec<T>, (f64, f64))> {
         // Every clamped code fits `T` exactly.
         T::try_from(q.qmin).ok()?;
         T::try_from(q.qmax).ok()?;
         let (qmin, qmax) = (q.qmin as f64, q.qmax as f64);
-        let mut codes = Vec::with_capacity(xs.len());
-        let (mut signal, mut noise) = (0f64, 0f64);
-        let mut nan = false;
-        channel_runs(shape, axis, |c, run| {
-            let p = params[c];
-            let zp = p.zero_point as f64;
-            let up = rounding.map(|r| &r[run.clone()]);
-            for (k, &w) in xs[run].iter().enumerate() {
-                let r = match up {
-                    Some(up) => (w / p.scale).floor() + if up[k] { 1.0 } else { 0.0 },
-                    None => crate::quant::kernels::round_even_small(w / p.scale),
-                };
-                let code = (r as f64 + zp).clamp(qmin, qmax);
-                nan |= code.is_nan();
-                let d = ((code - zp) as f32 * p.scale) as f64;
-                signal += (w as f64).powi(2);
-                noise += (w as f64 - d).powi(2);
-                codes.push(cast(code));
+        let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
+        // Zero points are at most 16-bit: exact in f32, as is `r + zp` for every `r` the
+        // clamp does not replace (|r| < 2^22), so the codes are those of the f64 sums.
+        let zps: Vec<f32> = params.iter().map(|p| p.zero_point as f32).collect();
+        let (lo, hi) = (qmin as f32, qmax as f32);
+        let code = |r: f32, zp: f32| (r + zp).clamp(lo, hi);
+        let round = crate::quant::kernels::round_even_small;
+        // The codes, in tight loops over the values (in parts on several threads for a
+        // large weight): a channel's run at a time, or a row at a time when the channel is
+        // the last axis (a MatMul weight's: its channel changes at every element).
+        let mut codes: Vec<T> = vec![cast(0.0); xs.len()];
+        let n_ch = scales.len();
+        let stride = match axis {
+            Some(a) => shape[a as usize + 1..].iter().product::<usize>().max(1),
+            None => xs.len().max(1),
+        };
+        let nan = match rounding {
+            Some(up) => {
+                let mut nan = false;
+                for (((o, &w), &u), c) in
+                    codes.iter_mut().zip(xs).zip(up).zip(channels(shape, axis))
+                {
+                    let r = (w / scales[c]).floor() + if u { 1.0 } else { 0.0 };
+                    let v = code(r, zps[c]);
+                    nan |= v.is_nan();
+                    *o = cast(v as f64);
+                }
+                nan
             }
-        });
-        (!nan).then_some((codes, (signal, noise)))
+            None if n_ch == 1 => in_parts(xs, &mut codes, 1, |xs, out| {
+                let (s, z) = (scales[0], zps[0]);
+                let mut nan = false;
+                for (o, &w) in out.iter_mut().zip(xs) {
+                    let v = code(round(w / s), z);
+                    nan |= v.is_nan();
+                    *o = cast(v as f64);
+                }
+                nan
+            })
+            .contains(&true),
+            None if stride == 1 => in_parts(xs, &mut codes, n_ch, |xs, out| {
+                let mut nan = false;
+                for (row, orow) in xs.chunks(n_ch).zip(out.chunks_mut(n_ch)) {
+                    for (((o, &w), &s), &z) in orow.iter_mut().zip(row).zip(&scales).zip(&zps) {
+                        let v = code(round(w / s), z);
+                        nan |= v.is_nan();
+                        *o = cast(v as f64);
+                    }
+                }
+                nan
+            })
+            .contains(&true),
+            None => in_parts(xs, &mut codes, stride * n_ch, |xs, out| {
+                let mut nan = false;
+                for ((run, orun), c) in xs
+                    .chunks(stride)
+                    .zip(out.chunks_mut(stride))
+                    .zip((0..n_ch).cycle())
+                {
+                    let (s, z) = (scales[c], zps[c]);
+                    for (o, &w) in orun.iter_mut().zip(run) {
+                        let v = code(round(w / s), z);
+                        nan |= v.is_nan();
+                        *o = cast(v as f64);
+                    }
+                }
+                nan
+            })
+            .contains(&true),
+        };
+        if nan {
+            return None;
+        }
+        // `Σ w²` and `Σ (w − ŵ)²` in element order (every code is exact in `T` and f32).
+        let (mut signal, mut noise) = (0f64, 0f64);
+        let mut add = |w: f32, code: T, s: f32, z: f32| {
+            let d = ((code.into() as f32 - z) * s) as f64;
+            signal += (w as f64).powi(2);
+            noise += (w as f64 - d).powi(2);
+        };
+        if stride == 1 && n_ch > 1 {
+            for (row, crow) in xs.chunks(n_ch).zip(codes.chunks(n_ch)) {
+                for (((&w, &code), &s), &z) in row.iter().zip(crow).zip(&scales).zip(&zps) {
+                    add(w, code, s, z);
+                }
+            }
+        } else {
+            for ((&w, &code), c) in xs.iter().zip(&codes).zip(channels(shape, axis)) {
+                add(w, code, scales[c], zps[c]);
+            }
+        }
+        Some((codes, (signal, noise)))
     }
     let params = weight_params(a, &q, axis, mse);
     let shape = a.shape();
@@ -1350,6 +1517,34 @@ fn quantize_weight(
     names: &mut Names,
 ) -> Result<WrittenWeight, PassError> {
     let name = g.value(w).name.clone();
+    let codes = weight_codes(g, w, &name, q, axis, mse, grid, importance, rounding)?;
+    write_weight(g, w, &name, q, axis, codes, names)
+}
+
+/// A weight's codes computed from its float values, with what writing them needs.
+type WeightCodes = (
+    Vec<ScaleZp>,
+    Codes,
+    (f64, f64),
+    Vec<usize>,
+    Option<(Vec<usize>, usize, usize)>,
+);
+
+/// The codes of weight `w` (`name`) on `q` and `grid`: its parameters, codes, `(Σ w²,
+/// Σ (w − ŵ)²)`, shape, and for a blocked grid the scales' shape, axis and block size.
+#[allow(clippy::too_many_arguments)]
+fn weight_codes(
+    g: &Graph,
+    w: ValueId,
+    name: &str,
+    q: QType,
+    axis: Option<i64>,
+    mse: bool,
+    grid: WeightGrid,
+    importance: Option<&[f64]>,
+    rounding: Option<&[bool]>,
+) -> Result<WeightCodes, PassError> {
+    let name = name.to_string();
     let t = g
         .const_of(w)
         .ok_or_else(|| err(format!("weight '{name}' is not a constant")))?
@@ -1416,6 +1611,21 @@ fn quantize_weight(
             (params, codes, (signal, noise))
         }
     };
+    let shape = a.shape().to_vec();
+    Ok((params, codes, signal_noise, shape, blocked))
+}
+
+/// Writes weight `w`'s codes as a constant with its DequantizeLinear, which its readers
+/// then read.
+fn write_weight(
+    g: &mut Graph,
+    w: ValueId,
+    name: &str,
+    q: QType,
+    axis: Option<i64>,
+    (params, codes, signal_noise, shape, blocked): WeightCodes,
+    names: &mut Names,
+) -> Result<WrittenWeight, PassError> {
     let n = params.len();
     let pshape: Vec<usize> = match (&blocked, axis) {
         (Some((ps, _, _)), _) => ps.clone(),
@@ -1435,8 +1645,6 @@ fn quantize_weight(
         None => (axis, None),
     };
     let readers = g.consumers(w);
-    let shape = a.shape().to_vec();
-    drop(t);
     let (qv, codebook) = match codes {
         Codes::Codebook(cb, bits) => (
             write_codebook(
@@ -1691,7 +1899,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_runs_give_the_channel_of_every_element() {
+    fn channels_give_the_channel_of_every_element() {
         for (shape, axis) in [
             (vec![3usize, 5, 4], Some(0i64)),
             (vec![3, 5, 4], Some(1)),
@@ -1701,8 +1909,7 @@ mod tests {
             (vec![2, 0, 3], Some(1)),
         ] {
             let ch = channel_of(&shape, axis);
-            let mut seen = Vec::new();
-            channel_runs(&shape, axis, |c, run| seen.extend(run.map(|i| (i, c))));
+            let seen: Vec<(usize, usize)> = channels(&shape, axis).enumerate().collect();
             let n: usize = shape.iter().product();
             let want: Vec<(usize, usize)> = (0..n).map(|i| (i, ch(i))).collect();
             assert_eq!(seen, want, "{shape:?} {axis:?}");
