@@ -69,7 +69,7 @@ impl ExternalRef {
     /// their own buffer holds them once). Counted as read.
     pub fn read_chunks(&self, unit: usize, mut f: impl FnMut(&[u8])) -> Result<(), String> {
         let unit = unit.max(1);
-        if self.len % unit as u64 != 0 {
+        if !self.len.is_multiple_of(unit as u64) {
             return Err(format!(
                 "external data of {} bytes is not a whole number of {unit}-byte values",
                 self.len

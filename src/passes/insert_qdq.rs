@@ -622,9 +622,9 @@ pub(crate) fn weight_params(
     match (axis, t.as_slice()) {
         (None, _) => vec![one(t.iter().copied().collect())],
         (Some(a), Some(xs)) if !mse => {
-            // One pass over the values in memory order: each channel still folds its own
-            // values in index order, as the per-channel views below do.
-            // Per part, then merged: min and max give the same values in any order.
+            // The values in memory order, in parts (whole rows) on several threads for a
+            // large weight, then merged: min and max give the same values in any order, so
+            // these are the per-channel views' ranges below.
             let n = t.shape()[a as usize];
             let stride = t.shape()[a as usize + 1..].iter().product::<usize>().max(1);
             let parts = in_parts(xs, &mut [] as &mut [u8], stride * n.max(1), |xs, _| {
@@ -1501,6 +1501,16 @@ fn bit_table(g: &mut Graph, names: &mut Names) -> Result<ValueId, PassError> {
     scalar_const(g, names, BIT_TABLE, t)
 }
 
+/// A weight's parameters, codes, `(Σ w², Σ (w − ŵ)²)`, shape, and for a blocked grid the
+/// scales' shape, axis and block size: what [`write_weight`] writes.
+type WeightCodes = (
+    Vec<ScaleZp>,
+    Codes,
+    (f64, f64),
+    Vec<usize>,
+    Option<(Vec<usize>, usize, usize)>,
+);
+
 /// Replaces a float constant by integer values + DequantizeLinear (the float constant
 /// is dropped by the caller once no subgraph reads it either); with a codebook grid the
 /// integers come from [`write_codebook`]. Also returns `Σ w²` and `Σ (w − ŵ)²`.
@@ -1517,34 +1527,6 @@ fn quantize_weight(
     names: &mut Names,
 ) -> Result<WrittenWeight, PassError> {
     let name = g.value(w).name.clone();
-    let codes = weight_codes(g, w, &name, q, axis, mse, grid, importance, rounding)?;
-    write_weight(g, w, &name, q, axis, codes, names)
-}
-
-/// A weight's codes computed from its float values, with what writing them needs.
-type WeightCodes = (
-    Vec<ScaleZp>,
-    Codes,
-    (f64, f64),
-    Vec<usize>,
-    Option<(Vec<usize>, usize, usize)>,
-);
-
-/// The codes of weight `w` (`name`) on `q` and `grid`: its parameters, codes, `(Σ w²,
-/// Σ (w − ŵ)²)`, shape, and for a blocked grid the scales' shape, axis and block size.
-#[allow(clippy::too_many_arguments)]
-fn weight_codes(
-    g: &Graph,
-    w: ValueId,
-    name: &str,
-    q: QType,
-    axis: Option<i64>,
-    mse: bool,
-    grid: WeightGrid,
-    importance: Option<&[f64]>,
-    rounding: Option<&[bool]>,
-) -> Result<WeightCodes, PassError> {
-    let name = name.to_string();
     let t = g
         .const_of(w)
         .ok_or_else(|| err(format!("weight '{name}' is not a constant")))?
@@ -1612,7 +1594,16 @@ fn weight_codes(
         }
     };
     let shape = a.shape().to_vec();
-    Ok((params, codes, signal_noise, shape, blocked))
+    drop(t);
+    write_weight(
+        g,
+        w,
+        &name,
+        q,
+        axis,
+        (params, codes, signal_noise, shape, blocked),
+        names,
+    )
 }
 
 /// Writes weight `w`'s codes as a constant with its DequantizeLinear, which its readers
@@ -1650,7 +1641,7 @@ fn write_weight(
             write_codebook(
                 g,
                 names,
-                &name,
+                name,
                 &shape,
                 axis.expect("checked per channel") as usize,
                 bits,
@@ -1821,6 +1812,27 @@ mod tests {
     use super::*;
 
     /// The general road: [`code_weight`]'s codes, their sums per element, the tensor.
+    /// The one-pass codes, parameters and sums of `a` are the general road's, bit for bit.
+    fn same_as_general(
+        a: &ArrayD<f32>,
+        q: QType,
+        axis: Option<i64>,
+        mse: bool,
+        rounding: Option<&[bool]>,
+    ) {
+        let what = format!("{:?} {axis:?} mse {mse} {:?}", q.dtype, a.shape());
+        let fast = uniform_codes(a, q, axis, mse, rounding)
+            .expect("contiguous f32 values of a supported type");
+        let slow = general(a, q, axis, mse, rounding);
+        assert_eq!(fast.0, slow.0, "{what}");
+        assert_eq!(fast.1, slow.1, "{what}");
+        assert_eq!(
+            (fast.2 .0.to_bits(), fast.2 .1.to_bits()),
+            (slow.2 .0.to_bits(), slow.2 .1.to_bits()),
+            "{what}"
+        );
+    }
+
     fn general(
         a: &ArrayD<f32>,
         q: QType,
@@ -1871,16 +1883,7 @@ mod tests {
                     for axis in [None, Some(0), Some(1), Some(2)] {
                         for mse in [false, true] {
                             for rounding in [None, Some(&up[..])] {
-                                let fast = uniform_codes(&a, q, axis, mse, rounding)
-                                    .expect("contiguous f32 values of a supported type");
-                                let slow = general(&a, q, axis, mse, rounding);
-                                assert_eq!(fast.0, slow.0, "{dtype:?} {axis:?} {mse}");
-                                assert_eq!(fast.1, slow.1, "{dtype:?} {axis:?} {mse}");
-                                assert_eq!(
-                                    (fast.2 .0.to_bits(), fast.2 .1.to_bits()),
-                                    (slow.2 .0.to_bits(), slow.2 .1.to_bits()),
-                                    "{dtype:?} {axis:?} {mse}"
-                                );
+                                same_as_general(&a, q, axis, mse, rounding);
                                 checked += 1;
                             }
                         }
@@ -1889,6 +1892,25 @@ mod tests {
             }
         }
         assert!(checked >= 4 * 8 * 4, "{checked}");
+        // A weight large enough for its loops to run in parts on several threads: the
+        // same codes and sums, bit for bit, on every road through the parts.
+        let big = [64usize, 128, 130];
+        let nb: usize = big.iter().product();
+        assert!(nb >= PARALLEL_ELEMENTS);
+        let vals: Vec<f32> = (0..nb)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0 + if i % 13 == 0 { 30.0 } else { 0.0 })
+            .collect();
+        let b = ArrayD::from_shape_vec(IxDyn(&big), vals).unwrap();
+        for (dtype, symmetric, axis) in [
+            (DType::I8, true, None),
+            (DType::I8, true, Some(0)),
+            (DType::I8, false, Some(1)),
+            (DType::I8, true, Some(2)),
+            (DType::U8, false, Some(2)),
+        ] {
+            let q = QType::new(dtype, symmetric, false).unwrap();
+            same_as_general(&b, q, axis, false, None);
+        }
         // A NaN code leaves it to the general road, which names the value.
         let mut bad = a.clone();
         bad[[1, 2, 3]] = f32::NAN;

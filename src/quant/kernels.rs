@@ -477,8 +477,8 @@ fn dequantize_per_tensor(x: &Tensor, scale: f32, zero_point: i64) -> Option<Vec<
     })
 }
 
-/// DequantizeLinear per axis from 8 or 16 bits to float32, channel run by channel run
-/// (same formula as the general path, without widening the input or dividing per
+/// DequantizeLinear per axis from 8 or 16 bits to float32, a row at a time when the axis is
+/// the last, else channel run by channel run (same formula as the general path, without widening the input or dividing per
 /// element); `None` for other input types and non-contiguous data.
 fn dequantize_per_axis(
     x: &Tensor,
@@ -493,12 +493,25 @@ fn dequantize_per_axis(
         axis: usize,
         scales: &[f32],
         zero_points: &[i64],
-        wide: fn(T) -> i32,
+        wide: impl Fn(T) -> i32,
     ) -> Option<Vec<f32>> {
         let xs = a.as_slice()?;
         let inner = shape[axis + 1..].iter().product::<usize>().max(1);
         let dim = shape[axis].max(1);
         let mut ys = Vec::with_capacity(xs.len());
+        if inner == 1 && dim > 1 {
+            // The axis is the last one (a MatMul weight's): a row at a time.
+            let zps: Vec<i32> = zero_points.iter().map(|&z| z as i32).collect();
+            for row in xs.chunks(dim) {
+                ys.extend(
+                    row.iter()
+                        .zip(&zps)
+                        .zip(scales)
+                        .map(|((&q, &zp), &s)| wide(q).wrapping_sub(zp) as f32 * s),
+                );
+            }
+            return Some(ys);
+        }
         for (r, run) in xs.chunks(inner).enumerate() {
             let k = r % dim;
             let (zp, s) = (zero_points[k] as i32, scales[k]);
