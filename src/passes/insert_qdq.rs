@@ -1811,7 +1811,6 @@ fn drop_if_unused(g: &mut Graph, name: &str) {
 mod tests {
     use super::*;
 
-    /// The general road: [`code_weight`]'s codes, their sums per element, the tensor.
     /// The one-pass codes, parameters and sums of `a` are the general road's, bit for bit.
     fn same_as_general(
         a: &ArrayD<f32>,
@@ -1833,6 +1832,7 @@ mod tests {
         );
     }
 
+    /// The general road: [`code_weight`]'s codes, their sums per element, the tensor.
     fn general(
         a: &ArrayD<f32>,
         q: QType,
