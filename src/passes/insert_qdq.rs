@@ -626,26 +626,19 @@ pub(crate) fn weight_params(
             // large weight, then merged: min and max give the same values in any order, so
             // these are the per-channel views' ranges below.
             let n = t.shape()[a as usize];
-            let stride = t.shape()[a as usize + 1..].iter().product::<usize>().max(1);
-            let parts = in_parts(xs, &mut [] as &mut [u8], stride * n.max(1), |xs, _| {
+            let (stride, dim) = stride_dim(t.shape(), axis);
+            let parts = in_parts(xs, &mut [] as &mut [u8], stride * dim, |xs, _| {
                 let mut lo_hi = vec![(0f32, 0f32); n];
                 if stride == 1 {
                     // The channel is the last axis: a row at a time.
-                    for row in xs.chunks(n.max(1)) {
+                    for row in xs.chunks(dim) {
                         for ((lo, hi), &v) in lo_hi.iter_mut().zip(row) {
                             (*lo, *hi) = (lo.min(v), hi.max(v));
                         }
                     }
                     return lo_hi;
                 }
-                let part = Channels {
-                    stride,
-                    dim: n.max(1),
-                    left: stride,
-                    c: 0,
-                    n: xs.len(),
-                };
-                for (&v, c) in xs.iter().zip(part) {
+                for (&v, c) in xs.iter().zip(Channels::new(stride, dim, xs.len())) {
                     let (lo, hi) = &mut lo_hi[c];
                     (*lo, *hi) = (lo.min(v), hi.max(v));
                 }
@@ -672,19 +665,19 @@ pub(crate) fn weight_params(
 /// The channel along `axis` of each element of a tensor of `shape`, in memory order (0 for
 /// every element without an axis): what [`channel_of`] gives, without a division per element.
 pub(crate) fn channels(shape: &[usize], axis: Option<i64>) -> Channels {
-    let (stride, dim) = match axis {
+    let (stride, dim) = stride_dim(shape, axis);
+    Channels::new(stride, dim, shape.iter().product())
+}
+
+/// The run of consecutive elements in one channel along `axis` of a tensor of `shape`, and
+/// the number of channels (at least 1 each; without an axis, one channel of every element).
+fn stride_dim(shape: &[usize], axis: Option<i64>) -> (usize, usize) {
+    match axis {
         Some(a) => (
             shape[a as usize + 1..].iter().product::<usize>().max(1),
             shape[a as usize].max(1),
         ),
-        None => (usize::MAX, 1),
-    };
-    Channels {
-        stride,
-        dim,
-        left: stride,
-        c: 0,
-        n: shape.iter().product(),
+        None => (shape.iter().product::<usize>().max(1), 1),
     }
 }
 
@@ -738,6 +731,19 @@ pub(crate) struct Channels {
     c: usize,
     /// Elements left.
     n: usize,
+}
+
+impl Channels {
+    /// `n` elements in runs of `stride` per channel, `dim` channels in turn from channel 0.
+    fn new(stride: usize, dim: usize, n: usize) -> Channels {
+        Channels {
+            stride,
+            dim,
+            left: stride,
+            c: 0,
+            n,
+        }
+    }
 }
 
 impl Iterator for Channels {
@@ -806,10 +812,7 @@ fn uniform_codes(
         // the last axis (a MatMul weight's: its channel changes at every element).
         let mut codes: Vec<T> = vec![cast(0.0); xs.len()];
         let n_ch = scales.len();
-        let stride = match axis {
-            Some(a) => shape[a as usize + 1..].iter().product::<usize>().max(1),
-            None => xs.len().max(1),
-        };
+        let (stride, _) = stride_dim(shape, axis);
         let nan = match rounding {
             Some(up) => {
                 let mut nan = false;
@@ -966,13 +969,7 @@ fn int_tensor(dtype: DType, shape: &[usize], vals: &[f64]) -> Result<Tensor, Pas
 
 /// Index of the channel (along `axis`) of every element of a tensor of `shape`.
 pub(crate) fn channel_of(shape: &[usize], axis: Option<i64>) -> impl Fn(usize) -> usize {
-    let (stride, dim) = match axis {
-        Some(a) => (
-            shape[a as usize + 1..].iter().product::<usize>().max(1),
-            shape[a as usize].max(1),
-        ),
-        None => (1, 1),
-    };
+    let (stride, dim) = stride_dim(shape, axis);
     move |i| (i / stride) % dim
 }
 

@@ -478,8 +478,9 @@ fn dequantize_per_tensor(x: &Tensor, scale: f32, zero_point: i64) -> Option<Vec<
 }
 
 /// DequantizeLinear per axis from 8 or 16 bits to float32, a row at a time when the axis is
-/// the last, else channel run by channel run (same formula as the general path, without widening the input or dividing per
-/// element); `None` for other input types and non-contiguous data.
+/// the last, else channel run by channel run (same formula as the general path, without
+/// widening the input or dividing per element); `None` for other input types and
+/// non-contiguous data.
 fn dequantize_per_axis(
     x: &Tensor,
     shape: &[usize],

@@ -279,49 +279,15 @@ fn dequantize_to_side_file(
         let y = g.output(o, 0).expect("one output");
         let name = g.value(y).name.clone();
         let t = dequantized(g, o, &format!("'{name}'"))?;
-        let c = match &t {
-            // f32 values go to the file from the array, a chunk of bytes at a time.
-            Tensor::F32(a) => {
-                let mut bytes = Vec::with_capacity(1 << 16);
-                let mut put = |v: f32| -> std::io::Result<()> {
-                    bytes.extend_from_slice(&v.to_le_bytes());
-                    if bytes.len() >= 1 << 16 {
-                        out.write_all(&bytes)?;
-                        bytes.clear();
-                    }
-                    Ok(())
-                };
-                match a.as_slice() {
-                    Some(xs) => xs.iter().try_for_each(|&v| put(v)),
-                    None => a.iter().try_for_each(|&v| put(v)),
-                }
-                .map_err(io)?;
-                out.write_all(&bytes).map_err(io)?;
-                let len = 4 * a.len() as u64;
-                let c = crate::ir::ConstTensor {
-                    name: None,
-                    dtype: DType::F32,
-                    dims: a.shape().iter().map(|&d| d as i64).collect(),
-                    data: external(at, len),
-                    was_external: true,
-                    carry: Default::default(),
-                };
-                at += len;
-                c
-            }
-            _ => {
-                let mut c = crate::ir::ConstTensor::from_tensor(None, &t);
-                if let TensorData::Raw(raw) = &c.data {
-                    out.write_all(raw).map_err(io)?;
-                    let len = raw.len() as u64;
-                    c.data = external(at, len);
-                    c.was_external = true;
-                    at += len;
-                }
-                c
-            }
-        };
+        let mut c = crate::ir::ConstTensor::from_tensor(None, &t);
         drop(t);
+        if let TensorData::Raw(raw) = &c.data {
+            out.write_all(raw).map_err(io)?;
+            let len = raw.len() as u64;
+            c.data = external(at, len);
+            c.was_external = true;
+            at += len;
+        }
         let v = g
             .add_const(&g.fresh_name(&format!("{name}.sim.float")), c)
             .map_err(|e| sim_error(e.to_string()))?;
