@@ -210,8 +210,9 @@
 //! - [`tune`]: mixed precision as plan edits: activation units (a quantized value and the
 //!   values sharing its parameters), the overrides file, the switchable simulation model
 //!   (`tune::sim`, exact against the written model, also for another choice of ranges;
-//!   each large constant weight or table is dequantized once into a temporary side file
-//!   the engine reads itself, so the engine holds it once, in float, as in a float run),
+//!   the codes of each large constant weight or table move to a temporary side file and
+//!   the engine dequantizes them as it loads the model, `exec::folded`, so it holds each
+//!   once, in float, as in a float run),
 //!   sensitivity analysis and the promotion search (`tune::search`).
 //! - [`fsx`]: the one output layer: every file qrange writes is staged in a registered
 //!   temporary file beside its target (symbolic links followed; folders, devices, FIFOs

@@ -6,7 +6,7 @@
 //! match its node, allocations of terabytes), and such a panic becomes an [`ExecError`]
 //! saying where the engine stopped, without the panic message on stderr.
 
-use super::{convert, fake_quant, lowbit, prepare, qdq, tap};
+use super::{convert, fake_quant, folded, lowbit, prepare, qdq, tap};
 use super::{engine_error, ExecError, ObservedError, SessionOptions, TapValue};
 use crate::ir::tensor::{DType, Tensor};
 use crate::onnx::proto::ModelProto;
@@ -103,6 +103,9 @@ pub(crate) struct Engine {
     /// Notes added while building plans.
     extra_notes: Mutex<Vec<String>>,
     plans: Mutex<BTreeMap<Signature, Arc<TypedRunnableModel>>>,
+    /// Where the engine reads external data: the files, and the constant DequantizeLinear
+    /// taken out of the model (`folded`).
+    resolver: Arc<folded::Folded>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -138,15 +141,20 @@ impl Engine {
     /// one tensor per model input (by name); its types and shapes become the input facts, so
     /// models with dynamic dimensions load. Other shapes given to `run` later get
     /// their own plan.
+    ///
+    /// `folded` answers the external references of the DequantizeLinear taken out of the
+    /// model (`folded::fold`), counted with the others in the notes.
     pub fn new(
         model: &ModelProto,
         base_dir: Option<&Path>,
         sample: &BTreeMap<String, Tensor>,
         opts: &SessionOptions,
+        folded: folded::Folded,
     ) -> Result<Engine, ExecError> {
         let onnx = engine();
         let known = |op: &str| onnx.op_register.0.contains_key(op);
         let mut prepared = prepare::prepare(model, base_dir, &opts.taps, opts.stream_taps, &known)?;
+        prepared.ops.add_folded_dequantize(folded.len());
         // Each copy of an inline weight lives only until the next is made: the prepared
         // model until it is encoded, the bytes until they are decoded.
         let bytes = std::mem::take(&mut prepared.model).encode_to_vec();
@@ -174,6 +182,7 @@ impl Engine {
             notes: prepared.notes,
             extra_notes: Mutex::new(Vec::new()),
             plans: Mutex::new(BTreeMap::new()),
+            resolver: Arc::new(folded),
         };
         let signature = session.signature(sample)?;
         session.plan(&signature)?;
@@ -400,7 +409,9 @@ impl Engine {
         signature: Option<&Signature>,
     ) -> Result<Arc<TypedRunnableModel>, ExecError> {
         let load = |e: tract_onnx::prelude::TractError| ExecError::Load(engine_error(e));
-        let parsed = engine()
+        let mut onnx = engine();
+        onnx.provider = self.resolver.clone();
+        let parsed = onnx
             .parse(&self.proto, self.base_dir.as_deref())
             .map_err(load)?;
         if !parsed.unresolved_inputs.is_empty() {

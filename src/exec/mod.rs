@@ -7,6 +7,9 @@
 //!   byte storage (the engine cannot load them), and types the engine cannot hold are refused
 //!   naming the tensor;
 //! - the copy is handed to the engine through its own protobuf types (same schema, re-decoded);
+//! - a model given in the IR has each DequantizeLinear of constant codes kept in a side file
+//!   taken out (`folded`): the engine's data resolver dequantizes the codes with qrange's
+//!   kernel as the engine loads the model, so a quantized weight is held once, in float;
 //! - `qdq` replaces the engine's QuantizeLinear/DequantizeLinear with ops backed by
 //!   [`crate::quant::kernels`]: exact ONNX semantics (bit-exact with ONNX Runtime) for every
 //!   integer type, axis and block size, immune to the engine's lookup-table folding;
@@ -42,6 +45,7 @@
 mod convert;
 mod engine;
 pub(crate) mod fake_quant;
+mod folded;
 pub mod loops;
 mod lowbit;
 mod prepare;
@@ -197,7 +201,7 @@ impl Session {
     ) -> Result<Session, ExecError> {
         let graph = model.graph.as_ref().ok_or(ExecError::NoGraph)?;
         if !proto_holds_loop(graph) {
-            let engine = Engine::new(model, base_dir, sample, opts)?;
+            let engine = Engine::new(model, base_dir, sample, opts, Default::default())?;
             return Ok(Session {
                 kind: Kind::Engine(Box::new(engine)),
             });
@@ -229,11 +233,14 @@ impl Session {
             })
             .collect();
         if !staged::holds_loop(&m.graph) {
-            // Weights still in their side file stay there: the engine reads them itself.
+            // Weights still in their side file stay there: the engine reads them itself,
+            // dequantizing those a DequantizeLinear of constants reads (`folded`).
+            let folded = folded::fold(&mut m);
             let (proto, dir) =
                 crate::onnx::engine_proto(&m).map_err(|e| ExecError::Load(e.to_string()))?;
             drop(m);
-            let mut engine = Engine::new(&proto, dir.as_deref().or(base_dir), sample, opts)?;
+            let mut engine =
+                Engine::new(&proto, dir.as_deref().or(base_dir), sample, opts, folded)?;
             engine.add_notes(notes);
             return Ok(Session {
                 kind: Kind::Engine(Box::new(engine)),

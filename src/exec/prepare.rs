@@ -527,6 +527,17 @@ impl OpCounts {
         }
         self.accuracy4.extend(other.accuracy4.iter().cloned());
     }
+
+    /// Counts `n` DequantizeLinear computed by qrange's kernel as the model loaded
+    /// (`folded`): no longer nodes, still run by that kernel.
+    pub(crate) fn add_folded_dequantize(&mut self, n: usize) {
+        if n > 0 {
+            *self
+                .ops
+                .entry(("ai.onnx".to_string(), "DequantizeLinear".to_string()))
+                .or_default() += n;
+        }
+    }
 }
 
 fn count_ops(graph: &GraphProto, counts: &mut OpCounts) {

@@ -633,7 +633,7 @@ impl Staged {
                         .get(&part_sample, |m| {
                             let (proto, _) = encode_model(&m, &ExternalPolicy::Inline, "")
                                 .map_err(|e| ExecError::Load(e.to_string()))?;
-                            Engine::new(&proto, base, &part_sample, &opts)
+                            Engine::new(&proto, base, &part_sample, &opts, Default::default())
                         })
                         .map_err(exec)?;
                     let mut out = match observe.as_mut() {

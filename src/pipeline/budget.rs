@@ -139,9 +139,8 @@ pub fn output_noise(
         what: format!("{}: simulation", b.p.model_path.display()),
         error,
     };
-    let (proto, _) = crate::onnx::engine_proto(&sim.model)?;
-    let session = Session::new(
-        &proto,
+    let session = Session::from_ir(
+        sim.model.clone(),
         Some(&b.p.base_dir),
         &sim.feed(&samples[0], &acts, &none),
         &SessionOptions::default(),

@@ -121,24 +121,31 @@ fn sim_vs_real_w(
     worst
 }
 
-/// DequantizeLinears of a constant large enough for the simulation's side file in `m`.
-fn large_constant_dequantizes(m: &crate::ir::Model) -> usize {
+/// DequantizeLinears of a constant large enough for the simulation's side file in `m`,
+/// and how many of them read codes kept in `file`.
+fn large_constant_dequantizes(
+    m: &crate::ir::Model,
+    file: Option<&std::path::Path>,
+) -> (usize, usize) {
     let g = &m.graph;
-    g.ops()
+    let large: Vec<_> = g
+        .ops()
         .filter(|&o| g.op(o).op_type == "DequantizeLinear")
-        .filter(|&o| {
-            g.input(o, 0)
-                .and_then(|v| g.const_of(v))
-                .is_some_and(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
-        })
-        .count()
+        .filter_map(|o| g.input(o, 0).and_then(|v| g.const_of(v)))
+        .filter(|c| c.numel() >= tune::sim::SIDE_FILE_ELEMENTS)
+        .collect();
+    let in_file = large
+        .iter()
+        .filter(|c| matches!(&c.data, crate::ir::TensorData::External(r) if Some(r.file.as_path()) == file))
+        .count();
+    (large.len(), in_file)
 }
 
 #[test]
-fn constants_dequantized_ahead_give_the_same_bits() {
-    // Every DequantizeLinear of a large constant (weights, the int8 embedding tables)
-    // replaced by its float value in the side file: the simulation computes the same bits
-    // as when the engine dequantizes them on each run, in every precision.
+fn constants_dequantized_as_the_engine_loads_give_the_same_bits() {
+    // The codes of every DequantizeLinear of a large constant (weights, the int8 embedding
+    // tables) in the side file, dequantized as the engine loads the simulation: the same
+    // bits as when the engine runs those DequantizeLinear, in every precision.
     let (p, ds, stats) = calibrated("minilm_l3/model.onnx", "minilm_l3/calib.npz", true);
     let opts = MethodOptions::default();
     let basis = Basis {
@@ -153,17 +160,15 @@ fn constants_dequantized_ahead_give_the_same_bits() {
     let left = build_sim(&basis, &mut Candidates::default(), false, false);
     tune::sim::LEAVE_DEQUANTIZE.with(|c| c.set(false));
     let (_, left) = left.unwrap();
-    assert!(
-        large_constant_dequantizes(&left.model) > 10,
-        "too few left to the engine"
-    );
+    let (large, _) = large_constant_dequantizes(&left.model, None);
+    assert!(large > 10, "too few left to the engine");
     assert_eq!(
-        large_constant_dequantizes(&sim.model),
-        0,
-        "left in the simulation"
+        large_constant_dequantizes(&sim.model, sim.side_file()),
+        (large, large),
+        "codes not in the side file"
     );
     assert!(sim.side_file().is_some() && left.side_file().is_none());
-    let session = |m: &crate::ir::Model, s: &crate::data::Sample| {
+    let inline = |m: &crate::ir::Model, s: &crate::data::Sample| {
         let (proto, _) = onnx::encode_model(m, &ExternalPolicy::Inline, "").unwrap();
         Session::new(&proto, None, s, &SessionOptions::default()).unwrap()
     };
@@ -178,7 +183,17 @@ fn constants_dequantized_ahead_give_the_same_bits() {
         })
         .collect();
     let first = sim.feed(&samples[0], &configs[0], &w4);
-    let (plain, folded) = (session(&left.model, &first), session(&sim.model, &first));
+    let plain = inline(&left.model, &first);
+    let folded =
+        Session::from_ir(sim.model.clone(), None, &first, &SessionOptions::default()).unwrap();
+    assert!(
+        folded
+            .notes()
+            .iter()
+            .any(|n| n.contains(&format!("DequantizeLinear x{large} "))),
+        "{:?}",
+        folded.notes()
+    );
     let bits = |m: &BTreeMap<String, Tensor>| {
         m.iter()
             .map(|(k, t)| {
@@ -275,10 +290,10 @@ fn adaptive_simulation_runs_each_range_set_as_written() {
 }
 
 #[test]
-fn the_simulation_holds_its_weights_dequantized_in_a_side_file_removed_with_it() {
-    // No DequantizeLinear of a large constant is left for the engine to run on every run:
-    // each is a float constant in the simulation's temporary side file, which goes away
-    // with the last clone of the simulation.
+fn the_simulation_holds_its_weights_codes_in_a_side_file_removed_with_it() {
+    // The codes of every DequantizeLinear of a large constant lie in the simulation's
+    // temporary side file (the engine dequantizes them as it loads the model), which goes
+    // away with the last clone of the simulation.
     let (p, _, stats) = calibrated("minilm_l3/model.onnx", "minilm_l3/calib.npz", true);
     let opts = MethodOptions::default();
     let basis = Basis {
@@ -289,19 +304,10 @@ fn the_simulation_holds_its_weights_dequantized_in_a_side_file_removed_with_it()
         opts: &opts,
     };
     let (_, sim) = build_sim(&basis, &mut Candidates::default(), false, false).unwrap();
-    let g = &sim.model.graph;
-    assert_eq!(
-        large_constant_dequantizes(&sim.model),
-        0,
-        "DequantizeLinear of large constants left"
-    );
     let file = sim.side_file().expect("a side file").to_path_buf();
-    let in_side = g
-        .values()
-        .filter_map(|v| g.const_of(v))
-        .filter(|c| matches!(&c.data, crate::ir::TensorData::External(r) if r.file == file))
-        .count();
-    assert!(in_side > 5, "{in_side} constants in the side file");
+    let (large, in_side) = large_constant_dequantizes(&sim.model, Some(&file));
+    assert!(in_side > 5, "{in_side} codes in the side file");
+    assert_eq!(in_side, large, "codes of large constants left inline");
     let copy = sim.clone();
     drop(sim);
     assert!(file.is_file(), "removed while a clone holds it");

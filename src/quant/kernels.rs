@@ -458,11 +458,16 @@ fn quantize_per_tensor_f32(
 
 /// The common DequantizeLinear case, per-tensor from 8 or 16 bits to float32, as one loop
 /// (same formula as the general path); `None` for other input types.
-fn dequantize_per_tensor(x: &Tensor, scale: f32, zero_point: i64) -> Option<Vec<f32>> {
+fn dequantize_per_tensor<O>(
+    x: &Tensor,
+    scale: f32,
+    zero_point: i64,
+    out: impl Fn(f32) -> O + Copy,
+) -> Option<Vec<O>> {
     let zp = zero_point as i32;
-    let f = |q: i32| q.wrapping_sub(zp) as f32 * scale;
+    let f = move |q: i32| out(dequantized(q, zp, scale));
     // Contiguous data as a slice: iterating a dynamic-rank array element by element is slow.
-    fn each<T: Copy>(a: &ArrayD<T>, f: impl Fn(T) -> f32) -> Vec<f32> {
+    fn each<T: Copy, O>(a: &ArrayD<T>, f: impl Fn(T) -> O) -> Vec<O> {
         match a.as_slice() {
             Some(s) => map_slice(s, f),
             None => a.iter().map(|&q| f(q)).collect(),
@@ -477,25 +482,32 @@ fn dequantize_per_tensor(x: &Tensor, scale: f32, zero_point: i64) -> Option<Vec<
     })
 }
 
+/// The one DequantizeLinear formula: `(q − zero point) · scale` in float32.
+#[inline(always)]
+fn dequantized(q: i32, zero_point: i32, scale: f32) -> f32 {
+    q.wrapping_sub(zero_point) as f32 * scale
+}
+
 /// DequantizeLinear per axis from 8 or 16 bits to float32, a row at a time when the axis is
 /// the last, else channel run by channel run (same formula as the general path, without
 /// widening the input or dividing per element); `None` for other input types and
 /// non-contiguous data.
-fn dequantize_per_axis(
+fn dequantize_per_axis<O>(
     x: &Tensor,
     shape: &[usize],
     axis: usize,
     scales: &[f32],
     zero_points: &[i64],
-) -> Option<Vec<f32>> {
-    fn each<T: Copy>(
+    out: impl Fn(f32) -> O + Copy,
+) -> Option<Vec<O>> {
+    fn each<T: Copy, O>(
         a: &ArrayD<T>,
         shape: &[usize],
         axis: usize,
-        scales: &[f32],
-        zero_points: &[i64],
+        (scales, zero_points): (&[f32], &[i64]),
         wide: impl Fn(T) -> i32,
-    ) -> Option<Vec<f32>> {
+        out: impl Fn(f32) -> O,
+    ) -> Option<Vec<O>> {
         let xs = a.as_slice()?;
         let inner = shape[axis + 1..].iter().product::<usize>().max(1);
         let dim = shape[axis].max(1);
@@ -508,7 +520,7 @@ fn dequantize_per_axis(
                     row.iter()
                         .zip(&zps)
                         .zip(scales)
-                        .map(|((&q, &zp), &s)| wide(q).wrapping_sub(zp) as f32 * s),
+                        .map(|((&q, &zp), &s)| out(dequantized(wide(q), zp, s))),
                 );
             }
             return Some(ys);
@@ -516,15 +528,16 @@ fn dequantize_per_axis(
         for (r, run) in xs.chunks(inner).enumerate() {
             let k = r % dim;
             let (zp, s) = (zero_points[k] as i32, scales[k]);
-            ys.extend(run.iter().map(|&q| wide(q).wrapping_sub(zp) as f32 * s));
+            ys.extend(run.iter().map(|&q| out(dequantized(wide(q), zp, s))));
         }
         Some(ys)
     }
+    let p = (scales, zero_points);
     match x {
-        Tensor::U8(a) => each(a, shape, axis, scales, zero_points, |q| q as i32),
-        Tensor::I8(a) => each(a, shape, axis, scales, zero_points, |q| q as i32),
-        Tensor::U16(a) => each(a, shape, axis, scales, zero_points, |q| q as i32),
-        Tensor::I16(a) => each(a, shape, axis, scales, zero_points, |q| q as i32),
+        Tensor::U8(a) => each(a, shape, axis, p, |q| q as i32, out),
+        Tensor::I8(a) => each(a, shape, axis, p, |q| q as i32, out),
+        Tensor::U16(a) => each(a, shape, axis, p, |q| q as i32, out),
+        Tensor::I16(a) => each(a, shape, axis, p, |q| q as i32, out),
         _ => None,
     }
 }
@@ -645,58 +658,128 @@ pub fn dequantize_linear(
     zero_point: Option<&Tensor>,
     attrs: &DequantizeAttrs,
 ) -> Result<Tensor, QuantError> {
-    let in_dt = x.dtype();
-    if !matches!(
-        in_dt,
-        DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::I32 | DType::U4 | DType::I4
-    ) {
-        return Err(QuantError::UnsupportedType {
-            role: "quantized input",
-            dtype: in_dt,
-            supported: DEQUANT_INPUT_TYPES,
-        });
+    let d = Dequantize::new(x, scale, zero_point, attrs)?;
+    let shape = x.shape();
+    if let Some(ys) = d.fast(x, |y| y) {
+        return Ok(Tensor::F32(array(&shape, ys)));
     }
-    let out = attrs.output_dtype.unwrap_or(scale.dtype());
-    if !matches!(out, DType::F32 | DType::F16 | DType::BF16) {
+    d.general(x)
+}
+
+/// [`dequantize_linear`] to float32 as little-endian bytes (the form an engine loads a
+/// constant from): the same values, without a float array in between for 8- and 16-bit
+/// inputs per tensor or per axis. A scale or output type other than float32 is an error.
+pub fn dequantize_linear_le(
+    x: &Tensor,
+    scale: &Tensor,
+    zero_point: Option<&Tensor>,
+    attrs: &DequantizeAttrs,
+) -> Result<Vec<u8>, QuantError> {
+    let d = Dequantize::new(x, scale, zero_point, attrs)?;
+    if d.out != DType::F32 {
         return Err(QuantError::UnsupportedType {
             role: "output",
-            dtype: out,
-            supported: FLOAT_TYPES,
+            dtype: d.out,
+            supported: "float32",
         });
     }
-    let ss = float_values(scale, "scale")?;
-    let shape = x.shape();
-    let granularity = Granularity::resolve(&shape, &scale.shape(), attrs.axis, attrs.block_size)?;
-    let zs = zero_points(zero_point, in_dt, &scale.shape())?;
-    if let (Granularity::PerTensor, DType::F32) = (granularity, out) {
-        if let Some(ys) = dequantize_per_tensor(x, ss[0], zs[0]) {
-            return Ok(Tensor::F32(array(&shape, ys)));
-        }
+    if let Some(ys) = d.fast(x, f32::to_le_bytes) {
+        return Ok(ys.into_flattened());
     }
-    if let (Granularity::PerAxis { axis }, DType::F32) = (granularity, out) {
-        if let Some(ys) = dequantize_per_axis(x, &shape, axis, &ss, &zs) {
-            return Ok(Tensor::F32(array(&shape, ys)));
-        }
+    match d.general(x)? {
+        Tensor::F32(a) => Ok(a.iter().flat_map(|y| y.to_le_bytes()).collect()),
+        other => unreachable!("float32 output, got {:?}", other.dtype()),
     }
-    let qs = x.to_i64_vec().ok_or(QuantError::UnsupportedType {
-        role: "quantized input",
-        dtype: in_dt,
-        supported: DEQUANT_INPUT_TYPES,
-    })?;
-    let idx = ParamIndex::new(granularity, &shape);
-    let ys: Vec<f32> = qs
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            let k = idx.at(i);
-            (q as i32).wrapping_sub(zs[k] as i32) as f32 * ss[k]
+}
+
+/// A DequantizeLinear's checked parameters.
+struct Dequantize {
+    in_dt: DType,
+    out: DType,
+    scales: Vec<f32>,
+    zero_points: Vec<i64>,
+    granularity: Granularity,
+}
+
+impl Dequantize {
+    fn new(
+        x: &Tensor,
+        scale: &Tensor,
+        zero_point: Option<&Tensor>,
+        attrs: &DequantizeAttrs,
+    ) -> Result<Dequantize, QuantError> {
+        let in_dt = x.dtype();
+        if !matches!(
+            in_dt,
+            DType::U8 | DType::I8 | DType::U16 | DType::I16 | DType::I32 | DType::U4 | DType::I4
+        ) {
+            return Err(QuantError::UnsupportedType {
+                role: "quantized input",
+                dtype: in_dt,
+                supported: DEQUANT_INPUT_TYPES,
+            });
+        }
+        let out = attrs.output_dtype.unwrap_or(scale.dtype());
+        if !matches!(out, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(QuantError::UnsupportedType {
+                role: "output",
+                dtype: out,
+                supported: FLOAT_TYPES,
+            });
+        }
+        let scales = float_values(scale, "scale")?;
+        let granularity =
+            Granularity::resolve(&x.shape(), &scale.shape(), attrs.axis, attrs.block_size)?;
+        let zero_points = zero_points(zero_point, in_dt, &scale.shape())?;
+        Ok(Dequantize {
+            in_dt,
+            out,
+            scales,
+            zero_points,
+            granularity,
         })
-        .collect();
-    Ok(match out {
-        DType::F16 => Tensor::F16(array(&shape, ys.into_iter().map(f16::from_f32).collect())),
-        DType::BF16 => Tensor::BF16(array(&shape, ys.into_iter().map(bf16::from_f32).collect())),
-        _ => Tensor::F32(array(&shape, ys)),
-    })
+    }
+
+    /// The float32 values of 8- and 16-bit inputs per tensor or per axis, each through
+    /// `out`; `None` for every other case.
+    fn fast<O>(&self, x: &Tensor, out: impl Fn(f32) -> O + Copy) -> Option<Vec<O>> {
+        match (self.granularity, self.out) {
+            (Granularity::PerTensor, DType::F32) => {
+                dequantize_per_tensor(x, self.scales[0], self.zero_points[0], out)
+            }
+            (Granularity::PerAxis { axis }, DType::F32) => {
+                dequantize_per_axis(x, &x.shape(), axis, &self.scales, &self.zero_points, out)
+            }
+            _ => None,
+        }
+    }
+
+    /// Any input, granularity and output type, element by element.
+    fn general(&self, x: &Tensor) -> Result<Tensor, QuantError> {
+        let shape = x.shape();
+        let qs = x.to_i64_vec().ok_or(QuantError::UnsupportedType {
+            role: "quantized input",
+            dtype: self.in_dt,
+            supported: DEQUANT_INPUT_TYPES,
+        })?;
+        let idx = ParamIndex::new(self.granularity, &shape);
+        let (ss, zs) = (&self.scales, &self.zero_points);
+        let ys: Vec<f32> = qs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let k = idx.at(i);
+                dequantized(q as i32, zs[k] as i32, ss[k])
+            })
+            .collect();
+        Ok(match self.out {
+            DType::F16 => Tensor::F16(array(&shape, ys.into_iter().map(f16::from_f32).collect())),
+            DType::BF16 => {
+                Tensor::BF16(array(&shape, ys.into_iter().map(bf16::from_f32).collect()))
+            }
+            _ => Tensor::F32(array(&shape, ys)),
+        })
+    }
 }
 
 /// `DequantizeLinear(QuantizeLinear(x))` with the same scale, zero point, axis and block size:
@@ -753,7 +836,7 @@ mod tests {
                 let dim = shape[axis];
                 let ss: Vec<f32> = (0..dim).map(|k| 0.01 + k as f32 * 0.37).collect();
                 let zs: Vec<i64> = (0..dim as i64).map(|k| k * 3 - 2).collect();
-                let fast = dequantize_per_axis(x, &x.shape(), axis, &ss, &zs).unwrap();
+                let fast = dequantize_per_axis(x, &x.shape(), axis, &ss, &zs, |y| y).unwrap();
                 let idx = ParamIndex::new(Granularity::PerAxis { axis }, &shape);
                 let slow: Vec<f32> = x
                     .to_i64_vec()
@@ -769,6 +852,62 @@ mod tests {
                 assert_eq!(bits(&fast), bits(&slow), "{:?} axis {axis}", x.dtype());
             }
         }
+    }
+
+    #[test]
+    fn dequantize_to_bytes_is_the_float_result_in_little_endian() {
+        // Per tensor and per axis (the fast paths), blocked and int32 (the general one).
+        let shape = [4usize, 6];
+        let n: usize = shape.iter().product();
+        let codes: Vec<i8> = (0..n as i32)
+            .map(|i| ((i * 37) % 256 - 128) as i8)
+            .collect();
+        let x8 = Tensor::I8(Array::from_shape_vec(IxDyn(&shape), codes.clone()).unwrap());
+        let xu = Tensor::U16(
+            Array::from_shape_vec(
+                IxDyn(&shape),
+                codes.iter().map(|&c| c as u8 as u16 * 200).collect(),
+            )
+            .unwrap(),
+        );
+        let x32 = Tensor::I32(
+            Array::from_shape_vec(
+                IxDyn(&shape),
+                codes.iter().map(|&c| c as i32 * 9999).collect(),
+            )
+            .unwrap(),
+        );
+        let per_col = f32t(&[0.5, 0.01, 0.37, 2.0, 1e-3, 7.5]);
+        let blocks = Tensor::F32(
+            Array::from_shape_vec(
+                IxDyn(&[2, 6]),
+                (0..12).map(|k| 0.01 * (k + 1) as f32).collect(),
+            )
+            .unwrap(),
+        );
+        let axis = |axis, block_size| DequantizeAttrs {
+            axis,
+            block_size,
+            ..Default::default()
+        };
+        let cases: Vec<(&Tensor, Tensor, DequantizeAttrs)> = vec![
+            (&x8, scalar(0.02), axis(1, 0)),
+            (&x8, per_col.clone(), axis(1, 0)),
+            (&x8, f32t(&[0.1, 0.2, 0.3, 0.4]), axis(0, 0)),
+            (&xu, per_col.clone(), axis(-1, 0)),
+            (&x8, blocks, axis(0, 2)),
+            (&x32, per_col, axis(1, 0)),
+        ];
+        for (x, scale, attrs) in cases {
+            let want = match dequantize_linear(x, &scale, None, &attrs).unwrap() {
+                Tensor::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                other => panic!("{:?}", other.dtype()),
+            };
+            let got = dequantize_linear_le(x, &scale, None, &attrs).unwrap();
+            assert_eq!(got, want, "{:?} {attrs:?}", x.dtype());
+        }
+        let half = Tensor::F16(arr1(&[half::f16::from_f32(0.5)]).into_dyn());
+        assert!(dequantize_linear_le(&x8, &half, None, &axis(1, 0)).is_err());
     }
 
     fn scalar(v: f32) -> Tensor {
@@ -1086,7 +1225,7 @@ mod tests {
                 .map(|&v| quantize_one(v, scale, zp, lo, hi, Precision::F32))
                 .collect();
             prop_assert_eq!(fast.to_i64_vec().unwrap(), slow.clone());
-            let deq = dequantize_per_tensor(&fast, scale, zp).unwrap();
+            let deq = dequantize_per_tensor(&fast, scale, zp, |y| y).unwrap();
             let expect: Vec<f32> = slow
                 .iter()
                 .map(|&q| (q as i32).wrapping_sub(zp as i32) as f32 * scale)

@@ -188,13 +188,12 @@ impl<'a> Evaluator<'a> {
                 samples.len()
             )));
         }
-        // The engine reads the weights from the simulation's side file itself.
-        let (proto, dir) = crate::onnx::engine_proto(&sim.model)
-            .map_err(|e| TuneError::Other(format!("simulation model: {e}")))?;
+        // The engine reads the weights' codes from the simulation's side file itself,
+        // dequantizing them as it loads the model.
         let all8 = vec![Precision::A8; sim.params.len()];
-        let session = Session::new(
-            &proto,
-            dir.as_deref().or(base_dir),
+        let session = Session::from_ir(
+            sim.model.clone(),
+            base_dir,
             &sim.feed(first, &all8, &BTreeSet::new()),
             &Default::default(),
         )?;

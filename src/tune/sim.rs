@@ -18,18 +18,16 @@
 //! read by a node whose activation input is not 8-bit switch to the full int8 grid, and
 //! that node's bias to float, as `tune::apply` does for the written model.
 //!
-//! Every DequantizeLinear of a constant weight or table of at least [`SIDE_FILE_ELEMENTS`]
-//! elements is computed once, by the engine's own kernel, into a temporary side file of
-//! float values (`dequantize_to_side_file`; removed with the last clone of the
-//! [`SimModel`], and on SIGINT/SIGTERM): the engine reads that file itself, as it reads a
-//! float model's external data, so it holds each weight once, in float, as in a plain
-//! float run. Left in the model, a DequantizeLinear too large for the engine's constant
-//! folding (a float weight is four times its 8-bit form) would be computed, and the
-//! result packed for the matrix product, on every run of every configuration on each
-//! thread; held inline, the float weights would be copied at each step of handing the
-//! model to the engine. The 8-bit codes are freed once their float values are written;
-//! the values are the same bits either way. Any other external data of the model is
-//! copied beside them (the engine reads every side file from one folder).
+//! The codes of every DequantizeLinear of a constant weight or table of at least
+//! [`SIDE_FILE_ELEMENTS`] elements move to a temporary side file (`codes_to_side_file`;
+//! removed with the last clone of the [`SimModel`], and on SIGINT/SIGTERM), and the engine
+//! dequantizes them once, with the kernel its own DequantizeLinear runs, as it loads the
+//! model (`exec::folded`): it holds each weight once, in float, as in a plain float run.
+//! Left in the model with inline codes, a DequantizeLinear too large for the engine's
+//! constant folding (a float weight is four times its 8-bit form) would be computed, and
+//! the result packed for the matrix product, on every run of every configuration on each
+//! thread. The values are the same bits either way. Any other external data of the model
+//! is copied beside the codes (the engine reads every side file from one folder).
 
 use super::{Precision, TuneError, Unit};
 use crate::data::Sample;
@@ -231,8 +229,9 @@ fn constant_dequantizes(g: &Graph, above: usize) -> Vec<crate::ir::OpId> {
         .collect()
 }
 
-/// Elements from which [`SimModel::build`] holds a constant's DequantizeLinear
-/// dequantized in its side file (smaller ones the engine folds once itself).
+/// Elements from which [`SimModel::build`] moves a constant DequantizeLinear's codes to its
+/// side file, for the engine to dequantize as it loads the model (smaller ones it folds
+/// once itself).
 pub const SIDE_FILE_ELEMENTS: usize = 1 << 14;
 
 #[cfg(test)]
@@ -245,12 +244,12 @@ thread_local! {
 /// Name of the simulation's side file in its folder.
 const SIDE_FILE: &str = "simulation.data";
 
-/// Replaces every DequantizeLinear of constants with at least `from` elements by its float
-/// value, computed once by the kernel the engine runs and written to a new temporary side
-/// file, which the constant then references; moves any other external data of `g` into
-/// the same file. The 8-bit codes no value needs any more are freed. Returns the side
-/// file (`None` when there was nothing to dequantize).
-fn dequantize_to_side_file(
+/// Moves the codes of every DequantizeLinear of constants with at least `from` elements
+/// into a new temporary side file, which the constant then references (the engine
+/// dequantizes them as it loads the model, `exec::folded`), and any other external data
+/// of `g` into the same file. Returns the side file (`None` when there was nothing to
+/// move).
+fn codes_to_side_file(
     g: &mut Graph,
     from: usize,
 ) -> Result<Option<Arc<crate::fsx::Scratch>>, TuneError> {
@@ -276,11 +275,19 @@ fn dequantize_to_side_file(
         })
     };
     for &o in &ops {
-        let y = g.output(o, 0).expect("one output");
-        let name = g.value(y).name.clone();
-        let t = dequantized(g, o, &format!("'{name}'"))?;
-        let mut c = crate::ir::ConstTensor::from_tensor(None, &t);
-        drop(t);
+        let Some(tid) = g.input(o, 0).and_then(|x| g.value(x).init) else {
+            continue;
+        };
+        let c = g.tensor_mut(tid);
+        if let TensorData::External(_) = c.data {
+            continue;
+        }
+        if !matches!(c.data, TensorData::Raw(_)) {
+            let t = c
+                .to_tensor()
+                .map_err(|e| sim_error(format!("codes of '{:?}': {e}", c.name)))?;
+            c.data = crate::ir::ConstTensor::from_tensor(None, &t).data;
+        }
         if let TensorData::Raw(raw) = &c.data {
             out.write_all(raw).map_err(io)?;
             let len = raw.len() as u64;
@@ -288,15 +295,7 @@ fn dequantize_to_side_file(
             c.was_external = true;
             at += len;
         }
-        let v = g
-            .add_const(&g.fresh_name(&format!("{name}.sim.float")), c)
-            .map_err(|e| sim_error(e.to_string()))?;
-        g.replace_all_uses(y, v);
-        g.remove_op(o);
-        g.remove_value(y);
     }
-    crate::passes::util::remove_dead(g);
-    g.release_unused_tensors();
     // The engine reads every side file from one folder: other external data moves in too.
     let here = scratch.dir().to_path_buf();
     for v in g.values().collect::<Vec<_>>() {
@@ -671,7 +670,7 @@ impl SimModel {
         let leave = false;
         let side_file = match leave {
             true => None,
-            false => dequantize_to_side_file(g, SIDE_FILE_ELEMENTS)?,
+            false => codes_to_side_file(g, SIDE_FILE_ELEMENTS)?,
         };
         Ok(SimModel {
             side_file,
@@ -686,7 +685,7 @@ impl SimModel {
         })
     }
 
-    /// The temporary side file holding the dequantized weights, if any.
+    /// The temporary side file holding the large weights' codes, if any.
     pub fn side_file(&self) -> Option<&std::path::Path> {
         self.side_file.as_deref().map(|s| s.file())
     }
