@@ -213,8 +213,7 @@ mod tests {
     use crate::exec::{Session, SessionOptions};
     use crate::ir::Tensor;
     use crate::onnx::proto;
-    use crate::passes::testkit::{attr_i, sample, tensor, Builder};
-    use std::io::Write;
+    use crate::passes::testkit::{attr_i, sample, tensor, to_side_file, Builder};
 
     fn raw(name: &str, data_type: i32, dims: &[i64], bytes: Vec<u8>) -> proto::TensorProto {
         proto::TensorProto {
@@ -264,34 +263,6 @@ mod tests {
             b.output("v.q", 2, Some(&[k, n]));
         }
         b.model()
-    }
-
-    /// Moves every inline initializer of `m` into one side file.
-    fn to_side_file(m: &mut Model) -> crate::fsx::Scratch {
-        let (scratch, mut f) = crate::fsx::scratch("w.data").unwrap();
-        let g = &mut m.graph;
-        let mut at = 0u64;
-        for v in g.values().collect::<Vec<_>>() {
-            let Some(tid) = g.value(v).init else { continue };
-            let c = g.tensor_mut(tid);
-            let TensorData::Raw(bytes) = &c.data else {
-                continue;
-            };
-            f.write_all(bytes).unwrap();
-            let len = bytes.len() as u64;
-            c.data = TensorData::External(ExternalRef {
-                location: "w.data".into(),
-                offset: Some(at),
-                length: Some(len),
-                other: Vec::new(),
-                base_dir: scratch.dir().to_path_buf(),
-                file: scratch.file().to_path_buf(),
-                start: at,
-                len,
-            });
-            at += len;
-        }
-        scratch
     }
 
     fn bits(out: &BTreeMap<String, Tensor>) -> Vec<u32> {

@@ -272,3 +272,32 @@ pub fn sample(items: &[(&str, Tensor)]) -> BTreeMap<String, Tensor> {
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()
 }
+
+/// Moves every raw inline initializer of `m` into one side file (`w.data` in a scratch
+/// folder, removed when the returned handle is dropped).
+pub fn to_side_file(m: &mut Model) -> crate::fsx::Scratch {
+    let (scratch, mut f) = crate::fsx::scratch("w.data").unwrap();
+    let g = &mut m.graph;
+    let mut at = 0u64;
+    for v in g.values().collect::<Vec<_>>() {
+        let Some(tid) = g.value(v).init else { continue };
+        let c = g.tensor_mut(tid);
+        let crate::ir::TensorData::Raw(bytes) = &c.data else {
+            continue;
+        };
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        let len = bytes.len() as u64;
+        c.data = crate::ir::TensorData::External(crate::ir::ExternalRef {
+            location: "w.data".into(),
+            offset: Some(at),
+            length: Some(len),
+            other: Vec::new(),
+            base_dir: scratch.dir().to_path_buf(),
+            file: scratch.file().to_path_buf(),
+            start: at,
+            len,
+        });
+        at += len;
+    }
+    scratch
+}

@@ -115,7 +115,7 @@ pub fn calibrate_with<S: SampleSource + ?Sized>(
         },
     })?;
     progress.end();
-    let mut file = CalibrationFile::new(p.sha256.clone());
+    let mut file = CalibrationFile::new(p.sha256.get()?);
     file.samples = samples.count() as u64;
     file.tensors = collected.stats;
     Ok((file, collected.outputs))

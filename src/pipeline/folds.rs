@@ -89,7 +89,10 @@ pub fn statistics(
                 })?,
             });
         }
-        others.push(merged.unwrap_or_else(|| CalibrationFile::new(p.sha256.clone())));
+        others.push(match merged {
+            Some(m) => m,
+            None => CalibrationFile::new(p.sha256.get()?),
+        });
     }
     Ok(FoldStatistics { fold_of, others })
 }

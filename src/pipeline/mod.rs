@@ -240,7 +240,8 @@ fn calibrate_step(
     };
     match (ranges_file, calib) {
         (Some(f), _) => {
-            if f.model_sha256 != p.sha256 {
+            let run = p.sha256.get()?;
+            if f.model_sha256 != run {
                 let path = match &o.common.calib {
                     options::CalibSource::Ranges(path) => path.clone(),
                     _ => PathBuf::new(),
@@ -248,7 +249,7 @@ fn calibrate_step(
                 return Err(PipelineError::RangesFile {
                     path,
                     file: f.model_sha256,
-                    run: p.sha256.clone(),
+                    run,
                 });
             }
             Ok(Calibrated {

@@ -31,7 +31,7 @@ pub struct Prepared {
     pub base_dir: PathBuf,
     /// SHA-256 of the prepared float model's encoding before the opset raise for the Q/DQ
     /// (identifies calibration files: the statistics do not depend on the raise).
-    pub sha256: String,
+    pub sha256: Fingerprint,
     /// When the first sample fixed dims the model declares symbolic: the model prepared
     /// without them, which the written model is made from when the plan means the same
     /// on it ([`super::interface`]).
@@ -73,7 +73,7 @@ impl Prepared {
             ..Default::default()
         };
         self.plan = crate::quant::plan::build_with(&self.model, &self.cfg, &un);
-        self.sha256 = sha256_of(&self.model)?;
+        self.sha256 = Fingerprint::of(&self.model)?;
         Ok(())
     }
 }
@@ -136,6 +136,81 @@ fn has_if(m: &Model) -> bool {
         })
     }
     walk(&m.graph)
+}
+
+/// Inline constant bytes from which [`Fingerprint::of`] hashes at once rather than on a
+/// worker thread with a copy of the model.
+const COPY_TO_HASH: usize = 16 << 20;
+
+/// A model's [`sha256_of`], hashed on a worker thread while the run goes on when the
+/// model keeps its weights in side files (streaming them through the hash takes seconds
+/// on a large model, and nothing reads the digest before calibration has run) and its
+/// inline constants are small (the worker hashes a copy of the model), else at once.
+#[derive(Clone, Debug)]
+pub struct Fingerprint(std::sync::Arc<std::sync::Mutex<Digest>>);
+
+#[derive(Debug)]
+enum Digest {
+    Ready(String),
+    Hashing(std::thread::JoinHandle<Result<String, String>>),
+    Failed(String),
+}
+
+impl Fingerprint {
+    /// Starts hashing `m` (see the type).
+    pub(crate) fn of(m: &Model) -> Result<Fingerprint, PipelineError> {
+        use crate::ir::TensorData;
+        // Bytes of inline initializers (subgraphs' too), and whether any is external.
+        fn sizes(g: &crate::ir::Graph, inline: &mut usize, external: &mut bool) {
+            for v in g.values() {
+                match g.const_of(v).map(|c| (&c.data, c.numel())) {
+                    Some((TensorData::External(_), _)) => *external = true,
+                    Some((TensorData::Raw(r), _)) => *inline += r.len(),
+                    Some((_, n)) => *inline += n.saturating_mul(8),
+                    None => {}
+                }
+            }
+            for o in g.ops() {
+                for (_, sub) in g.op(o).subgraphs() {
+                    sizes(sub, inline, external);
+                }
+            }
+        }
+        let (mut inline, mut external) = (0usize, false);
+        sizes(&m.graph, &mut inline, &mut external);
+        let digest = if external && inline <= COPY_TO_HASH {
+            let copy = m.clone();
+            Digest::Hashing(std::thread::spawn(move || {
+                sha256_of(&copy).map_err(|e| e.to_string())
+            }))
+        } else {
+            Digest::Ready(sha256_of(m)?)
+        };
+        Ok(Fingerprint(std::sync::Arc::new(std::sync::Mutex::new(
+            digest,
+        ))))
+    }
+
+    /// The digest in hex, waiting for the worker if it is still hashing.
+    pub fn get(&self) -> Result<String, PipelineError> {
+        let mut d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Digest::Hashing(_) = &*d {
+            let Digest::Hashing(h) = std::mem::replace(&mut *d, Digest::Failed(String::new()))
+            else {
+                unreachable!("matched above");
+            };
+            *d = match h.join() {
+                Ok(Ok(hex)) => Digest::Ready(hex),
+                Ok(Err(e)) => Digest::Failed(e),
+                Err(_) => Digest::Failed("hashing the model stopped unexpectedly".into()),
+            };
+        }
+        match &*d {
+            Digest::Ready(hex) => Ok(hex.clone()),
+            Digest::Failed(e) => Err(PipelineError::Options(e.clone())),
+            Digest::Hashing(_) => unreachable!("joined above"),
+        }
+    }
 }
 
 /// SHA-256 of a model's encoding (its inline encoding; for weights in external data, the
@@ -213,7 +288,7 @@ pub fn prepare(
         let mut dump = dump_hook(input.dump, progress);
         let mut hook = |step: &crate::passes::Step, m: &Model| {
             if Some(step.label) == before_raise && sha256.is_none() {
-                sha256 = Some(sha256_of(m));
+                sha256 = Some(Fingerprint::of(m));
             }
             dump(step, m)
         };
@@ -245,7 +320,7 @@ pub fn prepare(
     }
     let sha256 = match sha256 {
         Some(h) => h?,
-        None => sha256_of(&m)?,
+        None => Fingerprint::of(&m)?,
     };
     let general = original.map(|o| General {
         fixed,
@@ -335,4 +410,37 @@ fn prepare_general(
             .map_err(|e| format!("preparing it with the declared dims failed: {e}"))?;
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::testkit::{to_side_file, Builder};
+
+    fn model() -> Model {
+        let mut b = Builder::new(13);
+        b.init("w", &[64, 32], 1, 0.5, 0.0)
+            .init("b", &[32], 2, 0.1, 0.0)
+            .input("x", 1, Some(&[1, 64]))
+            .node("MatMul", "mm", &["x", "w"], &["y0"], vec![])
+            .node("Add", "add", &["y0", "b"], &["y"], vec![])
+            .output("y", 1, Some(&[1, 32]));
+        b.model()
+    }
+
+    #[test]
+    fn a_fingerprint_hashed_aside_is_the_digest_of_the_model() {
+        let inline = model();
+        let at_once = Fingerprint::of(&inline).unwrap();
+        assert!(matches!(&*at_once.0.lock().unwrap(), Digest::Ready(_)));
+        assert_eq!(at_once.get().unwrap(), sha256_of(&inline).unwrap());
+        let mut ext = model();
+        let file = to_side_file(&mut ext);
+        let aside = Fingerprint::of(&ext).unwrap();
+        assert!(matches!(&*aside.0.lock().unwrap(), Digest::Hashing(_)));
+        let digest = sha256_of(&ext).unwrap();
+        assert_eq!(aside.get().unwrap(), digest);
+        assert_eq!(aside.clone().get().unwrap(), digest, "asked twice");
+        drop(file);
+    }
 }
