@@ -44,7 +44,8 @@
 use super::util::{captured_by_subgraphs, is_captured, names_in_use};
 use super::{Changed, Pass, PassCx, PassError};
 use crate::ir::{
-    AttrValue, Carry, ConstTensor, DType, Dim, Graph, Model, Op, Tensor, Value, ValueId, ValueType,
+    AttrValue, Carry, ConstTensor, DType, Dim, ExternalRef, Graph, Model, Op, Tensor, TensorData,
+    Value, ValueId, ValueType,
 };
 use crate::quant::codebook::{int_codebook, WeightGrid};
 use crate::quant::params::{mse_scale_zp, quantize_bias, scale_zp, QType, ScaleFold, ScaleZp};
@@ -81,7 +82,7 @@ impl Pass for InsertQdq {
         let Some(plan) = &cx.plan else {
             return Ok(Changed::No);
         };
-        let rep = materialize(m, plan)?;
+        let rep = materialize_with(m, plan, cx.weight_memo.as_ref())?;
         cx.inserted = Some(rep);
         Ok(Changed::Yes)
     }
@@ -111,6 +112,91 @@ pub struct Report {
     /// Per codebook weight (by plan key): each channel's levels, as the codes written to
     /// its level table (ascending; the table's rows are padded with zeros past them).
     pub codebooks: BTreeMap<String, Vec<Vec<i64>>>,
+    /// Uniform weights quantized from side-file values (by plan key): what a
+    /// [`WeightMemo`] needs to write them again without quantizing them.
+    pub stored: BTreeMap<String, Stored>,
+}
+
+/// A uniform weight as [`materialize`] quantized it: the float values' side-file span, the
+/// decision, the name of the codes it wrote and what `write_weight` needs besides them.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    source: ExternalRef,
+    decision: Decision,
+    codes_name: String,
+    params: Vec<ScaleZp>,
+    signal_noise: (f64, f64),
+    shape: Vec<usize>,
+}
+
+/// Codes of weights quantized once already and kept in a side file, by plan key:
+/// [`materialize_with`] writes a weight from them (the constant then references the side
+/// file) when the weight is the same side-file span under the same decision, instead of
+/// quantizing it again. The side files stay while any clone of the memo does.
+#[derive(Clone, Debug, Default)]
+pub struct WeightMemo {
+    by_key: BTreeMap<String, (Stored, ConstTensor)>,
+    keep: Vec<std::sync::Arc<crate::fsx::Scratch>>,
+}
+
+impl WeightMemo {
+    /// Records the weights `rep` stored whose codes lie, in `m` (a copy of the model
+    /// `rep` materialised), in `side_file`, which the memo keeps.
+    pub fn record(
+        &mut self,
+        rep: &Report,
+        m: &Model,
+        side_file: std::sync::Arc<crate::fsx::Scratch>,
+    ) {
+        let g = &m.graph;
+        let mut any = false;
+        for (key, st) in &rep.stored {
+            let Some(c) = g.value_by_name(&st.codes_name).and_then(|v| g.const_of(v)) else {
+                continue;
+            };
+            if let TensorData::External(r) = &c.data {
+                if r.file == side_file.file() {
+                    let codes = ConstTensor {
+                        name: None,
+                        was_external: false,
+                        carry: Default::default(),
+                        ..c.clone()
+                    };
+                    self.by_key.insert(key.clone(), (st.clone(), codes));
+                    any = true;
+                }
+            }
+        }
+        if any {
+            self.keep.push(side_file);
+        }
+    }
+
+    /// Whether no weight is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The side files the recorded codes lie in (a model written from the memo reads them
+    /// until it is written).
+    pub fn side_files(&self) -> Vec<std::sync::Arc<crate::fsx::Scratch>> {
+        self.keep.clone()
+    }
+
+    /// The recorded codes of `key` when `source` (the weight's float constant) and
+    /// `decision` are those they were quantized from.
+    fn lookup(
+        &self,
+        key: &str,
+        source: &ConstTensor,
+        decision: &Decision,
+    ) -> Option<&(Stored, ConstTensor)> {
+        let hit = self.by_key.get(key)?;
+        let TensorData::External(r) = &source.data else {
+            return None;
+        };
+        (hit.0.source == *r && hit.0.decision == *decision).then_some(hit)
+    }
 }
 
 /// What [`quantize_weight`] wrote.
@@ -167,6 +253,15 @@ struct Made {
 
 /// Applies `plan` to `m`: the main graph and the subgraphs holding planned values.
 pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
+    materialize_with(m, plan, None)
+}
+
+/// [`materialize`], writing the weights `memo` holds from their recorded codes.
+pub fn materialize_with(
+    m: &mut Model,
+    plan: &Plan,
+    memo: Option<&WeightMemo>,
+) -> Result<Report, PassError> {
     let mut rep = Report::default();
     let keys = ValueKeys::of(&m.graph);
     let mut names = Names::of(&m.graph);
@@ -235,12 +330,56 @@ pub fn materialize(m: &mut Model, plan: &Plan) -> Result<Report, PassError> {
             } => {
                 let imp = plan.importance.get(key).map(Vec::as_slice);
                 let rounding = plan.rounding.get(key).map(Vec::as_slice);
+                // A uniform weight from a side file: recorded, or written from the memo.
+                let source = match (g.const_of(v), imp, rounding) {
+                    (Some(c), None, None)
+                        if grid.is_uniform()
+                            && grid.block().is_none()
+                            && matches!(c.data, TensorData::External(_)) =>
+                    {
+                        Some(c.clone())
+                    }
+                    _ => None,
+                };
+                let hit = source
+                    .as_ref()
+                    .and_then(|c| memo.and_then(|mm| mm.lookup(key, c, d)))
+                    .cloned();
+                let written = match hit {
+                    Some((st, codes)) => {
+                        let name = g.value(v).name.clone();
+                        let parts = (
+                            st.params,
+                            Codes::Stored(codes),
+                            st.signal_noise,
+                            st.shape,
+                            None,
+                        );
+                        write_weight(g, v, &name, *qtype, *axis, parts, &mut names)?
+                    }
+                    None => quantize_weight(
+                        g, v, *qtype, *axis, *mse, *grid, imp, rounding, &mut names,
+                    )?,
+                };
+                if let Some((TensorData::External(r), dims)) = source.map(|c| (c.data, c.dims)) {
+                    rep.stored.insert(
+                        key.clone(),
+                        Stored {
+                            source: r,
+                            decision: d.clone(),
+                            codes_name: written.made.q.clone(),
+                            params: written.chosen.params.clone(),
+                            signal_noise: written.signal_noise,
+                            shape: dims.iter().map(|&d| d as usize).collect(),
+                        },
+                    );
+                }
                 let WrittenWeight {
                     chosen,
                     made,
                     signal_noise: (signal, noise),
                     codebook,
-                } = quantize_weight(g, v, *qtype, *axis, *mse, *grid, imp, rounding, &mut names)?;
+                } = written;
                 if let Some(levels) = codebook {
                     rep.codebooks.insert(key.clone(), levels);
                 }
@@ -949,6 +1088,8 @@ type Codebooks = (Vec<Vec<i64>>, Vec<Vec<u8>>);
 enum Codes {
     Tensor(Tensor),
     Codebook(Codebooks, u32),
+    /// Codes written before, as a constant (`WeightMemo`).
+    Stored(ConstTensor),
 }
 
 /// Integer values as a tensor of `dtype` (4-bit types held one value per `i8`/`u8`).
@@ -1654,6 +1795,11 @@ fn write_weight(
                 .map_err(|e| err(e.to_string()))?;
             (v, None)
         }
+        Codes::Stored(c) => {
+            let qn = names.fresh(g, &format!("{name}.q"));
+            let v = g.add_const(&qn, c).map_err(|e| err(e.to_string()))?;
+            (v, None)
+        }
     };
     let made = Made {
         q: g.value(qv).name.clone(),
@@ -2036,6 +2182,79 @@ mod tests {
         let t = g.value(w).init.unwrap();
         *g.tensor_mut(t) = ConstTensor::from_tensor(None, &Tensor::F32(a));
         m
+    }
+
+    #[test]
+    fn weights_written_from_the_memo_are_the_bytes_quantized_again() {
+        // Quantized once from a side file, their codes moved to another side file (as the
+        // simulation does), then written from there: the same model, byte for byte, as
+        // when quantized again; another decision quantizes again.
+        let mut m = two_layers();
+        let _weights = crate::passes::testkit::to_side_file(&mut m);
+        let weight = |axis| Decision::Weight {
+            qtype: QType::new(DType::I8, true, true).unwrap(),
+            axis,
+            mse: false,
+            grid: WeightGrid::Uniform,
+        };
+        let mut plan = Plan::default();
+        plan.values.insert("W".into(), weight(Some(1)));
+        plan.values.insert("V".into(), weight(None));
+        let mut first = m.clone();
+        let rep = materialize(&mut first, &plan).unwrap();
+        assert_eq!(rep.stored.len(), 2);
+        let mut codes = first.clone();
+        let (side, mut f) = crate::fsx::scratch("codes.data").unwrap();
+        let mut at = 0;
+        for st in rep.stored.values() {
+            let g = &mut codes.graph;
+            let t = g
+                .value(g.value_by_name(&st.codes_name).unwrap())
+                .init
+                .unwrap();
+            let c = g.tensor_mut(t);
+            let TensorData::Raw(raw) = &c.data else {
+                panic!("inline codes")
+            };
+            std::io::Write::write_all(&mut f, raw).unwrap();
+            let len = raw.len() as u64;
+            c.data = TensorData::External(ExternalRef {
+                location: "codes.data".into(),
+                offset: Some(at),
+                length: Some(len),
+                other: Vec::new(),
+                base_dir: side.dir().to_path_buf(),
+                file: side.file().to_path_buf(),
+                start: at,
+                len,
+            });
+            at += len;
+        }
+        drop(f);
+        let mut memo = WeightMemo::default();
+        memo.record(&rep, &codes, std::sync::Arc::new(side));
+        assert!(!memo.is_empty() && memo.side_files().len() == 1);
+        let bytes = |m: &Model| crate::onnx::model_to_bytes(m).unwrap();
+        let mut again = m.clone();
+        let rep2 = materialize_with(&mut again, &plan, Some(&memo)).unwrap();
+        let g = &again.graph;
+        let from_memo = |n: &str| {
+            let c = g.const_of(g.value_by_name(n).unwrap()).unwrap();
+            matches!(&c.data, TensorData::External(r) if r.location == "codes.data")
+        };
+        assert!(from_memo("W.q") && from_memo("V.q"));
+        assert_eq!(bytes(&again), bytes(&first));
+        assert_eq!(rep2.params, rep.params);
+        assert_eq!(
+            (rep2.weight_signal, rep2.weight_noise),
+            (rep.weight_signal, rep.weight_noise)
+        );
+        plan.values.insert("V".into(), weight(Some(0)));
+        let mut other = m.clone();
+        materialize_with(&mut other, &plan, Some(&memo)).unwrap();
+        let g = &other.graph;
+        let v = g.const_of(g.value_by_name("V.q").unwrap()).unwrap();
+        assert!(matches!(v.data, TensorData::Raw(_)), "V quantized again");
     }
 
     fn blocked(axis: i64, size: u32) -> Decision {

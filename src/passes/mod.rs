@@ -109,6 +109,8 @@ pub struct PassCx {
     pub dynamic_report: Option<quantize_dynamic::Report>,
     /// What the last [`insert_qdq`] run did (parameters, saturated biases).
     pub inserted: Option<insert_qdq::Report>,
+    /// Weights quantized before, which [`insert_qdq`] writes from their recorded codes.
+    pub weight_memo: Option<insert_qdq::WeightMemo>,
     /// What passes did that the user is told ("3 BatchNormalization folded …"), in order.
     pub done: Vec<String>,
     /// Notes left by passes, in the order they were found, without duplicates.

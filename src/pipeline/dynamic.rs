@@ -140,6 +140,7 @@ pub(super) fn quantize_dynamic(
         overrides: None,
         sensitivity: None,
         report: None,
+        side_files: Vec::new(),
     })))
 }
 

@@ -96,15 +96,34 @@ fn insert(
     r: &mut Round,
 ) -> Result<Result<(Model, insert_qdq::Report, PlannedTables), String>, PipelineError> {
     let mut q = p.model.clone();
+    let memo = p
+        .weight_memo
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut cx = PassCx {
         plan: Some(plan.clone()),
+        weight_memo: (!memo.is_empty()).then_some(memo),
         ..PassCx::default()
     };
     let mut hook = dump_hook(r.dump, r.progress);
-    let stopped = r
+    let mut stopped = r
         .runner
         .run_phase(Phase::Materialise, &mut q, &mut cx, &mut hook)
         .map_err(|e| step_error(&p.model_path, e))?;
+    if cx.weight_memo.is_some() && external_dirs(&q).len() > 1 {
+        // Codes from the memo beside other side-file data: the engine reads side files
+        // from one folder only, so the weights are quantized again.
+        q = p.model.clone();
+        cx = PassCx {
+            plan: Some(plan.clone()),
+            ..PassCx::default()
+        };
+        stopped = r
+            .runner
+            .run_phase(Phase::Materialise, &mut q, &mut cx, &mut hook)
+            .map_err(|e| step_error(&p.model_path, e))?;
+    }
     if let Some(after) = stopped {
         return Ok(Err(after.to_string()));
     }
@@ -131,10 +150,35 @@ pub(crate) fn session_of(
     first: &crate::data::Sample,
     what: String,
 ) -> Result<Session, PipelineError> {
-    // Weights still in their side file stay there: the engine reads them itself.
-    let (proto, _) = onnx::engine_proto(m)?;
-    Session::new(&proto, Some(base_dir), first, &SessionOptions::default())
-        .map_err(|error| PipelineError::Exec { what, error })
+    engine_session(m, base_dir, first).map_err(|error| match error {
+        Ok(error) => PipelineError::Exec { what, error },
+        Err(e) => PipelineError::Onnx(e),
+    })
+}
+
+/// A session of `m`: weights still in their side file stay there, the engine reads them
+/// itself (and dequantizes those of quantized weights as it loads them, `exec::folded`).
+fn engine_session(
+    m: &Model,
+    base_dir: &Path,
+    first: &crate::data::Sample,
+) -> Result<Session, Result<crate::exec::ExecError, onnx::OnnxError>> {
+    if external_dirs(m).is_empty() {
+        let (proto, _) = onnx::engine_proto(m).map_err(Err)?;
+        return Session::new(&proto, Some(base_dir), first, &SessionOptions::default()).map_err(Ok);
+    }
+    Session::from_ir(m.clone(), Some(base_dir), first, &SessionOptions::default()).map_err(Ok)
+}
+
+/// The folders of the side files `m`'s main-graph constants lie in.
+fn external_dirs(m: &Model) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let g = &m.graph;
+    g.values()
+        .filter_map(|v| match &g.const_of(v)?.data {
+            crate::ir::TensorData::External(r) => Some(r.base_dir.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The quantized session `q` against the float one on every sample of `eval`, with
@@ -295,9 +339,10 @@ pub fn run_once(
     base_dir: &Path,
     sample: &crate::data::Sample,
 ) -> Result<BTreeMap<String, crate::ir::Tensor>, String> {
-    let (proto, _) = onnx::engine_proto(m).map_err(|e| e.to_string())?;
-    let s = Session::new(&proto, Some(base_dir), sample, &SessionOptions::default())
-        .map_err(|e| e.to_string())?;
+    let s = engine_session(m, base_dir, sample).map_err(|e| match e {
+        Ok(e) => e.to_string(),
+        Err(e) => e.to_string(),
+    })?;
     s.run(sample).map_err(|e| e.to_string())
 }
 

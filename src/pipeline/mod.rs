@@ -115,6 +115,9 @@ pub struct Quantized {
     pub sensitivity: Option<(PathBuf, SensitivityFile)>,
     /// The visual report's data (with `report`).
     pub report: Option<ReportInput>,
+    /// Temporary side files `model`'s constants may still reference: kept until it is
+    /// written.
+    pub side_files: Vec<std::sync::Arc<crate::fsx::Scratch>>,
 }
 
 /// The run's shared state: options, progress, timings, warnings and the pass list.
@@ -774,5 +777,10 @@ fn finish(
         overrides,
         sensitivity,
         report,
+        side_files: p
+            .weight_memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .side_files(),
     })))
 }

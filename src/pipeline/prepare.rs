@@ -40,6 +40,9 @@ pub struct Prepared {
     /// sample fixed the input shapes (computed from them in `general`'s model): the plan
     /// leaves the ops that would quantize them float.
     pub shape_constants: std::collections::BTreeSet<String>,
+    /// Weights the adaptive selection's simulation quantized, with their codes in its side
+    /// file: the written model takes them from there instead of quantizing them again.
+    pub weight_memo: std::sync::Arc<std::sync::Mutex<crate::passes::insert_qdq::WeightMemo>>,
 }
 
 impl Prepared {
@@ -142,7 +145,7 @@ fn has_if(m: &Model) -> bool {
 /// worker thread with a copy of the model.
 const COPY_TO_HASH: usize = 16 << 20;
 
-/// A model's [`sha256_of`], hashed on a worker thread while the run goes on when the
+/// A model's `sha256_of`, hashed on a worker thread while the run goes on when the
 /// model keeps its weights in side files (streaming them through the hash takes seconds
 /// on a large model, and nothing reads the digest before calibration has run) and its
 /// inline constants are small (the worker hashes a copy of the model), else at once.
@@ -355,6 +358,7 @@ pub fn prepare(
         sha256,
         general,
         shape_constants,
+        weight_memo: Default::default(),
     })))
 }
 

@@ -690,6 +690,11 @@ impl SimModel {
         self.side_file.as_deref().map(|s| s.file())
     }
 
+    /// The side file itself (kept while any holder of it lives).
+    pub fn side_file_handle(&self) -> Option<Arc<crate::fsx::Scratch>> {
+        self.side_file.clone()
+    }
+
     /// Weights that can be switched to 4 bits.
     pub fn narrow_weights(&self) -> Vec<String> {
         self.w4_switches.iter().map(|(_, w)| w.clone()).collect()

@@ -185,6 +185,13 @@ pub fn simulation(p: &Prepared, plan: &Plan) -> Result<Simulation, String> {
         base.iter().map(|b| (*b, *b)).collect(),
     )
     .map_err(|e| format!("the simulation model cannot be built: {e}"))?;
+    // The weights' codes in the simulation's side file serve the written model too.
+    if let Some(side_file) = sim.side_file_handle() {
+        p.weight_memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&report, &sim.model, side_file);
+    }
     let weights = report
         .params
         .into_iter()
