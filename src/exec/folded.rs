@@ -212,18 +212,9 @@ mod tests {
     use super::*;
     use crate::exec::{Session, SessionOptions};
     use crate::ir::Tensor;
-    use crate::onnx::proto;
-    use crate::passes::testkit::{attr_i, sample, tensor, to_side_file, Builder};
-
-    fn raw(name: &str, data_type: i32, dims: &[i64], bytes: Vec<u8>) -> proto::TensorProto {
-        proto::TensorProto {
-            name: Some(name.into()),
-            dims: dims.to_vec(),
-            data_type: Some(data_type),
-            raw_data: Some(bytes),
-            ..Default::default()
-        }
-    }
+    use crate::passes::testkit::{
+        attr_i, raw_tensor as raw, sample, tensor, to_side_file, Builder,
+    };
 
     /// `y = x · DQ(w) + x · DQ(v)`: int8 `w` per column, uint8 `v` per tensor with a zero
     /// point; `v`'s codes are also an output when `v_shared`.

@@ -293,17 +293,9 @@ fn drop_inferred_types(g: &mut Graph) -> bool {
 mod tests {
     use super::*;
     use crate::onnx::proto;
-    use crate::passes::testkit::{attr_i, attr_ints, run, sample, tensor, Builder};
-
-    fn raw(name: &str, data_type: i32, dims: &[i64], bytes: Vec<u8>) -> proto::TensorProto {
-        proto::TensorProto {
-            name: Some(name.into()),
-            dims: dims.to_vec(),
-            data_type: Some(data_type),
-            raw_data: Some(bytes),
-            ..Default::default()
-        }
-    }
+    use crate::passes::testkit::{
+        attr_i, attr_ints, raw_tensor as raw, run, sample, tensor, Builder,
+    };
 
     fn f32s(name: &str, dims: &[i64], v: &[f32]) -> proto::TensorProto {
         raw(

@@ -2204,33 +2204,14 @@ mod tests {
         let rep = materialize(&mut first, &plan).unwrap();
         assert_eq!(rep.stored.len(), 2);
         let mut codes = first.clone();
-        let (side, mut f) = crate::fsx::scratch("codes.data").unwrap();
-        let mut at = 0;
-        for st in rep.stored.values() {
-            let g = &mut codes.graph;
-            let t = g
-                .value(g.value_by_name(&st.codes_name).unwrap())
-                .init
-                .unwrap();
-            let c = g.tensor_mut(t);
-            let TensorData::Raw(raw) = &c.data else {
-                panic!("inline codes")
-            };
-            std::io::Write::write_all(&mut f, raw).unwrap();
-            let len = raw.len() as u64;
-            c.data = TensorData::External(ExternalRef {
-                location: "codes.data".into(),
-                offset: Some(at),
-                length: Some(len),
-                other: Vec::new(),
-                base_dir: side.dir().to_path_buf(),
-                file: side.file().to_path_buf(),
-                start: at,
-                len,
-            });
-            at += len;
-        }
-        drop(f);
+        let names: Vec<String> = rep
+            .stored
+            .values()
+            .map(|st| st.codes_name.clone())
+            .collect();
+        let side = crate::passes::testkit::values_to_side_file(&mut codes, "codes.data", |n| {
+            names.iter().any(|c| c == n)
+        });
         let mut memo = WeightMemo::default();
         memo.record(&rep, &codes, std::sync::Arc::new(side));
         assert!(!memo.is_empty() && memo.side_files().len() == 1);

@@ -276,10 +276,23 @@ pub fn sample(items: &[(&str, Tensor)]) -> BTreeMap<String, Tensor> {
 /// Moves every raw inline initializer of `m` into one side file (`w.data` in a scratch
 /// folder, removed when the returned handle is dropped).
 pub fn to_side_file(m: &mut Model) -> crate::fsx::Scratch {
-    let (scratch, mut f) = crate::fsx::scratch("w.data").unwrap();
+    values_to_side_file(m, "w.data", |_| true)
+}
+
+/// Moves the raw inline initializers of `m` whose names `take` accepts into the side file
+/// `file` of a new scratch folder (removed when the returned handle is dropped).
+pub fn values_to_side_file(
+    m: &mut Model,
+    file: &str,
+    take: impl Fn(&str) -> bool,
+) -> crate::fsx::Scratch {
+    let (scratch, mut f) = crate::fsx::scratch(file).unwrap();
     let g = &mut m.graph;
     let mut at = 0u64;
     for v in g.values().collect::<Vec<_>>() {
+        if !take(&g.value(v).name) {
+            continue;
+        }
         let Some(tid) = g.value(v).init else { continue };
         let c = g.tensor_mut(tid);
         let crate::ir::TensorData::Raw(bytes) = &c.data else {
@@ -288,7 +301,7 @@ pub fn to_side_file(m: &mut Model) -> crate::fsx::Scratch {
         std::io::Write::write_all(&mut f, bytes).unwrap();
         let len = bytes.len() as u64;
         c.data = crate::ir::TensorData::External(crate::ir::ExternalRef {
-            location: "w.data".into(),
+            location: file.into(),
             offset: Some(at),
             length: Some(len),
             other: Vec::new(),
@@ -300,4 +313,15 @@ pub fn to_side_file(m: &mut Model) -> crate::fsx::Scratch {
         at += len;
     }
     scratch
+}
+
+/// A raw-data initializer (`data_type` as ONNX numbers it).
+pub fn raw_tensor(name: &str, data_type: i32, dims: &[i64], bytes: Vec<u8>) -> proto::TensorProto {
+    proto::TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(data_type),
+        raw_data: Some(bytes),
+        ..Default::default()
+    }
 }
