@@ -52,8 +52,9 @@
 //! `--bias-correction`: the plan materialised once, each quantized Conv/Gemm given a float
 //! twin on the same input, one streamed run's per-channel mean difference subtracted from
 //! the float bias) → mixed precision (plan edits) → materialise
-//! (the list's last phase on a copy of the prepared model: `insert_qdq`, Relu/Clip folded
-//! into their producer's range, Div/Mul by a constant into its QuantizeLinear scale, then
+//! (the list's last phase on a copy of the prepared model: `insert_qdq`, which writes the
+//! weights the adaptive selection's simulation already quantized from its side file,
+//! `insert_qdq::WeightMemo`, Relu/Clip folded into their producer's range, Div/Mul by a constant into its QuantizeLinear scale, then
 //! `infer_shapes`, then under `--size-budget` `compact`: zero points of zero, stored bias
 //! scales, added ops' names and inferred value_info dropped) → validate (both models in tract, `report::compare`) → summary and,
 //! with `--report`, the data of one HTML page (`report::html`). The command line writes
