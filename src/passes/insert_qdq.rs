@@ -126,7 +126,6 @@ pub struct Stored {
     codes_name: String,
     params: Vec<ScaleZp>,
     signal_noise: (f64, f64),
-    shape: Vec<usize>,
 }
 
 /// Codes of weights quantized once already and kept in a side file, by plan key:
@@ -348,11 +347,12 @@ pub fn materialize_with(
                 let written = match hit {
                     Some((st, codes)) => {
                         let name = g.value(v).name.clone();
+                        let shape = codes.dims.iter().map(|&d| d as usize).collect();
                         let parts = (
                             st.params,
                             Codes::Stored(codes),
                             st.signal_noise,
-                            st.shape,
+                            shape,
                             None,
                         );
                         write_weight(g, v, &name, *qtype, *axis, parts, &mut names)?
@@ -361,7 +361,7 @@ pub fn materialize_with(
                         g, v, *qtype, *axis, *mse, *grid, imp, rounding, &mut names,
                     )?,
                 };
-                if let Some((TensorData::External(r), dims)) = source.map(|c| (c.data, c.dims)) {
+                if let Some(TensorData::External(r)) = source.map(|c| c.data) {
                     rep.stored.insert(
                         key.clone(),
                         Stored {
@@ -370,7 +370,6 @@ pub fn materialize_with(
                             codes_name: written.made.q.clone(),
                             params: written.chosen.params.clone(),
                             signal_noise: written.signal_noise,
-                            shape: dims.iter().map(|&d| d as usize).collect(),
                         },
                     );
                 }

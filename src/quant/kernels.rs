@@ -641,6 +641,19 @@ pub struct DequantizeAttrs {
     pub output_dtype: Option<DType>,
 }
 
+impl DequantizeAttrs {
+    /// The attributes of a DequantizeLinear node of the IR (ONNX defaults where absent).
+    pub fn of(op: &crate::ir::Op) -> DequantizeAttrs {
+        DequantizeAttrs {
+            axis: op.attr_int("axis").unwrap_or(1),
+            block_size: op.attr_int("block_size").unwrap_or(0),
+            output_dtype: op
+                .attr_int("output_dtype")
+                .map(|c| DType::from_onnx(c as i32)),
+        }
+    }
+}
+
 impl Default for DequantizeAttrs {
     fn default() -> Self {
         DequantizeAttrs {

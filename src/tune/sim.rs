@@ -198,11 +198,7 @@ fn dequantized(g: &Graph, dq: crate::ir::OpId, what: &str) -> Result<Tensor, Tun
     let x = input(0)?.ok_or_else(|| other("no input"))?;
     let scale = input(1)?.ok_or_else(|| other("no scale"))?;
     let zp = input(2)?;
-    let attrs = crate::quant::kernels::DequantizeAttrs {
-        axis: g.op(dq).attr_int("axis").unwrap_or(1),
-        block_size: g.op(dq).attr_int("block_size").unwrap_or(0),
-        ..Default::default()
-    };
+    let attrs = crate::quant::kernels::DequantizeAttrs::of(g.op(dq));
     crate::quant::kernels::dequantize_linear(&x, &scale, zp.as_ref(), &attrs)
         .map_err(|e| other(&e.to_string()))
 }
